@@ -1,0 +1,461 @@
+"""Configuration: one TOML file loaded once into frozen dataclasses.
+
+Every key except ``hostname`` and ``data_dir`` has a default (the field default below, documented in
+``etc/mailserver.example.toml``).  Validation happens before anything starts: an unknown key, a wrong type
+or a bad value raises :class:`ConfigError` naming the file, the key and what is wrong.
+
+The schema *is* the dataclasses: ``_build`` walks their fields and type hints, so adding a setting means
+adding one annotated field with a default (and a line in the example file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_CONFIG = "MAILSERVER_CONFIG"
+
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+#: Listeners that speak TLS from the first byte (RFC 8314 implicit TLS).
+IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` names the file, the key and what is wrong."""
+
+    def __init__(self, source: str, key: str, problem: str):
+        self.source, self.key, self.problem = source, key, problem
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {problem}" if key else f"{where}{problem}")
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off."""
+
+    smtp: tuple[ListenAddress, ...] = ()
+    submission: tuple[ListenAddress, ...] = ()
+    submissions: tuple[ListenAddress, ...] = ()
+    imap: tuple[ListenAddress, ...] = ()
+    imaps: tuple[ListenAddress, ...] = ()
+    pop3: tuple[ListenAddress, ...] = ()
+    pop3s: tuple[ListenAddress, ...] = ()
+    http: tuple[ListenAddress, ...] = ()
+    https: tuple[ListenAddress, ...] = ()
+
+    def items(self) -> list[tuple[str, ListenAddress]]:
+        return [(name, a) for name in LISTENER_NAMES for a in getattr(self, name)]
+
+
+@dataclass(frozen=True)
+class SniCertificate:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """``[tls]``: empty cert/key = a self-signed certificate generated in data_dir at first start."""
+
+    cert: str = ""
+    key: str = ""
+    #: ``[tls.sni."example.org"]`` tables with ``cert`` and ``key``: per-domain certificates chosen by SNI.
+    sni: dict[str, SniCertificate] = field(default_factory=dict)
+    #: Lowest TLS version accepted by our listeners: "1.2" or "1.3".
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """``[dns]``: empty nameservers = the system resolver."""
+
+    nameservers: tuple[ListenAddress, ...] = ()
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """``[[domain]]``: a protected domain declared in the config (ensured in the database at start)."""
+
+    name: str
+    mode: str = "local"
+    relay_to: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]``: every named limit, in one place."""
+
+    # SMTP (RFC 5321 4.5.3.1 minimums: command line 512, text line 1000, 100 recipients)
+    smtp_max_command_line: int = 2048
+    smtp_max_text_line: int = 65536
+    message_size: int = 50 * 1024 * 1024
+    smtp_max_recipients: int = 100
+    smtp_max_errors: int = 20
+    smtp_max_sessions_per_ip: int = 20
+    smtp_max_received_headers: int = 50
+    smtp_max_messages_per_session: int = 1000
+    # RFC 5321 4.5.3.2 timeouts, seconds
+    smtp_timeout_command: float = 300.0
+    smtp_timeout_data_block: float = 180.0
+    smtp_timeout_data_end: float = 600.0
+    # IMAP
+    imap_max_line: int = 65536
+    imap_max_literal: int = 50 * 1024 * 1024
+    imap_max_nesting: int = 32
+    imap_max_sequence_ranges: int = 10000
+    imap_max_commands_without_progress: int = 50
+    imap_idle_timeout: float = 1800.0
+    imap_max_sessions_per_ip: int = 50
+    # POP3
+    pop3_max_line: int = 512
+    pop3_max_commands_without_progress: int = 50
+    pop3_idle_timeout: float = 600.0
+    # HTTP
+    http_max_body: int = 60 * 1024 * 1024
+    # Authentication
+    auth_max_failures_per_ip: int = 10
+    auth_max_failures_per_account: int = 10
+    auth_failure_window: float = 600.0
+    auth_max_delay: float = 15.0
+    # Aliases
+    alias_max_depth: int = 10
+    alias_max_targets: int = 1000
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """``[smtp]``: behaviour of the SMTP listeners and local delivery."""
+
+    trusted_networks: tuple[str, ...] = ()
+    subaddress_separator: str = "+"
+    #: Reply to an over-quota recipient: false = 452 4.2.2 (temporary), true = 552 5.2.2.
+    over_quota_permanent: bool = False
+    #: Name the authenticated user in the Received header of submitted mail.
+    received_show_auth_user: bool = False
+    banner: str = ""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: the one authenticator for every protocol."""
+
+    #: libpass scheme for new hashes and rehashes.
+    default_scheme: str = "argon2"
+    #: Seconds a successful verification is remembered (keyed by an HMAC, never the password); 0 = off.
+    cache_seconds: float = 60.0
+    #: Allow plaintext mechanisms (PLAIN, LOGIN, USER/PASS) without TLS from non-loopback clients.
+    allow_plaintext_without_tls: bool = False
+
+
+@dataclass(frozen=True)
+class SmarthostConfig:
+    host: str = ""
+    port: int = 587
+    #: "starttls" or "implicit" (RFC 8314); TLS to a smarthost is always verified.
+    tls: str = "starttls"
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """``[queue]``: outbound delivery."""
+
+    retry_first: float = 300.0
+    retry_max: float = 4 * 3600.0
+    give_up_after: float = 5 * 86400.0
+    delay_warning_after: float = 4 * 3600.0
+    max_connections: int = 50
+    max_connections_per_domain: int = 5
+    max_recipients_per_transaction: int = 100
+    smarthost: SmarthostConfig = field(default_factory=SmarthostConfig)
+    dkim_selector: str = "mail"
+
+
+@dataclass(frozen=True)
+class WebmailConfig:
+    """``[webmail]``."""
+
+    session_idle: float = 3600.0
+    session_absolute: float = 7 * 86400.0
+    page_size: int = 50
+    max_upload: int = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: one line per event on stderr."""
+
+    format: str = "text"  # "text" or "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``[store]``: where message bodies live and how the database is pooled."""
+
+    #: "files" (data_dir/blobs, fsynced before the metadata commits) or "database".
+    blobs: str = "files"
+    db_threads: int = 4
+    #: Most deliveries committed in one transaction (group commit).
+    max_batch: int = 256
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str
+    data_dir: str
+    database_url: str = ""
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    webmail: WebmailConfig = field(default_factory=WebmailConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    domain: tuple[DomainConfig, ...] = ()
+    #: Create a demo domain and account at first start (the development config sets it).
+    demo: bool = False
+    #: Where the file came from (not a key).
+    source: str = field(default="", compare=False)
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL: ``database_url`` or SQLite in data_dir."""
+        if self.database_url:
+            return self.database_url
+        return "sqlite:///" + str(Path(self.data_dir) / "mailserver.sqlite3")
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def parse_address(text: str, default_port: int | None = None) -> ListenAddress:
+    """Parse "ADDRESS:PORT", "[v6]:PORT" (or a bare address when ``default_port`` is given)."""
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", text)
+    if m:
+        host, port = m.group(1), m.group(2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.count(":") > 1 and default_port is not None:
+        host, port = text, None  # bare IPv6
+    else:
+        host, port = text, None
+    if not host:
+        raise ValueError("empty address")
+    if port is None:
+        if default_port is None:
+            raise ValueError("expected ADDRESS:PORT")
+        port_n = default_port
+    else:
+        port_n = int(port)
+    if not 0 <= port_n <= 65535:
+        raise ValueError(f"port {port_n} out of range")
+    if ":" in host:
+        ipaddress.IPv6Address(host)
+    return ListenAddress(host, port_n)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value, tp, key: str, source: str):
+    """Check ``value`` against the annotation ``tp`` and convert it."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
+        return _build(tp, value, key, source)
+    if tp is ListenAddress:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, "expected a string \"ADDRESS:PORT\"")
+        try:
+            return parse_address(value, 53 if key.startswith("dns.") else None)
+        except ValueError as e:
+            raise ConfigError(source, key, f"bad address {value!r}: {e}") from None
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"expected a list, got {type(value).__name__}")
+        return tuple(_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
+        return {str(k): _convert(v, val_tp, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true or false, got {type(value).__name__}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an integer, got {type(value).__name__}")
+        if value < 0:
+            raise ConfigError(source, key, "must not be negative")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, key, f"expected a number, got {type(value).__name__}")
+        if value < 0:
+            raise ConfigError(source, key, "must not be negative")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string, got {type(value).__name__}")
+        return value
+    raise ConfigError(source, key, f"unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls, table: dict, prefix: str, source: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for k in table:
+        if k not in fields:
+            where = f"{prefix}.{k}" if prefix else k
+            known = ", ".join(sorted(fields))
+            raise ConfigError(source, where, f"unknown key (known keys here: {known})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in table:
+            kwargs[name] = _convert(table[name], hints[name], key, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(source, key, "required key is missing")
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config, source: str) -> None:
+    def err(key, problem):
+        raise ConfigError(source, key, problem)
+
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
+                        cfg.hostname):
+        err("hostname", f"not a valid host name: {cfg.hostname!r}")
+    if not cfg.data_dir:
+        err("data_dir", "must not be empty")
+    if cfg.database_url and not re.match(r"^(sqlite|postgresql(\+psycopg)?)://", cfg.database_url):
+        err("database_url", "expected sqlite:///PATH or postgresql+psycopg://…")
+    if bool(cfg.tls.cert) != bool(cfg.tls.key):
+        err("tls.cert" if not cfg.tls.cert else "tls.key", "cert and key must be given together")
+    if cfg.tls.min_version not in ("1.2", "1.3"):
+        err("tls.min_version", "expected \"1.2\" or \"1.3\"")
+    for name, a in cfg.listen.items():
+        try:
+            ipaddress.ip_address(a.host)
+        except ValueError:
+            if a.host not in ("localhost",):
+                err(f"listen.{name}", f"{a.host!r} is not an IP address")
+    seen: dict[tuple[str, int], str] = {}
+    for name, a in cfg.listen.items():
+        if a.port and (a.host, a.port) in seen:
+            err(f"listen.{name}", f"{a} is also used by listen.{seen[(a.host, a.port)]}")
+        seen[(a.host, a.port)] = name
+    for i, net in enumerate(cfg.smtp.trusted_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            err(f"smtp.trusted_networks[{i}]", f"not a network: {net!r}")
+    if len(cfg.smtp.subaddress_separator) > 1:
+        err("smtp.subaddress_separator", "must be one character or empty")
+    if cfg.limits.smtp_max_command_line < 512:
+        err("limits.smtp_max_command_line", "RFC 5321 4.5.3.1.4 requires at least 512")
+    if cfg.limits.smtp_max_text_line < 1000:
+        err("limits.smtp_max_text_line", "RFC 5321 4.5.3.1.6 requires at least 1000")
+    if cfg.limits.smtp_max_recipients < 100:
+        err("limits.smtp_max_recipients", "RFC 5321 4.5.3.1.8 requires at least 100")
+    if cfg.limits.pop3_idle_timeout < 600:
+        err("limits.pop3_idle_timeout", "RFC 1939 requires at least 600 seconds")
+    names = set()
+    for i, d in enumerate(cfg.domain):
+        if d.mode not in ("local", "relay"):
+            err(f"domain[{i}].mode", "expected \"local\" or \"relay\"")
+        if d.mode == "relay" and not d.relay_to:
+            err(f"domain[{i}].relay_to", "required when mode = \"relay\"")
+        if d.relay_to:
+            try:
+                parse_address(d.relay_to, 25)
+            except ValueError as e:
+                err(f"domain[{i}].relay_to", str(e))
+        if d.name.lower() in names:
+            err(f"domain[{i}].name", f"{d.name} is declared twice")
+        names.add(d.name.lower())
+    if cfg.log.format not in ("text", "json"):
+        err("log.format", "expected \"text\" or \"json\"")
+    if cfg.log.level not in ("debug", "info", "warn", "error"):
+        err("log.level", "expected debug, info, warn or error")
+    if cfg.store.blobs not in ("files", "database"):
+        err("store.blobs", "expected \"files\" or \"database\"")
+    if cfg.store.db_threads < 1:
+        err("store.db_threads", "must be at least 1")
+    if cfg.queue.smarthost.tls not in ("starttls", "implicit"):
+        err("queue.smarthost.tls", "expected \"starttls\" or \"implicit\"")
+    if cfg.auth.default_scheme not in ("argon2", "bcrypt", "sha512_crypt"):
+        err("auth.default_scheme", "expected argon2, bcrypt or sha512_crypt")
+
+
+def load_dict(table: dict, source: str = "", base_dir: Path | None = None) -> Config:
+    """Build and validate a Config from an already-parsed TOML table."""
+    cfg = _build(Config, table, "", source)
+    if base_dir is not None and not os.path.isabs(cfg.data_dir):
+        cfg = dataclasses.replace(cfg, data_dir=str((base_dir / cfg.data_dir).resolve()))
+    cfg = dataclasses.replace(cfg, source=source)
+    _validate(cfg, source)
+    return cfg
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Load the config named by ``path`` or ``$MAILSERVER_CONFIG``.
+
+    A relative ``data_dir`` is taken relative to the config file's folder.
+    """
+    if path is None:
+        path = os.environ.get(ENV_CONFIG)
+    if not path:
+        raise ConfigError("", "", f"no configuration file: pass --config PATH or set {ENV_CONFIG}")
+    p = Path(path)
+    source = str(p)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found") from None
+    except OSError as e:
+        raise ConfigError(source, "", f"cannot read: {e.strerror}") from None
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "not UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "", f"TOML syntax error: {e}") from None
+    return load_dict(table, source, base_dir=p.resolve().parent)
+
+
+# Keep linters quiet about names used only in annotations.
+_ = types

@@ -1,0 +1,186 @@
+"""SQLAlchemy 2.x models: the one schema every protocol shares.
+
+Schema changes go through Alembic (``storage/migrations``); this module is what the migrations build.
+Times are stored as UNIX seconds (float) so SQLite and PostgreSQL compare them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# System flags as bits (RFC 9051 2.3.2); keywords are kept as text.
+FLAG_SEEN = 1
+FLAG_ANSWERED = 2
+FLAG_FLAGGED = 4
+FLAG_DELETED = 8
+FLAG_DRAFT = 16
+FLAG_RECENT = 32  # session-only in IMAP; stored bit used for "new since last select" bookkeeping
+SYSTEM_FLAGS = {
+    "\\seen": FLAG_SEEN,
+    "\\answered": FLAG_ANSWERED,
+    "\\flagged": FLAG_FLAGGED,
+    "\\deleted": FLAG_DELETED,
+    "\\draft": FLAG_DRAFT,
+}
+FLAG_NAMES = {FLAG_SEEN: "\\Seen", FLAG_ANSWERED: "\\Answered", FLAG_FLAGGED: "\\Flagged",
+              FLAG_DELETED: "\\Deleted", FLAG_DRAFT: "\\Draft"}
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    mode: Mapped[str] = mapped_column(String(16), default="local")  # local | relay
+    relay_to: Mapped[str] = mapped_column(String(300), default="")
+    created: Mapped[float] = mapped_column(Float)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased local@domain
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    password_hash: Mapped[str] = mapped_column(Text, default="")
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    quota_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # 0 = unlimited
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    signature: Mapped[str] = mapped_column(Text, default="")
+    created: Mapped[float] = mapped_column(Float)
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("address", "target"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # lower-cased "local@domain", or "@domain" for a catch-all
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    target: Mapped[str] = mapped_column(String(320))
+    created: Mapped[float] = mapped_column(Float)
+
+
+class Mailbox(Base):
+    __tablename__ = "mailboxes"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(1000))  # UTF-8, "/" separated; "INBOX" upper-case
+    special_use: Mapped[str] = mapped_column(String(32), default="")  # e.g. "\\Sent"
+    subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
+    uid_validity: Mapped[int] = mapped_column(BigInteger)
+    uid_next: Mapped[int] = mapped_column(BigInteger, default=1)
+    highest_modseq: Mapped[int] = mapped_column(BigInteger, default=1)
+    keywords: Mapped[str] = mapped_column(Text, default="")  # space-separated keywords ever used here
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    unseen_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_size: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Blob(Base):
+    """A message body, byte-exact as received, stored once per content (sha256)."""
+
+    __tablename__ = "blobs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex sha256
+    size: Mapped[int] = mapped_column(BigInteger)
+    refcount: Mapped[int] = mapped_column(Integer, default=0)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # "database" backend only
+    created: Mapped[float] = mapped_column(Float)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "uid"),
+        Index("ix_messages_mailbox_modseq", "mailbox_id", "modseq"),
+        Index("ix_messages_mailbox_date", "mailbox_id", "internal_date"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+    flags: Mapped[int] = mapped_column(Integer, default=0)
+    keywords: Mapped[str] = mapped_column(Text, default="")  # space-separated
+    internal_date: Mapped[float] = mapped_column(Float)
+    size: Mapped[int] = mapped_column(BigInteger)
+    blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"), index=True)
+    # Parsed once at delivery (mailserver.mime): JSON texts.
+    envelope: Mapped[str] = mapped_column(Text, default="")
+    bodystructure: Mapped[str] = mapped_column(Text, default="")
+    header_size: Mapped[int] = mapped_column(Integer, default=0)
+    # Selected fields for lists, sorting, threading and the webmail.
+    subject: Mapped[str] = mapped_column(Text, default="")
+    from_addr: Mapped[str] = mapped_column(Text, default="")
+    to_addr: Mapped[str] = mapped_column(Text, default="")
+    cc_addr: Mapped[str] = mapped_column(Text, default="")
+    date_sent: Mapped[float] = mapped_column(Float, default=0.0)
+    message_id: Mapped[str] = mapped_column(Text, default="")
+    in_reply_to: Mapped[str] = mapped_column(Text, default="")
+    references: Mapped[str] = mapped_column(Text, default="")
+    preview: Mapped[str] = mapped_column(Text, default="")
+    has_attachment: Mapped[bool] = mapped_column(Boolean, default=False)
+    thread_id: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Expunged(Base):
+    """Tombstones of expunged UIDs, for QRESYNC VANISHED (RFC 7162)."""
+
+    __tablename__ = "expunged"
+    __table_args__ = (Index("ix_expunged_mailbox_modseq", "mailbox_id", "modseq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+
+
+class QueuedMessage(Base):
+    """Outgoing mail waiting for delivery (outbound queue)."""
+
+    __tablename__ = "queue"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sender: Mapped[str] = mapped_column(String(320), default="")  # "" = null reverse-path
+    blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created: Mapped[float] = mapped_column(Float)
+    envid: Mapped[str] = mapped_column(String(100), default="")
+    ret: Mapped[str] = mapped_column(String(8), default="")  # FULL | HDRS | ""
+    smtputf8: Mapped[bool] = mapped_column(Boolean, default=False)
+    body_8bit: Mapped[bool] = mapped_column(Boolean, default=False)
+    account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # submitting account
+    source: Mapped[str] = mapped_column(String(32), default="submission")  # submission|alias|relay|bounce
+
+
+class QueueRecipient(Base):
+    __tablename__ = "queue_recipients"
+    __table_args__ = (Index("ix_queue_recipients_due", "status", "next_attempt"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id", ondelete="CASCADE"), index=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    domain: Mapped[str] = mapped_column(String(253))
+    orcpt: Mapped[str] = mapped_column(String(500), default="")
+    notify: Mapped[str] = mapped_column(String(40), default="")  # e.g. "FAILURE,DELAY"
+    # pending | deferred | delivered | failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[float] = mapped_column(Float, default=0.0)
+    last_reply: Mapped[str] = mapped_column(Text, default="")
+    remote_mta: Mapped[str] = mapped_column(String(300), default="")
+    route: Mapped[str] = mapped_column(String(300), default="")  # "" = MX, or "host:port" for relay domains
+    delay_warned: Mapped[bool] = mapped_column(Boolean, default=False)
+    claimed_until: Mapped[float] = mapped_column(Float, default=0.0)
