@@ -1,0 +1,594 @@
+"""The one authenticator shared by SMTP AUTH, IMAP LOGIN/AUTHENTICATE, POP3 USER/PASS/AUTH and webmail.
+
+Two layers:
+
+* :class:`PasswordHasher` is pure computation (no Twisted, no I/O, *slow on purpose*): it hashes new passwords
+  with libpass (argon2id by default) and verifies stored hashes, including the hashes Dovecot writes
+  (``{SHA512-CRYPT}$6$...``, ``{SSHA512}...``, ``{PLAIN}...``) so that a ``passwd-file`` can be imported as is.
+  Any imported or outdated hash is replaced by a hash of the default scheme at the next good login.
+* :class:`Authenticator` is the service the protocols call.  It looks the account up (through a callable that
+  does the database work off the reactor thread), runs the hash verification in a dedicated thread pool,
+  remembers recent successes for ``auth.cache_seconds`` (keyed by an HMAC, never by the password), and
+  throttles failed logins per client IP and per account.
+
+Decisions a caller should know:
+
+* An unknown account and a wrong password give the same answer (``reason="invalid"``), and an unknown account
+  still pays a dummy verification, so neither the reply nor its timing tells whether an address exists.
+  The per-account failure counter is keyed by the *address* as typed (normalised), so it grows the same way for
+  addresses that do not exist.
+* A disabled account answers ``"disabled"`` only after a correct password; otherwise ``"invalid"``.
+* Throttling: every failure in the last ``auth_failure_window`` seconds counts against the client IP (IPv6 by
+  its /64, IPv4-mapped IPv6 as IPv4) and against the address.  Every answer is delayed by
+  ``0.5 s * 2 ** (failures - 1)`` (capped at ``auth_max_delay``), where ``failures`` is the larger of the two
+  counters after this attempt.  Once a counter has reached its maximum the answer is ``"throttled"`` (after the
+  delay) without looking the account up or verifying anything; throttled attempts are not counted again, so a
+  counter drains as its failures age out of the window.  A limit of 0 means "no maximum" (the delay still
+  grows).  A success clears the *account's* counter but not the IP's: otherwise a client holding one valid
+  account could interleave good logins to keep guessing other accounts' passwords.  Loopback clients are
+  throttled like everyone else.
+* While an account is throttled, even its correct password (and a cached success) answers ``"throttled"``:
+  throttling must not be bypassable by the very guesses it slows down.
+* If ``lookup`` or the thread pool fails, the returned Deferred fails with that error (nothing is counted);
+  protocols answer it as a temporary failure (SMTP ``454 4.7.0``, IMAP ``NO [UNAVAILABLE]``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from passlib.context import CryptContext
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+
+from mailserver.config import AuthConfig, LimitsConfig
+
+log = Logger()
+
+# ------------------------------------------------------------------------------------------- named limits
+
+#: Longest user name (octets, UTF-8) we look up: 64 local + "@" + 255 domain (RFC 5321 4.5.3.1.1/2).
+MAX_USERNAME_OCTETS = 320
+#: Longest password (octets, UTF-8) we verify; longer ones fail without hashing (no CPU amplification).
+MAX_PASSWORD_OCTETS = 1024
+#: Successful verifications remembered at most; the oldest is dropped first.
+MAX_CACHE_ENTRIES = 10_000
+#: Client IPs / addresses with recent failures tracked at most; the least recently failed is dropped first.
+MAX_TRACKED_KEYS = 100_000
+#: Delay after the first failure in the window; each further failure doubles it (up to auth_max_delay).
+BASE_FAILURE_DELAY = 0.5
+#: Failures remembered per key when its limit is 0 ("no maximum"): enough to reach any sensible delay cap.
+UNLIMITED_FAILURES_KEPT = 64
+#: bcrypt only ever uses the first 72 octets of a password (and bcrypt >= 5 refuses longer input).
+BCRYPT_MAX_OCTETS = 72
+
+DEFAULT_SCHEMES = ("argon2", "bcrypt", "sha512_crypt")
+
+# Cost parameters for new hashes.  argon2id: the OWASP Password Storage Cheat Sheet's first profile
+# (m = 19 MiB, t = 2, p = 1), about 25 ms per verification here; bcrypt cost 12; sha512_crypt 100,000 rounds.
+_SERVER_COSTS = {
+    "argon2__type": "ID",
+    "argon2__time_cost": 2,
+    "argon2__memory_cost": 19 * 1024,
+    "argon2__parallelism": 1,
+    "bcrypt__rounds": 12,
+    "sha512_crypt__rounds": 100_000,
+}
+# Cheapest parameters libpass accepts, for tests only (PasswordHasher(low_cost=True)).
+_LOW_COSTS = {
+    "argon2__type": "ID",
+    "argon2__time_cost": 1,
+    "argon2__memory_cost": 8,
+    "argon2__parallelism": 1,
+    "bcrypt__rounds": 4,
+    "sha512_crypt__rounds": 1000,
+}
+
+# Every crypt(3)-style scheme we verify.  des_crypt is only accepted behind a {CRYPT}/{DES-CRYPT} prefix:
+# an unprefixed 13-character string is too easily something else.
+_CRYPT_SCHEMES = ("argon2", "bcrypt", "sha512_crypt", "sha256_crypt", "md5_crypt", "des_crypt")
+_UNPREFIXED_SCHEMES = frozenset(_CRYPT_SCHEMES) - {"des_crypt"}
+
+# Dovecot scheme name -> the libpass scheme its payload must be (None: any crypt(3) scheme, as {CRYPT} is
+# whatever the system crypt() produced).  Dovecot's "MD5" scheme is MD5-CRYPT.
+_DOVECOT_CRYPT = {
+    "SHA512-CRYPT": "sha512_crypt",
+    "SHA256-CRYPT": "sha256_crypt",
+    "BLF-CRYPT": "bcrypt",
+    "ARGON2ID": "argon2",
+    "ARGON2I": "argon2",
+    "MD5-CRYPT": "md5_crypt",
+    "MD5": "md5_crypt",
+    "DES-CRYPT": "des_crypt",
+    "CRYPT": None,
+}
+
+# Dovecot digest schemes: name -> (hashlib name, salted, default encoding).  Salted payloads are
+# digest || salt (the salt follows the digest), hash input is password || salt.
+_DOVECOT_DIGEST = {
+    "SHA": ("sha1", False, "base64"),
+    "SHA1": ("sha1", False, "base64"),
+    "SHA256": ("sha256", False, "base64"),
+    "SHA512": ("sha512", False, "base64"),
+    "SSHA": ("sha1", True, "base64"),
+    "SSHA256": ("sha256", True, "base64"),
+    "SSHA512": ("sha512", True, "base64"),
+    "SMD5": ("md5", True, "base64"),
+    "LDAP-MD5": ("md5", False, "base64"),
+    "PLAIN-MD5": ("md5", False, "hex"),
+}
+
+_DOVECOT_PLAIN = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
+
+# "{SCHEME}" or "{SCHEME.ENCODING}" in front of the hash (Dovecot password schemes).
+_PREFIX = re.compile(r"\{([A-Za-z0-9-]+)(?:\.([A-Za-z0-9]+))?\}(.*)", re.DOTALL)
+_ENCODINGS = {"b64": "base64", "base64": "base64", "hex": "hex"}
+
+
+# ------------------------------------------------------------------------------------------- hashing
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A stored hash, understood: how to verify it and whether it must be replaced after a good login."""
+
+    kind: str  # "crypt" (libpass), "digest" (hashlib), "plain"
+    imported: bool  # came with a Dovecot {SCHEME} prefix: always rehashed at the next good login
+    crypt_scheme: str = ""  # kind == "crypt": the libpass scheme name
+    crypt_hash: str = ""  # kind == "crypt": the hash without prefix
+    digest_name: str = ""  # kind == "digest": hashlib name
+    digest: bytes = b""  # kind == "digest": expected digest
+    salt: bytes = b""  # kind == "digest": salt appended to the password (b"" when unsalted)
+    plain: bytes = b""  # kind == "plain": the password itself
+
+
+class PasswordHasher:
+    """Hash new passwords with the default libpass scheme; verify stored and imported hashes.
+
+    Every method is CPU-bound and slow by design: call them from the hash thread pool, never from the reactor.
+    ``low_cost=True`` uses the cheapest parameters libpass accepts, for tests only.
+    """
+
+    def __init__(self, default_scheme: str = "argon2", *, low_cost: bool = False):
+        if default_scheme not in DEFAULT_SCHEMES:
+            raise ValueError(f"default scheme must be one of {', '.join(DEFAULT_SCHEMES)}, not {default_scheme!r}")
+        self.default_scheme = default_scheme
+        costs = _LOW_COSTS if low_cost else _SERVER_COSTS
+        # deprecated="auto": every scheme except the default is deprecated, so verify_and_update() rehashes
+        # it; hashes of the default scheme with other cost parameters need an update as well.
+        self._context = CryptContext(schemes=list(_CRYPT_SCHEMES), default=default_scheme,
+                                     deprecated=["auto"], **costs)
+        self._dummy_hash: str | None = None
+        self._dummy_lock = threading.Lock()
+
+    # -- public API
+
+    def hash(self, password: str) -> str:
+        """A new hash of ``password`` in the default scheme (libpass's own format, no ``{SCHEME}`` prefix)."""
+        return self._context.hash(_secret(self.default_scheme, password))
+
+    def verify(self, password: str, stored: str) -> tuple[bool, str | None]:
+        """``(ok, new_hash)``: whether ``password`` matches ``stored``, and when it does and ``stored`` is
+        imported, of another scheme or of outdated cost, the hash to store instead (else None).
+
+        A stored value we cannot parse never matches (and never raises).
+        """
+        try:
+            parsed = _parse(stored)
+        except ValueError:
+            return False, None
+        try:
+            ok = self._check(parsed, password)
+        except (ValueError, TypeError):
+            # libpass raises for malformed hashes it identified, NUL in a bcrypt password, oversize input.
+            return False, None
+        if not ok:
+            return False, None
+        if parsed.imported or parsed.kind != "crypt" or self._context.needs_update(parsed.crypt_hash):
+            return True, self.hash(password)
+        return True, None
+
+    def check_importable(self, stored: str) -> None:
+        """Raise ``ValueError("unknown hash scheme ...")`` unless :meth:`verify` understands ``stored``."""
+        _parse(stored)
+
+    def dummy_verify(self, password: str) -> None:
+        """Spend about the time of a real verification (for unknown accounts: no timing oracle)."""
+        with self._dummy_lock:
+            if self._dummy_hash is None:
+                self._dummy_hash = self.hash(os.urandom(16).hex())
+            dummy = self._dummy_hash
+        self._context.verify(_secret(self.default_scheme, password), dummy)
+
+    # -- internals
+
+    def _check(self, parsed: _Parsed, password: str) -> bool:
+        pw = password.encode("utf-8", "surrogatepass")
+        if parsed.kind == "plain":
+            return hmac.compare_digest(pw, parsed.plain)
+        if parsed.kind == "digest":
+            computed = hashlib.new(parsed.digest_name, pw + parsed.salt).digest()
+            return hmac.compare_digest(computed, parsed.digest)
+        handler = self._context.handler(parsed.crypt_scheme)
+        return handler.verify(_secret(parsed.crypt_scheme, password), parsed.crypt_hash)
+
+
+def _secret(scheme: str, password: str) -> str | bytes:
+    """The secret libpass gets: bcrypt ignores octets past 72 (and bcrypt >= 5 raises), so cut them here,
+    exactly as the systems that wrote imported $2y$ hashes did."""
+    if scheme == "bcrypt":
+        raw = password.encode("utf-8", "surrogatepass")
+        if len(raw) > BCRYPT_MAX_OCTETS:
+            return raw[:BCRYPT_MAX_OCTETS]
+    return password
+
+
+_IDENTIFY_CONTEXT = CryptContext(schemes=list(_CRYPT_SCHEMES))
+
+
+def _identify(h: str) -> str | None:
+    return _IDENTIFY_CONTEXT.identify(h, required=False)
+
+
+def _check_crypt_format(scheme: str, h: str) -> None:
+    """Raise ValueError if libpass cannot parse ``h`` as ``scheme`` (wrong rounds, salt, length...)."""
+    handler = _IDENTIFY_CONTEXT.handler(scheme)
+    try:
+        handler.from_string(h)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"unknown hash scheme: malformed {scheme} hash ({e})") from None
+
+
+def _decode(payload: str, encoding: str) -> bytes:
+    try:
+        if encoding == "hex":
+            return bytes.fromhex(payload)
+        return base64.b64decode(payload.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        raise ValueError(f"unknown hash scheme: payload is not valid {encoding}") from None
+
+
+def _parse(stored: str) -> _Parsed:
+    """Understand a stored hash, or raise ``ValueError("unknown hash scheme ...")``."""
+    if not isinstance(stored, str) or not stored:
+        raise ValueError("unknown hash scheme: empty hash")
+    m = _PREFIX.fullmatch(stored)
+    if m is None:
+        scheme = _identify(stored)
+        if scheme not in _UNPREFIXED_SCHEMES:
+            raise ValueError("unknown hash scheme: not a {SCHEME} prefix nor a $id$ crypt hash")
+        _check_crypt_format(scheme, stored)
+        return _Parsed("crypt", imported=False, crypt_scheme=scheme, crypt_hash=stored)
+
+    name, enc_name, payload = m.group(1).upper(), m.group(2), m.group(3)
+    encoding = None
+    if enc_name is not None:
+        encoding = _ENCODINGS.get(enc_name.lower())
+        if encoding is None:
+            raise ValueError(f"unknown hash scheme: unknown encoding .{enc_name} in {{{m.group(1)}.{enc_name}}}")
+
+    if name in _DOVECOT_CRYPT:
+        if encoding is not None:
+            raise ValueError(f"unknown hash scheme: {{{name}}} takes no .{enc_name} encoding")
+        want = _DOVECOT_CRYPT[name]
+        scheme = _identify(payload)
+        if scheme is None or (want is not None and scheme != want):
+            raise ValueError(f"unknown hash scheme: {{{name}}} payload is not a {want or 'crypt'} hash")
+        if name == "ARGON2ID" and not payload.startswith("$argon2id$"):
+            raise ValueError("unknown hash scheme: {ARGON2ID} payload is not $argon2id$")
+        if name == "ARGON2I" and not payload.startswith("$argon2i$"):
+            raise ValueError("unknown hash scheme: {ARGON2I} payload is not $argon2i$")
+        _check_crypt_format(scheme, payload)
+        return _Parsed("crypt", imported=True, crypt_scheme=scheme, crypt_hash=payload)
+
+    if name in _DOVECOT_PLAIN:
+        # Dovecot's PLAIN is stored as is; PLAIN.b64 / PLAIN.hex encode it.
+        raw = payload.encode("utf-8", "surrogatepass") if encoding is None else _decode(payload, encoding)
+        return _Parsed("plain", imported=True, plain=raw)
+
+    if name in _DOVECOT_DIGEST:
+        digest_name, salted, default_encoding = _DOVECOT_DIGEST[name]
+        size = hashlib.new(digest_name).digest_size
+        if encoding is None:
+            # Dovecot also accepts hex for a base64 scheme when the length says so (2 chars per octet).
+            if (default_encoding == "base64" and not salted and len(payload) == 2 * size
+                    and re.fullmatch(r"[0-9A-Fa-f]+", payload)):
+                encoding = "hex"
+            else:
+                encoding = default_encoding
+        raw = _decode(payload, encoding)
+        if salted:
+            if len(raw) <= size:
+                raise ValueError(f"unknown hash scheme: {{{name}}} payload too short for digest and salt")
+            return _Parsed("digest", imported=True, digest_name=digest_name, digest=raw[:size], salt=raw[size:])
+        if len(raw) != size:
+            raise ValueError(f"unknown hash scheme: {{{name}}} payload is not a {digest_name} digest")
+        return _Parsed("digest", imported=True, digest_name=digest_name, digest=raw)
+
+    raise ValueError(f"unknown hash scheme {{{m.group(1)}}}")
+
+
+# ------------------------------------------------------------------------------------------- addresses
+
+
+def normalize_address(username: str) -> str:
+    """The account key for a login name: surrounding white space removed, lower-cased (local part included:
+    accounts are case-insensitive)."""
+    return username.strip().lower()
+
+
+def _acceptable(address: str, password: str) -> bool:
+    """Whether a login is worth looking up at all (else it fails as "invalid" without hashing)."""
+    if not address or not password:
+        return False
+    try:
+        addr_len = len(address.encode("utf-8", "surrogatepass"))
+        pw_len = len(password.encode("utf-8", "surrogatepass"))
+    except UnicodeEncodeError:  # pragma: no cover - surrogatepass encodes every str
+        return False
+    if addr_len > MAX_USERNAME_OCTETS or pw_len > MAX_PASSWORD_OCTETS:
+        return False
+    if "\0" in password or any(ord(c) < 0x20 or c == "\x7f" for c in address):
+        return False
+    return True
+
+
+def _parse_ip(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(client_ip.split("%", 1)[0])  # drop an IPv6 zone index
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_loopback(client_ip: str) -> bool:
+    """127.0.0.0/8, ::1 (and IPv4-mapped 127.x)."""
+    ip = _parse_ip(client_ip)
+    return ip is not None and ip.is_loopback
+
+
+def _ip_key(client_ip: str) -> str:
+    """The throttling key of a client: IPv4 address, IPv6 /64 (one host usually owns a whole /64)."""
+    ip = _parse_ip(client_ip)
+    if ip is None:
+        return client_ip
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+# ------------------------------------------------------------------------------------------- authenticator
+
+
+@dataclass(frozen=True)
+class Credentials:
+    account_id: int
+    address: str
+    password_hash: str
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    ok: bool
+    account_id: int | None = None
+    address: str | None = None
+    #: "" (ok), "invalid" (unknown account or wrong password: never told apart), "disabled", "throttled".
+    reason: str = ""
+
+
+INVALID = AuthResult(False, reason="invalid")
+THROTTLED = AuthResult(False, reason="throttled")
+
+
+class _FailureLog:
+    """Recent failure times per key, bounded in keys and in times per key.
+
+    Keys are kept in order of their last failure, so expired keys are found at the front.
+    """
+
+    def __init__(self, window: float, limit: int):
+        self.window = window
+        self.limit = limit
+        self._keep = limit if limit > 0 else UNLIMITED_FAILURES_KEPT
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def count(self, key: str, now: float) -> int:
+        times = self._times.get(key)
+        if times is None:
+            return 0
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._times[key]
+            return 0
+        return len(times)
+
+    def exceeded(self, key: str, now: float) -> bool:
+        return self.limit > 0 and self.count(key, now) >= self.limit
+
+    def add(self, key: str, now: float) -> None:
+        times = self._times.get(key)
+        if times is None:
+            times = self._times[key] = deque(maxlen=self._keep)
+        times.append(now)
+        self._times.move_to_end(key)
+        self.prune(now)
+
+    def reset(self, key: str) -> None:
+        self._times.pop(key, None)
+
+    def prune(self, now: float) -> None:
+        while self._times:
+            key, times = next(iter(self._times.items()))
+            if times and times[-1] > now - self.window and len(self._times) <= MAX_TRACKED_KEYS:
+                break
+            del self._times[key]
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+
+PoolRunner = Callable[..., "defer.Deferred[Any]"]
+
+
+class Authenticator:
+    """Check a user name and password for any protocol; see the module docstring for the rules.
+
+    ``lookup(address) -> Deferred[Credentials | None]`` and ``update_hash(account_id, new_hash) ->
+    Deferred[None]`` do their database work off the reactor thread.  ``hash_pool`` is a started
+    :class:`twisted.python.threadpool.ThreadPool` dedicated to hashing (used with ``deferToThreadPool(clock,
+    hash_pool, ...)``), or any callable ``run(f, *args) -> Deferred`` (tests pass a synchronous one).
+    ``clock`` provides ``seconds()`` and ``callLater`` (and ``callFromThread`` with a real pool): the reactor,
+    or a ``task.Clock`` in tests.  ``secret`` keys the success cache; None = random per process.
+    """
+
+    def __init__(self, hasher: PasswordHasher, lookup: Callable[[str], "defer.Deferred[Credentials | None]"],
+                 update_hash: Callable[[int, str], "defer.Deferred[None]"], *, hash_pool: Any, clock: Any,
+                 limits: LimitsConfig, auth_config: AuthConfig, secret: bytes | None = None):
+        self._hasher = hasher
+        self._lookup = lookup
+        self._update_hash = update_hash
+        self._clock = clock
+        self._limits = limits
+        self._config = auth_config
+        self._secret = secret if secret is not None else os.urandom(32)
+        if hasattr(hash_pool, "callInThreadWithCallback"):
+            self._run: PoolRunner = lambda f, *a: threads.deferToThreadPool(clock, hash_pool, f, *a)
+        elif callable(hash_pool):
+            self._run = hash_pool
+        else:
+            raise TypeError("hash_pool must be a ThreadPool or a callable run(f, *args) -> Deferred")
+        window = limits.auth_failure_window
+        self._ip_failures = _FailureLog(window, limits.auth_max_failures_per_ip)
+        self._account_failures = _FailureLog(window, limits.auth_max_failures_per_account)
+        # HMAC(address, password) -> (expires, address, stored hashes the password was verified against)
+        self._cache: OrderedDict[bytes, tuple[float, str, frozenset[str]]] = OrderedDict()
+
+    # -- public API
+
+    def authenticate(self, username: str, password: str, client_ip: str) -> "defer.Deferred[AuthResult]":
+        """Check ``username``/``password`` from ``client_ip``; fires with an :class:`AuthResult`."""
+        return defer.ensureDeferred(self._authenticate(username, password, client_ip))
+
+    def plaintext_allowed(self, client_ip: str, tls_active: bool) -> bool:
+        """Whether a plaintext mechanism (PLAIN, LOGIN, USER/PASS, IMAP LOGIN) may be offered and used.
+
+        RFC 3501 6.2.3 / RFC 9051 6.2.3 (LOGINDISABLED), RFC 4954 4 and RFC 8314: never send passwords in the
+        clear, except over loopback or when the administrator allowed it.
+        """
+        return tls_active or self._config.allow_plaintext_without_tls or is_loopback(client_ip)
+
+    def forget(self, address: str) -> None:
+        """Drop every cached success for ``address`` (after a password change or disabling)."""
+        address = normalize_address(address)
+        for key in [k for k, (_, a, _) in self._cache.items() if a == address]:
+            del self._cache[key]
+
+    # -- internals
+
+    async def _authenticate(self, username: str, password: str, client_ip: str) -> AuthResult:
+        address = normalize_address(username)
+        ip_key = _ip_key(client_ip)
+        now = self._clock.seconds()
+        if self._ip_failures.exceeded(ip_key, now) or self._account_failures.exceeded(address, now):
+            log.info("auth throttled for {address!r} from {ip}", address=address, ip=client_ip)
+            await self._sleep(self._delay(ip_key, address))
+            return THROTTLED
+
+        result = await self._check(address, password)
+
+        now = self._clock.seconds()
+        if result.reason == "invalid":
+            self._ip_failures.add(ip_key, now)
+            self._account_failures.add(address, now)
+        elif result.ok:
+            self._account_failures.reset(address)
+        await self._sleep(self._delay(ip_key, address))
+        return result
+
+    async def _check(self, address: str, password: str) -> AuthResult:
+        if not _acceptable(address, password):
+            return INVALID
+        creds = await self._lookup(address)
+        if creds is None:
+            await self._run(self._hasher.dummy_verify, password)
+            return INVALID
+
+        key = self._cache_key(address, password)
+        if self._cache_hit(key, creds.password_hash):
+            ok = True
+        else:
+            ok, new_hash = await self._run(self._hasher.verify, password, creds.password_hash)
+            if ok:
+                hashes = {creds.password_hash}
+                if new_hash is not None:
+                    hashes.add(new_hash)
+                    await self._store_new_hash(creds, new_hash)
+                self._cache_put(key, address, frozenset(hashes))
+        if not ok:
+            return INVALID
+        if not creds.enabled:
+            return AuthResult(False, reason="disabled")
+        return AuthResult(True, account_id=creds.account_id, address=creds.address)
+
+    async def _store_new_hash(self, creds: Credentials, new_hash: str) -> None:
+        try:
+            await self._update_hash(creds.account_id, new_hash)
+        except Exception:
+            # The login itself succeeded; the old hash stays and is replaced at a later login.
+            log.failure("could not store the rehashed password of account {account_id}",
+                        account_id=creds.account_id)
+        else:
+            log.info("password of account {account_id} rehashed to {scheme}", account_id=creds.account_id,
+                     scheme=self._hasher.default_scheme)
+
+    def _delay(self, ip_key: str, address: str) -> float:
+        now = self._clock.seconds()
+        failures = max(self._ip_failures.count(ip_key, now), self._account_failures.count(address, now))
+        if failures == 0:
+            return 0.0
+        return min(self._limits.auth_max_delay, BASE_FAILURE_DELAY * 2.0 ** min(failures - 1, 64))
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await task.deferLater(self._clock, seconds, lambda: None)
+
+    # -- success cache
+
+    def _cache_key(self, address: str, password: str) -> bytes:
+        message = address.encode("utf-8", "surrogatepass") + b"\0" + password.encode("utf-8", "surrogatepass")
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def _cache_hit(self, key: bytes, stored_hash: str) -> bool:
+        entry = self._cache.get(key)
+        if entry is None:
+            return False
+        expires, _, hashes = entry
+        if expires <= self._clock.seconds():
+            del self._cache[key]
+            return False
+        # The stored hash must still be one the password was verified against: a password change elsewhere
+        # (another process, the CLI) invalidates the entry without forget().
+        return stored_hash in hashes
+
+    def _cache_put(self, key: bytes, address: str, hashes: frozenset[str]) -> None:
+        seconds = self._config.cache_seconds
+        if seconds <= 0:
+            return
+        self._cache.pop(key, None)
+        self._cache[key] = (self._clock.seconds() + seconds, address, hashes)
+        while len(self._cache) > MAX_CACHE_ENTRIES:
+            self._cache.popitem(last=False)
