@@ -63,6 +63,8 @@ class Account(Base):
     used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     signature: Mapped[str] = mapped_column(Text, default="")
+    #: Last UIDVALIDITY handed out to one of this account's mailboxes: a re-created name always gets a new one.
+    uid_validity_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     created: Mapped[float] = mapped_column(Float)
 
 

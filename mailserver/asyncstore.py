@@ -1,0 +1,139 @@
+"""Deferred-returning access to the store for code on the reactor thread.
+
+Reads run in the ``db_read`` pool, writes in ``db_write`` (one thread for SQLite).  Mutations return
+:class:`storage.store.Changed`; their change events are published on the reactor thread *after* the commit, before the
+caller's Deferred fires, so a session that made a change and a session watching the mailbox see it in the same order.
+
+Deliveries go through :class:`GroupCommitter`: requests that arrive while a batch is being written wait and are then
+written together in one transaction (one fsync), which is how one SQLite writer reaches thousands of deliveries a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from mailserver.threads import Pools, run_in
+from storage.changes import ChangeHub
+from storage.store import Changed, Delivery, DeliveryResult, Store
+
+log = Logger()
+
+#: Store methods that write (run in the writer pool).
+WRITE_METHODS = frozenset({
+    "add_domain", "ensure_domain", "remove_domain", "add_account", "remove_account", "set_password_hash",
+    "update_account", "set_quota", "add_alias", "remove_alias", "create_mailbox", "delete_mailbox", "rename_mailbox",
+    "set_subscribed", "deliver_batch", "append", "set_flags", "expunge", "delete_messages", "copy", "collect_blobs",
+    "enqueue",
+})
+
+
+class GroupCommitter:
+    """Batches deliveries into as few transactions as the writer allows."""
+
+    def __init__(self, reactor, astore: "AsyncStore", max_batch: int = 256):
+        self.reactor = reactor
+        self.astore = astore
+        self.max_batch = max_batch
+        self._pending: list[tuple[Delivery, Deferred]] = []
+        self._running = False
+        self.batches = 0
+        self.delivered = 0
+
+    def submit(self, delivery: Delivery) -> Deferred:
+        d: Deferred = Deferred()
+        self._pending.append((delivery, d))
+        if not self._running:
+            self._running = True
+            # Let deliveries that arrive in this reactor turn join the batch.
+            self.reactor.callLater(0, self._run)
+        return d
+
+    @inlineCallbacks
+    def _run(self):
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                try:
+                    changed: Changed = yield run_in(self.reactor, self.astore.pools.db_write,
+                                                    self.astore.store.deliver_batch, [b[0] for b in batch])
+                except Exception:
+                    log.failure("batch delivery failed; retrying one by one")
+                    yield self._one_by_one(batch)
+                    continue
+                self.batches += 1
+                self.delivered += len(batch)
+                self.astore.publish(changed.changes)
+                for (_, d), result in zip(batch, changed.value):
+                    d.callback(result)
+        finally:
+            self._running = False
+
+    @inlineCallbacks
+    def _one_by_one(self, batch):
+        for delivery, d in batch:
+            try:
+                changed = yield run_in(self.reactor, self.astore.pools.db_write, self.astore.store.deliver_batch,
+                                       [delivery])
+            except Exception as e:
+                d.errback(e)
+                continue
+            self.astore.publish(changed.changes)
+            d.callback(changed.value[0])
+
+
+class AsyncStore:
+    """``astore.<method>(...)`` runs ``store.<method>(...)`` off the reactor thread and returns a Deferred.
+
+    For mutations the Deferred fires with the :class:`Changed` (value + changes) after the changes were published.
+    """
+
+    def __init__(self, reactor, store: Store, pools: Pools, hub: ChangeHub, *, max_batch: int = 256):
+        self.reactor = reactor
+        self.store = store
+        self.pools = pools
+        self.hub = hub
+        self.committer = GroupCommitter(reactor, self, max_batch=max_batch)
+
+    def publish(self, changes) -> None:
+        self.hub.publish(changes)
+
+    def deliver(self, delivery: Delivery) -> Deferred:
+        """Deliver one message (group-committed with concurrent ones); fires with a DeliveryResult."""
+        return self.committer.submit(delivery)
+
+    def read(self, f: Callable, *args, **kwargs) -> Deferred:
+        """Run any blocking read ``f`` in the read pool."""
+        return run_in(self.reactor, self.pools.db_read, f, *args, **kwargs)
+
+    def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> Deferred:
+        return run_in(self.reactor, self.pools.blob, self.store.blobs.read, blob_id, start, end)
+
+    def finish_blob(self, writer) -> Deferred:
+        """``writer.finish()`` (fsync) in the blob pool; fires with the BlobRef."""
+        return run_in(self.reactor, self.pools.blob, writer.finish)
+
+    def __getattr__(self, name: str) -> Callable[..., Deferred]:
+        method = getattr(self.store, name)
+        if not callable(method) or name.startswith("_"):
+            raise AttributeError(name)
+        pool = self.pools.db_write if name in WRITE_METHODS else self.pools.db_read
+
+        def call(*args, **kwargs) -> Deferred:
+            d = run_in(self.reactor, pool, method, *args, **kwargs)
+            if name in WRITE_METHODS:
+                d.addCallback(self._published)
+            return d
+
+        call.__name__ = name
+        return call
+
+    def _published(self, result: Any) -> Any:
+        if isinstance(result, Changed):
+            self.publish(result.changes)
+        return result
+
+
+__all__ = ["AsyncStore", "GroupCommitter", "DeliveryResult"]

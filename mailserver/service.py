@@ -1,0 +1,266 @@
+"""Service assembly: one ``MailServer`` (a Twisted ``MultiService``) hosts every configured listener.
+
+Start order: open the store (engine, migrations, domains from the config), start the thread pools, build the shared
+authenticator and TLS context, then listen on every ``[listen]`` address.  A listener that cannot bind raises
+``ListenError`` naming it, and nothing is left half-started.
+
+Stop order (SIGTERM/SIGINT): stop accepting, give open sessions a short grace period, close the rest, let the group
+committer finish, stop the pools, dispose of the engine.
+
+Each protocol package provides ``build_factory(server, listener_name) -> Factory``; the table below maps listener
+names to them.  Protocols reach shared services through the server: ``config``, ``store`` (blocking: thread pools
+only), ``astore`` (Deferreds), ``hub``, ``auth``, ``tls``, ``pools``, ``reactor``, ``blobs``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+
+from mailserver.asyncstore import AsyncStore
+from mailserver.config import IMPLICIT_TLS, Config, ListenAddress
+from mailserver.threads import Pools, run_in
+from storage import migrate
+from storage.blobs import DatabaseBlobStore, FileBlobStore
+from storage.changes import ChangeHub
+from storage.db import is_sqlite, make_engine
+from storage.store import Store
+
+log = Logger()
+
+#: listener name -> "module:function" building its protocol factory.
+LISTENERS = {
+    "smtp": "mailserver.smtp.protocol:build_factory",
+    "submission": "mailserver.smtp.protocol:build_factory",
+    "submissions": "mailserver.smtp.protocol:build_factory",
+    "imap": "mailserver.imap.protocol:build_factory",
+    "imaps": "mailserver.imap.protocol:build_factory",
+    "pop3": "mailserver.pop3.protocol:build_factory",
+    "pop3s": "mailserver.pop3.protocol:build_factory",
+    "http": "webmail.app:build_factory",
+    "https": "webmail.app:build_factory",
+}
+
+SHUTDOWN_GRACE = 5.0
+
+
+class ListenError(Exception):
+    """A listener could not be started (address in use, permission denied, bad address)."""
+
+
+@dataclass
+class Listening:
+    name: str
+    address: ListenAddress
+    port: object  # IListeningPort
+    factory: WrappingFactory
+
+    @property
+    def bound_port(self) -> int:
+        return self.port.getHost().port
+
+
+def open_store(config: Config, *, run_migrations: bool = True, pool_size: int | None = None) -> Store:
+    """Create the engine, apply migrations and return a Store (blocking)."""
+    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    engine = make_engine(config.db_url, pool_size=pool_size or max(4, config.store.db_threads + 2))
+    if run_migrations:
+        migrate.upgrade(engine)
+    if config.store.blobs == "database":
+        blobs = DatabaseBlobStore(engine, tmp_dir=str(Path(config.data_dir) / "tmp"))
+        os.makedirs(blobs.tmp_dir, exist_ok=True)
+    else:
+        blobs = FileBlobStore(Path(config.data_dir) / "blobs")
+    store = Store(engine, blobs)
+    for d in config.domain:
+        store.ensure_domain(d.name, d.mode, d.relay_to)
+    return store
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+class MailServer(MultiService):
+    def __init__(self, config: Config, reactor=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.store: Store | None = None
+        self.astore: AsyncStore | None = None
+        self.hub = ChangeHub()
+        self.pools = Pools.create(db_threads=config.store.db_threads,
+                                  single_writer=is_sqlite(config.db_url))
+        self.auth = None
+        self.tls = None
+        self.listening: list[Listening] = []
+        self.started_at = 0.0
+        self.secret = secrets.token_bytes(32)
+        self.extra: dict[str, object] = {}  # per-protocol shared state (e.g. per-IP session counters)
+        self._stopping = False
+
+    # ----------------------------------------------------------------------------------------- properties
+
+    @property
+    def blobs(self):
+        return self.store.blobs
+
+    def port(self, name: str) -> int:
+        """The bound port of the first listener called ``name`` (tests listen on port 0)."""
+        for lst in self.listening:
+            if lst.name == name:
+                return lst.bound_port
+        raise KeyError(f"listener {name} is not running")
+
+    # ----------------------------------------------------------------------------------------- start
+
+    def startService(self) -> None:
+        started_ok = False
+        try:
+            self._start()
+            started_ok = True
+        finally:
+            if not started_ok:
+                self._teardown_now()
+        super().startService()
+
+    def _start(self) -> None:
+        cfg = self.config
+        soft, hard = raise_open_files_limit()
+        self.store = open_store(cfg)
+        self.pools.start()
+        self.astore = AsyncStore(self.reactor, self.store, self.pools, self.hub, max_batch=cfg.store.max_batch)
+        self.auth = self._make_authenticator()
+        needs_tls = bool(cfg.listen.items())
+        if needs_tls:
+            from mailserver.tls import server_context_factory
+
+            try:
+                self.tls = server_context_factory(cfg)
+            except ValueError as e:
+                raise ListenError(f"tls: {e}") from None
+        for name, address in cfg.listen.items():
+            self._listen(name, address)
+        self.started_at = time.time()
+        log.info("open files limit {soft} (hard {hard})", soft=soft, hard=hard)
+        for lst in self.listening:
+            log.info("listening {name} on {address}", name=lst.name,
+                     address=str(ListenAddress(lst.address.host, lst.bound_port)))
+
+    def _make_authenticator(self):
+        from mailserver.auth import Authenticator, Credentials, PasswordHasher
+
+        store = self.store
+
+        def lookup(address: str):
+            def blocking():
+                acct = store.get_account(address)
+                if acct is None:
+                    return None
+                return Credentials(acct.id, acct.address, acct.password_hash, acct.enabled)
+
+            return run_in(self.reactor, self.pools.db_read, blocking)
+
+        def update_hash(account_id: int, new_hash: str):
+            return run_in(self.reactor, self.pools.db_write, store.set_password_hash, account_id, new_hash)
+
+        return Authenticator(PasswordHasher(self.config.auth.default_scheme), lookup, update_hash,
+                             hash_pool=self.pools.hash, clock=self.reactor, limits=self.config.limits,
+                             auth_config=self.config.auth, secret=self.secret)
+
+    def _listen(self, name: str, address: ListenAddress) -> None:
+        module_name, func_name = LISTENERS[name].split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ListenError(f"listen.{name}: protocol module {module_name} is not available ({e})") from None
+        factory = getattr(module, func_name)(self, name)
+        wrapper = WrappingFactory(factory)
+        try:
+            if name in IMPLICIT_TLS:
+                port = self.reactor.listenSSL(address.port, wrapper, self.tls, interface=address.host,
+                                              backlog=1024)
+            else:
+                port = self.reactor.listenTCP(address.port, wrapper, interface=address.host, backlog=1024)
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise ListenError(f"listen.{name}: cannot listen on {address}: {reason}") from None
+        self.listening.append(Listening(name, address, port, wrapper))
+
+    # ----------------------------------------------------------------------------------------- stop
+
+    def _teardown_now(self) -> None:
+        for lst in self.listening:
+            try:
+                lst.port.stopListening()
+            except Exception:
+                pass
+        self.listening = []
+        self.pools.stop()
+        if self.store is not None:
+            self.store.engine.dispose()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self._stopping:
+            return
+        self._stopping = True
+        yield super().stopService()
+        yield defer.gatherResults([defer.maybeDeferred(lst.port.stopListening) for lst in self.listening],
+                                  consumeErrors=True)
+        open_protocols = [p for lst in self.listening for p in list(lst.factory.protocols)]
+        if open_protocols:
+            log.info("waiting up to {grace}s for {n} open session(s)", grace=SHUTDOWN_GRACE, n=len(open_protocols))
+            deadline = self.reactor.seconds() + SHUTDOWN_GRACE
+            for p in open_protocols:
+                closer = getattr(p.wrappedProtocol, "server_shutdown", None)
+                if closer is not None:
+                    try:
+                        closer()
+                    except Exception:
+                        log.failure("shutdown notice failed")
+            while any(lst.factory.protocols for lst in self.listening) and self.reactor.seconds() < deadline:
+                yield _sleep(self.reactor, 0.05)
+            for lst in self.listening:
+                for p in list(lst.factory.protocols):
+                    p.transport.abortConnection()
+        # Let in-flight deliveries commit.
+        deadline = self.reactor.seconds() + SHUTDOWN_GRACE
+        while self.astore is not None and self.astore.committer._running and self.reactor.seconds() < deadline:
+            yield _sleep(self.reactor, 0.02)
+        self.listening = []
+        self.pools.stop()
+        if self.store is not None:
+            self.store.engine.dispose()
+        log.info("stopped")
+
+
+def _sleep(reactor, seconds: float):
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d

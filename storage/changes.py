@@ -1,0 +1,106 @@
+"""Change events and the hub that publishes them.
+
+Every mutating store operation returns the :class:`Change` events it caused; the caller commits, then publishes them on
+the reactor thread through :class:`ChangeHub`.  IMAP sessions, the webmail and POP3 subscribe per account and apply the
+events between commands (RFC 9051 7.4.1 keeps sequence numbers consistent that way).
+
+With PostgreSQL, several server processes share one database: :class:`PgNotifyBridge` (storage.pgnotify) forwards every
+published change with ``NOTIFY mailserver_changes`` and replays other processes' notifications into the local hub, so a
+session on node A sees a delivery made on node B.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+# Kinds of change.
+EXISTS = "exists"  # a message was added (deliver, append, copy, move target)
+FLAGS = "flags"  # flags/keywords changed
+EXPUNGE = "expunge"  # a message was removed (expunge, move source, mailbox deletion is separate)
+MAILBOX_CREATE = "mailbox-create"
+MAILBOX_DELETE = "mailbox-delete"
+MAILBOX_RENAME = "mailbox-rename"
+MAILBOX_SUBSCRIBE = "mailbox-subscribe"
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    account_id: int
+    mailbox_id: int = 0
+    uid: int = 0
+    modseq: int = 0
+    flags: int = 0
+    keywords: tuple[str, ...] = ()
+    name: str = ""
+    old_name: str = ""
+    size: int = 0
+    #: Which process made the change (set by the hub): lets the PostgreSQL bridge skip its own notifications.
+    origin: str = field(default="", compare=False)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["keywords"] = list(self.keywords)
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Change":
+        d = json.loads(text)
+        d["keywords"] = tuple(d.get("keywords") or ())
+        return cls(**d)
+
+
+Listener = Callable[[list[Change]], None]
+
+
+class ChangeHub:
+    """In-process publish/subscribe of change events, per account.  Call from the reactor thread only."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[int, list[Listener]] = defaultdict(list)
+        self._global: list[Listener] = []
+        self.published = 0
+
+    def subscribe(self, account_id: int, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(changes)`` with each batch of this account's changes; returns an unsubscribe function."""
+        self._listeners[account_id].append(listener)
+
+        def unsubscribe() -> None:
+            lst = self._listeners.get(account_id)
+            if lst and listener in lst:
+                lst.remove(listener)
+                if not lst:
+                    del self._listeners[account_id]
+
+        return unsubscribe
+
+    def subscribe_all(self, listener: Listener) -> Callable[[], None]:
+        """Receive every change of every account (used by the PostgreSQL bridge)."""
+        self._global.append(listener)
+        return lambda: self._global.remove(listener) if listener in self._global else None
+
+    def listener_count(self, account_id: int) -> int:
+        return len(self._listeners.get(account_id, ()))
+
+    def publish(self, changes: list[Change], *, local: bool = True) -> None:
+        """Deliver ``changes`` to the listeners of their accounts (and, when ``local``, to global listeners)."""
+        if not changes:
+            return
+        self.published += len(changes)
+        by_account: dict[int, list[Change]] = defaultdict(list)
+        for c in changes:
+            by_account[c.account_id].append(c)
+        for account_id, group in by_account.items():
+            for listener in list(self._listeners.get(account_id, ())):
+                try:
+                    listener(group)
+                except Exception:  # a broken session must not stop the others from hearing about the change
+                    from twisted.python import log
+
+                    log.err(None, "change listener failed")
+        if local:
+            for listener in list(self._global):
+                listener(changes)

@@ -1,0 +1,238 @@
+"""Store invariants on SQLite and (with MAILSERVER_TEST_DATABASE_URL) PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from storage import migrate
+from storage.blobs import FileBlobStore
+from storage.changes import EXISTS, EXPUNGE, FLAGS, MAILBOX_CREATE, MAILBOX_DELETE, MAILBOX_RENAME
+from storage.db import make_engine
+from storage.models import FLAG_DELETED, FLAG_FLAGGED, FLAG_SEEN
+from storage.store import AlreadyExists, Delivery, HasChildren, Invalid, NotFound, QuotaExceeded, Store
+
+PARSED = {"subject": "hi", "from_addr": "a@b", "header_size": 10}
+
+
+@pytest.fixture
+def store(tmp_path, database_url):
+    url = database_url or f"sqlite:///{tmp_path}/db.sqlite3"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    s = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
+    s.add_domain("example.test")
+    yield s
+    engine.dispose()
+
+
+def msg(store, n=0, body=b""):
+    return store.blobs.put(b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n) + body)
+
+
+def deliver(store, account_id, n=0, **kw):
+    res = store.deliver_batch([Delivery(account_id, msg(store, n), PARSED, **kw)])
+    return res
+
+
+def test_new_account_gets_default_mailboxes(store):
+    """New accounts get INBOX, Drafts, Sent, Trash, Junk and Archive with their special-use attributes."""
+    a = store.add_account("Alice@Example.test", "x")
+    assert a.address == "alice@example.test"
+    boxes = {m.name: m.special_use for m in store.list_mailboxes(a.id)}
+    assert boxes == {"INBOX": "", "Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk",
+                     "Archive": "\\Archive"}
+    uvs = [m.uid_validity for m in store.list_mailboxes(a.id)]
+    assert len(set(uvs)) == len(uvs)
+
+
+def test_account_errors(store):
+    store.add_account("a@example.test", "x")
+    with pytest.raises(AlreadyExists):
+        store.add_account("A@example.test", "x")
+    with pytest.raises(NotFound):
+        store.add_account("a@unknown.test", "x")
+    with pytest.raises(Invalid):
+        store.add_account("not an address", "x")
+
+
+def test_uids_ascending_never_reused(store):
+    """UIDs are strictly ascending and never reused, even after expunging the highest one."""
+    a = store.add_account("a@example.test", "x")
+    uids = [deliver(store, a.id, i).value[0].uid for i in range(5)]
+    assert uids == [1, 2, 3, 4, 5]
+    inbox = store.get_mailbox(a.id, "INBOX")
+    store.set_flags(inbox.id, [5], "add", FLAG_DELETED)
+    assert store.expunge(inbox.id).value == [5]
+    assert deliver(store, a.id, 9).value[0].uid == 6
+    assert [m.uid for m in store.list_messages(inbox.id)] == [1, 2, 3, 4, 6]
+
+
+def test_uid_validity_changes_only_on_recreate(store):
+    a = store.add_account("a@example.test", "x")
+    mb = store.create_mailbox(a.id, "Lists").value
+    store.rename_mailbox(a.id, "Lists", "Lists2")
+    renamed = store.get_mailbox(a.id, "Lists2")
+    assert renamed.uid_validity == mb.uid_validity
+    store.delete_mailbox(a.id, "Lists2")
+    again = store.create_mailbox(a.id, "Lists2").value
+    assert again.uid_validity != mb.uid_validity
+
+
+def test_modseq_rises_on_every_change(store):
+    a = store.add_account("a@example.test", "x")
+    inbox = store.get_mailbox(a.id, "INBOX")
+    seen = [inbox.highest_modseq]
+    deliver(store, a.id, 1)
+    seen.append(store.get_mailbox(a.id, "INBOX").highest_modseq)
+    r = store.set_flags(inbox.id, [1], "add", FLAG_SEEN)
+    seen.append(store.get_mailbox(a.id, "INBOX").highest_modseq)
+    assert r.value.updated[0].modseq == seen[-1]
+    store.set_flags(inbox.id, [1], "add", FLAG_DELETED)
+    seen.append(store.get_mailbox(a.id, "INBOX").highest_modseq)
+    store.expunge(inbox.id)
+    seen.append(store.get_mailbox(a.id, "INBOX").highest_modseq)
+    assert seen == sorted(set(seen)), seen
+    changed, vanished = store.changes_since(inbox.id, seen[1])
+    assert vanished == [1] and changed == []
+
+
+def test_flags_and_keywords(store):
+    a = store.add_account("a@example.test", "x")
+    deliver(store, a.id, 1)
+    inbox = store.get_mailbox(a.id, "INBOX")
+    assert inbox.unseen_count == 1
+    r = store.set_flags(inbox.id, [1], "add", FLAG_SEEN | FLAG_FLAGGED, ["$Label1", "Work"])
+    u = r.value.updated[0]
+    assert u.flags == FLAG_SEEN | FLAG_FLAGGED and u.keywords == ("$Label1", "Work")
+    assert store.get_mailbox(a.id, "INBOX").unseen_count == 0
+    assert set(store.get_mailbox(a.id, "INBOX").keywords) == {"$Label1", "Work"}
+    r = store.set_flags(inbox.id, [1], "remove", FLAG_FLAGGED, ["work"])
+    assert r.value.updated[0].flags == FLAG_SEEN and r.value.updated[0].keywords == ("$Label1",)
+    r = store.set_flags(inbox.id, [1], "replace", 0, [])
+    assert r.value.updated[0].flags == 0 and r.value.updated[0].keywords == ()
+    # UNCHANGEDSINCE (RFC 7162): a message changed after the given modseq is reported, not changed
+    cur = store.list_messages(inbox.id)[0].modseq
+    r = store.set_flags(inbox.id, [1], "add", FLAG_SEEN, unchanged_since=cur - 1)
+    assert r.value.modified == [1] and r.changes == []
+
+
+def test_rename_with_children(store):
+    a = store.add_account("a@example.test", "x")
+    store.create_mailbox(a.id, "Projects/2024/Q1")
+    changed = store.rename_mailbox(a.id, "Projects", "Archive/Projects")
+    names = {m.name for m in store.list_mailboxes(a.id)}
+    assert {"Archive/Projects", "Archive/Projects/2024", "Archive/Projects/2024/Q1"} <= names
+    assert not any(n.startswith("Projects") for n in names)
+    assert {c.kind for c in changed.changes} == {MAILBOX_RENAME}
+    with pytest.raises(HasChildren):
+        store.delete_mailbox(a.id, "Archive/Projects")
+
+
+def test_rename_inbox_moves_messages(store):
+    """RFC 9051 6.3.6: renaming INBOX moves its messages and leaves an empty INBOX."""
+    a = store.add_account("a@example.test", "x")
+    deliver(store, a.id, 1)
+    deliver(store, a.id, 2)
+    store.rename_mailbox(a.id, "INBOX", "Old")
+    assert store.get_mailbox(a.id, "INBOX").message_count == 0
+    old = store.get_mailbox(a.id, "Old")
+    assert [m.uid for m in store.list_messages(old.id)] == [1, 2]
+    assert deliver(store, a.id, 3).value[0].uid == 3  # INBOX's UIDs are not reused
+
+
+def test_copy_move_and_quota(store):
+    a = store.add_account("a@example.test", "x", quota_bytes=10_000)
+    deliver(store, a.id, 1)
+    inbox = store.get_mailbox(a.id, "INBOX")
+    archive = store.get_mailbox(a.id, "Archive")
+    res = store.copy(inbox.id, [1], archive.id)
+    assert res.value.pairs == [(1, 1)] and res.value.uid_validity == archive.uid_validity
+    res = store.copy(inbox.id, [1], archive.id, move=True)
+    assert res.value.pairs == [(1, 2)]
+    kinds = [c.kind for c in res.changes]
+    assert EXPUNGE in kinds and EXISTS in kinds
+    assert store.get_mailbox(a.id, "INBOX").message_count == 0
+    assert store.get_mailbox(a.id, "Archive").message_count == 2
+    used, limit = store.quota(a.id)
+    assert limit == 10_000 and used == 2 * msg(store, 1).size
+    big = store.blobs.put(b"x" * 20_000)
+    r = store.deliver_batch([Delivery(a.id, big, PARSED)])
+    assert r.value[0].ok is False and r.value[0].error == "overquota"
+    with pytest.raises(QuotaExceeded):
+        store.append(a.id, inbox.id, big, PARSED)
+
+
+def test_every_change_emits_its_event(store):
+    a = store.add_account("a@example.test", "x")
+    assert [c.kind for c in store.create_mailbox(a.id, "X").changes] == [MAILBOX_CREATE]
+    r = deliver(store, a.id, 1, mailbox="X")
+    assert [c.kind for c in r.changes] == [EXISTS]
+    x = store.get_mailbox(a.id, "X")
+    assert [c.kind for c in store.append(a.id, x.id, msg(store, 2), PARSED).changes] == [EXISTS]
+    assert [c.kind for c in store.set_flags(x.id, [1, 2], "add", FLAG_DELETED).changes] == [FLAGS, FLAGS]
+    assert [c.kind for c in store.expunge(x.id, [1]).changes] == [EXPUNGE]
+    assert [c.kind for c in store.copy(x.id, [2], store.get_mailbox(a.id, "INBOX").id).changes] == [EXISTS]
+    assert [c.kind for c in store.rename_mailbox(a.id, "X", "Y").changes] == [MAILBOX_RENAME]
+    assert [c.kind for c in store.delete_mailbox(a.id, "Y").changes] == [MAILBOX_DELETE]
+
+
+def test_concurrent_deliveries_no_duplicate_uids(store):
+    """Deliveries into one mailbox from several threads never share a UID."""
+    a = store.add_account("a@example.test", "x")
+    errors = []
+
+    def worker(k):
+        try:
+            for i in range(15):
+                r = deliver(store, a.id, k * 100 + i)
+                assert r.value[0].ok
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    inbox = store.get_mailbox(a.id, "INBOX")
+    uids = [m.uid for m in store.list_messages(inbox.id)]
+    assert uids == list(range(1, 91))
+    assert inbox.message_count == 90 and inbox.uid_next == 91
+
+
+def test_same_content_stored_once_and_collected(store):
+    a = store.add_account("a@example.test", "x")
+    ref1 = msg(store, 1)
+    ref2 = msg(store, 1)
+    assert ref1 == ref2
+    store.deliver_batch([Delivery(a.id, ref1, PARSED), Delivery(a.id, ref2, PARSED)])
+    inbox = store.get_mailbox(a.id, "INBOX")
+    store.set_flags(inbox.id, [1, 2], "add", FLAG_DELETED)
+    store.expunge(inbox.id)
+    assert store.collect_blobs(grace=0) == 1
+    assert not store.blobs.exists(ref1.id)
+    assert store.integrity_problems() == []
+
+
+def test_aliases_and_identities(store):
+    a = store.add_account("a@example.test", "x")
+    store.add_alias("sales@example.test", "a@example.test")
+    store.add_alias("@example.test", "a@example.test")
+    assert store.alias_targets("Sales@example.test") == ["a@example.test"]
+    assert store.alias_targets("@example.test") == ["a@example.test"]
+    assert store.addresses_of(a.id) == ["a@example.test", "sales@example.test"]
+    with pytest.raises(NotFound):
+        store.add_alias("x@nowhere.test", "a@example.test")
+
+
+def test_enqueue_keeps_blob(store):
+    ref = msg(store, 1)
+    from storage.store import QueueRecipientSpec
+
+    qid = store.enqueue("a@example.test", ref, [QueueRecipientSpec("b@remote.test", notify="FAILURE")])
+    assert qid > 0
+    assert store.collect_blobs(grace=0) == 0
