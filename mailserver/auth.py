@@ -22,8 +22,9 @@ Decisions a caller should know:
   its /64, IPv4-mapped IPv6 as IPv4) and against the address.  Every answer is delayed by
   ``0.5 s * 2 ** (failures - 1)`` (capped at ``auth_max_delay``), where ``failures`` is the larger of the two
   counters after this attempt.  Once a counter has reached its maximum the answer is ``"throttled"`` (after the
-  delay) without looking the account up or verifying anything; throttled attempts are not counted again, so a
-  counter drains as its failures age out of the window.  A limit of 0 means "no maximum" (the delay still
+  delay) without looking the account up or verifying anything.  Attempts still being checked count towards
+  the maximum, so parallel connections cannot all get a guess in before the first failure is recorded.
+  Throttled attempts are not counted again, so a counter drains as its failures age out of the window.  A limit of 0 means "no maximum" (the delay still
   grows).  A success clears the *account's* counter but not the IP's: otherwise a client holding one valid
   account could interleave good logins to keep guessing other accounts' passwords.  Loopback clients are
   throttled like everyone else.
@@ -43,7 +44,7 @@ import ipaddress
 import os
 import re
 import threading
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -244,9 +245,11 @@ def _check_crypt_format(scheme: str, h: str) -> None:
     """Raise ValueError if libpass cannot parse ``h`` as ``scheme`` (wrong rounds, salt, length...)."""
     handler = _IDENTIFY_CONTEXT.handler(scheme)
     try:
-        handler.from_string(h)
+        parsed = handler.from_string(h)
     except (ValueError, TypeError) as e:
         raise ValueError(f"unknown hash scheme: malformed {scheme} hash ({e})") from None
+    if not getattr(parsed, "checksum", None):
+        raise ValueError(f"unknown hash scheme: {scheme} settings without a hash")
 
 
 def _decode(payload: str, encoding: str) -> bytes:
@@ -416,8 +419,9 @@ class _FailureLog:
             return 0
         return len(times)
 
-    def exceeded(self, key: str, now: float) -> bool:
-        return self.limit > 0 and self.count(key, now) >= self.limit
+    def exceeded(self, key: str, now: float, in_flight: int = 0) -> bool:
+        """Whether ``key`` reached its limit, counting attempts still being checked as failures."""
+        return self.limit > 0 and self.count(key, now) + in_flight >= self.limit
 
     def add(self, key: str, now: float) -> None:
         times = self._times.get(key)
@@ -439,6 +443,12 @@ class _FailureLog:
 
     def __len__(self) -> int:
         return len(self._times)
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 PoolRunner = Callable[..., "defer.Deferred[Any]"]
@@ -474,6 +484,8 @@ class Authenticator:
         window = limits.auth_failure_window
         self._ip_failures = _FailureLog(window, limits.auth_max_failures_per_ip)
         self._account_failures = _FailureLog(window, limits.auth_max_failures_per_account)
+        self._ip_in_flight: Counter[str] = Counter()
+        self._account_in_flight: Counter[str] = Counter()
         # HMAC(address, password) -> (expires, address, stored hashes the password was verified against)
         self._cache: OrderedDict[bytes, tuple[float, str, frozenset[str]]] = OrderedDict()
 
@@ -503,12 +515,21 @@ class Authenticator:
         address = normalize_address(username)
         ip_key = _ip_key(client_ip)
         now = self._clock.seconds()
-        if self._ip_failures.exceeded(ip_key, now) or self._account_failures.exceeded(address, now):
+        if (self._ip_failures.exceeded(ip_key, now, self._ip_in_flight[ip_key])
+                or self._account_failures.exceeded(address, now, self._account_in_flight[address])):
             log.info("auth throttled for {address!r} from {ip}", address=address, ip=client_ip)
             await self._sleep(self._delay(ip_key, address))
             return THROTTLED
 
-        result = await self._check(address, password)
+        # Attempts under way count against the limits too: many parallel connections must not all get a
+        # guess verified before the first failure is recorded.
+        self._ip_in_flight[ip_key] += 1
+        self._account_in_flight[address] += 1
+        try:
+            result = await self._check(address, password)
+        finally:
+            _decrement(self._ip_in_flight, ip_key)
+            _decrement(self._account_in_flight, address)
 
         now = self._clock.seconds()
         if result.reason == "invalid":

@@ -72,18 +72,19 @@ def start(mechanism: str, initial_response: bytes | None) -> "SaslExchange":
         elif initial_response == b"":
             raise SaslError("empty initial response: send \"=\" instead")
         else:
-            decoded = _decode(initial_response)
+            # "*" cancels only a response to a challenge; as an initial response it is just bad base64.
+            decoded = _decode(initial_response, may_cancel=False)
         exchange._step(decoded)
     return exchange
 
 
-def _decode(line: bytes) -> bytes:
-    """Base64 text of one response -> octets.  "*" cancels."""
+def _decode(line: bytes, may_cancel: bool = True) -> bytes:
+    """Base64 text of one response -> octets.  "*" cancels (when ``may_cancel``)."""
     if line.endswith(b"\r\n"):
         line = line[:-2]
     elif line.endswith(b"\n"):
         line = line[:-1]
-    if line == b"*":
+    if line == b"*" and may_cancel:
         # RFC 4954 4: a "*" response cancels the exchange (RFC 9051 6.2.2, RFC 5034 4 likewise).
         raise SaslCancelled("authentication cancelled by the client")
     if len(line) > MAX_RESPONSE_OCTETS:
