@@ -165,8 +165,8 @@ class PasswordHasher:
             raise ValueError(f"default scheme must be one of {', '.join(DEFAULT_SCHEMES)}, not {default_scheme!r}")
         self.default_scheme = default_scheme
         costs = _LOW_COSTS if low_cost else _SERVER_COSTS
-        # deprecated="auto": every scheme except the default is deprecated, so verify_and_update() rehashes
-        # it; hashes of the default scheme with other cost parameters need an update as well.
+        # deprecated="auto": every scheme except the default is deprecated, so needs_update() asks for a rehash
+        # of it, and of default-scheme hashes made with other cost parameters.
         self._context = CryptContext(schemes=list(_CRYPT_SCHEMES), default=default_scheme,
                                      deprecated=["auto"], **costs)
         self._dummy_hash: str | None = None
@@ -209,7 +209,10 @@ class PasswordHasher:
             if self._dummy_hash is None:
                 self._dummy_hash = self.hash(os.urandom(16).hex())
             dummy = self._dummy_hash
-        self._context.verify(_secret(self.default_scheme, password), dummy)
+        try:
+            self._context.verify(_secret(self.default_scheme, password), dummy)
+        except (ValueError, TypeError):
+            pass  # same as verify(): input libpass refuses simply does not match
 
     # -- internals
 

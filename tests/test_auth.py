@@ -18,8 +18,8 @@ from twisted.python.threadpool import ThreadPool
 
 from mailserver import auth
 from mailserver.auth import (
-    AuthResult,
     Authenticator,
+    AuthResult,
     Credentials,
     PasswordHasher,
     normalize_address,
@@ -310,7 +310,10 @@ class Env:
         return out[0], self.clock.seconds() - start
 
 
-def make_env(limits=LIMITS, auth_config=AuthConfig(cache_seconds=60.0), secret=b"k" * 32) -> Env:
+CACHE_60 = AuthConfig(cache_seconds=60.0)
+
+
+def make_env(limits=LIMITS, auth_config=CACHE_60, secret=b"k" * 32) -> Env:
     clock, runner, accounts = task.Clock(), Runner(), Accounts()
     accounts.add(1, "alice@example.org", HASHER.hash("alice-pw"))
     accounts.add(2, "bob@example.org", "{SHA512-CRYPT}" + sha512_crypt.using(rounds=5000).hash("bob-pw"))
