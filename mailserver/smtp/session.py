@@ -497,13 +497,12 @@ class SmtpSession:
     def _step_data(self) -> bool:
         reader, env = self._data, self.envelope
         assert reader is not None and env is not None
-        had_error = reader.error is not None
         chunks, done = reader.feed(self._buf)
         for chunk in chunks:
             self._out.append(MessageData(chunk))
         env.size = reader.size
-        if reader.error is not None and not had_error:
-            self._abort_message(reader.error.lines[0])
+        if reader.error is not None:
+            self._abort_message(reader.error.lines[0])  # once: MessageAbort is emitted a single time
         if not done:
             return False
         self._mode = _COMMAND
@@ -558,7 +557,6 @@ class SmtpSession:
     def _step_bdat(self) -> bool:
         reader = self._bdat_active
         assert reader is not None
-        had_error = reader.error is not None
         data, complete = reader.feed(self._buf)
         if self._bdat_reject is not None:
             if not complete:
@@ -571,7 +569,7 @@ class SmtpSession:
         if data:
             self._out.append(MessageData(data))
         env.size = reader.size
-        if reader.error is not None and not had_error:
+        if reader.error is not None:
             self._abort_message(reader.error.lines[0])
         if not complete:
             return False
