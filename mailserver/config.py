@@ -290,10 +290,6 @@ def _type_name(tp) -> str:
 def _convert(value, tp, key: str, source: str):
     """Check ``value`` against the annotation ``tp`` and convert it."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
-        return _build(tp, value, key, source)
     if tp is ListenAddress:
         if not isinstance(value, str):
             raise ConfigError(source, key, "expected a string \"ADDRESS:PORT\"")
@@ -301,6 +297,10 @@ def _convert(value, tp, key: str, source: str):
             return parse_address(value, 53 if key.startswith("dns.") else None)
         except ValueError as e:
             raise ConfigError(source, key, f"bad address {value!r}: {e}") from None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
+        return _build(tp, value, key, source)
     if origin is tuple:
         item_tp = typing.get_args(tp)[0]
         if not isinstance(value, list):

@@ -55,7 +55,7 @@ def hasher():
     if _hasher is None:
         from mailserver.auth import PasswordHasher
 
-        _hasher = PasswordHasher("sha512_crypt")  # fast enough for tests; argon2 is tested in test_auth
+        _hasher = PasswordHasher("argon2", low_cost=True)  # cheap rounds for tests; server costs are tested in test_auth
     return _hasher
 
 

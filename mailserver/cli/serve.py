@@ -1,0 +1,125 @@
+"""``mailserver serve | check-config | migrate``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from mailserver.cli.main import CliError
+
+DEMO_FILE = "demo-account.txt"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run every configured listener in one process")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("check-config", help="load and validate the configuration, then exit")
+    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.set_defaults(func=cmd_migrate)
+
+
+def cmd_check_config(args) -> int:
+    cfg = args.config_obj
+    from mailserver.tls import server_context_factory
+
+    if cfg.tls.cert or cfg.tls.sni:
+        try:
+            server_context_factory(cfg)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    print(f"{cfg.source}: OK ({len(cfg.listen.items())} listener(s), database {redact(cfg.db_url)})")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from storage import migrate
+    from storage.db import make_engine
+
+    cfg = args.config_obj
+    os.makedirs(cfg.data_dir, exist_ok=True)
+    engine = make_engine(cfg.db_url)
+    try:
+        applied = migrate.upgrade(engine)
+        print(f"schema at {', '.join(migrate.current_revisions(engine))}"
+              + (f" (applied {', '.join(applied)})" if applied else " (up to date)"))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            creds = creds.split(":", 1)[0] + ":***"
+        return f"{scheme}://{creds}@{host}"
+    return url
+
+
+def ensure_demo(cfg, store) -> tuple[str, str] | None:
+    """First run of a config with ``demo = true``: create a demo domain + account; returns (address, password)."""
+    path = Path(cfg.data_dir) / DEMO_FILE
+    if path.exists():
+        address, _, password = path.read_text().strip().partition(" ")
+        if store.get_account(address) is not None:
+            return address, password
+    from mailserver.auth import PasswordHasher
+
+    domain = cfg.domain[0].name if cfg.domain else "example.test"
+    if store.get_domain(domain) is None:
+        store.add_domain(domain)
+    address = f"demo@{domain}"
+    if store.get_account(address) is not None:
+        return None  # created by hand earlier; we do not know its password
+    password = secrets.token_urlsafe(12)
+    store.add_account(address, PasswordHasher(cfg.auth.default_scheme).hash(password), display_name="Demo User")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{address} {password}\n")
+    return address, password
+
+
+def first_run_text(cfg, server, demo) -> str:
+    lines = ["", f"mailserver is running as {cfg.hostname} (data in {cfg.data_dir})"]
+    for lst in server.listening:
+        host = lst.address.host
+        host = f"[{host}]" if ":" in host else host
+        port = lst.bound_port
+        extra = ""
+        if lst.name in ("http", "https"):
+            extra = f"   {lst.name}://{host}:{port}/" + ("  <- webmail" if lst.name == "https" else "")
+        lines.append(f"  {lst.name:<12} {host}:{port}{extra}")
+    if demo:
+        lines += ["", f"Log in as {demo[0]} with password {demo[1]}",
+                  "  (IMAP/POP3/SMTP submission user name = the address; the TLS certificate is self-signed)"]
+    conf = cfg.source
+    lines += ["", "Add a user:", f"  mailserver --config {conf} user add you@{cfg.domain[0].name if cfg.domain else 'example.test'}",
+              "Stop with Ctrl-C.", ""]
+    return "\n".join(lines)
+
+
+def cmd_serve(args) -> int:
+    from twisted.internet import reactor
+
+    from mailserver.log import start_logging
+    from mailserver.service import ListenError, MailServer
+
+    cfg = args.config_obj
+    start_logging(cfg.log.format, cfg.log.level)
+    server = MailServer(cfg, reactor)
+    try:
+        server.startService()
+    except ListenError as e:
+        raise CliError(str(e)) from None
+    except Exception as e:  # database unreachable, bad TLS files, …
+        raise CliError(f"cannot start: {e}") from None
+    demo = ensure_demo(cfg, server.store) if cfg.demo else None
+    print(first_run_text(cfg, server, demo), flush=True)
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    reactor.run()
+    sys.stdout.flush()
+    return 0
