@@ -243,7 +243,8 @@ class Pop3Session:
         """The connection ended (any way).  Nothing is deleted (RFC 1939 section 6); the lock is released."""
         self.closed = True
         self._sasl = None
-        self._unlock()
+        if self._waiting != "update":
+            self._unlock()  # else update_done releases it once the deletion has committed
 
     @property
     def plaintext_allowed(self) -> bool:
@@ -335,9 +336,12 @@ class Pop3Session:
 
     def update_done(self, ok_: bool) -> list[Output]:
         """The UPDATE-state expunge finished (RFC 1939 section 6)."""
-        if not self._expect("update"):
+        if self._waiting != "update":
             return []
+        self._waiting = None
         self._unlock()
+        if self.closed:
+            return []  # the client left after QUIT; the deletion happened all the same
         if ok_:
             left = len(self.maildrop.entries) - len(self.deleted) if self.maildrop else 0
             reply = ok(f"{self.hostname} POP3 server signing off ({left} messages left)")

@@ -670,3 +670,19 @@ def test_every_response_line_fits_512_octets(d):
     """RFC 2449 section 4: response lines are at most 512 octets including CRLF."""
     out = d.cmd("CAPA") + d.cmd("LIST") + d.cmd("UIDL") + d.cmd("STAT") + d.cmd("BOGUS " + "x" * 600)
     assert all(len(ln) + 2 <= 512 for ln in out.split(b"\r\n"))
+
+
+def test_lock_held_until_update_finishes_even_if_client_leaves():
+    """After QUIT the deletion completes even if the connection drops; the lock is held until it has."""
+    locks = MaildropLocks()
+    d = Driver(locks=locks, auto=False)
+    d.handle(d.s.data_received(b"USER alice@example.org\r\nPASS secret\r\n"))
+    d.fulfil(d.pending.pop())
+    d.fulfil(d.pending.pop())
+    d.handle(d.s.data_received(b"DELE 1\r\nQUIT\r\n"))
+    (req,) = d.pending
+    assert isinstance(req, Expunge) and req.uids == (11,)
+    d.s.connection_lost()
+    assert locks.held(1)
+    assert d.s.update_done(True) == []
+    assert not locks.held(1)

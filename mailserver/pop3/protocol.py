@@ -1,0 +1,354 @@
+"""Twisted glue for the POP3 session: transport, TLS, timers, and the requests the session makes.
+
+``build_factory(server, listener_name)`` is what ``mailserver.service`` calls for the ``pop3`` (plain, with STLS)
+and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related is decided by
+:class:`mailserver.pop3.session.Pop3Session`; this module only carries its outputs out:
+
+* authentication through ``server.auth`` (hashing runs in its pool), the maildrop snapshot and the UPDATE-state
+  deletion through ``server.astore`` (database pools; the deletion publishes EXPUNGE change events that IMAP sessions
+  apply), message bodies read from the blob store in the blob pool, one chunk at a time;
+* RETR/TOP stream with a push producer: one chunk of at most :data:`CHUNK` octets is read while the transport is not
+  paused, so a 25 MB message is never held whole in memory (the database blob backend is the exception: its
+  ``open()`` returns the body already read);
+* STLS: the session empties its input buffer before :class:`StartTls` is carried out, so plaintext pipelined after
+  STLS is never read as a command inside TLS (RFC 2595 section 4, the CVE-2011-0411 class);
+* idle timeout ``limits.pop3_idle_timeout`` (RFC 1939 section 3: at least 10 minutes): the connection is closed
+  without a response and without entering UPDATE; it never fires while a RETR is being streamed.
+
+The maildrop lock (one POP3 session per account) is per process, shared by every POP3 listener of ``server``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import weakref
+
+from twisted.internet import interfaces, protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from mailserver.pop3 import session as S
+from mailserver.pop3.wire import BodyEncoder
+from mailserver.threads import run_in
+
+log = Logger()
+
+#: Octets read from the blob store per step of RETR/TOP.
+CHUNK = 256 * 1024
+
+_locks: "weakref.WeakKeyDictionary[object, S.MaildropLocks]" = weakref.WeakKeyDictionary()
+
+
+def maildrop_locks(server) -> S.MaildropLocks:
+    """The per-process lock table of ``server`` (shared by its pop3 and pop3s listeners)."""
+    locks = _locks.get(server)
+    if locks is None:
+        locks = _locks[server] = S.MaildropLocks()
+    return locks
+
+
+def load_maildrop(store, account_id: int) -> S.Maildrop:
+    """Blocking (db_read pool): the snapshot of the account's INBOX, in uid order."""
+    mailbox = store.get_mailbox(account_id, "INBOX")
+    if mailbox is None:
+        raise LookupError(f"account {account_id} has no INBOX")
+    entries = tuple(S.MaildropEntry(m.uid, m.size, "") for m in store.list_messages(mailbox.id))
+    return S.Maildrop(mailbox.id, mailbox.uid_validity, entries)
+
+
+def open_blob(store, mailbox_id: int, uid: int, blob_id: str):
+    """Blocking (blob pool): the message's body as a file object, or None if it is gone (expunged by IMAP)."""
+    if not blob_id:
+        infos = store.get_messages(mailbox_id, [uid])
+        if not infos:
+            return None
+        blob_id = infos[0].blob_id
+    try:
+        return store.blobs.open(blob_id)
+    except FileNotFoundError:
+        return None
+
+
+def _read_and_maybe_close(f, n: int) -> bytes:
+    data = f.read(n)
+    if not data:
+        f.close()
+    return data
+
+
+@implementer(interfaces.IPushProducer)
+class BodySender:
+    """Streams one message body to the transport: read a chunk in the blob pool, encode, write, repeat.
+
+    Registered as a streaming producer, so the transport pauses it when its buffer is full and the next chunk is
+    read only after it resumes.
+    """
+
+    def __init__(self, proto: "Pop3Protocol", fileobj, encoder: BodyEncoder):
+        self.proto = proto
+        self.file = fileobj
+        self.encoder = encoder
+        self.paused = False
+        self.stopped = False
+        self.reading = False
+        self.sent = 0
+
+    def start(self) -> None:
+        self.proto.transport.registerProducer(self, True)
+        self._read_next()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._read_next()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self._close_file()
+
+    def _close_file(self) -> None:
+        if not self.reading and self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def _read_next(self) -> None:
+        if self.paused or self.stopped or self.reading or self.file is None:
+            return
+        self.reading = True
+        server = self.proto.factory.server
+        d = run_in(server.reactor, server.pools.blob, _read_and_maybe_close, self.file, CHUNK)
+        d.addCallbacks(self._got, self._failed)
+
+    def _got(self, data: bytes) -> None:
+        self.reading = False
+        if self.stopped:
+            self._close_file()
+            return
+        if data:
+            out = self.encoder.encode(data)
+            if out:
+                self.sent += len(out)
+                self.proto.transport.write(out)
+            self.proto.resetTimeout()
+        if not data or self.encoder.done:
+            if data:
+                self._close_file()
+            else:
+                self.file = None  # closed by _read_and_maybe_close
+            self.proto.transport.write(self.encoder.finish())
+            self.proto.transport.unregisterProducer()
+            self.proto.body_sent(self)
+            return
+        self._read_next()
+
+    def _failed(self, failure) -> None:
+        self.reading = False
+        log.failure("reading a message body failed", failure)
+        self._close_file()
+        # Part of the body is already on the wire: the only safe end is to drop the connection.
+        self.proto.transport.unregisterProducer()
+        self.proto.transport.abortConnection()
+
+
+class Pop3Protocol(protocol.Protocol, TimeoutMixin):
+    def __init__(self, factory: "Pop3Factory"):
+        self.factory = factory
+        self.session: S.Pop3Session | None = None
+        self.client_ip = ""
+        self.sender: BodySender | None = None
+        self._stls_started = False
+
+    # ----------------------------------------------------------------------------------------- connection
+
+    def connectionMade(self) -> None:
+        server = self.factory.server
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "") or ""
+        implicit = self.factory.implicit_tls
+        auth = server.auth
+        plaintext = bool(auth.plaintext_allowed(self.client_ip, False)) if auth is not None else _loopback(
+            self.client_ip)
+        self.session = S.Pop3Session(
+            hostname=server.config.hostname,
+            limits=server.config.limits,
+            locks=maildrop_locks(server),
+            tls_active=implicit,
+            tls_available=(not implicit) and server.tls is not None,
+            plaintext_without_tls=plaintext,
+        )
+        self.setTimeout(self.factory.idle_timeout)
+        self._carry_out(self.session.greeting())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is None:
+            return
+        self.resetTimeout()
+        self._carry_out(self.session.data_received(data))
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self.setTimeout(None)
+        if self.sender is not None:
+            self.sender.stopProducing()
+            self.sender = None
+        if self.session is not None:
+            s = self.session
+            if s.state is S.TRANSACTION:
+                log.info("pop3 connection from {ip} ended without QUIT: nothing deleted", ip=self.client_ip)
+            s.connection_lost()
+
+    def timeoutConnection(self) -> None:
+        if self.session is not None and self.session.busy:
+            self.resetTimeout()  # a RETR is streaming or the database is slow: not idle
+            return
+        # RFC 1939 section 3: close without a response; no UPDATE state, nothing is deleted.
+        log.info("pop3 idle timeout for {ip}", ip=self.client_ip)
+        self.transport.loseConnection()
+
+    def server_shutdown(self) -> None:
+        """The server is stopping: idle sessions end now; a running command is left its grace period."""
+        if self.session is not None and not self.session.busy and not self.session.closed:
+            self.transport.write(b"-ERR [SYS/TEMP] server shutting down\r\n")
+            self.transport.loseConnection()
+
+    # ----------------------------------------------------------------------------------------- outputs
+
+    def _carry_out(self, outputs: list) -> None:
+        for o in outputs:
+            if isinstance(o, S.Send):
+                self.transport.write(o.data)
+            elif isinstance(o, S.Close):
+                self.transport.loseConnection()
+            elif isinstance(o, S.StartTls):
+                # RFC 2595 section 4: the session already dropped input buffered after STLS.
+                self._stls_started = True
+                self.transport.startTLS(self.factory.server.tls)
+            elif isinstance(o, S.Authenticate):
+                self._authenticate(o)
+            elif isinstance(o, S.OpenMaildrop):
+                self._open_maildrop(o)
+            elif isinstance(o, S.Retrieve):
+                self._retrieve(o)
+            elif isinstance(o, S.Expunge):
+                self._expunge(o)
+            else:  # pragma: no cover - every output type is handled above
+                raise TypeError(f"unknown output {o!r}")
+
+    def _alive(self) -> bool:
+        return self.session is not None and not self.session.closed
+
+    def _authenticate(self, req: S.Authenticate) -> None:
+        self._login_name = req.username
+        d = self.factory.server.auth.authenticate(req.username, req.password, self.client_ip)
+
+        def done(result):
+            if not self._alive():
+                return
+            if result.ok:
+                self._login_name = result.address or req.username
+            else:
+                log.info("pop3 login failed for {user} from {ip} ({reason})", user=req.username[:100],
+                         ip=self.client_ip, reason=result.reason)
+            self._carry_out(self.session.auth_result(result.ok, result.account_id, result.reason))
+
+        def failed(f):
+            log.failure("pop3 authentication error", f)
+            if self._alive():
+                self._carry_out(self.session.auth_error())
+
+        d.addCallbacks(done, failed)
+
+    def _open_maildrop(self, req: S.OpenMaildrop) -> None:
+        server = self.factory.server
+        d = server.astore.read(load_maildrop, server.store, req.account_id)
+
+        def done(maildrop: S.Maildrop):
+            if not self._alive():
+                return
+            log.info("pop3 login {user} from {ip}: {n} messages", user=self._login_name, ip=self.client_ip,
+                     n=len(maildrop.entries))
+            self._carry_out(self.session.maildrop_opened(maildrop, self._login_name))
+
+        def failed(f):
+            log.failure("pop3 cannot open maildrop", f)
+            if self._alive():
+                self._carry_out(self.session.maildrop_failed())
+
+        d.addCallbacks(done, failed)
+
+    def _retrieve(self, req: S.Retrieve) -> None:
+        server = self.factory.server
+        maildrop = self.session.maildrop
+        d = run_in(server.reactor, server.pools.blob, open_blob, server.store, maildrop.mailbox_id, req.entry.uid,
+                   req.entry.blob_id)
+
+        def opened(f):
+            if not self._alive():
+                if f is not None:
+                    f.close()
+                return
+            if f is None:
+                self._carry_out(self.session.retrieve_failed())
+                return
+            self._carry_out(self.session.retrieve_begin())
+            self.sender = BodySender(self, f, BodyEncoder(req.top_lines))
+            self.sender.start()
+
+        def failed(f):
+            log.failure("pop3 cannot open message", f)
+            if self._alive():
+                self._carry_out(self.session.retrieve_failed("cannot read message, try again later"))
+
+        d.addCallbacks(opened, failed)
+
+    def body_sent(self, sender: BodySender) -> None:
+        if sender is not self.sender:
+            return
+        self.sender = None
+        if self._alive():
+            self._carry_out(self.session.retrieve_done())
+
+    def _expunge(self, req: S.Expunge) -> None:
+        d = self.factory.server.astore.delete_messages(req.mailbox_id, list(req.uids))
+
+        def done(changed):
+            log.info("pop3 {user}: deleted {n} messages", user=self._login_name, n=len(changed.value))
+            if self.session is not None:
+                self._carry_out(self.session.update_done(True))
+
+        def failed(f):
+            log.failure("pop3 UPDATE state failed", f)
+            if self.session is not None:
+                self._carry_out(self.session.update_done(False))
+
+        d.addCallbacks(done, failed)
+
+    _login_name = ""
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+class Pop3Factory(protocol.Factory):
+    def __init__(self, server, listener_name: str):
+        self.server = server
+        self.listener_name = listener_name
+        self.implicit_tls = listener_name == "pop3s"
+        #: Seconds of inactivity before the connection is closed (tests may lower it on the factory).
+        self.idle_timeout = server.config.limits.pop3_idle_timeout
+
+    def buildProtocol(self, addr) -> Pop3Protocol:
+        return Pop3Protocol(self)
+
+
+def build_factory(server, listener_name: str) -> Pop3Factory:
+    """The factory for the ``pop3`` or ``pop3s`` listener of ``server`` (a ``mailserver.service.MailServer``)."""
+    if listener_name not in ("pop3", "pop3s"):
+        raise ValueError(f"not a POP3 listener: {listener_name}")
+    return Pop3Factory(server, listener_name)
