@@ -537,12 +537,14 @@ def _partial(p: _Parser) -> tuple[int, int] | None:
     return (start, length)
 
 
-def _fetch_att(p: _Parser) -> list[c.FetchAtt]:
+def _fetch_att(p: _Parser, *, allow_macro: bool) -> list[c.FetchAtt]:
     tok = p.tok
     name = tok.read_chars(_FETCH_NAME_CHARS).decode("ascii").upper()
     if not name:
         raise p.error("expected FETCH item")
     if name in FETCH_MACROS:
+        if not allow_macro:
+            raise p.error("FETCH macros cannot be in a list")  # RFC 3501 9: fetch = ... ("ALL" / "FULL" / "FAST" / ...)
         return [c.FetchAtt(name=n) for n in FETCH_MACROS[name]]
     if tok.peek() == b"[":
         if name in ("BODY", "BODY.PEEK"):
@@ -567,14 +569,12 @@ def _fetch(p: _Parser) -> c.Command:
     items: list[c.FetchAtt] = []
     if tok.peek() == b"(":
         tok.open_paren()
-        items += _fetch_att(p)
+        items += _fetch_att(p, allow_macro=False)
         while tok.take(b" "):
-            items += _fetch_att(p)
+            items += _fetch_att(p, allow_macro=False)
         tok.close_paren()
-        if any(i.name in FETCH_MACROS for i in items):
-            raise p.error("FETCH macros cannot be in a list")
     else:
-        items += _fetch_att(p)
+        items += _fetch_att(p, allow_macro=True)
     changed_since = None
     vanished = False
     if tok.take(b" "):

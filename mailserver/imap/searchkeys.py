@@ -39,6 +39,7 @@ BADCHARSET_CODE = "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")"
 ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT"})
 _MONTHS = {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())}
 _SEQ_CHARS = frozenset(b"0123456789:,*")
+_LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 _dc = dataclass(frozen=True)
 
@@ -172,7 +173,7 @@ def read_date(tok: Tokenizer) -> date:
     if not 1 <= len(day) <= 2:
         raise tok.error("invalid date")
     tok.expect(b"-", "date")
-    month = _MONTHS.get(tok.read_chars(frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")).upper())
+    month = _MONTHS.get(tok.read_chars(_LETTERS).decode("ascii").upper())
     tok.expect(b"-", "date")
     year = tok.read_chars(frozenset(b"0123456789"))
     if month is None or len(year) != 4:

@@ -63,7 +63,6 @@ LITERAL_MINUS_MAX = 4096
 
 # A literal marker at the very end of a line (RFC 3501 9 literal, RFC 7888 literal+, RFC 3516 literal8).
 _MARKER_RE = re.compile(rb"(~?)\{([0-9]{1,20})(\+?)\}\Z")
-_TAG_RE = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7e]+")
 _SKIP_TAIL = 32
 
 
@@ -135,7 +134,7 @@ class Frame:
 def tag_of(line: bytes) -> bytes | None:
     """RFC 3501 9: tag = 1*<any ASTRING-CHAR except "+">; the tag of a line, or None."""
     head = line.split(b" ", 1)[0]
-    return head if head and _TAG_RE.fullmatch(head) else None
+    return head if head and all(b in TAG_CHARS for b in head) else None
 
 
 class RejectReason(enum.Enum):
