@@ -1,0 +1,169 @@
+"""Per-recipient routing: which mailbox, relay host or outbound queue a recipient address goes to.
+
+Blocking (it reads the store): call :meth:`Router.route` in a database thread pool.
+
+Rules, in order, for a domain we protect in mode ``local``:
+1. an enabled account with that address;
+2. an alias with that address: each target is routed again (one-to-many, nested up to ``max_depth``; a target
+   outside our domains goes to the outbound queue); a loop is cut where it closes;
+3. subaddressing: ``user+tag@domain`` is tried as ``user@domain`` (rules 1-2), with the configured separator;
+4. the domain's catch-all alias ``@domain``.
+A domain in mode ``relay`` is queued for its ``relay_to`` host.  Any other domain is *outgoing*: allowed only when
+the client may relay (authenticated submission or a trusted network), otherwise relay access is denied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LOCAL, RELAY, OUTGOING = "local", "relay", "outgoing"
+
+# Route errors.
+UNKNOWN = "unknown"
+RELAY_DENIED = "relay-denied"
+LOOP = "loop"
+TOO_MANY_TARGETS = "too-many-targets"
+OVER_QUOTA = "overquota"
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: str  # LOCAL | RELAY | OUTGOING
+    address: str  # the account address (LOCAL) or the address to send to (RELAY, OUTGOING)
+    account_id: int | None = None
+    relay_to: str = ""  # "host:port" for RELAY
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    routes: tuple[Route, ...] = ()
+    error: str = ""  # "" or one of the errors above
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and bool(self.routes)
+
+
+@dataclass
+class _Walk:
+    routes: dict[tuple[str, str], Route] = field(default_factory=dict)
+    loop: bool = False
+    too_many: bool = False
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain.lower().rstrip(".")
+
+
+class Router:
+    """Routes recipient addresses using the store (accounts, aliases, domains)."""
+
+    def __init__(self, store, *, separator: str = "+", max_depth: int = 10, max_targets: int = 1000,
+                 default_domain: str = ""):
+        self.store = store
+        self.separator = separator
+        self.max_depth = max_depth
+        self.max_targets = max_targets
+        self.default_domain = default_domain
+
+    def _domain(self, name: str):
+        return self.store.get_domain(name) if name else None
+
+    def is_protected(self, domain: str) -> bool:
+        return self._domain(domain) is not None
+
+    def route(self, address: str, *, may_relay: bool, size: int = 0, check_quota: bool = True) -> RouteResult:
+        """Route one RCPT address.  ``size`` (from MAIL SIZE=) is used for the quota check."""
+        local, domain = split_address(address)
+        if not domain:
+            # RFC 5321 4.1.1.3: <postmaster> without a domain names our own postmaster.
+            if local.lower() != "postmaster" or not self.default_domain:
+                return RouteResult(error=UNKNOWN)
+            local, domain = "postmaster", self.default_domain
+            address = f"postmaster@{domain}"
+        info = self._domain(domain)
+        if info is None:
+            if not may_relay:
+                return RouteResult(error=RELAY_DENIED)
+            return RouteResult((Route(OUTGOING, address),))
+        if info.mode == "relay":
+            return RouteResult((Route(RELAY, address, relay_to=info.relay_to),))
+        walk = _Walk()
+        found = self._expand(address.lower(), 0, frozenset(), walk)
+        if not found:
+            if walk.too_many:
+                return RouteResult(error=TOO_MANY_TARGETS)
+            return RouteResult(error=LOOP if walk.loop else UNKNOWN)
+        routes = tuple(walk.routes.values())
+        if check_quota:
+            for r in routes:
+                if r.kind == LOCAL and r.account_id is not None and self._over_quota(r.account_id, size):
+                    return RouteResult(routes, error=OVER_QUOTA, detail=r.address)
+        return RouteResult(routes)
+
+    def _over_quota(self, account_id: int, size: int) -> bool:
+        used, limit = self.store.quota(account_id)
+        return bool(limit) and (used >= limit or used + size > limit)
+
+    def _add(self, walk: _Walk, route: Route) -> None:
+        if len(walk.routes) >= self.max_targets:
+            walk.too_many = True
+            return
+        walk.routes.setdefault((route.kind, route.address), route)
+
+    def _expand(self, address: str, depth: int, path: frozenset[str], walk: _Walk) -> bool:
+        """Add the routes of ``address`` to ``walk``; False when it leads nowhere."""
+        if address in path:
+            walk.loop = True  # an alias cycle: this branch ends here
+            return False
+        if depth > self.max_depth:
+            walk.loop = True  # too deep: treated like a loop (RFC 3463 X.4.6)
+            return False
+        local, domain = split_address(address)
+        info = self._domain(domain)
+        if info is None:
+            self._add(walk, Route(OUTGOING, address))  # external alias target -> outbound queue
+            return True
+        if info.mode == "relay":
+            self._add(walk, Route(RELAY, address, relay_to=info.relay_to))
+            return True
+        if self._exact(address, depth, path, walk):
+            return True
+        if self.separator and self.separator in local:
+            base = local.split(self.separator, 1)[0]
+            if base and self._exact(f"{base}@{domain}", depth, path, walk):
+                return True
+        targets = self.store.alias_targets("@" + domain)  # catch-all
+        return self._targets(targets, depth, path | {address}, walk)
+
+    def _exact(self, address: str, depth: int, path: frozenset[str], walk: _Walk) -> bool:
+        acct = self.store.get_account(address)
+        if acct is not None and acct.enabled:
+            self._add(walk, Route(LOCAL, acct.address, acct.id))
+            return True
+        targets = self.store.alias_targets(address)
+        return self._targets(targets, depth, path | {address}, walk)
+
+    def _targets(self, targets: list[str], depth: int, path: frozenset[str], walk: _Walk) -> bool:
+        ok = False
+        for t in targets:
+            if walk.too_many:
+                break
+            ok = self._expand(t.strip().lower(), depth + 1, path, walk) or ok
+        return ok
+
+    # ---------------------------------------------------------------------------------------- senders
+
+    def sender_allowed(self, account_id: int, sender: str) -> bool:
+        """Whether the authenticated account may use ``sender`` as envelope sender (own address or its alias;
+        a subaddress of either counts)."""
+        owned = {a.lower() for a in self.store.addresses_of(account_id)}
+        sender = sender.lower()
+        if sender in owned:
+            return True
+        local, domain = split_address(sender)
+        if self.separator and self.separator in local:
+            return f"{local.split(self.separator, 1)[0]}@{domain}" in owned
+        return False

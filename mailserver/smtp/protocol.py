@@ -1,0 +1,260 @@
+"""Twisted glue for the SMTP session: transport, TLS, timers, and the checks the session asks for.
+
+The session (``session.py``) decides everything about the protocol; this module only carries out its actions:
+replies are written, STARTTLS starts TLS on the transport, checks run in thread pools (router, authenticator,
+delivery) and their answers go back through ``session.resolve``.  While a check is pending, reading from the socket
+is paused, so a client cannot make us buffer without bound.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from mailserver.auth import is_loopback
+from mailserver.config import IMPLICIT_TLS
+from mailserver.delivery import router as router_mod
+from mailserver.delivery.local import ClientInfo, IncomingMessage
+from mailserver.smtp import codes
+from mailserver.smtp.session import (
+    AuthResult,
+    CheckAuth,
+    CheckMail,
+    CheckRcpt,
+    Close,
+    Identity,
+    MessageAbort,
+    MessageData,
+    MessageEnd,
+    MessageStart,
+    Peer,
+    RcptResult,
+    Send,
+    SessionConfig,
+    SmtpSession,
+    StartTlsNow,
+)
+from mailserver.threads import run_in
+
+log = Logger()
+
+_ROUTE_ERRORS = {
+    router_mod.UNKNOWN: codes.UNKNOWN_USER,  # RFC 5321 3.3: 550 at RCPT, never a later bounce
+    router_mod.RELAY_DENIED: codes.RELAY_DENIED,
+    router_mod.LOOP: codes.Reply(550, "5.4.6", "Alias loop detected"),
+    router_mod.TOO_MANY_TARGETS: codes.Reply(550, "5.5.3", "Alias expands to too many recipients"),
+}
+
+
+class SmtpFactory(Factory):
+    def __init__(self, server, listener: str):
+        self.server = server
+        self.listener = listener
+        self.submission = listener in ("submission", "submissions")
+        self.implicit_tls = listener in IMPLICIT_TLS
+        cfg = server.config
+        self.session_config = SessionConfig.from_config(cfg, listener, tls_available=server.tls is not None)
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp.trusted_networks]
+        local_domains = [d.name for d in cfg.domain if d.mode == "local"]
+        self.router = router_mod.Router(server.store, separator=cfg.smtp.subaddress_separator,
+                                        max_depth=cfg.limits.alias_max_depth,
+                                        max_targets=cfg.limits.alias_max_targets,
+                                        default_domain=local_domains[0] if local_domains else "")
+        # Sessions per client IP, shared by every SMTP listener of this server.
+        self.per_ip: Counter[str] = server.extra.setdefault("smtp_sessions_per_ip", Counter())
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.trusted)
+
+    def buildProtocol(self, addr):
+        p = SmtpProtocol(self)
+        return p
+
+
+def build_factory(server, listener_name: str) -> SmtpFactory:
+    """The listener registry entry point (mailserver.service.LISTENERS)."""
+    return SmtpFactory(server, listener_name)
+
+
+class SmtpProtocol(Protocol, TimeoutMixin):
+    def __init__(self, factory: SmtpFactory):
+        self.factory = factory
+        self.server = factory.server
+        self.session: SmtpSession | None = None
+        self.message: IncomingMessage | None = None
+        self.ip = ""
+        self._counted = False
+        self._paused = False
+
+    # ------------------------------------------------------------------ connection
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.ip = getattr(peer, "host", "") or ""
+        f = self.factory
+        if f.per_ip[self.ip] >= self.server.config.limits.smtp_max_sessions_per_ip:
+            self.transport.write(codes.TOO_MANY_CONNECTIONS.encode())
+            self.transport.loseConnection()
+            return
+        f.per_ip[self.ip] += 1
+        self._counted = True
+        self.session = SmtpSession(f.session_config, Peer(self.ip, getattr(peer, "port", 0), is_loopback(self.ip),
+                                                          f.is_trusted(self.ip)), tls=f.implicit_tls)
+        self._apply(self.session.start())
+
+    def connectionLost(self, reason=None):
+        self.setTimeout(None)
+        if self._counted:
+            self._counted = False
+            self.factory.per_ip[self.ip] -= 1
+            if self.factory.per_ip[self.ip] <= 0:
+                del self.factory.per_ip[self.ip]
+        if self.session is not None:
+            self._apply(self.session.connection_lost())
+
+    def dataReceived(self, data: bytes):
+        if self.session is None:
+            return
+        self.resetTimeout()
+        self._apply(self.session.receive(data))
+
+    def timeoutConnection(self):
+        if self.session is not None:
+            self._apply(self.session.timeout())
+
+    def server_shutdown(self):
+        """Called by MailServer.stopService: 421 to an idle session, let a busy one finish."""
+        if self.session is not None and not self.session.waiting and self.message is None:
+            self._apply(self.session.shutdown())
+
+    # ------------------------------------------------------------------ actions
+
+    def _apply(self, actions) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                self.transport.write(a.reply.encode())
+            elif isinstance(a, MessageData):
+                if self.message is not None:
+                    self.message.write(a.data)
+            elif isinstance(a, MessageStart):
+                self._message_start(a.envelope)
+            elif isinstance(a, MessageAbort):
+                if self.message is not None:
+                    self.message.abort()
+                    self.message = None
+            elif isinstance(a, StartTlsNow):
+                self.transport.startTLS(self.server.tls)
+            elif isinstance(a, Close):
+                self.transport.loseConnection()
+            elif isinstance(a, CheckMail):
+                self._run_check(self._check_mail(a), codes.LOCAL_ERROR)
+            elif isinstance(a, CheckRcpt):
+                self._run_check(self._check_rcpt(a), RcptResult(codes.LOCAL_ERROR))
+            elif isinstance(a, CheckAuth):
+                self._run_check(self._check_auth(a), AuthResult(None, codes.AUTH_TEMPFAIL))
+            elif isinstance(a, MessageEnd):
+                self._run_check(self._message_end(), codes.LOCAL_ERROR)
+        if self.session is None or self.session.closed:
+            self.setTimeout(None)
+            return
+        self.setTimeout(self.session.current_timeout())
+        waiting = self.session.waiting
+        if waiting and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif not waiting and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _run_check(self, d: defer.Deferred, on_error) -> None:
+        def failed(f):
+            log.failure("smtp check failed", f)
+            return on_error
+
+        def resolved(result):
+            if self.session is not None:
+                self._apply(self.session.resolve(result))
+
+        d.addErrback(failed).addCallback(resolved).addErrback(lambda f: log.failure("smtp glue error", f))
+
+    # ------------------------------------------------------------------ checks
+
+    def _tls_info(self) -> tuple[str, str]:
+        if self.session is None or not self.session.tls:
+            return "", ""
+        try:
+            conn = self.transport.getHandle()
+            return conn.get_protocol_version_name() or "", conn.get_cipher_name() or ""
+        except Exception:
+            return "TLS", ""
+
+    def _may_relay(self) -> bool:
+        s = self.session
+        return s.peer.trusted or (self.factory.submission and s.identity is not None)
+
+    def _check_mail(self, a: CheckMail) -> defer.Deferred:
+        s = self.session
+        sender = a.envelope.reverse_path
+        if not self.factory.submission or s.identity is None:
+            return defer.succeed(None)
+        if sender is None:
+            return defer.succeed(codes.NOT_OWNED_SENDER)
+
+        def check():
+            return self.factory.router.sender_allowed(s.identity.account_id, sender.address)
+
+        d = run_in(self.server.reactor, self.server.pools.db_read, check)
+        return d.addCallback(lambda ok: None if ok else codes.NOT_OWNED_SENDER)  # 553 5.7.1
+
+    def _check_rcpt(self, a: CheckRcpt) -> defer.Deferred:
+        size = a.envelope.mail_params.size or 0
+        d = run_in(self.server.reactor, self.server.pools.db_read, self.factory.router.route,
+                   a.recipient.mailbox.address, may_relay=self._may_relay(), size=size)
+
+        def decide(rr: router_mod.RouteResult) -> RcptResult:
+            if rr.error == router_mod.OVER_QUOTA:
+                perm = self.server.config.smtp.over_quota_permanent
+                return RcptResult(codes.OVER_QUOTA_PERM if perm else codes.OVER_QUOTA_TEMP)
+            if rr.error:
+                return RcptResult(_ROUTE_ERRORS[rr.error])
+            return RcptResult(None, rr)
+
+        return d.addCallback(decide)
+
+    def _check_auth(self, a: CheckAuth) -> defer.Deferred:
+        d = self.server.auth.authenticate(a.username, a.password, self.ip)
+
+        def done(res) -> AuthResult:
+            if res.ok:
+                return AuthResult(Identity(res.address, res.account_id, res.address))
+            if res.reason == "throttled":
+                return AuthResult(None, codes.AUTH_TEMPFAIL)
+            return AuthResult(None, codes.AUTH_INVALID)  # never says whether the account exists
+
+        return d.addCallback(done)
+
+    def _message_start(self, envelope) -> None:
+        s = self.session
+        version, cipher = self._tls_info()
+        ident = s.identity
+        info = ClientInfo(ip=self.ip, helo=s.helo or "", esmtp=s.esmtp, tls_version=version, tls_cipher=cipher,
+                          authenticated=ident.address if ident else "", account_id=ident.account_id if ident else None,
+                          submission=self.factory.submission)
+        hooks = self.server.extra.get("smtp_hooks", ())
+        self.message = IncomingMessage(self.server, self.factory.router, info, envelope, hooks=hooks)
+        self.message.start()
+
+    def _message_end(self) -> defer.Deferred:
+        msg, self.message = self.message, None
+        if msg is None:
+            return defer.succeed(codes.LOCAL_ERROR)
+        return msg.finish()
