@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 
 from . import commands as c
 from .response import decode_mailbox
-from .searchkeys import ESEARCH_RETURN, read_charset, read_search_keys, read_search_return, read_seq_set
+from .searchkeys import read_charset, read_search_keys, read_search_return, read_seq_set
 from .wire import ASTRING_CHARS, DEFAULT_LIMITS, Frame, ParseError, ParserLimits, StreamedLiteral, Tokenizer
 
 # RFC 2971 3.3: at most 30 field-value pairs, fields of at most 30 octets, values of at most 1024 octets.

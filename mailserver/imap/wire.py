@@ -44,6 +44,11 @@ segment end), ``at_end()``, ``expect_end()``, ``sp()``, ``take(b) -> bool`` (ASC
 ``list_mailbox() -> bytes``, ``number(nz=False) -> int`` (32 bit), ``number64(nz=False) -> int`` (63 bit),
 ``tag_token() -> bytes``, ``open_paren()`` / ``close_paren()`` (nesting limit), ``error(msg) -> ParseError``.
 
+Helpers: ``tag_of(line) -> bytes | None`` (RFC 3501 9 tag), ``find_marker(line) -> (size, synchronizing, binary)
+| None`` (a literal marker ending ``line`` outside a quoted string); character sets ``ATOM_CHARS``,
+``ASTRING_CHARS``, ``LIST_CHARS``, ``TAG_CHARS`` (frozensets of octets). ``Frame.tag`` and ``Frame.line`` (the text
+of a frame without literals, e.g. IDLE's ``DONE`` or a SASL response line).
+
 Errors: :class:`ParseError(tag, message, status="BAD", code=None)`; the session answers
 ``<tag> <status> [<code>] <message>``.
 
@@ -232,7 +237,8 @@ class ImapReader:
         self.literal_minus = literal_minus
         self._stream_commands = frozenset(c.upper().encode() for c in stream_commands)
         self._buf = bytearray()
-        self._scan_from = 0
+        self._pos = 0  # bytes before _pos are consumed; compacted lazily so pipelining stays linear
+        self._scan_from = 0  # offset in _buf up to which the current line has no LF
         self._state = _State.LINE
         self._remaining = 0
         self._reset_command()
@@ -262,13 +268,12 @@ class ImapReader:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def discard_buffer(self) -> int:
         """Drop bytes received but not yet interpreted (RFC 3207 / RFC 9051 6.2.1: after STARTTLS)."""
-        n = len(self._buf)
-        self._buf.clear()
-        self._scan_from = 0
+        n = self.buffered
+        self._clear()
         return n
 
     def accept_literal(self) -> None:
@@ -313,6 +318,21 @@ class ImapReader:
             if not progressed:
                 return None
 
+    # -- buffer ---------------------------------------------------------------------------------------------
+    def _clear(self) -> None:
+        self._buf.clear()
+        self._pos = 0
+        self._scan_from = 0
+
+    def _consume(self, n: int) -> None:
+        self._pos += n
+        if self._pos >= len(self._buf):
+            self._clear()
+        elif self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._scan_from = max(0, self._scan_from - self._pos)
+            self._pos = 0
+
     # -- states ---------------------------------------------------------------------------------------------
     def _reset_command(self) -> None:
         self._segments: list[bytes] = []
@@ -334,23 +354,25 @@ class ImapReader:
 
     def _step_line(self) -> tuple[Event | None, bool]:
         buf = self._buf
-        lf = buf.find(b"\n", self._scan_from)
+        pos = self._pos
+        lf = buf.find(b"\n", max(pos, self._scan_from))
         if lf < 0:
             # +1: a line of exactly max_line octets may still be waiting for its CR LF.
-            if len(buf) > self.limits.max_line + 1:
-                self._reject = CommandRejected(self._command_tag(bytes(buf[:100])), RejectReason.LINE_TOO_LONG)
+            if len(buf) - pos > self.limits.max_line + 1:
+                self._reject = CommandRejected(
+                    self._command_tag(bytes(buf[pos : pos + 100])), RejectReason.LINE_TOO_LONG
+                )
                 self._reset_command()
                 self._skip_tail = bytes(buf[-_SKIP_TAIL:])
-                buf.clear()
-                self._scan_from = 0
+                self._clear()
                 self._state = _State.SKIP_LINE
                 return None, True
             self._scan_from = len(buf)
             return None, False
-        end = lf - 1 if lf > 0 and buf[lf - 1] == 0x0D else lf
-        line = bytes(buf[:end])
-        del buf[: lf + 1]
+        end = lf - 1 if lf > pos and buf[lf - 1] == 0x0D else lf
+        line = bytes(buf[pos:end])
         self._scan_from = 0
+        self._consume(lf + 1 - pos)
         marker = find_marker(line)
         if len(line) > self.limits.max_line:
             return self._reject_line(line, marker, RejectReason.LINE_TOO_LONG)
@@ -409,10 +431,10 @@ class ImapReader:
         return rejected, True
 
     def _step_literal(self) -> tuple[Event | None, bool]:
-        if len(self._buf) < self._remaining:
+        if self.buffered < self._remaining:
             return None, False
-        data = bytes(self._buf[: self._remaining])
-        del self._buf[: self._remaining]
+        data = bytes(self._buf[self._pos : self._pos + self._remaining])
+        self._consume(self._remaining)
         self._literals.append(data)
         self._size += len(data)
         self._state = _State.LINE
@@ -425,11 +447,11 @@ class ImapReader:
             self._literals.append(StreamedLiteral(size, binary))
             self._state = _State.LINE
             return LiteralEnd(), True
-        if not self._buf:
+        if not self.buffered:
             return None, False
-        n = min(len(self._buf), self._remaining)
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+        n = min(self.buffered, self._remaining)
+        data = bytes(self._buf[self._pos : self._pos + n])
+        self._consume(n)
         self._remaining -= n
         return LiteralChunk(data), True
 
@@ -443,24 +465,25 @@ class ImapReader:
             self._skip_tail = b""
             self._state = _State.SKIP_LINE
             return None, True
-        if not self._buf:
+        if not self.buffered:
             return None, False
-        n = min(len(self._buf), self._remaining)
-        del self._buf[:n]
+        n = min(self.buffered, self._remaining)
+        self._consume(n)
         self._remaining -= n
         return None, True
 
     def _step_skip_line(self) -> tuple[Event | None, bool]:
         buf = self._buf
-        lf = buf.find(b"\n")
+        pos = self._pos
+        lf = buf.find(b"\n", pos)
         if lf < 0:
-            if not buf:
+            if not self.buffered:
                 return None, False
-            self._skip_tail = (self._skip_tail + bytes(buf[-_SKIP_TAIL:]))[-_SKIP_TAIL:]
-            buf.clear()
+            self._skip_tail = (self._skip_tail + bytes(buf[max(pos, len(buf) - _SKIP_TAIL) :]))[-_SKIP_TAIL:]
+            self._clear()
             return None, False
-        tail = (self._skip_tail + bytes(buf[max(0, lf - _SKIP_TAIL) : lf]))[-_SKIP_TAIL:]
-        del buf[: lf + 1]
+        tail = (self._skip_tail + bytes(buf[max(pos, lf - _SKIP_TAIL) : lf]))[-_SKIP_TAIL:]
+        self._consume(lf + 1 - pos)
         if tail.endswith(b"\r"):
             tail = tail[:-1]
         m = _MARKER_RE.search(tail)

@@ -389,3 +389,36 @@ def test_take_word_matches_whole_atoms_only():
     t = tok(b"NILS")
     assert not t.take_word(b"NIL")
     assert t.take_word(b"nils")
+
+
+def test_pipelining_is_linear():
+    """Thousands of pipelined commands in one read are framed in one pass (no quadratic buffer copying)."""
+    import time
+
+    data = b"".join(b"a%d UID FETCH %d:* (FLAGS)\r\n" % (i, i) for i in range(50000))
+    start = time.perf_counter()
+    events = list(ImapReader().feed(data))
+    assert len(events) == 50000
+    assert events[-1] == CommandReady(Frame((b"a49999 UID FETCH 49999:* (FLAGS)",)))
+    assert time.perf_counter() - start < 5
+
+
+def test_large_mixed_stream_in_uneven_reads():
+    """Buffer compaction keeps frames intact across reads of any size."""
+    import random
+
+    rng = random.Random(7)
+    parts = []
+    for i in range(3000):
+        n = rng.randrange(0, 200)
+        parts.append(b"c%d SEARCH TEXT {%d+}\r\n" % (i, n) + bytes(rng.randrange(1, 256) for _ in range(n)) + b"\r\n")
+    data = b"".join(parts)
+    expected = drive(ImapReader(), [data])
+    assert len(expected) == 3000
+    pos = 0
+    chunks = []
+    while pos < len(data):
+        step = rng.randrange(1, 100000)
+        chunks.append(data[pos : pos + step])
+        pos += step
+    assert drive(ImapReader(), chunks) == expected
