@@ -1,0 +1,157 @@
+"""DNS lookups for outbound delivery (and DKIM/SPF later): dnspython, blocking, run in the ``dns`` thread pool.
+
+:class:`DnsResolver` wraps one ``dns.resolver.Resolver`` built from ``[dns] nameservers`` (empty = the system
+resolver).  The blocking methods (``mx``, ``addresses``, ``txt``) raise:
+
+* :class:`DnsPermanentError` for NXDOMAIN (the name does not exist: a permanent failure for mail routing);
+* :class:`DnsTemporaryError` for a timeout, SERVFAIL, or no answering server (try again later).
+
+A name that exists but has no record of the asked type gives an empty list.  CNAME chains are followed (dnspython
+follows a chain within one response; a chain that ends without the records is re-queried from its last name), at most
+:data:`MAX_CNAME_CHAIN` hops.  ``lookup_*`` are the Deferred-returning forms for the reactor thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+import dns.exception
+import dns.nameserver
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+from mailserver.config import DnsConfig
+
+#: Most CNAME hops followed for one lookup (RFC 1034 3.6.2 chains; a loop ends here).
+MAX_CNAME_CHAIN = 8
+
+
+class DnsError(Exception):
+    """A failed lookup; ``permanent`` says whether retrying can help."""
+
+    permanent = False
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+        super().__init__(f"{name}: {reason}")
+
+
+class DnsTemporaryError(DnsError):
+    permanent = False
+
+
+class DnsPermanentError(DnsError):
+    permanent = True
+
+
+@dataclass(frozen=True)
+class MxRecord:
+    preference: int
+    host: str  # without the trailing dot; "" for the null MX (RFC 7505 "." target)
+
+
+def _make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
+    if config.nameservers:
+        r = dns.resolver.Resolver(configure=False)
+        r.nameservers = [dns.nameserver.Do53Nameserver(a.host, a.port) for a in config.nameservers]
+    else:
+        r = dns.resolver.Resolver(configure=True)
+    r.timeout = config.timeout
+    r.lifetime = config.timeout
+    r.cache = None
+    r.use_edns(0, 0, 1232)
+    return r
+
+
+class DnsResolver:
+    """Blocking lookups over one dnspython resolver (call them in a thread pool, never the reactor thread)."""
+
+    def __init__(self, config: DnsConfig, resolver: dns.resolver.Resolver | None = None):
+        self.config = config
+        self.resolver = resolver or _make_resolver(config)
+
+    # ----------------------------------------------------------------------------------------- core
+
+    def _query(self, name: str, rdtype: str) -> list:
+        """Records of ``rdtype`` at ``name``, following CNAME chains."""
+        qname = name.rstrip(".") + "."
+        for _ in range(MAX_CNAME_CHAIN + 1):
+            try:
+                answer = self.resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False)
+            except dns.resolver.NXDOMAIN:
+                raise DnsPermanentError(name, "NXDOMAIN (no such domain)") from None
+            except dns.resolver.YXDOMAIN:
+                raise DnsPermanentError(name, "name too long") from None
+            except (dns.exception.Timeout, dns.resolver.LifetimeTimeout):
+                raise DnsTemporaryError(name, "timeout") from None
+            except dns.resolver.NoNameservers as e:
+                raise DnsTemporaryError(name, f"no nameserver answered ({e})") from None
+            except dns.exception.DNSException as e:
+                raise DnsTemporaryError(name, str(e) or type(e).__name__) from None
+            if answer.rrset is not None:
+                return list(answer.rrset)
+            canonical = answer.canonical_name.to_text()
+            if canonical.lower() == qname.lower():
+                return []  # NODATA: the name exists without records of this type
+            qname = canonical  # the chain left the response: ask for its last name
+        raise DnsTemporaryError(name, f"CNAME chain longer than {MAX_CNAME_CHAIN}")
+
+    def mx(self, domain: str) -> list[MxRecord]:
+        return [MxRecord(int(r.preference), r.exchange.to_text(omit_final_dot=True).lower()
+                         if r.exchange != dns.name.root else "")
+                for r in self._query(domain, "MX")]
+
+    def addresses(self, host: str) -> list[str]:
+        """IPv6 then IPv4 addresses of ``host`` (an IP literal is returned as is).
+
+        NXDOMAIN raises; a host with neither record gives [].  A temporary failure of one family is ignored when the
+        other answered.
+        """
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        out: list[str] = []
+        errors: list[DnsError] = []
+        for rdtype in ("AAAA", "A"):
+            try:
+                out.extend(r.address for r in self._query(host, rdtype))
+            except DnsPermanentError:
+                raise
+            except DnsTemporaryError as e:
+                errors.append(e)
+        if not out and errors:
+            raise errors[0]
+        return out
+
+    def txt(self, name: str) -> list[str]:
+        """TXT records, each the concatenation of its strings (RFC 7208 3.3)."""
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in self._query(name, "TXT")]
+
+    def txt_or_empty(self, name: str) -> list[str]:
+        try:
+            return self.txt(name)
+        except DnsPermanentError:
+            return []
+
+
+class AsyncDns:
+    """Deferred-returning lookups: each runs in the ``dns`` pool."""
+
+    def __init__(self, reactor, pool, resolver: DnsResolver):
+        self.reactor, self.pool, self.resolver = reactor, pool, resolver
+
+    def _run(self, f, *args):
+        from mailserver.threads import run_in
+
+        return run_in(self.reactor, self.pool, f, *args)
+
+    def mx(self, domain: str):
+        return self._run(self.resolver.mx, domain)
+
+    def addresses(self, host: str):
+        return self._run(self.resolver.addresses, host)
+
+    def txt(self, name: str):
+        return self._run(self.resolver.txt, name)
