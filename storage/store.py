@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from storage import changes as ch
@@ -301,6 +301,20 @@ def _message_info(row) -> MessageInfo:
                        row.in_reply_to, row.references, row.preview, bool(row.has_attachment), row.thread_id)
 
 
+# Hot-path statements (delivery), prepared once: building SQLAlchemy constructs per message costs more than the SQL.
+_SQL_ACCOUNTS = text("SELECT id, used_bytes, quota_bytes FROM accounts WHERE id IN :ids").bindparams(
+    bindparam("ids", expanding=True))
+_SQL_MAILBOXES = text("SELECT id, account_id, name FROM mailboxes WHERE account_id IN :ids").bindparams(
+    bindparam("ids", expanding=True))
+_SQL_BUMP_ADD = text(
+    "UPDATE mailboxes SET uid_next = uid_next + :n, highest_modseq = highest_modseq + 1, "
+    "message_count = message_count + :n, unseen_count = unseen_count + :unseen, total_size = total_size + :size "
+    "WHERE id = :id RETURNING uid_next, highest_modseq")
+_SQL_BLOB_UPSERT = text(
+    "INSERT INTO blobs (id, size, refcount, data, created) VALUES (:id, :size, :n, NULL, :now) "
+    "ON CONFLICT (id) DO UPDATE SET refcount = blobs.refcount + excluded.refcount, created = excluded.created")
+_SQL_ACCOUNT_USED = text("UPDATE accounts SET used_bytes = used_bytes + :size WHERE id = :id")
+
 M = Message.__table__
 MB = Mailbox.__table__
 A = Account.__table__
@@ -317,6 +331,10 @@ class Store:
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[Connection]:
+        """One transaction.  A write transaction first makes every pending blob durable (group fsync), so metadata
+        committed here never names a blob that a crash could lose."""
+        if write:
+            self.blobs.sync_pending()
         with self.engine.connect() as conn:
             if self.sqlite and write:
                 conn.info["sqlite_begin"] = "IMMEDIATE"
@@ -765,39 +783,74 @@ class Store:
 
         A delivery that cannot be made (no such account, over quota) gets ``ok=False`` without affecting the others.
         An unexpected database error raises for the whole batch (the caller retries the deliveries one by one).
+
+        Set-based on purpose: the statements per batch grow with the number of distinct mailboxes, accounts and
+        blobs, not with the number of messages; messages of one batch in one mailbox share one new modseq.
         """
-        results: list[DeliveryResult] = []
-        changes: list[Change] = []
         now = time.time()
+        results: list[DeliveryResult | None] = [None] * len(deliveries)
+        changes: list[Change] = []
         with self._tx() as conn:
-            for d in deliveries:
-                name = normalize_mailbox_name(d.mailbox)
-                acct = conn.execute(select(A.c.id, A.c.used_bytes, A.c.quota_bytes, A.c.enabled).where(
-                    A.c.id == d.account_id)).first()
+            account_ids = sorted({d.account_id for d in deliveries})
+            accounts = {r.id: [r.used_bytes, r.quota_bytes] for r in conn.execute(
+                _SQL_ACCOUNTS, {"ids": account_ids})}
+            boxes: dict[tuple[int, str], int] = {}
+            for r in conn.execute(_SQL_MAILBOXES, {"ids": account_ids}):
+                boxes[(r.account_id, r.name)] = r.id
+            # Admission (quota counted across the batch) and target mailbox per delivery.
+            per_box: dict[int, list[int]] = {}
+            for i, d in enumerate(deliveries):
+                acct = accounts.get(d.account_id)
                 if acct is None:
-                    results.append(DeliveryResult(False, error="nonexistent"))
+                    results[i] = DeliveryResult(False, error="nonexistent")
                     continue
-                if d.check_quota and acct.quota_bytes and acct.used_bytes + d.blob.size > acct.quota_bytes:
-                    results.append(DeliveryResult(False, error="overquota"))
+                if d.check_quota and acct[1] and acct[0] + d.blob.size > acct[1]:
+                    results[i] = DeliveryResult(False, error="overquota")
                     continue
-                mb = conn.execute(select(MB.c.id).where(MB.c.account_id == d.account_id, MB.c.name == name)).first()
-                if mb is None:
-                    mb = conn.execute(select(MB.c.id).where(MB.c.account_id == d.account_id,
-                                                            MB.c.name == "INBOX")).first()
-                if mb is None:  # INBOX was never created (legacy data): create it now
+                acct[0] += d.blob.size
+                name = normalize_mailbox_name(d.mailbox)
+                mid = boxes.get((d.account_id, name)) or boxes.get((d.account_id, "INBOX"))
+                if mid is None:  # INBOX was never created (legacy data): create it now
                     mid = self._create_mailbox_row(conn, d.account_id, "INBOX")
+                    boxes[(d.account_id, "INBOX")] = mid
                     changes.append(Change(ch.MAILBOX_CREATE, d.account_id, mid, name="INBOX"))
-                else:
-                    mid = mb.id
-                uid, modseq, _ = self._bump(conn, mid, 1)
-                self._blob_ref(conn, d.blob)
-                self._insert_message(conn, mid, uid, modseq, d.blob, d.parsed, d.flags, d.keywords,
-                                     d.internal_date or now)
-                self._account_mailboxes_after_add(conn, mid, d.account_id, 1, d.blob.size,
-                                                  0 if d.flags & FLAG_SEEN else 1, d.keywords)
-                results.append(DeliveryResult(True, mid, uid))
-                changes.append(Change(ch.EXISTS, d.account_id, mid, uid=uid, modseq=modseq, flags=d.flags,
-                                      keywords=tuple(d.keywords), size=d.blob.size))
+                per_box.setdefault(mid, []).append(i)
+            rows: list[dict] = []
+            blob_counts: dict[str, list] = {}
+            used: dict[int, int] = {}
+            for mid, idxs in per_box.items():
+                size = sum(deliveries[i].blob.size for i in idxs)
+                unseen = sum(0 if deliveries[i].flags & FLAG_SEEN else 1 for i in idxs)
+                r = conn.execute(_SQL_BUMP_ADD, {"id": mid, "n": len(idxs), "size": size, "unseen": unseen}).first()
+                first_uid, modseq = r[0] - len(idxs), r[1]
+                kws = [k for i in idxs for k in deliveries[i].keywords]
+                if kws:
+                    cur = conn.execute(select(MB.c.keywords).where(MB.c.id == mid)).scalar() or ""
+                    merged = join_keywords(split_keywords(cur) + tuple(kws))
+                    if merged != cur:
+                        conn.execute(update(MB).where(MB.c.id == mid).values(keywords=merged))
+                for k, i in enumerate(idxs):
+                    d = deliveries[i]
+                    uid = first_uid + k
+                    values = {c: d.parsed.get(c, "") for c in PARSED_COLUMNS}
+                    values["header_size"] = int(values["header_size"] or 0)
+                    values["date_sent"] = float(values["date_sent"] or 0.0)
+                    values["has_attachment"] = bool(values["has_attachment"])
+                    values.update(mailbox_id=mid, uid=uid, modseq=modseq, flags=d.flags,
+                                  keywords=join_keywords(d.keywords), internal_date=d.internal_date or now,
+                                  size=d.blob.size, blob_id=d.blob.id, thread_id=0)
+                    rows.append(values)
+                    entry = blob_counts.setdefault(d.blob.id, [d.blob.size, 0])
+                    entry[1] += 1
+                    used[d.account_id] = used.get(d.account_id, 0) + d.blob.size
+                    results[i] = DeliveryResult(True, mid, uid)
+                    changes.append(Change(ch.EXISTS, d.account_id, mid, uid=uid, modseq=modseq, flags=d.flags,
+                                          keywords=tuple(d.keywords), size=d.blob.size))
+            if rows:
+                blob_params = [{"id": b, "size": v[0], "n": v[1], "now": now} for b, v in blob_counts.items()]
+                conn.execute(_SQL_BLOB_UPSERT, blob_params)
+                conn.execute(insert(M), rows)
+                conn.execute(_SQL_ACCOUNT_USED, [{"id": a, "size": n} for a, n in used.items()])
         return Changed(results, changes)
 
     def append(self, account_id: int, mailbox_id: int, blob: BlobRef, parsed: dict, flags: int = 0,

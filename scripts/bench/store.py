@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Store benchmark: durable deliveries per second through the real delivery path.
+
+Path measured (the same one SMTP and IMAP APPEND use): blob written + fsynced in the blob pool, MIME parsed once in the
+cpu pool, metadata committed by the group committer (many deliveries per transaction and fsync).  A delivery counts when
+its Deferred fired, i.e. after the commit returned.
+
+    scripts/bench/store.py [--count 3000] [--concurrency 64] [--postgres URL]
+
+Runs: {1 mailbox, 100 mailboxes} x {5 KB, 100 KB} on SQLite, and on PostgreSQL when --postgres or
+MAILSERVER_TEST_DATABASE_URL is given.  Prints one line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from twisted.internet import defer, reactor  # noqa: E402
+
+from mailserver.config import load_dict  # noqa: E402
+from mailserver.ingest import deliver_raw  # noqa: E402
+from mailserver.service import MailServer  # noqa: E402
+
+
+def make_message(i: int, size: int) -> bytes:
+    head = (f"From: Sender {i} <sender{i}@remote.test>\r\nTo: rcpt@example.test\r\nSubject: bench message {i}\r\n"
+            f"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{i}.{random.random()}@remote.test>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n").encode()
+    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return head + body
+
+
+@defer.inlineCallbacks
+def run_one(url: str, mailboxes: int, size: int, count: int, concurrency: int, label: str):
+    tmp = tempfile.mkdtemp(prefix="bench-store-")
+    table = {"hostname": "mail.example.test", "data_dir": tmp, "database_url": url,
+             "domain": [{"name": "example.test"}]}
+    server = MailServer(load_dict(table, "bench"), reactor)
+    server.startService()
+    from mailserver.auth import PasswordHasher
+
+    h = PasswordHasher("argon2", low_cost=True).hash("x")
+    accounts = [server.store.add_account(f"u{i}@example.test", h).id for i in range(mailboxes)]
+    msgs = [make_message(i, size) for i in range(min(count, 200))]
+    sem = defer.DeferredSemaphore(concurrency)
+    t0 = time.perf_counter()
+    ds = [sem.run(deliver_raw, server, accounts[i % mailboxes], msgs[i % len(msgs)]) for i in range(count)]
+    results = yield defer.gatherResults(ds)
+    elapsed = time.perf_counter() - t0
+    assert all(r.ok for r in results)
+    batches = server.astore.committer.batches
+    yield server.stopService()
+    print(f"{label:<10} {mailboxes:>3} mailbox(es) {size // 1024:>4} KB: {count / elapsed:8.0f} deliveries/s "
+          f"({count} in {elapsed:.2f} s, {count / max(1, batches):.1f} per transaction)", flush=True)
+
+
+@defer.inlineCallbacks
+def main(args):
+    runs = [("sqlite", "")]
+    pg = args.postgres or os.environ.get("MAILSERVER_TEST_DATABASE_URL")
+    if pg:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from tests.harness import fresh_pg_url
+
+        runs.append(("postgres", pg))
+    try:
+        for label, base in runs:
+            for mailboxes in (1, 100):
+                for size in (5 * 1024, 100 * 1024):
+                    url = base and __import__("tests.harness", fromlist=["x"]).fresh_pg_url(base)
+                    count = args.count if size < 50_000 else max(200, args.count // 5)
+                    yield run_one(url, mailboxes, size, count, args.concurrency, label)
+    finally:
+        reactor.stop()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=3000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--postgres", default="")
+    a = ap.parse_args()
+    reactor.callWhenRunning(main, a)
+    reactor.run()
