@@ -98,6 +98,12 @@ class SmtpProtocol(Protocol, TimeoutMixin):
     # ------------------------------------------------------------------ connection
 
     def connectionMade(self):
+        # Replies to pipelined commands leave one by one as checks finish: without TCP_NODELAY, Nagle's algorithm
+        # meets the client's delayed ACK and each such reply waits ~40 ms.
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
         peer = self.transport.getPeer()
         self.ip = getattr(peer, "host", "") or ""
         f = self.factory
