@@ -36,6 +36,8 @@ log = Logger()
 
 #: Octets read from the blob store per step of RETR/TOP.
 CHUNK = 256 * 1024
+#: Blob ids looked up per query when RETR/TOP reach a message whose blob id is not known yet.
+BLOB_ID_WINDOW = 200
 
 _locks: "weakref.WeakKeyDictionary[object, S.MaildropLocks]" = weakref.WeakKeyDictionary()
 
@@ -57,32 +59,37 @@ def load_maildrop(store, account_id: int) -> S.Maildrop:
     return S.Maildrop(mailbox.id, mailbox.uid_validity, entries)
 
 
-def open_blob(store, mailbox_id: int, uid: int, blob_id: str):
-    """Blocking (blob pool): the message's body as a file object, or None if it is gone (expunged by IMAP)."""
-    if not blob_id:
-        infos = store.get_messages(mailbox_id, [uid])
-        if not infos:
-            return None
-        blob_id = infos[0].blob_id
+def blob_ids(store, mailbox_id: int, uids: list[int]) -> dict[int, str]:
+    """Blocking (db_read pool): uid -> blob id for those of ``uids`` still in the mailbox."""
+    return {m.uid: m.blob_id for m in store.get_messages(mailbox_id, uids)}
+
+
+def open_and_read(store, blob_id: str, n: int):
+    """Blocking (blob pool): open the body and read its first ``n`` octets: (file, data, eof), or None if gone."""
     try:
-        return store.blobs.open(blob_id)
+        f = store.blobs.open(blob_id)
     except FileNotFoundError:
         return None
+    data, eof = read_chunk(f, n)
+    return f, data, eof
 
 
-def _read_and_maybe_close(f, n: int) -> bytes:
+def read_chunk(f, n: int) -> tuple[bytes, bool]:
+    """Blocking: up to ``n`` octets; a short read is the end (regular files and BytesIO), and closes the file."""
     data = f.read(n)
-    if not data:
+    eof = len(data) < n
+    if eof:
         f.close()
-    return data
+    return data, eof
 
 
 @implementer(interfaces.IPushProducer)
 class BodySender:
-    """Streams one message body to the transport: read a chunk in the blob pool, encode, write, repeat.
+    """Streams one message body to the transport: encode a chunk, write it, read the next in the blob pool.
 
     Registered as a streaming producer, so the transport pauses it when its buffer is full and the next chunk is
-    read only after it resumes.
+    read only after it resumes.  The +OK line goes out in the same write as the first chunk, and the terminator
+    in the same write as the last (no small segments for Nagle to hold back).
     """
 
     def __init__(self, proto: "Pop3Protocol", fileobj, encoder: BodyEncoder):
@@ -92,11 +99,12 @@ class BodySender:
         self.paused = False
         self.stopped = False
         self.reading = False
+        self.done = False
         self.sent = 0
 
-    def start(self) -> None:
+    def start(self, prefix: bytes, data: bytes, eof: bool) -> None:
         self.proto.transport.registerProducer(self, True)
-        self._read_next()
+        self._send(prefix, data, eof)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -114,35 +122,41 @@ class BodySender:
             self.file.close()
             self.file = None
 
+    def _send(self, prefix: bytes, data: bytes, eof: bool) -> None:
+        if eof:
+            self.file = None  # closed by read_chunk
+        out = prefix + self.encoder.encode(data) if data else prefix
+        finished = eof or self.encoder.done
+        if finished:
+            self._close_file()
+            out += self.encoder.finish()
+        self.sent += len(out)
+        self.proto.transport.write(out)
+        self.proto.resetTimeout()
+        if finished:
+            self.done = True
+            self.proto.transport.unregisterProducer()
+            self.proto.body_sent(self)
+        else:
+            self._read_next()
+
     def _read_next(self) -> None:
-        if self.paused or self.stopped or self.reading or self.file is None:
+        if self.paused or self.stopped or self.reading or self.done or self.file is None:
             return
         self.reading = True
         server = self.proto.factory.server
-        d = run_in(server.reactor, server.pools.blob, _read_and_maybe_close, self.file, CHUNK)
+        d = run_in(server.reactor, server.pools.blob, read_chunk, self.file, CHUNK)
         d.addCallbacks(self._got, self._failed)
 
-    def _got(self, data: bytes) -> None:
+    def _got(self, result: tuple[bytes, bool]) -> None:
         self.reading = False
+        data, eof = result
+        if eof:
+            self.file = None
         if self.stopped:
             self._close_file()
             return
-        if data:
-            out = self.encoder.encode(data)
-            if out:
-                self.sent += len(out)
-                self.proto.transport.write(out)
-            self.proto.resetTimeout()
-        if not data or self.encoder.done:
-            if data:
-                self._close_file()
-            else:
-                self.file = None  # closed by _read_and_maybe_close
-            self.proto.transport.write(self.encoder.finish())
-            self.proto.transport.unregisterProducer()
-            self.proto.body_sent(self)
-            return
-        self._read_next()
+        self._send(b"", data, eof)
 
     def _failed(self, failure) -> None:
         self.reading = False
@@ -160,6 +174,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         self.client_ip = ""
         self.sender: BodySender | None = None
         self._stls_started = False
+        self._blob_ids: dict[int, str] = {}
 
     # ----------------------------------------------------------------------------------------- connection
 
@@ -180,6 +195,12 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             plaintext_without_tls=plaintext,
         )
         self.setTimeout(self.factory.idle_timeout)
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            try:
+                no_delay(True)  # replies are complete when written; do not wait for the client's ACK
+            except OSError:
+                pass
         self._carry_out(self.session.greeting())
 
     def dataReceived(self, data: bytes) -> None:
@@ -281,27 +302,51 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
     def _retrieve(self, req: S.Retrieve) -> None:
         server = self.factory.server
         maildrop = self.session.maildrop
-        d = run_in(server.reactor, server.pools.blob, open_blob, server.store, maildrop.mailbox_id, req.entry.uid,
-                   req.entry.blob_id)
+        uid = req.entry.uid
+        if req.entry.blob_id:
+            self._blob_ids.setdefault(uid, req.entry.blob_id)
+        if uid in self._blob_ids:
+            self._open_blob(req, self._blob_ids[uid])
+            return
+        # Look the blob ids up for this message and the next ones (clients RETR in order): one query per window.
+        uids = [e.uid for e in maildrop.entries if e.uid >= uid][:BLOB_ID_WINDOW]
+        d = server.astore.read(blob_ids, server.store, maildrop.mailbox_id, uids)
 
-        def opened(f):
+        def found(ids: dict[int, str]):
+            self._blob_ids.update(ids)
+            for u in uids:
+                self._blob_ids.setdefault(u, "")  # gone (expunged elsewhere)
+            if self._alive():
+                self._open_blob(req, self._blob_ids[uid])
+
+        d.addCallbacks(found, self._retrieve_error)
+
+    def _open_blob(self, req: S.Retrieve, blob_id: str) -> None:
+        if not blob_id:
+            self._carry_out(self.session.retrieve_failed())
+            return
+        server = self.factory.server
+        d = run_in(server.reactor, server.pools.blob, open_and_read, server.store, blob_id, CHUNK)
+
+        def opened(result):
             if not self._alive():
-                if f is not None:
-                    f.close()
+                if result is not None and not result[2]:
+                    result[0].close()
                 return
-            if f is None:
+            if result is None:
                 self._carry_out(self.session.retrieve_failed())
                 return
-            self._carry_out(self.session.retrieve_begin())
-            self.sender = BodySender(self, f, BodyEncoder(req.top_lines))
-            self.sender.start()
+            f, data, eof = result
+            prefix = b"".join(o.data for o in self.session.retrieve_begin())
+            self.sender = BodySender(self, None if eof else f, BodyEncoder(req.top_lines))
+            self.sender.start(prefix, data, eof)
 
-        def failed(f):
-            log.failure("pop3 cannot open message", f)
-            if self._alive():
-                self._carry_out(self.session.retrieve_failed("cannot read message, try again later"))
+        d.addCallbacks(opened, self._retrieve_error)
 
-        d.addCallbacks(opened, failed)
+    def _retrieve_error(self, failure) -> None:
+        log.failure("pop3 cannot open message", failure)
+        if self._alive():
+            self._carry_out(self.session.retrieve_failed("cannot read message, try again later"))
 
     def body_sent(self, sender: BodySender) -> None:
         if sender is not self.sender:
