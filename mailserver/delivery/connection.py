@@ -55,7 +55,7 @@ class TlsSettings:
 @implementer(IPushProducer)
 class SmtpClientProtocol(Protocol):
     def __init__(self, session: SmtpClientSession, open_body: Callable[[], BinaryIO], blob_pool, clock,
-                 tls: TlsSettings | None, prefix: bytes = b""):
+                 tls: TlsSettings | None, prefix: bytes = b"", registry: set | None = None):
         self.session = session
         self.open_body = open_body
         self.blob_pool = blob_pool
@@ -66,6 +66,7 @@ class SmtpClientProtocol(Protocol):
         self._timer = None
         self._paused: defer.Deferred | None = None
         self._lost = False
+        self.registry = registry
 
     # ----------------------------------------------------------------------------------------- timers
 
@@ -82,6 +83,8 @@ class SmtpClientProtocol(Protocol):
     # ----------------------------------------------------------------------------------------- protocol
 
     def connectionMade(self):  # noqa: N802
+        if self.registry is not None:
+            self.registry.add(self)
         self._arm()
 
     def dataReceived(self, data: bytes):  # noqa: N802
@@ -91,6 +94,8 @@ class SmtpClientProtocol(Protocol):
 
     def connectionLost(self, reason):  # noqa: N802
         self._lost = True
+        if self.registry is not None:
+            self.registry.discard(self)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self._paused is not None:
@@ -163,13 +168,13 @@ class SmtpClientProtocol(Protocol):
 
 def run_session(reactor, ip: str, port: int, session: SmtpClientSession, open_body: Callable[[], BinaryIO],
                 blob_pool, *, tls: TlsSettings | None = None, implicit_tls: bool = False, prefix: bytes = b"",
-                connect_timeout: float = CONNECT_TIMEOUT) -> defer.Deferred:
+                connect_timeout: float = CONNECT_TIMEOUT, registry: set | None = None) -> defer.Deferred:
     """Connect and run ``session``; fires with the session (a connection failure is recorded in its results)."""
     family6 = ipaddress.ip_address(ip).version == 6
     endpoint = (TCP6ClientEndpoint if family6 else TCP4ClientEndpoint)(reactor, ip, port, timeout=connect_timeout)
     if implicit_tls:
         endpoint = wrapClientTLS((tls or TlsSettings()).options(), endpoint)
-    proto = SmtpClientProtocol(session, open_body, blob_pool, reactor, tls, prefix)
+    proto = SmtpClientProtocol(session, open_body, blob_pool, reactor, tls, prefix, registry)
     d = connectProtocol(endpoint, proto)
 
     def failed(failure):

@@ -41,6 +41,7 @@ class ReportRecipient:
     orcpt: str = ""  # "rfc822;xtext" as received
     last_attempt: float = 0.0
     will_retry_until: float = 0.0
+    reason: str = ""  # our own explanation when there is no remote reply (DNS, loop, timeout)
 
 
 def wants_report(sender: str, notify: str, kind: str) -> bool:
@@ -131,8 +132,8 @@ def build_report(*, kind: str, reporting_mta: str, sender: str, recipients: list
         line = f"<{r.recipient}>: {r.action}"
         if r.remote_mta:
             line += f" (host {r.remote_mta})"
-        if r.diagnostic:
-            line += f": {_clean(r.diagnostic)}"
+        if r.diagnostic or r.reason:
+            line += f": {_clean(r.diagnostic or r.reason)}"
         human.append(line + "\r\n")
 
     # RFC 3464 2.2: per-message fields, then one block per recipient (2.3).
