@@ -1,0 +1,213 @@
+"""Twisted glue for :class:`mailserver.imap.session.ImapSession`: transport, TLS, compression, timers, limits.
+
+``build_factory(server, listener_name)`` serves the ``imap`` (plain with STARTTLS) and ``imaps`` (implicit TLS,
+RFC 8314) listeners of ``mailserver.service``. Everything IMAP is decided by the session; this module:
+
+- carries bytes in and out, pausing the transport (``pauseProducing``) while the session is not reading: a command
+  waiting on the database holds pipelined input in the kernel, not in memory;
+- registers a push producer on the transport so large FETCH output waits (``writable()``) while the transport's
+  buffer is full;
+- STARTTLS (``server.tls``) and COMPRESS=DEFLATE (RFC 4978: raw deflate both ways, a sync flush per write; inflated
+  input is fed in bounded pieces, never more than the session will read);
+- autologout after ``limits.imap_idle_timeout`` (30 minutes, RFC 9051 5.4) of inactivity; entering IDLE re-arms it;
+- ``limits.imap_max_sessions_per_ip`` connections per client address (more get ``* BYE`` and are closed).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from twisted.internet import interfaces, protocol
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from . import response as r
+from .selected import RecentTracker
+from .session import ImapSession
+
+log = Logger()
+
+#: Octets of inflated input handed to the session per step (COMPRESS=DEFLATE).
+INFLATE_STEP = 64 * 1024
+
+
+@implementer(interfaces.IPushProducer)
+class _OutputGate:
+    """The transport tells us here when its write buffer is full (pause) and drained (resume)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._waiters: list[Deferred] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(ConnectionError("connection closed"))
+
+    def wait(self) -> Deferred | None:
+        if not self.paused:
+            return None
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+
+class ImapProtocol(protocol.Protocol, TimeoutMixin):
+    def __init__(self, factory: "ImapFactory"):
+        self.factory = factory
+        self.session: ImapSession | None = None
+        self.client_ip = ""
+        self.gate = _OutputGate()
+        self._reading = True
+        self._deflate = None
+        self._inflate = None
+        self._inflate_tail = b""
+        self._counted = False
+
+    # -- Connection (what the session calls) ------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._deflate is not None:
+            data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.transport.write(data)
+
+    def start_tls(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.startTLS(self.factory.server.tls)
+        self.transport.registerProducer(self.gate, True)
+
+    def start_compress(self) -> None:
+        # RFC 4978 4: raw DEFLATE (RFC 1951), no zlib header.
+        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._inflate = zlib.decompressobj(-15)
+
+    def close(self) -> None:
+        self.setTimeout(None)
+        self.transport.loseConnection()
+
+    def set_reading(self, on: bool) -> None:
+        if on == self._reading:
+            return
+        self._reading = on
+        if on:
+            self.transport.resumeProducing()
+            if self._inflate_tail:
+                tail, self._inflate_tail = self._inflate_tail, b""
+                self._inflate_feed(tail)
+        else:
+            self.transport.pauseProducing()
+
+    def writable(self) -> Deferred | None:
+        return self.gate.wait()
+
+    def activity(self, idle: bool = False) -> None:
+        self.resetTimeout()
+
+    # -- Twisted ----------------------------------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        factory = self.factory
+        server = factory.server
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "") or ""
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
+        if factory.sessions.get(self.client_ip, 0) >= factory.max_per_ip:
+            self.transport.write(r.status_line("BYE", "too many connections from your address", "UNAVAILABLE"))
+            self.transport.loseConnection()
+            return
+        factory.sessions[self.client_ip] = factory.sessions.get(self.client_ip, 0) + 1
+        self._counted = True
+        self.transport.registerProducer(self.gate, True)
+        self.session = ImapSession(server, self, client_ip=self.client_ip, tls_active=factory.implicit_tls,
+                                   tls_available=(not factory.implicit_tls) and server.tls is not None,
+                                   recent=factory.recent)
+        self.setTimeout(factory.idle_timeout)
+        self.session.greeting()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is None:
+            return
+        if self._inflate is not None:
+            self._inflate_feed(data)
+            return
+        self.session.data_received(data)
+
+    def _inflate_feed(self, data: bytes) -> None:
+        inflater = self._inflate
+        while data and self.session is not None and not self.session.closed:
+            if not self._reading:
+                self._inflate_tail += data
+                return
+            try:
+                out = inflater.decompress(data, INFLATE_STEP)
+            except zlib.error:
+                self.write(r.status_line("BYE", "invalid compressed data"))
+                self.close()
+                return
+            data = inflater.unconsumed_tail
+            if out:
+                self.session.data_received(out)
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self.setTimeout(None)
+        self.gate.stopProducing()
+        if self._counted:
+            n = self.factory.sessions.get(self.client_ip, 1) - 1
+            if n > 0:
+                self.factory.sessions[self.client_ip] = n
+            else:
+                self.factory.sessions.pop(self.client_ip, None)
+            self._counted = False
+        if self.session is not None:
+            self.session.connection_lost()
+
+    def timeoutConnection(self) -> None:
+        session = self.session
+        if session is not None and session.busy and session._line_waiter is None:
+            self.resetTimeout()  # a command is running: not idle
+            return
+        # RFC 9051 5.4: autologout after at least 30 minutes of inactivity.
+        log.info("imap autologout of {ip}", ip=self.client_ip)
+        self.write(r.status_line("BYE", "autologout: idle for too long"))
+        self.close()
+
+    def server_shutdown(self) -> None:
+        if self.session is not None:
+            self.session.server_shutdown()
+
+
+class ImapFactory(protocol.Factory):
+    def __init__(self, server, listener_name: str):
+        self.server = server
+        self.listener_name = listener_name
+        self.implicit_tls = listener_name == "imaps"
+        limits = server.config.limits
+        self.idle_timeout = limits.imap_idle_timeout
+        self.max_per_ip = limits.imap_max_sessions_per_ip
+        # Shared by every IMAP listener of the server: per-IP counts and \Recent bookkeeping.
+        shared = server.extra.setdefault("imap", {"sessions": {}, "recent": RecentTracker()})
+        self.sessions: dict[str, int] = shared["sessions"]
+        self.recent: RecentTracker = shared["recent"]
+
+    def buildProtocol(self, addr) -> ImapProtocol:
+        return ImapProtocol(self)
+
+
+def build_factory(server, listener_name: str) -> ImapFactory:
+    """The factory for the ``imap`` or ``imaps`` listener of ``server`` (a ``mailserver.service.MailServer``)."""
+    if listener_name not in ("imap", "imaps"):
+        raise ValueError(f"not an IMAP listener: {listener_name}")
+    return ImapFactory(server, listener_name)
