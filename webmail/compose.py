@@ -85,7 +85,11 @@ def parse_recipients(text: str, what: str = "recipient") -> tuple[tuple[str, str
     if not text.strip():
         return ()
     out = []
-    for name, addr in email.utils.getaddresses([text], strict=True):
+    try:
+        pairs = email.utils.getaddresses([text], strict=True)
+    except TypeError:  # Python before 3.11.10/3.12.5 has no strict mode
+        pairs = email.utils.getaddresses([text])
+    for name, addr in pairs:
         if not name and not addr:
             continue
         addr = addr.strip()
