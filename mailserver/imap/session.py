@@ -35,7 +35,6 @@ from twisted.logger import Logger
 
 from mailserver import sasl
 from mailserver.threads import run_in
-from storage import changes as ch
 from storage.models import FLAG_DELETED, FLAG_SEEN
 from storage.store import AlreadyExists, HasChildren, Invalid, NotFound, QuotaExceeded, StoreError
 
@@ -810,7 +809,7 @@ async def _append(s: ImapSession, cmd: c.Append):
     uids: list[int] = []
     try:
         prepared = []
-        for msg, writer in zip(cmd.messages, state.writers):
+        for msg, writer in zip(cmd.messages, state.writers, strict=True):
             try:
                 bits, keywords, _recent = split_flags(msg.flags)
             except ValueError as e:
@@ -1101,7 +1100,7 @@ async def _fetch(s: ImapSession, cmd: c.Fetch):
                 server = s.server
                 chunks = await run_in(server.reactor, server.pools.blob, _read_ranges, server.store,
                                       [(b, rs) for _u, b, rs in wanted])
-                bodies = {u: ch_ for (u, _b, _r), ch_ in zip(wanted, chunks)}
+                bodies = {u: ch_ for (u, _b, _r), ch_ in zip(wanted, chunks, strict=True)}
         out = []
         for u in batch:
             info = infos.get(u)
@@ -1133,10 +1132,122 @@ def _with_modseq(info, modseq: int):
     return dataclasses.replace(info, modseq=modseq)
 
 
-async def _search(s: ImapSession, cmd: c.Search):
-    from .fetch_cmd import run_search
+@dataclass(slots=True)
+class _SearchMeta:
+    """A message as the search engine sees it, from the selected-mailbox cache (no database round trip)."""
 
-    return await run_search(s, cmd)
+    uid: int
+    modseq: int
+    flags: int
+    keywords: tuple[str, ...]
+    size: int
+    internal_date: float
+
+
+def _snapshot(sel: SelectedMailbox) -> list[_SearchMeta]:
+    kws = sel.keywords
+    return [_SearchMeta(u, m, f, kws.get(u, ()), z, d)
+            for u, m, f, z, d in zip(sel.uids, sel.modseqs, sel.flags, sel.sizes, sel.dates, strict=True)]
+
+
+def _needs_content(key) -> bool:
+    from . import searchkeys as K
+
+    if isinstance(key, (K.HeaderKey, K.BodyKey, K.TextKey)):
+        return True
+    if isinstance(key, K.DateKey):
+        return key.field == "SENT"
+    if isinstance(key, K.Not):
+        return _needs_content(key.key)
+    if isinstance(key, K.Or):
+        return _needs_content(key.left) or _needs_content(key.right)
+    if isinstance(key, K.And):
+        return any(_needs_content(k) for k in key.keys)
+    return False
+
+
+class _ContentLoader:
+    """Headers and decoded text for the search engine, loaded on demand in a pool thread (blocking)."""
+
+    CHUNK = 200
+
+    def __init__(self, store, mailbox_id: int, uids: list[int]):
+        self.store = store
+        self.mailbox_id = mailbox_id
+        self.uids = uids
+        self.infos: dict[int, object] = {}
+
+    def info(self, uid: int):
+        if uid not in self.infos:
+            import bisect
+
+            i = bisect.bisect_left(self.uids, uid)
+            chunk = self.uids[i:i + self.CHUNK] or [uid]
+            for info in self.store.get_messages(self.mailbox_id, chunk):
+                self.infos[info.uid] = info
+            self.infos.setdefault(uid, None)
+        return self.infos[uid]
+
+    def header_of(self, msg) -> bytes:
+        info = self.info(msg.uid)
+        if info is None:
+            return b""
+        return self.store.blobs.read(info.blob_id, 0, info.header_size or None)
+
+    def text_of(self, msg) -> tuple[bytes, str]:
+        from .search import message_text
+
+        info = self.info(msg.uid)
+        if info is None:
+            return b"", ""
+        return message_text(self.store.blobs.read(info.blob_id), info.bodystructure or None)
+
+
+async def _refresh_dates(s: ImapSession) -> None:
+    """Load the internal dates the cache does not know (messages that arrived after SELECT)."""
+    sel = s.selected
+    missing = [u for u, d in zip(sel.uids, sel.dates, strict=True) if math.isnan(d)]
+    for i in range(0, len(missing), FETCH_BATCH):
+        for info in await s.server.astore.get_messages(sel.mailbox_id, missing[i:i + FETCH_BATCH]):
+            sel.set_date(info.uid, info.internal_date)
+
+
+async def _matching_uids(s: ImapSession, keys) -> list[int]:
+    """The UIDs of the selected messages matching ``keys`` (ascending)."""
+    from . import search as S
+
+    sel = s.selected
+    await _refresh_dates(s)
+    messages = _snapshot(sel)
+    largest_uid = sel.uids[-1] if sel.uids else 0
+    kwargs = dict(seq_of=None, max_uid=largest_uid, max_seq=sel.exists, recent_uids=frozenset(sel.recent),
+                  now=s.server.reactor.seconds())
+    if not _needs_content(keys):
+        return S.search(keys, messages, **kwargs)
+    server = s.server
+    loader = _ContentLoader(server.store, sel.mailbox_id, list(sel.uids))
+    return await run_in(server.reactor, server.pools.db_read, S.search, keys, messages, text_of=loader.text_of,
+                        header_of=loader.header_of, **kwargs)
+
+
+async def _search(s: ImapSession, cmd: c.Search):
+    from . import search as S
+
+    sel = s.selected
+    with_modseq = S.uses_modseq(cmd.keys)
+    if with_modseq:
+        s.condstore = True  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
+    uids = await _matching_uids(s, cmd.keys)
+    if cmd.return_options is None:
+        numbers = uids if cmd.uid else [sel.seq_of(u) for u in uids]
+        highest = max((sel.modseq_of(u) for u in uids), default=0) if with_modseq else None
+        s.send(S.search_response(numbers, highest))
+        return None
+    # RFC 4731 / RFC 9051 6.4.4.4: ESEARCH
+    seqs = None if cmd.uid else [sel.seq_of(u) for u in uids]
+    s.send(S.esearch_response(cmd.tag, cmd.uid, uids, cmd.return_options, seq_numbers=seqs,
+                              modseq_of=sel.modseq_of if with_modseq else None))
+    return None
 
 
 async def _sort(s: ImapSession, cmd: c.Sort):
