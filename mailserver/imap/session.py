@@ -1250,10 +1250,37 @@ async def _search(s: ImapSession, cmd: c.Search):
     return None
 
 
-async def _sort(s: ImapSession, cmd: c.Sort):
-    from .fetch_cmd import run_sort
+async def _infos(s: ImapSession, uids: list[int]) -> list:
+    """MessageInfo of the given selected UIDs (the parse stored at delivery), in UID order."""
+    out: list = []
+    sel = s.selected
+    for i in range(0, len(uids), FETCH_BATCH):
+        out.extend(await s.server.astore.get_messages(sel.mailbox_id, uids[i:i + FETCH_BATCH]))
+    return out
 
-    return await run_sort(s, cmd)
+
+async def _sort(s: ImapSession, cmd: c.Sort):
+    from . import search as S
+    from . import sort as O
+
+    sel = s.selected
+    with_modseq = S.uses_modseq(cmd.keys)
+    if with_modseq:
+        s.condstore = True
+    uids = await _matching_uids(s, cmd.keys)
+    infos = [i for i in await _infos(s, uids) if sel.index_of(i.uid) is not None]
+    ordered = O.sort_messages(cmd.criteria, infos, seq_of=sel.seq_of)  # RFC 5256 3
+    numbers = ordered if cmd.uid else [sel.seq_of(u) for u in ordered]
+    if cmd.return_options is None:
+        highest = max((sel.modseq_of(u) for u in ordered), default=0) if with_modseq else None
+        s.send(O.sort_response(numbers, highest))
+    else:
+        # RFC 5267 ESORT
+        modseq_of = None
+        if with_modseq:
+            modseq_of = sel.modseq_of if cmd.uid else (lambda n: sel.modseq_of(sel.uid_of(n)))
+        s.send(O.esort_response(cmd.tag, cmd.uid, numbers, cmd.return_options, modseq_of=modseq_of))
+    return None
 
 
 async def _thread(s: ImapSession, cmd: c.Thread):
