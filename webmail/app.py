@@ -19,6 +19,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.protocols.policies import WrappingFactory
+from twisted.python.components import registerAdapter
 from twisted.logger import Logger
 from twisted.web import resource, server
 
@@ -292,9 +295,17 @@ class WebmailApp:
         return await route.handler(ctx, **params)
 
     def _check_origin(self, ctx: Ctx) -> None:
-        """A browser's Origin on a POST must be ours (a second line of defence beside CSRF tokens)."""
+        """A browser's POST must come from our own pages (a second line of defence beside CSRF tokens).
+
+        ``Sec-Fetch-Site`` (Fetch Metadata) must be same-origin or none; an ``Origin`` other than ours is refused.
+        With ``Referrer-Policy: no-referrer`` browsers send ``Origin: null`` for our own forms, so "null" passes
+        here and the CSRF token decides.  Clients that are not browsers send neither header (autodiscover).
+        """
+        site = ctx.header("sec-fetch-site")
+        if site and site not in ("same-origin", "none"):
+            raise Forbidden("Cross-site request refused")
         origin = ctx.header("origin")
-        if not origin or origin == "null" and ctx.request.path.lower().startswith(b"/autodiscover/"):
+        if not origin or origin == "null":
             return
         host = ctx.header("host")
         scheme = "https" if self.secure else "http"
@@ -418,6 +429,23 @@ class WebSite(server.Site):
 
     def log(self, request):  # one line per request through our logger, not twisted.web's access log
         pass
+
+
+def _negotiation_of_wrapped(wrapping):
+    """ALPN for a Site behind service.py's WrappingFactory.
+
+    Twisted asks ``IProtocolNegotiationFactory(tls_factory.wrappedFactory)``; the WrappingFactory does not provide
+    it, so a browser offering ALPN got an empty selection and the handshake failed (alert 80, internal error).
+    This adapter answers for wrappers of factories that do negotiate (our Site); other wrappers are unchanged.
+    """
+    inner = getattr(wrapping, "wrappedFactory", None)
+    return inner if IProtocolNegotiationFactory.providedBy(inner) else None
+
+
+try:
+    registerAdapter(_negotiation_of_wrapped, WrappingFactory, IProtocolNegotiationFactory)
+except ValueError:  # already registered (module reloaded)
+    pass
 
 
 def build_factory(server_, listener_name: str) -> WebSite:

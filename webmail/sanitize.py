@@ -34,7 +34,7 @@ TAGS = {
     "strike", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "tt", "u", "ul", "var",
     "wbr", "figure", "figcaption", "article", "section", "header", "footer", "main", "nav", "aside", "time",
 }
-_COMMON = {"style", "align", "valign", "dir", "lang", "title", "width", "height", "bgcolor", "class"}
+_COMMON = {"id", "style", "align", "valign", "dir", "lang", "title", "width", "height", "bgcolor", "class"}
 ATTRIBUTES = {
     "*": _COMMON,
     "a": {"href", "name"},
