@@ -1284,9 +1284,14 @@ async def _sort(s: ImapSession, cmd: c.Sort):
 
 
 async def _thread(s: ImapSession, cmd: c.Thread):
-    from .fetch_cmd import run_thread
+    from . import thread as T
 
-    return await run_thread(s, cmd)
+    sel = s.selected
+    uids = await _matching_uids(s, cmd.keys)
+    infos = [i for i in await _infos(s, uids) if sel.index_of(i.uid) is not None]
+    threads = T.thread_messages(cmd.algorithm, infos, seq_of=sel.seq_of)  # RFC 5256 3
+    s.send(T.thread_response(threads, None if cmd.uid else sel.seq_of))
+    return None
 
 
 async def _unknown(s: ImapSession, cmd: c.Unknown):

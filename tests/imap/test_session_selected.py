@@ -243,3 +243,16 @@ def test_check_noop(srv):
     assert raw.cmd("a", "CHECK")[-1].startswith(b"a OK")
     assert raw.cmd("b", "NOOP")[-1].startswith(b"b OK")
     raw.close()
+
+
+def test_thread(srv):
+    """RFC 5256 THREAD=REFERENCES and ORDEREDSUBJECT."""
+    user = new_user(srv)
+    srv.deliver(user, message("topic", extra="Message-ID: <root@x>\r\n").replace(b"Message-ID: <", b"X-Old: <", 1))
+    srv.deliver(user, message("Re: topic", extra="In-Reply-To: <root@x>\r\nReferences: <root@x>\r\n"))
+    srv.deliver(user, message("other"))
+    raw = _raw(srv, user)
+    assert raw.cmd("a", "THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)(3)\r\n"
+    assert raw.cmd("b", "THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == b"* THREAD (1 2)(3)\r\n"
+    assert raw.cmd("c", "UID THREAD REFERENCES UTF-8 SUBJECT other")[0] == b"* THREAD (3)\r\n"
+    raw.close()
