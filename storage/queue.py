@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 
 from storage.models import Blob, QueuedMessage, QueueRecipient
 from storage.store import Store
@@ -166,9 +166,10 @@ class QueueStore:
             return conn.execute(update(R).where(R.c.claimed_until > 0).values(claimed_until=0.0)).rowcount
 
     def next_due(self) -> float | None:
-        """The earliest ``next_attempt`` of an open recipient (None = nothing queued)."""
+        """When the next open recipient can be claimed (its next attempt, or the end of its lease); None = none."""
+        due = case((R.c.claimed_until > R.c.next_attempt, R.c.claimed_until), else_=R.c.next_attempt)
         with self.store._read() as conn:
-            return conn.execute(select(func.min(R.c.next_attempt)).where(R.c.status.in_(OPEN_STATES))).scalar()
+            return conn.execute(select(func.min(due)).where(R.c.status.in_(OPEN_STATES))).scalar()
 
     # ----------------------------------------------------------------------------------------- results
 

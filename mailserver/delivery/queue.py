@@ -203,26 +203,30 @@ class QueueRunner:
             while not self._stopping:
                 self._poll_again = False
                 free = self.qc.max_connections - len(self.running) - len(self.waiting)
+                items = []
+                claim_now = self.now()
                 if free > 0:
                     busy = [d for d, n in self.per_domain.items() if n >= self.qc.max_connections_per_domain]
                     limit = min(MAX_CLAIM, free * max(1, self.qc.max_recipients_per_transaction))
-                    items = yield self._db(self.queue.claim, self.now(), LEASE, limit,
+                    items = yield self._db(self.queue.claim, claim_now, LEASE, limit,
                                            self.qc.max_recipients_per_transaction, busy)
                     self.waiting.extend(items)
                     self._start_waiting()
-                    if items and len(self.running) + len(self.waiting) < self.qc.max_connections:
-                        self._poll_again = True
-                if not self._poll_again:
-                    break
-            if not self._stopping:
+                if self._poll_again or (items and free - len(items) > 0):
+                    continue
                 next_due = yield run_in(self.reactor, self.server.pools.db_read, self.queue.next_due)
-                delay = POLL_INTERVAL
-                if next_due is not None:
-                    delay = min(POLL_INTERVAL, max(0.0, next_due - self.now()))
-                if delay <= 0 and (self.running or self.waiting):
-                    delay = POLL_INTERVAL  # due work waits for a free slot; a finished delivery kicks
-                if self._timer is None or not self._timer.active():
-                    self._timer = self.clock.callLater(max(delay, 0.05), self.kick)
+                if self._poll_again:
+                    continue
+                delay = POLL_INTERVAL if next_due is None else min(POLL_INTERVAL, next_due - self.now())
+                if delay <= 0:
+                    if free > 0 and next_due > claim_now:
+                        continue  # it became due while we were claiming
+                    # Due work we could not take (every slot or its domain busy): a finished delivery kicks us.
+                    delay = POLL_INTERVAL
+                if self._timer is not None and self._timer.active():
+                    self._timer.cancel()
+                self._timer = self.clock.callLater(delay, self.kick)
+                break
         except Exception:
             log.failure("queue: poll failed")
             if not self._stopping:
