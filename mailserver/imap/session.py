@@ -402,14 +402,14 @@ class ImapSession:
                 return
             if not isinstance(e, (No, ParseError, StoreError, sasl.SaslError)):
                 log.failure("IMAP {name} failed", name=name)
-            if isinstance(e, Bad):
-                self._error()
             try:
                 self._flush_updates(command)
             except Exception:
                 log.failure("flushing updates failed")
             if not self.closed:
                 self.send(_reply_for(tag, e, name))
+            if isinstance(e, Bad):
+                self._error()
 
     def _flush_updates(self, command: c.Command | None = None) -> None:
         sel = self.selected
@@ -486,9 +486,9 @@ class ImapSession:
             if self.closed:
                 return
             self.reader.reject_literal()
+            self.send(_reply_for(tag, e, "APPEND"))
             if isinstance(e, Bad):
                 self._error()
-            self.send(_reply_for(tag, e, "APPEND"))
 
     # -- output with backpressure -----------------------------------------------------------------------------
     async def drain(self) -> None:
