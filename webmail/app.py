@@ -20,9 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.components import registerAdapter
-from twisted.logger import Logger
 from twisted.web import resource, server
 
 from webmail import web

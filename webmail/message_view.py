@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mailserver.mime.parse import iter_parts, param_value, parse_structure, part_filename
+from mailserver.mime.parse import iter_parts, param_value, parse_structure, part_filename  # noqa: F401 (re-exported)
 from mailserver.mime.text import decode_charset, decode_header_text, decode_transfer
 
 #: Largest text part decoded for display.
