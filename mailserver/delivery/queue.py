@@ -148,6 +148,8 @@ class QueueRunner:
         for t in (self._timer, self._renew_timer):
             if t is not None and t.active():
                 t.cancel()
+        while self._polling:  # a claim in flight must land in `waiting` before we give it back
+            yield _sleep(self.reactor, 0.01)
         waiting = [r.id for item in self.waiting for r in item.recipients]
         self.waiting.clear()
         if waiting:
@@ -159,8 +161,6 @@ class QueueRunner:
             yield done
             if timer.active():
                 timer.cancel()
-        while self._polling:
-            yield _sleep(self.reactor, 0.01)
 
     def _cut_connections(self) -> None:
         for proto in list(self.connections):
