@@ -29,7 +29,7 @@ Public API:
   ``PARTIAL (low:high set)``, positions counted from 1 in the result.
 
 Matching rules (RFC 9051 6.4.4): strings match as case-insensitive substrings. Header keys look at every field of
-that name, unfolded, both RFC 2047-decoded and raw; an empty string matches any message that has the field. BODY
+that name, unfolded, both RFC 2047-decoded and raw, with runs of white space counting as one space; an empty string matches any message that has the field. BODY
 searches the decoded text of the text parts, TEXT the header and that text. BEFORE/ON/SINCE compare the calendar date
 of the internal date in the server's time zone (UTC); SENTBEFORE/SENTON/SENTSINCE the date of the Date header as
 written, in the message's own time zone (falling back to the internal date when Date is missing or unparseable).
@@ -43,6 +43,7 @@ from __future__ import annotations
 import bisect
 import email.utils
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from itertools import islice
@@ -431,17 +432,25 @@ _ADDRESS_FIELDS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc", "r
 
 def _value_matches(field: str, value: str, needle: str) -> bool:
     """Substring match on a field value: raw, RFC 2047-decoded and, for address fields, the parsed addresses
-    ("name <local@domain>", comments and quoting removed)."""
-    if needle in value.casefold():
+    ("name <local@domain>", comments and quoting removed). Runs of white space (folding) count as one space."""
+    needle = _squeeze(needle)
+    if needle in _squeeze(value.casefold()):
         return True
     decoded = decode_header_text(value) if "=?" in value else value
-    if decoded is not value and needle in decoded.casefold():
+    if decoded is not value and needle in _squeeze(decoded.casefold()):
         return True
     if field in _ADDRESS_FIELDS:
         for name, addr in address_list(value):
             if needle in (f"{name} <{addr}>" if name else addr).casefold():
                 return True
     return False
+
+
+_WSP_RUN = re.compile(r"[ \t\r\n]+")
+
+
+def _squeeze(text: str) -> str:
+    return _WSP_RUN.sub(" ", text) if ("  " in text or "\t" in text or "\n" in text) else text
 
 
 def _has_keyword(keywords: Iterable[str], lname: str) -> bool:
