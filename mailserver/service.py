@@ -25,8 +25,10 @@ from pathlib import Path
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
+from zope.interface import implementer
 
 from mailserver.asyncstore import AsyncStore
 from mailserver.config import IMPLICIT_TLS, Config, ListenAddress
@@ -53,6 +55,15 @@ LISTENERS = {
 }
 
 SHUTDOWN_GRACE = 5.0
+
+
+@implementer(IProtocolNegotiationFactory)
+class TrackingFactory(WrappingFactory):
+    """Tracks open connections (for a graceful stop) and passes the wrapped factory's ALPN protocols through."""
+
+    def acceptableProtocols(self):
+        inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        return list(inner.acceptableProtocols()) if inner is not None else []
 
 
 class ListenError(Exception):
@@ -200,7 +211,7 @@ class MailServer(MultiService):
         except ImportError as e:
             raise ListenError(f"listen.{name}: protocol module {module_name} is not available ({e})") from None
         factory = getattr(module, func_name)(self, name)
-        wrapper = WrappingFactory(factory)
+        wrapper = TrackingFactory(factory)
         try:
             if name in IMPLICIT_TLS:
                 port = self.reactor.listenSSL(address.port, wrapper, self.tls, interface=address.host,

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 
 from mailserver.config import Config
 
@@ -69,6 +70,38 @@ def certificate_paths(config: Config) -> tuple[Path, Path, bool]:
     return cert, key, generated
 
 
+def _alpn_select(conn, offered):
+    """ALPN (RFC 7301): pick our first protocol the client offered; with no overlap, continue without ALPN.
+
+    Twisted's own callback answers an empty protocol name when nothing overlaps, which aborts the handshake (alert
+    80): a mail client that offers ALPN our listener does not list (or any ALPN at all to IMAPS) would fail.
+    """
+    from OpenSSL import SSL
+
+    try:
+        tls_proto = conn.get_app_data()
+        inner = tls_proto.factory.wrappedFactory
+        negotiation = IProtocolNegotiationFactory(inner, None)
+        ours = list(negotiation.acceptableProtocols()) if negotiation is not None else []
+    except Exception:
+        ours = []
+    for p in ours:
+        if p in offered:
+            return p
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+class ServerTLSOptions(ssl.CertificateOptions):
+    """CertificateOptions whose contexts negotiate ALPN without failing on no overlap."""
+
+    def getContext(self):
+        ctx = super().getContext()
+        if not getattr(self, "_alpn_installed", False):
+            ctx.set_alpn_select_callback(_alpn_select)
+            self._alpn_installed = True
+        return ctx
+
+
 def _options(cert_path: Path, key_path: Path, min_version: str, sni=None) -> ssl.CertificateOptions:
     try:
         cert_pem = cert_path.read_bytes()
@@ -76,19 +109,17 @@ def _options(cert_path: Path, key_path: Path, min_version: str, sni=None) -> ssl
     except OSError as e:
         raise ValueError(f"cannot read TLS certificate/key {e.filename}: {e.strerror}") from None
     try:
-        cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        certs = x509.load_pem_x509_certificates(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except Exception as e:
         raise ValueError(f"bad TLS certificate or key ({cert_path}, {key_path}): {e}") from None
-    # Extra certificates in the file form the chain.
-    chain = []
-    blocks = cert_pem.split(b"-----END CERTIFICATE-----")
-    for block in blocks[1:]:
-        if b"-----BEGIN CERTIFICATE-----" in block:
-            chain.append(ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----").original)
+    if certs[0].public_key().public_numbers() != key.public_key().public_numbers():
+        raise ValueError(f"TLS key {key_path} does not match certificate {cert_path}")
+    chain = certs[1:]  # extra certificates in the file form the chain
     minimum = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    return ssl.CertificateOptions(
-        privateKey=cert.privateKey.original,
-        certificate=cert.original,
+    return ServerTLSOptions(
+        privateKey=key,
+        certificate=certs[0],
         extraCertChain=chain or None,
         raiseMinimumTo=minimum,
         contextForServerName=sni,

@@ -19,10 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
-from twisted.python.components import registerAdapter
 from twisted.web import resource, server
 
 from webmail import web
@@ -431,21 +428,6 @@ class WebSite(server.Site):
         pass
 
 
-def _negotiation_of_wrapped(wrapping):
-    """ALPN for a Site behind service.py's WrappingFactory.
-
-    Twisted asks ``IProtocolNegotiationFactory(tls_factory.wrappedFactory)``; the WrappingFactory does not provide
-    it, so a browser offering ALPN got an empty selection and the handshake failed (alert 80, internal error).
-    This adapter answers for wrappers of factories that do negotiate (our Site); other wrappers are unchanged.
-    """
-    inner = getattr(wrapping, "wrappedFactory", None)
-    return inner if IProtocolNegotiationFactory.providedBy(inner) else None
-
-
-try:
-    registerAdapter(_negotiation_of_wrapped, WrappingFactory, IProtocolNegotiationFactory)
-except ValueError:  # already registered (module reloaded)
-    pass
 
 
 def build_factory(server_, listener_name: str) -> WebSite:
