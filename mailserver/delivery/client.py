@@ -539,6 +539,8 @@ class SmtpClientSession:
     def _send_next(self) -> list[Action]:
         """RFC 2920 3.1: with PIPELINING, MAIL, every RCPT and DATA go in one write; without, one at a time."""
         if self.pipelining:
+            if not self._to_send:
+                return []
             batch = b"".join(c[2] for c in self._to_send)
             self._awaiting.extend((c[0], c[1]) for c in self._to_send)
             self._to_send.clear()
