@@ -339,7 +339,7 @@ def test_dropped_connection_deletes_nothing(fresh):
 
 def test_second_session_is_in_use(srv):
     first = connect(srv)
-    second = poplib.POP3("127.0.0.1", srv.port("pop3s") and srv.port("pop3"), timeout=30)
+    second = poplib.POP3("127.0.0.1", srv.port("pop3"), timeout=30)
     second.user(ALICE)
     with pytest.raises(poplib.error_proto, match=r"-ERR \[IN-USE\]"):
         second.pass_(PW)
