@@ -94,6 +94,12 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def close(self) -> None:
         self.setTimeout(None)
+        # A registered producer keeps TLS from shutting down (twisted.protocols.tls waits for it to go away).
+        self.gate.stopProducing()
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
         self.transport.loseConnection()
 
     def set_reading(self, on: bool) -> None:
