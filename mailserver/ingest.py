@@ -7,7 +7,7 @@ blocking runs in pools); ``deliver_raw_blocking`` is for CLI tools and worker th
 
 from __future__ import annotations
 
-from twisted.internet.defer import inlineCallbacks, returnValue
+from twisted.internet.defer import inlineCallbacks
 
 from storage.blobs import BlobRef
 from storage.store import Delivery, DeliveryResult, Store
@@ -39,4 +39,4 @@ def deliver_raw(server, account_id: int, raw: bytes, *, mailbox: str = "INBOX", 
     parsed = yield run_in(server.reactor, server.pools.cpu, parsed_columns, raw)
     result = yield server.astore.deliver(Delivery(account_id, ref, parsed, mailbox, flags, keywords, internal_date,
                                                   check_quota))
-    returnValue(result)
+    return result

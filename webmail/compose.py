@@ -231,87 +231,20 @@ class SendResult:
 def send(server, account_id: int, mail_from: str, recipients: list[str], raw: bytes, *, client_ip: str = ""):
     """Submit ``raw`` from ``account_id`` as ``mail_from`` to ``recipients`` (fires with a :class:`SendResult`).
 
-    This is the one place the webmail hands mail over.  It does what SMTP submission does: the envelope sender
-    must be one of ``store.addresses_of(account_id)`` (RFC 6409 6.1), a Received field is added, recipients in
-    local domains are delivered into their mailboxes (aliases expanded one level), everything else goes to the
-    durable outbound queue.  When ``mailserver.delivery`` provides ``submit(server, account_id, mail_from,
-    recipients, raw, client_ip=..., via=...)``, that is used instead (DKIM signing and routing then happen there).
+    This is the one place the webmail hands mail over, and it goes through exactly the SMTP submission path
+    (:func:`mailserver.delivery.submit.submit`): sender ownership (RFC 6409 6.1), routing, trace fields, hooks, local
+    delivery and the durable queue (DKIM signing at send time).
     """
-    store = server.store
-    allowed = yield server.astore.addresses_of(account_id)
-    if mail_from.lower() not in [a.lower() for a in allowed]:
-        raise ComposeError("you may not send as this address")
     if not recipients:
         raise ComposeError("add at least one recipient")
     if len(recipients) > MAX_RECIPIENTS:
         raise ComposeError(f"at most {MAX_RECIPIENTS} recipients")
-    pipeline = _submission_pipeline()
-    if pipeline is not None:
-        result = yield pipeline(server, account_id, mail_from, recipients, raw, client_ip=client_ip, via="webmail")
-        returnValue(result)
-    # RFC 5321 4.4: the receiving system adds a trace field.
-    received = (f"Received: from webmail ([{client_ip or 'unknown'}])\r\n\tby {server.config.hostname} "
-                f"with HTTPS; {email.utils.formatdate(localtime=True)}\r\n").encode()
-    stamped = received + raw
-    plan = yield server.astore.read(_route, store, recipients, server.config.smtp.subaddress_separator)
-    from mailserver.ingest import deliver_raw
-    from mailserver.threads import run_in
-    from storage.store import QueueRecipientSpec
+    from mailserver.delivery.submit import SubmitError, submit
 
-    local_done = []
-    for account, rcpt in plan.local:
-        res = yield deliver_raw(server, account, stamped)
-        if not res.ok:
-            raise ComposeError(f"delivery to {rcpt} failed ({res.error})")
-        local_done.append(rcpt)
-    if plan.remote:
-        blob = yield run_in(server.reactor, server.pools.blob, store.blobs.put, stamped)
-        yield server.astore.enqueue(mail_from, blob, [QueueRecipientSpec(r, route=route) for r, route in plan.remote],
-                                    account_id=account_id, source="submission",
-                                    smtputf8=not mail_from.isascii() or any(not r.isascii() for r in recipients),
-                                    body_8bit=not stamped.isascii())
-    returnValue(SendResult("", tuple(local_done), tuple(r for r, _ in plan.remote)))
-
-
-def _submission_pipeline():
     try:
-        from mailserver import delivery
-    except ImportError:
-        return None
-    return getattr(delivery, "submit", None)
+        result = yield submit(server, account_id, mail_from, recipients, raw, client_ip=client_ip, via="webmail")
+    except SubmitError as e:
+        raise ComposeError(str(e)) from None
+    return SendResult(result.message_id, result.delivered_locally, result.queued)
 
 
-@dataclass
-class _Plan:
-    local: list[tuple[int, str]] = field(default_factory=list)  # (account id, recipient)
-    remote: list[tuple[str, str]] = field(default_factory=list)  # (recipient, route)
-
-
-def _route(store, recipients: list[str], separator: str) -> _Plan:
-    """Where each recipient goes (blocking; database pool).  Unknown local recipients are refused up front."""
-    plan = _Plan()
-    for rcpt in recipients:
-        local_part, _, domain = rcpt.rpartition("@")
-        dom = store.get_domain(domain)
-        if dom is None:
-            plan.remote.append((rcpt, ""))
-            continue
-        if dom.mode == "relay":
-            plan.remote.append((rcpt, dom.relay_to))
-            continue
-        base = local_part.split(separator, 1)[0] if separator else local_part
-        acct = store.get_account(f"{base}@{domain}")
-        if acct is not None and acct.enabled:
-            plan.local.append((acct.id, rcpt))
-            continue
-        targets = store.alias_targets(f"{base}@{domain}") or store.alias_targets(f"@{domain}")
-        if not targets:
-            raise ComposeError(f"no such recipient: {rcpt}")
-        for t in targets:
-            tacct = store.get_account(t)
-            if tacct is not None:
-                plan.local.append((tacct.id, rcpt))
-            else:
-                tdom = store.get_domain(t.rpartition("@")[2])
-                plan.remote.append((t, tdom.relay_to if tdom and tdom.mode == "relay" else ""))
-    return plan
