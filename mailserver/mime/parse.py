@@ -71,8 +71,8 @@ MAX_PARTS = 10_000  # nodes in one message tree; later parts are left out of the
 MAX_HEADER_BYTES = 256 * 1024  # of one header block parsed into fields (offsets still exact)
 MAX_HEADER_FIELD = 64 * 1024  # of one unfolded field value; longer values are cut
 PREVIEW_CHARS = 200
-_PREVIEW_PLAIN_BYTES = 8 * 1024  # prefix of the body decoded for a text/plain preview
-_PREVIEW_HTML_BYTES = 64 * 1024
+_PREVIEW_PLAIN_BYTES = 2 * 1024  # body prefix decoded for the preview first ...
+_PREVIEW_HTML_BYTES = 64 * 1024  # ... and when that gave too little text (markup)
 
 _LF, _CR = 0x0A, 0x0D
 
@@ -146,10 +146,10 @@ def _fields(raw: bytes, start: int, end: int, wanted: frozenset[str]) -> dict[st
 
     def store() -> None:
         if name is not None and name not in found:
-            value = b"".join(parts)
+            value = b"".join(parts).strip(b" \t\r\n")
             if len(value) > MAX_HEADER_FIELD:
                 value = value[:MAX_HEADER_FIELD]
-            found[name] = bytes_to_text(value.strip(b" \t\r\n"))
+            found[name] = bytes_to_text(value)
 
     for line in block.split(b"\n"):
         if line[-1:] == b"\r":
@@ -670,13 +670,18 @@ def _preview(raw: bytes, bs: dict) -> str:
     if part is None:
         return ""
     is_html = part["subtype"].lower() == "html"
-    start = part["body_start"]
-    end = min(part["body_end"], start + (_PREVIEW_HTML_BYTES if is_html else _PREVIEW_PLAIN_BYTES))
-    data = decode_transfer(raw[start:end], part.get("encoding"))
-    text = decode_charset(data, param_value(part.get("params"), "charset"))
-    if is_html:
-        text = html_to_text(text)
-    return _WS.sub(" ", text).strip()[:PREVIEW_CHARS]
+    start, stop = part["body_start"], part["body_end"]
+    charset = param_value(part.get("params"), "charset")
+    # Decode a small prefix first; only markup-heavy bodies need the larger one.
+    for size in (_PREVIEW_PLAIN_BYTES, _PREVIEW_HTML_BYTES):
+        end = min(stop, start + size)
+        text = decode_charset(decode_transfer(raw[start:end], part.get("encoding")), charset)
+        if is_html:
+            text = html_to_text(text)
+        text = _WS.sub(" ", text[: PREVIEW_CHARS * 8]).strip()
+        if len(text) >= PREVIEW_CHARS or end >= stop:
+            break
+    return text[:PREVIEW_CHARS]
 
 
 # ---------------------------------------------------------------------------

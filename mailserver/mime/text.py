@@ -53,7 +53,7 @@ _CHARSET_ALIASES = {
 # Python "text encodings" that are not character sets and must never be chosen by a
 # sender (unicode_escape would interpret backslashes, idna/punycode are not charsets).
 _NOT_CHARSETS = frozenset(
-    {"idna", "punycode", "unicode_escape", "raw_unicode_escape", "undefined", "palmos", "mbcs", "oem"}
+    {"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined", "palmos", "mbcs", "oem"}
 )
 
 _codec_cache: dict[str, str | None] = {}
@@ -236,6 +236,9 @@ def _tokenize(value: str) -> list[tuple[str, str, str]]:
             j = i
             while j < n and value[j] not in _SPECIALS and value[j] not in ' \t\r\n"()':
                 j += 1
+            if j == i:  # a stray ")": skip it
+                i += 1
+                continue
             tokens.append(("atom", value[i:j], value[i:j]))
             i = j
     return tokens
