@@ -16,6 +16,9 @@ Public API:
 - ``is_reply_or_forward(subject) -> bool``: whether extracting the base subject removed a reply/forward marker
   (RFC 5256 2.1; used by REFERENCES step 5).
 
+Limits: only the last ``MAX_REFERENCES`` (100) msg-ids of a References field are linked; every tree walk is
+iterative, so reply chains thousands deep cost no recursion.
+
 "Sent date" is the Date header (UTC), else the internal date (RFC 5256 2.2); messages with equal dates keep
 sequence-number order.
 """
@@ -31,6 +34,7 @@ from mailserver.mime.text import base_subject, decode_header_text
 from .sort import ascii_casemap, sent_date
 
 __all__ = [
+    "MAX_REFERENCES",
     "ThreadNode",
     "thread_messages",
     "thread_orderedsubject",
@@ -38,6 +42,11 @@ __all__ = [
     "thread_response",
     "is_reply_or_forward",
 ]
+
+
+# Named limit: only the last MAX_REFERENCES msg-ids of a References field are linked (MUAs truncate the front the
+# same way), which bounds the work one message can cause.
+MAX_REFERENCES = 100
 
 
 @dataclass
@@ -139,6 +148,8 @@ class _Container:
         self.children: list[_Container] = []
 
     def is_ancestor_of(self, other: _Container) -> bool:
+        if not self.children:
+            return other is self  # the common case (a new message) costs nothing, however deep the thread
         node = other
         while node is not None:
             if node is self:
@@ -187,7 +198,7 @@ def thread_references(messages: Sequence, *, seq_of=None) -> list[ThreadNode]:
             containers.append(own)
             if own_ids and own_ids[0] not in table:
                 table[own_ids[0]] = own
-        refs = _msg_ids(msg.references)
+        refs = _msg_ids(msg.references)[-MAX_REFERENCES:]
         if not refs:
             refs = _msg_ids(msg.in_reply_to)[:1]  # RFC 5256 4 (1): else the first msg-id of In-Reply-To
         # (1)(A): each reference is the parent of the next, keeping existing links and never making a loop.
@@ -212,9 +223,11 @@ def thread_references(messages: Sequence, *, seq_of=None) -> list[ThreadNode]:
     _prune(root)
 
     def date_key(c: _Container) -> tuple[float, int]:
-        if c.index is None:
-            # A dummy sorts as its first child (its children are sorted first).
-            return date_key(c.children[0]) if c.children else (0.0, 0)
+        # A dummy sorts as its first child (its children are sorted first).
+        while c.index is None:
+            if not c.children:
+                return (0.0, 0)
+            c = c.children[0]
         return (dates[c.index], seqs[c.index])
 
     # (4) Sort the top level by sent date; a dummy's children first, then the dummy as its first child.
@@ -271,38 +284,57 @@ def thread_references(messages: Sequence, *, seq_of=None) -> list[ThreadNode]:
             subject_table[subject] = dummy
 
     # (6) Sort every set of siblings by sent date, depth first (a dummy as its first child).
-    def sort_tree(c: _Container) -> None:
-        for child in c.children:
-            sort_tree(child)
+    for c in _post_order(root):  # children before parents: a dummy's first child is known when it is sorted
         c.children.sort(key=date_key)
-
-    sort_tree(root)
-    return [_to_node(c, messages) for c in root.children]
+    return _to_nodes(root, messages)
 
 
-def _prune(parent: _Container) -> None:
+def _post_order(root: _Container) -> list[_Container]:
+    """Every container below and including ``root``, children before their parent (no recursion: reply chains
+    can be thousands deep)."""
+    out: list[_Container] = []
+    stack = [root]
+    while stack:
+        c = stack.pop()
+        out.append(c)
+        stack.extend(c.children)
+    out.reverse()
+    return out
+
+
+def _prune(root: _Container) -> None:
     """RFC 5256 4 (3): drop childless dummies; splice a dummy's children into its place, except that several
     children of a dummy at the top level stay under it."""
-    new_children: list[_Container] = []
-    for c in parent.children:
-        _prune(c)
-        if c.index is not None:
-            new_children.append(c)
-        elif not c.children:
-            c.parent = None
-        elif parent.parent is None and len(c.children) > 1:
-            new_children.append(c)  # parent is the root: keep the dummy
-        else:
-            for child in c.children:
-                child.parent = parent
-                new_children.append(child)
-            c.children = []
-            c.parent = None
-    parent.children = new_children
+    for parent in _post_order(root):
+        if not any(c.index is None for c in parent.children):
+            continue
+        new_children: list[_Container] = []
+        for c in parent.children:
+            if c.index is not None:
+                new_children.append(c)
+            elif not c.children:
+                c.parent = None
+            elif parent is root and len(c.children) > 1:
+                new_children.append(c)  # a dummy at the top level with several children stays
+            else:
+                for child in c.children:
+                    child.parent = parent
+                    new_children.append(child)
+                c.children = []
+                c.parent = None
+        parent.children = new_children
 
 
-def _to_node(c: _Container, messages: Sequence) -> ThreadNode:
-    return ThreadNode(None if c.index is None else messages[c.index].uid, [_to_node(x, messages) for x in c.children])
+def _to_nodes(root: _Container, messages: Sequence) -> list[ThreadNode]:
+    top = ThreadNode(None)
+    stack = [(root, top)]
+    while stack:
+        c, node = stack.pop()
+        for child in c.children:
+            child_node = ThreadNode(None if child.index is None else messages[child.index].uid)
+            node.children.append(child_node)
+            stack.append((child, child_node))
+    return top.children
 
 
 def thread_messages(algorithm: str, messages: Sequence, *, seq_of=None) -> list[ThreadNode]:
@@ -318,31 +350,42 @@ def thread_messages(algorithm: str, messages: Sequence, *, seq_of=None) -> list[
 # response
 # ---------------------------------------------------------------------------------------------------------------
 
-def _members(node: ThreadNode, number: Callable[[int], int], out: list[bytes]) -> None:
-    # RFC 5256 4: thread-members = nz-number *(SP nz-number) [SP thread-nested]; thread-nested = 2*thread-list.
-    parts: list[bytes] = []
-    while True:
-        if node.uid is not None:
-            parts.append(b"%d" % number(node.uid))
-        if len(node.children) == 1:
-            node = node.children[0]
+def _render(node: ThreadNode, number: Callable[[int], int], out: list[bytes]) -> None:
+    """One thread-list: "(" thread-members / thread-nested ")" (RFC 5256 4), written without recursion.
+
+    thread-members = nz-number *(SP nz-number) [SP thread-nested]; thread-nested = 2*thread-list. A chain of only
+    children continues in the same list; several children each open a nested list.
+    """
+    stack: list[ThreadNode | bytes] = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bytes):
+            out.append(item)
             continue
-        if node.children:
-            nested: list[bytes] = []
-            for child in node.children:
-                nested.append(b"(")
-                _members(child, number, nested)
-                nested.append(b")")
-            parts.append(b"".join(nested))
-        break
-    out.append(b" ".join(parts))
+        out.append(b"(")
+        numbers: list[bytes] = []
+        current = item
+        while True:
+            if current.uid is not None:
+                numbers.append(b"%d" % number(current.uid))
+            if len(current.children) == 1:
+                current = current.children[0]
+                continue
+            break
+        out.append(b" ".join(numbers))
+        if current.children and numbers:
+            out.append(b" ")
+        stack.append(b")")
+        stack.extend(reversed(current.children))
 
 
 def thread_response(threads: Iterable[ThreadNode], number: Callable[[int], int] | None = None) -> bytes:
     number = number or (lambda uid: uid)
-    out: list[bytes] = [b"* THREAD "]
+    out: list[bytes] = [b"* THREAD"]
+    first = True
     for node in threads:
-        out.append(b"(")
-        _members(node, number, out)
-        out.append(b")")
-    return b"".join(out).rstrip(b" ") + b"\r\n"
+        if first:
+            out.append(b" ")
+            first = False
+        _render(node, number, out)
+    return b"".join(out) + b"\r\n"

@@ -9,6 +9,7 @@ import pytest
 from mailserver.imap.commands import SortCriterion
 from mailserver.imap.sort import esort_response, ordered_set, sort_messages, sort_response
 from mailserver.imap.thread import (
+    MAX_REFERENCES,
     ThreadNode,
     is_reply_or_forward,
     thread_messages,
@@ -289,6 +290,39 @@ def test_references_with_a_subset_and_sequence_numbers():
     threads = thread_messages("references", subset)
     assert thread_response(threads) == b"* THREAD (1 3)\r\n"
     assert thread_response(threads, number={1: 10, 3: 30}.__getitem__) == b"* THREAD (10 30)\r\n"
+
+
+def quick(uid: int, message_id: str, references: str, subject: str, when: float) -> MessageInfo:
+    """A MessageInfo without parsing (for large mailboxes)."""
+    return MessageInfo(id=uid, mailbox_id=1, uid=uid, modseq=1, flags=0, keywords=(), internal_date=day(20), size=1,
+                       blob_id="", envelope="[]", bodystructure="{}", header_size=0, subject=subject, from_addr="",
+                       to_addr="", cc_addr="", date_sent=day(when), message_id=message_id, in_reply_to="",
+                       references=references, preview="", has_attachment=False, thread_id=0)
+
+
+def test_deep_reply_chains_and_wide_trees_do_not_recurse():
+    """A 5,000-deep chain (each reply listing its 20 predecessors) threads, sorts and renders without recursion."""
+    n = 5000
+    chain = [quick(i + 1, f"<m{i}@x>", " ".join(f"<m{j}@x>" for j in range(max(0, i - 20), i)), f"s{i}", 1)
+             for i in range(n)]
+    expected = b"* THREAD (" + b" ".join(b"%d" % (i + 1) for i in range(n)) + b")\r\n"
+    assert thread_response(thread_references(chain)) == expected
+    # the same chain arriving newest first
+    seq = {m.uid: n - i for i, m in enumerate(chain)}
+    assert thread_response(thread_references(list(reversed(chain)), seq_of=seq)) == expected
+    # a binary tree 12 levels deep with branching at every level
+    tree = [quick(i + 1, f"<b{i}@x>", f"<b{(i - 1) // 2}@x>" if i else "", f"t{i}", 1) for i in range(4095)]
+    out = thread_response(thread_references(tree))
+    assert out.startswith(b"* THREAD (1 (2 (4 (8 (16 ") and out.count(b"(") == 4095
+
+
+@pytest.mark.parametrize("extra, expected", [(99, b"* THREAD (1 2)\r\n"), (100, b"* THREAD (1)(2)\r\n")])
+def test_only_the_last_max_references_are_linked(extra, expected):
+    """MAX_REFERENCES = 100: with 101 msg-ids the first (here the only known parent) is ignored."""
+    assert MAX_REFERENCES == 100
+    refs = " ".join(["<root@x>"] + [f"<gap{i}@x>" for i in range(extra)])
+    msgs = [quick(1, "<root@x>", "", "root", 1), quick(2, "<leaf@x>", refs, "leaf", 2)]
+    assert thread_response(thread_references(msgs)) == expected
 
 
 def test_unknown_algorithm():
