@@ -24,6 +24,8 @@ Public API:
   ``\\Recent`` is listed when ``recent`` and not ``rev2`` (RFC 9051 removed it). ``include_flags`` appends FLAGS when
   not asked for (the session uses it after a fetch set ``\\Seen``, RFC 3501 6.4.5). ``utf8`` (UTF8=ACCEPT enabled) is
   accepted for interface stability: 8-bit strings are always sent as literals, which is valid with or without it.
+- ``effective_items(items, *, uid_command, condstore, changed_since=None) -> tuple[FetchAtt, ...]``: the implicit
+  UID / MODSEQ rule on its own.
 - ``FetchError(text, code=None)`` and its subclass ``UnknownCteError`` (code ``UNKNOWN-CTE``, RFC 3516 4.3 /
   RFC 9051 7.1): the session answers ``NO [code] text``.
 - ``RangeReader(chunks: dict[(start, end), bytes])``: a callable ``body_reader`` over pre-read ranges.
@@ -45,7 +47,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from mailserver.mime.imapformat import header_fields, render_bodystructure, render_envelope, resolve_part, section_range
+from mailserver.mime.imapformat import (
+    header_fields,
+    render_bodystructure,
+    render_envelope,
+    resolve_part,
+    section_range,
+)
 from storage.models import FLAG_NAMES
 
 from . import response
@@ -57,6 +65,7 @@ __all__ = [
     "FetchPlan",
     "RangeReader",
     "plan_fetch",
+    "effective_items",
     "fetch_response",
     "decode_binary",
 ]
@@ -132,17 +141,13 @@ class FetchPlan:
         """Merged ``[start, end)`` byte ranges of ``msg``'s blob that :func:`fetch_response` will read."""
         if not self.needs_body:
             return []
-        if self.header_only and getattr(msg, "header_size", None) is not None and not _needs_bodystructure(self):
-            return [(0, int(msg.header_size))]
+        if self.header_only and getattr(msg, "header_size", None) is not None:
+            return [(0, int(msg.header_size))]  # every body item is a top-level header item
         ctx = _Context(msg, None, None)
         spans: list[tuple[int, int]] = []
         for att in self.items:
             spans.extend(_item_ranges(att, ctx))
         return _merge(spans)
-
-
-def _needs_bodystructure(plan: FetchPlan) -> bool:
-    return any(a.section is not None and a.section.part for a in plan.items)
 
 
 def plan_fetch(items: Iterable[FetchAtt], *, uid_command: bool, condstore: bool,
