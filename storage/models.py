@@ -112,6 +112,8 @@ class Message(Base):
         UniqueConstraint("mailbox_id", "uid"),
         Index("ix_messages_mailbox_modseq", "mailbox_id", "modseq"),
         Index("ix_messages_mailbox_date", "mailbox_id", "internal_date"),
+        Index("ix_messages_thread", "thread_id"),
+        Index("ix_messages_message_id", "message_id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))

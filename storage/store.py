@@ -278,6 +278,23 @@ def check_mailbox_name(name: str) -> str:
     return name
 
 
+def thread_key(parsed: dict) -> int:
+    """Conversation id of a message, computed at delivery without any lookup.
+
+    Replies name the thread's first message first in References (RFC 5322 3.6.4), so every message of a conversation
+    hashes the same root id: the first References id, else In-Reply-To, else its own Message-ID.  0 = unknown.
+    """
+    refs = (parsed.get("references") or "").split()
+    root = refs[0] if refs else (parsed.get("in_reply_to") or "").split()[:1] or [parsed.get("message_id") or ""]
+    root = root if isinstance(root, str) else root[0]
+    if not root:
+        return 0
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(root.strip().lower().encode("utf-8", "replace"), digest_size=7).digest(),
+                          "big") or 1
+
+
 def _chunks(seq: Sequence[int], n: int = _CHUNK) -> Iterator[Sequence[int]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
@@ -661,7 +678,7 @@ class Store:
             children = conn.execute(select(MB.c.id, MB.c.name).where(
                 MB.c.account_id == account_id,
                 MB.c.name.like(_like_prefix(old + SEPARATOR), escape="\\"))).all()
-            for cid, cname in children:
+            for _cid, cname in children:
                 target = new + cname[len(old):]
                 if conn.execute(select(MB.c.id).where(MB.c.account_id == account_id, MB.c.name == target)).first():
                     raise AlreadyExists(f"mailbox {target} exists")
@@ -763,7 +780,7 @@ class Store:
         values["has_attachment"] = bool(values["has_attachment"])
         conn.execute(insert(M).values(mailbox_id=mailbox_id, uid=uid, modseq=modseq, flags=flags,
                                       keywords=join_keywords(keywords), internal_date=internal_date, size=blob.size,
-                                      blob_id=blob.id, thread_id=0, **values))
+                                      blob_id=blob.id, thread_id=thread_key(parsed), **values))
 
     def _account_mailboxes_after_add(self, conn: Connection, mailbox_id: int, account_id: int, n: int, size: int,
                                      unseen: int, keywords: Iterable[str]) -> None:
@@ -838,7 +855,7 @@ class Store:
                     values["has_attachment"] = bool(values["has_attachment"])
                     values.update(mailbox_id=mid, uid=uid, modseq=modseq, flags=d.flags,
                                   keywords=join_keywords(d.keywords), internal_date=d.internal_date or now,
-                                  size=d.blob.size, blob_id=d.blob.id, thread_id=0)
+                                  size=d.blob.size, blob_id=d.blob.id, thread_id=thread_key(d.parsed))
                     rows.append(values)
                     entry = blob_counts.setdefault(d.blob.id, [d.blob.size, 0])
                     entry[1] += 1

@@ -123,10 +123,11 @@ def conversation(engine: Engine, account_id: int, msg: MessageInfo) -> list[tupl
     ids = {i for i in ids if i.startswith("<") and len(i) < 1000}
     if not ids:
         return []
-    conds = [M.c.message_id.in_(sorted(ids))]
-    for mid in sorted(ids)[:50]:
-        conds.append(M.c.references.like(_like(mid), escape="\\"))
-        conds.append(M.c.in_reply_to == mid)
+    # Indexed lookups only: the conversation id computed at delivery (storage.store.thread_key), plus the messages
+    # this one names (which may predate thread ids or have been threaded under another root).
+    conds = [M.c.message_id.in_(sorted(ids)[:100])]
+    if msg.thread_id:
+        conds.append(M.c.thread_id == msg.thread_id)
     q = (select(M, MB.c.name.label("mailbox_name")).join(MB, MB.c.id == M.c.mailbox_id)
          .where(MB.c.account_id == account_id, or_(*conds))
          .order_by(M.c.date_sent, M.c.internal_date).limit(MAX_THREAD))
