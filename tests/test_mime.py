@@ -28,6 +28,7 @@ from mailserver.mime import (
     section_range,
 )
 from mailserver.mime.imapformat import render_string, resolve_part
+from mailserver.mime.text import decoded_body, part_text
 from mailserver.mime.parse import (
     MAX_HEADER_BYTES,
     MAX_HEADER_FIELD,
@@ -436,6 +437,8 @@ def test_has_attachment_rules():
     inline = named.replace(b"Content-ID: <logo>", b"Content-Disposition: inline")
     assert not parse_message(inline).has_attachment
     assert parse_message(load("alternative_in_mixed.eml")).has_attachment
+    single = b"Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\nx"
+    assert parse_message(single).has_attachment
     assert not parse_message(load("nested_rfc822.eml")).has_attachment  # inline forward
 
 
@@ -600,6 +603,33 @@ def test_random_bytes_never_raise():
                 rng_ = section_range(pm.bodystructure, part, which)
                 assert rng_ is None or 0 <= rng_[0] <= rng_[1] <= len(raw)
         extract_text(raw)
+
+
+HOSTILE = {
+    "unclosed encoded words": b"Subject: " + b"=?a?q?" * 10_000 + b"\r\n\r\n",
+    "colons after an angle address": b"To: <a@b> " + b": " * 30_000 + b"\r\n\r\n",
+    "unclosed comments": b"To: " + b"(" * 60_000 + b"\r\nContent-Language: " + b"(" * 60_000 + b"\r\n\r\n",
+    "stray close parens": b"To: " + b")" * 60_000 + b"\r\n\r\n",
+    "many semicolons": b"Content-Type: text/plain" + b";" * 60_000 + b"\r\n\r\n",
+    "subject blob chain": b"Subject: " + b"[a]" * 20_000 + b"x\r\n\r\n",
+    "subject re chain": b"Subject: " + b"Re: " * 15_000 + b"\r\n\r\n",
+    "subject fwd trailers": b"Subject: x" + b"(fwd)" * 12_000 + b"\r\n\r\n",
+    "unclosed html scripts": b"Content-Type: text/html\r\n\r\n" + b"<script>" * 8_000,
+    "html without tag ends": b"Content-Type: text/html\r\n\r\n" + b"<" * 60_000,
+    "boundary prefixes": b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--bx\r\n" * 12_000,
+}
+
+
+@pytest.mark.parametrize("raw", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_input_costs_linear_time(raw):
+    """Inputs that make naive regexes or loops quadratic finish quickly (quadratic = tens of s)."""
+    t = time.perf_counter()
+    pm = parse_message(raw)
+    render_bodystructure(pm.bodystructure, True)
+    render_envelope(pm.envelope)
+    extract_text(raw)
+    base_subject(pm.subject)
+    assert time.perf_counter() - t < 2.0
 
 
 def test_big_attachment_parses_fast():
@@ -798,6 +828,14 @@ def test_extract_text_decodes_every_text_part():
     assert extract_text(b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\ncaf\xe9") == "café"
     assert extract_text(b"\r\n\xff\xfe undeclared") == "\xff\xfe undeclared"
     assert len(extract_text(b"\r\n" + b"x" * 5000, limit=100)) == 100
+
+
+def test_decoded_body_and_part_text():
+    """Helpers for the webmail: a part's bytes with the transfer encoding undone, and its text."""
+    raw = load("alternative_in_mixed.eml")
+    bs = parse_message(raw).bodystructure
+    assert decoded_body(raw, resolve_part(bs, (2,))) == b"%PDF-1.4\n%\xc7\xec"
+    assert part_text(raw, resolve_part(bs, (1, 1))).endswith("Bericht für das Quartal.")
 
 
 def test_extract_text_accepts_a_stored_bodystructure():

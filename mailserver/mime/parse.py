@@ -36,7 +36,8 @@ from __future__ import annotations
 import email.utils
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Iterator
 from urllib.parse import unquote_to_bytes
 
@@ -263,7 +264,7 @@ def _join_rfc2231(raw_params: list[tuple[str, str]]) -> list[list[str]]:
     result: list[list[str]] = []
     seen: set[str] = set()
     groups: dict[str, dict[int, tuple[str, bool]]] = {}
-    order: list[tuple[str, str]] = []  # ("plain", name) / ("group", base)
+    order: list[tuple[str, tuple[str, str]]] = []  # ("plain", (attr, value)) / ("group", (base, ""))
     for attr, value in raw_params:
         m = _CONTINUATION.match(attr)
         if m:
@@ -271,15 +272,16 @@ def _join_rfc2231(raw_params: list[tuple[str, str]]) -> list[list[str]]:
             key = base.lower()
             if key not in groups:
                 groups[key] = {}
-                order.append(("group", base))
+                order.append(("group", (base, "")))
             groups[key].setdefault(int(m.group(2)), (value, bool(m.group(3))))
         else:
-            order.append(("plain", attr + "\0" + value))
+            order.append(("plain", (attr, value)))
     for kind, item in order:
         if kind == "plain":
-            attr, value = item.split("\0", 1)
+            attr, value = item
         else:
-            segs = groups[item.lower()]
+            base = item[0]
+            segs = groups[base.lower()]
             pieces: list[str] = []
             extended = any(ext for _v, ext in segs.values())
             k = 0
@@ -293,7 +295,7 @@ def _join_rfc2231(raw_params: list[tuple[str, str]]) -> list[list[str]]:
                 k += 1
             if not pieces:
                 continue
-            attr = item + ("*" if extended else "")
+            attr = base + ("*" if extended else "")
             value = "".join(pieces)
         key = attr.lower()
         if key in seen:  # duplicate parameter: first wins
@@ -335,7 +337,7 @@ def _language(value: str | None) -> list[str] | None:
     if not value:
         return None
     # RFC 3282: Content-Language is a comma-separated list of language tags.
-    tags = [t.strip() for t in re.sub(r"\([^)]*\)", "", value).split(",")]
+    tags = [t.strip() for t in re.sub(r"\([^()]*\)", "", value).split(",")]
     tags = [t for t in tags if t]
     return tags or None
 
@@ -640,7 +642,7 @@ def _has_attachment(bs: dict) -> bool:
         if "children" in node:
             sub = node["subtype"].lower()
             stack.extend((c, sub) for c in node["children"])
-        elif node is not bs and _is_attachment(node, parent):
+        elif _is_attachment(node, parent):
             return True
     return False
 
@@ -710,7 +712,7 @@ class ParsedMessage:
 
     def to_json(self) -> dict:
         """Column values for storage; envelope and bodystructure as JSON text."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}  # asdict() would deep-copy
         d["envelope"] = json.dumps(self.envelope, separators=(",", ":"))
         d["bodystructure"] = json.dumps(self.bodystructure, separators=(",", ":"))
         return d

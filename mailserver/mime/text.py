@@ -17,6 +17,8 @@ __all__ = [
     "decode_charset",
     "decode_transfer",
     "html_to_text",
+    "decoded_body",
+    "part_text",
     "parse_addresses",
     "address_list",
     "format_address",
@@ -114,8 +116,9 @@ def bytes_to_text(data: bytes) -> str:
 
 # RFC 2047 2: encoded-word = "=?" charset "?" encoding "?" encoded-text "?=". Real mail
 # puts spaces inside Q text and words inside quoted strings or glued to other text, so
-# the pattern is looser than the grammar (no whitespace only in the charset).
-_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,75})\?([bBqQ])\?(.*?)\?=", re.S)
+# the pattern is looser than the grammar (no whitespace only in the charset). The
+# encoded text cannot hold "?" (RFC 2047 4.1, 4.2), which also keeps matching linear.
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,75})\?([bBqQ])\?([^?]*)\?=")
 _Q_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 
@@ -312,21 +315,25 @@ def parse_addresses(value: str | None) -> list[list]:
     in_group = False
     current: list[tuple[str, str, str]] = []
     angle = 0
+    has_angle = False
 
     def flush() -> None:
+        nonlocal has_angle
         addr = _mailbox(current)
         if addr is not None:
             result.append(addr)
         current.clear()
+        has_angle = False
 
     while i < n:
         tok = tokens[i]
         kind = tok[0]
         if kind == "<":
             angle += 1
+            has_angle = True
         elif kind == ">":
             angle = max(0, angle - 1)
-        if angle == 0 and kind == ":" and not in_group and not any(t[0] == "<" for t in current):
+        if angle == 0 and kind == ":" and not in_group and not has_angle:
             result.append([None, None, _phrase(current), None])
             current.clear()
             in_group = True
@@ -385,17 +392,52 @@ def decode_transfer(data: bytes, encoding: str | None) -> bytes:
     return data
 
 
-_HTML_DROP = re.compile(r"<(script|style|head|title)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.S | re.I)
-_HTML_BREAK = re.compile(r"<(br|/p|/div|/tr|/h[1-6]|li|/li|/table|hr)\b[^>]*>", re.I)
-_HTML_TAG = re.compile(r"<[^>]*>")
+def decoded_body(raw: bytes, part: dict) -> bytes:
+    """The body of a stored part with its Content-Transfer-Encoding undone (webmail, BINARY)."""
+    return decode_transfer(raw[part["body_start"] : part["body_end"]], part.get("encoding"))
+
+
+def part_text(raw: bytes, part: dict) -> str:
+    """The body of a text part decoded to str (transfer encoding and charset)."""
+    return decode_charset(decoded_body(raw, part), _param(part, "charset"))
+
+
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)?[^<>]*>")  # [^<>]: stops at the next "<"
+_HTML_SKIP = {name: re.compile(r"</" + name + r"\b[^<>]*>", re.I) for name in ("script", "style", "head", "title")}
+_HTML_BREAKS = frozenset({"br", "p", "div", "tr", "li", "table", "hr", "h1", "h2", "h3", "h4", "h5", "h6"})
 
 
 def html_to_text(markup: str) -> str:
-    """Rough text of an HTML body for previews and search (not for display)."""
-    text = _HTML_DROP.sub(" ", markup)
-    text = _HTML_BREAK.sub("\n", text)
-    text = _HTML_TAG.sub(" ", text)
-    return html.unescape(text)
+    """Rough text of an HTML body for previews and search (not for display).
+
+    One forward scan (linear time on hostile markup): tags become spaces or line breaks,
+    script/style/head/title content and comments are dropped, entities are unescaped.
+    """
+    out: list[str] = []
+    pos, n = 0, len(markup)
+    while pos < n:
+        lt = markup.find("<", pos)
+        if lt < 0:
+            out.append(markup[pos:])
+            break
+        out.append(markup[pos:lt])
+        if markup.startswith("<!--", lt):
+            end = markup.find("-->", lt + 4)
+            pos = n if end < 0 else end + 3
+            out.append(" ")
+            continue
+        m = _HTML_TAG.match(markup, lt)
+        if m is None:
+            out.append("<")
+            pos = lt + 1
+            continue
+        pos = m.end()
+        name = (m.group(2) or "").lower()
+        if not m.group(1) and name in _HTML_SKIP:
+            close = _HTML_SKIP[name].search(markup, pos)
+            pos = n if close is None else close.end()
+        out.append("\n" if name in _HTML_BREAKS else " ")
+    return html.unescape("".join(out))
 
 
 def extract_text(raw: bytes, limit: int = 1_000_000, bodystructure: dict | None = None) -> str:
@@ -441,38 +483,59 @@ def _param(part: dict, name: str) -> str | None:
 # ---------------------------------------------------------------------------
 
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
-_TRAILER = re.compile(r"(?:[ \t]*\(fwd\))+[ \t]*$|[ \t]+$", re.I)  # subj-trailer = "(fwd)" / WSP
 _BLOB = r"\[[^\[\]]*\][ \t]*"  # subj-blob = "[" *BLOBCHAR "]" *WSP
-_REFWD = re.compile(r"^(?:" + _BLOB + r")*(?:re|fwd?)[ \t]*(?:" + _BLOB + r")?:", re.I)  # subj-refwd
-_LEADING_BLOB = re.compile(r"^" + _BLOB)
+_REFWD = re.compile(r"(?:re|fwd?)[ \t]*(?:" + _BLOB + r")?:", re.I)  # subj-refwd after the blobs
+_LEADING_BLOB = re.compile(_BLOB)
+_NON_WSP = re.compile(r"[^ \t]")
 
 
 def base_subject(subject: str) -> str:
-    """RFC 5256 2.1 base subject for SORT and THREAD; case is kept (compare casefolded)."""
+    """RFC 5256 2.1 base subject for SORT and THREAD; case is kept (compare casefolded).
+
+    Works on indexes into the string, so a hostile "Re: Re: Re: ..." costs linear time.
+    """
     try:
         # Step 1: decode encoded words, unfold, every WSP run becomes one SPACE.
         text = _WSP_RUN.sub(" ", decode_header_text(subject or ""))
+        start, end = 0, len(text)
         while True:
-            # Step 2: remove all trailing subj-trailer text.
-            text = _TRAILER.sub("", text)
+            refwd_failed_at = -1
+            # Step 2: remove all trailing subj-trailer text ("(fwd)" / WSP).
             while True:
-                before = text
+                while end > start and text[end - 1] in " \t":
+                    end -= 1
+                if end - start >= 5 and text[end - 5 : end].lower() == "(fwd)":
+                    end -= 5
+                    continue
+                break
+            while True:
+                before = start
                 # Step 3: remove subj-leader (leading WSP, or blobs followed by re/fw/fwd:).
-                text = text.lstrip(" \t")
-                m = _REFWD.match(text)
-                if m:
-                    text = text[m.end() :]
+                while start < end and text[start] in " \t":
+                    start += 1
+                if start > refwd_failed_at:
+                    p = start
+                    while (m := _LEADING_BLOB.match(text, p, end)) is not None:
+                        p = m.end()
+                    m = _REFWD.match(text, p, end)
+                    if m:
+                        start = m.end()
+                    else:
+                        # Step 4 only drops blobs of this same chain, so step 3 would fail
+                        # again until start passes p: skip it (keeps this linear).
+                        refwd_failed_at = p
                 # Step 4: remove a leading subj-blob if that leaves a non-empty base.
-                m = _LEADING_BLOB.match(text)
-                if m and text[m.end() :].strip():
-                    text = text[m.end() :]
+                m = _LEADING_BLOB.match(text, start, end)
+                if m and _NON_WSP.search(text, m.end(), end):
+                    start = m.end()
                 # Step 5: repeat 3 and 4 until no change.
-                if text == before:
+                if start == before:
                     break
             # Step 6: "[fwd:" ... "]" (subj-fwd) is unwrapped, then back to step 2.
-            if text[:5].lower() == "[fwd:" and text.endswith("]"):
-                text = text[5:-1]
+            if end - start >= 6 and text[start : start + 5].lower() == "[fwd:" and text[end - 1] == "]":
+                start += 5
+                end -= 1
                 continue
-            return text.strip(" ")
+            return text[start:end].strip(" ")
     except Exception:
         return subject or ""
