@@ -28,7 +28,6 @@ from mailserver.mime import (
     section_range,
 )
 from mailserver.mime.imapformat import render_string, resolve_part
-from mailserver.mime.text import decoded_body, part_text
 from mailserver.mime.parse import (
     MAX_HEADER_BYTES,
     MAX_HEADER_FIELD,
@@ -36,6 +35,7 @@ from mailserver.mime.parse import (
     MAX_PARTS,
     iter_parts,
 )
+from mailserver.mime.text import decoded_body, part_text
 
 DATA = Path(__file__).parent / "data" / "mime"
 
@@ -214,6 +214,15 @@ SECTIONS = [
         b'Content-Disposition: attachment; filename="invoice.csv"\r\n\r\n',
     ),
     ("nested_rfc822.eml", (2, 3), "", None),
+    ("nested_rfc822.eml", (2, 1), "HEADER", None),  # HEADER needs a message/rfc822 part
+    ("nested_rfc822.eml", (1,), "TEXT", None),
+    (
+        "alternative_in_mixed.eml",
+        (1,),
+        "MIME",
+        b'Content-Type: multipart/alternative; boundary="alt-Boundary"\r\n\r\n',
+    ),
+    ("alternative_in_mixed.eml", (1, 3), "", None),
     ("nested_rfc822.eml", (2, 1, 1), "", None),
     ("nested_rfc822.eml", (3,), "", None),
     ("nested_rfc822.eml", (0,), "", None),
@@ -292,7 +301,7 @@ EDGE_CASES = [
     ),
     (
         "type case and boundary case kept, duplicate parameter: first wins",
-        b"Content-Type: Multipart/Mixed; Boundary=\"AbC\"; boundary=zzz\r\n\r\n--AbC\r\n\r\nx\r\n--AbC--\r\n",
+        b'Content-Type: Multipart/Mixed; Boundary="AbC"; boundary=zzz\r\n\r\n--AbC\r\n\r\nx\r\n--AbC--\r\n',
         b'(("text" "plain" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 1 0 NIL NIL NIL NIL) "Mixed"'
         b' ("Boundary" "AbC") NIL NIL NIL)',
     ),
@@ -303,18 +312,17 @@ EDGE_CASES = [
     ),
     (
         "8-bit parameter value rendered as a literal",
-        "Content-Type: image/png; name=\"bild-ä.png\"\r\n\r\n".encode(),
+        'Content-Type: image/png; name="bild-ä.png"\r\n\r\n'.encode(),
         b'("image" "png" ("name" {11}\r\nbild-\xc3\xa4.png) NIL NIL "7BIT" 0 NIL NIL NIL NIL)',
     ),
     (
         "RFC 2231 plain continuations joined",
         b'Content-Type: text/plain; name*0="long "; name*1="name.txt"; charset=us-ascii\r\n\r\n',
-        b'("text" "plain" ("name" "long name.txt" "charset" "us-ascii") NIL NIL "7BIT" 0 0'
-        b" NIL NIL NIL NIL)",
+        b'("text" "plain" ("name" "long name.txt" "charset" "us-ascii") NIL NIL "7BIT" 0 0 NIL NIL NIL NIL)',
     ),
     (
         "RFC 2231 continuation with an extended later segment",
-        b"Content-Type: application/x; name*0=\"a b\"; name*1*=%C3%A4\r\n\r\n",
+        b'Content-Type: application/x; name*0="a b"; name*1*=%C3%A4\r\n\r\n',
         b'("application" "x" ("name*" "\'\'a%20b%C3%A4") NIL NIL "7BIT" 0 NIL NIL NIL NIL)',
     ),
     (
@@ -419,7 +427,9 @@ def test_preamble_epilogue_and_transport_padding():
     bs = parse_message(raw).bodystructure
     first = bs["children"][0]
     assert raw[first["header_start"] : first["body_start"]] == b"Content-Type: text/plain\r\n\r\n"
-    raw = b"Content-Type: multipart/mixed; boundary=z\r\n\r\npre\r\n--z \t \r\n\r\nx\r\n--z--  \r\nepilogue\r\n"
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=z\r\n\r\npre\r\n--z \t \r\n\r\nx\r\n--z--  \r\nepilogue\r\n"
+    )
     bs = parse_message(raw).bodystructure
     assert len(bs["children"]) == 1
     assert raw[bs["children"][0]["body_start"] : bs["children"][0]["body_end"]] == b"x"
@@ -444,13 +454,12 @@ def test_has_attachment_rules():
 
 def test_html_only_preview_is_stripped_text():
     """Without text/plain the preview is the HTML's text, scripts and styles removed."""
-    raw = (
-        b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-        + __import__("base64").encodebytes(
-            "<html><head><style>p{}</style><title>T</title></head><body><p>Gr&uuml;&szlig;e"
-            "</p><script>x()</script><div>aus Köln</div></body></html>".encode()
-        ).replace(b"\n", b"\r\n")
-    )
+    raw = b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n" + __import__(
+        "base64"
+    ).encodebytes(
+        "<html><head><style>p{}</style><title>T</title></head><body><p>Gr&uuml;&szlig;e"
+        "</p><script>x()</script><div>aus Köln</div></body></html>".encode()
+    ).replace(b"\n", b"\r\n")
     assert parse_message(raw).preview == "Grüße aus Köln"
 
 
@@ -485,7 +494,12 @@ def _nested_multipart(levels: int) -> bytes:
         b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i - 1, i) for i in range(1, levels)
     )
     tail = b"".join(b"\r\n--b%d--" % i for i in range(levels - 1, -1, -1))
-    return b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n" + head + b"--b%d\r\n\r\nleaf" % (levels - 1) + tail
+    return (
+        b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
+        + head
+        + b"--b%d\r\n\r\nleaf" % (levels - 1)
+        + tail
+    )
 
 
 def _depth_of_leaf(bs: dict) -> tuple[int, dict]:
@@ -514,7 +528,9 @@ def test_nesting_one_past_the_limit_becomes_a_leaf():
 
 
 def _many_parts(children: int) -> bytes:
-    return b"Content-Type: multipart/mixed; boundary=p\r\n\r\n" + b"--p\r\n\r\nx\r\n" * children + b"--p--\r\n"
+    return (
+        b"Content-Type: multipart/mixed; boundary=p\r\n\r\n" + b"--p\r\n\r\nx\r\n" * children + b"--p--\r\n"
+    )
 
 
 def test_parts_limit():
@@ -558,7 +574,14 @@ def test_header_field_length_limit():
 
 def test_huge_header_is_fast_and_exact():
     """A 20 MB header (no blank line until the end) parses quickly with exact offsets."""
-    raw = b"Subject: big\r\n" + b"X: " + b"y" * 77 + b"\r\n" + (b"X: " + b"y" * 77 + b"\r\n") * 250_000 + b"\r\nbody"
+    raw = (
+        b"Subject: big\r\n"
+        + b"X: "
+        + b"y" * 77
+        + b"\r\n"
+        + (b"X: " + b"y" * 77 + b"\r\n") * 250_000
+        + b"\r\nbody"
+    )
     t = time.perf_counter()
     pm = parse_message(raw)
     assert time.perf_counter() - t < 2.0
@@ -711,7 +734,9 @@ def test_envelope_with_8bit_latin1_header_and_source_route():
     pm = parse_message(raw)
     assert pm.subject == "café"
     assert pm.envelope[2] == [[None, "@relay.example,@b.example", "joe", "example.com"]]
-    assert render_envelope(pm.envelope).startswith(b'(NIL {5}\r\ncaf\xc3\xa9 ((NIL "@relay.example,@b.example"')
+    assert render_envelope(pm.envelope).startswith(
+        b'(NIL {5}\r\ncaf\xc3\xa9 ((NIL "@relay.example,@b.example"'
+    )
 
 
 HEADER = (
@@ -727,7 +752,11 @@ HEADER = (
         (["x-tag", "received"], False, b"Received: from a\r\n\tby b\r\nX-Tag: 1\r\nX-TAG: 2\r\n\r\n"),
         (["Subject", "X-Tag"], True, b"Received: from a\r\n\tby b\r\n\r\n"),
         (["nothing"], False, b"\r\n"),
-        ([], True, b"Received: from a\r\n\tby b\r\nSubject: one\r\nX-Tag: 1\r\nsubject: two\r\n  folded\r\nX-TAG: 2\r\n\r\n"),
+        (
+            [],
+            True,
+            b"Received: from a\r\n\tby b\r\nSubject: one\r\nX-Tag: 1\r\nsubject: two\r\n  folded\r\nX-TAG: 2\r\n\r\n",
+        ),
     ],
 )
 def test_header_fields_filtering(names, not_, expected):
@@ -828,6 +857,28 @@ def test_extract_text_decodes_every_text_part():
     assert extract_text(b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\ncaf\xe9") == "café"
     assert extract_text(b"\r\n\xff\xfe undeclared") == "\xff\xfe undeclared"
     assert len(extract_text(b"\r\n" + b"x" * 5000, limit=100)) == 100
+
+
+@pytest.mark.parametrize(
+    ("header", "filename"),
+    [
+        (b'Content-Disposition: attachment; filename="=?utf-8?q?R=C3=A9sum=C3=A9.pdf?="', "Résumé.pdf"),
+        (b"Content-Disposition: attachment; filename*=iso-8859-1'fr'R%E9sum%E9.pdf", "Résumé.pdf"),
+        (
+            b"Content-Disposition: attachment; filename*=''plain%20name.txt; filename=fallback.txt",
+            "plain name.txt",
+        ),
+        (b'Content-Type: application/pdf; name="from-type.pdf"', "from-type.pdf"),
+        (
+            b"Content-Disposition: attachment; filename*0*=utf-8''%E2%82%AC; filename*3=lost; filename*1=.txt",
+            "€.txt",
+        ),
+        (b"Content-Type: application/pdf", None),
+    ],
+)
+def test_part_filename(header, filename):
+    """File names: RFC 2231 (charset, continuations, a gap ends the value) and RFC 2047 in quotes."""
+    assert part_filename(parse_message(header + b"\r\n\r\nx").bodystructure) == filename
 
 
 def test_decoded_body_and_part_text():

@@ -288,7 +288,9 @@ def _join_rfc2231(raw_params: list[tuple[str, str]]) -> list[list[str]]:
             while k in segs:  # RFC 2231 3: a gap ends the value
                 value, ext = segs[k]
                 if extended and not ext:
-                    value = _ATTRIBUTE_CHAR.sub(lambda c: "".join(f"%{b:02X}" for b in c.group().encode()), value)
+                    value = _ATTRIBUTE_CHAR.sub(
+                        lambda c: "".join(f"%{b:02X}" for b in c.group().encode()), value
+                    )
                     if k == 0:
                         value = "''" + value  # RFC 2231 4: charset'language' only in the first
                 pieces.append(value)

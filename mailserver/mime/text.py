@@ -74,7 +74,9 @@ def _codec_name(charset: str | None) -> str | None:
     result: str | None
     try:
         info = codecs.lookup(name)
-        result = None if info.name in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True) else info.name
+        result = (
+            None if info.name in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True) else info.name
+        )
     except (LookupError, ValueError, TypeError):
         result = None
     if len(_codec_cache) < 1000:
@@ -383,7 +385,11 @@ def decode_transfer(data: bytes, encoding: str | None) -> bytes:
     try:
         if enc == "base64":
             clean = _B64_JUNK.sub(b"", data)
-            clean = clean[: len(clean) - len(clean) % 4] if len(clean) % 4 == 1 else clean + b"=" * (-len(clean) % 4)
+            clean = (
+                clean[: len(clean) - len(clean) % 4]
+                if len(clean) % 4 == 1
+                else clean + b"=" * (-len(clean) % 4)
+            )
             return binascii.a2b_base64(clean)
         if enc == "quoted-printable":
             return binascii.a2b_qp(data)
@@ -403,7 +409,9 @@ def part_text(raw: bytes, part: dict) -> str:
 
 
 _HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)?[^<>]*>")  # [^<>]: stops at the next "<"
-_HTML_SKIP = {name: re.compile(r"</" + name + r"\b[^<>]*>", re.I) for name in ("script", "style", "head", "title")}
+_HTML_SKIP = {
+    name: re.compile(r"</" + name + r"\b[^<>]*>", re.I) for name in ("script", "style", "head", "title")
+}
 _HTML_BREAKS = frozenset({"br", "p", "div", "tr", "li", "table", "hr", "h1", "h2", "h3", "h4", "h5", "h6"})
 
 
