@@ -693,9 +693,9 @@ def test_parse_speed_of_a_typical_5kb_message():
         b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>" + text + b"</p>\r\n--bnd--\r\n"
     )
     assert 4500 < len(raw) < 6000
-    n = 200
+    n = 50  # best of several short batches: robust against a busy machine
     best = float("inf")
-    for _ in range(3):
+    for _ in range(8):
         t = time.perf_counter()
         for _ in range(n):
             parse_message(raw)

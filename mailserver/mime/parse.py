@@ -132,45 +132,39 @@ def _body_start(raw: bytes, start: int, end: int) -> int:
     return end
 
 
-def _fields(raw: bytes, start: int, end: int, wanted: frozenset[str]) -> dict[str, str]:
+def _field_pattern(names: frozenset[str]) -> re.Pattern[bytes]:
+    # A field starts a line: name, optional WSP (RFC 5322 4.5.3 obs-optional), colon.
+    alternatives = b"|".join(re.escape(n.encode()) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rb"^(" + alternatives + rb")[ \t]*:", re.M | re.I)
+
+
+_MIME_PATTERN = _field_pattern(_MIME_FIELDS)
+_MESSAGE_PATTERN = _field_pattern(_MESSAGE_FIELDS)
+_FOLD = re.compile(rb"\r?\n")
+
+
+def _fields(raw: bytes, start: int, end: int, pattern: re.Pattern[bytes]) -> dict[str, str]:
     """First occurrence of each wanted field in the header block [start, end), unfolded.
 
     Only the first MAX_HEADER_BYTES are looked at; a value is cut at MAX_HEADER_FIELD
-    bytes. Lines that are not fields (no colon) are skipped. RFC 5322 2.2.3: unfolding
+    bytes. RFC 5322 2.2.3: a field continues on lines starting with WSP; unfolding
     removes the line breaks and keeps the whitespace.
     """
     block = raw[start : min(end, start + MAX_HEADER_BYTES)]
     found: dict[str, str] = {}
-    name: str | None = None
-    parts: list[bytes] = []
-    size = 0
-
-    def store() -> None:
-        if name is not None and name not in found:
-            value = b"".join(parts).strip(b" \t\r\n")
-            if len(value) > MAX_HEADER_FIELD:
-                value = value[:MAX_HEADER_FIELD]
-            found[name] = bytes_to_text(value)
-
-    for line in block.split(b"\n"):
-        if line[-1:] == b"\r":
-            line = line[:-1]
-        if line[:1] in (b" ", b"\t"):
-            if name is not None and size <= MAX_HEADER_FIELD:
-                parts.append(line)
-                size += len(line)
+    for m in pattern.finditer(block):
+        key = m.group(1).lower().decode("ascii")
+        if key in found:
             continue
-        store()
-        name = None
-        colon = line.find(b":")
-        if colon <= 0:
-            continue
-        key = line[:colon].rstrip(b" \t").lower().decode("latin-1")
-        if key in wanted and key not in found:
-            name = key
-            parts = [line[colon + 1 :]]
-            size = len(parts[0])
-    store()
+        value_start = m.end()
+        eol = block.find(b"\n", value_start)
+        while eol >= 0 and block[eol + 1 : eol + 2] in (b" ", b"\t"):
+            eol = block.find(b"\n", eol + 1)
+        value = block[value_start : len(block) if eol < 0 else eol]
+        if len(value) > 4 * MAX_HEADER_FIELD:
+            value = value[: 4 * MAX_HEADER_FIELD]
+        value = _FOLD.sub(b"", value).strip(b" \t\r")
+        found[key] = bytes_to_text(value[:MAX_HEADER_FIELD])
     return found
 
 
@@ -449,7 +443,7 @@ def _parse_part(
     """Parse the entity at [start, end): its header, then its body by type."""
     budget.parts += 1
     body_start = _body_start(raw, start, end)
-    fields = _fields(raw, start, body_start, _MESSAGE_FIELDS if message else _MIME_FIELDS)
+    fields = _fields(raw, start, body_start, _MESSAGE_PATTERN if message else _MIME_PATTERN)
     ctype = fields.get("content-type")
     if ctype is None and digest_child:
         # RFC 2046 5.1.5: in a multipart/digest the default type is message/rfc822.
@@ -666,9 +660,6 @@ def _main_text_part(bs: dict) -> dict | None:
     return plain or html_part
 
 
-_WS = re.compile(r"\s+")
-
-
 def _preview(raw: bytes, bs: dict) -> str:
     part = _main_text_part(bs)
     if part is None:
@@ -682,7 +673,7 @@ def _preview(raw: bytes, bs: dict) -> str:
         text = decode_charset(decode_transfer(raw[start:end], part.get("encoding")), charset)
         if is_html:
             text = html_to_text(text)
-        text = _WS.sub(" ", text[: PREVIEW_CHARS * 8]).strip()
+        text = " ".join(text[: PREVIEW_CHARS * 8].split())
         if len(text) >= PREVIEW_CHARS or end >= stop:
             break
     return text[:PREVIEW_CHARS]

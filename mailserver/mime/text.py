@@ -189,7 +189,14 @@ def decode_header_text(value: str) -> str:
 # Address lists (RFC 5322 3.4), lenient
 # ---------------------------------------------------------------------------
 
-_SPECIALS = "<>@,;:.[]"
+_TOKEN = re.compile(
+    r"""(?P<ws>[ \t\r\n]+)
+    |(?P<quoted>"(?:[^"\\]|\\.)*(?:"|\Z))
+    |(?P<atom>[^ \t\r\n<>@,;:.\[\]"()\\]+)
+    |(?P<special>[<>@,;:.])""",
+    re.X | re.S,
+)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
 
 def _tokenize(value: str) -> list[tuple[str, str, str]]:
@@ -200,11 +207,25 @@ def _tokenize(value: str) -> list[tuple[str, str, str]]:
     """
     tokens: list[tuple[str, str, str]] = []
     i, n = 0, len(value)
+    match = _TOKEN.match
     while i < n:
+        m = match(value, i)
+        if m is not None:
+            kind = m.lastgroup
+            text = m.group()
+            if kind == "atom":
+                tokens.append(("atom", text, text))
+            elif kind == "quoted":
+                inner = text[1:-1] if len(text) > 1 and text.endswith('"') else text[1:]
+                if "\\" in inner:
+                    inner = _QUOTED_PAIR.sub(r"\1", inner)
+                tokens.append(("quoted", inner, text))
+            elif kind == "special":
+                tokens.append((text, text, text))
+            i = m.end()
+            continue
         c = value[i]
-        if c in " \t\r\n":
-            i += 1
-        elif c == "(":  # RFC 5322 3.2.2: comments nest and may hold quoted-pairs
+        if c == "(":  # RFC 5322 3.2.2: comments nest and may hold quoted-pairs
             depth = 0
             while i < n:
                 c = value[i]
@@ -219,33 +240,13 @@ def _tokenize(value: str) -> list[tuple[str, str, str]]:
                         i += 1
                         break
                 i += 1
-        elif c == '"':
-            j = i + 1
-            buf = []
-            while j < n and value[j] != '"':
-                if value[j] == "\\" and j + 1 < n:
-                    j += 1
-                buf.append(value[j])
-                j += 1
-            tokens.append(("quoted", "".join(buf), value[i : j + 1]))
-            i = j + 1
         elif c == "[":
             j = value.find("]", i)
             j = n if j < 0 else j + 1
             tokens.append(("literal", value[i:j], value[i:j]))
             i = j
-        elif c in _SPECIALS:
-            tokens.append((c, c, c))
+        else:  # a stray ")", "]" or backslash
             i += 1
-        else:
-            j = i
-            while j < n and value[j] not in _SPECIALS and value[j] not in ' \t\r\n"()':
-                j += 1
-            if j == i:  # a stray ")": skip it
-                i += 1
-                continue
-            tokens.append(("atom", value[i:j], value[i:j]))
-            i = j
     return tokens
 
 
