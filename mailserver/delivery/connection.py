@@ -139,20 +139,22 @@ class SmtpClientProtocol(Protocol):
     def _stream_body(self):
         stuffer = DotStuffer()
         self.transport.registerProducer(self, True)
-        f = yield run_in(self.clock, self.blob_pool, self.open_body)
+        # One thread hop opens the body and reads its first chunk; a small message needs no other.
+        f, chunk = yield run_in(self.clock, self.blob_pool, _open_and_read, self.open_body)
         try:
             if self.prefix:
                 self.transport.write(stuffer.feed(self.prefix))
-            while not self._lost:
-                chunk = yield run_in(self.clock, self.blob_pool, f.read, BODY_CHUNK)
-                if not chunk or self._lost:
-                    break
+            while chunk and not self._lost:
                 self.transport.write(stuffer.feed(chunk))
                 self._arm(self.session.policy.timeouts.data_block)
                 if self._paused is not None:
                     yield self._paused
+                if f is None:
+                    break
+                chunk = yield run_in(self.clock, self.blob_pool, f.read, BODY_CHUNK)
         finally:
-            yield run_in(self.clock, self.blob_pool, f.close)
+            if f is not None:
+                yield run_in(self.clock, self.blob_pool, f.close)
         if self._lost:
             return
         self.transport.unregisterProducer()
@@ -164,6 +166,20 @@ class SmtpClientProtocol(Protocol):
         log.failure("streaming a message body failed", failure)
         if not self._lost:
             self.transport.abortConnection()
+
+
+def _open_and_read(open_body) -> tuple[BinaryIO | None, bytes]:
+    """Open the body and read its first chunk; when that was all of it, close it and return (None, data)."""
+    f = open_body()
+    try:
+        chunk = f.read(BODY_CHUNK)
+        if len(chunk) < BODY_CHUNK:
+            f.close()
+            return None, chunk
+        return f, chunk
+    except BaseException:
+        f.close()
+        raise
 
 
 def run_session(reactor, ip: str, port: int, session: SmtpClientSession, open_body: Callable[[], BinaryIO],

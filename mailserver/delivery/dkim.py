@@ -127,12 +127,16 @@ class DkimSigner:
 
     def __init__(self, data_dir: str | os.PathLike):
         self.data_dir = data_dir
+        #: Keys per domain, read once (a new key needs a restart, like a new TLS certificate).
         self._keys: dict[str, list[tuple[DkimKey, bytes]]] = {}
 
     def _load(self, domain: str) -> list[tuple[DkimKey, bytes]]:
         if domain not in self._keys:
             self._keys[domain] = [(k, k.private_bytes()) for k in keys_for(self.data_dir, domain)]
         return self._keys[domain]
+
+    def has_keys(self, domain: str) -> bool:
+        return bool(self._load(domain))
 
     def signature_headers(self, message: bytes, domain: str | None = None) -> bytes:
         """``DKIM-Signature`` header fields (CRLF-terminated) to put in front of ``message``; b"" without a key."""

@@ -63,6 +63,8 @@ JITTER = 0.1
 MAX_CLAIM = 1000
 #: How long stop() lets running deliveries finish before it cuts their connections.
 STOP_GRACE = 10.0
+#: Seconds a domain's MX route is reused without a new lookup (short: DNS changes must show soon).
+ROUTE_CACHE_SECONDS = 30.0
 #: Signatures kept for messages still being retried (avoids signing a big message on every attempt).
 DKIM_CACHE = 256
 
@@ -112,6 +114,9 @@ class QueueRunner:
         self._timer = None
         self._renew_timer = None
         self._seq = 0
+        self._routes: dict[str, tuple[float, list[Hop]]] = {}
+        self._to_record: list[tuple[list[Outcome], defer.Deferred]] = []
+        self._recording = False
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -305,7 +310,7 @@ class QueueRunner:
                     yield self._report(item, kind, rows, now)
                 except Exception:
                     log.failure("queue: could not make a {kind} report for message {qid}", kind=kind, qid=m.id)
-        finished = yield self._db(self.queue.record, outcomes)
+        finished = yield self._record(outcomes)
         for qid in finished:
             self._dkim_cache.pop(qid, None)
         for o in outcomes:
@@ -322,12 +327,15 @@ class QueueRunner:
             return any(p == port and (h == ip or h in ("0.0.0.0", "::")) for h, p in own)
 
         dns_pool = self.server.pools.dns
+        base = ClientPolicy(helo_name=self.config.hostname, tls="opportunistic", timeouts=self.timeouts)
+        cached = self._routes.get(item.domain)
+        if not item.route and cached is not None and cached[0] > self.reactor.seconds():
+            return cached[1], base, TlsSettings(), False
         relay_to = item.route
         if not relay_to:
             dom = yield run_in(self.reactor, self.server.pools.db_read, self.server.store.get_domain, item.domain)
             if dom is not None and dom.mode == "relay":
                 relay_to = dom.relay_to
-        base = ClientPolicy(helo_name=self.config.hostname, tls="opportunistic", timeouts=self.timeouts)
         if relay_to:
             from mailserver.config import parse_address
 
@@ -344,6 +352,9 @@ class QueueRunner:
             return hops, policy, TlsSettings(verify_host=sh.host, ca_file=self.smarthost_ca_file), implicit
         hops = yield run_in(self.reactor, dns_pool, route_domain, self.resolver, item.domain, rng=self.rng,
                             port_for=lambda host: self.port_map.get(host.lower(), self.port), is_self=is_self)
+        if len(self._routes) > 10000:
+            self._routes.clear()
+        self._routes[item.domain] = (self.reactor.seconds() + ROUTE_CACHE_SECONDS, hops)
         return hops, base, TlsSettings(), False
 
     def _own_endpoints(self) -> list[tuple[str, int]]:
@@ -400,9 +411,14 @@ class QueueRunner:
         m = item.message
         if m.source == "bounce" or m.id in self._dkim_cache:
             return self._dkim_cache.get(m.id, b"")
-        raw = yield run_in(self.reactor, self.server.pools.blob, self.server.store.blobs.read, m.blob_id)
+        blobs = self.server.store.blobs
+        sig = b""
         try:
-            sig = yield run_in(self.reactor, self.server.pools.cpu, self._sign_if_protected, raw)
+            head = yield run_in(self.reactor, self.server.pools.blob, blobs.read, m.blob_id, 0, dsnlib.HEADER_READ_MAX)
+            domain = yield run_in(self.reactor, self.server.pools.db_read, self._signing_domain, head)
+            if domain:
+                raw = yield run_in(self.reactor, self.server.pools.blob, blobs.read, m.blob_id)
+                sig = yield run_in(self.reactor, self.server.pools.cpu, self.dkim.signature_headers, raw, domain)
         except Exception:
             log.failure("queue: DKIM signing failed for message {qid}; sending unsigned", qid=m.id)
             sig = b""
@@ -411,15 +427,41 @@ class QueueRunner:
         self._dkim_cache[m.id] = sig
         return sig
 
-    def _sign_if_protected(self, raw: bytes) -> bytes:
+    def _signing_domain(self, head: bytes) -> str:
+        """The From domain when it is one of ours and has a DKIM key, else "" (blocking)."""
         from mailserver.delivery.dkim import from_domain
 
-        domain = from_domain(raw)
-        if not domain or self.server.store.get_domain(domain) is None:
-            return b""
-        return self.dkim.signature_headers(raw, domain)
+        domain = from_domain(head)
+        if not domain or not self.dkim.has_keys(domain) or self.server.store.get_domain(domain) is None:
+            return ""
+        return domain
 
     # ----------------------------------------------------------------------------------------- results
+
+    def _record(self, outcomes: list[Outcome]) -> defer.Deferred:
+        """Record results; concurrent deliveries share one transaction (one fsync), like the store's group commit."""
+        d: defer.Deferred = defer.Deferred()
+        self._to_record.append((outcomes, d))
+        if not self._recording:
+            self._recording = True
+            self.reactor.callLater(0, self._flush_records)
+        return d
+
+    @defer.inlineCallbacks
+    def _flush_records(self):
+        try:
+            while self._to_record:
+                batch, self._to_record = self._to_record, []
+                try:
+                    finished = yield self._db(self.queue.record, [o for outs, _ in batch for o in outs])
+                except Exception as e:
+                    for _, d in batch:
+                        d.errback(e)
+                    continue
+                for _, d in batch:
+                    d.callback(finished)
+        finally:
+            self._recording = False
 
     def backoff(self, attempts: int) -> float:
         """Delay before the next attempt after ``attempts`` tries (exponential, capped, with jitter)."""

@@ -14,6 +14,8 @@ the client may relay (authenticated submission or a trusted network), otherwise 
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 
 LOCAL, RELAY, OUTGOING = "local", "relay", "outgoing"
@@ -48,6 +50,7 @@ class RouteResult:
 @dataclass
 class _Walk:
     routes: dict[tuple[str, str], Route] = field(default_factory=dict)
+    usage: dict[int, tuple[int, int]] = field(default_factory=dict)  # account id -> (used, quota) as read
     loop: bool = False
     too_many: bool = False
 
@@ -67,9 +70,27 @@ class Router:
         self.max_depth = max_depth
         self.max_targets = max_targets
         self.default_domain = default_domain
+        self._domains: dict[str, tuple[float, object]] = {}
+        self._lock = threading.Lock()
+
+    #: Seconds a domain lookup is remembered: domains change rarely (CLI), RCPT runs for every recipient.
+    DOMAIN_CACHE_SECONDS = 5.0
 
     def _domain(self, name: str):
-        return self.store.get_domain(name) if name else None
+        if not name:
+            return None
+        name = name.lower()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._domains.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        info = self.store.get_domain(name)
+        with self._lock:
+            if len(self._domains) > 10_000:
+                self._domains.clear()
+            self._domains[name] = (now + self.DOMAIN_CACHE_SECONDS, info)
+        return info
 
     def is_protected(self, domain: str) -> bool:
         return self._domain(domain) is not None
@@ -99,12 +120,12 @@ class Router:
         routes = tuple(walk.routes.values())
         if check_quota:
             for r in routes:
-                if r.kind == LOCAL and r.account_id is not None and self._over_quota(r.account_id, size):
+                if r.kind == LOCAL and r.account_id is not None and self._over_quota(walk, r.account_id, size):
                     return RouteResult(routes, error=OVER_QUOTA, detail=r.address)
         return RouteResult(routes)
 
-    def _over_quota(self, account_id: int, size: int) -> bool:
-        used, limit = self.store.quota(account_id)
+    def _over_quota(self, walk: _Walk, account_id: int, size: int) -> bool:
+        used, limit = walk.usage.get(account_id) or self.store.quota(account_id)
         return bool(limit) and (used >= limit or used + size > limit)
 
     def _add(self, walk: _Walk, route: Route) -> None:
@@ -142,6 +163,7 @@ class Router:
         acct = self.store.get_account(address)
         if acct is not None and acct.enabled:
             self._add(walk, Route(LOCAL, acct.address, acct.id))
+            walk.usage[acct.id] = (acct.used_bytes, acct.quota_bytes)
             return True
         targets = self.store.alias_targets(address)
         return self._targets(targets, depth, path | {address}, walk)
