@@ -83,9 +83,8 @@ class DnsTestServer:
         from twisted.internet import reactor
 
         factory = server.DNSServerFactory(authorities=self.authorities)
-        protocol = dns.DNSDatagramProtocol(factory)
         for _ in range(20):
-            self._udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")
+            self._udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
             self.port = self._udp.getHost().port
             try:
                 self._tcp = reactor.listenTCP(self.port, factory, interface="127.0.0.1")
