@@ -31,45 +31,94 @@ WRITE_METHODS = frozenset({
 
 
 class GroupCommitter:
-    """Batches deliveries into as few transactions as the writer allows."""
+    """Batches deliveries into as few transactions as the writer allows, in a two-stage pipeline.
+
+    Stage 1 flushes a batch's blobs (blob pool); stage 2 commits flushed batches (writer pool).  The stages run at
+    the same time, so while batch N commits, batch N+1's blobs are being flushed and deliveries arriving meanwhile
+    collect into batch N+2.  A delivery's Deferred fires after its transaction committed.
+    """
 
     def __init__(self, reactor, astore: "AsyncStore", max_batch: int = 256):
         self.reactor = reactor
         self.astore = astore
         self.max_batch = max_batch
         self._pending: list[tuple[Delivery, Deferred]] = []
-        self._running = False
+        self._flushed: list[tuple[Delivery, Deferred]] = []
+        self._flushing = False
+        self._committing = False
+        self._scheduled = False
         self.batches = 0
         self.delivered = 0
+
+    @property
+    def _running(self) -> bool:
+        return bool(self._flushing or self._committing or self._pending or self._flushed)
 
     def submit(self, delivery: Delivery) -> Deferred:
         d: Deferred = Deferred()
         self._pending.append((delivery, d))
-        if not self._running:
-            self._running = True
+        if not self._scheduled:
+            self._scheduled = True
             # Let deliveries that arrive in this reactor turn join the batch.
-            self.reactor.callLater(0, self._run)
+            self.reactor.callLater(0, self._kick)
         return d
 
-    @inlineCallbacks
-    def _run(self):
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-                try:
-                    changed: Changed = yield run_in(self.reactor, self.astore.pools.db_write,
-                                                    self.astore.store.deliver_batch, [b[0] for b in batch])
-                except Exception:
-                    log.failure("batch delivery failed; retrying one by one")
-                    yield self._one_by_one(batch)
-                    continue
-                self.batches += 1
-                self.delivered += len(batch)
-                self.astore.publish(changed.changes)
-                for (_, d), result in zip(batch, changed.value):
-                    d.callback(result)
-        finally:
-            self._running = False
+    def _kick(self) -> None:
+        self._scheduled = False
+        self._flush_next()
+        self._commit_next()
+
+    # stage 1 -----------------------------------------------------------------------------------------
+
+    def _flush_next(self) -> None:
+        if self._flushing or not self._pending:
+            return
+        self._flushing = True
+        batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+        d = run_in(self.reactor, self.astore.pools.blob, self.astore.store.blobs.ensure_synced,
+                   [b[0].blob for b in batch])
+
+        def flushed(_):
+            self._flushed.extend(batch)
+
+        def failed(f):
+            log.failure("flushing message bodies failed", f)
+            for _, dd in batch:
+                dd.errback(f)
+
+        def next_(_):
+            self._flushing = False
+            self._flush_next()
+            self._commit_next()
+
+        d.addCallbacks(flushed, failed).addBoth(next_)
+
+    # stage 2 -----------------------------------------------------------------------------------------
+
+    def _commit_next(self) -> None:
+        if self._committing or not self._flushed:
+            return
+        self._committing = True
+        batch, self._flushed = self._flushed[:self.max_batch], self._flushed[self.max_batch:]
+        d = run_in(self.reactor, self.astore.pools.db_write, self.astore.store.deliver_batch, [b[0] for b in batch])
+
+        def committed(changed: Changed):
+            self.batches += 1
+            self.delivered += len(batch)
+            self.astore.publish(changed.changes)
+            for (_, dd), result in zip(batch, changed.value, strict=True):
+                dd.callback(result)
+
+        def failed(f):
+            log.failure("batch delivery failed; retrying one by one", f)
+            return self._one_by_one(batch)
+
+        def next_(_):
+            self._committing = False
+            self._commit_next()
+            self._flush_next()
+
+        d.addCallbacks(committed, failed).addBoth(next_)
 
     @inlineCallbacks
     def _one_by_one(self, batch):

@@ -23,7 +23,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +40,8 @@ SPOOL_IN_MEMORY = 1024 * 1024
 class BlobRef:
     id: str  # hex sha256 of the content
     size: int
+    #: Finish order number within this process: durable once the store's synced sequence reaches it.
+    seq: int = field(default=0, compare=False)
 
 
 class BlobWriter:
@@ -70,10 +72,10 @@ class BlobWriter:
         self._done = True
         ref = BlobRef(self._hash.hexdigest(), self._size)
         try:
-            self._store._persist(ref, self._spool)
+            seq = self._store._persist(ref, self._spool)
         finally:
             self._spool.close()
-        return ref
+        return replace(ref, seq=seq or 0)
 
     def abort(self) -> None:
         if not self._done:
@@ -87,7 +89,11 @@ class BlobStore:
     tmp_dir: str | None = None
 
     def sync_pending(self) -> None:
-        """Make every blob finished so far durable (blocking).  Call before committing metadata naming them."""
+        """Make every blob finished so far durable (blocking)."""
+
+    def ensure_synced(self, refs) -> None:
+        """Make the given blobs durable (blocking).  Call before committing metadata that names them."""
+        self.sync_pending()
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
@@ -95,15 +101,16 @@ class BlobStore:
     def put(self, data: bytes) -> BlobRef:
         """Store ``data`` (blocking; durable at the next :meth:`sync_pending`)."""
         ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
-        self._persist_bytes(ref, data)
-        return ref
+        seq = self._persist_bytes(ref, data)
+        return replace(ref, seq=seq or 0)
 
-    def _persist_bytes(self, ref: BlobRef, data: bytes) -> None:
+    def _persist_bytes(self, ref: BlobRef, data: bytes) -> int | None:
         import io
 
-        self._persist(ref, io.BytesIO(data))
+        return self._persist(ref, io.BytesIO(data))
 
-    def _persist(self, ref: BlobRef, spool: BinaryIO) -> None:  # pragma: no cover - interface
+    def _persist(self, ref: BlobRef, spool: BinaryIO) -> int | None:  # pragma: no cover - interface
+        """Store the content; returns the finish sequence number (file backend) or None."""
         raise NotImplementedError
 
     def read(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:  # pragma: no cover
@@ -149,15 +156,48 @@ class FileBlobStore(BlobStore):
         os.makedirs(self.tmp_dir, exist_ok=True)
         self._pending: set[Path] = set()
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one flush at a time; waiters re-check whether it covered them
         self._use_syncfs = use_syncfs and _syncfs is not None
+        self._finished = 0  # sequence number of the last finish()
+        self._synced = 0  # every blob with seq <= this is durable
         self.syncs = 0
 
+    def _mark_pending(self, path: Path) -> int:
+        with self._lock:
+            self._pending.add(path)
+            self._finished += 1
+            return self._finished
+
+    def ensure_synced(self, refs) -> None:
+        """Flush unless a flush that started after these blobs were finished already completed.
+
+        Deliveries are committed in batches while the next batch's blobs are flushed (the group committer calls
+        this in the blob pool first), so the flush and the database commit overlap.
+        """
+        need = max((r.seq for r in refs), default=0)
+        if need <= self._synced:
+            return
+        with self._sync_lock:
+            if need <= self._synced:
+                return  # a flush finished while we waited for the lock
+            self._flush()
+
     def sync_pending(self) -> None:
+        with self._sync_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, set()
+            upto = self._finished
         if not pending:
+            self._synced = max(self._synced, upto)
             return
         self.syncs += 1
+        self._flush_paths(pending)
+        self._synced = max(self._synced, upto)
+
+    def _flush_paths(self, pending: set[Path]) -> None:
         if self._use_syncfs:
             fd = os.open(self.root, os.O_RDONLY)
             try:
@@ -188,15 +228,13 @@ class FileBlobStore(BlobStore):
         _check_id(blob_id)
         return self.root / blob_id[:2] / blob_id[2:4] / blob_id
 
-    def _persist_bytes(self, ref: BlobRef, data: bytes) -> None:
+    def _persist_bytes(self, ref: BlobRef, data: bytes) -> int:
         """put() fast path: no spool, one write."""
         final = self.path(ref.id)
-        with self._lock:
-            self._pending.add(final)
         try:
             if final.stat().st_size == ref.size:
                 os.utime(final)
-                return
+                return self._mark_pending(final)
         except FileNotFoundError:
             final.parent.mkdir(parents=True, exist_ok=True)
         tmp = os.path.join(self.tmp_dir, f"{ref.id}.{os.getpid()}.{threading.get_ident()}")
@@ -212,17 +250,17 @@ class FileBlobStore(BlobStore):
             raise
         os.close(fd)
         os.rename(tmp, final)
+        return self._mark_pending(final)
 
-    def _persist(self, ref: BlobRef, spool: BinaryIO) -> None:
+    def _persist(self, ref: BlobRef, spool: BinaryIO) -> int:
         final = self.path(ref.id)
-        with self._lock:
-            self._pending.add(final)
         try:
             if final.stat().st_size == ref.size:
                 # Same content stored once.  Refresh the mtime: collect() never unlinks a file touched within its
                 # grace period, so a concurrent garbage collection cannot remove what this delivery relies on.
+                # (Its first writer may not have flushed it yet: it counts as pending again.)
                 os.utime(final)
-                return
+                return self._mark_pending(final)
         except FileNotFoundError:
             pass
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -232,13 +270,14 @@ class FileBlobStore(BlobStore):
             with os.fdopen(fd, "wb", closefd=True) as out:
                 while chunk := spool.read(1 << 20):
                     out.write(chunk)
-            os.rename(tmp, final)  # durable at the next sync_pending(), before any metadata naming it commits
+            os.rename(tmp, final)  # durable at the next flush, before any metadata naming it commits
         except BaseException:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
             raise
+        return self._mark_pending(final)
 
     def read(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
         with open(self.path(blob_id), "rb") as f:
@@ -269,6 +308,7 @@ class DatabaseBlobStore(BlobStore):
         self.tmp_dir = tmp_dir
 
     def _persist(self, ref: BlobRef, spool: BinaryIO) -> None:
+        """Committed here, before any metadata naming the blob: already durable."""
         spool.seek(0)
         data = spool.read()
         with self.engine.connect() as conn:

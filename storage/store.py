@@ -348,10 +348,7 @@ class Store:
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[Connection]:
-        """One transaction.  A write transaction first makes every pending blob durable (group fsync), so metadata
-        committed here never names a blob that a crash could lose."""
-        if write:
-            self.blobs.sync_pending()
+        """One transaction.  Methods that commit metadata naming new blobs call ``blobs.ensure_synced`` first."""
         with self.engine.connect() as conn:
             if self.sqlite and write:
                 conn.info["sqlite_begin"] = "IMMEDIATE"
@@ -807,6 +804,7 @@ class Store:
         now = time.time()
         results: list[DeliveryResult | None] = [None] * len(deliveries)
         changes: list[Change] = []
+        self.blobs.ensure_synced([d.blob for d in deliveries])  # durable before the metadata commits
         with self._tx() as conn:
             account_ids = sorted({d.account_id for d in deliveries})
             accounts = {r.id: [r.used_bytes, r.quota_bytes] for r in conn.execute(
@@ -873,6 +871,7 @@ class Store:
     def append(self, account_id: int, mailbox_id: int, blob: BlobRef, parsed: dict, flags: int = 0,
                keywords: tuple[str, ...] = (), internal_date: float | None = None) -> Changed:
         """APPEND one message; ``value`` is (uid_validity, uid).  Raises QuotaExceeded / NotFound."""
+        self.blobs.ensure_synced([blob])
         with self._tx() as conn:
             owner = conn.execute(select(MB.c.account_id).where(MB.c.id == mailbox_id)).scalar()
             if owner != account_id:
@@ -1071,6 +1070,7 @@ class Store:
         if not recipients:
             raise Invalid("no recipients")
         now = time.time()
+        self.blobs.ensure_synced([blob])
         with self._tx() as conn:
             self._blob_ref(conn, blob)
             qid = conn.execute(insert(QueuedMessage).values(
