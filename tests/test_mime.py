@@ -94,6 +94,25 @@ BODYSTRUCTURES = {
         b'(("text" "plain" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 61 2)'
         b'("text" "plain" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 27 1) "mixed")',
     ),
+    "dsn_report.eml": (
+        b'(("text" "plain" ("charset" "us-ascii") NIL "Notification" "7BIT" 100 1 NIL NIL NIL NIL)'
+        b'("message" "delivery-status" NIL NIL "Delivery report" "7BIT" 112 NIL NIL NIL NIL)'
+        b'("text" "rfc822-headers" ("CHARSET" "US-ASCII") NIL "Undelivered Message Headers" "7BIT" 63 2'
+        b' NIL NIL NIL NIL) "report" ("report-type" "delivery-status" "boundary" "DSN.4711/mx.example.com")'
+        b" NIL NIL NIL)",
+        b'(("text" "plain" ("charset" "us-ascii") NIL "Notification" "7BIT" 100 1)'
+        b'("message" "delivery-status" NIL NIL "Delivery report" "7BIT" 112)'
+        b'("text" "rfc822-headers" ("CHARSET" "US-ASCII") NIL "Undelivered Message Headers" "7BIT" 63 2)'
+        b' "report")',
+    ),
+    "signed.eml": (
+        b'(("text" "plain" ("charset" "utf-8") NIL NIL "8bit" 7 0 NIL NIL NIL NIL)'
+        b'("application" "pkcs7-signature" ("name" "smime.p7s") NIL NIL "base64" 28 NIL'
+        b' ("attachment" ("filename" "smime.p7s")) NIL NIL) "signed" ("protocol"'
+        b' "application/pkcs7-signature" "micalg" "sha-256" "boundary" "sig") NIL NIL NIL)',
+        b'(("text" "plain" ("charset" "utf-8") NIL NIL "8bit" 7 0)'
+        b'("application" "pkcs7-signature" ("name" "smime.p7s") NIL NIL "base64" 28) "signed")',
+    ),
     "no_blank_line.eml": (
         b'("text" "plain" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 0 0 NIL NIL NIL NIL)',
         b'("text" "plain" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 0 0)',
@@ -450,6 +469,8 @@ def test_has_attachment_rules():
     single = b"Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\nx"
     assert parse_message(single).has_attachment
     assert not parse_message(load("nested_rfc822.eml")).has_attachment  # inline forward
+    assert not parse_message(load("signed.eml")).has_attachment  # the signature part
+    assert not parse_message(load("dsn_report.eml")).has_attachment
 
 
 def test_html_only_preview_is_stripped_text():

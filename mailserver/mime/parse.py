@@ -637,7 +637,12 @@ def _has_attachment(bs: dict) -> bool:
         node, parent = stack.pop()
         if "children" in node:
             sub = node["subtype"].lower()
-            stack.extend((c, sub) for c in node["children"])
+            children = node["children"]
+            if sub in ("signed", "encrypted"):
+                # RFC 1847 2.1/2.2: only the first (resp. second) part is content; the
+                # other is the signature or control information, not an attachment.
+                children = children[:1] if sub == "signed" else children[1:2]
+            stack.extend((c, sub) for c in children)
         elif _is_attachment(node, parent):
             return True
     return False
