@@ -200,6 +200,12 @@ def test_simple_message_summary():
 
 # ----------------------------------------------------------------------------- section ranges
 
+NESTED_HEADER = (
+    b"From: Billing <billing@example.com>\r\nTo: carol@example.net\r\nSubject: Invoice 42\r\n"
+    b"Date: Tue, 3 Jun 2025 12:00:00 +0000\r\nMessage-ID: <inv-42@example.com>\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=inner\r\n\r\n"
+)
+
 SECTIONS = [
     ("simple.eml", (), "TEXT", b"Hi Bob,\r\n\r\nlunch tomorrow at noon?\r\n-- \r\nAlice\r\n"),
     ("simple.eml", (1,), "", b"Hi Bob,\r\n\r\nlunch tomorrow at noon?\r\n-- \r\nAlice\r\n"),
@@ -207,6 +213,9 @@ SECTIONS = [
     ("simple.eml", (1, 1), "", None),
     ("simple.eml", (), "MIME", None),
     ("simple.eml", (1,), "HEADER", None),
+    ("simple.eml", (1,), "MIME", load("simple.eml")[:357]),  # part 1's MIME header: the message header
+    ("simple.eml", (), "HEADER.FIELDS", load("simple.eml")[:357]),
+    ("nested_rfc822.eml", (2,), "header.fields.not", NESTED_HEADER),
     ("nested_rfc822.eml", (1,), "", b"See the forwarded message."),
     ("nested_rfc822.eml", (1,), "MIME", b"Content-Type: text/plain\r\n\r\n"),
     (
@@ -215,14 +224,7 @@ SECTIONS = [
         "MIME",
         b"Content-Type: message/rfc822\r\nContent-Disposition: inline\r\n\r\n",
     ),
-    (
-        "nested_rfc822.eml",
-        (2,),
-        "HEADER",
-        b"From: Billing <billing@example.com>\r\nTo: carol@example.net\r\nSubject: Invoice 42\r\n"
-        b"Date: Tue, 3 Jun 2025 12:00:00 +0000\r\nMessage-ID: <inv-42@example.com>\r\n"
-        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=inner\r\n\r\n",
-    ),
+    ("nested_rfc822.eml", (2,), "HEADER", NESTED_HEADER),
     ("nested_rfc822.eml", (2, 1), "", b"Amount due: 42 EUR"),
     ("nested_rfc822.eml", (2, 2), "", b"item,price\r\nwidget,42"),
     (

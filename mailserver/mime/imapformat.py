@@ -165,12 +165,14 @@ def resolve_part(bs: dict, part: tuple[int, ...]) -> dict | None:
 def section_range(bs: dict, part: tuple[int, ...], which: str) -> tuple[int, int] | None:
     """Byte range [start, end) of BODY[<part>[.which]] in the raw message, or None.
 
-    ``which`` is "", "HEADER", "TEXT" or "MIME" (case-insensitive). HEADER.FIELDS[.NOT]
-    use the HEADER range then :func:`header_fields`. RFC 9051 6.4.5: HEADER and TEXT
+    ``which`` is "", "HEADER", "TEXT" or "MIME" (case-insensitive); "HEADER.FIELDS" and
+    "HEADER.FIELDS.NOT" give the HEADER range, to be filtered with :func:`header_fields`. RFC 9051 6.4.5: HEADER and TEXT
     after a part number need a message/rfc822 (or message/global) part; MIME needs a
     part number; an empty part with "" is the whole message.
     """
     which = (which or "").upper()
+    if which.startswith("HEADER.FIELDS"):
+        which = "HEADER"  # the caller filters the range with header_fields()
     if not part:
         if which == "":
             return bs["header_start"], bs["body_end"]
