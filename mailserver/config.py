@@ -175,12 +175,16 @@ class SmarthostConfig:
     tls: str = "starttls"
     username: str = ""
     password: str = ""
+    #: CA certificates (PEM) that the smarthost's certificate must chain to; "" = the system's trust store.
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
 class QueueConfig:
     """``[queue]``: outbound delivery."""
 
+    #: Deliver queued outbound mail from this process (false: only accept and queue, e.g. on a receive-only node).
+    run: bool = True
     retry_first: float = 300.0
     retry_max: float = 4 * 3600.0
     give_up_after: float = 5 * 86400.0

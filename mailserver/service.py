@@ -133,6 +133,9 @@ class MailServer(MultiService):
         self.started_at = 0.0
         self.secret = secrets.token_bytes(32)
         self.extra: dict[str, object] = {}  # per-protocol shared state (e.g. per-IP session counters)
+        self.queue_runner = None
+        #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
+        self.queue_options: dict[str, object] = {}
         self._stopping = False
 
     # ----------------------------------------------------------------------------------------- properties
@@ -177,6 +180,11 @@ class MailServer(MultiService):
                 raise ListenError(f"tls: {e}") from None
         for name, address in cfg.listen.items():
             self._listen(name, address)
+        if cfg.queue.run:
+            from mailserver.delivery.queue import QueueRunner
+
+            self.queue_runner = QueueRunner(self, **self.queue_options)
+            self.queue_runner.start()
         self.started_at = time.time()
         log.info("open files limit {soft} (hard {hard})", soft=soft, hard=hard)
         for lst in self.listening:
@@ -225,6 +233,11 @@ class MailServer(MultiService):
 
     # ----------------------------------------------------------------------------------------- stop
 
+    def kick_queue(self) -> None:
+        """Tell the queue runner new outbound mail is waiting (call after Store.enqueue)."""
+        if self.queue_runner is not None:
+            self.queue_runner.kick()
+
     def _teardown_now(self) -> None:
         for lst in self.listening:
             try:
@@ -241,6 +254,8 @@ class MailServer(MultiService):
         if self._stopping:
             return
         self._stopping = True
+        if self.queue_runner is not None:
+            yield self.queue_runner.stop()
         yield super().stopService()
         yield defer.gatherResults([defer.maybeDeferred(lst.port.stopListening) for lst in self.listening],
                                   consumeErrors=True)

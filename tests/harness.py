@@ -107,6 +107,10 @@ def make_config(tmp_path: Path, listeners=("smtp",), domains=(TEST_DOMAIN,), dat
         "database_url": database_url,
         "listen": {name: ["127.0.0.1:0"] for name in listeners},
         "domain": [{"name": d} for d in domains],
+        # Tests never send mail off the machine: no queue runner unless a test asks for one (and then it must
+        # point [dns] at its own loopback DNS server); lookups that slip through go to a closed loopback port.
+        "queue": {"run": False},
+        "dns": {"nameservers": ["127.0.0.1:9"], "timeout": 2.0},
     }
     table = _merge(table, overrides)
     return config_mod.load_dict(table, "test-config")
@@ -138,13 +142,18 @@ class ServerHandle:
 
 @contextmanager
 def running_server(tmp_path, listeners=("smtp",), domains=(TEST_DOMAIN,), database_url: str | None = None,
-                   **overrides):
-    """Start a MailServer with the given listeners on 127.0.0.1:0; stop it (and everything it started) after."""
+                   queue_options: dict | None = None, **overrides):
+    """Start a MailServer with the given listeners on 127.0.0.1:0; stop it (and everything it started) after.
+
+    ``queue_options`` go to the server's QueueRunner (with ``queue={"run": True}``), e.g. a ``port_map`` sending the
+    test MX hosts to loopback receivers.
+    """
     from mailserver.service import MailServer
 
     cfg = make_config(tmp_path, listeners, domains, database_url or "", **overrides)
     ensure_reactor()
     server = MailServer(cfg, reactor)
+    server.queue_options = dict(queue_options or {})
     call(server.startService)
     try:
         yield ServerHandle(server)

@@ -354,6 +354,7 @@ class IncomingMessage:
                     ret=env.mail_params.ret, smtputf8=env.smtputf8, body_8bit=env.mail_params.body == "8BITMIME",
                     account_id=self.info.account_id, source="submission" if self.info.submission else "relay")
                 outcomes += [_Outcome(r.address, True) for r, _ in remote]
+                server.kick_queue()
             except Exception:
                 log.failure("enqueue failed")
                 outcomes += [_Outcome(r.address, False, codes.LOCAL_ERROR) for r, _ in remote]

@@ -96,7 +96,7 @@ class QueueRunner:
         self.port = port
         self.port_map = {k.lower(): v for k, v in (port_map or {}).items()}
         self.resolver = resolver or DnsResolver(server.config.dns)
-        self.smarthost_ca_file = smarthost_ca_file
+        self.smarthost_ca_file = smarthost_ca_file or server.config.queue.smarthost.ca_file
         self.timeouts = timeouts or Timeouts()
         self.connect_timeout = connect_timeout
         self.queue = QueueStore(server.store)
