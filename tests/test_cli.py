@@ -17,8 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(config: Path, *args, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mailserver", "--config", str(config), *args], input=input,
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    """Run the command in this process (as `mailserver --config CONFIG ARGS…` would), capturing its output."""
+    import contextlib
+    import io
+
+    from mailserver.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO(input or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(["--config", str(config), *args])
+            except SystemExit as e:  # argparse usage errors
+                code = e.code
+    finally:
+        sys.stdin = old_stdin
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -59,14 +75,16 @@ def test_domain_user_alias_lifecycle(conf):
 
 
 def _verify(conf: Path, address: str, password: str) -> bool:
-    code = (
-        "import sys; from mailserver import config; from mailserver.service import open_store;"
-        "from mailserver.auth import PasswordHasher;"
-        f"s = open_store(config.load({str(conf)!r})); a = s.get_account({address!r});"
-        f"ok, new = PasswordHasher().verify({password!r}, a.password_hash); print(ok, bool(new))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout.split()
-    return out[0] == "True"
+    from mailserver import config
+    from mailserver.auth import PasswordHasher
+    from mailserver.service import open_store
+
+    store = open_store(config.load(conf))
+    try:
+        ok, _ = PasswordHasher().verify(password, store.get_account(address).password_hash)
+    finally:
+        store.engine.dispose()
+    return ok
 
 
 def test_passwords_from_stdin_and_imported_hashes(conf):

@@ -20,13 +20,24 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * UNITS[m.group(2).lower()]
 
 
+_opened: list = []
+
+
 def open_store(args):
     from mailserver.service import open_store as _open
 
     try:
-        return _open(args.config_obj)
+        store = _open(args.config_obj)
     except Exception as e:
         raise CliError(f"cannot open the store: {e}") from None
+    _opened.append(store)
+    return store
+
+
+def close_stores() -> None:
+    """Dispose of the engines this command opened (main() calls it when the command ends)."""
+    while _opened:
+        _opened.pop().engine.dispose()
 
 
 def _store_call(f, *a, **kw):

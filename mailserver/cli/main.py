@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        admin = sys.modules.get("mailserver.cli.admin")
+        if admin is not None:
+            admin.close_stores()
 
 
 if __name__ == "__main__":  # pragma: no cover
