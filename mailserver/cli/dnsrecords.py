@@ -53,7 +53,7 @@ def records(config, domain: str, ips: list[str], ttl: int = 3600) -> list[str]:
             f"autoconfig.{d} {ttl} IN CNAME {h}",
             f"autodiscover.{d} {ttl} IN CNAME {h}",
             f"_autodiscover._tcp.{d} {ttl} IN SRV 0 1 443 {h}", "",
-            f"; the mail host's addresses, and their reverse DNS (set the PTR at your provider)"]
+            "; the mail host's addresses, and their reverse DNS (set the PTR at your provider)"]
     if ips:
         for ip in ips:
             a = ipaddress.ip_address(ip)
