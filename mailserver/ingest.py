@@ -20,6 +20,11 @@ def parsed_columns(raw: bytes) -> dict:
     return parse_message(raw).to_json()
 
 
+def _store_and_parse(store: Store, raw: bytes) -> tuple[BlobRef, dict]:
+    """Write the body and parse it in one trip to a worker thread."""
+    return store.blobs.put(raw), parsed_columns(raw)
+
+
 def deliver_raw_blocking(store: Store, account_id: int, raw: bytes, *, mailbox: str = "INBOX", flags: int = 0,
                          keywords: tuple[str, ...] = (), internal_date: float | None = None,
                          check_quota: bool = True) -> DeliveryResult:
@@ -35,8 +40,7 @@ def deliver_raw(server, account_id: int, raw: bytes, *, mailbox: str = "INBOX", 
     """Deliver ``raw`` (fires with a DeliveryResult; change events published)."""
     from mailserver.threads import run_in
 
-    ref: BlobRef = yield run_in(server.reactor, server.pools.blob, server.store.blobs.put, raw)
-    parsed = yield run_in(server.reactor, server.pools.cpu, parsed_columns, raw)
+    ref, parsed = yield run_in(server.reactor, server.pools.blob, _store_and_parse, server.store, raw)
     result = yield server.astore.deliver(Delivery(account_id, ref, parsed, mailbox, flags, keywords, internal_date,
                                                   check_quota))
     return result

@@ -154,7 +154,8 @@ class FileBlobStore(BlobStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = str(self.root / "tmp")
         os.makedirs(self.tmp_dir, exist_ok=True)
-        self._pending: set[Path] = set()
+        self._root_str = str(self.root)
+        self._pending: set = set()
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one flush at a time; waiters re-check whether it covered them
         self._use_syncfs = use_syncfs and _syncfs is not None
@@ -215,8 +216,9 @@ class FileBlobStore(BlobStore):
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-            dirs.add(path.parent)
-            dirs.add(path.parent.parent)
+            parent = os.path.dirname(path)
+            dirs.add(parent)
+            dirs.add(os.path.dirname(parent))
         for d in dirs:
             fd = os.open(d, os.O_RDONLY)
             try:
@@ -228,15 +230,19 @@ class FileBlobStore(BlobStore):
         _check_id(blob_id)
         return self.root / blob_id[:2] / blob_id[2:4] / blob_id
 
+    def _fast_path(self, blob_id: str) -> str:
+        """path() as a plain string for the hot write path (ids made here are hex sha256 already)."""
+        return os.path.join(self._root_str, blob_id[:2], blob_id[2:4], blob_id)
+
     def _persist_bytes(self, ref: BlobRef, data: bytes) -> int:
-        """put() fast path: no spool, one write."""
-        final = self.path(ref.id)
+        """put() fast path: no spool, one write, plain string paths."""
+        final = self._fast_path(ref.id)
         try:
-            if final.stat().st_size == ref.size:
+            if os.stat(final).st_size == ref.size:
                 os.utime(final)
                 return self._mark_pending(final)
         except FileNotFoundError:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
         tmp = os.path.join(self.tmp_dir, f"{ref.id}.{os.getpid()}.{threading.get_ident()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

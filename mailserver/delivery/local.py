@@ -20,13 +20,13 @@ from __future__ import annotations
 import email.utils
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailserver.delivery import hooks as hooks_mod
-from mailserver.delivery.router import LOCAL, OUTGOING, RELAY, Route, RouteResult, Router
+from mailserver.delivery.router import LOCAL, OUTGOING, RELAY, Route, Router, RouteResult
 from mailserver.smtp import codes
 from mailserver.smtp.codes import Reply
 from mailserver.threads import run_in
@@ -362,15 +362,13 @@ class IncomingMessage:
             from storage.store import Delivery
 
             blob = self._blobs["local"]
-            raw = await server.astore.read_blob(blob.ref.id)
-            parsed = await run_in(server.reactor, server.pools.cpu, _parse, raw)
-            del raw
+            parsed = await run_in(server.reactor, server.pools.blob, _read_and_parse, server.store.blobs, blob.ref.id)
             quota_reply = codes.OVER_QUOTA_PERM if server.config.smtp.over_quota_permanent else codes.OVER_QUOTA_TEMP
             ds = [server.astore.deliver(Delivery(r.account_id, blob.ref, parsed, verdict.mailbox or "INBOX", 0,
                                                  tuple(verdict.keywords), time.time()))
                   for r, _ in local]
             results = await defer.DeferredList(ds, consumeErrors=True)
-            for (r, _), (ok, res) in zip(local, results):
+            for (r, _), (ok, res) in zip(local, results, strict=True):
                 if ok and res.ok:
                     outcomes.append(_Outcome(r.address, True))
                 elif ok and res.error == "overquota":
@@ -394,7 +392,8 @@ class IncomingMessage:
                                       f"recipients; not delivered: {detail}")
 
 
-def _parse(raw: bytes) -> dict:
+def _read_and_parse(blobs, blob_id: str) -> dict:
+    """Parse the stored local copy (one trip to a worker thread: read + parse)."""
     from mailserver.mime import parse_message
 
-    return parse_message(raw).to_json()
+    return parse_message(blobs.read(blob_id)).to_json()
