@@ -14,10 +14,10 @@ from typing import BinaryIO, Callable
 
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from mailserver.delivery.client import Close, DotStuffer, Send, SendBody, SmtpClientSession, StartTls
 from mailserver.threads import run_in

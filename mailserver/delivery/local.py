@@ -257,8 +257,13 @@ class IncomingMessage:
             self.abort()
             return codes.LOOP_DETECTED  # RFC 5321 6.3: too many Received fields = a loop
         pools, reactor = self.server.pools, self.server.reactor
-        for b in self._blobs.values():
-            b.ref = await run_in(reactor, pools.blob, b.writer.finish)
+        parsed = None
+        for kind, b in self._blobs.items():
+            if kind == "local" and not self.hooks:
+                # One trip to a worker thread: make the blob and parse it (hooks may rewrite it, then parse later).
+                b.ref, parsed = await run_in(reactor, pools.blob, _finish_and_parse, b.writer, self.server.store.blobs)
+            else:
+                b.ref = await run_in(reactor, pools.blob, b.writer.finish)
         routes = self._routes()
         if self.hooks:
             verdict = await hooks_mod.run_hooks(self.hooks, self._context())
@@ -271,7 +276,7 @@ class IncomingMessage:
             await self._rebuild(routes, verdict.add_headers)
         else:
             verdict = hooks_mod.Verdict()
-        outcomes = await self._deliver(routes, verdict)
+        outcomes = await self._deliver(routes, verdict, parsed)
         return self._reply(outcomes)
 
     def _context(self) -> hooks_mod.MessageContext:
@@ -331,7 +336,7 @@ class IncomingMessage:
             w.abort()
             raise
 
-    async def _deliver(self, routes, verdict) -> list[_Outcome]:
+    async def _deliver(self, routes, verdict, parsed=None) -> list[_Outcome]:
         server = self.server
         outcomes: list[_Outcome] = []
         env = self.envelope
@@ -362,7 +367,9 @@ class IncomingMessage:
             from storage.store import Delivery
 
             blob = self._blobs["local"]
-            parsed = await run_in(server.reactor, server.pools.blob, _read_and_parse, server.store.blobs, blob.ref.id)
+            if parsed is None:
+                parsed = await run_in(server.reactor, server.pools.blob, _read_and_parse, server.store.blobs,
+                                      blob.ref.id)
             quota_reply = codes.OVER_QUOTA_PERM if server.config.smtp.over_quota_permanent else codes.OVER_QUOTA_TEMP
             ds = [server.astore.deliver(Delivery(r.account_id, blob.ref, parsed, verdict.mailbox or "INBOX", 0,
                                                  tuple(verdict.keywords), time.time()))
@@ -390,6 +397,11 @@ class IncomingMessage:
         detail = "; ".join(f"{o.address}: {o.reply.code} {o.reply.enhanced} {o.reply.lines[0]}" for o in failed)
         return codes.QUEUED.with_text(f"Message accepted as {self.queue_id} for {len(ok)} of {len(outcomes)} "
                                       f"recipients; not delivered: {detail}")
+
+
+def _finish_and_parse(writer, blobs):
+    ref = writer.finish()
+    return ref, _read_and_parse(blobs, ref.id)
 
 
 def _read_and_parse(blobs, blob_id: str) -> dict:

@@ -71,6 +71,7 @@ class Router:
         self.max_targets = max_targets
         self.default_domain = default_domain
         self._domains: dict[str, tuple[float, object]] = {}
+        self._expansions: dict[str, tuple[float, bool, _Walk]] = {}
         self._lock = threading.Lock()
 
     #: Seconds a domain lookup is remembered: domains change rarely (CLI), RCPT runs for every recipient.
@@ -95,8 +96,21 @@ class Router:
     def is_protected(self, domain: str) -> bool:
         return self._domain(domain) is not None
 
+    #: Seconds an expansion (accounts, aliases) is remembered for RCPT: a burst of mail to one address costs one
+    #: lookup.  A new or removed account or alias takes effect within this time; quota is checked again at delivery.
+    ROUTE_CACHE_SECONDS = 2.0
+
     def route(self, address: str, *, may_relay: bool, size: int = 0, check_quota: bool = True) -> RouteResult:
-        """Route one RCPT address.  ``size`` (from MAIL SIZE=) is used for the quota check."""
+        """Route one RCPT address.  ``size`` (from MAIL SIZE=) is used for the quota check.  Blocking (database)."""
+        return self._route(address, may_relay, size, check_quota, cached_only=False)
+
+    def route_cached(self, address: str, *, may_relay: bool, size: int = 0, check_quota: bool = True
+                     ) -> RouteResult | None:
+        """The same answer as :meth:`route` from recent lookups only (no database: safe on the reactor thread);
+        None when something would have to be looked up."""
+        return self._route(address, may_relay, size, check_quota, cached_only=True)
+
+    def _route(self, address, may_relay, size, check_quota, cached_only):
         local, domain = split_address(address)
         if not domain:
             # RFC 5321 4.1.1.3: <postmaster> without a domain names our own postmaster.
@@ -104,15 +118,35 @@ class Router:
                 return RouteResult(error=UNKNOWN)
             local, domain = "postmaster", self.default_domain
             address = f"postmaster@{domain}"
-        info = self._domain(domain)
+        now = time.monotonic()
+        if cached_only:
+            with self._lock:
+                hit = self._domains.get(domain.lower())
+            if hit is None or hit[0] <= now:
+                return None
+            info = hit[1]
+        else:
+            info = self._domain(domain)
         if info is None:
             if not may_relay:
                 return RouteResult(error=RELAY_DENIED)
             return RouteResult((Route(OUTGOING, address),))
         if info.mode == "relay":
             return RouteResult((Route(RELAY, address, relay_to=info.relay_to),))
-        walk = _Walk()
-        found = self._expand(address.lower(), 0, frozenset(), walk)
+        key = address.lower()
+        with self._lock:
+            hit = self._expansions.get(key)
+        if hit is not None and hit[0] > now:
+            found, walk = hit[1], hit[2]
+        elif cached_only:
+            return None
+        else:
+            walk = _Walk()
+            found = self._expand(key, 0, frozenset(), walk)
+            with self._lock:
+                if len(self._expansions) > 50_000:
+                    self._expansions.clear()
+                self._expansions[key] = (now + self.ROUTE_CACHE_SECONDS, found, walk)
         if not found:
             if walk.too_many:
                 return RouteResult(error=TOO_MANY_TARGETS)
@@ -120,13 +154,16 @@ class Router:
         routes = tuple(walk.routes.values())
         if check_quota:
             for r in routes:
-                if r.kind == LOCAL and r.account_id is not None and self._over_quota(walk, r.account_id, size):
-                    return RouteResult(routes, error=OVER_QUOTA, detail=r.address)
+                if r.kind == LOCAL and r.account_id is not None:
+                    usage = walk.usage.get(r.account_id)
+                    if usage is None:
+                        if cached_only:
+                            return None
+                        usage = self.store.quota(r.account_id)
+                    used, limit = usage
+                    if limit and (used >= limit or used + size > limit):
+                        return RouteResult(routes, error=OVER_QUOTA, detail=r.address)
         return RouteResult(routes)
-
-    def _over_quota(self, walk: _Walk, account_id: int, size: int) -> bool:
-        used, limit = walk.usage.get(account_id) or self.store.quota(account_id)
-        return bool(limit) and (used >= limit or used + size > limit)
 
     def _add(self, walk: _Walk, route: Route) -> None:
         if len(walk.routes) >= self.max_targets:
@@ -189,3 +226,16 @@ class Router:
         if self.separator and self.separator in local:
             return f"{local.split(self.separator, 1)[0]}@{domain}" in owned
         return False
+
+
+def router_for(server) -> Router:
+    """The server's one shared Router (SMTP listeners, webmail submission), built from its configuration."""
+    router = server.extra.get("router")
+    if router is None:
+        cfg = server.config
+        local_domains = [d.name for d in cfg.domain if d.mode == "local"]
+        router = Router(server.store, separator=cfg.smtp.subaddress_separator, max_depth=cfg.limits.alias_max_depth,
+                        max_targets=cfg.limits.alias_max_targets,
+                        default_domain=local_domains[0] if local_domains else "")
+        server.extra["router"] = router
+    return router

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from mailserver.delivery.local import ClientInfo, IncomingMessage
-from mailserver.delivery.router import LOCAL, Router
+from mailserver.delivery.router import LOCAL, router_for
 from mailserver.smtp import codes
 from mailserver.smtp.address import AddressError, MailParams, RcptParams, parse_mailbox
 from mailserver.smtp.codes import Reply
@@ -36,19 +36,6 @@ class SubmitResult:
     delivered_locally: tuple[str, ...]
     queued: tuple[str, ...]
     reply: Reply
-
-
-def router_for(server) -> Router:
-    """The server's shared Router (the same settings the SMTP listeners use)."""
-    router = server.extra.get("router")
-    if router is None:
-        cfg = server.config
-        local_domains = [d.name for d in cfg.domain if d.mode == "local"]
-        router = Router(server.store, separator=cfg.smtp.subaddress_separator, max_depth=cfg.limits.alias_max_depth,
-                        max_targets=cfg.limits.alias_max_targets,
-                        default_domain=local_domains[0] if local_domains else "")
-        server.extra["router"] = router
-    return router
 
 
 def _normalize_crlf(raw: bytes) -> bytes:

@@ -60,11 +60,7 @@ class SmtpFactory(Factory):
         cfg = server.config
         self.session_config = SessionConfig.from_config(cfg, listener, tls_available=server.tls is not None)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp.trusted_networks]
-        local_domains = [d.name for d in cfg.domain if d.mode == "local"]
-        self.router = router_mod.Router(server.store, separator=cfg.smtp.subaddress_separator,
-                                        max_depth=cfg.limits.alias_max_depth,
-                                        max_targets=cfg.limits.alias_max_targets,
-                                        default_domain=local_domains[0] if local_domains else "")
+        self.router = router_mod.router_for(server)
         # Sessions per client IP, shared by every SMTP listener of this server.
         self.per_ip: Counter[str] = server.extra.setdefault("smtp_sessions_per_ip", Counter())
 
@@ -223,8 +219,14 @@ class SmtpProtocol(Protocol, TimeoutMixin):
 
     def _check_rcpt(self, a: CheckRcpt) -> defer.Deferred:
         size = a.envelope.mail_params.size or 0
-        d = run_in(self.server.reactor, self.server.pools.db_read, self.factory.router.route,
-                   a.recipient.mailbox.address, may_relay=self._may_relay(), size=size)
+        router = self.factory.router
+        address, may_relay = a.recipient.mailbox.address, self._may_relay()
+        hit = router.route_cached(address, may_relay=may_relay, size=size)
+        if hit is not None:
+            d = defer.succeed(hit)  # answered from recent lookups: no trip to a database thread
+        else:
+            d = run_in(self.server.reactor, self.server.pools.db_read, router.route, address, may_relay=may_relay,
+                       size=size)
 
         def decide(rr: router_mod.RouteResult) -> RcptResult:
             if rr.error == router_mod.OVER_QUOTA:
