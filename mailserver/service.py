@@ -135,6 +135,7 @@ class MailServer(MultiService):
         self.secret = secrets.token_bytes(32)
         self.extra: dict[str, object] = {}  # per-protocol shared state (e.g. per-IP session counters)
         self.queue_runner = None
+        self.pg_bridge = None
         #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
         self.queue_options: dict[str, object] = {}
         self._stopping = False
@@ -174,6 +175,12 @@ class MailServer(MultiService):
         self.store = open_store(cfg)
         self.pools.start()
         self.astore = AsyncStore(self.reactor, self.store, self.pools, self.hub, max_batch=cfg.store.max_batch)
+        if not is_sqlite(cfg.db_url):
+            # Several processes may share this database: pass change events between them.
+            from storage.pgnotify import PgNotifyBridge
+
+            self.pg_bridge = PgNotifyBridge(self.reactor, self.store.engine, self.hub, self.pools.db_write)
+            self.pg_bridge.start()
         self.auth = self._make_authenticator()
         needs_tls = bool(cfg.listen.items())
         if needs_tls:
@@ -250,6 +257,8 @@ class MailServer(MultiService):
             except Exception:
                 pass
         self.listening = []
+        if self.pg_bridge is not None:
+            self.pg_bridge.stop()
         self.pools.stop()
         if self.store is not None:
             self.store.engine.dispose()
@@ -285,6 +294,8 @@ class MailServer(MultiService):
         while self.astore is not None and self.astore.committer._running and self.reactor.seconds() < deadline:
             yield _sleep(self.reactor, 0.02)
         self.listening = []
+        if self.pg_bridge is not None:
+            self.pg_bridge.stop()
         self.pools.stop()
         if self.store is not None:
             self.store.engine.dispose()
