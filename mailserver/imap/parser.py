@@ -504,7 +504,7 @@ def _section(p: _Parser, *, binary: bool) -> c.Section:
             if not dotted:
                 break
         if tok.peek() != b"]" or (parts and dotted):
-            if binary or not dotted:
+            if not dotted:  # BINARY[1.MIME] etc. accepted as Dovecot does (RFC 9051 allows only parts)
                 raise p.error("invalid section")
             text = tok.read_chars(_SECTION_WORD_CHARS).decode("ascii").upper()
             if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
