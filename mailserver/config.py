@@ -130,6 +130,7 @@ class LimitsConfig:
     pop3_max_line: int = 512
     pop3_max_commands_without_progress: int = 50
     pop3_idle_timeout: float = 600.0
+    pop3_max_sessions_per_ip: int = 20
     # HTTP
     http_max_body: int = 60 * 1024 * 1024
     # Authentication

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import weakref
+from collections import Counter
 
 from twisted.internet import interfaces, protocol
 from twisted.logger import Logger
@@ -182,6 +183,14 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         server = self.factory.server
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
+        per_ip = self.factory.per_ip
+        if per_ip[self.client_ip] >= server.config.limits.pop3_max_sessions_per_ip:
+            # RFC 2449 8.1.2 [SYS/TEMP]: a temporary condition; the client may retry later.
+            self.transport.write(b"-ERR [SYS/TEMP] too many connections from your address\r\n")
+            self.transport.loseConnection()
+            return
+        per_ip[self.client_ip] += 1
+        self._counted = True
         implicit = self.factory.implicit_tls
         auth = server.auth
         plaintext = bool(auth.plaintext_allowed(self.client_ip, False)) if auth is not None else _loopback(
@@ -211,6 +220,11 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.factory.per_ip[self.client_ip] -= 1
+            if self.factory.per_ip[self.client_ip] <= 0:
+                del self.factory.per_ip[self.client_ip]
         if self.sender is not None:
             self.sender.stopProducing()
             self.sender = None
@@ -387,6 +401,8 @@ class Pop3Factory(protocol.Factory):
         self.implicit_tls = listener_name == "pop3s"
         #: Seconds of inactivity before the connection is closed (tests may lower it on the factory).
         self.idle_timeout = server.config.limits.pop3_idle_timeout
+        #: Sessions per client address, shared by the pop3 and pop3s listeners.
+        self.per_ip: Counter[str] = server.extra.setdefault("pop3_sessions_per_ip", Counter())
 
     def buildProtocol(self, addr) -> Pop3Protocol:
         return Pop3Protocol(self)
