@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
 import dns.exception
-import dns.nameserver
 import dns.name
+import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 

@@ -69,7 +69,6 @@ def main(args):
     pg = args.postgres or os.environ.get("MAILSERVER_TEST_DATABASE_URL")
     if pg:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        from tests.harness import fresh_pg_url
 
         runs.append(("postgres", pg))
     try:

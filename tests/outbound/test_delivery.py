@@ -102,7 +102,7 @@ def test_delay_warning_is_sent_once(tmp_path):
         assert ob.inbox() == []
         for n in (2, 3, 4):
             ob.advance(3700)
-            wait_for(lambda: [r for r in _rows(ob) if r.attempts == n])
+            wait_for(lambda n=n: [r for r in _rows(ob) if r.attempts == n])
         reports = wait_for(lambda: ob.inbox())
         assert len(reports) == 1
         msg, _, blocks = _blocks(reports[0])

@@ -13,7 +13,6 @@ from mailserver.dns import DnsResolver
 from storage.queue import QueueStore
 from storage.store import QueueRecipientSpec
 from tests import harness
-from tests.outbound.dnsserver import dns_server
 from tests.outbound.helpers import message, outbound, wait_for
 from tests.outbound.receiver import receiver
 

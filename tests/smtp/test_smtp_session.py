@@ -6,7 +6,7 @@ import pytest
 
 from mailserver.smtp import codes
 from mailserver.smtp.session import Peer, SessionConfig
-from tests.smtp.sansio import CFG, LOOPBACK, REMOTE, SUBMISSION, Driver, b64, transaction
+from tests.smtp.sansio import LOOPBACK, REMOTE, SUBMISSION, Driver, b64, transaction
 
 # ------------------------------------------------------------------------------------------ basics
 
