@@ -49,6 +49,7 @@ from .text import (
     format_address,
     html_to_text,
     parse_addresses,
+    skip_comment,
 )
 
 __all__ = [
@@ -182,20 +183,7 @@ def _skip_cfws(s: str, i: int) -> int:
         if c in " \t\r\n":
             i += 1
         elif c == "(":
-            depth = 0
-            while i < n:
-                c = s[i]
-                if c == "\\":
-                    i += 2
-                    continue
-                if c == "(":
-                    depth += 1
-                elif c == ")":
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
+            i = skip_comment(s, i)
         else:
             break
     return i

@@ -199,6 +199,25 @@ _TOKEN = re.compile(
 _QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
 
+def skip_comment(s: str, i: int) -> int:
+    """Index just past the (nested) comment starting at ``s[i] == "("`` (RFC 5322 3.2.2; quoted-pairs skipped)."""
+    n = len(s)
+    depth = 0
+    while i < n:
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return i
+
+
 def _tokenize(value: str) -> list[tuple[str, str, str]]:
     """Split an address header into (kind, text, raw) tokens; comments are dropped.
 
@@ -226,20 +245,7 @@ def _tokenize(value: str) -> list[tuple[str, str, str]]:
             continue
         c = value[i]
         if c == "(":  # RFC 5322 3.2.2: comments nest and may hold quoted-pairs
-            depth = 0
-            while i < n:
-                c = value[i]
-                if c == "\\":
-                    i += 2
-                    continue
-                if c == "(":
-                    depth += 1
-                elif c == ")":
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
+            i = skip_comment(value, i)
         elif c == "[":
             j = value.find("]", i)
             j = n if j < 0 else j + 1
