@@ -423,8 +423,16 @@ class _FailureLog:
         return len(times)
 
     def exceeded(self, key: str, now: float, in_flight: int = 0) -> bool:
-        """Whether ``key`` reached its limit, counting attempts still being checked as failures."""
-        return self.limit > 0 and self.count(key, now) + in_flight >= self.limit
+        """Whether ``key`` reached its limit.
+
+        Once ``key`` has failed in the window, attempts still being checked count as failures too (parallel
+        connections must not all get a guess verified before the next failure is recorded).  Without a failure
+        they do not: a client opening many connections at once with the right password must not be throttled.
+        """
+        if self.limit <= 0:
+            return False
+        failures = self.count(key, now)
+        return failures >= self.limit or (failures > 0 and failures + in_flight >= self.limit)
 
     def add(self, key: str, now: float) -> None:
         times = self._times.get(key)

@@ -679,18 +679,31 @@ def test_hashing_runs_in_the_thread_pool():
         pool.stop()
 
 
-def test_parallel_attempts_count_against_the_limit():
-    """Attempts still being verified count as failures for the limit: parallel connections cannot all get a
-    guess verified before the first failure is recorded."""
+def test_parallel_attempts_count_against_the_limit_once_a_failure_is_recorded():
+    """After a failure, attempts still being verified count as failures for the limit: parallel connections cannot
+    all get a guess verified before the next failure is recorded."""
+    env = make_env()
+    result, _ = env.login("user0@example.org", "guess", ip="203.0.113.9")
+    assert result.reason == "invalid"
+    held: list[defer.Deferred] = []
+    env.auth._run = lambda f, *args: held.append(defer.Deferred()) or held[-1]
+    # IP limit 8: one recorded failure + 7 attempts under way reach it.
+    pending = [env.auth.authenticate(f"user{i}@example.org", "guess", "203.0.113.9") for i in range(1, 8)]
+    assert len(held) == 7 and not any(d.called for d in pending)
+    result, _ = env.login("alice@example.org", "alice-pw", ip="203.0.113.9")
+    assert result.reason == "throttled" and len(held) == 7
+    for d in held:
+        d.callback(None)
+    env.clock.advance(LIMITS.auth_max_delay * 10)
+    assert all(d.called for d in pending)
+    assert env.auth._ip_in_flight == {} and env.auth._account_in_flight == {}
+
+
+def test_many_parallel_good_logins_are_not_throttled():
+    """A client opening many connections at once with the right password (IDLE per folder, sync tools) all get in."""
     env = make_env()
     held: list[defer.Deferred] = []
     env.auth._run = lambda f, *args: held.append(defer.Deferred()) or held[-1]
-    pending = [env.auth.authenticate(f"user{i}@example.org", "guess", "203.0.113.9") for i in range(8)]
-    assert len(held) == 8 and not any(d.called for d in pending)
-    result, _ = env.login("alice@example.org", "alice-pw", ip="203.0.113.9")
-    assert result.reason == "throttled" and len(held) == 8
-    for d in held:
-        d.callback(None)
-    env.clock.advance(LIMITS.auth_max_delay)
-    assert all(d.called for d in pending)
-    assert env.auth._ip_in_flight == {} and env.auth._account_in_flight == {}
+    pending = [env.auth.authenticate("alice@example.org", "alice-pw", "203.0.113.9") for _ in range(30)]
+    assert len(held) == 30
+    assert env.auth._ip_in_flight["203.0.113.9"] == 30
