@@ -17,12 +17,19 @@ from storage.store import AlreadyExists, Delivery, HasChildren, Invalid, NotFoun
 PARSED = {"subject": "hi", "from_addr": "a@b", "header_size": 10}
 
 
-@pytest.fixture
-def store(tmp_path, database_url):
+@pytest.fixture(params=["files", "database"])
+def store(request, tmp_path, database_url):
+    """A store on SQLite or PostgreSQL, with message bodies in files or in the database."""
     url = database_url or f"sqlite:///{tmp_path}/db.sqlite3"
     engine = make_engine(url)
     migrate.upgrade(engine)
-    s = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
+    if request.param == "files":
+        blobs = FileBlobStore(Path(tmp_path) / "blobs")
+    else:
+        from storage.blobs import DatabaseBlobStore
+
+        blobs = DatabaseBlobStore(engine)
+    s = Store(engine, blobs)
     s.add_domain("example.test")
     yield s
     engine.dispose()
