@@ -67,27 +67,32 @@ def split_flags(flags: Iterable[str]) -> tuple[int, tuple[str, ...], bool]:
 
 
 class RecentTracker:
-    """Per process: the highest UID of each mailbox already given to a session as \\Recent (RFC 3501 2.3.2)."""
+    """Per process: the highest UID of each mailbox already given to a session as \\Recent (RFC 3501 2.3.2).
+
+    Mailboxes are keyed by (id, UIDVALIDITY): a mailbox deleted and created again may get the old row id back, and
+    its messages are new to every session (RFC 3501 2.3.1.1: a new UIDVALIDITY starts a new mailbox)."""
 
     def __init__(self) -> None:
-        self._claimed: dict[int, int] = {}
+        self._claimed: dict[tuple[int, int], int] = {}
 
-    def claim(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+    def claim(self, mailbox_id: int, uid_validity: int, uids: Sequence[int]) -> list[int]:
         """The UIDs among sorted ``uids`` that no session has had as \\Recent yet; they are now claimed."""
-        last = self._claimed.get(mailbox_id, 0)
+        key = (mailbox_id, uid_validity)
+        last = self._claimed.get(key, 0)
         start = bisect.bisect_right(uids, last)
         new = list(uids[start:])
         if new:
-            self._claimed[mailbox_id] = new[-1]
+            if key not in self._claimed:
+                # The mailbox's earlier incarnations are gone for good.
+                for old in [k for k in self._claimed if k[0] == mailbox_id]:
+                    del self._claimed[old]
+            self._claimed[key] = new[-1]
         return new
 
-    def unclaimed_count(self, mailbox_id: int, uids: Sequence[int]) -> int:
+    def unclaimed_count(self, mailbox_id: int, uid_validity: int, uids: Sequence[int]) -> int:
         """How many messages STATUS RECENT would count: not yet claimed by any session."""
-        last = self._claimed.get(mailbox_id, 0)
+        last = self._claimed.get((mailbox_id, uid_validity), 0)
         return len(uids) - bisect.bisect_right(uids, last)
-
-    def forget(self, mailbox_id: int) -> None:
-        self._claimed.pop(mailbox_id, None)
 
 
 UNKNOWN_DATE = float("nan")
@@ -326,7 +331,7 @@ class SelectedMailbox:
             elif c.kind == ch.EXPUNGE:
                 self.deferred_expunges.append(c.uid)
         if recent is not None and new_uids:
-            self.recent.update(recent.claim(self.mailbox_id, self.uids))
+            self.recent.update(recent.claim(self.mailbox_id, self.uid_validity, self.uids))
         expunged: list[int] = []
         if allow_expunge and self.deferred_expunges:
             gone = sorted(set(self.deferred_expunges))

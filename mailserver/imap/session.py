@@ -632,9 +632,10 @@ async def _select(s: ImapSession, cmd: c.Select):
         s.condstore = True  # RFC 7162 3.1.8
     if not s.rev2:
         if cmd.readonly:
-            sel.recent = set(sel.uids[len(sel.uids) - s.recent.unclaimed_count(mailbox.id, sel.uids):])
+            unclaimed = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, sel.uids)
+            sel.recent = set(sel.uids[len(sel.uids) - unclaimed:])
         else:
-            sel.recent = set(s.recent.claim(mailbox.id, sel.uids))
+            sel.recent = set(s.recent.claim(mailbox.id, mailbox.uid_validity, sel.uids))
     out = [sel.flags_response(), r.untagged(b"%d EXISTS" % sel.exists)]
     if not s.rev2:
         out.append(r.untagged(b"%d RECENT" % len(sel.recent)))  # RFC 3501 7.3.2
@@ -769,7 +770,7 @@ async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes
     parts = []
     for item in items:
         if item == "RECENT":
-            value = s.recent.unclaimed_count(mailbox.id, uids)
+            value = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, uids)
             sel = s.selected
             if sel is not None and sel.mailbox_id == mailbox.id:
                 value += len(sel.recent)
