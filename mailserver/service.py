@@ -62,6 +62,8 @@ SHUTDOWN_GRACE = 5.0
 class TrackingFactory(WrappingFactory):
     """Tracks open connections (for a graceful stop) and passes the wrapped factory's ALPN protocols through."""
 
+    noisy = False  # no "Starting factory" log lines
+
     def acceptableProtocols(self):
         inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
         return list(inner.acceptableProtocols()) if inner is not None else []
@@ -231,6 +233,7 @@ class MailServer(MultiService):
         except ImportError as e:
             raise ListenError(f"listen.{name}: protocol module {module_name} is not available ({e})") from None
         factory = getattr(module, func_name)(self, name)
+        factory.noisy = False
         wrapper = TrackingFactory(factory)
         try:
             if name in IMPLICIT_TLS:

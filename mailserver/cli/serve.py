@@ -96,10 +96,20 @@ def first_run_text(cfg, server, demo) -> str:
     if demo:
         lines += ["", f"Log in as {demo[0]} with password {demo[1]}",
                   "  (IMAP/POP3/SMTP submission user name = the address; the TLS certificate is self-signed)"]
-    conf = cfg.source
-    lines += ["", "Add a user:", f"  mailserver --config {conf} user add you@{cfg.domain[0].name if cfg.domain else 'example.test'}",
-              "Stop with Ctrl-C.", ""]
+    conf = os.path.relpath(cfg.source) if cfg.source else "FILE"
+    domain = cfg.domain[0].name if cfg.domain else "example.test"
+    lines += ["", "Add a user:", f"  {command_name()} --config {conf} user add you@{domain}", "Stop with Ctrl-C.", ""]
     return "\n".join(lines)
+
+
+def command_name() -> str:
+    """How the operator can run this command again: "mailserver" when it is on PATH, else its path."""
+    import shutil
+
+    exe = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == "mailserver" else ""
+    if exe and shutil.which("mailserver") and os.path.samefile(shutil.which("mailserver"), exe):
+        return "mailserver"
+    return os.path.relpath(exe) if exe else "mailserver"
 
 
 def cmd_serve(args) -> int:
