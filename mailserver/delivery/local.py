@@ -156,6 +156,7 @@ class _Outcome:
     address: str
     ok: bool
     reply: Reply | None = None
+    rcpt: object = None  # the envelope recipient it came from (for DSN NOTIFY/ORCPT)
 
 
 class IncomingMessage:
@@ -277,7 +278,39 @@ class IncomingMessage:
         else:
             verdict = hooks_mod.Verdict()
         outcomes = await self._deliver(routes, verdict, parsed)
+        if any(o.ok for o in outcomes) and not all(o.ok for o in outcomes):
+            # The 250 will cover every recipient, so the ones that failed are reported to the sender now, before
+            # the reply (RFC 5321 6.1: once accepted, a failure must be reported).
+            await self._report_failures([o for o in outcomes if not o.ok])
         return self._reply(outcomes)
+
+    async def _report_failures(self, failed: list[_Outcome]) -> None:
+        from mailserver.delivery import dsn as dsnlib
+        from mailserver.delivery.reports import send_report
+
+        sender = _path(self.envelope.reverse_path)
+        rows = []
+        for o in failed:
+            params = getattr(o.rcpt, "params", None)
+            notify = ",".join(params.notify) if params else ""
+            if not dsnlib.wants_report(sender, notify, dsnlib.FAILURE):
+                continue
+            reply = o.reply or codes.LOCAL_ERROR
+            rows.append(dsnlib.ReportRecipient(o.address, "failed", reply.enhanced or "5.0.0",
+                                               orcpt=params.orcpt if params else "", last_attempt=time.time(),
+                                               reason=f"{reply.code} {reply.enhanced} {reply.lines[0]}"))
+        if not rows:
+            return
+        blob = self._blobs.get("local") or self._blobs.get("queue")
+        server = self.server
+        head = await server.astore.read_blob(blob.ref.id, 0, dsnlib.HEADER_READ_MAX)
+        raw = dsnlib.build_report(kind=dsnlib.FAILURE, reporting_mta=server.config.hostname, sender=sender,
+                                  recipients=rows, original=dsnlib.split_header(head), original_is_full=False,
+                                  envid=self.envelope.mail_params.envid, arrival=time.time())
+        try:
+            await send_report(server, sender, raw)
+        except Exception:
+            log.failure("failure report to {sender} could not be stored", sender=sender)
 
     def _context(self) -> hooks_mod.MessageContext:
         blob = self._blobs.get("local") or self._blobs.get("queue")
@@ -375,15 +408,15 @@ class IncomingMessage:
                                                  tuple(verdict.keywords), time.time()))
                   for r, _ in local]
             results = await defer.DeferredList(ds, consumeErrors=True)
-            for (r, _), (ok, res) in zip(local, results, strict=True):
+            for (r, rc), (ok, res) in zip(local, results, strict=True):
                 if ok and res.ok:
                     outcomes.append(_Outcome(r.address, True))
                 elif ok and res.error == "overquota":
-                    outcomes.append(_Outcome(r.address, False, quota_reply))
+                    outcomes.append(_Outcome(r.address, False, quota_reply, rc))
                 elif ok and res.error == "nonexistent":
-                    outcomes.append(_Outcome(r.address, False, codes.UNKNOWN_USER))
+                    outcomes.append(_Outcome(r.address, False, codes.UNKNOWN_USER, rc))
                 else:
-                    outcomes.append(_Outcome(r.address, False, codes.LOCAL_ERROR))
+                    outcomes.append(_Outcome(r.address, False, codes.LOCAL_ERROR, rc))
         return outcomes
 
     def _reply(self, outcomes: list[_Outcome]) -> Reply:

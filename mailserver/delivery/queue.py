@@ -49,7 +49,6 @@ from mailserver.delivery.mx import Hop, RouteError, route_domain, route_host
 from mailserver.dns import DnsResolver
 from mailserver.threads import run_in
 from storage.queue import Outcome, QueueStore, WorkItem
-from storage.store import QueueRecipientSpec
 
 log = Logger()
 
@@ -524,41 +523,11 @@ class QueueRunner:
         yield self.send_to(m.sender, raw)
         self.stats[f"report_{kind}"] += 1
 
-    @defer.inlineCallbacks
     def send_to(self, address: str, raw: bytes):
         """Deliver a report to ``address``: locally when it is ours, else queued with the null sender."""
-        from mailserver.ingest import deliver_raw
+        from mailserver.delivery.reports import send_report
 
-        store = self.server.store
-        read = self.server.pools.db_read
-
-        def local_targets():
-            acct = store.get_account(address)
-            if acct is not None:
-                return [acct.id], True
-            domain = address.rpartition("@")[2].lower()
-            dom = store.get_domain(domain)
-            if dom is None or dom.mode != "local":
-                return [], False
-            ids = []
-            for t in store.alias_targets(address.lower()) or store.alias_targets("@" + domain):
-                a = store.get_account(t)
-                if a is not None:
-                    ids.append(a.id)
-            return ids, True
-
-        ids, ours = yield run_in(self.reactor, read, local_targets)
-        if ours:
-            if not ids:
-                log.warn("queue: report for {address} dropped: no such local mailbox", address=address)
-            for account_id in ids:
-                yield deliver_raw(self.server, account_id, raw, check_quota=False)
-            return
-        ref = yield run_in(self.reactor, self.server.pools.blob, store.blobs.put, raw)
-        # RFC 3461 6.2 / RFC 5321 4.5.5: reports go with the null reverse-path (no report about a report).
-        yield self._db(store.enqueue, "", ref, [QueueRecipientSpec(address)], source="bounce",
-                       body_8bit=not raw.isascii())
-        self.kick()
+        return send_report(self.server, address, raw)
 
 
 def _kind(reply: ServerReply) -> str:
