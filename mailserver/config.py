@@ -154,6 +154,9 @@ class SmtpConfig:
     #: Name the authenticated user in the Received header of submitted mail.
     received_show_auth_user: bool = False
     banner: str = ""
+    #: Where mail for postmaster@<protected domain> goes when that domain has no such account or alias
+    #: (RFC 5321 4.5.1 requires every domain to accept "postmaster"); "" = only where one exists.
+    postmaster: str = ""
 
 
 @dataclass(frozen=True)
@@ -388,6 +391,8 @@ def _validate(cfg: Config, source: str) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             err(f"smtp.trusted_networks[{i}]", f"not a network: {net!r}")
+    if cfg.smtp.postmaster and not re.fullmatch(r"[^@\s]+@[^@\s]+", cfg.smtp.postmaster):
+        err("smtp.postmaster", f"not an address: {cfg.smtp.postmaster!r}")
     if len(cfg.smtp.subaddress_separator) > 1:
         err("smtp.subaddress_separator", "must be one character or empty")
     if cfg.limits.smtp_max_command_line < 512:

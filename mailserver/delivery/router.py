@@ -56,7 +56,10 @@ class _Walk:
 
 
 def split_address(address: str) -> tuple[str, str]:
-    local, _, domain = address.rpartition("@")
+    """(local part, lower-case domain); an address without "@" (``<postmaster>``) has no domain."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, ""
     return local, domain.lower().rstrip(".")
 
 
@@ -64,12 +67,13 @@ class Router:
     """Routes recipient addresses using the store (accounts, aliases, domains)."""
 
     def __init__(self, store, *, separator: str = "+", max_depth: int = 10, max_targets: int = 1000,
-                 default_domain: str = ""):
+                 default_domain: str = "", postmaster: str = ""):
         self.store = store
         self.separator = separator
         self.max_depth = max_depth
         self.max_targets = max_targets
         self.default_domain = default_domain
+        self.postmaster = postmaster.lower()
         self._domains: dict[str, tuple[float, object]] = {}
         self._expansions: dict[str, tuple[float, bool, _Walk]] = {}
         self._lock = threading.Lock()
@@ -143,6 +147,10 @@ class Router:
         else:
             walk = _Walk()
             found = self._expand(key, 0, frozenset(), walk)
+            if not found and self.postmaster and local.lower() == "postmaster" and key != self.postmaster:
+                # RFC 5321 4.5.1: every domain accepts "postmaster"; without its own, the configured one gets it.
+                walk = _Walk()
+                found = self._expand(self.postmaster, 0, frozenset(), walk)
             with self._lock:
                 if len(self._expansions) > 50_000:
                     self._expansions.clear()
@@ -236,6 +244,6 @@ def router_for(server) -> Router:
         local_domains = [d.name for d in cfg.domain if d.mode == "local"]
         router = Router(server.store, separator=cfg.smtp.subaddress_separator, max_depth=cfg.limits.alias_max_depth,
                         max_targets=cfg.limits.alias_max_targets,
-                        default_domain=local_domains[0] if local_domains else "")
+                        default_domain=local_domains[0] if local_domains else "", postmaster=cfg.smtp.postmaster)
         server.extra["router"] = router
     return router

@@ -158,7 +158,8 @@ class Unsubscribe(Command):
 class List(Command):
     """RFC 9051 6.3.9 / RFC 5258 LIST-EXTENDED / RFC 5819 LIST-STATUS / RFC 6154 SPECIAL-USE.
 
-    ``reference`` and ``patterns`` are decoded names (patterns keep ``%`` and ``*``); ``selection`` and
+    ``reference`` and ``patterns`` are decoded names (patterns keep ``%`` and ``*``; a pattern that is not modified
+    UTF-7 matches nothing and is left out, so ``patterns`` may be empty); ``selection`` and
     ``return_options`` are upper-cased option names (SUBSCRIBED REMOTE RECURSIVEMATCH SPECIAL-USE /
     SUBSCRIBED CHILDREN SPECIAL-USE STATUS); ``return_status`` holds the STATUS items of RETURN (STATUS (...)).
     ``extended`` is True when the extended syntax (selection options, a pattern list or RETURN) was used.
@@ -177,7 +178,7 @@ class List(Command):
 class Lsub(Command):
     name: ClassVar[str] = "LSUB"
     reference: str
-    pattern: str
+    pattern: str | None  # None: the pattern was not modified UTF-7 and matches nothing
 
 
 @_dc

@@ -97,8 +97,11 @@ def list_entries(mailboxes, patterns: tuple[str, ...] | list[str], *, reference:
         if subscribed_only:
             sub = m is not None and m.subscribed
             if not sub:
-                # RFC 5258 3.5: RECURSIVEMATCH lists a parent whose children are subscribed, with CHILDINFO.
-                if recursive and any(by_name[c].subscribed for c in names if c.startswith(name + SEPARATOR)):
+                # RFC 5258 3 / 3.5: RECURSIVEMATCH lists a parent with CHILDINFO when it has a subscribed
+                # descendant that the patterns do not match (a matched one is listed on its own).
+                prefix = name + SEPARATOR
+                if recursive and any(by_name[c].subscribed and not any(_matches(rx, c) for rx in regexes)
+                                     for c in names if c.startswith(prefix)):
                     entry.childinfo = True
                 else:
                     continue

@@ -76,16 +76,21 @@ class _Parser:
         return self.tok.error(message)
 
     def mailbox(self) -> str:
-        return self._decode_name(self.tok.astring("mailbox name"))
-
-    def list_mailbox(self) -> str:
-        return self._decode_name(self.tok.list_mailbox())
-
-    def _decode_name(self, raw: bytes) -> str:
+        raw = self.tok.astring("mailbox name")
         try:
             return decode_mailbox(raw, utf8=self.utf8)
         except ValueError as e:
-            raise self.error(f"invalid mailbox name: {e}") from None
+            # The syntax is a valid astring: a name that is not modified UTF-7 (RFC 3501 5.1.3) names no mailbox
+            # that can exist, so the command fails with NO rather than BAD (as for any missing mailbox).
+            raise ParseError(self.tag, f"invalid mailbox name: {e}", status="NO") from None
+
+    def list_mailbox(self) -> str | None:
+        """A LIST/LSUB pattern; None when it is not modified UTF-7 (RFC 3501 5.1.3): it then matches no mailbox."""
+        raw = self.tok.list_mailbox()
+        try:
+            return decode_mailbox(raw, utf8=self.utf8)
+        except ValueError:
+            return None
 
     def utf8_text(self, raw: bytes, what: str) -> str:
         try:
@@ -306,8 +311,9 @@ def _list(p: _Parser) -> c.Command:
                 raise p.error(f"unknown LIST selection option {option}")  # RFC 5258 3
             selection.add(option)
         tok.depth -= 1
-        if selection == {"RECURSIVEMATCH"}:
-            raise p.error("RECURSIVEMATCH needs another selection option")  # RFC 5258 3
+        if selection - {"REMOTE"} == {"RECURSIVEMATCH"}:
+            # RFC 5258 3: RECURSIVEMATCH must not occur alone or with REMOTE only.
+            raise p.error("RECURSIVEMATCH needs another selection option")
         tok.sp()
     reference = p.mailbox()
     tok.sp()
@@ -342,7 +348,7 @@ def _list(p: _Parser) -> c.Command:
     if "SPECIAL-USE" in selection:
         returns.add("SPECIAL-USE")  # RFC 6154 5.1: the selection option implies the return option
     return c.List(
-        tag=p.tag, reference=reference, patterns=tuple(patterns), selection=frozenset(selection),
+        tag=p.tag, reference=reference, patterns=tuple(x for x in patterns if x is not None), selection=frozenset(selection),
         return_options=frozenset(returns), return_status=status, extended=extended,
     )
 

@@ -691,7 +691,8 @@ async def _create(s: ImapSession, cmd: c.Create):
         special = canon[uses[0].lower()]
     if cmd.mailbox.rstrip("/") == "INBOX":
         raise No("INBOX exists", "ALREADYEXISTS")  # RFC 9051 6.3.4
-    await s.server.astore.create_mailbox(s.account_id, cmd.mailbox, special)
+    # RFC 9051 6.3.4: CREATE does not subscribe; the parents it creates are not subscribed either.
+    await s.server.astore.create_mailbox(s.account_id, cmd.mailbox, special, subscribed=False)
 
 
 async def _delete(s: ImapSession, cmd: c.Delete):
@@ -741,6 +742,8 @@ async def _list(s: ImapSession, cmd: c.List):
 
 
 async def _lsub(s: ImapSession, cmd: c.Lsub):
+    if cmd.pattern is None:
+        return None
     mailboxes = await s.server.astore.list_mailboxes(s.account_id)
     for e in lsub_entries(mailboxes, cmd.reference, cmd.pattern):
         s.send(_list_line("LSUB", e, s.utf8))

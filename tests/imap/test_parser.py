@@ -320,8 +320,6 @@ BAD = [
     (b"t AUTHENTICATE PLAIN AAAA$", "end of command"),
     (b"t ENABLE", "SP"),
     (b"t SELECT", "SP"),
-    (b"t SELECT \"&Jjo\"", "mailbox name"),
-    (b"t SELECT \"caf\xc3\xa9\"", "mailbox name"),
     (b"t SELECT INBOX ()", "empty"),
     (b"t SELECT INBOX (FOO)", "SELECT parameter"),
     (b"t SELECT INBOX (QRESYNC (0 1))", "non-zero"),
@@ -334,6 +332,7 @@ BAD = [
     (b"t LIST \"\"", "SP"),
     (b"t LIST (FOO) \"\" *", "selection option"),
     (b"t LIST (RECURSIVEMATCH) \"\" *", "RECURSIVEMATCH"),
+    (b"t LIST (RECURSIVEMATCH REMOTE) \"\" *", "RECURSIVEMATCH"),
     (b"t LIST \"\" * RETURN (FOO)", "return option"),
     (b"t LIST \"\" * FOO (CHILDREN)", "RETURN"),
     (b"t LIST \"\" * RETURN (STATUS (FOO))", "STATUS item"),
@@ -426,6 +425,24 @@ def test_bad_commands(raw, message):
         assert e.value.tag == "t"
     else:
         assert e.value.tag == "*"
+
+
+@pytest.mark.parametrize("raw", [b't SELECT "&Jjo"', b't SELECT "caf\xc3\xa9"', b"t CREATE a&'+,-b",
+                                 b"t LIST a&b %"])
+def test_mailbox_name_not_modified_utf7_is_no(raw):
+    """A well-formed astring that is not modified UTF-7 (RFC 3501 5.1.3) names no mailbox: NO, not BAD."""
+    with pytest.raises(ParseError) as e:
+        parse_command(Frame((raw,)))
+    assert e.value.status == "NO" and e.value.tag == "t"
+    assert "mailbox name" in e.value.message
+
+
+def test_list_pattern_not_modified_utf7_matches_nothing():
+    """LIST/LSUB patterns that are not modified UTF-7 are dropped (they match no mailbox), not a syntax error."""
+    assert parse_command(Frame((b"t LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*",))).patterns == ()
+    cmd = parse_command(Frame((b't LIST "" (&Jjo INBOX)',)))
+    assert cmd.patterns == ("INBOX",) and cmd.extended
+    assert parse_command(Frame((b't LSUB "" a&b%',))).pattern is None
 
 
 def test_id_limits_at_the_boundary():

@@ -37,3 +37,19 @@ def test_partial_failure_is_reported_to_the_sender(tmp_path):
         assert b"Final-Recipient: rfc822; bob@example.test" in report and b"Action: failed" in report
         assert b"Status: 4.2.2" in report or b"Status: 5.2.2" in report
         assert b"Message-ID: <partial@remote.test>" in report  # the original header is attached
+
+
+def test_postmaster_of_every_domain_is_accepted(tmp_path):
+    """RFC 5321 4.5.1: postmaster (any case) is accepted for each protected domain, and <postmaster> alone."""
+    with running_server(tmp_path, listeners=("smtp",), domains=("example.test", "other.test"),
+                        smtp={"postmaster": "admin@example.test"}) as srv:
+        srv.add_user("admin@example.test", "pw")
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as c:
+            c.ehlo("mx.remote.test")
+            c.mail("someone@remote.test")
+            assert c.rcpt("PostMaster@other.test")[0] == 250
+            assert c.rcpt("postmaster@example.test")[0] == 250
+            assert c.rcpt("<postmaster>")[0] == 250
+            assert c.rcpt("nobody@other.test")[0] == 550
+            assert c.data(b"Subject: abuse report\r\n\r\nhello\r\n")[0] == 250
+        assert len(_inbox(srv, "admin@example.test")) == 1
