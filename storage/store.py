@@ -585,8 +585,12 @@ class Store:
             row = conn.execute(select(MB).where(MB.c.id == mailbox_id)).first()
         return _mailbox_info(row) if row else None
 
-    def create_mailbox(self, account_id: int, name: str, special_use: str = "") -> Changed:
-        """Create ``name`` and any missing parents (RFC 9051 6.3.4).  ``value`` is the MailboxInfo."""
+    def create_mailbox(self, account_id: int, name: str, special_use: str = "", *,
+                       subscribed: bool = True) -> Changed:
+        """Create ``name`` and any missing parents (RFC 9051 6.3.4).  ``value`` is the MailboxInfo.
+
+        ``subscribed`` applies to the new mailbox and to the parents created with it: IMAP CREATE passes False
+        (RFC 9051 6.3.4 creates, it does not subscribe); webmail and default folders keep the default."""
         name = check_mailbox_name(name)
         changes = []
         with self._tx() as conn:
@@ -600,9 +604,9 @@ class Store:
                 parent = SEPARATOR.join(parts[:i])
                 if not conn.execute(select(MB.c.id).where(MB.c.account_id == account_id,
                                                           MB.c.name == parent)).first():
-                    pid = self._create_mailbox_row(conn, account_id, parent)
+                    pid = self._create_mailbox_row(conn, account_id, parent, subscribed=subscribed)
                     changes.append(Change(ch.MAILBOX_CREATE, account_id, pid, name=parent))
-            mid = self._create_mailbox_row(conn, account_id, name, special_use)
+            mid = self._create_mailbox_row(conn, account_id, name, special_use, subscribed=subscribed)
             changes.append(Change(ch.MAILBOX_CREATE, account_id, mid, name=name))
             row = conn.execute(select(MB).where(MB.c.id == mid)).first()
         return Changed(_mailbox_info(row), changes)

@@ -44,3 +44,55 @@ def test_recreated_mailbox_messages_are_recent_again(srv):
         assert b"RECENT 0" in b"".join(raw.cmd("st", "STATUS again (RECENT)"))
         assert raw.cmd("d", "DELETE again")[-1].startswith(b"d OK")
     raw.close()
+
+
+def test_name_not_modified_utf7_is_no_and_pattern_matches_nothing(srv):
+    """SELECT of a name that is not modified UTF-7 answers NO (not BAD); such a LIST pattern lists nothing, OK."""
+    raw = _raw(srv, new_user(srv))
+    name = "!#$&'+,-.0123456789:;<=>?@^_`|[}"
+    out = raw.cmd("s", f"SELECT {name}")
+    assert out[-1].startswith(b"s NO"), out
+    out = raw.cmd("l", f'LIST "" {name}%*')
+    assert len(out) == 1 and out[0].startswith(b"l OK"), out
+    out = raw.cmd("u", f'LSUB "" {name}%*')
+    assert len(out) == 1 and out[0].startswith(b"u OK"), out
+    assert raw.cmd("n", "NOOP")[-1].startswith(b"n OK")
+    raw.close()
+
+
+def _lines(out: list[bytes]) -> list[bytes]:
+    return [ln.rstrip(b"\r\n") for ln in out[:-1]]
+
+
+def test_create_does_not_subscribe_and_lsub_shows_noselect_parents(srv):
+    """RFC 9051 6.3.4: CREATE (and the parents it makes) leaves subscriptions alone; LSUB "%" shows an unsubscribed
+    parent of a subscribed mailbox as \\Noselect (RFC 3501 6.3.9)."""
+    raw = _raw(srv, new_user(srv))
+    for name in ("t/a", "t/b/", "t/b/x", "t/c/y"):
+        assert raw.cmd("c", f"CREATE {name}")[-1].startswith(b"c OK")
+    assert _lines(raw.cmd("l", 'LSUB "" t*')) == []
+    assert _lines(raw.cmd("l", 'LIST (SUBSCRIBED) "" t*')) == []
+    assert raw.cmd("s", "SUBSCRIBE t/a")[-1].startswith(b"s OK")
+    assert raw.cmd("s", "SUBSCRIBE t/b/x")[-1].startswith(b"s OK")
+    assert _lines(raw.cmd("l", 'LSUB "" t/%')) == [b'* LSUB () "/" "t/a"', b'* LSUB (\\Noselect) "/" "t/b"']
+    out = _lines(raw.cmd("l", 'LIST "" t/% RETURN (SUBSCRIBED)'))
+    assert [ln for ln in out if b"\\Subscribed" in ln] == [b'* LIST (\\HasNoChildren \\Subscribed) "/" "t/a"']
+    raw.close()
+
+
+def test_recursivematch_childinfo_only_for_unmatched_subscribed_children(srv):
+    """RFC 5258 3: with RECURSIVEMATCH a parent gets CHILDINFO only when a subscribed descendant is not matched by
+    the patterns itself."""
+    raw = _raw(srv, new_user(srv))
+    for name in ("r/p/q", "r/s/s"):
+        assert raw.cmd("c", f"CREATE {name}")[-1].startswith(b"c OK")
+        assert raw.cmd("s", f"SUBSCRIBE {name}")[-1].startswith(b"s OK")
+    out = _lines(raw.cmd("l", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" r/%'))
+    assert b'* LIST (\\HasChildren) "/" "r/p" ("CHILDINFO" ("SUBSCRIBED"))' in out
+    assert len(out) == 2 and all(b"CHILDINFO" in ln for ln in out), out
+    out = _lines(raw.cmd("l", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" r*s'))
+    assert out == [b'* LIST (\\HasNoChildren \\Subscribed) "/" "r/s/s"'], out
+    out = _lines(raw.cmd("l", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" (r/p r/p/q)'))
+    assert out == [b'* LIST (\\HasNoChildren \\Subscribed) "/" "r/p/q"'], out
+    assert raw.cmd("b", 'LIST (RECURSIVEMATCH REMOTE) "" ""')[-1].startswith(b"b BAD")
+    raw.close()
