@@ -203,6 +203,16 @@ class ImapSession:
     def qresync(self) -> bool:
         return "QRESYNC" in self.enabled
 
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command ran (RFC 7162 3.1). When a mailbox is already selected, the client has not
+        seen its HIGHESTMODSEQ yet as a CONDSTORE client: it is sent once in an untagged OK (RFC 7162 3.1)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        sel = self.selected
+        if sel is not None:
+            self.send(r.status_line("OK", "highest", f"HIGHESTMODSEQ {sel.highest_modseq}"))
+
     def options(self) -> UpdateOptions:
         return UpdateOptions(condstore=self.condstore or self.qresync, qresync=self.qresync, rev1=not self.rev2)
 
@@ -783,7 +793,7 @@ async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes
             value = values[item]
         parts.append(f"{item} {value}")
     if "HIGHESTMODSEQ" in items:
-        s.condstore = True  # RFC 7162 3.1: STATUS (HIGHESTMODSEQ) is a CONDSTORE-enabling command
+        s.enable_condstore()  # RFC 7162 3.1: STATUS (HIGHESTMODSEQ) is a CONDSTORE-enabling command
     return r.untagged(b"STATUS " + r.mailbox(mailbox.name, utf8=s.utf8) + b" (" + " ".join(parts).encode() + b")")
 
 
@@ -952,7 +962,7 @@ async def _store(s: ImapSession, cmd: c.Store):
     except ValueError as e:
         raise Bad(str(e)) from None
     if cmd.unchanged_since is not None:
-        s.condstore = True  # RFC 7162 3.1: UNCHANGEDSINCE enables CONDSTORE
+        s.enable_condstore()  # RFC 7162 3.1: UNCHANGEDSINCE enables CONDSTORE
     uids = _target_uids(s, cmd.uid, cmd.seq_set)
     if not uids:
         return None
@@ -1057,7 +1067,7 @@ async def _fetch(s: ImapSession, cmd: c.Fetch):
 
     sel = s.selected
     if cmd.changed_since is not None or any(a.name == "MODSEQ" for a in cmd.items):
-        s.condstore = True  # RFC 7162 3.1: CHANGEDSINCE and the MODSEQ item enable CONDSTORE
+        s.enable_condstore()  # RFC 7162 3.1: CHANGEDSINCE and the MODSEQ item enable CONDSTORE
     if cmd.vanished and not (cmd.uid and s.qresync and cmd.changed_since is not None):
         raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")  # RFC 7162 3.2.6
     uids = _target_uids(s, cmd.uid, cmd.seq_set)
@@ -1240,7 +1250,7 @@ async def _search(s: ImapSession, cmd: c.Search):
     sel = s.selected
     with_modseq = S.uses_modseq(cmd.keys)
     if with_modseq:
-        s.condstore = True  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
+        s.enable_condstore()  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
     uids = await _matching_uids(s, cmd.keys)
     if cmd.return_options is None:
         numbers = uids if cmd.uid else [sel.seq_of(u) for u in uids]
@@ -1270,7 +1280,7 @@ async def _sort(s: ImapSession, cmd: c.Sort):
     sel = s.selected
     with_modseq = S.uses_modseq(cmd.keys)
     if with_modseq:
-        s.condstore = True
+        s.enable_condstore()  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
     uids = await _matching_uids(s, cmd.keys)
     infos = [i for i in await _infos(s, uids) if sel.index_of(i.uid) is not None]
     ordered = O.sort_messages(cmd.criteria, infos, seq_of=sel.seq_of)  # RFC 5256 3

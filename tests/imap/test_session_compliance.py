@@ -96,3 +96,19 @@ def test_recursivematch_childinfo_only_for_unmatched_subscribed_children(srv):
     assert out == [b'* LIST (\\HasNoChildren \\Subscribed) "/" "r/p/q"'], out
     assert raw.cmd("b", 'LIST (RECURSIVEMATCH REMOTE) "" ""')[-1].startswith(b"b BAD")
     raw.close()
+
+
+def test_condstore_enabled_while_selected_sends_highestmodseq_once(srv):
+    """RFC 7162 3.1: the first CONDSTORE-enabling command in the selected state (here FETCH MODSEQ) is preceded by an
+    untagged OK [HIGHESTMODSEQ]; later ones are not."""
+    user = new_user(srv)
+    srv.deliver(user, message("one"))
+    raw = _raw(srv, user)
+    sel = b"".join(raw.cmd("s", "SELECT INBOX"))
+    highest = sel.split(b"[HIGHESTMODSEQ ")[1].split(b"]")[0]
+    out = raw.cmd("f", "FETCH 1 (MODSEQ)")
+    assert out[0] == b"* OK [HIGHESTMODSEQ " + highest + b"] highest\r\n", out
+    assert out[1].startswith(b"* 1 FETCH (MODSEQ (") and out[2].startswith(b"f OK"), out
+    out = raw.cmd("g", "FETCH 1 (MODSEQ)")
+    assert len(out) == 2 and b"HIGHESTMODSEQ" not in out[0], out
+    raw.close()

@@ -123,7 +123,8 @@ def test_store_unchangedsince_modified(srv):
     user = _mailbox(srv, 2)
     raw = _raw(srv, user)
     out = raw.cmd("a", "FETCH 1:2 (MODSEQ)")
-    m1 = int(re.search(rb"MODSEQ \((\d+)\)", out[0]).group(1))
+    assert out[0].startswith(b"* OK [HIGHESTMODSEQ ")  # RFC 7162 3.1: CONDSTORE enabled while selected
+    m1 = int(re.search(rb"MODSEQ \((\d+)\)", out[1]).group(1))
     raw.cmd("b", "STORE 2 +FLAGS.SILENT (\\Answered)")
     out = raw.cmd("c", f"STORE 1:2 (UNCHANGEDSINCE {m1}) +FLAGS (\\Flagged)")
     assert out[-1].startswith(b"c OK [MODIFIED 2]")
@@ -190,7 +191,8 @@ def test_search_and_esearch(srv):
     assert raw.cmd("i", "SEARCH CHARSET UTF-8 TEXT world")[0].startswith(b"* SEARCH")
     assert raw.cmd("j", "SEARCH CHARSET KOI8-R ALL")[-1].startswith(b"j NO [BADCHARSET")
     out = raw.cmd("k", "SEARCH MODSEQ 1")
-    assert re.match(rb"\* SEARCH 1 2 3 4 5 \(MODSEQ \d+\)", out[0])
+    assert out[0].startswith(b"* OK [HIGHESTMODSEQ ")  # RFC 7162 3.1: CONDSTORE enabled while selected
+    assert re.match(rb"\* SEARCH 1 2 3 4 5 \(MODSEQ \d+\)", out[1])
     raw.close()
 
 
