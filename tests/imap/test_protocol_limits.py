@@ -99,17 +99,26 @@ def test_commands_without_progress_end_the_session(srv):
 def test_sessions_per_ip_limit(srv):
     """One connection past imap_max_sessions_per_ip gets * BYE and is closed."""
     factory = _factory(srv)
+    # Connections of earlier tests may still be closing: wait until the count is settled.
+    deadline = time.time() + 10
+    while factory.sessions.get("127.0.0.1", 0) and time.time() < deadline:
+        time.sleep(0.02)
     before = factory.sessions.get("127.0.0.1", 0)
-    conns = [Raw(srv.port("imap")) for _ in range(30 - before)]
-    sock = Raw.__new__(Raw)
-    import socket
+    conns = []
+    try:
+        conns = [Raw(srv.port("imap")) for _ in range(30 - before)]
+        sock = Raw.__new__(Raw)
+        import socket
 
-    sock.sock = socket.create_connection(("127.0.0.1", srv.port("imap")), timeout=5)
-    sock.buf = b""
-    assert sock.line().startswith(b"* BYE")
-    assert sock.closed()
-    for c in conns:
-        c.close()
+        sock.sock = socket.create_connection(("127.0.0.1", srv.port("imap")), timeout=5)
+        sock.buf = b""
+        assert sock.line().startswith(b"* BYE")
+        assert sock.closed()
+    finally:
+        for c in conns:
+            c.close()
+        while factory.sessions.get("127.0.0.1", 0) and time.time() < deadline + 10:
+            time.sleep(0.02)
 
 
 def test_autologout(srv):
