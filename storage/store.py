@@ -21,7 +21,7 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
@@ -137,9 +137,8 @@ class MailboxInfo:
     keywords: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class MessageMeta:
-    """What a SELECT needs per message: cheap to load for 100,000 messages."""
+class MessageMeta(NamedTuple):
+    """What a SELECT needs per message: cheap to load for 100,000 messages (a tuple, so building one is cheap)."""
 
     uid: int
     modseq: int
@@ -331,6 +330,11 @@ _SQL_BLOB_UPSERT = text(
     "INSERT INTO blobs (id, size, refcount, data, created) VALUES (:id, :size, :n, NULL, :now) "
     "ON CONFLICT (id) DO UPDATE SET refcount = blobs.refcount + excluded.refcount, created = excluded.created")
 _SQL_ACCOUNT_USED = text("UPDATE accounts SET used_bytes = used_bytes + :size WHERE id = :id")
+
+_SQL_LIST_MESSAGES = {
+    True: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = ? ORDER BY uid",
+    False: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = %s ORDER BY uid",
+}
 
 M = Message.__table__
 MB = Mailbox.__table__
@@ -705,10 +709,11 @@ class Store:
 
     def list_messages(self, mailbox_id: int) -> list[MessageMeta]:
         """Every message of the mailbox in UID order (what SELECT needs)."""
-        q = select(M.c.uid, M.c.modseq, M.c.flags, M.c.keywords, M.c.size, M.c.internal_date).where(
-            M.c.mailbox_id == mailbox_id).order_by(M.c.uid)
         with self._read() as conn:
-            return [MessageMeta(r[0], r[1], r[2], split_keywords(r[3]), r[4], r[5]) for r in conn.execute(q)]
+            # Driver-level fetch: for 100,000 rows SQLAlchemy's per-row processing costs more than the query.
+            rows = conn.exec_driver_sql(_SQL_LIST_MESSAGES[self.sqlite], (mailbox_id,)).fetchall()
+        empty: tuple[str, ...] = ()
+        return [MessageMeta(u, ms, f, tuple(k.split()) if k else empty, sz, d) for u, ms, f, k, sz, d in rows]
 
     def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
         """Full metadata of the given UIDs (missing ones are left out), in UID order."""
