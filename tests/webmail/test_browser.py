@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import imaplib
 import re
+import smtplib
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -63,7 +65,7 @@ def _login(page, base: str, user: str = ALICE) -> None:
 def test_webmail_in_chromium(tmp_path):
     """Sign in, read plain/HTML/hostile mail, compose with attachments, reply, forward, drafts, move/delete/flag,
     search, a live delivery, settings, sign-out: all in Chromium, with screenshots of the main views."""
-    with running_server(tmp_path, listeners=("https",)) as srv:
+    with running_server(tmp_path, listeners=("https", "smtp", "imap")) as srv:
         alice = srv.add_user(ALICE, PW, display_name="Alice Example")
         srv.add_user(BOB, PW)
         srv.deliver(ALICE, HTML)
@@ -148,10 +150,17 @@ def test_webmail_in_chromium(tmp_path):
             page.wait_for_url(re.compile(r"notice=sent"))
             sent = srv.store.get_mailbox(alice.id, "Sent")
             assert sent.message_count == 1
+            # Read back over IMAP, byte-correct (what Bob's mail program sees).
+            with imaplib.IMAP4("127.0.0.1", srv.port("imap")) as im:
+                im.login(BOB, PW)
+                im.select("INBOX", readonly=True)
+                typ, data = im.uid("FETCH", "1", "(RFC822.SIZE BODY.PEEK[])")
+                assert typ == "OK"
+                raw = data[0][1]
+                assert f"RFC822.SIZE {len(raw)}".encode() in data[0][0]
             bob = srv.store.get_account(BOB)
             bob_inbox = srv.store.get_mailbox(bob.id, "INBOX")
-            got = srv.store.get_messages(bob_inbox.id, [1])[0]
-            raw = srv.store.blobs.read(got.blob_id)
+            assert raw == srv.store.blobs.read(srv.store.get_messages(bob_inbox.id, [1])[0].blob_id)
             msg = email.message_from_bytes(raw, policy=email.policy.default)
             assert msg["Subject"] == "Straße report"
             assert msg["From"].addresses[0].addr_spec == ALICE
@@ -165,8 +174,10 @@ def test_webmail_in_chromium(tmp_path):
             page.goto(base + f"/m/{inbox.id}")
             expect(page.locator("#message-list tr.msg")).to_have_count(4)
             page.wait_for_timeout(500)
-            srv.deliver(ALICE, b"From: Live <live@example.org>\r\nTo: alice@example.test\r\nSubject: Live one\r\n"
-                               b"Message-ID: <live-1@example.org>\r\n\r\nlive\r\n")
+            with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as mx:  # a real SMTP delivery from outside
+                mx.sendmail("live@example.org", [ALICE],
+                            b"From: Live <live@example.org>\r\nTo: alice@example.test\r\nSubject: Live one\r\n"
+                            b"Message-ID: <live-1@example.org>\r\n\r\nlive\r\n")
             expect(page.locator("#message-list tr.msg").first).to_contain_text("Live one", timeout=10000)
             expect(page.locator(f'#folders a[data-mailbox="{inbox.id}"] .count')).to_have_text("2")
             _shot(page, "07-live")
