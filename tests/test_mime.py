@@ -857,7 +857,7 @@ def test_base_subject(subject, base):
         ("=?utf-8?q?J=C3=B6rg?= <j@example.de>", [("Jörg", "j@example.de")]),
         ("team: a@x.org, b@x.org;, c@x.org", [("", "a@x.org"), ("", "b@x.org"), ("", "c@x.org")]),
         ("undisclosed-recipients:;", []),
-        ("j@example.com (Joe Bloggs)", [("", "j@example.com")]),
+        ("j@example.com (Joe Bloggs)", [("Joe Bloggs", "j@example.com")]),  # old form: the comment names the person
         ('"quoted local"@example.com', [("", '"quoted local"@example.com')]),
         ("<broken@example.com", [("", "broken@example.com")]),
         ("user", [("", "user")]),
@@ -916,3 +916,14 @@ def test_extract_text_accepts_a_stored_bodystructure():
     raw = load("nested_rfc822.eml")
     bs = json.loads(parse_message(raw).to_json()["bodystructure"])
     assert extract_text(raw, bodystructure=bs) == extract_text(raw)
+
+
+def test_envelope_takes_the_name_from_a_trailing_comment():
+    """"From: user@domain (Real Name)" gives ENVELOPE name "Real Name" (as Dovecot does; imaptest fetch-envelope)."""
+    from mailserver.mime import parse_message
+    from mailserver.mime.imapformat import render_envelope
+
+    raw = b"From: user@domain (Real Name)\r\nTo: a@b (x (nested) y), c@d\r\nSubject: s\r\n\r\nbody\r\n"
+    env = render_envelope(parse_message(raw).envelope)
+    assert b'(("Real Name" NIL "user" "domain"))' in env
+    assert b'(("x (nested) y" NIL "a" "b")(NIL NIL "c" "d"))' in env

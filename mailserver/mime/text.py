@@ -219,9 +219,10 @@ def skip_comment(s: str, i: int) -> int:
 
 
 def _tokenize(value: str) -> list[tuple[str, str, str]]:
-    """Split an address header into (kind, text, raw) tokens; comments are dropped.
+    """Split an address header into (kind, text, raw) tokens.
 
-    kind is "atom", "quoted", "literal" (domain literal) or the special character itself.
+    kind is "atom", "quoted", "literal" (domain literal), "comment" (text without the parentheses) or the
+    special character itself.
     For "quoted", text is the unescaped content and raw the original with quotes.
     """
     tokens: list[tuple[str, str, str]] = []
@@ -245,7 +246,10 @@ def _tokenize(value: str) -> list[tuple[str, str, str]]:
             continue
         c = value[i]
         if c == "(":  # RFC 5322 3.2.2: comments nest and may hold quoted-pairs
-            i = skip_comment(value, i)
+            j = skip_comment(value, i)
+            inner = value[i + 1:j - 1] if value[j - 1:j] == ")" else value[i + 1:j]
+            tokens.append(("comment", _QUOTED_PAIR.sub(r"\1", inner).strip(), value[i:j]))
+            i = j
         elif c == "[":
             j = value.find("]", i)
             j = n if j < 0 else j + 1
@@ -284,12 +288,18 @@ def _mailbox(tokens: list[tuple[str, str, str]]) -> list | None:
     """One RFC 5322 mailbox as an IMAP address [name, adl, mailbox, host]."""
     if not tokens:
         return None
+    comments = [t[1] for t in tokens if t[0] == "comment"]
+    tokens = [t for t in tokens if t[0] != "comment"]
+    if not tokens:
+        return None
     lt = next((i for i, t in enumerate(tokens) if t[0] == "<"), None)
     if lt is None:
         local, domain = _addr_spec(tokens)
         if not local and not domain:
             return None
-        return [None, None, local, domain]
+        # "user@host (Real Name)": the old form names the person in a comment; use it as the display name.
+        name = next((c for c in reversed(comments) if c), None)
+        return [name, None, local, domain]
     name = _phrase(tokens[:lt]) or None
     inner = tokens[lt + 1 :]
     gt = next((i for i, t in enumerate(inner) if t[0] == ">"), None)
