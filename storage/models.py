@@ -95,6 +95,16 @@ class Mailbox(Base):
     total_size: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class Subscription(Base):
+    """Subscribed mailbox names (RFC 9051 6.3.7): kept when the mailbox is deleted, moved when it is renamed."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(1000))
+
+
 class Blob(Base):
     """A message body, byte-exact as received, stored once per content (sha256)."""
 

@@ -42,6 +42,7 @@ from storage.models import (
     Message,
     QueuedMessage,
     QueueRecipient,
+    Subscription,
 )
 
 DEFAULT_MAILBOXES = (
@@ -336,6 +337,7 @@ _SQL_LIST_MESSAGES = {
     False: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = %s ORDER BY uid",
 }
 
+SUB = Subscription.__table__
 M = Message.__table__
 MB = Mailbox.__table__
 A = Account.__table__
@@ -565,9 +567,18 @@ class Store:
         conn.execute(update(A).where(A.c.id == account_id).values(uid_validity_seq=value))
         return value
 
+    def _subscribe(self, conn: Connection, account_id: int, name: str) -> None:
+        if conn.execute(select(SUB.c.id).where(SUB.c.account_id == account_id, SUB.c.name == name)).first() is None:
+            conn.execute(insert(SUB).values(account_id=account_id, name=name))
+
     def _create_mailbox_row(self, conn: Connection, account_id: int, name: str, special_use: str = "",
                             subscribed: bool = True) -> int:
         uv = self._next_uid_validity(conn, account_id)
+        if subscribed:
+            self._subscribe(conn, account_id, name)
+        else:  # a name subscribed before (and deleted since) is still subscribed
+            subscribed = conn.execute(select(SUB.c.id).where(SUB.c.account_id == account_id,
+                                                             SUB.c.name == name)).first() is not None
         return conn.execute(insert(MB).values(account_id=account_id, name=name, special_use=special_use,
                                               subscribed=subscribed, uid_validity=uv, uid_next=1, highest_modseq=1,
                                               keywords="", message_count=0, unseen_count=0,
@@ -688,22 +699,39 @@ class Store:
                 if conn.execute(select(MB.c.id).where(MB.c.account_id == account_id, MB.c.name == target)).first():
                     raise AlreadyExists(f"mailbox {target} exists")
             conn.execute(update(MB).where(MB.c.id == src.id).values(name=new))
+            self._move_subscription(conn, account_id, old, new)
             changes.append(Change(ch.MAILBOX_RENAME, account_id, src.id, name=new, old_name=old))
             for cid, cname in children:
                 target = new + cname[len(old):]
                 conn.execute(update(MB).where(MB.c.id == cid).values(name=target))
+                self._move_subscription(conn, account_id, cname, target)
                 changes.append(Change(ch.MAILBOX_RENAME, account_id, cid, name=target, old_name=cname))
         return Changed(None, changes)
 
+    def _move_subscription(self, conn: Connection, account_id: int, old: str, new: str) -> None:
+        if conn.execute(select(SUB.c.id).where(SUB.c.account_id == account_id, SUB.c.name == old)).first():
+            conn.execute(delete(SUB).where(SUB.c.account_id == account_id, SUB.c.name == new))
+            conn.execute(update(SUB).where(SUB.c.account_id == account_id, SUB.c.name == old).values(name=new))
+
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> Changed:
-        name = normalize_mailbox_name(name)
+        """SUBSCRIBE / UNSUBSCRIBE ``name``; the mailbox need not exist (RFC 9051 6.3.7)."""
+        name = check_mailbox_name(name)
         with self._tx() as conn:
+            if subscribed:
+                self._subscribe(conn, account_id, name)
+            else:
+                conn.execute(delete(SUB).where(SUB.c.account_id == account_id, SUB.c.name == name))
             row = conn.execute(select(MB.c.id).where(MB.c.account_id == account_id, MB.c.name == name)).first()
-            if row is None:
-                raise NotFound(f"no mailbox {name}")
-            conn.execute(update(MB).where(MB.c.id == row.id).values(subscribed=subscribed))
-        return Changed(None, [Change(ch.MAILBOX_SUBSCRIBE, account_id, row.id, name=name,
+            if row is not None:
+                conn.execute(update(MB).where(MB.c.id == row.id).values(subscribed=subscribed))
+        return Changed(None, [Change(ch.MAILBOX_SUBSCRIBE, account_id, row.id if row else 0, name=name,
                                      flags=1 if subscribed else 0)])
+
+    def list_subscriptions(self, account_id: int) -> list[str]:
+        """Every subscribed name, whether or not its mailbox exists."""
+        with self._read() as conn:
+            return [r.name for r in conn.execute(select(SUB.c.name).where(SUB.c.account_id == account_id)
+                                                 .order_by(SUB.c.name))]
 
     # ----------------------------------------------------------------------------------------- messages: reads
 

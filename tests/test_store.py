@@ -243,3 +243,20 @@ def test_enqueue_keeps_blob(store):
     qid = store.enqueue("a@example.test", ref, [QueueRecipientSpec("b@remote.test", notify="FAILURE")])
     assert qid > 0
     assert store.collect_blobs(grace=0) == 0
+
+
+def test_subscriptions_outlive_deletion_and_follow_renames(store):
+    a = store.add_account("a@example.test", "x")
+    store.create_mailbox(a.id, "Lists/One", subscribed=False)
+    store.set_subscribed(a.id, "Lists/One", True)
+    store.set_subscribed(a.id, "Never/Created", True)
+    store.rename_mailbox(a.id, "Lists", "Groups")
+    subs = store.list_subscriptions(a.id)
+    assert "Groups/One" in subs and "Lists/One" not in subs and "Never/Created" in subs
+    store.delete_mailbox(a.id, "Groups/One")
+    assert "Groups/One" in store.list_subscriptions(a.id)  # RFC 9051 6.3.7
+    again = store.create_mailbox(a.id, "Groups/One", subscribed=False).value
+    assert again.subscribed
+    store.set_subscribed(a.id, "Groups/One", False)
+    assert "Groups/One" not in store.list_subscriptions(a.id)
+    assert not store.get_mailbox(a.id, "Groups/One").subscribed

@@ -71,15 +71,17 @@ def _children(names: set[str], name: str) -> bool:
 
 
 def list_entries(mailboxes, patterns: tuple[str, ...] | list[str], *, reference: str = "",
-                 selection: frozenset[str] = frozenset(), return_options: frozenset[str] = frozenset()
-                 ) -> list[ListEntry]:
+                 selection: frozenset[str] = frozenset(), return_options: frozenset[str] = frozenset(),
+                 subscriptions: set[str] | None = None) -> list[ListEntry]:
+    """``subscriptions``: every subscribed name (the mailbox may no longer exist); default: the mailboxes' flags."""
     regexes = [pattern_regex(_norm(canonical_pattern(reference, p))) for p in patterns]
     by_name = {m.name: m for m in mailboxes}
-    names = set(by_name)
+    subs = subscriptions if subscriptions is not None else {m.name for m in mailboxes if m.subscribed}
     subscribed_only = "SUBSCRIBED" in selection
     special_only = "SPECIAL-USE" in selection
     recursive = "RECURSIVEMATCH" in selection
     want_subscribed = subscribed_only or "SUBSCRIBED" in return_options
+    names = set(by_name) | (subs if subscribed_only else set())
     # Every level of every mailbox: a level without a row is a \Noselect (or \NonExistent) placeholder.
     all_names = set(names)
     for n in names:
@@ -95,12 +97,12 @@ def list_entries(mailboxes, patterns: tuple[str, ...] | list[str], *, reference:
         if m is None:
             entry.selectable = False
         if subscribed_only:
-            sub = m is not None and m.subscribed
+            sub = name in subs
             if not sub:
                 # RFC 5258 3 / 3.5: RECURSIVEMATCH lists a parent with CHILDINFO when it has a subscribed
                 # descendant that the patterns do not match (a matched one is listed on its own).
                 prefix = name + SEPARATOR
-                if recursive and any(by_name[c].subscribed and not any(_matches(rx, c) for rx in regexes)
+                if recursive and any(c in subs and not any(_matches(rx, c) for rx in regexes)
                                      for c in names if c.startswith(prefix)):
                     entry.childinfo = True
                 else:
@@ -112,7 +114,7 @@ def list_entries(mailboxes, patterns: tuple[str, ...] | list[str], *, reference:
             attrs.append("\\NonExistent" if subscribed_only else "\\Noselect")
         # RFC 3348 / RFC 5258 CHILDREN: always told, it is cheap here.
         attrs.append("\\HasChildren" if _children(all_names, name) else "\\HasNoChildren")
-        if want_subscribed and m is not None and m.subscribed:
+        if want_subscribed and name in subs:
             attrs.append("\\Subscribed")
         if m is not None and m.special_use:
             # RFC 6154 2: special-use attributes are returned in LIST responses.
@@ -121,10 +123,13 @@ def list_entries(mailboxes, patterns: tuple[str, ...] | list[str], *, reference:
     return out
 
 
-def lsub_entries(mailboxes, reference: str, pattern: str) -> list[ListEntry]:
+def lsub_entries(mailboxes, reference: str, pattern: str, subscriptions: set[str] | None = None
+                 ) -> list[ListEntry]:
     """RFC 3501 6.3.9: subscribed names matching; a non-subscribed parent hidden by "%" is \\Noselect."""
     rx = pattern_regex(_norm(canonical_pattern(reference, pattern)))
-    subscribed = sorted(m.name for m in mailboxes if m.subscribed)
+    if subscriptions is None:
+        subscriptions = {m.name for m in mailboxes if m.subscribed}
+    subscribed = sorted(subscriptions)
     out: dict[str, ListEntry] = {}
     for name in subscribed:
         if _matches(rx, name):

@@ -741,8 +741,11 @@ async def _list(s: ImapSession, cmd: c.List):
         s.send(r.untagged('LIST (\\Noselect) "/" ""'))
         return None
     mailboxes = await s.server.astore.list_mailboxes(s.account_id)
+    subs = None
+    if "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.return_options:
+        subs = set(await s.server.astore.list_subscriptions(s.account_id))
     entries = list_entries(mailboxes, cmd.patterns, reference=cmd.reference, selection=cmd.selection,
-                           return_options=cmd.return_options)
+                           return_options=cmd.return_options, subscriptions=subs)
     by_name = {m.name: m for m in mailboxes}
     for e in entries:
         s.send(_list_line("LIST", e, s.utf8))
@@ -755,7 +758,8 @@ async def _lsub(s: ImapSession, cmd: c.Lsub):
     if cmd.pattern is None:
         return None
     mailboxes = await s.server.astore.list_mailboxes(s.account_id)
-    for e in lsub_entries(mailboxes, cmd.reference, cmd.pattern):
+    subs = set(await s.server.astore.list_subscriptions(s.account_id))
+    for e in lsub_entries(mailboxes, cmd.reference, cmd.pattern, subs):
         s.send(_list_line("LSUB", e, s.utf8))
 
 

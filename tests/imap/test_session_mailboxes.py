@@ -117,7 +117,18 @@ def test_subscribe_lsub_and_list_subscribed(srv):
     assert b'"Lists" ("CHILDINFO" ("SUBSCRIBED"))' in out
     out = b"".join(raw.cmd("h", 'LIST "" "*" RETURN (SUBSCRIBED CHILDREN)'))
     assert b'\\Subscribed) "/" "Lists/One"' in out
-    assert raw.cmd("i", "SUBSCRIBE Missing")[-1].startswith(b"i NO")
+    # RFC 9051 6.3.7: a subscription outlives its mailbox, and a name may be subscribed before it exists.
+    assert raw.cmd("i", "SUBSCRIBE Missing")[-1].startswith(b"i OK")
+    raw.cmd("j", "CREATE Gone")
+    raw.cmd("k", "SUBSCRIBE Gone")
+    assert raw.cmd("l", "DELETE Gone")[-1].startswith(b"l OK")
+    out = b"".join(raw.cmd("m", 'LIST (SUBSCRIBED) "" "*"'))
+    assert b'* LIST (\\NonExistent \\HasNoChildren \\Subscribed) "/" "Gone"' in out
+    assert b'* LIST (\\NonExistent \\HasNoChildren \\Subscribed) "/" "Missing"' in out
+    assert b'"Gone"' not in b"".join(raw.cmd("n", 'LIST "" "*"'))
+    raw.cmd("o", "CREATE Gone")  # re-created: still subscribed
+    out = b"".join(raw.cmd("p", 'LIST "" "Gone" RETURN (SUBSCRIBED)'))
+    assert b'\\Subscribed) "/" "Gone"' in out
     raw.close()
 
 
