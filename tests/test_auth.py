@@ -702,8 +702,18 @@ def test_parallel_attempts_count_against_the_limit_once_a_failure_is_recorded():
 def test_many_parallel_good_logins_are_not_throttled():
     """A client opening many connections at once with the right password (IDLE per folder, sync tools) all get in."""
     env = make_env()
-    held: list[defer.Deferred] = []
-    env.auth._run = lambda f, *args: held.append(defer.Deferred()) or held[-1]
+    held: list[tuple[defer.Deferred, object, tuple]] = []
+
+    def hold(f, *args):
+        d = defer.Deferred()
+        held.append((d, f, args))
+        return d
+
+    env.auth._run = hold
     pending = [env.auth.authenticate("alice@example.org", "alice-pw", "203.0.113.9") for _ in range(30)]
-    assert len(held) == 30
-    assert env.auth._ip_in_flight["203.0.113.9"] == 30
+    assert len(held) == 30 and env.auth._ip_in_flight["203.0.113.9"] == 30
+    for d, f, args in held:  # now let every verification finish
+        d.callback(f(*args))
+    env.clock.advance(LIMITS.auth_max_delay * 10)
+    results = [d.result for d in pending]
+    assert all(r.ok for r in results), {r.reason for r in results}
