@@ -31,7 +31,8 @@ PW = "bench password"
 
 
 def fill(store, account_id: int, mailbox: str, n: int) -> None:
-    """n messages sharing one body (stored once), with distinct subjects and dates, in batches of 2,000."""
+    """n messages sharing one body (stored once), with distinct subjects, dates and Message-IDs (one conversation
+    each), in batches of 2,000."""
     raw = (b"From: Sender <sender@example.org>\r\nTo: bench@example.test\r\nSubject: bench\r\n"
            b"Message-ID: <bench@example.org>\r\n\r\n" + b"Lorem ipsum dolor sit amet.\r\n" * 40)
     ref = store.blobs.put(raw)
@@ -41,7 +42,7 @@ def fill(store, account_id: int, mailbox: str, n: int) -> None:
     while done < n:
         batch = []
         for i in range(done, min(n, done + 2000)):
-            p = dict(base, subject=f"Message number {i}", preview=f"preview {i}")
+            p = dict(base, subject=f"Message number {i}", preview=f"preview {i}", message_id=f"<bench-{i}@example.org>")
             batch.append(Delivery(account_id, ref, p, mailbox, 0, (), now + i, False))
         store.deliver_batch(batch)
         done += len(batch)
