@@ -160,6 +160,26 @@ class SelectedMailbox:
         sel.told_exists = len(sel.uids)
         return sel
 
+    @classmethod
+    def from_snapshot(cls, mailbox, snap, *, readonly: bool) -> "SelectedMailbox":
+        """From a ``MailboxInfo`` and a :class:`~mailserver.imap.snapshot.Snapshot` (arrays are copied)."""
+        sel = cls(mailbox.id, mailbox.name, readonly, mailbox.uid_validity, mailbox.uid_next,
+                  max(mailbox.highest_modseq, max(snap.modseqs, default=0)))
+        sel.uids = array("I", snap.uids)
+        sel.flags = array("B", snap.flags)
+        sel.modseqs = array("Q", snap.modseqs)
+        sel.sizes = array("Q", snap.sizes)
+        sel.dates = array("d", snap.dates)
+        sel.keywords = dict(snap.keywords)
+        kw = dict.fromkeys(mailbox.keywords)
+        for k in snap.keywords.values():
+            kw.update(dict.fromkeys(k))
+        if sel.uids and sel.uids[-1] >= sel.uid_next:
+            sel.uid_next = sel.uids[-1] + 1
+        sel.mailbox_keywords = list(kw)
+        sel.told_exists = len(sel.uids)
+        return sel
+
     # -- lookups ----------------------------------------------------------------------------------------------
     @property
     def exists(self) -> int:

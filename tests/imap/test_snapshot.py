@@ -1,0 +1,75 @@
+"""The per-process mailbox snapshot: a later SELECT loads only what changed, and sees exactly the same state."""
+
+from __future__ import annotations
+
+from mailserver.imap.snapshot import MIN_CACHED_MESSAGES, Snapshot, SnapshotCache
+from storage.store import MessageMeta
+from tests.imap.imap_client import login, message, new_user
+
+
+def _metas(uids, flags=0, modseq=1):
+    return [MessageMeta(u, modseq, flags, (), 100 + u, 1000.0 + u) for u in uids]
+
+
+def test_apply_is_idempotent_and_ignores_older_states():
+    snap = Snapshot.from_messages(7, 10, _metas([1, 2, 3, 5], modseq=5))
+    changed = [MessageMeta(2, 12, 1, ("$x",), 102, 1002.0), MessageMeta(6, 11, 0, (), 106, 1006.0)]
+    snap.apply(changed, [3], 12)
+    snap.apply(changed, [3], 12)  # the same changes again: no effect
+    assert list(snap.uids) == [1, 2, 5, 6] and list(snap.flags) == [0, 1, 0, 0]
+    assert snap.keywords == {2: ("$x",)} and snap.modseq == 12
+    snap.apply([MessageMeta(2, 11, 0, (), 102, 1002.0)], [], 12)  # older than what is there
+    assert snap.flags[1] == 1
+
+
+def test_cache_keeps_only_large_mailboxes_and_is_bounded():
+    cache = SnapshotCache(max_snapshots=2)
+    cache.put(1, Snapshot.from_messages(1, 1, _metas(range(1, 10))))
+    assert cache.get(1, 1) is None  # small: listed again each time
+    big = range(1, MIN_CACHED_MESSAGES + 1)
+    for mid in (1, 2, 3):
+        cache.put(mid, Snapshot.from_messages(1, 1, _metas(big)))
+    assert cache.get(1, 1) is None and cache.get(3, 1) is not None
+    assert cache.get(3, 2) is None  # another UIDVALIDITY never matches
+
+
+def test_second_select_sees_changes_made_in_between(tmp_path):
+    from tests.harness import running_server
+
+    with running_server(tmp_path, listeners=("imap",)) as srv:
+        user = new_user(srv)
+        acct = srv.store.get_account(user)
+        inbox = srv.store.get_mailbox(acct.id, "INBOX")
+        # A mailbox large enough to be cached, filled through the store.
+        from mailserver.ingest import parsed_columns
+        from storage.store import Delivery
+
+        raw = message("bulk")
+        ref = srv.store.blobs.put(raw)
+        parsed = parsed_columns(raw)
+        srv.store.deliver_batch([Delivery(acct.id, ref, parsed) for _ in range(MIN_CACHED_MESSAGES + 10)])
+        c = login(srv, user)
+        typ, data = c.select("INBOX")
+        n = int(data[0])
+        c.logout()
+        # Changes while nobody has it selected: a flag, an expunge, a new message.
+        from storage.models import FLAG_DELETED, FLAG_FLAGGED
+
+        srv.store.set_flags(inbox.id, [5], "add", FLAG_FLAGGED)
+        srv.store.set_flags(inbox.id, [7], "add", FLAG_DELETED)
+        srv.store.expunge(inbox.id)
+        srv.deliver(user, message("fresh"))
+        cache = srv.server.extra["imap_snapshots"]
+        hits = cache.hits
+        c = login(srv, user)
+        typ, data = c.select("INBOX")
+        assert int(data[0]) == n  # one gone, one new
+        assert cache.hits == hits + 1
+        typ, data = c.uid("SEARCH", None, "FLAGGED")
+        assert data[0] == b"5"
+        typ, data = c.uid("SEARCH", None, "UID", "7")
+        assert data[0] == b""
+        typ, data = c.fetch(str(n), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert b"fresh" in data[0][1]
+        c.logout()
+
