@@ -65,6 +65,8 @@ def run_one(url: str, mailboxes: int, size: int, count: int, concurrency: int, l
 
 @defer.inlineCallbacks
 def main(args):
+    from tests.harness import drop_pg_schema, fresh_pg_url
+
     runs = [("sqlite", "")]
     pg = args.postgres or os.environ.get("MAILSERVER_TEST_DATABASE_URL")
     if pg:
@@ -75,9 +77,13 @@ def main(args):
         for label, base in runs:
             for mailboxes in (1, 100):
                 for size in (5 * 1024, 100 * 1024):
-                    url = base and __import__("tests.harness", fromlist=["x"]).fresh_pg_url(base)
+                    url = base and fresh_pg_url(base)
                     count = args.count if size < 50_000 else max(200, args.count // 5)
-                    yield run_one(url, mailboxes, size, count, args.concurrency, label)
+                    try:
+                        yield run_one(url, mailboxes, size, count, args.concurrency, label)
+                    finally:
+                        if url:
+                            drop_pg_schema(base, url)  # leave the database as we found it
     finally:
         reactor.stop()
 
