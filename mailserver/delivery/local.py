@@ -278,6 +278,11 @@ class IncomingMessage:
         else:
             verdict = hooks_mod.Verdict()
         outcomes = await self._deliver(routes, verdict, parsed)
+        for o in outcomes:
+            # The mail log: one line per recipient of every message taken in.
+            log.info("smtp {qid} from=<{sender}> to=<{rcpt}> size={size} client={ip} {result}", qid=self.queue_id,
+                     sender=_path(self.envelope.reverse_path), rcpt=o.address, size=self.size, ip=self.info.ip,
+                     result="ok" if o.ok else f"failed: {o.reply.code} {o.reply.enhanced}" if o.reply else "failed")
         if any(o.ok for o in outcomes) and not all(o.ok for o in outcomes):
             # The 250 will cover every recipient, so the ones that failed are reported to the sender now, before
             # the reply (RFC 5321 6.1: once accepted, a failure must be reported).

@@ -312,8 +312,13 @@ class QueueRunner:
         finished = yield self._record(outcomes)
         for qid in finished:
             self._dkim_cache.pop(qid, None)
+        rcpt_of = {r.id: r.recipient for r in item.recipients}
         for o in outcomes:
             self.stats[o.status] += 1
+            # The mail log: one line per recipient and attempt.
+            log.info("queue {qid} to=<{rcpt}> {status} relay={relay}: {reply}", qid=m.id,
+                     rcpt=rcpt_of.get(o.recipient_id, "?"), status=o.status, relay=o.remote_mta or "-",
+                     reply=o.reply[:300])
 
     @defer.inlineCallbacks
     def _route(self, item: WorkItem):

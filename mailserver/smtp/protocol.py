@@ -233,6 +233,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
                 perm = self.server.config.smtp.over_quota_permanent
                 return RcptResult(codes.OVER_QUOTA_PERM if perm else codes.OVER_QUOTA_TEMP)
             if rr.error:
+                log.info("smtp rcpt <{rcpt}> from {ip} refused: {error}", rcpt=address, ip=self.ip, error=rr.error)
                 return RcptResult(_ROUTE_ERRORS[rr.error])
             return RcptResult(None, rr)
 
@@ -243,7 +244,10 @@ class SmtpProtocol(Protocol, TimeoutMixin):
 
         def done(res) -> AuthResult:
             if res.ok:
+                log.info("smtp login {user} from {ip}", user=res.address, ip=self.ip)
                 return AuthResult(Identity(res.address, res.account_id, res.address))
+            log.info("smtp login failed for {user!r} from {ip} ({reason})", user=a.username[:100], ip=self.ip,
+                     reason=res.reason)
             if res.reason == "throttled":
                 return AuthResult(None, codes.AUTH_TEMPFAIL)
             return AuthResult(None, codes.AUTH_INVALID)  # never says whether the account exists
