@@ -1,0 +1,326 @@
+"""Mailbox IMAP commands (authenticated state): SELECT/EXAMINE (with QRESYNC), CREATE, DELETE, RENAME,
+SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND and the QUOTA commands.
+
+Handlers take ``(session, command)`` and follow the contract of :mod:`mailserver.imap.cmd_common`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+
+from mailserver.threads import run_in
+from storage.models import FLAG_DELETED
+from storage.store import Invalid
+
+from . import commands as c
+from . import response as r
+from .cmd_common import AUTHENTICATED, SELECTED, Bad, No, Ok
+from .mailboxes import list_entries, lsub_entries
+from .selected import SelectedMailbox, UpdateOptions, split_flags
+from .seqset import SeqSet
+from .snapshot import Snapshot, SnapshotCache
+
+if TYPE_CHECKING:
+    from .session import ImapSession
+
+#: Special-use attributes CREATE accepts (RFC 6154 2; \All and \Flagged are virtual mailboxes we do not offer).
+CREATE_SPECIAL_USE = frozenset({"\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash"})
+
+
+def leave_selected(s: ImapSession, *, closed_code: bool) -> None:
+    if s.selected is not None:
+        s.selected = None
+        if closed_code:
+            # RFC 7162 3.2.11 / RFC 9051 7.1: the previous mailbox is closed.
+            s.send(r.status_line("OK", "previous mailbox closed", "CLOSED"))
+    s.state = AUTHENTICATED
+
+
+async def _load_selected(s: ImapSession, mailbox, readonly: bool) -> SelectedMailbox:
+    """The mailbox's messages for a new selection: from the process's snapshot plus what changed since, or listed.
+
+    Refreshes of one mailbox's snapshot are serialised (a lock per mailbox), so two sessions selecting it at once
+    never fold results of different ages into it.
+    """
+    extra = s.server.extra
+    cache: SnapshotCache = extra.setdefault("imap_snapshots", SnapshotCache())
+    locks: dict = extra.setdefault("imap_snapshot_locks", {})
+    lock = locks.setdefault(mailbox.id, defer.DeferredLock())
+    await lock.acquire()
+    try:
+        snap = cache.get(mailbox.id, mailbox.uid_validity)
+        if snap is None:
+            cache.misses += 1
+            messages = await s.server.astore.list_messages(mailbox.id)
+            snap = Snapshot.from_messages(mailbox.uid_validity, mailbox.highest_modseq, messages)
+        else:
+            cache.hits += 1
+            if snap.modseq < mailbox.highest_modseq:
+                changed, vanished = await s.server.astore.changes_since(mailbox.id, snap.modseq)
+                snap.apply(changed, vanished, mailbox.highest_modseq)
+        cache.put(mailbox.id, snap)
+        return SelectedMailbox.from_snapshot(mailbox, snap, readonly=readonly)
+    finally:
+        lock.release()
+        if not lock.locked and not lock.waiting:
+            locks.pop(mailbox.id, None)
+
+
+async def select(s: ImapSession, cmd: c.Select):
+    if cmd.qresync is not None and not s.qresync:
+        raise Bad("QRESYNC parameter needs ENABLE QRESYNC")  # RFC 7162 3.2.5
+    leave_selected(s, closed_code=True)
+    astore = s.server.astore
+    mailbox = await astore.get_mailbox(s.account_id, cmd.mailbox)
+    if mailbox is None:
+        raise No(f"no mailbox {cmd.mailbox}", "NONEXISTENT")
+    # Events for the mailbox published while its messages load are kept and applied (idempotently) afterwards.
+    s._collect = (mailbox.id, [])
+    try:
+        sel = await _load_selected(s, mailbox, cmd.readonly)
+    finally:
+        collected = s._collect[1]
+        s._collect = None
+    if cmd.condstore:
+        s.condstore = True  # RFC 7162 3.1.8
+    if not s.rev2:
+        if cmd.readonly:
+            unclaimed = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, sel.uids)
+            sel.recent = set(sel.uids[len(sel.uids) - unclaimed:])
+        else:
+            sel.recent = set(s.recent.claim(mailbox.id, mailbox.uid_validity, sel.uids))
+    out = [sel.flags_response(), r.untagged(b"%d EXISTS" % sel.exists)]
+    if not s.rev2:
+        out.append(r.untagged(b"%d RECENT" % len(sel.recent)))  # RFC 3501 7.3.2
+        unseen = sel.first_unseen()
+        if unseen is not None:
+            out.append(r.status_line("OK", "first unseen", f"UNSEEN {unseen}"))  # RFC 3501 6.3.1
+    out.append(r.status_line("OK", "UIDs valid", f"UIDVALIDITY {sel.uid_validity}"))
+    out.append(r.status_line("OK", "predicted next UID", f"UIDNEXT {sel.uid_next}"))
+    out.append(sel.permanent_flags_response())
+    # RFC 7162 3.1.2.1: HIGHESTMODSEQ in every successful SELECT/EXAMINE.
+    out.append(r.status_line("OK", "highest", f"HIGHESTMODSEQ {sel.highest_modseq}"))
+    if s.rev2:
+        # RFC 9051 6.3.2: the server sends the mailbox's LIST response.
+        out.append(r.untagged(b'LIST () "/" ' + r.mailbox(sel.name, utf8=s.utf8)))
+    s.send(b"".join(out))
+    s.selected = sel
+    s.state = SELECTED
+    sel.pending = collected
+    q = cmd.qresync
+    if q is not None and q.uid_validity == sel.uid_validity:
+        await _qresync(s, sel, q)
+    return Ok(f"{'EXAMINE' if cmd.readonly else 'SELECT'} completed", "READ-ONLY" if cmd.readonly else "READ-WRITE")
+
+
+async def _qresync(s: ImapSession, sel: SelectedMailbox, q: c.QresyncParams) -> None:
+    """RFC 7162 3.2.5.2: VANISHED (EARLIER) and FETCH for what changed since the client's modseq."""
+    changed, vanished = await s.server.astore.changes_since(sel.mailbox_id, q.modseq)
+    known = q.known_uids
+    largest = sel.uids[-1] if sel.uids else 0
+    if known is not None:
+        vanished = [u for u in vanished if known.contains(u, max(largest, vanished[-1] if vanished else 0))]
+    vanished = [u for u in vanished if sel.index_of(u) is None]
+    out = []
+    if vanished:
+        out.append(r.untagged("VANISHED (EARLIER) " + SeqSet.from_numbers(vanished).render()))
+    opts = UpdateOptions(condstore=True, qresync=True)
+    for m in changed:
+        seq = sel.seq_of(m.uid)
+        if seq is None or (known is not None and not known.contains(m.uid, largest)):
+            continue
+        out.append(sel.fetch_flags_line(seq, m.uid, opts, with_uid=True))
+    if out:
+        s.send(b"".join(out))
+
+
+async def create(s: ImapSession, cmd: c.Create):
+    special = ""
+    if cmd.special_use:
+        uses = [u for u in cmd.special_use]
+        canon = {u.lower(): u for u in CREATE_SPECIAL_USE}
+        if len(uses) > 1 or uses[0].lower() not in canon:
+            raise No("unsupported special-use attribute", "USEATTR")  # RFC 6154 5.2
+        special = canon[uses[0].lower()]
+    if cmd.mailbox.rstrip("/") == "INBOX":
+        raise No("INBOX exists", "ALREADYEXISTS")  # RFC 9051 6.3.4
+    # RFC 9051 6.3.4: CREATE does not subscribe; the parents it creates are not subscribed either.
+    await s.server.astore.create_mailbox(s.account_id, cmd.mailbox, special, subscribed=False)
+
+
+async def delete(s: ImapSession, cmd: c.Delete):
+    if cmd.mailbox == "INBOX":
+        raise No("INBOX cannot be deleted", "CANNOT")  # RFC 9051 6.3.5
+    if s.selected is not None and s.selected.name == cmd.mailbox:
+        leave_selected(s, closed_code=False)
+    await s.server.astore.delete_mailbox(s.account_id, cmd.mailbox)
+
+
+async def rename(s: ImapSession, cmd: c.Rename):
+    try:
+        await s.server.astore.rename_mailbox(s.account_id, cmd.mailbox, cmd.new_mailbox)
+    except Invalid as e:
+        raise No(str(e), "CANNOT") from None
+
+
+async def subscribe(s: ImapSession, cmd: c.Subscribe):
+    await s.server.astore.set_subscribed(s.account_id, cmd.mailbox, True)
+
+
+async def unsubscribe(s: ImapSession, cmd: c.Unsubscribe):
+    await s.server.astore.set_subscribed(s.account_id, cmd.mailbox, False)
+
+
+def _list_line(kind: str, entry, utf8: bool) -> bytes:
+    line = kind.encode() + b" " + r.flag_list(entry.attributes) + b' "/" ' + r.mailbox(entry.name, utf8=utf8)
+    if entry.childinfo:
+        line += b' ("CHILDINFO" ("SUBSCRIBED"))'  # RFC 5258 3.5
+    return r.untagged(line)
+
+
+async def list_(s: ImapSession, cmd: c.List):
+    if not cmd.extended and len(cmd.patterns) == 1 and cmd.patterns[0] == "":
+        # RFC 9051 6.3.9: an empty pattern asks for the hierarchy delimiter and the root.
+        s.send(r.untagged('LIST (\\Noselect) "/" ""'))
+        return None
+    mailboxes = await s.server.astore.list_mailboxes(s.account_id)
+    subs = None
+    if "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.return_options:
+        subs = set(await s.server.astore.list_subscriptions(s.account_id))
+    entries = list_entries(mailboxes, cmd.patterns, reference=cmd.reference, selection=cmd.selection,
+                           return_options=cmd.return_options, subscriptions=subs)
+    by_name = {m.name: m for m in mailboxes}
+    for e in entries:
+        s.send(_list_line("LIST", e, s.utf8))
+        if "STATUS" in cmd.return_options and e.selectable and e.name in by_name:
+            # RFC 5819 2: the STATUS response follows the mailbox's LIST response.
+            s.send(await _status_line(s, by_name[e.name], cmd.return_status))
+
+
+async def lsub(s: ImapSession, cmd: c.Lsub):
+    if cmd.pattern is None:
+        return None
+    mailboxes = await s.server.astore.list_mailboxes(s.account_id)
+    subs = set(await s.server.astore.list_subscriptions(s.account_id))
+    for e in lsub_entries(mailboxes, cmd.reference, cmd.pattern, subs):
+        s.send(_list_line("LSUB", e, s.utf8))
+
+
+async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes:
+    uids = None
+    deleted = None
+    if "RECENT" in items or "DELETED" in items:
+        sel = s.selected
+        if sel is not None and sel.mailbox_id == mailbox.id:
+            uids = list(sel.uids)
+            deleted = sel.count_flag(FLAG_DELETED)
+        else:
+            metas = await s.server.astore.list_messages(mailbox.id)
+            uids = [m.uid for m in metas]
+            deleted = sum(1 for m in metas if m.flags & FLAG_DELETED)
+    values = {
+        "MESSAGES": mailbox.message_count,
+        "UIDNEXT": mailbox.uid_next,
+        "UIDVALIDITY": mailbox.uid_validity,
+        "UNSEEN": mailbox.unseen_count,
+        "SIZE": mailbox.total_size,  # RFC 8438
+        "HIGHESTMODSEQ": mailbox.highest_modseq,  # RFC 7162 3.1.6
+        "APPENDLIMIT": s.append_limit,  # RFC 7889 3
+    }
+    parts = []
+    for item in items:
+        if item == "RECENT":
+            value = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, uids)
+            sel = s.selected
+            if sel is not None and sel.mailbox_id == mailbox.id:
+                value += len(sel.recent)
+        elif item == "DELETED":
+            value = deleted
+        else:
+            value = values[item]
+        parts.append(f"{item} {value}")
+    if "HIGHESTMODSEQ" in items:
+        s.enable_condstore()  # RFC 7162 3.1: STATUS (HIGHESTMODSEQ) is a CONDSTORE-enabling command
+    return r.untagged(b"STATUS " + r.mailbox(mailbox.name, utf8=s.utf8) + b" (" + " ".join(parts).encode() + b")")
+
+
+async def status(s: ImapSession, cmd: c.Status):
+    mailbox = await s.server.astore.get_mailbox(s.account_id, cmd.mailbox)
+    if mailbox is None:
+        raise No(f"no mailbox {cmd.mailbox}", "NONEXISTENT")
+    s.send(await _status_line(s, mailbox, cmd.items))
+
+
+def _read_and_parse(store, blob_id: str) -> dict:
+    from mailserver.ingest import parsed_columns
+
+    return parsed_columns(store.blobs.read(blob_id))
+
+
+async def append(s: ImapSession, cmd: c.Append):
+    state, s._append = s._append, None
+    if state is None or len(state.writers) != len(cmd.messages):
+        if state is not None:
+            s._append = state
+            s._abort_append()
+        raise Bad("APPEND data was not received")
+    server = s.server
+    astore = server.astore
+    uid_validity = 0
+    uids: list[int] = []
+    try:
+        prepared = []
+        for msg, writer in zip(cmd.messages, state.writers, strict=True):
+            try:
+                bits, keywords, _recent = split_flags(msg.flags)
+            except ValueError as e:
+                raise Bad(str(e)) from None
+            prepared.append((msg, writer, bits, keywords))
+        for msg, writer, bits, keywords in prepared:
+            ref = await astore.finish_blob(writer)
+            parsed = await run_in(server.reactor, server.pools.cpu, _read_and_parse, server.store, ref.id)
+            when = msg.internal_date.timestamp() if msg.internal_date is not None else None
+            changed = await astore.append(s.account_id, state.mailbox.id, ref, parsed, bits, keywords, when)
+            uid_validity, uid = changed.value
+            uids.append(uid)
+    except BaseException:
+        for w in state.writers[len(uids):]:
+            try:
+                w.abort()
+            except Exception:
+                pass
+        raise
+    # RFC 4315 3 / RFC 3502: APPENDUID with the UIDs of every appended message.
+    return Ok("APPEND completed", f"APPENDUID {uid_validity} {SeqSet.from_numbers(uids).render()}")
+
+
+def _quota_line(used: int, limit: int) -> bytes:
+    # RFC 9208 5.1: STORAGE in units of 1024 octets.
+    return r.untagged('QUOTA "" (STORAGE %d %d)' % ((used + 1023) // 1024, limit // 1024))
+
+
+async def getquota(s: ImapSession, cmd: c.GetQuota):
+    if cmd.root != "":
+        raise No("no such quota root", "NONEXISTENT")
+    used, limit = await s.server.astore.quota(s.account_id)
+    if not limit:
+        raise No("no quota on this account", "NONEXISTENT")
+    s.send(_quota_line(used, limit))
+
+
+async def getquotaroot(s: ImapSession, cmd: c.GetQuotaRoot):
+    mailbox = await s.server.astore.get_mailbox(s.account_id, cmd.mailbox)
+    if mailbox is None:
+        raise No(f"no mailbox {cmd.mailbox}", "NONEXISTENT")
+    used, limit = await s.server.astore.quota(s.account_id)
+    if not limit:
+        s.send(r.untagged(b"QUOTAROOT " + r.mailbox(mailbox.name, utf8=s.utf8)))
+        return None
+    s.send(r.untagged(b'QUOTAROOT ' + r.mailbox(mailbox.name, utf8=s.utf8) + b' ""'))
+    s.send(_quota_line(used, limit))
+
+
+async def setquota(s: ImapSession, cmd: c.SetQuota):
+    raise No("quotas are set by the administrator", "NOPERM")  # RFC 9208 4.1.3

@@ -1,0 +1,177 @@
+"""Search IMAP commands (selected state): SEARCH, SORT and THREAD, and the loader that gives the search engine
+message headers and text on demand.
+
+Handlers take ``(session, command)`` and follow the contract of :mod:`mailserver.imap.cmd_common`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from mailserver.threads import run_in
+from storage.store import MessageMeta
+
+from . import commands as c
+from .cmd_message import FETCH_BATCH
+from .selected import SelectedMailbox
+
+if TYPE_CHECKING:
+    from .session import ImapSession
+
+
+#: A message as the search engine sees it, from the selected-mailbox cache (no database round trip); a tuple type,
+#: so building 100,000 of them for a SEARCH stays cheap.
+_SearchMeta = MessageMeta
+
+
+def _snapshot(sel: SelectedMailbox) -> list[_SearchMeta]:
+    kws = sel.keywords
+    if not kws:
+        return list(map(_SearchMeta, sel.uids, sel.modseqs, sel.flags, [()] * len(sel.uids), sel.sizes, sel.dates))
+    return [_SearchMeta(u, m, f, kws.get(u, ()), z, d)
+            for u, m, f, z, d in zip(sel.uids, sel.modseqs, sel.flags, sel.sizes, sel.dates, strict=True)]
+
+
+def _needs_content(key) -> bool:
+    from . import searchkeys as K
+
+    if isinstance(key, (K.HeaderKey, K.BodyKey, K.TextKey)):
+        return True
+    if isinstance(key, K.DateKey):
+        return key.field == "SENT"
+    if isinstance(key, K.Not):
+        return _needs_content(key.key)
+    if isinstance(key, K.Or):
+        return _needs_content(key.left) or _needs_content(key.right)
+    if isinstance(key, K.And):
+        return any(_needs_content(k) for k in key.keys)
+    return False
+
+
+class _ContentLoader:
+    """Headers and decoded text for the search engine, loaded on demand in a pool thread (blocking)."""
+
+    CHUNK = 200
+
+    def __init__(self, store, mailbox_id: int, uids: list[int]):
+        self.store = store
+        self.mailbox_id = mailbox_id
+        self.uids = uids
+        self.infos: dict[int, object] = {}
+
+    def info(self, uid: int):
+        if uid not in self.infos:
+            import bisect
+
+            i = bisect.bisect_left(self.uids, uid)
+            chunk = self.uids[i:i + self.CHUNK] or [uid]
+            for info in self.store.get_messages(self.mailbox_id, chunk):
+                self.infos[info.uid] = info
+            self.infos.setdefault(uid, None)
+        return self.infos[uid]
+
+    def header_of(self, msg) -> bytes:
+        info = self.info(msg.uid)
+        if info is None:
+            return b""
+        return self.store.blobs.read(info.blob_id, 0, info.header_size or None)
+
+    def text_of(self, msg) -> tuple[bytes, str]:
+        from .search import message_text
+
+        info = self.info(msg.uid)
+        if info is None:
+            return b"", ""
+        return message_text(self.store.blobs.read(info.blob_id), info.bodystructure or None)
+
+
+async def _refresh_dates(s: ImapSession) -> None:
+    """Load the internal dates the cache does not know (messages that arrived after SELECT)."""
+    sel = s.selected
+    missing = [u for u, d in zip(sel.uids, sel.dates, strict=True) if math.isnan(d)]
+    for i in range(0, len(missing), FETCH_BATCH):
+        for info in await s.server.astore.get_messages(sel.mailbox_id, missing[i:i + FETCH_BATCH]):
+            sel.set_date(info.uid, info.internal_date)
+
+
+async def _matching_uids(s: ImapSession, keys) -> list[int]:
+    """The UIDs of the selected messages matching ``keys`` (ascending)."""
+    from . import search as S
+
+    sel = s.selected
+    await _refresh_dates(s)
+    messages = _snapshot(sel)
+    largest_uid = sel.uids[-1] if sel.uids else 0
+    kwargs = dict(seq_of=None, max_uid=largest_uid, max_seq=sel.exists, recent_uids=frozenset(sel.recent),
+                  now=s.server.reactor.seconds())
+    if not _needs_content(keys):
+        return S.search(keys, messages, **kwargs)
+    server = s.server
+    loader = _ContentLoader(server.store, sel.mailbox_id, list(sel.uids))
+    return await run_in(server.reactor, server.pools.db_read, S.search, keys, messages, text_of=loader.text_of,
+                        header_of=loader.header_of, **kwargs)
+
+
+async def search(s: ImapSession, cmd: c.Search):
+    from . import search as S
+
+    sel = s.selected
+    with_modseq = S.uses_modseq(cmd.keys)
+    if with_modseq:
+        s.enable_condstore()  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
+    uids = await _matching_uids(s, cmd.keys)
+    if cmd.return_options is None:
+        numbers = uids if cmd.uid else [sel.seq_of(u) for u in uids]
+        highest = max((sel.modseq_of(u) for u in uids), default=0) if with_modseq else None
+        s.send(S.search_response(numbers, highest))
+        return None
+    # RFC 4731 / RFC 9051 6.4.4.4: ESEARCH
+    seqs = None if cmd.uid else [sel.seq_of(u) for u in uids]
+    s.send(S.esearch_response(cmd.tag, cmd.uid, uids, cmd.return_options, seq_numbers=seqs,
+                              modseq_of=sel.modseq_of if with_modseq else None))
+    return None
+
+
+async def _infos(s: ImapSession, uids: list[int]) -> list:
+    """MessageInfo of the given selected UIDs (the parse stored at delivery), in UID order."""
+    out: list = []
+    sel = s.selected
+    for i in range(0, len(uids), FETCH_BATCH):
+        out.extend(await s.server.astore.get_messages(sel.mailbox_id, uids[i:i + FETCH_BATCH]))
+    return out
+
+
+async def sort(s: ImapSession, cmd: c.Sort):
+    from . import search as S
+    from . import sort as O
+
+    sel = s.selected
+    with_modseq = S.uses_modseq(cmd.keys)
+    if with_modseq:
+        s.enable_condstore()  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
+    uids = await _matching_uids(s, cmd.keys)
+    infos = [i for i in await _infos(s, uids) if sel.index_of(i.uid) is not None]
+    ordered = O.sort_messages(cmd.criteria, infos, seq_of=sel.seq_of)  # RFC 5256 3
+    numbers = ordered if cmd.uid else [sel.seq_of(u) for u in ordered]
+    if cmd.return_options is None:
+        highest = max((sel.modseq_of(u) for u in ordered), default=0) if with_modseq else None
+        s.send(O.sort_response(numbers, highest))
+    else:
+        # RFC 5267 ESORT
+        modseq_of = None
+        if with_modseq:
+            modseq_of = sel.modseq_of if cmd.uid else (lambda n: sel.modseq_of(sel.uid_of(n)))
+        s.send(O.esort_response(cmd.tag, cmd.uid, numbers, cmd.return_options, modseq_of=modseq_of))
+    return None
+
+
+async def thread(s: ImapSession, cmd: c.Thread):
+    from . import thread as T
+
+    sel = s.selected
+    uids = await _matching_uids(s, cmd.keys)
+    infos = [i for i in await _infos(s, uids) if sel.index_of(i.uid) is not None]
+    threads = T.thread_messages(cmd.algorithm, infos, seq_of=sel.seq_of)  # RFC 5256 3
+    s.send(T.thread_response(threads, None if cmd.uid else sel.seq_of))
+    return None
