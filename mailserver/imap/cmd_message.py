@@ -200,6 +200,11 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
             s.send(r.untagged("VANISHED (EARLIER) " + SeqSet.from_numbers(vanished).render()))
     want_date = any(a.name == "INTERNALDATE" for a in plan.items)
     set_seen = plan.sets_seen and not sel.readonly
+    if not set_seen and not plan.needs_info and not plan.needs_body and \
+            all(a.name in _CACHED_ITEMS for a in plan.items):
+        # The flag-sync clients do on every open (UID FETCH 1:* (UID FLAGS)): answered from the cache alone.
+        await _fetch_cached(s, sel, uids, [a.name for a in plan.items])
+        return None
     for batch in _fetch_batches(uids, sel, plan):
         infos: dict[int, object] = {}
         need_info = plan.needs_info or (want_date and any(_unknown_date(sel, u) for u in batch))
@@ -251,6 +256,43 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
             s.send(b"".join(out))
         await s.drain()
     return None
+
+
+_CACHED_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
+
+
+async def _fetch_cached(s: ImapSession, sel: SelectedMailbox, uids: list[int], names: list[str]) -> None:
+    """FETCH of UID/FLAGS/MODSEQ only, rendered straight from the selected-mailbox arrays (same bytes as
+    :func:`mailserver.imap.fetch.fetch_response`, without a per-message item walk)."""
+    from .fetch import _flags_value
+
+    rev2 = s.rev2
+    flag_text: dict[tuple, bytes] = {}
+    out: list[bytes] = []
+    for u in uids:
+        i = sel.index_of(u)
+        if i is None:
+            continue
+        parts = []
+        for name in names:
+            if name == "UID":
+                parts.append(b"UID %d" % u)
+            elif name == "FLAGS":
+                key = (sel.flags[i], sel.keywords.get(u, ()), u in sel.recent)
+                text = flag_text.get(key)
+                if text is None:
+                    text = flag_text[key] = _flags_value(key[0], key[1], key[2], rev2)
+                parts.append(b"FLAGS " + text)
+            else:  # MODSEQ, RFC 7162 3.1.4
+                parts.append(b"MODSEQ (%d)" % sel.modseqs[i])
+        out.append(b"* %d FETCH (%s)\r\n" % (i + 1, b" ".join(parts)))
+        if len(out) >= 2000:
+            s.send(b"".join(out))
+            out = []
+            await s.drain()
+    if out:
+        s.send(b"".join(out))
+    await s.drain()
 
 
 def _unknown_date(sel: SelectedMailbox, uid: int) -> bool:

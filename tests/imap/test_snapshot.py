@@ -73,3 +73,71 @@ def test_second_select_sees_changes_made_in_between(tmp_path):
         assert b"fresh" in data[0][1]
         c.logout()
 
+
+
+def test_flag_only_search_fast_path_matches_the_engine():
+    """SEARCH on system flags alone runs over the cached flags array; the answer equals the general engine's."""
+    import random
+
+    from mailserver.imap import search as S
+    from mailserver.imap.cmd_search import _flag_only_masks, _flag_search, seq_numbers
+    from mailserver.imap.parser import parse_command
+    from mailserver.imap.selected import SelectedMailbox
+    from mailserver.imap.wire import ImapReader
+    from storage.store import MailboxInfo
+
+    rnd = random.Random(5)
+    metas = [MessageMeta(u, 1, rnd.randrange(32), (), 10, 1.0) for u in range(1, 3000, 3)]
+    mb = MailboxInfo(1, 1, "INBOX", "", True, 7, 4000, 1, len(metas), 0, 0, ())
+    sel = SelectedMailbox.load(mb, metas, readonly=True)
+    for text in ("UNSEEN", "SEEN FLAGGED", "UNDELETED UNDRAFT", "ALL ANSWERED", "DELETED"):
+        frame = next(iter(ImapReader().feed(b"a SEARCH " + text.encode() + b"\r\n"))).frame
+        keys = parse_command(frame).keys
+        masks = _flag_only_masks(keys)
+        assert masks is not None, text
+        fast = _flag_search(sel, *masks)
+        slow = S.search(keys, metas, max_uid=metas[-1].uid, max_seq=len(metas), now=0.0)
+        assert fast == slow, text
+        assert seq_numbers(sel, fast) == [sel.seq_of(u) for u in fast]
+    frame = next(iter(ImapReader().feed(b"a SEARCH UNSEEN KEYWORD $x\r\n"))).frame
+    assert _flag_only_masks(parse_command(frame).keys) is None
+
+
+def test_cached_fetch_renders_the_same_bytes_as_the_engine():
+    """UID/FLAGS/MODSEQ answered from the cache equal fetch_response's bytes (keywords, \\Recent, rev1 and rev2)."""
+    import asyncio
+    import random
+
+    from mailserver.imap import fetch as F
+    from mailserver.imap.cmd_message import _fetch_cached
+    from mailserver.imap.commands import FetchAtt
+    from mailserver.imap.selected import SelectedMailbox
+    from storage.store import MailboxInfo
+
+    rnd = random.Random(9)
+    metas = [MessageMeta(u, rnd.randrange(1, 99), rnd.randrange(32), ("$x", "Work") if u % 7 == 0 else (), 10, 1.0)
+             for u in range(1, 400, 2)]
+    mb = MailboxInfo(1, 1, "INBOX", "", True, 7, 500, 99, len(metas), 0, 0, ("$x", "Work"))
+    sel = SelectedMailbox.load(mb, metas, readonly=True)
+    sel.recent = {m.uid for m in metas[-5:]}
+    items = [FetchAtt(name="UID"), FetchAtt(name="FLAGS"), FetchAtt(name="MODSEQ")]
+
+    class Sink:
+        def __init__(self, rev2):
+            self.rev2 = rev2
+            self.sent = []
+
+        def send(self, data):
+            self.sent.append(data)
+
+        async def drain(self):
+            return None
+
+    for rev2 in (False, True):
+        sink = Sink(rev2)
+        uids = [m.uid for m in metas]
+        asyncio.run(_fetch_cached(sink, sel, uids, [a.name for a in items]))
+        expected = b"".join(
+            F.fetch_response(i + 1, m, items, flags=m.flags, keywords=m.keywords, recent=m.uid in sel.recent,
+                             uid_command=True, condstore=True, rev2=rev2) for i, m in enumerate(metas))
+        assert b"".join(sink.sent) == expected
