@@ -153,6 +153,27 @@ class AsyncStore:
         """Deliver one message (group-committed with concurrent ones); fires with a DeliveryResult."""
         return self.committer.submit(delivery)
 
+    def append(self, account_id: int, mailbox_id: int, blob, parsed: dict, flags: int = 0,
+               keywords: tuple[str, ...] = (), internal_date: float | None = None) -> Deferred:
+        """IMAP APPEND through the group committer (concurrent appends and deliveries share a transaction).
+
+        Fires with ``Changed((uid_validity, uid), [])`` (the changes were already published, as for
+        ``Store.append``); fails with QuotaExceeded or NotFound like it.
+        """
+        from storage.store import NotFound, QuotaExceeded
+
+        d = self.committer.submit(Delivery(account_id, blob, parsed, "", flags, tuple(keywords), internal_date,
+                                           True, mailbox_id))
+
+        def done(result: DeliveryResult):
+            if result.ok:
+                return Changed((result.uid_validity, result.uid), [])
+            if result.error == "overquota":
+                raise QuotaExceeded("mailbox full")
+            raise NotFound("no such mailbox")
+
+        return d.addCallback(done)
+
     def read(self, f: Callable, *args, **kwargs) -> Deferred:
         """Run any blocking read ``f`` in the read pool."""
         return run_in(self.reactor, self.pools.db_read, f, *args, **kwargs)

@@ -196,6 +196,8 @@ class Delivery:
     keywords: tuple[str, ...] = ()
     internal_date: float | None = None
     check_quota: bool = True
+    #: Exactly this mailbox (IMAP APPEND): no fall-back to INBOX; a missing one fails with "nonexistent".
+    mailbox_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,8 @@ class DeliveryResult:
     ok: bool
     mailbox_id: int = 0
     uid: int = 0
-    error: str = ""  # "" | "overquota" | "nonexistent" (no such account) | "error"
+    error: str = ""  # "" | "overquota" | "nonexistent" (no such account or mailbox) | "error"
+    uid_validity: int = 0
 
 
 @dataclass(frozen=True)
@@ -326,7 +329,7 @@ _SQL_MAILBOXES = text("SELECT id, account_id, name FROM mailboxes WHERE account_
 _SQL_BUMP_ADD = text(
     "UPDATE mailboxes SET uid_next = uid_next + :n, highest_modseq = highest_modseq + 1, "
     "message_count = message_count + :n, unseen_count = unseen_count + :unseen, total_size = total_size + :size "
-    "WHERE id = :id RETURNING uid_next, highest_modseq")
+    "WHERE id = :id RETURNING uid_next, highest_modseq, uid_validity")
 _SQL_BLOB_UPSERT = text(
     "INSERT INTO blobs (id, size, refcount, data, created) VALUES (:id, :size, :n, NULL, :now) "
     "ON CONFLICT (id) DO UPDATE SET refcount = blobs.refcount + excluded.refcount, created = excluded.created")
@@ -847,8 +850,10 @@ class Store:
             accounts = {r.id: [r.used_bytes, r.quota_bytes] for r in conn.execute(
                 _SQL_ACCOUNTS, {"ids": account_ids})}
             boxes: dict[tuple[int, str], int] = {}
+            owner: dict[int, int] = {}
             for r in conn.execute(_SQL_MAILBOXES, {"ids": account_ids}):
                 boxes[(r.account_id, r.name)] = r.id
+                owner[r.id] = r.account_id
             # Admission (quota counted across the batch) and target mailbox per delivery.
             per_box: dict[int, list[int]] = {}
             for i, d in enumerate(deliveries):
@@ -858,6 +863,13 @@ class Store:
                     continue
                 if d.check_quota and acct[1] and acct[0] + d.blob.size > acct[1]:
                     results[i] = DeliveryResult(False, error="overquota")
+                    continue
+                if d.mailbox_id is not None:
+                    if owner.get(d.mailbox_id) != d.account_id:
+                        results[i] = DeliveryResult(False, error="nonexistent")
+                        continue
+                    acct[0] += d.blob.size
+                    per_box.setdefault(d.mailbox_id, []).append(i)
                     continue
                 acct[0] += d.blob.size
                 name = normalize_mailbox_name(d.mailbox)
@@ -874,7 +886,7 @@ class Store:
                 size = sum(deliveries[i].blob.size for i in idxs)
                 unseen = sum(0 if deliveries[i].flags & FLAG_SEEN else 1 for i in idxs)
                 r = conn.execute(_SQL_BUMP_ADD, {"id": mid, "n": len(idxs), "size": size, "unseen": unseen}).first()
-                first_uid, modseq = r[0] - len(idxs), r[1]
+                first_uid, modseq, uid_validity = r[0] - len(idxs), r[1], r[2]
                 kws = [k for i in idxs for k in deliveries[i].keywords]
                 if kws:
                     cur = conn.execute(select(MB.c.keywords).where(MB.c.id == mid)).scalar() or ""
@@ -895,7 +907,7 @@ class Store:
                     entry = blob_counts.setdefault(d.blob.id, [d.blob.size, 0])
                     entry[1] += 1
                     used[d.account_id] = used.get(d.account_id, 0) + d.blob.size
-                    results[i] = DeliveryResult(True, mid, uid)
+                    results[i] = DeliveryResult(True, mid, uid, uid_validity=uid_validity)
                     changes.append(Change(ch.EXISTS, d.account_id, mid, uid=uid, modseq=modseq, flags=d.flags,
                                           keywords=tuple(d.keywords), size=d.blob.size))
             if rows:

@@ -260,3 +260,16 @@ def test_subscriptions_outlive_deletion_and_follow_renames(store):
     store.set_subscribed(a.id, "Groups/One", False)
     assert "Groups/One" not in store.list_subscriptions(a.id)
     assert not store.get_mailbox(a.id, "Groups/One").subscribed
+
+
+def test_delivery_to_an_exact_mailbox(store):
+    """Delivery(mailbox_id=...) (IMAP APPEND through group commit): that mailbox or nothing, with its UIDVALIDITY."""
+    a = store.add_account("a@example.test", "x")
+    b = store.add_account("b@example.test", "x")
+    archive = store.get_mailbox(a.id, "Archive")
+    other = store.get_mailbox(b.id, "INBOX")
+    ok, foreign = store.deliver_batch([Delivery(a.id, msg(store, 1), PARSED, mailbox_id=archive.id),
+                                       Delivery(a.id, msg(store, 2), PARSED, mailbox_id=other.id)]).value
+    assert ok.ok and ok.mailbox_id == archive.id and ok.uid == 1 and ok.uid_validity == archive.uid_validity
+    assert not foreign.ok and foreign.error == "nonexistent"
+    assert store.get_mailbox(b.id, "INBOX").message_count == 0
