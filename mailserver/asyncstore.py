@@ -25,7 +25,7 @@ log = Logger()
 WRITE_METHODS = frozenset({
     "add_domain", "ensure_domain", "remove_domain", "add_account", "remove_account", "set_password_hash",
     "update_account", "set_quota", "add_alias", "remove_alias", "create_mailbox", "delete_mailbox", "rename_mailbox",
-    "set_subscribed", "deliver_batch", "append", "set_flags", "expunge", "delete_messages", "copy", "collect_blobs",
+    "set_subscribed", "deliver_batch", "append", "append_many", "set_flags", "expunge", "delete_messages", "copy", "collect_blobs",
     "enqueue",
 })
 

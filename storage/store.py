@@ -920,20 +920,38 @@ class Store:
     def append(self, account_id: int, mailbox_id: int, blob: BlobRef, parsed: dict, flags: int = 0,
                keywords: tuple[str, ...] = (), internal_date: float | None = None) -> Changed:
         """APPEND one message; ``value`` is (uid_validity, uid).  Raises QuotaExceeded / NotFound."""
-        self.blobs.ensure_synced([blob])
+        changed = self.append_many(account_id, mailbox_id, [(blob, parsed, flags, keywords, internal_date)])
+        uv, uids = changed.value
+        return Changed((uv, uids[0]), changed.changes)
+
+    def append_many(self, account_id: int, mailbox_id: int, messages: Sequence[tuple]) -> Changed:
+        """APPEND several messages all-or-nothing (RFC 3502 MULTIAPPEND): ``messages`` are (blob, parsed, flags,
+        keywords, internal_date); ``value`` is (uid_validity, [uids]).  Raises QuotaExceeded / NotFound."""
+        if not messages:
+            raise Invalid("nothing to append")
+        self.blobs.ensure_synced([m[0] for m in messages])
+        total = sum(m[0].size for m in messages)
+        changes: list[Change] = []
         with self._tx() as conn:
             owner = conn.execute(select(MB.c.account_id).where(MB.c.id == mailbox_id)).scalar()
             if owner != account_id:
                 raise NotFound("no such mailbox")
-            self._check_quota(conn, account_id, blob.size)
-            uid, modseq, uv = self._bump(conn, mailbox_id, 1)
-            self._blob_ref(conn, blob)
-            self._insert_message(conn, mailbox_id, uid, modseq, blob, parsed, flags, keywords,
-                                 internal_date or time.time())
-            self._account_mailboxes_after_add(conn, mailbox_id, account_id, 1, blob.size,
-                                              0 if flags & FLAG_SEEN else 1, keywords)
-        return Changed((uv, uid), [Change(ch.EXISTS, account_id, mailbox_id, uid=uid, modseq=modseq, flags=flags,
-                                          keywords=tuple(keywords), size=blob.size)])
+            self._check_quota(conn, account_id, total)
+            first, modseq, uv = self._bump(conn, mailbox_id, len(messages))
+            now = time.time()
+            unseen = 0
+            all_keywords: list[str] = []
+            for k, (blob, parsed, flags, keywords, internal_date) in enumerate(messages):
+                self._blob_ref(conn, blob)
+                self._insert_message(conn, mailbox_id, first + k, modseq, blob, parsed, flags, keywords,
+                                     internal_date or now)
+                unseen += 0 if flags & FLAG_SEEN else 1
+                all_keywords.extend(keywords)
+                changes.append(Change(ch.EXISTS, account_id, mailbox_id, uid=first + k, modseq=modseq, flags=flags,
+                                      keywords=tuple(keywords), size=blob.size))
+            self._account_mailboxes_after_add(conn, mailbox_id, account_id, len(messages), total, unseen,
+                                              dict.fromkeys(all_keywords))
+        return Changed((uv, list(range(first, first + len(messages)))), changes)
 
     def set_flags(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: int,
                   keywords: Sequence[str] = (), unchanged_since: int | None = None) -> Changed:

@@ -278,13 +278,20 @@ async def append(s: ImapSession, cmd: c.Append):
             except ValueError as e:
                 raise Bad(str(e)) from None
             prepared.append((msg, writer, bits, keywords))
+        items = []
         for msg, writer, bits, keywords in prepared:
             ref = await astore.finish_blob(writer)
             parsed = await run_in(server.reactor, server.pools.cpu, _read_and_parse, server.store, ref.id)
             when = msg.internal_date.timestamp() if msg.internal_date is not None else None
-            changed = await astore.append(s.account_id, state.mailbox.id, ref, parsed, bits, keywords, when)
+            items.append((ref, parsed, bits, keywords, when))
+        if len(items) == 1:  # the common case shares the group commit with deliveries
+            changed = await astore.append(s.account_id, state.mailbox.id, *items[0])
             uid_validity, uid = changed.value
             uids.append(uid)
+        else:  # RFC 3502 MULTIAPPEND: all of them or none
+            changed = await astore.append_many(s.account_id, state.mailbox.id, items)
+            uid_validity, new_uids = changed.value
+            uids.extend(new_uids)
     except BaseException:
         for w in state.writers[len(uids):]:
             try:

@@ -203,6 +203,18 @@ def test_append_literal_plus_and_multiappend(srv):
     raw.close()
 
 
+def test_multiappend_is_all_or_nothing(srv):
+    """RFC 3502: when one message of a MULTIAPPEND cannot be stored (here the quota), none is."""
+    m1, m2 = message("m1", body="x" * 900), message("m2", body="y" * 900)
+    user = new_user(srv, quota_bytes=len(m1) + len(m2) - 10)  # each fits alone, not both
+    raw = _raw(srv, user)
+    raw.send(b"a APPEND INBOX {%d+}\r\n" % len(m1) + m1 + b" {%d+}\r\n" % len(m2) + m2 + b"\r\n")
+    assert raw.until(b"a")[-1].startswith(b"a NO [OVERQUOTA]")
+    out = raw.cmd("b", "STATUS INBOX (MESSAGES)")
+    assert b"MESSAGES 0" in out[0]
+    raw.close()
+
+
 def test_append_over_quota(srv):
     """RFC 9208: an APPEND that would pass the account quota answers NO [OVERQUOTA]."""
     user = new_user(srv, quota_bytes=2000)
