@@ -18,34 +18,27 @@ log = Logger()
 
 @defer.inlineCallbacks
 def send_report(server, address: str, raw: bytes):
-    """Deliver the report ``raw`` to ``address`` (fires when it is stored: in a mailbox or in the queue)."""
+    """Deliver the report ``raw`` to ``address`` (fires when it is stored: in a mailbox or in the queue).
+
+    The address is routed like any recipient (accounts, aliases, catch-all, relay domains); local copies go into
+    INBOXes without a quota check (a report must not be lost to a full mailbox), the rest into the queue.
+    """
+    from mailserver.delivery.router import LOCAL, router_for
     from mailserver.ingest import deliver_raw
     from storage.store import QueueRecipientSpec
 
     store = server.store
-
-    def local_targets():
-        acct = store.get_account(address)
-        if acct is not None:
-            return [acct.id], True
-        domain = address.rpartition("@")[2].lower()
-        dom = store.get_domain(domain)
-        if dom is None or dom.mode != "local":
-            return [], False
-        ids = []
-        for t in store.alias_targets(address.lower()) or store.alias_targets("@" + domain):
-            a = store.get_account(t)
-            if a is not None:
-                ids.append(a.id)
-        return ids, True
-
-    ids, ours = yield run_in(server.reactor, server.pools.db_read, local_targets)
-    if ours:
-        if not ids:
-            log.warn("report for {address} dropped: no such local mailbox", address=address)
-        for account_id in ids:
-            yield deliver_raw(server, account_id, raw, check_quota=False)
+    rr = yield run_in(server.reactor, server.pools.db_read, router_for(server).route, address, may_relay=True,
+                      check_quota=False)
+    if not rr.routes:
+        log.warn("report for {address} dropped: {error}", address=address, error=rr.error or "no route")
         return
-    ref = yield run_in(server.reactor, server.pools.blob, store.blobs.put, raw)
-    yield server.astore.enqueue("", ref, [QueueRecipientSpec(address)], source="bounce", body_8bit=not raw.isascii())
-    server.kick_queue()
+    remote = [r for r in rr.routes if r.kind != LOCAL]
+    for r in rr.routes:
+        if r.kind == LOCAL:
+            yield deliver_raw(server, r.account_id, raw, check_quota=False)
+    if remote:
+        ref = yield run_in(server.reactor, server.pools.blob, store.blobs.put, raw)
+        yield server.astore.enqueue("", ref, [QueueRecipientSpec(r.address, route=r.relay_to) for r in remote],
+                                    source="bounce", body_8bit=not raw.isascii())
+        server.kick_queue()
