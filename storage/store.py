@@ -592,6 +592,13 @@ class Store:
             rows = conn.execute(select(MB).where(MB.c.account_id == account_id).order_by(MB.c.name)).all()
         return [_mailbox_info(r) for r in rows]
 
+    def large_mailboxes(self, min_messages: int, limit: int) -> list[MailboxInfo]:
+        """The largest mailboxes of every account (at least ``min_messages`` messages), largest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(MB).where(MB.c.message_count >= min_messages)
+                                .order_by(MB.c.message_count.desc()).limit(limit)).all()
+        return [_mailbox_info(r) for r in rows]
+
     def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         with self._read() as conn:
             row = conn.execute(select(MB).where(MB.c.account_id == account_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from mailserver.threads import run_in
 from storage.models import FLAG_DELETED
@@ -21,6 +22,8 @@ from .mailboxes import list_entries, lsub_entries
 from .selected import SelectedMailbox, UpdateOptions, split_flags
 from .seqset import SeqSet
 from .snapshot import Snapshot, SnapshotCache
+
+log = Logger()
 
 if TYPE_CHECKING:
     from .session import ImapSession
@@ -38,13 +41,13 @@ def leave_selected(s: ImapSession, *, closed_code: bool) -> None:
     s.state = AUTHENTICATED
 
 
-async def _load_selected(s: ImapSession, mailbox, readonly: bool) -> SelectedMailbox:
-    """The mailbox's messages for a new selection: from the process's snapshot plus what changed since, or listed.
+async def snapshot_for(server, mailbox) -> Snapshot:
+    """The mailbox's listing: the process's snapshot plus what changed since, or listed afresh.
 
     Refreshes of one mailbox's snapshot are serialised (a lock per mailbox), so two sessions selecting it at once
     never fold results of different ages into it.
     """
-    extra = s.server.extra
+    extra = server.extra
     cache: SnapshotCache = extra.setdefault("imap_snapshots", SnapshotCache())
     locks: dict = extra.setdefault("imap_snapshot_locks", {})
     lock = locks.setdefault(mailbox.id, defer.DeferredLock())
@@ -53,19 +56,39 @@ async def _load_selected(s: ImapSession, mailbox, readonly: bool) -> SelectedMai
         snap = cache.get(mailbox.id, mailbox.uid_validity)
         if snap is None:
             cache.misses += 1
-            messages = await s.server.astore.list_messages(mailbox.id)
+            messages = await server.astore.list_messages(mailbox.id)
             snap = Snapshot.from_messages(mailbox.uid_validity, mailbox.highest_modseq, messages)
         else:
             cache.hits += 1
             if snap.modseq < mailbox.highest_modseq:
-                changed, vanished = await s.server.astore.changes_since(mailbox.id, snap.modseq)
+                changed, vanished = await server.astore.changes_since(mailbox.id, snap.modseq)
                 snap.apply(changed, vanished, mailbox.highest_modseq)
         cache.put(mailbox.id, snap)
-        return SelectedMailbox.from_snapshot(mailbox, snap, readonly=readonly)
+        return snap
     finally:
         lock.release()
         if not lock.locked and not lock.waiting:
             locks.pop(mailbox.id, None)
+
+
+async def preload_snapshots(server) -> int:
+    """At start, load the largest mailboxes' snapshots in the background, so that the first SELECT of a large
+    mailbox after a restart also costs only what changed since.  Returns how many were loaded."""
+    from .snapshot import MAX_SNAPSHOTS, MIN_CACHED_MESSAGES
+
+    loaded = 0
+    for mailbox in await server.astore.large_mailboxes(MIN_CACHED_MESSAGES, MAX_SNAPSHOTS):
+        try:
+            await snapshot_for(server, mailbox)
+            loaded += 1
+        except Exception:
+            log.failure("preloading the listing of mailbox {id} failed", id=mailbox.id)
+    return loaded
+
+
+async def _load_selected(s: ImapSession, mailbox, readonly: bool) -> SelectedMailbox:
+    snap = await snapshot_for(s.server, mailbox)
+    return SelectedMailbox.from_snapshot(mailbox, snap, readonly=readonly)
 
 
 async def select(s: ImapSession, cmd: c.Select):

@@ -216,4 +216,17 @@ def build_factory(server, listener_name: str) -> ImapFactory:
     """The factory for the ``imap`` or ``imaps`` listener of ``server`` (a ``mailserver.service.MailServer``)."""
     if listener_name not in ("imap", "imaps"):
         raise ValueError(f"not an IMAP listener: {listener_name}")
+    if "imap_preload" not in server.extra:
+        from twisted.internet.defer import ensureDeferred
+
+        from .cmd_mailbox import preload_snapshots
+
+        def preload():
+            if not server.running:  # stopped before we got to it
+                return
+            d = ensureDeferred(preload_snapshots(server))
+            d.addErrback(lambda f: log.failure("preloading mailbox listings failed", f))
+            server.extra["imap_preload"] = d
+
+        server.extra["imap_preload"] = server.reactor.callLater(0.5, preload)
     return ImapFactory(server, listener_name)

@@ -141,3 +141,32 @@ def test_cached_fetch_renders_the_same_bytes_as_the_engine():
             F.fetch_response(i + 1, m, items, flags=m.flags, keywords=m.keywords, recent=m.uid in sel.recent,
                              uid_command=True, condstore=True, rev2=rev2) for i, m in enumerate(metas))
         assert b"".join(sink.sent) == expected
+
+
+def test_large_mailboxes_are_preloaded_at_start(tmp_path):
+    """After a restart the largest mailboxes' listings are loaded in the background: the first SELECT is warm."""
+    import time
+
+    from mailserver.ingest import parsed_columns
+    from storage.store import Delivery
+    from tests.harness import running_server
+
+    with running_server(tmp_path, listeners=("imap",)) as srv:
+        user = new_user(srv)
+        acct = srv.store.get_account(user)
+        raw = message("bulk")
+        ref = srv.store.blobs.put(raw)
+        srv.store.deliver_batch([Delivery(acct.id, ref, parsed_columns(raw)) for _ in range(MIN_CACHED_MESSAGES)])
+    with running_server(tmp_path, listeners=("imap",)) as srv:  # "restart" on the same data
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            cache = srv.server.extra.get("imap_snapshots")
+            if cache is not None and cache.misses >= 1:
+                break
+            time.sleep(0.05)
+        misses = cache.misses
+        c = login(srv, user)
+        typ, data = c.select("INBOX")
+        assert int(data[0]) == MIN_CACHED_MESSAGES
+        assert cache.misses == misses and cache.hits >= 1  # answered from the preloaded snapshot
+        c.logout()
