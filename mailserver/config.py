@@ -227,6 +227,10 @@ class StoreConfig:
     db_threads: int = 4
     #: Most deliveries committed in one transaction (group commit).
     max_batch: int = 256
+    #: Seconds between removals of message bodies nothing references any more (expunged, delivered from the queue).
+    gc_interval: float = 3600.0
+    #: A body unreferenced for less than this is kept (protects a concurrent delivery of the same content).
+    gc_grace: float = 3600.0
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
@@ -138,6 +138,7 @@ class MailServer(MultiService):
         self.extra: dict[str, object] = {}  # per-protocol shared state (e.g. per-IP session counters)
         self.queue_runner = None
         self.pg_bridge = None
+        self._gc = None
         #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
         self.queue_options: dict[str, object] = {}
         self._stopping = False
@@ -194,6 +195,9 @@ class MailServer(MultiService):
                 raise ListenError(f"tls: {e}") from None
         for name, address in cfg.listen.items():
             self._listen(name, address)
+        self._gc = task.LoopingCall(self._collect_blobs)
+        self._gc.clock = self.reactor
+        self._gc.start(cfg.store.gc_interval, now=False)
         if cfg.queue.run:
             from mailserver.delivery.queue import QueueRunner
 
@@ -248,12 +252,24 @@ class MailServer(MultiService):
 
     # ----------------------------------------------------------------------------------------- stop
 
+    def _collect_blobs(self):
+        """Remove bodies nothing references any more (in the writer pool; failures are logged, never fatal)."""
+        d = run_in(self.reactor, self.pools.db_write, self.store.collect_blobs, self.config.store.gc_grace)
+
+        def done(n):
+            if n:
+                log.info("removed {n} unreferenced message bodies", n=n)
+
+        return d.addCallbacks(done, lambda f: log.failure("removing unreferenced message bodies failed", f))
+
     def kick_queue(self) -> None:
         """Tell the queue runner new outbound mail is waiting (call after Store.enqueue)."""
         if self.queue_runner is not None:
             self.queue_runner.kick()
 
     def _teardown_now(self) -> None:
+        if self._gc is not None and self._gc.running:
+            self._gc.stop()
         for lst in self.listening:
             try:
                 lst.port.stopListening()
@@ -271,6 +287,8 @@ class MailServer(MultiService):
         if self._stopping:
             return
         self._stopping = True
+        if self._gc is not None and self._gc.running:
+            self._gc.stop()
         if self.queue_runner is not None:
             yield self.queue_runner.stop()
         yield super().stopService()
