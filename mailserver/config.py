@@ -111,7 +111,7 @@ class LimitsConfig:
     message_size: int = 50 * 1024 * 1024
     smtp_max_recipients: int = 100
     smtp_max_errors: int = 20
-    smtp_max_sessions_per_ip: int = 20
+    smtp_max_sessions_per_ip: int = 50
     smtp_max_received_headers: int = 50
     smtp_max_messages_per_session: int = 1000
     # RFC 5321 4.5.3.2 timeouts, seconds

@@ -128,6 +128,21 @@ class ServerHandle:
     def call(self, f, *args, **kwargs):
         return call(f, *args, **kwargs)
 
+    def server_sessions(self, family: str) -> int:
+        """Connections the server counts as open for a protocol family (``smtp``, ``imap``, ``pop3``)."""
+        limiter = self.server.extra.get(f"{family}_connections")
+        return call(limiter.count) if limiter is not None else 0
+
+    def wait_for(self, condition, timeout: float = 10.0) -> None:
+        """Poll ``condition()`` until it holds; fail after ``timeout`` seconds (a bound, never a measurement)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s")
+            time.sleep(0.02)
+
     def add_user(self, address: str, password: str, **kwargs):
         return self.store.add_account(address, hasher().hash(password), **kwargs)
 

@@ -23,6 +23,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailserver.connections import close_transport, limiter_for, refuse
+
 from . import response as r
 from .selected import RecentTracker
 from .session import ImapSession
@@ -75,6 +77,8 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         self._inflate = None
         self._inflate_tail = b""
         self._counted = False
+        self._closing = None  # the pending abort of a close in progress
+        self._gone = False  # connectionLost has run
 
     # -- Connection (what the session calls) ------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -94,13 +98,10 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def close(self) -> None:
         self.setTimeout(None)
-        # A registered producer keeps TLS from shutting down (twisted.protocols.tls waits for it to go away).
         self.gate.stopProducing()
-        try:
-            self.transport.unregisterProducer()
-        except Exception:
-            pass
-        self.transport.loseConnection()
+        if self._closing is None and not self._gone:
+            self._reading = True
+            self._closing = close_transport(self.transport, self.factory.server.reactor)
 
     def set_reading(self, on: bool) -> None:
         if on == self._reading:
@@ -130,11 +131,11 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
             self.transport.setTcpNoDelay(True)
         except Exception:
             pass
-        if factory.sessions.get(self.client_ip, 0) >= factory.max_per_ip:
-            self.transport.write(r.status_line("BYE", "too many connections from your address", "UNAVAILABLE"))
-            self.transport.loseConnection()
+        if not factory.limiter.acquire(self.client_ip):
+            self._closing = refuse(self.transport, server.reactor,
+                                   r.status_line("BYE", "too many connections from your address", "UNAVAILABLE"),
+                                   tls_handshake_pending=factory.implicit_tls)
             return
-        factory.sessions[self.client_ip] = factory.sessions.get(self.client_ip, 0) + 1
         self._counted = True
         self.transport.registerProducer(self.gate, True)
         self.session = ImapSession(server, self, client_ip=self.client_ip, tls_active=factory.implicit_tls,
@@ -170,13 +171,12 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
         self.gate.stopProducing()
+        self._gone = True
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
         if self._counted:
-            n = self.factory.sessions.get(self.client_ip, 1) - 1
-            if n > 0:
-                self.factory.sessions[self.client_ip] = n
-            else:
-                self.factory.sessions.pop(self.client_ip, None)
             self._counted = False
+            self.factory.limiter.release(self.client_ip)
         if self.session is not None:
             self.session.connection_lost()
 
@@ -202,11 +202,9 @@ class ImapFactory(protocol.Factory):
         self.implicit_tls = listener_name == "imaps"
         limits = server.config.limits
         self.idle_timeout = limits.imap_idle_timeout
-        self.max_per_ip = limits.imap_max_sessions_per_ip
         # Shared by every IMAP listener of the server: per-IP counts and \Recent bookkeeping.
-        shared = server.extra.setdefault("imap", {"sessions": {}, "recent": RecentTracker()})
-        self.sessions: dict[str, int] = shared["sessions"]
-        self.recent: RecentTracker = shared["recent"]
+        self.limiter = limiter_for(server, "imap", limits.imap_max_sessions_per_ip)
+        self.recent: RecentTracker = server.extra.setdefault("imap_recent", RecentTracker())
 
     def buildProtocol(self, addr) -> ImapProtocol:
         return ImapProtocol(self)

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import weakref
-from collections import Counter
 
 from twisted.internet import interfaces, protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailserver.connections import close_transport, limiter_for, refuse
 from mailserver.pop3 import session as S
 from mailserver.pop3.wire import BodyEncoder
 from mailserver.threads import run_in
@@ -176,6 +176,9 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         self.sender: BodySender | None = None
         self._stls_started = False
         self._blob_ids: dict[int, str] = {}
+        self._counted = False
+        self._closing = None  # the pending abort of a close in progress
+        self._gone = False  # connectionLost has run
 
     # ----------------------------------------------------------------------------------------- connection
 
@@ -183,13 +186,12 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         server = self.factory.server
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
-        per_ip = self.factory.per_ip
-        if per_ip[self.client_ip] >= server.config.limits.pop3_max_sessions_per_ip:
+        if not self.factory.limiter.acquire(self.client_ip):
             # RFC 2449 8.1.2 [SYS/TEMP]: a temporary condition; the client may retry later.
-            self.transport.write(b"-ERR [SYS/TEMP] too many connections from your address\r\n")
-            self.transport.loseConnection()
+            self._closing = refuse(self.transport, server.reactor,
+                                   b"-ERR [SYS/TEMP] too many connections from your address\r\n",
+                                   tls_handshake_pending=self.factory.implicit_tls)
             return
-        per_ip[self.client_ip] += 1
         self._counted = True
         implicit = self.factory.implicit_tls
         auth = server.auth
@@ -220,11 +222,12 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
-        if getattr(self, "_counted", False):
+        self._gone = True
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        if self._counted:
             self._counted = False
-            self.factory.per_ip[self.client_ip] -= 1
-            if self.factory.per_ip[self.client_ip] <= 0:
-                del self.factory.per_ip[self.client_ip]
+            self.factory.limiter.release(self.client_ip)
         if self.sender is not None:
             self.sender.stopProducing()
             self.sender = None
@@ -240,13 +243,18 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             return
         # RFC 1939 section 3: close without a response; no UPDATE state, nothing is deleted.
         log.info("pop3 idle timeout for {ip}", ip=self.client_ip)
-        self.transport.loseConnection()
+        self._close()
 
     def server_shutdown(self) -> None:
         """The server is stopping: idle sessions end now; a running command is left its grace period."""
         if self.session is not None and not self.session.busy and not self.session.closed:
             self.transport.write(b"-ERR [SYS/TEMP] server shutting down\r\n")
-            self.transport.loseConnection()
+            self._close()
+
+    def _close(self) -> None:
+        """End the connection: cleanly if the peer lets us, aborted after a grace period otherwise."""
+        if self._closing is None and not self._gone:
+            self._closing = close_transport(self.transport, self.factory.server.reactor)
 
     # ----------------------------------------------------------------------------------------- outputs
 
@@ -255,7 +263,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             if isinstance(o, S.Send):
                 self.transport.write(o.data)
             elif isinstance(o, S.Close):
-                self.transport.loseConnection()
+                self._close()
             elif isinstance(o, S.StartTls):
                 # RFC 2595 section 4: the session already dropped input buffered after STLS.
                 self._stls_started = True
@@ -402,7 +410,7 @@ class Pop3Factory(protocol.Factory):
         #: Seconds of inactivity before the connection is closed (tests may lower it on the factory).
         self.idle_timeout = server.config.limits.pop3_idle_timeout
         #: Sessions per client address, shared by the pop3 and pop3s listeners.
-        self.per_ip: Counter[str] = server.extra.setdefault("pop3_sessions_per_ip", Counter())
+        self.limiter = limiter_for(server, "pop3", server.config.limits.pop3_max_sessions_per_ip)
 
     def buildProtocol(self, addr) -> Pop3Protocol:
         return Pop3Protocol(self)

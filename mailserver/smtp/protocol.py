@@ -9,7 +9,6 @@ is paused, so a client cannot make us buffer without bound.
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
@@ -18,6 +17,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from mailserver.auth import is_loopback
 from mailserver.config import IMPLICIT_TLS
+from mailserver.connections import close_transport, limiter_for, refuse
 from mailserver.delivery import router as router_mod
 from mailserver.delivery.local import ClientInfo, IncomingMessage
 from mailserver.smtp import codes
@@ -62,7 +62,7 @@ class SmtpFactory(Factory):
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp.trusted_networks]
         self.router = router_mod.router_for(server)
         # Sessions per client IP, shared by every SMTP listener of this server.
-        self.per_ip: Counter[str] = server.extra.setdefault("smtp_sessions_per_ip", Counter())
+        self.limiter = limiter_for(server, "smtp", cfg.limits.smtp_max_sessions_per_ip)
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -90,6 +90,8 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         self.ip = ""
         self._counted = False
         self._paused = False
+        self._closing = None  # the pending abort of a close in progress
+        self._gone = False  # connectionLost has run
 
     # ------------------------------------------------------------------ connection
 
@@ -103,11 +105,10 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.ip = getattr(peer, "host", "") or ""
         f = self.factory
-        if f.per_ip[self.ip] >= self.server.config.limits.smtp_max_sessions_per_ip:
-            self.transport.write(codes.TOO_MANY_CONNECTIONS.encode())
-            self.transport.loseConnection()
+        if not f.limiter.acquire(self.ip):
+            self._closing = refuse(self.transport, self.server.reactor, codes.TOO_MANY_CONNECTIONS.encode(),
+                                   tls_handshake_pending=f.implicit_tls)
             return
-        f.per_ip[self.ip] += 1
         self._counted = True
         self.session = SmtpSession(f.session_config, Peer(self.ip, getattr(peer, "port", 0), is_loopback(self.ip),
                                                           f.is_trusted(self.ip)), tls=f.implicit_tls)
@@ -115,11 +116,12 @@ class SmtpProtocol(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason=None):
         self.setTimeout(None)
+        self._gone = True
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
         if self._counted:
             self._counted = False
-            self.factory.per_ip[self.ip] -= 1
-            if self.factory.per_ip[self.ip] <= 0:
-                del self.factory.per_ip[self.ip]
+            self.factory.limiter.release(self.ip)
         if self.session is not None:
             self._apply(self.session.connection_lost())
 
@@ -156,7 +158,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             elif isinstance(a, StartTlsNow):
                 self.transport.startTLS(self.server.tls)
             elif isinstance(a, Close):
-                self.transport.loseConnection()
+                self._close()
             elif isinstance(a, CheckMail):
                 self._run_check(self._check_mail(a), codes.LOCAL_ERROR)
             elif isinstance(a, CheckRcpt):
@@ -166,7 +168,10 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             elif isinstance(a, MessageEnd):
                 self._run_check(self._message_end(), codes.LOCAL_ERROR)
         if self.session is None or self.session.closed:
+            # The session may have closed while reading was paused for a check (the final "." and QUIT in one
+            # write): the close itself must still read (TLS close_notify, the peer's FIN), so make sure it runs.
             self.setTimeout(None)
+            self._close()
             return
         self.setTimeout(self.session.current_timeout())
         waiting = self.session.waiting
@@ -176,6 +181,12 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         elif not waiting and self._paused:
             self._paused = False
             self.transport.resumeProducing()
+
+    def _close(self) -> None:
+        """End the connection: cleanly if the peer lets us, aborted after a grace period otherwise."""
+        if self._closing is None and not self._gone:
+            self._paused = False
+            self._closing = close_transport(self.transport, self.server.reactor)
 
     def _run_check(self, d: defer.Deferred, on_error) -> None:
         def failed(f):

@@ -101,9 +101,9 @@ def test_sessions_per_ip_limit(srv):
     factory = _factory(srv)
     # Connections of earlier tests may still be closing: wait until the count is settled.
     deadline = time.time() + 10
-    while factory.sessions.get("127.0.0.1", 0) and time.time() < deadline:
+    while factory.limiter.count("127.0.0.1") and time.time() < deadline:
         time.sleep(0.02)
-    before = factory.sessions.get("127.0.0.1", 0)
+    before = factory.limiter.count("127.0.0.1")
     conns = []
     try:
         conns = [Raw(srv.port("imap")) for _ in range(30 - before)]
@@ -117,7 +117,7 @@ def test_sessions_per_ip_limit(srv):
     finally:
         for c in conns:
             c.close()
-        while factory.sessions.get("127.0.0.1", 0) and time.time() < deadline + 10:
+        while factory.limiter.count("127.0.0.1") and time.time() < deadline + 10:
             time.sleep(0.02)
 
 

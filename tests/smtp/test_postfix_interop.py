@@ -1,0 +1,160 @@
+"""Debian's Postfix as the sending MTA: a private instance relays to our MX over STARTTLS.
+
+Postfix's smtp client ends each session the way that used to leak our per-address connection count: the final
+``.`` and ``QUIT`` in one write (``smtp_skip_quit_response``) and a close without waiting for the 221. With
+``smtp_connection_cache_on_demand = no`` every message is its own TLS session, so 50 messages are 50 sessions
+against a cap of 20 per address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import running_server
+
+POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+COUNT = 50
+
+MASTER_CF = """\
+{listen} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivatePostfix:
+    """A Postfix master in the foreground (``postfix start-fg``) with its own config and queue directories."""
+
+    def __init__(self, base: Path, relay_port: int):
+        self.base = base
+        self.conf = base / "etc"
+        self.port = _free_port()
+        for d in (self.conf, base / "spool", base / "data"):
+            d.mkdir(parents=True)
+        shutil.chown(base / "data", "postfix")
+        (self.conf / "main.cf").write_text(f"""\
+compatibility_level = 3.6
+queue_directory = {base}/spool
+data_directory = {base}/data
+maillog_file = {base}/maillog
+maillog_file_prefixes = {base}
+syslog_name = postfix-test
+myhostname = relay.example.net
+mydomain = example.net
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains = example.test
+transport_maps = inline:{{ example.test=smtp:[127.0.0.1]:{relay_port} }}
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_peername_lookup = no
+default_transport = error:outbound mail disabled
+local_transport = error:local delivery disabled
+alias_maps =
+alias_database =
+biff = no
+smtp_tls_security_level = may
+smtp_tls_loglevel = 1
+smtp_connection_cache_on_demand = no
+# Below the server's per-address cap with room for sessions still closing (the cap, not the leak, would refuse).
+smtp_destination_concurrency_limit = 10
+smtp_skip_quit_response = yes
+""")
+        (self.conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        subprocess.run([POSTFIX, "-c", str(self.conf), "check"], check=True, capture_output=True)
+        self.proc = subprocess.Popen([POSTFIX, "-c", str(self.conf), "start-fg"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("postfix did not start: " + self.log()) from None
+                time.sleep(0.1)
+
+    def log(self) -> str:
+        p = self.base / "maillog"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix instance needs root (CI runs as root)")
+def test_postfix_relays_50_messages_over_starttls_all_accepted(tmp_path):
+    with running_server(tmp_path, listeners=("smtp",), limits={"smtp_max_sessions_per_ip": 20}) as srv:
+        srv.add_user("alice@example.test", "secret")
+        # Postfix's unprivileged processes must reach their queue: pytest's tmp_path is private to root.
+        base = Path(tempfile.mkdtemp(prefix="postfix-test-"))
+        base.chmod(0o755)
+        postfix = PrivatePostfix(base, srv.port("smtp"))
+        try:
+            with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as c:
+                for i in range(COUNT):
+                    c.sendmail("sender@example.net", ["alice@example.test"],
+                               f"From: sender@example.net\r\nTo: alice@example.test\r\nSubject: relayed {i}\r\n"
+                               f"Message-ID: <relayed-{i}@example.net>\r\n\r\nMessage {i}.\r\n")
+            acct = srv.store.get_account("alice@example.test")
+            mb = srv.store.get_mailbox(acct.id, "INBOX")
+            deadline = time.monotonic() + 180
+            while len(srv.store.list_messages(mb.id)) < COUNT:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            log = postfix.log()
+            got = srv.store.list_messages(mb.id)
+            assert len(got) == COUNT, f"{len(got)} of {COUNT} delivered; postfix log:\n{log[-4000:]}"
+            assert "Too many connections" not in log
+            assert log.count("status=sent") == COUNT
+            assert "Trusted TLS connection" in log or "Untrusted TLS connection" in log or \
+                "Anonymous TLS connection" in log
+            first = srv.store.read_blob(srv.store.get_messages(mb.id, [got[0].uid])[0].blob_id)
+            assert b"ESMTPS" in first.split(b"\r\n\r\n", 1)[0]
+            srv.wait_for(lambda: srv.server_sessions("smtp") == 0)
+        finally:
+            postfix.stop()
+            shutil.rmtree(base, ignore_errors=True)
