@@ -164,10 +164,17 @@ class Expunged(Base):
 
 
 class QueuedMessage(Base):
-    """Outgoing mail waiting for delivery (outbound queue)."""
+    """Outgoing mail waiting for delivery (outbound queue).
+
+    ``public_id`` is the queue id shown outside (logs, Received, CLI; see storage/queueid.py); ``id`` is internal and,
+    like ``queue_recipients.id``, never reused (AUTOINCREMENT on SQLite: without it SQLite hands the highest deleted
+    rowid out again, so a runner still holding a deleted row's id could update another message's row).
+    """
 
     __tablename__ = "queue"
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(16), unique=True, index=True)
     sender: Mapped[str] = mapped_column(String(320), default="")  # "" = null reverse-path
     blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
@@ -182,7 +189,7 @@ class QueuedMessage(Base):
 
 class QueueRecipient(Base):
     __tablename__ = "queue_recipients"
-    __table_args__ = (Index("ix_queue_recipients_due", "status", "next_attempt"),)
+    __table_args__ = (Index("ix_queue_recipients_due", "status", "next_attempt"), {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id", ondelete="CASCADE"), index=True)
     recipient: Mapped[str] = mapped_column(String(320))

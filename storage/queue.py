@@ -11,6 +11,10 @@ Work is claimed per recipient row with a lease (``claimed_until``):
 Recipient states: ``pending`` (never tried), ``deferred`` (tried, next attempt at ``next_attempt``), ``bounce`` (an
 administrator asked for a bounce; the runner fails it with a report), ``delivered`` and ``failed`` (final).  When no
 recipient of a message is left open the message row goes and its blob reference is dropped (``blobs.refcount``).
+
+Messages are named by their public queue id (``queue.public_id``, storage/queueid.py) in the administration methods,
+as in the logs; the integer keys are internal and never reused (AUTOINCREMENT on SQLite), so a runner still holding
+the rows of a message an administrator deleted can never update another message's rows.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ _CHUNK = 500
 
 @dataclass(frozen=True)
 class QueuedInfo:
-    id: int
+    id: int  # internal key (queue_recipients.queue_id); never shown
+    public_id: str  # the queue id of logs and the CLI (storage/queueid.py)
     sender: str
     blob_id: str
     size: int
@@ -98,7 +103,7 @@ class QueueSummary:
 
 
 def _info(row) -> QueuedInfo:
-    return QueuedInfo(row.id, row.sender, row.blob_id, row.size, row.created, row.envid, row.ret, bool(row.smtputf8),
+    return QueuedInfo(row.id, row.public_id, row.sender, row.blob_id, row.size, row.created, row.envid, row.ret, bool(row.smtputf8),
                       bool(row.body_8bit), row.account_id, row.source)
 
 
@@ -217,12 +222,15 @@ class QueueStore:
 
     # ----------------------------------------------------------------------------------------- administration
 
-    def get(self, qid: int) -> QueueSummary | None:
+    def _key(self, conn, public_id: str) -> int | None:
+        return conn.execute(select(Q.c.id).where(Q.c.public_id == public_id)).scalar()
+
+    def get(self, public_id: str) -> QueueSummary | None:
         with self.store._read() as conn:
-            m = conn.execute(select(Q).where(Q.c.id == qid)).first()
+            m = conn.execute(select(Q).where(Q.c.public_id == public_id)).first()
             if m is None:
                 return None
-            rows = conn.execute(select(R).where(R.c.queue_id == qid).order_by(R.c.id)).all()
+            rows = conn.execute(select(R).where(R.c.queue_id == m.id).order_by(R.c.id)).all()
         return QueueSummary(_info(m), tuple(_rcpt(r) for r in rows))
 
     def list(self) -> list[QueueSummary]:
@@ -234,22 +242,29 @@ class QueueStore:
             by_q.setdefault(r.queue_id, []).append(_rcpt(r))
         return [QueueSummary(_info(m), tuple(by_q.get(m.id, ()))) for m in msgs]
 
-    def retry(self, qid: int | None = None) -> int:
-        """Make open recipients (of ``qid``, or all) due now; returns how many."""
+    def retry(self, public_id: str | None = None) -> int:
+        """Make open recipients (of ``public_id``, or all) due now; returns how many."""
         with self.store._tx() as conn:
             q = update(R).where(R.c.status.in_(("pending", "deferred"))).values(next_attempt=0.0)
-            if qid is not None:
+            if public_id is not None:
+                qid = self._key(conn, public_id)
+                if qid is None:
+                    return 0
                 q = q.where(R.c.queue_id == qid)
             return conn.execute(q).rowcount
 
-    def delete(self, qid: int) -> bool:
+    def delete(self, public_id: str) -> bool:
         """Remove a message from the queue without any report."""
         with self.store._tx() as conn:
-            return self._remove(conn, qid)
+            qid = self._key(conn, public_id)
+            return qid is not None and self._remove(conn, qid)
 
-    def bounce(self, qid: int) -> int:
-        """Ask the runner to fail the open recipients of ``qid`` with a report to the sender; returns how many."""
+    def bounce(self, public_id: str) -> int:
+        """Ask the runner to fail the open recipients of ``public_id`` with a report to the sender; returns how many."""
         with self.store._tx() as conn:
+            qid = self._key(conn, public_id)
+            if qid is None:
+                return 0
             return conn.execute(update(R).where(R.c.queue_id == qid, R.c.status.in_(("pending", "deferred")))
                                 .values(status="bounce", next_attempt=0.0)).rowcount
 

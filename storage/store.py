@@ -44,6 +44,7 @@ from storage.models import (
     QueueRecipient,
     Subscription,
 )
+from storage.queueid import new_queue_id
 
 DEFAULT_MAILBOXES = (
     ("INBOX", ""),
@@ -1139,16 +1140,21 @@ class Store:
 
     def enqueue(self, sender: str, blob: BlobRef, recipients: Sequence[QueueRecipientSpec], *, envid: str = "",
                 ret: str = "", smtputf8: bool = False, body_8bit: bool = False, account_id: int | None = None,
-                source: str = "submission", next_attempt: float | None = None) -> int:
-        """Put a message into the durable outbound queue; returns its queue id."""
+                source: str = "submission", next_attempt: float | None = None, queue_id: str | None = None) -> str:
+        """Put a message into the durable outbound queue; returns its public queue id (storage/queueid.py).
+
+        ``queue_id`` is the id the message got when it was taken in (SMTP), so one id follows it from the SMTP log
+        line and its Received field to the delivery log lines; a new one is made if none is given.
+        """
         if not recipients:
             raise Invalid("no recipients")
+        public_id = queue_id or new_queue_id()
         now = time.time()
         self.blobs.ensure_synced([blob])
         with self._tx() as conn:
             self._blob_ref(conn, blob)
             qid = conn.execute(insert(QueuedMessage).values(
-                sender=sender, blob_id=blob.id, size=blob.size, created=now, envid=envid, ret=ret,
+                public_id=public_id, sender=sender, blob_id=blob.id, size=blob.size, created=now, envid=envid, ret=ret,
                 smtputf8=smtputf8, body_8bit=body_8bit, account_id=account_id, source=source)).inserted_primary_key[0]
             conn.execute(insert(QueueRecipient), [
                 {"queue_id": qid, "recipient": r.recipient, "domain": r.recipient.rsplit("@", 1)[-1].lower(),
@@ -1156,7 +1162,7 @@ class Store:
                  "next_attempt": next_attempt if next_attempt is not None else now, "last_reply": "",
                  "remote_mta": "", "route": r.route, "delay_warned": False, "claimed_until": 0.0}
                 for r in recipients])
-        return qid
+        return public_id
 
     def integrity_problems(self) -> list[str]:
         """Rows naming a blob that is not readable (used by the durability test and `mailserver check-store`)."""

@@ -241,7 +241,7 @@ def test_enqueue_keeps_blob(store):
     from storage.store import QueueRecipientSpec
 
     qid = store.enqueue("a@example.test", ref, [QueueRecipientSpec("b@remote.test", notify="FAILURE")])
-    assert qid > 0
+    assert len(qid) == 16
     assert store.collect_blobs(grace=0) == 0
 
 

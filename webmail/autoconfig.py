@@ -105,50 +105,58 @@ def parse_autodiscover_request(body: bytes) -> str:
     raise AutoconfigError("no EMailAddress")
 
 
-def autodiscover_response(address: str, display_name: str, servers: list[ServerEntry]) -> bytes:
-    ET.register_namespace("", AUTODISCOVER_NS)
-    root = ET.Element(f"{{{AUTODISCOVER_NS}}}Autodiscover")
-    resp = ET.SubElement(root, f"{{{OUTLOOK_NS}}}Response")
+def _in_default_namespace(parent: ET.Element | None, tag: str, namespace: str | None = None) -> ET.Element:
+    """An element with a plain (unprefixed) name; ``namespace`` makes it the default namespace (``xmlns=``) there.
 
-    def sub(parent, tag, text=None):
-        el = ET.SubElement(parent, f"{{{OUTLOOK_NS}}}{tag}")
-        if text is not None:
-            el.text = text
-        return el
+    Elements are never built as ``{namespace}tag``: ElementTree would then invent ``ns0:``/``ns1:`` prefixes, and
+    clients that look elements up by node name (Thunderbird's Autodiscover reader wants ``Autodiscover.Response``)
+    reject such a document although it is valid XML.  Children inherit the default namespace of their parent.
+    """
+    attrs = {"xmlns": namespace} if namespace else {}
+    return ET.Element(tag, attrs) if parent is None else ET.SubElement(parent, tag, attrs)
 
-    user = sub(resp, "User")
-    sub(user, "DisplayName", display_name or address)
-    sub(user, "AutoDiscoverSMTPAddress", address)
-    acct = sub(resp, "Account")
-    sub(acct, "AccountType", "email")
-    sub(acct, "Action", "settings")
-    for s in servers:
-        p = sub(acct, "Protocol")
-        sub(p, "Type", s.protocol.upper())
-        sub(p, "Server", s.hostname)
-        sub(p, "Port", str(s.port))
-        sub(p, "DomainRequired", "off")
-        sub(p, "LoginName", address)
-        sub(p, "SPA", "off")
-        # <SSL>on</SSL> with <Encryption>: SSL = implicit TLS, TLS = STARTTLS (Encryption overrides SSL).
-        sub(p, "SSL", "on")
-        sub(p, "Encryption", "SSL" if s.socket_type == "SSL" else "TLS")
-        sub(p, "AuthRequired", "on")
-        if s.protocol == "smtp":
-            sub(p, "UsePOPAuth", "off")
-            sub(p, "SMTPLast", "off")
+
+def _xml_document(root: ET.Element) -> bytes:
     return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8", xml_declaration=False)
+
+
+def autodiscover_response(address: str, display_name: str, servers: list[ServerEntry]) -> bytes:
+    """The POX answer: ``<Autodiscover xmlns="…/2006"><Response xmlns="…/2006a">…``, as in Microsoft's examples."""
+    root = _in_default_namespace(None, "Autodiscover", AUTODISCOVER_NS)
+    resp = _in_default_namespace(root, "Response", OUTLOOK_NS)
+    user = _sub(resp, "User")
+    _sub(user, "DisplayName", display_name or address)
+    _sub(user, "AutoDiscoverSMTPAddress", address)
+    acct = _sub(resp, "Account")
+    _sub(acct, "AccountType", "email")
+    _sub(acct, "Action", "settings")
+    for s in servers:
+        p = _sub(acct, "Protocol")
+        _sub(p, "Type", s.protocol.upper())
+        _sub(p, "Server", s.hostname)
+        _sub(p, "Port", str(s.port))
+        _sub(p, "DomainRequired", "off")
+        _sub(p, "LoginName", address)
+        _sub(p, "SPA", "off")
+        # <SSL>on</SSL> with <Encryption>: SSL = implicit TLS, TLS = STARTTLS (Encryption overrides SSL).
+        _sub(p, "SSL", "on")
+        _sub(p, "Encryption", "SSL" if s.socket_type == "SSL" else "TLS")
+        _sub(p, "AuthRequired", "on")
+        if s.protocol == "smtp":
+            _sub(p, "UsePOPAuth", "off")
+            _sub(p, "SMTPLast", "off")
+    return _xml_document(root)
 
 
 def autodiscover_error(code: str, message: str) -> bytes:
-    ET.register_namespace("", AUTODISCOVER_NS)
-    root = ET.Element(f"{{{AUTODISCOVER_NS}}}Autodiscover")
-    resp = ET.SubElement(root, f"{{{AUTODISCOVER_NS}}}Response")
-    err = ET.SubElement(resp, f"{{{AUTODISCOVER_NS}}}Error", {"Time": "00:00:00", "Id": "1"})
-    ET.SubElement(err, f"{{{AUTODISCOVER_NS}}}ErrorCode").text = code
-    ET.SubElement(err, f"{{{AUTODISCOVER_NS}}}Message").text = message
-    ET.SubElement(err, f"{{{AUTODISCOVER_NS}}}DebugData")
-    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    """The error answer; its ``Response`` and ``Error`` belong to the outer 2006 namespace."""
+    root = _in_default_namespace(None, "Autodiscover", AUTODISCOVER_NS)
+    resp = _sub(root, "Response")
+    err = _sub(resp, "Error", Time="00:00:00", Id="1")
+    _sub(err, "ErrorCode", code)
+    _sub(err, "Message", message)
+    _sub(err, "DebugData")
+    return _xml_document(root)
 
 
 def mobileconfig(address: str, display_name: str, servers: list[ServerEntry], hostname: str) -> bytes:

@@ -3,8 +3,8 @@
 Parts are named by their position in :func:`mailserver.mime.parse.iter_parts` order (``part`` numbers in URLs), which
 is stable for a stored message.  The body shown is chosen the way mail clients do it: in ``multipart/alternative`` the
 richest part we can show (HTML unless the reader prefers text), in ``multipart/related`` the root, in
-``multipart/mixed`` every inline text part in order; every other leaf is an attachment, except images an HTML body
-refers to by ``cid:``.
+``multipart/mixed`` every inline text part in order.  The versions of an alternative not shown are no attachments;
+every other leaf is one, except images an HTML body refers to by ``cid:``.
 """
 
 from __future__ import annotations
@@ -81,6 +81,18 @@ def analyze(raw: bytes, bs: dict, prefer_text: bool = False) -> MessageView:
     index = {id(n): i for i, n in enumerate(nodes)}
     view = MessageView()
     shown: set[int] = set()
+    alternatives: set[int] = set()  # versions of an alternative that are not shown
+
+    def not_chosen(node: dict, in_related: bool) -> None:
+        # RFC 2046 5.1.4: the parts of multipart/alternative are versions of the same content, so the ones not
+        # shown are not attachments: their text and HTML, and the resources of an HTML version (multipart/related).
+        # A part explicitly marked as an attachment, or another kind of content (text/calendar), is still listed.
+        if "children" in node:
+            for k in node["children"]:
+                not_chosen(k, in_related or node.get("subtype", "").lower() == "related")
+        elif _disposition(node) != "attachment" and "body" not in node and (
+                in_related or ctype(node) in ("text/plain", "text/html")):
+            alternatives.add(index[id(node)])
 
     def pick(node: dict) -> None:
         t = ctype(node)
@@ -106,6 +118,9 @@ def analyze(raw: bytes, bs: dict, prefer_text: bool = False) -> MessageView:
                 view.has_text = view.has_text or bool(texts)
                 if choice is not None:
                     pick(choice)
+                for k in kids:
+                    if k is not choice:
+                        not_chosen(k, in_related=False)
                 return
             if sub == "related":
                 if kids:
@@ -136,6 +151,8 @@ def analyze(raw: bytes, bs: dict, prefer_text: bool = False) -> MessageView:
         cid = _cid(node)
         if cid:
             view.cids[cid] = i
+        if i in alternatives:
+            continue
         if "body" in node:  # an attached message: downloadable as .eml
             name = part_filename(node) or decode_header_text((node.get("envelope") or [None, None])[1] or "")
             view.attachments.append(Attachment(i, (name or "message") + ("" if (name or "").endswith(".eml")

@@ -112,6 +112,25 @@ def command_name() -> str:
     return os.path.relpath(exe) if exe else "mailserver"
 
 
+def ignore_sighup(reactor) -> None:
+    """Log and ignore SIGHUP (``systemctl reload``, a log-rotation script's ``kill -HUP``).
+
+    Its default action ends the process without a word.  Until configuration reload exists, the server keeps running
+    with the configuration it has.  The handler only queues the log line for the reactor thread (as Twisted's own
+    SIGINT/SIGTERM handlers queue ``stop``), so it never runs Twisted code in the middle of an interrupted call.
+    """
+    import signal
+
+    from twisted.logger import Logger
+
+    log = Logger(namespace="mailserver.cli.serve")
+
+    def on_sighup(signum, frame) -> None:
+        reactor.callFromThread(log.warn, "SIGHUP received; reload is not supported yet, ignoring")
+
+    signal.signal(signal.SIGHUP, on_sighup)
+
+
 def cmd_serve(args) -> int:
     from twisted.internet import reactor
 
@@ -120,6 +139,7 @@ def cmd_serve(args) -> int:
 
     cfg = args.config_obj
     start_logging(cfg.log.format, cfg.log.level)
+    ignore_sighup(reactor)
     server = MailServer(cfg, reactor)
     try:
         server.startService()
@@ -130,6 +150,7 @@ def cmd_serve(args) -> int:
     demo = ensure_demo(cfg, server.store) if cfg.demo else None
     print(first_run_text(cfg, server, demo), flush=True)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    reactor.callWhenRunning(ignore_sighup, reactor)  # again once the reactor has installed its own handlers
     reactor.run()
     sys.stdout.flush()
     return 0

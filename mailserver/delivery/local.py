@@ -30,6 +30,7 @@ from mailserver.delivery.router import LOCAL, OUTGOING, RELAY, Route, Router, Ro
 from mailserver.smtp import codes
 from mailserver.smtp.codes import Reply
 from mailserver.threads import run_in
+from storage.queueid import new_queue_id
 
 log = Logger()
 
@@ -168,7 +169,7 @@ class IncomingMessage:
         self.info = info
         self.envelope = envelope
         self.hooks = list(hooks)
-        self.queue_id = secrets.token_hex(6)
+        self.queue_id = new_queue_id()  # one id from the SMTP log line and Received field to the queue's lines
         self.size = 0
         self._blobs: dict[str, _Blob] = {}
         self._common = b""
@@ -395,7 +396,8 @@ class IncomingMessage:
                 await server.astore.enqueue(
                     _path(env.reverse_path), self._blobs["queue"].ref, specs, envid=env.mail_params.envid,
                     ret=env.mail_params.ret, smtputf8=env.smtputf8, body_8bit=env.mail_params.body == "8BITMIME",
-                    account_id=self.info.account_id, source="submission" if self.info.submission else "relay")
+                    account_id=self.info.account_id, source="submission" if self.info.submission else "relay",
+                    queue_id=self.queue_id)
                 outcomes += [_Outcome(r.address, True) for r, _ in remote]
                 server.kick_queue()
             except Exception:

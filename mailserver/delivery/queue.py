@@ -262,7 +262,7 @@ class QueueRunner:
         try:
             yield self._deliver(item)
         except Exception:
-            log.failure("queue: delivery of message {qid} failed", qid=item.message.id)
+            log.failure("queue: delivery of message {qid} failed", qid=item.message.public_id)
             try:
                 yield self._db(self.queue.release, [r.id for r in item.recipients])
             except Exception:
@@ -308,7 +308,7 @@ class QueueRunner:
                 try:
                     yield self._report(item, kind, rows, now)
                 except Exception:
-                    log.failure("queue: could not make a {kind} report for message {qid}", kind=kind, qid=m.id)
+                    log.failure("queue: could not make a {kind} report for message {qid}", kind=kind, qid=m.public_id)
         finished = yield self._record(outcomes)
         for qid in finished:
             self._dkim_cache.pop(qid, None)
@@ -316,7 +316,7 @@ class QueueRunner:
         for o in outcomes:
             self.stats[o.status] += 1
             # The mail log: one line per recipient and attempt.
-            log.info("queue {qid} to=<{rcpt}> {status} relay={relay}: {reply}", qid=m.id,
+            log.info("queue {qid} to=<{rcpt}> {status} relay={relay}: {reply}", qid=m.public_id,
                      rcpt=rcpt_of.get(o.recipient_id, "?"), status=o.status, relay=o.remote_mta or "-",
                      reply=o.reply[:300])
 
@@ -424,7 +424,7 @@ class QueueRunner:
                 raw = yield run_in(self.reactor, self.server.pools.blob, blobs.read, m.blob_id)
                 sig = yield run_in(self.reactor, self.server.pools.cpu, self.dkim.signature_headers, raw, domain)
         except Exception:
-            log.failure("queue: DKIM signing failed for message {qid}; sending unsigned", qid=m.id)
+            log.failure("queue: DKIM signing failed for message {qid}; sending unsigned", qid=m.public_id)
             sig = b""
         if len(self._dkim_cache) >= DKIM_CACHE:
             self._dkim_cache.pop(next(iter(self._dkim_cache)))

@@ -38,7 +38,7 @@ class Outbound:
         self.srv, self.dns, self.clock, self.runner = srv, dns, clock, runner
         self.store = srv.store
 
-    def enqueue(self, raw: bytes, recipients, sender: str = SENDER, **kwargs) -> int:
+    def enqueue(self, raw: bytes, recipients, sender: str = SENDER, **kwargs) -> str:
         from storage.store import QueueRecipientSpec
 
         ref = self.store.blobs.put(raw)
@@ -68,14 +68,14 @@ class Outbound:
 
 @contextmanager
 def outbound(tmp_path, zones, *, hang=frozenset(), database_url: str = "", runner_kwargs=None, start=True,
-             **config):
+             listeners=(), **config):
     """Yield an :class:`Outbound`; the runner uses a task.Clock set to the current time."""
     from mailserver.delivery.queue import QueueRunner
 
     with ExitStack() as stack:
         dns = stack.enter_context(dns_server(zones, hang=hang))
         config.setdefault("dns", {"nameservers": [dns.address], "timeout": 1.0})
-        srv = stack.enter_context(harness.running_server(tmp_path, listeners=(), database_url=database_url,
+        srv = stack.enter_context(harness.running_server(tmp_path, listeners=listeners, database_url=database_url,
                                                          **config))
         srv.add_user(SENDER, "pw")
         clock = task.Clock()

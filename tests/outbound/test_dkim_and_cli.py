@@ -94,7 +94,7 @@ def test_queue_commands(tmp_path, capsys, database_url):
         assert cli_main(["-c", cfg, "queue", "show", "999"]) == 1
         assert cli_main(["-c", cfg, "queue", "delete", str(q2)]) == 0
         assert cli_main(["-c", cfg, "queue", "delete", str(q2)]) == 1
-        assert [e.message.id for e in ob.queue_rows()] == [q1]
+        assert [e.message.public_id for e in ob.queue_rows()] == [q1]
         harness.call(ob.runner.start)
         wait_for(lambda: all(r.attempts == 1 for e in ob.queue_rows() for r in e.recipients))
         assert cli_main(["-c", cfg, "queue", "retry", str(q1)]) == 0

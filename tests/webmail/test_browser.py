@@ -304,3 +304,55 @@ def test_reading_and_sending_without_javascript(tmp_path):
             assert srv.store.get_mailbox(alice.id, "Sent").message_count == 1
             browser.close()
     time.sleep(0)
+
+
+ALTERNATIVE = (b"From: Shop <news@shop.example>\r\nTo: alice@example.test\r\nSubject: Spring sale\r\n"
+               b"Message-ID: <alt-1@shop.example>\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/alternative; boundary=alt\r\n\r\n"
+               b"--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nEverything is cheaper.\r\n"
+               b"--alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+               b"<p id=sale>Everything is <b>cheaper</b>.</p>\r\n--alt--\r\n")
+ALTERNATIVE_WITH_PDF = (b"From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: Report attached\r\n"
+                        b"Message-ID: <mix-1@example.test>\r\nMIME-Version: 1.0\r\n"
+                        b"Content-Type: multipart/mixed; boundary=mix\r\n\r\n"
+                        b"--mix\r\nContent-Type: multipart/alternative; boundary=alt\r\n\r\n"
+                        b"--alt\r\nContent-Type: text/plain\r\n\r\nThe report.\r\n"
+                        b"--alt\r\nContent-Type: text/html\r\n\r\n<p id=report>The <i>report</i>.</p>\r\n--alt--\r\n"
+                        b"--mix\r\nContent-Type: application/pdf\r\n"
+                        b"Content-Disposition: attachment; filename=report.pdf\r\n"
+                        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--mix--\r\n")
+
+
+def test_html_mail_shows_no_fake_attachment(tmp_path):
+    """An HTML mail sent as multipart/alternative, delivered by SMTP, shows its HTML and no attachment list (the text
+    version is not offered as "part-1 text/plain"); with a real attachment next to it, only that one is listed."""
+    with running_server(tmp_path, listeners=("https", "smtp")) as srv:
+        alice = srv.add_user(ALICE, PW)
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as mx:
+            mx.sendmail("news@shop.example", [ALICE], ALTERNATIVE)
+            mx.sendmail("bob@example.test", [ALICE], ALTERNATIVE_WITH_PDF)
+        inbox = srv.store.get_mailbox(alice.id, "INBOX")
+        assert inbox.message_count == 2
+        base = f"https://127.0.0.1:{srv.port('https')}"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            context = browser.new_context(ignore_https_errors=True)
+            context.route(re.compile(r"^(?!https://127\.0\.0\.1).*"), lambda route: route.abort())
+            page = context.new_page()
+            _login(page, base)
+            page.click("text=Spring sale")
+            expect(page.locator("#subject")).to_have_text("Spring sale")
+            expect(page.frame_locator("iframe.htmlbody").locator("#sale")).to_have_text("Everything is cheaper.")
+            expect(page.locator("section.attachments")).to_have_count(0)
+            expect(page.locator("a.attachment")).to_have_count(0)
+            assert "part-1" not in page.content()
+            _shot(page, "13-alternative-no-attachment")
+
+            page.goto(base + f"/m/{inbox.id}")
+            page.click("text=Report attached")
+            expect(page.locator("#subject")).to_have_text("Report attached")
+            expect(page.frame_locator("iframe.htmlbody").locator("#report")).to_have_text("The report.")
+            expect(page.locator("section.attachments a.attachment")).to_have_count(1)
+            expect(page.locator("section.attachments a.attachment")).to_have_text("report.pdf")
+            expect(page.locator("section.attachments h2")).to_contain_text("1 attachment")
+            browser.close()

@@ -409,3 +409,57 @@ def test_outlook_autodiscover_document(tmp_path):
             assert b"993" in page and b"STARTTLS" in page
         finally:
             srv.server.listening = [lst for lst in srv.server.listening if not isinstance(lst.port, _FakePort)]
+
+
+AD_REQUEST = (b'<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/'
+              b'autodiscover/outlook/requestschema/2006"><Request><EMailAddress>alice@example.test</EMailAddress>'
+              b'<AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/'
+              b'responseschema/2006a</AcceptableResponseSchema></Request></Autodiscover>')
+
+
+def _child_tags(el):
+    return [n.tagName for n in el.childNodes if n.nodeType == n.ELEMENT_NODE]
+
+
+def test_autodiscover_element_names_have_no_prefix(tmp_path):
+    """The Autodiscover answer names its elements without prefixes: ``<Autodiscover xmlns="…2006">`` holding
+    ``<Response xmlns="…2006a">``, so a client that looks up ``Autodiscover.Response`` by node name (Thunderbird)
+    finds it; the error answer likewise."""
+    import xml.dom.minidom
+
+    with running_server(tmp_path, listeners=("http",)) as srv:
+        _setup(srv)
+        _pretend_listening(srv, CLIENT_PORTS)
+        try:
+            c = Client(srv, "http")
+            r, data = c.request("POST", "/autodiscover/autodiscover.xml", AD_REQUEST, {"Content-Type": "text/xml"})
+            assert r.status == 200
+            assert b'<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006">' \
+                in data
+            assert b'<Response xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a">' \
+                in data
+            assert not re.search(rb"<[A-Za-z_][\w.-]*:|xmlns:", data), data
+            doc = xml.dom.minidom.parseString(data).documentElement
+            assert doc.tagName == "Autodiscover"
+            assert doc.getAttribute("xmlns") == "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"
+            assert _child_tags(doc) == ["Response"]
+            resp = doc.getElementsByTagName("Response")[0]
+            assert resp.namespaceURI == \
+                "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
+            assert _child_tags(resp) == ["User", "Account"]
+            acct = resp.getElementsByTagName("Account")[0]
+            assert _child_tags(acct) == ["AccountType", "Action"] + ["Protocol"] * 6
+            proto = acct.getElementsByTagName("Protocol")[0]
+            assert _child_tags(proto) == ["Type", "Server", "Port", "DomainRequired", "LoginName", "SPA", "SSL",
+                                          "Encryption", "AuthRequired"]
+            assert proto.getElementsByTagName("Server")[0].firstChild.data == "mail.example.test"
+            # The error answer: Response and Error stay in the outer 2006 namespace, also unprefixed.
+            r, data = c.request("POST", "/autodiscover/autodiscover.xml", b"<x/>", {"Content-Type": "text/xml"})
+            assert not re.search(rb"<[A-Za-z_][\w.-]*:|xmlns:", data), data
+            doc = xml.dom.minidom.parseString(data).documentElement
+            assert doc.tagName == "Autodiscover" and _child_tags(doc) == ["Response"]
+            error = doc.getElementsByTagName("Error")[0]
+            assert error.parentNode.tagName == "Response"
+            assert _child_tags(error) == ["ErrorCode", "Message", "DebugData"]
+        finally:
+            srv.server.listening = [lst for lst in srv.server.listening if not isinstance(lst.port, _FakePort)]

@@ -1,0 +1,34 @@
+"""Public queue ids: what log lines, Received fields, SMTP replies and the ``mailserver queue`` command show.
+
+A queue id names one message taken in (an SMTP or webmail submission, or a report we generate) for good: it is
+random, so it is never reused after a delete (a log line's id names one message, across restarts and nodes) and says
+nothing about how much mail the server handles, which a counter would.  The outbound queue stores it in its own
+unique column (``queue.public_id``); the integer keys of ``queue`` and ``queue_recipients`` stay internal (they are
+never reused either: AUTOINCREMENT on SQLite, sequences on PostgreSQL).
+
+Format: :data:`QUEUE_ID_LENGTH` characters of the RFC 4648 base32 alphabet (``A``–``Z``, ``2``–``7``), 80 random
+bits, like ``KZ4Q7N2XWB5TPL3M``.  With 80 bits two ids collide with probability about n²/2⁸¹ (one in a billion after
+some 50 billion messages), so a clash of the unique column is not retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+
+#: Characters in a queue id.
+QUEUE_ID_LENGTH = 16
+_RANDOM_BYTES = QUEUE_ID_LENGTH * 5 // 8  # base32: 5 bits per character
+QUEUE_ID_RE = re.compile(rf"[A-Z2-7]{{{QUEUE_ID_LENGTH}}}")
+
+
+def new_queue_id() -> str:
+    """A fresh random queue id."""
+    return base64.b32encode(secrets.token_bytes(_RANDOM_BYTES)).decode("ascii")
+
+
+def normalize_queue_id(text: str) -> str | None:
+    """A queue id as typed by an operator (any case, surrounding space), or None if it is not one."""
+    qid = text.strip().upper()
+    return qid if QUEUE_ID_RE.fullmatch(qid) else None
