@@ -31,6 +31,7 @@ additions lands, or where each run of removals starts, processed left to right a
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -47,6 +48,8 @@ __all__ = ["MAX_UPDATE_CONTEXTS", "UpdateContext", "SearchContexts", "freeze_seq
 #: Updating contexts per session; one more is refused with ``* NO [NOUPDATE "tag"]`` (RFC 5267 4.3.1: at least one
 #: per client must be possible).
 MAX_UPDATE_CONTEXTS = 10
+#: Up to this many messages joining or leaving a result at once are placed by bisection; more by one pass over it.
+_FEW = 64
 
 
 @dataclass
@@ -76,10 +79,14 @@ class UpdateContext:
 
     def remove(self, gone: Iterable[int], number: Callable[[int], int]) -> bytes | None:
         """Take ``gone`` members out; the REMOVEFROM return data saying so, or None."""
-        positions = sorted(self.index(u) for u in set(gone) if u in self.members)
-        if not positions:
+        leaving = {u for u in gone if u in self.members}
+        if not leaving:
             return None
         order = self.order
+        if len(leaving) <= _FEW:
+            positions = sorted(self.index(u) for u in leaving)
+        else:
+            positions = [i for i, u in enumerate(order) if u in leaving]  # one pass, no comparisons
         pairs: list[str] = []
         if self.sorted:
             removed = 0
@@ -89,34 +96,47 @@ class UpdateContext:
                 removed += len(run)
         else:
             pairs.append("0 " + compact(number(order[p]) for p in positions))
-        for p in reversed(positions):
-            self.members.discard(order[p])
-            del order[p]
+        if len(leaving) <= _FEW:
+            for p in reversed(positions):
+                del order[p]
+        else:
+            order[:] = [u for u in order if u not in leaving]
+        self.members -= leaving
         return ("REMOVEFROM (" + " ".join(pairs) + ")").encode("ascii")
 
     def add(self, new: Iterable[int], number: Callable[[int], int]) -> bytes | None:
         """Put ``new`` (non-members; SORT: with their ``values`` known) in; the ADDTO return data, or None."""
-        fresh = [u for u in set(new) if u not in self.members]
+        fresh = {u for u in new if u not in self.members}
         if not fresh:
             return None
         order = self.order
+        self.members |= fresh
         if not self.sorted:
-            for u in fresh:
-                bisect.insort(order, u)
-            self.members.update(fresh)
+            if len(fresh) <= _FEW:
+                for u in fresh:
+                    bisect.insort(order, u)
+            else:
+                order.extend(fresh)
+                order.sort()
             return ("ADDTO (0 " + compact(number(u) for u in fresh) + ")").encode("ascii")
         key = self._key
-        fresh.sort(key=key)
-        runs: list[tuple[int, list[int]]] = []  # (1-based position, numbers)
-        for u in fresh:
-            i = bisect.bisect_left(order, key(u), key=key)
-            order.insert(i, u)
+        ranked = sorted(fresh, key=key)
+        if len(fresh) <= _FEW:
+            for u in ranked:
+                order.insert(bisect.bisect_left(order, key(u), key=key), u)
+        else:
+            order[:] = heapq.merge(order, ranked, key=key)
+        # Runs of consecutive new members in the final order, left to right: inserting each at its final position
+        # is what a client processing the pairs in order does (RFC 5267 4.3.3: the first result of the set
+        # occupies the context position after insertion).
+        runs: list[tuple[int, list[int]]] = []
+        positions = sorted(self.index(u) for u in ranked) if len(fresh) <= _FEW else \
+            [i for i, u in enumerate(order) if u in fresh]
+        for i in positions:
             if runs and runs[-1][0] + len(runs[-1][1]) == i + 1:
-                runs[-1][1].append(number(u))  # right after the previous insertion: same run
+                runs[-1][1].append(number(order[i]))
             else:
-                runs.append((i + 1, [number(u)]))
-        self.members.update(fresh)
-        # RFC 5267 4.3.3: the first result of the set occupies the context position after insertion.
+                runs.append((i + 1, [number(order[i])]))
         return ("ADDTO (" + " ".join(f"{pos} {ordered_set(nums)}" for pos, nums in runs) + ")").encode("ascii")
 
     def line(self, items: Sequence[bytes]) -> bytes:

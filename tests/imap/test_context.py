@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from mailserver.imap import context
 from mailserver.imap import searchkeys as k
 from mailserver.imap.commands import SortCriterion
 from mailserver.imap.context import SearchContexts, UpdateContext, freeze_sequence_numbers
@@ -239,11 +240,14 @@ PROGRAMS = [
 
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("uid", [False, True])
-def test_client_following_the_updates_always_holds_the_current_result(seed, uid):
+@pytest.mark.parametrize("few", [64, 0])
+def test_client_following_the_updates_always_holds_the_current_result(seed, uid, few, monkeypatch):
     """Random arrivals, flag changes and expunges, several per flush, expunges sometimes deferred (RFC 9051 7.4.1:
     none while answering FETCH, STORE or SEARCH): after every flush and update round the client's copy of each
     context equals a fresh search/sort; every REMOVEFROM of an expunged message comes before its EXPUNGE, every
-    ADDTO of a new message after its EXISTS, every sequence number one the client knows."""
+    ADDTO of a new message after its EXISTS, every sequence number one the client knows. ``few`` 0 takes the
+    one-pass path that large batches take."""
+    monkeypatch.setattr(context, "_FEW", few)
     rng = random.Random(seed * 2 + uid)
     srv = Server(rng, rng.randint(0, 12))
     results = {}
