@@ -17,7 +17,8 @@ changes (RFC 9051 7.4.1, :meth:`mailserver.imap.selected.SelectedMailbox.flush`)
   expunged are removed from every context, and their REMOVEFROM responses are put in front of the flush's lines,
   numbered as the client still has them (RFC 5267 4.3.4: sent before the expunge notification).
 - ``pending(sel) -> {uid: generation}``: the marked messages to evaluate now (those the client has been told of;
-  RFC 5267 4.3.3: an ADDTO of new messages follows their EXISTS).
+  RFC 5267 4.3.3: an ADDTO of new messages follows their EXISTS; a change that arrived after the last flush waits
+  for the next).
 - ``apply(sel, evaluated, matched, values) -> [bytes]``: with the program's verdict on those messages
   (``matched``: tag -> set of matching UIDs; ``values``: tag -> {uid: sort values} for new members of SORT
   contexts), the REMOVEFROM/ADDTO lines, one ``* ESEARCH`` line per context that changed; a message marked again
@@ -216,6 +217,10 @@ class SearchContexts:
         if not self.contexts:
             self.dirty.clear()  # evaluated by nobody: the next context starts from the flushed cache
             return lines
+        # Every change that arrived so far is in the cache now: a marked message not in it is gone (perhaps
+        # before the client heard of it). Marks of changes arriving later stay until their flush.
+        for u in [u for u in self.dirty if sel.index_of(u) is None]:
+            del self.dirty[u]
         if before is None or sel.uids[: len(before)] == before:
             return lines  # nothing expunged
         gone = set(before)
@@ -231,19 +236,15 @@ class SearchContexts:
             data = ctx.remove(gone, (lambda u: u) if ctx.uid else old_number)
             if data is not None:
                 out.append(ctx.line([data]))
-        for u in gone:
-            self.dirty.pop(u, None)
         # RFC 5267 4.3.4: before the EXPUNGE (or VANISHED) responses, in the numbering the client still has.
         return out + lines
 
     def pending(self, sel) -> dict[int, int]:
         told = getattr(sel, "told_exists", sel.exists)
         out: dict[int, int] = {}
-        for uid, gen in list(self.dirty.items()):
+        for uid, gen in self.dirty.items():
             i = sel.index_of(uid)
-            if i is None:
-                del self.dirty[uid]  # gone before the client heard of it
-            elif i < told:
+            if i is not None and i < told:  # absent: not flushed yet (or gone, dropped at the next flush)
                 out[uid] = gen
         return out
 

@@ -300,3 +300,18 @@ def test_a_message_changed_again_during_evaluation_waits_for_the_next_round():
     srv.event(ch.FLAGS, 1, 0)  # arrives while the round evaluates
     assert srv.contexts.apply(srv.sel, todo, {"t": {1}}, {}) == []
     assert 1 in srv.contexts.dirty
+
+
+def test_a_message_not_flushed_yet_keeps_its_mark():
+    """In IDLE a change can arrive while a round waits for the one before: the new message is not in the cache yet,
+    so it is left for the round after its flush (not dropped as gone)."""
+    srv = Server(random.Random(6), 1)
+    srv.contexts.add(srv.sel, UpdateContext(tag="t", uid=True, keys=k.All(), order=[1]))
+    srv.infos[2] = _info(2, 10, 1.0)
+    srv.event(ch.EXISTS, 2, 0)  # queued in the selected mailbox, not flushed
+    assert srv.contexts.pending(srv.sel) == {} and 2 in srv.contexts.dirty
+    assert srv.flush(True) == [b"* 2 EXISTS\r\n", b'* ESEARCH (TAG "t") UID ADDTO (0 2)\r\n']
+    srv.event(ch.EXISTS, 3, 0)
+    srv.event(ch.EXPUNGE, 3)  # came and went between two flushes
+    srv.flush(True)
+    assert 3 not in srv.contexts.dirty
