@@ -1,5 +1,6 @@
-"""Search IMAP commands (selected state): SEARCH, SORT and THREAD, and the loader that gives the search engine
-message headers and text on demand.
+"""Search IMAP commands (selected state): SEARCH, SORT and THREAD (with RFC 4731 ESEARCH, RFC 5267 ESORT and
+CONTEXT: PARTIAL, UPDATE and CANCELUPDATE), the loader that gives the search engine message headers and text on
+demand, and the rounds that keep UPDATE contexts (:mod:`mailserver.imap.context`) up to date.
 
 Handlers take ``(session, command)`` and follow the contract of :mod:`mailserver.imap.cmd_common`.
 """
@@ -10,16 +11,23 @@ import math
 from itertools import compress
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+
 from mailserver.threads import run_in
 from storage.models import FLAG_ANSWERED, FLAG_DELETED, FLAG_DRAFT, FLAG_FLAGGED, FLAG_SEEN
 from storage.store import MessageMeta
 
 from . import commands as c
+from . import response as r
+from .cmd_common import Bad, No, Ok
 from .cmd_message import FETCH_BATCH
 from .selected import SelectedMailbox
 
 if TYPE_CHECKING:
     from .session import ImapSession
+
+log = Logger()
 
 
 #: A message as the search engine sees it, from the selected-mailbox cache (no database round trip); a tuple type,
@@ -174,10 +182,49 @@ async def _matching_uids(s: ImapSession, keys) -> list[int]:
                         header_of=loader.header_of, **kwargs)
 
 
+def _wants_update(cmd) -> bool:
+    return cmd.return_options is not None and "UPDATE" in cmd.return_options
+
+
+def _check_update_tag(s: ImapSession, cmd) -> None:
+    """RFC 5267 4.3: UPDATE with the tag of a live updating command is a BAD (before anything runs)."""
+    s.contexts.bind(s.selected)
+    if s.contexts.get(cmd.tag) is not None:
+        raise Bad("tag already names an updating search (RFC 5267 4.3)")
+
+
+def _frozen_keys(sel: SelectedMailbox, keys):
+    """The program with sequence numbers resolved now (RFC 5267 4.3)."""
+    from .context import freeze_sequence_numbers
+
+    def uids_of(seq_set) -> list[int]:
+        out: list[int] = []
+        for lo, hi in seq_set.resolve(sel.exists):
+            out.extend(sel.uid_of(n) for n in range(max(lo, 1), min(hi, sel.exists) + 1))
+        return out
+
+    return freeze_sequence_numbers(keys, uids_of)
+
+
+def _start_context(s: ImapSession, cmd, keys, order: list[int], criteria=None, values=None) -> None:
+    from .context import MAX_UPDATE_CONTEXTS, UpdateContext
+
+    if len(s.contexts) >= MAX_UPDATE_CONTEXTS:
+        # RFC 5267 4.3.1: refused with NOUPDATE; the other return options were honoured.
+        s.send(r.status_line("NO", "too many updating searches", b"NOUPDATE " + r.quoted(cmd.tag)))
+        return
+    s.contexts.add(s.selected, UpdateContext(tag=cmd.tag, uid=cmd.uid, keys=keys, criteria=criteria,
+                                             order=list(order), values=dict(values or {})))
+
+
 async def search(s: ImapSession, cmd: c.Search):
     from . import search as S
 
     sel = s.selected
+    update = _wants_update(cmd)
+    if update:
+        _check_update_tag(s, cmd)
+        frozen = _frozen_keys(sel, cmd.keys)
     with_modseq = S.uses_modseq(cmd.keys)
     if with_modseq:
         s.enable_condstore()  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
@@ -187,10 +234,12 @@ async def search(s: ImapSession, cmd: c.Search):
         highest = max((sel.modseq_of(u) for u in uids), default=0) if with_modseq else None
         s.send(S.search_response(numbers, highest))
         return None
-    # RFC 4731 / RFC 9051 6.4.4.4: ESEARCH
+    # RFC 4731 / RFC 9051 6.4.4.4: ESEARCH; RFC 5267 4.4 PARTIAL
     seqs = None if cmd.uid else seq_numbers(sel, uids)
     s.send(S.esearch_response(cmd.tag, cmd.uid, uids, cmd.return_options, seq_numbers=seqs,
-                              modseq_of=sel.modseq_of if with_modseq else None))
+                              modseq_of=sel.modseq_of if with_modseq else None, partial=cmd.partial))
+    if update:
+        _start_context(s, cmd, frozen, uids)
     return None
 
 
@@ -208,6 +257,10 @@ async def sort(s: ImapSession, cmd: c.Sort):
     from . import sort as O
 
     sel = s.selected
+    update = _wants_update(cmd)
+    if update:
+        _check_update_tag(s, cmd)
+        frozen = _frozen_keys(sel, cmd.keys)
     with_modseq = S.uses_modseq(cmd.keys)
     if with_modseq:
         s.enable_condstore()  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
@@ -218,13 +271,117 @@ async def sort(s: ImapSession, cmd: c.Sort):
     if cmd.return_options is None:
         highest = max((sel.modseq_of(u) for u in ordered), default=0) if with_modseq else None
         s.send(O.sort_response(numbers, highest))
-    else:
-        # RFC 5267 ESORT
-        modseq_of = None
-        if with_modseq:
-            modseq_of = sel.modseq_of if cmd.uid else (lambda n: sel.modseq_of(sel.uid_of(n)))
-        s.send(O.esort_response(cmd.tag, cmd.uid, numbers, cmd.return_options, modseq_of=modseq_of))
+        return None
+    # RFC 5267 ESORT
+    modseq_of = None
+    if with_modseq:
+        modseq_of = sel.modseq_of if cmd.uid else (lambda n: sel.modseq_of(sel.uid_of(n)))
+    s.send(O.esort_response(cmd.tag, cmd.uid, numbers, cmd.return_options, modseq_of=modseq_of,
+                            partial=cmd.partial))
+    if update:
+        values = {i.uid: O.sort_values(cmd.criteria, i) for i in infos}
+        _start_context(s, cmd, frozen, ordered, cmd.criteria, values)
     return None
+
+
+async def cancel_update(s: ImapSession, cmd: c.CancelUpdate):
+    """RFC 5267 4.3.5: no more updates for the named contexts (all of them, or none when a tag is unknown)."""
+    s.contexts.bind(s.selected)
+    for tag in cmd.tags:
+        if s.contexts.get(tag) is None:
+            raise No(f"no updating search with tag {tag}")
+    for tag in cmd.tags:
+        s.contexts.cancel(tag)
+    return Ok("no further updates")
+
+
+# -- RFC 5267 4.3: keeping UPDATE contexts up to date ----------------------------------------------------------
+
+async def _matching_subset(s: ImapSession, keys, uids: list[int]) -> set[int]:
+    """Which of the selected ``uids`` match ``keys`` now."""
+    from . import search as S
+
+    if _uses_internal_date(keys):
+        await _refresh_dates(s)
+    sel = s.selected
+    kws = sel.keywords
+    messages = []
+    for u in uids:
+        i = sel.index_of(u)
+        if i is not None:
+            messages.append(_SearchMeta(u, sel.modseqs[i], sel.flags[i], kws.get(u, ()), sel.sizes[i], sel.dates[i]))
+    if not messages:
+        return set()
+    seq_of = {m.uid: sel.seq_of(m.uid) for m in messages}
+    largest_uid = sel.uids[-1] if sel.uids else 0
+    kwargs = dict(seq_of=seq_of, max_uid=largest_uid, max_seq=sel.exists, recent_uids=frozenset(sel.recent),
+                  now=s.server.reactor.seconds())
+    if not _needs_content(keys):
+        return set(S.search(keys, messages, **kwargs))
+    server = s.server
+    loader = _ContentLoader(server.store, sel.mailbox_id, [m.uid for m in messages])
+    return set(await run_in(server.reactor, server.pools.db_read, S.search, keys, messages,
+                            text_of=loader.text_of, header_of=loader.header_of, **kwargs))
+
+
+async def update_contexts(s: ImapSession, *, idle: bool = False) -> None:
+    """Evaluate the changed messages against every UPDATE context and send the ADDTO/REMOVEFROM responses
+    (RFC 5267 4.3). From the dispatcher after each command's flush (before the tagged reply); in IDLE after each
+    flush, sending only while the IDLE lasts (otherwise the next command's round sends them). Rounds run one at a
+    time; never raises."""
+    contexts = s.contexts
+    contexts.bind(s.selected)
+    if not contexts or not contexts.dirty:
+        return
+    lock = getattr(contexts, "lock", None)
+    if lock is None:
+        from twisted.internet.defer import DeferredLock
+
+        lock = contexts.lock = DeferredLock()
+    await lock.acquire()
+    try:
+        await _update_round(s, idle)
+    except Exception:
+        log.failure("updating RFC 5267 contexts failed")
+    finally:
+        lock.release()
+
+
+async def _update_round(s: ImapSession, idle: bool) -> None:
+    from . import sort as O
+
+    sel = s.selected
+    contexts = s.contexts
+    contexts.bind(sel)
+    if sel is None or not contexts:
+        return
+    todo = contexts.pending(sel)
+    if not todo:
+        return
+    uids = sorted(todo)
+    matched: dict[str, set[int]] = {}
+    for ctx in contexts:
+        matched[ctx.tag] = await _matching_subset(s, ctx.keys, uids)
+    values: dict[str, dict[int, tuple]] = {}
+    wanted = {u for ctx in contexts if ctx.sorted for u in matched[ctx.tag] if u not in ctx.values}
+    if wanted:
+        infos = {i.uid: i for i in await _infos(s, sorted(wanted))}
+        for ctx in contexts:
+            if ctx.sorted:
+                values[ctx.tag] = {u: O.sort_values(ctx.criteria, infos[u]) for u in matched[ctx.tag]
+                                   if u not in ctx.values and u in infos}
+    if s.closed or s.selected is not sel or (idle and s._idle_tag is None):
+        return  # the changes stay marked for the next round
+    lines = contexts.apply(sel, todo, matched, values)
+    if lines:
+        s.send(b"".join(lines))
+
+
+def schedule_context_update(s: ImapSession) -> None:
+    """In IDLE: a round of :func:`update_contexts` in the background (its responses may come at any time,
+    RFC 5267 4.3.2)."""
+    if s.contexts and s.contexts.dirty:
+        ensureDeferred(update_contexts(s, idle=True))
 
 
 async def thread(s: ImapSession, cmd: c.Thread):

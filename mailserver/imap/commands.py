@@ -12,10 +12,10 @@ Authenticated: Enable(capabilities), Select(mailbox, readonly, condstore, qresyn
   List(reference, patterns, selection, return_options, return_status, extended), Lsub(reference, pattern),
   Namespace, Status(mailbox, items), Append(mailbox, messages), Idle, GetQuota(root), GetQuotaRoot(mailbox),
   SetQuota(root, limits), Compress(mechanism)
-Selected: Check, Close, Unselect, Expunge(uid_set), Search(uid, charset, keys, return_options),
+Selected: Check, Close, Unselect, Expunge(uid_set), Search(uid, charset, keys, return_options, partial),
   Fetch(uid, seq_set, items, changed_since, vanished), Store(uid, seq_set, mode, silent, flags, unchanged_since),
-  Copy(uid, seq_set, mailbox), Move(uid, seq_set, mailbox), Sort(uid, criteria, charset, keys, return_options),
-  Thread(uid, algorithm, charset, keys)
+  Copy(uid, seq_set, mailbox), Move(uid, seq_set, mailbox), Sort(uid, criteria, charset, keys, return_options,
+  partial), Thread(uid, algorithm, charset, keys), CancelUpdate(tags)
 """
 
 from __future__ import annotations
@@ -277,13 +277,15 @@ class Expunge(Command):
 
 @_dc
 class Search(Command):
-    """``return_options`` None: classic SEARCH; a tuple (RFC 4731 / RFC 9051 ESEARCH): ``()`` means ALL."""
+    """``return_options`` None: classic SEARCH; a tuple (RFC 4731 / RFC 9051 ESEARCH): ``()`` without ``partial``
+    means ALL. ``partial``: the RFC 5267 PARTIAL range (low, high), low <= high."""
 
     name: ClassVar[str] = "SEARCH"
     uid: bool = False
     charset: str | None = None  # upper-cased; only US-ASCII / UTF-8 pass the parser
     keys: SearchKey
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
 
 
 @_dc
@@ -387,7 +389,7 @@ class SortCriterion:
 
 @_dc
 class Sort(Command):
-    """RFC 5256 3 SORT (and RFC 5267 ESORT ``RETURN`` options, None when absent)."""
+    """RFC 5256 3 SORT (and RFC 5267 ESORT ``RETURN`` options, None when absent; ``partial`` as for Search)."""
 
     name: ClassVar[str] = "SORT"
     uid: bool = False
@@ -395,6 +397,15 @@ class Sort(Command):
     charset: str
     keys: SearchKey
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
+
+
+@_dc
+class CancelUpdate(Command):
+    """RFC 5267 4.3.5: CANCELUPDATE 1*(SP quoted): the tags of the searching commands whose updates end."""
+
+    name: ClassVar[str] = "CANCELUPDATE"
+    tags: tuple[str, ...]
 
 
 @_dc

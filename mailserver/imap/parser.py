@@ -482,10 +482,10 @@ def _search(p: _Parser) -> c.Command:
     # RFC 9051 9: search = "SEARCH" [search-return-opts] SP search-program
     tok = p.tok
     tok.sp()
-    returns = None
+    returns = partial = None
     if tok.take_word(b"RETURN"):
         tok.sp()
-        returns = read_search_return(tok)
+        returns, partial = read_search_return(tok)
         tok.sp()
     charset = None
     if tok.take_word(b"CHARSET"):
@@ -493,7 +493,7 @@ def _search(p: _Parser) -> c.Command:
         charset = read_charset(tok)
         tok.sp()
     keys = read_search_keys(tok, charset)
-    return c.Search(tag=p.tag, uid=p.uid, charset=charset, keys=keys, return_options=returns)
+    return c.Search(tag=p.tag, uid=p.uid, charset=charset, keys=keys, return_options=returns, partial=partial)
 
 
 def _section(p: _Parser, *, binary: bool) -> c.Section:
@@ -658,10 +658,10 @@ def _sort(p: _Parser) -> c.Command:
     # RFC 5256 5: sort = ["UID" SP] "SORT" SP sort-criteria SP search-criteria; RFC 5267 3 ESORT RETURN
     tok = p.tok
     tok.sp()
-    returns = None
+    returns = partial = None
     if tok.take_word(b"RETURN"):
         tok.sp()
-        returns = read_search_return(tok)
+        returns, partial = read_search_return(tok)
         tok.sp()
     tok.open_paren()
     criteria: list[c.SortCriterion] = []
@@ -681,8 +681,21 @@ def _sort(p: _Parser) -> c.Command:
     tok.sp()
     keys = read_search_keys(tok, charset)
     return c.Sort(
-        tag=p.tag, uid=p.uid, criteria=tuple(criteria), charset=charset, keys=keys, return_options=returns
+        tag=p.tag, uid=p.uid, criteria=tuple(criteria), charset=charset, keys=keys, return_options=returns,
+        partial=partial,
     )
+
+
+def _cancel_update(p: _Parser) -> c.Command:
+    # RFC 5267 5: command-select =/ "CANCELUPDATE" 1*(SP quoted)
+    tok = p.tok
+    tags: list[str] = []
+    while not tok.at_end():
+        tok.sp()
+        tags.append(tok.quoted().decode("utf-8", "replace"))
+    if not tags:
+        raise p.error("CANCELUPDATE needs a tag")
+    return c.CancelUpdate(tag=p.tag, tags=tuple(dict.fromkeys(tags)))
 
 
 def _thread(p: _Parser) -> c.Command:
@@ -731,6 +744,7 @@ COMMANDS = {
     "MOVE": _copy_move(c.Move),
     "SORT": _sort,
     "THREAD": _thread,
+    "CANCELUPDATE": _cancel_update,
     "GETQUOTA": _get_quota,
     "GETQUOTAROOT": _one_mailbox(c.GetQuotaRoot),
     "SETQUOTA": _set_quota,

@@ -525,7 +525,8 @@ def esearch_response(tag: str, uid: bool, matches: Sequence[int], return_options
         if seq_numbers is None:
             raise ValueError("seq_numbers are needed for a non-UID ESEARCH")
         numbers = sorted(seq_numbers)
-    options = [o.upper() for o in return_options] or ["ALL"]  # RFC 4731 3.1: RETURN () means ALL
+    # RFC 4731 3.1: RETURN () means ALL; RFC 5267 4.4: PARTIAL replaces it. CONTEXT/UPDATE return no data here.
+    options = [o.upper() for o in return_options] or (["ALL"] if partial is None else [])
     # RFC 9051 7.3.4: esearch-response = "ESEARCH" [search-correlator] [SP "UID"] *(SP search-return-data)
     out = [b"* ESEARCH (TAG " + response.quoted(tag) + b")"]
     if uid:

@@ -1,5 +1,5 @@
 """The SEARCH key tree and its grammar (RFC 3501 6.4.4, RFC 9051 6.4.4, RFC 7162 3.1.5 MODSEQ, RFC 5032 WITHIN,
-RFC 4731 / RFC 9051 ESEARCH RETURN options), sans-IO.
+RFC 4731 / RFC 9051 ESEARCH and RFC 5267 CONTEXT RETURN options), sans-IO.
 
 Key nodes (frozen dataclasses, together the ``SearchKey`` union):
 - ``All()``
@@ -21,7 +21,9 @@ Grammar helpers over a :class:`mailserver.imap.wire.Tokenizer`:
   command; one key is returned as itself, several as ``And``.
 - ``read_charset(tok) -> str``: a charset name, upper-cased; raises ``ParseError(status="NO",
   code="BADCHARSET (US-ASCII UTF-8)")`` for any other (RFC 9051 6.4.4).
-- ``read_search_return(tok) -> tuple[str, ...]``: after ``RETURN``: ``(MIN MAX ALL COUNT)``; ``()`` means ALL.
+- ``read_search_return(tok) -> (options, partial)``: after ``RETURN``: ``(MIN MAX ALL COUNT CONTEXT UPDATE
+  PARTIAL n:m)``; ``options`` the option names but PARTIAL, in order, without repeats (``()`` means ALL for the
+  caller, RFC 4731 3.1); ``partial`` the PARTIAL range as ``(low, high)`` with low <= high, or None.
 - ``read_seq_set(tok) -> SeqSet``, ``read_date(tok) -> date``.
 String values are decoded as UTF-8 (US-ASCII is a subset); invalid UTF-8 is a BAD.
 """
@@ -36,7 +38,7 @@ from .wire import ParseError, Tokenizer
 
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 BADCHARSET_CODE = "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")"
-ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "CONTEXT", "UPDATE"})  # RFC 4731 3.1, RFC 5267 4
 _MONTHS = {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())}
 _SEQ_CHARS = frozenset(b"0123456789:,*")
 _LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -193,20 +195,40 @@ def read_charset(tok: Tokenizer) -> str:
     return charset
 
 
-def read_search_return(tok: Tokenizer) -> tuple[str, ...]:
-    """RFC 4731 3.1: search-return-opts = "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")"."""
+def read_search_return(tok: Tokenizer) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """RFC 4731 3.1: search-return-opts = "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")";
+    RFC 5267 5: search-return-opt =/ "CONTEXT" / "PARTIAL" SP partial-range / "UPDATE"."""
     tok.open_paren()
     options: list[str] = []
+    partial: tuple[int, int] | None = None
+    first = True
     while not tok.take(b")"):
-        if options:
+        if not first:
             tok.sp()
+        first = False
         option = tok.atom("return option").decode("ascii").upper()
+        if option == "PARTIAL":
+            if partial is not None:
+                raise tok.error("PARTIAL given twice")
+            tok.sp()
+            partial = _partial_range(tok)
+            continue
         if option not in ESEARCH_RETURN:
             raise tok.error(f"unknown RETURN option {option}")
         if option not in options:
             options.append(option)
     tok.depth -= 1
-    return tuple(options)
+    if partial is not None and "ALL" in options:
+        raise tok.error("PARTIAL and ALL cannot be combined")  # RFC 5267 4.4
+    return tuple(options), partial
+
+
+def _partial_range(tok: Tokenizer) -> tuple[int, int]:
+    """RFC 5267 5: partial-range = nz-number ":" nz-number ("500:400 is the same as 400:500"; no "*")."""
+    low = tok.number(nz=True)
+    tok.expect(b":", "partial range")
+    high = tok.number(nz=True)
+    return (low, high) if low <= high else (high, low)
 
 
 def _text(tok: Tokenizer) -> str:

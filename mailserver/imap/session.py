@@ -59,6 +59,7 @@ from .cmd_common import (
     No,
     Ok,
 )
+from .context import SearchContexts
 from .parser import parse_append_prefix, parse_command
 from .selected import RecentTracker, SelectedMailbox, UpdateOptions, flag_names
 from .wire import (
@@ -147,6 +148,7 @@ class ImapSession:
         self.account_id: int | None = None
         self.username = ""
         self.selected: SelectedMailbox | None = None
+        self.contexts = SearchContexts()  # RFC 5267 UPDATE contexts of the selected mailbox
         self.enabled: set[str] = set()
         self.condstore = False
         self.compressing = False
@@ -210,8 +212,8 @@ class ImapSession:
             return caps
         caps += ["UIDPLUS", "MOVE", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                  "CONDSTORE", "QRESYNC", "ESEARCH", "MULTIAPPEND", "BINARY", f"APPENDLIMIT={self.append_limit}",
-                 "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "SORT", "ESORT", "THREAD=REFERENCES",
-                 "THREAD=ORDEREDSUBJECT"]
+                 "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "SORT", "ESORT", "SORT=DISPLAY", "CONTEXT=SEARCH",
+                 "CONTEXT=SORT", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"]
         if not self.compressing:
             caps.append("COMPRESS=DEFLATE")
         return caps
@@ -376,6 +378,8 @@ class ImapSession:
                 self.errors = 0
                 return
             self._flush_updates(command)
+            if self.contexts:
+                await cmd_search.update_contexts(self)  # RFC 5267 4.3: ADDTO/REMOVEFROM before the tagged reply
             if self.closed:
                 return
             ok = result if isinstance(result, Ok) else Ok()
@@ -405,9 +409,13 @@ class ImapSession:
             return
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
         tracker = self.recent if (not sel.readonly and not self.rev2) else None
+        before = self.contexts.before_flush(sel)
         lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
+        lines = self.contexts.after_flush(sel, before, lines)  # RFC 5267 4.3.4: REMOVEFROM before EXPUNGE
         if lines:
             self.send(b"".join(lines))
+        if self._idle_tag is not None:
+            cmd_search.schedule_context_update(self)
 
     # -- change notifications ---------------------------------------------------------------------------------
     def _on_changes(self, changes: list) -> None:
@@ -416,6 +424,7 @@ class ImapSession:
         for change in changes:
             if sel is not None and change.mailbox_id == sel.mailbox_id:
                 sel.on_change(change)
+                self.contexts.on_change(change)
             elif collect is not None and change.mailbox_id == collect[0]:
                 collect[1].append(change)
         if self._idle_tag is not None and sel is not None and sel.has_updates():
@@ -533,6 +542,7 @@ COMMANDS: dict[type, tuple[Callable, int]] = {
     c.Search: (cmd_search.search, SELECTED),
     c.Sort: (cmd_search.sort, SELECTED),
     c.Thread: (cmd_search.thread, SELECTED),
+    c.CancelUpdate: (cmd_search.cancel_update, SELECTED),
 }
 
 __all__ = ["ImapSession", "COMMANDS", "No", "Bad", "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT",

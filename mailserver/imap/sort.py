@@ -9,6 +9,9 @@ Public API:
   are in sequence order). Pass the matches of the search program (``search.search``) as ``messages``.
 - ``sort_key_values(key, msg) -> str | float | int``: the value one criterion compares (exposed for tests and for
   the webmail's list ordering).
+- ``sort_values(criteria, msg) -> tuple`` and ``order_key(criteria, values) -> key function of a UID``: the order
+  of :func:`sort_messages` as a key, for keeping a sorted result up to date (RFC 5267 CONTEXT=SORT): ``values``
+  maps UID -> ``sort_values``; ties go by UID, which is sequence-number order within a mailbox.
 - ``sort_response(numbers, highest_modseq=None) -> bytes``: ``* SORT 3 1 2\\r\\n`` (``(MODSEQ n)`` appended after a
   MODSEQ search key, RFC 7162 3.1.5, when something matched).
 - ``esort_response(tag, uid, numbers, return_options, *, modseq_of=None, partial=None) -> bytes``: RFC 5267 ESORT:
@@ -27,6 +30,7 @@ the criterion it precedes. Messages equal on every criterion keep sequence-numbe
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -35,8 +39,8 @@ from mailserver.mime.text import base_subject, decode_header_text
 from . import response
 from .commands import SortCriterion
 
-__all__ = ["sort_messages", "sort_key_values", "sort_response", "esort_response", "ascii_casemap", "ordered_set",
-           "sent_date"]
+__all__ = ["sort_messages", "sort_key_values", "sort_values", "order_key", "sort_response", "esort_response",
+           "ascii_casemap", "ordered_set", "sent_date"]
 
 _CASEMAP = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
 _ENVELOPE_INDEX = {"FROM": 2, "TO": 5, "CC": 6, "DISPLAYFROM": 2, "DISPLAYTO": 5}
@@ -117,6 +121,26 @@ def sort_messages(criteria: Sequence[SortCriterion], messages: Sequence, *,
     return [messages[i].uid for i in order]
 
 
+def sort_values(criteria: Sequence[SortCriterion], msg) -> tuple:
+    """The value of each criterion for one message (what :func:`sort_messages` compares)."""
+    env = _envelope(msg) if any(c.key.upper() in _ENVELOPE_INDEX for c in criteria) else None
+    return tuple(sort_key_values(c.key, msg, env) for c in criteria)
+
+
+def order_key(criteria: Sequence[SortCriterion], values: Mapping[int, tuple]) -> Callable[[int], object]:
+    """A key function putting UIDs in the order of ``criteria`` (REVERSE per criterion), ties by UID (RFC 5256 3:
+    sequence order): ``sorted(uids, key=order_key(c, v))`` equals :func:`sort_messages`."""
+    reverse = [c.reverse for c in criteria]
+
+    def compare(a: int, b: int) -> int:
+        for x, y, rev in zip(values[a], values[b], reverse, strict=True):
+            if x != y:
+                return (1 if x < y else -1) if rev else (-1 if x < y else 1)
+        return (a > b) - (a < b)
+
+    return functools.cmp_to_key(compare)
+
+
 def sort_response(numbers: Iterable[int], highest_modseq: int | None = None) -> bytes:
     found = list(numbers)
     out = b"* SORT"
@@ -143,7 +167,7 @@ def ordered_set(numbers: Sequence[int]) -> str:
 
 def esort_response(tag: str, uid: bool, numbers: Sequence[int], return_options: Iterable[str], *,
                    modseq_of: Callable[[int], int] | None = None, partial: tuple[int, int] | None = None) -> bytes:
-    options = [o.upper() for o in return_options] or ["ALL"]
+    options = [o.upper() for o in return_options] or (["ALL"] if partial is None else [])  # RFC 4731 3.1
     out = [b"* ESEARCH (TAG " + response.quoted(tag) + b")"]
     if uid:
         out.append(b"UID")

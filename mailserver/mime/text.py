@@ -466,34 +466,61 @@ def html_to_text(markup: str) -> str:
 
 
 def extract_text(raw: bytes, limit: int = 1_000_000, bodystructure: dict | None = None) -> str:
-    """Decoded text of every text/* part, HTML stripped, for SEARCH BODY/TEXT.
+    """Decoded text of a message's body for SEARCH BODY/TEXT (RFC 9051 6.4.4: strings in the body).
 
-    Parts are joined with newlines in message order (nested messages included). Pass the
-    stored bodystructure to skip re-splitting the message. At most ``limit`` characters
-    are returned; at most about 4 bytes per wanted character are decoded from each part.
+    In message order, joined with newlines: every text/* part (HTML stripped), every other message/* leaf
+    (message/delivery-status, message/disposition-notification, ...: their fields are text, and Dovecot searches
+    them too), and the header of every embedded message/rfc822 or message/global (those octets are part of the
+    outer body; shown unfolded, with RFC 2047 words also decoded). Other types (attachments) are skipped. Pass the
+    stored bodystructure to skip re-splitting the message: the stored tree already has the offsets this needs,
+    so messages stored before this rule are searched by it too. At most ``limit`` characters are returned; at
+    most about 4 bytes per wanted character are decoded from each part.
     """
-    from .parse import iter_leaves, parse_structure  # parse imports this module
+    from .parse import iter_parts, parse_structure  # parse imports this module
 
     try:
         bs = bodystructure if bodystructure is not None else parse_structure(raw)
         chunks: list[str] = []
         total = 0
-        for part in iter_leaves(bs):
+        for part in iter_parts(bs):
             if total >= limit:
                 break
-            if str(part.get("type", "")).lower() != "text":
+            if "children" in part:
                 continue
-            start, end = part["body_start"], part["body_end"]
-            end = min(end, start + (limit - total) * 4 + 4096)
-            data = decode_transfer(raw[start:end], part.get("encoding"))
-            text = decode_charset(data, _param(part, "charset"))
-            if str(part.get("subtype", "")).lower() == "html":
-                text = html_to_text(text)
+            if "body" in part:
+                inner = part["body"]
+                start, end = inner["header_start"], inner["body_start"]
+                text = _header_text(raw[start : min(end, start + (limit - total) * 4 + 4096)])
+            else:
+                mtype = str(part.get("type", "")).lower()
+                if mtype not in ("text", "message"):
+                    continue
+                start, end = part["body_start"], part["body_end"]
+                end = min(end, start + (limit - total) * 4 + 4096)
+                data = decode_transfer(raw[start:end], part.get("encoding"))
+                text = decode_charset(data, _param(part, "charset"))
+                if mtype == "text" and str(part.get("subtype", "")).lower() == "html":
+                    text = html_to_text(text)
             chunks.append(text)
             total += len(text) + 1
         return "\n".join(chunks)[:limit]
     except Exception:
         return ""
+
+
+_FOLD = re.compile(r"\r?\n[ \t]+")
+
+
+def _header_text(data: bytes) -> str:
+    """An embedded message's header as searchable text: unfolded lines (RFC 5322 2.2.3; the folding white space
+    counts as one space, as in header searches), each line holding an RFC 2047 encoded word followed by its decoded
+    form."""
+    lines = []
+    for line in _FOLD.sub(" ", bytes_to_text(data)).splitlines():
+        lines.append(line)
+        if "=?" in line:
+            lines.append(decode_header_text(line))
+    return "\n".join(lines)
 
 
 def _param(part: dict, name: str) -> str | None:
