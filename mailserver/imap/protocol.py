@@ -69,6 +69,7 @@ class _OutputGate:
 class ImapProtocol(protocol.Protocol, TimeoutMixin):
     def __init__(self, factory: "ImapFactory"):
         self.factory = factory
+        self.callLater = factory.clock.callLater  # TimeoutMixin's timer (the idle autologout)
         self.session: ImapSession | None = None
         self.client_ip = ""
         self.gate = _OutputGate()
@@ -202,6 +203,8 @@ class ImapFactory(protocol.Factory):
         self.implicit_tls = listener_name == "imaps"
         limits = server.config.limits
         self.idle_timeout = limits.imap_idle_timeout
+        #: The clock of the idle timers (tests pass a ``task.Clock``).
+        self.clock = server.reactor
         # Shared by every IMAP listener of the server: per-IP counts and \Recent bookkeeping.
         self.limiter = limiter_for(server, "imap", limits.imap_max_sessions_per_ip)
         self.recent: RecentTracker = server.extra.setdefault("imap_recent", RecentTracker())

@@ -171,6 +171,7 @@ class BodySender:
 class Pop3Protocol(protocol.Protocol, TimeoutMixin):
     def __init__(self, factory: "Pop3Factory"):
         self.factory = factory
+        self.callLater = factory.clock.callLater  # TimeoutMixin's timer (the idle timeout)
         self.session: S.Pop3Session | None = None
         self.client_ip = ""
         self.sender: BodySender | None = None
@@ -409,6 +410,8 @@ class Pop3Factory(protocol.Factory):
         self.implicit_tls = listener_name == "pop3s"
         #: Seconds of inactivity before the connection is closed (tests may lower it on the factory).
         self.idle_timeout = server.config.limits.pop3_idle_timeout
+        #: The clock of the idle timers (tests pass a ``task.Clock``).
+        self.clock = server.reactor
         #: Sessions per client address, shared by the pop3 and pop3s listeners.
         self.limiter = limiter_for(server, "pop3", server.config.limits.pop3_max_sessions_per_ip)
 

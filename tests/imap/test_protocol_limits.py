@@ -7,6 +7,7 @@ import time
 import zlib
 
 import pytest
+from twisted.internet import task
 
 from tests.imap.imap_client import Raw, imap_server, message, new_user
 
@@ -124,15 +125,15 @@ def test_sessions_per_ip_limit(srv):
 def test_autologout(srv):
     """After the idle timeout the server says BYE and closes; IDLE re-arms the timer."""
     factory = _factory(srv)
-    old = factory.idle_timeout
-    factory.idle_timeout = 0.5
+    clock = task.Clock()
+    factory.clock = clock
     try:
         raw = Raw(srv.port("imap"))
-        time.sleep(1.0)
+        srv.call(clock.advance, factory.idle_timeout + 1)
         assert raw.line().startswith(b"* BYE")
         assert raw.closed()
     finally:
-        factory.idle_timeout = old
+        factory.clock = srv.server.reactor
 
 
 def test_compress_deflate(srv):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -340,13 +339,24 @@ def test_uses_modseq():
 
 # ----------------------------------------------------------------------------------------------- speed at scale
 
-def test_flag_and_uid_searches_over_100000_messages_are_fast():
-    """Metadata keys over 100,000 MessageMeta run without loading anything (each well under a second)."""
+def test_flag_and_uid_searches_over_100000_messages():
+    """Metadata keys over 100,000 MessageMeta run without loading anything and give sorted UIDs (their speed is
+    measured by scripts/bench/parsers.py, not here: a timing assertion fails on a loaded machine)."""
+    metas, programs = search_scale_fixture()
+    n = len(metas)
+    max_uid = metas[-1].uid
+    for program in programs.values():
+        found = search(program, metas, max_uid=max_uid, max_seq=n, recent_uids=set(), now=NOW)
+        assert found == sorted(found)
+    assert len(search(k.UidKey(SeqSet.parse("1:*")), metas, max_uid=max_uid, max_seq=n)) == n
+    assert search(k.UidKey(SeqSet.parse("5000:5004")), metas, max_uid=max_uid, max_seq=n) == [5001, 5003]
+
+
+def search_scale_fixture(n: int = 100_000):
+    """100,000 MessageMeta and the metadata-only search programs (shared with scripts/bench/parsers.py)."""
     rnd = random.Random(5)
-    n = 100_000
     metas = [MessageMeta(uid=i * 2 + 1, modseq=i + 1, flags=rnd.randrange(32), keywords=("$x",) if i % 9 == 0 else (),
                          size=1000 + i, internal_date=float(DAY0 + i)) for i in range(n)]
-    max_uid = metas[-1].uid
     programs = {
         "UNSEEN": k.FlagKey("\\Seen", False),
         "SEEN FLAGGED": k.And((k.FlagKey("\\Seen"), k.FlagKey("\\Flagged"))),
@@ -356,14 +366,7 @@ def test_flag_and_uid_searches_over_100000_messages_are_fast():
         "KEYWORD $X": k.FlagKey("$X"),
         "OR SEEN 1:100": k.Or(k.FlagKey("\\Seen"), k.SeqKey(SeqSet.parse("1:100"))),
     }
-    for name, program in programs.items():
-        start = time.perf_counter()
-        found = search(program, metas, max_uid=max_uid, max_seq=n, recent_uids=set(), now=NOW)
-        elapsed = time.perf_counter() - start
-        assert elapsed < 1.0, (name, elapsed)
-        assert found == sorted(found)
-    assert len(search(k.UidKey(SeqSet.parse("1:*")), metas, max_uid=max_uid, max_seq=n)) == n
-    assert search(k.UidKey(SeqSet.parse("5000:5004")), metas, max_uid=max_uid, max_seq=n) == [5001, 5003]
+    return metas, programs
 
 
 # --------------------------------------------------------------------------------------------------- responses

