@@ -129,30 +129,3 @@ class DnsResolver:
     def txt(self, name: str) -> list[str]:
         """TXT records, each the concatenation of its strings (RFC 7208 3.3)."""
         return [b"".join(r.strings).decode("utf-8", "replace") for r in self._query(name, "TXT")]
-
-    def txt_or_empty(self, name: str) -> list[str]:
-        try:
-            return self.txt(name)
-        except DnsPermanentError:
-            return []
-
-
-class AsyncDns:
-    """Deferred-returning lookups: each runs in the ``dns`` pool."""
-
-    def __init__(self, reactor, pool, resolver: DnsResolver):
-        self.reactor, self.pool, self.resolver = reactor, pool, resolver
-
-    def _run(self, f, *args):
-        from mailserver.threads import run_in
-
-        return run_in(self.reactor, self.pool, f, *args)
-
-    def mx(self, domain: str):
-        return self._run(self.resolver.mx, domain)
-
-    def addresses(self, host: str):
-        return self._run(self.resolver.addresses, host)
-
-    def txt(self, name: str):
-        return self._run(self.resolver.txt, name)

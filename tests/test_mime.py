@@ -678,26 +678,29 @@ def test_hostile_input_costs_linear_time(raw):
     assert time.perf_counter() - t < 2.0
 
 
-def test_big_attachment_parses_fast():
-    """A 25 MB base64 attachment is scanned, not decoded or copied: well under a second."""
+def big_attachment_message() -> bytes:
+    """25 MB of base64 attachment behind a short text part (shared with scripts/bench/parsers.py)."""
     line = b"QUJD" * 19 + b"\r\n"
-    raw = (
+    return (
         b"From: a@example.com\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n"
         b"Content-Type: text/plain\r\n\r\nsee attachment\r\n--x\r\nContent-Type: application/zip\r\n"
         b"Content-Disposition: attachment; filename=big.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n"
         + line * (25 * 1024 * 1024 // len(line))
         + b"--x--\r\n"
     )
-    t = time.perf_counter()
-    pm = parse_message(raw)
-    assert time.perf_counter() - t < 1.0
+
+
+def test_big_attachment_is_scanned_not_decoded():
+    """A 25 MB base64 attachment is scanned, not decoded or copied (its speed: scripts/bench/parsers.py)."""
+    line = b"QUJD" * 19 + b"\r\n"
+    pm = parse_message(big_attachment_message())
     assert pm.has_attachment and pm.preview == "see attachment"
     zip_part = pm.bodystructure["children"][1]
     assert zip_part["size"] == len(line) * (25 * 1024 * 1024 // len(line)) - 2
 
 
-def test_parse_speed_of_a_typical_5kb_message():
-    """A 5 KB message with Received/DKIM headers and text+HTML parses in well under 1 ms."""
+def typical_5kb_message() -> bytes:
+    """A 5 KB message with Received/DKIM headers and text+HTML (shared with scripts/bench/parsers.py)."""
     hdr = b"".join(
         b"Received: from relay%d.example.net (relay%d.example.net [192.0.2.%d])\r\n"
         b"\tby mx.example.com with ESMTPS id abc%d\r\n\tfor <bob@example.com>; Mon, 2 Jun 2025 10:00:00 +0000\r\n"
@@ -715,15 +718,16 @@ def test_parse_speed_of_a_typical_5kb_message():
         b"--bnd\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + text + b"\r\n--bnd\r\n"
         b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>" + text + b"</p>\r\n--bnd--\r\n"
     )
+    return raw
+
+
+def test_typical_5kb_message_parses():
+    """The benchmark's typical message is about 5 KB and parses to its two alternatives (its speed, well under
+    1 ms a message, is measured by scripts/bench/parsers.py)."""
+    raw = typical_5kb_message()
     assert 4500 < len(raw) < 6000
-    n = 50  # best of several short batches: robust against a busy machine
-    best = float("inf")
-    for _ in range(8):
-        t = time.perf_counter()
-        for _ in range(n):
-            parse_message(raw)
-        best = min(best, (time.perf_counter() - t) / n)
-    assert best < 0.001, f"{best * 1e6:.0f} us per message"
+    pm = parse_message(raw)
+    assert [c["subtype"] for c in pm.bodystructure["children"]] == ["plain", "html"]
 
 
 # ----------------------------------------------------------------------------- imapformat

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,12 +28,10 @@ from webmail.web import BadRequest, Forbidden, Form, HttpError, Response, Stream
 
 log = Logger()
 
-STATIC_DIR = Path(__file__).parent / "static"
 #: Paths mail clients fetch over plain HTTP: never redirected to https (lower-cased, prefix match).
 PLAIN_HTTP_PATHS = ("/.well-known/autoconfig/", "/mail/config-v1.1.xml", "/autodiscover/")
 SESSION_COOKIE_SECURE = "__Host-wm"
 SESSION_COOKIE_PLAIN = "wm"
-PRELOGIN_COOKIE = "wm_pre"
 HSTS = "max-age=31536000"
 _HOST = re.compile(r"^[A-Za-z0-9.\-]{1,253}$|^\[[0-9A-Fa-f:.]{2,45}\]$")
 

@@ -176,9 +176,3 @@ def _inside_attached_message(nodes: list[dict], target: dict) -> bool:
                 if inner is target:
                     return True
     return False
-
-
-def referenced_cids(html_text: str) -> set[str]:
-    import re
-
-    return {m.group(1) for m in re.finditer(r"cid:([^\"'\s>)]+)", html_text, re.I)}

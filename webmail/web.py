@@ -11,8 +11,13 @@ import email.policy
 import email.utils
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable
 from urllib.parse import parse_qs, quote
+
+STATIC_DIR = Path(__file__).parent / "static"
+#: The cookie that carries the pre-login CSRF token.
+PRELOGIN_COOKIE = "wm_pre"
 
 #: Most form fields (name=value pairs) accepted in one request.
 MAX_FORM_FIELDS = 1000

@@ -50,7 +50,8 @@ from itertools import islice
 from operator import attrgetter, lt
 
 from mailserver.mime.parse import parse_structure
-from mailserver.mime.text import address_list, bytes_to_text, decode_header_text, extract_text
+from mailserver.mime.searchtext import extract_text
+from mailserver.mime.text import address_list, bytes_to_text, decode_header_text
 from storage.models import FLAG_ANSWERED, FLAG_DELETED, FLAG_DRAFT, FLAG_FLAGGED, FLAG_SEEN
 
 from . import response

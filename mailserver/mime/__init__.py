@@ -11,7 +11,8 @@ No module here does I/O or imports Twisted.
 
 from .imapformat import header_fields, render_bodystructure, render_envelope, section_range
 from .parse import ParsedMessage, param_value, parse_message, part_filename
-from .text import address_list, base_subject, decode_header_text, decoded_body, extract_text, part_text
+from .searchtext import extract_text
+from .text import address_list, base_subject, decode_header_text, decoded_body, part_text
 
 __all__ = [
     "ParsedMessage",

@@ -310,11 +310,6 @@ def parse_command(line: bytes) -> Command:
     return parser(rest)
 
 
-def keyword_of(line: bytes) -> str:
-    """The upper-cased keyword of a raw line (for logging and error replies)."""
-    return line.split(b" ", 1)[0][:8].decode("ascii", "replace").upper()
-
-
 # --------------------------------------------------------------------------------------------- responses
 
 

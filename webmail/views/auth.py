@@ -10,9 +10,9 @@ from __future__ import annotations
 import secrets
 
 from webmail import web
-from webmail.app import PRELOGIN_COOKIE
 from webmail.sessions import csrf_equal
 from webmail.views.common import inbox, mailboxes
+from webmail.web import PRELOGIN_COOKIE
 
 #: Longest user name and password accepted by the form (the authenticator has its own limits as well).
 MAX_LOGIN_FIELD = 1024

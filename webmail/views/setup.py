@@ -28,7 +28,7 @@ async def _local_domain(ctx, domain: str) -> bool:
 
 
 async def static(ctx, name: str) -> web.Response:
-    from webmail.app import STATIC_DIR
+    from webmail.web import STATIC_DIR
 
     data = _static_cache.get(name)
     if data is None:
