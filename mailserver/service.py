@@ -26,10 +26,10 @@ from pathlib import Path
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import IHandshakeListener, IProtocolNegotiationFactory
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
-from zope.interface import implementer
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import alsoProvides, implementer
 
 from mailserver.asyncstore import AsyncStore
 from mailserver.config import IMPLICIT_TLS, Config, ListenAddress
@@ -58,11 +58,64 @@ LISTENERS = {
 SHUTDOWN_GRACE = 5.0
 
 
+class TrackedConnection(ProtocolWrapper):
+    """One connection of a listener: registered with its factory while open, with a time limit on TLS handshakes.
+
+    A TLS handshake (at connect on an implicit-TLS listener, after STARTTLS otherwise) that has not completed within
+    ``limits.tls_handshake_timeout`` seconds is aborted: a client that opens connections and never finishes the
+    handshake must not keep descriptors and per-address slots for ever."""
+
+    _handshake_timer = None
+
+    def makeConnection(self, transport):
+        if self.factory.implicit_tls:
+            self._arm_handshake_timer()
+        super().makeConnection(transport)
+        alsoProvides(self, IHandshakeListener)  # after makeConnection, which copies the transport's interfaces
+
+    def startTLS(self, *args, **kwargs):
+        self.transport.startTLS(*args, **kwargs)
+        self._arm_handshake_timer()
+
+    def handshakeCompleted(self):
+        self._cancel_handshake_timer()
+        listener = IHandshakeListener(self.wrappedProtocol, None)
+        if listener is not None:
+            listener.handshakeCompleted()
+
+    def connectionLost(self, reason):
+        self._cancel_handshake_timer()
+        super().connectionLost(reason)
+
+    def _arm_handshake_timer(self) -> None:
+        self._cancel_handshake_timer()
+        self._handshake_timer = self.factory.clock.callLater(self.factory.handshake_timeout, self._handshake_expired)
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        peer = getattr(self.transport.getPeer(), "host", "?")
+        log.info("tls handshake from {ip} not completed within {t}s: connection aborted", ip=peer,
+                 t=self.factory.handshake_timeout)
+        self.transport.abortConnection()
+
+
 @implementer(IProtocolNegotiationFactory)
 class TrackingFactory(WrappingFactory):
     """Tracks open connections (for a graceful stop) and passes the wrapped factory's ALPN protocols through."""
 
     noisy = False  # no "Starting factory" log lines
+    protocol = TrackedConnection
+
+    def __init__(self, wrapped, *, clock, implicit_tls: bool, handshake_timeout: float):
+        super().__init__(wrapped)
+        self.clock = clock
+        self.implicit_tls = implicit_tls
+        self.handshake_timeout = handshake_timeout
 
     def acceptableProtocols(self):
         inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
@@ -238,7 +291,8 @@ class MailServer(MultiService):
             raise ListenError(f"listen.{name}: protocol module {module_name} is not available ({e})") from None
         factory = getattr(module, func_name)(self, name)
         factory.noisy = False
-        wrapper = TrackingFactory(factory)
+        wrapper = TrackingFactory(factory, clock=self.reactor, implicit_tls=name in IMPLICIT_TLS,
+                                  handshake_timeout=self.config.limits.tls_handshake_timeout)
         try:
             if name in IMPLICIT_TLS:
                 port = self.reactor.listenSSL(address.port, wrapper, self.tls, interface=address.host,

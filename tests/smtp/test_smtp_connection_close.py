@@ -6,6 +6,7 @@ import socket
 import ssl
 
 import pytest
+from twisted.internet import task
 
 from tests.harness import running_server
 
@@ -102,3 +103,56 @@ def test_over_cap_connection_on_implicit_tls_port_is_closed_without_handshake(tm
         except ConnectionResetError:
             pass  # aborted (even before connect() returned): just as closed
         first.close()
+
+
+def _tracking_factory(srv, listener):
+    return next(lst.factory for lst in srv.server.listening if lst.name == listener)
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.settimeout(10)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("listener", ["submissions", "imaps", "pop3s", "https"])
+def test_tls_handshake_never_started_is_aborted_after_the_handshake_timeout(tmp_path, listener):
+    """A client that connects to an implicit-TLS port and never starts the handshake is cut off after
+    limits.tls_handshake_timeout (a task.Clock stands in for time); a finished handshake is not."""
+    with running_server(tmp_path, listeners=(listener,)) as srv:
+        clock = task.Clock()
+        _tracking_factory(srv, listener).clock = clock
+        port = srv.port(listener)
+        done = _tls_context().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        srv.wait_for(lambda: not clock.getDelayedCalls())  # handshake completed: its timer is gone
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        srv.wait_for(lambda: len(clock.getDelayedCalls()) == 1)
+        srv.call(clock.advance, srv.config.limits.tls_handshake_timeout - 1)
+        silent.settimeout(0.2)
+        with pytest.raises((TimeoutError, socket.timeout)):
+            silent.recv(100)  # not yet
+        srv.call(clock.advance, 2)
+        assert _closed(silent)
+        silent.close()
+        if listener != "https":
+            assert done.recv(1000)  # the greeting: the finished session goes on
+        done.close()
+
+
+def test_starttls_handshake_never_started_is_aborted(tmp_path):
+    with running_server(tmp_path, listeners=("smtp",)) as srv:
+        clock = task.Clock()
+        _tracking_factory(srv, "smtp").clock = clock
+        raw = socket.create_connection(("127.0.0.1", srv.port("smtp")), timeout=10)
+        f = raw.makefile("rb")
+        assert _read_reply(f).startswith(b"220")
+        raw.sendall(b"EHLO client.example.net\r\n")
+        assert _read_reply(f).startswith(b"250")
+        assert not clock.getDelayedCalls()  # plain text: no handshake timer
+        raw.sendall(b"STARTTLS\r\n")
+        assert _read_reply(f).startswith(b"220")
+        srv.wait_for(lambda: len(clock.getDelayedCalls()) == 1)
+        srv.call(clock.advance, srv.config.limits.tls_handshake_timeout + 1)
+        assert _closed(raw)
