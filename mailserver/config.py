@@ -133,6 +133,8 @@ class LimitsConfig:
     pop3_max_sessions_per_ip: int = 20
     # HTTP
     http_max_body: int = 60 * 1024 * 1024
+    http_max_connections_per_ip: int = 256
+    http_header_timeout: float = 30.0
     # TLS: seconds a handshake may take (implicit TLS at connect, STARTTLS/STLS after the command)
     tls_handshake_timeout: float = 30.0
     # Authentication

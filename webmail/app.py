@@ -21,7 +21,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from mailserver.connections import limiter_for
 from webmail import web
+from webmail.connection import WebConnection, connection_of
 from webmail.render import Renderer
 from webmail.sessions import SessionDb, SessionInfo, csrf_equal
 from webmail.web import BadRequest, Forbidden, Form, HttpError, Response, Stream
@@ -54,10 +56,19 @@ class WebRequest(server.Request):
         self.too_large = False
 
     def gotLength(self, length):
+        conn = connection_of(self)
+        if conn is not None:
+            conn.headers_received()  # called once all headers are in (twisted.web's allHeadersReceived)
         if length is not None and length > self.max_body:
             self.too_large = True
             length = 0
         super().gotLength(length)
+
+    def finish(self):
+        conn, channel = connection_of(self), self.channel  # finish() detaches the request from its channel
+        super().finish()
+        if conn is not None and channel is not None and not channel.requests:
+            conn.awaiting_request()  # keep-alive: the next request's headers are due in time too
 
     def handleContentChunk(self, data):
         self.body_size += len(data)
@@ -211,6 +222,11 @@ class WebmailApp:
                                   absolute=cfg.webmail.session_absolute)
         self.routes = _routes()
         self.cookie_name = SESSION_COOKIE_SECURE if self.secure else SESSION_COOKIE_PLAIN
+        #: Host names we serve (and so may redirect to): ours, the SNI names, the client-setup names of the
+        #: configured domains.
+        domains = [d.name for d in cfg.domain]
+        self.served_names = frozenset(n.lower() for n in (
+            cfg.hostname, *cfg.tls.sni, *(f"{p}.{d}" for d in domains for p in ("autoconfig", "autodiscover"))))
 
     # -- database helpers for views
 
@@ -307,13 +323,18 @@ class WebmailApp:
             raise Forbidden("Cross-site request refused")
 
     def _https_redirect(self, request) -> Response:
+        """301 to the same path over https, on a host name we serve or the address the client connected to (never
+        the client's Host as such: a ``Host: evil.test`` must not make us redirect there)."""
         try:
             https_port = self.server.port("https")
         except KeyError:
             https_port = 443
-        ctx_host = request.getHeader("host") or ""
-        host = ctx_host.rsplit(":", 1)[0] if ctx_host.count(":") == 1 else ctx_host
-        if not _HOST.match(host or ""):
+        asked = request.getHeader("host") or ""
+        asked = (asked.rsplit(":", 1)[0] if asked.count(":") == 1 else asked).lower().rstrip(".")
+        local = getattr(request.getHost(), "host", "")  # the address the client reached: ours, whatever it is
+        if asked in self.served_names or (asked and asked.strip("[]") == local):
+            host = asked
+        else:
             host = self.server.config.hostname
         port = "" if https_port == 443 else f":{https_port}"
         uri = request.uri.decode("latin-1")
@@ -411,8 +432,15 @@ class WebmailResource(resource.Resource):
 
 class WebSite(server.Site):
     def __init__(self, app: WebmailApp, max_body: int):
-        super().__init__(WebmailResource(app))
+        # timeout: idle seconds before twisted.web closes a connection; the header deadline (webmail/connection.py)
+        # is the tighter bound while no request is being answered.
+        super().__init__(WebmailResource(app), timeout=300)
         self.app = app
+        limits = app.server.config.limits
+        self.limiter = limiter_for(app.server, "http", limits.http_max_connections_per_ip)
+        self.header_timeout = limits.http_header_timeout
+        #: The clock of the header deadlines (tests pass a ``task.Clock``).
+        self.clock = app.server.reactor
 
         class _Req(WebRequest):
             pass
@@ -420,6 +448,10 @@ class WebSite(server.Site):
         _Req.max_body = max_body
         self.requestFactory = _Req
         self.displayTracebacks = False
+
+    def buildProtocol(self, addr):
+        return WebConnection(super().buildProtocol(addr), limiter=self.limiter, clock=self.clock,
+                             header_timeout=self.header_timeout)
 
     def log(self, request):  # one line per request through our logger, not twisted.web's access log
         pass

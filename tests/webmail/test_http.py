@@ -115,6 +115,23 @@ def test_security_headers_and_https_redirect(tmp_path):
         assert r.headers["Location"] == f"https://mail.example.test:{srv.port('https')}/x"
 
 
+def test_https_redirect_never_goes_to_a_host_we_do_not_serve(tmp_path):
+    """The http->https redirect takes the Host header only when it names us: our host name, an autoconfig or
+    autodiscover name of a configured domain, or the address the client connected to; anything else (an attacker's
+    name in Host) gets our own host name."""
+    with running_server(tmp_path, listeners=("http", "https")) as srv:
+        plain = Client(srv, "http")
+        port = srv.port("https")
+        for asked, expected in [("evil.test", "mail.example.test"), ("evil.test:80", "mail.example.test"),
+                                ("mail.example.test", "mail.example.test"),
+                                ("autoconfig.example.test", "autoconfig.example.test"),
+                                ("autoconfig.evil.test", "mail.example.test"), ("127.0.0.1", "127.0.0.1"),
+                                ("127.0.0.2", "mail.example.test"), ("", "mail.example.test")]:
+            r, _ = plain.get("/inbox", headers={"Host": asked})
+            assert r.status == 301
+            assert r.headers["Location"] == f"https://{expected}:{port}/inbox", asked
+
+
 def test_login_session_fixation_and_cookie_flags(tmp_path):
     """Sign-in issues a new Secure/HttpOnly/SameSite=Lax id; a planted id never becomes a session."""
     with running_server(tmp_path, listeners=("https",)) as srv:
