@@ -9,6 +9,7 @@ every other leaf is one, except images an HTML body refers to by ``cid:``.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 from mailserver.mime.parse import iter_parts, param_value, parse_structure, part_filename  # noqa: F401 (re-exported)
@@ -154,7 +155,8 @@ def analyze(raw: bytes, bs: dict, prefer_text: bool = False) -> MessageView:
         if i in alternatives:
             continue
         if "body" in node:  # an attached message: downloadable as .eml
-            name = part_filename(node) or decode_header_text((node.get("envelope") or [None, None])[1] or "")
+            name = display_filename(part_filename(node) or decode_header_text((node.get("envelope") or [None, None])[1]
+                                                                               or ""))
             view.attachments.append(Attachment(i, (name or "message") + ("" if (name or "").endswith(".eml")
                                                                           else ".eml"),
                                                "message/rfc822", node["body_end"] - node["body_start"]))
@@ -163,10 +165,19 @@ def analyze(raw: bytes, bs: dict, prefer_text: bool = False) -> MessageView:
             continue
         if i == 0 and not shown and ctype(node).startswith("text/") and _disposition(node) != "attachment":
             continue
-        name = part_filename(node) or ""
+        name = display_filename(part_filename(node) or "")
         view.attachments.append(Attachment(i, name or f"part-{i}", ctype(node),
                                            node["body_end"] - node["body_start"], cid))
     return view
+
+
+def display_filename(name: str) -> str:
+    """A file name as it may be shown or offered for download: without control and format characters.
+
+    Bidirectional controls (U+202E RIGHT-TO-LEFT OVERRIDE makes ``invoice\u202efdp.exe`` show as ``invoiceexe.pdf``),
+    isolates, zero-width characters and C0/C1 controls are all Unicode categories Cc/Cf; removed, the real
+    extension shows."""
+    return "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 def _inside_attached_message(nodes: list[dict], target: dict) -> bool:

@@ -480,3 +480,25 @@ def test_autodiscover_element_names_have_no_prefix(tmp_path):
             assert _child_tags(error) == ["ErrorCode", "Message", "DebugData"]
         finally:
             srv.server.listening = [lst for lst in srv.server.listening if not isinstance(lst.port, _FakePort)]
+
+
+def test_bidi_controls_in_attachment_names_are_removed(tmp_path):
+    """An attachment named ``invoice<U+202E>fdp.exe`` (shown by a bidi-aware renderer as "invoiceexe.pdf") is listed
+    and downloaded as ``invoicefdp.exe``: control and format characters never reach the page or the header."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        srv.add_user(ALICE, PW)
+        srv.deliver(ALICE, b"From: x@example.org\r\nTo: alice@example.test\r\nSubject: bill\r\nMIME-Version: 1.0\r\n"
+                           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+                           b"see attached\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: "
+                           b"attachment; filename*=utf-8''invoice%E2%80%AEfdp%E2%80%8B.exe\r\n\r\nMZ\r\n--b--\r\n")
+        inbox = srv.store.get_mailbox(srv.store.get_account(ALICE).id, "INBOX")
+        c = Client(srv)
+        c.login(ALICE)
+        r, page = c.get(f"/m/{inbox.id}/1")
+        assert r.status == 200
+        assert b"invoicefdp.exe" in page
+        assert "\u202e".encode() not in page and b"&#8238;" not in page and "\u200b".encode() not in page
+        link = re.search(rb'href="(/m/\d+/1/part/\d+)"', page).group(1).decode()
+        r, _ = c.get(link)
+        assert "invoicefdp.exe" in r.headers["Content-Disposition"]
+        assert "%E2%80%AE" not in r.headers["Content-Disposition"].upper()

@@ -117,11 +117,11 @@ async def download(ctx, mb: str, uid: str, part: str) -> web.Response:
     data = await ctx.astore.read_blob(msg.blob_id, node["body_start"], node["body_end"])
     if "body" in node:
         ctype = "message/rfc822"
-        name = mv.part_filename(node) or "message.eml"
+        name = mv.display_filename(mv.part_filename(node) or "") or "message.eml"
     else:
         data = mv.decode_transfer(data, node.get("encoding"))
         ctype = mv.ctype(node)
-        name = mv.part_filename(node) or f"part-{part}"
+        name = mv.display_filename(mv.part_filename(node) or "") or f"part-{part}"
     sent_type = ctype if ctype in SAFE_DOWNLOAD_TYPES else "application/octet-stream"
     return web.Response(200, data, sent_type, csp=DOWNLOAD_CSP,
                         headers=[("Content-Disposition", web.content_disposition("attachment", name))])
