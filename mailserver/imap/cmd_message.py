@@ -92,14 +92,18 @@ async def store(s: ImapSession, cmd: c.Store):
     opts = s.options()
     for fu in result.updated:
         sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
-    if not cmd.silent or cmd.unchanged_since is not None:
+    if not cmd.silent or opts.condstore:
         for fu in result.updated:
             seq = sel.seq_of(fu.uid)
             if seq is None:
                 continue
-            if cmd.silent and fu.modseq <= (cmd.unchanged_since or 0):
-                continue
-            out.append(sel.fetch_flags_line(seq, fu.uid, opts, with_uid=cmd.uid))
+            if cmd.silent:
+                # RFC 7162 3.1.3: with CONDSTORE on (UNCHANGEDSINCE turns it on) every updated message is answered
+                # with its new MODSEQ, even .SILENT; the FLAGS are left out, as the client asked (Dovecot does the
+                # same, so the client's modseq cache stays right).
+                out.append(sel.fetch_modseq_line(seq, fu.uid, opts, with_uid=cmd.uid))
+            else:
+                out.append(sel.fetch_flags_line(seq, fu.uid, opts, with_uid=cmd.uid))
     if out:
         s.send(b"".join(out))
     if result.modified:

@@ -446,3 +446,8 @@ class SelectedMailbox:
         if options.condstore:
             items.append(b"MODSEQ (%d)" % self.modseq_of(uid))
         return r.untagged(b"%d FETCH (" % seq + b" ".join(items) + b")")
+
+    def fetch_modseq_line(self, seq: int, uid: int, options: UpdateOptions, *, with_uid: bool = False) -> bytes:
+        """``* seq FETCH ([UID uid ]MODSEQ (m))``: a .SILENT conditional STORE's answer (RFC 7162 3.1.3)."""
+        head = b"UID %d " % uid if with_uid or options.qresync else b""
+        return r.untagged(b"%d FETCH (" % seq + head + b"MODSEQ (%d))" % self.modseq_of(uid))
