@@ -86,12 +86,14 @@ async def store(s: ImapSession, cmd: c.Store):
                                               cmd.unchanged_since)
     result = changed.value
     out = []
-    if keywords and cmd.mode is not c.StoreMode.REMOVE and sel.new_keywords(keywords):
+    grew = bool(keywords) and cmd.mode is not c.StoreMode.REMOVE and sel.new_keywords(keywords)
+    for fu in result.updated:
+        grew |= sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
+    if grew:
+        # RFC 9051 7.3.5: the new keywords are announced before a FETCH shows them.
         out.append(sel.flags_response())
         out.append(sel.permanent_flags_response())
     opts = s.options()
-    for fu in result.updated:
-        sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
     if not cmd.silent or opts.condstore:
         for fu in result.updated:
             seq = sel.seq_of(fu.uid)
@@ -227,10 +229,13 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
             unseen = [u for u in batch if u in infos and not sel.flags_of(u)[0] & FLAG_SEEN]
             if unseen:
                 changed = await astore.set_flags(sel.mailbox_id, unseen, "add", FLAG_SEEN)
+                grew = False
                 for fu in changed.value.updated:
-                    sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
+                    grew |= sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
                     seen_now.add(fu.uid)
                     infos[fu.uid] = _with_modseq(infos[fu.uid], fu.modseq)
+                if grew:
+                    s.send(sel.flags_response())  # RFC 9051 7.3.5: before the FETCH that shows the keyword
         bodies: dict[int, dict] = {}
         if plan.needs_body:
             wanted = [(u, infos[u].blob_id, plan.ranges(infos[u])) for u in batch if u in infos]

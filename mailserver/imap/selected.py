@@ -262,10 +262,14 @@ class SelectedMailbox:
         return sum(1 for b in self.flags if b & bit)
 
     # -- own changes ------------------------------------------------------------------------------------------
-    def set_cached_flags(self, uid: int, bits: int, keywords: Sequence[str], modseq: int) -> None:
+    def set_cached_flags(self, uid: int, bits: int, keywords: Sequence[str], modseq: int) -> bool:
+        """Store the state this session's own STORE (or \\Seen-setting FETCH) left a message in. True when the
+        mailbox's keyword list grew: ``keywords`` is the message's whole list, which may hold a keyword another
+        session added and this one has not been told of; a ``* FLAGS`` is then due before the FETCH that shows it
+        (RFC 9051 7.3.5)."""
         i = self.index_of(uid)
         if i is None:
-            return
+            return False
         self.flags[i] = bits & 0xFF
         self.modseqs[i] = max(self.modseqs[i], modseq)
         if keywords:
@@ -277,6 +281,7 @@ class SelectedMailbox:
         waiting = self.deferred_expunges or any(c.kind == ch.EXPUNGE for c in self.pending)
         if modseq > self.highest_modseq and not waiting:
             self.highest_modseq = modseq  # else the next flush decides (RFC 7162 errata 1810)
+        return bool(keywords) and self.new_keywords(keywords)
 
     def new_keywords(self, keywords: Iterable[str]) -> bool:
         """Add keywords to the mailbox's list; True when the list grew (a new ``* FLAGS`` is due)."""
