@@ -86,20 +86,26 @@ async def store(s: ImapSession, cmd: c.Store):
                                               cmd.unchanged_since)
     result = changed.value
     out = []
-    if keywords and cmd.mode is not c.StoreMode.REMOVE and sel.new_keywords(keywords):
+    grew = bool(keywords) and cmd.mode is not c.StoreMode.REMOVE and sel.new_keywords(keywords)
+    for fu in result.updated:
+        grew |= sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
+    if grew:
+        # RFC 9051 7.3.5: the new keywords are announced before a FETCH shows them.
         out.append(sel.flags_response())
         out.append(sel.permanent_flags_response())
     opts = s.options()
-    for fu in result.updated:
-        sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
-    if not cmd.silent or cmd.unchanged_since is not None:
+    if not cmd.silent or opts.condstore:
         for fu in result.updated:
             seq = sel.seq_of(fu.uid)
             if seq is None:
                 continue
-            if cmd.silent and fu.modseq <= (cmd.unchanged_since or 0):
-                continue
-            out.append(sel.fetch_flags_line(seq, fu.uid, opts, with_uid=cmd.uid))
+            if cmd.silent:
+                # RFC 7162 3.1.3: with CONDSTORE on (UNCHANGEDSINCE turns it on) every updated message is answered
+                # with its new MODSEQ, even .SILENT; the FLAGS are left out, as the client asked (Dovecot does the
+                # same, so the client's modseq cache stays right).
+                out.append(sel.fetch_modseq_line(seq, fu.uid, opts, with_uid=cmd.uid))
+            else:
+                out.append(sel.fetch_flags_line(seq, fu.uid, opts, with_uid=cmd.uid))
     if out:
         s.send(b"".join(out))
     if result.modified:
@@ -223,10 +229,13 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
             unseen = [u for u in batch if u in infos and not sel.flags_of(u)[0] & FLAG_SEEN]
             if unseen:
                 changed = await astore.set_flags(sel.mailbox_id, unseen, "add", FLAG_SEEN)
+                grew = False
                 for fu in changed.value.updated:
-                    sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
+                    grew |= sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)
                     seen_now.add(fu.uid)
                     infos[fu.uid] = _with_modseq(infos[fu.uid], fu.modseq)
+                if grew:
+                    s.send(sel.flags_response())  # RFC 9051 7.3.5: before the FETCH that shows the keyword
         bodies: dict[int, dict] = {}
         if plan.needs_body:
             wanted = [(u, infos[u].blob_id, plan.ranges(infos[u])) for u in batch if u in infos]

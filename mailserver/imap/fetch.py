@@ -8,7 +8,7 @@ Public API:
 - ``plan_fetch(items, *, uid_command, condstore, changed_since=None) -> FetchPlan``: computed once per FETCH command.
   ``FetchPlan`` (frozen) has:
   ``items`` (the effective items: ``UID`` first when the command is UID FETCH and did not ask for it, ``MODSEQ`` last
-  when CONDSTORE is enabled or CHANGEDSINCE / a MODSEQ item was used, RFC 7162 3.1.4.1),
+  with CHANGEDSINCE, RFC 7162 3.1.4.1; enabling CONDSTORE alone adds nothing to the items asked for),
   ``needs_info`` (a :class:`storage.store.MessageInfo` is needed; a ``MessageMeta`` is enough otherwise),
   ``needs_body`` (some item needs blob bytes), ``header_only`` (every byte needed lies in the top-level header, the
   first ``header_size`` bytes), ``sets_seen`` (a non-PEEK ``BODY[...]``, ``BINARY[...]``, ``RFC822`` or
@@ -22,7 +22,8 @@ Public API:
   ``body`` (the whole blob) or ``body_reader(start, end) -> bytes`` (e.g. a :class:`RangeReader` over the ranges of
   ``FetchPlan.ranges``). ``flags`` is the FLAG_* bit mask and ``keywords`` the keyword names the session shows;
   ``\\Recent`` is listed when ``recent`` and not ``rev2`` (RFC 9051 removed it). ``include_flags`` appends FLAGS when
-  not asked for (the session uses it after a fetch set ``\\Seen``, RFC 3501 6.4.5). ``utf8`` (UTF8=ACCEPT enabled) is
+  not asked for (the session uses it after a fetch set ``\\Seen``, RFC 3501 6.4.5), and MODSEQ too when ``condstore``
+  (CONDSTORE enabled: RFC 7162 3.1). ``utf8`` (UTF8=ACCEPT enabled) is
   accepted for interface stability: 8-bit strings are always sent as literals, which is valid with or without it.
 - ``effective_items(items, *, uid_command, condstore, changed_since=None) -> tuple[FetchAtt, ...]``: the implicit
   UID / MODSEQ rule on its own.
@@ -120,9 +121,11 @@ def effective_items(items: Iterable[FetchAtt], *, uid_command: bool, condstore: 
     names = {a.name for a in out}
     if uid_command and "UID" not in names:
         out.insert(0, FetchAtt(name="UID"))  # RFC 3501 6.4.8: UID FETCH responses always include UID
-    if (condstore or changed_since is not None) and "MODSEQ" not in names:
-        # RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ; RFC 7162 3.1: once CONDSTORE is enabled every FETCH
-        # response carries MODSEQ.
+    if changed_since is not None and "MODSEQ" not in names:
+        # RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ. Nothing else adds it to a FETCH's own responses: RFC 7162 3.1
+        # asks for MODSEQ (once CONDSTORE is enabled) in untagged FETCH responses that tell flag changes (STORE,
+        # another session, a FETCH that set \Seen: see ``include_flags``), and leaves out those of a FETCH that
+        # asked for neither MODSEQ nor a \Seen change. ``condstore`` is accepted for that rule.
         out.append(FetchAtt(name="MODSEQ"))
     return tuple(out)
 
@@ -446,8 +449,14 @@ def fetch_response(seq: int, msg, items: Iterable[FetchAtt], *, body: bytes | No
                    include_flags: bool = False) -> bytes:
     ctx = _Context(msg, body, body_reader)
     eff = list(effective_items(items, uid_command=uid_command, condstore=condstore))
-    if include_flags and not any(a.name == "FLAGS" for a in eff):
-        eff.append(FetchAtt(name="FLAGS"))
+    if include_flags:
+        names = {a.name for a in eff}
+        if "FLAGS" not in names:
+            eff.append(FetchAtt(name="FLAGS"))
+        if condstore and "MODSEQ" not in names:
+            # RFC 7162 3.1: an untagged FETCH caused by a FETCH that implicitly set \Seen carries MODSEQ once
+            # CONDSTORE is enabled (``msg.modseq`` is then the modseq of that change).
+            eff.append(FetchAtt(name="MODSEQ"))
     parts: list[bytes] = []
     for att in eff:
         name = att.name

@@ -11,7 +11,8 @@ holds what the session must answer without the database:
 - change events from the hub waiting to be told to the client (``pending``). :meth:`flush` turns them into
   untagged responses when the session is allowed to: EXISTS and FETCH FLAGS at every command end (and at once in
   IDLE), EXPUNGE (or VANISHED with QRESYNC) only when ``allow_expunge`` (RFC 9051 7.4.1: never while answering
-  FETCH, STORE or SEARCH, where sequence numbers must not move). Application is idempotent: an event already
+  FETCH, STORE or SEARCH, where sequence numbers must not move); a message that arrives and is expunged between
+  two flushes is never told at all (neither EXISTS nor EXPUNGE). Application is idempotent: an event already
   reflected in the cache (the session's own STORE, a message loaded by SELECT after the event was queued) is
   dropped silently.
 - ``\\Recent`` (RFC 3501 2.3.2, IMAP4rev1 only): :class:`RecentTracker` hands each new message to exactly one
@@ -132,10 +133,13 @@ class SelectedMailbox:
     mailbox_keywords: list[str] = field(default_factory=list)
     recent: set[int] = field(default_factory=set)
     pending: list = field(default_factory=list)
-    deferred_expunges: list[int] = field(default_factory=list)
+    #: (uid, modseq) of expunges of announced messages not told yet (not allowed during FETCH/STORE/SEARCH).
+    deferred_expunges: list[tuple[int, int]] = field(default_factory=list)
     deleted: bool = False
     #: EXISTS count last told to the client.
     told_exists: int = 0
+    #: The highest modseq of every change applied or waiting (``highest_modseq`` is what the client may be told).
+    seen_modseq: int = 0
 
     @classmethod
     def load(cls, mailbox, messages: Iterable, *, readonly: bool) -> "SelectedMailbox":
@@ -258,18 +262,26 @@ class SelectedMailbox:
         return sum(1 for b in self.flags if b & bit)
 
     # -- own changes ------------------------------------------------------------------------------------------
-    def set_cached_flags(self, uid: int, bits: int, keywords: Sequence[str], modseq: int) -> None:
+    def set_cached_flags(self, uid: int, bits: int, keywords: Sequence[str], modseq: int) -> bool:
+        """Store the state this session's own STORE (or \\Seen-setting FETCH) left a message in. True when the
+        mailbox's keyword list grew: ``keywords`` is the message's whole list, which may hold a keyword another
+        session added and this one has not been told of; a ``* FLAGS`` is then due before the FETCH that shows it
+        (RFC 9051 7.3.5)."""
         i = self.index_of(uid)
         if i is None:
-            return
+            return False
         self.flags[i] = bits & 0xFF
         self.modseqs[i] = max(self.modseqs[i], modseq)
         if keywords:
             self.keywords[uid] = tuple(keywords)
         else:
             self.keywords.pop(uid, None)
-        if modseq > self.highest_modseq:
-            self.highest_modseq = modseq
+        if modseq > self.seen_modseq:
+            self.seen_modseq = modseq
+        waiting = self.deferred_expunges or any(c.kind == ch.EXPUNGE for c in self.pending)
+        if modseq > self.highest_modseq and not waiting:
+            self.highest_modseq = modseq  # else the next flush decides (RFC 7162 errata 1810)
+        return bool(keywords) and self.new_keywords(keywords)
 
     def new_keywords(self, keywords: Iterable[str]) -> bool:
         """Add keywords to the mailbox's list; True when the list grew (a new ``* FLAGS`` is due)."""
@@ -305,21 +317,59 @@ class SelectedMailbox:
             self.pending.append(change)
 
     def has_updates(self) -> bool:
-        return bool(self.pending) or self.told_exists != self.exists
+        return bool(self.pending) or bool(self.deferred_expunges) or self.told_exists != self.exists
+
+    def _announced(self, i: int) -> bool:
+        """Whether the message at index ``i`` is one the client has been told of. The client's view is always the
+        first ``told_exists`` entries: new messages are appended at the end, and a message leaves the arrays only
+        when its EXPUNGE is sent (or when it was never announced)."""
+        return i < self.told_exists
+
+    def _remove_at(self, i: int) -> int:
+        uid = self.uids[i]
+        del self.uids[i]
+        del self.flags[i]
+        del self.modseqs[i]
+        del self.sizes[i]
+        del self.dates[i]
+        self.keywords.pop(uid, None)
+        self.recent.discard(uid)
+        return uid
 
     def flush(self, *, allow_expunge: bool, options: UpdateOptions, recent: RecentTracker | None) -> list[bytes]:
         """Apply queued changes and return the untagged responses that tell the client (RFC 9051 7.4.1).
+
+        Order matters, because every number sent must be one the client has at that moment:
+
+        1. events are applied in commit order; an EXPUNGE of a message never announced (it arrived since the last
+           flush) removes it silently, at any time: no sequence number the client knows moves, and Dovecot does
+           the same (RFC 9051 7.5.1: EXPUNGE names a message of the client's view; RFC 7162 3.2.10: VANISHED
+           names messages the client knows);
+        2. EXPUNGEs (VANISHED with QRESYNC) of announced messages, only when ``allow_expunge``, numbered in the
+           client's view of before the new messages, from the highest down;
+        3. EXISTS (and RECENT) for what is left, so messages that arrived are announced after the expunges;
+        4. FETCH FLAGS for flag changes of messages the client knows, with the numbers of after the expunges.
 
         ``recent`` is the tracker when this session takes \\Recent for new messages (IMAP4rev1, read-write).
         """
         out: list[bytes] = []
         flag_lines: dict[int, None] = {}
         pending, self.pending = self.pending, []
+        seen = max(self.seen_modseq, self.highest_modseq)
         new_uids: list[int] = []
         for c in pending:
-            if c.modseq > self.highest_modseq:
-                self.highest_modseq = c.modseq
-            if c.kind == ch.EXISTS:
+            if c.kind == ch.EXPUNGE:
+                i = self.index_of(c.uid)
+                if i is None:
+                    continue  # not loaded (the SELECT read came after the expunge), or already gone
+                if self._announced(i):
+                    self.deferred_expunges.append((c.uid, c.modseq))
+                    continue
+                self._remove_at(i)  # step 1: never told, so never to be told
+                flag_lines.pop(c.uid, None)
+                if c.uid in new_uids:
+                    new_uids.remove(c.uid)
+            elif c.kind == ch.EXISTS:
                 last = self.uids[-1] if self.uids else 0
                 if c.uid <= last:
                     continue  # already loaded (the SELECT read came after the event)
@@ -348,35 +398,34 @@ class SelectedMailbox:
                 else:
                     self.keywords.pop(c.uid, None)
                 flag_lines[c.uid] = None
-            elif c.kind == ch.EXPUNGE:
-                self.deferred_expunges.append(c.uid)
+            seen = max(seen, c.modseq)
         if recent is not None and new_uids:
             self.recent.update(recent.claim(self.mailbox_id, self.uid_validity, self.uids))
-        expunged: list[int] = []
         if allow_expunge and self.deferred_expunges:
             gone = sorted(set(self.deferred_expunges))
             self.deferred_expunges = []
+            expunged: list[int] = []
             # RFC 9051 7.5.1: each EXPUNGE renumbers the messages after it; send them from the highest down so
             # every number sent is the one the client still has (the client may process them in any order).
-            for uid in reversed(gone):
+            for uid, _modseq in reversed(gone):
                 i = self.index_of(uid)
-                if i is None:
+                if i is None or not self._announced(i):
                     continue
-                del self.uids[i]
-                del self.flags[i]
-                del self.modseqs[i]
-                del self.sizes[i]
-                del self.dates[i]
-                self.keywords.pop(uid, None)
-                self.recent.discard(uid)
+                self._remove_at(i)
                 flag_lines.pop(uid, None)
                 expunged.append(uid)
+                self.told_exists -= 1
                 if not options.qresync:
                     out.append(r.untagged(b"%d EXPUNGE" % (i + 1)))
             if options.qresync and expunged:
                 # RFC 7162 3.2.10: VANISHED (UIDs) replaces EXPUNGE once QRESYNC is enabled.
                 out.append(r.untagged("VANISHED " + SeqSet.from_numbers(expunged).render()))
-            self.told_exists -= len(expunged)
+        self.seen_modseq = seen
+        if self.deferred_expunges:
+            # RFC 7162 errata 1810: while an expunge waits, no modseq at or above its own may be given out as the
+            # mailbox's HIGHESTMODSEQ, or a client resynchronizing from it would never hear of the expunge.
+            seen = min(seen, min(m for _u, m in self.deferred_expunges) - 1)
+        self.highest_modseq = max(self.highest_modseq, seen)
         if self.exists != self.told_exists:
             if self.exists > self.told_exists or allow_expunge:
                 out.append(r.untagged(b"%d EXISTS" % self.exists))
@@ -388,6 +437,10 @@ class SelectedMailbox:
             if seq is None:
                 continue
             out.append(self.fetch_flags_line(seq, uid, options))
+        if options.qresync and self.deferred_expunges:
+            # RFC 7162 errata 1810: FETCH MODSEQ (flag changes, this command's own STORE) may go out while expunges
+            # with lower modseqs wait; tell the client a HIGHESTMODSEQ below them.
+            out.append(r.status_line("OK", "expunges pending", f"HIGHESTMODSEQ {self.highest_modseq}"))
         return out
 
     def fetch_flags_line(self, seq: int, uid: int, options: UpdateOptions, *, with_uid: bool = False) -> bytes:
@@ -398,3 +451,8 @@ class SelectedMailbox:
         if options.condstore:
             items.append(b"MODSEQ (%d)" % self.modseq_of(uid))
         return r.untagged(b"%d FETCH (" % seq + b" ".join(items) + b")")
+
+    def fetch_modseq_line(self, seq: int, uid: int, options: UpdateOptions, *, with_uid: bool = False) -> bytes:
+        """``* seq FETCH ([UID uid ]MODSEQ (m))``: a .SILENT conditional STORE's answer (RFC 7162 3.1.3)."""
+        head = b"UID %d " % uid if with_uid or options.qresync else b""
+        return r.untagged(b"%d FETCH (" % seq + head + b"MODSEQ (%d))" % self.modseq_of(uid))
