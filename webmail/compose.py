@@ -222,7 +222,7 @@ def _clean_filename(name: str) -> str:
 
 @dataclass(frozen=True)
 class SendResult:
-    message_id: str
+    queue_id: str
     delivered_locally: tuple[str, ...]
     queued: tuple[str, ...]
 
@@ -231,9 +231,9 @@ class SendResult:
 def send(server, account_id: int, mail_from: str, recipients: list[str], raw: bytes, *, client_ip: str = ""):
     """Submit ``raw`` from ``account_id`` as ``mail_from`` to ``recipients`` (fires with a :class:`SendResult`).
 
-    This is the one place the webmail hands mail over, and it goes through exactly the SMTP submission path
-    (:func:`mailserver.delivery.submit.submit`): sender ownership (RFC 6409 6.1), routing, trace fields, hooks, local
-    delivery and the durable queue (DKIM signing at send time).
+    This is the one place the webmail hands mail over (:func:`mailserver.delivery.submit.submit`): sender ownership
+    (RFC 6409 6.1), routing, then the ingest pipeline every producer shares (trace fields, checks, local delivery
+    and the durable queue, DKIM signing at send time).  A refusal becomes a :class:`ComposeError` for the page.
     """
     if not recipients:
         raise ComposeError("add at least one recipient")
@@ -245,6 +245,4 @@ def send(server, account_id: int, mail_from: str, recipients: list[str], raw: by
         result = yield submit(server, account_id, mail_from, recipients, raw, client_ip=client_ip, via="webmail")
     except SubmitError as e:
         raise ComposeError(str(e)) from None
-    return SendResult(result.message_id, result.delivered_locally, result.queued)
-
-
+    return SendResult(result.queue_id, result.delivered_locally, result.queued)

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "mailserver.cli.queue",
     "mailserver.cli.dkim",
     "mailserver.cli.dnsrecords",
+    "mailserver.cli.mail",
 )
 
 

@@ -1,8 +1,5 @@
-"""Routing, local delivery, submission and outbound delivery."""
+"""Routing, the ingest pipeline (every producer of local mail), submission and outbound delivery.
 
-
-def submit(server, account_id, mail_from, recipients, raw, *, client_ip="", via="webmail"):
-    """Submit a complete message through the SMTP submission path (see :mod:`mailserver.delivery.submit`)."""
-    from mailserver.delivery.submit import submit as _submit
-
-    return _submit(server, account_id, mail_from, recipients, raw, client_ip=client_ip, via=via)
+Nothing here imports a protocol package: producers build delivery types (``envelope.py``) and map the outcomes back
+to their own answers.
+"""

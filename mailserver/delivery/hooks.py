@@ -1,18 +1,20 @@
-"""The check hook interface: the point in the delivery pipeline, before the final reply, where checks decide.
+"""Message-level check hooks, run as one check stage of the pipeline (:mod:`mailserver.delivery.stages`).
 
 A hook gets a :class:`MessageContext` (envelope, client facts, the durable blob of the message) once the body is
 complete and written, and returns a :class:`HookResult` (or a Deferred / coroutine of one).  Verdicts:
 
 * ``accept``  - nothing to do;
-* ``reject``  - refuse the message with ``reply`` (5xx), nothing is delivered;
-* ``tempfail`` - refuse with ``reply`` (4xx), the client retries;
+* ``reject``  - refuse the message with ``reply`` (5xx): every recipient is refused;
+* ``tempfail`` - refuse with ``reply`` (4xx): every recipient is deferred, the client retries;
 * ``tag``     - deliver, adding ``add_headers`` at the top, ``keywords`` and/or filing local copies into ``mailbox``
   (e.g. a spam checker files into "Junk" with keyword "$Junk");
 * ``redirect`` - replace the recipients with ``recipients`` (routed again, e.g. a quarantine address).
 
-Hooks run in registration order; the first reject/tempfail wins and stops the chain; tags accumulate; a later
-redirect replaces an earlier one.  Spam, virus and sender-authentication checks come later and plug in here
-(``server.extra["smtp_hooks"]``: a list of hooks).
+``reply`` is any reply-like object with ``code``, ``enhanced`` (RFC 3463) and ``lines`` (an SMTP reply constant
+fits); only its enhanced code and first line reach the outcome.  Hooks run in registration order; the first
+reject/tempfail wins and stops the chain; tags accumulate; a later redirect replaces an earlier one.  The hooks of
+``server.extra["smtp_hooks"]`` run once per message, for every producer that is not placing into an exact mailbox;
+a check that decides per recipient is a :class:`~mailserver.delivery.stages.Stage` instead.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailserver.smtp.codes import Reply
+from mailserver.delivery.stages import CHECKS, MessageInfo, Target, Verdict
 
 ACCEPT, REJECT, TEMPFAIL, TAG, REDIRECT = "accept", "reject", "tempfail", "tag", "redirect"
 
@@ -43,7 +45,7 @@ class MessageContext:
 @dataclass(frozen=True)
 class HookResult:
     action: str = ACCEPT
-    reply: Reply | None = None
+    reply: Any = None  # reply-like: .code, .enhanced, .lines
     add_headers: tuple[tuple[str, str], ...] = ()
     keywords: tuple[str, ...] = ()
     mailbox: str = ""
@@ -51,15 +53,24 @@ class HookResult:
 
 
 @dataclass
-class Verdict:
+class HookVerdict:
     """The combined outcome of every hook."""
 
     action: str = ACCEPT  # ACCEPT (possibly tagged/redirected), REJECT or TEMPFAIL
-    reply: Reply | None = None
+    reply: Any = None
     add_headers: list[tuple[str, str]] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)
     mailbox: str = ""
     recipients: tuple[str, ...] | None = None  # None = unchanged
+
+    def for_recipient(self) -> Verdict:
+        """The stage verdict every recipient of the message gets."""
+        if self.action in (REJECT, TEMPFAIL):
+            status = self.reply.enhanced or ("5.0.0" if self.action == REJECT else "4.0.0")
+            text = self.reply.lines[0] if self.reply.lines else ""
+            return Verdict.refuse(status, text) if self.action == REJECT else Verdict.defer(status, text)
+        return Verdict(add_headers=tuple(self.add_headers), keywords=tuple(self.keywords), mailbox=self.mailbox,
+                       redirect=self.recipients or ())
 
 
 class CheckHook(Protocol):
@@ -69,8 +80,8 @@ class CheckHook(Protocol):
         ...
 
 
-async def run_hooks(hooks, ctx: MessageContext) -> Verdict:
-    verdict = Verdict()
+async def run_hooks(hooks, ctx: MessageContext) -> HookVerdict:
+    verdict = HookVerdict()
     for hook in hooks:
         result = hook.check(ctx)
         if inspect.isawaitable(result) or hasattr(result, "addCallback"):
@@ -93,3 +104,33 @@ async def run_hooks(hooks, ctx: MessageContext) -> Verdict:
         else:
             raise ValueError(f"hook {getattr(hook, 'name', hook)!r}: unknown action {result.action!r}")
     return verdict
+
+
+class HookStage:
+    """The hooks as one check stage: run once for the message, their verdict given to each recipient.
+
+    One instance serves one message (the pipeline makes a new one per message), so it can keep the verdict.
+    """
+
+    name = CHECKS + ":hooks"
+    exact_mailbox = False
+
+    def __init__(self, hooks):
+        self.hooks = list(hooks)
+        self._verdict: Verdict | None = None
+
+    async def check(self, message: MessageInfo, target: Target) -> Verdict:
+        if self._verdict is None:
+            self._verdict = (await run_hooks(self.hooks, context(message))).for_recipient()
+        return self._verdict
+
+
+def context(message: MessageInfo) -> MessageContext:
+    """The hooks' view of a message."""
+    client, env = message.client, message.envelope
+    return MessageContext(
+        client_ip=client.ip if client else "", helo=client.helo if client else "",
+        sender=env.sender if env else "", recipients=tuple(r.address for r in env.recipients) if env else (),
+        authenticated=client.authenticated if client else "", submission=client.submission if client else False,
+        tls=f"{client.tls_version} {client.tls_cipher}".strip() if client else "", blob_id=message.blob_id,
+        size=message.size, read=message.read)

@@ -1,44 +1,64 @@
-"""Handing a delivery status report (RFC 3464) to the sender it is for.
+"""Handing a delivery status report (RFC 3464) to the sender it is for, through the ingest pipeline.
 
 A local sender (an account, or an address of a local domain that aliases to accounts) gets it in their INBOX at once;
 a remote sender gets it through the outbound queue with the null reverse-path (RFC 5321 4.5.5, RFC 3461 6.2: no
-report about a report).  Used by the queue runner and by local delivery when only some recipients of an accepted
-message could be served.
+report about a report).  Used by the queue runner and by the pipeline when only some recipients of an accepted
+message could be served (:func:`report_failures`).
 """
 
 from __future__ import annotations
 
+import time
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailserver.threads import run_in
+from mailserver.address import mailbox_of
+from mailserver.delivery import dsn as dsnlib
+from mailserver.delivery.envelope import REPORT, Envelope, Recipient, Request
 
 log = Logger()
 
 
+def report_request(address: str, raw: bytes) -> Request:
+    """A report for ``address``: routed like any recipient (accounts, aliases, catch-all, relay domains, remote),
+    sent with the null reverse-path, stored without a quota check (a report must not be lost to a full mailbox)."""
+    env = Envelope(None, (Recipient(mailbox_of(address)),), body="" if raw.isascii() else "8BITMIME")
+    return Request(REPORT, envelope=env, check_quota=False, may_relay=True)
+
+
 @defer.inlineCallbacks
-def send_report(server, address: str, raw: bytes):
-    """Deliver the report ``raw`` to ``address`` (fires when it is stored: in a mailbox or in the queue).
+def send_report(server, address: str, raw: bytes, pipeline=None):
+    """Deliver the report ``raw`` to ``address`` (fires when it is stored: in a mailbox or in the queue)."""
+    if pipeline is None:
+        from mailserver.delivery.pipeline import pipeline_for
 
-    The address is routed like any recipient (accounts, aliases, catch-all, relay domains); local copies go into
-    INBOXes without a quota check (a report must not be lost to a full mailbox), the rest into the queue.
-    """
-    from mailserver.delivery.router import LOCAL, router_for
-    from mailserver.ingest import deliver_raw
-    from storage.store import QueueRecipientSpec
+        pipeline = pipeline_for(server)
+    result = yield pipeline.ingest(report_request(address, raw), raw)
+    for o in result.failed:
+        log.warn("report for {address} dropped: {error}", address=o.address, error=o.text or o.reason)
+    return result
 
-    store = server.store
-    rr = yield run_in(server.reactor, server.pools.db_read, router_for(server).route, address, may_relay=True,
-                      check_quota=False)
-    if not rr.routes:
-        log.warn("report for {address} dropped: {error}", address=address, error=rr.error or "no route")
+
+async def report_failures(pipeline, envelope: Envelope, failed, blob_id: str) -> None:
+    """Report the recipients in ``failed`` (Outcomes) to the envelope's sender, before the producer's answer."""
+    sender = envelope.sender
+    rows = []
+    for o in failed:
+        rc = o.recipient
+        notify = ",".join(rc.notify) if rc is not None else ""
+        if not dsnlib.wants_report(sender, notify, dsnlib.FAILURE):
+            continue
+        rows.append(dsnlib.ReportRecipient(o.address, "failed", o.status or "5.0.0",
+                                           orcpt=rc.orcpt if rc is not None else "", last_attempt=time.time(),
+                                           reason=f"{o.status} {o.text}"))
+    if not rows:
         return
-    remote = [r for r in rr.routes if r.kind != LOCAL]
-    for r in rr.routes:
-        if r.kind == LOCAL:
-            yield deliver_raw(server, r.account_id, raw, check_quota=False)
-    if remote:
-        ref = yield run_in(server.reactor, server.pools.blob, store.blobs.put, raw)
-        yield server.astore.enqueue("", ref, [QueueRecipientSpec(r.address, route=r.relay_to) for r in remote],
-                                    source="bounce", body_8bit=not raw.isascii())
-        server.kick_queue()
+    head = await pipeline.runner.read_blob(blob_id, 0, dsnlib.HEADER_READ_MAX)
+    raw = dsnlib.build_report(kind=dsnlib.FAILURE, reporting_mta=pipeline.config.hostname, sender=sender,
+                              recipients=rows, original=dsnlib.split_header(head), original_is_full=False,
+                              envid=envelope.envid, arrival=time.time())
+    try:
+        await send_report(None, sender, raw, pipeline=pipeline)
+    except Exception:
+        log.failure("failure report to {sender} could not be stored", sender=sender)

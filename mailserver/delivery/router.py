@@ -236,14 +236,18 @@ class Router:
         return False
 
 
+def build_router(config, store) -> Router:
+    """A Router over ``store`` with the configuration's subaddressing, alias limits and postmaster."""
+    local_domains = [d.name for d in config.domain if d.mode == "local"]
+    return Router(store, separator=config.smtp.subaddress_separator, max_depth=config.limits.alias_max_depth,
+                  max_targets=config.limits.alias_max_targets,
+                  default_domain=local_domains[0] if local_domains else "", postmaster=config.smtp.postmaster)
+
+
 def router_for(server) -> Router:
-    """The server's one shared Router (SMTP listeners, webmail submission), built from its configuration."""
+    """The server's one shared Router (SMTP listeners, the ingest pipeline), built from its configuration."""
     router = server.extra.get("router")
     if router is None:
-        cfg = server.config
-        local_domains = [d.name for d in cfg.domain if d.mode == "local"]
-        router = Router(server.store, separator=cfg.smtp.subaddress_separator, max_depth=cfg.limits.alias_max_depth,
-                        max_targets=cfg.limits.alias_max_targets,
-                        default_domain=local_domains[0] if local_domains else "", postmaster=cfg.smtp.postmaster)
+        router = build_router(server.config, server.store)
         server.extra["router"] = router
     return router

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailserver.threads import run_in
 from storage.models import FLAG_DELETED
 from storage.store import Invalid
 
@@ -276,12 +275,6 @@ async def status(s: ImapSession, cmd: c.Status):
     s.send(await _status_line(s, mailbox, cmd.items))
 
 
-def _read_and_parse(store, blob_id: str) -> dict:
-    from mailserver.ingest import parsed_columns
-
-    return parsed_columns(store.blobs.read(blob_id))
-
-
 async def append(s: ImapSession, cmd: c.Append):
     state, s._append = s._append, None
     if state is None or len(state.writers) != len(cmd.messages):
@@ -289,41 +282,44 @@ async def append(s: ImapSession, cmd: c.Append):
             s._append = state
             s._abort_append()
         raise Bad("APPEND data was not received")
-    server = s.server
-    astore = server.astore
-    uid_validity = 0
-    uids: list[int] = []
+    from mailserver.delivery import envelope as ev
+    from mailserver.delivery.pipeline import pipeline_for
+
+    pipeline = pipeline_for(s.server)
+    ingests = []
     try:
-        prepared = []
         for msg, writer in zip(cmd.messages, state.writers, strict=True):
             try:
                 bits, keywords, _recent = split_flags(msg.flags)
             except ValueError as e:
                 raise Bad(str(e)) from None
-            prepared.append((msg, writer, bits, keywords))
-        items = []
-        for msg, writer, bits, keywords in prepared:
-            ref = await astore.finish_blob(writer)
-            parsed = await run_in(server.reactor, server.pools.cpu, _read_and_parse, server.store, ref.id)
             when = msg.internal_date.timestamp() if msg.internal_date is not None else None
-            items.append((ref, parsed, bits, keywords, when))
-        if len(items) == 1:  # the common case shares the group commit with deliveries
-            changed = await astore.append(s.account_id, state.mailbox.id, *items[0])
-            uid_validity, uid = changed.value
-            uids.append(uid)
-        else:  # RFC 3502 MULTIAPPEND: all of them or none
-            changed = await astore.append_many(s.account_id, state.mailbox.id, items)
-            uid_validity, new_uids = changed.value
-            uids.extend(new_uids)
+            placement = ev.Placement(s.account_id, mailbox_id=state.mailbox.id, flags=bits, keywords=keywords,
+                                     internal_date=when)
+            ingests.append(pipeline.begin(ev.Request(ev.APPEND, placement=placement), writer=writer))
     except BaseException:
-        for w in state.writers[len(uids):]:
-            try:
-                w.abort()
-            except Exception:
-                pass
+        for w in state.writers:
+            w.abort()
         raise
+    if len(ingests) == 1:  # the common case shares the group commit with deliveries
+        results = [await ingests[0].finish()]
+    else:  # RFC 3502 MULTIAPPEND: all of them or none
+        results = await pipeline.finish_together(ingests)
+    outcomes = [res.outcomes[0] for res in results]
+    failed = next((o for o in outcomes if not o.ok), None)
+    if failed is not None:
+        raise No(*_APPEND_REFUSALS.get(failed.reason, (failed.text, None)))
     # RFC 4315 3 / RFC 3502: APPENDUID with the UIDs of every appended message.
-    return Ok("APPEND completed", f"APPENDUID {uid_validity} {SeqSet.from_numbers(uids).render()}")
+    uids = SeqSet.from_numbers([o.uid for o in outcomes]).render()
+    return Ok("APPEND completed", f"APPENDUID {outcomes[0].uid_validity} {uids}")
+
+
+#: Outcome reasons -> the tagged NO of a refused APPEND (RFC 9051 6.3.12, RFC 9208 4.3).
+_APPEND_REFUSALS = {
+    "overquota": ("mailbox full", "OVERQUOTA"),
+    "nonexistent": ("no such mailbox", "NONEXISTENT"),
+    "error": ("APPEND failed: server error", "SERVERBUG"),
+}
 
 
 def _quota_line(used: int, limit: int) -> bytes:

@@ -2,6 +2,7 @@
 
 ``parse_mail_arg("FROM:<a@b> SIZE=10")`` returns the path and the parameter map; ``mail_params`` / ``rcpt_params``
 turn the map into typed, validated values.  Syntax errors raise :class:`AddressError` carrying the reply to send.
+The mailbox syntax itself (local part, domain, address literals) is :mod:`mailserver.address`, shared with delivery.
 """
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mailserver import address
+from mailserver.address import MAX_PATH, Mailbox
 from mailserver.smtp import codes
 from mailserver.smtp.codes import Reply, SmtpError
 
-# RFC 5321 4.5.3.1.1-3: size limits of the parts of a path.
-MAX_LOCAL_PART = 64
-MAX_DOMAIN = 255
-MAX_PATH = 256
 # RFC 3461 4.4: ENVID at most 100 characters; 4.2: ORCPT at most 500.
 MAX_ENVID = 100
 MAX_ORCPT = 500
@@ -28,36 +27,6 @@ class AddressError(SmtpError):
         super().__init__(reply.with_text(f"{reply.lines[0]}: {detail}") if detail else reply)
 
 
-@dataclass(frozen=True)
-class Mailbox:
-    """A mailbox from a path: ``local_part`` as sent (unquoted when quoting was unnecessary), ``domain`` lower-case."""
-
-    local_part: str
-    domain: str
-
-    @property
-    def address(self) -> str:
-        return f"{self.local_part}@{self.domain}" if self.domain else self.local_part
-
-    @property
-    def is_ascii(self) -> bool:
-        return self.address.isascii()
-
-    def __str__(self) -> str:
-        return self.address
-
-
-# RFC 5321 4.1.2 atext (RFC 5322 3.2.3), extended by RFC 6531 3.3 with UTF8-non-ascii.
-_ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
-_ATOM_RE = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+")
-_DOT_STRING_RE = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(\.[{_ATEXT}\u0080-\U0010ffff]+)*")
-# RFC 5321 4.1.2 sub-domain = Let-dig [Ldh-str]; RFC 6531 3.3 allows U-labels.
-_LABEL = r"[A-Za-z0-9\u0080-\U0010ffff]([A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
-_DOMAIN_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*")
-# RFC 5321 4.1.3 address literals.
-_IPV4_LIT = re.compile(r"\[(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\]")
-_IPV6_LIT = re.compile(r"\[IPv6:[0-9A-Fa-f:.]+\]", re.IGNORECASE)
-_GENERAL_LIT = re.compile(r"\[[A-Za-z0-9\-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\]")
 # RFC 5321 4.1.2 esmtp-keyword; esmtp-value (RFC 6531 3.3 adds UTF8-non-ascii).
 _KEYWORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _VALUE_RE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
@@ -65,82 +34,21 @@ _VALUE_RE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
 _XTEXT_RE = re.compile(r"([\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 
 
-def _parse_domain(text: str) -> str:
-    if text.startswith("["):
-        m = _IPV4_LIT.fullmatch(text)
-        if m and all(int(x) <= 255 for x in m.groups()):
-            return text
-        if _IPV6_LIT.fullmatch(text):
-            import ipaddress
-
-            try:
-                ipaddress.IPv6Address(text[6:-1])
-            except ValueError:
-                raise AddressError(codes.SYNTAX, "bad IPv6 address literal") from None
-            return "[IPv6:" + text[6:-1].lower() + "]"
-        if _GENERAL_LIT.fullmatch(text) and not text.lower().startswith("[ipv6:"):
-            return text
-        raise AddressError(codes.SYNTAX, "bad address literal")
-    if not _DOMAIN_RE.fullmatch(text):
-        raise AddressError(codes.SYNTAX, "bad domain")
-    if len(text.encode("utf-8")) > MAX_DOMAIN:
-        raise AddressError(codes.SYNTAX, "domain too long")
-    return text.lower()
+def _neutral(f, *args):
+    try:
+        return f(*args)
+    except address.AddressError as e:
+        raise AddressError(codes.SYNTAX, str(e)) from None
 
 
-def _parse_local_part(text: str) -> str:
-    if text.startswith('"'):
-        # RFC 5321 4.1.2 Quoted-string = DQUOTE *QcontentSMTP DQUOTE
-        if len(text) < 2 or not text.endswith('"'):
-            raise AddressError(codes.SYNTAX, "bad quoted local part")
-        inner, out, i = text[1:-1], [], 0
-        while i < len(inner):
-            c = inner[i]
-            if c == "\\":
-                if i + 1 >= len(inner) or not (" " <= inner[i + 1] <= "~"):
-                    raise AddressError(codes.SYNTAX, "bad quoted-pair")
-                out.append(inner[i + 1])
-                i += 2
-                continue
-            if c == '"' or (c < " " or c == "\x7f"):
-                raise AddressError(codes.SYNTAX, "bad character in quoted local part")
-            out.append(c)
-            i += 1
-        value = "".join(out)
-        if _DOT_STRING_RE.fullmatch(value):
-            local = value  # RFC 5321 4.1.2: quoting is unnecessary, use the canonical dot-string form
-        else:
-            local = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    else:
-        if not _DOT_STRING_RE.fullmatch(text):
-            raise AddressError(codes.SYNTAX, "bad local part")
-        local = text
-    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
-        raise AddressError(codes.SYNTAX, "local part too long")
-    return local
-
-
-def _split_mailbox(text: str) -> tuple[str, str]:
-    """Split at the last "@" outside a quoted string."""
-    in_quote, escaped, at = False, False, -1
-    for i, c in enumerate(text):
-        if escaped:
-            escaped = False
-        elif c == "\\" and in_quote:
-            escaped = True
-        elif c == '"':
-            in_quote = not in_quote
-        elif c == "@" and not in_quote:
-            at = i
-    if at <= 0:
-        raise AddressError(codes.SYNTAX, "expected local-part@domain")
-    return text[:at], text[at + 1:]
+def parse_domain(text: str) -> str:
+    """:func:`mailserver.address.parse_domain`, failing with the SMTP reply 501 5.5.2."""
+    return _neutral(address.parse_domain, text)
 
 
 def parse_mailbox(text: str) -> Mailbox:
-    """Parse ``local-part@domain`` (RFC 5321 4.1.2 Mailbox)."""
-    local, domain = _split_mailbox(text)
-    return Mailbox(_parse_local_part(local), _parse_domain(domain))
+    """:func:`mailserver.address.parse_mailbox`, failing with the SMTP reply 501 5.5.2."""
+    return _neutral(address.parse_mailbox, text)
 
 
 def split_path(arg: str) -> tuple[str, str]:
@@ -181,7 +89,7 @@ def parse_path(path: str, *, allow_null: bool, allow_postmaster: bool = False) -
         for hop in inner[:colon].split(","):
             if not hop.startswith("@"):
                 raise AddressError(codes.SYNTAX, "bad source route")
-            _parse_domain(hop[1:])
+            parse_domain(hop[1:])
         inner = inner[colon + 1:]
     if allow_postmaster and inner.lower() == "postmaster":
         return Mailbox("postmaster", "")  # RFC 5321 4.1.1.3: <Postmaster> without a domain

@@ -4,6 +4,9 @@ The session (``session.py``) decides everything about the protocol; this module 
 replies are written, STARTTLS starts TLS on the transport, checks run in thread pools (router, authenticator,
 delivery) and their answers go back through ``session.resolve``.  While a check is pending, reading from the socket
 is paused, so a client cannot make us buffer without bound.
+
+At MessageStart the session's envelope becomes a delivery :class:`~mailserver.delivery.envelope.Envelope` and the
+body streams into the ingest pipeline; at the end, :func:`reply_for` turns the recipients' outcomes into the reply.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from twisted.protocols.policies import TimeoutMixin
 from mailserver.auth import is_loopback
 from mailserver.config import IMPLICIT_TLS
 from mailserver.connections import close_transport, limiter_for, refuse
+from mailserver.delivery import envelope as ev
 from mailserver.delivery import router as router_mod
-from mailserver.delivery.local import ClientInfo, IncomingMessage
+from mailserver.delivery.pipeline import Ingest, pipeline_for
 from mailserver.smtp import codes
 from mailserver.smtp.session import (
     AuthResult,
@@ -61,6 +65,7 @@ class SmtpFactory(Factory):
         self.session_config = SessionConfig.from_config(cfg, listener, tls_available=server.tls is not None)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp.trusted_networks]
         self.router = router_mod.router_for(server)
+        self.pipeline = pipeline_for(server)
         # Sessions per client IP, shared by every SMTP listener of this server.
         self.limiter = limiter_for(server, "smtp", cfg.limits.smtp_max_sessions_per_ip)
 
@@ -86,7 +91,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         self.factory = factory
         self.server = factory.server
         self.session: SmtpSession | None = None
-        self.message: IncomingMessage | None = None
+        self.message: Ingest | None = None
         self.ip = ""
         self._counted = False
         self._paused = False
@@ -269,15 +274,64 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         s = self.session
         version, cipher = self._tls_info()
         ident = s.identity
-        info = ClientInfo(ip=self.ip, helo=s.helo or "", esmtp=s.esmtp, tls_version=version, tls_cipher=cipher,
-                          authenticated=ident.address if ident else "", account_id=ident.account_id if ident else None,
-                          submission=self.factory.submission)
-        hooks = self.server.extra.get("smtp_hooks", ())
-        self.message = IncomingMessage(self.server, self.factory.router, info, envelope, hooks=hooks)
-        self.message.start()
+        info = ev.ClientInfo(ip=self.ip, helo=s.helo or "", esmtp=s.esmtp, tls_version=version, tls_cipher=cipher,
+                             authenticated=ident.address if ident else "",
+                             account_id=ident.account_id if ident else None, submission=self.factory.submission)
+        request = ev.Request(ev.SMTP, envelope=delivery_envelope(envelope), client=info, log=True)
+        self.message = self.factory.pipeline.begin(request)
 
     def _message_end(self) -> defer.Deferred:
         msg, self.message = self.message, None
         if msg is None:
             return defer.succeed(codes.LOCAL_ERROR)
-        return msg.finish()
+        return msg.finish().addCallback(reply_for)
+
+
+def delivery_envelope(envelope) -> ev.Envelope:
+    """The session's envelope (its parsing types) as delivery's :class:`~mailserver.delivery.envelope.Envelope`."""
+    p = envelope.mail_params
+    return ev.Envelope(envelope.reverse_path,
+                       tuple(ev.Recipient(r.mailbox, r.params.orcpt, r.params.notify, r.route)
+                             for r in envelope.recipients),
+                       size=p.size, body=p.body, smtputf8=p.smtputf8, envid=p.envid, ret=p.ret)
+
+
+#: Why a recipient was not served -> the reply (RFC 5321 4.2.2, RFC 3463).
+_REASON_REPLIES = {
+    ev.NONEXISTENT: codes.UNKNOWN_USER,
+    ev.LOOP: codes.LOOP_DETECTED,  # RFC 5321 6.3
+    ev.ERROR: codes.LOCAL_ERROR,
+}
+
+
+def outcome_reply(o: ev.Outcome) -> codes.Reply:
+    """The reply for one recipient's outcome."""
+    if o.ok:
+        return codes.QUEUED
+    if o.reason == ev.OVERQUOTA:
+        return codes.OVER_QUOTA_PERM if o.kind == ev.REFUSED else codes.OVER_QUOTA_TEMP
+    reply = _REASON_REPLIES.get(o.reason)
+    if reply is not None:
+        return reply
+    if o.reason == ev.NO_ROUTE:
+        return codes.Reply(554, o.status, o.text)  # RFC 5321 4.2.3: transaction failed
+    # A check's verdict: 550 for a refusal (policy, RFC 5321 4.2.3), 451 for a deferral.
+    return codes.Reply(550 if o.kind == ev.REFUSED else 451, o.status, o.text)
+
+
+def reply_for(result: ev.IngestResult) -> codes.Reply:
+    """The reply after the end of data: 250 when every recipient has the message, the failure when none has, and
+    250 naming the failed recipients when only some could be served (each recipient is all-or-nothing; the sender
+    was sent a failure report for them before this reply)."""
+    if not result.outcomes:
+        return codes.LOCAL_ERROR
+    ok, failed = result.accepted, result.failed
+    if not failed:
+        return codes.QUEUED.with_text(f"Message accepted as {result.queue_id}")
+    replies = [outcome_reply(o) for o in failed]
+    if not ok:
+        return ([r for r in replies if r.is_temporary] or replies)[0]
+    detail = "; ".join(f"{o.address}: {r.code} {r.enhanced} {r.lines[0]}" for o, r in zip(failed, replies,
+                                                                                          strict=True))
+    return codes.QUEUED.with_text(f"Message accepted as {result.queue_id} for {len(ok)} of {len(result.outcomes)} "
+                                  f"recipients; not delivered: {detail}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from mailserver.delivery.envelope import DRAFT, SENT_COPY
 from mailserver.ingest import deliver_raw
 from mailserver.mime.text import address_list, decode_header_text, format_address
 from storage.models import FLAG_ANSWERED, FLAG_DRAFT, FLAG_SEEN
@@ -235,9 +236,9 @@ async def compose_submit(ctx) -> web.Response:
             raw = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True, extra_headers=extra)
             drafts = special(mbs, "\\Drafts")
             res = await deliver_raw(ctx.server, ctx.account_id, raw, mailbox=drafts.name if drafts else "Drafts",
-                                    flags=FLAG_SEEN | FLAG_DRAFT, check_quota=True)
+                                    flags=FLAG_SEEN | FLAG_DRAFT, check_quota=True, producer=DRAFT)
             if not res.ok:
-                raise cm.ComposeError(f"the draft could not be saved ({res.error})")
+                raise cm.ComposeError(f"the draft could not be saved ({res.reason})")
             await _drop_draft(ctx, state.draft_ref)
             return web.redirect(f"/compose?draft={res.mailbox_id}:{res.uid}&saved=1")
         if not draft.recipients():
@@ -249,7 +250,7 @@ async def compose_submit(ctx) -> web.Response:
         return await compose_page(ctx, state, str(e), 400)
     sent = special(mbs, "\\Sent")
     await deliver_raw(ctx.server, ctx.account_id, copy, mailbox=sent.name if sent else "Sent", flags=FLAG_SEEN,
-                      check_quota=False)
+                      check_quota=False, producer=SENT_COPY)
     ref = parse_ref(state.reply_ref)
     if ref is not None:
         try:

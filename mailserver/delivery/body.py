@@ -1,0 +1,116 @@
+"""The stored forms of one message: written once while it arrives, parsed once, copied only when a copy must differ.
+
+A *form* is one blob: its own ``prefix`` (fields only some recipients get: ``Return-Path``/``Delivered-To`` for
+local copies, a check's added fields) followed by the rest, which every form shares.  Received mail is streamed into
+one form per kind of recipient (local, queued); a message handed over whole is one form.  When a recipient needs a
+prefix no form has, :meth:`Body.form` copies an existing one with the new prefix.
+
+The methods marked *blocking* run in the blob pool; ``write`` only appends to spool files (memory, then disk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Form:
+    prefix: bytes
+    writer: object = None  # BlobWriter while streaming
+    ref: object = None  # BlobRef once durable
+    parsed: dict | None = None  # the parse-once columns (local copies only)
+
+
+def parse(raw: bytes) -> dict:
+    """The parse-once columns of a stored message (storage.store.PARSED_COLUMNS)."""
+    from mailserver.mime import parse_message
+
+    return parse_message(raw).to_json()
+
+
+class Body:
+    def __init__(self, blobs, forms: list[Form], raw: bytes | None = None):
+        self.blobs = blobs
+        self.forms = forms
+        self._raw = raw  # a message handed over whole (stored by finish)
+
+    @classmethod
+    def streaming(cls, blobs, prefixes: list[bytes], common: bytes) -> "Body":
+        """One writer per prefix, each starting with its prefix and then ``common`` (the Received field)."""
+        forms = []
+        for prefix in dict.fromkeys(prefixes):
+            w = blobs.writer()
+            w.write(prefix + common)
+            forms.append(Form(prefix, w))
+        return cls(blobs, forms)
+
+    @classmethod
+    def adopt(cls, blobs, writer) -> "Body":
+        """A body the producer already streamed into a blob writer (IMAP APPEND literals)."""
+        return cls(blobs, [Form(b"", writer)])
+
+    @classmethod
+    def whole(cls, blobs, raw: bytes) -> "Body":
+        return cls(blobs, [Form(b"")], raw)
+
+    def write(self, data: bytes) -> None:
+        for f in self.forms:
+            f.writer.write(data)
+
+    def abort(self) -> None:
+        for f in self.forms:
+            if f.writer is not None and f.ref is None:
+                f.writer.abort()
+
+    def find(self, prefix: bytes) -> Form | None:
+        for f in self.forms:
+            if f.prefix == prefix:
+                return f
+        return None
+
+    # ------------------------------------------------------------------ blocking (blob pool)
+
+    def finish(self, parse_prefix: bytes | None) -> None:
+        """Make every form durable and parse the one with ``parse_prefix`` (None: no local copy, no parse).
+
+        One trip to a worker thread: a message handed over whole is stored and parsed from memory.
+        """
+        if self._raw is not None:
+            form = self.forms[0]
+            form.ref = self.blobs.put(self._raw)
+            if parse_prefix is not None:
+                form.parsed = parse(self._raw)
+            self._raw = None
+            return
+        for f in self.forms:
+            if f.ref is None:
+                f.ref = f.writer.finish()
+                f.writer = None
+        if parse_prefix is not None:
+            form = self.find(parse_prefix)
+            if form is not None:
+                form.parsed = parse(self.blobs.read(form.ref.id))
+
+    def form(self, prefix: bytes, parsed: bool) -> Form:
+        """The form with ``prefix``, made from an existing one when missing; parsed when ``parsed``."""
+        form = self.find(prefix)
+        if form is None:
+            form = Form(prefix, None, self._copy(self.forms[0], prefix))
+            self.forms.append(form)
+        if parsed and form.parsed is None:
+            form.parsed = parse(self.blobs.read(form.ref.id))
+        return form
+
+    def _copy(self, source: Form, prefix: bytes):
+        """New blob = ``prefix`` + ``source`` without its own prefix."""
+        w = self.blobs.writer()
+        try:
+            w.write(prefix)
+            with self.blobs.open(source.ref.id) as f:
+                f.seek(len(source.prefix))
+                while chunk := f.read(1 << 20):
+                    w.write(chunk)
+            return w.finish()
+        except BaseException:
+            w.abort()
+            raise

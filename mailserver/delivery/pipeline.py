@@ -1,0 +1,473 @@
+"""The one way local mail comes in: every producer hands its message to :class:`Pipeline`.
+
+Producers: SMTP (streamed while DATA/BDAT arrives), webmail sending (``delivery/submit.py``) and its Sent copy,
+drafts, IMAP APPEND (single and MULTIAPPEND), delivery status reports (``delivery/reports.py``), the CLI import,
+and tests.  Each builds a :class:`~mailserver.delivery.envelope.Request` and either streams the body
+(``begin(request)``, ``write()``, ``finish()``), hands over a blob writer it already filled (``begin(request,
+writer=w)``), or the whole message (``ingest(request, raw)``).  Then, for every message:
+
+1. the body is stored once (blob pool; durable before any metadata names it) and parsed once when it has a local
+   recipient; received mail first gets its trace fields (``delivery/trace.py``: Received, Return-Path,
+   Delivered-To, Message-ID/Date on submission) and its loop check (RFC 5321 6.3);
+2. every final recipient runs the steps of ``delivery/stages.py`` in their fixed order: routing -> message checks
+   -> the recipient's filter -> quota -> mailbox choice; a request with a placement (an exact mailbox) skips the
+   filter stages;
+3. local copies are committed together through the group committer (``AsyncStore.deliver``; MULTIAPPEND through
+   ``append_many``, all or nothing), outgoing recipients go to the durable queue;
+4. the result is one :class:`~mailserver.delivery.envelope.Outcome` per final recipient, which the producer maps
+   to its answer; when only some recipients could be served, the sender gets a failure report first (RFC 5321
+   6.1: once the message is accepted, a failure must be reported).
+
+``finish()`` never fails: an unexpected error is logged and every recipient is deferred with 4.3.0.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailserver.delivery import envelope as ev
+from mailserver.delivery.body import Body
+from mailserver.delivery.envelope import IngestResult, Outcome, Recipient, Request
+from mailserver.delivery.hooks import HookStage
+from mailserver.delivery.router import LOCAL, Route
+from mailserver.delivery.stages import FILTER, MAILBOX, QUOTA, ROUTING, MessageInfo, NoFilter, Target
+from mailserver.delivery.trace import (
+    HeaderScanner,
+    final_delivery_fields,
+    header_fields,
+    missing_submission_fields,
+    received_header,
+)
+from storage.queueid import new_queue_id
+
+log = Logger()
+
+LOCAL_ERROR_TEXT = "Local error in processing, try again later"
+
+
+class Pipeline:
+    """Shared by every producer of one server (``pipeline_for(server)``) or made by a tool with an InlineRunner."""
+
+    def __init__(self, runner, config, router, blobs, *, hooks: Callable[[], Sequence] = tuple):
+        self.runner = runner
+        self.config = config
+        self.router = router
+        self.blobs = blobs
+        self.checks: list = []  # registered check stages (delivery/stages.py Stage), in order
+        self.filter = NoFilter()
+        self._hooks = hooks
+
+    def register(self, stage) -> None:
+        """Add a check stage after the others."""
+        self.checks.append(stage)
+
+    def unregister(self, stage) -> None:
+        self.checks.remove(stage)
+
+    def check_stages(self, request: Request) -> list:
+        """The check stages that run for ``request``: the message hooks, then the registered checks; a request for
+        an exact mailbox keeps only those that declare ``exact_mailbox``."""
+        hooks = self._hooks()
+        stages = ([HookStage(hooks)] if hooks else []) + self.checks
+        if request.exact_mailbox:
+            stages = [s for s in stages if getattr(s, "exact_mailbox", False)]
+        return stages
+
+    # ------------------------------------------------------------------ the door
+
+    def begin(self, request: Request, *, writer=None) -> "Ingest":
+        """A message to stream in (``write``/``abort``/``finish``), or one already in ``writer``."""
+        return Ingest(self, request, writer=writer)
+
+    def ingest(self, request: Request, raw: bytes) -> defer.Deferred:
+        """A whole message; fires with its IngestResult."""
+        return Ingest(self, request, raw=raw).finish()
+
+    def finish_together(self, ingests: Sequence["Ingest"]) -> defer.Deferred:
+        """Several placements into one mailbox, all or none (RFC 3502 MULTIAPPEND); fires with their results."""
+        return defer.ensureDeferred(_together(list(ingests)))
+
+
+class Ingest:
+    """One message on its way in."""
+
+    def __init__(self, pipeline: Pipeline, request: Request, *, writer=None, raw: bytes | None = None):
+        self.pipeline = pipeline
+        self.request = request
+        self.queue_id = new_queue_id()  # one id from the log line and Received field to the queue's lines
+        self.size = len(raw) if raw is not None else 0
+        self.scanner: HeaderScanner | None = None
+        self._targets: list[Target] = []
+        self._seen: set[tuple[str, str]] = set()
+        self._unrouted: list[Recipient] = []
+        self._early: list[Outcome] = []  # recipients that failed routing
+        self._writer = writer
+        if request.placement is not None:
+            p = request.placement
+            self._targets.append(Target(Route(LOCAL, "", p.account_id), mailbox=p.mailbox, mailbox_id=p.mailbox_id,
+                                        flags=p.flags, keywords=list(p.keywords), internal_date=p.internal_date))
+        else:
+            for rcpt in request.envelope.recipients:
+                if rcpt.route is None:
+                    self._unrouted.append(rcpt)
+                else:
+                    self._add_routes(rcpt.route.routes, rcpt)
+        client = request.client
+        if client is not None:
+            if request.envelope is None:
+                raise ValueError("trace fields need an envelope")
+            cfg = pipeline.config
+            self.scanner = HeaderScanner(missing_submission_fields(cfg.hostname) if client.submission else {})
+            rcpts = request.envelope.recipients
+            common = received_header(cfg.hostname, client, smtputf8=request.envelope.smtputf8, queue_id=self.queue_id,
+                                     recipient=rcpts[0].address if len(rcpts) == 1 else None,
+                                     show_auth_user=cfg.smtp.received_show_auth_user).encode("utf-8")
+            prefixes = []
+            if self._unrouted or any(t.route.kind == LOCAL for t in self._targets):
+                prefixes.append(self._local_base())
+            if any(t.route.kind != LOCAL for t in self._targets):
+                prefixes.append(b"")
+            self.body = Body.streaming(pipeline.blobs, prefixes, common)
+        elif writer is not None:
+            self.body = Body.adopt(pipeline.blobs, writer)
+        elif raw is not None:
+            self.body = Body.whole(pipeline.blobs, raw)
+        else:
+            self.body = Body.streaming(pipeline.blobs, [b""], b"")
+        if raw is not None and self.scanner is not None:
+            self.size = 0
+            self.write(raw)  # received mail handed over whole (webmail sending): stamped like a stream
+
+    # ------------------------------------------------------------------ streaming
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        out = self.scanner.feed(data) if self.scanner is not None else data
+        if out:
+            self.body.write(out)
+
+    def abort(self) -> None:
+        self.body.abort()
+
+    def finish(self) -> defer.Deferred:
+        """Fires with the IngestResult once everything it reports is durable; never errbacks."""
+        return defer.ensureDeferred(self._finish()).addErrback(self._failed)
+
+    async def _finish(self) -> IngestResult:
+        if await self._prepare():
+            outcomes = await self._commit()
+        else:
+            outcomes = self._closed_outcomes()
+        return await self._conclude(outcomes)
+
+    def _failed(self, f) -> IngestResult:
+        log.failure("delivery {qid} failed", f, qid=self.queue_id)
+        self.abort()
+        return IngestResult(self.queue_id, self.size, tuple(self._all_failed(ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT,
+                                                                             ev.ERROR)))
+
+    # ------------------------------------------------------------------ targets
+
+    def _add_routes(self, routes, rcpt: Recipient | None, like: Target | None = None) -> int:
+        added = 0
+        for r in routes:
+            key = (r.kind, r.address)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            t = Target(r, rcpt)
+            if like is not None:  # a redirect's target keeps the tags of the recipient it replaces
+                t.add_headers, t.keywords, t.mailbox = list(like.add_headers), list(like.keywords), like.mailbox
+                t.stages = list(like.stages)
+            self._targets.append(t)
+            added += 1
+        return added
+
+    def _local_base(self) -> bytes:
+        """The fields every local copy starts with: none, or Return-Path and Delivered-To for received mail."""
+        if self.request.client is None:
+            return b""
+        local = [t for t in self._targets if t.route.kind == LOCAL]
+        only = local[0].address if len(local) == 1 and not self._unrouted else None
+        return final_delivery_fields(self.request.envelope.sender, only)
+
+    def _all_failed(self, kind, status, text, reason) -> list[Outcome]:
+        out = [Outcome(t.address, kind, status, text, reason, t.recipient, stages=tuple(t.stages))
+               for t in self._targets]
+        out += [Outcome(r.address, kind, status, text, reason, r) for r in self._unrouted]
+        return out + self._early
+
+    def _closed_outcomes(self) -> list[Outcome]:
+        return [t.outcome for t in self._targets if t.outcome is not None] + self._early
+
+    # ------------------------------------------------------------------ the steps
+
+    async def _prepare(self) -> bool:
+        """Store, parse and run every recipient's steps; False when no recipient is left open."""
+        p, req = self.pipeline, self.request
+        if self._writer is not None:
+            self.size = self._writer.size
+        if self.scanner is not None:
+            rest = self.scanner.finish()
+            if rest:
+                self.body.write(rest)
+            if self.scanner.received > p.config.limits.smtp_max_received_headers:
+                self.abort()  # RFC 5321 6.3: too many Received fields = a loop
+                self._early = self._all_failed(ev.REFUSED, "5.4.6", "Routing loop detected", ev.LOOP)
+                self._targets, self._unrouted = [], []
+                return False
+        # 1. routing: recipients the producer did not route (reports) are routed here.
+        for rcpt in self._unrouted:
+            rr = await p.runner.read(p.router.route, rcpt.address, may_relay=req.may_relay, check_quota=False)
+            if not rr.routes:
+                self._early.append(Outcome(rcpt.address, ev.REFUSED, "5.1.1", rr.error or "no route", ev.NO_ROUTE,
+                                           rcpt, stages=(ROUTING,)))
+            else:
+                self._add_routes(rr.routes, rcpt)
+        self._unrouted = []
+        for t in self._targets:
+            t.stages.append(ROUTING)
+        # The body: stored once, parsed once when there is a local copy.
+        has_local = any(t.route.kind == LOCAL for t in self._targets)
+        await p.runner.blob(self.body.finish, self._local_base() if has_local else None)
+        if not self._targets:
+            return False
+        message = self._message_info()
+        # 2. message checks, each with a verdict per recipient.
+        for stage in p.check_stages(req):
+            for t in self._targets:
+                if t.open:
+                    t.stages.append(stage.name)
+                    verdict = stage.check(message, t)
+                    if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
+                        verdict = await verdict
+                    t.apply(verdict, reason=ev.CHECKED)
+        await self._redirect()
+        # 3. the recipient's filter (skipped for an exact mailbox).
+        if not req.exact_mailbox:
+            for t in self._targets:
+                if t.open and t.route.kind == LOCAL:
+                    t.stages.append(FILTER)
+                    verdict = p.filter.check(message, t)
+                    if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
+                        verdict = await verdict
+                    t.apply(verdict, reason=ev.CHECKED)
+        # 4. quota (enforced by the commit's admission) and 5. the mailbox.
+        for t in self._targets:
+            if t.open:
+                t.stages.append(QUOTA)
+                t.check_quota = req.check_quota
+                if t.route.kind == LOCAL:
+                    t.stages.append(MAILBOX)
+                    if t.mailbox_id is None:
+                        t.mailbox = t.mailbox or "INBOX"
+        await self._make_forms()
+        return any(t.open for t in self._targets)
+
+    def _message_info(self) -> MessageInfo:
+        form = self.body.find(self._local_base()) or self.body.forms[0]
+        read = self.pipeline.runner.read_blob
+        return MessageInfo(self.request.producer, self.queue_id, self.request.envelope, self.request.client,
+                           self.size, form.ref.id, form.parsed,
+                           lambda start=0, end=None: read(form.ref.id, start, end))
+
+    async def _redirect(self) -> None:
+        """Replace redirected recipients by their targets, routed again (a check's decision: they may be remote)."""
+        redirected = [t for t in self._targets if t.open and t.redirect]
+        if not redirected:
+            return
+        for t in redirected:
+            self._targets.remove(t)
+            self._seen.discard((t.route.kind, t.address))
+        p = self.pipeline
+        for t in redirected:
+            added = 0
+            for address in t.redirect:
+                rr = await p.runner.read(p.router.route, address, may_relay=True, check_quota=False)
+                added += self._add_routes(rr.routes, None, like=t)
+            if not added and not any(x.route.kind == t.route.kind and x.address == t.address for x in self._targets):
+                t.outcome = Outcome(t.address, ev.REFUSED, "5.0.0", "Redirect target could not be routed",
+                                    ev.NO_ROUTE, t.recipient, stages=tuple(t.stages))
+                self._targets.append(t)
+
+    def _prefix(self, t: Target) -> bytes:
+        base = self._local_base() if t.route.kind == LOCAL else b""
+        return base + header_fields(t.add_headers) if t.add_headers else base
+
+    async def _make_forms(self) -> None:
+        """Make sure every open recipient's form exists (and local ones are parsed): a copy only when one differs."""
+        need: dict[bytes, bool] = {}
+        for t in self._targets:
+            if t.open:
+                prefix = self._prefix(t)
+                need[prefix] = need.get(prefix, False) or t.route.kind == LOCAL
+        missing = [(prefix, parsed) for prefix, parsed in need.items()
+                   if (f := self.body.find(prefix)) is None or (parsed and f.parsed is None)]
+        if missing:
+            await self.pipeline.runner.blob(lambda: [self.body.form(prefix, parsed) for prefix, parsed in missing])
+
+    # ------------------------------------------------------------------ commit
+
+    async def _commit(self) -> list[Outcome]:
+        local = [t for t in self._targets if t.open and t.route.kind == LOCAL]
+        remote = [t for t in self._targets if t.open and t.route.kind != LOCAL]
+        outcomes: list[Outcome] = []
+        if remote:
+            outcomes += await self._enqueue(remote)
+        if local:
+            outcomes += await self._deliver(local)
+        return outcomes + self._closed_outcomes()
+
+    def _source(self) -> str:
+        if self.request.producer == ev.REPORT:
+            return "bounce"
+        client = self.request.client
+        return "submission" if client is not None and client.submission else "relay"
+
+    async def _enqueue(self, remote: list[Target]) -> list[Outcome]:
+        from storage.store import QueueRecipientSpec
+
+        env, client, runner = self.request.envelope, self.request.client, self.pipeline.runner
+        groups: dict[bytes, list[Target]] = {}
+        for t in remote:
+            groups.setdefault(self._prefix(t), []).append(t)
+        outcomes = []
+        for n, (prefix, group) in enumerate(groups.items()):
+            qid = self.queue_id if n == 0 else new_queue_id()
+            specs = []
+            for t in group:
+                rc = t.recipient
+                orcpt = rc.orcpt if rc is not None else ""
+                if not orcpt and rc is not None and rc.address.lower() != t.address.lower():
+                    orcpt = "rfc822;" + rc.address  # RFC 3461 4.2: keep the original recipient
+                specs.append(QueueRecipientSpec(t.address, orcpt, ",".join(rc.notify) if rc is not None else "",
+                                                t.route.relay_to))
+            try:
+                await runner.enqueue(env.sender, self.body.find(prefix).ref, specs, envid=env.envid, ret=env.ret,
+                                     smtputf8=env.smtputf8, body_8bit=env.body == "8BITMIME",
+                                     account_id=client.account_id if client is not None else None,
+                                     source=self._source(), queue_id=qid)
+            except Exception:
+                log.failure("enqueue failed")
+                outcomes += [self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR) for t in group]
+                continue
+            runner.kick_queue()
+            outcomes += [self._outcome(t, ev.QUEUED, "2.0.0", f"queued as {qid}") for t in group]
+        return outcomes
+
+    def _outcome(self, t: Target, kind: str, status: str, text: str, reason: str = "", **kw) -> Outcome:
+        return Outcome(t.address, kind, status, text, reason, t.recipient, stages=tuple(t.stages), **kw)
+
+    def _over_quota(self, t: Target) -> Outcome:
+        if self.pipeline.config.smtp.over_quota_permanent:
+            return self._outcome(t, ev.REFUSED, "5.2.2", "Mailbox full", ev.OVERQUOTA)
+        return self._outcome(t, ev.DEFERRED, "4.2.2", "Mailbox full", ev.OVERQUOTA)
+
+    async def _deliver(self, local: list[Target]) -> list[Outcome]:
+        from storage.store import Delivery
+
+        ds = []
+        for t in local:
+            form = self.body.find(self._prefix(t))
+            ds.append(self.pipeline.runner.deliver(Delivery(
+                t.route.account_id, form.ref, form.parsed, t.mailbox, t.flags, tuple(t.keywords), t.internal_date,
+                t.check_quota, t.mailbox_id)))
+        results = await defer.DeferredList(ds, consumeErrors=True)
+        outcomes = []
+        for t, (ok, res) in zip(local, results, strict=True):
+            if ok and res.ok:
+                outcomes.append(self._outcome(t, ev.DELIVERED, "2.0.0", "delivered", mailbox_id=res.mailbox_id,
+                                              uid=res.uid, uid_validity=res.uid_validity))
+            elif ok and res.error == "overquota":
+                outcomes.append(self._over_quota(t))
+            elif ok and res.error == "nonexistent":
+                outcomes.append(self._outcome(t, ev.REFUSED, "5.1.1", "Mailbox does not exist", ev.NONEXISTENT))
+            else:
+                if not ok:
+                    log.failure("delivery to {rcpt} failed", res, rcpt=t.address)
+                outcomes.append(self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR))
+        return outcomes
+
+    async def _conclude(self, outcomes: list[Outcome]) -> IngestResult:
+        result = IngestResult(self.queue_id, self.size, tuple(outcomes))
+        req = self.request
+        if req.log:
+            client = req.client
+            for o in outcomes:
+                # The mail log: one line per recipient of every message taken in.
+                log.info("{producer} {qid} from=<{sender}> to=<{rcpt}> size={size} client={ip} {result}",
+                         producer=req.producer, qid=self.queue_id, sender=req.envelope.sender if req.envelope else "",
+                         rcpt=o.address, size=self.size, ip=client.ip if client else "",
+                         result="ok" if o.ok else f"failed: {o.status} {o.text}")
+        if req.envelope is not None and result.accepted and result.failed:
+            # The producer's positive answer will cover every recipient, so the ones that failed are reported to
+            # the sender now, before it (RFC 5321 6.1: once accepted, a failure must be reported).
+            from mailserver.delivery.reports import report_failures
+
+            form = self.body.find(self._local_base()) or self.body.forms[0]
+            await report_failures(self.pipeline, req.envelope, result.failed, form.ref.id)
+        return result
+
+
+async def _together(ingests: list[Ingest]) -> list[IngestResult]:
+    """MULTIAPPEND: prepare each message (its steps run as for one), then commit them in one transaction."""
+    from storage.store import NotFound, QuotaExceeded
+
+    try:
+        for i in ingests:
+            if not await i._prepare():
+                raise _Refused(i)
+        targets = [i._targets[0] for i in ingests]
+        t0 = targets[0]
+        if any(t.route.account_id != t0.route.account_id or t.mailbox_id != t0.mailbox_id or t.mailbox_id is None
+               for t in targets):
+            raise ValueError("finish_together needs placements into one mailbox (by id)")
+        items = []
+        for i, t in zip(ingests, targets, strict=True):
+            form = i.body.find(i._prefix(t))
+            items.append((form.ref, form.parsed, t.flags, tuple(t.keywords), t.internal_date))
+        try:
+            changed = await ingests[0].pipeline.runner.append_many(t0.route.account_id, t0.mailbox_id, items)
+        except QuotaExceeded:
+            return _all_as(ingests, lambda i: i._over_quota(i._targets[0]))
+        except NotFound:
+            return _all_as(ingests, lambda i: i._outcome(i._targets[0], ev.REFUSED, "5.1.1",
+                                                         "Mailbox does not exist", ev.NONEXISTENT))
+        uid_validity, uids = changed.value
+        return [await i._conclude([i._outcome(t, ev.DELIVERED, "2.0.0", "delivered", mailbox_id=t.mailbox_id, uid=uid,
+                                              uid_validity=uid_validity)])
+                for i, t, uid in zip(ingests, targets, uids, strict=True)]
+    except _Refused as e:
+        first = e.ingest._closed_outcomes()[0]
+        return _all_as(ingests, lambda i: first)  # RFC 3502: one refused message refuses them all
+    except Exception:
+        return [i._failed(Failure()) for i in ingests]
+
+
+class _Refused(Exception):
+    def __init__(self, ingest):
+        self.ingest = ingest
+
+
+def _all_as(ingests: list[Ingest], outcome_of) -> list[IngestResult]:
+    for i in ingests:
+        i.abort()
+    return [IngestResult(i.queue_id, i.size, (outcome_of(i),)) for i in ingests]
+
+
+def pipeline_for(server) -> Pipeline:
+    """The server's one shared pipeline (built on first use, after the store is open)."""
+    pipeline = server.extra.get("pipeline")
+    if pipeline is None:
+        from mailserver.delivery.router import router_for
+        from mailserver.delivery.runner import ReactorRunner
+
+        pipeline = Pipeline(ReactorRunner(server), server.config, router_for(server), server.store.blobs,
+                            hooks=lambda: server.extra.get("smtp_hooks", ()))
+        server.extra["pipeline"] = pipeline
+    return pipeline

@@ -1,0 +1,84 @@
+"""Where the pipeline's blocking work runs.
+
+:class:`ReactorRunner` (the server): blob and parse work in the blob pool, routing reads in ``db_read``, local
+deliveries through the group committer (``AsyncStore.deliver``), change events published.  :class:`InlineRunner`
+(command-line tools, no reactor): the same calls made at once in the calling thread, each returning a Deferred that
+has already fired, so the pipeline's coroutine completes before ``finish()`` returns.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from mailserver.threads import run_in
+
+
+class ReactorRunner:
+    def __init__(self, server):
+        self.server = server
+
+    def blob(self, f, *args, **kwargs) -> defer.Deferred:
+        return run_in(self.server.reactor, self.server.pools.blob, f, *args, **kwargs)
+
+    def read(self, f, *args, **kwargs) -> defer.Deferred:
+        return run_in(self.server.reactor, self.server.pools.db_read, f, *args, **kwargs)
+
+    def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
+        return self.server.astore.read_blob(blob_id, start, end)
+
+    def deliver(self, delivery) -> defer.Deferred:
+        return self.server.astore.deliver(delivery)
+
+    def append_many(self, account_id: int, mailbox_id: int, items) -> defer.Deferred:
+        return self.server.astore.append_many(account_id, mailbox_id, items)
+
+    def enqueue(self, *args, **kwargs) -> defer.Deferred:
+        return self.server.astore.enqueue(*args, **kwargs)
+
+    def kick_queue(self) -> None:
+        self.server.kick_queue()
+
+
+class InlineRunner:
+    """Runs everything at once on the calling thread (never on the reactor thread of a server)."""
+
+    def __init__(self, store, hub=None):
+        self.store = store
+        self.hub = hub  # a ChangeHub to publish to, if any
+
+    def blob(self, f, *args, **kwargs) -> defer.Deferred:
+        return defer.execute(f, *args, **kwargs)
+
+    read = blob
+
+    def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
+        return defer.execute(self.store.blobs.read, blob_id, start, end)
+
+    def _published(self, changed):
+        if self.hub is not None:
+            self.hub.publish(changed.changes)
+        return changed
+
+    def deliver(self, delivery) -> defer.Deferred:
+        return defer.execute(lambda: self._published(self.store.deliver_batch([delivery])).value[0])
+
+    def append_many(self, account_id: int, mailbox_id: int, items) -> defer.Deferred:
+        return defer.execute(lambda: self._published(self.store.append_many(account_id, mailbox_id, items)))
+
+    def enqueue(self, *args, **kwargs) -> defer.Deferred:
+        return defer.execute(self.store.enqueue, *args, **kwargs)
+
+    def kick_queue(self) -> None:
+        pass  # the server's queue runner finds it at its next poll
+
+
+def result_now(d: defer.Deferred):
+    """The result of a Deferred that has already fired (InlineRunner); raises its failure."""
+    out = []
+    d.addBoth(out.append)
+    if not out:
+        raise RuntimeError("the pipeline waited for something an inline runner cannot provide")
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
