@@ -141,12 +141,16 @@ def _missing(ref: int | str) -> MailboxNotFound:
     return MailboxNotFound(f"no mailbox {ref}")
 
 
-def authorize(principal: Principal, mailbox: MailboxInfo | None, need: Rights, ref: int | str = "") -> MailboxInfo:
+def authorize(principal: Principal, mailbox: MailboxInfo | None, need: Rights, ref: int | str = "", *,
+              grants: Sequence[Grant] | None = None) -> MailboxInfo:
     """The one check: ``mailbox`` if it exists and ``principal`` has every right of ``need`` on it; else
-    :class:`MailboxNotFound` (the same for both)."""
-    if mailbox is None or need not in rights_of(principal, mailbox, grants_for(principal, mailbox)):
-        raise _missing(ref if ref != "" else (mailbox.name if mailbox else ""))
-    return mailbox
+    :class:`MailboxNotFound` (the same for both).  ``grants`` default to :func:`grants_for`."""
+    if mailbox is not None:
+        if grants is None:
+            grants = grants_for(principal, mailbox)
+        if need in rights_of(principal, mailbox, grants):
+            return mailbox
+    raise _missing(ref if ref != "" else (mailbox.name if mailbox else ""))
 
 
 def _id_ref(ref: int | str) -> int | None:
