@@ -93,3 +93,21 @@ def test_every_imap_command_naming_a_mailbox_has_a_right_in_the_table():
     assert COMMANDS[c.Expunge].selected == Rights.EXPUNGE
     for cls in (c.Fetch, c.Search, c.Sort, c.Thread, c.Copy):
         assert COMMANDS[cls].selected == Rights.READ, cls.__name__
+
+
+def test_store_needs_the_rights_of_the_flags_it_changes():
+    """RFC 4314 4: +FLAGS/-FLAGS need "s" for \\Seen, "t" for \\Deleted, "w" for the others; FLAGS (replace) may
+    clear any of them and needs all three."""
+    from mailserver.imap.seqset import SeqSet
+
+    def need(mode, *flags):
+        cmd = c.Store(tag="t", seq_set=SeqSet.parse("1"), mode=mode, flags=flags)
+        return COMMANDS[c.Store].selected(cmd)
+
+    add, remove, replace = c.StoreMode.ADD, c.StoreMode.REMOVE, c.StoreMode.REPLACE
+    assert need(add, "\\Seen") == Rights.SEEN
+    assert need(remove, "\\Deleted") == Rights.DELETE_MESSAGES
+    assert need(add, "\\Flagged", "$Label") == Rights.WRITE
+    assert need(add, "\\Seen", "\\Answered") == Rights.SEEN | Rights.WRITE
+    assert need(add) == Rights.NONE
+    assert need(replace) == Rights.parse("swt")
