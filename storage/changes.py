@@ -1,8 +1,9 @@
 """Change events and the hub that publishes them.
 
 Every mutating store operation returns the :class:`Change` events it caused; the caller commits, then publishes them on
-the reactor thread through :class:`ChangeHub`.  IMAP sessions, the webmail and POP3 subscribe per account and apply the
-events between commands (RFC 9051 7.4.1 keeps sequence numbers consistent that way).
+the reactor thread through :class:`ChangeHub`.  A session that watches one mailbox (IMAP's selected mailbox) subscribes
+to that mailbox, whoever owns it; what shows a whole account (the webmail's folder counts) subscribes per account.
+Subscribers apply the events between commands (RFC 9051 7.4.1 keeps sequence numbers consistent that way).
 
 With PostgreSQL, several server processes share one database: :class:`PgNotifyBridge` (storage.pgnotify) forwards every
 published change with ``NOTIFY mailserver_changes`` and replays other processes' notifications into the local hub, so a
@@ -57,10 +58,12 @@ Listener = Callable[[list[Change]], None]
 
 
 class ChangeHub:
-    """In-process publish/subscribe of change events, per account.  Call from the reactor thread only."""
+    """In-process publish/subscribe of change events, per account or per mailbox.  Call from the reactor thread
+    only."""
 
     def __init__(self) -> None:
         self._listeners: dict[int, list[Listener]] = defaultdict(list)
+        self._mailbox_listeners: dict[int, list[Listener]] = defaultdict(list)
         self._global: list[Listener] = []
         self.published = 0
 
@@ -77,6 +80,20 @@ class ChangeHub:
 
         return unsubscribe
 
+    def subscribe_mailbox(self, mailbox_id: int, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(changes)`` with each batch of this mailbox's changes (its messages, and its own rename
+        and deletion); returns an unsubscribe function."""
+        self._mailbox_listeners[mailbox_id].append(listener)
+
+        def unsubscribe() -> None:
+            lst = self._mailbox_listeners.get(mailbox_id)
+            if lst and listener in lst:
+                lst.remove(listener)
+                if not lst:
+                    del self._mailbox_listeners[mailbox_id]
+
+        return unsubscribe
+
     def subscribe_all(self, listener: Listener) -> Callable[[], None]:
         """Receive every change of every account (used by the PostgreSQL bridge)."""
         self._global.append(listener)
@@ -86,7 +103,8 @@ class ChangeHub:
         return len(self._listeners.get(account_id, ()))
 
     def publish(self, changes: list[Change], *, local: bool = True) -> None:
-        """Deliver ``changes`` to the listeners of their accounts (and, when ``local``, to global listeners)."""
+        """Deliver ``changes`` to the listeners of their accounts and of their mailboxes (and, when ``local``, to
+        global listeners)."""
         if not changes:
             return
         self.published += len(changes)
@@ -101,6 +119,23 @@ class ChangeHub:
                     from twisted.python import log
 
                     log.err(None, "change listener failed")
+        if self._mailbox_listeners:
+            by_mailbox: dict[int, list[Change]] = defaultdict(list)
+            for c in changes:
+                if c.mailbox_id in self._mailbox_listeners:
+                    by_mailbox[c.mailbox_id].append(c)
+            for mailbox_id, group in by_mailbox.items():
+                for listener in list(self._mailbox_listeners.get(mailbox_id, ())):
+                    _call_mailbox_listener(listener, group)
         if local:
             for listener in list(self._global):
                 listener(changes)
+
+
+def _call_mailbox_listener(listener: Listener, changes: list[Change]) -> None:
+    try:
+        listener(changes)
+    except Exception:  # a broken session must not stop the others from hearing about the change
+        from twisted.python import log
+
+        log.err(None, "change listener failed")

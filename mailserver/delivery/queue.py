@@ -530,9 +530,10 @@ class QueueRunner:
 
     def send_to(self, address: str, raw: bytes):
         """Deliver a report to ``address``: locally when it is ours, else queued with the null sender."""
+        from mailserver.delivery.pipeline import pipeline_for
         from mailserver.delivery.reports import send_report
 
-        return send_report(self.server, address, raw)
+        return send_report(pipeline_for(self.server), address, raw)
 
 
 def _kind(reply: ServerReply) -> str:

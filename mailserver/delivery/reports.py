@@ -28,12 +28,9 @@ def report_request(address: str, raw: bytes) -> Request:
 
 
 @defer.inlineCallbacks
-def send_report(server, address: str, raw: bytes, pipeline=None):
-    """Deliver the report ``raw`` to ``address`` (fires when it is stored: in a mailbox or in the queue)."""
-    if pipeline is None:
-        from mailserver.delivery.pipeline import pipeline_for
-
-        pipeline = pipeline_for(server)
+def send_report(pipeline, address: str, raw: bytes):
+    """Deliver the report ``raw`` to ``address`` through ``pipeline`` (fires when it is stored: in a mailbox or in
+    the queue)."""
     result = yield pipeline.ingest(report_request(address, raw), raw)
     for o in result.failed:
         log.warn("report for {address} dropped: {error}", address=o.address, error=o.text or o.reason)
@@ -59,6 +56,6 @@ async def report_failures(pipeline, envelope: Envelope, failed, blob_id: str) ->
                               recipients=rows, original=dsnlib.split_header(head), original_is_full=False,
                               envid=envelope.envid, arrival=time.time())
     try:
-        await send_report(None, sender, raw, pipeline=pipeline)
+        await send_report(pipeline, sender, raw)
     except Exception:
         log.failure("failure report to {sender} could not be stored", sender=sender)

@@ -1,7 +1,9 @@
 """Mailbox IMAP commands (authenticated state): SELECT/EXAMINE (with QRESYNC), CREATE, DELETE, RENAME,
 SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND and the QUOTA commands.
 
-Handlers take ``(session, command)`` and follow the contract of :mod:`mailserver.imap.cmd_common`.
+Handlers take ``(session, command)`` and follow the contract of :mod:`mailserver.imap.cmd_common`. A mailbox the
+command names is opened with ``session.open_mailbox`` (the rights come from the command table), never looked up in
+the store directly; the store is then given the mailbox's own owner, not the session's account.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailserver.access import Rights
 from storage.models import FLAG_DELETED
-from storage.store import Invalid
+from storage.store import AlreadyExists, Invalid, check_mailbox_name
 
 from . import commands as c
 from . import response as r
@@ -32,6 +35,8 @@ CREATE_SPECIAL_USE = frozenset({"\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\
 
 
 def leave_selected(s: ImapSession, *, closed_code: bool) -> None:
+    s.unwatch()
+    s.selected_rights = Rights.NONE
     if s.selected is not None:
         s.selected = None
         if closed_code:
@@ -94,14 +99,15 @@ async def select(s: ImapSession, cmd: c.Select):
     if cmd.qresync is not None and not s.qresync:
         raise Bad("QRESYNC parameter needs ENABLE QRESYNC")  # RFC 7162 3.2.5
     leave_selected(s, closed_code=True)
-    astore = s.server.astore
-    mailbox = await astore.get_mailbox(s.account_id, cmd.mailbox)
-    if mailbox is None:
-        raise No(f"no mailbox {cmd.mailbox}", "NONEXISTENT")
+    mailbox = await s.open_mailbox(cmd.mailbox)
     # Events for the mailbox published while its messages load are kept and applied (idempotently) afterwards.
+    s.watch(mailbox.id)
     s._collect = (mailbox.id, [])
     try:
         sel = await _load_selected(s, mailbox, cmd.readonly)
+    except BaseException:
+        s.unwatch()
+        raise
     finally:
         collected = s._collect[1]
         s._collect = None
@@ -129,6 +135,7 @@ async def select(s: ImapSession, cmd: c.Select):
         out.append(r.untagged(b'LIST () "/" ' + r.mailbox(sel.name, utf8=s.utf8)))
     s.send(b"".join(out))
     s.selected = sel
+    s.selected_rights = s.access.rights(s.principal, mailbox)
     s.state = SELECTED
     sel.pending = collected
     q = cmd.qresync
@@ -168,21 +175,29 @@ async def create(s: ImapSession, cmd: c.Create):
         special = canon[uses[0].lower()]
     if cmd.mailbox.rstrip("/") == "INBOX":
         raise No("INBOX exists", "ALREADYEXISTS")  # RFC 9051 6.3.4
+    owner = await s.create_target(cmd.mailbox)
     # RFC 9051 6.3.4: CREATE does not subscribe; the parents it creates are not subscribed either.
-    await s.server.astore.create_mailbox(s.account_id, cmd.mailbox, special, subscribed=False)
+    await s.server.astore.create_mailbox(owner, cmd.mailbox, special, subscribed=False)
 
 
 async def delete(s: ImapSession, cmd: c.Delete):
     if cmd.mailbox == "INBOX":
         raise No("INBOX cannot be deleted", "CANNOT")  # RFC 9051 6.3.5
-    if s.selected is not None and s.selected.name == cmd.mailbox:
+    mailbox = await s.open_mailbox(cmd.mailbox)
+    if s.selected is not None and s.selected.mailbox_id == mailbox.id:
         leave_selected(s, closed_code=False)
-    await s.server.astore.delete_mailbox(s.account_id, cmd.mailbox)
+    await s.server.astore.delete_mailbox(mailbox.account_id, mailbox.name)
 
 
 async def rename(s: ImapSession, cmd: c.Rename):
     try:
-        await s.server.astore.rename_mailbox(s.account_id, cmd.mailbox, cmd.new_mailbox)
+        new = check_mailbox_name(cmd.new_mailbox)  # a bad or INBOX new name is told first, as the store does
+        if new == "INBOX":
+            raise AlreadyExists("INBOX exists")  # RFC 9051 6.3.6
+        mailbox = await s.open_mailbox(cmd.mailbox)
+        if await s.create_target(new) != mailbox.account_id:
+            raise Invalid("cannot rename a mailbox into another namespace")
+        await s.server.astore.rename_mailbox(mailbox.account_id, mailbox.name, new)
     except Invalid as e:
         raise No(str(e), "CANNOT") from None
 
@@ -207,7 +222,7 @@ async def list_(s: ImapSession, cmd: c.List):
         # RFC 9051 6.3.9: an empty pattern asks for the hierarchy delimiter and the root.
         s.send(r.untagged('LIST (\\Noselect) "/" ""'))
         return None
-    mailboxes = await s.server.astore.list_mailboxes(s.account_id)
+    mailboxes = await s.access.visible_mailboxes(s.principal)
     subs = None
     if "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.return_options:
         subs = set(await s.server.astore.list_subscriptions(s.account_id))
@@ -216,15 +231,17 @@ async def list_(s: ImapSession, cmd: c.List):
     by_name = {m.name: m for m in mailboxes}
     for e in entries:
         s.send(_list_line("LIST", e, s.utf8))
-        if "STATUS" in cmd.return_options and e.selectable and e.name in by_name:
-            # RFC 5819 2: the STATUS response follows the mailbox's LIST response.
-            s.send(await _status_line(s, by_name[e.name], cmd.return_status))
+        mailbox = by_name.get(e.name)
+        if "STATUS" in cmd.return_options and e.selectable and mailbox is not None and \
+                Rights.READ in s.access.rights(s.principal, mailbox):
+            # RFC 5819 2: the STATUS response follows the mailbox's LIST response (RFC 4314 4: STATUS needs "r").
+            s.send(await _status_line(s, mailbox, cmd.return_status))
 
 
 async def lsub(s: ImapSession, cmd: c.Lsub):
     if cmd.pattern is None:
         return None
-    mailboxes = await s.server.astore.list_mailboxes(s.account_id)
+    mailboxes = await s.access.visible_mailboxes(s.principal)
     subs = set(await s.server.astore.list_subscriptions(s.account_id))
     for e in lsub_entries(mailboxes, cmd.reference, cmd.pattern, subs):
         s.send(_list_line("LSUB", e, s.utf8))
@@ -269,9 +286,7 @@ async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes
 
 
 async def status(s: ImapSession, cmd: c.Status):
-    mailbox = await s.server.astore.get_mailbox(s.account_id, cmd.mailbox)
-    if mailbox is None:
-        raise No(f"no mailbox {cmd.mailbox}", "NONEXISTENT")
+    mailbox = await s.open_mailbox(cmd.mailbox)
     s.send(await _status_line(s, mailbox, cmd.items))
 
 
@@ -294,7 +309,8 @@ async def append(s: ImapSession, cmd: c.Append):
             except ValueError as e:
                 raise Bad(str(e)) from None
             when = msg.internal_date.timestamp() if msg.internal_date is not None else None
-            placement = ev.Placement(s.account_id, mailbox_id=state.mailbox.id, flags=bits, keywords=keywords,
+            owner = state.mailbox.account_id  # the target was opened with "i" when the literal was announced
+            placement = ev.Placement(owner, mailbox_id=state.mailbox.id, flags=bits, keywords=keywords,
                                      internal_date=when)
             ingests.append(pipeline.begin(ev.Request(ev.APPEND, placement=placement), writer=writer))
     except BaseException:
@@ -337,10 +353,8 @@ async def getquota(s: ImapSession, cmd: c.GetQuota):
 
 
 async def getquotaroot(s: ImapSession, cmd: c.GetQuotaRoot):
-    mailbox = await s.server.astore.get_mailbox(s.account_id, cmd.mailbox)
-    if mailbox is None:
-        raise No(f"no mailbox {cmd.mailbox}", "NONEXISTENT")
-    used, limit = await s.server.astore.quota(s.account_id)
+    mailbox = await s.open_mailbox(cmd.mailbox)
+    used, limit = await s.server.astore.quota(mailbox.account_id)  # the owner's quota root
     if not limit:
         s.send(r.untagged(b"QUOTAROOT " + r.mailbox(mailbox.name, utf8=s.utf8)))
         return None

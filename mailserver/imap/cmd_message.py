@@ -9,6 +9,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
+from mailserver.access import Rights
 from mailserver.threads import run_in
 from storage.models import FLAG_SEEN
 
@@ -46,8 +47,8 @@ async def check(s: ImapSession, cmd):
 
 async def close(s: ImapSession, cmd: c.Close):
     sel = s.selected
-    if not sel.readonly:
-        # RFC 9051 6.4.1: CLOSE expunges silently.
+    if not sel.readonly and Rights.EXPUNGE in s.selected_rights:
+        # RFC 9051 6.4.1: CLOSE expunges silently (RFC 4314 4: only with "e").
         await s.server.astore.expunge(sel.mailbox_id)
     leave_selected(s, closed_code=False)
 
@@ -121,9 +122,7 @@ async def _copy_move(s: ImapSession, cmd, move: bool):
         _require_writable(s, "MOVE")
     uids = _target_uids(s, cmd.uid, cmd.seq_set)
     astore = s.server.astore
-    target = await astore.get_mailbox(s.account_id, cmd.mailbox)
-    if target is None:
-        raise No(f"no mailbox {cmd.mailbox}", "TRYCREATE")  # RFC 9051 6.4.7
+    target = await s.open_mailbox(cmd.mailbox)  # "i"; missing: NO [TRYCREATE] (RFC 9051 6.4.7)
     if not uids:
         return None
     changed = await astore.copy(sel.mailbox_id, uids, target.id, move=move)
@@ -205,7 +204,7 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
         if vanished:
             s.send(r.untagged("VANISHED (EARLIER) " + SeqSet.from_numbers(vanished).render()))
     want_date = any(a.name == "INTERNALDATE" for a in plan.items)
-    set_seen = plan.sets_seen and not sel.readonly
+    set_seen = plan.sets_seen and not sel.readonly and Rights.SEEN in s.selected_rights  # RFC 4314 4: "s"
     if not set_seen and not plan.needs_info and not plan.needs_body and \
             all(a.name in _CACHED_ITEMS for a in plan.items):
         # The flag-sync clients do on every open (UID FETCH 1:* (UID FLAGS)): answered from the cache alone.

@@ -18,12 +18,16 @@ Contract:
 - Commands run strictly in the order received: while one waits on the database (or a streamed APPEND literal is
   being checked), no further event is taken from the :class:`~mailserver.imap.wire.ImapReader`, and the transport
   is paused (``set_reading(False)``) so pipelined input stays in the kernel.
-- One command table, :data:`COMMANDS` (command class -> handler, allowed states); the state check is in
-  :meth:`ImapSession._execute` only. Handlers raise :class:`No` / :class:`Bad` (with an optional response code);
-  store errors and anything unexpected are mapped to tagged replies in :func:`_reply_for` only.
+- One command table, :data:`COMMANDS` (command class -> :class:`Spec`: handler, allowed states, and the RFC 4314
+  rights the command needs); the state check and the check of the rights on the selected mailbox are in
+  :meth:`ImapSession._execute` only. A mailbox the command names is opened with :meth:`ImapSession.open_mailbox`,
+  which goes through :class:`mailserver.access.MailboxAccess` with the rights the table names: a missing mailbox and
+  one the principal may not use get the same answer. Handlers raise :class:`No` / :class:`Bad` (with an optional
+  response code); store errors and anything unexpected are mapped to tagged replies in :func:`_reply_for` only.
 - Unsolicited updates (EXISTS, FETCH FLAGS, EXPUNGE/VANISHED) from other sessions, SMTP, POP3 and the webmail come
-  through the :class:`storage.changes.ChangeHub`; they are told before each tagged reply, and at once in IDLE
-  (RFC 9051 7.4.1: no EXPUNGE while answering FETCH, STORE, SEARCH).
+  through the :class:`storage.changes.ChangeHub`, subscribed for the selected mailbox only (whoever's it is); they
+  are told before each tagged reply, and at once in IDLE (RFC 9051 7.4.1: no EXPUNGE while answering FETCH, STORE,
+  SEARCH).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from mailserver import sasl
+from mailserver.access import MailboxAccess, MailboxNotFound, Principal, Rights, flag_rights
 from storage.store import (
     AlreadyExists,
     HasChildren,
@@ -61,7 +66,7 @@ from .cmd_common import (
 )
 from .context import SearchContexts
 from .parser import parse_append_prefix, parse_command
-from .selected import RecentTracker, SelectedMailbox, UpdateOptions, flag_names
+from .selected import RecentTracker, SelectedMailbox, UpdateOptions, flag_names, split_flags
 from .wire import (
     CommandReady,
     CommandRejected,
@@ -95,6 +100,23 @@ class _AppendState:
     mailbox: object  # MailboxInfo
     writers: list
     total: int = 0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One row of the command table."""
+
+    handler: Callable
+    #: The states the command is allowed in.
+    states: int
+    #: Rights on the mailbox the command names (``command.mailbox``; for LIST and LSUB: on each mailbox listed).
+    mailbox: Rights = Rights.NONE
+    #: The response code when that mailbox is missing or not permitted (one answer for both).
+    missing: str = "NONEXISTENT"
+    #: Rights on the parent a new name goes under (CREATE; RENAME's new name).
+    parent: Rights = Rights.NONE
+    #: Rights on the selected mailbox, or a function of the command giving them (STORE: by the flags it changes).
+    selected: Rights | Callable[[c.Command], Rights] = Rights.NONE
 
 
 _STORE_ERRORS = {
@@ -145,9 +167,11 @@ class ImapSession:
         self.append_limit = self.limits.max_literal
         self.reader = ImapReader(self.limits)
         self.state = NOT_AUTHENTICATED
-        self.account_id: int | None = None
-        self.username = ""
+        self.principal: Principal | None = None
+        self.access = MailboxAccess(server.astore)
+        self.spec: Spec | None = None  # the table row of the command running
         self.selected: SelectedMailbox | None = None
+        self.selected_rights = Rights.NONE  # the principal's rights on the selected mailbox, as of SELECT
         self.contexts = SearchContexts()  # RFC 5267 UPDATE contexts of the selected mailbox
         self.enabled: set[str] = set()
         self.condstore = False
@@ -166,6 +190,16 @@ class ImapSession:
         self.commands_run = 0
 
     # -- derived state ----------------------------------------------------------------------------------------
+    @property
+    def account_id(self) -> int | None:
+        """The signed-in account: the owner of the session's own state (subscriptions, its quota root), never
+        the authorization for a mailbox (that is :meth:`open_mailbox`)."""
+        return self.principal.account_id if self.principal is not None else None
+
+    @property
+    def username(self) -> str:
+        return self.principal.address if self.principal is not None else ""
+
     @property
     def utf8(self) -> bool:
         # RFC 6855 3 / RFC 9051: mailbox names are UTF-8 once UTF8=ACCEPT or IMAP4rev2 is enabled.
@@ -370,10 +404,14 @@ class ImapSession:
             entry = COMMANDS.get(type(command))
             if entry is None:
                 raise Bad(f"unknown command {name}")
-            handler, states = entry
-            if not self.state & states:
+            if not self.state & entry.states:
                 raise Bad(f"{name} not allowed in this state")
-            result = await handler(self, command)
+            need = entry.selected(command) if callable(entry.selected) else entry.selected
+            if need and self.state & SELECTED and need not in self.selected_rights:
+                # RFC 4314 4 / RFC 5530: the mailbox is known to the client (it selected it), so this may say why.
+                raise No(f"{name} not permitted in this mailbox", "NOPERM")
+            self.spec = entry
+            result = await entry.handler(self, command)
             if result is REPLIED:
                 self.errors = 0
                 return
@@ -431,12 +469,38 @@ class ImapSession:
             # RFC 9051 6.3.13: in IDLE, updates are sent as they happen.
             self._flush_updates()
 
+    def watch(self, mailbox_id: int) -> None:
+        """Receive the change events of mailbox ``mailbox_id`` (the one being selected), instead of any before."""
+        self.unwatch()
+        self._unsubscribe = self.server.hub.subscribe_mailbox(mailbox_id, self._on_changes)
+
+    def unwatch(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
     def _login(self, account_id: int, username: str) -> None:
         self.state = AUTHENTICATED
-        self.account_id = account_id
-        self.username = username
-        self._unsubscribe = self.server.hub.subscribe(account_id, self._on_changes)
+        self.principal = Principal(account_id, username)
         log.info("imap login {user} from {ip}", user=username, ip=self.client_ip)
+
+    # -- authorization ----------------------------------------------------------------------------------------
+    async def open_mailbox(self, name: str, spec: Spec | None = None):
+        """The principal's mailbox ``name`` with the rights the command table names for the running command (or
+        ``spec``): the one way a handler reaches a mailbox. A missing mailbox and a forbidden one both answer
+        ``NO [<spec.missing>] no mailbox <name>``."""
+        spec = spec or self.spec
+        try:
+            return await self.access.open_mailbox(self.principal, name, spec.mailbox)
+        except MailboxNotFound as e:
+            raise No(str(e), spec.missing) from None
+
+    async def create_target(self, name: str) -> int:
+        """The account ``name`` is created in, with the table's ``parent`` rights checked (RFC 4314 4: ``k``)."""
+        try:
+            return await self.access.create_target(self.principal, name, self.spec.parent)
+        except MailboxNotFound:
+            raise No(f"no permission to create {name}", "NOPERM") from None
 
     # -- APPEND streaming -------------------------------------------------------------------------------------
     def _abort_append(self) -> None:
@@ -457,14 +521,13 @@ class ImapSession:
             prefix = parse_append_prefix(event.prefix, limits=self.limits, utf8=self.utf8)
             if prefix.index == 0 or self._append is None:
                 self._abort_append()
-                mailbox = await self.server.astore.get_mailbox(self.account_id, prefix.mailbox)
-                if mailbox is None:
-                    raise No("no such mailbox", "TRYCREATE")  # RFC 9051 6.3.12
+                # RFC 9051 6.3.12: a missing target is NO [TRYCREATE]; RFC 4314 4: APPEND needs "i".
+                mailbox = await self.open_mailbox(prefix.mailbox, COMMANDS[c.Append])
                 self._append = _AppendState(tag, mailbox, [])
             state = self._append
             if event.size > self.append_limit:
                 raise No(f"message larger than APPENDLIMIT {self.append_limit}", "TOOBIG")
-            used, limit = await self.server.astore.quota(self.account_id)
+            used, limit = await self.server.astore.quota(state.mailbox.account_id)  # the owner's quota
             if limit and used + state.total + event.size > limit:
                 raise No("quota exceeded", "OVERQUOTA")  # RFC 9208 4.3
             if self.closed:
@@ -504,46 +567,66 @@ async def _unknown(s: ImapSession, cmd: c.Unknown):
     raise Bad(f"unknown command {cmd.command}")
 
 
-#: The command table: command class -> (handler, states in which it is allowed).
-COMMANDS: dict[type, tuple[Callable, int]] = {
-    c.Capability: (cmd_auth.capability, ANY),
-    c.Noop: (cmd_auth.noop, ANY),
-    c.Logout: (cmd_auth.logout, ANY),
-    c.Id: (cmd_auth.id_, ANY),
-    c.Unknown: (_unknown, ANY),
-    c.StartTLS: (cmd_auth.starttls, NOT_AUTHENTICATED),
-    c.Login: (cmd_auth.login, NOT_AUTHENTICATED),
-    c.Authenticate: (cmd_auth.authenticate, NOT_AUTHENTICATED),
-    c.Enable: (cmd_auth.enable, AUTH),
-    c.Namespace: (cmd_auth.namespace, AUTH),
-    c.Select: (cmd_mailbox.select, AUTH),
-    c.Create: (cmd_mailbox.create, AUTH),
-    c.Delete: (cmd_mailbox.delete, AUTH),
-    c.Rename: (cmd_mailbox.rename, AUTH),
-    c.Subscribe: (cmd_mailbox.subscribe, AUTH),
-    c.Unsubscribe: (cmd_mailbox.unsubscribe, AUTH),
-    c.List: (cmd_mailbox.list_, AUTH),
-    c.Lsub: (cmd_mailbox.lsub, AUTH),
-    c.Status: (cmd_mailbox.status, AUTH),
-    c.Append: (cmd_mailbox.append, AUTH),
-    c.Idle: (cmd_auth.idle, AUTH),
-    c.GetQuota: (cmd_mailbox.getquota, AUTH),
-    c.GetQuotaRoot: (cmd_mailbox.getquotaroot, AUTH),
-    c.SetQuota: (cmd_mailbox.setquota, AUTH),
-    c.Compress: (cmd_auth.compress, AUTH),
-    c.Check: (cmd_message.check, SELECTED),
-    c.Close: (cmd_message.close, SELECTED),
-    c.Unselect: (cmd_message.unselect, SELECTED),
-    c.Expunge: (cmd_message.expunge, SELECTED),
-    c.Store: (cmd_message.store, SELECTED),
-    c.Copy: (cmd_message.copy, SELECTED),
-    c.Move: (cmd_message.move, SELECTED),
-    c.Fetch: (cmd_message.fetch, SELECTED),
-    c.Search: (cmd_search.search, SELECTED),
-    c.Sort: (cmd_search.sort, SELECTED),
-    c.Thread: (cmd_search.thread, SELECTED),
-    c.CancelUpdate: (cmd_search.cancel_update, SELECTED),
+_R, _L, _I, _K, _X = Rights.READ, Rights.LOOKUP, Rights.INSERT, Rights.CREATE, Rights.DELETE_MAILBOX
+_T, _E = Rights.DELETE_MESSAGES, Rights.EXPUNGE
+
+
+def _store_rights(cmd: c.Store) -> Rights:
+    """RFC 4314 4: STORE needs "s" for \\Seen, "t" for \\Deleted, "w" for other flags and keywords; replacing the
+    flags may clear any of them."""
+    if cmd.mode is c.StoreMode.REPLACE:
+        return Rights.SEEN | Rights.WRITE | _T
+    try:
+        bits, keywords, _recent = split_flags(cmd.flags)
+    except ValueError:
+        return Rights.NONE  # the handler answers BAD
+    return flag_rights(bits, bool(keywords))
+
+
+#: The command table: command class -> handler, the states it is allowed in and the rights it needs (RFC 4314 4).
+COMMANDS: dict[type, Spec] = {
+    c.Capability: Spec(cmd_auth.capability, ANY),
+    c.Noop: Spec(cmd_auth.noop, ANY),
+    c.Logout: Spec(cmd_auth.logout, ANY),
+    c.Id: Spec(cmd_auth.id_, ANY),
+    c.Unknown: Spec(_unknown, ANY),
+    c.StartTLS: Spec(cmd_auth.starttls, NOT_AUTHENTICATED),
+    c.Login: Spec(cmd_auth.login, NOT_AUTHENTICATED),
+    c.Authenticate: Spec(cmd_auth.authenticate, NOT_AUTHENTICATED),
+    c.Enable: Spec(cmd_auth.enable, AUTH),
+    c.Namespace: Spec(cmd_auth.namespace, AUTH),
+    c.Select: Spec(cmd_mailbox.select, AUTH, mailbox=_R),  # SELECT and EXAMINE
+    c.Create: Spec(cmd_mailbox.create, AUTH, parent=_K),
+    c.Delete: Spec(cmd_mailbox.delete, AUTH, mailbox=_X),
+    c.Rename: Spec(cmd_mailbox.rename, AUTH, mailbox=_X, parent=_K),
+    # RFC 4314 4 / RFC 9051 6.3.7: a name is subscribed whether or not a mailbox has it: no right is checked.
+    c.Subscribe: Spec(cmd_mailbox.subscribe, AUTH),
+    c.Unsubscribe: Spec(cmd_mailbox.unsubscribe, AUTH),
+    c.List: Spec(cmd_mailbox.list_, AUTH, mailbox=_L),
+    c.Lsub: Spec(cmd_mailbox.lsub, AUTH, mailbox=_L),
+    c.Status: Spec(cmd_mailbox.status, AUTH, mailbox=_R),
+    # RFC 9051 6.3.12: a missing target is NO [TRYCREATE]; checked before the literal is taken.
+    c.Append: Spec(cmd_mailbox.append, AUTH, mailbox=_I, missing="TRYCREATE"),
+    c.Idle: Spec(cmd_auth.idle, AUTH),
+    c.GetQuota: Spec(cmd_mailbox.getquota, AUTH),
+    c.GetQuotaRoot: Spec(cmd_mailbox.getquotaroot, AUTH, mailbox=_R),
+    c.SetQuota: Spec(cmd_mailbox.setquota, AUTH),
+    c.Compress: Spec(cmd_auth.compress, AUTH),
+    c.Check: Spec(cmd_message.check, SELECTED),
+    c.Close: Spec(cmd_message.close, SELECTED),  # expunges only with "e" (RFC 4314 4)
+    c.Unselect: Spec(cmd_message.unselect, SELECTED),
+    c.Expunge: Spec(cmd_message.expunge, SELECTED, selected=_E),
+    c.Store: Spec(cmd_message.store, SELECTED, selected=_store_rights),
+    # RFC 9051 6.4.7: a missing target is NO [TRYCREATE].
+    c.Copy: Spec(cmd_message.copy, SELECTED, mailbox=_I, missing="TRYCREATE", selected=_R),
+    # RFC 6851 3.3: MOVE is COPY, then STORE \Deleted and EXPUNGE of the source: RFC 4314 4 gives "t" and "e".
+    c.Move: Spec(cmd_message.move, SELECTED, mailbox=_I, missing="TRYCREATE", selected=_R | _T | _E),
+    c.Fetch: Spec(cmd_message.fetch, SELECTED, selected=_R),  # sets \Seen only with "s"
+    c.Search: Spec(cmd_search.search, SELECTED, selected=_R),
+    c.Sort: Spec(cmd_search.sort, SELECTED, selected=_R),
+    c.Thread: Spec(cmd_search.thread, SELECTED, selected=_R),
+    c.CancelUpdate: Spec(cmd_search.cancel_update, SELECTED),
 }
 
-__all__ = ["ImapSession", "COMMANDS", "No", "Bad", "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT",
+__all__ = ["ImapSession", "COMMANDS", "Spec", "No", "Bad", "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT",
            "ANY", "AUTH", "REPLIED", "flag_names"]

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailserver.access import BlockingMailboxAccess, MailboxNotFound, Principal, Rights
 from mailserver.connections import close_transport, limiter_for, refuse
 from mailserver.pop3 import session as S
 from mailserver.pop3.wire import BodyEncoder
@@ -53,9 +54,11 @@ def maildrop_locks(server) -> S.MaildropLocks:
 
 def load_maildrop(store, account_id: int) -> S.Maildrop:
     """Blocking (db_read pool): the snapshot of the account's INBOX, in uid order."""
-    mailbox = store.get_mailbox(account_id, "INBOX")
-    if mailbox is None:
-        raise LookupError(f"account {account_id} has no INBOX")
+    try:  # RFC 1939 is read and delete: "r", "t" and "e" (RFC 4314 4) on the maildrop
+        mailbox = BlockingMailboxAccess(store).open_mailbox(
+            Principal(account_id), "INBOX", Rights.READ | Rights.DELETE_MESSAGES | Rights.EXPUNGE)
+    except MailboxNotFound:
+        raise LookupError(f"account {account_id} has no INBOX") from None
     entries = tuple(S.MaildropEntry(m.uid, m.size, "") for m in store.list_messages(mailbox.id))
     return S.Maildrop(mailbox.id, mailbox.uid_validity, entries)
 

@@ -1,9 +1,11 @@
-"""Helpers shared by the views: ownership checks (another account's id is always a 404) and the folder tree."""
+"""Helpers shared by the views: the access check (a mailbox or message id the account may not use is a 404, exactly
+as a missing one) and the folder tree."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailserver.access import MailboxAccess, MailboxNotFound, Principal, Rights
 from storage.store import MailboxInfo, MessageInfo
 from webmail.web import NotFoundError
 
@@ -37,32 +39,61 @@ def folder_tree(mailboxes: list[MailboxInfo]) -> list[FolderRow]:
     return rows
 
 
-async def owned_mailbox(ctx, mailbox_id: int | str) -> MailboxInfo:
-    """The mailbox if it belongs to the signed-in account; 404 otherwise (never 403: ids are not confirmed)."""
-    try:
-        mid = int(mailbox_id)
-    except (TypeError, ValueError):
-        raise NotFoundError() from None
-    mb = await ctx.astore.get_mailbox_by_id(mid)
-    if mb is None or mb.account_id != ctx.account_id:
-        raise NotFoundError()
-    return mb
+def principal(ctx) -> Principal:
+    return Principal(ctx.account_id, ctx.session.address)
 
 
-async def owned_message(ctx, mailbox_id, uid) -> tuple[MailboxInfo, MessageInfo]:
-    mb = await owned_mailbox(ctx, mailbox_id)
+def access(ctx) -> MailboxAccess:
+    return MailboxAccess(ctx.astore)
+
+
+def _number(text) -> int:
     try:
-        u = int(uid)
+        return int(str(text), 10)
     except (TypeError, ValueError):
         raise NotFoundError() from None
-    msgs = await ctx.astore.get_messages(mb.id, [u])
-    if not msgs:
-        raise NotFoundError()
-    return mb, msgs[0]
+
+
+async def open_mailbox(ctx, mailbox_id: int | str, need: Rights) -> MailboxInfo:
+    """The mailbox ``mailbox_id`` (from a path or a form) if the signed-in account has the rights ``need`` on it;
+    404 otherwise, missing and forbidden alike (never 403: ids are not confirmed)."""
+    try:
+        return await access(ctx).open_mailbox(principal(ctx), _number(mailbox_id), need)
+    except MailboxNotFound:
+        raise NotFoundError() from None
+
+
+async def open_message(ctx, mailbox_id, uid, need: Rights) -> tuple[MailboxInfo, MessageInfo]:
+    """The mailbox and its message ``uid``, through the same check; 404 for a missing or forbidden either."""
+    try:
+        return await access(ctx).open_message(principal(ctx), _number(mailbox_id), _number(uid), need)
+    except MailboxNotFound:
+        raise NotFoundError() from None
+
+
+def authorize(ctx, mailbox: MailboxInfo, need: Rights) -> MailboxInfo:
+    """The same check for a mailbox already in hand (a special folder of :func:`mailboxes`)."""
+    try:
+        return access(ctx).authorize(principal(ctx), mailbox, need)
+    except MailboxNotFound:
+        raise NotFoundError() from None
+
+
+async def create_target(ctx, name: str) -> int:
+    """The account a new folder ``name`` goes to, with RFC 4314 "k" on its parent (404 otherwise)."""
+    try:
+        return await access(ctx).create_target(principal(ctx), name, Rights.CREATE)
+    except MailboxNotFound:
+        raise NotFoundError() from None
+
+
+def rights(ctx, mailbox: MailboxInfo) -> Rights:
+    return access(ctx).rights(principal(ctx), mailbox)
 
 
 async def mailboxes(ctx) -> list[MailboxInfo]:
-    return await ctx.astore.list_mailboxes(ctx.account_id)
+    """The mailboxes the folder tree shows (RFC 4314 "l")."""
+    return await access(ctx).visible_mailboxes(principal(ctx))
 
 
 def special(mbs: list[MailboxInfo], use: str) -> MailboxInfo | None:

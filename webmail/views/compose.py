@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from mailserver.access import Rights
 from mailserver.delivery.envelope import DRAFT, SENT_COPY
 from mailserver.ingest import deliver_raw
 from mailserver.mime.text import address_list, decode_header_text, format_address
@@ -12,7 +13,7 @@ from storage.models import FLAG_ANSWERED, FLAG_DRAFT, FLAG_SEEN
 from webmail import compose as cm
 from webmail import message_view as mv
 from webmail import queries, web
-from webmail.views.common import folder_tree, mailboxes, owned_mailbox, owned_message, parse_ref, special
+from webmail.views.common import folder_tree, mailboxes, open_mailbox, open_message, parse_ref, special
 
 MODES = ("new", "reply", "all", "forward", "forward_att")
 
@@ -40,7 +41,7 @@ async def _original(ctx, ref: str):
     r = parse_ref(ref)
     if r is None:
         raise web.NotFoundError()
-    box, msg = await owned_message(ctx, r[0], r[1])
+    box, msg = await open_message(ctx, r[0], r[1], Rights.READ)
     raw = await ctx.astore.read_blob(msg.blob_id)
     bs = json.loads(msg.bodystructure) if msg.bodystructure else mv.parse_structure(raw)
     return box, msg, raw, bs
@@ -174,7 +175,7 @@ async def _resolve_keep(ctx, refs: list[str]) -> list[cm.FileAttachment | cm.Mes
         parts = ref.split(":")
         if len(parts) != 3:
             raise web.BadRequest("bad attachment reference")
-        box, msg = await owned_message(ctx, parts[0], parts[1])
+        box, msg = await open_message(ctx, parts[0], parts[1], Rights.READ)
         raw = await ctx.astore.read_blob(msg.blob_id)
         if parts[2] == "msg":
             out.append(cm.MessageAttachment((msg.subject or "message")[:80] + ".eml", raw))
@@ -254,7 +255,7 @@ async def compose_submit(ctx) -> web.Response:
     ref = parse_ref(state.reply_ref)
     if ref is not None:
         try:
-            box = await owned_mailbox(ctx, ref[0])
+            box = await open_mailbox(ctx, ref[0], Rights.WRITE)  # \Answered (RFC 4314 4)
             await ctx.astore.set_flags(box.id, [ref[1]], "add", FLAG_ANSWERED)
         except web.HttpError:
             pass
@@ -270,7 +271,7 @@ async def _drop_draft(ctx, draft_ref: str) -> None:
     if ref is None:
         return
     try:
-        box = await owned_mailbox(ctx, ref[0])
+        box = await open_mailbox(ctx, ref[0], Rights.DELETE_MESSAGES | Rights.EXPUNGE)
     except web.HttpError:
         return
     if box.special_use == "\\Drafts":

@@ -5,15 +5,33 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode
 
+from mailserver.access import Rights, flag_rights
 from storage.models import FLAG_DELETED, FLAG_FLAGGED, FLAG_SEEN
 from storage.store import StoreError
 from webmail import queries, web
-from webmail.views.common import folder_tree, inbox, mailboxes, owned_mailbox, special
+from webmail.views.common import (
+    authorize,
+    create_target,
+    folder_tree,
+    inbox,
+    mailboxes,
+    open_mailbox,
+    special,
+)
 
 SORTS = ("date", "from", "subject", "size")
 #: Most messages one bulk action may name.
 MAX_BULK = 5000
-ACTIONS = ("move", "delete", "read", "unread", "flag", "unflag", "junk", "notjunk", "archive")
+#: RFC 4314 4: the rights each bulk action needs on the mailbox it acts on; moving out is MOVE ("t" and "e"), and the
+#: target needs "i".
+_MOVE_OUT = Rights.DELETE_MESSAGES | Rights.EXPUNGE
+ACTION_RIGHTS = {
+    "read": flag_rights(FLAG_SEEN), "unread": flag_rights(FLAG_SEEN),
+    "flag": flag_rights(FLAG_FLAGGED), "unflag": flag_rights(FLAG_FLAGGED),
+    "delete": _MOVE_OUT, "move": _MOVE_OUT, "archive": _MOVE_OUT,
+    "junk": Rights.WRITE | _MOVE_OUT, "notjunk": Rights.WRITE | _MOVE_OUT,
+}
+ACTIONS = tuple(ACTION_RIGHTS)
 
 
 def _sidebar(mbs, current_id: int | None):
@@ -21,7 +39,7 @@ def _sidebar(mbs, current_id: int | None):
 
 
 async def message_list(ctx, mb: str) -> web.Response:
-    box = await owned_mailbox(ctx, mb)
+    box = await open_mailbox(ctx, mb, Rights.READ)
     sort = ctx.arg("sort", "date")
     if sort not in SORTS:
         sort = "date"
@@ -56,7 +74,7 @@ async def search(ctx) -> web.Response:
     mbs = await mailboxes(ctx)
     box = None
     if scope and scope != "all":
-        box = await owned_mailbox(ctx, scope)
+        box = await open_mailbox(ctx, scope, Rights.READ)
     size = ctx.config.webmail.page_size or 50
     page = ctx.int_arg("page", 1, 1, 10_000)
     result = queries.SearchResult([], False)
@@ -81,8 +99,8 @@ async def search(ctx) -> web.Response:
 
 async def bulk_action(ctx, mb: str) -> web.Response:
     """Move, delete, mark read/unread, flag, junk/not junk many messages of one mailbox."""
-    box = await owned_mailbox(ctx, mb)
     action = ctx.form.get("action")
+    box = await open_mailbox(ctx, mb, ACTION_RIGHTS.get(action, Rights.READ))
     if action not in ACTIONS:
         raise web.BadRequest("unknown action")
     uids = []
@@ -98,35 +116,39 @@ async def bulk_action(ctx, mb: str) -> web.Response:
         return web.redirect(back)
     mbs = await mailboxes(ctx)
     a = ctx.astore
+
+    def target(mailbox):  # a special folder the messages go to: "i" (RFC 4314 4)
+        return authorize(ctx, mailbox, Rights.INSERT) if mailbox is not None else None
+
     try:
         if action in ("read", "unread"):
             await a.set_flags(box.id, uids, "add" if action == "read" else "remove", FLAG_SEEN)
         elif action in ("flag", "unflag"):
             await a.set_flags(box.id, uids, "add" if action == "flag" else "remove", FLAG_FLAGGED)
         elif action == "delete":
-            trash = special(mbs, "\\Trash")
+            trash = target(special(mbs, "\\Trash"))
             if trash is None or box.special_use in ("\\Trash", "\\Junk") or box.id == trash.id:
                 await a.delete_messages(box.id, uids)
             else:
                 await a.copy(box.id, uids, trash.id, move=True)
         elif action == "move":
-            dest = await owned_mailbox(ctx, ctx.form.get("to"))
+            dest = await open_mailbox(ctx, ctx.form.get("to"), Rights.INSERT)
             if dest.id != box.id:
                 await a.copy(box.id, uids, dest.id, move=True)
         elif action == "archive":
-            dest = special(mbs, "\\Archive")
+            dest = target(special(mbs, "\\Archive"))
             if dest is None:
                 raise web.BadRequest("no Archive folder")
             if dest.id != box.id:
                 await a.copy(box.id, uids, dest.id, move=True)
         elif action == "junk":
-            junk = special(mbs, "\\Junk")
+            junk = target(special(mbs, "\\Junk"))
             await a.set_flags(box.id, uids, "add", 0, ["$Junk"])
             await a.set_flags(box.id, uids, "remove", 0, ["$NotJunk"])
             if junk is not None and junk.id != box.id:
                 await a.copy(box.id, uids, junk.id, move=True)
         elif action == "notjunk":
-            dest = inbox(mbs)
+            dest = target(inbox(mbs))
             await a.set_flags(box.id, uids, "add", 0, ["$NotJunk"])
             await a.set_flags(box.id, uids, "remove", 0, ["$Junk"])
             if dest is not None and dest.id != box.id:
@@ -154,24 +176,28 @@ async def folder_action(ctx) -> web.Response:
         if op == "create":
             name = ctx.form.get("name").strip()
             parent = ctx.form.get("parent").strip()
-            if parent:
-                pbox = await owned_mailbox(ctx, parent)
-                name = f"{pbox.name}/{name}"
-            await a.create_mailbox(ctx.account_id, name)
-        elif op == "rename":
-            box = await owned_mailbox(ctx, ctx.form.get("mb"))
+            if parent:  # RFC 4314 4: CREATE needs "k" on the parent
+                pbox = await open_mailbox(ctx, parent, Rights.CREATE)
+                name, owner = f"{pbox.name}/{name}", pbox.account_id
+            else:
+                owner = await create_target(ctx, name)
+            await a.create_mailbox(owner, name)
+        elif op == "rename":  # "x" on the mailbox, "k" where the new name goes
+            box = await open_mailbox(ctx, ctx.form.get("mb"), Rights.DELETE_MAILBOX)
             new = ctx.form.get("name").strip()
             parent = box.name.rsplit("/", 1)[0] + "/" if "/" in box.name else ""
             if "/" not in new:
                 new = parent + new
-            await a.rename_mailbox(ctx.account_id, box.name, new)
+            if await create_target(ctx, new) != box.account_id:
+                raise web.NotFoundError()
+            await a.rename_mailbox(box.account_id, box.name, new)
         elif op == "delete":
-            box = await owned_mailbox(ctx, ctx.form.get("mb"))
+            box = await open_mailbox(ctx, ctx.form.get("mb"), Rights.DELETE_MAILBOX)
             if box.special_use or box.name == "INBOX":
                 raise web.BadRequest("special folders cannot be deleted")
-            await a.delete_mailbox(ctx.account_id, box.name)
+            await a.delete_mailbox(box.account_id, box.name)
         elif op == "empty":
-            box = await owned_mailbox(ctx, ctx.form.get("mb"))
+            box = await open_mailbox(ctx, ctx.form.get("mb"), Rights.DELETE_MESSAGES | Rights.EXPUNGE)
             if box.special_use not in ("\\Trash", "\\Junk"):
                 raise web.BadRequest("only Trash and Junk can be emptied")
             metas = await a.list_messages(box.id)

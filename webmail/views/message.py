@@ -6,12 +6,13 @@ import json
 import re
 from urllib.parse import quote
 
+from mailserver.access import Rights
 from mailserver.mime.parse import parse_structure
 from storage.models import FLAG_SEEN
 from webmail import message_view as mv
 from webmail import queries, web
 from webmail.sanitize import document, frame_csp, sanitize_html
-from webmail.views.common import folder_tree, mailboxes, owned_message
+from webmail.views.common import folder_tree, mailboxes, open_message, rights
 
 #: Types sent with their own Content-Type on download (always as an attachment, never rendered by us).
 SAFE_DOWNLOAD_TYPES = {"application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp", "text/plain",
@@ -38,7 +39,7 @@ def _node(bs: dict, part: str) -> dict:
 
 
 async def read(ctx, mb: str, uid: str) -> web.Response:
-    box, msg = await owned_message(ctx, mb, uid)
+    box, msg = await open_message(ctx, mb, uid, Rights.READ)
     raw = await ctx.astore.read_blob(msg.blob_id)
     bs = _structure(msg, raw)
     prefer_text = ctx.arg("view") == "text"
@@ -50,7 +51,7 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
         for b in view.bodies:
             if b.kind == "html" and _REMOTE_IMG.search(mv.decode_part_text(raw, nodes[b.part])):
                 remote_blocked = True
-    if not msg.flags & FLAG_SEEN:
+    if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box):  # RFC 4314 4: only with "s"
         await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN)
     mbs = await mailboxes(ctx)
     thread = await ctx.app.read(queries.conversation, ctx.server.store.engine, ctx.account_id, msg)
@@ -81,7 +82,7 @@ def _addresses(addrs) -> list[str]:
 
 async def html_body(ctx, mb: str, uid: str, part: str) -> web.Response:
     """The sanitised HTML of one part as its own document (for the sandboxed iframe)."""
-    box, msg = await owned_message(ctx, mb, uid)
+    box, msg = await open_message(ctx, mb, uid, Rights.READ)
     raw = await ctx.astore.read_blob(msg.blob_id)
     bs = _structure(msg, raw)
     node = _node(bs, part)
@@ -109,7 +110,7 @@ async def html_body(ctx, mb: str, uid: str, part: str) -> web.Response:
 
 async def download(ctx, mb: str, uid: str, part: str) -> web.Response:
     """An attachment, always as a download (safe Content-Disposition, nosniff, sandbox CSP)."""
-    box, msg = await owned_message(ctx, mb, uid)
+    box, msg = await open_message(ctx, mb, uid, Rights.READ)
     bs = _structure(msg)
     node = _node(bs, part)
     if "children" in node:
@@ -129,7 +130,7 @@ async def download(ctx, mb: str, uid: str, part: str) -> web.Response:
 
 async def cid_image(ctx, mb: str, uid: str, cid: str) -> web.Response:
     """An image an HTML body refers to by cid: (raster types only, never SVG)."""
-    box, msg = await owned_message(ctx, mb, uid)
+    box, msg = await open_message(ctx, mb, uid, Rights.READ)
     bs = _structure(msg)
     for n in mv.numbered(bs):
         if mv._cid(n) == cid and "children" not in n and "body" not in n:
@@ -145,7 +146,7 @@ async def cid_image(ctx, mb: str, uid: str, cid: str) -> web.Response:
 
 async def source(ctx, mb: str, uid: str) -> web.Response:
     """The message exactly as stored: shown as text, or downloaded as .eml with ?download=1."""
-    box, msg = await owned_message(ctx, mb, uid)
+    box, msg = await open_message(ctx, mb, uid, Rights.READ)
     raw = await ctx.astore.read_blob(msg.blob_id)
     if ctx.arg("download") == "1":
         name = (msg.subject or "message")[:80] + ".eml"
