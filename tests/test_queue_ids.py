@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from mailserver.cli.main import main as cli_main
 from storage import migrate
@@ -220,7 +220,7 @@ def test_one_id_from_smtp_reply_to_delivery_log(tmp_path, database_url, capsys):
             wait_for(lambda: any(e.get("log_format", "").startswith("queue {qid}") for e in events))
     finally:
         globalLogPublisher.removeObserver(events.append)
-    smtp_lines = [e for e in events if e.get("log_format", "").startswith("smtp {qid} from=")]
+    smtp_lines = [e for e in events if formatEvent(e).startswith(f"smtp {e.get('qid')} from=")]
     queue_lines = [e for e in events if e.get("log_format", "").startswith("queue {qid} to=")]
     assert [e["qid"] for e in smtp_lines] == [qid]
     assert [(e["qid"], e["rcpt"], e["status"]) for e in queue_lines] == [(qid, "bob@remote.test", "delivered")]
