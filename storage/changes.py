@@ -24,6 +24,10 @@ MAILBOX_CREATE = "mailbox-create"
 MAILBOX_DELETE = "mailbox-delete"
 MAILBOX_RENAME = "mailbox-rename"
 MAILBOX_SUBSCRIBE = "mailbox-subscribe"
+#: Not a change: events of this account may have been lost (the PostgreSQL LISTEN connection was re-established).
+#: Subscribers catch up from the database (IMAP: ``changes_since`` of the selected mailbox; webmail: a reload).
+#: ``mailbox_id`` 0 means every mailbox of the account.
+RESYNC = "resync"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,10 @@ class ChangeHub:
         """Receive every change of every account (used by the PostgreSQL bridge)."""
         self._global.append(listener)
         return lambda: self._global.remove(listener) if listener in self._global else None
+
+    def subscribed_accounts(self) -> list[int]:
+        """The accounts that have listeners now."""
+        return list(self._listeners)
 
     def listener_count(self, account_id: int) -> int:
         return len(self._listeners.get(account_id, ()))
