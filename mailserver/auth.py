@@ -30,8 +30,12 @@ Decisions a caller should know:
   throttled like everyone else.
 * While an account is throttled, even its correct password (and a cached success) answers ``"throttled"``:
   throttling must not be bypassable by the very guesses it slows down.
-* If ``lookup`` or the thread pool fails, the returned Deferred fails with that error (nothing is counted);
-  protocols answer it as a temporary failure (SMTP ``454 4.7.0``, IMAP ``NO [UNAVAILABLE]``).
+* If ``lookup``, the thread pool or the failure counters fail, the returned Deferred fails with that error
+  (nothing is counted); protocols answer it as a temporary failure (SMTP ``454 4.7.0``, IMAP ``NO [UNAVAILABLE]``).
+* Where the counters live is the :class:`mailserver.clusterstate.LoginFailures` given as ``failures``: in this
+  process by default, in the database with PostgreSQL (several nodes then throttle as one).  Attempts still being
+  checked and the success cache stay per process: the in-flight counts only close the race of parallel guesses
+  within a process, and the cache only saves a verification (its entries are checked against the stored hash).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import ipaddress
 import os
 import re
 import threading
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -52,6 +56,7 @@ from passlib.context import CryptContext
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from mailserver.clusterstate import MAX_TRACKED_KEYS, LocalLoginFailures, LoginFailures
 from mailserver.config import AuthConfig, LimitsConfig
 
 log = Logger()
@@ -64,12 +69,8 @@ MAX_USERNAME_OCTETS = 320
 MAX_PASSWORD_OCTETS = 1024
 #: Successful verifications remembered at most; the oldest is dropped first.
 MAX_CACHE_ENTRIES = 10_000
-#: Client IPs / addresses with recent failures tracked at most; the least recently failed is dropped first.
-MAX_TRACKED_KEYS = 100_000
 #: Delay after the first failure in the window; each further failure doubles it (up to auth_max_delay).
 BASE_FAILURE_DELAY = 0.5
-#: Failures remembered per key when its limit is 0 ("no maximum"): enough to reach any sensible delay cap.
-UNLIMITED_FAILURES_KEPT = 64
 #: bcrypt only ever uses the first 72 octets of a password (and bcrypt >= 5 refuses longer input).
 BCRYPT_MAX_OCTETS = 72
 
@@ -399,61 +400,16 @@ INVALID = AuthResult(False, reason="invalid")
 THROTTLED = AuthResult(False, reason="throttled")
 
 
-class _FailureLog:
-    """Recent failure times per key, bounded in keys and in times per key.
+def _exceeded(failures: int, limit: int, in_flight: int) -> bool:
+    """Whether a key with ``failures`` in the window reached its ``limit`` (0: no maximum).
 
-    Keys are kept in order of their last failure, so expired keys are found at the front.
+    Once a key has failed in the window, attempts still being checked count as failures too (parallel connections
+    must not all get a guess verified before the next failure is recorded).  Without a failure they do not: a client
+    opening many connections at once with the right password must not be throttled.
     """
-
-    def __init__(self, window: float, limit: int):
-        self.window = window
-        self.limit = limit
-        self._keep = limit if limit > 0 else UNLIMITED_FAILURES_KEPT
-        self._times: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def count(self, key: str, now: float) -> int:
-        times = self._times.get(key)
-        if times is None:
-            return 0
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._times[key]
-            return 0
-        return len(times)
-
-    def exceeded(self, key: str, now: float, in_flight: int = 0) -> bool:
-        """Whether ``key`` reached its limit.
-
-        Once ``key`` has failed in the window, attempts still being checked count as failures too (parallel
-        connections must not all get a guess verified before the next failure is recorded).  Without a failure
-        they do not: a client opening many connections at once with the right password must not be throttled.
-        """
-        if self.limit <= 0:
-            return False
-        failures = self.count(key, now)
-        return failures >= self.limit or (failures > 0 and failures + in_flight >= self.limit)
-
-    def add(self, key: str, now: float) -> None:
-        times = self._times.get(key)
-        if times is None:
-            times = self._times[key] = deque(maxlen=self._keep)
-        times.append(now)
-        self._times.move_to_end(key)
-        self.prune(now)
-
-    def reset(self, key: str) -> None:
-        self._times.pop(key, None)
-
-    def prune(self, now: float) -> None:
-        while self._times:
-            key, times = next(iter(self._times.items()))
-            if times and times[-1] > now - self.window and len(self._times) <= MAX_TRACKED_KEYS:
-                break
-            del self._times[key]
-
-    def __len__(self) -> int:
-        return len(self._times)
+    if limit <= 0:
+        return False
+    return failures >= limit or (failures > 0 and failures + in_flight >= limit)
 
 
 def _decrement(counter: Counter[str], key: str) -> None:
@@ -473,12 +429,14 @@ class Authenticator:
     :class:`twisted.python.threadpool.ThreadPool` dedicated to hashing (used with ``deferToThreadPool(clock,
     hash_pool, ...)``), or any callable ``run(f, *args) -> Deferred`` (tests pass a synchronous one).
     ``clock`` provides ``seconds()`` and ``callLater`` (and ``callFromThread`` with a real pool): the reactor,
-    or a ``task.Clock`` in tests.  ``secret`` keys the success cache; None = random per process.
+    or a ``task.Clock`` in tests.  ``secret`` keys the success cache; None = random per process.  ``failures``
+    holds the failure counters (see the module docstring); None = in this process.
     """
 
     def __init__(self, hasher: PasswordHasher, lookup: Callable[[str], "defer.Deferred[Credentials | None]"],
                  update_hash: Callable[[int, str], "defer.Deferred[None]"], *, hash_pool: Any, clock: Any,
-                 limits: LimitsConfig, auth_config: AuthConfig, secret: bytes | None = None):
+                 limits: LimitsConfig, auth_config: AuthConfig, secret: bytes | None = None,
+                 failures: LoginFailures | None = None):
         self._hasher = hasher
         self._lookup = lookup
         self._update_hash = update_hash
@@ -492,9 +450,10 @@ class Authenticator:
             self._run = hash_pool
         else:
             raise TypeError("hash_pool must be a ThreadPool or a callable run(f, *args) -> Deferred")
-        window = limits.auth_failure_window
-        self._ip_failures = _FailureLog(window, limits.auth_max_failures_per_ip)
-        self._account_failures = _FailureLog(window, limits.auth_max_failures_per_account)
+        if failures is None:
+            failures = LocalLoginFailures(limits.auth_failure_window, limits.auth_max_failures_per_ip,
+                                          limits.auth_max_failures_per_account, max_keys=MAX_TRACKED_KEYS)
+        self.failures = failures
         self._ip_in_flight: Counter[str] = Counter()
         self._account_in_flight: Counter[str] = Counter()
         # HMAC(address, password) -> (expires, address, stored hashes the password was verified against)
@@ -525,11 +484,12 @@ class Authenticator:
     async def _authenticate(self, username: str, password: str, client_ip: str) -> AuthResult:
         address = normalize_address(username)
         ip_key = _ip_key(client_ip)
-        now = self._clock.seconds()
-        if (self._ip_failures.exceeded(ip_key, now, self._ip_in_flight[ip_key])
-                or self._account_failures.exceeded(address, now, self._account_in_flight[address])):
+        limits = self._limits
+        ip_n, account_n = await self.failures.counts(ip_key, address, self._clock.seconds())
+        if (_exceeded(ip_n, limits.auth_max_failures_per_ip, self._ip_in_flight[ip_key])
+                or _exceeded(account_n, limits.auth_max_failures_per_account, self._account_in_flight[address])):
             log.info("auth throttled for {address!r} from {ip}", address=address, ip=client_ip)
-            await self._sleep(self._delay(ip_key, address))
+            await self._sleep(self._delay(ip_n, account_n))
             return THROTTLED
 
         # Attempts under way count against the limits too: many parallel connections must not all get a
@@ -544,11 +504,12 @@ class Authenticator:
 
         now = self._clock.seconds()
         if result.reason == "invalid":
-            self._ip_failures.add(ip_key, now)
-            self._account_failures.add(address, now)
+            ip_n, account_n = await self.failures.add(ip_key, address, now)
         elif result.ok:
-            self._account_failures.reset(address)
-        await self._sleep(self._delay(ip_key, address))
+            ip_n, account_n = await self.failures.clear_account(ip_key, address, now)
+        else:
+            ip_n, account_n = await self.failures.counts(ip_key, address, now)
+        await self._sleep(self._delay(ip_n, account_n))
         return result
 
     async def _check(self, address: str, password: str) -> AuthResult:
@@ -587,9 +548,8 @@ class Authenticator:
             log.info("password of account {account_id} rehashed to {scheme}", account_id=creds.account_id,
                      scheme=self._hasher.default_scheme)
 
-    def _delay(self, ip_key: str, address: str) -> float:
-        now = self._clock.seconds()
-        failures = max(self._ip_failures.count(ip_key, now), self._account_failures.count(address, now))
+    def _delay(self, ip_failures: int, account_failures: int) -> float:
+        failures = max(ip_failures, account_failures)
         if failures == 0:
             return 0.0
         return min(self._limits.auth_max_delay, BASE_FAILURE_DELAY * 2.0 ** min(failures - 1, 64))

@@ -235,6 +235,9 @@ class StoreConfig:
     gc_interval: float = 3600.0
     #: A body unreferenced for less than this is kept (protects a concurrent delivery of the same content).
     gc_grace: float = 3600.0
+    #: data_dir is the same directory on every node sharing a PostgreSQL database (a shared file system).  Without
+    #: it, ``blobs = "files"`` with PostgreSQL is refused at start: another node could not read the bodies.
+    shared_data_dir: bool = False
 
 
 @dataclass(frozen=True)

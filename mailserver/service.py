@@ -1,6 +1,8 @@
 """Service assembly: one ``MailServer`` (a Twisted ``MultiService``) hosts every configured listener.
 
-Start order: open the store (engine, migrations, domains from the config), start the thread pools, build the shared
+Start order: check that the storage fits the database (file blobs with PostgreSQL need a shared data_dir), open the
+store (engine, migrations, domains from the config), start the thread pools and the per-cluster state
+(:mod:`mailserver.clusterstate`: in process with SQLite, in the database with PostgreSQL), build the shared
 authenticator and TLS context, then listen on every ``[listen]`` address.  A listener that cannot bind raises
 ``ListenError`` naming it, and nothing is left half-started.
 
@@ -9,7 +11,7 @@ committer finish, stop the pools, dispose of the engine.
 
 Each protocol package provides ``build_factory(server, listener_name) -> Factory``; the table below maps listener
 names to them.  Protocols reach shared services through the server: ``config``, ``store`` (blocking: thread pools
-only), ``astore`` (Deferreds), ``hub``, ``auth``, ``tls``, ``pools``, ``reactor``, ``blobs``.
+only), ``astore`` (Deferreds), ``hub``, ``auth``, ``tls``, ``pools``, ``reactor``, ``blobs``, ``cluster``.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import alsoProvides, implementer
 
+from mailserver import clusterstate
 from mailserver.asyncstore import AsyncStore
-from mailserver.config import IMPLICIT_TLS, Config, ListenAddress
+from mailserver.config import IMPLICIT_TLS, Config, ConfigError, ListenAddress
 from mailserver.threads import Pools, run_in
 from storage import migrate
 from storage.blobs import DatabaseBlobStore, FileBlobStore
@@ -138,6 +141,20 @@ class Listening:
         return self.port.getHost().port
 
 
+def check_shared_storage(config: Config) -> None:
+    """Refuse message bodies in this node's data_dir when other nodes may share the database (ConfigError).
+
+    With PostgreSQL several nodes may serve one database; a body written under one node's data_dir could not be read
+    by the others.  Allowed when ``store.shared_data_dir`` declares data_dir one directory shared by every node.
+    """
+    if is_sqlite(config.db_url) or config.store.blobs != "files" or config.store.shared_data_dir:
+        return
+    raise ConfigError(config.source, "store.blobs",
+                      '"files" keeps message bodies in this node\'s data_dir, but database_url is PostgreSQL, which '
+                      'other nodes may share, and they could not read those bodies: set store.blobs = "database", '
+                      "or store.shared_data_dir = true if data_dir is one directory shared by every node")
+
+
 def open_store(config: Config, *, run_migrations: bool = True, pool_size: int | None = None) -> Store:
     """Create the engine, apply migrations and return a Store (blocking)."""
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
@@ -181,6 +198,8 @@ class MailServer(MultiService):
         self.store: Store | None = None
         self.astore: AsyncStore | None = None
         self.hub = ChangeHub()
+        #: Per-cluster state (POP3 maildrop locks, login failures, \Recent); replaced at start with PostgreSQL.
+        self.cluster: clusterstate.ClusterState = clusterstate.in_process(config.limits)
         self.pools = Pools.create(db_threads=config.store.db_threads,
                                   single_writer=is_sqlite(config.db_url))
         self.auth = None
@@ -228,9 +247,16 @@ class MailServer(MultiService):
         # them (measured: +6-10 % durable deliveries/s in scripts/bench/store.py).
         sys.setswitchinterval(0.001)
         soft, hard = raise_open_files_limit()
+        check_shared_storage(cfg)
         self.store = open_store(cfg)
         self.pools.start()
         self.astore = AsyncStore(self.reactor, self.store, self.pools, self.hub, max_batch=cfg.store.max_batch)
+        if not is_sqlite(cfg.db_url):
+            # Several processes may share this database: the per-cluster state lives in it.
+            from mailserver.clusterstate_pg import PgClusterState
+
+            self.cluster = PgClusterState(self.reactor, self.store.engine, self.pools, cfg.limits)
+        self.cluster.start()
         if not is_sqlite(cfg.db_url):
             # Several processes may share this database: pass change events between them.
             from storage.pgnotify import PgNotifyBridge
@@ -281,7 +307,8 @@ class MailServer(MultiService):
 
         return Authenticator(PasswordHasher(self.config.auth.default_scheme), lookup, update_hash,
                              hash_pool=self.pools.hash, clock=self.reactor, limits=self.config.limits,
-                             auth_config=self.config.auth, secret=self.secret)
+                             auth_config=self.config.auth, secret=self.secret,
+                             failures=self.cluster.login_failures)
 
     def _listen(self, name: str, address: ListenAddress) -> None:
         module_name, func_name = LISTENERS[name].split(":")
@@ -332,6 +359,7 @@ class MailServer(MultiService):
         self.listening = []
         if self.pg_bridge is not None:
             self.pg_bridge.stop()
+        self.cluster.stop()
         self.pools.stop()
         if self.store is not None:
             self.store.engine.dispose()
@@ -371,6 +399,7 @@ class MailServer(MultiService):
         self.listening = []
         if self.pg_bridge is not None:
             self.pg_bridge.stop()
+        self.cluster.stop()
         self.pools.stop()
         if self.store is not None:
             self.store.engine.dispose()

@@ -25,6 +25,10 @@ MAILBOX_CREATE = "mailbox-create"
 MAILBOX_DELETE = "mailbox-delete"
 MAILBOX_RENAME = "mailbox-rename"
 MAILBOX_SUBSCRIBE = "mailbox-subscribe"
+#: Not a change: events of this account may have been lost (the PostgreSQL LISTEN connection was re-established).
+#: Subscribers catch up from the database (IMAP: ``changes_since`` of the selected mailbox; webmail: a reload).
+#: ``mailbox_id`` 0 means every mailbox of the account.
+RESYNC = "resync"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,14 @@ class ChangeHub:
         """Receive every change of every account (used by the PostgreSQL bridge)."""
         self._global.append(listener)
         return lambda: self._global.remove(listener) if listener in self._global else None
+
+    def publish_resync(self) -> None:
+        """Tell every listener, per account and per mailbox, that it may have missed changes (a RESYNC event: read
+        what changed from the database). Not passed on to global listeners: it is this process's news."""
+        events = [Change(RESYNC, a) for a in self._listeners]
+        events += [Change(RESYNC, 0, mailbox_id=m) for m in self._mailbox_listeners]
+        if events:
+            self.publish(events, local=False)
 
     def listener_count(self, account_id: int) -> int:
         return len(self._listeners.get(account_id, ()))

@@ -6,12 +6,21 @@ in its own thread LISTENs, drops its own process's notifications (``origin``), a
 which publishes them to the local hub: an IMAP session in IDLE on node A sees a delivery made on node B.
 
 Payloads are limited to 8000 bytes by PostgreSQL; larger batches are split.
+
+Notifications sent while the LISTEN connection is down are lost for good (PostgreSQL keeps them only for listening
+sessions).  So each time LISTEN is (re)established, once it is active, the bridge publishes a
+:data:`~storage.changes.RESYNC` event to every account that has local subscribers: they read what changed from the
+database (whatever happened before the LISTEN is in the database; whatever happens after arrives as a notification).
+The connection is named ``mailserver-listen <pid>`` (``application_name``), and is checked every
+:data:`PING_INTERVAL` seconds so that a silently dead one is replaced too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 import uuid
 
 from twisted.logger import Logger
@@ -22,6 +31,12 @@ log = Logger()
 
 CHANNEL = "mailserver_changes"
 MAX_PAYLOAD = 7900
+#: Seconds between round trips on an idle LISTEN connection (a dead one is noticed and replaced).
+PING_INTERVAL = 30.0
+#: Seconds to wait before connecting again after the LISTEN connection failed.
+RECONNECT_DELAY = 1.0
+#: Client-side TCP keepalives of the LISTEN connection (libpq parameters).
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def _psycopg_dsn(url: str) -> str:
@@ -87,7 +102,11 @@ class PgNotifyBridge:
         self._thread: threading.Thread | None = None
         self._unsubscribe = None
         self.received = 0
+        #: Set once LISTEN is active (again after each reconnection).
         self.ready = threading.Event()
+        #: How many times LISTEN was established (1 = never lost).
+        self.connects = 0
+        self.application_name = f"mailserver-listen {os.getpid()}"
 
     def start(self) -> None:
         self._unsubscribe = self.hub.subscribe_all(self._local_changes)
@@ -123,17 +142,32 @@ class PgNotifyBridge:
         dsn = _psycopg_dsn(str(self.engine.url.render_as_string(hide_password=False)))
         while not self._stop.is_set():
             try:
-                with psycopg.connect(dsn, autocommit=True) as conn:
+                with psycopg.connect(dsn, autocommit=True, application_name=self.application_name,
+                                     **KEEPALIVES) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    # LISTEN is active: everything committed from now on is notified; the rest is in the database.
+                    self.connects += 1
+                    if self.connects > 1:
+                        log.info("LISTEN connection re-established; sessions catch up from the database")
+                    self.reactor.callFromThread(self._resync)
                     self.ready.set()
+                    pinged = time.monotonic()
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.5):
                             self._received(n.payload)
+                        if time.monotonic() - pinged >= PING_INTERVAL:
+                            conn.execute("SELECT 1")
+                            pinged = time.monotonic()
             except Exception:
+                self.ready.clear()
                 if self._stop.is_set():
                     return
                 log.failure("LISTEN connection lost; reconnecting")
-                self._stop.wait(1.0)
+                self._stop.wait(RECONNECT_DELAY)
+
+    def _resync(self) -> None:
+        """On the reactor: tell every local subscriber that it may have missed other processes' changes."""
+        self.hub.publish_resync()
 
     def _received(self, payload: str) -> None:
         try:

@@ -112,6 +112,10 @@ def make_config(tmp_path: Path, listeners=("smtp",), domains=(TEST_DOMAIN,), dat
         "queue": {"run": False},
         "dns": {"nameservers": ["127.0.0.1:9"], "timeout": 2.0},
     }
+    if database_url and not database_url.startswith("sqlite"):
+        # Declared shared so that PostgreSQL tests keep file blobs (refused at start otherwise); no test reads
+        # through one server a body that another server stored under its own data_dir.
+        table["store"] = {"shared_data_dir": True}
     table = _merge(table, overrides)
     return config_mod.load_dict(table, "test-config")
 

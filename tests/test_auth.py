@@ -560,10 +560,10 @@ def test_failure_memory_is_bounded_and_pruned(monkeypatch):
     env = make_env()
     for i in range(30):
         env.login(f"u{i}@example.org", "x", ip=f"10.0.0.{i}")
-    assert len(env.auth._ip_failures) <= 10 and len(env.auth._account_failures) <= 10
+    assert len(env.auth.failures.ip) <= 10 and len(env.auth.failures.account) <= 10
     env.clock.advance(LIMITS.auth_failure_window + 1)
     env.login("alice@example.org", "x", ip="10.1.1.1")
-    assert len(env.auth._ip_failures) == 1 and len(env.auth._account_failures) == 1
+    assert len(env.auth.failures.ip) == 1 and len(env.auth.failures.account) == 1
 
 
 @pytest.mark.parametrize("username,password", [
@@ -593,7 +593,7 @@ def test_lookup_failure_fails_the_deferred_and_counts_nothing():
     env.auth._lookup = lambda address: defer.fail(RuntimeError("database down"))
     with pytest.raises(RuntimeError, match="database down"):
         env.login("alice@example.org", "alice-pw")
-    assert len(env.auth._ip_failures) == 0
+    assert len(env.auth.failures.ip) == 0
 
 
 @pytest.mark.parametrize("ip,tls,allowed", [

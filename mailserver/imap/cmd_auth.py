@@ -129,7 +129,7 @@ async def idle(s: ImapSession, cmd: c.Idle):
     s._idle_tag = cmd.tag
     s.conn.activity(idle=True)  # RFC 9051 6.3.13: IDLE re-arms the autologout timer
     try:
-        s._flush_updates()
+        s.flush_in_idle()
         while True:
             frame = await s.next_line()
             if is_idle_done(frame):

@@ -105,6 +105,12 @@ async def select(s: ImapSession, cmd: c.Select):
     s._collect = (mailbox.id, [])
     try:
         sel = await _load_selected(s, mailbox, cmd.readonly)
+        if not s.rev2:
+            # Sessions of other processes take \Recent too: settle with the cluster state (still collecting).
+            if cmd.readonly:
+                await s.recent.refresh(mailbox.id, mailbox.uid_validity)
+            elif sel.uids:
+                await s.recent.reserve(mailbox.id, mailbox.uid_validity, sel.uids[-1])
     except BaseException:
         s.unwatch()
         raise
@@ -271,6 +277,7 @@ async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes
     parts = []
     for item in items:
         if item == "RECENT":
+            await s.recent.refresh(mailbox.id, mailbox.uid_validity)
             value = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, uids)
             sel = s.selected
             if sel is not None and sel.mailbox_id == mailbox.id:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailserver.clusterstate import RecentClaims
 from mailserver.connections import close_transport, limiter_for, refuse
 
 from . import response as r
@@ -205,9 +206,12 @@ class ImapFactory(protocol.Factory):
         self.idle_timeout = limits.imap_idle_timeout
         #: The clock of the idle timers (tests pass a ``task.Clock``).
         self.clock = server.reactor
-        # Shared by every IMAP listener of the server: per-IP counts and \Recent bookkeeping.
+        # Shared by every IMAP listener of the server: per-IP counts and \Recent bookkeeping (the cluster state's,
+        # shared with other processes on a PostgreSQL database).
         self.limiter = limiter_for(server, "imap", limits.imap_max_sessions_per_ip)
-        self.recent: RecentTracker = server.extra.setdefault("imap_recent", RecentTracker())
+        cluster = getattr(server, "cluster", None)
+        self.recent: RecentClaims = (cluster.recent if cluster is not None
+                                     else server.extra.setdefault("imap_recent", RecentTracker()))
 
     def buildProtocol(self, addr) -> ImapProtocol:
         return ImapProtocol(self)

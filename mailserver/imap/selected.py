@@ -15,8 +15,9 @@ holds what the session must answer without the database:
   two flushes is never told at all (neither EXISTS nor EXPUNGE). Application is idempotent: an event already
   reflected in the cache (the session's own STORE, a message loaded by SELECT after the event was queued) is
   dropped silently.
-- ``\\Recent`` (RFC 3501 2.3.2, IMAP4rev1 only): :class:`RecentTracker` hands each new message to exactly one
-  session of this process: the first that selects the mailbox read-write (or has it selected when it arrives).
+- ``\\Recent`` (RFC 3501 2.3.2, IMAP4rev1 only): a :class:`mailserver.clusterstate.RecentClaims` (the server's
+  cluster state; :class:`RecentTracker` in one process) hands each new message to exactly one session: the first
+  that selects the mailbox read-write (or has it selected when it arrives).
 
 Nothing here imports Twisted or the store; responses are ``bytes`` lines built with
 :mod:`mailserver.imap.response`.
@@ -29,6 +30,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from mailserver.clusterstate import RecentTracker as RecentTracker  # re-exported: the in-process RecentClaims
 from storage import changes as ch
 from storage.models import FLAG_NAMES, FLAG_SEEN, SYSTEM_FLAGS
 
@@ -65,35 +67,6 @@ def split_flags(flags: Iterable[str]) -> tuple[int, tuple[str, ...], bool]:
         else:
             keywords.setdefault(low, f)
     return bits, tuple(keywords.values()), recent
-
-
-class RecentTracker:
-    """Per process: the highest UID of each mailbox already given to a session as \\Recent (RFC 3501 2.3.2).
-
-    Mailboxes are keyed by (id, UIDVALIDITY): a mailbox deleted and created again may get the old row id back, and
-    its messages are new to every session (RFC 3501 2.3.1.1: a new UIDVALIDITY starts a new mailbox)."""
-
-    def __init__(self) -> None:
-        self._claimed: dict[tuple[int, int], int] = {}
-
-    def claim(self, mailbox_id: int, uid_validity: int, uids: Sequence[int]) -> list[int]:
-        """The UIDs among sorted ``uids`` that no session has had as \\Recent yet; they are now claimed."""
-        key = (mailbox_id, uid_validity)
-        last = self._claimed.get(key, 0)
-        start = bisect.bisect_right(uids, last)
-        new = list(uids[start:])
-        if new:
-            if key not in self._claimed:
-                # The mailbox's earlier incarnations are gone for good.
-                for old in [k for k in self._claimed if k[0] == mailbox_id]:
-                    del self._claimed[old]
-            self._claimed[key] = new[-1]
-        return new
-
-    def unclaimed_count(self, mailbox_id: int, uid_validity: int, uids: Sequence[int]) -> int:
-        """How many messages STATUS RECENT would count: not yet claimed by any session."""
-        last = self._claimed.get((mailbox_id, uid_validity), 0)
-        return len(uids) - bisect.bisect_right(uids, last)
 
 
 UNKNOWN_DATE = float("nan")

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from mailserver import sasl
 from mailserver.access import MailboxAccess, MailboxNotFound, Principal, Rights, flag_rights
+from storage import changes as ch
 from storage.store import (
     AlreadyExists,
     HasChildren,
@@ -66,6 +67,7 @@ from .cmd_common import (
 )
 from .context import SearchContexts
 from .parser import parse_append_prefix, parse_command
+from .resync import catch_up
 from .selected import RecentTracker, SelectedMailbox, UpdateOptions, flag_names, split_flags
 from .wire import (
     CommandReady,
@@ -415,6 +417,7 @@ class ImapSession:
             if result is REPLIED:
                 self.errors = 0
                 return
+            await self._prepare_flush()
             self._flush_updates(command)
             if self.contexts:
                 await cmd_search.update_contexts(self)  # RFC 5267 4.3: ADDTO/REMOVEFROM before the tagged reply
@@ -429,6 +432,7 @@ class ImapSession:
             if not isinstance(e, (No, ParseError, StoreError, sasl.SaslError)):
                 log.failure("IMAP {name} failed", name=name)
             try:
+                await self._prepare_flush()
                 self._flush_updates(command)
             except Exception:
                 log.failure("flushing updates failed")
@@ -455,19 +459,59 @@ class ImapSession:
         if self._idle_tag is not None:
             cmd_search.schedule_context_update(self)
 
+    async def _prepare_flush(self) -> None:
+        """Before queued updates are told: catch up after lost events (a RESYNC is queued), and when this session
+        takes \\Recent, reserve the new UIDs with the cluster state (another process's session may want them too).
+        In one process, without a RESYNC, this returns without waiting."""
+        sel = self.selected
+        if sel is None:
+            return
+        if any(e.kind == ch.RESYNC for e in sel.pending):
+            sel.pending = [e for e in sel.pending if e.kind != ch.RESYNC]
+            try:
+                await catch_up(self)
+            except Exception:
+                log.failure("catching up after lost change events failed")
+            if self.selected is not sel:
+                return
+        if sel.readonly or self.rev2:
+            return
+        up_to = max((e.uid for e in sel.pending if e.kind == ch.EXISTS), default=0)
+        if up_to:
+            try:
+                await self.recent.reserve(sel.mailbox_id, sel.uid_validity, up_to)
+            except Exception:
+                log.failure("reserving \\Recent messages failed")  # they are then not \Recent here
+
+    def flush_in_idle(self) -> None:
+        """RFC 9051 6.3.13: in IDLE, updates are sent as they happen (once \\Recent is settled)."""
+        d = ensureDeferred(self._prepare_flush())
+
+        def flush(_):
+            if self._idle_tag is not None:
+                self._flush_updates()
+
+        d.addCallback(flush)
+        d.addErrback(lambda f: log.failure("flushing updates in IDLE failed", f))
+
     # -- change notifications ---------------------------------------------------------------------------------
     def _on_changes(self, changes: list) -> None:
         sel = self.selected
         collect = self._collect
         for change in changes:
-            if sel is not None and change.mailbox_id == sel.mailbox_id:
+            if change.kind == ch.RESYNC:
+                # Events may have been lost: the next flush catches up from the database (mailserver.imap.resync).
+                if sel is not None and change.mailbox_id in (0, sel.mailbox_id):
+                    sel.pending.append(change)
+                if collect is not None and change.mailbox_id in (0, collect[0]):
+                    collect[1].append(change)
+            elif sel is not None and change.mailbox_id == sel.mailbox_id:
                 sel.on_change(change)
                 self.contexts.on_change(change)
             elif collect is not None and change.mailbox_id == collect[0]:
                 collect[1].append(change)
         if self._idle_tag is not None and sel is not None and sel.has_updates():
-            # RFC 9051 6.3.13: in IDLE, updates are sent as they happen.
-            self._flush_updates()
+            self.flush_in_idle()
 
     def watch(self, mailbox_id: int) -> None:
         """Receive the change events of mailbox ``mailbox_id`` (the one being selected), instead of any before."""

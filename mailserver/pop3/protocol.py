@@ -15,7 +15,8 @@ and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related i
 * idle timeout ``limits.pop3_idle_timeout`` (RFC 1939 section 3: at least 10 minutes): the connection is closed
   without a response and without entering UPDATE; it never fires while a RETR is being streamed.
 
-The maildrop lock (one POP3 session per account) is per process, shared by every POP3 listener of ``server``.
+The maildrop lock (one POP3 session per account) is ``server.cluster.maildrop_locks``, shared by every POP3 listener
+of ``server`` and, with PostgreSQL, by every process on the database.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import weakref
 
-from twisted.internet import interfaces, protocol
+from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
@@ -44,8 +45,12 @@ BLOB_ID_WINDOW = 200
 _locks: "weakref.WeakKeyDictionary[object, S.MaildropLocks]" = weakref.WeakKeyDictionary()
 
 
-def maildrop_locks(server) -> S.MaildropLocks:
-    """The per-process lock table of ``server`` (shared by its pop3 and pop3s listeners)."""
+def maildrop_locks(server) -> S.MaildropLockTable:
+    """The lock table of ``server`` (shared by its pop3 and pop3s listeners): its cluster state's, or one per
+    server object when it has none."""
+    cluster = getattr(server, "cluster", None)
+    if cluster is not None:
+        return cluster.maildrop_locks
     locks = _locks.get(server)
     if locks is None:
         locks = _locks[server] = S.MaildropLocks()
@@ -309,9 +314,20 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
 
     def _open_maildrop(self, req: S.OpenMaildrop) -> None:
         server = self.factory.server
-        d = server.astore.read(load_maildrop, server.store, req.account_id)
+        d = defer.ensureDeferred(self.session.locks.acquire_cluster(req.account_id))
 
-        def done(maildrop: S.Maildrop):
+        def locked(ok: bool):
+            if not ok:
+                return None  # another process holds the maildrop
+            return server.astore.read(load_maildrop, server.store, req.account_id)
+
+        d.addCallback(locked)
+
+        def done(maildrop: S.Maildrop | None):
+            if maildrop is None:
+                if self._alive():
+                    self._carry_out(self.session.maildrop_in_use())
+                return
             if not self._alive():
                 return
             log.info("pop3 login {user} from {ip}: {n} messages", user=self._login_name, ip=self.client_ip,

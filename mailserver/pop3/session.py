@@ -14,10 +14,12 @@ Behaviour worth knowing:
   shown to it (RFC 1939 section 8 lets the server fix the listing for the session).
 * DELE only marks; the marks are applied by QUIT in TRANSACTION (the UPDATE state, RFC 1939 section 6).
   A connection that ends any other way deletes nothing.
-* One POP3 session per maildrop at a time, per server process: a second one is refused with
-  ``-ERR [IN-USE]`` (RFC 2449 section 8.1.1) by :class:`MaildropLocks`.  IMAP sessions are not locked out;
-  a message they expunge meanwhile is answered ``-ERR`` by RETR/TOP and ignored by the final expunge.  With
-  several server processes on one database the lock is per process.
+* One POP3 session per maildrop at a time: a second one is refused with ``-ERR [IN-USE]`` (RFC 2449 section
+  8.1.1).  The session takes the lock of its own process (``locks.acquire``, a
+  :class:`mailserver.clusterstate.MaildropLockTable`); :class:`OpenMaildrop` then takes it against the other
+  processes sharing the database and answers :meth:`~Pop3Session.maildrop_in_use` if one holds it.  IMAP sessions
+  are not locked out; a message they expunge meanwhile is answered ``-ERR`` by RETR/TOP and ignored by the final
+  expunge.
 * USER/PASS and AUTH PLAIN/LOGIN are refused with ``-ERR [AUTH]`` unless TLS is active or the client may use
   plaintext without it (loopback, or configured), and CAPA then lists neither USER nor SASL mechanisms.
 * Every -ERR, and every command while still in AUTHORIZATION, counts as a command without progress; more
@@ -31,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailserver import sasl
+from mailserver.clusterstate import MaildropLocks as MaildropLocks  # re-exported: the in-process lock table
+from mailserver.clusterstate import MaildropLockTable
 from mailserver.config import LimitsConfig
 from mailserver.pop3 import wire
 from mailserver.pop3.wire import (
@@ -94,28 +98,6 @@ class Maildrop:
     entries: tuple[MaildropEntry, ...]
 
 
-class MaildropLocks:
-    """Which accounts have a POP3 session in TRANSACTION (RFC 1939 section 4: the server locks the maildrop).
-
-    One instance per server process, shared by its ``pop3`` and ``pop3s`` listeners.
-    """
-
-    def __init__(self) -> None:
-        self._held: set[int] = set()
-
-    def acquire(self, account_id: int) -> bool:
-        if account_id in self._held:
-            return False
-        self._held.add(account_id)
-        return True
-
-    def release(self, account_id: int) -> None:
-        self._held.discard(account_id)
-
-    def held(self, account_id: int) -> bool:
-        return account_id in self._held
-
-
 # --------------------------------------------------------------------------------------------- outputs
 
 
@@ -140,7 +122,8 @@ class Authenticate:
 
 @dataclass(frozen=True)
 class OpenMaildrop:
-    """Load the account's INBOX, then call :meth:`Pop3Session.maildrop_opened` (or ``maildrop_failed``)."""
+    """Take the maildrop lock against other processes (``locks.acquire_cluster``) and load the account's INBOX,
+    then call :meth:`Pop3Session.maildrop_opened` (or ``maildrop_in_use``, ``maildrop_failed``)."""
 
     account_id: int
 
@@ -194,7 +177,7 @@ class Pop3Session:
         *,
         hostname: str,
         limits: LimitsConfig,
-        locks: MaildropLocks,
+        locks: MaildropLockTable,
         tls_active: bool = False,
         tls_available: bool = False,
         plaintext_without_tls: bool = False,
@@ -273,9 +256,7 @@ class Pop3Session:
                 self._fail(out, "authentication failed", AUTH)
             return out + self._run()
         if not self.locks.acquire(account_id):
-            # RFC 2449 section 8.1.1: the maildrop is in use by another POP3 session.
-            self._fail(out, "maildrop already locked by another session", IN_USE)
-            return out + self._run()
+            return self._in_use(out)
         self._locked = True
         self.account_id = account_id
         self._waiting = "maildrop"
@@ -298,6 +279,14 @@ class Pop3Session:
         self._without_progress = 0
         count, size = self._totals()
         return [Send(ok(f"maildrop has {count} messages ({size} octets)"))] + self._run()
+
+    def maildrop_in_use(self) -> list[Output]:
+        """Another process holds the maildrop lock."""
+        if not self._expect("maildrop"):
+            return []
+        self._unlock()
+        self.account_id = None
+        return self._in_use([])
 
     def maildrop_failed(self, text: str = "cannot open maildrop") -> list[Output]:
         if not self._expect("maildrop"):
@@ -357,6 +346,11 @@ class Pop3Session:
             return False
         self._waiting = None
         return True
+
+    def _in_use(self, out: list[Output]) -> list[Output]:
+        # RFC 2449 section 8.1.1: the maildrop is in use by another POP3 session.
+        self._fail(out, "maildrop already locked by another session", IN_USE)
+        return out + self._run()
 
     def _unlock(self) -> None:
         if self._locked and self.account_id is not None:
