@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 
-from storage.changes import RESYNC, Change
 from storage.models import FLAG_SEEN
 from storage.store import Delivery
 from tests import harness
@@ -41,7 +40,7 @@ def test_idle_session_catches_up_on_lost_exists_flags_and_expunge(tmp_path):
         _lost_delivery(srv, acct.id, 3)
         srv.store.set_flags(inbox.id, [1], "add", FLAG_SEEN)
         srv.store.delete_messages(inbox.id, [2])
-        harness.call(srv.server.hub.publish, [Change(RESYNC, acct.id)], local=False)
+        harness.call(srv.server.hub.publish_resync)  # what the LISTEN bridge does after a reconnect
         lines = {c.line() for _ in range(4)}
         # UIDs 1 and 2 became \Recent here at SELECT, 3 now.
         assert lines == {b"* 2 EXPUNGE\r\n", b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n",
@@ -63,7 +62,7 @@ def test_resync_between_commands_is_caught_up_at_the_next_command(tmp_path):
         c.cmd("L", f'LOGIN {ALICE} "{PW}"')
         c.cmd("S", "SELECT INBOX")
         _lost_delivery(srv, acct.id, 2)
-        harness.call(srv.server.hub.publish, [Change(RESYNC, acct.id)], local=False)
+        harness.call(srv.server.hub.publish_resync)  # what the LISTEN bridge does after a reconnect
         assert c.cmd("N", "NOOP")[:2] == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
         c.close()
 
@@ -71,7 +70,7 @@ def test_resync_between_commands_is_caught_up_at_the_next_command(tmp_path):
 def test_webmail_stream_passes_resync_on(tmp_path):
     """The page reloads what it shows on any change event; RESYNC reaches the stream as one."""
     with harness.running_server(tmp_path, listeners=("http",)) as srv:
-        acct = srv.add_user(ALICE, PW)
+        srv.add_user(ALICE, PW)
         web = Client(srv, scheme="http")
         r, _ = web.login(ALICE, PW)
         assert r.status == 303
@@ -80,7 +79,7 @@ def test_webmail_stream_passes_resync_on(tmp_path):
                                                 "Host": f"127.0.0.1:{srv.port('http')}"})
         resp = conn.getresponse()
         assert resp.status == 200
-        harness.call(srv.server.hub.publish, [Change(RESYNC, acct.id)], local=False)
+        harness.call(srv.server.hub.publish_resync)  # what the LISTEN bridge does after a reconnect
         lines = []
         while b"event: change\n" not in lines:
             assert len(lines) < 20, lines
