@@ -258,13 +258,18 @@ def stress(imaptest: Path, target: Target, *, user: str, users: tuple[int, int] 
     if users is not None:
         args.append(f"users={users[0]}-{users[1]}")
     args.extend(extra)
-    run_imaptest(imaptest, args, log, secs + 90, cwd)
+    run_dir = cwd / log.stem  # each run's rawlog files (imaptest "rawlog") apart from the others'
+    run_dir.mkdir(exist_ok=True)
+    run_imaptest(imaptest, args, log, secs + 90, run_dir)
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()
     return parse_stress(log, secs)
 
 
 def error_kinds(errors: list[str], limit: int = 6) -> list[str]:
     """The most frequent error messages with user names and numbers blurred, for the summary."""
-    kinds = collections.Counter(re.sub(r"\d+", "N", re.sub(r"^Error: \S+ ", "Error: ", e))[:160] for e in errors)
+    kinds = collections.Counter(re.sub(r"\d+", "N", re.sub(r"^(\w+): \S+\[\d+\]: ", r"\1: ", e))[:160]
+                                for e in errors)
     return [f"{n} x {text}" for text, n in kinds.most_common(limit)]
 
 
