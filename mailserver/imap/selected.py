@@ -292,6 +292,12 @@ class SelectedMailbox:
     def has_updates(self) -> bool:
         return bool(self.pending) or bool(self.deferred_expunges) or self.told_exists != self.exists
 
+    def expunge_issued(self) -> bool:
+        """True while expunges of messages the client still sees wait to be told (after a FETCH, STORE or SEARCH):
+        what that command answered from the store may lack them, and its tagged OK says so with
+        ``[EXPUNGEISSUED]`` (RFC 9051 7.1, RFC 2180 4.1; imaptest then does not expect them in a SEARCH result)."""
+        return bool(self.deferred_expunges)
+
     def _announced(self, i: int) -> bool:
         """Whether the message at index ``i`` is one the client has been told of. The client's view is always the
         first ``told_exists`` entries: new messages are appended at the end, and a message leaves the arrays only

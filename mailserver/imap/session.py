@@ -424,7 +424,10 @@ class ImapSession:
             if self.closed:
                 return
             ok = result if isinstance(result, Ok) else Ok()
-            self.send(r.tagged(tag, "OK", ok.text or f"{_display_name(command)} completed", ok.code))
+            code = ok.code
+            if code is None and self.selected is not None and self.selected.expunge_issued():
+                code = "EXPUNGEISSUED"  # RFC 9051 7.1: the answer may lack messages expunged meanwhile
+            self.send(r.tagged(tag, "OK", ok.text or f"{_display_name(command)} completed", code))
             self.errors = 0
         except BaseException as e:  # noqa: BLE001 - every failure becomes a tagged reply
             if self.closed:

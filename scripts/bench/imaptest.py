@@ -250,20 +250,26 @@ def parse_stress(log: Path, secs: int) -> StressResult:
 
 
 def stress(imaptest: Path, target: Target, *, user: str, users: tuple[int, int] | None, clients: int, secs: int,
-           seed: int, mbox: Path, log: Path, cwd: Path) -> StressResult:
+           seed: int, mbox: Path, log: Path, cwd: Path, extra: list[str] = ()) -> StressResult:
     """One imaptest stress run; ``user`` is a template (``user%d``) with ``users`` the (first, last) range, or one
     login name for every client."""
     args = ["host=127.0.0.1", f"port={target.port}", f"user={user}", f"pass={PASSWORD}", f"clients={clients}",
             f"secs={secs}", f"seed={seed}", f"mbox={mbox}"]
     if users is not None:
         args.append(f"users={users[0]}-{users[1]}")
-    run_imaptest(imaptest, args, log, secs + 90, cwd)
+    args.extend(extra)
+    run_dir = cwd / log.stem  # each run's rawlog files (imaptest "rawlog") apart from the others'
+    run_dir.mkdir(exist_ok=True)
+    run_imaptest(imaptest, args, log, secs + 90, run_dir)
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()
     return parse_stress(log, secs)
 
 
 def error_kinds(errors: list[str], limit: int = 6) -> list[str]:
     """The most frequent error messages with user names and numbers blurred, for the summary."""
-    kinds = collections.Counter(re.sub(r"\d+", "N", re.sub(r"^Error: \S+ ", "Error: ", e))[:160] for e in errors)
+    kinds = collections.Counter(re.sub(r"\d+", "N", re.sub(r"^(\w+): \S+\[\d+\]: ", r"\1: ", e))[:160]
+                                for e in errors)
     return [f"{n} x {text}" for text, n in kinds.most_common(limit)]
 
 
@@ -393,10 +399,12 @@ def main() -> int:
     ap.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                     help="do not log every stress user in once before the timed run (then our figure includes the "
                          "first-login password hash upgrades)")
+    ap.add_argument("--stress-args", default="",
+                    help='more imaptest arguments for stress, e.g. "checkpoint=5 search=30 copybox=Other"')
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--mbox", default="", help="messages imaptest APPENDs (default: make-mbox.py 300 messages)")
     ap.add_argument("--logs", default="", help="keep imaptest's logs in this directory (default: a temp dir, kept "
-                                               "only when errors were found)")
+                                               "only when errors were found); imaptest runs there (rawlog files)")
     args = ap.parse_args()
 
     if not args.imaptest:
@@ -456,7 +464,7 @@ def main() -> int:
                             log = logdir / f"{phase}-{t.name}-run{run}.log"
                             results[t.name] = stress(imaptest, t, user=user, users=users, clients=args.clients,
                                                      secs=args.secs, seed=args.seed + run, mbox=mbox, log=log,
-                                                     cwd=work)
+                                                     cwd=logdir, extra=args.stress_args.split())
                         print(f"({'a' if phase == 'stress' else 'b'}) stress, {what}, {args.secs} s, run {run}:")
                         for name, r in results.items():
                             print(_fmt_stress(name, r))
@@ -482,9 +490,9 @@ def main() -> int:
     finally:
         if dovecot is not None:
             dovecot.stop()
-        if not args.logs and not found_errors:
-            shutil.rmtree(work, ignore_errors=True)
-        elif not args.logs:
+        if args.logs or not found_errors:
+            shutil.rmtree(work, ignore_errors=True)  # our data directory, Dovecot's, the sample mbox
+        else:
             print(f"logs kept in {logdir}")
     return 1 if found_errors else 0
 
