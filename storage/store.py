@@ -12,9 +12,10 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.blobrefs``       blob reference counts, garbage collection, integrity check
 =========================  =====================================================================================
 
-Methods that change mailboxes or messages return :class:`Changed` (``value`` and the ``changes`` they caused); the
-caller publishes the changes after the commit (``mailserver.asyncstore`` does it).  Call the methods from database
-thread pools only (``AsyncStore``), never from the reactor thread.
+Each method declares how it may be called (``storage.access``): ``@reads``, ``@writes`` or ``@writes_changes`` (it
+returns :class:`Changed`: ``value`` and the ``changes`` it caused; ``mailserver.asyncstore`` publishes them on the
+reactor thread after the commit).  Call the methods from database thread pools only (``AsyncStore``), never from the
+reactor thread.
 
 Invariants kept here and in the aggregate modules (tested in tests/test_store.py):
 
@@ -35,6 +36,7 @@ from typing import Iterator, Sequence
 from sqlalchemy.engine import Connection, Engine
 
 from storage import accounts, blobrefs, mailboxes, messages, queue
+from storage.access import blocking_only, reads, writes, writes_changes
 from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
 from storage.blobs import BlobRef, BlobStore
@@ -81,6 +83,7 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- transactions
 
+    @blocking_only
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[Connection]:
         """One transaction (commit at the end of the block, rollback if it raises): the only way into the database.
@@ -99,62 +102,76 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- domains
 
+    @writes
     def add_domain(self, name: str, mode: str = "local", relay_to: str = "") -> DomainInfo:
         with self.transaction() as conn:
             return accounts.add_domain(conn, name, mode, relay_to)
 
+    @writes
     def ensure_domain(self, name: str, mode: str = "local", relay_to: str = "") -> DomainInfo:
         """Create or update a domain declared in the config."""
         with self.transaction() as conn:
             return accounts.ensure_domain(conn, name, mode, relay_to)
 
+    @reads
     def get_domain(self, name: str) -> DomainInfo | None:
         with self.transaction(write=False) as conn:
             return accounts.get_domain(conn, name)
 
+    @reads
     def list_domains(self) -> list[DomainInfo]:
         with self.transaction(write=False) as conn:
             return accounts.list_domains(conn)
 
+    @writes
     def remove_domain(self, name: str) -> None:
         with self.transaction() as conn:
             accounts.remove_domain(conn, name)
 
     # ----------------------------------------------------------------------------------------- accounts
 
+    @writes
     def add_account(self, address: str, password_hash: str, display_name: str = "", quota_bytes: int = 0
                     ) -> AccountInfo:
         with self.transaction() as conn:
             return accounts.add_account(conn, address, password_hash, display_name, quota_bytes)
 
+    @reads
     def get_account(self, address: str) -> AccountInfo | None:
         with self.transaction(write=False) as conn:
             return accounts.get_account(conn, address)
 
+    @reads
     def get_account_by_id(self, account_id: int) -> AccountInfo | None:
         with self.transaction(write=False) as conn:
             return accounts.get_account_by_id(conn, account_id)
 
+    @reads
     def list_accounts(self, domain: str | None = None) -> list[AccountInfo]:
         with self.transaction(write=False) as conn:
             return accounts.list_accounts(conn, domain)
 
+    @writes
     def remove_account(self, address: str) -> None:
         with self.transaction() as conn:
             accounts.remove_account(conn, address)
 
+    @writes
     def set_password_hash(self, account_id: int, password_hash: str) -> None:
         with self.transaction() as conn:
             accounts.set_password_hash(conn, account_id, password_hash)
 
+    @writes
     def update_account(self, account_id: int, **values) -> AccountInfo:
         with self.transaction() as conn:
             return accounts.update_account(conn, account_id, **values)
 
+    @writes
     def set_quota(self, address: str, quota_bytes: int) -> AccountInfo:
         with self.transaction() as conn:
             return accounts.set_quota(conn, address, quota_bytes)
 
+    @reads
     def quota(self, account_id: int) -> tuple[int, int]:
         """(used bytes, limit bytes; 0 = unlimited)."""
         with self.transaction(write=False) as conn:
@@ -162,23 +179,28 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- aliases
 
+    @writes
     def add_alias(self, address: str, target: str) -> AliasInfo:
         with self.transaction() as conn:
             return accounts.add_alias(conn, address, target)
 
+    @writes
     def remove_alias(self, address: str, target: str | None = None) -> int:
         with self.transaction() as conn:
             return accounts.remove_alias(conn, address, target)
 
+    @reads
     def list_aliases(self, domain: str | None = None) -> list[AliasInfo]:
         with self.transaction(write=False) as conn:
             return accounts.list_aliases(conn, domain)
 
+    @reads
     def alias_targets(self, address: str) -> list[str]:
         """Targets of the alias ``address`` (exact match; pass "@domain" for the catch-all)."""
         with self.transaction(write=False) as conn:
             return accounts.alias_targets(conn, address)
 
+    @reads
     def addresses_of(self, account_id: int) -> list[str]:
         """The account's own address and every alias that points only at it (the identities it may send as)."""
         with self.transaction(write=False) as conn:
@@ -186,23 +208,28 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- mailboxes
 
+    @reads
     def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
         with self.transaction(write=False) as conn:
             return mailboxes.list_mailboxes(conn, account_id)
 
+    @reads
     def large_mailboxes(self, min_messages: int, limit: int) -> list[MailboxInfo]:
         """The largest mailboxes of every account (at least ``min_messages`` messages), largest first."""
         with self.transaction(write=False) as conn:
             return mailboxes.large_mailboxes(conn, min_messages, limit)
 
+    @reads
     def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         with self.transaction(write=False) as conn:
             return mailboxes.get_mailbox(conn, account_id, name)
 
+    @reads
     def get_mailbox_by_id(self, mailbox_id: int) -> MailboxInfo | None:
         with self.transaction(write=False) as conn:
             return mailboxes.get_mailbox_by_id(conn, mailbox_id)
 
+    @writes_changes
     def create_mailbox(self, account_id: int, name: str, special_use: str = "", *,
                        subscribed: bool = True) -> Changed:
         """Create ``name`` and its missing parents; ``value`` is the MailboxInfo (see mailboxes.create_mailbox)."""
@@ -210,21 +237,25 @@ class Store:
             return mailboxes.create_mailbox(conn, account_id, name, special_use,
                                             subscribed=subscribed)
 
+    @writes_changes
     def delete_mailbox(self, account_id: int, name: str) -> Changed:
         """Delete a mailbox and its messages.  INBOX cannot be deleted; a mailbox with children raises HasChildren."""
         with self.transaction() as conn:
             return mailboxes.delete_mailbox(conn, account_id, name)
 
+    @writes_changes
     def rename_mailbox(self, account_id: int, old: str, new: str) -> Changed:
         """Rename ``old`` (and its children) to ``new``; INBOX's messages move instead (RFC 9051 6.3.6)."""
         with self.transaction() as conn:
             return mailboxes.rename_mailbox(conn, account_id, old, new)
 
+    @writes_changes
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> Changed:
         """SUBSCRIBE / UNSUBSCRIBE ``name``; the mailbox need not exist (RFC 9051 6.3.7)."""
         with self.transaction() as conn:
             return mailboxes.set_subscribed(conn, account_id, name, subscribed)
 
+    @reads
     def list_subscriptions(self, account_id: int) -> list[str]:
         """Every subscribed name, whether or not its mailbox exists."""
         with self.transaction(write=False) as conn:
@@ -232,16 +263,19 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- messages: reads
 
+    @reads
     def list_messages(self, mailbox_id: int) -> list[MessageMeta]:
         """Every message of the mailbox in UID order (what SELECT needs)."""
         with self.transaction(write=False) as conn:
             return messages.list_messages(conn, mailbox_id)
 
+    @reads
     def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
         """Full metadata of the given UIDs (missing ones are left out), in UID order."""
         with self.transaction(write=False) as conn:
             return messages.get_messages(conn, mailbox_id, uids)
 
+    @reads
     def page_messages(self, mailbox_id: int, *, offset: int = 0, limit: int = 50, order: str = "date",
                       descending: bool = True) -> tuple[int, list[MessageInfo]]:
         """One page of a mailbox for lists (webmail): (total count, messages)."""
@@ -249,22 +283,26 @@ class Store:
             return messages.page_messages(conn, mailbox_id, offset=offset, limit=limit, order=order,
                                           descending=descending)
 
+    @reads
     def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageMeta], list[int]]:
         """Messages changed after ``modseq`` and UIDs expunged after it (RFC 7162 CHANGEDSINCE / VANISHED)."""
         with self.transaction(write=False) as conn:
             return messages.changes_since(conn, mailbox_id, modseq)
 
+    @reads
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
         return self.blobs.read(blob_id, start, end)
 
     # ----------------------------------------------------------------------------------------- messages: writes
 
+    @writes_changes
     def deliver_batch(self, deliveries: Sequence[Delivery]) -> Changed:
         """Deliver many messages in one transaction (group commit); ``value`` is a list of DeliveryResult."""
         self.blobs.ensure_synced([d.blob for d in deliveries])  # durable before the metadata commits
         with self.transaction() as conn:
             return messages.deliver_batch(conn, deliveries)
 
+    @writes_changes
     def append(self, account_id: int, mailbox_id: int, blob: BlobRef, parsed: dict, flags: int = 0,
                keywords: tuple[str, ...] = (), internal_date: float | None = None) -> Changed:
         """APPEND one message; ``value`` is (uid_validity, uid).  Raises QuotaExceeded / NotFound."""
@@ -272,6 +310,7 @@ class Store:
         uv, uids = changed.value
         return Changed((uv, uids[0]), changed.changes)
 
+    @writes_changes
     def append_many(self, account_id: int, mailbox_id: int, messages: Sequence[tuple]) -> Changed:
         """APPEND several messages all-or-nothing (RFC 3502 MULTIAPPEND): (blob, parsed, flags, keywords,
         internal_date) each; ``value`` is (uid_validity, [uids]).  Raises QuotaExceeded / NotFound."""
@@ -281,6 +320,7 @@ class Store:
         with self.transaction() as conn:
             return _append_many(conn, account_id, mailbox_id, messages)
 
+    @writes_changes
     def set_flags(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: int,
                   keywords: Sequence[str] = (), unchanged_since: int | None = None) -> Changed:
         """STORE ("add", "remove" or "replace"); ``value`` is a StoreFlagsResult (see messages.set_flags)."""
@@ -288,16 +328,19 @@ class Store:
             return messages.set_flags(conn, mailbox_id, uids, mode, flags, keywords,
                                       unchanged_since)
 
+    @writes_changes
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
         """Remove messages flagged \\Deleted (only among ``uids`` when given: UID EXPUNGE).  ``value``: expunged UIDs."""
         with self.transaction() as conn:
             return messages.expunge(conn, mailbox_id, uids)
 
+    @writes_changes
     def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> Changed:
         """Remove the given messages whatever their flags (POP3 UPDATE state, webmail delete)."""
         with self.transaction() as conn:
             return messages.delete_messages(conn, mailbox_id, uids)
 
+    @writes_changes
     def copy(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False) -> Changed:
         """COPY (or MOVE, RFC 6851: atomic copy + expunge) messages; ``value`` is a CopyResult."""
         with self.transaction() as conn:
@@ -305,6 +348,7 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- blobs
 
+    @writes
     def collect_blobs(self, grace: float = 3600.0) -> int:
         """Delete blobs no message or queue entry references any more (older than ``grace`` seconds)."""
         with self.transaction() as conn:
@@ -312,6 +356,7 @@ class Store:
         self.blobs.remove(ids, grace)
         return len(ids)
 
+    @reads
     def integrity_problems(self) -> list[str]:
         """Rows naming a blob that is not readable (used by the durability test)."""
         with self.transaction(write=False) as conn:
@@ -320,6 +365,7 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- outbound queue
 
+    @writes
     def enqueue(self, sender: str, blob: BlobRef, recipients: Sequence[QueueRecipientSpec], *, envid: str = "",
                 ret: str = "", smtputf8: bool = False, body_8bit: bool = False, account_id: int | None = None,
                 source: str = "submission", next_attempt: float | None = None, queue_id: str | None = None) -> str:
