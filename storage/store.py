@@ -10,6 +10,7 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.messages``       delivery (group commit), APPEND, flags, expunge, copy/move, SELECT/FETCH reads
 ``storage.queue``          the outbound queue (``enqueue`` here; the runner's operations in ``QueueStore``)
 ``storage.blobrefs``       blob reference counts, garbage collection, integrity check
+``storage.webmail``        webmail sessions, contacts, identities, search, conversations
 =========================  =====================================================================================
 
 Each method declares how it may be called (``storage.access``): ``@reads``, ``@writes`` or ``@writes_changes`` (it
@@ -31,11 +32,11 @@ Invariants kept here and in the aggregate modules (tested in tests/test_store.py
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from storage import accounts, blobrefs, mailboxes, messages, queue
+from storage import accounts, blobrefs, mailboxes, messages, queue, webmail
 from storage.access import blocking_only, reads, writes, writes_changes
 from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
@@ -70,6 +71,7 @@ from storage.records import (
     join_keywords,
     split_keywords,
 )
+from storage.webmail import Identity, SearchResult, SessionRow
 
 _append_many = messages.append_many  # Store.append_many's parameter is called ``messages``
 
@@ -378,13 +380,89 @@ class Store:
                                  body_8bit=body_8bit, account_id=account_id, source=source,
                                  next_attempt=next_attempt, queue_id=queue_id)
 
+    # ----------------------------------------------------------------------------------------- webmail
+
+    @writes
+    def create_webmail_session(self, key: str, account_id: int, csrf: str, now: float, ip: str, user_agent: str,
+                               *, idle: float, absolute: float) -> tuple[str, str]:
+        """A new session row (expired ones of the account go); returns the account's (address, display name)."""
+        with self.transaction() as conn:
+            return webmail.create_session(conn, key, account_id, csrf, now, ip, user_agent, idle=idle,
+                                          absolute=absolute)
+
+    @reads
+    def webmail_session(self, key: str) -> SessionRow | None:
+        with self.transaction(write=False) as conn:
+            return webmail.load_session(conn, key)
+
+    @reads
+    def webmail_session_account(self, account_id: int) -> tuple[str, str]:
+        with self.transaction(write=False) as conn:
+            return webmail.session_account(conn, account_id)
+
+    @writes
+    def touch_webmail_session(self, key: str, now: float) -> None:
+        with self.transaction() as conn:
+            webmail.touch_session(conn, key, now)
+
+    @writes
+    def delete_webmail_session(self, key: str) -> None:
+        with self.transaction() as conn:
+            webmail.delete_session(conn, key)
+
+    @writes
+    def delete_other_webmail_sessions(self, account_id: int, keep_key: str) -> int:
+        with self.transaction() as conn:
+            return webmail.delete_other_sessions(conn, account_id, keep_key)
+
+    @reads
+    def count_webmail_sessions(self, account_id: int) -> int:
+        with self.transaction(write=False) as conn:
+            return webmail.count_sessions(conn, account_id)
+
+    @writes
+    def record_contacts(self, account_id: int, people: list[tuple[str, str]]) -> None:
+        """Remember the recipients of a sent message (name, address)."""
+        with self.transaction() as conn:
+            webmail.record_contacts(conn, account_id, people)
+
+    @reads
+    def suggest_contacts(self, account_id: int, prefix: str = "", limit: int = 20) -> list[tuple[str, str]]:
+        with self.transaction(write=False) as conn:
+            return webmail.suggest_contacts(conn, account_id, prefix, limit)
+
+    @reads
+    def identities(self, account_id: int) -> list[Identity]:
+        """One identity per address the account may send as, own address first."""
+        with self.transaction(write=False) as conn:
+            return webmail.identities(conn, account_id)
+
+    @writes
+    def save_identity(self, account_id: int, address: str, name: str, signature: str) -> None:
+        with self.transaction() as conn:
+            webmail.save_identity(conn, account_id, address, name, signature)
+
+    @reads
+    def search_messages(self, account_id: int, mailbox_ids: list[int] | None, text: str, field: str, offset: int,
+                        limit: int, *, body_text: Callable[[bytes, str], str]) -> SearchResult:
+        """The account's messages matching ``text`` in ``field``, newest first (see webmail.search)."""
+        with self.transaction(write=False) as conn:
+            return webmail.search(conn, self.blobs.read, body_text, account_id, mailbox_ids, text, field, offset,
+                                  limit)
+
+    @reads
+    def conversation(self, account_id: int, msg: MessageInfo) -> list[tuple[str, MessageInfo]]:
+        """(mailbox name, message) of the account's messages in ``msg``'s conversation, oldest first."""
+        with self.transaction(write=False) as conn:
+            return webmail.conversation(conn, account_id, msg)
+
 
 # What callers import from here (the names the module had before it was split by aggregate).
 __all__ = [
     "_ADDR_RE", "DEFAULT_MAILBOXES", "MAX_MAILBOX_DEPTH", "MAX_MAILBOX_NAME", "PARSED_COLUMNS", "SEPARATOR",
     "AccountInfo", "AliasInfo", "AlreadyExists", "Change", "Changed", "CopyResult", "Delivery", "DeliveryResult",
-    "DomainInfo", "FlagUpdate", "HasChildren", "Invalid", "MailboxInfo", "MessageInfo", "MessageMeta",
-    "NotFound", "QueueRecipientSpec", "QuotaExceeded", "Store", "StoreError",
+    "DomainInfo", "FlagUpdate", "HasChildren", "Identity", "Invalid", "MailboxInfo", "MessageInfo", "MessageMeta",
+    "NotFound", "QueueRecipientSpec", "QuotaExceeded", "SearchResult", "SessionRow", "Store", "StoreError",
     "StoreFlagsResult", "check_mailbox_name", "join_keywords", "normalize_address", "normalize_mailbox_name",
     "split_keywords", "thread_key",
 ]
