@@ -26,6 +26,9 @@ Invariants kept here and in the aggregate modules (tested in tests/test_store.py
 * ``highest_modseq`` rises on every change of a mailbox; each changed message carries the new modseq (RFC 7162).
 * A message row only ever names a blob that is already durable (the blob store's ``finish()`` / ``ensure_synced``
   runs before the commit).
+* Change events are committed with their data: on PostgreSQL a write transaction sends its changes with
+  ``pg_notify`` before it commits (``storage.pgnotify.notify``), so other processes hear of exactly the committed
+  changes, and of none from a transaction that rolled back.
 * SQLite write transactions begin with ``BEGIN IMMEDIATE`` (storage/db.py), so they never fail upgrading a read lock.
 """
 
@@ -75,6 +78,8 @@ from storage.webmail import Identity, SearchResult, SessionRow
 
 _append_many = messages.append_many  # Store.append_many's parameter is called ``messages``
 
+#: Key of ``Connection.info`` under which a write transaction collects the changes it sends before commit.
+_PENDING = "mailserver_changes"
 
 
 class Store:
@@ -82,6 +87,12 @@ class Store:
         self.engine = engine
         self.blobs = blobs
         self.sqlite = is_sqlite(str(engine.url))
+        self._notify = None
+        if not self.sqlite:
+            from storage import pgnotify
+
+            origin = pgnotify.origin_for(engine)
+            self._notify = lambda conn, changes: pgnotify.notify(conn, changes, origin)
 
     # ----------------------------------------------------------------------------------------- transactions
 
@@ -90,8 +101,9 @@ class Store:
     def transaction(self, write: bool = True) -> Iterator[Connection]:
         """One transaction (commit at the end of the block, rollback if it raises): the only way into the database.
 
-        ``write`` transactions take SQLite's write lock up front (``BEGIN IMMEDIATE``).  Methods that commit
-        metadata naming new blobs call ``blobs.ensure_synced`` before opening it.
+        ``write`` transactions take SQLite's write lock up front (``BEGIN IMMEDIATE``).  Changes registered with
+        :meth:`announce` are sent (PostgreSQL ``pg_notify``) inside the transaction, just before it commits.
+        Methods that commit metadata naming new blobs call ``blobs.ensure_synced`` before opening it.
         """
         with self.engine.connect() as conn:
             if self.sqlite and write:
@@ -99,8 +111,20 @@ class Store:
             try:
                 with conn.begin():
                     yield conn
+                    pending = conn.info.pop(_PENDING, None)
+                    if pending and self._notify is not None:
+                        self._notify(conn, pending)
             finally:
                 conn.info.pop("sqlite_begin", None)
+                conn.info.pop(_PENDING, None)
+
+    @staticmethod
+    @blocking_only
+    def announce(conn: Connection, changed: Changed) -> Changed:
+        """Register ``changed.changes`` with the open transaction ``conn`` (sent before it commits); returns it."""
+        if changed.changes:
+            conn.info.setdefault(_PENDING, []).extend(changed.changes)
+        return changed
 
     # ----------------------------------------------------------------------------------------- domains
 
@@ -236,26 +260,26 @@ class Store:
                        subscribed: bool = True) -> Changed:
         """Create ``name`` and its missing parents; ``value`` is the MailboxInfo (see mailboxes.create_mailbox)."""
         with self.transaction() as conn:
-            return mailboxes.create_mailbox(conn, account_id, name, special_use,
-                                            subscribed=subscribed)
+            return self.announce(conn, mailboxes.create_mailbox(conn, account_id, name, special_use,
+                                                                subscribed=subscribed))
 
     @writes_changes
     def delete_mailbox(self, account_id: int, name: str) -> Changed:
         """Delete a mailbox and its messages.  INBOX cannot be deleted; a mailbox with children raises HasChildren."""
         with self.transaction() as conn:
-            return mailboxes.delete_mailbox(conn, account_id, name)
+            return self.announce(conn, mailboxes.delete_mailbox(conn, account_id, name))
 
     @writes_changes
     def rename_mailbox(self, account_id: int, old: str, new: str) -> Changed:
         """Rename ``old`` (and its children) to ``new``; INBOX's messages move instead (RFC 9051 6.3.6)."""
         with self.transaction() as conn:
-            return mailboxes.rename_mailbox(conn, account_id, old, new)
+            return self.announce(conn, mailboxes.rename_mailbox(conn, account_id, old, new))
 
     @writes_changes
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> Changed:
         """SUBSCRIBE / UNSUBSCRIBE ``name``; the mailbox need not exist (RFC 9051 6.3.7)."""
         with self.transaction() as conn:
-            return mailboxes.set_subscribed(conn, account_id, name, subscribed)
+            return self.announce(conn, mailboxes.set_subscribed(conn, account_id, name, subscribed))
 
     @reads
     def list_subscriptions(self, account_id: int) -> list[str]:
@@ -302,7 +326,7 @@ class Store:
         """Deliver many messages in one transaction (group commit); ``value`` is a list of DeliveryResult."""
         self.blobs.ensure_synced([d.blob for d in deliveries])  # durable before the metadata commits
         with self.transaction() as conn:
-            return messages.deliver_batch(conn, deliveries)
+            return self.announce(conn, messages.deliver_batch(conn, deliveries))
 
     @writes_changes
     def append(self, account_id: int, mailbox_id: int, blob: BlobRef, parsed: dict, flags: int = 0,
@@ -320,33 +344,33 @@ class Store:
             raise Invalid("nothing to append")
         self.blobs.ensure_synced([m[0] for m in messages])
         with self.transaction() as conn:
-            return _append_many(conn, account_id, mailbox_id, messages)
+            return self.announce(conn, _append_many(conn, account_id, mailbox_id, messages))
 
     @writes_changes
     def set_flags(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: int,
                   keywords: Sequence[str] = (), unchanged_since: int | None = None) -> Changed:
         """STORE ("add", "remove" or "replace"); ``value`` is a StoreFlagsResult (see messages.set_flags)."""
         with self.transaction() as conn:
-            return messages.set_flags(conn, mailbox_id, uids, mode, flags, keywords,
-                                      unchanged_since)
+            return self.announce(conn, messages.set_flags(conn, mailbox_id, uids, mode, flags, keywords,
+                                                          unchanged_since))
 
     @writes_changes
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
         """Remove messages flagged \\Deleted (only among ``uids`` when given: UID EXPUNGE).  ``value``: expunged UIDs."""
         with self.transaction() as conn:
-            return messages.expunge(conn, mailbox_id, uids)
+            return self.announce(conn, messages.expunge(conn, mailbox_id, uids))
 
     @writes_changes
     def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> Changed:
         """Remove the given messages whatever their flags (POP3 UPDATE state, webmail delete)."""
         with self.transaction() as conn:
-            return messages.delete_messages(conn, mailbox_id, uids)
+            return self.announce(conn, messages.delete_messages(conn, mailbox_id, uids))
 
     @writes_changes
     def copy(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False) -> Changed:
         """COPY (or MOVE, RFC 6851: atomic copy + expunge) messages; ``value`` is a CopyResult."""
         with self.transaction() as conn:
-            return messages.copy(conn, src_mailbox_id, uids, dst_mailbox_id, move=move)
+            return self.announce(conn, messages.copy(conn, src_mailbox_id, uids, dst_mailbox_id, move=move))
 
     # ----------------------------------------------------------------------------------------- blobs
 
