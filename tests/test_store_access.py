@@ -53,6 +53,16 @@ def test_methods_that_write_are_declared_as_writes():
             assert access.kind == "read", f"Store.{name} only reads but is not declared @reads"
 
 
+def test_methods_with_changes_register_them_with_their_transaction():
+    """A @writes_changes method hands its Changed to Store.announce (sent with pg_notify before the commit), or
+    returns the result of another @writes_changes method that does (Store.append -> Store.append_many)."""
+    methods = _public_methods(Store)
+    publishing = {name for name, m in methods.items() if access_of(m).publishes}
+    for name in publishing:
+        src = inspect.getsource(methods[name])
+        assert "self.announce(conn, " in src or any(f"self.{other}(" in src for other in publishing - {name}), name
+
+
 class _Probe(Store):
     """A Store with extra methods that report the thread they ran on."""
 
