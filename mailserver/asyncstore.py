@@ -1,8 +1,11 @@
 """Deferred-returning access to the store for code on the reactor thread.
 
-Reads run in the ``db_read`` pool, writes in ``db_write`` (one thread for SQLite).  Mutations return
-:class:`storage.store.Changed`; their change events are published on the reactor thread *after* the commit, before the
-caller's Deferred fires, so a session that made a change and a session watching the mailbox see it in the same order.
+``astore.<method>(…)`` runs the Store method of that name in the pool its declaration names (``storage.access``:
+``@reads`` in ``db_read``, ``@writes`` and ``@writes_changes`` in ``db_write``, one thread for SQLite); a method
+without a declaration is refused (AttributeError), so none can fall through to the wrong pool.  The changes of a
+``@writes_changes`` method's :class:`storage.store.Changed` are published on the reactor thread *after* the commit,
+before the caller's Deferred fires, so a session that made a change and a session watching the mailbox see it in the
+same order.
 
 Deliveries go through :class:`GroupCommitter`: requests that arrive while a batch is being written wait and are then
 written together in one transaction (one fsync), which is how one SQLite writer reaches thousands of deliveries a second.
@@ -16,18 +19,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from mailserver.threads import Pools, run_in
+from storage.access import access_of
 from storage.changes import ChangeHub
 from storage.store import Changed, Delivery, DeliveryResult, Store
 
 log = Logger()
-
-#: Store methods that write (run in the writer pool).
-WRITE_METHODS = frozenset({
-    "add_domain", "ensure_domain", "remove_domain", "add_account", "remove_account", "set_password_hash",
-    "update_account", "set_quota", "add_alias", "remove_alias", "create_mailbox", "delete_mailbox", "rename_mailbox",
-    "set_subscribed", "deliver_batch", "append", "append_many", "set_flags", "expunge", "delete_messages", "copy", "collect_blobs",
-    "enqueue",
-})
 
 
 class GroupCommitter:
@@ -186,23 +182,29 @@ class AsyncStore:
         return run_in(self.reactor, self.pools.blob, writer.finish)
 
     def __getattr__(self, name: str) -> Callable[..., Deferred]:
-        method = getattr(self.store, name)
-        if not callable(method) or name.startswith("_"):
-            raise AttributeError(name)
-        pool = self.pools.db_write if name in WRITE_METHODS else self.pools.db_read
-
-        def call(*args, **kwargs) -> Deferred:
-            d = run_in(self.reactor, pool, method, *args, **kwargs)
-            if name in WRITE_METHODS:
-                d.addCallback(self._published)
-            return d
+        store = self.__dict__.get("store")
+        method = getattr(store, name, None) if store is not None and not name.startswith("_") else None
+        access = access_of(method)
+        if access is None or access.kind == "blocking":
+            raise AttributeError(f"Store.{name} is not a unit of work declared with @reads, @writes or "
+                                 "@writes_changes (storage/access.py)")
+        pool = self.pools.db_write if access.writes else self.pools.db_read
+        if access.publishes:
+            def call(*args, **kwargs) -> Deferred:
+                return run_in(self.reactor, pool, method, *args, **kwargs).addCallback(self._published, name)
+        else:
+            def call(*args, **kwargs) -> Deferred:
+                return run_in(self.reactor, pool, method, *args, **kwargs)
 
         call.__name__ = name
+        call.__doc__ = method.__doc__
+        self.__dict__[name] = call  # built once per name
         return call
 
-    def _published(self, result: Any) -> Any:
-        if isinstance(result, Changed):
-            self.publish(result.changes)
+    def _published(self, result: Any, name: str) -> Any:
+        if not isinstance(result, Changed):
+            raise TypeError(f"Store.{name} is declared @writes_changes but returned {type(result).__name__}")
+        self.publish(result.changes)
         return result
 
 

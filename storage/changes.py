@@ -5,9 +5,9 @@ the reactor thread through :class:`ChangeHub`.  A session that watches one mailb
 to that mailbox, whoever owns it; what shows a whole account (the webmail's folder counts) subscribes per account.
 Subscribers apply the events between commands (RFC 9051 7.4.1 keeps sequence numbers consistent that way).
 
-With PostgreSQL, several server processes share one database: :class:`PgNotifyBridge` (storage.pgnotify) forwards every
-published change with ``NOTIFY mailserver_changes`` and replays other processes' notifications into the local hub, so a
-session on node A sees a delivery made on node B.
+With PostgreSQL, several server processes share one database: every write transaction also sends its changes with
+``pg_notify`` before it commits (``Store.transaction``), and :class:`PgNotifyBridge` (storage.pgnotify) replays other
+processes' notifications into the local hub, so a session on node A sees a delivery made on node B.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from storage.parsed import PARSED_FIELDS
+
 
 class Base(DeclarativeBase):
     pass
@@ -116,7 +118,17 @@ class Blob(Base):
     created: Mapped[float] = mapped_column(Float)
 
 
-class Message(Base):
+_SQL_TYPES = {str: Text, int: Integer, float: Float, bool: Boolean}
+
+#: The ``messages`` columns from the one MIME parse at delivery, made from storage.parsed.PARSED_FIELDS (their one
+#: spelling): ENVELOPE and BODYSTRUCTURE as JSON texts, and the fields lists, sorting, threading and the webmail use.
+ParsedColumns = type("ParsedColumns", (), {
+    "__doc__": "Mixin: the parsed-message columns (storage/parsed.py).",
+    **{f.name: mapped_column(_SQL_TYPES[f.type], default=f.default, doc=f.doc) for f in PARSED_FIELDS},
+})
+
+
+class Message(ParsedColumns, Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("mailbox_id", "uid"),
@@ -134,21 +146,7 @@ class Message(Base):
     internal_date: Mapped[float] = mapped_column(Float)
     size: Mapped[int] = mapped_column(BigInteger)
     blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"), index=True)
-    # Parsed once at delivery (mailserver.mime): JSON texts.
-    envelope: Mapped[str] = mapped_column(Text, default="")
-    bodystructure: Mapped[str] = mapped_column(Text, default="")
-    header_size: Mapped[int] = mapped_column(Integer, default=0)
-    # Selected fields for lists, sorting, threading and the webmail.
-    subject: Mapped[str] = mapped_column(Text, default="")
-    from_addr: Mapped[str] = mapped_column(Text, default="")
-    to_addr: Mapped[str] = mapped_column(Text, default="")
-    cc_addr: Mapped[str] = mapped_column(Text, default="")
-    date_sent: Mapped[float] = mapped_column(Float, default=0.0)
-    message_id: Mapped[str] = mapped_column(Text, default="")
-    in_reply_to: Mapped[str] = mapped_column(Text, default="")
-    references: Mapped[str] = mapped_column(Text, default="")
-    preview: Mapped[str] = mapped_column(Text, default="")
-    has_attachment: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The parsed columns (envelope … has_attachment) come from ParsedColumns: storage/parsed.py spells them.
     thread_id: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
@@ -205,3 +203,45 @@ class QueueRecipient(Base):
     route: Mapped[str] = mapped_column(String(300), default="")  # "" = MX, or "host:port" for relay domains
     delay_warned: Mapped[bool] = mapped_column(Boolean, default=False)
     claimed_until: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# --------------------------------------------------------------------------------------------- webmail
+# (migration: storage/migrations/versions/0003_webmail.py)
+
+
+class WebmailSession(Base):
+    """A signed-in browser.  ``id`` is the SHA-256 of the cookie value: a database leak yields no usable cookie."""
+
+    __tablename__ = "webmail_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(300), default="")
+
+
+class WebmailContact(Base):
+    """A recent correspondent of an account (address suggestions in compose)."""
+
+    __tablename__ = "webmail_contacts"
+    __table_args__ = (UniqueConstraint("account_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    last_used: Mapped[float] = mapped_column(Float)
+    use_count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class WebmailIdentity(Base):
+    """Display name and signature of one of the addresses an account may send as (its own or an alias)."""
+
+    __tablename__ = "webmail_identities"
+    __table_args__ = (UniqueConstraint("account_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    signature: Mapped[str] = mapped_column(Text, default="")

@@ -1,9 +1,14 @@
 """Change events between server processes sharing one PostgreSQL database (LISTEN/NOTIFY).
 
-Every batch of changes published in this process is sent with ``NOTIFY mailserver_changes, '<json>'`` (after the
-commit that made them, so a receiver that reacts by reading the database sees the new rows).  A dedicated connection
-in its own thread LISTENs, drops its own process's notifications (``origin``), and hands the others to the reactor,
-which publishes them to the local hub: an IMAP session in IDLE on node A sees a delivery made on node B.
+Sending: every write transaction of the store sends its change events with ``pg_notify('mailserver_changes',
+'<json>')`` *inside that transaction* (``Store.transaction`` calls :func:`notify` just before the commit).
+PostgreSQL delivers a notification only when its transaction commits, and never when it rolls back, so the event is
+committed atomically with the data (no crash can leave one without the other) and a receiver that reacts by reading
+the database sees the new rows.  Each payload names the sending engine's ``origin`` (:func:`origin_for`).
+
+Receiving: a dedicated connection in its own thread LISTENs, drops its own process's notifications (same origin),
+and hands the others to the reactor, which publishes them to the local hub: an IMAP session in IDLE on node A sees a
+delivery made on node B.
 
 Payloads are limited to 8000 bytes by PostgreSQL; larger batches are split.
 
@@ -22,6 +27,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 
 from twisted.logger import Logger
 
@@ -37,6 +43,26 @@ PING_INTERVAL = 30.0
 RECONNECT_DELAY = 1.0
 #: Client-side TCP keepalives of the LISTEN connection (libpq parameters).
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+_FIELDS = tuple(f for f in Change.__dataclass_fields__ if f != "origin")
+
+_origins: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+_origins_lock = threading.Lock()
+
+
+def origin_for(engine) -> str:
+    """The origin id of everything sent through ``engine``: the store sends with it, the bridge skips it."""
+    with _origins_lock:
+        origin = _origins.get(engine)
+        if origin is None:
+            origin = _origins[engine] = uuid.uuid4().hex
+        return origin
+
+
+def notify(conn, changes: list[Change], origin: str) -> None:
+    """Send ``changes`` with ``pg_notify`` in ``conn``'s open transaction: delivered only if it commits."""
+    for p in encode_batches(changes, origin):
+        conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": CHANNEL, "p": p})
 
 
 def _psycopg_dsn(url: str) -> str:
@@ -64,20 +90,30 @@ def _psycopg_dsn(url: str) -> str:
 def encode_batches(changes: list[Change], origin: str) -> list[str]:
     """JSON payloads of at most MAX_PAYLOAD bytes, each ``{"o": origin, "c": [change, ...]}``."""
     out: list[str] = []
-    current: list[dict] = []
+    current: list[str] = []
     size = 0
     for c in changes:
-        item = json.loads(c.to_json())
-        item.pop("origin", None)
-        n = len(json.dumps(item, separators=(",", ":")))
-        if current and size + n > MAX_PAYLOAD - 100:
-            out.append(json.dumps({"o": origin, "c": current}, separators=(",", ":")))
+        item = {f: getattr(c, f) for f in _FIELDS}
+        item["keywords"] = list(c.keywords)
+        text = json.dumps(item, separators=(",", ":"))
+        if len(text) > MAX_PAYLOAD - 200:
+            # A too-long payload would make pg_notify fail, and with it the writing transaction: the data is
+            # worth more than the event, so the event goes without its keywords (the rows have them).
+            log.warn("change event too long for NOTIFY; sent without its keywords")
+            item["keywords"] = []
+            text = json.dumps(item, separators=(",", ":"))
+        if current and size + len(text) > MAX_PAYLOAD - 100:
+            out.append(_payload(origin, current))
             current, size = [], 0
-        current.append(item)
-        size += n + 1
+        current.append(text)
+        size += len(text) + 1
     if current:
-        out.append(json.dumps({"o": origin, "c": current}, separators=(",", ":")))
+        out.append(_payload(origin, current))
     return out
+
+
+def _payload(origin: str, items: list[str]) -> str:
+    return '{"o":' + json.dumps(origin) + ',"c":[' + ",".join(items) + "]}"
 
 
 def decode(payload: str) -> tuple[str, list[Change]]:
@@ -90,17 +126,17 @@ def decode(payload: str) -> tuple[str, list[Change]]:
 
 
 class PgNotifyBridge:
-    """Sends local changes to other processes and publishes theirs locally."""
+    """Publishes other processes' changes locally (this process's own are sent by its store's transactions).
 
-    def __init__(self, reactor, engine, hub: ChangeHub, send_pool):
+    ``send_pool`` is no longer used (sending happens in the writing transaction); it is accepted for callers."""
+
+    def __init__(self, reactor, engine, hub: ChangeHub, send_pool=None):
         self.reactor = reactor
         self.engine = engine
         self.hub = hub
-        self.send_pool = send_pool
-        self.origin = uuid.uuid4().hex
+        self.origin = origin_for(engine)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._unsubscribe = None
         self.received = 0
         #: Set once LISTEN is active (again after each reconnection).
         self.ready = threading.Event()
@@ -109,30 +145,13 @@ class PgNotifyBridge:
         self.application_name = f"mailserver-listen {os.getpid()}"
 
     def start(self) -> None:
-        self._unsubscribe = self.hub.subscribe_all(self._local_changes)
         self._thread = threading.Thread(target=self._listen, name="pg-listen", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-    # ------------------------------------------------------------------ sending (reactor -> pool)
-
-    def _local_changes(self, changes: list[Change]) -> None:
-        payloads = encode_batches(changes, self.origin)
-        self.send_pool.callInThread(self._send, payloads)
-
-    def _send(self, payloads: list[str]) -> None:
-        try:
-            with self.engine.begin() as conn:
-                for p in payloads:
-                    conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": CHANNEL, "p": p})
-        except Exception:
-            log.failure("NOTIFY of change events failed")
 
     # ------------------------------------------------------------------ receiving (thread -> reactor)
 

@@ -218,7 +218,7 @@ class WebmailApp:
         cfg = server.config
         self.redirect_to_https = listener_name == "http" and bool(cfg.listen.https)
         self.renderer = Renderer(cfg)
-        self.sessions = SessionDb(server.store.engine, idle=cfg.webmail.session_idle,
+        self.sessions = SessionDb(server.store, idle=cfg.webmail.session_idle,
                                   absolute=cfg.webmail.session_absolute)
         self.routes = _routes()
         self.cookie_name = SESSION_COOKIE_SECURE if self.secure else SESSION_COOKIE_PLAIN

@@ -17,15 +17,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.engine import Engine
-
-from storage.db import is_sqlite
-from storage.models import Account
-from webmail.models import WebmailSession
-
-S = WebmailSession.__table__
-A = Account.__table__
+from storage.store import Store
 
 #: Seconds between two writes of ``last_seen`` for one session (reads stay cheap).
 TOUCH_INTERVAL = 60.0
@@ -57,20 +49,13 @@ def csrf_equal(expected: str, given: str) -> bool:
 
 
 class SessionDb:
-    """Blocking session operations (call from database pools)."""
+    """Blocking session operations (call from database pools); the rows are kept by the store (storage/webmail.py)."""
 
-    def __init__(self, engine: Engine, *, idle: float, absolute: float, clock=time.time):
-        self.engine = engine
+    def __init__(self, store: Store, *, idle: float, absolute: float, clock=time.time):
+        self.store = store
         self.idle = idle
         self.absolute = absolute
         self.clock = clock
-        self.sqlite = is_sqlite(str(engine.url))
-
-    def _write(self):
-        conn = self.engine.connect()
-        if self.sqlite:
-            conn.info["sqlite_begin"] = "IMMEDIATE"
-        return conn
 
     def create(self, account_id: int, ip: str, user_agent: str) -> tuple[str, SessionInfo]:
         """A new session for ``account_id``: returns (cookie token, info)."""
@@ -78,24 +63,13 @@ class SessionDb:
         key = hash_token(token)
         now = self.clock()
         csrf = secrets.token_urlsafe(24)
-        with self._write() as conn:
-            try:
-                with conn.begin():
-                    conn.execute(S.insert().values(id=key, account_id=account_id, csrf=csrf, created=now,
-                                                   last_seen=now, ip=ip[:64], user_agent=user_agent[:300]))
-                    # Expired sessions of this account are removed while we are here.
-                    conn.execute(delete(S).where(S.c.account_id == account_id,
-                                                 (S.c.last_seen < now - self.idle) |
-                                                 (S.c.created < now - self.absolute)))
-            finally:
-                conn.info.pop("sqlite_begin", None)
-        acct = self.account(account_id)
-        return token, SessionInfo(key, account_id, acct[0], acct[1], csrf, now, now)
+        # Expired sessions of this account are removed while we are here.
+        address, name = self.store.create_webmail_session(key, account_id, csrf, now, ip, user_agent,
+                                                          idle=self.idle, absolute=self.absolute)
+        return token, SessionInfo(key, account_id, address, name, csrf, now, now)
 
     def account(self, account_id: int) -> tuple[str, str]:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(A.c.address, A.c.display_name).where(A.c.id == account_id)).first()
-        return (row.address, row.display_name) if row else ("", "")
+        return self.store.webmail_session_account(account_id)
 
     def load(self, token: str) -> SessionInfo | None:
         """The live session named by ``token`` (None when unknown, expired or the account is disabled)."""
@@ -103,46 +77,27 @@ class SessionDb:
             return None
         key = hash_token(token)
         now = self.clock()
-        with self.engine.connect() as conn:
-            row = conn.execute(select(S.c.id, S.c.account_id, S.c.csrf, S.c.created, S.c.last_seen, A.c.address,
-                                      A.c.display_name, A.c.enabled)
-                               .join(A, A.c.id == S.c.account_id).where(S.c.id == key)).first()
+        row = self.store.webmail_session(key)
         if row is None:
             return None
         if not row.enabled or row.last_seen < now - self.idle or row.created < now - self.absolute:
             self.delete(key)
             return None
-        info = SessionInfo(row.id, row.account_id, row.address, row.display_name, row.csrf, row.created,
+        info = SessionInfo(row.key, row.account_id, row.address, row.display_name, row.csrf, row.created,
                            row.last_seen)
         if now - row.last_seen > TOUCH_INTERVAL:
             self.touch(key, now)
         return info
 
     def touch(self, key: str, now: float) -> None:
-        with self._write() as conn:
-            try:
-                with conn.begin():
-                    conn.execute(update(S).where(S.c.id == key).values(last_seen=now))
-            finally:
-                conn.info.pop("sqlite_begin", None)
+        self.store.touch_webmail_session(key, now)
 
     def delete(self, key: str) -> None:
-        with self._write() as conn:
-            try:
-                with conn.begin():
-                    conn.execute(delete(S).where(S.c.id == key))
-            finally:
-                conn.info.pop("sqlite_begin", None)
+        self.store.delete_webmail_session(key)
 
     def delete_others(self, account_id: int, keep_key: str) -> int:
         """End every other session of the account (after a password change)."""
-        with self._write() as conn:
-            try:
-                with conn.begin():
-                    return conn.execute(delete(S).where(S.c.account_id == account_id, S.c.id != keep_key)).rowcount
-            finally:
-                conn.info.pop("sqlite_begin", None)
+        return self.store.delete_other_webmail_sessions(account_id, keep_key)
 
     def count(self, account_id: int) -> int:
-        with self.engine.connect() as conn:
-            return len(conn.execute(select(S.c.id).where(S.c.account_id == account_id)).all())
+        return self.store.count_webmail_sessions(account_id)

@@ -12,7 +12,7 @@ from mailserver.mime.text import address_list, decode_header_text, format_addres
 from storage.models import FLAG_ANSWERED, FLAG_DRAFT, FLAG_SEEN
 from webmail import compose as cm
 from webmail import message_view as mv
-from webmail import queries, web
+from webmail import web
 from webmail.views.common import folder_tree, mailboxes, open_mailbox, open_message, parse_ref, special
 
 MODES = ("new", "reply", "all", "forward", "forward_att")
@@ -68,8 +68,7 @@ def _main_text(raw: bytes, bs: dict) -> str:
 
 
 async def compose_page(ctx, state: ComposeState | None = None, error: str = "", status: int = 200) -> web.Response:
-    store = ctx.server.store
-    idents = await ctx.app.read(queries.identities, store.engine, store, ctx.account_id)
+    idents = await ctx.astore.identities(ctx.account_id)
     own = {i.address.lower() for i in idents}
     notice = ""
     if state is None:
@@ -90,7 +89,7 @@ async def compose_page(ctx, state: ComposeState | None = None, error: str = "", 
             state.subject = ctx.arg("subject")[:cm.MAX_SUBJECT].replace("\r", "").replace("\n", " ")
             if signature:
                 state.body = "\n\n-- \n" + signature
-    contacts = await ctx.app.read(queries.suggest_contacts, store.engine, ctx.account_id, "", 200)
+    contacts = await ctx.astore.suggest_contacts(ctx.account_id, "", 200)
     mbs = await mailboxes(ctx)
     return ctx.render("compose.html", status=status, state=state, identities=idents, error=error, notice=notice,
                       contacts=contacts, folders=folder_tree(mbs), current_id=None,
@@ -209,9 +208,8 @@ async def compose_submit(ctx) -> web.Response:
     form = ctx.form
     action = form.get("action", "send")
     state = _state_from_form(form)
-    store = ctx.server.store
     try:
-        idents = await ctx.app.read(queries.identities, store.engine, store, ctx.account_id)
+        idents = await ctx.astore.identities(ctx.account_id)
         ident = next((i for i in idents if i.address.lower() == state.from_addr.lower()), None)
         if ident is None:
             raise cm.ComposeError("you may not send as this address")
@@ -260,8 +258,7 @@ async def compose_submit(ctx) -> web.Response:
         except web.HttpError:
             pass
     await _drop_draft(ctx, state.draft_ref)
-    await ctx.app.write(queries.record_contacts, store.engine, ctx.account_id,
-                        list(draft.to + draft.cc + draft.bcc))
+    await ctx.astore.record_contacts(ctx.account_id, list(draft.to + draft.cc + draft.bcc))
     inbox_box = next((m for m in mbs if m.name == "INBOX"), None)
     return web.redirect(f"/m/{inbox_box.id if inbox_box else ''}?notice=sent")
 
@@ -279,7 +276,6 @@ async def _drop_draft(ctx, draft_ref: str) -> None:
 
 
 async def contacts_json(ctx) -> web.Response:
-    store = ctx.server.store
-    rows = await ctx.app.read(queries.suggest_contacts, store.engine, ctx.account_id, ctx.arg("q"), 20)
+    rows = await ctx.astore.suggest_contacts(ctx.account_id, ctx.arg("q"), 20)
     data = [{"name": n, "address": a, "label": format_address(n, a)} for n, a in rows]
     return web.Response(200, json.dumps(data).encode(), "application/json")

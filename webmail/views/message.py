@@ -10,7 +10,7 @@ from mailserver.access import Rights
 from mailserver.mime.parse import parse_structure
 from storage.models import FLAG_SEEN
 from webmail import message_view as mv
-from webmail import queries, web
+from webmail import web
 from webmail.sanitize import document, frame_csp, sanitize_html
 from webmail.views.common import folder_tree, mailboxes, open_message, rights
 
@@ -54,7 +54,7 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
     if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box):  # RFC 4314 4: only with "s"
         await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN)
     mbs = await mailboxes(ctx)
-    thread = await ctx.app.read(queries.conversation, ctx.server.store.engine, ctx.account_id, msg)
+    thread = await ctx.astore.conversation(ctx.account_id, msg)
     names = {m.id: m.name for m in mbs}
     has_html_body = any(b.kind == "html" for b in view.bodies)
     attachments = [a for a in view.attachments

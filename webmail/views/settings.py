@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webmail import queries, web
+from webmail import web
 from webmail.views.common import folder_tree, mailboxes
 
 #: Shortest new password accepted.
@@ -13,9 +13,8 @@ MAX_NAME = 200
 
 
 async def settings_page(ctx, error: str = "", notice: str = "", status: int = 200) -> web.Response:
-    store = ctx.server.store
     acct = await ctx.astore.get_account_by_id(ctx.account_id)
-    idents = await ctx.app.read(queries.identities, store.engine, store, ctx.account_id)
+    idents = await ctx.astore.identities(ctx.account_id)
     mbs = await mailboxes(ctx)
     notice = notice or {"saved": "Settings saved.", "password": "Password changed."}.get(ctx.arg("notice"), "")
     return ctx.render("settings.html", status=status, account=acct, identities=idents, error=error, notice=notice,
@@ -33,13 +32,12 @@ def _text(value: str, limit: int, what: str) -> str:
 async def settings_submit(ctx) -> web.Response:
     form = ctx.form
     op = form.get("op")
-    store = ctx.server.store
     if op == "profile":
         name = _text(form.get("display_name").strip(), MAX_NAME, "display name")
         signature = _text(form.get("signature").replace("\r\n", "\n"), MAX_SIGNATURE, "signature")
         await ctx.astore.update_account(ctx.account_id, display_name=name, signature=signature)
         acct = await ctx.astore.get_account_by_id(ctx.account_id)
-        await ctx.app.write(queries.save_identity, store.engine, ctx.account_id, acct.address, name, signature)
+        await ctx.astore.save_identity(ctx.account_id, acct.address, name, signature)
         return web.redirect("/settings?notice=saved")
     if op == "identity":
         address = form.get("address").strip().lower()
@@ -48,7 +46,7 @@ async def settings_submit(ctx) -> web.Response:
             raise web.NotFoundError()
         name = _text(form.get("name").strip(), MAX_NAME, "name")
         signature = _text(form.get("signature").replace("\r\n", "\n"), MAX_SIGNATURE, "signature")
-        await ctx.app.write(queries.save_identity, store.engine, ctx.account_id, address, name, signature)
+        await ctx.astore.save_identity(ctx.account_id, address, name, signature)
         return web.redirect("/settings?notice=saved")
     if op == "password":
         current, new, again = form.get("current"), form.get("new"), form.get("again")

@@ -1,0 +1,421 @@
+"""Messages: delivery, APPEND, flags, expunge, copy/move and what SELECT and FETCH read.
+
+Functions over an open transaction (``Store.transaction()``).  Invariants kept here (tested in tests/test_store.py):
+
+* UIDs in a mailbox are strictly ascending and never reused: they are reserved with ``UPDATE mailboxes SET uid_next =
+  uid_next + n … RETURNING`` under the mailbox row's write lock (``storage.mailboxes.bump`` and ``_SQL_BUMP_ADD``),
+  so concurrent deliveries from several threads or processes cannot hand out one UID twice.
+* Every change of a mailbox raises its ``highest_modseq``; each changed message carries the new modseq (RFC 7162).
+  Messages of one delivery batch in one mailbox share one new modseq.
+* Expunged UIDs leave a tombstone (``expunged``) with the modseq of their removal, for QRESYNC VANISHED.
+* A mailbox's counters (messages, unseen, size, keywords ever used) and its account's ``used_bytes`` change in the
+  same transaction as the messages.
+* A message row only ever names a blob that is already durable (the caller ran ``BlobStore.ensure_synced``) and holds
+  one reference to it (``storage.blobrefs``).
+
+Every write returns :class:`~storage.records.Changed` with the change events it caused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Iterable, Sequence
+
+from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy.engine import Connection
+
+from storage import blobrefs, mailboxes
+from storage import changes as ch
+from storage.blobs import BlobRef
+from storage.changes import Change
+from storage.errors import Invalid, NotFound, QuotaExceeded
+from storage.models import FLAG_DELETED, FLAG_SEEN, Account, Expunged, Mailbox, Message
+from storage.parsed import column_values
+from storage.records import (
+    Changed,
+    CopyResult,
+    Delivery,
+    DeliveryResult,
+    FlagUpdate,
+    MessageInfo,
+    MessageMeta,
+    StoreFlagsResult,
+    join_keywords,
+    message_info,
+    split_keywords,
+)
+from storage.sql import chunks, on_sqlite
+
+A = Account.__table__
+M = Message.__table__
+MB = Mailbox.__table__
+X = Expunged.__table__
+
+# Hot-path statements (delivery), prepared once: building SQLAlchemy constructs per message costs more than the SQL.
+_SQL_ACCOUNTS = text("SELECT id, used_bytes, quota_bytes FROM accounts WHERE id IN :ids").bindparams(
+    bindparam("ids", expanding=True))
+_SQL_MAILBOXES = text("SELECT id, account_id, name FROM mailboxes WHERE account_id IN :ids").bindparams(
+    bindparam("ids", expanding=True))
+_SQL_BUMP_ADD = text(
+    "UPDATE mailboxes SET uid_next = uid_next + :n, highest_modseq = highest_modseq + 1, "
+    "message_count = message_count + :n, unseen_count = unseen_count + :unseen, total_size = total_size + :size "
+    "WHERE id = :id RETURNING uid_next, highest_modseq, uid_validity")
+_SQL_BLOB_UPSERT = text(
+    "INSERT INTO blobs (id, size, refcount, data, created) VALUES (:id, :size, :n, NULL, :now) "
+    "ON CONFLICT (id) DO UPDATE SET refcount = blobs.refcount + excluded.refcount, created = excluded.created")
+_SQL_ACCOUNT_USED = text("UPDATE accounts SET used_bytes = used_bytes + :size WHERE id = :id")
+_SQL_LIST_MESSAGES = {
+    True: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = ? ORDER BY uid",
+    False: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = %s ORDER BY uid",
+}
+
+
+def thread_key(parsed: dict) -> int:
+    """Conversation id of a message, computed at delivery without any lookup.
+
+    Replies name the thread's first message first in References (RFC 5322 3.6.4), so every message of a conversation
+    hashes the same root id: the first References id, else In-Reply-To, else its own Message-ID.  0 = unknown.
+    """
+    refs = (parsed.get("references") or "").split()
+    root = refs[0] if refs else (parsed.get("in_reply_to") or "").split()[:1] or [parsed.get("message_id") or ""]
+    root = root if isinstance(root, str) else root[0]
+    if not root:
+        return 0
+    return int.from_bytes(hashlib.blake2b(root.strip().lower().encode("utf-8", "replace"), digest_size=7).digest(),
+                          "big") or 1
+
+
+# --------------------------------------------------------------------------------------------- reads
+
+
+def list_messages(conn: Connection, mailbox_id: int) -> list[MessageMeta]:
+    """Every message of the mailbox in UID order (what SELECT needs)."""
+    # Driver-level fetch: for 100,000 rows SQLAlchemy's per-row processing costs more than the query.
+    rows = conn.exec_driver_sql(_SQL_LIST_MESSAGES[on_sqlite(conn)], (mailbox_id,)).fetchall()
+    empty: tuple[str, ...] = ()
+    return [MessageMeta(u, ms, f, tuple(k.split()) if k else empty, sz, d) for u, ms, f, k, sz, d in rows]
+
+
+def get_messages(conn: Connection, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+    """Full metadata of the given UIDs (missing ones are left out), in UID order."""
+    out: list[MessageInfo] = []
+    for chunk in chunks(sorted(set(uids))):
+        out.extend(message_info(r) for r in conn.execute(
+            select(M).where(M.c.mailbox_id == mailbox_id, M.c.uid.in_(chunk))))
+    out.sort(key=lambda m: m.uid)
+    return out
+
+
+def page_messages(conn: Connection, mailbox_id: int, *, offset: int = 0, limit: int = 50, order: str = "date",
+                  descending: bool = True) -> tuple[int, list[MessageInfo]]:
+    """One page of a mailbox for lists (webmail): (total count, messages) using the (mailbox, date) index."""
+    cols = {"date": M.c.internal_date, "uid": M.c.uid, "size": M.c.size, "subject": M.c.subject,
+            "from": M.c.from_addr}
+    col = cols.get(order, M.c.internal_date)
+    total = conn.execute(select(MB.c.message_count).where(MB.c.id == mailbox_id)).scalar() or 0
+    q = select(M).where(M.c.mailbox_id == mailbox_id).order_by(
+        col.desc() if descending else col.asc(), M.c.uid.desc() if descending else M.c.uid.asc()
+    ).offset(offset).limit(limit)
+    return total, [message_info(r) for r in conn.execute(q)]
+
+
+def changes_since(conn: Connection, mailbox_id: int, modseq: int) -> tuple[list[MessageMeta], list[int]]:
+    """Messages changed after ``modseq`` and UIDs expunged after it (RFC 7162 CHANGEDSINCE / VANISHED)."""
+    changed = [MessageMeta(r[0], r[1], r[2], split_keywords(r[3]), r[4], r[5]) for r in conn.execute(
+        select(M.c.uid, M.c.modseq, M.c.flags, M.c.keywords, M.c.size, M.c.internal_date).where(
+            M.c.mailbox_id == mailbox_id, M.c.modseq > modseq).order_by(M.c.uid))]
+    vanished = sorted({r[0] for r in conn.execute(select(X.c.uid).where(
+        X.c.mailbox_id == mailbox_id, X.c.modseq > modseq))})
+    return changed, vanished
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _check_quota(conn: Connection, account_id: int, extra: int) -> None:
+    row = conn.execute(select(A.c.used_bytes, A.c.quota_bytes).where(A.c.id == account_id)).first()
+    if row is None:
+        raise NotFound(f"no account {account_id}")
+    if row.quota_bytes and row.used_bytes + extra > row.quota_bytes:
+        raise QuotaExceeded("mailbox full")
+
+
+def _row_values(mailbox_id: int, uid: int, modseq: int, blob: BlobRef, parsed: dict, flags: int,
+                keywords: Iterable[str], internal_date: float) -> dict:
+    values = column_values(parsed)
+    values.update(mailbox_id=mailbox_id, uid=uid, modseq=modseq, flags=flags, keywords=join_keywords(keywords),
+                  internal_date=internal_date, size=blob.size, blob_id=blob.id, thread_id=thread_key(parsed))
+    return values
+
+
+def _merge_keywords(conn: Connection, mailbox_id: int, keywords: list[str]) -> dict:
+    """The mailbox's new ``keywords`` value when ``keywords`` adds any to it (else nothing to update)."""
+    if not keywords:
+        return {}
+    cur = conn.execute(select(MB.c.keywords).where(MB.c.id == mailbox_id)).scalar() or ""
+    merged = join_keywords(split_keywords(cur) + tuple(keywords))
+    return {"keywords": merged} if merged != cur else {}
+
+
+def _after_add(conn: Connection, mailbox_id: int, account_id: int, n: int, size: int, unseen: int,
+               keywords: list[str]) -> None:
+    vals = {"message_count": MB.c.message_count + n, "unseen_count": MB.c.unseen_count + unseen,
+            "total_size": MB.c.total_size + size, **_merge_keywords(conn, mailbox_id, keywords)}
+    conn.execute(update(MB).where(MB.c.id == mailbox_id).values(**vals))
+    conn.execute(update(A).where(A.c.id == account_id).values(used_bytes=A.c.used_bytes + size))
+
+
+def _select_uids(conn: Connection, query, uids: Sequence[int]) -> list:
+    rows = []
+    for chunk in chunks(sorted(set(uids))):
+        rows.extend(conn.execute(query.where(M.c.uid.in_(chunk))).all())
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- adding
+
+
+def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
+    """Deliver many messages in one transaction (group commit).  ``value`` is a list of DeliveryResult.
+
+    A delivery that cannot be made (no such account, over quota) gets ``ok=False`` without affecting the others.
+    An unexpected database error raises for the whole batch (the caller retries the deliveries one by one).
+
+    Set-based on purpose: the statements per batch grow with the number of distinct mailboxes, accounts and
+    blobs, not with the number of messages; messages of one batch in one mailbox share one new modseq.
+    """
+    now = time.time()
+    results: list[DeliveryResult | None] = [None] * len(deliveries)
+    changes: list[Change] = []
+    account_ids = sorted({d.account_id for d in deliveries})
+    accounts = {r.id: [r.used_bytes, r.quota_bytes] for r in conn.execute(_SQL_ACCOUNTS, {"ids": account_ids})}
+    boxes: dict[tuple[int, str], int] = {}
+    owner: dict[int, int] = {}
+    for r in conn.execute(_SQL_MAILBOXES, {"ids": account_ids}):
+        boxes[(r.account_id, r.name)] = r.id
+        owner[r.id] = r.account_id
+    # Admission (quota counted across the batch) and target mailbox per delivery.
+    per_box: dict[int, list[int]] = {}
+    for i, d in enumerate(deliveries):
+        acct = accounts.get(d.account_id)
+        if acct is None:
+            results[i] = DeliveryResult(False, error="nonexistent")
+            continue
+        if d.check_quota and acct[1] and acct[0] + d.blob.size > acct[1]:
+            results[i] = DeliveryResult(False, error="overquota")
+            continue
+        if d.mailbox_id is not None:
+            if owner.get(d.mailbox_id) != d.account_id:
+                results[i] = DeliveryResult(False, error="nonexistent")
+                continue
+            acct[0] += d.blob.size
+            per_box.setdefault(d.mailbox_id, []).append(i)
+            continue
+        acct[0] += d.blob.size
+        name = mailboxes.normalize_mailbox_name(d.mailbox)
+        mid = boxes.get((d.account_id, name)) or boxes.get((d.account_id, "INBOX"))
+        if mid is None:  # INBOX was never created (legacy data): create it now
+            mid = mailboxes.create_mailbox_row(conn, d.account_id, "INBOX")
+            boxes[(d.account_id, "INBOX")] = mid
+            changes.append(Change(ch.MAILBOX_CREATE, d.account_id, mid, name="INBOX"))
+        per_box.setdefault(mid, []).append(i)
+    rows: list[dict] = []
+    blob_counts: dict[str, list] = {}
+    used: dict[int, int] = {}
+    for mid, idxs in per_box.items():
+        size = sum(deliveries[i].blob.size for i in idxs)
+        unseen = sum(0 if deliveries[i].flags & FLAG_SEEN else 1 for i in idxs)
+        r = conn.execute(_SQL_BUMP_ADD, {"id": mid, "n": len(idxs), "size": size, "unseen": unseen}).first()
+        first_uid, modseq, uid_validity = r[0] - len(idxs), r[1], r[2]
+        merged = _merge_keywords(conn, mid, [k for i in idxs for k in deliveries[i].keywords])
+        if merged:
+            conn.execute(update(MB).where(MB.c.id == mid).values(**merged))
+        for k, i in enumerate(idxs):
+            d = deliveries[i]
+            uid = first_uid + k
+            rows.append(_row_values(mid, uid, modseq, d.blob, d.parsed, d.flags, d.keywords, d.internal_date or now))
+            entry = blob_counts.setdefault(d.blob.id, [d.blob.size, 0])
+            entry[1] += 1
+            used[d.account_id] = used.get(d.account_id, 0) + d.blob.size
+            results[i] = DeliveryResult(True, mid, uid, uid_validity=uid_validity)
+            changes.append(Change(ch.EXISTS, d.account_id, mid, uid=uid, modseq=modseq, flags=d.flags,
+                                  keywords=tuple(d.keywords), size=d.blob.size))
+    if rows:
+        conn.execute(_SQL_BLOB_UPSERT, [{"id": b, "size": v[0], "n": v[1], "now": now}
+                                        for b, v in blob_counts.items()])
+        conn.execute(insert(M), rows)
+        conn.execute(_SQL_ACCOUNT_USED, [{"id": a, "size": n} for a, n in used.items()])
+    return Changed(results, changes)
+
+
+def append_many(conn: Connection, account_id: int, mailbox_id: int, messages: Sequence[tuple]) -> Changed:
+    """APPEND several messages all-or-nothing (RFC 3502 MULTIAPPEND): ``messages`` are (blob, parsed, flags,
+    keywords, internal_date); ``value`` is (uid_validity, [uids]).  Raises QuotaExceeded / NotFound."""
+    if not messages:
+        raise Invalid("nothing to append")
+    total = sum(m[0].size for m in messages)
+    if mailboxes.owner_of(conn, mailbox_id) != account_id:
+        raise NotFound("no such mailbox")
+    _check_quota(conn, account_id, total)
+    first, modseq, uv = mailboxes.bump(conn, mailbox_id, len(messages))
+    now = time.time()
+    unseen = 0
+    all_keywords: list[str] = []
+    changes: list[Change] = []
+    for k, (blob, parsed, flags, keywords, internal_date) in enumerate(messages):
+        blobrefs.ref(conn, blob)
+        conn.execute(insert(M).values(**_row_values(mailbox_id, first + k, modseq, blob, parsed, flags, keywords,
+                                                    internal_date or now)))
+        unseen += 0 if flags & FLAG_SEEN else 1
+        all_keywords.extend(keywords)
+        changes.append(Change(ch.EXISTS, account_id, mailbox_id, uid=first + k, modseq=modseq, flags=flags,
+                              keywords=tuple(keywords), size=blob.size))
+    _after_add(conn, mailbox_id, account_id, len(messages), total, unseen, list(dict.fromkeys(all_keywords)))
+    return Changed((uv, list(range(first, first + len(messages)))), changes)
+
+
+def copy(conn: Connection, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *,
+         move: bool = False) -> Changed:
+    """COPY (or MOVE, RFC 6851: atomic copy + expunge) messages; ``value`` is a CopyResult."""
+    src = mailboxes.owner_of(conn, src_mailbox_id)
+    dst = mailboxes.owner_of(conn, dst_mailbox_id)
+    if src is None or dst is None or src != dst:
+        raise NotFound("no such mailbox")
+    account_id = src
+    rows = _select_uids(conn, select(M).where(M.c.mailbox_id == src_mailbox_id), uids)
+    rows.sort(key=lambda r: r.uid)
+    if not rows:
+        uv = conn.execute(select(MB.c.uid_validity).where(MB.c.id == dst_mailbox_id)).scalar()
+        return Changed(CopyResult(uv, []), [])
+    total = sum(r.size for r in rows)
+    if not move and src_mailbox_id != dst_mailbox_id:
+        _check_quota(conn, account_id, total)
+    first_uid, modseq, uv = mailboxes.bump(conn, dst_mailbox_id, len(rows))
+    pairs = []
+    changes: list[Change] = []
+    skip = {"id", "mailbox_id", "uid", "modseq"}
+    new_rows = []
+    keywords: list[str] = []
+    unseen = 0
+    for i, r in enumerate(rows):
+        vals = {k: v for k, v in r._mapping.items() if k not in skip}
+        vals.update(mailbox_id=dst_mailbox_id, uid=first_uid + i, modseq=modseq)
+        new_rows.append(vals)
+        pairs.append((r.uid, first_uid + i))
+        keywords.extend(split_keywords(r.keywords))
+        unseen += 0 if r.flags & FLAG_SEEN else 1
+        changes.append(Change(ch.EXISTS, account_id, dst_mailbox_id, uid=first_uid + i, modseq=modseq,
+                              flags=r.flags, keywords=split_keywords(r.keywords), size=r.size))
+    conn.execute(insert(M), new_rows)
+    blobrefs.ref_existing(conn, blobrefs.count(r.blob_id for r in rows))
+    _after_add(conn, dst_mailbox_id, account_id, len(rows), total, unseen, list(dict.fromkeys(keywords)))
+    if move:
+        changes = _remove(conn, src_mailbox_id, account_id, rows) + changes
+    return Changed(CopyResult(uv, pairs), changes)
+
+
+# --------------------------------------------------------------------------------------------- flags
+
+
+def set_flags(conn: Connection, mailbox_id: int, uids: Sequence[int], mode: str, flags: int,
+              keywords: Sequence[str] = (), unchanged_since: int | None = None) -> Changed:
+    """STORE: ``mode`` is "add", "remove" or "replace".  ``value`` is a StoreFlagsResult.
+
+    Only messages whose flags really change get a new modseq (RFC 7162 3.1.3 lets unchanged ones keep theirs);
+    with ``unchanged_since`` messages with a higher modseq are left alone and reported in ``modified``.
+    """
+    if mode not in ("add", "remove", "replace"):
+        raise Invalid("bad STORE mode")
+    kw_lower = {k.lower(): k for k in keywords}
+    updated: list[FlagUpdate] = []
+    modified: list[int] = []
+    changes: list[Change] = []
+    mb = conn.execute(select(MB.c.account_id, MB.c.highest_modseq, MB.c.keywords).where(
+        MB.c.id == mailbox_id)).first()
+    if mb is None:
+        raise NotFound("no such mailbox")
+    rows = _select_uids(conn, select(M.c.id, M.c.uid, M.c.modseq, M.c.flags, M.c.keywords).where(
+        M.c.mailbox_id == mailbox_id), uids)
+    rows.sort(key=lambda r: r.uid)
+    new_modseq = mb.highest_modseq + 1
+    unseen_delta = 0
+    for r in rows:
+        if unchanged_since is not None and r.modseq > unchanged_since:
+            modified.append(r.uid)
+            continue
+        old_kw = split_keywords(r.keywords)
+        if mode == "add":
+            nf = r.flags | flags
+            nk = join_keywords(old_kw + tuple(keywords))
+        elif mode == "remove":
+            nf = r.flags & ~flags
+            nk = join_keywords(k for k in old_kw if k.lower() not in kw_lower)
+        else:
+            nf = flags
+            nk = join_keywords(keywords)
+        if nf == r.flags and nk == r.keywords:
+            if unchanged_since is not None:
+                # RFC 7162 3.1.3: still reported with its (unchanged) modseq
+                updated.append(FlagUpdate(r.uid, r.modseq, r.flags, old_kw))
+            continue
+        conn.execute(update(M).where(M.c.id == r.id).values(flags=nf, keywords=nk, modseq=new_modseq))
+        unseen_delta += (0 if nf & FLAG_SEEN else 1) - (0 if r.flags & FLAG_SEEN else 1)
+        fu = FlagUpdate(r.uid, new_modseq, nf, split_keywords(nk))
+        updated.append(fu)
+        changes.append(Change(ch.FLAGS, mb.account_id, mailbox_id, uid=r.uid, modseq=new_modseq, flags=nf,
+                              keywords=fu.keywords))
+    if changes:
+        vals = {"highest_modseq": new_modseq, "unseen_count": MB.c.unseen_count + unseen_delta}
+        if keywords and mode != "remove":
+            merged = join_keywords(split_keywords(mb.keywords) + tuple(keywords))
+            if merged != mb.keywords:
+                vals["keywords"] = merged
+        conn.execute(update(MB).where(MB.c.id == mailbox_id).values(**vals))
+    return Changed(StoreFlagsResult(updated, modified), changes)
+
+
+# --------------------------------------------------------------------------------------------- removing
+
+
+def _remove(conn: Connection, mailbox_id: int, account_id: int, rows) -> list[Change]:
+    """Delete the given message rows, leave tombstones, fix counters; returns EXPUNGE changes."""
+    if not rows:
+        return []
+    _, modseq, _ = mailboxes.bump(conn, mailbox_id, 0)
+    size = sum(r.size for r in rows)
+    unseen = sum(0 if r.flags & FLAG_SEEN else 1 for r in rows)
+    for chunk in chunks([r.id for r in rows]):
+        conn.execute(delete(M).where(M.c.id.in_(chunk)))
+    conn.execute(insert(X), [{"mailbox_id": mailbox_id, "uid": r.uid, "modseq": modseq} for r in rows])
+    blobrefs.unref(conn, blobrefs.count(r.blob_id for r in rows))
+    conn.execute(update(MB).where(MB.c.id == mailbox_id).values(
+        message_count=MB.c.message_count - len(rows), unseen_count=MB.c.unseen_count - unseen,
+        total_size=MB.c.total_size - size))
+    conn.execute(update(A).where(A.c.id == account_id).values(used_bytes=A.c.used_bytes - size))
+    return [Change(ch.EXPUNGE, account_id, mailbox_id, uid=r.uid, modseq=modseq) for r in
+            sorted(rows, key=lambda r: r.uid)]
+
+
+def _removable(mailbox_id: int):
+    return select(M.c.id, M.c.uid, M.c.blob_id, M.c.size, M.c.flags).where(M.c.mailbox_id == mailbox_id)
+
+
+def expunge(conn: Connection, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
+    """Remove messages flagged \\Deleted (only among ``uids`` when given: UID EXPUNGE).  ``value``: expunged UIDs."""
+    account_id = mailboxes.owner_of(conn, mailbox_id)
+    if account_id is None:
+        raise NotFound("no such mailbox")
+    q = _removable(mailbox_id).where(M.c.flags.op("&")(FLAG_DELETED) != 0)
+    rows = conn.execute(q).all() if uids is None else _select_uids(conn, q, uids)
+    changes = _remove(conn, mailbox_id, account_id, rows)
+    return Changed([c.uid for c in changes], changes)
+
+
+def delete_messages(conn: Connection, mailbox_id: int, uids: Sequence[int]) -> Changed:
+    """Remove the given messages whatever their flags (POP3 UPDATE state, webmail delete)."""
+    account_id = mailboxes.owner_of(conn, mailbox_id)
+    if account_id is None:
+        raise NotFound("no such mailbox")
+    changes = _remove(conn, mailbox_id, account_id, _select_uids(conn, _removable(mailbox_id), uids))
+    return Changed([c.uid for c in changes], changes)
