@@ -59,10 +59,40 @@ def origin_for(engine) -> str:
         return origin
 
 
+def channel_for(schema: str) -> str:
+    """The NOTIFY channel of the installation whose tables are in ``schema``. Channels are per database, not per
+    schema: two installations (or parallel test servers) in schemas of one database must not hear each other."""
+    if not schema or schema == "public":
+        return CHANNEL
+    safe = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in schema.lower())
+    return f"{CHANNEL}_{safe}"[:63]  # an identifier: at most 63 bytes
+
+
+_channels: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+
+
+def engine_channel(engine, conn=None) -> str:
+    """The channel of everything stored through ``engine`` (its connections' current schema, looked up once, on
+    ``conn`` when one is open)."""
+    with _origins_lock:
+        channel = _channels.get(engine)
+    if channel is None:
+        if conn is not None:
+            schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
+        else:
+            with engine.connect() as c:
+                schema = c.exec_driver_sql("SELECT current_schema()").scalar()
+        channel = channel_for(schema or "")
+        with _origins_lock:
+            _channels[engine] = channel
+    return channel
+
+
 def notify(conn, changes: list[Change], origin: str) -> None:
     """Send ``changes`` with ``pg_notify`` in ``conn``'s open transaction: delivered only if it commits."""
+    channel = engine_channel(conn.engine, conn)
     for p in encode_batches(changes, origin):
-        conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": CHANNEL, "p": p})
+        conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": channel, "p": p})
 
 
 def _psycopg_dsn(url: str) -> str:
@@ -159,11 +189,14 @@ class PgNotifyBridge:
         import psycopg
 
         dsn = _psycopg_dsn(str(self.engine.url.render_as_string(hide_password=False)))
+        channel = None
         while not self._stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True, application_name=self.application_name,
                                      **KEEPALIVES) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    if channel is None:
+                        channel = channel_for(conn.execute("SELECT current_schema()").fetchone()[0] or "")
+                    conn.execute(f'LISTEN "{channel}"')
                     # LISTEN is active: everything committed from now on is notified; the rest is in the database.
                     self.connects += 1
                     if self.connects > 1:

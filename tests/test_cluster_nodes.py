@@ -142,7 +142,7 @@ class Cluster:
         try:
             migrate.upgrade(engine)
             with engine.begin() as conn:
-                # Ids unlike other tests' (change notifications of every schema share one channel).
+                # Ids unlike other tests' (a second guard: each schema has its own notification channel).
                 conn.exec_driver_sql(f"ALTER SEQUENCE mailboxes_id_seq RESTART WITH {random.randint(10**6, 10**9)}")
             store = Store(engine, DatabaseBlobStore(engine))
             store.ensure_domain("example.test")
@@ -303,7 +303,10 @@ def test_idle_session_sees_every_exists_after_its_listen_connection_is_killed(cl
     a, b = cluster.start(), cluster.start()
     wait_for(lambda: cluster.backends(a.listen_name), what="A listening")
     watcher = psycopg.connect(cluster.db.info.dsn, autocommit=True)  # sees what B notifies
-    watcher.execute("LISTEN mailserver_changes")
+    from storage.pgnotify import channel_for
+
+    schema = cluster.url.rsplit("%3D", 1)[1]  # the test's schema (tests/harness.py fresh_pg_url)
+    watcher.execute(f'LISTEN "{channel_for(schema)}"')
     idle = _imap(a)
     idle.send(b"I IDLE\r\n")
     assert idle.line() == b"+ idling\r\n"

@@ -34,7 +34,8 @@ class Listener:
         self.dsn = pgnotify._psycopg_dsn(url)
         self.origin = pgnotify.origin_for(store.engine)
         self.conn = psycopg.connect(self.dsn, autocommit=True)
-        self.conn.execute(f"LISTEN {pgnotify.CHANNEL}")
+        self.channel = pgnotify.engine_channel(store.engine)
+        self.conn.execute(f'LISTEN "{self.channel}"')
         self.pids: set[int] = set()
 
     def received(self) -> list[Change]:
@@ -43,7 +44,7 @@ class Listener:
 
         sentinel = "sentinel-" + uuid.uuid4().hex
         with psycopg.connect(self.dsn, autocommit=True) as other:
-            other.execute("SELECT pg_notify(%s, %s)", (pgnotify.CHANNEL, json.dumps({"o": sentinel, "c": []})))
+            other.execute("SELECT pg_notify(%s, %s)", (self.channel, json.dumps({"o": sentinel, "c": []})))
         out: list[Change] = []
         for n in self.conn.notifies(timeout=10):
             origin, changes = pgnotify.decode(n.payload)
