@@ -81,6 +81,23 @@ class Stream:
     content_type: str = "text/event-stream; charset=utf-8"
 
 
+_C0_OR_SPACE = "".join(chr(i) for i in range(0x21))
+
+
+def local_path(target: str, fallback: str = "/") -> str:
+    """``target`` if it is a path on this site, else ``fallback``: for redirects to a user-supplied place
+    (``?next=``, ``back=``).
+
+    Judged as a browser will read it (the WHATWG URL parser drops leading and trailing C0 controls and spaces and
+    every TAB, CR and LF, so ``/\t/evil.test/`` is ``//evil.test/``): one "/" followed by neither "/" nor "\\"
+    (browsers read "\\" as "/"), and no control character left anywhere."""
+    cleaned = target.strip(_C0_OR_SPACE).replace("\t", "").replace("\r", "").replace("\n", "")
+    if (not cleaned.startswith("/") or cleaned[1:2] in ("/", "\\") or "\\" in cleaned
+            or any(ord(c) < 0x20 or c == "\x7f" for c in cleaned)):
+        return fallback
+    return cleaned
+
+
 def redirect(location: str, status: int = 303) -> Response:
     check_header_value(location)
     return Response(status, b"", headers=[("Location", location)])

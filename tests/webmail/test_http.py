@@ -10,6 +10,8 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+import pytest
+
 from mailserver.config import ListenAddress
 from mailserver.service import Listening
 from tests.harness import running_server
@@ -502,3 +504,21 @@ def test_bidi_controls_in_attachment_names_are_removed(tmp_path):
         r, _ = c.get(link)
         assert "invoicefdp.exe" in r.headers["Content-Disposition"]
         assert "%E2%80%AE" not in r.headers["Content-Disposition"].upper()
+
+
+@pytest.mark.parametrize("query", ["/%09/evil.test/", "/%0D%0A/evil.test", "%20//evil.test/", "/%5Cevil.test/",
+                                   "%5C%5Cevil.test/", "https://evil.test/", "//evil.test", "/%09%09/evil.test"])
+def test_login_next_never_leaves_the_site(tmp_path, query):
+    """An open redirect through ?next= (as browsers read a Location: TAB, CR, LF dropped, "\\" as "/") lands on
+    "/": both the page's own next field and a next posted as it came."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        srv.add_user(ALICE, PW)
+        c = Client(srv)
+        r, page = c.get("/login?next=" + query)
+        kept = re.search(rb'name="next" value="([^"]*)"', page).group(1).decode()
+        assert kept == "/"
+        pre = re.search(rb'name="_pre" value="([^"]+)"', page).group(1).decode()
+        r, _ = c.post("/login", {"_pre": pre, "username": ALICE, "password": PW,
+                                 "next": urllib.parse.unquote(query)})
+        assert r.status == 303
+        assert r.headers["Location"] == "/"

@@ -19,12 +19,9 @@ MAX_LOGIN_FIELD = 1024
 
 
 def safe_next(target: str) -> str:
-    """Only local paths: no scheme, no host, no protocol-relative "//", no backslashes."""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target or any(c in target for c in "\r\n"):
-        return "/"
-    if target.startswith(("/login", "/logout")):
-        return "/"
-    return target
+    """Where to go after signing in: a local path (web.local_path), never back to the login or logout page."""
+    target = web.local_path(target)
+    return "/" if target.startswith(("/login", "/logout")) else target
 
 
 async def root(ctx) -> web.Response:

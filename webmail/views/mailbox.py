@@ -109,9 +109,7 @@ async def bulk_action(ctx, mb: str) -> web.Response:
             uids.append(int(v))
         except ValueError:
             raise web.BadRequest("bad message id") from None
-    back = ctx.form.get("back") or f"/m/{box.id}"
-    if not back.startswith("/") or back.startswith("//"):
-        back = f"/m/{box.id}"
+    back = web.local_path(ctx.form.get("back") or "", f"/m/{box.id}")
     if not uids:
         return web.redirect(back)
     mbs = await mailboxes(ctx)
