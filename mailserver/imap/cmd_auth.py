@@ -66,7 +66,7 @@ async def starttls(s: ImapSession, cmd: c.StartTLS):
 
 
 async def _authenticated(s: ImapSession, username: str, password: str) -> Ok:
-    result = await s.server.auth.authenticate(username, password, s.client_ip)
+    result = await s.services.auth.authenticate(username, password, s.client_ip)
     if not result.ok:
         log.info("imap login failed for {user} from {ip} ({reason})", user=username[:100], ip=s.client_ip,
                  reason=result.reason)

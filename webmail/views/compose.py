@@ -68,7 +68,7 @@ def _main_text(raw: bytes, bs: dict) -> str:
 
 
 async def compose_page(ctx, state: ComposeState | None = None, error: str = "", status: int = 200) -> web.Response:
-    store = ctx.server.store
+    store = ctx.services.store
     idents = await ctx.app.read(queries.identities, store.engine, store, ctx.account_id)
     own = {i.address.lower() for i in idents}
     notice = ""
@@ -209,7 +209,7 @@ async def compose_submit(ctx) -> web.Response:
     form = ctx.form
     action = form.get("action", "send")
     state = _state_from_form(form)
-    store = ctx.server.store
+    store = ctx.services.store
     try:
         idents = await ctx.app.read(queries.identities, store.engine, store, ctx.account_id)
         ident = next((i for i in idents if i.address.lower() == state.from_addr.lower()), None)
@@ -236,7 +236,7 @@ async def compose_submit(ctx) -> web.Response:
             extra = (("X-Webmail-Reply-Ref", state.reply_ref),) if parse_ref(state.reply_ref) else ()
             raw = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True, extra_headers=extra)
             drafts = special(mbs, "\\Drafts")
-            res = await deliver_raw(ctx.server, ctx.account_id, raw, mailbox=drafts.name if drafts else "Drafts",
+            res = await deliver_raw(ctx.services, ctx.account_id, raw, mailbox=drafts.name if drafts else "Drafts",
                                     flags=FLAG_SEEN | FLAG_DRAFT, check_quota=True, producer=DRAFT)
             if not res.ok:
                 raise cm.ComposeError(f"the draft could not be saved ({res.reason})")
@@ -246,11 +246,11 @@ async def compose_submit(ctx) -> web.Response:
             raise cm.ComposeError("add at least one recipient")
         wire = await ctx.app.cpu(cm.build, draft, message_id=message_id)
         copy = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True)
-        await cm.send(ctx.server, ctx.account_id, ident.address, draft.recipients(), wire, client_ip=ctx.client_ip)
+        await cm.send(ctx.services, ctx.account_id, ident.address, draft.recipients(), wire, client_ip=ctx.client_ip)
     except cm.ComposeError as e:
         return await compose_page(ctx, state, str(e), 400)
     sent = special(mbs, "\\Sent")
-    await deliver_raw(ctx.server, ctx.account_id, copy, mailbox=sent.name if sent else "Sent", flags=FLAG_SEEN,
+    await deliver_raw(ctx.services, ctx.account_id, copy, mailbox=sent.name if sent else "Sent", flags=FLAG_SEEN,
                       check_quota=False, producer=SENT_COPY)
     ref = parse_ref(state.reply_ref)
     if ref is not None:
@@ -279,7 +279,7 @@ async def _drop_draft(ctx, draft_ref: str) -> None:
 
 
 async def contacts_json(ctx) -> web.Response:
-    store = ctx.server.store
+    store = ctx.services.store
     rows = await ctx.app.read(queries.suggest_contacts, store.engine, ctx.account_id, ctx.arg("q"), 20)
     data = [{"name": n, "address": a, "label": format_address(n, a)} for n, a in rows]
     return web.Response(200, json.dumps(data).encode(), "application/json")

@@ -79,7 +79,7 @@ async def search(ctx) -> web.Response:
     page = ctx.int_arg("page", 1, 1, 10_000)
     result = queries.SearchResult([], False)
     if text:
-        result = await ctx.app.read(queries.search, ctx.server.store.engine, ctx.server.store.blobs.read,
+        result = await ctx.app.read(queries.search, ctx.services.store.engine, ctx.services.store.blobs.read,
                                     ctx.account_id, [box.id] if box else None, text, field, (page - 1) * size, size)
     names = {m.id: m.name for m in mbs}
 

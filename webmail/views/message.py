@@ -54,7 +54,7 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
     if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box):  # RFC 4314 4: only with "s"
         await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN)
     mbs = await mailboxes(ctx)
-    thread = await ctx.app.read(queries.conversation, ctx.server.store.engine, ctx.account_id, msg)
+    thread = await ctx.app.read(queries.conversation, ctx.services.store.engine, ctx.account_id, msg)
     names = {m.id: m.name for m in mbs}
     has_html_body = any(b.kind == "html" for b in view.bodies)
     attachments = [a for a in view.attachments

@@ -13,7 +13,7 @@ MAX_NAME = 200
 
 
 async def settings_page(ctx, error: str = "", notice: str = "", status: int = 200) -> web.Response:
-    store = ctx.server.store
+    store = ctx.services.store
     acct = await ctx.astore.get_account_by_id(ctx.account_id)
     idents = await ctx.app.read(queries.identities, store.engine, store, ctx.account_id)
     mbs = await mailboxes(ctx)
@@ -33,7 +33,7 @@ def _text(value: str, limit: int, what: str) -> str:
 async def settings_submit(ctx) -> web.Response:
     form = ctx.form
     op = form.get("op")
-    store = ctx.server.store
+    store = ctx.services.store
     if op == "profile":
         name = _text(form.get("display_name").strip(), MAX_NAME, "display name")
         signature = _text(form.get("signature").replace("\r\n", "\n"), MAX_SIGNATURE, "signature")
@@ -56,7 +56,7 @@ async def settings_submit(ctx) -> web.Response:
             return await settings_page(ctx, "The new passwords do not match.", status=400)
         if not MIN_PASSWORD <= len(new) <= MAX_PASSWORD:
             return await settings_page(ctx, f"Use at least {MIN_PASSWORD} characters.", status=400)
-        result = await ctx.server.auth.authenticate(ctx.session.address, current, ctx.client_ip)
+        result = await ctx.services.auth.authenticate(ctx.session.address, current, ctx.client_ip)
         if not result.ok or result.account_id != ctx.account_id:
             return await settings_page(ctx, "The current password is wrong.", status=403)
         from mailserver.auth import PasswordHasher
@@ -64,9 +64,9 @@ async def settings_submit(ctx) -> web.Response:
         hasher = PasswordHasher(ctx.config.auth.default_scheme)
         from mailserver.threads import run_in
 
-        new_hash = await run_in(ctx.server.reactor, ctx.server.pools.hash, hasher.hash, new)
+        new_hash = await run_in(ctx.services.reactor, ctx.services.pools.hash, hasher.hash, new)
         await ctx.astore.update_account(ctx.account_id, password_hash=new_hash)
-        ctx.server.auth.forget(ctx.session.address)
+        ctx.services.auth.forget(ctx.session.address)
         # Every other signed-in browser of this account is signed out.
         await ctx.app.write(ctx.app.sessions.delete_others, ctx.account_id, ctx.session.key)
         return web.redirect("/settings?notice=password")
