@@ -230,10 +230,7 @@ class ImapSession:
 
     @property
     def plaintext_allowed(self) -> bool:
-        auth = self.services.auth
-        if auth is None:
-            return self.tls_active
-        return bool(auth.plaintext_allowed(self.client_ip, self.tls_active))
+        return self.services.auth.plaintext_allowed(self.client_ip, self.tls_active)
 
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",

@@ -21,7 +21,6 @@ listener of the server and, with PostgreSQL, by every process on the database.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer, interfaces, protocol
@@ -196,9 +195,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             return
         self._counted = True
         implicit = self.factory.implicit_tls
-        auth = services.auth
-        plaintext = bool(auth.plaintext_allowed(self.client_ip, False)) if auth is not None else _loopback(
-            self.client_ip)
+        # The policy's answer for this client without TLS (the session adds TLS once it is active).
+        plaintext = services.auth.plaintext_allowed(self.client_ip, False)
         self.session = S.Pop3Session(
             hostname=services.config.hostname,
             limits=services.config.limits,
@@ -406,13 +404,6 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         d.addCallbacks(done, failed)
 
     _login_name = ""
-
-
-def _loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 class Pop3Factory(protocol.Factory):
