@@ -523,7 +523,6 @@ class ImapSession:
     def _login(self, account_id: int, username: str) -> None:
         self.state = AUTHENTICATED
         self.principal = Principal(account_id, username)
-        log.info("imap login {user} from {ip}", user=username, ip=self.client_ip)
 
     # -- authorization ----------------------------------------------------------------------------------------
     async def open_mailbox(self, name: str, spec: Spec | None = None):

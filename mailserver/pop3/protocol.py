@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailserver import login as login_mod
 from mailserver.access import BlockingMailboxAccess, MailboxNotFound, Principal, Rights
 from mailserver.connections import close_transport, refuse
 from mailserver.pop3 import session as S
@@ -284,24 +285,20 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
 
     def _authenticate(self, req: S.Authenticate) -> None:
         self._login_name = req.username
-        d = self.factory.services.auth.authenticate(req.username, req.password, self.client_ip)
+        d = login_mod.login(self.factory.services.auth, req.username, req.password, self.client_ip, "pop3")
 
-        def done(result):
+        def done(attempt: login_mod.Login):
             if not self._alive():
                 return
-            if result.ok:
+            if attempt.outcome == login_mod.TEMPFAIL:
+                self._carry_out(self.session.auth_error())
+                return
+            result = attempt.result
+            if attempt.ok:
                 self._login_name = result.address or req.username
-            else:
-                log.info("pop3 login failed for {user} from {ip} ({reason})", user=req.username[:100],
-                         ip=self.client_ip, reason=result.reason)
             self._carry_out(self.session.auth_result(result.ok, result.account_id, result.reason))
 
-        def failed(f):
-            log.failure("pop3 authentication error", f)
-            if self._alive():
-                self._carry_out(self.session.auth_error())
-
-        d.addCallbacks(done, failed)
+        d.addCallback(done).addErrback(lambda f: log.failure("pop3 glue error", f))
 
     def _open_maildrop(self, req: S.OpenMaildrop) -> None:
         services = self.factory.services
@@ -321,8 +318,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
                 return
             if not self._alive():
                 return
-            log.info("pop3 login {user} from {ip}: {n} messages", user=self._login_name, ip=self.client_ip,
-                     n=len(maildrop.entries))
+            log.info("pop3 maildrop of {user} opened from {ip}: {n} messages", user=self._login_name,
+                     ip=self.client_ip, n=len(maildrop.entries))
             self._carry_out(self.session.maildrop_opened(maildrop, self._login_name))
 
         def failed(f):

@@ -19,12 +19,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
+from mailserver import login as login_mod
 from mailserver.auth import is_loopback
 from mailserver.config import IMPLICIT_TLS
 from mailserver.connections import close_transport, refuse
 from mailserver.delivery import envelope as ev
 from mailserver.delivery import router as router_mod
 from mailserver.delivery.pipeline import Ingest
+from mailserver.login import Login
 from mailserver.smtp import codes
 from mailserver.smtp.session import (
     AuthResult,
@@ -260,19 +262,15 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         return d.addCallback(decide)
 
     def _check_auth(self, a: CheckAuth) -> defer.Deferred:
-        d = self.services.auth.authenticate(a.username, a.password, self.ip)
-
-        def done(res) -> AuthResult:
-            if res.ok:
-                log.info("smtp login {user} from {ip}", user=res.address, ip=self.ip)
+        def done(attempt: Login) -> AuthResult:
+            if attempt.ok:
+                res = attempt.result
                 return AuthResult(Identity(res.address, res.account_id, res.address))
-            log.info("smtp login failed for {user!r} from {ip} ({reason})", user=a.username[:100], ip=self.ip,
-                     reason=res.reason)
-            if res.reason == "throttled":
-                return AuthResult(None, codes.AUTH_TEMPFAIL)
-            return AuthResult(None, codes.AUTH_INVALID)  # never says whether the account exists
+            if attempt.outcome == login_mod.INVALID:
+                return AuthResult(None, codes.AUTH_INVALID)  # never says whether the account exists
+            return AuthResult(None, codes.AUTH_TEMPFAIL)  # throttled, tempfail: RFC 4954 6, 454 4.7.0
 
-        return d.addCallback(done)
+        return login_mod.login(self.services.auth, a.username, a.password, self.ip, "smtp").addCallback(done)
 
     def _message_start(self, envelope) -> None:
         s = self.session
