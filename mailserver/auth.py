@@ -56,6 +56,7 @@ from passlib.context import CryptContext
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from mailserver import sasl
 from mailserver.clusterstate import MAX_TRACKED_KEYS, LocalLoginFailures, LoginFailures
 from mailserver.config import AuthConfig, LimitsConfig
 
@@ -466,12 +467,10 @@ class Authenticator:
         return defer.ensureDeferred(self._authenticate(username, password, client_ip))
 
     def plaintext_allowed(self, client_ip: str, tls_active: bool) -> bool:
-        """Whether a plaintext mechanism (PLAIN, LOGIN, USER/PASS, IMAP LOGIN) may be offered and used.
-
-        RFC 3501 6.2.3 / RFC 9051 6.2.3 (LOGINDISABLED), RFC 4954 4 and RFC 8314: never send passwords in the
-        clear, except over loopback or when the administrator allowed it.
-        """
-        return tls_active or self._config.allow_plaintext_without_tls or is_loopback(client_ip)
+        """Whether a plaintext mechanism (PLAIN, LOGIN, USER/PASS, IMAP LOGIN) may be offered and used: the one
+        policy of :func:`mailserver.sasl.plaintext_allowed` for ``client_ip``."""
+        return sasl.plaintext_allowed(tls_active=tls_active, loopback=is_loopback(client_ip),
+                                      allow_without_tls=self._config.allow_plaintext_without_tls)
 
     def forget(self, address: str) -> None:
         """Drop every cached success for ``address`` (after a password change or disabling)."""

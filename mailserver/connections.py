@@ -80,8 +80,3 @@ def refuse(transport, clock: IReactorTime, message: bytes, *, tls_handshake_pend
         return None
     transport.write(message)
     return close_transport(transport, clock)
-
-
-def limiter_for(server, family: str, max_per_ip: int) -> ConnectionLimiter:
-    """The one limiter of a protocol family (``smtp``, ``imap``, ``pop3``), shared by its listeners."""
-    return server.extra.setdefault(f"{family}_connections", ConnectionLimiter(max_per_ip))

@@ -18,13 +18,11 @@ def parsed_columns(raw: bytes) -> dict:
     return parse(raw)
 
 
-def deliver_raw(server, account_id: int, raw: bytes, *, mailbox: str = "INBOX", flags: int = 0,
+def deliver_raw(services, account_id: int, raw: bytes, *, mailbox: str = "INBOX", flags: int = 0,
                 keywords: tuple[str, ...] = (), internal_date: float | None = None, check_quota: bool = True,
                 producer: str = LOCAL) -> defer.Deferred:
     """Deliver ``raw`` into ``mailbox`` of the account (a missing mailbox falls back to INBOX); fires with the
     recipient's :class:`~mailserver.delivery.envelope.Outcome` (``ok``, ``mailbox_id``, ``uid``, ``reason``)."""
-    from mailserver.delivery.pipeline import pipeline_for
-
     request = Request(producer, placement=Placement(account_id, mailbox, None, flags, tuple(keywords), internal_date),
                       check_quota=check_quota)
-    return pipeline_for(server).ingest(request, raw).addCallback(lambda result: result.outcomes[0])
+    return services.pipeline.ingest(request, raw).addCallback(lambda result: result.outcomes[0])

@@ -21,6 +21,18 @@ from __future__ import annotations
 import base64
 import binascii
 
+
+def plaintext_allowed(*, tls_active: bool, loopback: bool, allow_without_tls: bool) -> bool:
+    """The one policy for plaintext mechanisms (PLAIN, LOGIN, IMAP LOGIN, POP3 USER/PASS), for every protocol.
+
+    RFC 3501 6.2.3 / RFC 9051 6.2.3 (LOGINDISABLED), RFC 4954 4, RFC 5034 and RFC 8314: never take passwords in the
+    clear, except from loopback (as Dovecot allows) or when ``[auth] allow_plaintext_without_tls`` says so.
+    :meth:`mailserver.auth.Authenticator.plaintext_allowed` asks it with a client address; the sans-IO SMTP session
+    asks it with its peer's facts.
+    """
+    return tls_active or loopback or allow_without_tls
+
+
 # ------------------------------------------------------------------------------------------- named limits
 
 #: Longest client response, in base64 octets, accepted before decoding (fits the largest valid PLAIN

@@ -9,9 +9,11 @@ authenticator and TLS context, then listen on every ``[listen]`` address.  A lis
 Stop order (SIGTERM/SIGINT): stop accepting, give open sessions a short grace period, close the rest, let the group
 committer finish, stop the pools, dispose of the engine.
 
-Each protocol package provides ``build_factory(server, listener_name) -> Factory``; the table below maps listener
-names to them.  Protocols reach shared services through the server: ``config``, ``store`` (blocking: thread pools
-only), ``astore`` (Deferreds), ``hub``, ``auth``, ``tls``, ``pools``, ``reactor``, ``blobs``, ``cluster``.
+Each protocol package provides ``build_factory(services, listener_name) -> Factory``; the table below maps listener
+names to them.  Protocols get what they use from the :class:`~mailserver.services.Services` built at start (typed
+fields: ``config``, ``store`` (blocking: thread pools only), ``astore`` (Deferreds), ``hub``, ``auth``, ``tls``,
+``pools``, ``reactor``, ``cluster``, ``router``, ``pipeline``, ``kick_queue``, the per-process ``state``), never from
+the server.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from zope.interface import alsoProvides, implementer
 from mailserver import clusterstate
 from mailserver.asyncstore import AsyncStore
 from mailserver.config import IMPLICIT_TLS, Config, ConfigError, ListenAddress
+from mailserver.delivery.pipeline import Pipeline
+from mailserver.delivery.router import build_router
+from mailserver.delivery.runner import ReactorRunner
+from mailserver.services import BoundListener, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
 from storage.blobs import DatabaseBlobStore, FileBlobStore
@@ -207,7 +213,9 @@ class MailServer(MultiService):
         self.listening: list[Listening] = []
         self.started_at = 0.0
         self.secret = secrets.token_bytes(32)
-        self.extra: dict[str, object] = {}  # per-protocol shared state (e.g. per-IP session counters)
+        #: The Services the protocols are given (built at start, once the store and the authenticator exist; not
+        #: ``services``, which is MultiService's list of child services).
+        self.provided: Services | None = None
         self.queue_runner = None
         self.pg_bridge = None
         self._gc = None
@@ -272,6 +280,7 @@ class MailServer(MultiService):
                 self.tls = server_context_factory(cfg)
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
+        self.provided = self._make_services()
         for name, address in cfg.listen.items():
             self._listen(name, address)
         self._gc = task.LoopingCall(self._collect_blobs)
@@ -280,13 +289,28 @@ class MailServer(MultiService):
         if cfg.queue.run:
             from mailserver.delivery.queue import QueueRunner
 
-            self.queue_runner = QueueRunner(self, **self.queue_options)
+            self.queue_runner = QueueRunner(self.provided, **self.queue_options)
             self.queue_runner.start()
         self.started_at = time.time()
         log.info("open files limit {soft} (hard {hard})", soft=soft, hard=hard)
         for lst in self.listening:
             log.info("listening {name} on {address}", name=lst.name,
                      address=str(ListenAddress(lst.address.host, lst.bound_port)))
+
+    def _make_services(self) -> Services:
+        router = build_router(self.config, self.store)
+        runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
+        return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
+                        auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
+                        pipeline=Pipeline(runner, self.config, router, self.store.blobs), kick_queue=self.kick_queue,
+                        listeners=self._bound_listeners, running=lambda: self.running)
+
+    def _bound_listeners(self) -> list[BoundListener]:
+        out = []
+        for lst in self.listening:
+            bound = lst.port.getHost()
+            out.append(BoundListener(lst.name, getattr(bound, "host", lst.address.host), bound.port))
+        return out
 
     def _make_authenticator(self):
         from mailserver.auth import Authenticator, Credentials, PasswordHasher
@@ -316,7 +340,7 @@ class MailServer(MultiService):
             module = importlib.import_module(module_name)
         except ImportError as e:
             raise ListenError(f"listen.{name}: protocol module {module_name} is not available ({e})") from None
-        factory = getattr(module, func_name)(self, name)
+        factory = getattr(module, func_name)(self.provided, name)
         factory.noisy = False
         wrapper = TrackingFactory(factory, clock=self.reactor, implicit_tls=name in IMPLICIT_TLS,
                                   handshake_timeout=self.config.limits.tls_handshake_timeout)

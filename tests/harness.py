@@ -126,6 +126,11 @@ class ServerHandle:
         self.config = server.config
         self.store = server.store
 
+    @property
+    def services(self):
+        """The running server's :class:`mailserver.services.Services` (what its protocols are given)."""
+        return self.server.provided
+
     def port(self, name: str) -> int:
         return self.server.port(name)
 
@@ -134,7 +139,7 @@ class ServerHandle:
 
     def server_sessions(self, family: str) -> int:
         """Connections the server counts as open for a protocol family (``smtp``, ``imap``, ``pop3``)."""
-        limiter = self.server.extra.get(f"{family}_connections")
+        limiter = self.server.provided.state.connections.get(family)
         return call(limiter.count) if limiter is not None else 0
 
     def wait_for(self, condition, timeout: float = 10.0) -> None:
@@ -156,7 +161,7 @@ class ServerHandle:
 
         acct = self.store.get_account(address)
         assert acct is not None, f"no account {address}"
-        return call(deliver_raw, self.server, acct.id, raw, mailbox=mailbox, **kwargs)
+        return call(deliver_raw, self.server.provided, acct.id, raw, mailbox=mailbox, **kwargs)
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """The webmail's ``twisted.web`` site: one route table, one dispatcher, security headers and errors in one place.
 
-``build_factory(server, listener_name)`` is what :mod:`mailserver.service` calls for the ``http`` and ``https``
+``build_factory(services, listener_name)`` is what :mod:`mailserver.service` calls for the ``http`` and ``https``
 listeners.  On ``https`` (or on ``http`` when no ``https`` listener is configured) it serves the whole webmail; on
 ``http`` next to an ``https`` listener it serves only the paths mail clients fetch over plain HTTP (autoconfig,
 autodiscover) and redirects everything else to ``https``.
@@ -21,7 +21,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from mailserver.connections import limiter_for
 from webmail import web
 from webmail.connection import WebConnection, connection_of
 from webmail.render import Renderer
@@ -156,12 +155,12 @@ class Ctx:
     cookies_out: list[str] = field(default_factory=list)
 
     @property
-    def server(self):
-        return self.app.server
+    def services(self):
+        return self.app.services
 
     @property
     def astore(self):
-        return self.app.server.astore
+        return self.app.services.astore
 
     @property
     def account_id(self) -> int:
@@ -170,7 +169,7 @@ class Ctx:
 
     @property
     def config(self):
-        return self.app.server.config
+        return self.app.services.config
 
     def arg(self, name: str, default: str = "") -> str:
         v = self.query.get(name)
@@ -211,14 +210,14 @@ class Ctx:
 class WebmailApp:
     """Shared state of one listener's site."""
 
-    def __init__(self, server, listener_name: str):
-        self.server = server
+    def __init__(self, services, listener_name: str):
+        self.services = services
         self.listener_name = listener_name
         self.secure = listener_name == "https"
-        cfg = server.config
+        cfg = services.config
         self.redirect_to_https = listener_name == "http" and bool(cfg.listen.https)
         self.renderer = Renderer(cfg)
-        self.sessions = SessionDb(server.store, idle=cfg.webmail.session_idle,
+        self.sessions = SessionDb(services.store, idle=cfg.webmail.session_idle,
                                   absolute=cfg.webmail.session_absolute)
         self.routes = _routes()
         self.cookie_name = SESSION_COOKIE_SECURE if self.secure else SESSION_COOKIE_PLAIN
@@ -233,17 +232,17 @@ class WebmailApp:
     def read(self, f, *args, **kwargs) -> defer.Deferred:
         from mailserver.threads import run_in
 
-        return run_in(self.server.reactor, self.server.pools.db_read, f, *args, **kwargs)
+        return run_in(self.services.reactor, self.services.pools.db_read, f, *args, **kwargs)
 
     def write(self, f, *args, **kwargs) -> defer.Deferred:
         from mailserver.threads import run_in
 
-        return run_in(self.server.reactor, self.server.pools.db_write, f, *args, **kwargs)
+        return run_in(self.services.reactor, self.services.pools.db_write, f, *args, **kwargs)
 
     def cpu(self, f, *args, **kwargs) -> defer.Deferred:
         from mailserver.threads import run_in
 
-        return run_in(self.server.reactor, self.server.pools.cpu, f, *args, **kwargs)
+        return run_in(self.services.reactor, self.services.pools.cpu, f, *args, **kwargs)
 
     # -- dispatch
 
@@ -287,7 +286,7 @@ class WebmailApp:
                 return web.redirect("/login?next=" + quote(request.uri.decode("latin-1"), safe=""))
             raise HttpError(401, "Not signed in")
         if method == "POST":
-            limit = route.max_body if route.max_body is not None else self.server.config.limits.http_max_body
+            limit = route.max_body if route.max_body is not None else self.services.config.limits.http_max_body
             if request.too_large or request.body_size > limit:
                 raise HttpError(413, "The request is too large")
             self._check_origin(ctx)
@@ -326,7 +325,7 @@ class WebmailApp:
         """301 to the same path over https, on a host name we serve or the address the client connected to (never
         the client's Host as such: a ``Host: evil.test`` must not make us redirect there)."""
         try:
-            https_port = self.server.port("https")
+            https_port = self.services.port("https")
         except KeyError:
             https_port = 443
         asked = request.getHeader("host") or ""
@@ -335,7 +334,7 @@ class WebmailApp:
         if asked in self.served_names or (asked and asked.strip("[]") == local):
             host = asked
         else:
-            host = self.server.config.hostname
+            host = self.services.config.hostname
         port = "" if https_port == 443 else f":{https_port}"
         uri = request.uri.decode("latin-1")
         if not uri.startswith("/") or uri.startswith("//"):
@@ -436,11 +435,11 @@ class WebSite(server.Site):
         # is the tighter bound while no request is being answered.
         super().__init__(WebmailResource(app), timeout=300)
         self.app = app
-        limits = app.server.config.limits
-        self.limiter = limiter_for(app.server, "http", limits.http_max_connections_per_ip)
+        limits = app.services.config.limits
+        self.limiter = app.services.state.limiter("http", limits.http_max_connections_per_ip)
         self.header_timeout = limits.http_header_timeout
         #: The clock of the header deadlines (tests pass a ``task.Clock``).
-        self.clock = app.server.reactor
+        self.clock = app.services.reactor
 
         class _Req(WebRequest):
             pass
@@ -459,7 +458,7 @@ class WebSite(server.Site):
 
 
 
-def build_factory(server_, listener_name: str) -> WebSite:
+def build_factory(services, listener_name: str) -> WebSite:
     """The Site for the ``http`` or ``https`` listener."""
-    app = WebmailApp(server_, listener_name)
-    return WebSite(app, server_.config.limits.http_max_body)
+    app = WebmailApp(services, listener_name)
+    return WebSite(app, services.config.limits.http_max_body)

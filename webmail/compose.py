@@ -228,7 +228,7 @@ class SendResult:
 
 
 @inlineCallbacks
-def send(server, account_id: int, mail_from: str, recipients: list[str], raw: bytes, *, client_ip: str = ""):
+def send(services, account_id: int, mail_from: str, recipients: list[str], raw: bytes, *, client_ip: str = ""):
     """Submit ``raw`` from ``account_id`` as ``mail_from`` to ``recipients`` (fires with a :class:`SendResult`).
 
     This is the one place the webmail hands mail over (:func:`mailserver.delivery.submit.submit`): sender ownership
@@ -242,7 +242,7 @@ def send(server, account_id: int, mail_from: str, recipients: list[str], raw: by
     from mailserver.delivery.submit import SubmitError, submit
 
     try:
-        result = yield submit(server, account_id, mail_from, recipients, raw, client_ip=client_ip, via="webmail")
+        result = yield submit(services, account_id, mail_from, recipients, raw, client_ip=client_ip, via="webmail")
     except SubmitError as e:
         raise ComposeError(str(e)) from None
     return SendResult(result.queue_id, result.delivered_locally, result.queued)

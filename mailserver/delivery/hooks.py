@@ -13,7 +13,7 @@ complete and written, and returns a :class:`HookResult` (or a Deferred / corouti
 ``reply`` is any reply-like object with ``code``, ``enhanced`` (RFC 3463) and ``lines`` (an SMTP reply constant
 fits); only its enhanced code and first line reach the outcome.  Hooks run in registration order; the first
 reject/tempfail wins and stops the chain; tags accumulate; a later redirect replaces an earlier one.  The hooks of
-``server.extra["smtp_hooks"]`` run once per message, for every producer that is not placing into an exact mailbox;
+``Pipeline.hooks`` (``services.pipeline.hooks``) run once per message, for every producer that is not placing into an exact mailbox;
 a check that decides per recipient is a :class:`~mailserver.delivery.stages.Stage` instead.
 """
 

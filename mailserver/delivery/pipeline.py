@@ -24,7 +24,7 @@ writer=w)``), or the whole message (``ingest(request, raw)``).  Then, for every 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Sequence
+from typing import Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -51,16 +51,17 @@ LOCAL_ERROR_TEXT = "Local error in processing, try again later"
 
 
 class Pipeline:
-    """Shared by every producer of one server (``pipeline_for(server)``) or made by a tool with an InlineRunner."""
+    """Shared by every producer of one server (``services.pipeline``) or made by a tool with an InlineRunner."""
 
-    def __init__(self, runner, config, router, blobs, *, hooks: Callable[[], Sequence] = tuple):
+    def __init__(self, runner, config, router, blobs, *, hooks: Sequence = ()):
         self.runner = runner
         self.config = config
         self.router = router
         self.blobs = blobs
         self.checks: list = []  # registered check stages (delivery/stages.py Stage), in order
         self.filter = NoFilter()
-        self._hooks = hooks
+        #: Message-level check hooks (``delivery/hooks.py``), run in this order before the registered checks.
+        self.hooks: list = list(hooks)
 
     def register(self, stage) -> None:
         """Add a check stage after the others."""
@@ -72,7 +73,7 @@ class Pipeline:
     def check_stages(self, request: Request) -> list:
         """The check stages that run for ``request``: the message hooks, then the registered checks; a request for
         an exact mailbox keeps only those that declare ``exact_mailbox``."""
-        hooks = self._hooks()
+        hooks = tuple(self.hooks)
         stages = ([HookStage(hooks)] if hooks else []) + self.checks
         if request.exact_mailbox:
             stages = [s for s in stages if getattr(s, "exact_mailbox", False)]
@@ -458,16 +459,3 @@ def _all_as(ingests: list[Ingest], outcome_of) -> list[IngestResult]:
     for i in ingests:
         i.abort()
     return [IngestResult(i.queue_id, i.size, (outcome_of(i),)) for i in ingests]
-
-
-def pipeline_for(server) -> Pipeline:
-    """The server's one shared pipeline (built on first use, after the store is open)."""
-    pipeline = server.extra.get("pipeline")
-    if pipeline is None:
-        from mailserver.delivery.router import router_for
-        from mailserver.delivery.runner import ReactorRunner
-
-        pipeline = Pipeline(ReactorRunner(server), server.config, router_for(server), server.store.blobs,
-                            hooks=lambda: server.extra.get("smtp_hooks", ()))
-        server.extra["pipeline"] = pipeline
-    return pipeline

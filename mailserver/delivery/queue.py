@@ -1,6 +1,6 @@
 """The outbound queue runner: claims due recipients, routes, delivers with our SMTP client, records, reports.
 
-``QueueRunner(server)`` runs on the reactor thread; everything blocking runs in the server's pools (claims and results
+``QueueRunner(services)`` runs on the reactor thread; everything blocking runs in the server's pools (claims and results
 in ``db_write``, DNS in ``dns``, bodies in ``blob``, DKIM and reports in ``cpu``).
 
 Scheduling: a poll claims due recipient rows (:class:`storage.queue.QueueStore`, leased so several processes can share
@@ -82,24 +82,24 @@ class QueueRunner:
     smarthost's certificate), ``timeouts`` and ``connect_timeout``.
     """
 
-    def __init__(self, server, *, clock=None, rng: random.Random | None = None, port: int = 25,
+    def __init__(self, services, *, clock=None, rng: random.Random | None = None, port: int = 25,
                  port_map: dict[str, int] | None = None, resolver: DnsResolver | None = None,
                  smarthost_ca_file: str = "", timeouts: Timeouts | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT):
-        self.server = server
-        self.config = server.config
-        self.qc = server.config.queue
-        self.reactor = server.reactor
-        self.clock = clock or server.reactor
+        self.services = services
+        self.config = services.config
+        self.qc = services.config.queue
+        self.reactor = services.reactor
+        self.clock = clock or services.reactor
         self.rng = rng or random.Random()
         self.port = port
         self.port_map = {k.lower(): v for k, v in (port_map or {}).items()}
-        self.resolver = resolver or DnsResolver(server.config.dns)
-        self.smarthost_ca_file = smarthost_ca_file or server.config.queue.smarthost.ca_file
+        self.resolver = resolver or DnsResolver(services.config.dns)
+        self.smarthost_ca_file = smarthost_ca_file or services.config.queue.smarthost.ca_file
         self.timeouts = timeouts or Timeouts()
         self.connect_timeout = connect_timeout
-        self.queue = QueueStore(server.store)
-        self.dkim = DkimSigner(server.config.data_dir)
+        self.queue = QueueStore(services.store)
+        self.dkim = DkimSigner(services.config.data_dir)
         self._dkim_cache: dict[int, bytes] = {}
         self.running: dict[int, _Running] = {}
         self.waiting: deque[WorkItem] = deque()
@@ -125,7 +125,7 @@ class QueueRunner:
 
         @defer.inlineCallbacks
         def go():
-            if self.server.store.sqlite:
+            if self.services.store.sqlite:
                 n = yield self._db(self.queue.release_all)
                 if n:
                     log.info("queue: released {n} recipient lease(s) left by the previous run", n=n)
@@ -174,7 +174,7 @@ class QueueRunner:
     # ----------------------------------------------------------------------------------------- helpers
 
     def _db(self, f, *args, **kwargs) -> defer.Deferred:
-        return run_in(self.reactor, self.server.pools.db_write, f, *args, **kwargs)
+        return run_in(self.reactor, self.services.pools.db_write, f, *args, **kwargs)
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -218,7 +218,7 @@ class QueueRunner:
                     self._start_waiting()
                 if self._poll_again or (items and free - len(items) > 0):
                     continue
-                next_due = yield run_in(self.reactor, self.server.pools.db_read, self.queue.next_due)
+                next_due = yield run_in(self.reactor, self.services.pools.db_read, self.queue.next_due)
                 if self._poll_again:
                     continue
                 delay = POLL_INTERVAL if next_due is None else min(POLL_INTERVAL, next_due - self.now())
@@ -330,14 +330,14 @@ class QueueRunner:
                 return True
             return any(p == port and (h == ip or h in ("0.0.0.0", "::")) for h, p in own)
 
-        dns_pool = self.server.pools.dns
+        dns_pool = self.services.pools.dns
         base = ClientPolicy(helo_name=self.config.hostname, tls="opportunistic", timeouts=self.timeouts)
         cached = self._routes.get(item.domain)
         if not item.route and cached is not None and cached[0] > self.reactor.seconds():
             return cached[1], base, TlsSettings(), False
         relay_to = item.route
         if not relay_to:
-            dom = yield run_in(self.reactor, self.server.pools.db_read, self.server.store.get_domain, item.domain)
+            dom = yield run_in(self.reactor, self.services.pools.db_read, self.services.store.get_domain, item.domain)
             if dom is not None and dom.mode == "relay":
                 relay_to = dom.relay_to
         if relay_to:
@@ -362,14 +362,7 @@ class QueueRunner:
         return hops, base, TlsSettings(), False
 
     def _own_endpoints(self) -> list[tuple[str, int]]:
-        out = []
-        for lst in getattr(self.server, "listening", []):
-            try:
-                h = lst.port.getHost()
-                out.append((h.host, h.port))
-            except Exception:
-                pass
-        return out
+        return [(lst.host, lst.port) for lst in self.services.listeners()]
 
     @defer.inlineCallbacks
     def _try_hops(self, item: WorkItem, rows, hops: list[Hop], policy: ClientPolicy, tls: TlsSettings,
@@ -381,7 +374,7 @@ class QueueRunner:
         final: dict[str, tuple[RcptResult, str]] = {}
         last_temp: dict[str, tuple[RcptResult, str]] = {}
         dsn_offered = False
-        store = self.server.store
+        store = self.services.store
         for hop in hops:
             for ip in hop.addresses:
                 if not pending:
@@ -390,7 +383,7 @@ class QueueRunner:
                                m.size + len(prefix), m.body_8bit, m.smtputf8, m.envid, m.ret)
                 session = SmtpClientSession(env, policy)
                 session = yield run_session(self.reactor, ip, hop.port, session,
-                                            lambda: store.blobs.open(m.blob_id), self.server.pools.blob, tls=tls,
+                                            lambda: store.blobs.open(m.blob_id), self.services.pools.blob, tls=tls,
                                             implicit_tls=implicit, prefix=prefix,
                                             connect_timeout=self.connect_timeout, registry=self.connections)
                 dsn_offered = dsn_offered or session.dsn_offered
@@ -415,14 +408,14 @@ class QueueRunner:
         m = item.message
         if m.source == "bounce" or m.id in self._dkim_cache:
             return self._dkim_cache.get(m.id, b"")
-        blobs = self.server.store.blobs
+        blobs = self.services.store.blobs
         sig = b""
         try:
-            head = yield run_in(self.reactor, self.server.pools.blob, blobs.read, m.blob_id, 0, dsnlib.HEADER_READ_MAX)
-            domain = yield run_in(self.reactor, self.server.pools.db_read, self._signing_domain, head)
+            head = yield run_in(self.reactor, self.services.pools.blob, blobs.read, m.blob_id, 0, dsnlib.HEADER_READ_MAX)
+            domain = yield run_in(self.reactor, self.services.pools.db_read, self._signing_domain, head)
             if domain:
-                raw = yield run_in(self.reactor, self.server.pools.blob, blobs.read, m.blob_id)
-                sig = yield run_in(self.reactor, self.server.pools.cpu, self.dkim.signature_headers, raw, domain)
+                raw = yield run_in(self.reactor, self.services.pools.blob, blobs.read, m.blob_id)
+                sig = yield run_in(self.reactor, self.services.pools.cpu, self.dkim.signature_headers, raw, domain)
         except Exception:
             log.failure("queue: DKIM signing failed for message {qid}; sending unsigned", qid=m.public_id)
             sig = b""
@@ -436,7 +429,7 @@ class QueueRunner:
         from mailserver.delivery.dkim import from_domain
 
         domain = from_domain(head)
-        if not domain or not self.dkim.has_keys(domain) or self.server.store.get_domain(domain) is None:
+        if not domain or not self.dkim.has_keys(domain) or self.services.store.get_domain(domain) is None:
             return ""
         return domain
 
@@ -515,14 +508,14 @@ class QueueRunner:
         """Build a report and hand it to the sender: their INBOX when local, else the queue with ``<>``."""
         m = item.message
         full = dsnlib.return_full(kind, m.ret, m.size)
-        blobs = self.server.store.blobs
+        blobs = self.services.store.blobs
         if full:
-            original = yield run_in(self.reactor, self.server.pools.blob, blobs.read, m.blob_id)
+            original = yield run_in(self.reactor, self.services.pools.blob, blobs.read, m.blob_id)
         else:
-            head = yield run_in(self.reactor, self.server.pools.blob, blobs.read, m.blob_id, 0,
+            head = yield run_in(self.reactor, self.services.pools.blob, blobs.read, m.blob_id, 0,
                                 dsnlib.HEADER_READ_MAX)
             original = dsnlib.split_header(head)
-        raw = yield run_in(self.reactor, self.server.pools.cpu, lambda: dsnlib.build_report(
+        raw = yield run_in(self.reactor, self.services.pools.cpu, lambda: dsnlib.build_report(
             kind=kind, reporting_mta=self.config.hostname, sender=m.sender, recipients=rows, original=original,
             original_is_full=full, envid=m.envid, arrival=m.created, now=now))
         yield self.send_to(m.sender, raw)
@@ -530,10 +523,9 @@ class QueueRunner:
 
     def send_to(self, address: str, raw: bytes):
         """Deliver a report to ``address``: locally when it is ours, else queued with the null sender."""
-        from mailserver.delivery.pipeline import pipeline_for
         from mailserver.delivery.reports import send_report
 
-        return send_report(pipeline_for(self.server), address, raw)
+        return send_report(self.services.pipeline, address, raw)
 
 
 def _kind(reply: ServerReply) -> str:

@@ -242,12 +242,3 @@ def build_router(config, store) -> Router:
     return Router(store, separator=config.smtp.subaddress_separator, max_depth=config.limits.alias_max_depth,
                   max_targets=config.limits.alias_max_targets,
                   default_domain=local_domains[0] if local_domains else "", postmaster=config.smtp.postmaster)
-
-
-def router_for(server) -> Router:
-    """The server's one shared Router (SMTP listeners, the ingest pipeline), built from its configuration."""
-    router = server.extra.get("router")
-    if router is None:
-        router = build_router(server.config, server.store)
-        server.extra["router"] = router
-    return router

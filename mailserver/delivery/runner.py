@@ -1,6 +1,6 @@
 """Where the pipeline's blocking work runs.
 
-:class:`ReactorRunner` (the server): blob and parse work in the blob pool, routing reads in ``db_read``, local
+:class:`ReactorRunner` (a running server): blob and parse work in the blob pool, routing reads in ``db_read``, local
 deliveries through the group committer (``AsyncStore.deliver``), change events published.  :class:`InlineRunner`
 (command-line tools, no reactor): the same calls made at once in the calling thread, each returning a Deferred that
 has already fired, so the pipeline's coroutine completes before ``finish()`` returns.
@@ -15,29 +15,32 @@ from mailserver.threads import run_in
 
 
 class ReactorRunner:
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, reactor, pools, astore, kick_queue):
+        self.reactor = reactor
+        self.pools = pools
+        self.astore = astore
+        self._kick_queue = kick_queue
 
     def blob(self, f, *args, **kwargs) -> defer.Deferred:
-        return run_in(self.server.reactor, self.server.pools.blob, f, *args, **kwargs)
+        return run_in(self.reactor, self.pools.blob, f, *args, **kwargs)
 
     def read(self, f, *args, **kwargs) -> defer.Deferred:
-        return run_in(self.server.reactor, self.server.pools.db_read, f, *args, **kwargs)
+        return run_in(self.reactor, self.pools.db_read, f, *args, **kwargs)
 
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
-        return self.server.astore.read_blob(blob_id, start, end)
+        return self.astore.read_blob(blob_id, start, end)
 
     def deliver(self, delivery) -> defer.Deferred:
-        return self.server.astore.deliver(delivery)
+        return self.astore.deliver(delivery)
 
     def append_many(self, account_id: int, mailbox_id: int, items) -> defer.Deferred:
-        return self.server.astore.append_many(account_id, mailbox_id, items)
+        return self.astore.append_many(account_id, mailbox_id, items)
 
     def enqueue(self, *args, **kwargs) -> defer.Deferred:
-        return self.server.astore.enqueue(*args, **kwargs)
+        return self.astore.enqueue(*args, **kwargs)
 
     def kick_queue(self) -> None:
-        self.server.kick_queue()
+        self._kick_queue()
 
 
 class InlineRunner:

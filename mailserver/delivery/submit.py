@@ -15,7 +15,6 @@ from twisted.internet import defer
 
 from mailserver.address import AddressError, parse_mailbox
 from mailserver.delivery.envelope import WEBMAIL, ClientInfo, Envelope, IngestResult, Recipient, Request
-from mailserver.delivery.pipeline import pipeline_for
 from mailserver.delivery.router import LOCAL, OVER_QUOTA
 
 
@@ -39,14 +38,14 @@ def _normalize_crlf(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
-def submit(server, account_id: int, mail_from: str, recipients: list[str], raw: bytes, *, client_ip: str = "",
+def submit(services, account_id: int, mail_from: str, recipients: list[str], raw: bytes, *, client_ip: str = "",
            via: str = "webmail") -> defer.Deferred:
     """Submit ``raw`` as ``mail_from`` to ``recipients``; fires with a SubmitResult or fails with SubmitError."""
-    return defer.ensureDeferred(_submit(server, account_id, mail_from, recipients, raw, client_ip, via))
+    return defer.ensureDeferred(_submit(services, account_id, mail_from, recipients, raw, client_ip, via))
 
 
-async def _submit(server, account_id, mail_from, recipients, raw, client_ip, via) -> SubmitResult:
-    pipeline = pipeline_for(server)
+async def _submit(services, account_id, mail_from, recipients, raw, client_ip, via) -> SubmitResult:
+    pipeline = services.pipeline
     router, runner = pipeline.router, pipeline.runner
     try:
         sender = parse_mailbox(mail_from)
@@ -57,7 +56,7 @@ async def _submit(server, account_id, mail_from, recipients, raw, client_ip, via
         raise SubmitError("5.7.1", f"you may not send as {mail_from}")
     if not recipients:
         raise SubmitError("5.5.2", "no recipients")
-    limit = server.config.limits.smtp_max_recipients
+    limit = services.config.limits.smtp_max_recipients
     if len(recipients) > limit:
         raise SubmitError("5.5.3", f"at most {limit} recipients")
     raw = _normalize_crlf(raw)
@@ -74,7 +73,7 @@ async def _submit(server, account_id, mail_from, recipients, raw, client_ip, via
     smtputf8 = not sender.address.isascii() or any(not r.isascii() for r in recipients)
     envelope = Envelope(sender, tuple(rcpts), size=len(raw), body="8BITMIME" if not raw.isascii() else "",
                         smtputf8=smtputf8)
-    account = await server.astore.get_account_by_id(account_id)
+    account = await services.astore.get_account_by_id(account_id)
     client = ClientInfo(ip=client_ip or "127.0.0.1", helo=via, esmtp=True,
                         authenticated=account.address if account else "", account_id=account_id, submission=True)
     result = await pipeline.ingest(Request(WEBMAIL, envelope=envelope, client=client, log=True), raw)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
+from mailserver import login as login_mod
 from mailserver import sasl
 
 from . import commands as c
@@ -65,14 +66,15 @@ async def starttls(s: ImapSession, cmd: c.StartTLS):
     return REPLIED
 
 
-async def _authenticated(s: ImapSession, username: str, password: str) -> Ok:
-    result = await s.server.auth.authenticate(username, password, s.client_ip)
-    if not result.ok:
-        log.info("imap login failed for {user} from {ip} ({reason})", user=username[:100], ip=s.client_ip,
-                 reason=result.reason)
-        if result.reason == "throttled":
-            raise No("too many failed attempts, try later", "UNAVAILABLE")
-        raise No("authentication failed", "AUTHENTICATIONFAILED")
+async def _authenticated(s: ImapSession, username: str, password: str, name: str) -> Ok:
+    attempt = await login_mod.login(s.services.auth, username, password, s.client_ip, "imap")
+    if attempt.outcome == login_mod.THROTTLED:
+        raise No("too many failed attempts, try later", "UNAVAILABLE")  # RFC 5530 3
+    if attempt.outcome == login_mod.INVALID:
+        raise No("authentication failed", "AUTHENTICATIONFAILED")  # RFC 5530 3
+    if attempt.outcome == login_mod.TEMPFAIL:
+        raise No(f"{name} failed: server error", "SERVERBUG")  # as the dispatcher answers any failure
+    result = attempt.result
     s._login(result.account_id, result.address or username)
     # RFC 9051 6.2.2: the tagged OK may carry the new capabilities.
     return Ok("logged in", s._capability_code())
@@ -81,7 +83,7 @@ async def _authenticated(s: ImapSession, username: str, password: str) -> Ok:
 async def login(s: ImapSession, cmd: c.Login):
     if not s.plaintext_allowed:
         raise No("LOGIN needs TLS (use STARTTLS)", "PRIVACYREQUIRED")  # RFC 9051 6.2.3 LOGINDISABLED
-    return await _authenticated(s, cmd.username, cmd.password)
+    return await _authenticated(s, cmd.username, cmd.password, "LOGIN")
 
 
 async def authenticate(s: ImapSession, cmd: c.Authenticate):
@@ -98,7 +100,7 @@ async def authenticate(s: ImapSession, cmd: c.Authenticate):
         if line is None:
             raise Bad("literal in SASL response")
         exchange.respond(line.strip())
-    return await _authenticated(s, exchange.username, exchange.password)
+    return await _authenticated(s, exchange.username, exchange.password, "AUTHENTICATE")
 
 
 # ---------------------------------------------------------------------------------------------- authenticated

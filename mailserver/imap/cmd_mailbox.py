@@ -45,27 +45,29 @@ def leave_selected(s: ImapSession, *, closed_code: bool) -> None:
     s.state = AUTHENTICATED
 
 
-async def snapshot_for(server, mailbox) -> Snapshot:
+async def snapshot_for(services, mailbox) -> Snapshot:
     """The mailbox's listing: the process's snapshot plus what changed since, or listed afresh.
 
     Refreshes of one mailbox's snapshot are serialised (a lock per mailbox), so two sessions selecting it at once
     never fold results of different ages into it.
     """
-    extra = server.extra
-    cache: SnapshotCache = extra.setdefault("imap_snapshots", SnapshotCache())
-    locks: dict = extra.setdefault("imap_snapshot_locks", {})
+    state = services.state
+    if state.imap_snapshots is None:
+        state.imap_snapshots = SnapshotCache()
+    cache: SnapshotCache = state.imap_snapshots
+    locks = state.imap_snapshot_locks
     lock = locks.setdefault(mailbox.id, defer.DeferredLock())
     await lock.acquire()
     try:
         snap = cache.get(mailbox.id, mailbox.uid_validity)
         if snap is None:
             cache.misses += 1
-            messages = await server.astore.list_messages(mailbox.id)
+            messages = await services.astore.list_messages(mailbox.id)
             snap = Snapshot.from_messages(mailbox.uid_validity, mailbox.highest_modseq, messages)
         else:
             cache.hits += 1
             if snap.modseq < mailbox.highest_modseq:
-                changed, vanished = await server.astore.changes_since(mailbox.id, snap.modseq)
+                changed, vanished = await services.astore.changes_since(mailbox.id, snap.modseq)
                 snap.apply(changed, vanished, mailbox.highest_modseq)
         cache.put(mailbox.id, snap)
         return snap
@@ -75,15 +77,15 @@ async def snapshot_for(server, mailbox) -> Snapshot:
             locks.pop(mailbox.id, None)
 
 
-async def preload_snapshots(server) -> int:
+async def preload_snapshots(services) -> int:
     """At start, load the largest mailboxes' snapshots in the background, so that the first SELECT of a large
     mailbox after a restart also costs only what changed since.  Returns how many were loaded."""
     from .snapshot import MAX_SNAPSHOTS, MIN_CACHED_MESSAGES
 
     loaded = 0
-    for mailbox in await server.astore.large_mailboxes(MIN_CACHED_MESSAGES, MAX_SNAPSHOTS):
+    for mailbox in await services.astore.large_mailboxes(MIN_CACHED_MESSAGES, MAX_SNAPSHOTS):
         try:
-            await snapshot_for(server, mailbox)
+            await snapshot_for(services, mailbox)
             loaded += 1
         except Exception:
             log.failure("preloading the listing of mailbox {id} failed", id=mailbox.id)
@@ -91,7 +93,7 @@ async def preload_snapshots(server) -> int:
 
 
 async def _load_selected(s: ImapSession, mailbox, readonly: bool) -> SelectedMailbox:
-    snap = await snapshot_for(s.server, mailbox)
+    snap = await snapshot_for(s.services, mailbox)
     return SelectedMailbox.from_snapshot(mailbox, snap, readonly=readonly)
 
 
@@ -152,7 +154,7 @@ async def select(s: ImapSession, cmd: c.Select):
 
 async def _qresync(s: ImapSession, sel: SelectedMailbox, q: c.QresyncParams) -> None:
     """RFC 7162 3.2.5.2: VANISHED (EARLIER) and FETCH for what changed since the client's modseq."""
-    changed, vanished = await s.server.astore.changes_since(sel.mailbox_id, q.modseq)
+    changed, vanished = await s.services.astore.changes_since(sel.mailbox_id, q.modseq)
     known = q.known_uids
     largest = sel.uids[-1] if sel.uids else 0
     if known is not None:
@@ -183,7 +185,7 @@ async def create(s: ImapSession, cmd: c.Create):
         raise No("INBOX exists", "ALREADYEXISTS")  # RFC 9051 6.3.4
     owner = await s.create_target(cmd.mailbox)
     # RFC 9051 6.3.4: CREATE does not subscribe; the parents it creates are not subscribed either.
-    await s.server.astore.create_mailbox(owner, cmd.mailbox, special, subscribed=False)
+    await s.services.astore.create_mailbox(owner, cmd.mailbox, special, subscribed=False)
 
 
 async def delete(s: ImapSession, cmd: c.Delete):
@@ -192,7 +194,7 @@ async def delete(s: ImapSession, cmd: c.Delete):
     mailbox = await s.open_mailbox(cmd.mailbox)
     if s.selected is not None and s.selected.mailbox_id == mailbox.id:
         leave_selected(s, closed_code=False)
-    await s.server.astore.delete_mailbox(mailbox.account_id, mailbox.name)
+    await s.services.astore.delete_mailbox(mailbox.account_id, mailbox.name)
 
 
 async def rename(s: ImapSession, cmd: c.Rename):
@@ -203,17 +205,17 @@ async def rename(s: ImapSession, cmd: c.Rename):
         mailbox = await s.open_mailbox(cmd.mailbox)
         if await s.create_target(new) != mailbox.account_id:
             raise Invalid("cannot rename a mailbox into another namespace")
-        await s.server.astore.rename_mailbox(mailbox.account_id, mailbox.name, new)
+        await s.services.astore.rename_mailbox(mailbox.account_id, mailbox.name, new)
     except Invalid as e:
         raise No(str(e), "CANNOT") from None
 
 
 async def subscribe(s: ImapSession, cmd: c.Subscribe):
-    await s.server.astore.set_subscribed(s.account_id, cmd.mailbox, True)
+    await s.services.astore.set_subscribed(s.account_id, cmd.mailbox, True)
 
 
 async def unsubscribe(s: ImapSession, cmd: c.Unsubscribe):
-    await s.server.astore.set_subscribed(s.account_id, cmd.mailbox, False)
+    await s.services.astore.set_subscribed(s.account_id, cmd.mailbox, False)
 
 
 def _list_line(kind: str, entry, utf8: bool) -> bytes:
@@ -231,7 +233,7 @@ async def list_(s: ImapSession, cmd: c.List):
     mailboxes = await s.access.visible_mailboxes(s.principal)
     subs = None
     if "SUBSCRIBED" in cmd.selection or "SUBSCRIBED" in cmd.return_options:
-        subs = set(await s.server.astore.list_subscriptions(s.account_id))
+        subs = set(await s.services.astore.list_subscriptions(s.account_id))
     entries = list_entries(mailboxes, cmd.patterns, reference=cmd.reference, selection=cmd.selection,
                            return_options=cmd.return_options, subscriptions=subs)
     by_name = {m.name: m for m in mailboxes}
@@ -248,7 +250,7 @@ async def lsub(s: ImapSession, cmd: c.Lsub):
     if cmd.pattern is None:
         return None
     mailboxes = await s.access.visible_mailboxes(s.principal)
-    subs = set(await s.server.astore.list_subscriptions(s.account_id))
+    subs = set(await s.services.astore.list_subscriptions(s.account_id))
     for e in lsub_entries(mailboxes, cmd.reference, cmd.pattern, subs):
         s.send(_list_line("LSUB", e, s.utf8))
 
@@ -262,7 +264,7 @@ async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes
             uids = list(sel.uids)
             deleted = sel.count_flag(FLAG_DELETED)
         else:
-            metas = await s.server.astore.list_messages(mailbox.id)
+            metas = await s.services.astore.list_messages(mailbox.id)
             uids = [m.uid for m in metas]
             deleted = sum(1 for m in metas if m.flags & FLAG_DELETED)
     values = {
@@ -305,9 +307,8 @@ async def append(s: ImapSession, cmd: c.Append):
             s._abort_append()
         raise Bad("APPEND data was not received")
     from mailserver.delivery import envelope as ev
-    from mailserver.delivery.pipeline import pipeline_for
 
-    pipeline = pipeline_for(s.server)
+    pipeline = s.services.pipeline
     ingests = []
     try:
         for msg, writer in zip(cmd.messages, state.writers, strict=True):
@@ -353,7 +354,7 @@ def _quota_line(used: int, limit: int) -> bytes:
 async def getquota(s: ImapSession, cmd: c.GetQuota):
     if cmd.root != "":
         raise No("no such quota root", "NONEXISTENT")
-    used, limit = await s.server.astore.quota(s.account_id)
+    used, limit = await s.services.astore.quota(s.account_id)
     if not limit:
         raise No("no quota on this account", "NONEXISTENT")
     s.send(_quota_line(used, limit))
@@ -361,7 +362,7 @@ async def getquota(s: ImapSession, cmd: c.GetQuota):
 
 async def getquotaroot(s: ImapSession, cmd: c.GetQuotaRoot):
     mailbox = await s.open_mailbox(cmd.mailbox)
-    used, limit = await s.server.astore.quota(mailbox.account_id)  # the owner's quota root
+    used, limit = await s.services.astore.quota(mailbox.account_id)  # the owner's quota root
     if not limit:
         s.send(r.untagged(b"QUOTAROOT " + r.mailbox(mailbox.name, utf8=s.utf8)))
         return None

@@ -49,7 +49,7 @@ async def close(s: ImapSession, cmd: c.Close):
     sel = s.selected
     if not sel.readonly and Rights.EXPUNGE in s.selected_rights:
         # RFC 9051 6.4.1: CLOSE expunges silently (RFC 4314 4: only with "e").
-        await s.server.astore.expunge(sel.mailbox_id)
+        await s.services.astore.expunge(sel.mailbox_id)
     leave_selected(s, closed_code=False)
 
 
@@ -64,7 +64,7 @@ async def expunge(s: ImapSession, cmd: c.Expunge):
         uids = sel.uids_in(cmd.uid_set)  # RFC 4315 2.1 UID EXPUNGE
         if not uids:
             return None
-    await s.server.astore.expunge(sel.mailbox_id, uids)
+    await s.services.astore.expunge(sel.mailbox_id, uids)
     # The EXPUNGE (or VANISHED) responses come from the change events, told by the dispatcher.
     return None
 
@@ -83,7 +83,7 @@ async def store(s: ImapSession, cmd: c.Store):
     uids = _target_uids(s, cmd.uid, cmd.seq_set)
     if not uids:
         return None
-    changed = await s.server.astore.set_flags(sel.mailbox_id, uids, _STORE_MODES[cmd.mode], bits, keywords,
+    changed = await s.services.astore.set_flags(sel.mailbox_id, uids, _STORE_MODES[cmd.mode], bits, keywords,
                                               cmd.unchanged_since)
     result = changed.value
     out = []
@@ -121,7 +121,7 @@ async def _copy_move(s: ImapSession, cmd, move: bool):
     if move:
         _require_writable(s, "MOVE")
     uids = _target_uids(s, cmd.uid, cmd.seq_set)
-    astore = s.server.astore
+    astore = s.services.astore
     target = await s.open_mailbox(cmd.mailbox)  # "i"; missing: NO [TRYCREATE] (RFC 9051 6.4.7)
     if not uids:
         return None
@@ -194,7 +194,7 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
     uids = _target_uids(s, cmd.uid, cmd.seq_set)
     opts = s.options()
     plan = F.plan_fetch(cmd.items, uid_command=cmd.uid, condstore=opts.condstore, changed_since=cmd.changed_since)
-    astore = s.server.astore
+    astore = s.services.astore
     if cmd.changed_since is not None:
         uids = [u for u in uids if sel.modseq_of(u) > cmd.changed_since]  # RFC 7162 3.1.4.1
     if cmd.vanished:
@@ -240,8 +240,8 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
             wanted = [(u, infos[u].blob_id, plan.ranges(infos[u])) for u in batch if u in infos]
             wanted = [w for w in wanted if w[2]]
             if wanted:
-                server = s.server
-                chunks = await run_in(server.reactor, server.pools.blob, _read_ranges, server.store,
+                services = s.services
+                chunks = await run_in(services.reactor, services.pools.blob, _read_ranges, services.store,
                                       [(b, rs) for _u, b, rs in wanted])
                 bodies = {u: ch_ for (u, _b, _r), ch_ in zip(wanted, chunks, strict=True)}
         out = []

@@ -101,7 +101,7 @@ async def _refresh_dates(s: ImapSession) -> None:
     sel = s.selected
     missing = [u for u, d in zip(sel.uids, sel.dates, strict=True) if math.isnan(d)]
     for i in range(0, len(missing), FETCH_BATCH):
-        for info in await s.server.astore.get_messages(sel.mailbox_id, missing[i:i + FETCH_BATCH]):
+        for info in await s.services.astore.get_messages(sel.mailbox_id, missing[i:i + FETCH_BATCH]):
             sel.set_date(info.uid, info.internal_date)
 
 
@@ -173,12 +173,12 @@ async def _matching_uids(s: ImapSession, keys) -> list[int]:
     messages = _snapshot(sel)
     largest_uid = sel.uids[-1] if sel.uids else 0
     kwargs = dict(seq_of=None, max_uid=largest_uid, max_seq=sel.exists, recent_uids=frozenset(sel.recent),
-                  now=s.server.reactor.seconds())
+                  now=s.services.reactor.seconds())
     if not _needs_content(keys):
         return S.search(keys, messages, **kwargs)
-    server = s.server
-    loader = _ContentLoader(server.store, sel.mailbox_id, list(sel.uids))
-    return await run_in(server.reactor, server.pools.db_read, S.search, keys, messages, text_of=loader.text_of,
+    services = s.services
+    loader = _ContentLoader(services.store, sel.mailbox_id, list(sel.uids))
+    return await run_in(services.reactor, services.pools.db_read, S.search, keys, messages, text_of=loader.text_of,
                         header_of=loader.header_of, **kwargs)
 
 
@@ -248,7 +248,7 @@ async def _infos(s: ImapSession, uids: list[int]) -> list:
     out: list = []
     sel = s.selected
     for i in range(0, len(uids), FETCH_BATCH):
-        out.extend(await s.server.astore.get_messages(sel.mailbox_id, uids[i:i + FETCH_BATCH]))
+        out.extend(await s.services.astore.get_messages(sel.mailbox_id, uids[i:i + FETCH_BATCH]))
     return out
 
 
@@ -315,12 +315,12 @@ async def _matching_subset(s: ImapSession, keys, uids: list[int]) -> set[int]:
     seq_of = {m.uid: sel.seq_of(m.uid) for m in messages}
     largest_uid = sel.uids[-1] if sel.uids else 0
     kwargs = dict(seq_of=seq_of, max_uid=largest_uid, max_seq=sel.exists, recent_uids=frozenset(sel.recent),
-                  now=s.server.reactor.seconds())
+                  now=s.services.reactor.seconds())
     if not _needs_content(keys):
         return set(S.search(keys, messages, **kwargs))
-    server = s.server
-    loader = _ContentLoader(server.store, sel.mailbox_id, [m.uid for m in messages])
-    return set(await run_in(server.reactor, server.pools.db_read, S.search, keys, messages,
+    services = s.services
+    loader = _ContentLoader(services.store, sel.mailbox_id, [m.uid for m in messages])
+    return set(await run_in(services.reactor, services.pools.db_read, S.search, keys, messages,
                             text_of=loader.text_of, header_of=loader.header_of, **kwargs))
 
 

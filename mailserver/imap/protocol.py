@@ -1,13 +1,13 @@
 """Twisted glue for :class:`mailserver.imap.session.ImapSession`: transport, TLS, compression, timers, limits.
 
-``build_factory(server, listener_name)`` serves the ``imap`` (plain with STARTTLS) and ``imaps`` (implicit TLS,
+``build_factory(services, listener_name)`` serves the ``imap`` (plain with STARTTLS) and ``imaps`` (implicit TLS,
 RFC 8314) listeners of ``mailserver.service``. Everything IMAP is decided by the session; this module:
 
 - carries bytes in and out, pausing the transport (``pauseProducing``) while the session is not reading: a command
   waiting on the database holds pipelined input in the kernel, not in memory;
 - registers a push producer on the transport so large FETCH output waits (``writable()``) while the transport's
   buffer is full;
-- STARTTLS (``server.tls``) and COMPRESS=DEFLATE (RFC 4978: raw deflate both ways, a sync flush per write; inflated
+- STARTTLS (``services.tls``) and COMPRESS=DEFLATE (RFC 4978: raw deflate both ways, a sync flush per write; inflated
   input is fed in bounded pieces, never more than the session will read);
 - autologout after ``limits.imap_idle_timeout`` (30 minutes, RFC 9051 5.4) of inactivity; entering IDLE re-arms it;
 - ``limits.imap_max_sessions_per_ip`` connections per client address (more get ``* BYE`` and are closed).
@@ -16,6 +16,7 @@ RFC 8314) listeners of ``mailserver.service``. Everything IMAP is decided by the
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 from twisted.internet import interfaces, protocol
 from twisted.internet.defer import Deferred
@@ -24,11 +25,13 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from mailserver.clusterstate import RecentClaims
-from mailserver.connections import close_transport, limiter_for, refuse
+from mailserver.connections import close_transport, refuse
 
 from . import response as r
-from .selected import RecentTracker
 from .session import ImapSession
+
+if TYPE_CHECKING:
+    from mailserver.services import Services
 
 log = Logger()
 
@@ -90,7 +93,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def start_tls(self) -> None:
         self.transport.unregisterProducer()
-        self.transport.startTLS(self.factory.server.tls)
+        self.transport.startTLS(self.factory.services.tls)
         self.transport.registerProducer(self.gate, True)
 
     def start_compress(self) -> None:
@@ -103,7 +106,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         self.gate.stopProducing()
         if self._closing is None and not self._gone:
             self._reading = True
-            self._closing = close_transport(self.transport, self.factory.server.reactor)
+            self._closing = close_transport(self.transport, self.factory.services.reactor)
 
     def set_reading(self, on: bool) -> None:
         if on == self._reading:
@@ -126,7 +129,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
     # -- Twisted ----------------------------------------------------------------------------------------------
     def connectionMade(self) -> None:
         factory = self.factory
-        server = factory.server
+        services = factory.services
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
         try:
@@ -134,14 +137,14 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         except Exception:
             pass
         if not factory.limiter.acquire(self.client_ip):
-            self._closing = refuse(self.transport, server.reactor,
+            self._closing = refuse(self.transport, services.reactor,
                                    r.status_line("BYE", "too many connections from your address", "UNAVAILABLE"),
                                    tls_handshake_pending=factory.implicit_tls)
             return
         self._counted = True
         self.transport.registerProducer(self.gate, True)
-        self.session = ImapSession(server, self, client_ip=self.client_ip, tls_active=factory.implicit_tls,
-                                   tls_available=(not factory.implicit_tls) and server.tls is not None,
+        self.session = ImapSession(services, self, client_ip=self.client_ip, tls_active=factory.implicit_tls,
+                                   tls_available=(not factory.implicit_tls) and services.tls is not None,
                                    recent=factory.recent)
         self.setTimeout(factory.idle_timeout)
         self.session.greeting()
@@ -198,40 +201,39 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
 
 class ImapFactory(protocol.Factory):
-    def __init__(self, server, listener_name: str):
-        self.server = server
+    def __init__(self, services: Services, listener_name: str):
+        self.services = services
         self.listener_name = listener_name
         self.implicit_tls = listener_name == "imaps"
-        limits = server.config.limits
+        limits = services.config.limits
         self.idle_timeout = limits.imap_idle_timeout
         #: The clock of the idle timers (tests pass a ``task.Clock``).
-        self.clock = server.reactor
+        self.clock = services.reactor
         # Shared by every IMAP listener of the server: per-IP counts and \Recent bookkeeping (the cluster state's,
         # shared with other processes on a PostgreSQL database).
-        self.limiter = limiter_for(server, "imap", limits.imap_max_sessions_per_ip)
-        cluster = getattr(server, "cluster", None)
-        self.recent: RecentClaims = (cluster.recent if cluster is not None
-                                     else server.extra.setdefault("imap_recent", RecentTracker()))
+        self.limiter = services.state.limiter("imap", limits.imap_max_sessions_per_ip)
+        self.recent: RecentClaims = services.cluster.recent
 
     def buildProtocol(self, addr) -> ImapProtocol:
         return ImapProtocol(self)
 
 
-def build_factory(server, listener_name: str) -> ImapFactory:
-    """The factory for the ``imap`` or ``imaps`` listener of ``server`` (a ``mailserver.service.MailServer``)."""
+def build_factory(services: Services, listener_name: str) -> ImapFactory:
+    """The factory for the ``imap`` or ``imaps`` listener (``services`` from ``mailserver.service.MailServer``)."""
     if listener_name not in ("imap", "imaps"):
         raise ValueError(f"not an IMAP listener: {listener_name}")
-    if "imap_preload" not in server.extra:
+    state = services.state
+    if state.imap_preload is None:
         from twisted.internet.defer import ensureDeferred
 
         from .cmd_mailbox import preload_snapshots
 
         def preload():
-            if not server.running:  # stopped before we got to it
+            if not services.running():  # stopped before we got to it
                 return
-            d = ensureDeferred(preload_snapshots(server))
+            d = ensureDeferred(preload_snapshots(services))
             d.addErrback(lambda f: log.failure("preloading mailbox listings failed", f))
-            server.extra["imap_preload"] = d
+            state.imap_preload = d
 
-        server.extra["imap_preload"] = server.reactor.callLater(0.5, preload)
-    return ImapFactory(server, listener_name)
+        state.imap_preload = services.reactor.callLater(0.5, preload)
+    return ImapFactory(services, listener_name)

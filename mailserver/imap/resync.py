@@ -37,7 +37,7 @@ async def catch_up(s: ImapSession) -> None:
     sel = s.selected
     if sel is None or s.account_id is None:
         return
-    changed, vanished = await s.server.astore.changes_since(sel.mailbox_id, sel.highest_modseq)
+    changed, vanished = await s.services.astore.changes_since(sel.mailbox_id, sel.highest_modseq)
     if s.selected is not sel or s.closed:
         return  # the session moved on meanwhile; its next SELECT reads the mailbox afresh
     for event in catch_up_events(sel, s.account_id, changed, vanished):

@@ -4,10 +4,10 @@ IDLE, COMPRESS), :mod:`.cmd_mailbox` (SELECT, mailbox management, LIST, STATUS, 
 :mod:`.cmd_message` (STORE, COPY, MOVE, EXPUNGE, FETCH) and :mod:`.cmd_search` (SEARCH, SORT, THREAD); what they
 share (states, :class:`No` / :class:`Bad`, :class:`~.cmd_common.Ok`) is in :mod:`.cmd_common`.
 
-``ImapSession(server, conn, *, client_ip, tls_active, tls_available, recent)``
+``ImapSession(services, conn, *, client_ip, tls_active, tls_available, recent)``
 
-- ``server`` is the :class:`mailserver.service.MailServer` (``astore``, ``auth``, ``hub``, ``config``, ``store``,
-  ``pools``, ``reactor``); ``conn`` is what the Twisted protocol offers the session (:class:`Connection`):
+- ``services`` is the server's :class:`mailserver.services.Services` (``astore``, ``auth``, ``hub``, ``config``,
+  ``store``, ``pools``, ``reactor``, ``pipeline``, the per-process ``state``); ``conn`` is what the Twisted protocol offers the session (:class:`Connection`):
   ``write(bytes)``, ``start_tls()``, ``start_compress()``, ``close()``, ``set_reading(bool)`` (pause/resume the
   transport), ``writable() -> Deferred | None`` (None when the transport can take more output now) and
   ``activity(idle: bool)`` (re-arm the autologout timer).
@@ -152,25 +152,25 @@ def _reply_for(tag: str, exc: BaseException, name: str) -> bytes:
 
 
 class ImapSession:
-    def __init__(self, server, conn: Connection, *, client_ip: str = "", tls_active: bool = False,
+    def __init__(self, services, conn: Connection, *, client_ip: str = "", tls_active: bool = False,
                  tls_available: bool = False, recent: RecentTracker | None = None,
                  limits: ParserLimits | None = None):
         from .wire import ImapReader
 
-        self.server = server
+        self.services = services
         self.conn = conn
         self.client_ip = client_ip
         self.tls_active = tls_active
         self.tls_available = tls_available
         self.recent = recent or RecentTracker()
-        cfg_limits = server.config.limits
+        cfg_limits = services.config.limits
         self.limits = limits or ParserLimits.from_config(cfg_limits)
         self.max_errors = cfg_limits.imap_max_commands_without_progress
         self.append_limit = self.limits.max_literal
         self.reader = ImapReader(self.limits)
         self.state = NOT_AUTHENTICATED
         self.principal: Principal | None = None
-        self.access = MailboxAccess(server.astore)
+        self.access = MailboxAccess(services.astore)
         self.spec: Spec | None = None  # the table row of the command running
         self.selected: SelectedMailbox | None = None
         self.selected_rights = Rights.NONE  # the principal's rights on the selected mailbox, as of SELECT
@@ -230,10 +230,7 @@ class ImapSession:
 
     @property
     def plaintext_allowed(self) -> bool:
-        auth = self.server.auth
-        if auth is None:
-            return self.tls_active
-        return bool(auth.plaintext_allowed(self.client_ip, self.tls_active))
+        return self.services.auth.plaintext_allowed(self.client_ip, self.tls_active)
 
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
@@ -259,7 +256,7 @@ class ImapSession:
 
     # -- I/O entry points -------------------------------------------------------------------------------------
     def greeting(self) -> None:
-        self.send(r.status_line("OK", f"{self.server.config.hostname} IMAP ready", self._capability_code()))
+        self.send(r.status_line("OK", f"{self.services.config.hostname} IMAP ready", self._capability_code()))
 
     def send(self, data: bytes) -> None:
         if not self.closed:
@@ -394,7 +391,7 @@ class ImapSession:
         self._line_waiter = d
         self.conn.set_reading(True)
         # Input may already be buffered: let the pump hand it over once the caller awaits.
-        self.server.reactor.callLater(0, self._pump)
+        self.services.reactor.callLater(0, self._pump)
         return d
 
     # -- dispatch ---------------------------------------------------------------------------------------------
@@ -519,7 +516,7 @@ class ImapSession:
     def watch(self, mailbox_id: int) -> None:
         """Receive the change events of mailbox ``mailbox_id`` (the one being selected), instead of any before."""
         self.unwatch()
-        self._unsubscribe = self.server.hub.subscribe_mailbox(mailbox_id, self._on_changes)
+        self._unsubscribe = self.services.hub.subscribe_mailbox(mailbox_id, self._on_changes)
 
     def unwatch(self) -> None:
         if self._unsubscribe is not None:
@@ -529,7 +526,6 @@ class ImapSession:
     def _login(self, account_id: int, username: str) -> None:
         self.state = AUTHENTICATED
         self.principal = Principal(account_id, username)
-        log.info("imap login {user} from {ip}", user=username, ip=self.client_ip)
 
     # -- authorization ----------------------------------------------------------------------------------------
     async def open_mailbox(self, name: str, spec: Spec | None = None):
@@ -574,13 +570,13 @@ class ImapSession:
             state = self._append
             if event.size > self.append_limit:
                 raise No(f"message larger than APPENDLIMIT {self.append_limit}", "TOOBIG")
-            used, limit = await self.server.astore.quota(state.mailbox.account_id)  # the owner's quota
+            used, limit = await self.services.astore.quota(state.mailbox.account_id)  # the owner's quota
             if limit and used + state.total + event.size > limit:
                 raise No("quota exceeded", "OVERQUOTA")  # RFC 9208 4.3
             if self.closed:
                 return
             state.total += event.size
-            state.writers.append(self.server.store.blobs.writer())
+            state.writers.append(self.services.store.blobs.writer())
             self.reader.accept_literal()
             if event.synchronizing:
                 self.send(r.continuation("Ready"))

@@ -1,11 +1,11 @@
 """Twisted glue for the POP3 session: transport, TLS, timers, and the requests the session makes.
 
-``build_factory(server, listener_name)`` is what ``mailserver.service`` calls for the ``pop3`` (plain, with STLS)
+``build_factory(services, listener_name)`` is what ``mailserver.service`` calls for the ``pop3`` (plain, with STLS)
 and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related is decided by
 :class:`mailserver.pop3.session.Pop3Session`; this module only carries its outputs out:
 
-* authentication through ``server.auth`` (hashing runs in its pool), the maildrop snapshot and the UPDATE-state
-  deletion through ``server.astore`` (database pools; the deletion publishes EXPUNGE change events that IMAP sessions
+* authentication through ``services.auth`` (hashing runs in its pool), the maildrop snapshot and the UPDATE-state
+  deletion through ``services.astore`` (database pools; the deletion publishes EXPUNGE change events that IMAP sessions
   apply), message bodies read from the blob store in the blob pool, one chunk at a time;
 * RETR/TOP stream with a push producer: one chunk of at most :data:`CHUNK` octets is read while the transport is not
   paused, so a 25 MB message is never held whole in memory (the database blob backend is the exception: its
@@ -15,25 +15,28 @@ and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related i
 * idle timeout ``limits.pop3_idle_timeout`` (RFC 1939 section 3: at least 10 minutes): the connection is closed
   without a response and without entering UPDATE; it never fires while a RETR is being streamed.
 
-The maildrop lock (one POP3 session per account) is ``server.cluster.maildrop_locks``, shared by every POP3 listener
-of ``server`` and, with PostgreSQL, by every process on the database.
+The maildrop lock (one POP3 session per account) is ``services.cluster.maildrop_locks``, shared by every POP3
+listener of the server and, with PostgreSQL, by every process on the database.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import weakref
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailserver import login as login_mod
 from mailserver.access import BlockingMailboxAccess, MailboxNotFound, Principal, Rights
-from mailserver.connections import close_transport, limiter_for, refuse
+from mailserver.connections import close_transport, refuse
 from mailserver.pop3 import session as S
 from mailserver.pop3.wire import BodyEncoder
 from mailserver.threads import run_in
+
+if TYPE_CHECKING:
+    from mailserver.services import Services
 
 log = Logger()
 
@@ -42,19 +45,9 @@ CHUNK = 256 * 1024
 #: Blob ids looked up per query when RETR/TOP reach a message whose blob id is not known yet.
 BLOB_ID_WINDOW = 200
 
-_locks: "weakref.WeakKeyDictionary[object, S.MaildropLocks]" = weakref.WeakKeyDictionary()
-
-
-def maildrop_locks(server) -> S.MaildropLockTable:
-    """The lock table of ``server`` (shared by its pop3 and pop3s listeners): its cluster state's, or one per
-    server object when it has none."""
-    cluster = getattr(server, "cluster", None)
-    if cluster is not None:
-        return cluster.maildrop_locks
-    locks = _locks.get(server)
-    if locks is None:
-        locks = _locks[server] = S.MaildropLocks()
-    return locks
+def maildrop_locks(services: Services) -> S.MaildropLockTable:
+    """The server's lock table (shared by its pop3 and pop3s listeners): its cluster state's."""
+    return services.cluster.maildrop_locks
 
 
 def load_maildrop(store, account_id: int) -> S.Maildrop:
@@ -153,8 +146,8 @@ class BodySender:
         if self.paused or self.stopped or self.reading or self.done or self.file is None:
             return
         self.reading = True
-        server = self.proto.factory.server
-        d = run_in(server.reactor, server.pools.blob, read_chunk, self.file, CHUNK)
+        services = self.proto.factory.services
+        d = run_in(services.reactor, services.pools.blob, read_chunk, self.file, CHUNK)
         d.addCallbacks(self._got, self._failed)
 
     def _got(self, result: tuple[bytes, bool]) -> None:
@@ -192,26 +185,25 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
     # ----------------------------------------------------------------------------------------- connection
 
     def connectionMade(self) -> None:
-        server = self.factory.server
+        services = self.factory.services
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
         if not self.factory.limiter.acquire(self.client_ip):
             # RFC 2449 8.1.2 [SYS/TEMP]: a temporary condition; the client may retry later.
-            self._closing = refuse(self.transport, server.reactor,
+            self._closing = refuse(self.transport, services.reactor,
                                    b"-ERR [SYS/TEMP] too many connections from your address\r\n",
                                    tls_handshake_pending=self.factory.implicit_tls)
             return
         self._counted = True
         implicit = self.factory.implicit_tls
-        auth = server.auth
-        plaintext = bool(auth.plaintext_allowed(self.client_ip, False)) if auth is not None else _loopback(
-            self.client_ip)
+        # The policy's answer for this client without TLS (the session adds TLS once it is active).
+        plaintext = services.auth.plaintext_allowed(self.client_ip, False)
         self.session = S.Pop3Session(
-            hostname=server.config.hostname,
-            limits=server.config.limits,
-            locks=maildrop_locks(server),
+            hostname=services.config.hostname,
+            limits=services.config.limits,
+            locks=maildrop_locks(services),
             tls_active=implicit,
-            tls_available=(not implicit) and server.tls is not None,
+            tls_available=(not implicit) and services.tls is not None,
             plaintext_without_tls=plaintext,
         )
         self.setTimeout(self.factory.idle_timeout)
@@ -263,7 +255,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
     def _close(self) -> None:
         """End the connection: cleanly if the peer lets us, aborted after a grace period otherwise."""
         if self._closing is None and not self._gone:
-            self._closing = close_transport(self.transport, self.factory.server.reactor)
+            self._closing = close_transport(self.transport, self.factory.services.reactor)
 
     # ----------------------------------------------------------------------------------------- outputs
 
@@ -276,7 +268,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             elif isinstance(o, S.StartTls):
                 # RFC 2595 section 4: the session already dropped input buffered after STLS.
                 self._stls_started = True
-                self.transport.startTLS(self.factory.server.tls)
+                self.transport.startTLS(self.factory.services.tls)
             elif isinstance(o, S.Authenticate):
                 self._authenticate(o)
             elif isinstance(o, S.OpenMaildrop):
@@ -293,33 +285,29 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
 
     def _authenticate(self, req: S.Authenticate) -> None:
         self._login_name = req.username
-        d = self.factory.server.auth.authenticate(req.username, req.password, self.client_ip)
+        d = login_mod.login(self.factory.services.auth, req.username, req.password, self.client_ip, "pop3")
 
-        def done(result):
+        def done(attempt: login_mod.Login):
             if not self._alive():
                 return
-            if result.ok:
+            if attempt.outcome == login_mod.TEMPFAIL:
+                self._carry_out(self.session.auth_error())
+                return
+            result = attempt.result
+            if attempt.ok:
                 self._login_name = result.address or req.username
-            else:
-                log.info("pop3 login failed for {user} from {ip} ({reason})", user=req.username[:100],
-                         ip=self.client_ip, reason=result.reason)
             self._carry_out(self.session.auth_result(result.ok, result.account_id, result.reason))
 
-        def failed(f):
-            log.failure("pop3 authentication error", f)
-            if self._alive():
-                self._carry_out(self.session.auth_error())
-
-        d.addCallbacks(done, failed)
+        d.addCallback(done).addErrback(lambda f: log.failure("pop3 glue error", f))
 
     def _open_maildrop(self, req: S.OpenMaildrop) -> None:
-        server = self.factory.server
+        services = self.factory.services
         d = defer.ensureDeferred(self.session.locks.acquire_cluster(req.account_id))
 
         def locked(ok: bool):
             if not ok:
                 return None  # another process holds the maildrop
-            return server.astore.read(load_maildrop, server.store, req.account_id)
+            return services.astore.read(load_maildrop, services.store, req.account_id)
 
         d.addCallback(locked)
 
@@ -330,8 +318,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
                 return
             if not self._alive():
                 return
-            log.info("pop3 login {user} from {ip}: {n} messages", user=self._login_name, ip=self.client_ip,
-                     n=len(maildrop.entries))
+            log.info("pop3 maildrop of {user} opened from {ip}: {n} messages", user=self._login_name,
+                     ip=self.client_ip, n=len(maildrop.entries))
             self._carry_out(self.session.maildrop_opened(maildrop, self._login_name))
 
         def failed(f):
@@ -342,7 +330,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         d.addCallbacks(done, failed)
 
     def _retrieve(self, req: S.Retrieve) -> None:
-        server = self.factory.server
+        services = self.factory.services
         maildrop = self.session.maildrop
         uid = req.entry.uid
         if req.entry.blob_id:
@@ -352,7 +340,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             return
         # Look the blob ids up for this message and the next ones (clients RETR in order): one query per window.
         uids = [e.uid for e in maildrop.entries if e.uid >= uid][:BLOB_ID_WINDOW]
-        d = server.astore.read(blob_ids, server.store, maildrop.mailbox_id, uids)
+        d = services.astore.read(blob_ids, services.store, maildrop.mailbox_id, uids)
 
         def found(ids: dict[int, str]):
             self._blob_ids.update(ids)
@@ -367,8 +355,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         if not blob_id:
             self._carry_out(self.session.retrieve_failed())
             return
-        server = self.factory.server
-        d = run_in(server.reactor, server.pools.blob, open_and_read, server.store, blob_id, CHUNK)
+        services = self.factory.services
+        d = run_in(services.reactor, services.pools.blob, open_and_read, services.store, blob_id, CHUNK)
 
         def opened(result):
             if not self._alive():
@@ -398,7 +386,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             self._carry_out(self.session.retrieve_done())
 
     def _expunge(self, req: S.Expunge) -> None:
-        d = self.factory.server.astore.delete_messages(req.mailbox_id, list(req.uids))
+        d = self.factory.services.astore.delete_messages(req.mailbox_id, list(req.uids))
 
         def done(changed):
             log.info("pop3 {user}: deleted {n} messages", user=self._login_name, n=len(changed.value))
@@ -415,31 +403,24 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
     _login_name = ""
 
 
-def _loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
-
-
 class Pop3Factory(protocol.Factory):
-    def __init__(self, server, listener_name: str):
-        self.server = server
+    def __init__(self, services: Services, listener_name: str):
+        self.services = services
         self.listener_name = listener_name
         self.implicit_tls = listener_name == "pop3s"
         #: Seconds of inactivity before the connection is closed (tests may lower it on the factory).
-        self.idle_timeout = server.config.limits.pop3_idle_timeout
+        self.idle_timeout = services.config.limits.pop3_idle_timeout
         #: The clock of the idle timers (tests pass a ``task.Clock``).
-        self.clock = server.reactor
+        self.clock = services.reactor
         #: Sessions per client address, shared by the pop3 and pop3s listeners.
-        self.limiter = limiter_for(server, "pop3", server.config.limits.pop3_max_sessions_per_ip)
+        self.limiter = services.state.limiter("pop3", services.config.limits.pop3_max_sessions_per_ip)
 
     def buildProtocol(self, addr) -> Pop3Protocol:
         return Pop3Protocol(self)
 
 
-def build_factory(server, listener_name: str) -> Pop3Factory:
-    """The factory for the ``pop3`` or ``pop3s`` listener of ``server`` (a ``mailserver.service.MailServer``)."""
+def build_factory(services: Services, listener_name: str) -> Pop3Factory:
+    """The factory for the ``pop3`` or ``pop3s`` listener (``services`` from ``mailserver.service.MailServer``)."""
     if listener_name not in ("pop3", "pop3s"):
         raise ValueError(f"not a POP3 listener: {listener_name}")
-    return Pop3Factory(server, listener_name)
+    return Pop3Factory(services, listener_name)

@@ -231,7 +231,10 @@ class Pop3Session:
 
     @property
     def plaintext_allowed(self) -> bool:
-        return self.tls_active or self.plaintext_without_tls
+        # ``plaintext_without_tls`` is the one policy's answer for this client without TLS
+        # (mailserver.sasl.plaintext_allowed, asked by the protocol); inside TLS plaintext is always allowed.
+        return sasl.plaintext_allowed(tls_active=self.tls_active, loopback=False,
+                                      allow_without_tls=self.plaintext_without_tls)
 
     @property
     def busy(self) -> bool:

@@ -12,18 +12,21 @@ body streams into the ingest pipeline; at the end, :func:`reply_for` turns the r
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
+from mailserver import login as login_mod
 from mailserver.auth import is_loopback
 from mailserver.config import IMPLICIT_TLS
-from mailserver.connections import close_transport, limiter_for, refuse
+from mailserver.connections import close_transport, refuse
 from mailserver.delivery import envelope as ev
 from mailserver.delivery import router as router_mod
-from mailserver.delivery.pipeline import Ingest, pipeline_for
+from mailserver.delivery.pipeline import Ingest
+from mailserver.login import Login
 from mailserver.smtp import codes
 from mailserver.smtp.session import (
     AuthResult,
@@ -45,6 +48,9 @@ from mailserver.smtp.session import (
 )
 from mailserver.threads import run_in
 
+if TYPE_CHECKING:
+    from mailserver.services import Services
+
 log = Logger()
 
 _ROUTE_ERRORS = {
@@ -56,18 +62,18 @@ _ROUTE_ERRORS = {
 
 
 class SmtpFactory(Factory):
-    def __init__(self, server, listener: str):
-        self.server = server
+    def __init__(self, services: Services, listener: str):
+        self.services = services
         self.listener = listener
         self.submission = listener in ("submission", "submissions")
         self.implicit_tls = listener in IMPLICIT_TLS
-        cfg = server.config
-        self.session_config = SessionConfig.from_config(cfg, listener, tls_available=server.tls is not None)
+        cfg = services.config
+        self.session_config = SessionConfig.from_config(cfg, listener, tls_available=services.tls is not None)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp.trusted_networks]
-        self.router = router_mod.router_for(server)
-        self.pipeline = pipeline_for(server)
+        self.router = services.router
+        self.pipeline = services.pipeline
         # Sessions per client IP, shared by every SMTP listener of this server.
-        self.limiter = limiter_for(server, "smtp", cfg.limits.smtp_max_sessions_per_ip)
+        self.limiter = services.state.limiter("smtp", cfg.limits.smtp_max_sessions_per_ip)
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -81,15 +87,15 @@ class SmtpFactory(Factory):
         return p
 
 
-def build_factory(server, listener_name: str) -> SmtpFactory:
+def build_factory(services: Services, listener_name: str) -> SmtpFactory:
     """The listener registry entry point (mailserver.service.LISTENERS)."""
-    return SmtpFactory(server, listener_name)
+    return SmtpFactory(services, listener_name)
 
 
 class SmtpProtocol(Protocol, TimeoutMixin):
     def __init__(self, factory: SmtpFactory):
         self.factory = factory
-        self.server = factory.server
+        self.services = factory.services
         self.session: SmtpSession | None = None
         self.message: Ingest | None = None
         self.ip = ""
@@ -111,7 +117,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         self.ip = getattr(peer, "host", "") or ""
         f = self.factory
         if not f.limiter.acquire(self.ip):
-            self._closing = refuse(self.transport, self.server.reactor, codes.TOO_MANY_CONNECTIONS.encode(),
+            self._closing = refuse(self.transport, self.services.reactor, codes.TOO_MANY_CONNECTIONS.encode(),
                                    tls_handshake_pending=f.implicit_tls)
             return
         self._counted = True
@@ -161,7 +167,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
                     self.message.abort()
                     self.message = None
             elif isinstance(a, StartTlsNow):
-                self.transport.startTLS(self.server.tls)
+                self.transport.startTLS(self.services.tls)
             elif isinstance(a, Close):
                 self._close()
             elif isinstance(a, CheckMail):
@@ -191,7 +197,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         """End the connection: cleanly if the peer lets us, aborted after a grace period otherwise."""
         if self._closing is None and not self._gone:
             self._paused = False
-            self._closing = close_transport(self.transport, self.server.reactor)
+            self._closing = close_transport(self.transport, self.services.reactor)
 
     def _run_check(self, d: defer.Deferred, on_error) -> None:
         def failed(f):
@@ -230,7 +236,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         def check():
             return self.factory.router.sender_allowed(s.identity.account_id, sender.address)
 
-        d = run_in(self.server.reactor, self.server.pools.db_read, check)
+        d = run_in(self.services.reactor, self.services.pools.db_read, check)
         return d.addCallback(lambda ok: None if ok else codes.NOT_OWNED_SENDER)  # 553 5.7.1
 
     def _check_rcpt(self, a: CheckRcpt) -> defer.Deferred:
@@ -241,12 +247,12 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         if hit is not None:
             d = defer.succeed(hit)  # answered from recent lookups: no trip to a database thread
         else:
-            d = run_in(self.server.reactor, self.server.pools.db_read, router.route, address, may_relay=may_relay,
+            d = run_in(self.services.reactor, self.services.pools.db_read, router.route, address, may_relay=may_relay,
                        size=size)
 
         def decide(rr: router_mod.RouteResult) -> RcptResult:
             if rr.error == router_mod.OVER_QUOTA:
-                perm = self.server.config.smtp.over_quota_permanent
+                perm = self.services.config.smtp.over_quota_permanent
                 return RcptResult(codes.OVER_QUOTA_PERM if perm else codes.OVER_QUOTA_TEMP)
             if rr.error:
                 log.info("smtp rcpt <{rcpt}> from {ip} refused: {error}", rcpt=address, ip=self.ip, error=rr.error)
@@ -256,19 +262,15 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         return d.addCallback(decide)
 
     def _check_auth(self, a: CheckAuth) -> defer.Deferred:
-        d = self.server.auth.authenticate(a.username, a.password, self.ip)
-
-        def done(res) -> AuthResult:
-            if res.ok:
-                log.info("smtp login {user} from {ip}", user=res.address, ip=self.ip)
+        def done(attempt: Login) -> AuthResult:
+            if attempt.ok:
+                res = attempt.result
                 return AuthResult(Identity(res.address, res.account_id, res.address))
-            log.info("smtp login failed for {user!r} from {ip} ({reason})", user=a.username[:100], ip=self.ip,
-                     reason=res.reason)
-            if res.reason == "throttled":
-                return AuthResult(None, codes.AUTH_TEMPFAIL)
-            return AuthResult(None, codes.AUTH_INVALID)  # never says whether the account exists
+            if attempt.outcome == login_mod.INVALID:
+                return AuthResult(None, codes.AUTH_INVALID)  # never says whether the account exists
+            return AuthResult(None, codes.AUTH_TEMPFAIL)  # throttled, tempfail: RFC 4954 6, 454 4.7.0
 
-        return d.addCallback(done)
+        return login_mod.login(self.services.auth, a.username, a.password, self.ip, "smtp").addCallback(done)
 
     def _message_start(self, envelope) -> None:
         s = self.session

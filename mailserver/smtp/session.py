@@ -369,7 +369,8 @@ class SmtpSession:
 
     def _auth_allowed(self) -> bool:
         # RFC 4954 4 / RFC 8314: plaintext mechanisms only inside TLS (or from loopback, as Dovecot allows).
-        return self.tls or self.peer.loopback or self.config.allow_plaintext_without_tls
+        return sasl.plaintext_allowed(tls_active=self.tls, loopback=self.peer.loopback,
+                                      allow_without_tls=self.config.allow_plaintext_without_tls)
 
     # ------------------------------------------------------------------ command lines
 

@@ -41,7 +41,7 @@ def run(n_messages: int, n_domains: int, size: int, database_url: str) -> float:
                            f"Subject: bench {i}\r\nMessage-ID: <{i}@bench>\r\n\r\n").encode() + body
                     ref = store.blobs.put(raw)
                     store.enqueue("a@example.test", ref, [QueueRecipientSpec(f"u{i}@d{i % n_domains}.bench")])
-                runner = harness.call(lambda: QueueRunner(srv.server, port=rx.port))
+                runner = harness.call(lambda: QueueRunner(srv.services, port=rx.port))
                 t0 = time.perf_counter()
                 harness.call(runner.start)
                 from storage.queue import QueueStore

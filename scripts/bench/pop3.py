@@ -101,7 +101,7 @@ def bench_ours(sessions: int, messages: int, size: int, rounds: int) -> None:
             for start in range(0, messages, 250):
                 batch = [make_message(i, size) for i in range(start, min(messages, start + 250))]
                 harness.call(lambda b=batch, a=acct: defer.gatherResults(
-                    [deliver_raw(server, a, raw) for raw in b], consumeErrors=True))
+                    [deliver_raw(server.provided, a, raw) for raw in b], consumeErrors=True))
         print(f"filled {sessions} maildrops x {messages} messages of ~{size} octets in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
         run_clients("127.0.0.1", server.port("pop3"), users, PASSWORD, rounds)

@@ -53,7 +53,7 @@ def run_one(url: str, mailboxes: int, size: int, count: int, concurrency: int, l
     msgs = [make_message(i, size) for i in range(min(count, 200))]
     sem = defer.DeferredSemaphore(concurrency)
     t0 = time.perf_counter()
-    ds = [sem.run(deliver_raw, server, accounts[i % mailboxes], msgs[i % len(msgs)]) for i in range(count)]
+    ds = [sem.run(deliver_raw, server.provided, accounts[i % mailboxes], msgs[i % len(msgs)]) for i in range(count)]
     results = yield defer.gatherResults(ds)
     elapsed = time.perf_counter() - t0
     assert all(r.ok for r in results)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from mailserver.delivery.pipeline import pipeline_for
 from mailserver.delivery.stages import Verdict
 from tests import harness
 
@@ -45,7 +44,7 @@ class RefuseFor:
 @contextmanager
 def plugged(server, *stages):
     """Register ``stages`` in the running server's pipeline for the duration of the block."""
-    pipeline = harness.call(pipeline_for, server)
+    pipeline = server.provided.pipeline
     for s in stages:
         harness.call(pipeline.register, s)
     try:

@@ -183,7 +183,7 @@ def test_logindisabled_for_remote_client_without_tls(srv):
 
     def run():
         conn = _FakeConn()
-        s = ImapSession(srv.server, conn, client_ip="192.0.2.7", tls_available=True)
+        s = ImapSession(srv.services, conn, client_ip="192.0.2.7", tls_available=True)
         s.greeting()
         s.data_received(b"a CAPABILITY\r\nb LOGIN x y\r\n")
         return conn.out

@@ -59,7 +59,7 @@ def test_second_select_sees_changes_made_in_between(tmp_path):
         srv.store.set_flags(inbox.id, [7], "add", FLAG_DELETED)
         srv.store.expunge(inbox.id)
         srv.deliver(user, message("fresh"))
-        cache = srv.server.extra["imap_snapshots"]
+        cache = srv.services.state.imap_snapshots
         hits = cache.hits
         c = login(srv, user)
         typ, data = c.select("INBOX")
@@ -160,7 +160,7 @@ def test_large_mailboxes_are_preloaded_at_start(tmp_path):
     with running_server(tmp_path, listeners=("imap",)) as srv:  # "restart" on the same data
         deadline = time.time() + 10
         while time.time() < deadline:
-            cache = srv.server.extra.get("imap_snapshots")
+            cache = srv.services.state.imap_snapshots
             if cache is not None and cache.misses >= 1:
                 break
             time.sleep(0.05)

@@ -80,7 +80,7 @@ def outbound(tmp_path, zones, *, hang=frozenset(), database_url: str = "", runne
         srv.add_user(SENDER, "pw")
         clock = task.Clock()
         clock.advance(time.time())
-        runner = harness.call(lambda: QueueRunner(srv.server, clock=clock, **(runner_kwargs or {})))
+        runner = harness.call(lambda: QueueRunner(srv.services, clock=clock, **(runner_kwargs or {})))
         if start:
             harness.call(runner.start)
         try:

@@ -236,7 +236,7 @@ def test_restart_in_the_middle_of_the_queue(tmp_path, database_url):
         assert claimed
         if database_url:  # PostgreSQL: another process's lease is respected until it expires
             ob.advance(3700)
-        runner2 = harness.call(lambda: QueueRunner(ob.srv.server, clock=ob.clock, port=rx.port))
+        runner2 = harness.call(lambda: QueueRunner(ob.srv.services, clock=ob.clock, port=rx.port))
         ob.runner = runner2
         harness.call(runner2.start)
         wait_for(lambda: not ob.queue_rows(), timeout=30)

@@ -330,7 +330,7 @@ def test_dropped_connection_deletes_nothing(fresh):
     r.sock.shutdown(socket.SHUT_RDWR)
     r.close()
     # The lock goes with the connection: a new session gets in and sees every message.
-    assert wait_for(lambda: not pop3_protocol.maildrop_locks(fresh.server).held(
+    assert wait_for(lambda: not pop3_protocol.maildrop_locks(fresh.services).held(
         fresh.store.get_account(ALICE).id))
     c = connect(fresh)
     assert c.stat()[0] == 3

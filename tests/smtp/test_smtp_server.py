@@ -363,7 +363,7 @@ class _Hook:
 
 def test_hook_reject_and_tag(srv):
     reject = _Hook(hooks_mod.HookResult(hooks_mod.REJECT, codes.Reply(550, "5.7.1", "Spam")))
-    srv.server.extra["smtp_hooks"] = [reject]
+    srv.services.pipeline.hooks = [reject]
     with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as c:
         with pytest.raises(smtplib.SMTPDataError) as e:
             c.sendmail("a@example.net", ["alice@example.test"], MSG)
@@ -371,7 +371,7 @@ def test_hook_reject_and_tag(srv):
     assert inbox(srv) == [] and reject.seen[0].recipients == ("alice@example.test",)
     tag = _Hook(hooks_mod.HookResult(hooks_mod.TAG, add_headers=(("X-Spam", "yes"),), keywords=("$Junk",),
                                      mailbox="Junk"))
-    srv.server.extra["smtp_hooks"] = [tag]
+    srv.services.pipeline.hooks = [tag]
     with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as c:
         c.sendmail("a@example.net", ["alice@example.test"], MSG)
     acct = srv.store.get_account("alice@example.test")

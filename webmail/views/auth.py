@@ -53,7 +53,7 @@ async def login(ctx) -> web.Response:
     password = form.get("password")
     if not username or not password or len(username) > MAX_LOGIN_FIELD or len(password) > MAX_LOGIN_FIELD:
         return await login_page(ctx, "Enter your address and password.", 400, username[:320])
-    result = await ctx.server.auth.authenticate(username, password, ctx.client_ip)
+    result = await ctx.services.auth.authenticate(username, password, ctx.client_ip)
     if not result.ok:
         msg = {"throttled": "Too many failed attempts. Please wait a while and try again.",
                "disabled": "This account is disabled."}.get(result.reason, "Wrong address or password.")

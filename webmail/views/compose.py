@@ -234,7 +234,7 @@ async def compose_submit(ctx) -> web.Response:
             extra = (("X-Webmail-Reply-Ref", state.reply_ref),) if parse_ref(state.reply_ref) else ()
             raw = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True, extra_headers=extra)
             drafts = special(mbs, "\\Drafts")
-            res = await deliver_raw(ctx.server, ctx.account_id, raw, mailbox=drafts.name if drafts else "Drafts",
+            res = await deliver_raw(ctx.services, ctx.account_id, raw, mailbox=drafts.name if drafts else "Drafts",
                                     flags=FLAG_SEEN | FLAG_DRAFT, check_quota=True, producer=DRAFT)
             if not res.ok:
                 raise cm.ComposeError(f"the draft could not be saved ({res.reason})")
@@ -244,11 +244,11 @@ async def compose_submit(ctx) -> web.Response:
             raise cm.ComposeError("add at least one recipient")
         wire = await ctx.app.cpu(cm.build, draft, message_id=message_id)
         copy = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True)
-        await cm.send(ctx.server, ctx.account_id, ident.address, draft.recipients(), wire, client_ip=ctx.client_ip)
+        await cm.send(ctx.services, ctx.account_id, ident.address, draft.recipients(), wire, client_ip=ctx.client_ip)
     except cm.ComposeError as e:
         return await compose_page(ctx, state, str(e), 400)
     sent = special(mbs, "\\Sent")
-    await deliver_raw(ctx.server, ctx.account_id, copy, mailbox=sent.name if sent else "Sent", flags=FLAG_SEEN,
+    await deliver_raw(ctx.services, ctx.account_id, copy, mailbox=sent.name if sent else "Sent", flags=FLAG_SEEN,
                       check_quota=False, producer=SENT_COPY)
     ref = parse_ref(state.reply_ref)
     if ref is not None:

@@ -16,10 +16,10 @@ MAX_STREAMS_PER_ACCOUNT = 20
 
 
 async def event_stream(ctx) -> web.Stream:
-    hub = ctx.server.hub
+    hub = ctx.services.hub
     account_id = ctx.account_id
-    reactor = ctx.server.reactor
-    counts = ctx.server.extra.setdefault("webmail_streams", {})
+    reactor = ctx.services.reactor
+    counts = ctx.services.state.webmail_streams
     if counts.get(account_id, 0) >= MAX_STREAMS_PER_ACCOUNT:
         raise web.HttpError(429, "Too many open windows")
 

@@ -54,7 +54,7 @@ async def settings_submit(ctx) -> web.Response:
             return await settings_page(ctx, "The new passwords do not match.", status=400)
         if not MIN_PASSWORD <= len(new) <= MAX_PASSWORD:
             return await settings_page(ctx, f"Use at least {MIN_PASSWORD} characters.", status=400)
-        result = await ctx.server.auth.authenticate(ctx.session.address, current, ctx.client_ip)
+        result = await ctx.services.auth.authenticate(ctx.session.address, current, ctx.client_ip)
         if not result.ok or result.account_id != ctx.account_id:
             return await settings_page(ctx, "The current password is wrong.", status=403)
         from mailserver.auth import PasswordHasher
@@ -62,9 +62,9 @@ async def settings_submit(ctx) -> web.Response:
         hasher = PasswordHasher(ctx.config.auth.default_scheme)
         from mailserver.threads import run_in
 
-        new_hash = await run_in(ctx.server.reactor, ctx.server.pools.hash, hasher.hash, new)
+        new_hash = await run_in(ctx.services.reactor, ctx.services.pools.hash, hasher.hash, new)
         await ctx.astore.update_account(ctx.account_id, password_hash=new_hash)
-        ctx.server.auth.forget(ctx.session.address)
+        ctx.services.auth.forget(ctx.session.address)
         # Every other signed-in browser of this account is signed out.
         await ctx.app.write(ctx.app.sessions.delete_others, ctx.account_id, ctx.session.key)
         return web.redirect("/settings?notice=password")

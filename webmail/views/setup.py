@@ -11,15 +11,15 @@ STATIC_TYPES = {"css": "text/css; charset=utf-8", "js": "text/javascript; charse
 _static_cache: dict[str, bytes] = {}
 
 
-def server_entries(server) -> list[ac.ServerEntry]:
+def server_entries(services) -> list[ac.ServerEntry]:
     """The client listeners this server really runs (bound ports), else as configured."""
     ports: dict[str, list[int]] = {}
-    for lst in getattr(server, "listening", ()):
-        ports.setdefault(lst.name, []).append(lst.bound_port)
+    for lst in services.listeners():
+        ports.setdefault(lst.name, []).append(lst.port)
     if not ports:
-        for name, addr in server.config.listen.items():
+        for name, addr in services.config.listen.items():
             ports.setdefault(name, []).append(addr.port)
-    return ac.entries(server.config.hostname, ports)
+    return ac.entries(services.config.hostname, ports)
 
 
 async def _local_domain(ctx, domain: str) -> bool:
@@ -55,7 +55,7 @@ async def autoconfig(ctx) -> web.Response:
         raise web.BadRequest(str(e)) from None
     if not await _local_domain(ctx, domain):
         raise web.NotFoundError("Unknown domain")
-    body = ac.mozilla_autoconfig(domain, server_entries(ctx.server))
+    body = ac.mozilla_autoconfig(domain, server_entries(ctx.services))
     return web.Response(200, body, "application/xml; charset=utf-8")
 
 
@@ -69,7 +69,7 @@ async def autodiscover(ctx) -> web.Response:
         return web.Response(200, ac.autodiscover_error("600", "Invalid Request"), "application/xml; charset=utf-8")
     acct = await ctx.astore.get_account(address)
     name = acct.display_name if acct else ""
-    body = ac.autodiscover_response(address.lower(), name, server_entries(ctx.server))
+    body = ac.autodiscover_response(address.lower(), name, server_entries(ctx.services))
     return web.Response(200, body, "application/xml; charset=utf-8")
 
 
@@ -79,13 +79,13 @@ async def autodiscover_get(ctx) -> web.Response:
 
 async def setup_page(ctx) -> web.Response:
     mbs = await mailboxes(ctx)
-    return ctx.render("setup.html", servers=server_entries(ctx.server), address=ctx.session.address,
+    return ctx.render("setup.html", servers=server_entries(ctx.services), address=ctx.session.address,
                       folders=folder_tree(mbs), current_id=None, title="Set up your mail app")
 
 
 async def mobileconfig(ctx) -> web.Response:
     try:
-        body = ac.mobileconfig(ctx.session.address, ctx.session.display_name, server_entries(ctx.server),
+        body = ac.mobileconfig(ctx.session.address, ctx.session.display_name, server_entries(ctx.services),
                                ctx.config.hostname)
     except ac.AutoconfigError as e:
         raise web.NotFoundError(str(e)) from None
