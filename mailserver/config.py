@@ -114,10 +114,15 @@ class LimitsConfig:
     smtp_max_sessions_per_ip: int = 50
     smtp_max_received_headers: int = 50
     smtp_max_messages_per_session: int = 1000
-    # RFC 5321 4.5.3.2 timeouts, seconds
+    # RFC 5321 4.5.3.2 timeouts, seconds: the server waits smtp_timeout_command for a command and
+    # smtp_timeout_data_block for each block of DATA; our outbound client waits as long for each reply (greeting,
+    # MAIL, RCPT, ...), smtp_timeout_data_init for the 354, smtp_timeout_data_end for the reply after the final dot,
+    # and smtp_timeout_connect for the TCP connection.
     smtp_timeout_command: float = 300.0
     smtp_timeout_data_block: float = 180.0
+    smtp_timeout_data_init: float = 120.0
     smtp_timeout_data_end: float = 600.0
+    smtp_timeout_connect: float = 30.0
     # IMAP
     imap_max_line: int = 65536
     imap_max_literal: int = 50 * 1024 * 1024

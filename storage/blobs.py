@@ -13,7 +13,7 @@ Two backends behind one small interface:
 
 Writers are fed from the reactor thread (``write`` only appends to a temporary file); ``finish`` (fsync) and every read of
 any size run in a thread pool.  Reference counts live in the ``blobs`` table and are maintained by the store; unreferenced
-blobs are removed by :meth:`BlobStore.collect`.
+blobs are removed by :meth:`storage.store.Store.collect_blobs` (which calls :meth:`BlobStore.remove`).
 """
 
 from __future__ import annotations

@@ -68,7 +68,6 @@ class ChangeHub:
     def __init__(self) -> None:
         self._listeners: dict[int, list[Listener]] = defaultdict(list)
         self._mailbox_listeners: dict[int, list[Listener]] = defaultdict(list)
-        self._global: list[Listener] = []
         self.published = 0
 
     def subscribe(self, account_id: int, listener: Listener) -> Callable[[], None]:
@@ -98,25 +97,16 @@ class ChangeHub:
 
         return unsubscribe
 
-    def subscribe_all(self, listener: Listener) -> Callable[[], None]:
-        """Receive every change of every account (used by the PostgreSQL bridge)."""
-        self._global.append(listener)
-        return lambda: self._global.remove(listener) if listener in self._global else None
-
     def publish_resync(self) -> None:
         """Tell every listener, per account and per mailbox, that it may have missed changes (a RESYNC event: read
-        what changed from the database). Not passed on to global listeners: it is this process's news."""
+        what changed from the database). It is this process's news: never sent to other nodes."""
         events = [Change(RESYNC, a) for a in self._listeners]
         events += [Change(RESYNC, 0, mailbox_id=m) for m in self._mailbox_listeners]
         if events:
-            self.publish(events, local=False)
+            self.publish(events)
 
-    def listener_count(self, account_id: int) -> int:
-        return len(self._listeners.get(account_id, ()))
-
-    def publish(self, changes: list[Change], *, local: bool = True) -> None:
-        """Deliver ``changes`` to the listeners of their accounts and of their mailboxes (and, when ``local``, to
-        global listeners)."""
+    def publish(self, changes: list[Change]) -> None:
+        """Deliver ``changes`` to the listeners of their accounts and of their mailboxes."""
         if not changes:
             return
         self.published += len(changes)
@@ -125,12 +115,7 @@ class ChangeHub:
             by_account[c.account_id].append(c)
         for account_id, group in by_account.items():
             for listener in list(self._listeners.get(account_id, ())):
-                try:
-                    listener(group)
-                except Exception:  # a broken session must not stop the others from hearing about the change
-                    from twisted.python import log
-
-                    log.err(None, "change listener failed")
+                _call_listener(listener, group)
         if self._mailbox_listeners:
             by_mailbox: dict[int, list[Change]] = defaultdict(list)
             for c in changes:
@@ -138,13 +123,10 @@ class ChangeHub:
                     by_mailbox[c.mailbox_id].append(c)
             for mailbox_id, group in by_mailbox.items():
                 for listener in list(self._mailbox_listeners.get(mailbox_id, ())):
-                    _call_mailbox_listener(listener, group)
-        if local:
-            for listener in list(self._global):
-                listener(changes)
+                    _call_listener(listener, group)
 
 
-def _call_mailbox_listener(listener: Listener, changes: list[Change]) -> None:
+def _call_listener(listener: Listener, changes: list[Change]) -> None:
     try:
         listener(changes)
     except Exception:  # a broken session must not stop the others from hearing about the change

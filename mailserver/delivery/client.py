@@ -23,7 +23,7 @@ MAX_REPLY_LINE = 4096
 #: Most lines in one multi-line reply (an EHLO reply with many extensions stays far below).
 MAX_REPLY_LINES = 100
 
-# RFC 5321 4.5.3.2: client timeouts, seconds.
+# RFC 5321 4.5.3.2: client timeouts, seconds (the defaults; the queue runner takes them from [limits]).
 TIMEOUT_GREETING = 300.0  # 4.5.3.2.1 initial 220 message: 5 minutes
 TIMEOUT_MAIL = 300.0  # 4.5.3.2.2 MAIL: 5 minutes
 TIMEOUT_RCPT = 300.0  # 4.5.3.2.3 RCPT: 5 minutes
@@ -42,6 +42,13 @@ class Timeouts:
     data_block: float = TIMEOUT_DATA_BLOCK
     data_end: float = TIMEOUT_DATA_END
     other: float = TIMEOUT_OTHER
+
+    @classmethod
+    def from_limits(cls, limits) -> "Timeouts":
+        """The timeouts named in ``[limits]`` (mailserver.config.LimitsConfig)."""
+        command = limits.smtp_timeout_command
+        return cls(greeting=command, mail=command, rcpt=command, data_init=limits.smtp_timeout_data_init,
+                   data_block=limits.smtp_timeout_data_block, data_end=limits.smtp_timeout_data_end, other=command)
 
 
 # --------------------------------------------------------------------------------------------- replies
@@ -172,12 +179,6 @@ def dot_stuff(data: bytes) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- envelope, policy
-
-
-def xtext_encode(value: str) -> str:
-    """RFC 3461 4: characters outside "!".."~", and "+" and "=", as "+XX"."""
-    return "".join(chr(b) if 0x21 <= b <= 0x7E and b not in (0x2B, 0x3D) else f"+{b:02X}"
-                   for b in value.encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from mailserver.delivery.client import (
     Timeouts,
     local_reply,
 )
-from mailserver.delivery.connection import CONNECT_TIMEOUT, TlsSettings, run_session
+from mailserver.delivery.connection import TlsSettings, run_session
 from mailserver.delivery.dkim import DkimSigner
 from mailserver.delivery.mx import Hop, RouteError, route_domain, route_host
 from mailserver.dns import DnsResolver
@@ -85,7 +85,7 @@ class QueueRunner:
     def __init__(self, services, *, clock=None, rng: random.Random | None = None, port: int = 25,
                  port_map: dict[str, int] | None = None, resolver: DnsResolver | None = None,
                  smarthost_ca_file: str = "", timeouts: Timeouts | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT):
+                 connect_timeout: float | None = None):
         self.services = services
         self.config = services.config
         self.qc = services.config.queue
@@ -96,8 +96,9 @@ class QueueRunner:
         self.port_map = {k.lower(): v for k, v in (port_map or {}).items()}
         self.resolver = resolver or DnsResolver(services.config.dns)
         self.smarthost_ca_file = smarthost_ca_file or services.config.queue.smarthost.ca_file
-        self.timeouts = timeouts or Timeouts()
-        self.connect_timeout = connect_timeout
+        limits = services.config.limits
+        self.timeouts = timeouts or Timeouts.from_limits(limits)  # RFC 5321 4.5.3.2, as [limits] names them
+        self.connect_timeout = connect_timeout if connect_timeout is not None else limits.smtp_timeout_connect
         self.queue = QueueStore(services.store)
         self.dkim = DkimSigner(services.config.data_dir)
         self._dkim_cache: dict[int, bytes] = {}

@@ -97,9 +97,6 @@ class Router:
             self._domains[name] = (now + self.DOMAIN_CACHE_SECONDS, info)
         return info
 
-    def is_protected(self, domain: str) -> bool:
-        return self._domain(domain) is not None
-
     #: Seconds an expansion (accounts, aliases) is remembered for RCPT: a burst of mail to one address costs one
     #: lookup.  A new or removed account or alias takes effect within this time; quota is checked again at delivery.
     ROUTE_CACHE_SECONDS = 2.0

@@ -426,7 +426,7 @@ class ImapSession:
                 code = "EXPUNGEISSUED"  # RFC 9051 7.1: the answer may lack messages expunged meanwhile
             self.send(r.tagged(tag, "OK", ok.text or f"{_display_name(command)} completed", code))
             self.errors = 0
-        except BaseException as e:  # noqa: BLE001 - every failure becomes a tagged reply
+        except Exception as e:  # every failure of the command becomes a tagged reply (not a KeyboardInterrupt)
             if self.closed:
                 return
             if not isinstance(e, (No, ParseError, StoreError, sasl.SaslError)):
@@ -580,7 +580,7 @@ class ImapSession:
             self.reader.accept_literal()
             if event.synchronizing:
                 self.send(r.continuation("Ready"))
-        except BaseException as e:  # noqa: BLE001
+        except Exception as e:
             self._abort_append()
             if self.closed:
                 return

@@ -123,14 +123,6 @@ def xtext_decode(value: str) -> str:
     return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
-def xtext_encode(value: str) -> str:
-    """RFC 3461 4: encode characters outside ``!``..``~`` and ``+``, ``=`` as ``+XX``."""
-    out = []
-    for b in value.encode("utf-8"):
-        out.append(chr(b) if 0x21 <= b <= 0x7E and b not in (0x2B, 0x3D) else f"+{b:02X}")
-    return "".join(out)
-
-
 @dataclass(frozen=True)
 class MailParams:
     """Validated MAIL FROM parameters."""
