@@ -72,10 +72,18 @@ class Draft:
         return list(seen)
 
 
+#: What Python's header writer takes for a line break (``str.splitlines``) and refuses in a header value.
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
 def check_header_text(value: str, what: str) -> str:
-    """RFC 5322 2.2: a header field body holds no CR or LF (and we refuse NUL)."""
-    if any(c in value for c in "\r\n\0"):
-        raise ComposeError(f"{what} must not contain line breaks")
+    """RFC 5322 2.2: a header field body holds no line break: CR and LF, and every other character the header
+    writer would take for one (VT, FF, NEL, U+2028, ...); nor any other control character except TAB."""
+    for c in value:
+        if c in _LINE_BREAKS:
+            raise ComposeError(f"{what} must not contain line breaks")
+        if (ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) < 0xA0:
+            raise ComposeError(f"{what} must not contain control characters")
     return value
 
 

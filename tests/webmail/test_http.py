@@ -295,6 +295,26 @@ def test_header_injection_refused(tmp_path):
         assert r.status == 400 and b"may not send as" in page
 
 
+@pytest.mark.parametrize("subject", ["a\x0bb", "a\u2028b", "a\u2029b", "a\x85b", "a\x0cb", "a\x1cb", "a\x00b",
+                                     "a\x1bb"])
+def test_subject_with_characters_the_header_writer_refuses_is_a_form_error(tmp_path, subject):
+    """A subject with VT, U+2028 and the like used to answer 500 (the email package refuses them): now the form
+    comes back with a clear error, for send and for saving a draft, and nothing is stored."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        _setup(srv)
+        c = Client(srv)
+        c.login()
+        token = c.csrf("/compose")
+        for action in ("send", "draft"):
+            r, page = c.post("/compose", {"_csrf": token, "action": action, "from": ALICE, "to": BOB,
+                                          "subject": subject, "body": "x"})
+            assert r.status == 400, action
+            assert b"Subject must not contain" in page
+        acct = srv.store.get_account(ALICE)
+        assert srv.store.get_mailbox(acct.id, "Sent").message_count == 0
+        assert srv.store.get_mailbox(acct.id, "Drafts").message_count == 0
+
+
 def test_sessions_survive_restart_and_expire(tmp_path):
     """Sessions are kept in the database: a restart keeps them; the idle limit ends them."""
     with running_server(tmp_path, listeners=("https",)) as srv:
