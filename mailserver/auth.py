@@ -205,12 +205,23 @@ class PasswordHasher:
         """Raise ``ValueError("unknown hash scheme ...")`` unless :meth:`verify` understands ``stored``."""
         _parse(stored)
 
-    def dummy_verify(self, password: str) -> None:
-        """Spend about the time of a real verification (for unknown accounts: no timing oracle)."""
+    def prepare(self) -> None:
+        """Make the hash that unknown accounts are checked against (blocking, a real hash's cost). The server calls
+        this at start, before it listens: built lazily, it made the first unknown-account login after a start take
+        twice as long as later ones, which tells accounts apart."""
         with self._dummy_lock:
             if self._dummy_hash is None:
                 self._dummy_hash = self.hash(os.urandom(16).hex())
-            dummy = self._dummy_hash
+
+    @property
+    def prepared(self) -> bool:
+        """Whether :meth:`prepare` has run."""
+        return self._dummy_hash is not None
+
+    def dummy_verify(self, password: str) -> None:
+        """Spend about the time of a real verification (for unknown accounts: no timing oracle)."""
+        self.prepare()  # already done at start in the server; here for other users of the class
+        dummy = self._dummy_hash
         try:
             self._context.verify(_secret(self.default_scheme, password), dummy)
         except (ValueError, TypeError):

@@ -329,7 +329,9 @@ class MailServer(MultiService):
         def update_hash(account_id: int, new_hash: str):
             return run_in(self.reactor, self.pools.db_write, store.set_password_hash, account_id, new_hash)
 
-        return Authenticator(PasswordHasher(self.config.auth.default_scheme), lookup, update_hash,
+        hasher = PasswordHasher(self.config.auth.default_scheme)
+        hasher.prepare()  # at start, before any listener: unknown accounts cost as much the first time as later
+        return Authenticator(hasher, lookup, update_hash,
                              hash_pool=self.pools.hash, clock=self.reactor, limits=self.config.limits,
                              auth_config=self.config.auth, secret=self.secret,
                              failures=self.cluster.login_failures)

@@ -717,3 +717,12 @@ def test_many_parallel_good_logins_are_not_throttled():
     env.clock.advance(LIMITS.auth_max_delay * 10)
     results = [d.result for d in pending]
     assert all(r.ok for r in results), {r.reason for r in results}
+
+
+def test_server_builds_the_dummy_hash_before_it_listens(tmp_path):
+    """The first unknown-account login after a start must not pay for building the dummy hash (that made it take
+    twice as long as later ones: a timing oracle for which accounts exist)."""
+    from tests.harness import running_server
+
+    with running_server(tmp_path, listeners=("imap",)) as srv:
+        assert srv.server.auth._hasher.prepared
