@@ -289,7 +289,7 @@ def copy(conn: Connection, src_mailbox_id: int, uids: Sequence[int], dst_mailbox
         uv = conn.execute(select(MB.c.uid_validity).where(MB.c.id == dst_mailbox_id)).scalar()
         return Changed(CopyResult(uv, []), [])
     total = sum(r.size for r in rows)
-    if not move and src_mailbox_id != dst_mailbox_id:
+    if not move:  # a copy adds messages, into the same mailbox too (MOVE only relocates them)
         _check_quota(conn, account_id, total)
     first_uid, modseq, uv = mailboxes.bump(conn, dst_mailbox_id, len(rows))
     pairs = []

@@ -251,3 +251,18 @@ def test_utf8_mailbox_names(srv):
     out = b"".join(raw.cmd("b", 'LIST "" "Entw*"'))
     assert '"Entwürfe"'.encode() in out
     raw.close()
+
+
+def test_copy_into_the_same_mailbox_checks_the_quota(srv):
+    """RFC 9208: COPY 1:* INBOX into INBOX itself adds messages and must be refused past the quota, as into any
+    other mailbox (it used to skip the check, so a user could grow past any quota)."""
+    user = new_user(srv, quota_bytes=9000)
+    srv.deliver(user, message("q1", body="x" * 2000))
+    srv.deliver(user, message("q2", body="x" * 2000))
+    raw = _raw(srv, user)
+    raw.cmd("s", "SELECT INBOX")
+    assert raw.cmd("c", "COPY 1:* INBOX")[-1].startswith(b"c OK")  # 4 KB + 4 KB fits in 9 KB
+    assert raw.cmd("d", "COPY 1:* INBOX")[-1].startswith(b"d NO [OVERQUOTA]")  # another 8 KB does not
+    out = raw.cmd("e", "STATUS INBOX (MESSAGES)")
+    assert b"MESSAGES 4" in out[0]
+    raw.close()

@@ -542,3 +542,25 @@ def test_login_next_never_leaves_the_site(tmp_path, query):
                                  "next": urllib.parse.unquote(query)})
         assert r.status == 303
         assert r.headers["Location"] == "/"
+
+
+def test_sending_with_a_full_mailbox_is_refused_before_anything_leaves(tmp_path):
+    """The copy in Sent counts against the quota: a send that would not fit is refused with a clear error, and
+    nothing is delivered or queued (it used to be sent and its copy stored past the quota)."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        srv.add_user(ALICE, PW, quota_bytes=3000)
+        srv.add_user(BOB, PW)
+        srv.deliver(ALICE, b"From: x@example.org\r\nSubject: big\r\n\r\n" + b"x" * 2500 + b"\r\n")
+        c = Client(srv)
+        c.login()
+        token = c.csrf("/compose")
+        r, page = c.post("/compose", {"_csrf": token, "action": "send", "from": ALICE, "to": BOB,
+                                      "subject": "hello", "body": "y" * 1000})
+        assert r.status == 400 and b"mailbox is full" in page
+        assert srv.store.get_mailbox(srv.store.get_account(BOB).id, "INBOX").message_count == 0
+        assert srv.store.get_mailbox(srv.store.get_account(ALICE).id, "Sent").message_count == 0
+        r, page = c.post("/compose", {"_csrf": token, "action": "send", "from": ALICE, "to": BOB,
+                                      "subject": "hi", "body": "y"})
+        assert r.status == 303  # a small one still fits
+        assert srv.store.get_mailbox(srv.store.get_account(BOB).id, "INBOX").message_count == 1
+        assert srv.store.get_mailbox(srv.store.get_account(ALICE).id, "Sent").message_count == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from twisted.logger import Logger
+
 from mailserver.access import Rights
 from mailserver.delivery.envelope import DRAFT, SENT_COPY
 from mailserver.ingest import deliver_raw
@@ -14,6 +16,8 @@ from webmail import compose as cm
 from webmail import message_view as mv
 from webmail import web
 from webmail.views.common import folder_tree, mailboxes, open_mailbox, open_message, parse_ref, special
+
+log = Logger()
 
 MODES = ("new", "reply", "all", "forward", "forward_att")
 
@@ -244,12 +248,19 @@ async def compose_submit(ctx) -> web.Response:
             raise cm.ComposeError("add at least one recipient")
         wire = await ctx.app.cpu(cm.build, draft, message_id=message_id)
         copy = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True)
+        # The copy in Sent counts against the quota like any message: a full mailbox refuses the send before
+        # anything leaves, rather than sending and losing the copy (or storing it past the quota).
+        used, limit = await ctx.astore.quota(ctx.account_id)
+        if limit and used + len(copy) > limit:
+            raise cm.ComposeError("your mailbox is full: delete some messages so the copy in Sent fits, then send")
         await cm.send(ctx.services, ctx.account_id, ident.address, draft.recipients(), wire, client_ip=ctx.client_ip)
     except cm.ComposeError as e:
         return await compose_page(ctx, state, str(e), 400)
     sent = special(mbs, "\\Sent")
-    await deliver_raw(ctx.services, ctx.account_id, copy, mailbox=sent.name if sent else "Sent", flags=FLAG_SEEN,
-                      check_quota=False, producer=SENT_COPY)
+    res = await deliver_raw(ctx.services, ctx.account_id, copy, mailbox=sent.name if sent else "Sent",
+                            flags=FLAG_SEEN, producer=SENT_COPY)
+    if not res.ok:  # filled up between the check and now: the message went out, only its copy is missing
+        log.warn("sent copy for account {a} not stored: {r}", a=ctx.account_id, r=res.reason)
     ref = parse_ref(state.reply_ref)
     if ref is not None:
         try:
