@@ -41,6 +41,7 @@ from mailserver.config import IMPLICIT_TLS, Config, ConfigError, ListenAddress
 from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
+from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.services import BoundListener, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
@@ -300,9 +301,11 @@ class MailServer(MultiService):
     def _make_services(self) -> Services:
         router = build_router(self.config, self.store)
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
+        pipeline = Pipeline(runner, self.config, router, self.store.blobs)
+        pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
-                        pipeline=Pipeline(runner, self.config, router, self.store.blobs), kick_queue=self.kick_queue,
+                        pipeline=pipeline, kick_queue=self.kick_queue,
                         listeners=self._bound_listeners, running=lambda: self.running)
 
     def _bound_listeners(self) -> list[BoundListener]:

@@ -241,6 +241,9 @@ class Ingest:
         message = self._message_info()
         # 2. message checks, each with a verdict per recipient.
         for stage in p.check_stages(req):
+            applies = getattr(stage, "applies", None)
+            if applies is not None and not applies(message):
+                continue  # not this kind of message (e.g. a submission-only check on mail from the MX)
             for t in self._targets:
                 if t.open:
                     t.stages.append(stage.name)

@@ -128,7 +128,8 @@ class Stage(Protocol):
     """A message check: called once per open recipient, in registration order.
 
     ``check`` returns a :class:`Verdict`, None (accept), or a Deferred/awaitable of one.  It runs on the reactor
-    thread: anything blocking goes to a thread pool.
+    thread: anything blocking goes to a thread pool.  A stage may also have ``applies(message) -> bool``: where it
+    is false the stage does not run for that message (and is not recorded among the recipient's stages).
     """
 
     name: str
