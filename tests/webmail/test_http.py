@@ -14,6 +14,7 @@ import pytest
 
 from mailserver.config import ListenAddress
 from mailserver.service import Listening
+from storage.models import FLAG_SEEN
 from tests.harness import running_server
 from webmail import web
 
@@ -564,3 +565,23 @@ def test_sending_with_a_full_mailbox_is_refused_before_anything_leaves(tmp_path)
         assert r.status == 303  # a small one still fits
         assert srv.store.get_mailbox(srv.store.get_account(BOB).id, "INBOX").message_count == 1
         assert srv.store.get_mailbox(srv.store.get_account(ALICE).id, "Sent").message_count == 1
+
+
+def test_a_cross_site_link_to_a_message_does_not_mark_it_read(tmp_path):
+    """The session cookie is SameSite=Lax, so a link on another site opens the message with the user's session:
+    the GET still shows it, but marks nothing read when the browser says it came from another site
+    (Sec-Fetch-Site); our own links (same-origin) and a typed address (none) do."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        inbox, _ = _setup(srv)
+        c = Client(srv)
+        c.login()
+
+        def seen() -> bool:
+            (m,) = srv.store.get_messages(inbox.id, [1])
+            return bool(m.flags & FLAG_SEEN)
+
+        for site in ("cross-site", "same-site"):
+            r, _ = c.get(f"/m/{inbox.id}/1", headers={"Sec-Fetch-Site": site})
+            assert r.status == 200 and not seen(), site
+        r, _ = c.get(f"/m/{inbox.id}/1", headers={"Sec-Fetch-Site": "same-origin"})
+        assert r.status == 200 and seen()

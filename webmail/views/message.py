@@ -51,7 +51,11 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
         for b in view.bodies:
             if b.kind == "html" and _REMOTE_IMG.search(mv.decode_part_text(raw, nodes[b.part])):
                 remote_blocked = True
-    if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box):  # RFC 4314 4: only with "s"
+    # Opening a message marks it read (RFC 4314 4: only with "s"), but not when the browser says the GET came from
+    # another site (Fetch Metadata): a SameSite=Lax cookie rides along on a cross-site link, and a page elsewhere
+    # must not be able to mark our user's mail as read.
+    cross_site = ctx.header("sec-fetch-site") in ("cross-site", "same-site")
+    if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box) and not cross_site:
         await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN)
     mbs = await mailboxes(ctx)
     thread = await ctx.astore.conversation(ctx.account_id, msg)
