@@ -22,14 +22,20 @@ Decisions a caller should know:
   its /64, IPv4-mapped IPv6 as IPv4) and against the address.  Every answer is delayed by
   ``0.5 s * 2 ** (failures - 1)`` (capped at ``auth_max_delay``), where ``failures`` is the larger of the two
   counters after this attempt.  Once a counter has reached its maximum the answer is ``"throttled"`` (after the
-  delay) without looking the account up or verifying anything.  Attempts still being checked count towards
-  the maximum, so parallel connections cannot all get a guess in before the first failure is recorded.
+  delay) without looking the account up or verifying anything.  Every attempt counts from the moment it starts:
+  recorded failures plus attempts being checked may not pass a maximum, and an attempt that would pass it waits
+  for one under way to end and is judged again (a burst of 100 simultaneous guesses gets at most the maximum
+  checked; a client opening 30 connections with the right password gets all of them in, a few at a time).
   Throttled attempts are not counted again, so a counter drains as its failures age out of the window.  A limit of 0 means "no maximum" (the delay still
   grows).  A success clears the *account's* counter but not the IP's: otherwise a client holding one valid
   account could interleave good logins to keep guessing other accounts' passwords.  Loopback clients are
   throttled like everyone else.
-* While an account is throttled, even its correct password (and a cached success) answers ``"throttled"``:
-  throttling must not be bypassable by the very guesses it slows down.
+* Per account, an outsider must not be able to lock the owner out (as large providers do): while an account is
+  over its maximum, the addresses that failed for it get ``"throttled"`` even with its correct password (the
+  guesses it slows down cannot bypass it), but an address with no failure in the window, or one the account
+  logged in from within the window (remembered in this process), still has its password checked, and only a
+  correct one gets in.  The per-IP maximum holds regardless, so a whole office behind one NAT is throttled only
+  for its own failures.
 * If ``lookup``, the thread pool or the failure counters fail, the returned Deferred fails with that error
   (nothing is counted); protocols answer it as a temporary failure (SMTP ``454 4.7.0``, IMAP ``NO [UNAVAILABLE]``).
 * Where the counters live is the :class:`mailserver.clusterstate.LoginFailures` given as ``failures``: in this
@@ -412,16 +418,10 @@ INVALID = AuthResult(False, reason="invalid")
 THROTTLED = AuthResult(False, reason="throttled")
 
 
-def _exceeded(failures: int, limit: int, in_flight: int) -> bool:
-    """Whether a key with ``failures`` in the window reached its ``limit`` (0: no maximum).
-
-    Once a key has failed in the window, attempts still being checked count as failures too (parallel connections
-    must not all get a guess verified before the next failure is recorded).  Without a failure they do not: a client
-    opening many connections at once with the right password must not be throttled.
-    """
-    if limit <= 0:
-        return False
-    return failures >= limit or (failures > 0 and failures + in_flight >= limit)
+def _over(failures: int, in_flight: int, limit: int) -> bool:
+    """Whether recorded ``failures`` plus attempts ``in_flight`` reach ``limit`` (0: no maximum): every attempt
+    counts from the moment it starts."""
+    return limit > 0 and failures + in_flight >= limit
 
 
 def _decrement(counter: Counter[str], key: str) -> None:
@@ -468,6 +468,9 @@ class Authenticator:
         self.failures = failures
         self._ip_in_flight: Counter[str] = Counter()
         self._account_in_flight: Counter[str] = Counter()
+        self._waiters: list[defer.Deferred] = []  # attempts waiting for one under way to end
+        # (address, ip key) -> when it last logged in: addresses an account is known to use (MAX_TRACKED_KEYS)
+        self._good_logins: OrderedDict[tuple[str, str], float] = OrderedDict()
         # HMAC(address, password) -> (expires, address, stored hashes the password was verified against)
         self._cache: OrderedDict[bytes, tuple[float, str, frozenset[str]]] = OrderedDict()
 
@@ -495,32 +498,70 @@ class Authenticator:
         address = normalize_address(username)
         ip_key = _ip_key(client_ip)
         limits = self._limits
-        ip_n, account_n = await self.failures.counts(ip_key, address, self._clock.seconds())
-        if (_exceeded(ip_n, limits.auth_max_failures_per_ip, self._ip_in_flight[ip_key])
-                or _exceeded(account_n, limits.auth_max_failures_per_account, self._account_in_flight[address])):
-            log.info("auth throttled for {address!r} from {ip}", address=address, ip=client_ip)
-            await self._sleep(self._delay(ip_n, account_n))
-            return THROTTLED
-
-        # Attempts under way count against the limits too: many parallel connections must not all get a
-        # guess verified before the first failure is recorded.
-        self._ip_in_flight[ip_key] += 1
+        # Admission. Every attempt counts from the moment it starts: the recorded failures plus the attempts being
+        # verified right now may not pass a limit, so a burst of simultaneous guesses gets at most ``limit``
+        # verified. One that would pass it waits for an attempt under way to end and is judged again: a client
+        # opening many connections with the right password is let in (the earlier ones succeed), a burst of
+        # guesses is throttled (the earlier ones fail).
+        while True:
+            ip_n, account_n = await self.failures.counts(ip_key, address, self._clock.seconds())
+            ip_over = _over(ip_n, 0, limits.auth_max_failures_per_ip)
+            # Per account, a failing account does not lock its owner out: an address that has not been failing,
+            # or one this account logged in from before, still gets its password checked (and only a correct one
+            # gets in); only addresses that failed are throttled for it.
+            account_over = _over(account_n, 0, limits.auth_max_failures_per_account)
+            trusted = ip_n == 0 or self._known_good(address, ip_key)
+            if ip_over or (account_over and not trusted):
+                log.info("auth throttled for {address!r} from {ip}", address=address, ip=client_ip)
+                await self._sleep(self._delay(ip_n, account_n))
+                return THROTTLED
+            busy = (_over(ip_n, self._ip_in_flight[ip_key], limits.auth_max_failures_per_ip)
+                    or (not account_over
+                        and _over(account_n, self._account_in_flight[address], limits.auth_max_failures_per_account)))
+            if not busy:
+                break
+            await self._slot_freed()
+        self._ip_in_flight[ip_key] += 1  # no await since the check above: admission is atomic on the reactor
         self._account_in_flight[address] += 1
         try:
             result = await self._check(address, password)
+            # The outcome is recorded before the slot is given back, so a waiter judged again sees it.
+            now = self._clock.seconds()
+            if result.reason == "invalid":
+                ip_n, account_n = await self.failures.add(ip_key, address, now)
+            elif result.ok:
+                self._remember_good(address, ip_key, now)
+                ip_n, account_n = await self.failures.clear_account(ip_key, address, now)
+            else:
+                ip_n, account_n = await self.failures.counts(ip_key, address, now)
         finally:
             _decrement(self._ip_in_flight, ip_key)
             _decrement(self._account_in_flight, address)
-
-        now = self._clock.seconds()
-        if result.reason == "invalid":
-            ip_n, account_n = await self.failures.add(ip_key, address, now)
-        elif result.ok:
-            ip_n, account_n = await self.failures.clear_account(ip_key, address, now)
-        else:
-            ip_n, account_n = await self.failures.counts(ip_key, address, now)
+            self._wake_waiters()
         await self._sleep(self._delay(ip_n, account_n))
         return result
+
+    def _slot_freed(self) -> defer.Deferred:
+        """Fires when an attempt under way ends (then the waiter looks at the limits again)."""
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _known_good(self, address: str, ip_key: str) -> bool:
+        """Whether ``address`` logged in from ``ip_key`` within the failure window (in this process)."""
+        seen = self._good_logins.get((address, ip_key))
+        return seen is not None and self._clock.seconds() - seen < self._limits.auth_failure_window
+
+    def _remember_good(self, address: str, ip_key: str, now: float) -> None:
+        self._good_logins[(address, ip_key)] = now
+        self._good_logins.move_to_end((address, ip_key))
+        while len(self._good_logins) > MAX_TRACKED_KEYS:
+            self._good_logins.popitem(last=False)
 
     async def _check(self, address: str, password: str) -> AuthResult:
         if not _acceptable(address, password):

@@ -508,11 +508,15 @@ def test_throttle_ends_when_failures_leave_the_window():
 
 
 def test_unknown_addresses_are_throttled_like_real_ones():
-    """The account counter is keyed by address, so throttling does not reveal which addresses exist."""
+    """The account counter is keyed by address, so throttling does not reveal which addresses exist: after the
+    account limit, an address that failed is throttled and a fresh one gets its (wrong) password checked, for an
+    unknown address exactly as for a real one."""
     env = make_env()
-    for i in range(5):
-        env.login("nobody@example.org", "x", ip=f"198.51.100.{i}")
-    assert env.login("nobody@example.org", "x", ip="198.51.100.99")[0].reason == "throttled"
+    for net, name in ((100, "nobody@example.org"), (101, "alice@example.org")):
+        for i in range(5):
+            env.login(name, "x", ip=f"198.51.{net}.{i}")
+        assert env.login(name, "x", ip=f"198.51.{net}.0")[0].reason == "throttled", name
+        assert env.login(name, "x", ip=f"198.51.{net}.99")[0].reason == "invalid", name
 
 
 def test_per_ip_throttle_across_accounts():
@@ -679,24 +683,44 @@ def test_hashing_runs_in_the_thread_pool():
         pool.stop()
 
 
-def test_parallel_attempts_count_against_the_limit_once_a_failure_is_recorded():
-    """After a failure, attempts still being verified count as failures for the limit: parallel connections cannot
-    all get a guess verified before the next failure is recorded."""
+def test_parallel_attempts_count_against_the_limit_from_the_start():
+    """Attempts being verified count for the limit from the moment they start: a burst of simultaneous guesses gets
+    at most the limit verified; the rest wait, and are throttled once those failed."""
     env = make_env()
     result, _ = env.login("user0@example.org", "guess", ip="203.0.113.9")
     assert result.reason == "invalid"
     held: list[defer.Deferred] = []
     env.auth._run = lambda f, *args: held.append(defer.Deferred()) or held[-1]
-    # IP limit 8: one recorded failure + 7 attempts under way reach it.
-    pending = [env.auth.authenticate(f"user{i}@example.org", "guess", "203.0.113.9") for i in range(1, 8)]
-    assert len(held) == 7 and not any(d.called for d in pending)
-    result, _ = env.login("alice@example.org", "alice-pw", ip="203.0.113.9")
-    assert result.reason == "throttled" and len(held) == 7
+    # IP limit 8: one recorded failure + 7 attempts under way reach it; 20 more do not get verified.
+    pending = [env.auth.authenticate(f"user{i}@example.org", "guess", "203.0.113.9") for i in range(1, 28)]
+    late = env.auth.authenticate("alice@example.org", "alice-pw", "203.0.113.9")
+    assert len(held) == 7 and not any(d.called for d in pending) and not late.called
     for d in held:
-        d.callback(None)
+        d.callback(None)  # the 7 guesses fail
     env.clock.advance(LIMITS.auth_max_delay * 10)
-    assert all(d.called for d in pending)
+    assert len(held) == 7  # nobody else was verified: the limit was reached
+    results = [d.result.reason for d in pending]
+    assert results.count("invalid") == 7 and results.count("throttled") == 20
+    assert late.result.reason == "throttled"
     assert env.auth._ip_in_flight == {} and env.auth._account_in_flight == {}
+
+
+def test_a_burst_of_guesses_from_a_clean_address_gets_at_most_the_limit_checked():
+    """The race the limit used to lose: 100 simultaneous guesses from an address with no earlier failure."""
+    env = make_env()
+    held: list[defer.Deferred] = []
+    env.auth._run = lambda f, *args: held.append(defer.Deferred()) or held[-1]
+    pending = [env.auth.authenticate(f"user{i % 7}@example.org", "guess", "203.0.113.77") for i in range(100)]
+    while True:
+        waiting = [d for d in held if not d.called]
+        if not waiting:
+            break
+        for d in waiting:
+            d.callback(None)
+        env.clock.advance(LIMITS.auth_max_delay * 10)
+    results = [d.result.reason for d in pending]
+    assert len(held) == LIMITS.auth_max_failures_per_ip == results.count("invalid")
+    assert results.count("throttled") == 100 - LIMITS.auth_max_failures_per_ip
 
 
 def test_many_parallel_good_logins_are_not_throttled():
@@ -711,10 +735,13 @@ def test_many_parallel_good_logins_are_not_throttled():
 
     env.auth._run = hold
     pending = [env.auth.authenticate("alice@example.org", "alice-pw", "203.0.113.9") for _ in range(30)]
-    assert len(held) == 30 and env.auth._ip_in_flight["203.0.113.9"] == 30
-    for d, f, args in held:  # now let every verification finish
-        d.callback(f(*args))
-    env.clock.advance(LIMITS.auth_max_delay * 10)
+    # At most the limit are verified at once; the others wait for them and then get in.
+    at_once = min(LIMITS.auth_max_failures_per_ip, LIMITS.auth_max_failures_per_account)
+    assert len(held) == at_once == env.auth._ip_in_flight["203.0.113.9"]
+    while any(not d.called for d, _, _ in held):
+        for d, f, args in [h for h in held if not h[0].called]:  # let every verification finish
+            d.callback(f(*args))
+        env.clock.advance(LIMITS.auth_max_delay * 10)
     results = [d.result for d in pending]
     assert all(r.ok for r in results), {r.reason for r in results}
 
@@ -726,3 +753,17 @@ def test_server_builds_the_dummy_hash_before_it_listens(tmp_path):
 
     with running_server(tmp_path, listeners=("imap",)) as srv:
         assert srv.server.auth._hasher.prepared
+
+
+def test_an_outsider_cannot_lock_the_owner_out():
+    """Failed guesses on an account throttle the addresses that failed, not the owner: a correct password from an
+    address that has not been failing, or from one the account logged in from before, still gets in; the
+    guesser's address is throttled for the account even with the right password."""
+    env = make_env()
+    assert env.login("alice@example.org", "alice-pw", ip="192.0.2.50")[0].ok  # her office, known from now on
+    for _ in range(LIMITS.auth_max_failures_per_account):
+        env.login("alice@example.org", "guess", ip="203.0.113.66")
+    assert env.login("alice@example.org", "alice-pw", ip="203.0.113.66")[0].reason == "throttled"
+    assert env.login("alice@example.org", "alice-pw", ip="198.51.100.20")[0].ok  # a clean address
+    assert env.login("alice@example.org", "typo", ip="192.0.2.50")[0].reason == "invalid"  # she mistypes once
+    assert env.login("alice@example.org", "alice-pw", ip="192.0.2.50")[0].ok  # a known address still gets in
