@@ -67,7 +67,7 @@ def test_100_simultaneous_guesses_over_three_protocols_get_at_most_the_limit_che
             results: list[str] = []
             lock = threading.Lock()
 
-            def guess(i: int) -> None:
+            def guess(i: int, barrier=barrier, burst=burst, lock=lock, results=results) -> None:
                 kind = ("imap", "pop3", "smtp")[i % 3]
                 user = f"user{i % 7}@example.test" if i % 2 else "alice@example.test"
                 barrier.wait()

@@ -120,6 +120,10 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         else:
             self.transport.pauseProducing()
 
+    def call_soon(self, f) -> None:
+        """Run ``f`` in a later reactor turn (the session yields between batches of commands)."""
+        self.factory.services.reactor.callLater(0, f)
+
     def writable(self) -> Deferred | None:
         return self.gate.wait()
 

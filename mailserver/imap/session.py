@@ -83,6 +83,10 @@ from .wire import (
 log = Logger()
 
 # Commands whose responses must not be interleaved with EXPUNGE (RFC 9051 7.4.1; UID variants may).
+#: Commands one session may run in one reactor turn before it lets the other clients' turns come (those that
+#: finish at once: NOOP, CAPABILITY, a cached FETCH); the rest wait for the next turn.
+MAX_COMMANDS_PER_TURN = 64
+
 _NO_EXPUNGE = (c.Fetch, c.Store, c.Search, c.Sort, c.Thread)
 
 
@@ -94,6 +98,7 @@ class Connection(Protocol):
     def set_reading(self, on: bool) -> None: ...
     def writable(self) -> Deferred | None: ...
     def activity(self, idle: bool = False) -> None: ...
+    def call_soon(self, f) -> None: ...
 
 
 @dataclass
@@ -185,6 +190,7 @@ class ImapSession:
         self._literal_busy = False
         self._pumping = False
         self._repump = False
+        self._turn_pending = False  # the pump yielded the reactor and goes on in a later turn
         self._append: _AppendState | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._collect: tuple[int, list] | None = None
@@ -303,20 +309,35 @@ class ImapSession:
             self._repump = True
             return
         self._pumping = True
+        handled = 0
         try:
             while not self.closed:
                 self._repump = False
                 if self._literal_busy or (self._running is not None and self._line_waiter is None):
                     break
+                if handled >= MAX_COMMANDS_PER_TURN:
+                    # Pipelined commands that finish at once (2,000,000 NOOPs inflated from 23 KB of COMPRESS
+                    # input) would keep the reactor from every other client: go on in a later turn, and read
+                    # nothing more meanwhile.
+                    if not self._turn_pending:
+                        self._turn_pending = True
+                        self.conn.call_soon(self._next_turn)
+                    break
                 event = self.reader.next_event()
                 if event is None:
                     break
                 self._handle(event)
+                handled += 1
         finally:
             self._pumping = False
         if not self.closed:
             waiting = self._literal_busy or (self._running is not None and self._line_waiter is None)
-            self.conn.set_reading(not waiting)
+            self.conn.set_reading(not (waiting or self._turn_pending))
+
+    def _next_turn(self) -> None:
+        self._turn_pending = False
+        if not self.closed:
+            self._pump()
 
     def _handle(self, event) -> None:
         if isinstance(event, CommandReady):

@@ -177,6 +177,9 @@ class _FakeConn:
     def activity(self, idle=False):
         pass
 
+    def call_soon(self, f):
+        f()
+
 
 def test_logindisabled_for_remote_client_without_tls(srv):
     """RFC 9051 6.2.3: a non-loopback client without TLS sees LOGINDISABLED and LOGIN answers NO."""
