@@ -312,7 +312,8 @@ def test_parse_render_extract(raw):
         found = searchtext.extract_text(raw)
         assert isinstance(found, str)
         assert searchtext.extract_text(raw, bodystructure=bs) == found
-        assert searchtext.extract_text(raw, 10, bs) == found[:10]
+        short = searchtext.extract_text(raw, 10, bs)
+        assert len(short) <= 10 and found.startswith(short)
         for node in iter_parts(bs):
             parse.part_filename(node)
             if "children" not in node and "body" not in node:

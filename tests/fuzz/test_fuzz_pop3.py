@@ -231,7 +231,7 @@ def test_session_any_reads(raw, tls, plaintext, data):
     forced = forced_splits(raw, _STLS)
     whole = Recorder(tls=tls, plaintext=plaintext).feed(chunks_at(raw, forced))
     responses = [o for o in whole.out if not o.startswith(b"<")]
-    assert len(responses) <= lines_of(raw) + 2
+    assert len(responses) <= lines_of(raw) + 3  # + greeting and the closing -ERR for no progress or overflow
     assert sum(map(len, responses)) <= 600 * (lines_of(raw) + 2) + 2 * sum(map(len, MESSAGES.values())) * lines_of(raw)
     split = Recorder(tls=tls, plaintext=plaintext).feed(chunks_at(raw, forced + data.draw(split_points(len(raw)))))
     assert split.out == whole.out
