@@ -10,8 +10,12 @@ Profiles (``FUZZ_PROFILE``, default ``ci``):
 ``FUZZ_EXAMPLES=N`` sets the number of examples (random, on top of ``long`` unless ``FUZZ_PROFILE`` names another
 profile). By hand, in this process or in parallel::
 
-    FUZZ_EXAMPLES=100000 TEST_WORKERS=0 scripts/test tests/fuzz
+    FUZZ_EXAMPLES=100000 TEST_WORKERS=0 scripts/test tests/fuzz     # one process (TEST_WORKERS=0 is -n 0)
+    FUZZ_EXAMPLES=20000 TEST_WORKERS=2 scripts/test tests/fuzz      # the tests spread over two processes
     FUZZ_PROFILE=dev scripts/test tests/fuzz
+
+Outside the ``ci`` profile the tests have no pytest-timeout. The counts of examples run (including those of
+shrinking a failure) are printed at the end of the run.
 
 No timing anywhere (``deadline=None``), and no example database: Hypothesis keeps nothing in the work tree (its
 home directory is under the system temp dir).
@@ -20,6 +24,7 @@ home directory is under the system temp dir).
 from __future__ import annotations
 
 import os
+import pathlib
 import tempfile
 
 import pytest
@@ -49,7 +54,17 @@ _examples = os.environ.get("FUZZ_EXAMPLES", "")
 if _examples:
     settings.register_profile("env", parent=settings.get_profile(_profile or "long"), max_examples=int(_examples))
     _profile = "env"
-settings.load_profile(_profile or "ci")
+_profile = _profile or "ci"
+settings.load_profile(_profile)
+_HERE = pathlib.Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    if _profile != "ci":
+        # A long run by hand takes as long as it takes: no pytest-timeout (300 s by default) on it.
+        for item in items:
+            if item.path.is_relative_to(_HERE):
+                item.add_marker(pytest.mark.timeout(0))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -14,7 +14,9 @@ output is CRLF-terminated IMAP lines, the same whatever the reads, bounded by th
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections import Counter
 from types import SimpleNamespace
 
 from hypothesis import strategies as st
@@ -54,6 +56,7 @@ _LIMITS = LimitsConfig()
 DEFAULT = ParserLimits.from_config(_LIMITS)
 # One byte past each: the small limits and LimitsConfig's imap_max_line (the pad mutation aims at -2..+2 of each).
 LINE_LIMITS = (SMALL.max_line, SMALL.max_line + 2, DEFAULT.max_line, DEFAULT.max_line + 2)
+LITERAL_LIMITS = tuple(n + d for n in (SMALL.max_literal, DEFAULT.max_literal, 4096) for d in (0, 1))
 
 # ------------------------------------------------------------------------------------------------ grammar
 
@@ -70,6 +73,8 @@ def astring(draw, values=None) -> bytes:
     if form <= 5:
         return b'"' + v.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     size = len(v) + (draw(st.sampled_from([-1, 1, 1000])) if form == 9 else 0)
+    if form == 9 and draw(st.integers(0, 3)) == 0:
+        size = draw(st.sampled_from(LITERAL_LIMITS))  # announced at / one past imap_max_literal, data never sent
     marker = draw(st.sampled_from([b"{%d}", b"{%d+}", b"~{%d}", b"~{%d+}"])) % max(size, 0)
     return marker + b"\r\n" + v
 
@@ -77,7 +82,10 @@ def astring(draw, values=None) -> bytes:
 _mailbox = astring(st.sampled_from([b"INBOX", b"inbox", b"inbox/Sub", b"Sent", b"&AOk-t&AOk-", b"&Jjo-!", b"&",
                                     b"&AGE-", b"caf\xc3\xa9", b"a/b/c", b"", b"\x01", b"x" * 200]))
 _seq = st.sampled_from([b"1", b"*", b"1:*", b"1,2,3", b"5:1", b"0", b"4294967295", b"4294967296", b"1:", b",",
-                        b"1,,2", b"$", b"1:2:3", b"*:*", b",".join([b"1"] * 13), b"2," * 5 + b"7", b"9" * 25])
+                        b"1,,2", b"$", b"1:2:3", b"*:*", b",".join([b"1"] * 13), b"2," * 5 + b"7", b"9" * 25,
+                        # imap_max_sequence_ranges (LimitsConfig) and one past
+                        b",".join([b"3"] * _LIMITS.imap_max_sequence_ranges),
+                        b",".join([b"3"] * (_LIMITS.imap_max_sequence_ranges + 1))])
 _flags = st.lists(st.sampled_from([b"\\Seen", b"\\Deleted", b"\\Flagged", b"$Junk", b"\\*", b"\\", b"kw", b"(",
                                    b"\\Recent", b"\xc3\xa9"]), max_size=4).map(lambda fs: b"(" + b" ".join(fs) + b")")
 _date_time = st.sampled_from([b'"17-Jul-1996 02:44:25 -0700"', b'" 1-Jan-2024 00:00:00 +0000"',
@@ -210,7 +218,15 @@ def imap_unit(draw) -> bytes:
     return unit
 
 
-imap_script = units_script(imap_unit(), limits=LINE_LIMITS).map(b"".join)
+@st.composite
+def imap_units(draw) -> list[bytes]:
+    units = draw(units_script(imap_unit(), limits=LINE_LIMITS))
+    if draw(st.integers(0, 49)) == 0:
+        units.append(b"z BOGUS\r\n" * (_LIMITS.imap_max_commands_without_progress + 1))
+    return units
+
+
+imap_script = imap_units().map(b"".join)
 
 # ------------------------------------------------------------------------------------------------ the reader
 
@@ -395,17 +411,18 @@ _STARTTLS = re.compile(rb"^[^ \r\n]+ starttls *\r?\n", re.I | re.M)  # at line s
 
 def check_output(out: bytes, raw: bytes) -> None:
     pos = 0
-    tagged = 0
-    input_tags = set(re.findall(rb"(?:^|\n)([^ \r\n]+)(?=[ \r\n])", raw))
+    # A tagged response answers a line that started with its tag: never more of them than such lines.
+    sent = Counter(re.findall(rb"(?:^|\n)([^ \r\n]+)(?=[ \r\n])", raw))
+    answered: Counter[bytes] = Counter()
     while pos < len(out):
         m = _LINE.match(out, pos)
         assert m, f"malformed response at {pos}: {out[pos:pos + 80]!r}"
         head = m.group(1)
         if head not in (b"* ", b"+ "):
             tag = head.split(b" ")[0]
-            assert tag in input_tags, f"tagged response with a tag never sent: {tag!r}"
-            assert all(b in TAG_CHARS for b in tag)
-            tagged += 1
+            assert all(b in TAG_CHARS for b in tag), tag
+            answered[tag] += 1
+            assert answered[tag] <= sent[tag], f"tagged response with a tag not sent (that often): {tag[:40]!r}"
         pos = m.end()
     assert b"[SERVERBUG]" not in out
     # At most one response per line or literal received, plus greeting and BYE (no amplification).
@@ -414,11 +431,12 @@ def check_output(out: bytes, raw: bytes) -> None:
     assert len(out) <= 600 * (n_in + 3) + 2 * len(raw)
 
 
-@fuzz(raw=imap_script, client_ip=st.sampled_from(["192.0.2.7", "127.0.0.1"]), tls=st.booleans(),
+@fuzz(units=imap_units(), client_ip=st.sampled_from(["192.0.2.7", "127.0.0.1"]), tls=st.booleans(),
       small=st.booleans(), data=st.data())
-def test_session_before_login_any_reads(raw, client_ip, tls, small, data):
+def test_session_before_login_any_reads(units, client_ip, tls, small, data):
     """The session before login: well-formed answers with the right tags, the same whatever the reads, nothing
     logged as a failure (the catch-all answers NO [SERVERBUG] and logs the traceback)."""
+    raw = b"".join(units)
     limits = SMALL if small else DEFAULT
     failures = []
 
@@ -435,6 +453,9 @@ def test_session_before_login_any_reads(raw, client_ip, tls, small, data):
         offsets = data.draw(split_points(len(raw)))
         split, _ = run_session(chunks_at(raw, forced + offsets), client_ip=client_ip, tls=tls, limits=limits)
         assert split == whole
+        at_units = list(itertools.accumulate(len(u) for u in units))
+        one_by_one, _ = run_session(chunks_at(raw, forced + at_units), client_ip=client_ip, tls=tls, limits=limits)
+        assert one_by_one == whole
         if len(raw) <= 1500:
             tiny, _ = run_session(chunks_at(raw, forced + list(range(1, len(raw)))), client_ip=client_ip, tls=tls,
                                   limits=limits)

@@ -15,6 +15,7 @@ released when the connection ends; the same output whatever the read boundaries.
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 
 from hypothesis import strategies as st
@@ -103,8 +104,8 @@ pop3_unit = st.one_of(
                      b"STAT x", b"NOOP ", b"XYZZY", b"", b" ", b"LIST  1", b"QUIT now", b"PASS", b"USER"]).map(
         lambda c: c + b"\r\n"),
 )
-pop3_script = st.tuples(st.booleans(), units_script(pop3_unit, limits=LINE_LIMITS)).map(
-    lambda t: (b"USER alice@example.org\r\nPASS secret\r\n" if t[0] else b"") + b"".join(t[1]))
+pop3_units = st.tuples(st.booleans(), units_script(pop3_unit, limits=LINE_LIMITS)).map(
+    lambda t: ([b"USER alice@example.org\r\nPASS secret\r\n"] if t[0] else []) + t[1])
 
 # ------------------------------------------------------------------------------------------------ the driver
 
@@ -225,9 +226,11 @@ def check_body(blob: bytes, top_lines: int | None, encoded: bytes) -> None:
 _STLS = re.compile(rb"stls *\r?\n", re.I)
 
 
-@fuzz(raw=pop3_script, tls=st.booleans(), plaintext=st.booleans(), data=st.data())
-def test_session_any_reads(raw, tls, plaintext, data):
-    """Well-formed responses, exact RETR/TOP bodies, bounded output, no lock left, the same whatever the reads."""
+@fuzz(units=pop3_units, tls=st.booleans(), plaintext=st.booleans(), data=st.data())
+def test_session_any_reads(units, tls, plaintext, data):
+    """Well-formed responses, exact RETR/TOP bodies, bounded output, no lock left, the same whatever the reads
+    (all at once, one command per read, byte by byte, cut anywhere)."""
+    raw = b"".join(units)
     forced = forced_splits(raw, _STLS)
     whole = Recorder(tls=tls, plaintext=plaintext).feed(chunks_at(raw, forced))
     responses = [o for o in whole.out if not o.startswith(b"<")]
@@ -235,6 +238,8 @@ def test_session_any_reads(raw, tls, plaintext, data):
     assert sum(map(len, responses)) <= 600 * (lines_of(raw) + 2) + 2 * sum(map(len, MESSAGES.values())) * lines_of(raw)
     split = Recorder(tls=tls, plaintext=plaintext).feed(chunks_at(raw, forced + data.draw(split_points(len(raw)))))
     assert split.out == whole.out
+    at_units = list(itertools.accumulate(len(u) for u in units))
+    assert Recorder(tls=tls, plaintext=plaintext).feed(chunks_at(raw, forced + at_units)).out == whole.out
     if len(raw) <= 1500:
         tiny = Recorder(tls=tls, plaintext=plaintext).feed(chunks_at(raw, forced + list(range(1, len(raw)))))
         assert tiny.out == whole.out
