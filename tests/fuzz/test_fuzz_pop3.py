@@ -236,6 +236,9 @@ def test_session_any_reads(units, tls, plaintext, data):
     responses = [o for o in whole.out if not o.startswith(b"<")]
     assert len(responses) <= lines_of(raw) + 3  # + greeting and the closing -ERR for no progress or overflow
     assert sum(map(len, responses)) <= 600 * (lines_of(raw) + 2) + 2 * sum(map(len, MESSAGES.values())) * lines_of(raw)
+    if len(raw) > wire.MAX_PIPELINED:
+        # More than RFC 2449 6.6 lets us queue: whether it overflows depends on how much waited at once (by design).
+        return
     split = Recorder(tls=tls, plaintext=plaintext).feed(chunks_at(raw, forced + data.draw(split_points(len(raw)))))
     assert split.out == whole.out
     at_units = list(itertools.accumulate(len(u) for u in units))
