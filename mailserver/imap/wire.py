@@ -69,6 +69,9 @@ LITERAL_MINUS_MAX = 4096
 # A literal marker at the very end of a line (RFC 3501 9 literal, RFC 7888 literal+, RFC 3516 literal8).
 _MARKER_RE = re.compile(rb"(~?)\{([0-9]{1,20})(\+?)\}\Z")
 _SKIP_TAIL = 32
+#: Octets at the start of an over-long line in which its tag must end to be echoed: the whole line is never
+#: buffered, so the reply must not depend on how much of it had arrived.
+_TAG_WINDOW = 100
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,14 @@ class ImapReader:
         first = self._segments[0] if self._segments else text
         return tag_of(first)
 
+    def _long_line_tag(self, start: bytes) -> bytes | None:
+        """The tag of a command refused for an over-long line: taken from the command's first line when that was
+        complete, else only if it ends (with SP) within the first _TAG_WINDOW octets (never a truncated tag)."""
+        if self._segments:
+            return tag_of(self._segments[0])
+        head, sep, _ = start[: min(_TAG_WINDOW, self.limits.max_line + 1)].partition(b" ")
+        return tag_of(head) if sep else None
+
     def _command_name(self) -> bytes:
         parts = self._segments[0].split(b" ", 2) if self._segments else []
         if len(parts) < 2:
@@ -360,7 +371,7 @@ class ImapReader:
             # +1: a line of exactly max_line octets may still be waiting for its CR LF.
             if len(buf) - pos > self.limits.max_line + 1:
                 self._reject = CommandRejected(
-                    self._command_tag(bytes(buf[pos : pos + 100])), RejectReason.LINE_TOO_LONG
+                    self._long_line_tag(bytes(buf[pos : pos + _TAG_WINDOW])), RejectReason.LINE_TOO_LONG
                 )
                 self._reset_command()
                 self._skip_tail = bytes(buf[-_SKIP_TAIL:])
@@ -420,7 +431,7 @@ class ImapReader:
         return len(parts) == 3 and _MARKER_RE.fullmatch(parts[2]) is not None
 
     def _reject_line(self, line: bytes, marker, reason: RejectReason) -> tuple[Event | None, bool]:
-        tag = self._command_tag(line)
+        tag = self._long_line_tag(line) if reason is RejectReason.LINE_TOO_LONG else self._command_tag(line)
         self._reset_command()
         rejected = CommandRejected(tag, reason, None)
         if marker is not None and not marker[1]:

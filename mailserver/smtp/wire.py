@@ -72,14 +72,20 @@ def has_bare_newline(line: bytes) -> bool:
     return b"\r" in line or b"\n" in line
 
 
+#: DataReader reports one problem per refused body: a bare line end (a smuggling attempt), else an over-long line,
+#: else the size.
+_SEVERITY = {codes.BARE_NEWLINE_DATA: 3, codes.TEXT_LINE_TOO_LONG: 2, codes.MESSAGE_TOO_BIG: 1}
+
+
 class DataReader:
     """The DATA body: finds the end marker, removes dot-stuffing (RFC 5321 4.5.2), checks limits.
 
     ``feed(buf)`` consumes whole lines from ``buf`` and returns ``(chunks, done)``: the unstuffed body bytes to hand
     on and whether ``<CRLF>.<CRLF>`` was reached (the bytes after it stay in ``buf``).  An incomplete last line stays
     in ``buf`` until its CRLF arrives, so dot-unstuffing and the end marker are right at any read boundary; at most
-    ``max_line`` bytes are held back.  After the first problem ``error`` holds the reply to give at the end and no
-    more chunks are returned, but the body is still read to its real end.
+    ``max_line`` bytes are held back.  After the first problem ``error`` holds the reply to give at the end (the
+    gravest found, see _SEVERITY, so the reply does not depend on the reads) and no more chunks are returned, but
+    the body is still read to its real end.
     """
 
     def __init__(self, max_size: int, max_line: int):
@@ -90,7 +96,8 @@ class DataReader:
         self._skip_line = False  # inside an over-long line, waiting for its CRLF
 
     def _fail(self, reply: Reply) -> None:
-        if self.error is None:
+        # The gravest problem wins, not the first seen: where the reads end decides which is seen first.
+        if self.error is None or _SEVERITY[reply] > _SEVERITY[self.error]:
             self.error = reply
 
     def feed(self, buf: bytearray) -> tuple[list[bytes], bool]:
@@ -99,6 +106,8 @@ class DataReader:
             idx = buf.find(CRLF)
             if idx < 0:
                 keep = 1 if buf.endswith(b"\r") else 0
+                if b"\n" in buf or b"\r" in buf[: len(buf) - keep]:
+                    self._fail(codes.BARE_NEWLINE_DATA)  # no CRLF here: every CR or LF is bare
                 del buf[: len(buf) - keep]
                 return chunks, False
             if b"\r" in buf[:idx] or b"\n" in buf[:idx]:

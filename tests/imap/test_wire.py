@@ -243,6 +243,19 @@ def test_endless_line_is_not_buffered():
     ]
 
 
+@pytest.mark.parametrize("tag", [b"a1", b"t" * 99, b"t" * 100, b"t" * 5000])
+def test_over_long_line_tag_does_not_depend_on_the_reads(tag):
+    """The tag reported for an over-long first line is the same whether the line came in one read or in many
+    (found by tests/fuzz): only a tag ending within the first 100 octets is echoed, never a truncated one."""
+    limits = ParserLimits(max_line=300)
+    stream = tag + b" NOOP " + b"x" * 6000 + b"\r\nb NOOP\r\n"
+    whole = drive(ImapReader(limits), [stream])
+    for step in (1, 7, 301, 1000):
+        assert drive(ImapReader(limits), [stream[i:i + step] for i in range(0, len(stream), step)]) == whole
+    expected = tag if len(tag) < 100 else None
+    assert whole == [CommandRejected(expected, RejectReason.LINE_TOO_LONG, None), CommandReady(Frame((b"b NOOP",)))]
+
+
 def test_line_too_long_with_trailing_literal_skips_the_literal():
     """An over-long line ending in {n+} also drops the literal (it is data, not commands)."""
     limits = ParserLimits(max_line=30)

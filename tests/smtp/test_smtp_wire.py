@@ -150,6 +150,33 @@ def test_bare_cr_or_lf_anywhere_rejects(body):
     assert done and reader.error == codes.BARE_NEWLINE_DATA
 
 
+@pytest.mark.parametrize("body", [
+    b"L" * 1000 + b"\r\nok\r\nbare\rcr\r\n",  # an over-long line, then a bare CR
+    b"bare\nlf\r\n" + b"L" * 1000 + b"\r\n",  # a bare LF, then an over-long line
+    b"L" * 3000 + b"\n" + b"L" * 3000 + b"\r\n",  # a bare LF inside an over-long line
+])
+def test_refusal_does_not_depend_on_the_reads(body):
+    """Found by tests/fuzz: a body with several problems gets the same reply whatever the read boundaries (the
+    gravest wins: bare CR/LF, then line length, then size), and a bare LF inside a skipped over-long line counts."""
+    data = body + b".\r\n"
+    verdicts = set()
+    for step in (1, 7, 500, 1001, len(data)):
+        reader = DataReader(10**6, 1000)
+        out, done, rest = feed_all(reader, data, list(range(step, len(data), step)))
+        assert done and rest == b""
+        verdicts.add(reader.error)
+    assert verdicts == {codes.BARE_NEWLINE_DATA}
+
+
+def test_over_long_line_outranks_message_size():
+    """An over-long line and a message over the size limit: 500 5.5.6 whatever the reads."""
+    data = b"L" * 1200 + b"\r\n" + b"x" * 400 + b"\r\n.\r\n"
+    for step in (1, 999, 1000, len(data)):
+        reader = DataReader(1500, 1000)
+        feed_all(reader, data, list(range(step, len(data), step)))
+        assert reader.error == codes.TEXT_LINE_TOO_LONG, step
+
+
 def test_text_line_at_limit_passes_and_one_past_fails():
     """RFC 5321 4.5.3.1.6: the text line limit counts the CRLF."""
     for extra, error in ((0, None), (1, codes.TEXT_LINE_TOO_LONG)):
