@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 MAX_NUMBER = 0xFFFFFFFF  # RFC 3501 9: nz-number is a 32-bit unsigned, non-zero
 DEFAULT_MAX_RANGES = 10000
+_MAX_DIGITS = len(str(MAX_NUMBER))
 
 
 class SeqSetError(ValueError):
@@ -37,8 +38,12 @@ def _parse_number(text: str) -> int | None:
     if text == "*":
         return None
     if not text or not text.isascii() or not text.isdigit():
-        raise SeqSetError(f"invalid sequence number {text!r}")
-    value = int(text)
+        raise SeqSetError(f"invalid sequence number {text[:20]!r}")
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _MAX_DIGITS:
+        # Before int(): Python refuses to convert more than 4300 digits with a plain ValueError.
+        raise SeqSetError("sequence number out of range")
+    value = int(digits)
     if value == 0:
         raise SeqSetError("sequence number 0 is not allowed")  # RFC 3501 9: seq-number uses nz-number
     if value > MAX_NUMBER:

@@ -33,6 +33,16 @@ def test_parse_bad(text):
         SeqSet.parse(text)
 
 
+@pytest.mark.parametrize("digits", [11, 4301, 65000])
+def test_huge_number_is_a_seqset_error(digits):
+    """Found by tests/fuzz: a number of thousands of digits gave Python's int-conversion ValueError (not a
+    SeqSetError), which escaped the parser and the session; leading zeros still count as the number they spell."""
+    for text in ("9" * digits, "1:" + "9" * digits, "*," + "9" * digits):
+        with pytest.raises(SeqSetError, match="out of range"):
+            SeqSet.parse(text)
+    assert SeqSet.parse("0" * digits + "7").ranges == ((7, 7),)
+
+
 def test_max_ranges_limit():
     """max_ranges elements pass; one more is refused."""
     text = ",".join(str(i) for i in range(1, 11))

@@ -112,3 +112,14 @@ def test_condstore_enabled_while_selected_sends_highestmodseq_once(srv):
     out = raw.cmd("g", "FETCH 1 (MODSEQ)")
     assert len(out) == 2 and b"HIGHESTMODSEQ" not in out[0], out
     raw.close()
+
+
+def test_sequence_number_of_thousands_of_digits_is_bad(srv):
+    """Found by tests/fuzz: a sequence number of 5,000 digits (before login too: commands are parsed first) raised
+    Python's int-conversion ValueError through the session and dropped the connection; it is a BAD and the session
+    goes on."""
+    raw = Raw(srv.port("imap"))
+    out = raw.cmd("a", "UID COPY " + "9" * 5000 + " INBOX")
+    assert out[-1].startswith(b"a BAD"), out
+    assert raw.cmd("b", "NOOP")[-1].startswith(b"b OK")
+    raw.close()
