@@ -24,6 +24,7 @@ from mailserver.auth import (
     PasswordHasher,
     normalize_address,
 )
+from mailserver.clusterstate import LocalLoginFailures
 from mailserver.config import AuthConfig, LimitsConfig
 
 HASHER = PasswordHasher(low_cost=True)
@@ -767,3 +768,50 @@ def test_an_outsider_cannot_lock_the_owner_out():
     assert env.login("alice@example.org", "alice-pw", ip="198.51.100.20")[0].ok  # a clean address
     assert env.login("alice@example.org", "typo", ip="192.0.2.50")[0].reason == "invalid"  # she mistypes once
     assert env.login("alice@example.org", "alice-pw", ip="192.0.2.50")[0].ok  # a known address still gets in
+
+
+class SlowReadFailures(LocalLoginFailures):
+    """Failure counters whose reads answer only when the test says, with what was recorded when the read began
+    (what a database read in a thread does while another attempt records its failure)."""
+
+    def __init__(self, limits):
+        super().__init__(limits.auth_failure_window, limits.auth_max_failures_per_ip,
+                         limits.auth_max_failures_per_account)
+        self.hold = False
+        self.held: list[tuple[defer.Deferred, tuple[int, int]]] = []
+
+    async def counts(self, ip_key, address, now):
+        seen = self._counts(ip_key, address, now)
+        if not self.hold:
+            return seen
+        d: defer.Deferred = defer.Deferred()
+        self.held.append((d, seen))
+        await d
+        return seen
+
+
+def test_a_counter_read_overlapping_the_end_of_an_attempt_is_read_again():
+    """The race PostgreSQL showed (11 of a burst checked where the limit is 10): attempt A is being checked; B reads
+    the counters (A's failure is not recorded yet); A fails, records it and is no longer under way; B's read
+    answers. B must not be let in on that read: it reads again and is throttled."""
+    limits = dataclasses.replace(LIMITS, auth_max_failures_per_ip=1)
+    clock, accounts = task.Clock(), Accounts()
+    failures = SlowReadFailures(limits)
+    held: list[defer.Deferred] = []
+    a = Authenticator(HASHER, accounts.lookup, accounts.update_hash,
+                      hash_pool=lambda f, *args: held.append(defer.Deferred()) or held[-1], clock=clock,
+                      limits=limits, auth_config=AuthConfig(), failures=failures)
+    first = a.authenticate("x@example.org", "guess", "203.0.113.5")
+    assert len(held) == 1  # A is being checked
+    failures.hold = True
+    second = a.authenticate("y@example.org", "guess", "203.0.113.5")
+    (read, seen), = failures.held
+    assert seen == (0, 0)  # read before A's failure exists
+    held[0].callback(None)  # A fails: recorded, no longer under way
+    clock.advance(limits.auth_max_delay)
+    assert first.result.reason == "invalid"
+    failures.hold = False
+    read.callback(None)  # B's stale read answers
+    clock.advance(limits.auth_max_delay)
+    assert len(held) == 1, "B was checked on a stale read"
+    assert second.result.reason == "throttled"
