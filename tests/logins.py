@@ -19,7 +19,9 @@ import poplib
 import re
 import smtplib
 import socket
+import ssl
 import threading
+import time
 import urllib.parse
 from contextlib import contextmanager
 from typing import Callable
@@ -27,6 +29,14 @@ from typing import Callable
 HOST = "127.0.0.1"
 
 Attempt = Callable[[], str]
+
+
+def tls_context() -> ssl.SSLContext:
+    """A client context for the test server's self-signed certificate."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class _Imap(imaplib.IMAP4):
@@ -38,6 +48,16 @@ class _Imap(imaplib.IMAP4):
         return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
 
 
+class _ImapTls(imaplib.IMAP4_SSL):
+    def __init__(self, port: int, source: str):
+        self._source = source
+        super().__init__(HOST, port, ssl_context=tls_context(), timeout=60)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
 class _Pop3(poplib.POP3):
     def __init__(self, port: int, source: str):
         self._source = source
@@ -47,8 +67,19 @@ class _Pop3(poplib.POP3):
         return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
 
 
-def open_imap(port: int, user: str, password: str, source: str = HOST) -> Attempt:
-    c = _Imap(port, source)
+class _Pop3Tls(poplib.POP3_SSL):
+    def __init__(self, port: int, source: str):
+        self._source = source
+        super().__init__(HOST, port, context=tls_context(), timeout=60)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
+        return self.context.wrap_socket(sock, server_hostname=self.host)
+
+
+def open_imap(port: int, user: str, password: str, source: str = HOST, tls: bool = False) -> Attempt:
+    """IMAP LOGIN (on an imaps port with ``tls``)."""
+    c = (_ImapTls if tls else _Imap)(port, source)
 
     def attempt() -> str:
         try:
@@ -66,8 +97,9 @@ def open_imap(port: int, user: str, password: str, source: str = HOST) -> Attemp
     return attempt
 
 
-def open_pop3(port: int, user: str, password: str, source: str = HOST) -> Attempt:
-    c = _Pop3(port, source)
+def open_pop3(port: int, user: str, password: str, source: str = HOST, tls: bool = False) -> Attempt:
+    """POP3 USER/PASS (on a pop3s port with ``tls``)."""
+    c = (_Pop3Tls if tls else _Pop3)(port, source)
     c.user(user)
 
     def attempt() -> str:
@@ -83,8 +115,12 @@ def open_pop3(port: int, user: str, password: str, source: str = HOST) -> Attemp
     return attempt
 
 
-def open_smtp(port: int, user: str, password: str, source: str = HOST) -> Attempt:
-    c = smtplib.SMTP(HOST, port, timeout=60, source_address=(source, 0))
+def open_smtp(port: int, user: str, password: str, source: str = HOST, tls: bool = False) -> Attempt:
+    """SMTP AUTH PLAIN (on a submissions port with ``tls``)."""
+    if tls:
+        c = smtplib.SMTP_SSL(HOST, port, timeout=60, source_address=(source, 0), context=tls_context())
+    else:
+        c = smtplib.SMTP(HOST, port, timeout=60, source_address=(source, 0))
     c.ehlo()
 
     def attempt() -> str:
@@ -97,21 +133,24 @@ def open_smtp(port: int, user: str, password: str, source: str = HOST) -> Attemp
     return attempt
 
 
-class _SourceHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, port: int, source: str):
-        super().__init__(HOST, port, timeout=60, source_address=(source, 0))
+def _http(port: int, source: str, tls: bool) -> http.client.HTTPConnection:
+    if tls:
+        return http.client.HTTPSConnection(HOST, port, timeout=60, source_address=(source, 0),
+                                           context=tls_context())
+    return http.client.HTTPConnection(HOST, port, timeout=60, source_address=(source, 0))
 
 
-def open_webmail(port: int, user: str, password: str, source: str = HOST) -> Attempt:
-    """The sign-in form over the plain ``http`` listener (the whole webmail when no ``https`` is configured)."""
-    conn = _SourceHTTPConnection(port, source)
+def open_webmail(port: int, user: str, password: str, source: str = HOST, tls: bool = False) -> Attempt:
+    """The sign-in form: over ``https`` with ``tls``, else over a plain ``http`` listener (which serves the whole
+    webmail when no ``https`` is configured)."""
+    conn = _http(port, source, tls)
     conn.request("GET", "/login", headers={"Host": f"{HOST}:{port}"})
     r = conn.getresponse()
     page = r.read()
     pre = re.search(rb'name="_pre" value="([^"]+)"', page).group(1).decode()
     cookie = next(c.split(";", 1)[0] for c in r.headers.get_all("Set-Cookie") if c.startswith("wm_pre="))
     conn.close()
-    conn = _SourceHTTPConnection(port, source)
+    conn = _http(port, source, tls)
     conn.connect()  # the connection is open before the barrier: only the request is left to send
     body = urllib.parse.urlencode({"_pre": pre, "username": user, "password": password, "next": "/"}).encode()
 
@@ -135,9 +174,26 @@ def open_webmail(port: int, user: str, password: str, source: str = HOST) -> Att
 OPENERS = {"imap": open_imap, "pop3": open_pop3, "smtp": open_smtp, "webmail": open_webmail}
 
 
-def login(kind: str, port: int, user: str, password: str, source: str = HOST) -> str:
+def login(kind: str, port: int, user: str, password: str, source: str = HOST, tls: bool = False) -> str:
     """One whole login (connect, password, answer)."""
-    return OPENERS[kind](port, user, password, source)()
+    return OPENERS[kind](port, user, password, source, tls)()
+
+
+#: The issue's bound for "a normal client logs in during the attack" (a login here takes a few milliseconds).
+NORMAL_LOGIN_BOUND = 1.0
+
+
+def assert_logs_in_promptly(kind: str, port: int, user: str, password: str, source: str = HOST,
+                            tls: bool = False) -> None:
+    """A normal client on its own connection logs in within NORMAL_LOGIN_BOUND seconds: connect, TLS handshake,
+    greeting, password, answer, all of it. The one wall-clock bound of the suite, and only for the hardening tests
+    of attacks that would otherwise stall other clients (a stalled client waits for ever, or until the attack's
+    timeouts of 30 s and more)."""
+    start = time.monotonic()
+    result = login(kind, port, user, password, source, tls)
+    elapsed = time.monotonic() - start
+    assert result == "ok", (kind, result)
+    assert elapsed < NORMAL_LOGIN_BOUND, f"{kind} login took {elapsed:.2f}s during the attack"
 
 
 class PasswordChecks:
