@@ -585,3 +585,38 @@ def test_a_cross_site_link_to_a_message_does_not_mark_it_read(tmp_path):
             assert r.status == 200 and not seen(), site
         r, _ = c.get(f"/m/{inbox.id}/1", headers={"Sec-Fetch-Site": "same-origin"})
         assert r.status == 200 and seen()
+
+
+@pytest.mark.parametrize("back", ["/%09/evil.test/", "/%0D%0A/evil.test", "%20//evil.test/", "/%5Cevil.test/",
+                                  "%5C%5Cevil.test/", "https://evil.test/", "//evil.test", "/%09%09/evil.test",
+                                  "%0B//evil.test", "javascript:alert(1)", "/%5C/evil.test"])
+def test_bulk_action_back_never_leaves_the_site(tmp_path, back):
+    """The bulk actions' back= (where the list goes after moving or marking) is judged like ?next=: anything a
+    browser would read as another site lands on the mailbox's own list, with and without messages to act on."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        inbox, _ = _setup(srv)
+        c = Client(srv)
+        c.login()
+        token = c.csrf()
+        for uids in ([], ["1"]):
+            r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": token, "action": "read", "uid": uids,
+                                                    "back": urllib.parse.unquote(back)})
+            assert r.status == 303, uids
+            assert r.headers["Location"] == f"/m/{inbox.id}", (back, uids)
+
+
+def test_redirect_targets_of_this_site_are_kept(tmp_path):
+    """A local next= or back= is kept as it came (query included, non-ASCII too), so the protection above does
+    not cost the user their place."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        inbox, _ = _setup(srv)
+        c = Client(srv)
+        c.login()
+        token = c.csrf()
+        for target in (f"/m/{inbox.id}?page=2&sort=from", "/search?q=gr%C3%BC%C3%9Fe", "/folders"):
+            r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": token, "action": "read", "uid": "1", "back": target})
+            assert (r.status, r.headers["Location"]) == (303, target)
+        r, page = Client(srv).get("/login?next=" + urllib.parse.quote(f"/m/{inbox.id}?page=2", safe=""))
+        assert f'name="next" value="/m/{inbox.id}?page=2"'.encode() in page.replace(b"&amp;", b"&")
+        r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": token, "action": "read", "uid": "1", "back": "/grüße"})
+        assert r.status == 303  # a non-ASCII path is no server error
