@@ -108,7 +108,7 @@ def test_security_headers_and_https_redirect(tmp_path):
         plain = Client(srv, "http")
         r, _ = plain.get("/m/1?page=2")
         assert r.status == 301
-        assert r.headers["Location"] == f"https://127.0.0.1:{srv.port('https')}/m/1?page=2"
+        assert r.headers["Location"] == f"https://mail.example.test:{srv.port('https')}/m/1?page=2"
         r, _ = plain.get("/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=alice%40example.test")
         assert r.status == 200 and r.headers["Content-Type"].startswith("application/xml")
         r, _ = plain.request("POST", "/AutoDiscover/AutoDiscover.xml", b"<x/>", {"Content-Type": "text/xml"})
@@ -118,21 +118,24 @@ def test_security_headers_and_https_redirect(tmp_path):
         assert r.headers["Location"] == f"https://mail.example.test:{srv.port('https')}/x"
 
 
-def test_https_redirect_never_goes_to_a_host_we_do_not_serve(tmp_path):
-    """The http->https redirect takes the Host header only when it names us: our host name, an autoconfig or
-    autodiscover name of a configured domain, or the address the client connected to; anything else (an attacker's
-    name in Host) gets our own host name."""
+def test_https_redirect_goes_to_the_configured_host_name_only(tmp_path):
+    """The http->https redirect never takes the Host header: an attacker's name, one of the names we also serve,
+    an address, a malformed or a missing Host all get our configured host name (whose certificate the https
+    listener presents)."""
     with running_server(tmp_path, listeners=("http", "https")) as srv:
         plain = Client(srv, "http")
         port = srv.port("https")
-        for asked, expected in [("evil.test", "mail.example.test"), ("evil.test:80", "mail.example.test"),
-                                ("mail.example.test", "mail.example.test"),
-                                ("autoconfig.example.test", "autoconfig.example.test"),
-                                ("autoconfig.evil.test", "mail.example.test"), ("127.0.0.1", "127.0.0.1"),
-                                ("127.0.0.2", "mail.example.test"), ("", "mail.example.test")]:
-            r, _ = plain.get("/inbox", headers={"Host": asked})
+        for asked in ("evil.test", "evil.test:80", "mail.example.test", "autoconfig.example.test",
+                      "autoconfig.evil.test", "127.0.0.1", f"127.0.0.1:{srv.port('http')}", "127.0.0.2", "[::1]",
+                      "evil.test/@x", "evil.test\\", "", "MAIL.EXAMPLE.TEST."):
+            r, _ = plain.get("/inbox?x=1", headers={"Host": asked})
             assert r.status == 301
-            assert r.headers["Location"] == f"https://{expected}:{port}/inbox", asked
+            assert r.headers["Location"] == f"https://mail.example.test:{port}/inbox?x=1", asked
+        # A request-target that is not a path (absolute form, "//host") cannot steer it either.
+        r, _ = plain.get("//evil.test/x")
+        assert r.headers["Location"] == f"https://mail.example.test:{port}/"
+        r, _ = plain.get("http://evil.test/x")
+        assert r.headers["Location"] == f"https://mail.example.test:{port}/"
 
 
 def test_login_session_fixation_and_cookie_flags(tmp_path):
