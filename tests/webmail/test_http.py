@@ -309,7 +309,7 @@ def test_subject_with_characters_the_header_writer_refuses_is_a_form_error(tmp_p
         c = Client(srv)
         c.login()
         token = c.csrf("/compose")
-        for action in ("send", "draft"):
+        for action in ("send", "save"):  # "save" is the Save draft button
             r, page = c.post("/compose", {"_csrf": token, "action": action, "from": ALICE, "to": BOB,
                                           "subject": subject, "body": "x"})
             assert r.status == 400, action
@@ -317,6 +317,55 @@ def test_subject_with_characters_the_header_writer_refuses_is_a_form_error(tmp_p
         acct = srv.store.get_account(ALICE)
         assert srv.store.get_mailbox(acct.id, "Sent").message_count == 0
         assert srv.store.get_mailbox(acct.id, "Drafts").message_count == 0
+
+
+def _multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body as browsers send it (file names as raw UTF-8 in the quoted string)."""
+    boundary = "----formboundary7MA4YWxkTrZu0gW"
+    out = b""
+    for k, v in fields.items():
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n').encode()
+    for name, data in files:
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="attach"; filename="{name}"\r\n'
+                f"Content-Type: text/plain\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+REFUSED_BY_THE_HEADER_WRITER = ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029", "\x1b", "\x00"]
+
+
+@pytest.mark.parametrize("char", REFUSED_BY_THE_HEADER_WRITER)
+def test_recipients_names_and_file_names_with_characters_the_header_writer_refuses(tmp_path, char):
+    """Not only the subject: a To, Cc or Bcc display name with VT, U+2028 and the like is a form error for send and
+    for a draft; a display name in the settings is refused when saved (it would break every later send); an
+    uploaded file's name loses such characters and the message goes out. Never an HTTP 500."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        _setup(srv)
+        c = Client(srv)
+        c.login()
+        token = c.csrf("/compose")
+        acct = srv.store.get_account(ALICE)
+        for field in ("to", "cc", "bcc"):
+            for action in ("send", "save"):
+                fields = {"_csrf": token, "action": action, "from": ALICE, "to": BOB, "subject": "s", "body": "x",
+                          field: f"Bob{char}Smith <{BOB}>"}
+                r, page = c.post("/compose", fields)
+                assert r.status == 400, (field, action)
+                assert f"{field.capitalize()} must not contain".encode() in page, (field, action)
+        assert srv.store.get_mailbox(acct.id, "Sent").message_count == 0
+        assert srv.store.get_mailbox(acct.id, "Drafts").message_count == 0
+        for op, extra in (("profile", {"display_name": f"Alice{char}A", "signature": "s"}),
+                          ("identity", {"address": ALICE, "name": f"Alice{char}A", "signature": "s"})):
+            r, _ = c.post("/settings", {"_csrf": token, "op": op, **extra})
+            assert r.status == 400, op
+        assert srv.store.get_account(ALICE).display_name == ""
+        body, ctype = _multipart({"_csrf": token, "action": "send", "from": ALICE, "to": BOB, "subject": "file",
+                                  "body": "attached"}, [(f"re{char}port\u202e.txt", b"hello")])
+        r, _ = c.request("POST", "/compose", body, {"Content-Type": ctype})
+        assert r.status == 303
+        (sent,) = srv.store.get_messages(srv.store.get_mailbox(acct.id, "Sent").id, [1])
+        raw = srv.store.read_blob(sent.blob_id)
+        assert b'filename="report.txt"' in raw, raw
 
 
 def test_sessions_survive_restart_and_expire(tmp_path):
@@ -587,6 +636,14 @@ def test_a_cross_site_link_to_a_message_does_not_mark_it_read(tmp_path):
             r, _ = c.get(f"/m/{inbox.id}/1", headers={"Sec-Fetch-Site": site})
             assert r.status == 200 and not seen(), site
         r, _ = c.get(f"/m/{inbox.id}/1", headers={"Sec-Fetch-Site": "same-origin"})
+        assert r.status == 200 and seen()
+        r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": c.csrf(), "action": "unread", "uid": "1"},
+                      headers={"Sec-Fetch-Site": "same-origin"})
+        assert r.status == 303 and not seen()
+        for path in ("/source", "/part/1", "/html/1"):  # the reader's other GETs never mark anything read
+            c.get(f"/m/{inbox.id}/1{path}", headers={"Sec-Fetch-Site": "cross-site"})
+        assert not seen()
+        r, _ = c.get(f"/m/{inbox.id}/1", headers={"Sec-Fetch-Site": "none"})  # a typed address, a bookmark
         assert r.status == 200 and seen()
 
 
