@@ -579,6 +579,42 @@ def test_bidi_controls_in_attachment_names_are_removed(tmp_path):
         assert "%E2%80%AE" not in r.headers["Content-Disposition"].upper()
 
 
+def test_bidi_controls_in_every_attachment_name_shown(tmp_path):
+    """Every other place an attachment name is shown or downloaded: an attached message named after its subject
+    (reader list and download), the forward-as-attachment and forward pages of a message whose subject carries
+    U+202E (its .eml name), and the source download named after the subject."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        srv.add_user(ALICE, PW)
+        srv.deliver(ALICE, b"From: x@example.org\r\nTo: alice@example.test\r\n"
+                           b"Subject: =?utf-8?q?invoice=E2=80=AEfdp.exe?=\r\nMIME-Version: 1.0\r\n"
+                           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+                           b"see attached\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n"
+                           b"Subject: =?utf-8?q?report=E2=81=A6gpj.exe?=\r\nFrom: y@example.org\r\n\r\ninner\r\n"
+                           b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+                           b"filename*=utf-8''data%E2%80%8F%E2%80%AE.bin\r\n\r\nMZ\r\n--b--\r\n")
+        inbox = srv.store.get_mailbox(srv.store.get_account(ALICE).id, "INBOX")
+        bidi = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+        c = Client(srv)
+        c.login(ALICE)
+        r, page = c.get(f"/m/{inbox.id}/1")
+        listed = page[page.index(b'class="attachments"'):].decode()
+        assert "reportgpj.exe.eml" in listed and "data.bin" in listed
+        assert not bidi.search(listed)
+        for link in re.findall(r'href="(/m/\d+/1/part/\d+)"', listed):
+            r, _ = c.get(link)
+            cd = r.headers["Content-Disposition"]
+            assert "%E2%80%AE" not in cd.upper() and "%E2%81%A6" not in cd.upper() and "%E2%80%8F" not in cd.upper()
+            assert "reportgpj.exe.eml" in cd or "data.bin" in cd, cd
+        for mode in ("forward_att", "forward"):
+            r, page = c.get(f"/compose?reply={inbox.id}:1&mode={mode}")
+            assert r.status == 200
+            kept = "".join(re.findall(r'<label><input type="checkbox" name="keep"[^\n]*', page.decode()))
+            assert kept and not bidi.search(kept), (mode, kept)
+        assert b"invoicefdp.exe.eml" in c.get(f"/compose?reply={inbox.id}:1&mode=forward_att")[1]
+        r, _ = c.get(f"/m/{inbox.id}/1/source?download=1")
+        assert "invoicefdp.exe.eml" in r.headers["Content-Disposition"]
+
+
 @pytest.mark.parametrize("query", ["/%09/evil.test/", "/%0D%0A/evil.test", "%20//evil.test/", "/%5Cevil.test/",
                                    "%5C%5Cevil.test/", "https://evil.test/", "//evil.test", "/%09%09/evil.test"])
 def test_login_next_never_leaves_the_site(tmp_path, query):
