@@ -749,11 +749,34 @@ def test_many_parallel_good_logins_are_not_throttled():
 
 def test_server_builds_the_dummy_hash_before_it_listens(tmp_path):
     """The first unknown-account login after a start must not pay for building the dummy hash (that made it take
-    twice as long as later ones: a timing oracle for which accounts exist)."""
-    from tests.harness import running_server
+    twice as long as later ones: a timing oracle for which accounts exist). On the real listeners: the hash exists
+    once the server listens, the first unknown-account logins over IMAP, POP3 and SMTP build nothing and run one
+    verification each, against a hash of the server's own scheme and cost (what a known account's check costs)."""
+    import re
 
-    with running_server(tmp_path, listeners=("imap",)) as srv:
-        assert srv.server.auth._hasher.prepared
+    from tests.harness import running_server
+    from tests.logins import login
+
+    with running_server(tmp_path, listeners=("imap", "pop3", "submission"), limits={"auth_max_delay": 0.05}) as srv:
+        hasher = srv.server.auth._hasher
+        assert hasher.prepared
+        made, verified = [], []
+        real_hash, real_verify = hasher.hash, hasher._context.verify
+        hasher.hash = lambda pw: made.append(pw) or real_hash(pw)
+        hasher._context.verify = lambda secret, stored: verified.append(stored) or real_verify(secret, stored)
+        try:
+            for kind, port in (("imap", srv.port("imap")), ("pop3", srv.port("pop3")),
+                               ("smtp", srv.port("submission"))):
+                assert login(kind, port, f"nobody-{kind}@example.test", "guess") == "checked"
+        finally:
+            del hasher.hash
+            hasher._context.verify = real_verify
+        assert made == [] and len(verified) == 3 and len(set(verified)) == 1
+
+        def params(h):  # "$argon2id$v=19$m=19456,t=2,p=1$..." -> scheme and cost, not salt and digest
+            return re.match(r"\$[^$]+\$[^$]*\$[^$]*\$", h).group(0)
+
+        assert params(verified[0]) == params(hasher.hash("a password")), verified[0]
 
 
 def test_an_outsider_cannot_lock_the_owner_out():
