@@ -683,6 +683,29 @@ def test_a_cross_site_link_to_a_message_does_not_mark_it_read(tmp_path):
         assert r.status == 200 and seen()
 
 
+def test_without_fetch_metadata_the_reader_page_marks_read_by_a_same_origin_post(tmp_path):
+    """A browser that sends no Sec-Fetch-Site (Safari before 16.4) cannot say where the GET came from: the GET
+    marks nothing, and the page it shows carries the form our script posts (with the CSRF token) to mark it."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        inbox, _ = _setup(srv)
+        c = Client(srv)
+        c.login()
+
+        def seen() -> bool:
+            (m,) = srv.store.get_messages(inbox.id, [1])
+            return bool(m.flags & FLAG_SEEN)
+
+        r, page = c.get(f"/m/{inbox.id}/1")
+        assert r.status == 200 and not seen()
+        assert b'id="mark-seen"' in page and b'name="action" value="read"' in page
+        r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": c.csrf(), "action": "read", "uid": "1"})
+        assert r.status == 303 and seen()
+        r, page = c.get(f"/m/{inbox.id}/1")  # already read: nothing left to post
+        assert b'id="mark-seen"' not in page
+        r, js = c.get("/static/app.js")
+        assert b"#mark-seen" in js
+
+
 @pytest.mark.parametrize("back", ["/%09/evil.test/", "/%0D%0A/evil.test", "%20//evil.test/", "/%5Cevil.test/",
                                   "%5C%5Cevil.test/", "https://evil.test/", "//evil.test", "/%09%09/evil.test",
                                   "%0B//evil.test", "javascript:alert(1)", "/%5C/evil.test"])
