@@ -8,15 +8,18 @@ that carries the actions out is ``mailserver/delivery/sieve_stage.py``; scripts 
 """
 
 from mailserver.sieve.actions import Discard, FileInto, Keep, Redirect, Reject, Result, Vacation, describe
-from mailserver.sieve.interp import Env, Limits, Run
+from mailserver.sieve.interp import DEFAULT_LIMITS, Env, Limits, Run
 from mailserver.sieve.message import MessageFacts
 from mailserver.sieve.script import Script, SieveCompileError, compile_script
 from mailserver.sieve.validate import EXTENSIONS
 
 
-def evaluate(script: Script, facts: MessageFacts, env: Env | None = None, limits: Limits = Limits()) -> Result:
-    """Run ``script`` over ``facts``; never raises for the script's own faults (``Result.error`` says why)."""
-    return Run(script, facts, env or Env(), limits).run()
+def evaluate(script: Script | list[Script], facts: MessageFacts, env: Env | None = None,
+             limits: Limits = DEFAULT_LIMITS) -> Result:
+    """Run ``script`` (or several in order, sharing one result) over ``facts``; never raises for the scripts' own
+    faults (``Result.error`` says why, and the caller keeps the message)."""
+    scripts = script if isinstance(script, list) else [script]
+    return Run(scripts[0], facts, env or Env(), limits).run(scripts)
 
 
 __all__ = [

@@ -86,24 +86,30 @@ class Result:
         return list(merged.values())
 
 
+def _flags(flags) -> str:
+    return f" flags={' '.join(sorted(f.lower() for f in flags))}" if flags else ""
+
+
 def describe(result: Result) -> list[str]:
-    """One line per action, normalised the way the differential tests compare us with Pigeonhole's sieve-test."""
+    """One line per action, normalised the way the differential tests compare us with Pigeonhole's sieve-test:
+    ``store MAILBOX [flags=...]`` (keep is a store into INBOX), ``redirect ADDRESS``, ``reject REASON``,
+    ``discard``, ``vacation seconds=N subject=S reason=R``, then ``implicit-keep [flags=...]`` when it applies."""
+    if result.error:
+        return ["error: runtime", "implicit-keep"]
     lines = []
     for a in result.actions:
         if isinstance(a, Keep):
-            lines.append("keep" + (f" flags={' '.join(sorted(f.lower() for f in a.flags))}" if a.flags else ""))
+            lines.append("store INBOX" + _flags(a.flags))
         elif isinstance(a, FileInto):
-            lines.append(f"fileinto {a.mailbox}" +
-                         (f" flags={' '.join(sorted(f.lower() for f in a.flags))}" if a.flags else ""))
+            lines.append(f"store {a.mailbox}" + _flags(a.flags))
         elif isinstance(a, Redirect):
             lines.append(f"redirect {a.address}")
         elif isinstance(a, Reject):
-            lines.append(f"{'ereject' if a.ereject else 'reject'} {a.reason.strip()}")
+            lines.append(f"{'ereject' if a.ereject else 'reject'} {' '.join(a.reason.split())}")
         elif isinstance(a, Discard):
             lines.append("discard")
         elif isinstance(a, Vacation):
             lines.append(f"vacation seconds={a.seconds} subject={a.subject} reason={' '.join(a.reason.split())}")
     if result.implicit_keep:
-        lines.append("keep" + (f" flags={' '.join(sorted(f.lower() for f in result.keep_flags))}"
-                               if result.keep_flags else ""))
+        lines.append("implicit-keep" + _flags(result.keep_flags))
     return lines

@@ -46,6 +46,9 @@ class Limits:
     duplicate_max_period: int = 7 * 86400
 
 
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass
 class Env:
     """What the run may know besides the message."""
@@ -125,9 +128,12 @@ class Run:
 
     # ------------------------------------------------------------------ entry
 
-    def run(self) -> Result:
+    def run(self, scripts: list | None = None) -> Result:
+        """Run the script, or ``scripts`` one after the other (a domain's "before", the user's, "after": one
+        result, and a ``stop`` in any ends them all, as Pigeonhole's sieve_before/sieve_after)."""
         try:
-            self.exec_script(self.script, depth=0)
+            for script in scripts or [self.script]:
+                self.exec_script(script, depth=0)
         except _Stop:
             pass
         except SieveRuntimeError as e:
@@ -298,7 +304,7 @@ class Run:
             for i, a in enumerate(acts):
                 other = "INBOX" if isinstance(a, Keep) else getattr(a, "mailbox", None)
                 if other is not None and isinstance(a, (Keep, FileInto)) and _same_box(other, box):
-                    acts[i] = action if isinstance(a, type(action)) else a
+                    acts[i] = action  # at the place of the first, as the later one says
                     return
         rejects = [a for a in acts if isinstance(a, Reject)]
         if isinstance(action, Reject):

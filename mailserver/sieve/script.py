@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from mailserver.sieve.grammar import Command, SieveSyntaxError, parse
-from mailserver.sieve.interp import Limits
+from mailserver.sieve.interp import DEFAULT_LIMITS, Limits
 from mailserver.sieve.validate import check
 
 Loader = Callable[[str, str], "str | None"]
@@ -61,7 +61,7 @@ def _walk_tests(tests):
         yield from _walk_tests(t.tests)
 
 
-def compile_one(text: str, name: str = "script", limits: Limits = Limits()) -> Script:
+def compile_one(text: str, name: str = "script", limits: Limits = DEFAULT_LIMITS) -> Script:
     """Parse and validate one script (its includes unresolved)."""
     size = len(text.encode("utf-8"))
     if size > limits.max_script_size:
@@ -77,7 +77,7 @@ def compile_one(text: str, name: str = "script", limits: Limits = Limits()) -> S
 
 
 def compile_script(text: str, name: str = "script", *, loader: Loader | None = None,
-                   limits: Limits = Limits(), location: str = "personal") -> Script:
+                   limits: Limits = DEFAULT_LIMITS, location: str = "personal") -> Script:
     """Compile ``text`` and every script it includes (through ``loader``)."""
     cache: dict[tuple[str, str], Script] = {}
     root = compile_one(text, name, limits)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailserver.sieve.grammar import Command, Number, SieveSyntaxError, String, StringList, Tag, Test
+from mailserver.sieve.grammar import Command, Number, SieveSyntaxError, StringList, Tag, Test
 
 #: Every extension a script may ``require`` (the SIEVE capability string of a ManageSieve listener).
 EXTENSIONS = (
