@@ -21,7 +21,7 @@ from mailserver.sieve import match as mt
 from mailserver.sieve.actions import Discard, FileInto, Keep, Redirect, Reject, Result, Vacation
 from mailserver.sieve.grammar import Command, Test
 from mailserver.sieve.message import MessageFacts, Part, addresses, split_address
-from mailserver.sieve.validate import PROTECTED_HEADERS
+from mailserver.sieve.validate import DATE_PARTS, PROTECTED_HEADERS
 
 
 @dataclass(frozen=True)
@@ -607,6 +607,8 @@ class Run:
                 d = _parse_date(val)
                 if d is not None:
                     values_dt.append(d)
+        if date_part not in DATE_PARTS:
+            return False  # RFC 5260 2.3: an unknown date-part matches nothing (as Pigeonhole)
         out = []
         for d in values_dt:
             if zone is not None and zone[0] == "originalzone":

@@ -210,10 +210,6 @@ class _Checker:
         self.node(t, spec, "test")
         if t.name == "body":
             self.uses_body = True
-        if t.name in ("date", "currentdate"):
-            part = t.values[-2].lower()
-            if part not in DATE_PARTS:
-                raise _err(t, f"unknown date part {part!r}")
         if t.name in ("header", "address", "exists") and "mime" not in t.opts:
             if "anychild" in t.opts or "mimeopt" in t.opts:
                 raise _err(t, ":anychild, :type, :subtype, :contenttype and :param need :mime")
@@ -261,9 +257,10 @@ class _Checker:
                        f"argument(s), found {len(rest)}")
         for a, k in zip(rest, expected, strict=False):
             values.append(self.value(a, k.rstrip("?"), f"{n.name}"))
+        values += [None] * (len(expected) - len(values))  # optional ones not given
         if n.name in ("setflag", "addflag", "removeflag", "hasflag"):
             # RFC 5232: [variable-list] list-of-flags -> values = [flags, variables or None]
-            values = [values[1], values[0]] if len(values) == 2 else [values[0], None]
+            values = [values[1], values[0]] if values[1] is not None else [values[0], None]
         n.opts, n.values = opts, values
         self.tag_rules(n, opts)
         if spec.tests == "none" and n.tests:
