@@ -31,7 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailserver.address import AddressError, mailbox_of
-from mailserver.delivery.envelope import SIEVE, Envelope, Recipient, Request
+from mailserver.delivery.envelope import SIEVE, ClientInfo, Envelope, Recipient, Request
 from mailserver.delivery.stages import FILTER, Copy, Verdict
 from mailserver.sieve import (
     Env,
@@ -349,7 +349,11 @@ class SieveFilter:
         env = Envelope(rp, (Recipient(target),), body="" if raw.isascii() else "8BITMIME",
                        smtputf8=not a.address.isascii() or not (sender or "").isascii())
         raw = self.redirect_message(raw, account)
-        result = await self.pipeline.ingest(Request(SIEVE, envelope=env, may_relay=True, log=True), raw)
+        # A new transaction from us (as Pigeonhole hands a redirect to its MTA): Received, Return-Path at the final
+        # delivery, and the Received count's loop check (RFC 5321 6.3) on top of ours.
+        client = ClientInfo(ip="127.0.0.1", helo=self.config.hostname, esmtp=True)
+        result = await self.pipeline.ingest(Request(SIEVE, envelope=env, client=client, may_relay=True, log=True),
+                                            raw)
         if not result.accepted:
             log.warn("sieve {qid}: redirect to {to} failed: {why}", qid=message.queue_id, to=a.address,
                      why="; ".join(f"{o.status} {o.text}" for o in result.failed))
