@@ -116,7 +116,7 @@ def _compile(args, store, scope, owner_id, text: str, name: str):
     try:
         return compile_script(text, name, loader=loader, limits=limits_of(cfg))
     except SieveCompileError as e:
-        raise CliError(f"script {name}: {e}") from None
+        raise CliError(str(e)) from None
 
 
 def _domain_id(store, address: str) -> int | None:
@@ -247,7 +247,7 @@ def sieve_test(args) -> int:
         for line in describe(result):
             print(line)
         return 0
-    print(format_result(result))
+    sys.stdout.write(format_result(result))
     return 0
 
 

@@ -192,3 +192,81 @@ def test_redirect_delivers_and_a_redirect_loop_stops(tmp_path):
         assert kept["Subject"] == "loop"
         assert kept.get_all("X-Sieve-Redirected-By") == ["<dave@example.test>", "<bob@example.test>"]
         assert kept.get_all("Return-Path") == ["<a@remote.test>"]
+
+
+def _queue(srv):
+    from storage.queue import QueueStore
+
+    q = QueueStore(srv.store)
+    return [(s.message.sender, [r.recipient for r in s.recipients], q.read_blob(s.message.blob_id))
+            for s in q.list()]
+
+
+def test_a_remote_redirect_and_vacation_reply_go_to_the_queue(tmp_path):
+    with running_server(tmp_path, listeners=("smtp", "imap")) as srv:
+        srv.add_user("bob@example.test", PW)
+        _activate(srv, "bob@example.test", 'require ["vacation", "copy"]; redirect :copy "bob@elsewhere.test";'
+                                           'vacation "Away.";')
+        raw = b"From: x@remote.test\r\nTo: bob@example.test\r\nSubject: s\r\nMessage-ID: <q1@remote.test>\r\n\r\nb\r\n"
+        assert _send(srv, "x@remote.test", ["bob@example.test"], raw)[0] == 250
+        queued = sorted(_queue(srv), key=lambda q: q[1])
+        assert [(sender, rcpts) for sender, rcpts, _ in queued] == [
+            ("x@remote.test", ["bob@elsewhere.test"]),  # the envelope sender is kept (SRS: a hook)
+            ("", ["x@remote.test"]),  # RFC 3834 / RFC 5230: the reply has the null sender
+        ]
+        redirected, reply = queued[0][2], queued[1][2]
+        assert redirected.startswith(b"Received: from ")  # a new transaction: our trace field first
+        assert b"X-Sieve-Redirected-By: <bob@example.test>\r\n" in redirected
+        assert b"Return-Path:" not in redirected
+        assert b"Auto-Submitted: auto-replied" in reply and b"In-Reply-To: <q1@remote.test>" in reply
+        im = _imap(srv, "bob@example.test")
+        try:
+            assert len(_folder(im, "INBOX")) == 1  # :copy keeps
+        finally:
+            im.logout()
+
+
+def test_reject_with_two_recipients_accepts_the_other_and_reports_to_the_sender(tmp_path):
+    with running_server(tmp_path, listeners=("smtp", "imap")) as srv:
+        srv.add_user("bob@example.test", PW)
+        srv.add_user("dave@example.test", PW)
+        srv.add_user("carol@example.test", PW)
+        _activate(srv, "bob@example.test", 'require "reject"; reject "Bob is not here";')
+        raw = b"From: carol@example.test\r\nTo: bob@example.test, dave@example.test\r\nSubject: two\r\n\r\nb\r\n"
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as c:
+            c.ehlo("mx.remote.test")
+            c.mail("carol@example.test")
+            c.rcpt("bob@example.test")
+            c.rcpt("dave@example.test")
+            code, text = c.data(raw)
+        assert code == 250 and b"bob@example.test: 550 5.7.1 Bob is not here" in text
+        for who, subjects in (("dave@example.test", ["two"]), ("bob@example.test", []),
+                              ("carol@example.test", ["Undelivered Mail Returned to Sender"])):
+            im = _imap(srv, who)
+            try:
+                assert [m["Subject"] for _, m in _folder(im, "INBOX")] == subjects, who
+            finally:
+                im.logout()
+
+
+def test_the_domains_before_and_after_scripts_run_around_the_users(tmp_path):
+    with running_server(tmp_path, listeners=("smtp", "imap")) as srv:
+        acct = srv.add_user("bob@example.test", PW)
+        for box in ("Mine", "After"):  # Junk is a default mailbox
+            srv.store.create_mailbox(acct.id, box)
+        d = srv.store.get_domain("example.test")
+        srv.store.put_sieve_script(d.id, "before", 'require "fileinto"; if header :is "x-spam-flag" "YES" '
+                                   '{ fileinto "Junk"; stop; }', scope="domain")
+        srv.store.put_sieve_script(d.id, "after", 'require ["fileinto", "copy"]; fileinto :copy "After";',
+                                   scope="domain")
+        _activate(srv, "bob@example.test", 'require "fileinto"; fileinto "Mine";')
+        _send(srv, "a@remote.test", ["bob@example.test"], _msg(b"spammy", b"X-Spam-Flag: YES\r\n"))
+        _send(srv, "a@remote.test", ["bob@example.test"], _msg(b"normal"))
+        im = _imap(srv, "bob@example.test")
+        try:
+            assert [m["Subject"] for _, m in _folder(im, "Junk")] == ["spammy"]  # stop: nothing else ran
+            assert [m["Subject"] for _, m in _folder(im, "Mine")] == ["normal"]
+            assert [m["Subject"] for _, m in _folder(im, "After")] == ["normal"]
+            assert _folder(im, "INBOX") == []
+        finally:
+            im.logout()
