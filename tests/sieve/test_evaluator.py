@@ -7,6 +7,7 @@ import pytest
 
 from mailserver.sieve import Env, Limits, MessageFacts, SieveCompileError, compile_script, describe, evaluate
 from mailserver.sieve.grammar import MAX_NESTING
+from mailserver.sieve.interp import DEFAULT_LIMITS
 
 MSG = (b"Return-Path: <ken@example.com>\r\nFrom: Ken <ken+sieve@example.com>\r\nTo: coyote@desert.example.org\r\n"
        b"Cc: boss@example.com\r\nSubject: Your vacation\r\nDate: Mon, 24 Nov 2008 13:00:00 -0800\r\n"
@@ -14,7 +15,7 @@ MSG = (b"Return-Path: <ken@example.com>\r\nFrom: Ken <ken+sieve@example.com>\r\n
        b"X-Caffeine: 2 cups\r\n\r\nI'll be back on Monday.\r\n")
 
 
-def run(script: str, raw: bytes = MSG, *, limits: Limits = Limits(), env: Env | None = None, loader=None,
+def run(script: str, raw: bytes = MSG, *, limits: Limits = DEFAULT_LIMITS, env: Env | None = None, loader=None,
         frm="ken@example.com", to="coyote+work@desert.example.org"):
     s = compile_script(script, loader=loader, limits=limits)
     facts = MessageFacts.from_bytes(raw, envelope_from=frm, envelope_to=to)
