@@ -28,6 +28,7 @@ DATE_PARTS = ("year", "month", "day", "date", "julian", "hour", "minute", "secon
 SET_MODIFIERS = {"lower": 40, "upper": 40, "lowerfirst": 30, "upperfirst": 30, "quotewildcard": 20,
                  "quoteregex": 20, "length": 10}
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_ADDRESS = re.compile(r'[^@\s<>()",;]+@[^@\s<>()",;]+')
 #: RFC 5293 4: fields a script may not add or delete.
 PROTECTED_HEADERS = ("received", "auto-submitted")
 
@@ -193,6 +194,10 @@ class _Checker:
         elif c.name in ("setflag", "addflag", "removeflag") and c.values[1] is not None:
             if "variables" not in self.required:
                 raise _err(c, f"{c.name} with a variable name needs require \"variables\"")
+        elif c.name == "redirect":
+            address = c.values[0]
+            if "${" not in address and not _ADDRESS.fullmatch(address.strip()):
+                raise _err(c, f"redirect: invalid address {address!r}")
         elif c.name == "global":
             for n in c.values[0]:
                 if not _VARIABLE_NAME.match(n):
@@ -283,6 +288,10 @@ class _Checker:
                 raise _err(n, f"comparator {name} needs require \"{ext}\"")
             opts["comparator"] = ("comparator", name)
         match = opts.get("match")
+        if comp is not None and opts["comparator"][1] == "i;ascii-numeric" and match is not None and \
+                match[0] in ("contains", "matches", "regex"):
+            # RFC 4790 9.1: i;ascii-numeric offers equality and ordering only, no substring matching
+            raise _err(n, f"comparator i;ascii-numeric cannot do :{match[0]}")
         if match is not None and match[0] in ("value", "count"):
             if match[1].lower() not in RELATIONS:
                 raise _err(n, f"unknown relational operator {match[1]!r}")

@@ -270,3 +270,26 @@ def test_the_domains_before_and_after_scripts_run_around_the_users(tmp_path):
             assert _folder(im, "INBOX") == []
         finally:
             im.logout()
+
+
+def test_a_changed_script_is_compiled_again_once_its_version_changes(tmp_path):
+    """The cache holds a compiled script until the store's version of the account's scripts changes (checked every
+    cache_check_interval; 0 here): a put from another process (the CLI) takes effect without a restart."""
+    with running_server(tmp_path, listeners=("smtp", "imap"), sieve={"cache_check_interval": 0.0}) as srv:
+        acct = srv.add_user("bob@example.test", PW)
+        srv.store.create_mailbox(acct.id, "A")
+        srv.store.create_mailbox(acct.id, "B")
+        srv.store.put_sieve_script(acct.id, "main", 'require "fileinto"; fileinto "A";')
+        srv.store.activate_sieve_script(acct.id, "main")
+        _send(srv, "a@remote.test", ["bob@example.test"], _msg(b"first"))
+        srv.store.put_sieve_script(acct.id, "main", 'require "fileinto"; fileinto "B";')
+        _send(srv, "a@remote.test", ["bob@example.test"], _msg(b"second"))
+        srv.store.activate_sieve_script(acct.id, None)
+        _send(srv, "a@remote.test", ["bob@example.test"], _msg(b"third"))
+        im = _imap(srv, "bob@example.test")
+        try:
+            assert [m["Subject"] for _, m in _folder(im, "A")] == ["first"]
+            assert [m["Subject"] for _, m in _folder(im, "B")] == ["second"]
+            assert [m["Subject"] for _, m in _folder(im, "INBOX")] == ["third"]
+        finally:
+            im.logout()
