@@ -246,6 +246,31 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """``[sieve]``: the recipients' filters (mailserver/sieve/, the delivery stage mailserver/delivery/sieve_stage.py).
+
+    Every limit is a Sieve limit of ``mailserver.sieve.Limits``; a run that passes one keeps the message in INBOX.
+    """
+
+    enabled: bool = True
+    max_script_size: int = 1 << 20
+    max_scripts: int = 32
+    max_storage: int = 8 << 20
+    max_actions: int = 32
+    max_redirects: int = 4
+    max_steps: int = 200_000
+    max_include_depth: int = 10
+    regex_timeout: float = 1.0
+    vacation_min_period: int = 86400
+    vacation_max_period: int = 0
+    vacation_default_period: int = 7 * 86400
+    #: A message that already carries this many of our redirect trace fields is not redirected again (a loop).
+    max_redirect_hops: int = 8
+    #: Seconds a compiled script stays cached before its version is checked again in the store.
+    cache_check_interval: float = 2.0
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: str
@@ -259,6 +284,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
     log: LogConfig = field(default_factory=LogConfig)
     domain: tuple[DomainConfig, ...] = ()
     #: Create a demo domain and account at first start (the development config sets it).

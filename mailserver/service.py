@@ -42,6 +42,7 @@ from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
+from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.services import BoundListener, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
@@ -303,6 +304,9 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
+        pipeline.filter = SieveFilter(self.config, self.store, self.astore,
+                                      lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
+        pipeline.filter.pipeline = pipeline  # redirects and vacation replies go through it
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,

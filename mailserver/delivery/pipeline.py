@@ -254,6 +254,7 @@ class Ingest:
         await self._redirect()
         # 3. the recipient's filter (skipped for an exact mailbox).
         if not req.exact_mailbox:
+            copies = []
             for t in self._targets:
                 if t.open and t.route.kind == LOCAL:
                     t.stages.append(FILTER)
@@ -261,6 +262,8 @@ class Ingest:
                     if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
                         verdict = await verdict
                     t.apply(verdict, reason=ev.CHECKED)
+                    copies += t.more_copies()  # a filter's further copies (Sieve: fileinto twice) deliver too
+            self._targets += copies
         # 4. quota (enforced by the commit's admission) and 5. the mailbox.
         for t in self._targets:
             if t.open:
@@ -307,7 +310,7 @@ class Ingest:
         """Make sure every open recipient's form exists (and local ones are parsed): a copy only when one differs."""
         need: dict[bytes, bool] = {}
         for t in self._targets:
-            if t.open:
+            if t.open and t.form is None:
                 prefix = self._prefix(t)
                 need[prefix] = need.get(prefix, False) or t.route.kind == LOCAL
         missing = [(prefix, parsed) for prefix, parsed in need.items()
@@ -377,7 +380,7 @@ class Ingest:
 
         ds = []
         for t in local:
-            form = self.body.find(self._prefix(t))
+            form = t.form or self.body.find(self._prefix(t))
             ds.append(self.pipeline.runner.deliver(Delivery(
                 t.route.account_id, form.ref, form.parsed, t.mailbox, t.flags, tuple(t.keywords), t.internal_date,
                 t.check_quota, t.mailbox_id)))
