@@ -22,7 +22,7 @@ from pathlib import Path
 
 ENV_CONFIG = "MAILSERVER_CONFIG"
 
-LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https", "metrics")
 #: Listeners that speak TLS from the first byte (RFC 8314 implicit TLS).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
 
@@ -50,7 +50,10 @@ class ListenAddress:
 
 @dataclass(frozen=True)
 class ListenConfig:
-    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off."""
+    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off.
+
+    ``[listen_proxied]`` takes the same keys (but ``metrics``): connections there must begin with a PROXY header
+    from an address in ``[proxy] trusted`` (``mailserver/proxied.py``)."""
 
     smtp: tuple[ListenAddress, ...] = ()
     submission: tuple[ListenAddress, ...] = ()
@@ -61,6 +64,8 @@ class ListenConfig:
     pop3s: tuple[ListenAddress, ...] = ()
     http: tuple[ListenAddress, ...] = ()
     https: tuple[ListenAddress, ...] = ()
+    #: Prometheus /metrics and the load balancer's /healthz (plain HTTP; keep it on a private address).
+    metrics: tuple[ListenAddress, ...] = ()
 
     def items(self) -> list[tuple[str, ListenAddress]]:
         return [(name, a) for name in LISTENER_NAMES for a in getattr(self, name)]
@@ -142,6 +147,8 @@ class LimitsConfig:
     http_header_timeout: float = 30.0
     # TLS: seconds a handshake may take (implicit TLS at connect, STARTTLS/STLS after the command)
     tls_handshake_timeout: float = 30.0
+    # PROXY protocol: seconds a [listen_proxied] connection has to send its whole header
+    proxy_header_timeout: float = 10.0
     # Authentication
     auth_max_failures_per_ip: int = 10
     auth_max_failures_per_account: int = 10
@@ -210,6 +217,15 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """``[proxy]``: the load balancers and reverse proxies we believe about the client's address."""
+
+    #: Networks ("127.0.0.1/32", "10.0.0.0/8", "::1") allowed to connect to ``[listen_proxied]`` addresses and to
+    #: name the client in a PROXY header, and whose X-Forwarded-For / Forwarded the webmail honours.
+    trusted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class WebmailConfig:
     """``[webmail]``."""
 
@@ -251,6 +267,8 @@ class Config:
     data_dir: str
     database_url: str = ""
     listen: ListenConfig = field(default_factory=ListenConfig)
+    listen_proxied: ListenConfig = field(default_factory=ListenConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -391,17 +409,30 @@ def _validate(cfg: Config, source: str) -> None:
         err("tls.cert" if not cfg.tls.cert else "tls.key", "cert and key must be given together")
     if cfg.tls.min_version not in ("1.2", "1.3"):
         err("tls.min_version", "expected \"1.2\" or \"1.3\"")
-    for name, a in cfg.listen.items():
+    listeners = ([(f"listen.{name}", a) for name, a in cfg.listen.items()]
+                 + [(f"listen_proxied.{name}", a) for name, a in cfg.listen_proxied.items()])
+    for key, a in listeners:
         try:
             ipaddress.ip_address(a.host)
         except ValueError:
             if a.host not in ("localhost",):
-                err(f"listen.{name}", f"{a.host!r} is not an IP address")
+                err(key, f"{a.host!r} is not an IP address")
     seen: dict[tuple[str, int], str] = {}
-    for name, a in cfg.listen.items():
+    for key, a in listeners:
         if a.port and (a.host, a.port) in seen:
-            err(f"listen.{name}", f"{a} is also used by listen.{seen[(a.host, a.port)]}")
-        seen[(a.host, a.port)] = name
+            err(key, f"{a} is also used by {seen[(a.host, a.port)]}")
+        seen[(a.host, a.port)] = key
+    if cfg.listen_proxied.metrics:
+        err("listen_proxied.metrics", "metrics are not served through a load balancer: use listen.metrics")
+    for i, net in enumerate(cfg.proxy.trusted):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            err(f"proxy.trusted[{i}]", f"not a network: {net!r}")
+    if cfg.listen_proxied.items() and not cfg.proxy.trusted:
+        err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
+    if cfg.limits.proxy_header_timeout <= 0:
+        err("limits.proxy_header_timeout", "must be positive")
     for i, net in enumerate(cfg.smtp.trusted_networks):
         try:
             ipaddress.ip_network(net, strict=False)

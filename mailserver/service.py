@@ -33,6 +33,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHandshakeListener, IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import alsoProvides, implementer
 
 from mailserver import clusterstate
@@ -42,6 +43,8 @@ from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
+from mailserver.proxied import ProxiedFactory
+from mailserver.proxywire import Networks
 from mailserver.services import BoundListener, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
@@ -63,6 +66,7 @@ LISTENERS = {
     "pop3s": "mailserver.pop3.protocol:build_factory",
     "http": "webmail.app:build_factory",
     "https": "webmail.app:build_factory",
+    "metrics": "mailserver.metrics:build_factory",
 }
 
 SHUTDOWN_GRACE = 5.0
@@ -142,6 +146,8 @@ class Listening:
     address: ListenAddress
     port: object  # IListeningPort
     factory: WrappingFactory
+    #: The PROXY header reader of a ``[listen_proxied]`` listener (None for ``[listen]``).
+    proxy: ProxiedFactory | None = None
 
     @property
     def bound_port(self) -> int:
@@ -230,10 +236,11 @@ class MailServer(MultiService):
     def blobs(self):
         return self.store.blobs
 
-    def port(self, name: str) -> int:
-        """The bound port of the first listener called ``name`` (tests listen on port 0)."""
+    def port(self, name: str, *, proxied: bool = False) -> int:
+        """The bound port of the first listener called ``name`` in ``[listen]`` (``[listen_proxied]`` with
+        ``proxied``); tests listen on port 0."""
         for lst in self.listening:
-            if lst.name == name:
+            if lst.name == name and (lst.proxy is not None) == proxied:
                 return lst.bound_port
         raise KeyError(f"listener {name} is not running")
 
@@ -273,7 +280,7 @@ class MailServer(MultiService):
             self.pg_bridge = PgNotifyBridge(self.reactor, self.store.engine, self.hub, self.pools.db_write)
             self.pg_bridge.start()
         self.auth = self._make_authenticator()
-        needs_tls = bool(cfg.listen.items())
+        needs_tls = bool(cfg.listen.items() or cfg.listen_proxied.items())
         if needs_tls:
             from mailserver.tls import server_context_factory
 
@@ -284,6 +291,8 @@ class MailServer(MultiService):
         self.provided = self._make_services()
         for name, address in cfg.listen.items():
             self._listen(name, address)
+        for name, address in cfg.listen_proxied.items():
+            self._listen(name, address, proxied=True)
         self._gc = task.LoopingCall(self._collect_blobs)
         self._gc.clock = self.reactor
         self._gc.start(cfg.store.gc_interval, now=False)
@@ -295,8 +304,9 @@ class MailServer(MultiService):
         self.started_at = time.time()
         log.info("open files limit {soft} (hard {hard})", soft=soft, hard=hard)
         for lst in self.listening:
-            log.info("listening {name} on {address}", name=lst.name,
-                     address=str(ListenAddress(lst.address.host, lst.bound_port)))
+            log.info("listening {name} on {address}{how}", name=lst.name,
+                     address=str(ListenAddress(lst.address.host, lst.bound_port)),
+                     how=" (PROXY protocol)" if lst.proxy is not None else "")
 
     def _make_services(self) -> Services:
         router = build_router(self.config, self.store)
@@ -312,7 +322,8 @@ class MailServer(MultiService):
         out = []
         for lst in self.listening:
             bound = lst.port.getHost()
-            out.append(BoundListener(lst.name, getattr(bound, "host", lst.address.host), bound.port))
+            out.append(BoundListener(lst.name, getattr(bound, "host", lst.address.host), bound.port,
+                                     proxied=lst.proxy is not None))
         return out
 
     def _make_authenticator(self):
@@ -339,26 +350,36 @@ class MailServer(MultiService):
                              auth_config=self.config.auth, secret=self.secret,
                              failures=self.cluster.login_failures)
 
-    def _listen(self, name: str, address: ListenAddress) -> None:
+    def _listen(self, name: str, address: ListenAddress, *, proxied: bool = False) -> None:
+        """Listen for ``name`` on ``address``.  A proxied listener reads the PROXY header first, in the clear, and
+        only then (on an implicit-TLS listener) the TLS handshake: TCP -> PROXY header -> TLS -> tracking ->
+        protocol."""
+        section = "listen_proxied" if proxied else "listen"
         module_name, func_name = LISTENERS[name].split(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ListenError(f"listen.{name}: protocol module {module_name} is not available ({e})") from None
+            raise ListenError(f"{section}.{name}: protocol module {module_name} is not available ({e})") from None
         factory = getattr(module, func_name)(self.provided, name)
         factory.noisy = False
         wrapper = TrackingFactory(factory, clock=self.reactor, implicit_tls=name in IMPLICIT_TLS,
                                   handshake_timeout=self.config.limits.tls_handshake_timeout)
+        proxy = None
         try:
-            if name in IMPLICIT_TLS:
+            if proxied:
+                inner = TLSMemoryBIOFactory(self.tls, False, wrapper) if name in IMPLICIT_TLS else wrapper
+                proxy = ProxiedFactory(inner, name=f"{section}.{name}", trusted=Networks(self.config.proxy.trusted),
+                                       clock=self.reactor, header_timeout=self.config.limits.proxy_header_timeout)
+                port = self.reactor.listenTCP(address.port, proxy, interface=address.host, backlog=1024)
+            elif name in IMPLICIT_TLS:
                 port = self.reactor.listenSSL(address.port, wrapper, self.tls, interface=address.host,
                                               backlog=1024)
             else:
                 port = self.reactor.listenTCP(address.port, wrapper, interface=address.host, backlog=1024)
         except CannotListenError as e:
             reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-            raise ListenError(f"listen.{name}: cannot listen on {address}: {reason}") from None
-        self.listening.append(Listening(name, address, port, wrapper))
+            raise ListenError(f"{section}.{name}: cannot listen on {address}: {reason}") from None
+        self.listening.append(Listening(name, address, port, wrapper, proxy))
 
     # ----------------------------------------------------------------------------------------- stop
 
@@ -405,6 +426,9 @@ class MailServer(MultiService):
         yield super().stopService()
         yield defer.gatherResults([defer.maybeDeferred(lst.port.stopListening) for lst in self.listening],
                                   consumeErrors=True)
+        for lst in self.listening:
+            if lst.proxy is not None:
+                lst.proxy.abort_pending()
         open_protocols = [p for lst in self.listening for p in list(lst.factory.protocols)]
         if open_protocols:
             log.info("waiting up to {grace}s for {n} open session(s)", grace=SHUTDOWN_GRACE, n=len(open_protocols))

@@ -65,6 +65,8 @@ class BoundListener:
     name: str
     host: str
     port: int
+    #: A ``[listen_proxied]`` listener (its clients reach it through a load balancer, on the balancer's port).
+    proxied: bool = False
 
 
 @dataclass(frozen=True)
