@@ -52,7 +52,6 @@ class ProxiedConnection(ProtocolWrapper):
 
     def makeConnection(self, transport):
         directlyProvides(self, providedBy(transport))
-        alsoProvides(self, IHandshakeListener)  # a STARTTLS handshake is announced to us: passed on
         Protocol.makeConnection(self, transport)
 
     def connectionMade(self):
@@ -112,6 +111,12 @@ class ProxiedConnection(ProtocolWrapper):
 
     def getHost(self):
         return self._host if self._host is not None else self.transport.getHost()
+
+    def startTLS(self, *args, **kwargs):
+        # STARTTLS: the TLS layer goes in below us and announces its handshake to us, to be passed on.  Declared
+        # only now: the protocol copied our interfaces when it was connected, and must not claim this one itself.
+        alsoProvides(self, IHandshakeListener)
+        self.transport.startTLS(*args, **kwargs)
 
     def handshakeCompleted(self):
         listener = IHandshakeListener(self.wrappedProtocol, None)
