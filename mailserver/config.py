@@ -49,11 +49,9 @@ class ListenAddress:
 
 
 @dataclass(frozen=True)
-class ListenConfig:
-    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off.
-
-    ``[listen_proxied]`` takes the same keys (but ``metrics``): connections there must begin with a PROXY header
-    from an address in ``[proxy] trusted`` (``mailserver/proxied.py``)."""
+class ProxiedListenConfig:
+    """``[listen_proxied]``: the protocol listeners of ``[listen]``, behind a TCP load balancer: connections there
+    must begin with a PROXY header from an address in ``[proxy] trusted`` (``mailserver/proxied.py``)."""
 
     smtp: tuple[ListenAddress, ...] = ()
     submission: tuple[ListenAddress, ...] = ()
@@ -64,11 +62,17 @@ class ListenConfig:
     pop3s: tuple[ListenAddress, ...] = ()
     http: tuple[ListenAddress, ...] = ()
     https: tuple[ListenAddress, ...] = ()
-    #: Prometheus /metrics and the load balancer's /healthz (plain HTTP; keep it on a private address).
-    metrics: tuple[ListenAddress, ...] = ()
 
     def items(self) -> list[tuple[str, ListenAddress]]:
-        return [(name, a) for name in LISTENER_NAMES for a in getattr(self, name)]
+        return [(name, a) for name in LISTENER_NAMES if hasattr(self, name) for a in getattr(self, name)]
+
+
+@dataclass(frozen=True)
+class ListenConfig(ProxiedListenConfig):
+    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off."""
+
+    #: Prometheus /metrics and the load balancer's /healthz (plain HTTP; keep it on a private address).
+    metrics: tuple[ListenAddress, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,16 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: what ``[listen] metrics`` serves (``mailserver/metrics.py``)."""
+
+    #: Seconds between measurements of the event loop's lag (how late a timer fires).
+    reactor_lag_interval: float = 1.0
+    #: Seconds /healthz waits for the database before it answers 503.
+    health_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class WebmailConfig:
     """``[webmail]``."""
 
@@ -267,8 +281,9 @@ class Config:
     data_dir: str
     database_url: str = ""
     listen: ListenConfig = field(default_factory=ListenConfig)
-    listen_proxied: ListenConfig = field(default_factory=ListenConfig)
+    listen_proxied: ProxiedListenConfig = field(default_factory=ProxiedListenConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -422,8 +437,6 @@ def _validate(cfg: Config, source: str) -> None:
         if a.port and (a.host, a.port) in seen:
             err(key, f"{a} is also used by {seen[(a.host, a.port)]}")
         seen[(a.host, a.port)] = key
-    if cfg.listen_proxied.metrics:
-        err("listen_proxied.metrics", "metrics are not served through a load balancer: use listen.metrics")
     for i, net in enumerate(cfg.proxy.trusted):
         try:
             ipaddress.ip_network(net, strict=False)
@@ -433,6 +446,9 @@ def _validate(cfg: Config, source: str) -> None:
         err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
     if cfg.limits.proxy_header_timeout <= 0:
         err("limits.proxy_header_timeout", "must be positive")
+    for key in ("reactor_lag_interval", "health_timeout"):
+        if getattr(cfg.metrics, key) <= 0:
+            err(f"metrics.{key}", "must be positive")
     for i, net in enumerate(cfg.smtp.trusted_networks):
         try:
             ipaddress.ip_network(net, strict=False)
