@@ -470,6 +470,8 @@ class Authenticator:
             failures = LocalLoginFailures(limits.auth_failure_window, limits.auth_max_failures_per_ip,
                                           limits.auth_max_failures_per_account, max_keys=MAX_TRACKED_KEYS)
         self.failures = failures
+        #: ``observer(protocol, outcome, reason)`` is told of every login (``mailserver/login.py``): the metrics.
+        self.observer: Callable[[str, str, str], None] | None = None
         self._ip_in_flight: Counter[str] = Counter()
         self._account_in_flight: Counter[str] = Counter()
         self._waiters: list[defer.Deferred] = []  # attempts waiting for one under way to end

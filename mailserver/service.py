@@ -45,7 +45,7 @@ from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.proxied import ProxiedFactory
 from mailserver.proxywire import Networks
-from mailserver.services import BoundListener, Services
+from mailserver.services import BoundListener, ProcessState, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
 from storage.blobs import DatabaseBlobStore, FileBlobStore
@@ -80,6 +80,26 @@ class TrackedConnection(ProtocolWrapper):
     handshake must not keep descriptors and per-address slots for ever."""
 
     _handshake_timer = None
+    _request_at: float | None = None  # when the client last sent bytes we have not answered yet
+
+    def dataReceived(self, data):
+        if self.factory.responses is not None:
+            self._request_at = self.factory.clock.seconds()
+        self.wrappedProtocol.dataReceived(data)
+
+    def write(self, data):
+        self._answered()
+        self.transport.write(data)
+
+    def writeSequence(self, data):
+        self._answered()
+        self.transport.writeSequence(data)
+
+    def _answered(self) -> None:
+        # Response latency (metrics): from the last bytes received to the first bytes of the answer.
+        if self._request_at is not None:
+            self.factory.responses.observe(max(0.0, self.factory.clock.seconds() - self._request_at))
+            self._request_at = None
 
     def makeConnection(self, transport):
         if self.factory.implicit_tls:
@@ -125,11 +145,13 @@ class TrackingFactory(WrappingFactory):
     noisy = False  # no "Starting factory" log lines
     protocol = TrackedConnection
 
-    def __init__(self, wrapped, *, clock, implicit_tls: bool, handshake_timeout: float):
+    def __init__(self, wrapped, *, clock, implicit_tls: bool, handshake_timeout: float, responses=None):
         super().__init__(wrapped)
         self.clock = clock
         self.implicit_tls = implicit_tls
         self.handshake_timeout = handshake_timeout
+        #: The listener's response-latency histogram (a labelled prometheus Histogram), or None.
+        self.responses = responses
 
     def acceptableProtocols(self):
         inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
@@ -224,6 +246,7 @@ class MailServer(MultiService):
         #: ``services``, which is MultiService's list of child services).
         self.provided: Services | None = None
         self.queue_runner = None
+        self.monitor = None
         self.pg_bridge = None
         self._gc = None
         #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
@@ -266,6 +289,7 @@ class MailServer(MultiService):
         check_shared_storage(cfg)
         self.store = open_store(cfg)
         self.pools.start()
+        self.monitor = self._make_monitor()
         self.astore = AsyncStore(self.reactor, self.store, self.pools, self.hub, max_batch=cfg.store.max_batch)
         if not is_sqlite(cfg.db_url):
             # Several processes may share this database: the per-cluster state lives in it.
@@ -280,6 +304,7 @@ class MailServer(MultiService):
             self.pg_bridge = PgNotifyBridge(self.reactor, self.store.engine, self.hub, self.pools.db_write)
             self.pg_bridge.start()
         self.auth = self._make_authenticator()
+        self.auth.observer = self.monitor.metrics.login
         needs_tls = bool(cfg.listen.items() or cfg.listen_proxied.items())
         if needs_tls:
             from mailserver.tls import server_context_factory
@@ -296,6 +321,7 @@ class MailServer(MultiService):
         self._gc = task.LoopingCall(self._collect_blobs)
         self._gc.clock = self.reactor
         self._gc.start(cfg.store.gc_interval, now=False)
+        self.monitor.start()
         if cfg.queue.run:
             from mailserver.delivery.queue import QueueRunner
 
@@ -308,15 +334,31 @@ class MailServer(MultiService):
                      address=str(ListenAddress(lst.address.host, lst.bound_port)),
                      how=" (PROXY protocol)" if lst.proxy is not None else "")
 
+    def _make_monitor(self):
+        from mailserver.metrics import Monitor
+
+        monitor = Monitor(reactor=self.reactor, config=self.config, store=self.store, pools=self.pools,
+                          queue_alive=self._queue_alive, running=lambda: self.running and not self._stopping)
+        for pool in self.pools.all():
+            pool.wait_observer = monitor.metrics.pool_waited
+        return monitor
+
+    def _queue_alive(self) -> bool | None:
+        if not self.config.queue.run:
+            return None
+        return self.queue_runner is not None and self.queue_runner.alive()
+
     def _make_services(self) -> Services:
         router = build_router(self.config, self.store)
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
+        pipeline.observer = self.monitor.metrics
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,
-                        listeners=self._bound_listeners, running=lambda: self.running)
+                        listeners=self._bound_listeners, running=lambda: self.running,
+                        state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor)
 
     def _bound_listeners(self) -> list[BoundListener]:
         out = []
@@ -363,7 +405,8 @@ class MailServer(MultiService):
         factory = getattr(module, func_name)(self.provided, name)
         factory.noisy = False
         wrapper = TrackingFactory(factory, clock=self.reactor, implicit_tls=name in IMPLICIT_TLS,
-                                  handshake_timeout=self.config.limits.tls_handshake_timeout)
+                                  handshake_timeout=self.config.limits.tls_handshake_timeout,
+                                  responses=None if name == "metrics" else self.monitor.metrics.responses.labels(name))
         proxy = None
         try:
             if proxied:
@@ -401,6 +444,8 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         for lst in self.listening:
             try:
                 lst.port.stopListening()
@@ -421,6 +466,8 @@ class MailServer(MultiService):
         self._stopping = True
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         if self.queue_runner is not None:
             yield self.queue_runner.stop()
         yield super().stopService()

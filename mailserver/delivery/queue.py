@@ -135,6 +135,11 @@ class QueueRunner:
 
         return go()
 
+    def alive(self) -> bool:
+        """Started, not stopping, and a poll is under way or scheduled (the health check's question)."""
+        return (self._started and not self._stopping
+                and (self._polling or (self._timer is not None and self._timer.active())))
+
     def kick(self) -> None:
         """Poll now (new mail was queued, or a slot became free)."""
         if not self._started or self._stopping:
