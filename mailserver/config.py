@@ -213,6 +213,9 @@ class QueueConfig:
     retry_max: float = 4 * 3600.0
     give_up_after: float = 5 * 86400.0
     delay_warning_after: float = 4 * 3600.0
+    #: Seconds a claim on queued recipients lasts unless renewed (every lease/3 while the node works on them): how
+    #: soon another node sharing the database takes over the work of one that died.
+    lease: float = 300.0
     max_connections: int = 50
     max_connections_per_domain: int = 5
     max_recipients_per_transaction: int = 100
@@ -444,6 +447,8 @@ def _validate(cfg: Config, source: str) -> None:
             err(f"proxy.trusted[{i}]", f"not a network: {net!r}")
     if cfg.listen_proxied.items() and not cfg.proxy.trusted:
         err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
+    if cfg.queue.lease < 3:
+        err("queue.lease", "must be at least 3 seconds (renewed every lease/3)")
     if cfg.limits.proxy_header_timeout <= 0:
         err("limits.proxy_header_timeout", "must be positive")
     for key in ("reactor_lag_interval", "health_timeout"):
