@@ -280,6 +280,8 @@ class _Endpoint(resource.Resource):
         self.kind = kind
 
     def render_GET(self, request):
+        if request.postpath:
+            return resource.NoResource().render(request)
         d = defer.ensureDeferred(self._answer(request))
         finished = request.notifyFinish()
         finished.addErrback(lambda _: None)
@@ -315,6 +317,7 @@ def build_factory(services, listener_name: str) -> server.Site:
     root.putChild(b"metrics", _Endpoint(services.monitor, "metrics"))
     root.putChild(b"healthz", _Endpoint(services.monitor, "healthz"))
     site = server.Site(root)
+    site.timeOut = services.config.limits.http_header_timeout  # an idle scraper connection does not stay for ever
     site.displayTracebacks = False
     site.log = lambda request: None  # scrapes every few seconds: no access log
     return site

@@ -94,6 +94,14 @@ def test_counters_move_with_smtp_imap_and_pop3_traffic(tmp_path):
     assert value(after, "mailserver_queue_recipients") == 0
 
 
+def test_the_metrics_listener_serves_nothing_else(tmp_path):
+    with running_server(tmp_path, listeners=("metrics",)) as srv:
+        for path in ("/", "/login", "/metrics/x"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"http://127.0.0.1:{srv.port('metrics')}{path}", timeout=30)
+            assert e.value.code == 404
+
+
 def test_queue_depth_and_age_come_from_the_store(tmp_path):
     """Submitted mail for a remote address waits in the queue (no runner in tests): depth 1, an age >= 0."""
     with running_server(tmp_path, listeners=("submission", "metrics")) as srv:
