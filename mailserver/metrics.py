@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 from twisted.internet import defer, task
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 
 from mailserver.threads import run_in
 
@@ -281,7 +281,7 @@ class _Endpoint(resource.Resource):
 
     def render_GET(self, request):
         if request.postpath:
-            return resource.NoResource().render(request)
+            return pages.notFound().render(request)
         d = defer.ensureDeferred(self._answer(request))
         finished = request.notifyFinish()
         finished.addErrback(lambda _: None)
