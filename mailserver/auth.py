@@ -68,6 +68,7 @@ from twisted.logger import Logger
 from mailserver import sasl
 from mailserver.clusterstate import MAX_TRACKED_KEYS, LocalLoginFailures, LoginFailures
 from mailserver.config import AuthConfig, LimitsConfig
+from mailserver.proxywire import ProxiedHost
 
 log = Logger()
 
@@ -382,7 +383,10 @@ def _parse_ip(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
 
 
 def is_loopback(client_ip: str) -> bool:
-    """127.0.0.0/8, ::1 (and IPv4-mapped 127.x)."""
+    """127.0.0.0/8, ::1 (and IPv4-mapped 127.x); never a client that came through a load balancer's PROXY header
+    (:class:`~mailserver.proxywire.ProxiedHost`): the balancer's hop to us is a network, whatever it says."""
+    if isinstance(client_ip, ProxiedHost):
+        return False
     ip = _parse_ip(client_ip)
     return ip is not None and ip.is_loopback
 
@@ -478,6 +482,8 @@ class Authenticator:
             failures = LocalLoginFailures(limits.auth_failure_window, limits.auth_max_failures_per_ip,
                                           limits.auth_max_failures_per_account, max_keys=MAX_TRACKED_KEYS)
         self.failures = failures
+        #: ``observer(protocol, outcome, reason)`` is told of every login (``mailserver/login.py``): the metrics.
+        self.observer: Callable[[str, str, str], None] | None = None
         self._ip_in_flight: Counter[str] = Counter()
         self._account_in_flight: Counter[str] = Counter()
         self._waiters: list[defer.Deferred] = []  # attempts waiting for one under way to end

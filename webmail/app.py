@@ -21,7 +21,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from webmail import web
+from mailserver.proxywire import Networks
+from webmail import forwarded, web
 from webmail.connection import WebConnection, connection_of
 from webmail.render import Renderer
 from webmail.sessions import SessionDb, SessionInfo, csrf_equal
@@ -183,7 +184,8 @@ class Ctx:
 
     @property
     def client_ip(self) -> str:
-        return self.request.getClientAddress().host
+        """The client's address: the peer's, or what trusted proxies forwarded (``webmail/forwarded.py``)."""
+        return self.app.client_ip(self.request)
 
     def header(self, name: str) -> str:
         v = self.request.getHeader(name)
@@ -221,6 +223,20 @@ class WebmailApp:
                                   absolute=cfg.webmail.session_absolute)
         self.routes = _routes()
         self.cookie_name = SESSION_COOKIE_SECURE if self.secure else SESSION_COOKIE_PLAIN
+        #: Reverse proxies whose Forwarded / X-Forwarded-For name the client (``[proxy] trusted``).
+        self.trusted_proxies = Networks(cfg.proxy.trusted)
+
+    def client_ip(self, request) -> str:
+        peer = request.getClientAddress().host
+        if not self.trusted_proxies:
+            return peer
+        headers = request.requestHeaders
+
+        def values(name: bytes) -> list[str]:
+            return [v.decode("latin-1") for v in headers.getRawHeaders(name, [])]
+
+        return forwarded.client_address(peer, self.trusted_proxies, forwarded=values(b"forwarded"),
+                                        x_forwarded_for=values(b"x-forwarded-for"))
 
     # -- database helpers for views
 

@@ -62,6 +62,9 @@ class Pipeline:
         self.filter = NoFilter()
         #: Message-level check hooks (``delivery/hooks.py``), run in this order before the registered checks.
         self.hooks: list = list(hooks)
+        #: Told of each check verdict (``verdict(stage_name, verdict)``) and each result (``concluded(request,
+        #: result)``): the server's metrics; None = nobody.
+        self.observer = None
 
     def register(self, stage) -> None:
         """Add a check stage after the others."""
@@ -251,6 +254,8 @@ class Ingest:
                     if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
                         verdict = await verdict
                     t.apply(verdict, reason=ev.CHECKED)
+                    if p.observer is not None:
+                        p.observer.verdict(stage.name, verdict)
         await self._redirect()
         # 3. the recipient's filter (skipped for an exact mailbox).
         if not req.exact_mailbox:
@@ -403,6 +408,8 @@ class Ingest:
     async def _conclude(self, outcomes: list[Outcome]) -> IngestResult:
         result = IngestResult(self.queue_id, self.size, tuple(outcomes))
         req = self.request
+        if self.pipeline.observer is not None:
+            self.pipeline.observer.concluded(req, result)
         if req.log:
             client = req.client
             for o in outcomes:

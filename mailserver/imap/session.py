@@ -412,9 +412,16 @@ class ImapSession:
             self._error()
             return
         d = ensureDeferred(self._execute(command))
+        if getattr(self.services, "metrics", None) is not None:
+            d.addBoth(self._timed, command, self.services.reactor.seconds())
         if not d.called:
             self._running = d
             d.addBoth(self._command_done)
+
+    def _timed(self, result, command, started: float):
+        name = command.name or getattr(command, "command", "") or "OTHER"
+        self.services.metrics.command("imap", str(name), self.services.reactor.seconds() - started)
+        return result
 
     def _command_done(self, _result) -> None:
         self._running = None
