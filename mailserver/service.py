@@ -42,6 +42,7 @@ from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
+from mailserver.inbound.scanners import inbound_stages
 from mailserver.services import BoundListener, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
@@ -303,6 +304,8 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
+        for stage in inbound_stages(self.reactor, self.config):  # virus scan, spam scorers, the spam policy
+            pipeline.register(stage)
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,
@@ -425,6 +428,9 @@ class MailServer(MultiService):
         deadline = self.reactor.seconds() + SHUTDOWN_GRACE
         while self.astore is not None and self.astore.committer._running and self.reactor.seconds() < deadline:
             yield _sleep(self.reactor, 0.02)
+        if self.provided is not None:
+            yield defer.gatherResults([defer.maybeDeferred(s.close) for s in self.provided.pipeline.checks
+                                       if hasattr(s, "close")], consumeErrors=True)
         self.listening = []
         if self.pg_bridge is not None:
             self.pg_bridge.stop()

@@ -122,6 +122,7 @@ OVERQUOTA = "overquota"  # the account's quota
 NONEXISTENT = "nonexistent"  # the account or mailbox is gone
 LOOP = "loop"  # too many Received fields (RFC 5321 6.3)
 CHECKED = "check"  # a check stage's verdict
+VIRUS = "virus"  # the virus scanner found malware (a check stage's verdict)
 NO_ROUTE = "no-route"  # the address (or a redirect target) leads nowhere
 ERROR = "error"  # a local error (logged); the client may retry
 
