@@ -1,8 +1,8 @@
 """Private rspamd and clamd instances for the tests (Debian's packages), on 127.0.0.1 with configs written here.
 
-Both are session fixtures (one instance per xdist worker, and the tests that use them share one xdist group so
-that one worker runs them all): ``rspamd_daemon`` and ``clamd_daemon`` yield a :class:`Daemon` with its address;
-each is stopped by its PID at the end.  Nothing reads ``/etc`` state: rspamd gets Debian's stock rules
+Both are session fixtures, one instance for the whole run (the first xdist worker that needs one starts it, the
+others find it in the run's shared temp dir): ``rspamd_daemon`` and ``clamd_daemon`` give a :class:`Daemon` with
+its address; the controller stops each by its PID at the end of the run.  Nothing reads ``/etc`` state: rspamd gets Debian's stock rules
 (``CONFDIR=/etc/rspamd``, read only) and everything local (``LOCAL_CONFDIR``, db, run, log) in a temp dir, with
 DNS pointed at a closed loopback port so no lookup leaves the machine.  Two test rules let a message ask for a
 score (``X-Test-Score: 7.5``) or an action (``X-Test-Action: soft reject``).  clamd gets a signature database
@@ -11,6 +11,8 @@ written here: the EICAR test file as an MD5 signature and as a body signature (n
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import socket
@@ -52,10 +54,11 @@ rspamd_config:register_symbol({
 @dataclass
 class Daemon:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None in the workers that did not start it
     address: str  # what the server's config names: "http://127.0.0.1:PORT", "127.0.0.1:PORT"
     dir: Path
     unix_socket: str = ""
+    pid: int = 0
 
     def log(self) -> str:
         out = []
@@ -70,27 +73,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
+def _alive(pid: int) -> bool:
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the group of the process we started (its own session)
-        proc.wait(10)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
-def _wait_until(proc: subprocess.Popen, ready, what: str, logs) -> None:
+def stop_pid(pid: int) -> None:
+    """Stop a daemon we started, by its PID (its parent may be a worker that has exited: wait for it to go)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)  # it runs in its own session: the group of the process we started
+        except ProcessLookupError:
+            pass
+
+
+def wait_ready(daemon: "Daemon") -> None:
     deadline = time.monotonic() + START_WAIT
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{logs()}")
-        if ready():
-            return
+    while not READY[daemon.name](daemon):
+        if not _alive(daemon.pid):
+            raise RuntimeError(f"{daemon.name} exited:\n{daemon.log()}")
         if time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"{what} did not come up within {START_WAIT}s:\n{logs()}")
+            raise RuntimeError(f"{daemon.name} did not come up within {START_WAIT}s:\n{daemon.log()}")
         time.sleep(0.1)
 
 
@@ -103,7 +116,8 @@ def _http_ping(port: int) -> bool:
         return False
 
 
-def start_rspamd(d: Path) -> Daemon:
+def launch_rspamd(d: Path) -> Daemon:
+    """Start rspamd (it is ready later: :func:`wait_ready`)."""
     for sub in ("db", "run", "local.d", "override.d"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -129,9 +143,7 @@ lua = "{d}/test.lua";
         ["rspamd", "-f", "-i", "-u", "root", "-g", "root", "-c", str(d / "rspamd.conf"), "--var=CONFDIR=/etc/rspamd",
          f"--var=LOCAL_CONFDIR={d}", f"--var=DBDIR={d}/db", f"--var=RUNDIR={d}/run", f"--var=LOGDIR={d}"],
         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    daemon = Daemon("rspamd", proc, f"http://127.0.0.1:{port}", d)
-    _wait_until(proc, lambda: _http_ping(port), "rspamd", daemon.log)
-    return daemon
+    return Daemon("rspamd", proc, f"http://127.0.0.1:{port}", d, pid=proc.pid)
 
 
 def _clamd_ping(port: int) -> bool:
@@ -143,7 +155,8 @@ def _clamd_ping(port: int) -> bool:
         return False
 
 
-def start_clamd(d: Path) -> Daemon:
+def launch_clamd(d: Path) -> Daemon:
+    """Start clamd (it is ready later: :func:`wait_ready`)."""
     (d / "db").mkdir(parents=True, exist_ok=True)
     (d / "db" / "test.hdb").write_text(f"{EICAR_MD5}:{len(EICAR)}:Eicar-Test-Signature\n")
     (d / "db" / "test.ndb").write_text(f"Eicar-Test-Body:0:*:{EICAR.hex()}\n")
@@ -163,9 +176,7 @@ PidFile {d}/clamd.pid
     out = open(d / "stdout.log", "wb")
     proc = subprocess.Popen(["clamd", "-c", str(d / "clamd.conf")], stdin=subprocess.DEVNULL, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    daemon = Daemon("clamd", proc, f"127.0.0.1:{port}", d, unix_socket=str(sock))
-    _wait_until(proc, lambda: _clamd_ping(port), "clamd", daemon.log)
-    return daemon
+    return Daemon("clamd", proc, f"127.0.0.1:{port}", d, unix_socket=str(sock), pid=proc.pid)
 
 
 def instream(port: int, data: bytes) -> bytes:
@@ -181,19 +192,68 @@ def instream(port: int, data: bytes) -> bytes:
         return out
 
 
-@pytest.fixture(scope="session")
-def rspamd_daemon(tmp_path_factory):
-    daemon = start_rspamd(tmp_path_factory.mktemp("rspamd"))
-    try:
-        yield daemon
-    finally:
-        _stop(daemon.process)
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+READY = {"rspamd": lambda d: _http_ping(_port(d.address)), "clamd": lambda d: _clamd_ping(_port(d.address))}
+LAUNCH = {"rspamd": launch_rspamd, "clamd": launch_clamd}
+FIXTURES = {"rspamd_daemon": "rspamd", "clamd_daemon": "clamd"}
+
+
+def _run_dir(config) -> Path:
+    """The temp dir of the whole run, shared by every xdist worker."""
+    base = config._tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared(name: str, config) -> Daemon:
+    """One instance for the whole run, whichever xdist worker asks first (it is launched, not waited for): the
+    others find it in the run's shared temp dir.  The controller stops it at the end (pytest_sessionfinish)."""
+    root = _run_dir(config)
+    info = root / f"daemon-{name}.json"
+    with open(root / f"daemon-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if info.exists():
+            data = json.loads(info.read_text())
+            return Daemon(name, None, data["address"], Path(data["dir"]), data["unix_socket"], data["pid"])
+        d = root / f"daemon-{name}"
+        d.mkdir(exist_ok=True)
+        daemon = LAUNCH[name](d)
+        info.write_text(json.dumps({"address": daemon.address, "dir": str(d), "unix_socket": daemon.unix_socket,
+                                    "pid": daemon.pid}))
+        return daemon
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Launch the daemons the selected tests need as soon as they are collected: rspamd takes a while to load its
+    rules, and comes up while other tests run."""
+    needed = {FIXTURES[f] for item in items for f in getattr(item, "fixturenames", ()) if f in FIXTURES}
+    for name in sorted(needed):
+        shared(name, config)
+
+
+def pytest_sessionfinish(session):
+    """In the controller (or a run without xdist): stop the daemons that any worker started."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or getattr(factory, "_basetemp", None) is None:
+        return
+    for info in factory.getbasetemp().glob("daemon-*.json"):
+        stop_pid(json.loads(info.read_text())["pid"])
+        info.unlink()
 
 
 @pytest.fixture(scope="session")
-def clamd_daemon(tmp_path_factory):
-    daemon = start_clamd(tmp_path_factory.mktemp("clamd"))
-    try:
-        yield daemon
-    finally:
-        _stop(daemon.process)
+def rspamd_daemon(request):
+    daemon = shared("rspamd", request.config)
+    wait_ready(daemon)
+    return daemon
+
+
+@pytest.fixture(scope="session")
+def clamd_daemon(request):
+    daemon = shared("clamd", request.config)
+    wait_ready(daemon)
+    return daemon

@@ -15,8 +15,6 @@ from tests.harness import running_server
 from tests.inbound.daemons import EICAR, instream
 from tests.inbound.mail import PW, copies, message, send
 
-pytestmark = pytest.mark.xdist_group("inbound-daemons")
-
 
 def _zip(name: str, data: bytes) -> bytes:
     buf = io.BytesIO()

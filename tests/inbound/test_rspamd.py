@@ -10,8 +10,6 @@ from tests.harness import running_server
 from tests.inbound.daemons import GTUBE
 from tests.inbound.mail import PW, copies, message, send
 
-pytestmark = pytest.mark.xdist_group("inbound-daemons")
-
 
 def _server(tmp_path, rspamd_daemon, **antispam):
     return running_server(tmp_path, listeners=("smtp", "submission"), domains=("example.test", "other.test"),
