@@ -25,6 +25,9 @@ unchecked (``X-Spam-Status: unchecked``) or defers the message itself, as its ``
 
 Authenticated submission, trusted networks and mail without a client (reports, imports, APPEND) are not
 spam-scored (:func:`spam_exempt`); the virus scan (``inbound/clamd.py``) does not depend on this.
+
+Our fields go at the top of the copy, above our Received field; a sender's own ``X-Spam:`` lines stay below it
+(the message is stored byte-exact), so whoever reads these fields (a filter, a client rule) must take the first.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def _http_ping(port: int) -> bool:
         return False
 
 
-def launch_rspamd(d: Path) -> Daemon:
+def launch_rspamd(d: Path, workers: int = 1) -> Daemon:
     """Start rspamd (it is ready later: :func:`wait_ready`)."""
     for sub in ("db", "run", "local.d", "override.d"):
         (d / sub).mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ options {{
 logging {{ type = "file"; filename = "{d}/rspamd.log"; level = "error"; }}
 worker "normal" {{
     bind_socket = "127.0.0.1:{port}";
-    count = 1;
+    count = {workers};
     .include "$CONFDIR/worker-normal.inc"
 }}
 lua = "{d}/test.lua";
