@@ -182,6 +182,7 @@ class InStream(protocol.Protocol):
                 failure = e
         if self.transport is not None and not self._gone:
             self._gone = True
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
         if failure is not None:
             self.result.errback(failure)

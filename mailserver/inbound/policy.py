@@ -275,6 +275,15 @@ def verdict_for(card: ScoreCard, decision: Decision, *, symbols_header: bool) ->
     return Verdict.tag(add_headers=headers) if headers else None
 
 
+def final_addresses(message: MessageInfo) -> list[str]:
+    """Every final recipient of the message as routing saw it at RCPT (an alias's targets), else the envelope's."""
+    out: list[str] = []
+    for r in message.envelope.recipients if message.envelope is not None else ():
+        routes = getattr(r.route, "routes", None)
+        out += [route.address for route in routes] if routes else [r.address]
+    return out
+
+
 class SpamPolicy:
     """The check stage that turns the message's score card into each recipient's verdict (registered after every
     scorer).  It runs only where something scored the message (or could not)."""
@@ -299,9 +308,8 @@ class SpamPolicy:
     def check(self, message: MessageInfo, target: Target) -> Verdict | None:
         card = scorecard(message)
         decision = self.decision(card, target.address)
-        if decision.action == REFUSE and not decision.forced and message.envelope is not None:
+        if decision.action == REFUSE and not decision.forced:
             # A threshold refusal of only some recipients would mean a failure report to a (forged) sender.
-            others = [self.decision(card, r.address).action for r in message.envelope.recipients]
-            if any(a != REFUSE for a in others):
+            if any(self.decision(card, a).action != REFUSE for a in final_addresses(message)):
                 decision = Decision(QUARANTINE, decision.total)
         return verdict_for(card, decision, symbols_header=self.antispam.symbols_header)

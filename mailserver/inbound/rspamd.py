@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from twisted.internet import defer, protocol
 from twisted.internet.error import TimeoutError as TwistedTimeout
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -187,9 +188,7 @@ class _Collect(protocol.Protocol):
     def connectionLost(self, reason=protocol.connectionDone):
         if self.done.called:
             return
-        from twisted.web.client import ResponseDone
-
-        if reason.check(ResponseDone):
+        if reason.check(ResponseDone, PotentialDataLoss):  # PotentialDataLoss: no length, ended by closing
             self.done.callback(b"".join(self.parts))
         else:
             self.done.errback(RspamdError(f"reply cut off: {reason.getErrorMessage()}"))

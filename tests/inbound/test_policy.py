@@ -180,6 +180,14 @@ def test_a_refusal_of_some_recipients_becomes_quarantine_not_a_bounce(srv):
         assert msg["X-Spam"] == "yes" and keywords == ("$Junk",)
 
 
+def test_a_refusal_of_some_targets_of_one_alias_becomes_quarantine_too(srv):
+    srv.store.add_alias("team@strict.test", "sue@strict.test")
+    srv.store.add_alias("team@strict.test", "alice@example.test")
+    code, text = send(srv, message("pills", extra=b"X-Score: 9\r\n"), rcpts=("team@strict.test",))
+    assert code == 250 and b"not delivered" not in text
+    assert len(copies(srv, "sue@strict.test", "Junk")) == len(copies(srv, "alice@example.test", "Junk")) == 1
+
+
 def test_an_accounts_own_threshold(srv):
     """bob turned Junk off: his copy is tagged in INBOX; alice's goes to Junk."""
     code, _ = send(srv, message("pills", extra=b"X-Score: 7\r\n"), rcpts=("bob@example.test", "alice@example.test"))
