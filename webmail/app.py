@@ -221,11 +221,6 @@ class WebmailApp:
                                   absolute=cfg.webmail.session_absolute)
         self.routes = _routes()
         self.cookie_name = SESSION_COOKIE_SECURE if self.secure else SESSION_COOKIE_PLAIN
-        #: Host names we serve (and so may redirect to): ours, the SNI names, the client-setup names of the
-        #: configured domains.
-        domains = [d.name for d in cfg.domain]
-        self.served_names = frozenset(n.lower() for n in (
-            cfg.hostname, *cfg.tls.sni, *(f"{p}.{d}" for d in domains for p in ("autoconfig", "autodiscover"))))
 
     # -- database helpers for views
 
@@ -322,24 +317,18 @@ class WebmailApp:
             raise Forbidden("Cross-site request refused")
 
     def _https_redirect(self, request) -> Response:
-        """301 to the same path over https, on a host name we serve or the address the client connected to (never
-        the client's Host as such: a ``Host: evil.test`` must not make us redirect there)."""
+        """301 to the same path over https on the configured host name, whatever the request's Host says: a
+        ``Host: evil.test`` (or any name a client chose) never reaches the Location header, and the certificate
+        is the host name's."""
         try:
             https_port = self.services.port("https")
         except KeyError:
             https_port = 443
-        asked = request.getHeader("host") or ""
-        asked = (asked.rsplit(":", 1)[0] if asked.count(":") == 1 else asked).lower().rstrip(".")
-        local = getattr(request.getHost(), "host", "")  # the address the client reached: ours, whatever it is
-        if asked in self.served_names or (asked and asked.strip("[]") == local):
-            host = asked
-        else:
-            host = self.services.config.hostname
         port = "" if https_port == 443 else f":{https_port}"
         uri = request.uri.decode("latin-1")
         if not uri.startswith("/") or uri.startswith("//"):
             uri = "/"
-        return web.redirect(f"https://{host}{port}{uri}", 301)
+        return web.redirect(f"https://{self.services.config.hostname}{port}{uri}", 301)
 
     # -- writing
 

@@ -120,13 +120,12 @@ async def download(ctx, mb: str, uid: str, part: str) -> web.Response:
     if "children" in node:
         raise web.NotFoundError()
     data = await ctx.astore.read_blob(msg.blob_id, node["body_start"], node["body_end"])
+    name = mv.attachment_name(node, int(part))  # as the reader lists it
     if "body" in node:
         ctype = "message/rfc822"
-        name = mv.display_filename(mv.part_filename(node) or "") or "message.eml"
     else:
         data = mv.decode_transfer(data, node.get("encoding"))
         ctype = mv.ctype(node)
-        name = mv.display_filename(mv.part_filename(node) or "") or f"part-{part}"
     sent_type = ctype if ctype in SAFE_DOWNLOAD_TYPES else "application/octet-stream"
     return web.Response(200, data, sent_type, csp=DOWNLOAD_CSP,
                         headers=[("Content-Disposition", web.content_disposition("attachment", name))])
@@ -153,7 +152,7 @@ async def source(ctx, mb: str, uid: str) -> web.Response:
     box, msg = await open_message(ctx, mb, uid, Rights.READ)
     raw = await ctx.astore.read_blob(msg.blob_id)
     if ctx.arg("download") == "1":
-        name = (msg.subject or "message")[:80] + ".eml"
+        name = (mv.display_filename((msg.subject or "")[:80]) or "message") + ".eml"
         return web.Response(200, raw, "message/rfc822", csp=DOWNLOAD_CSP,
                             headers=[("Content-Disposition", web.content_disposition("attachment", name))])
     return web.Response(200, raw, "text/plain; charset=utf-8", csp=DOWNLOAD_CSP)
