@@ -177,7 +177,7 @@ def thresholds_for(cfg, address: str) -> Thresholds:
     """The thresholds of a recipient: its account's, else its domain's, else ``[antispam]``'s, key by key."""
     address = address.lower()
     domain = address.rpartition("@")[2]
-    levels = [cfg.account.get(address), _domain_entry(cfg.domain, domain)]
+    levels = [_entry(cfg.account, address), _entry(cfg.domain, domain)]
     values = {}
     for key in ("tag", "junk", "quarantine", "refuse"):
         value = getattr(cfg, key)
@@ -189,11 +189,12 @@ def thresholds_for(cfg, address: str) -> Thresholds:
     return Thresholds(**values)
 
 
-def _domain_entry(table: dict, domain: str):
-    entry = table.get(domain)
+def _entry(table: dict, key: str):
+    """``table[key]``, the key compared without case (addresses and domains are configured as admins type them)."""
+    entry = table.get(key)
     if entry is None:
         for name, value in table.items():
-            if name.lower() == domain:
+            if name.lower() == key:
                 return value
     return entry
 

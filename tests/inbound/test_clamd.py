@@ -82,6 +82,13 @@ def test_authenticated_submission_is_scanned_too(srv):
     assert copies(srv, "bob@example.test") == []
 
 
+def test_trusted_networks_are_scanned_too(tmp_path, clamd_daemon):
+    with running_server(tmp_path, antivirus={"clamd": clamd_daemon.address},
+                        smtp={"trusted_networks": ["127.0.0.0/8"]}) as s:
+        s.add_user("bob@example.test", PW)
+        assert send(s, INFECTED["plain part"])[0] == 554
+
+
 def test_one_scan_refuses_every_recipient(srv):
     code, text = send(srv, INFECTED["plain part"], rcpts=("bob@example.test", "alice@example.test"))
     assert code == 554 and b"virus found" in text  # refused for all: nothing accepted, no report to send

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from mailserver import config as cfgmod
 from mailserver.inbound.clamd import CHUNK, MAX_REPLY, ClamdError, parse_reply
 from tests.harness import running_server
 from tests.inbound.daemons import free_port
@@ -39,6 +40,18 @@ def test_parse_reply_limit_is_max_reply_bytes():
     assert len(ok) == MAX_REPLY and parse_reply(ok).virus
     with pytest.raises(ClamdError, match="too long"):
         parse_reply(ok + b" ")
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"clamd": "nowhere"}, "antivirus.clamd"),
+    ({"clamd": "127.0.0.1:99999"}, "antivirus.clamd"),
+    ({"action": "delete"}, "antivirus.action"),
+    ({"on_error": "ignore"}, "antivirus.on_error"),
+    ({"timeout": 0}, "antivirus.timeout"),
+])
+def test_bad_antivirus_settings_are_refused_at_start(table, key):
+    with pytest.raises(cfgmod.ConfigError, match=key.replace(".", r"\.")):
+        cfgmod.load_dict({"hostname": "x.test", "data_dir": "/x", "antivirus": table})
 
 
 def _server(tmp_path, port, **antivirus):

@@ -45,7 +45,7 @@ def test_a_zero_threshold_turns_its_action_off():
 
 def test_thresholds_resolve_account_then_domain_then_defaults_key_by_key():
     cfg = _antispam(tag=4.0, domain={"Example.ORG": {"junk": 8.0, "refuse": 20.0}},
-                    account={"alice@example.org": {"refuse": 0.0}})
+                    account={"ALICE@example.org": {"refuse": 0.0}})
     assert thresholds_for(cfg, "Alice@Example.org") == Thresholds(tag=4.0, junk=8.0, quarantine=0.0, refuse=0.0)
     assert thresholds_for(cfg, "bob@example.org") == Thresholds(tag=4.0, junk=8.0, quarantine=0.0, refuse=20.0)
     assert thresholds_for(cfg, "carol@other.test") == Thresholds(tag=4.0, junk=6.0, quarantine=0.0, refuse=15.0)
