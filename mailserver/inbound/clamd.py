@@ -190,6 +190,10 @@ class InStream(protocol.Protocol):
             self.result.callback(outcome)
 
 
+def _timed_out(result, timeout):
+    raise ClamdError("timed out")
+
+
 class ClamdClient:
     """``scan(read)`` fires with a ScanResult or fails with ClamdError, within ``timeout`` seconds on ``clock``."""
 
@@ -201,7 +205,7 @@ class ClamdClient:
 
     def scan(self, read) -> defer.Deferred:
         d = defer.ensureDeferred(self._scan(read))
-        d.addTimeout(self.timeout, self.clock)
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
         return d.addErrback(self._error)
 
     async def _scan(self, read) -> ScanResult:
@@ -213,8 +217,8 @@ class ClamdClient:
     def _error(f):
         if f.check(ClamdError):
             return f
-        if f.check(defer.CancelledError, defer.TimeoutError, TwistedTimeout):
-            raise ClamdError("timed out")
+        if f.check(TwistedTimeout):
+            raise ClamdError("connection timed out")
         raise ClamdError(f.getErrorMessage() or f.type.__name__)
 
 

@@ -23,12 +23,11 @@ import math
 from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
-from twisted.internet.error import TimeoutError as TwistedTimeout
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from mailserver.delivery.stages import MessageInfo, Target, Verdict
@@ -165,11 +164,17 @@ class _Bytes:
 class _Collect(protocol.Protocol):
     """Collects a response body up to ``limit`` bytes; more stops the transfer with an error."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, declared=UNKNOWN_LENGTH):
         self.limit = limit
+        self.declared = declared  # the response's Content-Length, if it has one
         self.parts: list[bytes] = []
         self.size = 0
         self.done = defer.Deferred(self._cancel)
+
+    def connectionMade(self):
+        if self.declared is not UNKNOWN_LENGTH and self.declared > self.limit:
+            self.transport.stopProducing()  # refused before a byte of it is read
+            self.done.errback(RspamdError("reply too large"))
 
     def _cancel(self, d):
         if self.transport is not None:
@@ -194,6 +199,10 @@ class _Collect(protocol.Protocol):
             self.done.errback(RspamdError(f"reply cut off: {reason.getErrorMessage()}"))
 
 
+def _timed_out(result, timeout):
+    raise RspamdError("timed out")
+
+
 class RspamdClient:
     """``check(message)`` fires with an :class:`RspamdResult` or fails with :class:`RspamdError` (never later than
     ``timeout`` seconds on ``clock``)."""
@@ -212,14 +221,14 @@ class RspamdClient:
 
     def check(self, message: MessageInfo) -> defer.Deferred:
         d = defer.ensureDeferred(self._check(message))
-        d.addTimeout(self.timeout, self.clock)
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
         return d.addErrback(self._error)
 
     async def _check(self, message: MessageInfo) -> RspamdResult:
         body = await message.read(0, None)  # the stage sends nothing larger than max_size
         response = await self.agent.request(b"POST", self.url, request_headers(message, self.hostname),
                                             _Bytes(body))
-        collect = _Collect(MAX_REPLY)
+        collect = _Collect(MAX_REPLY, response.length)
         response.deliverBody(collect)
         data = await collect.done
         if response.code != 200:
@@ -230,8 +239,9 @@ class RspamdClient:
     def _error(f):
         if f.check(RspamdError):
             return f
-        if f.check(defer.CancelledError, defer.TimeoutError, TwistedTimeout):
-            raise RspamdError("timed out")
+        if f.check(ResponseFailed):  # ResponseNeverReceived too: garbage, or closed before a reply
+            reasons = "; ".join(r.getErrorMessage() or r.type.__name__ for r in f.value.reasons)
+            raise RspamdError(f"no valid HTTP reply ({reasons})")
         raise RspamdError(f.getErrorMessage() or f.type.__name__)
 
     def close(self) -> defer.Deferred:

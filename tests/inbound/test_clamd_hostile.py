@@ -8,9 +8,11 @@ import smtplib
 import threading
 
 import pytest
+from twisted.internet import defer, reactor
 
 from mailserver import config as cfgmod
-from mailserver.inbound.clamd import CHUNK, MAX_REPLY, ClamdError, parse_reply
+from mailserver.inbound.clamd import CHUNK, MAX_REPLY, ClamdClient, ClamdError, parse_reply
+from tests import harness
 from tests.harness import running_server
 from tests.inbound.daemons import free_port
 from tests.inbound.fakes import fake_peer, read_instream
@@ -89,6 +91,29 @@ BEHAVIOURS = {
     "an error before the end of the stream": _early_error,
     "closing at once": lambda peer, conn: None,
 }
+
+
+REASONS = {
+    "garbage": "unexpected reply",
+    "silence, then closing": "closed without a reply",
+    "a hang past the time limit": "timed out",
+    "an endless reply without its NUL": "reply too long",
+    "an error before the end of the stream": "INSTREAM size limit exceeded. ERROR",
+    "closing at once": "closed without a reply",
+}
+
+
+@pytest.mark.parametrize("what", list(BEHAVIOURS))
+def test_the_client_names_what_went_wrong(what):
+    data = b"y" * (CHUNK + 10)
+
+    def read(start=0, end=None):
+        return defer.succeed(data[start:end])
+
+    with fake_peer(BEHAVIOURS[what]) as peer:
+        client = harness.call(lambda: ClamdClient(reactor, f"127.0.0.1:{peer.port}", timeout=1.0))
+        with pytest.raises(ClamdError, match=REASONS[what]):
+            harness.call(client.scan, read)
 
 
 @pytest.mark.parametrize("what", list(BEHAVIOURS))

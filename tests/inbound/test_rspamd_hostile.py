@@ -10,9 +10,12 @@ import smtplib
 import threading
 
 import pytest
+from twisted.internet import defer, reactor
 
+from mailserver.delivery.stages import MessageInfo
 from mailserver.inbound import rspamd
-from mailserver.inbound.rspamd import MAX_REPLY, RspamdError, parse_reply
+from mailserver.inbound.rspamd import MAX_REPLY, RspamdClient, RspamdError, parse_reply
+from tests import harness
 from tests.harness import running_server
 from tests.inbound.daemons import free_port
 from tests.inbound.fakes import fake_peer, http_response, read_http_request
@@ -111,6 +114,33 @@ BEHAVIOURS = {
     "no reply, just closing": _answer(b""),
     "a hang past the time limit": _hang,
 }
+
+
+REASONS = {
+    "garbage instead of HTTP": "no valid HTTP reply",
+    "an HTTP error": "HTTP status 500",
+    "text instead of JSON": "not JSON",
+    "JSON that is not a reply": "no action",
+    "a declared length one byte over the limit": "too large",
+    "a body one byte over the limit": "too large",
+    "an endless body": "too large",
+    "a reply cut off": "cut off",
+    "no reply, just closing": "no valid HTTP reply",
+    "a hang past the time limit": "timed out",
+}
+
+
+@pytest.mark.parametrize("what", list(BEHAVIOURS))
+def test_the_client_names_what_went_wrong(what):
+    info = MessageInfo("smtp", "QID", None, None, 5, "blob", None, lambda start=0, end=None: defer.succeed(b"x\r\n"))
+    with fake_peer(BEHAVIOURS[what]) as peer:
+        client = harness.call(lambda: RspamdClient(reactor, f"http://127.0.0.1:{peer.port}", timeout=1.0,
+                                                   hostname="mail.example.test", max_size=1000))
+        try:
+            with pytest.raises(RspamdError, match=REASONS[what]):
+                harness.call(client.check, info)
+        finally:
+            harness.call(client.close)
 
 
 @pytest.mark.parametrize("what", list(BEHAVIOURS))
