@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -226,8 +226,15 @@ class RspamdClient:
 
     async def _check(self, message: MessageInfo) -> RspamdResult:
         body = await message.read(0, None)  # the stage sends nothing larger than max_size
-        response = await self.agent.request(b"POST", self.url, request_headers(message, self.hostname),
-                                            _Bytes(body))
+        headers = request_headers(message, self.hostname)
+        try:
+            response = await self.agent.request(b"POST", self.url, headers, _Bytes(body))
+        except ResponseNeverReceived as e:
+            if any(r.check(defer.CancelledError) for r in e.reasons):
+                raise  # our time limit, not rspamd
+            # A kept-alive connection that rspamd closed as we reused it: asking again is harmless (a check
+            # changes nothing) and takes a new connection; a second failure is the answer.
+            response = await self.agent.request(b"POST", self.url, headers, _Bytes(body))
         collect = _Collect(MAX_REPLY, response.length)
         response.deliverBody(collect)
         data = await collect.done

@@ -163,6 +163,16 @@ def test_a_hostile_rspamd_means_451_with_tempfail(tmp_path, what):
         assert copies(s, "bob@example.test") == []
 
 
+def test_a_message_over_max_size_is_not_sent(tmp_path):
+    raw = message("big")
+    reply = http_response(json.dumps(GOOD).encode())
+    with fake_peer(_answer(reply)) as peer, _server(tmp_path, peer.port, max_size=len(raw) - 1) as s:
+        s.add_user("bob@example.test", PW)
+        assert send(s, raw)[0] == 250
+        ((msg, _),) = copies(s, "bob@example.test")
+        assert msg["X-Spam-Status"] == "unchecked (rspamd: too large)" and peer.connections == 0
+
+
 def test_rspamd_not_listening_means_unchecked(tmp_path):
     with _server(tmp_path, free_port()) as s:
         s.add_user("bob@example.test", PW)
