@@ -148,6 +148,15 @@ def test_a_reply_without_its_nul_before_closing_counts(tmp_path):
         assert send(s, message("anything"))[0] == 250
 
 
+def test_one_scan_per_message_whatever_the_recipients(tmp_path):
+    with fake_peer(_scan_then(b"stream: OK\0")) as peer, _server(tmp_path, peer.port) as s:
+        for a in ("bob@example.test", "carol@example.test", "dave@example.test"):
+            s.add_user(a, PW)
+        assert send(s, message("three"), rcpts=("bob@example.test", "carol@example.test", "dave@example.test"))[0] == 250
+        assert peer.connections == 1
+        assert all(len(copies(s, a)) == 1 for a in ("bob@example.test", "carol@example.test", "dave@example.test"))
+
+
 def test_instream_carries_the_stored_message_exactly_in_chunks(tmp_path):
     raw = message("chunks", body=(b"z" * 998 + b"\r\n") * (2 * CHUNK // 1000 + 7))
     with fake_peer(_scan_then(b"stream: OK\0")) as peer, _server(tmp_path, peer.port) as s:
