@@ -64,6 +64,7 @@ LISTENERS = {
     "pop3s": "mailserver.pop3.protocol:build_factory",
     "http": "webmail.app:build_factory",
     "https": "webmail.app:build_factory",
+    "managesieve": "mailserver.managesieve.protocol:build_factory",
 }
 
 SHUTDOWN_GRACE = 5.0
