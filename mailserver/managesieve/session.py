@@ -186,7 +186,7 @@ class ManageSieveSession:
             body = b"".join(wire.string(e.name) + (b" ACTIVE" if e.active else b"") + b"\r\n" for e in result)
             out = [Send(body + wire.ok("Listscripts completed"))]
         elif isinstance(cmd, wire.GetScript):
-            out = [Send(wire.string(result) + b"\r\n" + wire.ok("Getscript completed"))]
+            out = [Send(wire.literal(result) + b"\r\n" + wire.ok("Getscript completed"))]
         elif isinstance(cmd, (wire.PutScript, wire.CheckScript)) and result:
             out = [Send(wire.ok(result, wire.WARNINGS))]  # RFC 5804 1.3: OK (WARNINGS)
         else:

@@ -410,6 +410,12 @@ def string(s: str | bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
+def literal(s: str | bytes) -> bytes:
+    """A literal ``{n}`` CRLF octets: how a script goes out (GETSCRIPT), whatever its length, as clients expect."""
+    data = s.encode("utf-8") if isinstance(s, str) else s
+    return b"{%d}\r\n" % len(data) + data
+
+
 def _response(word: bytes, text: str, code: str | None, code_arg: str | None = None) -> bytes:
     out = word
     if code:
