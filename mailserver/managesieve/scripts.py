@@ -13,31 +13,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailserver.delivery.sieve_stage import limits_of, store_loader
+from mailserver.delivery.sieve_stage import compile_error_text, compile_for_account
 from mailserver.managesieve import wire
 from mailserver.managesieve.session import ScriptEntry
 from mailserver.managesieve.wire import No
-from mailserver.sieve import SieveCompileError, compile_script
+from mailserver.sieve import SieveCompileError
 from mailserver.threads import run_in
 from storage.errors import AlreadyExists, Invalid, NotFound
 from storage.sieve import ActiveScript, SieveQuota, check_script_name
 
 if TYPE_CHECKING:
     from mailserver.services import Services
-
-
-def compile_for(store, sieve_config, account_id: int, name: str, text: str) -> None:
-    """Blocking (cpu pool): compile ``text`` as delivery would for this account; SieveCompileError if it cannot
-    run (line and column in the message)."""
-    acct = store.get_account_by_id(account_id)
-    domain = store.get_domain(acct.address.rpartition("@")[2]) if acct is not None else None
-    loader = store_loader(store, account_id, domain.id if domain else None)
-    compile_script(text, name, loader=loader, limits=limits_of(sieve_config))
-
-
-def compile_error_text(e: SieveCompileError) -> str:
-    """``line L, column C: message`` (the form sieve-connect and the webmail show)."""
-    return f"line {e.line}, column {e.col}: {e.message}" if e.line else e.message
 
 
 def _name(name: str) -> str:
@@ -54,7 +40,7 @@ def _quota(e: SieveQuota) -> No:
 async def check(services: Services, account_id: int, name: str, text: str) -> None:
     """Compile in the cpu pool; No with the error's line and column."""
     try:
-        await run_in(services.reactor, services.pools.cpu, compile_for, services.store, services.config.sieve,
+        await run_in(services.reactor, services.pools.cpu, compile_for_account, services.store, services.config.sieve,
                      account_id, name, text)
     except SieveCompileError as e:
         raise No(compile_error_text(e)) from None
