@@ -202,7 +202,8 @@ def render(f: Filters) -> str:
         reply = "vacation " + (f":subject {quote(v.subject)} " if v.subject else "") + quote(v.text) + ";"
         sections.append(f"# Vacation{'' if v.enabled else ' (off)'}\nif {_tests(tests)} {{\n  {reply}\n}}\n")
     if f.forwarding.addresses:
-        req.add("copy") if f.forwarding.keep else None
+        if f.forwarding.keep:
+            req.add("copy")
         tag = ":copy " if f.forwarding.keep else ""
         lines = "".join(f"redirect {tag}{quote(a)};\n" for a in f.forwarding.addresses)
         sections.append(f"# Forwarding{'' if f.forwarding.keep else ' (no copy kept)'}\n{lines}")
