@@ -187,3 +187,18 @@ def test_putscript_of_the_active_script_applies_to_the_next_delivery(srv):
     srv.wait_for(lambda: count("Other") == 1)
     assert count("Work") == 1
     c.close()
+
+
+def test_pipelined_commands_are_answered_in_order(srv):
+    """Commands sent in one write wait while the one before them runs in a pool; each gets its answer, in order."""
+    c = Raw(srv.port("managesieve"))
+    c.login()
+    burst = b"".join(b'PUTSCRIPT "s%d" {5+}\r\nkeep;\r\nGETSCRIPT "s%d"\r\nDELETESCRIPT "s%d"\r\n' % (i, i, i)
+                     for i in range(30))
+    c.sock.sendall(burst + b'NOOP "end"\r\n')
+    for _ in range(30):
+        assert c.response() == b'OK "Putscript completed"\r\n'
+        assert c.response() == b'{5}\r\nkeep;\r\nOK "Getscript completed"\r\n'
+        assert c.response() == b'OK "Deletescript completed"\r\n'
+    assert c.response() == b'OK (TAG "end") "Done"\r\n'
+    c.close()
