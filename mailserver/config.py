@@ -22,7 +22,8 @@ from pathlib import Path
 
 ENV_CONFIG = "MAILSERVER_CONFIG"
 
-LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https", "metrics")
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https",
+                  "managesieve", "metrics")
 #: Listeners that speak TLS from the first byte (RFC 8314 implicit TLS).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
 
@@ -62,6 +63,8 @@ class ProxiedListenConfig:
     pop3s: tuple[ListenAddress, ...] = ()
     http: tuple[ListenAddress, ...] = ()
     https: tuple[ListenAddress, ...] = ()
+    #: RFC 5804 (port 4190), with STARTTLS.
+    managesieve: tuple[ListenAddress, ...] = ()
 
     def items(self) -> list[tuple[str, ListenAddress]]:
         return [(name, a) for name in LISTENER_NAMES if hasattr(self, name) for a in getattr(self, name)]
@@ -145,6 +148,11 @@ class LimitsConfig:
     pop3_max_commands_without_progress: int = 50
     pop3_idle_timeout: float = 600.0
     pop3_max_sessions_per_ip: int = 20
+    # ManageSieve (RFC 5804; a literal may be [sieve] max_script_size octets)
+    managesieve_max_line: int = 8192
+    managesieve_max_errors: int = 20
+    managesieve_idle_timeout: float = 1800.0
+    managesieve_max_sessions_per_ip: int = 20
     # HTTP
     http_max_body: int = 60 * 1024 * 1024
     http_max_connections_per_ip: int = 256

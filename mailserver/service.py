@@ -68,6 +68,7 @@ LISTENERS = {
     "pop3s": "mailserver.pop3.protocol:build_factory",
     "http": "webmail.app:build_factory",
     "https": "webmail.app:build_factory",
+    "managesieve": "mailserver.managesieve.protocol:build_factory",
     "metrics": "mailserver.metrics:build_factory",
 }
 
