@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -77,7 +76,7 @@ def on_worker(server: "Server", connect, sock_of, port_name: str, want=None, avo
     returns (connection, worker pid).  Connections on other workers are closed."""
     for _ in range(tries):
         conn = connect()
-        pid = wait_for(lambda: worker_of(server, sock_of(conn), server.ports[port_name]), timeout=10,
+        pid = wait_for(lambda c=conn: worker_of(server, sock_of(c), server.ports[port_name]), timeout=10,
                        what="connection's worker")
         if (want is None or pid == want) and (avoid is None or pid != avoid):
             return conn, pid
