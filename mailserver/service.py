@@ -2,7 +2,8 @@
 
 Start order: check that the storage fits the database (file blobs with PostgreSQL need a shared data_dir), open the
 store (engine, migrations, domains from the config), start the thread pools and the per-cluster state
-(:mod:`mailserver.clusterstate`: in process with SQLite, in the database with PostgreSQL), build the shared
+(:mod:`mailserver.clusterstate`: in process with SQLite, in the database with PostgreSQL or with several SQLite worker
+processes), build the shared
 authenticator and TLS context, then listen on every ``[listen]`` address.  A listener that cannot bind raises
 ``ListenError`` naming it, and nothing is left half-started.
 
