@@ -356,7 +356,7 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
-        for stage in inbound_stages(self.reactor, self.config):  # virus scan, spam scorers, the spam policy
+        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules):  # virus scan, spam scorers, the spam policy
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
