@@ -435,8 +435,17 @@ class MailServer(MultiService):
     # ----------------------------------------------------------------------------------------- stop
 
     def _collect_blobs(self):
-        """Remove bodies nothing references any more (in the writer pool; failures are logged, never fatal)."""
-        d = run_in(self.reactor, self.pools.db_write, self.store.collect_blobs, self.config.store.gc_grace)
+        """Remove expired quarantined copies, then bodies nothing references any more (in the writer pool;
+        failures are logged, never fatal)."""
+        def expired(items):
+            for i in items:
+                log.info("quarantine expire {id} {qid} for <{rcpt}> by the collector", id=i.id, qid=i.queue_id,
+                         rcpt=i.recipient)
+
+        d = run_in(self.reactor, self.pools.db_write, self.store.expire_quarantined, time.time())
+        d.addCallbacks(expired, lambda f: log.failure("removing expired quarantined copies failed", f))
+        d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.collect_blobs,
+                                       self.config.store.gc_grace))
 
         def done(n):
             if n:
