@@ -59,6 +59,7 @@ from storage.mailboxes import (
 )
 from storage.messages import thread_key
 from storage.parsed import PARSED_COLUMNS
+from storage.quarantine import HoldSpec, QuarantineItem
 from storage.records import (
     AccountInfo,
     AliasInfo,
@@ -76,7 +77,6 @@ from storage.records import (
     join_keywords,
     split_keywords,
 )
-from storage.quarantine import HoldSpec, QuarantineItem
 from storage.sieve import ActiveScript, ScriptInfo, ScriptText, SieveQuota
 from storage.webmail import Identity, SearchResult, SessionRow
 

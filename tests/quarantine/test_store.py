@@ -154,7 +154,7 @@ def test_two_nodes_releasing_at_once_deliver_once(tmp_path, database_url):
             (qid,) = nodes[0].hold_quarantined([spec(nodes[0], a)])
             results, start = [], threading.Barrier(2)
 
-            def release(node):
+            def release(node, qid=qid, results=results, start=start):
                 start.wait()
                 try:
                     results.append(node.release_quarantined(qid).value[1].ok)
