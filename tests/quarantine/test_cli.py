@@ -12,9 +12,9 @@ from tests.test_cli import conf, run  # noqa: F401 (the fixture)
 RAW = b"From: s@spam.test\r\nSubject: Cheap pills\r\n\r\nbuy\r\n"
 
 
-def _hold(conf, address, raw=RAW):
+def _hold(config_path, address, raw=RAW):
     class Args:
-        config_obj = load(conf)
+        config_obj = load(config_path)
 
     store = open_store(Args())
     acct = store.get_account(address)
