@@ -5,10 +5,13 @@ Path measured (the same one SMTP and IMAP APPEND use): blob written + fsynced in
 cpu pool, metadata committed by the group committer (many deliveries per transaction and fsync).  A delivery counts when
 its Deferred fired, i.e. after the commit returned.
 
-    scripts/bench/store.py [--count 3000] [--concurrency 64] [--postgres URL]
+    scripts/bench/store.py [--count 3000] [--concurrency 64] [--postgres URL] [--mailboxes 1,100] [--sizes 5,100]
 
-Runs: {1 mailbox, 100 mailboxes} x {5 KB, 100 KB} on SQLite, and on PostgreSQL when --postgres or
-MAILSERVER_TEST_DATABASE_URL is given.  Prints one line per run.
+Runs: {1 mailbox, 100 mailboxes} x {5 KB, 100 KB} on SQLite (``--mailboxes`` and ``--sizes`` pick some), and on
+PostgreSQL when --postgres or MAILSERVER_TEST_DATABASE_URL is given.  Prints one line per run.
+
+It also runs against a tree from before the typed Services (``scripts/bench/compare.py`` copies it there), so
+before/after figures come from the same script.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def run_one(url: str, mailboxes: int, size: int, count: int, concurrency: int, l
     msgs = [make_message(i, size) for i in range(min(count, 200))]
     sem = defer.DeferredSemaphore(concurrency)
     t0 = time.perf_counter()
-    ds = [sem.run(deliver_raw, server.provided, accounts[i % mailboxes], msgs[i % len(msgs)]) for i in range(count)]
+    services = getattr(server, "provided", server)  # before the typed Services, deliver_raw took the server
+    ds = [sem.run(deliver_raw, services, accounts[i % mailboxes], msgs[i % len(msgs)]) for i in range(count)]
     results = yield defer.gatherResults(ds)
     elapsed = time.perf_counter() - t0
     assert all(r.ok for r in results)
@@ -75,8 +79,8 @@ def main(args):
         runs.append(("postgres", pg))
     try:
         for label, base in runs:
-            for mailboxes in (1, 100):
-                for size in (5 * 1024, 100 * 1024):
+            for mailboxes in args.mailboxes:
+                for size in (kb * 1024 for kb in args.sizes):
                     url = base and fresh_pg_url(base)
                     count = args.count if size < 50_000 else max(200, args.count // 5)
                     try:
@@ -88,11 +92,17 @@ def main(args):
         reactor.stop()
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--postgres", default="")
+    ap.add_argument("--mailboxes", type=_ints, default=(1, 100), help="comma-separated mailbox counts (default 1,100)")
+    ap.add_argument("--sizes", type=_ints, default=(5, 100), help="comma-separated sizes in KB (default 5,100)")
     a = ap.parse_args()
     reactor.callWhenRunning(main, a)
     reactor.run()
