@@ -61,8 +61,9 @@ class Bench:
 
 def _store(text: str) -> dict:
     out = {}
-    for m in re.finditer(r"(\d+) mailbox\(es\)\s+(\d+) KB:\s+(\d+) deliveries/s", text):
+    for m in re.finditer(r"(\d+) mailbox\(es\)\s+(\d+) KB:\s+(\d+) deliveries/s.*CPU ([\d.]+) ms", text):
         out[f"store {m[1]} mailbox(es) {m[2]} KB"] = float(m[3])
+        out[f"store {m[1]} mailbox(es) {m[2]} KB, CPU"] = float(m[4])
     return out
 
 
@@ -116,13 +117,15 @@ def _webmail(text: str) -> dict:
 
 def benches(scale: str) -> dict[str, Bench]:
     small = scale == "small"
-    store_count = "1000" if small else "3000"
+    store_count = "2000" if small else "10000"
     imap_large, imap_idle = ("5000", "200") if small else ("20000", "1000")
     wm_large = "5000" if small else "20000"
     ms = lambda n: Figure(n, "ms", higher_is_better=False)  # noqa: E731
     return {
         "store": Bench("store", ["store.py", "--count", store_count],
-                       [Figure(f"store {m} mailbox(es) {s} KB", "deliveries/s") for m in (1, 100) for s in (5, 100)],
+                       [Figure(f"store {m} mailbox(es) {s} KB", "deliveries/s") for m in (1, 100) for s in (5, 100)]
+                       + [Figure(f"store {m} mailbox(es) {s} KB, CPU", "ms/delivery", higher_is_better=False)
+                          for m in (1, 100) for s in (5, 100)],
                        _store),
         "smtp": Bench("smtp", ["smtp.py", "--messages", "1000" if small else "3000"],
                       [Figure("smtp 10 sessions 5 KB", "msg/s"),

@@ -55,16 +55,17 @@ def run_one(url: str, mailboxes: int, size: int, count: int, concurrency: int, l
     accounts = [server.store.add_account(f"u{i}@example.test", h).id for i in range(mailboxes)]
     msgs = [make_message(i, size) for i in range(min(count, 200))]
     sem = defer.DeferredSemaphore(concurrency)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     services = getattr(server, "provided", server)  # before the typed Services, deliver_raw took the server
     ds = [sem.run(deliver_raw, services, accounts[i % mailboxes], msgs[i % len(msgs)]) for i in range(count)]
     results = yield defer.gatherResults(ds)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     assert all(r.ok for r in results)
     batches = server.astore.committer.batches
     yield server.stopService()
     print(f"{label:<10} {mailboxes:>3} mailbox(es) {size // 1024:>4} KB: {count / elapsed:8.0f} deliveries/s "
-          f"({count} in {elapsed:.2f} s, {count / max(1, batches):.1f} per transaction)", flush=True)
+          f"({count} in {elapsed:.2f} s, {count / max(1, batches):.1f} per transaction, "
+          f"CPU {cpu / count * 1000:.3f} ms per delivery)", flush=True)
 
 
 @defer.inlineCallbacks
