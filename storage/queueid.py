@@ -26,16 +26,17 @@ QUEUE_ID_RE = re.compile(rf"[A-Z2-7]{{{QUEUE_ID_LENGTH}}}")
 
 
 #: Ids drawn from one read of the system's random source.  ``os.urandom`` releases the GIL, and on a busy server
-#: the reactor thread then waits for the GIL once per message: drawing for many ids at once makes that rare.
+#: the reactor thread then waits for the GIL once per message: drawing for many ids at once makes that rare.  The
+#: draw is encoded at once too: 5 random bytes are 8 base32 characters, so each id is a slice of the encoded draw.
 _IDS_PER_DRAW = 256
 _lock = threading.Lock()
-_pool = b""
+_pool = ""
 _next = 0
 
 
 def _reset_after_fork() -> None:
     global _pool, _next
-    _pool, _next = b"", 0  # a child must never hand out the ids its parent will
+    _pool, _next = "", 0  # a child must never hand out the ids its parent will
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -45,12 +46,12 @@ def new_queue_id() -> str:
     """A fresh random queue id (thread-safe; cryptographically random like ``secrets.token_bytes``)."""
     global _pool, _next
     with _lock:
-        if _next + _RANDOM_BYTES > len(_pool):
-            _pool, _next = secrets.token_bytes(_RANDOM_BYTES * _IDS_PER_DRAW), 0
+        if _next >= len(_pool):
+            _pool = base64.b32encode(secrets.token_bytes(_RANDOM_BYTES * _IDS_PER_DRAW)).decode("ascii")
+            _next = 0
         start = _next
-        _next += _RANDOM_BYTES
-        raw = _pool[start:_next]
-    return base64.b32encode(raw).decode("ascii")
+        _next += QUEUE_ID_LENGTH
+        return _pool[start:_next]
 
 
 def normalize_queue_id(text: str) -> str | None:

@@ -73,6 +73,8 @@ class Pipeline:
     def check_stages(self, request: Request) -> list:
         """The check stages that run for ``request``: the message hooks, then the registered checks; a request for
         an exact mailbox keeps only those that declare ``exact_mailbox``."""
+        if not self.hooks and not self.checks:
+            return []
         hooks = tuple(self.hooks)
         stages = ([HookStage(hooks)] if hooks else []) + self.checks
         if request.exact_mailbox:
@@ -238,9 +240,11 @@ class Ingest:
         await p.runner.blob(self.body.finish, self._local_base() if has_local else None)
         if not self._targets:
             return False
-        message = self._message_info()
+        stages = p.check_stages(req)
+        filtering = not req.exact_mailbox
+        message = self._message_info() if stages or filtering else None
         # 2. message checks, each with a verdict per recipient.
-        for stage in p.check_stages(req):
+        for stage in stages:
             applies = getattr(stage, "applies", None)
             if applies is not None and not applies(message):
                 continue  # not this kind of message (e.g. a submission-only check on mail from the MX)
@@ -251,9 +255,10 @@ class Ingest:
                     if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
                         verdict = await verdict
                     t.apply(verdict, reason=ev.CHECKED)
-        await self._redirect()
+        if stages:
+            await self._redirect()
         # 3. the recipient's filter (skipped for an exact mailbox).
-        if not req.exact_mailbox:
+        if filtering:
             for t in self._targets:
                 if t.open and t.route.kind == LOCAL:
                     t.stages.append(FILTER)
@@ -270,7 +275,8 @@ class Ingest:
                     t.stages.append(MAILBOX)
                     if t.mailbox_id is None:
                         t.mailbox = t.mailbox or "INBOX"
-        await self._make_forms()
+        if self._forms_missing():
+            await self._make_forms()
         return any(t.open for t in self._targets)
 
     def _message_info(self) -> MessageInfo:
@@ -303,15 +309,19 @@ class Ingest:
         base = self._local_base() if t.route.kind == LOCAL else b""
         return base + header_fields(t.add_headers) if t.add_headers else base
 
-    async def _make_forms(self) -> None:
-        """Make sure every open recipient's form exists (and local ones are parsed): a copy only when one differs."""
+    def _forms_missing(self) -> list[tuple[bytes, bool]]:
+        """The (prefix, parsed) forms that open recipients need and the body lacks (or has unparsed)."""
         need: dict[bytes, bool] = {}
         for t in self._targets:
             if t.open:
                 prefix = self._prefix(t)
                 need[prefix] = need.get(prefix, False) or t.route.kind == LOCAL
-        missing = [(prefix, parsed) for prefix, parsed in need.items()
-                   if (f := self.body.find(prefix)) is None or (parsed and f.parsed is None)]
+        return [(prefix, parsed) for prefix, parsed in need.items()
+                if (f := self.body.find(prefix)) is None or (parsed and f.parsed is None)]
+
+    async def _make_forms(self) -> None:
+        """Make sure every open recipient's form exists (and local ones are parsed): a copy only when one differs."""
+        missing = self._forms_missing()
         if missing:
             await self.pipeline.runner.blob(lambda: [self.body.form(prefix, parsed) for prefix, parsed in missing])
 
@@ -381,7 +391,13 @@ class Ingest:
             ds.append(self.pipeline.runner.deliver(Delivery(
                 t.route.account_id, form.ref, form.parsed, t.mailbox, t.flags, tuple(t.keywords), t.internal_date,
                 t.check_quota, t.mailbox_id)))
-        results = await defer.DeferredList(ds, consumeErrors=True)
+        if len(ds) == 1:  # the common case (one account, or a placement): no DeferredList
+            try:
+                results = [(True, await ds[0])]
+            except Exception:
+                results = [(False, Failure())]
+        else:
+            results = await defer.DeferredList(ds, consumeErrors=True)
         outcomes = []
         for t, (ok, res) in zip(local, results, strict=True):
             if ok and res.ok:

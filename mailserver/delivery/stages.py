@@ -85,7 +85,7 @@ class MessageInfo:
     read: Callable[..., Any]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Target:
     """One final recipient on its way through the stages (mutable: each stage records what it decided)."""
 

@@ -104,7 +104,7 @@ def bench_ours(sessions: int, messages: int, size: int, rounds: int) -> None:
                 harness.call(lambda b=batch, a=acct: defer.gatherResults(
                     [deliver_raw(services, a, raw) for raw in b], consumeErrors=True))
         print(f"filled {sessions} maildrops x {messages} messages of ~{size} octets in "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
+              f"{time.perf_counter() - t0:.2f} s", flush=True)
         run_clients("127.0.0.1", server.port("pop3"), users, PASSWORD, rounds)
     finally:
         harness.call(server.stopService)
