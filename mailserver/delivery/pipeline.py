@@ -44,6 +44,7 @@ from mailserver.delivery.trace import (
     received_header,
 )
 from storage.queueid import new_queue_id
+from storage.records import Delivery
 
 log = Logger()
 
@@ -159,7 +160,31 @@ class Ingest:
 
     def finish(self) -> defer.Deferred:
         """Fires with the IngestResult once everything it reports is durable; never errbacks."""
+        if self.request.placement is not None and not self.pipeline.check_stages(self.request):
+            return self._finish_placed().addErrback(self._failed)
         return defer.ensureDeferred(self._finish()).addErrback(self._failed)
+
+    def _finish_placed(self) -> defer.Deferred:
+        """The steps of :meth:`_finish` for a placement that no check stage applies to (APPEND, drafts, Sent copies,
+        imports, ``deliver_raw``), as one Deferred chain: routing is the placement, store and parse, no filter stages,
+        quota and mailbox, commit, the result.  Same outcomes and recorded stages as the general way, without its
+        coroutine steps, which cost more on the reactor thread than the rest of such a message."""
+        t = self._targets[0]
+        if self._writer is not None:
+            self.size = self._writer.size
+        t.stages.append(ROUTING)
+
+        def stored(_):
+            t.stages += (QUOTA, MAILBOX)
+            t.check_quota = self.request.check_quota
+            if t.mailbox_id is None:
+                t.mailbox = t.mailbox or "INBOX"
+            form = self.body.forms[0]  # a placement has one form, unprefixed, parsed by finish()
+            return self.pipeline.runner.deliver(self._delivery(t, form)).addCallbacks(
+                lambda res: self._delivered(t, True, res), lambda f: self._delivered(t, False, f))
+
+        d = self.pipeline.runner.blob(self.body.finish, b"")  # no client, so no Return-Path/Delivered-To prefix
+        return d.addCallback(stored).addCallback(lambda outcome: self._result([outcome]))
 
     async def _finish(self) -> IngestResult:
         if await self._prepare():
@@ -382,38 +407,37 @@ class Ingest:
             return self._outcome(t, ev.REFUSED, "5.2.2", "Mailbox full", ev.OVERQUOTA)
         return self._outcome(t, ev.DEFERRED, "4.2.2", "Mailbox full", ev.OVERQUOTA)
 
-    async def _deliver(self, local: list[Target]) -> list[Outcome]:
-        from storage.store import Delivery
+    @staticmethod
+    def _delivery(t: Target, form) -> Delivery:
+        return Delivery(t.route.account_id, form.ref, form.parsed, t.mailbox, t.flags, tuple(t.keywords),
+                        t.internal_date, t.check_quota, t.mailbox_id)
 
-        ds = []
-        for t in local:
-            form = self.body.find(self._prefix(t))
-            ds.append(self.pipeline.runner.deliver(Delivery(
-                t.route.account_id, form.ref, form.parsed, t.mailbox, t.flags, tuple(t.keywords), t.internal_date,
-                t.check_quota, t.mailbox_id)))
-        if len(ds) == 1:  # the common case (one account, or a placement): no DeferredList
+    def _delivered(self, t: Target, ok: bool, res) -> Outcome:
+        """The outcome of one local copy from the group commit's DeliveryResult (``ok``) or Failure."""
+        if ok and res.ok:
+            return self._outcome(t, ev.DELIVERED, "2.0.0", "delivered", mailbox_id=res.mailbox_id, uid=res.uid,
+                                 uid_validity=res.uid_validity)
+        if ok and res.error == "overquota":
+            return self._over_quota(t)
+        if ok and res.error == "nonexistent":
+            return self._outcome(t, ev.REFUSED, "5.1.1", "Mailbox does not exist", ev.NONEXISTENT)
+        if not ok:
+            log.failure("delivery to {rcpt} failed", res, rcpt=t.address)
+        return self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR)
+
+    async def _deliver(self, local: list[Target]) -> list[Outcome]:
+        ds = [self.pipeline.runner.deliver(self._delivery(t, self.body.find(self._prefix(t)))) for t in local]
+        if len(ds) == 1:  # the common case (one account): no DeferredList
             try:
                 results = [(True, await ds[0])]
             except Exception:
                 results = [(False, Failure())]
         else:
             results = await defer.DeferredList(ds, consumeErrors=True)
-        outcomes = []
-        for t, (ok, res) in zip(local, results, strict=True):
-            if ok and res.ok:
-                outcomes.append(self._outcome(t, ev.DELIVERED, "2.0.0", "delivered", mailbox_id=res.mailbox_id,
-                                              uid=res.uid, uid_validity=res.uid_validity))
-            elif ok and res.error == "overquota":
-                outcomes.append(self._over_quota(t))
-            elif ok and res.error == "nonexistent":
-                outcomes.append(self._outcome(t, ev.REFUSED, "5.1.1", "Mailbox does not exist", ev.NONEXISTENT))
-            else:
-                if not ok:
-                    log.failure("delivery to {rcpt} failed", res, rcpt=t.address)
-                outcomes.append(self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR))
-        return outcomes
+        return [self._delivered(t, ok, res) for t, (ok, res) in zip(local, results, strict=True)]
 
-    async def _conclude(self, outcomes: list[Outcome]) -> IngestResult:
+    def _result(self, outcomes: list[Outcome]) -> IngestResult:
+        """The IngestResult, and the mail log's lines when the request asks for them."""
         result = IngestResult(self.queue_id, self.size, tuple(outcomes))
         req = self.request
         if req.log:
@@ -424,6 +448,11 @@ class Ingest:
                          producer=req.producer, qid=self.queue_id, sender=req.envelope.sender if req.envelope else "",
                          rcpt=o.address, size=self.size, ip=client.ip if client else "",
                          result="ok" if o.ok else f"failed: {o.status} {o.text}")
+        return result
+
+    async def _conclude(self, outcomes: list[Outcome]) -> IngestResult:
+        result = self._result(outcomes)
+        req = self.request
         if req.envelope is not None and result.accepted and result.failed:
             # The producer's positive answer will cover every recipient, so the ones that failed are reported to
             # the sender now, before it (RFC 5321 6.1: once accepted, a failure must be reported).
