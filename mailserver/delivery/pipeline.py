@@ -74,13 +74,10 @@ class Pipeline:
     def check_stages(self, request: Request) -> list:
         """The check stages that run for ``request``: the message hooks, then the registered checks; a request for
         an exact mailbox keeps only those that declare ``exact_mailbox``."""
-        if not self.hooks and not self.checks:
-            return []
+        if request.exact_mailbox:  # the hooks are filters (HookStage.exact_mailbox is False): never made here
+            return [s for s in self.checks if getattr(s, "exact_mailbox", False)] if self.checks else []
         hooks = tuple(self.hooks)
-        stages = ([HookStage(hooks)] if hooks else []) + self.checks
-        if request.exact_mailbox:
-            stages = [s for s in stages if getattr(s, "exact_mailbox", False)]
-        return stages
+        return ([HookStage(hooks)] if hooks else []) + self.checks
 
     # ------------------------------------------------------------------ the door
 
