@@ -35,8 +35,8 @@ _next = 0
 
 
 def _reset_after_fork() -> None:
-    global _pool, _next
-    _pool, _next = "", 0  # a child must never hand out the ids its parent will
+    global _lock, _pool, _next
+    _lock, _pool, _next = threading.Lock(), "", 0  # a child must never hand out the ids its parent will
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
