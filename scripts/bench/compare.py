@@ -2,7 +2,8 @@
 """Before/after benchmark: the same benchmark scripts against an older revision and this tree, interleaved.
 
     .venv/bin/python scripts/bench/compare.py [--before 1e6b12a] [--rounds 3] [--only store,smtp,pop3,imap,webmail]
-        [--worktree DIR] [--keep] [--json OUT]
+        [--worktree DIR] [--keep] [--json OUT] [--scale small]
+    .venv/bin/python scripts/bench/compare.py --render OUT      # the figures of a --json file as Markdown
 
 What it does:
 
@@ -241,6 +242,18 @@ def summary(selected: list[Bench]) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+def markdown(data: dict) -> str:
+    """The figures of a ``--json`` file as a Markdown table (docs/benchmarks.md)."""
+    lines = ["| figure | unit | before: median (range) | after: median (range) | ratio |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in data["figures"]:
+        bv, av = r["before"], r["after"]
+        ratio = "—" if r["ratio"] != r["ratio"] else f"{r['ratio']:.2f}"  # NaN: 0 errors on both sides
+        lines.append(f"| {r['figure']} | {r['unit']} | {_fmt(r['before_median'])} ({_fmt(min(bv))}–{_fmt(max(bv))}) "
+                     f"| {_fmt(r['after_median'])} ({_fmt(min(av))}–{_fmt(max(av))}) | {ratio} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", default=BEFORE, help=f"revision to compare with (default {BEFORE})")
@@ -253,7 +266,11 @@ def main() -> int:
     ap.add_argument("--scale", choices=("full", "small"), default="full", help="small: a quick check")
     ap.add_argument("--json", default="", help="also write every sample to this file")
     ap.add_argument("--log", default="", help="the benchmarks' own output (default /tmp/bench-compare-TIME.log)")
+    ap.add_argument("--render", default="", help="print the figures of a --json file as a Markdown table, run nothing")
     args = ap.parse_args()
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return 0
     all_benches = benches(args.scale, args.imaptest)
     names = args.only.split(",") if args.only else [n for n in all_benches
                                                      if n != "imaptest" or os.access(args.imaptest, os.X_OK)]
