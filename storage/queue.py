@@ -5,8 +5,9 @@ Work is claimed per recipient row with a lease (``claimed_until``):
 * PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` picks due rows no other process is claiming at this moment, and the
   lease written in the same transaction keeps them away from every other process until it expires.  Several server
   processes can share one database.
-* SQLite: one writer at a time (``BEGIN IMMEDIATE``) makes the select-and-lease atomic; one process runs the queue, so
-  at start it releases every lease left by a crashed run (:meth:`QueueStore.release_all`).
+* SQLite: one writer at a time (``BEGIN IMMEDIATE``) makes the select-and-lease atomic; one process runs the queue (the
+  only one, or the worker holding the cluster's maintenance lease, mailserver/leases.py), so when it starts it
+  releases every lease left by a crashed run (:meth:`QueueStore.release_all`).
 
 Recipient states: ``pending`` (never tried), ``deferred`` (tried, next attempt at ``next_attempt``), ``bounce`` (an
 administrator asked for a bounce; the runner fails it with a report), ``delivered`` and ``failed`` (final).  When no
@@ -206,6 +207,22 @@ def next_due(conn: Connection) -> float | None:
     return conn.execute(select(func.min(due)).where(R.c.status.in_(OPEN_STATES))).scalar()
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """The outbound queue at a glance (metrics): open recipients, their messages, the oldest one's enqueue time."""
+
+    recipients: int
+    messages: int
+    oldest: float | None  # ``created`` of the oldest message with an open recipient; None = empty
+
+
+def stats(conn: Connection) -> QueueStats:
+    row = conn.execute(select(func.count(), func.count(func.distinct(R.c.queue_id)), func.min(Q.c.created))
+                       .select_from(R.join(Q, Q.c.id == R.c.queue_id))
+                       .where(R.c.status.in_(OPEN_STATES))).one()
+    return QueueStats(row[0] or 0, row[1] or 0, row[2])
+
+
 # ----------------------------------------------------------------------------------------- results
 
 
@@ -329,6 +346,10 @@ class QueueStore:
     def next_due(self) -> float | None:
         with self.store.transaction(write=False) as conn:
             return next_due(conn)
+
+    def stats(self) -> QueueStats:
+        with self.store.transaction(write=False) as conn:
+            return stats(conn)
 
     def record(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:

@@ -63,6 +63,9 @@ class Pipeline:
         self.filter = NoFilter()
         #: Message-level check hooks (``delivery/hooks.py``), run in this order before the registered checks.
         self.hooks: list = list(hooks)
+        #: Told of each check verdict (``verdict(stage_name, verdict)``) and each result (``concluded(request,
+        #: result)``): the server's metrics; None = nobody.
+        self.observer = None
 
     def register(self, stage) -> None:
         """Add a check stage after the others."""
@@ -277,10 +280,13 @@ class Ingest:
                     if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
                         verdict = await verdict
                     t.apply(verdict, reason=ev.CHECKED)
+                    if p.observer is not None:
+                        p.observer.verdict(stage.name, verdict)
         if stages:
             await self._redirect()
         # 3. the recipient's filter (skipped for an exact mailbox).
         if filtering:
+            copies = []
             for t in self._targets:
                 if t.open and t.route.kind == LOCAL:
                     t.stages.append(FILTER)
@@ -288,6 +294,8 @@ class Ingest:
                     if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
                         verdict = await verdict
                     t.apply(verdict, reason=ev.CHECKED)
+                    copies += t.more_copies()  # a filter's further copies (Sieve: fileinto twice) deliver too
+            self._targets += copies
         # 4. quota (enforced by the commit's admission) and 5. the mailbox.
         for t in self._targets:
             if t.open:
@@ -335,7 +343,7 @@ class Ingest:
         """The (prefix, parsed) forms that open recipients need and the body lacks (or has unparsed)."""
         need: dict[bytes, bool] = {}
         for t in self._targets:
-            if t.open:
+            if t.open and t.form is None:
                 prefix = self._prefix(t)
                 need[prefix] = need.get(prefix, False) or t.route.kind == LOCAL
         return [(prefix, parsed) for prefix, parsed in need.items()
@@ -423,7 +431,8 @@ class Ingest:
         return self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR)
 
     async def _deliver(self, local: list[Target]) -> list[Outcome]:
-        ds = [self.pipeline.runner.deliver(self._delivery(t, self.body.find(self._prefix(t)))) for t in local]
+        ds = [self.pipeline.runner.deliver(self._delivery(t, t.form or self.body.find(self._prefix(t))))
+              for t in local]
         if len(ds) == 1:  # the common case (one account): no DeferredList
             try:
                 results = [(True, await ds[0])]
@@ -434,9 +443,11 @@ class Ingest:
         return [self._delivered(t, ok, res) for t, (ok, res) in zip(local, results, strict=True)]
 
     def _result(self, outcomes: list[Outcome]) -> IngestResult:
-        """The IngestResult, and the mail log's lines when the request asks for them."""
+        """The IngestResult (told to the pipeline's observer), and the mail log's lines when the request asks."""
         result = IngestResult(self.queue_id, self.size, tuple(outcomes))
         req = self.request
+        if self.pipeline.observer is not None:
+            self.pipeline.observer.concluded(req, result)
         if req.log:
             client = req.client
             for o in outcomes:
