@@ -100,6 +100,9 @@ class Metrics:
         self.reactor_lag_last = Gauge("mailserver_reactor_lag_last_seconds", "The last measured event-loop lag",
                                       registry=r)
         self._families: dict[str, ConnectionCounts] = {}
+        #: Labelled children of the per-message metrics, looked up once (``labels()`` takes a lock and checks the
+        #: values on every call; these run for every message and every trip to a pool).
+        self._children: dict[tuple, object] = {}
 
     # -- hooks
 
@@ -121,26 +124,33 @@ class Metrics:
         if outcome != "ok":
             self.auth_failures.labels(protocol, reason or outcome).inc()
 
+    def _child(self, metric, *values: str):
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*values))  # setdefault: pools call from threads
+        return child
+
     def pool_waited(self, pool: str, seconds: float) -> None:
-        self.pool_wait.labels(pool).observe(max(0.0, seconds))
+        self._child(self.pool_wait, pool).observe(max(0.0, seconds))
 
     # -- the pipeline's observer (mailserver/delivery/pipeline.py)
 
     def verdict(self, check: str, verdict) -> None:
         """A check stage's verdict for one recipient (None: accept)."""
         if verdict is None:
-            self.check_verdicts.labels(check, "accept").inc()
+            self._child(self.check_verdicts, check, "accept").inc()
             return
         action = verdict.action
         if action == "accept" and (verdict.add_headers or verdict.keywords or verdict.mailbox):
             action = "tag"
         elif action == "accept" and verdict.redirect:
             action = "redirect"
-        self.check_verdicts.labels(check, action).inc()
+        self._child(self.check_verdicts, check, action).inc()
 
     def concluded(self, request, result) -> None:
         for o in result.outcomes:
-            self.deliveries.labels(request.producer, o.kind).inc()
+            self._child(self.deliveries, request.producer, o.kind).inc()
 
 
 class ReactorLag:

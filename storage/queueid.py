@@ -14,8 +14,10 @@ some 50 billion messages), so a clash of the unique column is not retried.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import secrets
+import threading
 
 #: Characters in a queue id.
 QUEUE_ID_LENGTH = 16
@@ -23,9 +25,33 @@ _RANDOM_BYTES = QUEUE_ID_LENGTH * 5 // 8  # base32: 5 bits per character
 QUEUE_ID_RE = re.compile(rf"[A-Z2-7]{{{QUEUE_ID_LENGTH}}}")
 
 
+#: Ids drawn from one read of the system's random source.  ``os.urandom`` releases the GIL, and on a busy server
+#: the reactor thread then waits for the GIL once per message: drawing for many ids at once makes that rare.  The
+#: draw is encoded at once too: 5 random bytes are 8 base32 characters, so each id is a slice of the encoded draw.
+_IDS_PER_DRAW = 256
+_lock = threading.Lock()
+_pool = ""
+_next = 0
+
+
+def _reset_after_fork() -> None:
+    global _lock, _pool, _next
+    _lock, _pool, _next = threading.Lock(), "", 0  # a child must never hand out the ids its parent will
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def new_queue_id() -> str:
-    """A fresh random queue id."""
-    return base64.b32encode(secrets.token_bytes(_RANDOM_BYTES)).decode("ascii")
+    """A fresh random queue id (thread-safe; cryptographically random like ``secrets.token_bytes``)."""
+    global _pool, _next
+    with _lock:
+        if _next >= len(_pool):
+            _pool = base64.b32encode(secrets.token_bytes(_RANDOM_BYTES * _IDS_PER_DRAW)).decode("ascii")
+            _next = 0
+        start = _next
+        _next += QUEUE_ID_LENGTH
+        return _pool[start:_next]
 
 
 def normalize_queue_id(text: str) -> str | None:

@@ -5,9 +5,11 @@ On SQLite and (with MAILSERVER_TEST_DATABASE_URL) PostgreSQL.
 
 from __future__ import annotations
 
+import os
 import re
 import smtplib
 import ssl
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,40 @@ def _keys(store: Store, public_id: str) -> tuple[int, list[int]]:
     """The internal keys of a queued message: its queue row and its recipient rows."""
     e = QueueStore(store).get(public_id)
     return e.message.id, [r.id for r in e.recipients]
+
+
+def test_queue_ids_are_unique_across_threads():
+    """Ids drawn from one random read at a time: threads drawing at once never get the same one."""
+    out: list[list[str]] = [[] for _ in range(4)]
+
+    def draw(i: int) -> None:
+        out[i].extend(new_queue_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=draw, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for part in out for i in part]
+    assert len(set(ids)) == len(ids) == 20_000
+
+
+def test_a_forked_child_draws_its_own_queue_ids():
+    """A child process never hands out the ids its parent still has in hand from its last random read."""
+    new_queue_id()  # the parent holds the rest of a draw
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(w, " ".join(new_queue_id() for _ in range(100)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    parent = {new_queue_id() for _ in range(100)}
+    with os.fdopen(r, "rb") as f:
+        child = set(f.read().decode().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 100 and not parent & child
 
 
 def test_queue_id_format():

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(slots=True)
 class Form:
     prefix: bytes
     writer: object = None  # BlobWriter while streaming
@@ -29,6 +29,8 @@ def parse(raw: bytes) -> dict:
 
 
 class Body:
+    __slots__ = ("blobs", "forms", "_raw")
+
     def __init__(self, blobs, forms: list[Form], raw: bytes | None = None):
         self.blobs = blobs
         self.forms = forms

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 LOCAL, RELAY, OUTGOING = "local", "relay", "outgoing"
 
@@ -28,8 +29,9 @@ TOO_MANY_TARGETS = "too-many-targets"
 OVER_QUOTA = "overquota"
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
+    """One final recipient (a NamedTuple: one is made for every message taken in, which a dataclass makes slower)."""
+
     kind: str  # LOCAL | RELAY | OUTGOING
     address: str  # the account address (LOCAL) or the address to send to (RELAY, OUTGOING)
     account_id: int | None = None

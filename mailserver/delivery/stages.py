@@ -148,7 +148,7 @@ class MessageInfo:
     memo: dict = field(default_factory=dict, compare=False, repr=False)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Target:
     """One final recipient on its way through the stages (mutable: each stage records what it decided)."""
 
