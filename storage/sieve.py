@@ -104,6 +104,12 @@ def script_version(conn: Connection, scope: str, owner_id: int) -> tuple[int, fl
     return int(r[0] or 0), float(r[1] or 0.0)
 
 
+def all_scripts_version(conn: Connection) -> tuple[int, float]:
+    """(count, newest change) over every owner: changes whenever any script anywhere does."""
+    r = conn.execute(select(func.count(), func.max(S.c.updated))).first()
+    return int(r[0] or 0), float(r[1] or 0.0)
+
+
 def check_quota(conn: Connection, scope: str, owner_id: int, name: str, size: int, *, max_scripts: int,
                 max_storage: int) -> None:
     """Raise SieveQuota when putting ``size`` bytes as ``name`` would pass a limit (RFC 5804 HAVESPACE)."""

@@ -516,6 +516,12 @@ class Store:
             return sieve.script_version(conn, scope, owner_id)
 
     @reads
+    def sieve_version_all(self) -> tuple[int, float]:
+        """Changes whenever any script of any owner does (one check keeps every cached compiled script)."""
+        with self.transaction(write=False) as conn:
+            return sieve.all_scripts_version(conn)
+
+    @reads
     def sieve_have_space(self, owner_id: int, name: str, size: int, *, max_scripts: int, max_storage: int,
                          scope: str = sieve.ACCOUNT) -> None:
         """Raise SieveQuota when ``size`` bytes as ``name`` would not fit (RFC 5804 HAVESPACE)."""

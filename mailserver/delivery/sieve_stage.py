@@ -1,8 +1,8 @@
 """The recipient's filter: its Sieve script, in the FILTER place of the pipeline (``delivery/stages.py``).
 
 Per local recipient: the account's active script, with its domain's global "before" and "after" scripts around it
-(``storage/sieve.py``), compiled once and cached per account until the scripts' version changes (checked at most
-every ``[sieve] cache_check_interval`` seconds).  Compiling and running happen in the ``cpu`` pool: the facts are
+(``storage/sieve.py``), compiled once and cached per account until the scripts' version changes: one read of the version of
+all scripts at most every ``[sieve] cache_check_interval`` seconds, and only when that changed, one per account.  Compiling and running happen in the ``cpu`` pool: the facts are
 the stored header (plus check stages' added fields), the body read from the blob only when the script needs it.
 Then the actions become the stage's :class:`Verdict`:
 
@@ -144,7 +144,10 @@ class SieveFilter:
         self.cpu = cpu
         self.clock = clock
         self.pipeline = None
-        self._cache: dict[int, tuple[Bundle, float]] = {}
+        self._cache: dict[int, tuple[Bundle, int]] = {}  # account -> (bundle, generation it was checked in)
+        self._generation = 0
+        self._all_version = None  # the store's version of all scripts, read every cache_check_interval
+        self._all_checked = float("-inf")
         #: SRS hook (another issue): the envelope sender of a redirected message.
         self.redirect_sender = lambda sender, account_address: sender
         #: ARC hook (another issue): the bytes of a redirected message, before it is handed over.
@@ -194,15 +197,23 @@ class SieveFilter:
 
     async def bundle(self, account_id: int) -> Bundle:
         now = self._now()
+        if now - self._all_checked >= self.cfg.cache_check_interval:
+            # One read for every account: while no script anywhere changed, every cached bundle holds.
+            self._all_checked = now
+            version = await self.astore.sieve_version_all()
+            if version != self._all_version:
+                self._all_version = version
+                self._generation += 1  # every bundle cached before is checked again
+        generation = self._generation
         cached = self._cache.get(account_id)
-        if cached is not None and now - cached[1] < self.cfg.cache_check_interval:
+        if cached is not None and cached[1] == generation:
             return cached[0]
         version = await self.astore.read(self._version, account_id)
         if cached is not None and cached[0].version == version:
-            self._cache[account_id] = (cached[0], now)
+            self._cache[account_id] = (cached[0], generation)
             return cached[0]
         b = await self.cpu(self._compile, account_id, version)
-        self._cache[account_id] = (b, now)
+        self._cache[account_id] = (b, generation)
         return b
 
     def invalidate(self, account_id: int | None = None) -> None:
