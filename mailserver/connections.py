@@ -59,6 +59,8 @@ class ConnectionLimiter:
     def __init__(self, max_per_ip: int):
         self.max_per_ip = max_per_ip
         self._open: Counter[str] = Counter()
+        #: Connections given back so far (the memory trim looks at it).
+        self.released = 0
 
     def acquire(self, ip: str) -> bool:
         """Take a slot for ``ip``; False (and nothing taken) when the address is at its cap."""
@@ -68,6 +70,7 @@ class ConnectionLimiter:
         return True
 
     def release(self, ip: str) -> None:
+        self.released += 1
         n = self._open[ip] - 1
         if n > 0:
             self._open[ip] = n

@@ -42,6 +42,7 @@ from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
+from mailserver.memory import MemoryTrim
 from mailserver.services import BoundListener, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
@@ -220,6 +221,7 @@ class MailServer(MultiService):
         self.queue_runner = None
         self.pg_bridge = None
         self._gc = None
+        self._trim: MemoryTrim | None = None
         #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
         self.queue_options: dict[str, object] = {}
         self._stopping = False
@@ -287,6 +289,10 @@ class MailServer(MultiService):
         self._gc = task.LoopingCall(self._collect_blobs)
         self._gc.clock = self.reactor
         self._gc.start(cfg.store.gc_interval, now=False)
+        state = self.provided.state
+        self._trim = MemoryTrim(self.reactor, lambda: sum(lim.released for lim in state.connections.values()),
+                                lambda f: run_in(self.reactor, self.pools.cpu, f))
+        self._trim.start()
         if cfg.queue.run:
             from mailserver.delivery.queue import QueueRunner
 
@@ -380,6 +386,8 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self._trim is not None:
+            self._trim.stop()
         for lst in self.listening:
             try:
                 lst.port.stopListening()
@@ -400,6 +408,8 @@ class MailServer(MultiService):
         self._stopping = True
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self._trim is not None:
+            self._trim.stop()
         if self.queue_runner is not None:
             yield self.queue_runner.stop()
         yield super().stopService()

@@ -69,15 +69,6 @@ class Served:
         return "".join(self.stderr)
 
 
-def _wait_listening(port: int, deadline: float) -> None:
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing listens on {port}") from None
-            time.sleep(0.05)
 
 
 @contextmanager
@@ -99,10 +90,14 @@ def served(tmp_path: Path, listeners=("smtp",), limits: dict | None = None, extr
     proc = subprocess.Popen(cli + ["serve"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     try:
+        srv = Served(proc, ports)
         deadline = time.monotonic() + 60
-        for port in ports.values():
-            _wait_listening(port, deadline)
-        yield Served(proc, ports)
+        want = [f"listening {name} on 127.0.0.1:{port}" for name, port in ports.items()]
+        while not all(w in srv.log() for w in want):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the server did not start:\n{srv.log()}")
+            time.sleep(0.05)
+        yield srv
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

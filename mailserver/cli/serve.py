@@ -135,8 +135,10 @@ def cmd_serve(args) -> int:
     from twisted.internet import reactor
 
     from mailserver.log import start_logging
+    from mailserver.memory import return_large_blocks_to_the_system
     from mailserver.service import ListenError, MailServer
 
+    return_large_blocks_to_the_system()  # before anything large is allocated (the process is the server's)
     cfg = args.config_obj
     start_logging(cfg.log.format, cfg.log.level)
     ignore_sighup(reactor)
