@@ -21,9 +21,8 @@ import zlib
 
 import pytest
 
-from tests.hostile import BURST, flood
+from tests.hostile import BURST, SERVED_WITHIN, flood
 from tests.served import PASSWORD, served, user
-from tests.smtp.test_smtp_flow import SERVED_WITHIN
 
 MB = 2**20
 #: Most the server may grow per attacking connection (issue 12).
@@ -38,26 +37,26 @@ RETURN_WITHIN = 0.10
 def server(tmp_path_factory):
     with served(tmp_path_factory.mktemp("hostile"), listeners=("smtp", "imap", "imaps", "pop3", "http"),
                 users=ATTACKERS + 1, limits={"http_header_timeout": 120.0}) as srv:
-        _normal_clients(srv)  # first use: code paths, pools, the first hash (argon2 takes 19 MiB)
+        _normal_clients(srv, timeout=30)  # first use: code paths, pools, the first hash (argon2 takes 19 MiB)
         yield srv
 
 
-def _normal_clients(srv, which: str = "all") -> None:
-    """A normal session of each protocol (or of one), each step within SERVED_WITHIN."""
+def _normal_clients(srv, which: str = "all", timeout: float = SERVED_WITHIN) -> None:
+    """A normal session of each protocol (or of one), each step within ``timeout`` seconds."""
     if which in ("all", "smtp"):
-        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=SERVED_WITHIN) as c:
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=timeout) as c:
             assert c.ehlo("normal.example.net")[0] == 250
     if which in ("all", "imap"):
-        c = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=SERVED_WITHIN)
+        c = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=timeout)
         c.login(user(ATTACKERS), PASSWORD)
         c.logout()
     if which in ("all", "pop3"):
-        c = poplib.POP3("127.0.0.1", srv.port("pop3"), timeout=SERVED_WITHIN)
+        c = poplib.POP3("127.0.0.1", srv.port("pop3"), timeout=timeout)
         c.user(user(ATTACKERS))
         c.pass_(PASSWORD)
         c.quit()
     if which in ("all", "http"):
-        c = http.client.HTTPConnection("127.0.0.1", srv.port("http"), timeout=SERVED_WITHIN)
+        c = http.client.HTTPConnection("127.0.0.1", srv.port("http"), timeout=timeout)
         c.request("GET", "/login")
         assert c.getresponse().status == 200
         c.close()

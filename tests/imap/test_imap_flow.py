@@ -11,9 +11,17 @@ import zlib
 import pytest
 from twisted.internet import task
 
-from tests.hostile import BURST, MAX_UNSENT, Timed, flood, output_blocked, unsent_output
+from tests.hostile import (
+    BURST,
+    MAX_UNSENT,
+    SERVED_WITHIN,
+    Timed,
+    dropped_after_stall,
+    flood,
+    output_blocked,
+    unsent_output,
+)
 from tests.imap.imap_client import PASSWORD, Raw, imap_server, new_user
-from tests.smtp.test_smtp_flow import SERVED_WITHIN
 
 STALL = 50.0
 
@@ -58,9 +66,6 @@ def test_client_that_never_reads_is_not_read_and_is_dropped_after_the_stall_time
         time.sleep(0.5)  # nothing more is taken while the replies wait
         assert unsent_output(srv, "imap")[0] < MAX_UNSENT
         _normal_login(srv, normal)
-        srv.wait_for(lambda: srv.server_sessions("imap") == 1)
-        srv.call(clock.advance, STALL - 1)
-        assert srv.server_sessions("imap") == 1
-        srv.call(clock.advance, 2)
-        srv.wait_for(lambda: srv.server_sessions("imap") == 0)
+        srv.wait_for(lambda: srv.server_sessions("imap") == 1)  # the normal client's session has ended
+        dropped_after_stall(srv, "imap", "imap", clock, STALL)
         raw.close()

@@ -11,8 +11,16 @@ import threading
 from twisted.internet import task
 
 from tests.harness import running_server
-from tests.hostile import BURST, MAX_UNSENT, Timed, flood, read_replies_in_background, unsent_output
-from tests.smtp.test_smtp_flow import SERVED_WITHIN
+from tests.hostile import (
+    BURST,
+    MAX_UNSENT,
+    SERVED_WITHIN,
+    Timed,
+    dropped_after_stall,
+    flood,
+    read_replies_in_background,
+    unsent_output,
+)
 
 STALL = 50.0
 NOOPS = 2_000_000
@@ -90,9 +98,6 @@ def test_client_that_never_reads_is_not_read_and_is_dropped_after_the_stall_time
         unsent = unsent_output(srv, "pop3")
         assert len(unsent) == 1 and unsent[0] < MAX_UNSENT, unsent
         _normal_login(port, "normal@example.test")
-        srv.wait_for(lambda: srv.server_sessions("pop3") == 1)
-        srv.call(clock.advance, STALL - 1)
-        assert srv.server_sessions("pop3") == 1
-        srv.call(clock.advance, 2)
-        srv.wait_for(lambda: srv.server_sessions("pop3") == 0)
+        srv.wait_for(lambda: srv.server_sessions("pop3") == 1)  # the normal client's session has ended
+        dropped_after_stall(srv, "pop3", "pop3", clock, STALL)
         raw.close()
