@@ -22,7 +22,7 @@ from pathlib import Path
 
 ENV_CONFIG = "MAILSERVER_CONFIG"
 
-LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https", "metrics")
 #: Listeners that speak TLS from the first byte (RFC 8314 implicit TLS).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
 
@@ -49,8 +49,9 @@ class ListenAddress:
 
 
 @dataclass(frozen=True)
-class ListenConfig:
-    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off."""
+class ProxiedListenConfig:
+    """``[listen_proxied]``: the protocol listeners of ``[listen]``, behind a TCP load balancer: connections there
+    must begin with a PROXY header from an address in ``[proxy] trusted`` (``mailserver/proxied.py``)."""
 
     smtp: tuple[ListenAddress, ...] = ()
     submission: tuple[ListenAddress, ...] = ()
@@ -63,7 +64,15 @@ class ListenConfig:
     https: tuple[ListenAddress, ...] = ()
 
     def items(self) -> list[tuple[str, ListenAddress]]:
-        return [(name, a) for name in LISTENER_NAMES for a in getattr(self, name)]
+        return [(name, a) for name in LISTENER_NAMES if hasattr(self, name) for a in getattr(self, name)]
+
+
+@dataclass(frozen=True)
+class ListenConfig(ProxiedListenConfig):
+    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off."""
+
+    #: Prometheus /metrics and the load balancer's /healthz (plain HTTP; keep it on a private address).
+    metrics: tuple[ListenAddress, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,8 @@ class LimitsConfig:
     # Every protocol: seconds unsent output may wait for a peer that does not read (over 64 KiB of it: reading
     # is paused meanwhile) before the connection is aborted (Postfix's smtpd_timeout is 300 s as well)
     output_stall_timeout: float = 300.0
+    # PROXY protocol: seconds a [listen_proxied] connection has to send its whole header
+    proxy_header_timeout: float = 10.0
     # Authentication
     auth_max_failures_per_ip: int = 10
     auth_max_failures_per_account: int = 10
@@ -205,11 +216,33 @@ class QueueConfig:
     retry_max: float = 4 * 3600.0
     give_up_after: float = 5 * 86400.0
     delay_warning_after: float = 4 * 3600.0
+    #: Seconds a claim on queued recipients lasts unless renewed (every lease/3 while the node works on them): how
+    #: soon another node sharing the database takes over the work of one that died.
+    lease: float = 300.0
     max_connections: int = 50
     max_connections_per_domain: int = 5
     max_recipients_per_transaction: int = 100
     smarthost: SmarthostConfig = field(default_factory=SmarthostConfig)
     dkim_selector: str = "mail"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """``[proxy]``: the load balancers and reverse proxies we believe about the client's address."""
+
+    #: Networks ("127.0.0.1/32", "10.0.0.0/8", "::1") allowed to connect to ``[listen_proxied]`` addresses and to
+    #: name the client in a PROXY header, and whose X-Forwarded-For / Forwarded the webmail honours.
+    trusted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: what ``[listen] metrics`` serves (``mailserver/metrics.py``)."""
+
+    #: Seconds between measurements of the event loop's lag (how late a timer fires).
+    reactor_lag_interval: float = 1.0
+    #: Seconds /healthz waits for the database before it answers 503.
+    health_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -249,11 +282,39 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """``[sieve]``: the recipients' filters (mailserver/sieve/, the delivery stage mailserver/delivery/sieve_stage.py).
+
+    Every limit is a Sieve limit of ``mailserver.sieve.Limits``; a run that passes one keeps the message in INBOX.
+    """
+
+    enabled: bool = True
+    max_script_size: int = 1 << 20
+    max_scripts: int = 32
+    max_storage: int = 8 << 20
+    max_actions: int = 32
+    max_redirects: int = 4
+    max_steps: int = 200_000
+    max_include_depth: int = 10
+    regex_timeout: float = 1.0
+    vacation_min_period: int = 86400
+    vacation_max_period: int = 0
+    vacation_default_period: int = 7 * 86400
+    #: A message that already carries this many of our redirect trace fields is not redirected again (a loop).
+    max_redirect_hops: int = 8
+    #: Seconds a compiled script stays cached before its version is checked again in the store.
+    cache_check_interval: float = 2.0
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: str
     database_url: str = ""
     listen: ListenConfig = field(default_factory=ListenConfig)
+    listen_proxied: ProxiedListenConfig = field(default_factory=ProxiedListenConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -262,6 +323,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
     log: LogConfig = field(default_factory=LogConfig)
     domain: tuple[DomainConfig, ...] = ()
     #: Create a demo domain and account at first start (the development config sets it).
@@ -394,17 +456,33 @@ def _validate(cfg: Config, source: str) -> None:
         err("tls.cert" if not cfg.tls.cert else "tls.key", "cert and key must be given together")
     if cfg.tls.min_version not in ("1.2", "1.3"):
         err("tls.min_version", "expected \"1.2\" or \"1.3\"")
-    for name, a in cfg.listen.items():
+    listeners = ([(f"listen.{name}", a) for name, a in cfg.listen.items()]
+                 + [(f"listen_proxied.{name}", a) for name, a in cfg.listen_proxied.items()])
+    for key, a in listeners:
         try:
             ipaddress.ip_address(a.host)
         except ValueError:
             if a.host not in ("localhost",):
-                err(f"listen.{name}", f"{a.host!r} is not an IP address")
+                err(key, f"{a.host!r} is not an IP address")
     seen: dict[tuple[str, int], str] = {}
-    for name, a in cfg.listen.items():
+    for key, a in listeners:
         if a.port and (a.host, a.port) in seen:
-            err(f"listen.{name}", f"{a} is also used by listen.{seen[(a.host, a.port)]}")
-        seen[(a.host, a.port)] = name
+            err(key, f"{a} is also used by {seen[(a.host, a.port)]}")
+        seen[(a.host, a.port)] = key
+    for i, net in enumerate(cfg.proxy.trusted):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            err(f"proxy.trusted[{i}]", f"not a network: {net!r}")
+    if cfg.listen_proxied.items() and not cfg.proxy.trusted:
+        err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
+    if cfg.queue.lease < 3:
+        err("queue.lease", "must be at least 3 seconds (renewed every lease/3)")
+    if cfg.limits.proxy_header_timeout <= 0:
+        err("limits.proxy_header_timeout", "must be positive")
+    for key in ("reactor_lag_interval", "health_timeout"):
+        if getattr(cfg.metrics, key) <= 0:
+            err(f"metrics.{key}", "must be positive")
     for i, net in enumerate(cfg.smtp.trusted_networks):
         try:
             ipaddress.ip_network(net, strict=False)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -53,11 +54,20 @@ TURN = "turn"  # the session used up this turn and goes on in the next one
 SESSION = "session"  # the session waits (a check, a database query, a streamed literal)
 
 
+class ConnectionObserver(Protocol):
+    """Told of every connection of a family (``mailserver.metrics.ConnectionCounts``)."""
+
+    def opened(self) -> None: ...
+    def closed(self) -> None: ...
+    def refused(self) -> None: ...
+
+
 class ConnectionLimiter:
     """Open connections per client address, shared by the listeners of one protocol family."""
 
-    def __init__(self, max_per_ip: int):
+    def __init__(self, max_per_ip: int, observer: ConnectionObserver | None = None):
         self.max_per_ip = max_per_ip
+        self.observer = observer
         self._open: Counter[str] = Counter()
         #: Connections given back so far (the memory trim looks at it).
         self.released = 0
@@ -65,12 +75,18 @@ class ConnectionLimiter:
     def acquire(self, ip: str) -> bool:
         """Take a slot for ``ip``; False (and nothing taken) when the address is at its cap."""
         if self._open[ip] >= self.max_per_ip:
+            if self.observer is not None:
+                self.observer.refused()
             return False
         self._open[ip] += 1
+        if self.observer is not None:
+            self.observer.opened()
         return True
 
     def release(self, ip: str) -> None:
         self.released += 1
+        if self.observer is not None:
+            self.observer.closed()
         n = self._open[ip] - 1
         if n > 0:
             self._open[ip] = n

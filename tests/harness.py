@@ -131,8 +131,9 @@ class ServerHandle:
         """The running server's :class:`mailserver.services.Services` (what its protocols are given)."""
         return self.server.provided
 
-    def port(self, name: str) -> int:
-        return self.server.port(name)
+    def port(self, name: str, *, proxied: bool = False) -> int:
+        """The port of listener ``name`` in ``[listen]`` (``[listen_proxied]`` with ``proxied``)."""
+        return self.server.port(name, proxied=proxied)
 
     def call(self, f, *args, **kwargs):
         return call(f, *args, **kwargs)

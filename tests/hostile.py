@@ -14,10 +14,11 @@ import threading
 import time
 
 from tests.harness import call
+from tests.logins import NORMAL_LOGIN_BOUND
 
-#: Seconds each step of a normal client's session (connect, greeting, EHLO, a login) may take during an attack
-#: (issue 12: "within 1 s"). It bounds a wait: the attacks take far longer, which is what shows the interleaving.
-SERVED_WITHIN = 1.0
+#: Seconds a normal client's whole session (connect, greeting, EHLO or a login) may take during an attack (issue
+#: 12: "within 1 s"; the suite's one wall-clock bound, as in tests/logins.py). The attacks take far longer.
+SERVED_WITHIN = NORMAL_LOGIN_BOUND
 #: Octets a hostile client offers in one burst (the issue's 20 MB).
 BURST = 20 * 2**20
 #: The most the server may hold unsent for one connection that does not read: the transport's 64 KiB bound, plus

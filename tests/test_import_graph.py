@@ -125,3 +125,15 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     assert cycles == []
+
+
+def test_sieve_is_sans_io():
+    """mailserver/sieve/ (parser, validation, evaluator) imports neither Twisted nor a protocol, nor the delivery
+    stage that carries its actions out: scripts and messages in, actions out."""
+    bad = []
+    for path in (ROOT / "mailserver" / "sieve").rglob("*.py"):
+        name = _module_name(path)
+        for t in _imports(path, name):
+            if _under(t, "twisted") or _under(t, "mailserver.delivery") or any(_under(t, p) for p in PROTOCOLS):
+                bad.append((name, t))
+    assert bad == []

@@ -10,10 +10,12 @@ twisted.web restarts its idle timer on every byte, so a client that sends one he
   as the live-update stream is the application's business;
 - output flow control is the connection's :class:`~mailserver.connections.FlowControl`, as in every protocol: it
   is the transport's producer and tells the HTTP channel when output backs up and drains; input is handed to the
-  channel in slices of :data:`FEED_SLICE` octets, and none while output does not drain or the channel paused
+  channel in slices of :data:`FEED_SLICE` octets, at most :data:`REQUESTS_PER_TURN` requests or
+  :data:`OCTETS_PER_TURN` octets per reactor turn, and none while output does not drain or the channel paused
   reading (twisted.web answers pipelined requests that finish at once in one go, and goes on reading while it
-  answers one that does not: a client that pipelines ``GET /`` and never reads would make it buffer every reply);
-  a peer that stops reading is dropped after ``limits.output_stall_timeout``.
+  answers one that does not: a client that pipelines ``GET /`` and never reads would make it buffer every reply,
+  and one that reads would hold the reactor for a whole read's worth of requests); a peer that stops reading is
+  dropped after ``limits.output_stall_timeout``.
 """
 
 from __future__ import annotations
@@ -28,9 +30,13 @@ from mailserver.connections import ConnectionLimiter, FlowControl
 log = Logger()
 
 #: Octets of input handed to the HTTP channel at a time; between slices the output is checked.
-FEED_SLICE = 4096
-#: Slices handed over per reactor turn (one read's worth); the rest waits for the next turn.
-SLICES_PER_TURN = 16
+FEED_SLICE = 256
+#: Octets of a request body handed over at a time (no request can start inside a body).
+BODY_SLICE = 16 * 1024
+#: Requests whose headers may arrive in one reactor turn (the requests of one slice may pass it a little).
+REQUESTS_PER_TURN = 4
+#: Octets handed over per reactor turn (one read's worth; a request body goes on in the next turn).
+OCTETS_PER_TURN = 64 * 1024
 #: The reason to pause reading when the HTTP channel asks for it.
 CHANNEL = "http-channel"
 
@@ -38,7 +44,7 @@ CHANNEL = "http-channel"
 class WebConnection(ProtocolWrapper):
     """Wraps the HTTP channel of one connection (see the module docstring)."""
 
-    def __init__(self, inner, *, limiter: ConnectionLimiter, clock: IReactorTime, header_timeout: float,
+    def __init__(self, inner, *, limiter: ConnectionLimiter, clock: IReactorTime, header_timeout: float | None,
                  reactor=None, stall_timeout: float = 300.0):
         super().__init__(None, inner)
         self.limiter = limiter
@@ -51,6 +57,7 @@ class WebConnection(ProtocolWrapper):
         self._counted = False
         self._deadline = None
         self._held = bytearray()  # input read and not yet handed to the channel
+        self._requests = 0  # requests whose headers arrived in this turn
         self._channel_paused = False
 
     def makeConnection(self, transport):
@@ -103,13 +110,14 @@ class WebConnection(ProtocolWrapper):
         self.transport.stopProducing()
 
     def awaiting_request(self) -> None:
-        """The next request's headers are due within the header timeout."""
+        """The next request's headers are due within the header timeout (None: no deadline)."""
         self._cancel()
-        if self.connected:
+        if self.connected and self.header_timeout is not None:
             self._deadline = self.clock.callLater(self.header_timeout, self._expired)
 
     def headers_received(self) -> None:
         self._cancel()
+        self._requests += 1
 
     def dataReceived(self, data):
         if not self._counted:
@@ -121,15 +129,23 @@ class WebConnection(ProtocolWrapper):
 
     def _feed(self) -> None:
         """Hand held input to the channel a slice at a time, while its replies drain and it wants input."""
-        slices = 0
+        fed = 0
+        self._requests = 0
         while self._held and self.connected and not self.disconnecting and not self._channel_paused:
-            if self.flow.output_blocked or slices >= SLICES_PER_TURN:
+            if self.flow.output_blocked or fed >= OCTETS_PER_TURN or self._requests >= REQUESTS_PER_TURN:
                 self.flow.next_turn(self._feed)
                 return
-            piece = bytes(self._held[:FEED_SLICE])
-            del self._held[:FEED_SLICE]
+            size = self._slice()
+            piece = bytes(self._held[:size])
+            del self._held[:size]
             self.wrappedProtocol.dataReceived(piece)
-            slices += 1
+            fed += len(piece)
+
+    def _slice(self) -> int:
+        """Small slices while the channel reads request lines and headers (each slice may hold whole pipelined
+        requests, which it answers at once), large ones inside a body."""
+        channel = getattr(self.wrappedProtocol, "_channel", self.wrappedProtocol)  # twisted.web's generic protocol
+        return FEED_SLICE if getattr(channel, "line_mode", 1) else BODY_SLICE
 
     def connectionLost(self, reason):
         self.connected = 0

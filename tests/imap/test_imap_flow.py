@@ -4,7 +4,6 @@ client logs in meanwhile, and the connection is aborted after limits.output_stal
 
 from __future__ import annotations
 
-import imaplib
 import time
 import zlib
 
@@ -14,7 +13,6 @@ from twisted.internet import task
 from tests.hostile import (
     BURST,
     MAX_UNSENT,
-    SERVED_WITHIN,
     Timed,
     dropped_after_stall,
     flood,
@@ -22,6 +20,7 @@ from tests.hostile import (
     unsent_output,
 )
 from tests.imap.imap_client import PASSWORD, Raw, imap_server, new_user
+from tests.logins import assert_logs_in_promptly
 
 STALL = 50.0
 
@@ -32,9 +31,7 @@ def _factory(srv, name="imap"):
 
 def _normal_login(srv, user: str) -> None:
     with Timed() as t:
-        c = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=SERVED_WITHIN)
-        c.login(user, PASSWORD)
-        c.logout()
+        assert_logs_in_promptly("imap", srv.port("imap"), user, PASSWORD)
     print(f"normal login in {t.seconds * 1000:.1f} ms")
 
 

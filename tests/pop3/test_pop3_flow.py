@@ -4,7 +4,6 @@ client logs in on a second connection meanwhile."""
 
 from __future__ import annotations
 
-import poplib
 import socket
 import threading
 
@@ -14,13 +13,13 @@ from tests.harness import running_server
 from tests.hostile import (
     BURST,
     MAX_UNSENT,
-    SERVED_WITHIN,
     Timed,
     dropped_after_stall,
     flood,
     read_replies_in_background,
     unsent_output,
 )
+from tests.logins import assert_logs_in_promptly
 
 STALL = 50.0
 NOOPS = 2_000_000
@@ -44,10 +43,7 @@ def _logged_in(port: int, user: str) -> socket.socket:
 
 def _normal_login(port: int, user: str) -> None:
     with Timed() as t:
-        c = poplib.POP3("127.0.0.1", port, timeout=SERVED_WITHIN)
-        c.user(user)
-        c.pass_(PASSWORD)
-        c.quit()
+        assert_logs_in_promptly("pop3", port, user, PASSWORD)
     print(f"normal login in {t.seconds * 1000:.1f} ms")
 
 

@@ -54,6 +54,7 @@ def _normal_client(port: int, implicit_tls: bool = False) -> float:
         assert code == 250
         c.quit()
     print(f"normal client served in {t.seconds * 1000:.1f} ms")
+    assert t.seconds < SERVED_WITHIN, f"greeting and EHLO took {t.seconds:.2f}s during the attack"
     return t.seconds
 
 

@@ -10,6 +10,11 @@
     if (b && !window.confirm(b.getAttribute("data-confirm"))) e.preventDefault();
   });
 
+  // Mark the message read when the reader page could not tell where its GET came from (no Fetch Metadata).
+  const markSeen = $("#mark-seen");
+  if (markSeen) fetch(markSeen.action, { method: "POST", body: new URLSearchParams(new FormData(markSeen)),
+                                         credentials: "same-origin", redirect: "manual" }).catch(() => {});
+
   // Select all.
   document.addEventListener("change", (e) => {
     if (e.target.id === "select-all") $$("#message-list input[name=uid]").forEach((c) => { c.checked = e.target.checked; });
