@@ -82,6 +82,23 @@ def output_blocked(srv, listener: str) -> bool:
     return any(f is not None and f.output_blocked for f in flows(srv, listener))
 
 
+def small_send_buffers(srv, listener: str, size: int = 4096) -> None:
+    """Give the server's sockets of ``listener`` a small fixed send buffer (no autotuning up to megabytes), so a
+    client that does not read backs the server's output up after a few replies, not after megabytes of them."""
+    factory = next(lst.factory for lst in srv.server.listening if lst.name == listener)
+
+    def shrink():
+        for tracked in list(factory.protocols):
+            t = tracked.transport
+            for _ in range(6):
+                if hasattr(t, "getHandle") and hasattr(t, "dataBuffer"):
+                    t.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                    break
+                t = t.transport
+
+    call(shrink)
+
+
 def dropped_after_stall(srv, listener: str, family: str, clock, stall: float) -> None:
     """The connection of ``listener`` whose output does not drain is still there ``stall - 1`` seconds after
     its output backed up, and is aborted after ``stall`` seconds (``clock`` is the listener's task.Clock).

@@ -17,6 +17,7 @@ from tests.hostile import (
     dropped_after_stall,
     flood,
     output_blocked,
+    small_send_buffers,
     unsent_output,
 )
 from tests.imap.imap_client import PASSWORD, Raw, imap_server, new_user
@@ -52,6 +53,9 @@ def test_client_that_never_reads_is_not_read_and_is_dropped_after_the_stall_time
             deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
             burst = deflate.compress(unit * (BURST // len(unit))) + deflate.flush(zlib.Z_SYNC_FLUSH)
             assert len(burst) < 100_000
+            # Compressed replies to a repeated CAPABILITY are a few octets each: megabytes of kernel buffers
+            # would take hundreds of thousands of them to fill.
+            small_send_buffers(srv, "imap")
             raw.sock.sendall(burst)
             srv.wait_for(lambda: output_blocked(srv, "imap"), timeout=30)
         else:
