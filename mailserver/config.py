@@ -22,7 +22,8 @@ from pathlib import Path
 
 ENV_CONFIG = "MAILSERVER_CONFIG"
 
-LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https", "metrics")
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https",
+                  "managesieve", "metrics")
 #: Listeners that speak TLS from the first byte (RFC 8314 implicit TLS).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
 
@@ -62,6 +63,8 @@ class ProxiedListenConfig:
     pop3s: tuple[ListenAddress, ...] = ()
     http: tuple[ListenAddress, ...] = ()
     https: tuple[ListenAddress, ...] = ()
+    #: RFC 5804 (port 4190), with STARTTLS.
+    managesieve: tuple[ListenAddress, ...] = ()
 
     def items(self) -> list[tuple[str, ListenAddress]]:
         return [(name, a) for name in LISTENER_NAMES if hasattr(self, name) for a in getattr(self, name)]
@@ -145,6 +148,11 @@ class LimitsConfig:
     pop3_max_commands_without_progress: int = 50
     pop3_idle_timeout: float = 600.0
     pop3_max_sessions_per_ip: int = 20
+    # ManageSieve (RFC 5804; a literal may be [sieve] max_script_size octets)
+    managesieve_max_line: int = 8192
+    managesieve_max_errors: int = 20
+    managesieve_idle_timeout: float = 1800.0
+    managesieve_max_sessions_per_ip: int = 20
     # HTTP
     http_max_body: int = 60 * 1024 * 1024
     http_max_connections_per_ip: int = 256
@@ -246,6 +254,64 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SpamThresholds:
+    """``[antispam.domain."example.org"]`` / ``[antispam.account."alice@example.org"]``: the thresholds of one
+    domain or account.  A key not given takes the next level's value (account -> domain -> ``[antispam]``)."""
+
+    tag: float = -1.0
+    junk: float = -1.0
+    quarantine: float = -1.0
+    refuse: float = -1.0
+
+
+@dataclass(frozen=True)
+class AntispamConfig:
+    """``[antispam]``: the spam score and what it leads to (``mailserver/inbound/policy.py``).
+
+    The thresholds are scores at or above which an action is taken (0 = that action is off): tag (``X-Spam: yes``),
+    junk (deliver to Junk with ``$Junk``), quarantine (until quarantine exists: as junk), refuse (550 5.7.1 at the
+    end of DATA)."""
+
+    #: rspamd's scanner worker, e.g. "http://127.0.0.1:11333"; "" = no rspamd.
+    rspamd: str = ""
+    #: Seconds one rspamd check may take.
+    timeout: float = 20.0
+    #: rspamd unreachable, too slow or answering nonsense: "accept" (tagged ``X-Spam-Status: unchecked``) or
+    #: "tempfail" (451 4.7.0: the sending server retries).
+    on_error: str = "accept"
+    #: Messages larger than this are not sent to rspamd (accepted, tagged unchecked).
+    max_size: int = 20 * 1024 * 1024
+    tag: float = 5.0
+    junk: float = 6.0
+    quarantine: float = 0.0
+    refuse: float = 15.0
+    #: Add ``X-Spam-Symbols`` (the named reasons of the score) to scored messages.
+    symbols_header: bool = True
+    domain: dict[str, SpamThresholds] = field(default_factory=dict)
+    account: dict[str, SpamThresholds] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AntivirusConfig:
+    """``[antivirus]``: clamd scans every received message (``mailserver/inbound/clamd.py``)."""
+
+    #: clamd's address: "127.0.0.1:3310", "[::1]:3310" or a Unix socket path ("/run/clamav/clamd.ctl"); "" = off.
+    clamd: str = ""
+    #: Seconds one scan may take.
+    timeout: float = 60.0
+    #: A virus found: "refuse" (554 5.7.1 at the end of DATA) or "quarantine" (until quarantine exists: Junk).
+    action: str = "refuse"
+    #: clamd unreachable, too slow or answering nonsense: "tempfail" (451 4.7.0) or "accept" (tagged
+    #: ``X-Virus-Status: unchecked``).
+    on_error: str = "tempfail"
+    #: Messages larger than this are not scanned (accepted, tagged unchecked); keep it at most clamd's
+    #: StreamMaxLength (25 MiB by default).
+    max_size: int = 25 * 1024 * 1024
+    #: Also scan what IMAP APPEND, drafts, Sent copies and imports place into a mailbox.
+    scan_append: bool = False
+
+
+@dataclass(frozen=True)
 class WebmailConfig:
     """``[webmail]``."""
 
@@ -322,6 +388,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
+    antispam: AntispamConfig = field(default_factory=AntispamConfig)
+    antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -526,6 +594,22 @@ def _validate(cfg: Config, source: str) -> None:
         err("store.db_threads", "must be at least 1")
     if cfg.queue.smarthost.tls not in ("starttls", "implicit"):
         err("queue.smarthost.tls", "expected \"starttls\" or \"implicit\"")
+    if cfg.antispam.rspamd and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", cfg.antispam.rspamd):
+        err("antispam.rspamd", "expected a URL \"http://HOST:PORT\"")
+    if cfg.antispam.on_error not in ("accept", "tempfail"):
+        err("antispam.on_error", "expected \"accept\" or \"tempfail\"")
+    if cfg.antivirus.on_error not in ("accept", "tempfail"):
+        err("antivirus.on_error", "expected \"accept\" or \"tempfail\"")
+    if cfg.antivirus.action not in ("refuse", "quarantine"):
+        err("antivirus.action", "expected \"refuse\" or \"quarantine\"")
+    if cfg.antivirus.clamd and not cfg.antivirus.clamd.startswith("/"):
+        try:
+            parse_address(cfg.antivirus.clamd)
+        except ValueError as e:
+            err("antivirus.clamd", f"expected \"HOST:PORT\" or a socket path: {e}")
+    for key, value in (("antispam.timeout", cfg.antispam.timeout), ("antivirus.timeout", cfg.antivirus.timeout)):
+        if value <= 0:
+            err(key, "must be positive")
     if cfg.auth.default_scheme not in ("argon2", "bcrypt", "sha512_crypt"):
         err("auth.default_scheme", "expected argon2, bcrypt or sha512_crypt")
 

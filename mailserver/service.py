@@ -44,6 +44,7 @@ from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
+from mailserver.inbound.scanners import inbound_stages
 from mailserver.memory import MemoryTrim
 from mailserver.proxied import ProxiedFactory
 from mailserver.proxywire import Networks
@@ -68,6 +69,7 @@ LISTENERS = {
     "pop3s": "mailserver.pop3.protocol:build_factory",
     "http": "webmail.app:build_factory",
     "https": "webmail.app:build_factory",
+    "managesieve": "mailserver.managesieve.protocol:build_factory",
     "metrics": "mailserver.metrics:build_factory",
 }
 
@@ -360,6 +362,8 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
+        for stage in inbound_stages(self.reactor, self.config):  # virus scan, spam scorers, the spam policy
+            pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
         pipeline.filter.pipeline = pipeline  # redirects and vacation replies go through it
@@ -510,6 +514,9 @@ class MailServer(MultiService):
         deadline = self.reactor.seconds() + SHUTDOWN_GRACE
         while self.astore is not None and self.astore.committer._running and self.reactor.seconds() < deadline:
             yield _sleep(self.reactor, 0.02)
+        if self.provided is not None:
+            yield defer.gatherResults([defer.maybeDeferred(s.close) for s in self.provided.pipeline.checks
+                                       if hasattr(s, "close")], consumeErrors=True)
         self.listening = []
         if self.pg_bridge is not None:
             self.pg_bridge.stop()

@@ -29,7 +29,8 @@ _lock = threading.Lock()
 
 TEST_HOSTNAME = "mail.example.test"
 TEST_DOMAIN = "example.test"
-ALL_LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+ALL_LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https",
+                 "managesieve")
 
 _hasher = None
 

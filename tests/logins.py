@@ -188,12 +188,17 @@ def assert_logs_in_promptly(kind: str, port: int, user: str, password: str, sour
     """A normal client on its own connection logs in within NORMAL_LOGIN_BOUND seconds: connect, TLS handshake,
     greeting, password, answer, all of it. The one wall-clock bound of the suite, and only for the hardening tests
     of attacks that would otherwise stall other clients (a stalled client waits for ever, or until the attack's
-    timeouts of 30 s and more)."""
-    start = time.monotonic()
-    result = login(kind, port, user, password, source, tls)
-    elapsed = time.monotonic() - start
-    assert result == "ok", (kind, result)
-    assert elapsed < NORMAL_LOGIN_BOUND, f"{kind} login took {elapsed:.2f}s during the attack"
+    timeouts of 30 s and more). The best of three logins counts: the attack holds for all three, so a stalled
+    server fails every one, while a loaded test machine may slow any single one past the bound."""
+    times = []
+    for _ in range(3):
+        start = time.monotonic()
+        result = login(kind, port, user, password, source, tls)
+        times.append(time.monotonic() - start)
+        assert result == "ok", (kind, result)
+        if times[-1] < NORMAL_LOGIN_BOUND:
+            return
+    raise AssertionError(f"{kind} login took {', '.join(f'{t:.2f}' for t in times)}s during the attack")
 
 
 class PasswordChecks:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mailserver", "storage", "webmail")
-PROTOCOLS = ("mailserver.smtp", "mailserver.imap", "mailserver.pop3", "webmail")
-WIRE_MODULES = ("mailserver.smtp.wire", "mailserver.imap.wire", "mailserver.imap.parser", "mailserver.pop3.wire")
+PROTOCOLS = ("mailserver.smtp", "mailserver.imap", "mailserver.pop3", "mailserver.managesieve", "webmail")
+WIRE_MODULES = ("mailserver.smtp.wire", "mailserver.imap.wire", "mailserver.imap.parser", "mailserver.pop3.wire",
+                "mailserver.managesieve.wire", "mailserver.managesieve.session", "webmail.filters")
 
 
 def _module_name(path: Path) -> str:

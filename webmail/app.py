@@ -97,7 +97,7 @@ class Route:
 
 
 def _routes() -> list[Route]:
-    from webmail.views import auth, compose, events, mailbox, message, settings, setup
+    from webmail.views import auth, compose, events, filters, mailbox, message, settings, setup
 
     def r(method, pattern, handler, **kw):
         return Route(method, re.compile(pattern + r"\Z"), handler, **kw)
@@ -131,6 +131,8 @@ def _routes() -> list[Route]:
         # settings and client set-up
         r("GET", r"/settings", settings.settings_page),
         r("POST", r"/settings", settings.settings_submit, csrf=True),
+        r("GET", r"/filters", filters.filters_page),
+        r("POST", r"/filters", filters.filters_submit, csrf=True),
         r("GET", r"/setup", setup.setup_page),
         r("GET", r"/setup/mail\.mobileconfig", setup.mobileconfig),
         r("GET", r"/\.well-known/autoconfig/mail/config-v1\.1\.xml", setup.autoconfig, auth=False,

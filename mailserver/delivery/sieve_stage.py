@@ -80,6 +80,21 @@ def store_loader(store, account_id: int | None, domain_id: int | None):
     return load
 
 
+def compile_for_account(store, sieve_config, account_id: int, name: str, text: str) -> Script:
+    """Blocking (cpu pool): compile ``text`` as delivery would for this account (its and its domain's scripts for
+    ``include``): what ManageSieve PUTSCRIPT and the webmail check before storing.  SieveCompileError names the
+    line and column."""
+    acct = store.get_account_by_id(account_id)
+    domain = store.get_domain(acct.address.rpartition("@")[2]) if acct is not None else None
+    loader = store_loader(store, account_id, domain.id if domain else None)
+    return compile_script(text, name, loader=loader, limits=limits_of(sieve_config))
+
+
+def compile_error_text(e: SieveCompileError) -> str:
+    """``line L, column C: message`` (what ManageSieve answers and the webmail shows)."""
+    return f"line {e.line}, column {e.col}: {e.message}" if e.line else e.message
+
+
 def _score_header(facts: MessageFacts, name: str, top: int, scale: float) -> str:
     for value in facts.header(name):
         try:

@@ -68,6 +68,7 @@ class Verdict:
     copies: tuple[Copy, ...] = ()
     #: This recipient's copy is this stored form (a delivery.body.Form: ref + parsed) rather than the message.
     form: Any = None
+    reason: str = ""  # why refused/deferred (envelope.py's reasons, e.g. VIRUS); "" = a check's verdict (CHECKED)
 
     def __post_init__(self):
         if self.action not in (ACCEPT, REFUSE, DEFER, DISCARD):
@@ -76,12 +77,12 @@ class Verdict:
             raise ValueError(f"a {self.action} verdict needs a {'5' if self.action == REFUSE else '4'}.x.x status")
 
     @classmethod
-    def refuse(cls, status: str, text: str) -> "Verdict":
-        return cls(REFUSE, status, text)
+    def refuse(cls, status: str, text: str, *, reason: str = "") -> "Verdict":
+        return cls(REFUSE, status, text, reason=reason)
 
     @classmethod
-    def defer(cls, status: str, text: str) -> "Verdict":
-        return cls(DEFER, status, text)
+    def defer(cls, status: str, text: str, *, reason: str = "") -> "Verdict":
+        return cls(DEFER, status, text, reason=reason)
 
     @classmethod
     def tag(cls, *, add_headers=(), keywords=(), mailbox: str = "") -> "Verdict":
@@ -101,7 +102,9 @@ class Verdict:
 @dataclass(frozen=True)
 class MessageInfo:
     """The message as the stages see it: stored once (``blob_id``) and parsed once (``parsed``, when it has a local
-    recipient); ``read(start=0, end=None)`` returns a Deferred of the stored bytes."""
+    recipient); ``read(start=0, end=None)`` returns a Deferred of the stored bytes.  ``memo`` is the message's
+    own scratch space, shared by every stage and recipient of this one message: work done once per message (a
+    scan, a score card) is kept there under the stage's name, while the verdict may still differ per recipient."""
 
     producer: str
     queue_id: str
@@ -111,6 +114,7 @@ class MessageInfo:
     blob_id: str
     parsed: dict | None
     read: Callable[..., Any]
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(eq=False)
@@ -171,7 +175,8 @@ class Target:
                                    stages=tuple(self.stages))
             return
         kind = REFUSED if verdict.action == REFUSE else DEFERRED
-        self.outcome = Outcome(self.address, kind, verdict.status, verdict.text, reason, self.recipient,
+        self.outcome = Outcome(self.address, kind, verdict.status, verdict.text, verdict.reason or reason,
+                               self.recipient,
                                stages=tuple(self.stages))
 
 

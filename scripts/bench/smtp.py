@@ -5,7 +5,11 @@ Reports messages per second *durably delivered* (each counted only on its 250 af
 after fsync + commit) and the server's peak RSS.  The server runs in a child process on 127.0.0.1 with a fresh data
 directory; everything started here is stopped at the end.
 
-    .venv/bin/python scripts/bench/smtp.py [--sessions 10] [--messages 2000] [--size 5120]
+    .venv/bin/python scripts/bench/smtp.py [--sessions 10] [--messages 2000] [--size 5120] [--scan]
+
+``--scan`` runs the same load four times: without content checks, with clamd, with rspamd, with both (private
+instances of Debian's packages, started on loopback as the tests start them, stopped at the end), and prints the
+figures of each run.
 
 For a side-by-side figure with Postfix + Dovecot see /work/shared/bench/README.md (run by hand).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import socket
 import sys
 import tempfile
@@ -24,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def serve(data_dir: str, port_queue, stop_event) -> None:
+def serve(data_dir: str, port_queue, stop_event, scan: dict) -> None:
     from twisted.internet import reactor
 
     from mailserver import config as config_mod
@@ -32,7 +37,8 @@ def serve(data_dir: str, port_queue, stop_event) -> None:
     from mailserver.service import MailServer
 
     cfg = config_mod.load_dict({"hostname": "bench.example.test", "data_dir": data_dir,
-                                "listen": {"smtp": ["127.0.0.1:0"]}, "domain": [{"name": "example.test"}]})
+                                "listen": {"smtp": ["127.0.0.1:0"]}, "domain": [{"name": "example.test"}],
+                                **scan})
     server = MailServer(cfg, reactor)
     server.startService()
     h = PasswordHasher("argon2", low_cost=True).hash("x")
@@ -89,18 +95,11 @@ def client(port: int, n: int, body: bytes, idx: int, done: list, errors: list) -
         errors.append(e)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sessions", type=int, default=10)
-    ap.add_argument("--messages", type=int, default=2000, help="total messages")
-    ap.add_argument("--size", type=int, default=5 * 1024)
-    args = ap.parse_args()
-    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
-    body = b"From: bench@example.net\r\nSubject: bench\r\n\r\n" + line * (args.size // len(line))
+def run(args, body: bytes, scan: dict) -> int:
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
         q, stop = ctx.Queue(), ctx.Event()
-        proc = ctx.Process(target=serve, args=(tmp, q, stop))
+        proc = ctx.Process(target=serve, args=(tmp, q, stop, scan))
         proc.start()
         try:
             port = q.get(timeout=60)
@@ -122,12 +121,45 @@ def main() -> int:
                 proc.kill()
                 proc.join()
     total = sum(done)
+    checks = "+".join(k for k in ("antivirus", "antispam") if k in scan) or "no checks"
     print(f"sessions={args.sessions} messages={total} size={len(body)}B elapsed={elapsed:.2f}s "
-          f"rate={total / elapsed:.0f} msg/s (durably delivered) server_peak_rss={rss / 1024:.0f} MiB")
+          f"rate={total / elapsed:.0f} msg/s (durably delivered; {checks}) server_peak_rss={rss / 1024:.0f} MiB")
     if errors:
         print(f"errors: {errors[:3]}", file=sys.stderr)
         return 1
     return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--messages", type=int, default=2000, help="total messages")
+    ap.add_argument("--size", type=int, default=5 * 1024)
+    ap.add_argument("--scan", action="store_true", help="also run with rspamd and clamd checking every message")
+    args = ap.parse_args()
+    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
+    body = (b"From: bench@example.net\r\nSubject: bench\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n"
+            b"Message-ID: <bench@example.net>\r\n\r\n" + line * (args.size // len(line)))
+    if not args.scan:
+        return run(args, body, {})
+    from tests.inbound.daemons import launch_clamd, launch_rspamd, stop_pid, wait_ready
+
+    with tempfile.TemporaryDirectory(prefix="smtp-bench-daemons-") as tmp:
+        daemons = []
+        try:
+            for launch, name in ((lambda d: launch_rspamd(d, workers=os.cpu_count() or 1), "rspamd"),
+                                 (launch_clamd, "clamd")):
+                d = Path(tmp) / name
+                d.mkdir()
+                daemons.append(launch(d))
+            for d in daemons:
+                wait_ready(d)
+            rspamd, clamd = daemons
+            spam, virus = {"antispam": {"rspamd": rspamd.address}}, {"antivirus": {"clamd": clamd.address}}
+            return max(run(args, body, scan) for scan in ({}, virus, spam, {**virus, **spam}))
+        finally:
+            for d in daemons:
+                stop_pid(d.pid)
 
 
 if __name__ == "__main__":
