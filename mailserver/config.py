@@ -28,6 +28,10 @@ LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", 
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
 
 
+#: Most worker processes ``[server] workers`` may ask for.
+MAX_WORKERS = 256
+
+
 class ConfigError(Exception):
     """A configuration problem; ``str()`` names the file, the key and what is wrong."""
 
@@ -373,10 +377,36 @@ class SieveConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: the processes of ``mailserver serve`` (mailserver/supervisor.py)."""
+
+    #: Worker processes, each a reactor on the listening sockets a supervisor opened once; 0 = one per CPU core,
+    #: 1 = everything in one process (no supervisor).
+    workers: int = 0
+    #: After binding the listeners (ports below 1024 need root), the supervisor and its workers run as this user
+    #: (and ``group``, by default the user's own); "" = stay who we are.
+    user: str = ""
+    group: str = ""
+    #: Seconds the cluster-wide jobs' lease (queue runner, blob collector: one process of the cluster runs them)
+    #: lasts unless renewed (every lease/3): how soon another worker takes over from one that died.
+    lease: float = 15.0
+
+    def worker_count(self) -> int:
+        """How many workers ``serve`` starts (``workers``, or the number of CPU cores for 0)."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: str
     database_url: str = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     listen_proxied: ProxiedListenConfig = field(default_factory=ProxiedListenConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
@@ -544,6 +574,12 @@ def _validate(cfg: Config, source: str) -> None:
             err(f"proxy.trusted[{i}]", f"not a network: {net!r}")
     if cfg.listen_proxied.items() and not cfg.proxy.trusted:
         err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
+    if cfg.server.workers < 0 or cfg.server.workers > MAX_WORKERS:
+        err("server.workers", f"expected 0 (one per CPU core) to {MAX_WORKERS}")
+    if cfg.server.lease < 3:
+        err("server.lease", "must be at least 3 seconds (renewed every lease/3)")
+    if cfg.server.group and not cfg.server.user:
+        err("server.group", "needs server.user")
     if cfg.queue.lease < 3:
         err("queue.lease", "must be at least 3 seconds (renewed every lease/3)")
     if cfg.limits.proxy_header_timeout <= 0:

@@ -78,6 +78,7 @@ def served(tmp_path: Path, listeners=("smtp",), limits: dict | None = None, extr
     text = f'hostname = "mail.example.test"\ndata_dir = "{tmp_path / "data"}"\n[listen]\n'
     text += "".join(f'{name} = ["127.0.0.1:{port}"]\n' for name, port in ports.items())
     text += '[queue]\nrun = false\n[dns]\nnameservers = ["127.0.0.1:9"]\n'
+    text += "[server]\nworkers = 1\n"  # one process serves everything: the one whose memory is measured
     if limits:
         text += "[limits]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in limits.items())
     text += extra
