@@ -7,8 +7,8 @@ data_dir (``run/bus.sock``, in a directory only the server's user may enter): ea
 hub: an IMAP IDLE on worker A sees a delivery committed on worker B within one local round trip.
 
 Frames are 32-bit length-prefixed JSON objects (at most :data:`MAX_FRAME` bytes), ``{"t": "changes", "o": origin,
-"c": [change, ...]}``, ``{"t": "kick"}`` (outbound mail waits: the queue runner's holder polls at once) and
-``{"t": "resync"}``.
+"c": [change, ...]}``, ``{"t": "kick"}`` (outbound mail waits: the queue runner's holder polls at once),
+``{"t": "resync"}`` and, to the supervisor only, ``{"t": "ready", "o": origin}`` (the worker's listeners serve).
 
 What can be missed is caught up from the database, as with PostgreSQL's LISTEN (:mod:`storage.pgnotify`): events are
 sent after the commit, so a worker that dies between its commit and its send, or a frame dropped while a worker was
@@ -60,6 +60,8 @@ def decode_changes(frame: dict) -> list[Change]:
 
 KICK = json.dumps({"t": "kick"}).encode()
 RESYNC = json.dumps({"t": "resync"}).encode()
+#: The start of a worker's "my listeners are serving" frame (``{"t": "ready", "o": origin}``), for the supervisor.
+READY_PREFIX = b'{"t": "ready"'
 
 
 # --------------------------------------------------------------------------------------------- supervisor side
@@ -75,6 +77,13 @@ class BusServerProtocol(Int32StringReceiver):
         self.factory.peers.discard(self)
 
     def stringReceived(self, data: bytes):
+        if data.startswith(READY_PREFIX):  # for the supervisor only
+            try:
+                origin = str(json.loads(data).get("o", ""))
+            except (ValueError, AttributeError):
+                return
+            self.factory.worker_ready(origin)
+            return
         for peer in list(self.factory.peers):
             if peer is not self:
                 peer.sendString(data)
@@ -91,9 +100,17 @@ class BusServerFactory(protocol.Factory):
     protocol = BusServerProtocol
     noisy = False
 
-    def __init__(self):
+    def __init__(self, on_ready=None):
         self.peers: set[BusServerProtocol] = set()
         self.frames = 0
+        self.ready: set[str] = set()  # the workers (origins) that said their listeners serve
+        self.on_ready = on_ready  # on_ready(origin) for each of them
+
+    def worker_ready(self, origin: str) -> None:
+        if origin not in self.ready:
+            self.ready.add(origin)
+            if self.on_ready is not None:
+                self.on_ready(origin)
 
     def broadcast(self, data: bytes) -> None:
         for peer in list(self.peers):
@@ -138,6 +155,7 @@ class BusClient:
         self.received = 0
         self._proto: _BusClientProtocol | None = None
         self._dropped = False
+        self._ready = False
         factory = protocol.Factory.forProtocol(_BusClientProtocol)
         factory.noisy = False
         factory.client = self
@@ -165,6 +183,15 @@ class BusClient:
     def kick(self) -> None:
         self._send(KICK)
 
+    def announce_ready(self) -> None:
+        """Tell the supervisor this worker serves (now, or as soon as the bus is connected)."""
+        self._ready = True
+        if self._proto is not None:
+            self._proto.sendString(self._ready_frame())
+
+    def _ready_frame(self) -> bytes:
+        return json.dumps({"t": "ready", "o": self.origin}).encode()
+
     def _send(self, frame: bytes) -> None:
         if self._proto is None:
             self._dropped = True  # the others catch up (RESYNC) when we are back
@@ -178,6 +205,8 @@ class BusClient:
         self.connects += 1
         if self.connects > 1:
             log.info("worker bus connection re-established; sessions catch up from the database")
+        if self._ready:
+            proto.sendString(self._ready_frame())
         if self._dropped:
             self._dropped = False
             proto.sendString(RESYNC)

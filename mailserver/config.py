@@ -273,7 +273,7 @@ class AntispamConfig:
     """``[antispam]``: the spam score and what it leads to (``mailserver/inbound/policy.py``).
 
     The thresholds are scores at or above which an action is taken (0 = that action is off): tag (``X-Spam: yes``),
-    junk (deliver to Junk with ``$Junk``), quarantine (until quarantine exists: as junk), refuse (550 5.7.1 at the
+    junk (deliver to Junk with ``$Junk``), quarantine (held, ``[quarantine]``), refuse (550 5.7.1 at the
     end of DATA)."""
 
     #: rspamd's scanner worker, e.g. "http://127.0.0.1:11333"; "" = no rspamd.
@@ -303,7 +303,7 @@ class AntivirusConfig:
     clamd: str = ""
     #: Seconds one scan may take.
     timeout: float = 60.0
-    #: A virus found: "refuse" (554 5.7.1 at the end of DATA) or "quarantine" (until quarantine exists: Junk).
+    #: A virus found: "refuse" (554 5.7.1 at the end of DATA) or "quarantine" (held: ``[quarantine]``).
     action: str = "refuse"
     #: clamd unreachable, too slow or answering nonsense: "tempfail" (451 4.7.0) or "accept" (tagged
     #: ``X-Virus-Status: unchecked``).
@@ -313,6 +313,36 @@ class AntivirusConfig:
     max_size: int = 25 * 1024 * 1024
     #: Also scan what IMAP APPEND, drafts, Sent copies and imports place into a mailbox.
     scan_append: bool = False
+
+
+@dataclass(frozen=True)
+class QuarantineDomain:
+    """``[quarantine.domain."example.org"]``: one domain's retention (-1 = ``[quarantine]``'s)."""
+
+    retention_days: float = -1.0
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    """``[quarantine]``: held copies (``storage/quarantine.py``; checks return ``Verdict.quarantine``)."""
+
+    #: Days a held copy is kept before the periodic collector removes it.
+    retention_days: float = 30.0
+    #: Most held copies per account (0 = no cap); past it a copy is delivered to Junk with ``$Junk`` instead.
+    max_per_account: int = 1000
+    #: Seconds between the digest runs (one mail per account with new held copies); 0 = no digests.
+    digest_interval: float = 86400.0
+    #: The webmail's public base URL for the digest's links, e.g. "https://mail.example.org"; "" = no links.
+    base_url: str = ""
+    domain: dict[str, QuarantineDomain] = field(default_factory=dict)
+
+    def retention_for(self, address: str) -> float:
+        """Seconds a copy held for ``address`` is kept."""
+        d = address.rpartition("@")[2].lower()
+        for name, entry in self.domain.items():
+            if name.lower() == d and entry.retention_days >= 0:
+                return entry.retention_days * 86400.0
+        return self.retention_days * 86400.0
 
 
 @dataclass(frozen=True)
@@ -420,6 +450,7 @@ class Config:
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -636,6 +667,12 @@ def _validate(cfg: Config, source: str) -> None:
         err("antispam.on_error", "expected \"accept\" or \"tempfail\"")
     if cfg.antivirus.on_error not in ("accept", "tempfail"):
         err("antivirus.on_error", "expected \"accept\" or \"tempfail\"")
+    if not cfg.quarantine.retention_days > 0:
+        err("quarantine.retention_days", "expected a number of days above 0")
+    if cfg.quarantine.max_per_account < 0:
+        err("quarantine.max_per_account", "expected 0 (no cap) or more")
+    if cfg.quarantine.digest_interval < 0:
+        err("quarantine.digest_interval", "expected 0 (off) or seconds")
     if cfg.antivirus.action not in ("refuse", "quarantine"):
         err("antivirus.action", "expected \"refuse\" or \"quarantine\"")
     if cfg.antivirus.clamd and not cfg.antivirus.clamd.startswith("/"):

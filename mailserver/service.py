@@ -415,7 +415,7 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
-        for stage in inbound_stages(self.reactor, self.config):  # virus scan, spam scorers, the spam policy
+        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules):  # virus scan, spam scorers, the spam policy
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
@@ -503,8 +503,17 @@ class MailServer(MultiService):
     # ----------------------------------------------------------------------------------------- stop
 
     def _collect_blobs(self):
-        """Remove bodies nothing references any more (in the writer pool; failures are logged, never fatal)."""
-        d = run_in(self.reactor, self.pools.db_write, self.store.collect_blobs, self.config.store.gc_grace)
+        """Remove expired quarantined copies, then bodies nothing references any more (in the writer pool;
+        failures are logged, never fatal)."""
+        def expired(items):
+            for i in items:
+                log.info("quarantine expire {id} {qid} for <{rcpt}> by the collector", id=i.id, qid=i.queue_id,
+                         rcpt=i.recipient)
+
+        d = run_in(self.reactor, self.pools.db_write, self.store.expire_quarantined, time.time())
+        d.addCallbacks(expired, lambda f: log.failure("removing expired quarantined copies failed", f))
+        d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.collect_blobs,
+                                       self.config.store.gc_grace))
 
         def done(n):
             if n:

@@ -144,7 +144,9 @@ class Supervisor:
         self.count = count
         self.sockets: list[BoundSocket] = []
         self.store = None
-        self.bus = BusServerFactory()
+        self.bus = BusServerFactory(on_ready=self._worker_ready)
+        self.on_all_ready = None  # called once, when every worker has said it serves
+        self._announced = False
         self.bus_path = str(Path(cfg.data_dir) / "run" / "bus.sock")
         self._bus_port = None
         self.workers: dict[int, WorkerProcess] = {}
@@ -189,6 +191,13 @@ class Supervisor:
         log.info("supervisor (pid {pid}) starting {n} workers", pid=os.getpid(), n=self.count)
         for i in range(self.count):
             self._spawn(i)
+
+    def _worker_ready(self, origin: str) -> None:
+        log.info("worker {origin} serving", origin=origin)
+        if not self._announced and len(self.bus.ready) >= self.count:
+            self._announced = True
+            if self.on_all_ready is not None:
+                self.on_all_ready()
 
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)

@@ -176,7 +176,8 @@ def serve_workers(cfg, count: int) -> int:
     except Exception as e:  # database unreachable, bad TLS files, …
         raise CliError(f"cannot start: {e}") from None
     demo = ensure_demo(cfg, sup.store) if cfg.demo else None
-    print(first_run_text(cfg, sup, demo), flush=True)
+    # The first-run text says the server is ready: printed once every worker serves on the shared sockets.
+    sup.on_all_ready = lambda: print(first_run_text(cfg, sup, demo), flush=True)
     reactor.addSystemEventTrigger("before", "shutdown", sup.stop)
     reactor.callWhenRunning(sup.start)
     reactor.callWhenRunning(forward_sighup, reactor, sup)
@@ -230,6 +231,8 @@ def cmd_worker(args) -> int:
     watch.start(1.0, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.callWhenRunning(ignore_sighup, reactor)
+    if server.bus is not None:
+        reactor.callWhenRunning(server.bus.announce_ready)  # the reactor runs: the listeners accept
     reactor.run()
     return 0
 
