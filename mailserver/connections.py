@@ -69,12 +69,14 @@ class ConnectionLimiter:
         self.max_per_ip = max_per_ip
         self.observer = observer
         self._open: Counter[str] = Counter()
-        #: Connections given back so far (the memory trim looks at it).
+        #: Connections given back, and connections turned away at the cap, so far (the memory trim looks at them).
         self.released = 0
+        self.refused = 0
 
     def acquire(self, ip: str) -> bool:
         """Take a slot for ``ip``; False (and nothing taken) when the address is at its cap."""
         if self._open[ip] >= self.max_per_ip:
+            self.refused += 1
             if self.observer is not None:
                 self.observer.refused()
             return False

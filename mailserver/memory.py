@@ -8,8 +8,9 @@ Freed memory stays in the process unless the allocator returns it, and glibc's k
   fixes the threshold at :data:`MMAP_THRESHOLD`, so such blocks get pages of their own, returned once freed;
 - the small objects of many connections at once (3,000 connections that are aborted leave about 9 KB each of freed
   OpenSSL and Python memory between live objects): only ``malloc_trim`` returns those pages. :class:`MemoryTrim`
-  calls it in a worker thread (it releases the GIL; the first call after a burst can take 100 ms) every
-  :data:`TRIM_INTERVAL` seconds in which connections have closed.
+  calls it in a worker thread (it releases the GIL, but holds each heap's lock while it walks it: the first call
+  after a burst can take 100 ms) at most every :data:`TRIM_INTERVAL` seconds, once :data:`TRIM_AFTER_CLOSES`
+  connections have closed since the last call.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ log = Logger()
 MMAP_THRESHOLD = 1 << 20
 #: Seconds between checks whether connections have closed (and freed memory may be returned).
 TRIM_INTERVAL = 10.0
+#: Connections that must have closed since the last trim for the next one (a burst, not every quiet close).
+TRIM_AFTER_CLOSES = 256
 _M_MMAP_THRESHOLD = -3  # <malloc.h>
 
 
@@ -52,10 +55,12 @@ def trim() -> bool:
 
 
 class MemoryTrim:
-    """Every ``interval`` seconds, if ``closed()`` (a count of closed connections) moved, run :func:`trim` through
-    ``run`` (which returns a Deferred; one trim at a time)."""
+    """Every ``interval`` seconds, if ``closed()`` (a count of closed connections) moved by ``after`` or more, run
+    :func:`trim` through ``run`` (which returns a Deferred; one trim at a time)."""
 
-    def __init__(self, clock, closed: Callable[[], int], run: Callable, interval: float = TRIM_INTERVAL):
+    def __init__(self, clock, closed: Callable[[], int], run: Callable, interval: float = TRIM_INTERVAL,
+                 after: int = TRIM_AFTER_CLOSES):
+        self.after = after
         self.closed = closed
         self.run = run
         self._seen = closed()
@@ -74,7 +79,7 @@ class MemoryTrim:
 
     def _check(self) -> None:
         now = self.closed()
-        if now == self._seen or self._busy:
+        if now - self._seen < self.after or self._busy:
             return
         self._seen = now
         self._busy = True

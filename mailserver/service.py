@@ -264,6 +264,9 @@ class MailServer(MultiService):
         self.lease = None
         self._gc = None
         self._trim: MemoryTrim | None = None
+        #: Give freed memory back to the system after connections close (``mailserver serve`` sets it: the
+        #: process is the server's; not in a test process that runs servers among other work).
+        self.trim_memory = False
         #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
         self.queue_options: dict[str, object] = {}
         self._stopping = False
@@ -344,10 +347,11 @@ class MailServer(MultiService):
             self._listen(name, address, inherited=self._inherited("listen", i))
         for i, (name, address) in enumerate(cfg.listen_proxied.items()):
             self._listen(name, address, proxied=True, inherited=self._inherited("listen_proxied", i))
-        state = self.provided.state
-        self._trim = MemoryTrim(self.reactor, lambda: sum(lim.released for lim in state.connections.values()),
-                                lambda f: run_in(self.reactor, self.pools.cpu, f))
-        self._trim.start()
+        if self.trim_memory:
+            limiters = self.provided.state.connections
+            self._trim = MemoryTrim(self.reactor, lambda: sum(lim.released + lim.refused for lim in limiters.values()),
+                                    lambda f: run_in(self.reactor, self.pools.cpu, f))
+            self._trim.start()
         self.monitor.start()
         if self.worker is None:
             self._start_maintenance()

@@ -7,7 +7,7 @@ from twisted.internet import defer, task
 from mailserver import memory
 
 
-def test_trim_runs_only_after_connections_closed_and_one_at_a_time():
+def test_trim_runs_only_after_a_burst_of_closes_and_one_at_a_time():
     clock = task.Clock()
     closed = [0]
     runs: list[defer.Deferred] = []
@@ -18,14 +18,17 @@ def test_trim_runs_only_after_connections_closed_and_one_at_a_time():
         runs.append(d)
         return d
 
-    trim = memory.MemoryTrim(clock, lambda: closed[0], run, interval=10)
+    trim = memory.MemoryTrim(clock, lambda: closed[0], run, interval=10, after=3)
     trim.start()
     clock.advance(10)
     assert runs == []  # nothing closed: nothing to give back
-    closed[0] += 3
+    closed[0] += 2
+    clock.advance(10)
+    assert runs == []  # fewer than `after`: not a burst
+    closed[0] += 1
     clock.advance(10)
     assert len(runs) == 1
-    closed[0] += 1
+    closed[0] += 3
     clock.advance(10)
     assert len(runs) == 1  # the first one is still running
     runs[0].callback(True)

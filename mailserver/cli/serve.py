@@ -215,6 +215,7 @@ def cmd_worker(args) -> int:
     _die_with_parent()
     ignore_sighup(reactor)
     server = MailServer(cfg, reactor, worker=spec)
+    server.trim_memory = True
     try:
         server.startService()
     except Exception as e:
@@ -260,6 +261,7 @@ def serve_one(cfg) -> int:
     start_logging(cfg.log.format, cfg.log.level)
     ignore_sighup(reactor)
     server = MailServer(cfg, reactor)
+    server.trim_memory = True
     try:
         server.startService()
     except ListenError as e:
