@@ -163,6 +163,9 @@ class LimitsConfig:
     http_header_timeout: float = 30.0
     # TLS: seconds a handshake may take (implicit TLS at connect, STARTTLS/STLS after the command)
     tls_handshake_timeout: float = 30.0
+    # Every protocol: seconds unsent output may wait for a peer that does not read (over 64 KiB of it: reading
+    # is paused meanwhile) before the connection is aborted (Postfix's smtpd_timeout is 300 s as well)
+    output_stall_timeout: float = 300.0
     # PROXY protocol: seconds a [listen_proxied] connection has to send its whole header
     proxy_header_timeout: float = 10.0
     # Authentication
@@ -630,6 +633,8 @@ def _validate(cfg: Config, source: str) -> None:
         err("limits.smtp_max_text_line", "RFC 5321 4.5.3.1.6 requires at least 1000")
     if cfg.limits.smtp_max_recipients < 100:
         err("limits.smtp_max_recipients", "RFC 5321 4.5.3.1.8 requires at least 100")
+    if cfg.limits.output_stall_timeout <= 0:
+        err("limits.output_stall_timeout", "must be more than 0 seconds")
     if cfg.limits.pop3_idle_timeout < 600:
         err("limits.pop3_idle_timeout", "RFC 1939 requires at least 600 seconds")
     names = set()

@@ -35,6 +35,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import pages, resource, server
 
+from mailserver.connections import ConnectionLimiter
 from mailserver.threads import run_in
 
 log = Logger()
@@ -321,12 +322,32 @@ class _Endpoint(resource.Resource):
         return health.text().encode()
 
 
+class _MetricsSite(server.Site):
+    """Each connection gets the webmail's connection wrapper for its flow control (a scraper that pipelines and
+    does not read is not read either, and is dropped after ``limits.output_stall_timeout``) and a per-address cap;
+    no header deadline: ``timeOut`` ends idle connections."""
+
+    def __init__(self, root, services):
+        super().__init__(root)
+        limits = services.config.limits
+        self.services = services
+        self.limiter = ConnectionLimiter(limits.http_max_connections_per_ip)  # not among the counted families
+
+    def buildProtocol(self, addr):
+        from webmail.connection import WebConnection
+
+        services = self.services
+        return WebConnection(super().buildProtocol(addr), limiter=self.limiter, clock=services.reactor,
+                             header_timeout=None, reactor=services.reactor,
+                             stall_timeout=services.config.limits.output_stall_timeout)
+
+
 def build_factory(services, listener_name: str) -> server.Site:
     """The Site of the ``metrics`` listener: ``/metrics`` and ``/healthz``, nothing else."""
     root = resource.Resource()
     root.putChild(b"metrics", _Endpoint(services.monitor, "metrics"))
     root.putChild(b"healthz", _Endpoint(services.monitor, "healthz"))
-    site = server.Site(root)
+    site = _MetricsSite(root, services)
     site.timeOut = services.config.limits.http_header_timeout  # an idle scraper connection does not stay for ever
     site.displayTracebacks = False
     site.log = lambda request: None  # scrapes every few seconds: no access log

@@ -46,6 +46,7 @@ from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.inbound.scanners import inbound_stages
+from mailserver.memory import MemoryTrim
 from mailserver.proxied import ProxiedFactory
 from mailserver.proxywire import Networks
 from mailserver.services import BoundListener, ProcessState, Services
@@ -262,6 +263,10 @@ class MailServer(MultiService):
         self.bus = None
         self.lease = None
         self._gc = None
+        self._trim: MemoryTrim | None = None
+        #: Give freed memory back to the system after connections close (``mailserver serve`` sets it: the
+        #: process is the server's; not in a test process that runs servers among other work).
+        self.trim_memory = False
         #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
         self.queue_options: dict[str, object] = {}
         self._stopping = False
@@ -342,6 +347,11 @@ class MailServer(MultiService):
             self._listen(name, address, inherited=self._inherited("listen", i))
         for i, (name, address) in enumerate(cfg.listen_proxied.items()):
             self._listen(name, address, proxied=True, inherited=self._inherited("listen_proxied", i))
+        if self.trim_memory:
+            limiters = self.provided.state.connections
+            self._trim = MemoryTrim(self.reactor, lambda: sum(lim.released + lim.refused for lim in limiters.values()),
+                                    lambda f: run_in(self.reactor, self.pools.cpu, f))
+            self._trim.start()
         self.monitor.start()
         if self.worker is None:
             self._start_maintenance()
@@ -526,6 +536,8 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self._trim is not None:
+            self._trim.stop()
         if self.monitor is not None:
             self.monitor.stop()
         for lst in self.listening:
@@ -550,6 +562,8 @@ class MailServer(MultiService):
         self._stopping = True
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self._trim is not None:
+            self._trim.stop()
         if self.monitor is not None:
             self.monitor.stop()
         if self.lease is not None:

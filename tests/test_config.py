@@ -60,6 +60,7 @@ def test_env_var_selects_file(tmp_path, monkeypatch):
     (BASE + "[limits]\nsmtp_max_recipients = 99\n", "limits.smtp_max_recipients", "at least 100"),
     (BASE + "[limits]\nsmtp_max_command_line = 511\n", "limits.smtp_max_command_line", "at least 512"),
     (BASE + "[limits]\nsmtp_max_recipents = 200\n", "limits.smtp_max_recipents", "unknown key"),
+    (BASE + "[limits]\noutput_stall_timeout = 0\n", "limits.output_stall_timeout", "more than 0"),
     (BASE + "colour = 1\n", "colour", "unknown key"),
     (BASE + "[listen]\nsmtp = \"127.0.0.1:25\"\n", "listen.smtp", "expected a list"),
     (BASE + "[listen]\nsmtp = [\"127.0.0.1\"]\n", "listen.smtp[0]", "ADDRESS:PORT"),

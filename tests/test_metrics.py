@@ -193,3 +193,19 @@ def test_healthz_is_503_once_the_database_is_gone(tmp_path):
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+def test_metrics_listener_pipelining_that_is_never_read_stops_being_read(tmp_path):
+    """20 MB of pipelined requests (answered at once: 404) from a client that never reads: the metrics listener
+    stops reading once the answers do not drain, as the webmail does, and holds a bounded amount unsent."""
+    import socket
+
+    from tests.hostile import BURST, MAX_UNSENT, flood, unsent_output
+
+    with running_server(tmp_path, listeners=("metrics",)) as srv:
+        raw = socket.create_connection(("127.0.0.1", srv.port("metrics")), timeout=10)
+        sent = flood(raw, b"GET /metrics/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sent < BURST // 2
+        unsent = unsent_output(srv, "metrics")
+        assert len(unsent) == 1 and unsent[0] < MAX_UNSENT, unsent
+        raw.close()

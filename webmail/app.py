@@ -461,7 +461,8 @@ class WebSite(server.Site):
 
     def buildProtocol(self, addr):
         return WebConnection(super().buildProtocol(addr), limiter=self.limiter, clock=self.clock,
-                             header_timeout=self.header_timeout)
+                             header_timeout=self.header_timeout, reactor=self.app.services.reactor,
+                             stall_timeout=self.app.services.config.limits.output_stall_timeout)
 
     def log(self, request):  # one line per request through our logger, not twisted.web's access log
         pass

@@ -207,11 +207,15 @@ def cmd_worker(args) -> int:
     spec = WorkerSpec.from_env()
     if spec is None:
         raise CliError(f"worker: started without {ENV} (use `serve`)")
+    from mailserver.memory import return_large_blocks_to_the_system
+
+    return_large_blocks_to_the_system()  # before anything large is allocated (the process is a worker's)
     cfg = args.config_obj
     start_logging(cfg.log.format, cfg.log.level)
     _die_with_parent()
     ignore_sighup(reactor)
     server = MailServer(cfg, reactor, worker=spec)
+    server.trim_memory = True
     try:
         server.startService()
     except Exception as e:
@@ -250,11 +254,14 @@ def serve_one(cfg) -> int:
     from twisted.internet import reactor
 
     from mailserver.log import start_logging
+    from mailserver.memory import return_large_blocks_to_the_system
     from mailserver.service import ListenError, MailServer
 
+    return_large_blocks_to_the_system()  # before anything large is allocated (the process is the server's)
     start_logging(cfg.log.format, cfg.log.level)
     ignore_sighup(reactor)
     server = MailServer(cfg, reactor)
+    server.trim_memory = True
     try:
         server.startService()
     except ListenError as e:

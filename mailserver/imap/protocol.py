@@ -3,10 +3,11 @@
 ``build_factory(services, listener_name)`` serves the ``imap`` (plain with STARTTLS) and ``imaps`` (implicit TLS,
 RFC 8314) listeners of ``mailserver.service``. Everything IMAP is decided by the session; this module:
 
-- carries bytes in and out, pausing the transport (``pauseProducing``) while the session is not reading: a command
-  waiting on the database holds pipelined input in the kernel, not in memory;
-- registers a push producer on the transport so large FETCH output waits (``writable()``) while the transport's
-  buffer is full;
+- carries bytes in and out through the connection's :class:`~mailserver.connections.FlowControl`: reading pauses
+  while the session is not reading (a command waiting on the database holds pipelined input in the kernel, not in
+  memory) and while output does not drain; large FETCH output and the next pipelined command wait
+  (``writable()``) while the transport's buffer is full, and a peer that stops reading is dropped after
+  ``limits.output_stall_timeout``;
 - STARTTLS (``services.tls``) and COMPRESS=DEFLATE (RFC 4978: raw deflate both ways, a sync flush per write; inflated
   input is fed in bounded pieces, never more than the session will read);
 - autologout after ``limits.imap_idle_timeout`` (30 minutes, RFC 9051 5.4) of inactivity; entering IDLE re-arms it;
@@ -18,14 +19,13 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
-from twisted.internet import interfaces, protocol
+from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from zope.interface import implementer
 
 from mailserver.clusterstate import RecentClaims
-from mailserver.connections import close_transport, refuse
+from mailserver.connections import SESSION, FlowControl, close_transport, refuse
 
 from . import response as r
 from .session import ImapSession
@@ -39,45 +39,13 @@ log = Logger()
 INFLATE_STEP = 64 * 1024
 
 
-@implementer(interfaces.IPushProducer)
-class _OutputGate:
-    """The transport tells us here when its write buffer is full (pause) and drained (resume)."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self._waiters: list[Deferred] = []
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def stopProducing(self) -> None:
-        self.paused = False
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(ConnectionError("connection closed"))
-
-    def wait(self) -> Deferred | None:
-        if not self.paused:
-            return None
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
-
-
 class ImapProtocol(protocol.Protocol, TimeoutMixin):
     def __init__(self, factory: "ImapFactory"):
         self.factory = factory
         self.callLater = factory.clock.callLater  # TimeoutMixin's timer (the idle autologout)
         self.session: ImapSession | None = None
         self.client_ip = ""
-        self.gate = _OutputGate()
-        self._reading = True
+        self.flow: FlowControl | None = None
         self._deflate = None
         self._inflate = None
         self._inflate_tail = b""
@@ -92,9 +60,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         self.transport.write(data)
 
     def start_tls(self) -> None:
-        self.transport.unregisterProducer()
-        self.transport.startTLS(self.factory.services.tls)
-        self.transport.registerProducer(self.gate, True)
+        self.transport.startTLS(self.factory.services.tls)  # twisted moves the registered producer under TLS
 
     def start_compress(self) -> None:
         # RFC 4978 4: raw DEFLATE (RFC 1951), no zlib header.
@@ -103,29 +69,20 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def close(self) -> None:
         self.setTimeout(None)
-        self.gate.stopProducing()
+        if self.flow is not None:
+            self.flow.stop()
         if self._closing is None and not self._gone:
-            self._reading = True
             self._closing = close_transport(self.transport, self.factory.services.reactor)
 
     def set_reading(self, on: bool) -> None:
-        if on == self._reading:
-            return
-        self._reading = on
-        if on:
-            self.transport.resumeProducing()
-            if self._inflate_tail:
-                tail, self._inflate_tail = self._inflate_tail, b""
-                self._inflate_feed(tail)
-        else:
-            self.transport.pauseProducing()
+        self.flow.set_reading(SESSION, on)
 
     def call_soon(self, f) -> None:
         """Run ``f`` in a later reactor turn (the session yields between batches of commands)."""
         self.factory.services.reactor.callLater(0, f)
 
     def writable(self) -> Deferred | None:
-        return self.gate.wait()
+        return self.flow.writable() if self.flow is not None else None
 
     def activity(self, idle: bool = False) -> None:
         self.resetTimeout()
@@ -146,7 +103,9 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
                                    tls_handshake_pending=factory.implicit_tls)
             return
         self._counted = True
-        self.transport.registerProducer(self.gate, True)
+        self.flow = FlowControl(services.reactor, factory.clock, factory.stall_timeout, peer=self.client_ip)
+        self.flow.on_reading = self._feed_held_input
+        self.flow.attach(self.transport)
         self.session = ImapSession(services, self, client_ip=self.client_ip, tls_active=factory.implicit_tls,
                                    tls_available=(not factory.implicit_tls) and services.tls is not None,
                                    recent=factory.recent)
@@ -156,15 +115,23 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self.session is None:
             return
+        self.flow.received()
         if self._inflate is not None:
             self._inflate_feed(data)
             return
         self.session.data_received(data)
 
+    def _feed_held_input(self) -> None:
+        """Reading resumed: inflate the compressed input that was held back meanwhile."""
+        if self._inflate_tail:
+            tail, self._inflate_tail = self._inflate_tail, b""
+            self._inflate_feed(tail)
+
     def _inflate_feed(self, data: bytes) -> None:
         inflater = self._inflate
         while data and self.session is not None and not self.session.closed:
-            if not self._reading:
+            self.flow.received()  # the last piece's replies may have filled the transport's buffer
+            if not self.flow.reading:
                 self._inflate_tail += data
                 return
             try:
@@ -179,7 +146,8 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
-        self.gate.stopProducing()
+        if self.flow is not None:
+            self.flow.stop()
         self._gone = True
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
@@ -211,7 +179,8 @@ class ImapFactory(protocol.Factory):
         self.implicit_tls = listener_name == "imaps"
         limits = services.config.limits
         self.idle_timeout = limits.imap_idle_timeout
-        #: The clock of the idle timers (tests pass a ``task.Clock``).
+        self.stall_timeout = limits.output_stall_timeout
+        #: The clock of the idle and stall timers (tests pass a ``task.Clock``).
         self.clock = services.reactor
         # Shared by every IMAP listener of the server: per-IP counts and \Recent bookkeeping (the cluster state's,
         # shared with other processes on a PostgreSQL database).

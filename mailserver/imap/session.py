@@ -47,6 +47,7 @@ from twisted.logger import Logger
 
 from mailserver import sasl
 from mailserver.access import MailboxAccess, MailboxNotFound, Principal, Rights, flag_rights
+from mailserver.connections import COMMANDS_PER_TURN
 from storage import changes as ch
 from storage.store import (
     AlreadyExists,
@@ -89,11 +90,11 @@ from .wire import (
 
 log = Logger()
 
-# Commands whose responses must not be interleaved with EXPUNGE (RFC 9051 7.4.1; UID variants may).
 #: Commands one session may run in one reactor turn before it lets the other clients' turns come (those that
 #: finish at once: NOOP, CAPABILITY, a cached FETCH); the rest wait for the next turn.
-MAX_COMMANDS_PER_TURN = 64
+MAX_COMMANDS_PER_TURN = COMMANDS_PER_TURN
 
+# Commands whose responses must not be interleaved with EXPUNGE (RFC 9051 7.4.1; UID variants may).
 _NO_EXPUNGE = (c.Fetch, c.Store, c.Search, c.Sort, c.Thread)
 
 
@@ -206,6 +207,7 @@ class ImapSession:
         self._pumping = False
         self._repump = False
         self._turn_pending = False  # the pump yielded the reactor and goes on in a later turn
+        self._output_wait: Deferred | None = None  # the pump waits for unsent replies to drain
         self._append: AppendState | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._collect: tuple[int, list] | None = None
@@ -330,6 +332,8 @@ class ImapSession:
                 self._repump = False
                 if self._literal_busy or (self._running is not None and self._line_waiter is None):
                     break
+                if self._output_wait is not None or self._output_blocked():
+                    break
                 if handled >= MAX_COMMANDS_PER_TURN:
                     # Pipelined commands that finish at once (2,000,000 NOOPs inflated from 23 KB of COMPRESS
                     # input) would keep the reactor from every other client: go on in a later turn, and read
@@ -351,6 +355,21 @@ class ImapSession:
 
     def _next_turn(self) -> None:
         self._turn_pending = False
+        if not self.closed:
+            self._pump()
+
+    def _output_blocked(self) -> bool:
+        """The replies written so far have not drained (a client that does not read): take no further command
+        until they have; the pump goes on when the transport has room again."""
+        d = self.conn.writable()
+        if d is None:
+            return False
+        self._output_wait = d
+        d.addBoth(self._output_drained)
+        return True
+
+    def _output_drained(self, _result) -> None:
+        self._output_wait = None
         if not self.closed:
             self._pump()
 

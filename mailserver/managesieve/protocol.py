@@ -7,7 +7,11 @@ carries its outputs out:
 * logins through :func:`mailserver.login.login` (the shared authenticator: hashing in its pool, the per-IP and
   per-account throttling, the one log line), with the plaintext policy of ``services.auth.plaintext_allowed``;
 * script commands through :func:`mailserver.managesieve.scripts.execute` (database pools, compiling in the cpu
-  pool); while one runs, the transport is paused, so a client that pipelines cannot make us buffer without bound;
+  pool); while one runs, reading is paused, so a client that pipelines cannot make us buffer without bound;
+* flow control through :class:`~mailserver.connections.FlowControl`: reading also pauses while replies do not drain
+  (a peer that stops reading is dropped after ``limits.output_stall_timeout``), and the session handles at most
+  :data:`~mailserver.connections.COMMANDS_PER_TURN` commands (or about
+  :data:`~mailserver.connections.OUTPUT_PER_TURN` octets of replies) per reactor turn;
 * STARTTLS: the session drops input buffered after it before :class:`StartTls` is carried out; the listener's
   wrapper puts a time limit on the handshake;
 * the per-address cap (``limits.managesieve_max_sessions_per_ip``) and the idle timeout
@@ -24,7 +28,14 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from mailserver import login as login_mod
-from mailserver.connections import close_transport, refuse
+from mailserver.connections import (
+    COMMANDS_PER_TURN,
+    OUTPUT_PER_TURN,
+    SESSION,
+    FlowControl,
+    close_transport,
+    refuse,
+)
 from mailserver.managesieve import scripts, wire
 from mailserver.managesieve import session as S
 from mailserver.sieve import EXTENSIONS
@@ -49,7 +60,7 @@ class ManageSieveProtocol(protocol.Protocol, TimeoutMixin):
         self._counted = False
         self._closing = None
         self._gone = False
-        self._paused = False
+        self.flow: FlowControl | None = None
 
     def connectionMade(self) -> None:
         services = self.factory.services
@@ -61,21 +72,31 @@ class ManageSieveProtocol(protocol.Protocol, TimeoutMixin):
             return
         self._counted = True
         limits = services.config.limits
+        self.flow = FlowControl(services.reactor, self.factory.clock, limits.output_stall_timeout, peer=self.client_ip)
+        self.flow.attach(self.transport)
         self.session = S.ManageSieveSession(
             limits=limits, max_script_size=services.config.sieve.max_script_size,
             capabilities=capabilities(services), tls_active=False, tls_available=services.tls is not None,
-            plaintext_without_tls=services.auth.plaintext_allowed(self.client_ip, False))
+            plaintext_without_tls=services.auth.plaintext_allowed(self.client_ip, False),
+            max_commands=COMMANDS_PER_TURN, max_output=OUTPUT_PER_TURN)
         self.setTimeout(self.factory.idle_timeout)
         self._carry_out(self.session.greeting())
 
     def dataReceived(self, data: bytes) -> None:
         if self.session is None:
             return
+        self.flow.received()
         self.resetTimeout()
         self._carry_out(self.session.data_received(data))
 
+    def _next_turn(self) -> None:
+        if self._alive():
+            self._carry_out(self.session.proceed())
+
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
+        if self.flow is not None:
+            self.flow.stop()
         self._gone = True
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
@@ -99,6 +120,8 @@ class ManageSieveProtocol(protocol.Protocol, TimeoutMixin):
             self._close()
 
     def _close(self) -> None:
+        if self.flow is not None:
+            self.flow.stop()
         if self._closing is None and not self._gone:
             self._closing = close_transport(self.transport, self.factory.services.reactor)
 
@@ -116,22 +139,19 @@ class ManageSieveProtocol(protocol.Protocol, TimeoutMixin):
             elif isinstance(o, S.StartTls):
                 self.transport.startTLS(self.factory.services.tls)
             elif isinstance(o, S.Authenticate):
-                self._pause()
+                self.flow.pause_reading(SESSION)
                 self._authenticate(o)
             elif isinstance(o, S.Operation):
-                self._pause()
+                self.flow.pause_reading(SESSION)
                 defer.ensureDeferred(self._operate(o))
             else:  # pragma: no cover
                 raise TypeError(f"unknown output {o!r}")
-        if self._paused and self.session is not None and not self.session.busy:
-            self._paused = False
-            if not self._gone:
-                self.transport.resumeProducing()
-
-    def _pause(self) -> None:
-        if not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
+        s = self.session
+        if s is None or s.closed or self._gone or self.flow is None:
+            return
+        self.flow.set_reading(SESSION, not s.busy)
+        if s.yielded:
+            self.flow.next_turn(self._next_turn)  # the rest of the burst in a later turn, once replies drained
 
     def _authenticate(self, req: S.Authenticate) -> None:
         d = login_mod.login(self.factory.services.auth, req.username, req.password, self.client_ip,

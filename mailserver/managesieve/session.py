@@ -105,8 +105,15 @@ class ManageSieveSession:
 
     def __init__(self, *, limits: LimitsConfig, max_script_size: int, capabilities: Capabilities,
                  tls_active: bool = False, tls_available: bool = False, plaintext_without_tls: bool = False,
-                 sasl_start: Callable[[str, bytes | None], sasl.SaslExchange] = sasl.start):
+                 sasl_start: Callable[[str, bytes | None], sasl.SaslExchange] = sasl.start,
+                 max_commands: int | None = None, max_output: int | None = None):
         self.limits = limits
+        #: At most this many commands per call; a call also ends after the command whose replies took its output
+        #: past ``max_output`` octets (None: no bound). The rest stays buffered (:attr:`yielded`): the caller goes
+        #: on with :meth:`proceed` in a later reactor turn.
+        self.max_commands = max_commands
+        self.max_output = max_output
+        self.yielded = False
         self.max_script_size = max_script_size
         self.capabilities = capabilities
         self.tls_active = tls_active
@@ -142,6 +149,12 @@ class ManageSieveSession:
         if self.closed:
             return []
         self._reader.feed(data)
+        return self._run()
+
+    def proceed(self) -> list[Output]:
+        """Go on with the input left buffered when the last call stopped at its budget (:attr:`yielded`)."""
+        if self.closed or self._waiting is not None:
+            return []
         return self._run()
 
     def connection_lost(self) -> None:
@@ -223,7 +236,15 @@ class ManageSieveSession:
 
     def _run(self) -> list[Output]:
         out: list[Output] = []
+        self.yielded = False
+        handled = produced = 0
         while not self.closed and self._waiting is None:
+            if (self.max_commands is not None and handled >= self.max_commands) or \
+                    (self.max_output is not None and produced >= self.max_output):
+                self.yielded = self._reader.buffered > 0
+                break
+            handled += 1
+            mark = len(out)
             try:
                 line = self._reader.next_line()
             except wire.LineTooLong as e:
@@ -245,6 +266,7 @@ class ManageSieveSession:
                 self._sasl_line(line, out)
             else:
                 self._command(line, out)
+            produced += sum(len(o.data) for o in out[mark:] if isinstance(o, Send))
         return out
 
     def _command(self, line: wire.Line, out: list[Output]) -> None:

@@ -7,9 +7,13 @@ and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related i
 * authentication through ``services.auth`` (hashing runs in its pool), the maildrop snapshot and the UPDATE-state
   deletion through ``services.astore`` (database pools; the deletion publishes EXPUNGE change events that IMAP sessions
   apply), message bodies read from the blob store in the blob pool, one chunk at a time;
-* RETR/TOP stream with a push producer: one chunk of at most :data:`CHUNK` octets is read while the transport is not
-  paused, so a 25 MB message is never held whole in memory (the database blob backend is the exception: its
-  ``open()`` returns the body already read);
+* RETR/TOP stream through the connection's :class:`~mailserver.connections.FlowControl`: the next chunk of at most
+  :data:`CHUNK` octets is read only once the transport's buffer has drained, so a 25 MB message is never held whole
+  in memory (the database blob backend is the exception: its ``open()`` returns the body already read);
+* flow control: reading is paused while a request is outstanding and while output does not drain (a peer that
+  stops reading is dropped after ``limits.output_stall_timeout``); the session handles at most
+  :data:`~mailserver.connections.COMMANDS_PER_TURN` commands (or about
+  :data:`~mailserver.connections.OUTPUT_PER_TURN` octets of replies) per reactor turn;
 * STLS: the session empties its input buffer before :class:`StartTls` is carried out, so plaintext pipelined after
   STLS is never read as a command inside TLS (RFC 2595 section 4, the CVE-2011-0411 class);
 * idle timeout ``limits.pop3_idle_timeout`` (RFC 1939 section 3: at least 10 minutes): the connection is closed
@@ -23,14 +27,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer, interfaces, protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from zope.interface import implementer
 
 from mailserver import login as login_mod
 from mailserver.access import BlockingMailboxAccess, MailboxNotFound, Principal, Rights
-from mailserver.connections import close_transport, refuse
+from mailserver.connections import (
+    COMMANDS_PER_TURN,
+    OUTPUT_PER_TURN,
+    SESSION,
+    FlowControl,
+    close_transport,
+    refuse,
+)
 from mailserver.pop3 import session as S
 from mailserver.pop3.wire import BodyEncoder
 from mailserver.threads import run_in
@@ -85,37 +95,29 @@ def read_chunk(f, n: int) -> tuple[bytes, bool]:
     return data, eof
 
 
-@implementer(interfaces.IPushProducer)
 class BodySender:
     """Streams one message body to the transport: encode a chunk, write it, read the next in the blob pool.
 
-    Registered as a streaming producer, so the transport pauses it when its buffer is full and the next chunk is
-    read only after it resumes.  The +OK line goes out in the same write as the first chunk, and the terminator
-    in the same write as the last (no small segments for Nagle to hold back).
+    The next chunk is read only when the connection's flow control says the transport can take more
+    (:meth:`~mailserver.connections.FlowControl.writable`).  The +OK line goes out in the same write as the first
+    chunk, and the terminator in the same write as the last (no small segments for Nagle to hold back).
     """
 
     def __init__(self, proto: "Pop3Protocol", fileobj, encoder: BodyEncoder):
         self.proto = proto
         self.file = fileobj
         self.encoder = encoder
-        self.paused = False
         self.stopped = False
         self.reading = False
+        self.waiting = False  # for the transport to drain
         self.done = False
         self.sent = 0
 
     def start(self, prefix: bytes, data: bytes, eof: bool) -> None:
-        self.proto.transport.registerProducer(self, True)
         self._send(prefix, data, eof)
 
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._read_next()
-
-    def stopProducing(self) -> None:
+    def stop(self) -> None:
+        """The connection is gone: read nothing more, close the file."""
         self.stopped = True
         self._close_file()
 
@@ -137,18 +139,26 @@ class BodySender:
         self.proto.resetTimeout()
         if finished:
             self.done = True
-            self.proto.transport.unregisterProducer()
             self.proto.body_sent(self)
         else:
             self._read_next()
 
     def _read_next(self) -> None:
-        if self.paused or self.stopped or self.reading or self.done or self.file is None:
+        if self.stopped or self.reading or self.waiting or self.done or self.file is None:
+            return
+        d = self.proto.flow.writable()
+        if d is not None:
+            self.waiting = True
+            d.addCallbacks(self._drained, lambda _f: None)
             return
         self.reading = True
         services = self.proto.factory.services
         d = run_in(services.reactor, services.pools.blob, read_chunk, self.file, CHUNK)
         d.addCallbacks(self._got, self._failed)
+
+    def _drained(self, _result) -> None:
+        self.waiting = False
+        self._read_next()
 
     def _got(self, result: tuple[bytes, bool]) -> None:
         self.reading = False
@@ -165,7 +175,6 @@ class BodySender:
         log.failure("reading a message body failed", failure)
         self._close_file()
         # Part of the body is already on the wire: the only safe end is to drop the connection.
-        self.proto.transport.unregisterProducer()
         self.proto.transport.abortConnection()
 
 
@@ -176,6 +185,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         self.session: S.Pop3Session | None = None
         self.client_ip = ""
         self.sender: BodySender | None = None
+        self.flow: FlowControl | None = None
         self._stls_started = False
         self._blob_ids: dict[int, str] = {}
         self._counted = False
@@ -195,6 +205,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
                                    tls_handshake_pending=self.factory.implicit_tls)
             return
         self._counted = True
+        self.flow = FlowControl(services.reactor, self.factory.clock, self.factory.stall_timeout, peer=self.client_ip)
+        self.flow.attach(self.transport)
         implicit = self.factory.implicit_tls
         # The policy's answer for this client without TLS (the session adds TLS once it is active).
         plaintext = services.auth.plaintext_allowed(self.client_ip, False)
@@ -205,6 +217,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             tls_active=implicit,
             tls_available=(not implicit) and services.tls is not None,
             plaintext_without_tls=plaintext,
+            max_commands=COMMANDS_PER_TURN,
+            max_output=OUTPUT_PER_TURN,
         )
         self.setTimeout(self.factory.idle_timeout)
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -218,11 +232,18 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self.session is None:
             return
+        self.flow.received()
         self.resetTimeout()
         self._carry_out(self.session.data_received(data))
 
+    def _next_turn(self) -> None:
+        if self._alive():
+            self._carry_out(self.session.proceed())
+
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
+        if self.flow is not None:
+            self.flow.stop()
         self._gone = True
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
@@ -230,7 +251,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             self._counted = False
             self.factory.limiter.release(self.client_ip)
         if self.sender is not None:
-            self.sender.stopProducing()
+            self.sender.stop()
             self.sender = None
         if self.session is not None:
             s = self.session
@@ -254,6 +275,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
 
     def _close(self) -> None:
         """End the connection: cleanly if the peer lets us, aborted after a grace period otherwise."""
+        if self.flow is not None:
+            self.flow.stop()
         if self._closing is None and not self._gone:
             self._closing = close_transport(self.transport, self.factory.services.reactor)
 
@@ -279,6 +302,13 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
                 self._expunge(o)
             else:  # pragma: no cover - every output type is handled above
                 raise TypeError(f"unknown output {o!r}")
+        s = self.session
+        if s is None or s.closed or self.flow is None:
+            return
+        # A request outstanding (login, maildrop, RETR streaming, UPDATE): pipelined input stays in the kernel.
+        self.flow.set_reading(SESSION, not s.busy)
+        if s.yielded:
+            self.flow.next_turn(self._next_turn)  # the rest of the burst in a later turn, once replies drained
 
     def _alive(self) -> bool:
         return self.session is not None and not self.session.closed
@@ -410,7 +440,8 @@ class Pop3Factory(protocol.Factory):
         self.implicit_tls = listener_name == "pop3s"
         #: Seconds of inactivity before the connection is closed (tests may lower it on the factory).
         self.idle_timeout = services.config.limits.pop3_idle_timeout
-        #: The clock of the idle timers (tests pass a ``task.Clock``).
+        self.stall_timeout = services.config.limits.output_stall_timeout
+        #: The clock of the idle and stall timers (tests pass a ``task.Clock``).
         self.clock = services.reactor
         #: Sessions per client address, shared by the pop3 and pop3s listeners.
         self.limiter = services.state.limiter("pop3", services.config.limits.pop3_max_sessions_per_ip)

@@ -24,6 +24,9 @@ Behaviour worth knowing:
   plaintext without it (loopback, or configured), and CAPA then lists neither USER nor SASL mechanisms.
 * Every -ERR, and every command while still in AUTHORIZATION, counts as a command without progress; more
   than ``pop3_max_commands_without_progress`` in a row end the session.
+* With ``max_commands`` / ``max_output`` a call handles at most that many commands, or stops after the command
+  whose replies passed that many octets, leaving the rest buffered (:attr:`Pop3Session.yielded`); the caller goes
+  on with :meth:`Pop3Session.proceed` in a later reactor turn, so a pipelined burst never holds up other clients.
 """
 
 from __future__ import annotations
@@ -184,6 +187,8 @@ class Pop3Session:
         expire: str = "NEVER",
         implementation: str = "mailserver",
         sasl_start: Callable[[str, bytes | None], sasl.SaslExchange] = sasl.start,
+        max_commands: int | None = None,
+        max_output: int | None = None,
     ):
         self.hostname = hostname
         self.limits = limits
@@ -194,6 +199,12 @@ class Pop3Session:
         self.expire = expire
         self.implementation = implementation
         self._sasl_start = sasl_start
+        #: At most this many commands per call (None: every buffered one).
+        self.max_commands = max_commands
+        #: A call ends after the command whose replies took the call's output past this many octets (None: no limit).
+        self.max_output = max_output
+        #: The last call stopped at its budget with input still buffered: call :meth:`proceed` in a later turn.
+        self.yielded = False
 
         self.state = AUTHORIZATION
         self.closed = False
@@ -220,6 +231,12 @@ class Pop3Session:
         if self.closed or self.state is UPDATE:
             return []
         self._reader.feed(data)
+        return self._run()
+
+    def proceed(self) -> list[Output]:
+        """Go on with the input left buffered when the last call stopped at its budget (:attr:`yielded`)."""
+        if self.closed or self.state is UPDATE:
+            return []
         return self._run()
 
     def connection_lost(self) -> None:
@@ -384,7 +401,15 @@ class Pop3Session:
     def _run(self) -> list[Output]:
         """Process buffered lines until one needs I/O or none is complete."""
         out: list[Output] = []
+        self.yielded = False
+        handled = produced = 0
         while not self.closed and self._waiting is None and self.state is not UPDATE:
+            if (self.max_commands is not None and handled >= self.max_commands) or \
+                    (self.max_output is not None and produced >= self.max_output):
+                self.yielded = self._reader.buffered() > 0
+                break
+            handled += 1
+            mark = len(out)
             try:
                 line = self._reader.next_line()
             except wire.LineTooLong as e:
@@ -399,7 +424,8 @@ class Pop3Session:
                 self._sasl_line(line, out)
             else:
                 self._command(line, out)
-        if not self.closed:
+            produced += sum(len(o.data) for o in out[mark:] if isinstance(o, Send))
+        if not self.closed and not self.yielded:  # what a yield leaves is not read further until it is taken
             try:
                 self._reader.check_backlog()
             except wire.PipelineOverflow as e:

@@ -3,7 +3,9 @@
 The session (``session.py``) decides everything about the protocol; this module only carries out its actions:
 replies are written, STARTTLS starts TLS on the transport, checks run in thread pools (router, authenticator,
 delivery) and their answers go back through ``session.resolve``.  While a check is pending, reading from the socket
-is paused, so a client cannot make us buffer without bound.
+is paused, so a client cannot make us buffer without bound; the same holds while replies do not drain, and the session
+handles at most :data:`~mailserver.connections.COMMANDS_PER_TURN` commands per reactor turn (the connection's
+:class:`~mailserver.connections.FlowControl`).
 
 At MessageStart the session's envelope becomes a delivery :class:`~mailserver.delivery.envelope.Envelope` and the
 body streams into the ingest pipeline; at the end, :func:`reply_for` turns the recipients' outcomes into the reply.
@@ -22,7 +24,7 @@ from twisted.protocols.policies import TimeoutMixin
 from mailserver import login as login_mod
 from mailserver.auth import is_loopback
 from mailserver.config import IMPLICIT_TLS
-from mailserver.connections import close_transport, refuse
+from mailserver.connections import COMMANDS_PER_TURN, SESSION, FlowControl, close_transport, refuse
 from mailserver.delivery import envelope as ev
 from mailserver.delivery import router as router_mod
 from mailserver.delivery.pipeline import Ingest
@@ -74,6 +76,9 @@ class SmtpFactory(Factory):
         self.pipeline = services.pipeline
         # Sessions per client IP, shared by every SMTP listener of this server.
         self.limiter = services.state.limiter("smtp", cfg.limits.smtp_max_sessions_per_ip)
+        self.stall_timeout = cfg.limits.output_stall_timeout
+        #: The clock of the stall timer (tests pass a ``task.Clock``).
+        self.clock = services.reactor
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -99,8 +104,8 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         self.session: SmtpSession | None = None
         self.message: Ingest | None = None
         self.ip = ""
+        self.flow: FlowControl | None = None
         self._counted = False
-        self._paused = False
         self._closing = None  # the pending abort of a close in progress
         self._gone = False  # connectionLost has run
 
@@ -121,12 +126,17 @@ class SmtpProtocol(Protocol, TimeoutMixin):
                                    tls_handshake_pending=f.implicit_tls)
             return
         self._counted = True
+        self.flow = FlowControl(self.services.reactor, f.clock, f.stall_timeout, peer=self.ip)
+        self.flow.attach(self.transport)
         self.session = SmtpSession(f.session_config, Peer(self.ip, getattr(peer, "port", 0), is_loopback(self.ip),
-                                                          f.is_trusted(self.ip)), tls=f.implicit_tls)
+                                                          f.is_trusted(self.ip)), tls=f.implicit_tls,
+                                   max_commands=COMMANDS_PER_TURN)
         self._apply(self.session.start())
 
     def connectionLost(self, reason=None):
         self.setTimeout(None)
+        if self.flow is not None:
+            self.flow.stop()
         self._gone = True
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
@@ -139,8 +149,13 @@ class SmtpProtocol(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes):
         if self.session is None:
             return
+        self.flow.received()
         self.resetTimeout()
         self._apply(self.session.receive(data))
+
+    def _next_turn(self) -> None:
+        if self.session is not None and not self.session.closed:
+            self._apply(self.session.proceed())
 
     def timeoutConnection(self):
         if self.session is not None:
@@ -185,18 +200,15 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             self._close()
             return
         self.setTimeout(self.session.current_timeout())
-        waiting = self.session.waiting
-        if waiting and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
-        elif not waiting and self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
+        self.flow.set_reading(SESSION, not self.session.waiting)
+        if self.session.yielded:
+            self.flow.next_turn(self._next_turn)  # the rest of the burst in a later turn, once replies drained
 
     def _close(self) -> None:
         """End the connection: cleanly if the peer lets us, aborted after a grace period otherwise."""
+        if self.flow is not None:
+            self.flow.stop()
         if self._closing is None and not self._gone:
-            self._paused = False
             self._closing = close_transport(self.transport, self.services.reactor)
 
     def _run_check(self, d: defer.Deferred, on_error) -> None:

@@ -5,6 +5,10 @@ send a reply, start TLS, close, run a check (sender, recipient, credentials, the
 back with :meth:`SmtpSession.resolve`.  While a check is pending the session reads nothing more, so replies leave in
 the order the commands came (RFC 2920 3) and bytes behind a pending command are never read in the wrong mode.  Body
 bytes are handed out as they arrive (one :class:`MessageData` per read), never collected here.
+
+With ``max_commands`` the session handles at most that many command lines per call and then stops with the rest
+buffered (:attr:`SmtpSession.yielded`); the glue calls :meth:`SmtpSession.proceed` in a later reactor turn, so
+one client's pipelined burst never keeps the others waiting.
 """
 
 from __future__ import annotations
@@ -225,8 +229,12 @@ class SmtpSession:
     """One SMTP connection.  Call :meth:`start` once, then :meth:`receive` / :meth:`resolve`."""
 
     def __init__(self, config: SessionConfig, peer: Peer, *, tls: bool = False,
-                 sasl_start: SaslStart | None = None):
+                 sasl_start: SaslStart | None = None, max_commands: int | None = None):
         self.config = config
+        #: Command lines handled per call of receive/resolve/proceed at most (None: all that are buffered).
+        self.max_commands = max_commands
+        #: The last call stopped at ``max_commands`` with input still buffered: call :meth:`proceed` later.
+        self.yielded = False
         self.peer = peer
         self.tls = tls
         self._sasl_start = sasl_start or sasl.start
@@ -278,6 +286,12 @@ class SmtpSession:
     def receive(self, data: bytes) -> list[Action]:
         if self._mode != _CLOSED:
             self._buf += data
+            self._run()
+        return self._flush()
+
+    def proceed(self) -> list[Action]:
+        """Go on with the input left buffered when the last call stopped at its budget (:attr:`yielded`)."""
+        if self._mode != _CLOSED and self._waiting is None:
             self._run()
         return self._flush()
 
@@ -345,6 +359,8 @@ class SmtpSession:
             self._close()
 
     def _run(self) -> None:
+        self.yielded = False
+        handled = 0
         while self._waiting is None and self._mode != _CLOSED:
             if self._mode == _DATA:
                 if not self._step_data():
@@ -353,6 +369,10 @@ class SmtpSession:
                 if not self._step_bdat():
                     return
             else:
+                if self.max_commands is not None and handled >= self.max_commands:
+                    self.yielded = bool(self._buf)
+                    return
+                handled += 1
                 line = self._framer.next_line(self._buf)
                 if line is None:
                     return

@@ -202,3 +202,26 @@ def test_pipelined_commands_are_answered_in_order(srv):
         assert c.response() == b'OK "Deletescript completed"\r\n'
     assert c.response() == b'OK (TAG "end") "Done"\r\n'
     c.close()
+
+
+def test_capability_flood_that_is_never_read_stops_being_read_and_is_dropped(tmp_path):
+    """20 MB of pipelined CAPABILITY from a client that never reads: the server stops reading once the replies do
+    not drain (a bounded amount is held unsent), and aborts the connection after limits.output_stall_timeout (a
+    task.Clock stands in for time)."""
+    from twisted.internet import task
+
+    from tests.hostile import BURST, MAX_UNSENT, dropped_after_stall, flood, unsent_output
+
+    stall = 50.0
+    with running_server(tmp_path, listeners=("managesieve",), limits={"output_stall_timeout": stall}) as srv:
+        clock = task.Clock()
+        next(lst.factory.wrappedFactory for lst in srv.server.listening if lst.name == "managesieve").clock = clock
+        c = Raw(srv.port("managesieve"))
+        sent = flood(c.sock, b"CAPABILITY\r\n")
+        assert sent < BURST // 2
+        unsent = unsent_output(srv, "managesieve")
+        assert len(unsent) == 1 and unsent[0] < MAX_UNSENT, unsent
+        assert Raw(srv.port("managesieve")).greeting.endswith(b'OK "ManageSieve ready"\r\n')  # others are served
+        srv.wait_for(lambda: srv.server_sessions("managesieve") == 1)
+        dropped_after_stall(srv, "managesieve", "managesieve", clock, stall)
+        c.close()

@@ -155,3 +155,25 @@ def test_noop_tag_logout_unauthenticate_and_owner():
     assert sent(s.data_received(b"LISTSCRIPTS\r\n")) == b'NO "authenticate first"\r\n'
     out = s.data_received(b"LOGOUT\r\nNOOP\r\n")
     assert sent(out) == b'OK "Logout completed"\r\n' and isinstance(out[-1], S.Close)
+
+
+def test_command_budget_stops_a_burst_and_proceed_goes_on_in_order():
+    """With max_commands=64, 65 pipelined NOOPs are answered 64 in the first call (the rest waits, yielded) and one
+    in proceed(); exactly 64 do not yield."""
+    s = new(max_commands=64)
+    s.greeting()
+    assert sent(s.data_received(b"NOOP\r\n" * 64)).count(b"OK") == 64 and not s.yielded
+    assert sent(s.data_received(b"NOOP\r\n" * 65)).count(b"OK") == 64 and s.yielded
+    assert sent(s.proceed()).count(b"OK") == 1 and not s.yielded
+
+
+def test_output_budget_ends_the_call_after_the_command_that_passed_it():
+    """max_output: a call ends after the command whose replies took its output past the bound; proceed() goes on."""
+    s = new(max_output=100)
+    s.greeting()
+    first = sent(s.data_received(b"CAPABILITY\r\n" * 10))
+    assert 0 < first.count(b"OK ") < 10 and s.yielded
+    total = first
+    while s.yielded:
+        total += sent(s.proceed())
+    assert total.count(b'OK "Capability completed"') == 10

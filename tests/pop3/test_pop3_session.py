@@ -686,3 +686,40 @@ def test_lock_held_until_update_finishes_even_if_client_leaves():
     assert locks.held(1)
     assert d.s.update_done(True) == []
     assert not locks.held(1)
+
+
+def test_command_budget_stops_a_burst_and_proceed_goes_on_in_order():
+    """With max_commands=64, 65 pipelined NOOPs are answered 64 in the first call (the rest waits, yielded) and
+    one in proceed(); exactly 64 do not yield."""
+    d = Driver(max_commands=64)
+    d.login()
+    assert d.send(b"NOOP\r\n" * 64).count(b"+OK") == 64 and not d.s.yielded
+    assert d.send(b"NOOP\r\n" * 65).count(b"+OK") == 64 and d.s.yielded
+    d.handle(d.s.proceed())
+    assert bytes(d.out) == b"+OK\r\n" and not d.s.yielded
+
+
+def test_output_budget_ends_the_call_after_the_command_that_passed_it():
+    """max_output: the call ends after the command whose replies took its output past the bound (a LIST burst of
+    a large maildrop is answered a bounded amount per reactor turn)."""
+    d = Driver(max_output=100)
+    d.login()
+    first = d.send(b"LIST\r\n" * 10)
+    assert 0 < first.count(b"\r\n.\r\n") < 10 and d.s.yielded
+    rest = bytearray(first)
+    while d.s.yielded:
+        d.handle(d.s.proceed())
+        rest += d.out
+        d.out.clear()
+    assert rest.count(b"\r\n.\r\n") == 10
+
+
+def test_pipeline_backlog_is_not_checked_while_the_session_yields():
+    """What a yield leaves buffered is ours to take (the glue reads nothing more until it is): not an overflow."""
+    d = Driver(max_commands=64)
+    d.login()
+    d.send(b"NOOP\r\n" * (wire.MAX_PIPELINED // 6 + 100))
+    assert d.s.yielded and not d.closed
+    while d.s.yielded:
+        d.handle(d.s.proceed())
+    assert not d.closed

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mailserver.smtp import codes
-from mailserver.smtp.session import Peer, SessionConfig
-from tests.smtp.sansio import LOOPBACK, REMOTE, SUBMISSION, Driver, b64, transaction
+from mailserver.smtp.session import Peer, Send, SessionConfig, SmtpSession
+from tests.smtp.sansio import CFG, LOOPBACK, REMOTE, SUBMISSION, Driver, b64, transaction
 
 # ------------------------------------------------------------------------------------------ basics
 
@@ -543,3 +543,38 @@ def test_shutdown_says_421():
 def test_reply_text_never_breaks_framing():
     r = codes.SYNTAX.with_text("bad\r\nQUIT")
     assert r.encode() == b"501 5.5.2 bad  QUIT\r\n"
+
+
+def _sent(actions) -> list:
+    return [a.reply for a in actions if isinstance(a, Send)]
+
+
+def test_command_budget_stops_a_burst_and_proceed_goes_on_in_order():
+    """With max_commands=64 a burst of 200 NOOP/RSET lines is answered 64 per call: the session stops with the
+    rest buffered (yielded) and proceed() answers the next ones, in order (a NOOP bomb cannot hold the reactor)."""
+    s = SmtpSession(CFG, REMOTE, max_commands=64)
+    s.start()
+    replies = _sent(s.receive(b"NOOP\r\nRSET\r\n" * 100))
+    assert len(replies) == 64 and s.yielded
+    while s.yielded:
+        more = _sent(s.proceed())
+        assert 0 < len(more) <= 64
+        replies += more
+    assert replies == [codes.NOOP_OK, codes.RESET_OK] * 100
+
+
+def test_command_budget_exactly_used_does_not_yield_one_past_does():
+    s = SmtpSession(CFG, REMOTE, max_commands=64)
+    s.start()
+    assert len(_sent(s.receive(b"NOOP\r\n" * 64))) == 64 and not s.yielded
+    assert len(_sent(s.receive(b"NOOP\r\n" * 65))) == 64 and s.yielded
+    assert _sent(s.proceed()) == [codes.NOOP_OK] and not s.yielded
+    assert _sent(s.proceed()) == []  # nothing left: a spare proceed does nothing
+
+
+def test_command_budget_keeps_a_partial_line_for_the_next_read():
+    s = SmtpSession(CFG, REMOTE, max_commands=2)
+    s.start()
+    assert len(_sent(s.receive(b"NOOP\r\nNOOP\r\nNO"))) == 2 and s.yielded
+    assert _sent(s.proceed()) == [] and not s.yielded
+    assert _sent(s.receive(b"OP\r\n")) == [codes.NOOP_OK]

@@ -169,3 +169,31 @@ def test_slowloris_from_one_address_while_a_normal_client_signs_in(tmp_path, nam
             s.close()
         srv.wait_for(lambda: srv.server_sessions("http") == 0)
         assert_logs_in_promptly("webmail", port, "alice@example.test", "secret", source="127.0.0.2", tls=tls)
+
+
+@pytest.mark.parametrize("name", ["http", "https"])
+def test_pipelined_requests_that_are_never_read_stop_being_read_and_are_dropped(tmp_path, name):
+    """20 MB of pipelined ``GET /`` from a client that never reads: twisted.web answered every request that
+    finishes at once and kept reading, so its replies piled up in memory. Now reading stops once the replies do
+    not drain (a bounded amount is held unsent), a normal client is served meanwhile, and the connection is aborted
+    after limits.output_stall_timeout (a task.Clock stands in for time)."""
+    from tests.hostile import BURST, MAX_UNSENT, dropped_after_stall, flood, tls_context, unsent_output
+
+    stall = 50.0
+    with running_server(tmp_path, listeners=(name,),
+                        limits={"output_stall_timeout": stall, "http_header_timeout": 600.0}) as srv:
+        clock = task.Clock()
+        _site(srv, name).clock = clock
+        port = srv.port(name)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        attacker = tls_context().wrap_socket(raw) if name == "https" else raw
+        sent = flood(attacker, b"GET / HTTP/1.1\r\nHost: mail.example.test\r\n\r\n")
+        print(f"{name}: the server took {sent} of {BURST} octets")
+        assert sent < BURST // 2
+        unsent = unsent_output(srv, name)
+        assert len(unsent) == 1 and unsent[0] < MAX_UNSENT, unsent
+        if name == "http":
+            assert _get(port) == 200
+        srv.wait_for(lambda: srv.server_sessions("http") == 1)  # the normal client's session has ended
+        dropped_after_stall(srv, name, "http", clock, stall)
+        attacker.close()
