@@ -1,4 +1,4 @@
-"""DNS lookups for outbound delivery (and DKIM/SPF later): dnspython, blocking, run in the ``dns`` thread pool.
+"""DNS lookups for outbound delivery and the inbound checks: dnspython, blocking, run in the ``dns`` thread pool.
 
 :class:`DnsResolver` wraps one ``dns.resolver.Resolver`` built from ``[dns] nameservers`` (empty = the system
 resolver).  The blocking methods (``mx``, ``addresses``, ``txt``) raise:
@@ -6,7 +6,8 @@ resolver).  The blocking methods (``mx``, ``addresses``, ``txt``) raise:
 * :class:`DnsPermanentError` for NXDOMAIN (the name does not exist: a permanent failure for mail routing);
 * :class:`DnsTemporaryError` for a timeout, SERVFAIL, or no answering server (try again later).
 
-A name that exists but has no record of the asked type gives an empty list.  CNAME chains are followed (dnspython
+A name that exists but has no record of the asked type gives an empty list.  ``records(name, rdtype, lifetime=)`` is
+the general form the inbound checks use (``mailserver/inbound/lookups.py``), with a time limit of the caller's.  CNAME chains are followed (dnspython
 follows a chain within one response; a chain that ends without the records is re-queried from its last name), at most
 :data:`MAX_CNAME_CHAIN` hops.  ``lookup_*`` are the Deferred-returning forms for the reactor thread.
 """
@@ -74,12 +75,13 @@ class DnsResolver:
 
     # ----------------------------------------------------------------------------------------- core
 
-    def _query(self, name: str, rdtype: str) -> list:
-        """Records of ``rdtype`` at ``name``, following CNAME chains."""
+    def _query(self, name: str, rdtype: str, lifetime: float | None = None) -> list:
+        """Records of ``rdtype`` at ``name``, following CNAME chains; ``lifetime`` caps the seconds of each query."""
         qname = name.rstrip(".") + "."
         for _ in range(MAX_CNAME_CHAIN + 1):
             try:
-                answer = self.resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False)
+                answer = self.resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False,
+                                               lifetime=lifetime)
             except dns.resolver.NXDOMAIN:
                 raise DnsPermanentError(name, "NXDOMAIN (no such domain)") from None
             except dns.resolver.YXDOMAIN:
@@ -97,6 +99,10 @@ class DnsResolver:
                 return []  # NODATA: the name exists without records of this type
             qname = canonical  # the chain left the response: ask for its last name
         raise DnsTemporaryError(name, f"CNAME chain longer than {MAX_CNAME_CHAIN}")
+
+    def records(self, name: str, rdtype: str, *, lifetime: float | None = None) -> list:
+        """The dnspython rdata of ``rdtype`` at ``name`` (CNAMEs followed); raises as the module docstring says."""
+        return self._query(name, rdtype, lifetime)
 
     def mx(self, domain: str) -> list[MxRecord]:
         return [MxRecord(int(r.preference), r.exchange.to_text(omit_final_dot=True).lower()

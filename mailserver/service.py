@@ -42,6 +42,9 @@ from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
+from mailserver.dns import DnsResolver
+from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
+from mailserver.inbound.senderauth import Settings as SenderAuthSettings
 from mailserver.services import BoundListener, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
@@ -303,6 +306,10 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
+        # Mail from outside on the MX listener: SPF, DKIM, DMARC, ARC, iprev, one Authentication-Results (RFC 8601).
+        senderauth = SenderAuthSettings(self.config)
+        pipeline.add_transform(AuthResultsStripper(senderauth))
+        pipeline.register(SenderAuthCheck(runner, senderauth, DnsResolver(self.config.dns), reactor=self.reactor))
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,

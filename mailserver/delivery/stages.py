@@ -73,7 +73,12 @@ class Verdict:
 @dataclass(frozen=True)
 class MessageInfo:
     """The message as the stages see it: stored once (``blob_id``) and parsed once (``parsed``, when it has a local
-    recipient); ``read(start=0, end=None)`` returns a Deferred of the stored bytes."""
+    recipient); ``read(start=0, end=None)`` returns a Deferred of the stored bytes.
+
+    ``offset`` is where the message as received starts in the stored bytes (after the trace fields we put in
+    front: Return-Path, Delivered-To, Received); ``facts`` is shared by the stages of this one message: what a
+    check learnt (``senderauth``: the sender authentication results) for later checks and scoring.
+    """
 
     producer: str
     queue_id: str
@@ -83,6 +88,8 @@ class MessageInfo:
     blob_id: str
     parsed: dict | None
     read: Callable[..., Any]
+    offset: int = 0
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -136,6 +143,22 @@ class Stage(Protocol):
     exact_mailbox: bool  # also run for requests that target an exact mailbox (APPEND, drafts, Sent copies)
 
     def check(self, message: MessageInfo, target: Target) -> Any:
+        ...
+
+
+class Transform(Protocol):
+    """A change to received mail while it streams in, before it is stored (e.g. removing header fields that claim
+    to come from us).  Registered with ``Pipeline.add_transform``; ``start`` gives a sans-IO filter for one message
+    (``feed(bytes) -> bytes``, ``finish() -> bytes``).  It sees the message as the client sent it, before the trace
+    fields, and only requests with a ``client`` (mail received from a client) go through it.
+    """
+
+    name: str
+
+    def applies(self, request) -> bool:
+        ...
+
+    def start(self, request) -> Any:
         ...
 
 

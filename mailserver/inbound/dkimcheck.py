@@ -1,0 +1,144 @@
+"""DKIM verification (RFC 6376) of every signature of a message, RSA and Ed25519 (RFC 8463), with dkimpy.
+
+dkimpy parses the message and the signatures and does the cryptography; the key records come from our resolver
+(the check's :class:`~mailserver.inbound.lookups.Lookups`), and each signature gets one RFC 8601 result:
+
+* ``pass``      - the signature verifies;
+* ``fail``      - it does not (body hash or signature mismatch);
+* ``neutral``   - it was not looked at: past :data:`MAX_SIGNATURES`, or the message is larger than the check
+  verifies (``[senderauth] dkim_max_size``);
+* ``temperror`` - the key could not be fetched now (DNS timeout, SERVFAIL, the check's time limit);
+* ``permerror`` - the signature or its key is unusable: malformed tags, an unknown algorithm, no key record, a
+  revoked (empty ``p=``) or unparsable key, an RSA key shorter than :data:`MIN_RSA_BITS` (RFC 8301) or longer
+  than :data:`MAX_RSA_BITS` or with an exponent over :data:`MAX_RSA_EXPONENT_BITS` bits (bounded CPU per
+  signature: the thread running it cannot be interrupted).
+
+A message without DKIM-Signature fields has the single result ``none``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dkim
+
+from mailserver.dns import DnsError, DnsPermanentError
+from mailserver.inbound.lookups import Lookups
+
+NONE, PASS, FAIL, NEUTRAL, TEMPERROR, PERMERROR = "none", "pass", "fail", "neutral", "temperror", "permerror"
+
+#: Signatures verified per message; the others get ``neutral`` (each costs a lookup and a hash of the body).
+MAX_SIGNATURES = 8
+#: RFC 8301 3.2: RSA keys under 1024 bits are not valid.
+MIN_RSA_BITS = 1024
+#: Larger keys are refused (RFC 8301 allows up to 4096; verification cost grows with the square of the size).
+MAX_RSA_BITS = 8192
+MAX_RSA_EXPONENT_BITS = 64
+
+_log = logging.getLogger("mailserver.inbound.dkim")
+_log.addHandler(logging.NullHandler())
+_log.propagate = False
+
+
+@dataclass(frozen=True)
+class DkimResult:
+    result: str
+    domain: str = ""  # d=
+    selector: str = ""  # s=
+    algorithm: str = ""  # a=
+    identity: str = ""  # i=
+    b: str = ""  # the first characters of b= (RFC 6008 header.b)
+    reason: str = ""
+
+
+def _text(v) -> str:
+    if isinstance(v, bytes):
+        v = v.decode("ascii", "replace")
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in v)[:200]
+
+
+def _key_record(lookups: Lookups, name: str) -> bytes | None:
+    """The key TXT record at ``name`` (None: no record); DnsError for a temporary failure or a limit."""
+    try:
+        records = [t for t in lookups.txt(name) if t]
+    except DnsPermanentError:
+        return None
+    # RFC 6376 3.6.2.2: several records at the name: the verifier may pick any; use the first DKIM one.
+    for r in records:
+        if r.lstrip().startswith(b"v=DKIM1") or b"p=" in r:
+            return r
+    return records[0] if records else None
+
+
+def _check_key(pk, ktag) -> str:
+    """Why a parsed key is unusable ("" when fine)."""
+    if ktag == b"rsa":
+        bits = int(pk["modulus"]).bit_length()
+        if bits < MIN_RSA_BITS:
+            return f"RSA key of {bits} bits is too short (RFC 8301)"
+        if bits > MAX_RSA_BITS:
+            return f"RSA key of {bits} bits is too long"
+        if int(pk["publicExponent"]).bit_length() > MAX_RSA_EXPONENT_BITS:
+            return "RSA public exponent is too large"
+    return ""
+
+
+def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
+    try:
+        sig, include_headers, sigheaders = d.verify_headerprep(idx)
+    except dkim.DKIMException as e:
+        return DkimResult(PERMERROR, reason=f"bad signature: {_text(str(e))}")
+    fields = dict(sig)
+    base = dict(domain=_text(fields.get(b"d", b"")), selector=_text(fields.get(b"s", b"")),
+                algorithm=_text(fields.get(b"a", b"")), identity=_text(fields.get(b"i", b"")),
+                b="".join(_text(fields.get(b"b", b"")).split())[:8])
+    name = f"{base['selector']}._domainkey.{base['domain']}"
+    try:
+        record = _key_record(lookups, name)
+    except DnsError as e:
+        return DkimResult(PERMERROR if e.permanent else TEMPERROR, **base, reason=f"key lookup: {_text(e.reason)}")
+    if record is None:
+        return DkimResult(PERMERROR, **base, reason="no key record")
+    try:
+        pk, keysize, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record)
+    except Exception as e:  # noqa: BLE001 - any malformed key record
+        return DkimResult(PERMERROR, **base, reason=f"bad key record: {_text(str(e))}")
+    if pk is None:
+        return DkimResult(PERMERROR, **base, reason="key not for email (s= tag)")
+    problem = _check_key(pk, ktag)
+    if problem:
+        return DkimResult(PERMERROR, **base, reason=problem)
+    d.pk, d.keysize, d.ktag, d.seqtlsrpt = pk, keysize, ktag, False
+    if (ktag == b"ed25519") != (fields.get(b"a") == b"ed25519-sha256"):
+        return DkimResult(PERMERROR, **base, reason="key type does not match a=")
+    try:
+        ok = d.verify_sig_process(sig, include_headers, sigheaders[idx], None)
+    except dkim.ValidationError as e:  # the body hash does not match
+        return DkimResult(FAIL, **base, reason=_text(str(e)).split(" (")[0])
+    except Exception as e:  # noqa: BLE001 - malformed c=, b= ...: a verdict, never a crash
+        return DkimResult(PERMERROR, **base, reason=_text(str(e)) or type(e).__name__)
+    return DkimResult(PASS if ok else FAIL, **base, reason="" if ok else "signature did not verify")
+
+
+def verify(lookups: Lookups, message: bytes) -> list[DkimResult]:
+    """One result per DKIM-Signature field, in header order; [none] when there is none.  Never raises."""
+    try:
+        d = dkim.DKIM(message, logger=_log, minkey=MIN_RSA_BITS)
+    except Exception as e:  # noqa: BLE001 - a header dkimpy cannot parse
+        return [DkimResult(PERMERROR, reason=f"message header not parsable: {_text(str(e))[:80]}")]
+    count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
+    if not count:
+        return [DkimResult(NONE)]
+    out = []
+    for idx in range(count):
+        if idx >= MAX_SIGNATURES:
+            out.append(DkimResult(NEUTRAL, reason=f"more than {MAX_SIGNATURES} signatures"))
+            continue
+        out.append(_verify_one(d, idx, lookups))
+    return out
+
+
+def too_large(message_size: int) -> list[DkimResult]:
+    """The result for a signed message larger than the check verifies."""
+    return [DkimResult(NEUTRAL, reason=f"message of {message_size} bytes not verified")]
