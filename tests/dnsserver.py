@@ -75,6 +75,20 @@ class ZoneAuthority(authority.FileAuthority):
         return super()._lookup(name, cls, type, timeout)
 
 
+class _TruncatingDatagramProtocol(dns.DNSDatagramProtocol):
+    """UDP answers larger than the client's EDNS payload size (512 without EDNS) go out empty with TC set, as a
+    real server's would (RFC 1035 4.2.1, RFC 6891 6.2.5): the client asks again over TCP."""
+
+    def writeMessage(self, message, address):  # noqa: N802 - twisted API
+        data = message.toStr()
+        limit = max(getattr(message, "maxSize", 0) or 512, 512)
+        if len(data) > limit:
+            message.answers, message.authority, message.additional = [], [], []
+            message.trunc = 1
+            data = message.toStr()
+        self.transport.write(data, address)
+
+
 class DnsTestServer:
     def __init__(self, zones: dict[str, dict[str, list[tuple]]], hang: set[str] | frozenset[str] = frozenset(),
                  servfail: set[str] | frozenset[str] = frozenset()):
@@ -96,7 +110,7 @@ class DnsTestServer:
 
         factory = server.DNSServerFactory(authorities=self.authorities)
         for _ in range(20):
-            self._udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+            self._udp = reactor.listenUDP(0, _TruncatingDatagramProtocol(factory), interface="127.0.0.1")
             self.port = self._udp.getHost().port
             try:
                 self._tcp = reactor.listenTCP(self.port, factory, interface="127.0.0.1")

@@ -58,6 +58,12 @@ def _text(v) -> str:
     return "".join(c if 32 < ord(c) < 127 else "?" for c in v)[:200]
 
 
+def _reason(message: str) -> str:
+    """An exception's message as a short reason: printable ASCII, without dkimpy's parenthesised data."""
+    message = "".join(c if 32 <= ord(c) < 127 else "?" for c in message).split(" (")[0]
+    return message[:100]
+
+
 def _key_record(lookups: Lookups, name: str) -> bytes | None:
     """The key TXT record at ``name`` (None: no record); DnsError for a temporary failure or a limit."""
     try:
@@ -88,7 +94,7 @@ def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
     try:
         sig, include_headers, sigheaders = d.verify_headerprep(idx)
     except dkim.DKIMException as e:
-        return DkimResult(PERMERROR, reason=f"bad signature: {_text(str(e))}")
+        return DkimResult(PERMERROR, reason=f"bad signature: {_reason(str(e))}")
     fields = dict(sig)
     base = dict(domain=_text(fields.get(b"d", b"")), selector=_text(fields.get(b"s", b"")),
                 algorithm=_text(fields.get(b"a", b"")), identity=_text(fields.get(b"i", b"")),
@@ -97,13 +103,13 @@ def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
     try:
         record = _key_record(lookups, name)
     except DnsError as e:
-        return DkimResult(PERMERROR if e.permanent else TEMPERROR, **base, reason=f"key lookup: {_text(e.reason)}")
+        return DkimResult(PERMERROR if e.permanent else TEMPERROR, **base, reason=f"key lookup: {_reason(e.reason)}")
     if record is None:
         return DkimResult(PERMERROR, **base, reason="no key record")
     try:
         pk, keysize, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record)
     except Exception as e:  # noqa: BLE001 - any malformed key record
-        return DkimResult(PERMERROR, **base, reason=f"bad key record: {_text(str(e))}")
+        return DkimResult(PERMERROR, **base, reason=f"bad key record: {_reason(str(e))}")
     if pk is None:
         return DkimResult(PERMERROR, **base, reason="key not for email (s= tag)")
     problem = _check_key(pk, ktag)
@@ -115,9 +121,9 @@ def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
     try:
         ok = d.verify_sig_process(sig, include_headers, sigheaders[idx], None)
     except dkim.ValidationError as e:  # the body hash does not match
-        return DkimResult(FAIL, **base, reason=_text(str(e)).split(" (")[0])
+        return DkimResult(FAIL, **base, reason=_reason(str(e)))
     except Exception as e:  # noqa: BLE001 - malformed c=, b= ...: a verdict, never a crash
-        return DkimResult(PERMERROR, **base, reason=_text(str(e)) or type(e).__name__)
+        return DkimResult(PERMERROR, **base, reason=_reason(str(e)) or type(e).__name__)
     return DkimResult(PASS if ok else FAIL, **base, reason="" if ok else "signature did not verify")
 
 
@@ -126,7 +132,7 @@ def verify(lookups: Lookups, message: bytes) -> list[DkimResult]:
     try:
         d = dkim.DKIM(message, logger=_log, minkey=MIN_RSA_BITS)
     except Exception as e:  # noqa: BLE001 - a header dkimpy cannot parse
-        return [DkimResult(PERMERROR, reason=f"message header not parsable: {_text(str(e))[:80]}")]
+        return [DkimResult(PERMERROR, reason=f"message header not parsable: {_reason(str(e))[:60]}")]
     count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
     if not count:
         return [DkimResult(NONE)]

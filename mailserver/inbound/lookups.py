@@ -65,7 +65,11 @@ class Lookups:
         if self.queries > self.max_queries:
             raise LookupLimitError(name, f"more than {self.max_queries} DNS queries in one check")
         lifetime = min(left, self.resolver.config.timeout or left)
-        rdata = self.resolver.records(name, rdtype, lifetime=lifetime)
+        try:
+            rdata = self.resolver.records(name, rdtype, lifetime=lifetime)
+        except DnsTemporaryError as e:
+            # A short reason of our own: it ends up in Authentication-Results comments (no server addresses).
+            raise DnsTemporaryError(name, "DNS timeout" if e.reason == "timeout" else "DNS server failure") from None
         return rdata[:MAX_ANSWER_RECORDS] if rdtype != "TXT" else rdata
 
     def txt(self, name: str) -> list[bytes]:

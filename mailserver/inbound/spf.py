@@ -68,8 +68,8 @@ def _lookup(name, qtype, strict=True, timeout=None):
         return []  # NXDOMAIN: a void lookup for pyspf's count
     except DnsError as e:
         if e.permanent:
-            raise pyspf.PermError(f"DNS: {e.reason}") from None
-        raise pyspf.TempError(f"DNS: {e.reason}") from None
+            raise pyspf.PermError(e.reason) from None
+        raise pyspf.TempError(e.reason) from None
 
 
 pyspf.DNSLookup = _lookup

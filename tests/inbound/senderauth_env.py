@@ -20,6 +20,7 @@ from tests.dnsserver import dns_server
 HOST = harness.TEST_HOSTNAME  # our authserv-id
 RCPT = "bob@example.test"
 HELO = "mx.sender.test"
+IPREV_PASS = "iprev=pass (mx.sender.test) policy.iprev=127.0.0.1"
 
 
 def rsa_key(bits: int = 1024) -> tuple[bytes, str]:
@@ -75,7 +76,7 @@ def zones(keys: Keys, extra: dict | None = None) -> dict:
         "loop2": [txt("v=spf1 include:loop.sender.test -all")],
         "void": [txt("v=spf1 a:nx1.sender.test a:nx2.sender.test a:nx3.sender.test ip4:127.0.0.1 -all")],
         "many": [txt("v=spf1 " + " ".join(f"a:h{i}.sender.test" for i in range(11)) + " ip4:127.0.0.1 -all")],
-        "big": [txt("v=spf1 ip4:127.0.0.1 -all"), *[txt("x" * 250) for _ in range(70)]],
+        "big": [txt("v=spf1 ip4:127.0.0.1 -all"), *[txt(f"{i:03d}" + "x" * 247) for i in range(70)]],
         **{f"h{i}": [("A", "192.0.2.20")] for i in range(11)},
         **keys.records(),
     }
