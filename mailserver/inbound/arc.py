@@ -53,7 +53,7 @@ class ArcResult:
 def _text(v) -> str:
     if isinstance(v, bytes):
         v = v.decode("ascii", "replace")
-    return "".join(c if 32 <= ord(c) < 127 else "?" for c in v)
+    return "".join(c if 32 <= ord(c) < 127 else " " if c in "\r\n\t" else "?" for c in v).strip()
 
 
 def verify(lookups: Lookups, message: bytes, header: bytes) -> ArcResult:
@@ -79,7 +79,7 @@ def verify(lookups: Lookups, message: bytes, header: bytes) -> ArcResult:
     except Exception as e:  # noqa: BLE001 - dkimpy on a hostile chain: a verdict, never a crash
         return ArcResult(FAIL, reason=f"{type(e).__name__}: {_text(str(e))[:80]}")
     sets = tuple(ArcSet(int(r.get("instance", 0)), _text(r.get("as-domain", b"")).lower(),
-                        _text(r.get("aar-value", b"")).strip())
+                        _text(r.get("aar-value", b"")))
                  for r in results if "as-domain" in r)
     status = {dkim.CV_Pass: PASS, dkim.CV_None: NONE}.get(cv, FAIL)
     return ArcResult(status, sets, "" if status == PASS else _text(reason)[:120])
