@@ -276,9 +276,9 @@ class AuthResultsStripper:
         if self._keep is not None:
             return b""
         text = b"".join(self._field)
-        found = authserv_id(text.partition(b":")[2], complete=final)
+        found = authserv_id(text[:MAX_HELD].partition(b":")[2], complete=final and len(text) <= MAX_HELD)
         if found is None and len(text) <= MAX_HELD:
-            return b""
+            return b""  # the id may still come
         self._field = []
         self._keep = found is not None and found != self.authserv_id
         if not self._keep:
