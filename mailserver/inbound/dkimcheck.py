@@ -19,6 +19,7 @@ A message without DKIM-Signature fields has the single result ``none``.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import dkim
@@ -106,6 +107,8 @@ def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
         return DkimResult(PERMERROR if e.permanent else TEMPERROR, **base, reason=f"key lookup: {_reason(e.reason)}")
     if record is None:
         return DkimResult(PERMERROR, **base, reason="no key record")
+    if re.search(rb"(?:^|;)\s*p\s*=\s*(?:;|$)", record):
+        return DkimResult(PERMERROR, **base, reason="key revoked (empty p=)")  # RFC 6376 3.6.1
     try:
         pk, keysize, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record)
     except Exception as e:  # noqa: BLE001 - any malformed key record

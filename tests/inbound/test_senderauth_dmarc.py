@@ -9,7 +9,15 @@ import dkim
 import pytest
 
 from storage.queue import QueueStore
-from tests.inbound.senderauth_env import HOST, IPREV_PASS, RCPT, Keys, auth_results, message, senderauth_server
+from tests.inbound.senderauth_env import (
+    HOST,
+    IPREV_PASS,
+    RCPT,
+    Keys,
+    auth_results,
+    message,
+    senderauth_server,
+)
 
 HELO_PASS = "spf=pass smtp.helo=mx.sender.test"
 
