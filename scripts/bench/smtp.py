@@ -5,7 +5,12 @@ Reports messages per second *durably delivered* (each counted only on its 250 af
 after fsync + commit) and the server's peak RSS.  The server runs in a child process on 127.0.0.1 with a fresh data
 directory; everything started here is stopped at the end.
 
-    .venv/bin/python scripts/bench/smtp.py [--sessions 10] [--messages 2000] [--size 5120]
+    .venv/bin/python scripts/bench/smtp.py [--sessions 10] [--messages 2000] [--size 5120] [--checks off|on|both]
+
+``--checks on`` runs the sender authentication checks (``[senderauth]``: iprev, SPF for HELO and MAIL FROM, DKIM,
+DMARC, ARC) with every lookup answered by a DNS server on loopback in another child process (tests/dnsserver.py):
+the sender's domain publishes SPF, DMARC p=reject and a DKIM key, every message carries a valid RSA signature, and
+127.0.0.1 has a forward-confirmed PTR.  ``both`` runs without, then with, and prints what the checks cost.
 
 For a side-by-side figure with Postfix + Dovecot see /work/shared/bench/README.md (run by hand).
 """
@@ -24,15 +29,55 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def serve(data_dir: str, port_queue, stop_event) -> None:
+SENDER_DOMAIN = "example.net"
+HELO = "mx.example.net"
+
+
+def dns_zones(dkim_p: str) -> dict:
+    """What the checks ask, all answered: SPF, DMARC, the DKIM key, PTR and A of the client."""
+    return {
+        SENDER_DOMAIN: {"": [("TXT", "v=spf1 ip4:127.0.0.1 -all")], "_dmarc": [("TXT", "v=DMARC1; p=reject")],
+                        "mx": [("A", "127.0.0.1"), ("TXT", "v=spf1 a -all")],
+                        "bench._domainkey": [("TXT", *[f"v=DKIM1; k=rsa; p={dkim_p}"[i:i + 255]
+                                                       for i in range(0, len(dkim_p) + 20, 255)])]},
+        "127.in-addr.arpa": {"1.0.0": [("PTR", HELO)]},
+    }
+
+
+def serve_dns(zones: dict, port_queue, stop_event) -> None:
+    from twisted.internet import reactor
+
+    from tests.dnsserver import DnsTestServer
+
+    srv = DnsTestServer(zones)
+
+    def start():
+        srv.start()
+        port_queue.put(srv.port)
+
+    def watch():
+        stop_event.wait()
+        reactor.callFromThread(lambda: srv.stop().addBoth(lambda _: reactor.stop()))
+
+    reactor.callWhenRunning(start)
+    threading.Thread(target=watch, daemon=True).start()
+    reactor.run(installSignalHandlers=False)
+
+
+def serve(data_dir: str, port_queue, stop_event, dns_port: int = 0) -> None:
     from twisted.internet import reactor
 
     from mailserver import config as config_mod
     from mailserver.auth import PasswordHasher
     from mailserver.service import MailServer
 
-    cfg = config_mod.load_dict({"hostname": "bench.example.test", "data_dir": data_dir,
-                                "listen": {"smtp": ["127.0.0.1:0"]}, "domain": [{"name": "example.test"}]})
+    table = {"hostname": "bench.example.test", "data_dir": data_dir, "listen": {"smtp": ["127.0.0.1:0"]},
+             "domain": [{"name": "example.test"}]}
+    if dns_port:
+        table["dns"] = {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 5.0}
+    else:
+        table["senderauth"] = {"enabled": False}
+    cfg = config_mod.load_dict(table)
     server = MailServer(cfg, reactor)
     server.startService()
     h = PasswordHasher("argon2", low_cost=True).hash("x")
@@ -73,7 +118,7 @@ def client(port: int, n: int, body: bytes, idx: int, done: list, errors: list) -
                     raise RuntimeError(line)
 
         replies(1)
-        s.sendall(b"EHLO bench\r\n")
+        s.sendall(b"EHLO " + HELO.encode() + b"\r\n")
         replies(1)
         rcpt = f"user{idx % 10}@example.test".encode()
         for _ in range(n):
@@ -89,18 +134,62 @@ def client(port: int, n: int, body: bytes, idx: int, done: list, errors: list) -
         errors.append(e)
 
 
+def signed_body(size: int) -> tuple[bytes, str]:
+    """A message of about ``size`` bytes with a valid DKIM signature of example.net, and the key's p= value."""
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    p = base64.b64encode(key.public_key().public_bytes(serialization.Encoding.DER,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
+    body = (b"From: bench@example.net\r\nTo: user@example.test\r\nSubject: bench\r\n"
+            b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <bench@example.net>\r\n\r\n"
+            + line * (size // len(line)))
+    sig = dkim.sign(body, b"bench", SENDER_DOMAIN.encode(), pem, canonicalize=(b"relaxed", b"relaxed"),
+                    include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+    return sig + body, p
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--messages", type=int, default=2000, help="total messages")
     ap.add_argument("--size", type=int, default=5 * 1024)
+    ap.add_argument("--checks", choices=("off", "on", "both"), default="off",
+                    help="sender authentication checks (DNS answered on loopback)")
     args = ap.parse_args()
-    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
-    body = b"From: bench@example.net\r\nSubject: bench\r\n\r\n" + line * (args.size // len(line))
+    body, dkim_p = signed_body(args.size)
+    rates = {}
+    for checks in (("off", "on") if args.checks == "both" else (args.checks,)):
+        rate = run(args, body, dkim_p if checks == "on" else "")
+        if rate is None:
+            return 1
+        rates[checks] = rate
+    if len(rates) == 2:
+        print(f"checks cost {100 * (1 - rates['on'] / rates['off']):.0f}% of throughput "
+              f"({rates['off']:.0f} -> {rates['on']:.0f} msg/s)")
+    return 0
+
+
+def run(args, body: bytes, dkim_p: str) -> float | None:
+    """One benchmark run; the checks are on when ``dkim_p`` is given (a DNS server is started for them)."""
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
         q, stop = ctx.Queue(), ctx.Event()
-        proc = ctx.Process(target=serve, args=(tmp, q, stop))
+        dns_proc = None
+        dns_port = 0
+        if dkim_p:
+            dns_q = ctx.Queue()
+            dns_proc = ctx.Process(target=serve_dns, args=(dns_zones(dkim_p), dns_q, stop))
+            dns_proc.start()
+            dns_port = dns_q.get(timeout=60)
+        proc = ctx.Process(target=serve, args=(tmp, q, stop, dns_port))
         proc.start()
         try:
             port = q.get(timeout=60)
@@ -117,17 +206,21 @@ def main() -> int:
             rss = peak_rss_kib(proc.pid)
         finally:
             stop.set()
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+            for p in (proc, dns_proc):
+                if p is None:
+                    continue
+                p.join(30)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
     total = sum(done)
-    print(f"sessions={args.sessions} messages={total} size={len(body)}B elapsed={elapsed:.2f}s "
-          f"rate={total / elapsed:.0f} msg/s (durably delivered) server_peak_rss={rss / 1024:.0f} MiB")
+    print(f"checks={'on' if dkim_p else 'off'} sessions={args.sessions} messages={total} size={len(body)}B "
+          f"elapsed={elapsed:.2f}s rate={total / elapsed:.0f} msg/s (durably delivered) "
+          f"server_peak_rss={rss / 1024:.0f} MiB")
     if errors:
         print(f"errors: {errors[:3]}", file=sys.stderr)
-        return 1
-    return 0
+        return None
+    return total / elapsed
 
 
 if __name__ == "__main__":
