@@ -219,6 +219,8 @@ class SenderAuthConfig:
     timeout: float = 10.0
     #: DNS queries one check may make (SPF also stops at 10 DNS mechanisms and 2 void lookups, RFC 7208 4.6.4).
     max_queries: int = 50
+    #: DNS answers the checks remember (for their TTL, negative ones too); 0 = ask every time.
+    dns_cache: int = 10000
     #: Signed messages larger than this are not verified (dkim=neutral): DKIM needs the whole message in memory.
     dkim_max_size: int = 25 * 1024 * 1024
     #: What a DMARC failure does: "policy" (the sender's p=reject is refused with 550 5.7.1 at the end of DATA,

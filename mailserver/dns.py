@@ -53,7 +53,7 @@ class MxRecord:
     host: str  # without the trailing dot; "" for the null MX (RFC 7505 "." target)
 
 
-def _make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
+def _make_resolver(config: DnsConfig, cache_size: int = 0) -> dns.resolver.Resolver:
     if config.nameservers:
         r = dns.resolver.Resolver(configure=False)
         r.nameservers = [dns.nameserver.Do53Nameserver(a.host, a.port) for a in config.nameservers]
@@ -61,7 +61,9 @@ def _make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
         r = dns.resolver.Resolver(configure=True)
     r.timeout = config.timeout
     r.lifetime = config.timeout
-    r.cache = None
+    # No cache for outbound routing (each attempt sees the current records); the inbound checks keep answers for
+    # their TTL, NXDOMAIN and NODATA included (dnspython's LRU cache), as a local caching resolver would.
+    r.cache = dns.resolver.LRUCache(cache_size) if cache_size else None
     r.use_edns(0, 0, 1232)
     return r
 
@@ -69,9 +71,9 @@ def _make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
 class DnsResolver:
     """Blocking lookups over one dnspython resolver (call them in a thread pool, never the reactor thread)."""
 
-    def __init__(self, config: DnsConfig, resolver: dns.resolver.Resolver | None = None):
+    def __init__(self, config: DnsConfig, resolver: dns.resolver.Resolver | None = None, *, cache_size: int = 0):
         self.config = config
-        self.resolver = resolver or _make_resolver(config)
+        self.resolver = resolver or _make_resolver(config, cache_size)
 
     # ----------------------------------------------------------------------------------------- core
 

@@ -309,7 +309,8 @@ class MailServer(MultiService):
         # Mail from outside on the MX listener: SPF, DKIM, DMARC, ARC, iprev, one Authentication-Results (RFC 8601).
         senderauth = SenderAuthSettings(self.config)
         pipeline.add_transform(AuthResultsStripper(senderauth))
-        pipeline.register(SenderAuthCheck(runner, senderauth, DnsResolver(self.config.dns), reactor=self.reactor))
+        resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
+        pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,

@@ -3,10 +3,12 @@
 :class:`SenderAuthCheck` (a check stage, ``delivery/stages.py``) runs, once per message and only for mail the
 ``smtp`` listener took from a client that is neither authenticated nor in ``smtp.trusted_networks``:
 
-1. in parallel, each in the ``dns`` pool with its own :class:`~mailserver.inbound.lookups.Lookups` (time limit
-   ``[senderauth] timeout``, ``max_queries``): iprev and the HELO facts, SPF for HELO, SPF for MAIL FROM, DKIM of
-   every signature, the ARC chain;
-2. then DMARC for the From domain(s), from the SPF and DKIM results.
+two jobs in parallel in the ``dns`` pool, each check in them with its own
+:class:`~mailserver.inbound.lookups.Lookups` (time limit ``[senderauth] timeout``, ``max_queries``):
+
+1. the connection: iprev and the HELO facts, SPF for HELO;
+2. the message, one step after the other: it is read (as received, without our trace fields), then SPF for MAIL
+   FROM (HELO for the null reverse path), DKIM of every signature, the ARC chain, DMARC for the From domain(s).
 
 The results are :class:`SenderAuthResult`, kept in ``message.facts["senderauth"]`` for later checks and scoring,
 and written as one ``Authentication-Results: <hostname>; ...`` field (RFC 8601) at the top of every recipient's
@@ -17,8 +19,9 @@ not all refuse, the ones that would are quarantined instead, so the message is a
 ARC chain passes and was sealed by a trusted sealer that recorded ``dmarc=pass`` is delivered as if it passed.
 
 Each check is bounded in the thread that runs it (its deadline cuts every DNS query) and again on the reactor:
-a check that has not answered ``timeout`` seconds (plus a margin) after it was handed to the pool counts as a
-``temperror``, so a message never waits on its checks for long, whatever the pool's backlog.
+a job that has not answered ``timeout`` seconds per check (plus a margin) after it was handed to the pool counts
+as ``temperror`` for its checks, so a message never waits on its checks for long, whatever the pool's backlog.
+(Fewer, grouped jobs: each hand-over to a thread costs more than a cached lookup.)
 
 :class:`AuthResultsStripper` (a body transform) removes incoming ``Authentication-Results`` claiming our host name
 (RFC 8601 5) from mail of the same clients, before it is stored.
@@ -174,10 +177,11 @@ class SenderAuthCheck:
     name = "senderauth"
     exact_mailbox = False
 
-    def __init__(self, runner, settings: Settings, resolver, *, reactor=None, clock=time.monotonic):
+    def __init__(self, runner, settings: Settings, resolver, blobs, *, reactor=None, clock=time.monotonic):
         self.runner = runner
         self.settings = settings
         self.resolver = resolver
+        self.blobs = blobs  # the blob store: the message is read in the check's own thread
         self.reactor = reactor  # for the reactor-side time limit (None: no such limit, e.g. an inline runner)
         self.clock = clock
 
@@ -220,20 +224,32 @@ class SenderAuthCheck:
 
     # ------------------------------------------------------------------ the checks
 
-    def _job(self, f, *args, fallback):
-        """``f(lookups, *args)`` in the dns pool, bounded there and on the reactor; ``fallback(reason)`` when it
-        fails or does not answer in time."""
+    def _group(self, *checks):
+        """Run ``checks`` ((f, args, fallback) each) one after the other in one ``dns`` pool job: ``f(lookups,
+        *args)`` with Lookups of its own made when it starts (its own time limit).  The Deferred fires with their
+        results; a check that raises, or a group that the reactor stopped waiting for, gives ``fallback(reason)``."""
         s = self.settings
-        lookups = Lookups(self.resolver, timeout=s.timeout, max_queries=s.max_queries, clock=self.clock)
-        d = self.runner.dns(f, lookups, *args)
+
+        def run():
+            out = []
+            for f, args, fallback in checks:
+                lookups = Lookups(self.resolver, timeout=s.timeout, max_queries=s.max_queries, clock=self.clock)
+                try:
+                    out.append(f(lookups, *args))
+                except Exception:  # noqa: BLE001 - our bug, not the sender's: logged, the others still count
+                    log.failure("sender authentication check {check} failed", check=getattr(f, "__name__", f))
+                    out.append(fallback("internal error"))
+            return out
+
+        d = self.runner.dns(run)
         if self.reactor is not None:
-            d.addTimeout(s.timeout + REACTOR_MARGIN, self.reactor)
+            d.addTimeout(s.timeout * len(checks) + REACTOR_MARGIN, self.reactor)
 
         def failed(failure):
             if failure.check(defer.TimeoutError, defer.CancelledError):
-                return fallback("time limit of the check reached")
-            log.failure("sender authentication check failed", failure)
-            return fallback("internal error")
+                return [fallback("time limit of the check reached") for _f, _a, fallback in checks]
+            log.failure("sender authentication checks failed", failure)
+            return [fallback("internal error") for _f, _a, fallback in checks]
 
         return d.addErrback(failed)
 
@@ -241,65 +257,85 @@ class SenderAuthCheck:
         s = self.settings
         client, env = message.client, message.envelope
         ip, helo, sender = client.ip, client.helo, env.sender if env is not None else ""
-        start = await message.read(message.offset, message.offset + MAX_HEADER)
-        head_end = start.find(b"\r\n\r\n")
-        head = start[:head_end + 2] if head_end >= 0 else start
-        lowered = head.lower()
-        signed, sealed = b"dkim-signature" in lowered, b"arc-seal" in lowered
-        size = message.size
-        raw = b""
-        if (signed or sealed) and size <= s.dkim_max_size:
-            raw = start if len(start) < MAX_HEADER else await message.read(message.offset, None)  # whole already?
+        spf_scope = spf_mod.MAILFROM if sender else spf_mod.HELO  # the identity DMARC uses (RFC 7489 3.1.2)
+        got: dict = {}  # what the message job's steps pass on to each other (one thread, one after the other)
+
+        def read_message(lookups):
+            """The message as received (blocking read in this thread): its header, and all of it when signed."""
+            start = self.blobs.read(message.blob_id, message.offset, message.offset + MAX_HEADER)
+            head_end = start.find(b"\r\n\r\n")
+            got["head"] = head = start[:head_end + 2] if head_end >= 0 else start
+            lowered = head.lower()
+            got["signed"], got["sealed"] = b"dkim-signature" in lowered, b"arc-seal" in lowered
+            got["raw"] = b""
+            if (got["signed"] or got["sealed"]) and message.size <= s.dkim_max_size:
+                got["raw"] = start if len(start) < MAX_HEADER else self.blobs.read(message.blob_id, message.offset)
+            got["domains"] = from_domains(head)
+
+        def spf_used(lookups):
+            got["spf"] = r = spf_mod.check(lookups, ip, sender, helo, s.hostname, spf_scope)
+            return r
+
+        def dkim_all(lookups):
+            if not got["signed"]:
+                return [dkimcheck.DkimResult(dkimcheck.NONE)]
+            if not got["raw"]:
+                return dkimcheck.too_large(message.size)
+            got["dkim"] = r = dkimcheck.verify(lookups, got["raw"])
+            return r
+
+        def arc_chain(lookups):
+            if not got["sealed"]:
+                return arc_mod.ArcResult(arc_mod.NONE)
+            if not got["raw"]:
+                return arc_mod.ArcResult(arc_mod.NONE, reason=f"message of {message.size} bytes not verified")
+            return arc_mod.verify(lookups, got["raw"], got["head"])
+
+        def dmarc_all(lookups):
+            domains = got["domains"]
+            if domains is None:
+                return [dmarc_mod.DmarcResult(dmarc_mod.PERMERROR, reason="no usable From field")]
+            if len(domains) > dmarc_mod.MAX_AUTHOR_DOMAINS:
+                return [dmarc_mod.DmarcResult(dmarc_mod.PERMERROR, reason="too many From domains")]
+            spf_r = got.get("spf")
+            passes = [d.domain for d in got.get("dkim", ()) if d.result == dkimcheck.PASS]
+            walker = dmarc_mod.Walker(lookups)
+            return [dmarc_mod.evaluate(lookups, d, spf_r.domain if spf_r else "",
+                                       spf_r is not None and spf_r.result == spf_mod.PASS, passes, walker)
+                    for d in domains]
 
         def iprev_and_helo(lookups):
             ipr = iprev_mod.iprev(lookups, ip)
             return ipr, iprev_mod.helo_facts(lookups, helo, ip, ipr.confirmed, s.own_names)
 
-        def dkim_all(lookups):
-            if not signed:
-                return [dkimcheck.DkimResult(dkimcheck.NONE)]
-            if not raw:
-                return dkimcheck.too_large(size)
-            return dkimcheck.verify(lookups, raw)
+        def spf_helo(lookups):
+            return spf_mod.check(lookups, ip, sender, helo, s.hostname, spf_mod.HELO) if sender else None
 
-        def arc_chain(lookups):
-            if not sealed:
-                return arc_mod.ArcResult(arc_mod.NONE)
-            if not raw:
-                return arc_mod.ArcResult(arc_mod.NONE, reason=f"message of {size} bytes not verified")
-            return arc_mod.verify(lookups, raw, head)
+        def temp_spf(scope):
+            identity, domain = (sender, sender.rpartition("@")[2]) if scope == spf_mod.MAILFROM else (
+                f"postmaster@{helo}", helo)
+            return lambda r: spf_mod.SpfResult(scope, spf_mod.TEMPERROR, identity, domain, r)
 
-        jobs = [
-            self._job(iprev_and_helo, fallback=lambda r: (iprev_mod.IprevResult(iprev_mod.TEMPERROR, reason=r),
-                                                          iprev_mod.HeloFacts(helo))),
-            self._job(spf_mod.check, ip, sender, helo, s.hostname, spf_mod.HELO,
-                      fallback=lambda r: spf_mod.SpfResult(spf_mod.HELO, spf_mod.TEMPERROR, f"postmaster@{helo}",
-                                                           helo, r)),
-            self._job(spf_mod.check, ip, sender, helo, s.hostname, spf_mod.MAILFROM,
-                      fallback=lambda r: spf_mod.SpfResult(spf_mod.MAILFROM, spf_mod.TEMPERROR, sender,
-                                                           sender.rpartition("@")[2], r))
-            if sender else defer.succeed(None),
-            self._job(dkim_all, fallback=lambda r: [dkimcheck.DkimResult(dkimcheck.TEMPERROR, reason=r)]),
-            self._job(arc_chain, fallback=lambda r: arc_mod.ArcResult(arc_mod.FAIL, reason=r)),
-        ]
-        (ipr, helo_facts), spf_helo, spf_mailfrom, dkim_results, arc_result = await defer.gatherResults(jobs)
-        result = SenderAuthResult(ip, ipr, helo_facts, spf_helo, spf_mailfrom, dkim_results, arc_result)
-        domains = from_domains(head)
-        if domains is None:
-            result.dmarc = [dmarc_mod.DmarcResult(dmarc_mod.PERMERROR, reason="no usable From field")]
-        elif len(domains) > dmarc_mod.MAX_AUTHOR_DOMAINS:
-            result.dmarc = [dmarc_mod.DmarcResult(dmarc_mod.PERMERROR, reason="too many From domains")]
+        # Two jobs in parallel in the dns pool: the facts about the connection, and the message's chain of checks
+        # (DMARC needs the SPF and DKIM results).  Each hand-over to a thread costs more than a cached lookup.
+        connection = self._group(
+            (iprev_and_helo, (), lambda r: (iprev_mod.IprevResult(iprev_mod.TEMPERROR, reason=r),
+                                            iprev_mod.HeloFacts(helo))),
+            (spf_helo, (), temp_spf(spf_mod.HELO) if sender else (lambda r: None)))
+        chain = self._group(
+            (read_message, (), lambda r: None),
+            (spf_used, (), temp_spf(spf_scope)),
+            (dkim_all, (), lambda r: [dkimcheck.DkimResult(dkimcheck.TEMPERROR, reason=r)]),
+            (arc_chain, (), lambda r: arc_mod.ArcResult(arc_mod.FAIL, reason=r)),
+            (dmarc_all, (), lambda r: [dmarc_mod.DmarcResult(dmarc_mod.TEMPERROR, reason=r)]))
+        ((ipr, helo_facts), helo_result), (_, spf_result, dkim_results, arc_result, dmarc_results) = \
+            await defer.gatherResults([connection, chain])
+        if sender:
+            spf_helo_r, spf_mailfrom_r = helo_result, spf_result
         else:
-            spf_r = result.spf
-            passes = [d.domain for d in dkim_results if d.result == dkimcheck.PASS]
-
-            def dmarc_all(lookups):
-                walker = dmarc_mod.Walker(lookups)
-                return [dmarc_mod.evaluate(lookups, d, spf_r.domain, spf_r.result == spf_mod.PASS, passes, walker)
-                        for d in domains]
-
-            result.dmarc = await self._job(dmarc_all, fallback=lambda r: [
-                dmarc_mod.DmarcResult(dmarc_mod.TEMPERROR, d, reason=r) for d in domains])
+            spf_helo_r, spf_mailfrom_r = spf_result, None
+        result = SenderAuthResult(ip, ipr, helo_facts, spf_helo_r, spf_mailfrom_r, dkim_results, arc_result,
+                                  dmarc_results)
         self._decide(result)
         return result
 
