@@ -52,14 +52,20 @@ class Clause:
         return out
 
 
+_NOT_IN_COMMENT = re.compile(r"[^ -'*-\[\]-~]")  # printable ASCII but "(", ")" and "\\"
+_NOT_PRINTABLE = re.compile(r"[^ -~]")
+
+
 def safe_comment(text: str) -> str:
-    text = "".join(c if 32 <= ord(c) < 127 and c not in "()\\" else "?" for c in text)
+    text = _NOT_IN_COMMENT.sub("?", text[:4 * MAX_COMMENT])
     return " ".join(text.split())[:MAX_COMMENT]
 
 
 def quote_value(value: str) -> str:
     """``value`` as an RFC 8601 pvalue: a token, an address, or a quoted-string (printable ASCII only)."""
-    value = "".join(c if 32 <= ord(c) < 127 else "?" for c in value)
+    if _TOKEN.fullmatch(value) or _ADDRESS.fullmatch(value):
+        return value
+    value = _NOT_PRINTABLE.sub("?", value)
     if _TOKEN.fullmatch(value) or _ADDRESS.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -61,16 +61,20 @@ class DkimResult:
     reason: str = ""
 
 
-def _text(v) -> str:
+_UNPRINTABLE = re.compile(r"[^!-~]")
+_UNPRINTABLE_OR_SPACE = re.compile(r"[^ -~]")
+
+
+def _text(v, limit: int = 200) -> str:
+    """A tag value as printable ASCII (at most ``limit`` characters)."""
     if isinstance(v, bytes):
-        v = v.decode("ascii", "replace")
-    return "".join(c if 32 < ord(c) < 127 else "?" for c in v)[:200]
+        v = v[:limit].decode("ascii", "replace")
+    return _UNPRINTABLE.sub("?", v[:limit])
 
 
 def _reason(message: str) -> str:
     """An exception's message as a short reason: printable ASCII, without dkimpy's parenthesised data."""
-    message = "".join(c if 32 <= ord(c) < 127 else "?" for c in message).split(" (")[0]
-    return message[:100]
+    return _UNPRINTABLE_OR_SPACE.sub("?", message[:300]).split(" (")[0][:100]
 
 
 def _key_record(lookups: Lookups, name: str) -> bytes | None:
@@ -107,7 +111,7 @@ def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
     fields = dict(sig)
     base = dict(domain=_text(fields.get(b"d", b"")), selector=_text(fields.get(b"s", b"")),
                 algorithm=_text(fields.get(b"a", b"")), identity=_text(fields.get(b"i", b"")),
-                b="".join(_text(fields.get(b"b", b"")).split())[:8])
+                b=_text(re.sub(rb"\s+", b"", fields.get(b"b", b"")[:64]), 8))
     name = f"{base['selector']}._domainkey.{base['domain']}"
     try:
         record = _key_record(lookups, name)

@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from mailserver.delivery import envelope as ev
 from mailserver.delivery.router import LOCAL
 from mailserver.delivery.stages import MessageInfo, Target, Verdict
+from mailserver.dns import AnswerCache
 from mailserver.inbound import arc as arc_mod
 from mailserver.inbound import authresults, dkimcheck
 from mailserver.inbound import dmarc as dmarc_mod
@@ -57,6 +58,9 @@ HEADER = "Authentication-Results"
 MAX_HEADER = 256 * 1024
 #: Seconds added to ``timeout`` before the reactor stops waiting for a check.
 REACTOR_MARGIN = 2.0
+#: How long, and for how many clients, the connection's facts are kept (DNS answers have their own cache).
+CONNECTION_TTL = 60.0
+CONNECTION_CACHE_SIZE = 4096
 
 
 @dataclass
@@ -182,6 +186,9 @@ class SenderAuthCheck:
         self.settings = settings
         self.resolver = resolver
         self.blobs = blobs  # the blob store: the message is read in the check's own thread
+        #: iprev, HELO facts and SPF for HELO by (client address, HELO, null sender?): the same for every message
+        #: of a client, remembered for CONNECTION_TTL seconds.
+        self._connections = AnswerCache(CONNECTION_CACHE_SIZE, clock=clock)
         self.reactor = reactor  # for the reactor-side time limit (None: no such limit, e.g. an inline runner)
         self.clock = clock
 
@@ -318,10 +325,16 @@ class SenderAuthCheck:
 
         # Two jobs in parallel in the dns pool: the facts about the connection, and the message's chain of checks
         # (DMARC needs the SPF and DKIM results).  Each hand-over to a thread costs more than a cached lookup.
-        connection = self._group(
-            (iprev_and_helo, (), lambda r: (iprev_mod.IprevResult(iprev_mod.TEMPERROR, reason=r),
-                                            iprev_mod.HeloFacts(helo))),
-            (spf_helo, (), temp_spf(spf_mod.HELO) if sender else (lambda r: None)))
+        key = (ip, helo.lower(), bool(sender))
+        connection = self._connections.get(key)
+        if connection is None:
+            connection = self._group(
+                (iprev_and_helo, (), lambda r: (iprev_mod.IprevResult(iprev_mod.TEMPERROR, reason=r),
+                                                iprev_mod.HeloFacts(helo))),
+                (spf_helo, (), temp_spf(spf_mod.HELO) if sender else (lambda r: None)))
+            connection.addCallback(self._remember_connection, key)
+        else:
+            connection = defer.succeed(connection)
         chain = self._group(
             (read_message, (), lambda r: None),
             (spf_used, (), temp_spf(spf_scope)),
@@ -338,6 +351,13 @@ class SenderAuthCheck:
                                   dmarc_results)
         self._decide(result)
         return result
+
+    def _remember_connection(self, found, key):
+        """Keep the connection's facts for the next messages of the same client (not when a lookup failed for now)."""
+        (ipr, _helo), helo_spf = found
+        if ipr.result != iprev_mod.TEMPERROR and (helo_spf is None or helo_spf.result != spf_mod.TEMPERROR):
+            self._connections.put(key, found, CONNECTION_TTL)
+        return found
 
     def _decide(self, result: SenderAuthResult) -> None:
         """The strictest disposition of the From domains, unless a trusted ARC sealer vouches for the message."""
