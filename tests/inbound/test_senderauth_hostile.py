@@ -302,3 +302,9 @@ def test_hanging_dns_is_bounded_and_others_are_served(tmp_path, keys):
         (field,) = auth_results(env.only())
         assert "dkim=temperror (key lookup: DNS timeout) header.d=sender.test" in field
         assert "dmarc=pass" in field  # the aligned SPF pass still counts
+
+
+def test_dkim_rsa_sha1_is_not_accepted(dns, keys):
+    """RFC 8301 3.1: rsa-sha1 signatures are not valid, even when they verify."""
+    (r,) = dkimcheck.verify(lookups(dns), signed(keys, signature_algorithm=b"rsa-sha1"))
+    assert (r.result, r.reason) == ("permerror", "rsa-sha1 is not accepted (RFC 8301)")
