@@ -215,7 +215,8 @@ class SenderAuthConfig:
     (``mailserver/inbound/``); authenticated submission and trusted networks are not checked."""
 
     enabled: bool = True
-    #: Seconds each check (SPF for HELO, SPF for MAIL FROM, DKIM, DMARC, ARC, iprev) may take, DNS included.
+    #: Seconds each check (SPF for HELO, SPF for MAIL FROM, DKIM, DMARC, ARC, iprev) may take, DNS included; the
+    #: message's checks run one after the other, so the reply after DATA waits at most about four times this.
     timeout: float = 10.0
     #: DNS queries one check may make (SPF also stops at 10 DNS mechanisms and 2 void lookups, RFC 7208 4.6.4).
     max_queries: int = 50
