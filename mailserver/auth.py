@@ -25,8 +25,11 @@ Decisions a caller should know:
   delay) without looking the account up or verifying anything.  Every attempt counts from the moment it starts:
   recorded failures plus attempts being checked may not pass a maximum, and an attempt that would pass it waits
   for one under way to end and is judged again (a burst of 100 simultaneous guesses gets at most the maximum
-  checked; a client opening 30 connections with the right password gets all of them in, a few at a time).
-  Throttled attempts are not counted again, so a counter drains as its failures age out of the window.  A limit of 0 means "no maximum" (the delay still
+  checked; a client opening 30 connections with the right password gets all of them in, a few at a time).  A
+  read of the counters during which an attempt for the same address or account ended is repeated: that attempt no
+  longer counts as under way, and its failure may have been recorded after the read began (counters in
+  PostgreSQL are read in a thread), so it would count nowhere.  Throttled attempts are not counted again, so a
+  counter drains as its failures age out of the window.  A limit of 0 means "no maximum" (the delay still
   grows).  A success clears the *account's* counter but not the IP's: otherwise a client holding one valid
   account could interleave good logins to keep guessing other accounts' passwords.  Loopback clients are
   throttled like everyone else.
@@ -65,6 +68,7 @@ from twisted.logger import Logger
 from mailserver import sasl
 from mailserver.clusterstate import MAX_TRACKED_KEYS, LocalLoginFailures, LoginFailures
 from mailserver.config import AuthConfig, LimitsConfig
+from mailserver.proxywire import ProxiedHost
 
 log = Logger()
 
@@ -379,7 +383,10 @@ def _parse_ip(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
 
 
 def is_loopback(client_ip: str) -> bool:
-    """127.0.0.0/8, ::1 (and IPv4-mapped 127.x)."""
+    """127.0.0.0/8, ::1 (and IPv4-mapped 127.x); never a client that came through a load balancer's PROXY header
+    (:class:`~mailserver.proxywire.ProxiedHost`): the balancer's hop to us is a network, whatever it says."""
+    if isinstance(client_ip, ProxiedHost):
+        return False
     ip = _parse_ip(client_ip)
     return ip is not None and ip.is_loopback
 
@@ -430,6 +437,15 @@ def _decrement(counter: Counter[str], key: str) -> None:
         del counter[key]
 
 
+class _CounterRead:
+    """One admission's read of the failure counters; ``stale`` once an attempt it competes with ended meanwhile."""
+
+    __slots__ = ("stale",)
+
+    def __init__(self) -> None:
+        self.stale = False
+
+
 PoolRunner = Callable[..., "defer.Deferred[Any]"]
 
 
@@ -466,9 +482,13 @@ class Authenticator:
             failures = LocalLoginFailures(limits.auth_failure_window, limits.auth_max_failures_per_ip,
                                           limits.auth_max_failures_per_account, max_keys=MAX_TRACKED_KEYS)
         self.failures = failures
+        #: ``observer(protocol, outcome, reason)`` is told of every login (``mailserver/login.py``): the metrics.
+        self.observer: Callable[[str, str, str], None] | None = None
         self._ip_in_flight: Counter[str] = Counter()
         self._account_in_flight: Counter[str] = Counter()
         self._waiters: list[defer.Deferred] = []  # attempts waiting for one under way to end
+        # key ("ip", ip key) or ("account", address) -> the admissions reading the counters for it right now
+        self._reading: dict[tuple[str, str], set[_CounterRead]] = {}
         # (address, ip key) -> when it last logged in: addresses an account is known to use (MAX_TRACKED_KEYS)
         self._good_logins: OrderedDict[tuple[str, str], float] = OrderedDict()
         # HMAC(address, password) -> (expires, address, stored hashes the password was verified against)
@@ -504,7 +524,23 @@ class Authenticator:
         # opening many connections with the right password is let in (the earlier ones succeed), a burst of
         # guesses is throttled (the earlier ones fail).
         while True:
-            ip_n, account_n = await self.failures.counts(ip_key, address, self._clock.seconds())
+            read = _CounterRead()
+            keys = (("ip", ip_key), ("account", address))
+            for key in keys:
+                self._reading.setdefault(key, set()).add(read)
+            try:
+                ip_n, account_n = await self.failures.counts(ip_key, address, self._clock.seconds())
+            finally:
+                for key in keys:
+                    readers = self._reading[key]
+                    readers.discard(read)
+                    if not readers:
+                        del self._reading[key]
+            if read.stale:
+                # An attempt for this address or account ended while the counters were read (in the database
+                # with PostgreSQL): its failure may be missing from what was read, and it no longer counts as
+                # under way, so it would count nowhere. Read again.
+                continue
             ip_over = _over(ip_n, 0, limits.auth_max_failures_per_ip)
             # Per account, a failing account does not lock its owner out: an address that has not been failing,
             # or one this account logged in from before, still gets its password checked (and only a correct one
@@ -537,6 +573,9 @@ class Authenticator:
         finally:
             _decrement(self._ip_in_flight, ip_key)
             _decrement(self._account_in_flight, address)
+            for key in (("ip", ip_key), ("account", address)):
+                for read in self._reading.get(key, ()):
+                    read.stale = True
             self._wake_waiters()
         await self._sleep(self._delay(ip_n, account_n))
         return result

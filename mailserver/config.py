@@ -22,7 +22,8 @@ from pathlib import Path
 
 ENV_CONFIG = "MAILSERVER_CONFIG"
 
-LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https",
+                  "managesieve", "metrics")
 #: Listeners that speak TLS from the first byte (RFC 8314 implicit TLS).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
 
@@ -49,8 +50,9 @@ class ListenAddress:
 
 
 @dataclass(frozen=True)
-class ListenConfig:
-    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off."""
+class ProxiedListenConfig:
+    """``[listen_proxied]``: the protocol listeners of ``[listen]``, behind a TCP load balancer: connections there
+    must begin with a PROXY header from an address in ``[proxy] trusted`` (``mailserver/proxied.py``)."""
 
     smtp: tuple[ListenAddress, ...] = ()
     submission: tuple[ListenAddress, ...] = ()
@@ -61,9 +63,19 @@ class ListenConfig:
     pop3s: tuple[ListenAddress, ...] = ()
     http: tuple[ListenAddress, ...] = ()
     https: tuple[ListenAddress, ...] = ()
+    #: RFC 5804 (port 4190), with STARTTLS.
+    managesieve: tuple[ListenAddress, ...] = ()
 
     def items(self) -> list[tuple[str, ListenAddress]]:
-        return [(name, a) for name in LISTENER_NAMES for a in getattr(self, name)]
+        return [(name, a) for name in LISTENER_NAMES if hasattr(self, name) for a in getattr(self, name)]
+
+
+@dataclass(frozen=True)
+class ListenConfig(ProxiedListenConfig):
+    """``[listen]``: each listener a list of "ADDRESS:PORT"; missing or empty = off."""
+
+    #: Prometheus /metrics and the load balancer's /healthz (plain HTTP; keep it on a private address).
+    metrics: tuple[ListenAddress, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,12 +148,19 @@ class LimitsConfig:
     pop3_max_commands_without_progress: int = 50
     pop3_idle_timeout: float = 600.0
     pop3_max_sessions_per_ip: int = 20
+    # ManageSieve (RFC 5804; a literal may be [sieve] max_script_size octets)
+    managesieve_max_line: int = 8192
+    managesieve_max_errors: int = 20
+    managesieve_idle_timeout: float = 1800.0
+    managesieve_max_sessions_per_ip: int = 20
     # HTTP
     http_max_body: int = 60 * 1024 * 1024
     http_max_connections_per_ip: int = 256
     http_header_timeout: float = 30.0
     # TLS: seconds a handshake may take (implicit TLS at connect, STARTTLS/STLS after the command)
     tls_handshake_timeout: float = 30.0
+    # PROXY protocol: seconds a [listen_proxied] connection has to send its whole header
+    proxy_header_timeout: float = 10.0
     # Authentication
     auth_max_failures_per_ip: int = 10
     auth_max_failures_per_account: int = 10
@@ -202,6 +221,9 @@ class QueueConfig:
     retry_max: float = 4 * 3600.0
     give_up_after: float = 5 * 86400.0
     delay_warning_after: float = 4 * 3600.0
+    #: Seconds a claim on queued recipients lasts unless renewed (every lease/3 while the node works on them): how
+    #: soon another node sharing the database takes over the work of one that died.
+    lease: float = 300.0
     max_connections: int = 50
     max_connections_per_domain: int = 5
     max_recipients_per_transaction: int = 100
@@ -237,6 +259,80 @@ class SenderAuthConfig:
 
 
 DMARC_ACTIONS = ("policy", "quarantine", "none")
+class ProxyConfig:
+    """``[proxy]``: the load balancers and reverse proxies we believe about the client's address."""
+
+    #: Networks ("127.0.0.1/32", "10.0.0.0/8", "::1") allowed to connect to ``[listen_proxied]`` addresses and to
+    #: name the client in a PROXY header, and whose X-Forwarded-For / Forwarded the webmail honours.
+    trusted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: what ``[listen] metrics`` serves (``mailserver/metrics.py``)."""
+
+    #: Seconds between measurements of the event loop's lag (how late a timer fires).
+    reactor_lag_interval: float = 1.0
+    #: Seconds /healthz waits for the database before it answers 503.
+    health_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class SpamThresholds:
+    """``[antispam.domain."example.org"]`` / ``[antispam.account."alice@example.org"]``: the thresholds of one
+    domain or account.  A key not given takes the next level's value (account -> domain -> ``[antispam]``)."""
+
+    tag: float = -1.0
+    junk: float = -1.0
+    quarantine: float = -1.0
+    refuse: float = -1.0
+
+
+@dataclass(frozen=True)
+class AntispamConfig:
+    """``[antispam]``: the spam score and what it leads to (``mailserver/inbound/policy.py``).
+
+    The thresholds are scores at or above which an action is taken (0 = that action is off): tag (``X-Spam: yes``),
+    junk (deliver to Junk with ``$Junk``), quarantine (until quarantine exists: as junk), refuse (550 5.7.1 at the
+    end of DATA)."""
+
+    #: rspamd's scanner worker, e.g. "http://127.0.0.1:11333"; "" = no rspamd.
+    rspamd: str = ""
+    #: Seconds one rspamd check may take.
+    timeout: float = 20.0
+    #: rspamd unreachable, too slow or answering nonsense: "accept" (tagged ``X-Spam-Status: unchecked``) or
+    #: "tempfail" (451 4.7.0: the sending server retries).
+    on_error: str = "accept"
+    #: Messages larger than this are not sent to rspamd (accepted, tagged unchecked).
+    max_size: int = 20 * 1024 * 1024
+    tag: float = 5.0
+    junk: float = 6.0
+    quarantine: float = 0.0
+    refuse: float = 15.0
+    #: Add ``X-Spam-Symbols`` (the named reasons of the score) to scored messages.
+    symbols_header: bool = True
+    domain: dict[str, SpamThresholds] = field(default_factory=dict)
+    account: dict[str, SpamThresholds] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AntivirusConfig:
+    """``[antivirus]``: clamd scans every received message (``mailserver/inbound/clamd.py``)."""
+
+    #: clamd's address: "127.0.0.1:3310", "[::1]:3310" or a Unix socket path ("/run/clamav/clamd.ctl"); "" = off.
+    clamd: str = ""
+    #: Seconds one scan may take.
+    timeout: float = 60.0
+    #: A virus found: "refuse" (554 5.7.1 at the end of DATA) or "quarantine" (until quarantine exists: Junk).
+    action: str = "refuse"
+    #: clamd unreachable, too slow or answering nonsense: "tempfail" (451 4.7.0) or "accept" (tagged
+    #: ``X-Virus-Status: unchecked``).
+    on_error: str = "tempfail"
+    #: Messages larger than this are not scanned (accepted, tagged unchecked); keep it at most clamd's
+    #: StreamMaxLength (25 MiB by default).
+    max_size: int = 25 * 1024 * 1024
+    #: Also scan what IMAP APPEND, drafts, Sent copies and imports place into a mailbox.
+    scan_append: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,11 +372,39 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """``[sieve]``: the recipients' filters (mailserver/sieve/, the delivery stage mailserver/delivery/sieve_stage.py).
+
+    Every limit is a Sieve limit of ``mailserver.sieve.Limits``; a run that passes one keeps the message in INBOX.
+    """
+
+    enabled: bool = True
+    max_script_size: int = 1 << 20
+    max_scripts: int = 32
+    max_storage: int = 8 << 20
+    max_actions: int = 32
+    max_redirects: int = 4
+    max_steps: int = 200_000
+    max_include_depth: int = 10
+    regex_timeout: float = 1.0
+    vacation_min_period: int = 86400
+    vacation_max_period: int = 0
+    vacation_default_period: int = 7 * 86400
+    #: A message that already carries this many of our redirect trace fields is not redirected again (a loop).
+    max_redirect_hops: int = 8
+    #: Seconds a compiled script stays cached before its version is checked again in the store.
+    cache_check_interval: float = 2.0
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: str
     database_url: str = ""
     listen: ListenConfig = field(default_factory=ListenConfig)
+    listen_proxied: ProxiedListenConfig = field(default_factory=ProxiedListenConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -289,7 +413,10 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     senderauth: SenderAuthConfig = field(default_factory=SenderAuthConfig)
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
+    antispam: AntispamConfig = field(default_factory=AntispamConfig)
+    antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
     log: LogConfig = field(default_factory=LogConfig)
     domain: tuple[DomainConfig, ...] = ()
     #: Create a demo domain and account at first start (the development config sets it).
@@ -422,17 +549,33 @@ def _validate(cfg: Config, source: str) -> None:
         err("tls.cert" if not cfg.tls.cert else "tls.key", "cert and key must be given together")
     if cfg.tls.min_version not in ("1.2", "1.3"):
         err("tls.min_version", "expected \"1.2\" or \"1.3\"")
-    for name, a in cfg.listen.items():
+    listeners = ([(f"listen.{name}", a) for name, a in cfg.listen.items()]
+                 + [(f"listen_proxied.{name}", a) for name, a in cfg.listen_proxied.items()])
+    for key, a in listeners:
         try:
             ipaddress.ip_address(a.host)
         except ValueError:
             if a.host not in ("localhost",):
-                err(f"listen.{name}", f"{a.host!r} is not an IP address")
+                err(key, f"{a.host!r} is not an IP address")
     seen: dict[tuple[str, int], str] = {}
-    for name, a in cfg.listen.items():
+    for key, a in listeners:
         if a.port and (a.host, a.port) in seen:
-            err(f"listen.{name}", f"{a} is also used by listen.{seen[(a.host, a.port)]}")
-        seen[(a.host, a.port)] = name
+            err(key, f"{a} is also used by {seen[(a.host, a.port)]}")
+        seen[(a.host, a.port)] = key
+    for i, net in enumerate(cfg.proxy.trusted):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            err(f"proxy.trusted[{i}]", f"not a network: {net!r}")
+    if cfg.listen_proxied.items() and not cfg.proxy.trusted:
+        err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
+    if cfg.queue.lease < 3:
+        err("queue.lease", "must be at least 3 seconds (renewed every lease/3)")
+    if cfg.limits.proxy_header_timeout <= 0:
+        err("limits.proxy_header_timeout", "must be positive")
+    for key in ("reactor_lag_interval", "health_timeout"):
+        if getattr(cfg.metrics, key) <= 0:
+            err(f"metrics.{key}", "must be positive")
     for i, net in enumerate(cfg.smtp.trusted_networks):
         try:
             ipaddress.ip_network(net, strict=False)
@@ -490,6 +633,22 @@ def _validate(cfg: Config, source: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+",
                             sealer):
             err(f"senderauth.arc_trusted_sealers[{i}]", f"not a domain name: {sealer!r}")
+    if cfg.antispam.rspamd and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", cfg.antispam.rspamd):
+        err("antispam.rspamd", "expected a URL \"http://HOST:PORT\"")
+    if cfg.antispam.on_error not in ("accept", "tempfail"):
+        err("antispam.on_error", "expected \"accept\" or \"tempfail\"")
+    if cfg.antivirus.on_error not in ("accept", "tempfail"):
+        err("antivirus.on_error", "expected \"accept\" or \"tempfail\"")
+    if cfg.antivirus.action not in ("refuse", "quarantine"):
+        err("antivirus.action", "expected \"refuse\" or \"quarantine\"")
+    if cfg.antivirus.clamd and not cfg.antivirus.clamd.startswith("/"):
+        try:
+            parse_address(cfg.antivirus.clamd)
+        except ValueError as e:
+            err("antivirus.clamd", f"expected \"HOST:PORT\" or a socket path: {e}")
+    for key, value in (("antispam.timeout", cfg.antispam.timeout), ("antivirus.timeout", cfg.antivirus.timeout)):
+        if value <= 0:
+            err(key, "must be positive")
     if cfg.auth.default_scheme not in ("argon2", "bcrypt", "sha512_crypt"):
         err("auth.default_scheme", "expected argon2, bcrypt or sha512_crypt")
 

@@ -14,6 +14,7 @@ connection if it is still there ``grace`` seconds later.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -21,21 +22,36 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 CLOSE_GRACE = 10.0
 
 
+class ConnectionObserver(Protocol):
+    """Told of every connection of a family (``mailserver.metrics.ConnectionCounts``)."""
+
+    def opened(self) -> None: ...
+    def closed(self) -> None: ...
+    def refused(self) -> None: ...
+
+
 class ConnectionLimiter:
     """Open connections per client address, shared by the listeners of one protocol family."""
 
-    def __init__(self, max_per_ip: int):
+    def __init__(self, max_per_ip: int, observer: ConnectionObserver | None = None):
         self.max_per_ip = max_per_ip
+        self.observer = observer
         self._open: Counter[str] = Counter()
 
     def acquire(self, ip: str) -> bool:
         """Take a slot for ``ip``; False (and nothing taken) when the address is at its cap."""
         if self._open[ip] >= self.max_per_ip:
+            if self.observer is not None:
+                self.observer.refused()
             return False
         self._open[ip] += 1
+        if self.observer is not None:
+            self.observer.opened()
         return True
 
     def release(self, ip: str) -> None:
+        if self.observer is not None:
+            self.observer.closed()
         n = self._open[ip] - 1
         if n > 0:
             self._open[ip] = n

@@ -54,9 +54,15 @@ def login(auth: Authenticator, username: str, password: str, client_ip: str, pro
     """Authenticate ``username`` from ``client_ip`` for ``protocol`` (``smtp``, ``imap``, ``pop3``) and log the
     result; fires with a :class:`Login`, never with a failure."""
     user = username[:LOGGED_USER_MAX]
+    observer = getattr(auth, "observer", None)
+
+    def observe(outcome: str, reason: str) -> None:
+        if observer is not None:
+            observer(protocol, outcome, reason)
 
     def done(result: AuthResult) -> Login:
         outcome = classify(result)
+        observe(outcome, result.reason)
         if outcome == OK:
             log.info("login ok for {user} from {ip} via {protocol}", user=result.address or user, ip=client_ip,
                      protocol=protocol)
@@ -69,6 +75,7 @@ def login(auth: Authenticator, username: str, password: str, client_ip: str, pro
         return Login(outcome, result)
 
     def failed(f) -> Login:
+        observe(TEMPFAIL, "")
         log.failure("login tempfail for {user!r} from {ip} via {protocol}", f, user=user, ip=client_ip,
                     protocol=protocol)
         return Login(TEMPFAIL)

@@ -33,6 +33,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHandshakeListener, IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import alsoProvides, implementer
 
 from mailserver import clusterstate
@@ -42,10 +43,14 @@ from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
+from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.dns import DnsResolver
+from mailserver.inbound.scanners import inbound_stages
 from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
 from mailserver.inbound.senderauth import Settings as SenderAuthSettings
-from mailserver.services import BoundListener, Services
+from mailserver.proxied import ProxiedFactory
+from mailserver.proxywire import Networks
+from mailserver.services import BoundListener, ProcessState, Services
 from mailserver.threads import Pools, run_in
 from storage import migrate
 from storage.blobs import DatabaseBlobStore, FileBlobStore
@@ -66,6 +71,8 @@ LISTENERS = {
     "pop3s": "mailserver.pop3.protocol:build_factory",
     "http": "webmail.app:build_factory",
     "https": "webmail.app:build_factory",
+    "managesieve": "mailserver.managesieve.protocol:build_factory",
+    "metrics": "mailserver.metrics:build_factory",
 }
 
 SHUTDOWN_GRACE = 5.0
@@ -79,6 +86,26 @@ class TrackedConnection(ProtocolWrapper):
     handshake must not keep descriptors and per-address slots for ever."""
 
     _handshake_timer = None
+    _request_at: float | None = None  # when the client last sent bytes we have not answered yet
+
+    def dataReceived(self, data):
+        if self.factory.responses is not None:
+            self._request_at = self.factory.clock.seconds()
+        self.wrappedProtocol.dataReceived(data)
+
+    def write(self, data):
+        self._answered()
+        self.transport.write(data)
+
+    def writeSequence(self, data):
+        self._answered()
+        self.transport.writeSequence(data)
+
+    def _answered(self) -> None:
+        # Response latency (metrics): from the last bytes received to the first bytes of the answer.
+        if self._request_at is not None:
+            self.factory.responses.observe(max(0.0, self.factory.clock.seconds() - self._request_at))
+            self._request_at = None
 
     def makeConnection(self, transport):
         if self.factory.implicit_tls:
@@ -124,11 +151,13 @@ class TrackingFactory(WrappingFactory):
     noisy = False  # no "Starting factory" log lines
     protocol = TrackedConnection
 
-    def __init__(self, wrapped, *, clock, implicit_tls: bool, handshake_timeout: float):
+    def __init__(self, wrapped, *, clock, implicit_tls: bool, handshake_timeout: float, responses=None):
         super().__init__(wrapped)
         self.clock = clock
         self.implicit_tls = implicit_tls
         self.handshake_timeout = handshake_timeout
+        #: The listener's response-latency histogram (a labelled prometheus Histogram), or None.
+        self.responses = responses
 
     def acceptableProtocols(self):
         inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
@@ -145,6 +174,8 @@ class Listening:
     address: ListenAddress
     port: object  # IListeningPort
     factory: WrappingFactory
+    #: The PROXY header reader of a ``[listen_proxied]`` listener (None for ``[listen]``).
+    proxy: ProxiedFactory | None = None
 
     @property
     def bound_port(self) -> int:
@@ -221,6 +252,7 @@ class MailServer(MultiService):
         #: ``services``, which is MultiService's list of child services).
         self.provided: Services | None = None
         self.queue_runner = None
+        self.monitor = None
         self.pg_bridge = None
         self._gc = None
         #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
@@ -233,10 +265,11 @@ class MailServer(MultiService):
     def blobs(self):
         return self.store.blobs
 
-    def port(self, name: str) -> int:
-        """The bound port of the first listener called ``name`` (tests listen on port 0)."""
+    def port(self, name: str, *, proxied: bool = False) -> int:
+        """The bound port of the first listener called ``name`` in ``[listen]`` (``[listen_proxied]`` with
+        ``proxied``); tests listen on port 0."""
         for lst in self.listening:
-            if lst.name == name:
+            if lst.name == name and (lst.proxy is not None) == proxied:
                 return lst.bound_port
         raise KeyError(f"listener {name} is not running")
 
@@ -262,6 +295,7 @@ class MailServer(MultiService):
         check_shared_storage(cfg)
         self.store = open_store(cfg)
         self.pools.start()
+        self.monitor = self._make_monitor()
         self.astore = AsyncStore(self.reactor, self.store, self.pools, self.hub, max_batch=cfg.store.max_batch)
         if not is_sqlite(cfg.db_url):
             # Several processes may share this database: the per-cluster state lives in it.
@@ -276,7 +310,8 @@ class MailServer(MultiService):
             self.pg_bridge = PgNotifyBridge(self.reactor, self.store.engine, self.hub, self.pools.db_write)
             self.pg_bridge.start()
         self.auth = self._make_authenticator()
-        needs_tls = bool(cfg.listen.items())
+        self.auth.observer = self.monitor.metrics.login
+        needs_tls = bool(cfg.listen.items() or cfg.listen_proxied.items())
         if needs_tls:
             from mailserver.tls import server_context_factory
 
@@ -287,9 +322,12 @@ class MailServer(MultiService):
         self.provided = self._make_services()
         for name, address in cfg.listen.items():
             self._listen(name, address)
+        for name, address in cfg.listen_proxied.items():
+            self._listen(name, address, proxied=True)
         self._gc = task.LoopingCall(self._collect_blobs)
         self._gc.clock = self.reactor
         self._gc.start(cfg.store.gc_interval, now=False)
+        self.monitor.start()
         if cfg.queue.run:
             from mailserver.delivery.queue import QueueRunner
 
@@ -298,8 +336,23 @@ class MailServer(MultiService):
         self.started_at = time.time()
         log.info("open files limit {soft} (hard {hard})", soft=soft, hard=hard)
         for lst in self.listening:
-            log.info("listening {name} on {address}", name=lst.name,
-                     address=str(ListenAddress(lst.address.host, lst.bound_port)))
+            log.info("listening {name} on {address}{how}", name=lst.name,
+                     address=str(ListenAddress(lst.address.host, lst.bound_port)),
+                     how=" (PROXY protocol)" if lst.proxy is not None else "")
+
+    def _make_monitor(self):
+        from mailserver.metrics import Monitor
+
+        monitor = Monitor(reactor=self.reactor, config=self.config, store=self.store, pools=self.pools,
+                          queue_alive=self._queue_alive, running=lambda: self.running and not self._stopping)
+        for pool in self.pools.all():
+            pool.wait_observer = monitor.metrics.pool_waited
+        return monitor
+
+    def _queue_alive(self) -> bool | None:
+        if not self.config.queue.run:
+            return None
+        return self.queue_runner is not None and self.queue_runner.alive()
 
     def _make_services(self) -> Services:
         router = build_router(self.config, self.store)
@@ -311,16 +364,24 @@ class MailServer(MultiService):
         pipeline.add_transform(AuthResultsStripper(senderauth))
         resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
         pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
+        for stage in inbound_stages(self.reactor, self.config):  # virus scan, spam scorers, the spam policy
+            pipeline.register(stage)
+        pipeline.filter = SieveFilter(self.config, self.store, self.astore,
+                                      lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
+        pipeline.filter.pipeline = pipeline  # redirects and vacation replies go through it
+        pipeline.observer = self.monitor.metrics
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,
-                        listeners=self._bound_listeners, running=lambda: self.running)
+                        listeners=self._bound_listeners, running=lambda: self.running,
+                        state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor)
 
     def _bound_listeners(self) -> list[BoundListener]:
         out = []
         for lst in self.listening:
             bound = lst.port.getHost()
-            out.append(BoundListener(lst.name, getattr(bound, "host", lst.address.host), bound.port))
+            out.append(BoundListener(lst.name, getattr(bound, "host", lst.address.host), bound.port,
+                                     proxied=lst.proxy is not None))
         return out
 
     def _make_authenticator(self):
@@ -347,26 +408,37 @@ class MailServer(MultiService):
                              auth_config=self.config.auth, secret=self.secret,
                              failures=self.cluster.login_failures)
 
-    def _listen(self, name: str, address: ListenAddress) -> None:
+    def _listen(self, name: str, address: ListenAddress, *, proxied: bool = False) -> None:
+        """Listen for ``name`` on ``address``.  A proxied listener reads the PROXY header first, in the clear, and
+        only then (on an implicit-TLS listener) the TLS handshake: TCP -> PROXY header -> TLS -> tracking ->
+        protocol."""
+        section = "listen_proxied" if proxied else "listen"
         module_name, func_name = LISTENERS[name].split(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ListenError(f"listen.{name}: protocol module {module_name} is not available ({e})") from None
+            raise ListenError(f"{section}.{name}: protocol module {module_name} is not available ({e})") from None
         factory = getattr(module, func_name)(self.provided, name)
         factory.noisy = False
         wrapper = TrackingFactory(factory, clock=self.reactor, implicit_tls=name in IMPLICIT_TLS,
-                                  handshake_timeout=self.config.limits.tls_handshake_timeout)
+                                  handshake_timeout=self.config.limits.tls_handshake_timeout,
+                                  responses=None if name == "metrics" else self.monitor.metrics.responses.labels(name))
+        proxy = None
         try:
-            if name in IMPLICIT_TLS:
+            if proxied:
+                inner = TLSMemoryBIOFactory(self.tls, False, wrapper) if name in IMPLICIT_TLS else wrapper
+                proxy = ProxiedFactory(inner, name=f"{section}.{name}", trusted=Networks(self.config.proxy.trusted),
+                                       clock=self.reactor, header_timeout=self.config.limits.proxy_header_timeout)
+                port = self.reactor.listenTCP(address.port, proxy, interface=address.host, backlog=1024)
+            elif name in IMPLICIT_TLS:
                 port = self.reactor.listenSSL(address.port, wrapper, self.tls, interface=address.host,
                                               backlog=1024)
             else:
                 port = self.reactor.listenTCP(address.port, wrapper, interface=address.host, backlog=1024)
         except CannotListenError as e:
             reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-            raise ListenError(f"listen.{name}: cannot listen on {address}: {reason}") from None
-        self.listening.append(Listening(name, address, port, wrapper))
+            raise ListenError(f"{section}.{name}: cannot listen on {address}: {reason}") from None
+        self.listening.append(Listening(name, address, port, wrapper, proxy))
 
     # ----------------------------------------------------------------------------------------- stop
 
@@ -388,6 +460,8 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         for lst in self.listening:
             try:
                 lst.port.stopListening()
@@ -408,11 +482,16 @@ class MailServer(MultiService):
         self._stopping = True
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         if self.queue_runner is not None:
             yield self.queue_runner.stop()
         yield super().stopService()
         yield defer.gatherResults([defer.maybeDeferred(lst.port.stopListening) for lst in self.listening],
                                   consumeErrors=True)
+        for lst in self.listening:
+            if lst.proxy is not None:
+                lst.proxy.abort_pending()
         open_protocols = [p for lst in self.listening for p in list(lst.factory.protocols)]
         if open_protocols:
             log.info("waiting up to {grace}s for {n} open session(s)", grace=SHUTDOWN_GRACE, n=len(open_protocols))
@@ -433,6 +512,9 @@ class MailServer(MultiService):
         deadline = self.reactor.seconds() + SHUTDOWN_GRACE
         while self.astore is not None and self.astore.committer._running and self.reactor.seconds() < deadline:
             yield _sleep(self.reactor, 0.02)
+        if self.provided is not None:
+            yield defer.gatherResults([defer.maybeDeferred(s.close) for s in self.provided.pipeline.checks
+                                       if hasattr(s, "close")], consumeErrors=True)
         self.listening = []
         if self.pg_bridge is not None:
             self.pg_bridge.stop()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mailserver.delivery.pipeline import Pipeline
     from mailserver.delivery.router import Router
     from mailserver.imap.snapshot import SnapshotCache
+    from mailserver.metrics import Metrics, Monitor
     from mailserver.threads import Pools
     from storage.changes import ChangeHub
     from storage.store import Store
@@ -49,12 +50,15 @@ class ProcessState:
     webmail_streams: dict[int, int] = field(default_factory=dict)
     #: Per-IP connection limiters by protocol family (``smtp``, ``imap``, ``pop3``, ``http``).
     connections: dict[str, ConnectionLimiter] = field(default_factory=dict)
+    #: The server's metrics (``mailserver.metrics``), told of every connection; None = not counted.
+    metrics: Metrics | None = None
 
     def limiter(self, family: str, max_per_ip: int) -> ConnectionLimiter:
         """The one limiter of a protocol family, shared by its listeners (made on first use)."""
         limiter = self.connections.get(family)
         if limiter is None:
-            limiter = self.connections[family] = ConnectionLimiter(max_per_ip)
+            observer = self.metrics.connection_counts(family) if self.metrics is not None else None
+            limiter = self.connections[family] = ConnectionLimiter(max_per_ip, observer)
         return limiter
 
 
@@ -65,6 +69,8 @@ class BoundListener:
     name: str
     host: str
     port: int
+    #: A ``[listen_proxied]`` listener (its clients reach it through a load balancer, on the balancer's port).
+    proxied: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,12 @@ class Services:
     listeners: Callable[[], Sequence[BoundListener]]
     running: Callable[[], bool]
     state: ProcessState = field(default_factory=ProcessState)
+    #: Metrics and health (``mailserver.metrics``); None where no server runs (tools, some tests).
+    monitor: Monitor | None = None
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self.monitor.metrics if self.monitor is not None else None
 
     @property
     def blobs(self):

@@ -5,6 +5,7 @@ Twisted's default pool also serves getaddrinfo, so our work runs in pools of its
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from twisted.internet import threads
@@ -48,5 +49,17 @@ class Pools:
 
 
 def run_in(reactor, pool: ThreadPool, f, *args, **kwargs) -> Deferred:
-    """Run ``f(*args, **kwargs)`` in ``pool``; the Deferred fires on the reactor thread."""
-    return threads.deferToThreadPool(reactor, pool, f, *args, **kwargs)
+    """Run ``f(*args, **kwargs)`` in ``pool``; the Deferred fires on the reactor thread.
+
+    A pool with a ``wait_observer`` (set by the server's metrics) is told, from the worker thread, how long the work
+    waited for a thread."""
+    observe = getattr(pool, "wait_observer", None)
+    if observe is None:
+        return threads.deferToThreadPool(reactor, pool, f, *args, **kwargs)
+    queued = time.monotonic()
+
+    def timed():
+        observe(pool.name, time.monotonic() - queued)
+        return f(*args, **kwargs)
+
+    return threads.deferToThreadPool(reactor, pool, timed)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from storage.models import Blob
@@ -330,11 +330,22 @@ class DatabaseBlobStore(BlobStore):
             conn.info.pop("sqlite_begin", None)
 
     def read(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
+        # A range is cut by the database (substr counts from 1 on SQLite BLOBs and PostgreSQL bytea alike), so
+        # reading a large message piece by piece moves each piece once, not the whole message per piece.
+        start = max(start, 0)
+        if end is not None and end <= start:
+            column = func.substr(Blob.data, 1, 0)
+        elif end is not None:
+            column = func.substr(Blob.data, start + 1, end - start)
+        elif start:
+            column = func.substr(Blob.data, start + 1)
+        else:
+            column = Blob.data
         with self.engine.connect() as conn:
-            data = conn.execute(select(Blob.data).where(Blob.id == blob_id)).scalar()
+            data = conn.execute(select(column).where(Blob.id == blob_id)).scalar()
         if data is None:
             raise FileNotFoundError(blob_id)
-        return bytes(data[start:end])
+        return bytes(data)
 
     def open(self, blob_id: str) -> BinaryIO:
         import io

@@ -245,3 +245,46 @@ class WebmailIdentity(Base):
     address: Mapped[str] = mapped_column(String(320))
     name: Mapped[str] = mapped_column(String(200), default="")
     signature: Mapped[str] = mapped_column(Text, default="")
+
+
+# --------------------------------------------------------------------------------------------- sieve
+# (migration: storage/migrations/versions/sieve_7c2e51a09d4f.py; functions: storage/sieve.py)
+
+
+class SieveScript(Base):
+    """A Sieve script of an account (``scope`` "account") or a domain's global script (``scope`` "domain": names
+    "before" and "after" run around every user's script, any other name is for ``include :global``)."""
+
+    __tablename__ = "sieve_scripts"
+    __table_args__ = (UniqueConstraint("scope", "owner_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))  # account | domain
+    owner_id: Mapped[int] = mapped_column(Integer, index=True)  # accounts.id or domains.id
+    name: Mapped[str] = mapped_column(String(255))
+    content: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class SieveVacationReply(Base):
+    """RFC 5230 4.2 / RFC 3834: the last vacation reply an account sent to a sender, per handle."""
+
+    __tablename__ = "sieve_vacation"
+    __table_args__ = (UniqueConstraint("account_id", "handle", "sender"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    handle: Mapped[str] = mapped_column(String(64))  # sha256 hex of the vacation handle
+    sender: Mapped[str] = mapped_column(String(320))
+    replied_at: Mapped[float] = mapped_column(Float)
+
+
+class SieveDuplicate(Base):
+    """RFC 7352: ids the duplicate test has seen for an account, until ``expires``."""
+
+    __tablename__ = "sieve_duplicates"
+    __table_args__ = (UniqueConstraint("account_id", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(64))
+    expires: Mapped[float] = mapped_column(Float)

@@ -206,6 +206,22 @@ def next_due(conn: Connection) -> float | None:
     return conn.execute(select(func.min(due)).where(R.c.status.in_(OPEN_STATES))).scalar()
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """The outbound queue at a glance (metrics): open recipients, their messages, the oldest one's enqueue time."""
+
+    recipients: int
+    messages: int
+    oldest: float | None  # ``created`` of the oldest message with an open recipient; None = empty
+
+
+def stats(conn: Connection) -> QueueStats:
+    row = conn.execute(select(func.count(), func.count(func.distinct(R.c.queue_id)), func.min(Q.c.created))
+                       .select_from(R.join(Q, Q.c.id == R.c.queue_id))
+                       .where(R.c.status.in_(OPEN_STATES))).one()
+    return QueueStats(row[0] or 0, row[1] or 0, row[2])
+
+
 # ----------------------------------------------------------------------------------------- results
 
 
@@ -329,6 +345,10 @@ class QueueStore:
     def next_due(self) -> float | None:
         with self.store.transaction(write=False) as conn:
             return next_due(conn)
+
+    def stats(self) -> QueueStats:
+        with self.store.transaction(write=False) as conn:
+            return stats(conn)
 
     def record(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:

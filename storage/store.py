@@ -11,6 +11,7 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.queue``          the outbound queue (``enqueue`` here; the runner's operations in ``QueueStore``)
 ``storage.blobrefs``       blob reference counts, garbage collection, integrity check
 ``storage.webmail``        webmail sessions, contacts, identities, search, conversations
+``storage.sieve``          Sieve scripts (per account, a domain's global ones), vacation replies, duplicate ids
 =========================  =====================================================================================
 
 Each method declares how it may be called (``storage.access``): ``@reads``, ``@writes`` or ``@writes_changes`` (it
@@ -39,7 +40,7 @@ from typing import Callable, Iterator, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from storage import accounts, blobrefs, mailboxes, messages, queue, webmail
+from storage import accounts, blobrefs, mailboxes, messages, queue, sieve, webmail
 from storage.access import blocking_only, reads, writes, writes_changes
 from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
@@ -74,6 +75,7 @@ from storage.records import (
     join_keywords,
     split_keywords,
 )
+from storage.sieve import ActiveScript, ScriptInfo, ScriptText, SieveQuota
 from storage.webmail import Identity, SearchResult, SessionRow
 
 _append_many = messages.append_many  # Store.append_many's parameter is called ``messages``
@@ -404,6 +406,85 @@ class Store:
                                  body_8bit=body_8bit, account_id=account_id, source=source,
                                  next_attempt=next_attempt, queue_id=queue_id)
 
+    # ----------------------------------------------------------------------------------------- sieve
+    # Scripts of an owner: scope "account" (owner_id = account id) or "domain" (its global scripts; "before" and
+    # "after" run around the user's).  ManageSieve and the webmail editor build on these (see storage/sieve.py).
+
+    @reads
+    def list_sieve_scripts(self, owner_id: int, scope: str = sieve.ACCOUNT) -> list[ScriptInfo]:
+        with self.transaction(write=False) as conn:
+            return sieve.list_scripts(conn, scope, owner_id)
+
+    @reads
+    def get_sieve_script(self, owner_id: int, name: str, scope: str = sieve.ACCOUNT) -> ScriptText | None:
+        with self.transaction(write=False) as conn:
+            return sieve.get_script(conn, scope, owner_id, name)
+
+    @reads
+    def active_sieve_script(self, owner_id: int, scope: str = sieve.ACCOUNT) -> ScriptText | None:
+        with self.transaction(write=False) as conn:
+            return sieve.active_script(conn, scope, owner_id)
+
+    @reads
+    def sieve_version(self, owner_id: int, scope: str = sieve.ACCOUNT) -> tuple[int, float]:
+        """Changes whenever one of the owner's scripts does (compiled-script caches compare it)."""
+        with self.transaction(write=False) as conn:
+            return sieve.script_version(conn, scope, owner_id)
+
+    @reads
+    def sieve_have_space(self, owner_id: int, name: str, size: int, *, max_scripts: int, max_storage: int,
+                         scope: str = sieve.ACCOUNT) -> None:
+        """Raise SieveQuota when ``size`` bytes as ``name`` would not fit (RFC 5804 HAVESPACE)."""
+        with self.transaction(write=False) as conn:
+            sieve.check_quota(conn, scope, owner_id, name, size, max_scripts=max_scripts, max_storage=max_storage)
+
+    @writes
+    def put_sieve_script(self, owner_id: int, name: str, content: str, *, max_scripts: int = 0,
+                         max_storage: int = 0, scope: str = sieve.ACCOUNT) -> ScriptInfo:
+        """Create or replace a script the caller has compiled (PUTSCRIPT); SieveQuota past the limits."""
+        with self.transaction() as conn:
+            return sieve.put_script(conn, scope, owner_id, name, content, max_scripts=max_scripts,
+                                    max_storage=max_storage)
+
+    @writes
+    def rename_sieve_script(self, owner_id: int, old: str, new: str, scope: str = sieve.ACCOUNT) -> None:
+        with self.transaction() as conn:
+            sieve.rename_script(conn, scope, owner_id, old, new)
+
+    @writes
+    def delete_sieve_script(self, owner_id: int, name: str, scope: str = sieve.ACCOUNT) -> None:
+        """Delete a script; the active one raises ActiveScript (RFC 5804 2.10)."""
+        with self.transaction() as conn:
+            sieve.delete_script(conn, scope, owner_id, name)
+
+    @writes
+    def activate_sieve_script(self, owner_id: int, name: str | None, scope: str = sieve.ACCOUNT) -> None:
+        """Make ``name`` the one active script; None: no script is active (SETACTIVE "")."""
+        with self.transaction() as conn:
+            sieve.activate_script(conn, scope, owner_id, name)
+
+    @reads
+    def sieve_vacation_replied(self, account_id: int, handle: str, sender: str, since: float) -> bool:
+        with self.transaction(write=False) as conn:
+            return sieve.vacation_replied(conn, account_id, handle, sender, since)
+
+    @writes
+    def claim_sieve_vacation_reply(self, account_id: int, handle: str, sender: str, at: float, period: float
+                                   ) -> bool:
+        """True (and recorded) when no reply to ``sender`` under ``handle`` went out in the ``period`` before ``at``."""
+        with self.transaction() as conn:
+            return sieve.record_vacation_reply(conn, account_id, handle, sender, at, period=period)
+
+    @reads
+    def sieve_duplicates_seen(self, account_id: int, keys: Sequence[str], now: float) -> set[str]:
+        with self.transaction(write=False) as conn:
+            return sieve.duplicates_seen(conn, account_id, keys, now)
+
+    @writes
+    def mark_sieve_duplicates(self, account_id: int, marks: Sequence[tuple[str, int]], now: float) -> None:
+        with self.transaction() as conn:
+            sieve.mark_duplicates(conn, account_id, marks, now)
+
     # ----------------------------------------------------------------------------------------- webmail
 
     @writes
@@ -484,9 +565,9 @@ class Store:
 # What callers import from here (the names the module had before it was split by aggregate).
 __all__ = [
     "_ADDR_RE", "DEFAULT_MAILBOXES", "MAX_MAILBOX_DEPTH", "MAX_MAILBOX_NAME", "PARSED_COLUMNS", "SEPARATOR",
-    "AccountInfo", "AliasInfo", "AlreadyExists", "Change", "Changed", "CopyResult", "Delivery", "DeliveryResult",
+    "AccountInfo", "ActiveScript", "AliasInfo", "AlreadyExists", "Change", "Changed", "CopyResult", "Delivery", "DeliveryResult",
     "DomainInfo", "FlagUpdate", "HasChildren", "Identity", "Invalid", "MailboxInfo", "MessageInfo", "MessageMeta",
-    "NotFound", "QueueRecipientSpec", "QuotaExceeded", "SearchResult", "SessionRow", "Store", "StoreError",
+    "NotFound", "QueueRecipientSpec", "QuotaExceeded", "ScriptInfo", "ScriptText", "SearchResult", "SessionRow", "SieveQuota", "Store", "StoreError",
     "StoreFlagsResult", "check_mailbox_name", "join_keywords", "normalize_address", "normalize_mailbox_name",
     "split_keywords", "thread_key",
 ]

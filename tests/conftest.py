@@ -8,6 +8,9 @@ import pytest
 
 from tests import harness
 
+# Private rspamd and clamd instances (session fixtures rspamd_daemon, clamd_daemon).
+pytest_plugins = ("tests.inbound.daemons",)
+
 
 def pytest_collection_modifyitems(config, items):
     # In CI nothing may be skipped silently: PostgreSQL tests need MAILSERVER_TEST_DATABASE_URL there.

@@ -29,7 +29,8 @@ _lock = threading.Lock()
 
 TEST_HOSTNAME = "mail.example.test"
 TEST_DOMAIN = "example.test"
-ALL_LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+ALL_LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https",
+                 "managesieve")
 
 _hasher = None
 
@@ -131,8 +132,9 @@ class ServerHandle:
         """The running server's :class:`mailserver.services.Services` (what its protocols are given)."""
         return self.server.provided
 
-    def port(self, name: str) -> int:
-        return self.server.port(name)
+    def port(self, name: str, *, proxied: bool = False) -> int:
+        """The port of listener ``name`` in ``[listen]`` (``[listen_proxied]`` with ``proxied``)."""
+        return self.server.port(name, proxied=proxied)
 
     def call(self, f, *args, **kwargs):
         return call(f, *args, **kwargs)

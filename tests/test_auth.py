@@ -24,6 +24,7 @@ from mailserver.auth import (
     PasswordHasher,
     normalize_address,
 )
+from mailserver.clusterstate import LocalLoginFailures
 from mailserver.config import AuthConfig, LimitsConfig
 
 HASHER = PasswordHasher(low_cost=True)
@@ -748,11 +749,34 @@ def test_many_parallel_good_logins_are_not_throttled():
 
 def test_server_builds_the_dummy_hash_before_it_listens(tmp_path):
     """The first unknown-account login after a start must not pay for building the dummy hash (that made it take
-    twice as long as later ones: a timing oracle for which accounts exist)."""
-    from tests.harness import running_server
+    twice as long as later ones: a timing oracle for which accounts exist). On the real listeners: the hash exists
+    once the server listens, the first unknown-account logins over IMAP, POP3 and SMTP build nothing and run one
+    verification each, against a hash of the server's own scheme and cost (what a known account's check costs)."""
+    import re
 
-    with running_server(tmp_path, listeners=("imap",)) as srv:
-        assert srv.server.auth._hasher.prepared
+    from tests.harness import running_server
+    from tests.logins import login
+
+    with running_server(tmp_path, listeners=("imap", "pop3", "submission"), limits={"auth_max_delay": 0.05}) as srv:
+        hasher = srv.server.auth._hasher
+        assert hasher.prepared
+        made, verified = [], []
+        real_hash, real_verify = hasher.hash, hasher._context.verify
+        hasher.hash = lambda pw: made.append(pw) or real_hash(pw)
+        hasher._context.verify = lambda secret, stored: verified.append(stored) or real_verify(secret, stored)
+        try:
+            for kind, port in (("imap", srv.port("imap")), ("pop3", srv.port("pop3")),
+                               ("smtp", srv.port("submission"))):
+                assert login(kind, port, f"nobody-{kind}@example.test", "guess") == "checked"
+        finally:
+            del hasher.hash
+            hasher._context.verify = real_verify
+        assert made == [] and len(verified) == 3 and len(set(verified)) == 1
+
+        def params(h):  # "$argon2id$v=19$m=19456,t=2,p=1$..." -> scheme and cost, not salt and digest
+            return re.match(r"\$[^$]+\$[^$]*\$[^$]*\$", h).group(0)
+
+        assert params(verified[0]) == params(hasher.hash("a password")), verified[0]
 
 
 def test_an_outsider_cannot_lock_the_owner_out():
@@ -767,3 +791,50 @@ def test_an_outsider_cannot_lock_the_owner_out():
     assert env.login("alice@example.org", "alice-pw", ip="198.51.100.20")[0].ok  # a clean address
     assert env.login("alice@example.org", "typo", ip="192.0.2.50")[0].reason == "invalid"  # she mistypes once
     assert env.login("alice@example.org", "alice-pw", ip="192.0.2.50")[0].ok  # a known address still gets in
+
+
+class SlowReadFailures(LocalLoginFailures):
+    """Failure counters whose reads answer only when the test says, with what was recorded when the read began
+    (what a database read in a thread does while another attempt records its failure)."""
+
+    def __init__(self, limits):
+        super().__init__(limits.auth_failure_window, limits.auth_max_failures_per_ip,
+                         limits.auth_max_failures_per_account)
+        self.hold = False
+        self.held: list[tuple[defer.Deferred, tuple[int, int]]] = []
+
+    async def counts(self, ip_key, address, now):
+        seen = self._counts(ip_key, address, now)
+        if not self.hold:
+            return seen
+        d: defer.Deferred = defer.Deferred()
+        self.held.append((d, seen))
+        await d
+        return seen
+
+
+def test_a_counter_read_overlapping_the_end_of_an_attempt_is_read_again():
+    """The race PostgreSQL showed (11 of a burst checked where the limit is 10): attempt A is being checked; B reads
+    the counters (A's failure is not recorded yet); A fails, records it and is no longer under way; B's read
+    answers. B must not be let in on that read: it reads again and is throttled."""
+    limits = dataclasses.replace(LIMITS, auth_max_failures_per_ip=1)
+    clock, accounts = task.Clock(), Accounts()
+    failures = SlowReadFailures(limits)
+    held: list[defer.Deferred] = []
+    a = Authenticator(HASHER, accounts.lookup, accounts.update_hash,
+                      hash_pool=lambda f, *args: held.append(defer.Deferred()) or held[-1], clock=clock,
+                      limits=limits, auth_config=AuthConfig(), failures=failures)
+    first = a.authenticate("x@example.org", "guess", "203.0.113.5")
+    assert len(held) == 1  # A is being checked
+    failures.hold = True
+    second = a.authenticate("y@example.org", "guess", "203.0.113.5")
+    (read, seen), = failures.held
+    assert seen == (0, 0)  # read before A's failure exists
+    held[0].callback(None)  # A fails: recorded, no longer under way
+    clock.advance(limits.auth_max_delay)
+    assert first.result.reason == "invalid"
+    failures.hold = False
+    read.callback(None)  # B's stale read answers
+    clock.advance(limits.auth_max_delay)
+    assert len(held) == 1, "B was checked on a stale read"
+    assert second.result.reason == "throttled"

@@ -72,6 +72,16 @@ def test_env_var_selects_file(tmp_path, monkeypatch):
     (BASE + "[smtp]\ntrusted_networks = [\"10.0.0.0/33\"]\n", "smtp.trusted_networks[0]", "not a network"),
     ('hostname = "bad host"\ndata_dir = "d"\n', "hostname", "not a valid host name"),
     (BASE + "database_url = \"mysql://x\"\n", "database_url", "postgresql"),
+    (BASE + "[listen_proxied]\nsmtp = [\"127.0.0.1:2525\"]\n", "proxy.trusted", "load balancers"),
+    (BASE + "[proxy]\ntrusted = [\"127.0.0.1/33\"]\n", "proxy.trusted[0]", "not a network"),
+    (BASE + "[proxy]\ntrusted = [\"lb.example\"]\n", "proxy.trusted[0]", "not a network"),
+    (BASE + "[listen]\nsmtp = [\"127.0.0.1:25\"]\n[listen_proxied]\nimap = [\"127.0.0.1:25\"]\n"
+     "[proxy]\ntrusted = [\"127.0.0.1\"]\n", "listen_proxied.imap", "also used by listen.smtp"),
+    (BASE + "[listen_proxied]\nmetrics = [\"127.0.0.1:9100\"]\n[proxy]\ntrusted = [\"127.0.0.1\"]\n",
+     "listen_proxied.metrics", "unknown key"),
+    (BASE + "[listen_proxied]\nimap = [\"mail.example:143\"]\n", "listen_proxied.imap", "not an IP address"),
+    (BASE + "[limits]\nproxy_header_timeout = 0\n", "limits.proxy_header_timeout", "positive"),
+    (BASE + "[metrics]\nhealth_timeout = 0\n", "metrics.health_timeout", "positive"),
 ])
 def test_errors_name_file_and_key(tmp_path, text, key, problem):
     p = write(tmp_path, text)

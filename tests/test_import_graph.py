@@ -13,8 +13,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mailserver", "storage", "webmail")
-PROTOCOLS = ("mailserver.smtp", "mailserver.imap", "mailserver.pop3", "webmail")
-WIRE_MODULES = ("mailserver.smtp.wire", "mailserver.imap.wire", "mailserver.imap.parser", "mailserver.pop3.wire")
+PROTOCOLS = ("mailserver.smtp", "mailserver.imap", "mailserver.pop3", "mailserver.managesieve", "webmail")
+WIRE_MODULES = ("mailserver.smtp.wire", "mailserver.imap.wire", "mailserver.imap.parser", "mailserver.pop3.wire",
+                "mailserver.managesieve.wire", "mailserver.managesieve.session", "webmail.filters")
 
 
 def _module_name(path: Path) -> str:
@@ -125,3 +126,15 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     assert cycles == []
+
+
+def test_sieve_is_sans_io():
+    """mailserver/sieve/ (parser, validation, evaluator) imports neither Twisted nor a protocol, nor the delivery
+    stage that carries its actions out: scripts and messages in, actions out."""
+    bad = []
+    for path in (ROOT / "mailserver" / "sieve").rglob("*.py"):
+        name = _module_name(path)
+        for t in _imports(path, name):
+            if _under(t, "twisted") or _under(t, "mailserver.delivery") or any(_under(t, p) for p in PROTOCOLS):
+                bad.append((name, t))
+    assert bad == []

@@ -40,6 +40,6 @@ def test_every_protocol_factory_receives_the_services(tmp_path):
         assert sorted(seen) == sorted(ALL_LISTENERS)
         assert all(s is services for s in seen.values())
         # One limiter per protocol family, shared by its listeners, kept in the process state.
-        assert sorted(services.state.connections) == ["http", "imap", "pop3", "smtp"]
+        assert sorted(services.state.connections) == ["http", "imap", "managesieve", "pop3", "smtp"]
         assert {name: services.port(name) for name in ALL_LISTENERS} == {
             name: srv.port(name) for name in ALL_LISTENERS}

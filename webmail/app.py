@@ -21,7 +21,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from webmail import web
+from mailserver.proxywire import Networks
+from webmail import forwarded, web
 from webmail.connection import WebConnection, connection_of
 from webmail.render import Renderer
 from webmail.sessions import SessionDb, SessionInfo, csrf_equal
@@ -96,7 +97,7 @@ class Route:
 
 
 def _routes() -> list[Route]:
-    from webmail.views import auth, compose, events, mailbox, message, settings, setup
+    from webmail.views import auth, compose, events, filters, mailbox, message, settings, setup
 
     def r(method, pattern, handler, **kw):
         return Route(method, re.compile(pattern + r"\Z"), handler, **kw)
@@ -130,6 +131,8 @@ def _routes() -> list[Route]:
         # settings and client set-up
         r("GET", r"/settings", settings.settings_page),
         r("POST", r"/settings", settings.settings_submit, csrf=True),
+        r("GET", r"/filters", filters.filters_page),
+        r("POST", r"/filters", filters.filters_submit, csrf=True),
         r("GET", r"/setup", setup.setup_page),
         r("GET", r"/setup/mail\.mobileconfig", setup.mobileconfig),
         r("GET", r"/\.well-known/autoconfig/mail/config-v1\.1\.xml", setup.autoconfig, auth=False,
@@ -183,7 +186,8 @@ class Ctx:
 
     @property
     def client_ip(self) -> str:
-        return self.request.getClientAddress().host
+        """The client's address: the peer's, or what trusted proxies forwarded (``webmail/forwarded.py``)."""
+        return self.app.client_ip(self.request)
 
     def header(self, name: str) -> str:
         v = self.request.getHeader(name)
@@ -221,11 +225,20 @@ class WebmailApp:
                                   absolute=cfg.webmail.session_absolute)
         self.routes = _routes()
         self.cookie_name = SESSION_COOKIE_SECURE if self.secure else SESSION_COOKIE_PLAIN
-        #: Host names we serve (and so may redirect to): ours, the SNI names, the client-setup names of the
-        #: configured domains.
-        domains = [d.name for d in cfg.domain]
-        self.served_names = frozenset(n.lower() for n in (
-            cfg.hostname, *cfg.tls.sni, *(f"{p}.{d}" for d in domains for p in ("autoconfig", "autodiscover"))))
+        #: Reverse proxies whose Forwarded / X-Forwarded-For name the client (``[proxy] trusted``).
+        self.trusted_proxies = Networks(cfg.proxy.trusted)
+
+    def client_ip(self, request) -> str:
+        peer = request.getClientAddress().host
+        if not self.trusted_proxies:
+            return peer
+        headers = request.requestHeaders
+
+        def values(name: bytes) -> list[str]:
+            return [v.decode("latin-1") for v in headers.getRawHeaders(name, [])]
+
+        return forwarded.client_address(peer, self.trusted_proxies, forwarded=values(b"forwarded"),
+                                        x_forwarded_for=values(b"x-forwarded-for"))
 
     # -- database helpers for views
 
@@ -322,24 +335,18 @@ class WebmailApp:
             raise Forbidden("Cross-site request refused")
 
     def _https_redirect(self, request) -> Response:
-        """301 to the same path over https, on a host name we serve or the address the client connected to (never
-        the client's Host as such: a ``Host: evil.test`` must not make us redirect there)."""
+        """301 to the same path over https on the configured host name, whatever the request's Host says: a
+        ``Host: evil.test`` (or any name a client chose) never reaches the Location header, and the certificate
+        is the host name's."""
         try:
             https_port = self.services.port("https")
         except KeyError:
             https_port = 443
-        asked = request.getHeader("host") or ""
-        asked = (asked.rsplit(":", 1)[0] if asked.count(":") == 1 else asked).lower().rstrip(".")
-        local = getattr(request.getHost(), "host", "")  # the address the client reached: ours, whatever it is
-        if asked in self.served_names or (asked and asked.strip("[]") == local):
-            host = asked
-        else:
-            host = self.services.config.hostname
         port = "" if https_port == 443 else f":{https_port}"
         uri = request.uri.decode("latin-1")
         if not uri.startswith("/") or uri.startswith("//"):
             uri = "/"
-        return web.redirect(f"https://{host}{port}{uri}", 301)
+        return web.redirect(f"https://{self.services.config.hostname}{port}{uri}", 301)
 
     # -- writing
 

@@ -155,20 +155,26 @@ def analyze(raw: bytes, bs: dict, prefer_text: bool = False) -> MessageView:
         if i in alternatives:
             continue
         if "body" in node:  # an attached message: downloadable as .eml
-            name = display_filename(part_filename(node) or decode_header_text((node.get("envelope") or [None, None])[1]
-                                                                               or ""))
-            view.attachments.append(Attachment(i, (name or "message") + ("" if (name or "").endswith(".eml")
-                                                                          else ".eml"),
-                                               "message/rfc822", node["body_end"] - node["body_start"]))
+            view.attachments.append(Attachment(i, attachment_name(node, i), "message/rfc822",
+                                               node["body_end"] - node["body_start"]))
             continue
         if _inside_attached_message(nodes, node):
             continue
         if i == 0 and not shown and ctype(node).startswith("text/") and _disposition(node) != "attachment":
             continue
-        name = display_filename(part_filename(node) or "")
-        view.attachments.append(Attachment(i, name or f"part-{i}", ctype(node),
+        view.attachments.append(Attachment(i, attachment_name(node, i), ctype(node),
                                            node["body_end"] - node["body_start"], cid))
     return view
+
+
+def attachment_name(node: dict, index: int) -> str:
+    """The name a part is listed and downloaded under (display_filename applied): its file name; for an attached
+    message, else its subject, with ".eml"; else ``part-N``."""
+    if "body" in node:
+        name = display_filename(part_filename(node) or decode_header_text((node.get("envelope") or [None, None])[1]
+                                                                          or ""))
+        return (name or "message") + ("" if name.endswith(".eml") else ".eml")
+    return display_filename(part_filename(node) or "") or f"part-{index}"
 
 
 def display_filename(name: str) -> str:

@@ -1,7 +1,7 @@
 """``mailserver dns DOMAIN [--ip ADDRESS …]``: the records to publish for a domain, ready to paste into a zone file.
 
 MX, SPF (RFC 7208), the DKIM key records (RFC 6376, RFC 8463), DMARC (RFC 7489), the client-setup SRV records
-(RFC 6186 and RFC 8314 5.1; "." target = service not offered), the autoconfig/autodiscover names the webmail answers,
+(RFC 6186 and RFC 8314 5.1, ManageSieve's ``_sieve._tcp`` of RFC 5804 1.8; "." target = service not offered), the autoconfig/autodiscover names the webmail answers,
 and the address and reverse-DNS (PTR) records of the mail host: receivers check that the sending address's PTR names
 the host and that the name resolves back (forward-confirmed reverse DNS).
 """
@@ -21,6 +21,7 @@ SRV_SERVICES = (
     ("_imap._tcp", "imap", 143),
     ("_pop3s._tcp", "pop3s", 995),
     ("_pop3._tcp", "pop3", 110),
+    ("_sieve._tcp", "managesieve", 4190),  # RFC 5804 1.8
 )
 
 
@@ -43,7 +44,7 @@ def records(config, domain: str, ips: list[str], ttl: int = 3600) -> list[str]:
     out += ["", "; DMARC policy (RFC 7489): start with p=none or quarantine, reports to postmaster",
             format_txt(f"_dmarc.{d}", f"v=DMARC1; p=quarantine; adkim=s; aspf=s; rua=mailto:postmaster@{domain}",
                        ttl), "",
-            "; client setup (RFC 6186, RFC 8314 5.1); target \".\" = not offered"]
+            "; client setup (RFC 6186, RFC 8314 5.1; _sieve: RFC 5804); target \".\" = not offered"]
     for label, listener, port in SRV_SERVICES:
         if getattr(config.listen, listener):
             out.append(f"{label}.{d} {ttl} IN SRV 0 1 {port} {h}")

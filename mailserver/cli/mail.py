@@ -51,11 +51,17 @@ def messages_of(name: str, data: bytes) -> Iterator[tuple[str, bytes]]:
 
 def cli_pipeline(config, store):
     """The ingest pipeline with an inline runner: each message is stored and committed in this thread."""
+    from twisted.internet import defer
+
     from mailserver.delivery.pipeline import Pipeline
     from mailserver.delivery.router import build_router
     from mailserver.delivery.runner import InlineRunner
+    from mailserver.delivery.sieve_stage import InlineStore, SieveFilter
 
-    return Pipeline(InlineRunner(store), config, build_router(config, store), store.blobs)
+    pipeline = Pipeline(InlineRunner(store), config, build_router(config, store), store.blobs)
+    pipeline.filter = SieveFilter(config, store, InlineStore(store), defer.execute)  # the recipients' Sieve
+    pipeline.filter.pipeline = pipeline
+    return pipeline
 
 
 def import_messages(pipeline, store, address: str, sources, mailbox: str | None = None) -> list[tuple[str, object]]:

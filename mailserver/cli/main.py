@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "mailserver.cli.dkim",
     "mailserver.cli.dnsrecords",
     "mailserver.cli.mail",
+    "mailserver.cli.sieve",
 )
 
 

@@ -30,7 +30,7 @@ def cmd_check_config(args) -> int:
             server_context_factory(cfg)
         except ValueError as e:
             raise CliError(str(e)) from None
-    print(f"{cfg.source}: OK ({len(cfg.listen.items())} listener(s), database {redact(cfg.db_url)})")
+    print(f"{cfg.source}: OK ({len(cfg.listen.items()) + len(cfg.listen_proxied.items())} listener(s), database {redact(cfg.db_url)})")
     return 0
 
 

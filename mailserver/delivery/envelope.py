@@ -22,6 +22,7 @@ SENT_COPY = "webmail-sent"  # the copy of a sent message in Sent
 APPEND = "imap-append"  # IMAP APPEND and MULTIAPPEND
 REPORT = "report"  # delivery status reports (RFC 3464) to their sender
 IMPORT = "cli-import"  # `mailserver mail import`
+SIEVE = "sieve"  # a Sieve redirect or vacation reply (delivery/sieve_stage.py)
 LOCAL = "local"  # other local producers (tests, benchmarks)
 
 
@@ -123,7 +124,9 @@ OVERQUOTA = "overquota"  # the account's quota
 NONEXISTENT = "nonexistent"  # the account or mailbox is gone
 LOOP = "loop"  # too many Received fields (RFC 5321 6.3)
 CHECKED = "check"  # a check stage's verdict
+VIRUS = "virus"  # the virus scanner found malware (a check stage's verdict)
 NO_ROUTE = "no-route"  # the address (or a redirect target) leads nowhere
+FILTERED = "filtered"  # the recipient's filter discarded it (the outcome is ok: nothing stored, nothing owed)
 ERROR = "error"  # a local error (logged); the client may retry
 
 

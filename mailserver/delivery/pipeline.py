@@ -65,6 +65,9 @@ class Pipeline:
         self.hooks: list = list(hooks)
         #: Body transforms (``delivery/stages.py`` Transform), applied in this order to received mail as it streams.
         self.transforms: list = []
+        #: Told of each check verdict (``verdict(stage_name, verdict)``) and each result (``concluded(request,
+        #: result)``): the server's metrics; None = nobody.
+        self.observer = None
 
     def register(self, stage) -> None:
         """Add a check stage after the others."""
@@ -270,9 +273,12 @@ class Ingest:
                     if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
                         verdict = await verdict
                     t.apply(verdict, reason=ev.CHECKED)
+                    if p.observer is not None:
+                        p.observer.verdict(stage.name, verdict)
         await self._redirect()
         # 3. the recipient's filter (skipped for an exact mailbox).
         if not req.exact_mailbox:
+            copies = []
             for t in self._targets:
                 if t.open and t.route.kind == LOCAL:
                     t.stages.append(FILTER)
@@ -280,6 +286,8 @@ class Ingest:
                     if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
                         verdict = await verdict
                     t.apply(verdict, reason=ev.CHECKED)
+                    copies += t.more_copies()  # a filter's further copies (Sieve: fileinto twice) deliver too
+            self._targets += copies
         # 4. quota (enforced by the commit's admission) and 5. the mailbox.
         for t in self._targets:
             if t.open:
@@ -327,7 +335,7 @@ class Ingest:
         """Make sure every open recipient's form exists (and local ones are parsed): a copy only when one differs."""
         need: dict[bytes, bool] = {}
         for t in self._targets:
-            if t.open:
+            if t.open and t.form is None:
                 prefix = self._prefix(t)
                 need[prefix] = need.get(prefix, False) or t.route.kind == LOCAL
         missing = [(prefix, parsed) for prefix, parsed in need.items()
@@ -397,7 +405,7 @@ class Ingest:
 
         ds = []
         for t in local:
-            form = self.body.find(self._prefix(t))
+            form = t.form or self.body.find(self._prefix(t))
             ds.append(self.pipeline.runner.deliver(Delivery(
                 t.route.account_id, form.ref, form.parsed, t.mailbox, t.flags, tuple(t.keywords), t.internal_date,
                 t.check_quota, t.mailbox_id)))
@@ -420,6 +428,8 @@ class Ingest:
     async def _conclude(self, outcomes: list[Outcome]) -> IngestResult:
         result = IngestResult(self.queue_id, self.size, tuple(outcomes))
         req = self.request
+        if self.pipeline.observer is not None:
+            self.pipeline.observer.concluded(req, result)
         if req.log:
             client = req.client
             for o in outcomes:

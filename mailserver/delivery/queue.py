@@ -16,7 +16,7 @@ still deferred ``give_up_after`` seconds after the message arrived fails.  A del
 Crash safety: a recipient's result is recorded after its SMTP transaction ended.  A crash between the server's reply
 to the end of data and that record makes the message go out again after restart: the duplicate RFC 1047 describes,
 which SMTP itself cannot avoid.  Nothing is lost: an unrecorded recipient is still open in the database, and its lease
-is cleared at start (SQLite, one queue process) or expires (PostgreSQL, :data:`LEASE` seconds, renewed while a
+is cleared at start (SQLite, one queue process) or expires (PostgreSQL, ``[queue] lease`` seconds, renewed while a
 delivery runs).  Reports are made before the results are recorded, so a crash may repeat a report but never lose one.
 """
 
@@ -55,7 +55,7 @@ log = Logger()
 #: Longest sleep between polls (other processes may enqueue without kicking us).
 POLL_INTERVAL = 60.0
 #: Lease on claimed recipients; renewed every LEASE/3 while the work runs.
-LEASE = 300.0
+LEASE = 300.0  # the default of [queue] lease
 #: Relative jitter on retry delays (spreads retries of many messages to one host).
 JITTER = 0.1
 #: Most recipient rows claimed in one poll.
@@ -135,6 +135,11 @@ class QueueRunner:
 
         return go()
 
+    def alive(self) -> bool:
+        """Started, not stopping, and a poll is under way or scheduled (the health check's question)."""
+        return (self._started and not self._stopping
+                and (self._polling or (self._timer is not None and self._timer.active())))
+
     def kick(self) -> None:
         """Poll now (new mail was queued, or a slot became free)."""
         if not self._started or self._stopping:
@@ -183,7 +188,7 @@ class QueueRunner:
     def _schedule_renew(self) -> None:
         if self._stopping:
             return
-        self._renew_timer = self.clock.callLater(LEASE / 3, self._renew)
+        self._renew_timer = self.clock.callLater(self.qc.lease / 3, self._renew)
 
     @defer.inlineCallbacks
     def _renew(self):
@@ -191,7 +196,7 @@ class QueueRunner:
         ids += [r.id for item in self.waiting for r in item.recipients]
         if ids:
             try:
-                yield self._db(self.queue.renew, ids, self.now() + LEASE)
+                yield self._db(self.queue.renew, ids, self.now() + self.qc.lease)
             except Exception:
                 log.failure("queue: lease renewal failed")
         self._schedule_renew()
@@ -213,7 +218,7 @@ class QueueRunner:
                 if free > 0:
                     busy = [d for d, n in self.per_domain.items() if n >= self.qc.max_connections_per_domain]
                     limit = min(MAX_CLAIM, free * max(1, self.qc.max_recipients_per_transaction))
-                    items = yield self._db(self.queue.claim, claim_now, LEASE, limit,
+                    items = yield self._db(self.queue.claim, claim_now, self.qc.lease, limit,
                                            self.qc.max_recipients_per_transaction, busy)
                     self.waiting.extend(items)
                     self._start_waiting()

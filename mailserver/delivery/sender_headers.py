@@ -10,24 +10,49 @@ refused at the end of DATA with ``550 5.7.1`` (for every recipient: the verdict 
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import email.utils
+import re
 
 from mailserver.delivery.stages import MessageInfo, Target, Verdict
+from mailserver.mime.text import parse_addresses
 
-#: The most of a message's start read to find its header (a header longer than this is cut off).
+#: The most of a message's start read to find its header. A header that does not end within it is refused: a
+#: ``From:`` past it would go unchecked (and readers that take the whole header would show it).
 HEADER_READ_MAX = 256 * 1024
+
+#: A From or Sender field: the name, optional white space (RFC 5322 4.5.3 obs-optional, which readers accept and
+#: mailserver.mime.parse reads as the field too), the colon.
+_FIELD = re.compile(rb"(?:from|sender)[ \t]*:", re.I)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def header_end(head: bytes) -> int | None:
+    """Where the header's fields end in ``head`` (before the line break ahead of the empty line, RFC 5322 2.1),
+    or None when the empty line is not in ``head``."""
+    if head.startswith((b"\r\n", b"\n")):
+        return 0
+    m = _HEADER_END.search(head)
+    return m.start() if m else None
 
 
 def header_addresses(head: bytes) -> list[str]:
-    """The addresses of every From and Sender field of a message's header (lower-cased); a field that does not
-    parse yields what getaddresses makes of it (an address that cannot be owned if it is garbage)."""
-    end = head.find(b"\r\n\r\n")
-    head = head if end < 0 else head[: end + 4]
-    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    values = [str(v) for name in ("From", "Sender") for v in (msg.get_all(name) or [])]
-    return [addr.lower() for _name, addr in email.utils.getaddresses(values) if addr]
+    """The addresses of every From and Sender field of a message's header (lower-cased), read the ways readers
+    read them: what ``email.utils.getaddresses`` makes of a field and what our own parser (the ENVELOPE and the
+    webmail's From column) makes of it; a field that does not parse yields its garbage as an "address", which no
+    account owns."""
+    end = header_end(head)
+    block = head if end is None else head[:end]
+    out: list[str] = []
+    for field in re.split(rb"\r?\n(?![ \t])", block):  # RFC 5322 2.2.3: a line starting with WSP continues
+        m = _FIELD.match(field)
+        if m is None:
+            continue
+        value = re.sub(rb"\r?\n", b"", field[m.end():]).decode("utf-8", "replace")
+        found = [addr for _name, addr in email.utils.getaddresses([value]) if addr]
+        found += [f"{mailbox}@{host}" if host else mailbox
+                  for _name, _adl, mailbox, host in parse_addresses(value) if host is not None and mailbox]
+        out += [a.lower() for a in found]
+    return list(dict.fromkeys(out))
 
 
 class SenderHeaderCheck:
@@ -52,9 +77,12 @@ class SenderHeaderCheck:
         if self._last is not None and self._last[0] == message.queue_id:
             return self._last[1]
         head = await message.read(0, HEADER_READ_MAX)
-        addresses = header_addresses(head)
         verdict = None
-        for addr in addresses:
+        if len(head) >= HEADER_READ_MAX and header_end(head) is None:
+            verdict = Verdict.refuse("5.7.1", f"header longer than {HEADER_READ_MAX} octets: From:/Sender: not checked")
+            self._last = (message.queue_id, verdict)
+            return verdict
+        for addr in header_addresses(head):
             if not await self.runner.read(self.router.sender_allowed, client.account_id, addr):
                 verdict = Verdict.refuse("5.7.1", f"not authorized to send as <{addr}> (From:/Sender: header)")
                 break

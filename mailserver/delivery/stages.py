@@ -9,7 +9,9 @@ this order, which :data:`STAGE_ORDER` names:
    tag (headers, keywords, a mailbox) or redirect.  The first refusal or deferral ends the recipient's way; tags
    add up; a later redirect replaces an earlier one, and a redirect's targets are routed again and go on from
    step 3 with the tags;
-3. ``filter``   - the recipient's own filter (Sieve comes in a later issue: :class:`NoFilter` stands in its place);
+3. ``filter``   - the recipient's own filter (``delivery/sieve_stage.py``: its Sieve script): a verdict as a check
+   gives, and also ``discard`` (served, nothing stored), several ``copies`` (one per mailbox, each with its
+   flags) and a ``form`` (this recipient's copy is another stored form: editheader);
 4. ``quota``    - whether the account's quota applies (reports and Sent copies are exempt); it is enforced by the
    commit's admission, which counts every delivery of a batch, so concurrent deliveries cannot overshoot it;
 5. ``mailbox``  - the mailbox: the producer's placement, else the one a check or the filter chose, else INBOX.
@@ -24,13 +26,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from mailserver.delivery.envelope import DEFERRED, REFUSED, ClientInfo, Envelope, Outcome, Recipient
+from mailserver.delivery.envelope import (
+    DEFERRED,
+    DELIVERED,
+    FILTERED,
+    REFUSED,
+    ClientInfo,
+    Envelope,
+    Outcome,
+    Recipient,
+)
 
 ROUTING, CHECKS, FILTER, QUOTA, MAILBOX = "routing", "checks", "filter", "quota", "mailbox"
 #: The fixed order of a recipient's steps.
 STAGE_ORDER = (ROUTING, CHECKS, FILTER, QUOTA, MAILBOX)
 
-ACCEPT, REFUSE, DEFER = "accept", "refuse", "defer"
+ACCEPT, REFUSE, DEFER, DISCARD = "accept", "refuse", "defer", "discard"
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One copy a filter asks for: into ``mailbox`` (missing: INBOX) with system ``flags`` bits and keywords."""
+
+    mailbox: str
+    flags: int = 0
+    keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,24 +64,33 @@ class Verdict:
     keywords: tuple[str, ...] = ()
     mailbox: str = ""
     redirect: tuple[str, ...] = ()  # replace this recipient by these addresses (routed again)
+    #: The filter's copies (one delivery each, the first takes this recipient's place); () = one, as tagged.
+    copies: tuple[Copy, ...] = ()
+    #: This recipient's copy is this stored form (a delivery.body.Form: ref + parsed) rather than the message.
+    form: Any = None
+    reason: str = ""  # why refused/deferred (envelope.py's reasons, e.g. VIRUS); "" = a check's verdict (CHECKED)
 
     def __post_init__(self):
-        if self.action not in (ACCEPT, REFUSE, DEFER):
+        if self.action not in (ACCEPT, REFUSE, DEFER, DISCARD):
             raise ValueError(f"unknown verdict {self.action!r}")
-        if self.action != ACCEPT and self.status[:1] != ("5" if self.action == REFUSE else "4"):
+        if self.action in (REFUSE, DEFER) and self.status[:1] != ("5" if self.action == REFUSE else "4"):
             raise ValueError(f"a {self.action} verdict needs a {'5' if self.action == REFUSE else '4'}.x.x status")
 
     @classmethod
-    def refuse(cls, status: str, text: str) -> "Verdict":
-        return cls(REFUSE, status, text)
+    def refuse(cls, status: str, text: str, *, reason: str = "") -> "Verdict":
+        return cls(REFUSE, status, text, reason=reason)
 
     @classmethod
-    def defer(cls, status: str, text: str) -> "Verdict":
-        return cls(DEFER, status, text)
+    def defer(cls, status: str, text: str, *, reason: str = "") -> "Verdict":
+        return cls(DEFER, status, text, reason=reason)
 
     @classmethod
     def tag(cls, *, add_headers=(), keywords=(), mailbox: str = "") -> "Verdict":
         return cls(add_headers=tuple(add_headers), keywords=tuple(keywords), mailbox=mailbox)
+
+    @classmethod
+    def discard(cls, text: str = "Discarded by the recipient's filter") -> "Verdict":
+        return cls(DISCARD, "2.0.0", text)
 
     @classmethod
     def redirect_to(cls, addresses) -> "Verdict":
@@ -73,12 +102,12 @@ class Verdict:
 @dataclass(frozen=True)
 class MessageInfo:
     """The message as the stages see it: stored once (``blob_id``) and parsed once (``parsed``, when it has a local
-    recipient); ``read(start=0, end=None)`` returns a Deferred of the stored bytes.
-
-    ``offset`` is where the message as received starts in the stored bytes (after the trace fields we put in
-    front: Return-Path, Delivered-To, Received); ``facts`` is shared by the stages of this one message: what a
-    check learnt (``senderauth``: the sender authentication results) for later checks and scoring.
-    """
+    recipient); ``read(start=0, end=None)`` returns a Deferred of the stored bytes.  ``memo`` is the message's
+    own scratch space, shared by every stage and recipient of this one message: work done once per message (a
+    scan, a score card, the sender authentication results under ``senderauth``) is kept there under the stage's
+    name, while the verdict may still differ per recipient; later stages (scoring) read it there.  ``offset`` is
+    where the message as received starts in the stored bytes (after the trace fields we put in front: Return-Path,
+    Delivered-To, Received)."""
 
     producer: str
     queue_id: str
@@ -88,8 +117,8 @@ class MessageInfo:
     blob_id: str
     parsed: dict | None
     read: Callable[..., Any]
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
     offset: int = 0
-    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -106,7 +135,9 @@ class Target:
     internal_date: float | None = None
     check_quota: bool = True
     redirect: tuple[str, ...] = ()
-    outcome: Outcome | None = None  # set when a stage refused or deferred it
+    form: Any = None  # the filter's own form of this recipient's copy (editheader), else chosen by prefix
+    more: tuple = ()  # further Copy-s the filter asked for (more_copies() makes them targets)
+    outcome: Outcome | None = None  # set when a stage refused, deferred or discarded it
     stages: list[str] = field(default_factory=list)  # what ran, in order
 
     @property
@@ -117,6 +148,17 @@ class Target:
     def open(self) -> bool:
         return self.outcome is None
 
+    def more_copies(self) -> list["Target"]:
+        """The further copies the filter asked for (after :meth:`apply`), as targets of their own."""
+        more, self.more = self.more, ()
+        out = []
+        for c in more:
+            t = Target(self.route, self.recipient, mailbox=c.mailbox, flags=c.flags,
+                       keywords=list(c.keywords), add_headers=list(self.add_headers), form=self.form,
+                       internal_date=self.internal_date, stages=list(self.stages))
+            out.append(t)
+        return out
+
     def apply(self, verdict: Verdict | None, *, reason: str) -> None:
         """Record ``verdict`` (None = accept); a refusal or deferral closes the recipient with ``reason``."""
         if verdict is None or verdict.action == ACCEPT:
@@ -125,9 +167,20 @@ class Target:
                 self.keywords += [k for k in verdict.keywords if k not in self.keywords]
                 self.mailbox = verdict.mailbox or self.mailbox
                 self.redirect = verdict.redirect or self.redirect
+                self.form = verdict.form or self.form
+                if verdict.copies:
+                    first = verdict.copies[0]
+                    self.mailbox, self.flags = first.mailbox, self.flags | first.flags
+                    self.keywords += [k for k in first.keywords if k not in self.keywords]
+                    self.more = verdict.copies[1:]
+            return
+        if verdict.action == DISCARD:
+            self.outcome = Outcome(self.address, DELIVERED, verdict.status, verdict.text, FILTERED, self.recipient,
+                                   stages=tuple(self.stages))
             return
         kind = REFUSED if verdict.action == REFUSE else DEFERRED
-        self.outcome = Outcome(self.address, kind, verdict.status, verdict.text, reason, self.recipient,
+        self.outcome = Outcome(self.address, kind, verdict.status, verdict.text, verdict.reason or reason,
+                               self.recipient,
                                stages=tuple(self.stages))
 
 
@@ -163,7 +216,7 @@ class Transform(Protocol):
 
 
 class NoFilter:
-    """The recipient's own filter; Sieve (a later issue) takes this place.  Accepts everything."""
+    """A filter that accepts everything (tools and tests; servers run ``delivery/sieve_stage.py``)."""
 
     name = FILTER
 

@@ -39,10 +39,10 @@ async def noop(s: ImapSession, cmd):
 
 
 async def logout(s: ImapSession, cmd: c.Logout):
-    s._flush_updates(cmd)
+    s.flush_updates(cmd)
     s.send(r.status_line("BYE", "logging out"))
     s.send(r.tagged(cmd.tag, "OK", "LOGOUT completed"))
-    s._close()
+    s.close()
     return REPLIED
 
 
@@ -75,9 +75,9 @@ async def _authenticated(s: ImapSession, username: str, password: str, name: str
     if attempt.outcome == login_mod.TEMPFAIL:
         raise No(f"{name} failed: server error", "SERVERBUG")  # as the dispatcher answers any failure
     result = attempt.result
-    s._login(result.account_id, result.address or username)
+    s.sign_in(result.account_id, result.address or username)
     # RFC 9051 6.2.2: the tagged OK may carry the new capabilities.
-    return Ok("logged in", s._capability_code())
+    return Ok("logged in", s.capability_code())
 
 
 async def login(s: ImapSession, cmd: c.Login):
@@ -128,7 +128,7 @@ async def namespace(s: ImapSession, cmd):
 
 async def idle(s: ImapSession, cmd: c.Idle):
     s.send(r.continuation("idling"))
-    s._idle_tag = cmd.tag
+    s.enter_idle(cmd.tag)
     s.conn.activity(idle=True)  # RFC 9051 6.3.13: IDLE re-arms the autologout timer
     try:
         s.flush_in_idle()
@@ -138,7 +138,7 @@ async def idle(s: ImapSession, cmd: c.Idle):
                 break
             raise Bad("expected DONE")
     finally:
-        s._idle_tag = None
+        s.leave_idle()
     return Ok("IDLE terminated")
 
 

@@ -104,7 +104,7 @@ async def select(s: ImapSession, cmd: c.Select):
     mailbox = await s.open_mailbox(cmd.mailbox)
     # Events for the mailbox published while its messages load are kept and applied (idempotently) afterwards.
     s.watch(mailbox.id)
-    s._collect = (mailbox.id, [])
+    s.collect_changes(mailbox.id)
     try:
         sel = await _load_selected(s, mailbox, cmd.readonly)
         if not s.rev2:
@@ -117,8 +117,7 @@ async def select(s: ImapSession, cmd: c.Select):
         s.unwatch()
         raise
     finally:
-        collected = s._collect[1]
-        s._collect = None
+        collected = s.collected_changes()
     if cmd.condstore:
         s.condstore = True  # RFC 7162 3.1.8
     if not s.rev2:
@@ -300,11 +299,10 @@ async def status(s: ImapSession, cmd: c.Status):
 
 
 async def append(s: ImapSession, cmd: c.Append):
-    state, s._append = s._append, None
+    state = s.take_append()
     if state is None or len(state.writers) != len(cmd.messages):
         if state is not None:
-            s._append = state
-            s._abort_append()
+            state.abort()
         raise Bad("APPEND data was not received")
     from mailserver.delivery import envelope as ev
 

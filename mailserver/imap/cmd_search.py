@@ -370,7 +370,7 @@ async def _update_round(s: ImapSession, idle: bool) -> None:
             if ctx.sorted:
                 values[ctx.tag] = {u: O.sort_values(ctx.criteria, infos[u]) for u in matched[ctx.tag]
                                    if u not in ctx.values and u in infos}
-    if s.closed or s.selected is not sel or (idle and s._idle_tag is None):
+    if s.closed or s.selected is not sel or (idle and not s.idling):
         return  # the changes stay marked for the next round
     lines = contexts.apply(sel, todo, matched, values)
     if lines:

@@ -28,6 +28,13 @@ Contract:
   through the :class:`storage.changes.ChangeHub`, subscribed for the selected mailbox only (whoever's it is); they
   are told before each tagged reply, and at once in IDLE (RFC 9051 7.4.1: no EXPUNGE while answering FETCH, STORE,
   SEARCH).
+- Handlers see the session through its public members only (``tests/imap/test_handler_context.py`` checks that no
+  ``cmd_*`` module touches a ``_private`` one): state (``state``, ``principal``, ``selected``, ``selected_rights``,
+  ``enabled``, ``condstore``, ``contexts``, ``limits``, ``services``, ``conn``), output (``send``, ``drain``,
+  ``flush_updates``, ``capability_code``), input (``next_line``), authorization (``open_mailbox``,
+  ``create_target``), changes (``watch``/``unwatch``, ``collect_changes``/``collected_changes`` around a SELECT's
+  load, ``flush_in_idle``), IDLE (``enter_idle``/``leave_idle``/``idling``), the streamed APPEND (``take_append``,
+  ``abort_append``), and ``sign_in`` / ``close``.
 """
 
 from __future__ import annotations
@@ -102,11 +109,19 @@ class Connection(Protocol):
 
 
 @dataclass
-class _AppendState:
+class AppendState:
     tag: str
     mailbox: object  # MailboxInfo
     writers: list
     total: int = 0
+
+    def abort(self) -> None:
+        """Drop the blobs streamed so far."""
+        for w in self.writers:
+            try:
+                w.abort()
+            except Exception:
+                log.failure("aborting a blob writer failed")
 
 
 @dataclass(frozen=True)
@@ -191,7 +206,7 @@ class ImapSession:
         self._pumping = False
         self._repump = False
         self._turn_pending = False  # the pump yielded the reactor and goes on in a later turn
-        self._append: _AppendState | None = None
+        self._append: AppendState | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._collect: tuple[int, list] | None = None
         self._idle_tag: str | None = None
@@ -257,12 +272,12 @@ class ImapSession:
             caps.append("COMPRESS=DEFLATE")
         return caps
 
-    def _capability_code(self) -> str:
+    def capability_code(self) -> str:
         return "CAPABILITY " + " ".join(self.capabilities())
 
     # -- I/O entry points -------------------------------------------------------------------------------------
     def greeting(self) -> None:
-        self.send(r.status_line("OK", f"{self.services.config.hostname} IMAP ready", self._capability_code()))
+        self.send(r.status_line("OK", f"{self.services.config.hostname} IMAP ready", self.capability_code()))
 
     def send(self, data: bytes) -> None:
         if not self.closed:
@@ -280,7 +295,7 @@ class ImapSession:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        self._abort_append()
+        self.abort_append()
         waiter, self._line_waiter = self._line_waiter, None
         if waiter is not None:
             waiter.errback(ConnectionError("connection lost"))
@@ -288,9 +303,9 @@ class ImapSession:
     def server_shutdown(self) -> None:
         if not self.closed and self._running is None:
             self.send(r.status_line("BYE", "server shutting down", "UNAVAILABLE"))
-            self._close()
+            self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if not self.closed:
             self.state = LOGOUT
             self.conn.close()
@@ -369,7 +384,7 @@ class ImapSession:
 
     def _rejected(self, event: CommandRejected) -> None:
         tag = event.tag.decode("ascii", "replace") if event.tag else "*"
-        self._abort_append()
+        self.abort_append()
         if self._line_waiter is not None:
             waiter, self._line_waiter = self._line_waiter, None
             waiter.errback(Bad(event.reason.value))
@@ -386,20 +401,27 @@ class ImapSession:
         self.errors += 1
         if self.errors > self.max_errors:
             self.send(r.status_line("BYE", "too many invalid commands"))
-            self._close()
+            self.close()
 
     def _start(self, frame) -> None:
         try:
             command = parse_command(frame, limits=self.limits, utf8=self.utf8)
         except ParseError as e:
-            self._abort_append()
+            self.abort_append()
             self.send(r.tagged(e.tag, e.status, e.message, e.code))
             self._error()
             return
         d = ensureDeferred(self._execute(command))
+        if getattr(self.services, "metrics", None) is not None:
+            d.addBoth(self._timed, command, self.services.reactor.seconds())
         if not d.called:
             self._running = d
             d.addBoth(self._command_done)
+
+    def _timed(self, result, command, started: float):
+        name = command.name or getattr(command, "command", "") or "OTHER"
+        self.services.metrics.command("imap", str(name), self.services.reactor.seconds() - started)
+        return result
 
     def _command_done(self, _result) -> None:
         self._running = None
@@ -436,7 +458,7 @@ class ImapSession:
                 self.errors = 0
                 return
             await self._prepare_flush()
-            self._flush_updates(command)
+            self.flush_updates(command)
             if self.contexts:
                 await cmd_search.update_contexts(self)  # RFC 5267 4.3: ADDTO/REMOVEFROM before the tagged reply
             if self.closed:
@@ -454,7 +476,7 @@ class ImapSession:
                 log.failure("IMAP {name} failed", name=name)
             try:
                 await self._prepare_flush()
-                self._flush_updates(command)
+                self.flush_updates(command)
             except Exception:
                 log.failure("flushing updates failed")
             if not self.closed:
@@ -462,13 +484,13 @@ class ImapSession:
             if isinstance(e, Bad):
                 self._error()
 
-    def _flush_updates(self, command: c.Command | None = None) -> None:
+    def flush_updates(self, command: c.Command | None = None) -> None:
         sel = self.selected
         if sel is None or self.closed:
             return
         if sel.deleted:
             self.send(r.status_line("BYE", "the selected mailbox was deleted"))
-            self._close()
+            self.close()
             return
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
         tracker = self.recent if (not sel.readonly and not self.rev2) else None
@@ -510,7 +532,7 @@ class ImapSession:
 
         def flush(_):
             if self._idle_tag is not None:
-                self._flush_updates()
+                self.flush_updates()
 
         d.addCallback(flush)
         d.addErrback(lambda f: log.failure("flushing updates in IDLE failed", f))
@@ -544,7 +566,28 @@ class ImapSession:
             self._unsubscribe()
             self._unsubscribe = None
 
-    def _login(self, account_id: int, username: str) -> None:
+    # -- IDLE, and events collected during SELECT --------------------------------------------------------------
+    @property
+    def idling(self) -> bool:
+        """An IDLE command is running: updates are sent as they happen."""
+        return self._idle_tag is not None
+
+    def enter_idle(self, tag: str) -> None:
+        self._idle_tag = tag
+
+    def leave_idle(self) -> None:
+        self._idle_tag = None
+
+    def collect_changes(self, mailbox_id: int) -> None:
+        """Keep the events of ``mailbox_id`` published from now on (while a SELECT loads its messages)."""
+        self._collect = (mailbox_id, [])
+
+    def collected_changes(self) -> list:
+        """Stop collecting; the events kept since :meth:`collect_changes`."""
+        collect, self._collect = self._collect, None
+        return collect[1] if collect is not None else []
+
+    def sign_in(self, account_id: int, username: str) -> None:
         self.state = AUTHENTICATED
         self.principal = Principal(account_id, username)
 
@@ -567,14 +610,15 @@ class ImapSession:
             raise No(f"no permission to create {name}", "NOPERM") from None
 
     # -- APPEND streaming -------------------------------------------------------------------------------------
-    def _abort_append(self) -> None:
+    def take_append(self) -> "AppendState | None":
+        """The APPEND whose messages have streamed (the command now runs), and no longer the session's."""
+        state, self._append = self._append, None
+        return state
+
+    def abort_append(self) -> None:
         state, self._append = self._append, None
         if state is not None:
-            for w in state.writers:
-                try:
-                    w.abort()
-                except Exception:
-                    log.failure("aborting a blob writer failed")
+            state.abort()
 
     async def _check_append_literal(self, event: LiteralAnnounced) -> None:
         """Before an APPEND message streams: mailbox, APPENDLIMIT and quota (RFC 9051 6.3.12, RFC 7889)."""
@@ -584,10 +628,10 @@ class ImapSession:
                 raise Bad("APPEND not allowed in this state")
             prefix = parse_append_prefix(event.prefix, limits=self.limits, utf8=self.utf8)
             if prefix.index == 0 or self._append is None:
-                self._abort_append()
+                self.abort_append()
                 # RFC 9051 6.3.12: a missing target is NO [TRYCREATE]; RFC 4314 4: APPEND needs "i".
                 mailbox = await self.open_mailbox(prefix.mailbox, COMMANDS[c.Append])
-                self._append = _AppendState(tag, mailbox, [])
+                self._append = AppendState(tag, mailbox, [])
             state = self._append
             if event.size > self.append_limit:
                 raise No(f"message larger than APPENDLIMIT {self.append_limit}", "TOOBIG")
@@ -602,7 +646,7 @@ class ImapSession:
             if event.synchronizing:
                 self.send(r.continuation("Ready"))
         except Exception as e:
-            self._abort_append()
+            self.abort_append()
             if self.closed:
                 return
             self.reader.reject_literal()

@@ -1,6 +1,7 @@
-"""Inbound protection: the checks that mail received from outside on the MX listener (``smtp``) goes through.
+"""Inbound protection: checks of received mail (sender authentication, spam and virus scanning, policy).
 
-Sender authentication (``senderauth.py``, one check stage and one body transform of the delivery pipeline):
+Sender authentication (``senderauth.py``, one check stage and one body transform of the delivery pipeline), on mail
+the MX listener (``smtp``) takes from clients neither authenticated nor in ``smtp.trusted_networks``:
 
 * ``spf.py``       - SPF (RFC 7208) for the HELO and MAIL FROM identities (pyspf);
 * ``dkimcheck.py`` - DKIM (RFC 6376) of every signature, RSA and Ed25519 (RFC 8463) (dkimpy);
@@ -11,6 +12,6 @@ Sender authentication (``senderauth.py``, one check stage and one body transform
 * ``lookups.py``   - DNS through our resolver (``[dns]``) with a time limit, a query count and an answer size
   limit per check.
 
-Authenticated submission and clients in ``smtp.trusted_networks`` are not checked.  Content checks (spam, viruses)
-are separate modules of this package.
+Content checks (``scanners.py`` registers them after sender authentication): ``clamd.py`` (viruses),
+``rspamd.py`` (spam scores) and ``policy.py`` (what a score leads to).
 """

@@ -10,7 +10,7 @@ two jobs in parallel in the ``dns`` pool, each check in them with its own
 2. the message, one step after the other: it is read (as received, without our trace fields), then SPF for MAIL
    FROM (HELO for the null reverse path), DKIM of every signature, the ARC chain, DMARC for the From domain(s).
 
-The results are :class:`SenderAuthResult`, kept in ``message.facts["senderauth"]`` for later checks and scoring,
+The results are :class:`SenderAuthResult`, kept in ``message.memo["senderauth"]`` for later checks and scoring,
 and written as one ``Authentication-Results: <hostname>; ...`` field (RFC 8601) at the top of every recipient's
 copy.  The DMARC disposition is honoured (``dmarc_action``, per recipient domain in ``dmarc_action_by_domain``):
 ``reject`` refuses the message at the end of DATA with 550 5.7.1 (never a bounce: when the recipients' domains do
@@ -65,7 +65,7 @@ CONNECTION_CACHE_SIZE = 4096
 
 @dataclass
 class SenderAuthResult:
-    """Everything the checks found for one message (``message.facts["senderauth"]``)."""
+    """Everything the checks found for one message (``message.memo["senderauth"]``)."""
 
     client_ip: str
     iprev: iprev_mod.IprevResult
@@ -196,9 +196,9 @@ class SenderAuthCheck:
         return applies_to(message.client, message.producer, self.settings)
 
     async def check(self, message: MessageInfo, target: Target):
-        result = message.facts.get(FACTS_KEY)
+        result = message.memo.get(FACTS_KEY)
         if result is None:
-            result = message.facts[FACTS_KEY] = await self._authenticate(message)
+            result = message.memo[FACTS_KEY] = await self._authenticate(message)
         value = authresults.header_value(self.settings.hostname, result.clauses())
         headers = ((HEADER, value),)
         action = self._action(result, message, target)

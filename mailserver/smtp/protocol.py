@@ -316,7 +316,7 @@ def outcome_reply(o: ev.Outcome) -> codes.Reply:
     reply = _REASON_REPLIES.get(o.reason)
     if reply is not None:
         return reply
-    if o.reason == ev.NO_ROUTE:
+    if o.reason in (ev.NO_ROUTE, ev.VIRUS):
         return codes.Reply(554, o.status, o.text)  # RFC 5321 4.2.3: transaction failed
     # A check's verdict: 550 for a refusal (policy, RFC 5321 4.2.3), 451 for a deferral.
     return codes.Reply(550 if o.kind == ev.REFUSED else 451, o.status, o.text)

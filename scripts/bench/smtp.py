@@ -5,7 +5,12 @@ Reports messages per second *durably delivered* (each counted only on its 250 af
 after fsync + commit) and the server's peak RSS.  The server runs in a child process on 127.0.0.1 with a fresh data
 directory; everything started here is stopped at the end.
 
-    .venv/bin/python scripts/bench/smtp.py [--sessions 10] [--messages 2000] [--size 5120] [--checks off|on|both]
+    .venv/bin/python scripts/bench/smtp.py [--sessions 10] [--messages 2000] [--size 5120] [--scan]
+                                           [--checks off|on|both] [--repeat N] [--dns-cache N]
+
+``--scan`` runs the same load four times: without content checks, with clamd, with rspamd, with both (private
+instances of Debian's packages, started on loopback as the tests start them, stopped at the end), and prints the
+figures of each run (sender authentication off).
 
 ``--checks on`` runs the sender authentication checks (``[senderauth]``: iprev, SPF for HELO and MAIL FROM, DKIM,
 DMARC, ARC) with every lookup answered by a DNS server on loopback in another child process (tests/dnsserver.py):
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import socket
 import sys
 import tempfile
@@ -66,7 +72,7 @@ def serve_dns(zones: dict, port_queue, stop_event) -> None:
     reactor.run(installSignalHandlers=False)
 
 
-def serve(data_dir: str, port_queue, stop_event, dns_port: int = 0, dns_cache: int = 10000) -> None:
+def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0, dns_cache: int = 10000) -> None:
     from twisted.internet import reactor
 
     from mailserver import config as config_mod
@@ -74,7 +80,7 @@ def serve(data_dir: str, port_queue, stop_event, dns_port: int = 0, dns_cache: i
     from mailserver.service import MailServer
 
     table = {"hostname": "bench.example.test", "data_dir": data_dir, "listen": {"smtp": ["127.0.0.1:0"]},
-             "domain": [{"name": "example.test"}]}
+             "domain": [{"name": "example.test"}], **extra}
     if dns_port:
         table["dns"] = {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 5.0}
         table["senderauth"] = {"dns_cache": dns_cache}
@@ -98,8 +104,6 @@ def serve(data_dir: str, port_queue, stop_event, dns_port: int = 0, dns_cache: i
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far (all its threads)."""
-    import os
-
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -173,6 +177,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--messages", type=int, default=2000, help="total messages")
     ap.add_argument("--size", type=int, default=5 * 1024)
+    ap.add_argument("--scan", action="store_true", help="also run with rspamd and clamd checking every message")
     ap.add_argument("--checks", choices=("off", "on", "both"), default="off",
                     help="sender authentication checks (DNS answered on loopback)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each kind (alternating), medians reported")
@@ -180,6 +185,8 @@ def main() -> int:
                     help="[senderauth] dns_cache with the checks on (0: every lookup goes to the DNS server)")
     args = ap.parse_args()
     body, dkim_p = signed_body(args.size)
+    if args.scan:
+        return scan_runs(args, body)
     results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     for _ in range(args.repeat):
         for checks in (("off", "on") if args.checks == "both" else (args.checks,)):
@@ -200,8 +207,33 @@ def main() -> int:
     return 0
 
 
-def run(args, body: bytes, dkim_p: str) -> float | None:
-    """One benchmark run; the checks are on when ``dkim_p`` is given (a DNS server is started for them)."""
+def scan_runs(args, body: bytes) -> int:
+    """Without content checks, with clamd, with rspamd, with both (sender authentication off)."""
+    from tests.inbound.daemons import launch_clamd, launch_rspamd, stop_pid, wait_ready
+
+    with tempfile.TemporaryDirectory(prefix="smtp-bench-daemons-") as tmp:
+        daemons = []
+        try:
+            for launch, name in ((lambda d: launch_rspamd(d, workers=os.cpu_count() or 1), "rspamd"),
+                                 (launch_clamd, "clamd")):
+                d = Path(tmp) / name
+                d.mkdir()
+                daemons.append(launch(d))
+            for d in daemons:
+                wait_ready(d)
+            rspamd, clamd = daemons
+            spam, virus = {"antispam": {"rspamd": rspamd.address}}, {"antivirus": {"clamd": clamd.address}}
+            failed = [run(args, body, "", scan) is None for scan in ({}, virus, spam, {**virus, **spam})]
+            return 1 if any(failed) else 0
+        finally:
+            for d in daemons:
+                stop_pid(d.pid)
+
+
+def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[float, float] | None:
+    """One benchmark run; sender authentication is on when ``dkim_p`` is given (a DNS server is started for it);
+    ``extra`` is more of the server's configuration (the content checks of ``--scan``)."""
+    extra = extra or {}
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
         q, stop = ctx.Queue(), ctx.Event()
@@ -212,7 +244,7 @@ def run(args, body: bytes, dkim_p: str) -> float | None:
             dns_proc = ctx.Process(target=serve_dns, args=(dns_zones(dkim_p), dns_q, stop))
             dns_proc.start()
             dns_port = dns_q.get(timeout=60)
-        proc = ctx.Process(target=serve, args=(tmp, q, stop, dns_port, args.dns_cache))
+        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache))
         proc.start()
         try:
             port = q.get(timeout=60)
@@ -240,7 +272,9 @@ def run(args, body: bytes, dkim_p: str) -> float | None:
                     p.join()
     total = sum(done)
     cache = f" dns_cache={args.dns_cache}" if dkim_p else ""
-    print(f"checks={'on' if dkim_p else 'off'}{cache} sessions={args.sessions} messages={total} size={len(body)}B "
+    scanned = "+".join(k for k in ("antivirus", "antispam") if k in extra)
+    scanned = f" content={scanned}" if scanned else ""
+    print(f"checks={'on' if dkim_p else 'off'}{cache}{scanned} sessions={args.sessions} messages={total} size={len(body)}B "
           f"elapsed={elapsed:.2f}s rate={total / elapsed:.0f} msg/s (durably delivered) "
           f"server_cpu={1000 * cpu / max(total, 1):.2f} ms/msg server_peak_rss={rss / 1024:.0f} MiB")
     if errors:

@@ -1,4 +1,4 @@
-"""What the checks leave for later stages (``message.facts["senderauth"]``: reverse DNS, HELO sanity, every
+"""What the checks leave for later stages (``message.memo["senderauth"]``: reverse DNS, HELO sanity, every
 result), and that the field we write is valid RFC 8601 to an independent parser (the authres package)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.inbound.senderauth_env import Keys, auth_results, message, senderauth
 
 
 class Recorder:
-    """A later check stage (a scorer would be one): records what it finds in the message's facts."""
+    """A later check stage (a scorer would be one): records what it finds in the message's memo."""
 
     name = "test:recorder"
     exact_mailbox = False
@@ -25,7 +25,7 @@ class Recorder:
         self.facts = []
 
     def check(self, message, target):
-        self.facts.append(message.facts.get(senderauth.FACTS_KEY))
+        self.facts.append(message.memo.get(senderauth.FACTS_KEY))
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ def test_signed_message_verifies_against_the_published_key_record(tmp_path, caps
     assert '"v=spf1 mx -all"' in out and "_dmarc.example.test." in out
     assert "_submissions._tcp.example.test. 3600 IN SRV 0 1 465 mail.example.test." in out
     assert "_imap._tcp.example.test. 3600 IN SRV 0 0 0 ." in out
+    assert "_sieve._tcp.example.test. 3600 IN SRV 0 0 0 ." in out
     assert "autoconfig.example.test. 3600 IN CNAME mail.example.test." in out
     assert "7.2.0.192.in-addr.arpa. 3600 IN PTR mail.example.test." in out
     keys = dk.keys_for(tmp_path / "data", "example.test")

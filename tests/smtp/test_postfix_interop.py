@@ -145,7 +145,13 @@ def test_postfix_relays_50_messages_over_starttls_all_accepted(tmp_path):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
+            # Postfix logs status=sent once it has read our 250, which follows the commit: wait for the log too.
+            while postfix.log().count("status=sent") < COUNT and time.monotonic() < deadline:
+                time.sleep(0.2)
             log = postfix.log()
+            while log.count("status=sent") < COUNT and time.monotonic() < deadline:
+                time.sleep(0.2)  # Postfix logs "status=sent" after our 250, which may come after the commit we saw
+                log = postfix.log()
             got = srv.store.list_messages(mb.id)
             assert len(got) == COUNT, f"{len(got)} of {COUNT} delivered; postfix log:\n{log[-4000:]}"
             assert "Too many connections" not in log

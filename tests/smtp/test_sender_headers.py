@@ -49,6 +49,15 @@ def _bob_inbox(srv) -> int:
     "From: alice@example.test, bob@example.test\r\n",
     "From: \"alice@example.test\" <BOB@example.test>\r\n",
     "From: alice@example.test\r\nFrom: bob@example.test\r\n",
+    # What readers (and our own ENVELOPE) take for a From field, white space before the colon included
+    # (RFC 5322 4.5.3): these went through unchecked.
+    "FROM : Bob <bob@example.test>\r\n",
+    "From\t:bob@example.test\r\n",
+    "Sender :bob@example.test\r\nFrom: alice@example.test\r\n",
+    "From: Alice <alice@example.test> bob@example.test\r\n",
+    "From: Alice\r\n <bob@example.test>\r\n",
+    # A From past the first 256 KiB of header, where the check did not look.
+    ("X-Pad: " + "p" * 90 + "\r\n") * 2700 + "From: bob@example.test\r\n",
 ])
 def test_header_in_another_users_name_is_refused_at_data(srv, headers):
     code, text = _send(srv, headers)
@@ -61,6 +70,8 @@ def test_header_in_another_users_name_is_refused_at_data(srv, headers):
     "From: Sales <sales@example.test>\r\nSender: alice@example.test\r\n",  # an alias of hers
     "From: Alice <ALICE+lists@example.test>\r\n",  # a subaddress, any case
     "",  # no From at all: nothing claimed
+    "From : alice@example.test\r\nX-Original-From: bob@example.test\r\n",  # other fields are not From
+    ("X-Pad: " + "p" * 90 + "\r\n") * 2000 + "From: alice@example.test\r\n",  # a long header that ends in time
 ])
 def test_own_addresses_and_aliases_pass(srv, headers):
     code, _ = _send(srv, headers)
@@ -72,3 +83,5 @@ def test_header_addresses_reads_every_from_and_sender():
     head = (b"Received: x\r\nFrom: A <a@x.test>, b@y.test\r\nSender: s@z.test\r\nTo: t@t.test\r\n\r\n"
             b"From: body@not.header\r\n")
     assert header_addresses(head) == ["a@x.test", "b@y.test", "s@z.test"]
+    assert header_addresses(b"FROM :a@x.test\r\nX-From: b@y.test\r\n continued\r\n\r\n") == ["a@x.test"]
+    assert header_addresses(b"\r\nFrom: body@x.test\r\n") == []  # no header at all

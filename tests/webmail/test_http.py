@@ -108,7 +108,7 @@ def test_security_headers_and_https_redirect(tmp_path):
         plain = Client(srv, "http")
         r, _ = plain.get("/m/1?page=2")
         assert r.status == 301
-        assert r.headers["Location"] == f"https://127.0.0.1:{srv.port('https')}/m/1?page=2"
+        assert r.headers["Location"] == f"https://mail.example.test:{srv.port('https')}/m/1?page=2"
         r, _ = plain.get("/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=alice%40example.test")
         assert r.status == 200 and r.headers["Content-Type"].startswith("application/xml")
         r, _ = plain.request("POST", "/AutoDiscover/AutoDiscover.xml", b"<x/>", {"Content-Type": "text/xml"})
@@ -118,21 +118,24 @@ def test_security_headers_and_https_redirect(tmp_path):
         assert r.headers["Location"] == f"https://mail.example.test:{srv.port('https')}/x"
 
 
-def test_https_redirect_never_goes_to_a_host_we_do_not_serve(tmp_path):
-    """The http->https redirect takes the Host header only when it names us: our host name, an autoconfig or
-    autodiscover name of a configured domain, or the address the client connected to; anything else (an attacker's
-    name in Host) gets our own host name."""
+def test_https_redirect_goes_to_the_configured_host_name_only(tmp_path):
+    """The http->https redirect never takes the Host header: an attacker's name, one of the names we also serve,
+    an address, a malformed or a missing Host all get our configured host name (whose certificate the https
+    listener presents)."""
     with running_server(tmp_path, listeners=("http", "https")) as srv:
         plain = Client(srv, "http")
         port = srv.port("https")
-        for asked, expected in [("evil.test", "mail.example.test"), ("evil.test:80", "mail.example.test"),
-                                ("mail.example.test", "mail.example.test"),
-                                ("autoconfig.example.test", "autoconfig.example.test"),
-                                ("autoconfig.evil.test", "mail.example.test"), ("127.0.0.1", "127.0.0.1"),
-                                ("127.0.0.2", "mail.example.test"), ("", "mail.example.test")]:
-            r, _ = plain.get("/inbox", headers={"Host": asked})
+        for asked in ("evil.test", "evil.test:80", "mail.example.test", "autoconfig.example.test",
+                      "autoconfig.evil.test", "127.0.0.1", f"127.0.0.1:{srv.port('http')}", "127.0.0.2", "[::1]",
+                      "evil.test/@x", "evil.test\\", "", "MAIL.EXAMPLE.TEST."):
+            r, _ = plain.get("/inbox?x=1", headers={"Host": asked})
             assert r.status == 301
-            assert r.headers["Location"] == f"https://{expected}:{port}/inbox", asked
+            assert r.headers["Location"] == f"https://mail.example.test:{port}/inbox?x=1", asked
+        # A request-target that is not a path (absolute form, "//host") cannot steer it either.
+        r, _ = plain.get("//evil.test/x")
+        assert r.headers["Location"] == f"https://mail.example.test:{port}/"
+        r, _ = plain.get("http://evil.test/x")
+        assert r.headers["Location"] == f"https://mail.example.test:{port}/"
 
 
 def test_login_session_fixation_and_cookie_flags(tmp_path):
@@ -306,7 +309,7 @@ def test_subject_with_characters_the_header_writer_refuses_is_a_form_error(tmp_p
         c = Client(srv)
         c.login()
         token = c.csrf("/compose")
-        for action in ("send", "draft"):
+        for action in ("send", "save"):  # "save" is the Save draft button
             r, page = c.post("/compose", {"_csrf": token, "action": action, "from": ALICE, "to": BOB,
                                           "subject": subject, "body": "x"})
             assert r.status == 400, action
@@ -314,6 +317,55 @@ def test_subject_with_characters_the_header_writer_refuses_is_a_form_error(tmp_p
         acct = srv.store.get_account(ALICE)
         assert srv.store.get_mailbox(acct.id, "Sent").message_count == 0
         assert srv.store.get_mailbox(acct.id, "Drafts").message_count == 0
+
+
+def _multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body as browsers send it (file names as raw UTF-8 in the quoted string)."""
+    boundary = "----formboundary7MA4YWxkTrZu0gW"
+    out = b""
+    for k, v in fields.items():
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n').encode()
+    for name, data in files:
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="attach"; filename="{name}"\r\n'
+                f"Content-Type: text/plain\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+REFUSED_BY_THE_HEADER_WRITER = ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029", "\x1b", "\x00"]
+
+
+@pytest.mark.parametrize("char", REFUSED_BY_THE_HEADER_WRITER)
+def test_recipients_names_and_file_names_with_characters_the_header_writer_refuses(tmp_path, char):
+    """Not only the subject: a To, Cc or Bcc display name with VT, U+2028 and the like is a form error for send and
+    for a draft; a display name in the settings is refused when saved (it would break every later send); an
+    uploaded file's name loses such characters and the message goes out. Never an HTTP 500."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        _setup(srv)
+        c = Client(srv)
+        c.login()
+        token = c.csrf("/compose")
+        acct = srv.store.get_account(ALICE)
+        for field in ("to", "cc", "bcc"):
+            for action in ("send", "save"):
+                fields = {"_csrf": token, "action": action, "from": ALICE, "to": BOB, "subject": "s", "body": "x",
+                          field: f"Bob{char}Smith <{BOB}>"}
+                r, page = c.post("/compose", fields)
+                assert r.status == 400, (field, action)
+                assert f"{field.capitalize()} must not contain".encode() in page, (field, action)
+        assert srv.store.get_mailbox(acct.id, "Sent").message_count == 0
+        assert srv.store.get_mailbox(acct.id, "Drafts").message_count == 0
+        for op, extra in (("profile", {"display_name": f"Alice{char}A", "signature": "s"}),
+                          ("identity", {"address": ALICE, "name": f"Alice{char}A", "signature": "s"})):
+            r, _ = c.post("/settings", {"_csrf": token, "op": op, **extra})
+            assert r.status == 400, op
+        assert srv.store.get_account(ALICE).display_name == ""
+        body, ctype = _multipart({"_csrf": token, "action": "send", "from": ALICE, "to": BOB, "subject": "file",
+                                  "body": "attached"}, [(f"re{char}port\u202e.txt", b"hello")])
+        r, _ = c.request("POST", "/compose", body, {"Content-Type": ctype})
+        assert r.status == 303
+        (sent,) = srv.store.get_messages(srv.store.get_mailbox(acct.id, "Sent").id, [1])
+        raw = srv.store.read_blob(sent.blob_id)
+        assert b'filename="report.txt"' in raw, raw
 
 
 def test_sessions_survive_restart_and_expire(tmp_path):
@@ -527,6 +579,42 @@ def test_bidi_controls_in_attachment_names_are_removed(tmp_path):
         assert "%E2%80%AE" not in r.headers["Content-Disposition"].upper()
 
 
+def test_bidi_controls_in_every_attachment_name_shown(tmp_path):
+    """Every other place an attachment name is shown or downloaded: an attached message named after its subject
+    (reader list and download), the forward-as-attachment and forward pages of a message whose subject carries
+    U+202E (its .eml name), and the source download named after the subject."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        srv.add_user(ALICE, PW)
+        srv.deliver(ALICE, b"From: x@example.org\r\nTo: alice@example.test\r\n"
+                           b"Subject: =?utf-8?q?invoice=E2=80=AEfdp.exe?=\r\nMIME-Version: 1.0\r\n"
+                           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+                           b"see attached\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n"
+                           b"Subject: =?utf-8?q?report=E2=81=A6gpj.exe?=\r\nFrom: y@example.org\r\n\r\ninner\r\n"
+                           b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+                           b"filename*=utf-8''data%E2%80%8F%E2%80%AE.bin\r\n\r\nMZ\r\n--b--\r\n")
+        inbox = srv.store.get_mailbox(srv.store.get_account(ALICE).id, "INBOX")
+        bidi = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+        c = Client(srv)
+        c.login(ALICE)
+        r, page = c.get(f"/m/{inbox.id}/1")
+        listed = page[page.index(b'class="attachments"'):].decode()
+        assert "reportgpj.exe.eml" in listed and "data.bin" in listed
+        assert not bidi.search(listed)
+        for link in re.findall(r'href="(/m/\d+/1/part/\d+)"', listed):
+            r, _ = c.get(link)
+            cd = r.headers["Content-Disposition"]
+            assert "%E2%80%AE" not in cd.upper() and "%E2%81%A6" not in cd.upper() and "%E2%80%8F" not in cd.upper()
+            assert "reportgpj.exe.eml" in cd or "data.bin" in cd, cd
+        for mode in ("forward_att", "forward"):
+            r, page = c.get(f"/compose?reply={inbox.id}:1&mode={mode}")
+            assert r.status == 200
+            kept = "".join(re.findall(r'<label><input type="checkbox" name="keep"[^\n]*', page.decode()))
+            assert kept and not bidi.search(kept), (mode, kept)
+        assert b"invoicefdp.exe.eml" in c.get(f"/compose?reply={inbox.id}:1&mode=forward_att")[1]
+        r, _ = c.get(f"/m/{inbox.id}/1/source?download=1")
+        assert "invoicefdp.exe.eml" in r.headers["Content-Disposition"]
+
+
 @pytest.mark.parametrize("query", ["/%09/evil.test/", "/%0D%0A/evil.test", "%20//evil.test/", "/%5Cevil.test/",
                                    "%5C%5Cevil.test/", "https://evil.test/", "//evil.test", "/%09%09/evil.test"])
 def test_login_next_never_leaves_the_site(tmp_path, query):
@@ -585,3 +673,69 @@ def test_a_cross_site_link_to_a_message_does_not_mark_it_read(tmp_path):
             assert r.status == 200 and not seen(), site
         r, _ = c.get(f"/m/{inbox.id}/1", headers={"Sec-Fetch-Site": "same-origin"})
         assert r.status == 200 and seen()
+        r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": c.csrf(), "action": "unread", "uid": "1"},
+                      headers={"Sec-Fetch-Site": "same-origin"})
+        assert r.status == 303 and not seen()
+        for path in ("/source", "/part/1", "/html/1"):  # the reader's other GETs never mark anything read
+            c.get(f"/m/{inbox.id}/1{path}", headers={"Sec-Fetch-Site": "cross-site"})
+        assert not seen()
+        r, _ = c.get(f"/m/{inbox.id}/1", headers={"Sec-Fetch-Site": "none"})  # a typed address, a bookmark
+        assert r.status == 200 and seen()
+
+
+def test_without_fetch_metadata_the_reader_page_marks_read_by_a_same_origin_post(tmp_path):
+    """A browser that sends no Sec-Fetch-Site (Safari before 16.4) cannot say where the GET came from: the GET
+    marks nothing, and the page it shows carries the form our script posts (with the CSRF token) to mark it."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        inbox, _ = _setup(srv)
+        c = Client(srv)
+        c.login()
+
+        def seen() -> bool:
+            (m,) = srv.store.get_messages(inbox.id, [1])
+            return bool(m.flags & FLAG_SEEN)
+
+        r, page = c.get(f"/m/{inbox.id}/1")
+        assert r.status == 200 and not seen()
+        assert b'id="mark-seen"' in page and b'name="action" value="read"' in page
+        r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": c.csrf(), "action": "read", "uid": "1"})
+        assert r.status == 303 and seen()
+        r, page = c.get(f"/m/{inbox.id}/1")  # already read: nothing left to post
+        assert b'id="mark-seen"' not in page
+        r, js = c.get("/static/app.js")
+        assert b"#mark-seen" in js
+
+
+@pytest.mark.parametrize("back", ["/%09/evil.test/", "/%0D%0A/evil.test", "%20//evil.test/", "/%5Cevil.test/",
+                                  "%5C%5Cevil.test/", "https://evil.test/", "//evil.test", "/%09%09/evil.test",
+                                  "%0B//evil.test", "javascript:alert(1)", "/%5C/evil.test"])
+def test_bulk_action_back_never_leaves_the_site(tmp_path, back):
+    """The bulk actions' back= (where the list goes after moving or marking) is judged like ?next=: anything a
+    browser would read as another site lands on the mailbox's own list, with and without messages to act on."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        inbox, _ = _setup(srv)
+        c = Client(srv)
+        c.login()
+        token = c.csrf()
+        for uids in ([], ["1"]):
+            r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": token, "action": "read", "uid": uids,
+                                                    "back": urllib.parse.unquote(back)})
+            assert r.status == 303, uids
+            assert r.headers["Location"] == f"/m/{inbox.id}", (back, uids)
+
+
+def test_redirect_targets_of_this_site_are_kept(tmp_path):
+    """A local next= or back= is kept as it came (query included, non-ASCII too), so the protection above does
+    not cost the user their place."""
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        inbox, _ = _setup(srv)
+        c = Client(srv)
+        c.login()
+        token = c.csrf()
+        for target in (f"/m/{inbox.id}?page=2&sort=from", "/search?q=gr%C3%BC%C3%9Fe", "/folders"):
+            r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": token, "action": "read", "uid": "1", "back": target})
+            assert (r.status, r.headers["Location"]) == (303, target)
+        r, page = Client(srv).get("/login?next=" + urllib.parse.quote(f"/m/{inbox.id}?page=2", safe=""))
+        assert f'name="next" value="/m/{inbox.id}?page=2"'.encode() in page.replace(b"&amp;", b"&")
+        r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": token, "action": "read", "uid": "1", "back": "/grüße"})
+        assert r.status == 303  # a non-ASCII path is no server error

@@ -116,3 +116,56 @@ def test_header_deadline_applies_on_https(tmp_path, name):
         except (ConnectionResetError, ssl.SSLError):
             pass
         s.close()
+
+
+@pytest.mark.parametrize("name", ["http", "https"])
+def test_slowloris_from_one_address_while_a_normal_client_signs_in(tmp_path, name):
+    """An attacker (127.0.0.2) fills its per-address cap with connections that trickle header bytes and keeps
+    opening more: the ones over the cap are aborted at once, the others at limits.http_header_timeout after they
+    opened however often they send (a task.Clock stands in for time); meanwhile a normal client signs in to the
+    webmail within a second, on http and on https."""
+    import ssl
+
+    from tests.logins import assert_logs_in_promptly, tls_context
+
+    cap, tls = 20, name == "https"
+    with running_server(tmp_path, listeners=(name,), limits={"http_max_connections_per_ip": cap}) as srv:
+        srv.add_user("alice@example.test", "secret")
+        clock = task.Clock()
+        _site(srv, name).clock = clock  # header deadlines
+        next(lst.factory for lst in srv.server.listening if lst.name == name).clock = clock  # TLS handshakes
+        port = srv.port(name)
+
+        def connect() -> socket.socket:
+            s = socket.socket()
+            s.settimeout(10)
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", port))
+            return tls_context().wrap_socket(s) if tls else s
+
+        slow = [connect() for _ in range(cap)]
+        for s in slow:
+            s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        srv.wait_for(lambda: srv.server_sessions("http") == cap)
+        refused = 0
+        for _ in range(10):
+            try:
+                extra = connect()
+                extra.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                refused += _closed(extra)
+                extra.close()
+            except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
+                refused += 1  # aborted before or during the handshake
+        assert refused == 10
+        timeout = srv.config.limits.http_header_timeout
+        for _ in range(3):
+            srv.call(clock.advance, timeout / 4)
+            for s in slow:
+                s.sendall(b"X-Slow: 1\r\n")
+            assert_logs_in_promptly("webmail", port, "alice@example.test", "secret", tls=tls)
+        srv.call(clock.advance, timeout / 4 + 1)
+        assert all(_closed(s) for s in slow)
+        for s in slow:
+            s.close()
+        srv.wait_for(lambda: srv.server_sessions("http") == 0)
+        assert_logs_in_promptly("webmail", port, "alice@example.test", "secret", source="127.0.0.2", tls=tls)

@@ -10,6 +10,11 @@
     if (b && !window.confirm(b.getAttribute("data-confirm"))) e.preventDefault();
   });
 
+  // Mark the message read when the reader page could not tell where its GET came from (no Fetch Metadata).
+  const markSeen = $("#mark-seen");
+  if (markSeen) fetch(markSeen.action, { method: "POST", body: new URLSearchParams(new FormData(markSeen)),
+                                         credentials: "same-origin", redirect: "manual" }).catch(() => {});
+
   // Select all.
   document.addEventListener("change", (e) => {
     if (e.target.id === "select-all") $$("#message-list input[name=uid]").forEach((c) => { c.checked = e.target.checked; });
@@ -105,4 +110,30 @@
     }
     if (!pending) pending = setTimeout(refresh, 150);
   });
+  // Filters: the header-name box only for "header" conditions, the comparisons that fit the field.
+  function fitCondition(row) {
+    const field = $("select[name$=_field]", row);
+    if (!field) return;
+    const size = field.value === "size";
+    const header = $("input[name$=_header]", row);
+    if (header) header.hidden = field.value !== "header";
+    const op = $("select[name$=_op]", row);
+    if (!op) return;
+    Array.from(op.options).forEach((o) => { o.hidden = size !== (o.value === "over" || o.value === "under"); });
+    if (op.selectedOptions[0] && op.selectedOptions[0].hidden) op.value = size ? "over" : "contains";
+  }
+  $$(".filters .cond").forEach(fitCondition);
+  document.addEventListener("change", (e) => {
+    const row = e.target.closest(".filters .cond");
+    if (row && e.target.matches("select[name$=_field]")) fitCondition(row);
+  });
+  // Raw Sieve: put the cursor on the line the error names.
+  const script = $("textarea[data-error-line]");
+  if (script) {
+    const line = parseInt(script.getAttribute("data-error-line"), 10);
+    const lines = script.value.split("\n");
+    const at = lines.slice(0, Math.max(0, line - 1)).reduce((n, l) => n + l.length + 1, 0);
+    script.focus();
+    script.setSelectionRange(at, at + (lines[line - 1] || "").length);
+  }
 })();

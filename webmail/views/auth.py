@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 
+from mailserver.login import classify
 from webmail import web
 from webmail.sessions import csrf_equal
 from webmail.views.common import inbox, mailboxes
@@ -54,6 +55,8 @@ async def login(ctx) -> web.Response:
     if not username or not password or len(username) > MAX_LOGIN_FIELD or len(password) > MAX_LOGIN_FIELD:
         return await login_page(ctx, "Enter your address and password.", 400, username[:320])
     result = await ctx.services.auth.authenticate(username, password, ctx.client_ip)
+    if ctx.services.auth.observer is not None:
+        ctx.services.auth.observer("webmail", classify(result), result.reason)
     if not result.ok:
         msg = {"throttled": "Too many failed attempts. Please wait a while and try again.",
                "disabled": "This account is disabled."}.get(result.reason, "Wrong address or password.")

@@ -133,7 +133,8 @@ async def _load_reply(ctx, state: ComposeState, ref: str, mode: str, own: set[st
     else:
         state.subject = cm.forward_subject(msg.subject)
         if mode == "forward_att":
-            state.keep.append((f"{box.id}:{msg.uid}:msg", (msg.subject or "message")[:80] + ".eml", msg.size))
+            name = mv.display_filename((msg.subject or "")[:80]) or "message"  # no bidi controls in a file name
+            state.keep.append((f"{box.id}:{msg.uid}:msg", name + ".eml", msg.size))
             state.body = ""
         else:
             headers = [("From", author), ("Date", decode_header_text(env[0] or "")),
@@ -181,7 +182,8 @@ async def _resolve_keep(ctx, refs: list[str]) -> list[cm.FileAttachment | cm.Mes
         box, msg = await open_message(ctx, parts[0], parts[1], Rights.READ)
         raw = await ctx.astore.read_blob(msg.blob_id)
         if parts[2] == "msg":
-            out.append(cm.MessageAttachment((msg.subject or "message")[:80] + ".eml", raw))
+            out.append(cm.MessageAttachment((mv.display_filename((msg.subject or "")[:80]) or "message") + ".eml",
+                                            raw))
             continue
         bs = json.loads(msg.bodystructure) if msg.bodystructure else mv.parse_structure(raw)
         nodes = mv.numbered(bs)

@@ -51,12 +51,18 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
         for b in view.bodies:
             if b.kind == "html" and _REMOTE_IMG.search(mv.decode_part_text(raw, nodes[b.part])):
                 remote_blocked = True
-    # Opening a message marks it read (RFC 4314 4: only with "s"), but not when the browser says the GET came from
-    # another site (Fetch Metadata): a SameSite=Lax cookie rides along on a cross-site link, and a page elsewhere
-    # must not be able to mark our user's mail as read.
-    cross_site = ctx.header("sec-fetch-site") in ("cross-site", "same-site")
-    if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box) and not cross_site:
-        await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN)
+    # Opening a message marks it read (RFC 4314 4: only with "s"), but only when the browser says the GET came from
+    # our own pages or a typed address (Fetch Metadata): a SameSite=Lax cookie rides along on a cross-site link, and
+    # a page elsewhere must not be able to mark our user's mail as read. A browser that sends no Sec-Fetch-Site
+    # cannot tell us: the page it shows marks the message read itself, by a same-origin POST from our script (a
+    # cross-site <img> or hidden frame runs no script of ours; framing by another site is refused).
+    site = ctx.header("sec-fetch-site") or ""
+    mark_by_script = False
+    if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box):
+        if site in ("same-origin", "none"):
+            await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN)
+        elif not site:
+            mark_by_script = True
     mbs = await mailboxes(ctx)
     thread = await ctx.astore.conversation(ctx.account_id, msg)
     names = {m.id: m.name for m in mbs}
@@ -68,7 +74,7 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
     return ctx.render("read.html", mailbox=box, msg=msg, view=view, attachments=attachments,
                       allow_remote=allow_remote, remote_blocked=remote_blocked, prefer_text=prefer_text,
                       thread=thread if len(thread) > 1 else [], mailbox_names=names, reply_to=reply_to,
-                      folders=folder_tree(mbs), current_id=box.id,
+                      folders=folder_tree(mbs), current_id=box.id, mark_by_script=mark_by_script,
                       move_targets=[r for r in folder_tree(mbs) if r.mailbox.id != box.id],
                       title=msg.subject or "(no subject)")
 
@@ -120,13 +126,12 @@ async def download(ctx, mb: str, uid: str, part: str) -> web.Response:
     if "children" in node:
         raise web.NotFoundError()
     data = await ctx.astore.read_blob(msg.blob_id, node["body_start"], node["body_end"])
+    name = mv.attachment_name(node, int(part))  # as the reader lists it
     if "body" in node:
         ctype = "message/rfc822"
-        name = mv.display_filename(mv.part_filename(node) or "") or "message.eml"
     else:
         data = mv.decode_transfer(data, node.get("encoding"))
         ctype = mv.ctype(node)
-        name = mv.display_filename(mv.part_filename(node) or "") or f"part-{part}"
     sent_type = ctype if ctype in SAFE_DOWNLOAD_TYPES else "application/octet-stream"
     return web.Response(200, data, sent_type, csp=DOWNLOAD_CSP,
                         headers=[("Content-Disposition", web.content_disposition("attachment", name))])
@@ -153,7 +158,7 @@ async def source(ctx, mb: str, uid: str) -> web.Response:
     box, msg = await open_message(ctx, mb, uid, Rights.READ)
     raw = await ctx.astore.read_blob(msg.blob_id)
     if ctx.arg("download") == "1":
-        name = (msg.subject or "message")[:80] + ".eml"
+        name = (mv.display_filename((msg.subject or "")[:80]) or "message") + ".eml"
         return web.Response(200, raw, "message/rfc822", csp=DOWNLOAD_CSP,
                             headers=[("Content-Disposition", web.content_disposition("attachment", name))])
     return web.Response(200, raw, "text/plain; charset=utf-8", csp=DOWNLOAD_CSP)

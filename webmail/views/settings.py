@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from webmail import compose as cm
 from webmail import web
 from webmail.views.common import folder_tree, mailboxes
 
@@ -22,8 +23,13 @@ async def settings_page(ctx, error: str = "", notice: str = "", status: int = 20
 
 
 def _text(value: str, limit: int, what: str) -> str:
-    if any(c in value for c in "\r\n\0") and what != "signature":
-        raise web.BadRequest(f"{what} must be one line")
+    if what != "signature":
+        # A name becomes a From: display name: whatever the header writer refuses (VT, U+2028, ...) is refused
+        # here, not at every later send.
+        try:
+            cm.check_header_text(value, what)
+        except cm.ComposeError as e:
+            raise web.BadRequest(str(e)) from None
     if len(value) > limit:
         raise web.BadRequest(f"{what} is too long")
     return value.replace("\0", "")

@@ -12,10 +12,12 @@ _static_cache: dict[str, bytes] = {}
 
 
 def server_entries(services) -> list[ac.ServerEntry]:
-    """The client listeners this server really runs (bound ports), else as configured."""
+    """The client listeners this server really runs (bound ports), else as configured.  Proxied listeners are left
+    out: clients reach them on the load balancer's ports, which this server does not know."""
     ports: dict[str, list[int]] = {}
     for lst in services.listeners():
-        ports.setdefault(lst.name, []).append(lst.port)
+        if not lst.proxied:
+            ports.setdefault(lst.name, []).append(lst.port)
     if not ports:
         for name, addr in services.config.listen.items():
             ports.setdefault(name, []).append(addr.port)

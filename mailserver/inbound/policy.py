@@ -1,0 +1,316 @@
+"""One score, one policy: the message's spam score card and the thresholds that turn its total into an action.
+
+Every spam check adds named, weighted symbols to the message's :class:`ScoreCard` (one per message, kept in
+``MessageInfo.memo``: a check runs once per message however many recipients it has).  The :class:`SpamPolicy`
+stage, registered after every scorer, then decides *per recipient*, because each recipient's domain (and account)
+may have its own :class:`Thresholds` (``[antispam.account."a@x"]`` -> ``[antispam.domain."x"]`` -> ``[antispam]``):
+
+===========  ==========================================================================================
+action       what the recipient's copy gets
+===========  ==========================================================================================
+accept       ``X-Spam-Score`` and ``X-Spam-Symbols`` (the "why") when anything scored it
+tag          the same and ``X-Spam: yes``
+junk         tagged, delivered to Junk with the keyword ``$Junk``
+quarantine   until quarantine exists: as junk (Junk, ``$Junk``)
+defer        451 4.7.1 (the sending server retries; rspamd's "greylist" and "soft reject")
+refuse       550 5.7.1 at the end of DATA: refusing beats accepting and bouncing (no backscatter)
+===========  ==========================================================================================
+
+An engine may also decide itself (:meth:`ScoreCard.force`): rspamd's "reject" is a refusal whatever our
+thresholds say, "soft reject"/"greylist" a deferral, "add header"/"rewrite subject" at least a tag; the action is
+the more severe of the engine's and the thresholds'.  A threshold refusal that would refuse some recipients of a
+message while others accept it is turned into quarantine for those (a partial refusal after DATA means a failure
+report to the envelope sender, which for spam is backscatter).  A scorer that could not run marks the card
+unchecked (``X-Spam-Status: unchecked``) or defers the message itself, as its ``on_error`` says.
+
+Authenticated submission, trusted networks and mail without a client (reports, imports, APPEND) are not
+spam-scored (:func:`spam_exempt`); the virus scan (``inbound/clamd.py``) does not depend on this.
+
+Our fields go at the top of the copy, above our Received field; a sender's own ``X-Spam:`` lines stay below it
+(the message is stored byte-exact), so whoever reads these fields (a filter, a client rule) must take the first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+
+from mailserver.delivery.stages import MessageInfo, Target, Verdict
+
+ACCEPT, TAG, JUNK, QUARANTINE, DEFER, REFUSE = "accept", "tag", "junk", "quarantine", "defer", "refuse"
+#: Actions from the mildest to the most severe: of two, the later one wins.
+SEVERITY = (ACCEPT, TAG, JUNK, QUARANTINE, DEFER, REFUSE)
+
+JUNK_MAILBOX = "Junk"
+JUNK_KEYWORD = "$Junk"
+#: Most symbols a card keeps, and the longest name and detail kept of each (an engine's reply is not trusted).
+MAX_SYMBOLS = 256
+MAX_SYMBOL_NAME = 64
+MAX_SYMBOL_DETAIL = 200
+#: The longest X-Spam-Symbols value (folded over several lines); symbols past it are left out ("...").
+MAX_SYMBOLS_HEADER = 1500
+#: The longest reason text put into an SMTP reply.
+MAX_REPLY_TEXT = 200
+
+_CARD = "spam-scorecard"
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+_TEXT_BAD = re.compile(r"[^\x20-\x7e]")
+
+
+def clean_name(name: str) -> str:
+    """A symbol name safe in a header: letters, digits, ``_.-`` only, at most MAX_SYMBOL_NAME characters."""
+    return _NAME_BAD.sub("_", str(name))[:MAX_SYMBOL_NAME] or "_"
+
+
+def clean_text(text: str, limit: int = MAX_REPLY_TEXT) -> str:
+    """Printable ASCII on one line (an SMTP reply or a header value), at most ``limit`` characters."""
+    return _TEXT_BAD.sub("?", str(text))[:limit].strip()
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One named reason of the score: its weight and what it saw (e.g. rspamd's options)."""
+
+    name: str
+    weight: float
+    detail: str = ""
+    source: str = ""  # the check that added it ("rspamd", ...)
+    counted: bool = True  # False: already part of an engine's score (ScoreCard.engine_score)
+
+
+@dataclass
+class ScoreCard:
+    """The spam facts of one message: symbols with weights, an engine's own decision, checks that could not run."""
+
+    symbols: list[Symbol] = field(default_factory=list)
+    #: An engine's own decision (action, text): rspamd's reject -> REFUSE, soft reject -> DEFER, add header -> TAG.
+    forced: tuple[str, str] | None = None
+    #: A score reported by an engine that weighs its own symbols (rspamd): the total is this plus our symbols.
+    engine_score: float | None = None
+    scored: bool = False
+    unchecked: list[str] = field(default_factory=list)  # which scorers could not run
+
+    def add(self, name: str, weight: float, detail: str = "", source: str = "") -> None:
+        if len(self.symbols) < MAX_SYMBOLS and math.isfinite(weight):
+            self.symbols.append(Symbol(clean_name(name), float(weight), clean_text(detail, MAX_SYMBOL_DETAIL),
+                                       source))
+        self.scored = True
+
+    def set_engine_score(self, score: float, symbols: list[Symbol]) -> None:
+        """An engine's total and the symbols it is made of (kept for the "why", not added again)."""
+        self.engine_score = (self.engine_score or 0.0) + score
+        for s in symbols[: MAX_SYMBOLS - len(self.symbols)]:
+            self.symbols.append(Symbol(clean_name(s.name), s.weight, clean_text(s.detail, MAX_SYMBOL_DETAIL),
+                                       s.source, counted=False))
+        self.scored = True
+
+    def force(self, action: str, text: str = "") -> None:
+        """An engine's own decision; of several, the most severe stays."""
+        if action not in SEVERITY:
+            raise ValueError(f"unknown action {action!r}")
+        if self.forced is None or SEVERITY.index(action) > SEVERITY.index(self.forced[0]):
+            self.forced = (action, clean_text(text))
+
+    def mark_unchecked(self, scorer: str) -> None:
+        self.unchecked.append(scorer)
+
+    @property
+    def own_total(self) -> float:
+        """The symbols that no engine's score includes."""
+        return sum(s.weight for s in self.symbols if s.counted)
+
+    @property
+    def total(self) -> float:
+        return (self.engine_score or 0.0) + self.own_total
+
+    @property
+    def empty(self) -> bool:
+        return not self.scored and not self.unchecked and self.forced is None
+
+    def symbols_text(self) -> str:
+        """The symbols that weigh something, heaviest first: ``"GTUBE(15.00) R_SPF_FAIL(1.00)"``."""
+        weighty = sorted((s for s in self.symbols if s.weight), key=lambda s: (-abs(s.weight), s.name))
+        out, length = [], 0
+        for s in weighty:
+            item = f"{s.name}({s.weight:.2f})"
+            if length + len(item) + 1 > MAX_SYMBOLS_HEADER:
+                out.append("...")
+                break
+            out.append(item)
+            length += len(item) + 1
+        return " ".join(out)
+
+    def top(self, n: int = 3) -> str:
+        """The names of the ``n`` heaviest symbols (for a reply text)."""
+        weighty = sorted((s for s in self.symbols if s.weight > 0), key=lambda s: (-s.weight, s.name))
+        return ", ".join(s.name for s in weighty[:n])
+
+
+def scorecard(message: MessageInfo) -> ScoreCard:
+    """The message's one score card (made on first use)."""
+    card = message.memo.get(_CARD)
+    if card is None:
+        card = message.memo[_CARD] = ScoreCard()
+    return card
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Scores at or above which each action is taken; 0 = that action is off."""
+
+    tag: float = 5.0
+    junk: float = 6.0
+    quarantine: float = 0.0
+    refuse: float = 15.0
+
+    def action_for(self, total: float) -> str:
+        for action in (REFUSE, QUARANTINE, JUNK, TAG):
+            limit = getattr(self, action)
+            if limit > 0 and total >= limit:
+                return action
+        return ACCEPT
+
+
+def thresholds_for(cfg, address: str) -> Thresholds:
+    """The thresholds of a recipient: its account's, else its domain's, else ``[antispam]``'s, key by key."""
+    address = address.lower()
+    domain = address.rpartition("@")[2]
+    levels = [_entry(cfg.account, address), _entry(cfg.domain, domain)]
+    values = {}
+    for key in ("tag", "junk", "quarantine", "refuse"):
+        value = getattr(cfg, key)
+        for level in levels:
+            if level is not None and getattr(level, key) >= 0:
+                value = getattr(level, key)
+                break
+        values[key] = value
+    return Thresholds(**values)
+
+
+def _entry(table: dict, key: str):
+    """``table[key]``, the key compared without case (addresses and domains are configured as admins type them)."""
+    entry = table.get(key)
+    if entry is None:
+        for name, value in table.items():
+            if name.lower() == key:
+                return value
+    return entry
+
+
+def trusted_networks(cfg) -> list:
+    return [ipaddress.ip_network(n, strict=False) for n in cfg.smtp.trusted_networks]
+
+
+def spam_exempt(message: MessageInfo, networks) -> bool:
+    """Not spam-scored: mail without a client (reports, imports), authenticated submission, trusted networks."""
+    client = message.client
+    if client is None or client.submission or client.account_id is not None:
+        return True
+    try:
+        ip = ipaddress.ip_address(client.ip)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    total: float
+    text: str = ""
+    forced: bool = False  # the engine's own decision, not the thresholds'
+
+
+def decide(card: ScoreCard, thresholds: Thresholds) -> Decision:
+    """The action for one recipient: the more severe of the engine's own and the thresholds'."""
+    total = card.total
+    action = thresholds.action_for(total) if card.scored else ACCEPT
+    if card.forced is not None and SEVERITY.index(card.forced[0]) > SEVERITY.index(action):
+        return Decision(card.forced[0], total, card.forced[1], forced=True)
+    return Decision(action, total)
+
+
+def headers_for(card: ScoreCard, decision: Decision, *, symbols_header: bool) -> list[tuple[str, str]]:
+    """The fields a delivered copy gets."""
+    out = []
+    if card.unchecked:
+        out.append(("X-Spam-Status", "unchecked (" + " ".join(card.unchecked) + ")"))
+    if decision.action != ACCEPT:
+        out.append(("X-Spam", "yes"))
+    if card.scored:
+        out.append(("X-Spam-Score", f"{decision.total:.2f}"))
+        if symbols_header:
+            text = card.symbols_text()
+            if text:
+                out.append(("X-Spam-Symbols", _fold(text)))
+    return out
+
+
+def _fold(text: str, width: int = 76) -> str:
+    """Fold a header value of space-separated items (RFC 5322 2.2.3), lines under ``width`` characters."""
+    lines, line = [], ""
+    for item in text.split(" "):
+        if line and len(line) + 1 + len(item) > width:
+            lines.append(line)
+            line = item
+        else:
+            line = f"{line} {item}" if line else item
+    lines.append(line)
+    return "\r\n\t".join(lines)
+
+
+def verdict_for(card: ScoreCard, decision: Decision, *, symbols_header: bool) -> Verdict | None:
+    if decision.action == REFUSE:
+        why = decision.text or card.top()
+        return Verdict.refuse("5.7.1", clean_text(f"Message refused as spam ({why})" if why else
+                                                  "Message refused as spam"))
+    if decision.action == DEFER:
+        why = f" ({decision.text})" if decision.text else ""
+        return Verdict.defer("4.7.1", clean_text(f"Message deferred by the spam filter{why}, try again later"))
+    headers = headers_for(card, decision, symbols_header=symbols_header)
+    if decision.action in (JUNK, QUARANTINE):
+        # Quarantine comes in a later issue; until then a quarantined message goes to Junk as well.
+        return Verdict.tag(add_headers=headers, keywords=(JUNK_KEYWORD,), mailbox=JUNK_MAILBOX)
+    return Verdict.tag(add_headers=headers) if headers else None
+
+
+def final_addresses(message: MessageInfo) -> list[str]:
+    """Every final recipient of the message as routing saw it at RCPT (an alias's targets), else the envelope's."""
+    out: list[str] = []
+    for r in message.envelope.recipients if message.envelope is not None else ():
+        routes = getattr(r.route, "routes", None)
+        out += [route.address for route in routes] if routes else [r.address]
+    return out
+
+
+class SpamPolicy:
+    """The check stage that turns the message's score card into each recipient's verdict (registered after every
+    scorer).  It runs only where something scored the message (or could not)."""
+
+    name = "spam-policy"
+    exact_mailbox = False
+
+    def __init__(self, config):
+        self.config = config
+        self.antispam = config.antispam
+        self.networks = trusted_networks(config)
+
+    def applies(self, message: MessageInfo) -> bool:
+        if spam_exempt(message, self.networks):
+            return False
+        card = message.memo.get(_CARD)
+        return card is not None and not card.empty
+
+    def decision(self, card: ScoreCard, address: str) -> Decision:
+        return decide(card, thresholds_for(self.antispam, address))
+
+    def check(self, message: MessageInfo, target: Target) -> Verdict | None:
+        card = scorecard(message)
+        decision = self.decision(card, target.address)
+        if decision.action == REFUSE and not decision.forced:
+            # A threshold refusal of only some recipients would mean a failure report to a (forged) sender.
+            if any(self.decision(card, a).action != REFUSE for a in final_addresses(message)):
+                decision = Decision(QUARANTINE, decision.total)
+        return verdict_for(card, decision, symbols_header=self.antispam.symbols_header)

@@ -1,0 +1,4 @@
+# message: bounce.eml
+# from: alice@example.org
+# to: bob+work@example.net
+if header :contains "subject" "" { discard; }

@@ -1,0 +1,4 @@
+# message: mime.eml
+# from: alice@example.org
+# to: bob+work@example.net
+require "body"; if body :raw :contains "Gr=C3=BC" { discard; }

@@ -1,0 +1,4 @@
+# message: mime.eml
+# from: alice@example.org
+# to: bob+work@example.net
+require "body"; if body :content "text" :contains "Passwort" { discard; }

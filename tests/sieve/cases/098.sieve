@@ -1,0 +1,4 @@
+# message: spam.eml
+# from: alice@example.org
+# to: bob+work@example.net
+require "body"; if body :contains "http://" { discard; }

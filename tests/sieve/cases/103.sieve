@@ -1,0 +1,4 @@
+# message: plain.eml
+# from: alice@example.org
+# to: bob+work@example.net
+require ["variables", "fileinto"]; set :upper "a" "work"; fileinto "${a}";

@@ -1,0 +1,4 @@
+# message: plain.eml
+# from: alice@example.org
+# to: bob+work@example.net
+require ["relational", "comparator-i;ascii-numeric"]; if address :count "eq" :comparator "i;ascii-numeric" ["to", "cc"] "3" { discard; }
