@@ -259,6 +259,9 @@ class SenderAuthConfig:
 
 
 DMARC_ACTIONS = ("policy", "quarantine", "none")
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """``[proxy]``: the load balancers and reverse proxies we believe about the client's address."""
 
