@@ -142,6 +142,7 @@ def senderauth_server(tmp_path, keys: Keys, *, extra_zones=None, servfail=(), ha
     with ExitStack() as stack:
         dns = stack.enter_context(dns_server(zones(keys, extra_zones), hang=set(hang), servfail=set(servfail)))
         config.setdefault("dns", {"nameservers": [dns.address], "timeout": 2.0})
+        config["senderauth"] = {"enabled": True, **config.get("senderauth", {})}
         srv = stack.enter_context(harness.running_server(tmp_path / "server", listeners=("smtp",),
                                                          database_url=database_url, **config))
         for r in rcpts:

@@ -4,7 +4,6 @@ never a stalled reactor; the INSTREAM framing carries the stored message exactly
 
 from __future__ import annotations
 
-import re
 import smtplib
 import threading
 
@@ -166,11 +165,7 @@ def test_instream_carries_the_stored_message_exactly_in_chunks(tmp_path):
         (scanned,) = peer.received
         acct = s.store.get_account("bob@example.test")
         (m,) = s.store.get_messages(s.store.get_mailbox(acct.id, "INBOX").id, [1])
-        # The copy also carries our Authentication-Results (sender authentication adds it after the checks have
-        # read the stored message); the rest is exactly what clamd was sent.
-        stored = re.sub(rb"Authentication-Results: mail\.example\.test;\r\n(?:\t[^\r\n]*\r\n)*", b"",
-                        s.store.read_blob(m.blob_id), count=1)
-        assert scanned == stored
+        assert scanned == s.store.read_blob(m.blob_id)
         assert len(scanned) > 2 * CHUNK
 
 

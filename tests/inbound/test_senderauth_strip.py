@@ -114,7 +114,7 @@ def test_trusted_networks_and_submission_are_not_checked(tmp_path, keys):
         env.send(message(extra=forged), "bounce@other.test")  # would be refused by DMARC if checked
         assert auth_results(env.only()) == ["mail.example.test; spf=pass"]
         assert not any(name.endswith("sender.test") for name, _ in env.dns.queries)
-    with harness.running_server(tmp_path / "sub", listeners=("submission",)) as srv:
+    with harness.running_server(tmp_path / "sub", listeners=("submission",), senderauth={"enabled": True}) as srv:
         srv.add_user(RCPT, "pw")
         with smtplib.SMTP("127.0.0.1", srv.port("submission")) as c:
             c.login(RCPT, "pw")

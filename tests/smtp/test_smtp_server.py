@@ -91,10 +91,7 @@ def test_mx_delivers_with_trace_fields_and_a_second_session_sees_it_at_once(srv)
     lines = head.split(b"\r\n")
     assert lines[0] == b"Return-Path: <a@example.net>"
     assert lines[1] == b"Delivered-To: alice@example.test"
-    # Mail from outside on the MX port: our Authentication-Results (RFC 8601), folded one result per line.
-    assert lines[2] == b"Authentication-Results: mail.example.test;"
-    received = next(i for i in range(3, len(lines)) if not lines[i].startswith(b"\t"))
-    assert lines[received].startswith(b"Received: from client.example.net ([127.0.0.1])")
+    assert lines[2].startswith(b"Received: from client.example.net ([127.0.0.1])")
     assert b"by mail.example.test with ESMTP id" in head and b"for <alice@example.test>" in head
 
 
