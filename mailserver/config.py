@@ -28,6 +28,10 @@ LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", 
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
 
 
+#: Most worker processes ``[server] workers`` may ask for.
+MAX_WORKERS = 256
+
+
 class ConfigError(Exception):
     """A configuration problem; ``str()`` names the file, the key and what is wrong."""
 
@@ -296,7 +300,7 @@ class AntispamConfig:
     """``[antispam]``: the spam score and what it leads to (``mailserver/inbound/policy.py``).
 
     The thresholds are scores at or above which an action is taken (0 = that action is off): tag (``X-Spam: yes``),
-    junk (deliver to Junk with ``$Junk``), quarantine (until quarantine exists: as junk), refuse (550 5.7.1 at the
+    junk (deliver to Junk with ``$Junk``), quarantine (held, ``[quarantine]``), refuse (550 5.7.1 at the
     end of DATA)."""
 
     #: rspamd's scanner worker, e.g. "http://127.0.0.1:11333"; "" = no rspamd.
@@ -326,7 +330,7 @@ class AntivirusConfig:
     clamd: str = ""
     #: Seconds one scan may take.
     timeout: float = 60.0
-    #: A virus found: "refuse" (554 5.7.1 at the end of DATA) or "quarantine" (until quarantine exists: Junk).
+    #: A virus found: "refuse" (554 5.7.1 at the end of DATA) or "quarantine" (held: ``[quarantine]``).
     action: str = "refuse"
     #: clamd unreachable, too slow or answering nonsense: "tempfail" (451 4.7.0) or "accept" (tagged
     #: ``X-Virus-Status: unchecked``).
@@ -336,6 +340,36 @@ class AntivirusConfig:
     max_size: int = 25 * 1024 * 1024
     #: Also scan what IMAP APPEND, drafts, Sent copies and imports place into a mailbox.
     scan_append: bool = False
+
+
+@dataclass(frozen=True)
+class QuarantineDomain:
+    """``[quarantine.domain."example.org"]``: one domain's retention (-1 = ``[quarantine]``'s)."""
+
+    retention_days: float = -1.0
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    """``[quarantine]``: held copies (``storage/quarantine.py``; checks return ``Verdict.quarantine``)."""
+
+    #: Days a held copy is kept before the periodic collector removes it.
+    retention_days: float = 30.0
+    #: Most held copies per account (0 = no cap); past it a copy is delivered to Junk with ``$Junk`` instead.
+    max_per_account: int = 1000
+    #: Seconds between the digest runs (one mail per account with new held copies); 0 = no digests.
+    digest_interval: float = 86400.0
+    #: The webmail's public base URL for the digest's links, e.g. "https://mail.example.org"; "" = no links.
+    base_url: str = ""
+    domain: dict[str, QuarantineDomain] = field(default_factory=dict)
+
+    def retention_for(self, address: str) -> float:
+        """Seconds a copy held for ``address`` is kept."""
+        d = address.rpartition("@")[2].lower()
+        for name, entry in self.domain.items():
+            if name.lower() == d and entry.retention_days >= 0:
+                return entry.retention_days * 86400.0
+        return self.retention_days * 86400.0
 
 
 @dataclass(frozen=True)
@@ -400,10 +434,36 @@ class SieveConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: the processes of ``mailserver serve`` (mailserver/supervisor.py)."""
+
+    #: Worker processes, each a reactor on the listening sockets a supervisor opened once; 0 = one per CPU core,
+    #: 1 = everything in one process (no supervisor).
+    workers: int = 0
+    #: After binding the listeners (ports below 1024 need root), the supervisor and its workers run as this user
+    #: (and ``group``, by default the user's own); "" = stay who we are.
+    user: str = ""
+    group: str = ""
+    #: Seconds the cluster-wide jobs' lease (queue runner, blob collector: one process of the cluster runs them)
+    #: lasts unless renewed (every lease/3): how soon another worker takes over from one that died.
+    lease: float = 15.0
+
+    def worker_count(self) -> int:
+        """How many workers ``serve`` starts (``workers``, or the number of CPU cores for 0)."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: str
     database_url: str = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     listen_proxied: ProxiedListenConfig = field(default_factory=ProxiedListenConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
@@ -418,6 +478,7 @@ class Config:
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -572,6 +633,12 @@ def _validate(cfg: Config, source: str) -> None:
             err(f"proxy.trusted[{i}]", f"not a network: {net!r}")
     if cfg.listen_proxied.items() and not cfg.proxy.trusted:
         err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
+    if cfg.server.workers < 0 or cfg.server.workers > MAX_WORKERS:
+        err("server.workers", f"expected 0 (one per CPU core) to {MAX_WORKERS}")
+    if cfg.server.lease < 3:
+        err("server.lease", "must be at least 3 seconds (renewed every lease/3)")
+    if cfg.server.group and not cfg.server.user:
+        err("server.group", "needs server.user")
     if cfg.queue.lease < 3:
         err("queue.lease", "must be at least 3 seconds (renewed every lease/3)")
     if cfg.limits.proxy_header_timeout <= 0:
@@ -642,6 +709,12 @@ def _validate(cfg: Config, source: str) -> None:
         err("antispam.on_error", "expected \"accept\" or \"tempfail\"")
     if cfg.antivirus.on_error not in ("accept", "tempfail"):
         err("antivirus.on_error", "expected \"accept\" or \"tempfail\"")
+    if not cfg.quarantine.retention_days > 0:
+        err("quarantine.retention_days", "expected a number of days above 0")
+    if cfg.quarantine.max_per_account < 0:
+        err("quarantine.max_per_account", "expected 0 (no cap) or more")
+    if cfg.quarantine.digest_interval < 0:
+        err("quarantine.digest_interval", "expected 0 (off) or seconds")
     if cfg.antivirus.action not in ("refuse", "quarantine"):
         err("antivirus.action", "expected \"refuse\" or \"quarantine\"")
     if cfg.antivirus.clamd and not cfg.antivirus.clamd.startswith("/"):

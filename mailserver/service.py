@@ -2,7 +2,8 @@
 
 Start order: check that the storage fits the database (file blobs with PostgreSQL need a shared data_dir), open the
 store (engine, migrations, domains from the config), start the thread pools and the per-cluster state
-(:mod:`mailserver.clusterstate`: in process with SQLite, in the database with PostgreSQL), build the shared
+(:mod:`mailserver.clusterstate`: in process with SQLite, in the database with PostgreSQL or with several SQLite worker
+processes), build the shared
 authenticator and TLS context, then listen on every ``[listen]`` address.  A listener that cannot bind raises
 ``ListenError`` naming it, and nothing is left half-started.
 
@@ -52,6 +53,7 @@ from mailserver.proxied import ProxiedFactory
 from mailserver.proxywire import Networks
 from mailserver.services import BoundListener, ProcessState, Services
 from mailserver.threads import Pools, run_in
+from mailserver.workerspec import InheritedSocket, WorkerSpec
 from storage import migrate
 from storage.blobs import DatabaseBlobStore, FileBlobStore
 from storage.changes import ChangeHub
@@ -228,7 +230,12 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 
 class MailServer(MultiService):
-    def __init__(self, config: Config, reactor=None):
+    """One server process: every listener, the store, the pools.  ``worker`` (from the supervisor) makes it one of
+    several worker processes: it listens on the inherited sockets, keeps the per-cluster state where every worker
+    sees it, exchanges change events over the worker bus, and runs the queue and the blob collector only while it
+    holds the cluster's maintenance lease (:mod:`mailserver.leases`)."""
+
+    def __init__(self, config: Config, reactor=None, worker: WorkerSpec | None = None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -236,6 +243,7 @@ class MailServer(MultiService):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        self.worker = worker
         self.store: Store | None = None
         self.astore: AsyncStore | None = None
         self.hub = ChangeHub()
@@ -254,6 +262,8 @@ class MailServer(MultiService):
         self.queue_runner = None
         self.monitor = None
         self.pg_bridge = None
+        self.bus = None
+        self.lease = None
         self._gc = None
         #: Keyword arguments for the QueueRunner (tests map MX hosts to loopback ports this way).
         self.queue_options: dict[str, object] = {}
@@ -293,7 +303,7 @@ class MailServer(MultiService):
         sys.setswitchinterval(0.001)
         soft, hard = raise_open_files_limit()
         check_shared_storage(cfg)
-        self.store = open_store(cfg)
+        self.store = open_store(cfg, run_migrations=self.worker is None)  # the supervisor migrated once for all
         self.pools.start()
         self.monitor = self._make_monitor()
         self.astore = AsyncStore(self.reactor, self.store, self.pools, self.hub, max_batch=cfg.store.max_batch)
@@ -302,7 +312,18 @@ class MailServer(MultiService):
             from mailserver.clusterstate_pg import PgClusterState
 
             self.cluster = PgClusterState(self.reactor, self.store.engine, self.pools, cfg.limits)
+        elif self.worker is not None:
+            # Several worker processes on one SQLite file: the state lives in its tables.
+            from mailserver.clusterstate_sqlite import SqliteClusterState
+
+            self.cluster = SqliteClusterState(self.reactor, self.store, self.pools, cfg.limits, self.worker.holder)
         self.cluster.start()
+        if self.worker is not None:
+            from mailserver.bus import BusClient
+
+            self.bus = BusClient(self.reactor, self.worker.bus_path, self.hub, self.worker.holder,
+                                 on_kick=self._kicked, forward_changes=is_sqlite(cfg.db_url))
+            self.bus.start()
         if not is_sqlite(cfg.db_url):
             # Several processes may share this database: pass change events between them.
             from storage.pgnotify import PgNotifyBridge
@@ -320,25 +341,55 @@ class MailServer(MultiService):
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
         self.provided = self._make_services()
-        for name, address in cfg.listen.items():
-            self._listen(name, address)
-        for name, address in cfg.listen_proxied.items():
-            self._listen(name, address, proxied=True)
-        self._gc = task.LoopingCall(self._collect_blobs)
-        self._gc.clock = self.reactor
-        self._gc.start(cfg.store.gc_interval, now=False)
+        for i, (name, address) in enumerate(cfg.listen.items()):
+            self._listen(name, address, inherited=self._inherited("listen", i))
+        for i, (name, address) in enumerate(cfg.listen_proxied.items()):
+            self._listen(name, address, proxied=True, inherited=self._inherited("listen_proxied", i))
         self.monitor.start()
-        if cfg.queue.run:
-            from mailserver.delivery.queue import QueueRunner
+        if self.worker is None:
+            self._start_maintenance()
+        else:
+            from mailserver.leases import MAINTENANCE, ClusterLease
 
-            self.queue_runner = QueueRunner(self.provided, **self.queue_options)
-            self.queue_runner.start()
+            self.lease = ClusterLease(self.reactor, self.store, self.pools.db_write, MAINTENANCE,
+                                      holder=self.worker.holder, ttl=cfg.server.lease,
+                                      on_gain=self._start_maintenance, on_lose=self._stop_maintenance)
+            self.lease.start()
         self.started_at = time.time()
         log.info("open files limit {soft} (hard {hard})", soft=soft, hard=hard)
         for lst in self.listening:
             log.info("listening {name} on {address}{how}", name=lst.name,
                      address=str(ListenAddress(lst.address.host, lst.bound_port)),
                      how=" (PROXY protocol)" if lst.proxy is not None else "")
+
+    def _inherited(self, section: str, index: int):
+        return self.worker.socket_for(section, index) if self.worker is not None else None
+
+    def _start_maintenance(self) -> None:
+        """The periodic blob collector and (``[queue] run``) the queue runner: in every single process, and in the
+        one worker holding the maintenance lease."""
+        cfg = self.config
+        self._gc = task.LoopingCall(self._collect_blobs)
+        self._gc.clock = self.reactor
+        self._gc.start(cfg.store.gc_interval, now=False)
+        if cfg.queue.run:
+            from mailserver.delivery.queue import QueueRunner
+
+            self.queue_runner = QueueRunner(self.provided, **self.queue_options)
+            self.queue_runner.start()
+
+    @defer.inlineCallbacks
+    def _stop_maintenance(self):
+        if self._gc is not None and self._gc.running:
+            self._gc.stop()
+        runner, self.queue_runner = self.queue_runner, None
+        if runner is not None:
+            yield runner.stop()
+
+    def _kicked(self) -> None:
+        """Another worker queued outbound mail (the bus)."""
+        if self.queue_runner is not None:
+            self.queue_runner.kick()
 
     def _make_monitor(self):
         from mailserver.metrics import Monitor
@@ -352,6 +403,8 @@ class MailServer(MultiService):
     def _queue_alive(self) -> bool | None:
         if not self.config.queue.run:
             return None
+        if self.lease is not None and not self.lease.held:
+            return None  # another worker of the cluster runs the queue
         return self.queue_runner is not None and self.queue_runner.alive()
 
     def _make_services(self) -> Services:
@@ -364,7 +417,7 @@ class MailServer(MultiService):
         pipeline.add_transform(AuthResultsStripper(senderauth))
         resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
         pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
-        for stage in inbound_stages(self.reactor, self.config):  # virus scan, spam scorers, the spam policy
+        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules):  # virus scan, spam scorers, the spam policy
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
@@ -408,10 +461,11 @@ class MailServer(MultiService):
                              auth_config=self.config.auth, secret=self.secret,
                              failures=self.cluster.login_failures)
 
-    def _listen(self, name: str, address: ListenAddress, *, proxied: bool = False) -> None:
-        """Listen for ``name`` on ``address``.  A proxied listener reads the PROXY header first, in the clear, and
-        only then (on an implicit-TLS listener) the TLS handshake: TCP -> PROXY header -> TLS -> tracking ->
-        protocol."""
+    def _listen(self, name: str, address: ListenAddress, *, proxied: bool = False,
+                inherited: InheritedSocket | None = None) -> None:
+        """Listen for ``name`` on ``address`` (or on the ``inherited`` socket the supervisor bound there).  A proxied
+        listener reads the PROXY header first, in the clear, and only then (on an implicit-TLS listener) the TLS
+        handshake: TCP -> PROXY header -> TLS -> tracking -> protocol."""
         section = "listen_proxied" if proxied else "listen"
         module_name, func_name = LISTENERS[name].split(":")
         try:
@@ -429,6 +483,14 @@ class MailServer(MultiService):
                 inner = TLSMemoryBIOFactory(self.tls, False, wrapper) if name in IMPLICIT_TLS else wrapper
                 proxy = ProxiedFactory(inner, name=f"{section}.{name}", trusted=Networks(self.config.proxy.trusted),
                                        clock=self.reactor, header_timeout=self.config.limits.proxy_header_timeout)
+                outer = proxy
+            else:
+                outer = TLSMemoryBIOFactory(self.tls, False, wrapper) if name in IMPLICIT_TLS else wrapper
+            if inherited is not None:
+                # The supervisor bound and listens on it; the reactor takes a duplicate, ours is closed.
+                port = self.reactor.adoptStreamPort(inherited.fd, inherited.family, outer)
+                os.close(inherited.fd)
+            elif proxied:
                 port = self.reactor.listenTCP(address.port, proxy, interface=address.host, backlog=1024)
             elif name in IMPLICIT_TLS:
                 port = self.reactor.listenSSL(address.port, wrapper, self.tls, interface=address.host,
@@ -443,8 +505,17 @@ class MailServer(MultiService):
     # ----------------------------------------------------------------------------------------- stop
 
     def _collect_blobs(self):
-        """Remove bodies nothing references any more (in the writer pool; failures are logged, never fatal)."""
-        d = run_in(self.reactor, self.pools.db_write, self.store.collect_blobs, self.config.store.gc_grace)
+        """Remove expired quarantined copies, then bodies nothing references any more (in the writer pool;
+        failures are logged, never fatal)."""
+        def expired(items):
+            for i in items:
+                log.info("quarantine expire {id} {qid} for <{rcpt}> by the collector", id=i.id, qid=i.queue_id,
+                         rcpt=i.recipient)
+
+        d = run_in(self.reactor, self.pools.db_write, self.store.expire_quarantined, time.time())
+        d.addCallbacks(expired, lambda f: log.failure("removing expired quarantined copies failed", f))
+        d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.collect_blobs,
+                                       self.config.store.gc_grace))
 
         def done(n):
             if n:
@@ -453,9 +524,12 @@ class MailServer(MultiService):
         return d.addCallbacks(done, lambda f: log.failure("removing unreferenced message bodies failed", f))
 
     def kick_queue(self) -> None:
-        """Tell the queue runner new outbound mail is waiting (call after Store.enqueue)."""
+        """Tell the queue runner new outbound mail is waiting (call after Store.enqueue); in a worker that does not
+        run it, tell the one that does (the bus)."""
         if self.queue_runner is not None:
             self.queue_runner.kick()
+        elif self.bus is not None:
+            self.bus.kick()
 
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
@@ -470,6 +544,8 @@ class MailServer(MultiService):
         self.listening = []
         if self.pg_bridge is not None:
             self.pg_bridge.stop()
+        if self.bus is not None:
+            self.bus.stop()
         self.cluster.stop()
         self.pools.stop()
         if self.store is not None:
@@ -484,6 +560,8 @@ class MailServer(MultiService):
             self._gc.stop()
         if self.monitor is not None:
             self.monitor.stop()
+        if self.lease is not None:
+            yield self.lease.stop()  # stops the queue runner it started, gives the lease back
         if self.queue_runner is not None:
             yield self.queue_runner.stop()
         yield super().stopService()
@@ -518,6 +596,8 @@ class MailServer(MultiService):
         self.listening = []
         if self.pg_bridge is not None:
             self.pg_bridge.stop()
+        if self.bus is not None:
+            yield self.bus.stop()
         self.cluster.stop()
         self.pools.stop()
         if self.store is not None:

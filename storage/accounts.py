@@ -13,7 +13,7 @@ import time
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from storage import blobrefs, mailboxes, sieve
+from storage import blobrefs, mailboxes, quarantine, sieve
 from storage.errors import AlreadyExists, Invalid, NotFound
 from storage.models import Account, Alias, Domain, Expunged, Mailbox, Message
 from storage.records import AccountInfo, AliasInfo, DomainInfo, account_info
@@ -92,6 +92,7 @@ def remove_domain(conn: Connection, name: str) -> None:
         raise Invalid(f"domain {name} still has {n} account(s); remove them first")
     conn.execute(delete(AL).where(AL.c.address.like(f"%@{name}")))
     sieve.delete_owner_scripts(conn, sieve.DOMAIN, row.id)
+    quarantine.forget_domain(conn, row.id)
     conn.execute(delete(D).where(D.c.id == row.id))
 
 
@@ -149,6 +150,7 @@ def remove_account(conn: Connection, address: str) -> None:
         conn.execute(delete(X).where(X.c.mailbox_id.in_(chunk)))
     conn.execute(delete(MB).where(MB.c.account_id == row.id))
     sieve.delete_owner_scripts(conn, sieve.ACCOUNT, row.id)
+    quarantine.forget_account(conn, row.id)
     conn.execute(delete(A).where(A.c.id == row.id))
 
 

@@ -1,6 +1,6 @@
 """Blob reference counts and garbage collection: functions over an open transaction (``Store.transaction()``).
 
-Each message row and each queue entry holds one reference to its body in ``blobs.refcount``; the same content
+Each message row, each queue entry and each quarantined copy holds one reference to its body in ``blobs.refcount``; the same content
 delivered twice is stored once and counted twice.  A blob whose count fell to zero is removed by
 :func:`collect` once it is older than a grace period: ``created`` is refreshed on every new reference, so a blob that
 is being de-duplicated into a new delivery right now is never collected under it.  The bodies themselves live in the
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from storage.blobs import BlobRef, BlobStore
 from storage.models import Blob, Message, QueuedMessage
+from storage.models import Quarantined as QuarantineModel
 from storage.sql import chunks
 
 B = Blob.__table__
@@ -70,6 +71,7 @@ def referenced(conn: Connection) -> set[str]:
     """Every blob id a message or a queue entry names."""
     ids = {r[0] for r in conn.execute(select(M.c.blob_id).distinct())}
     ids |= {r[0] for r in conn.execute(select(Q.c.blob_id).distinct())}
+    ids |= {r[0] for r in conn.execute(select(QuarantineModel.__table__.c.blob_id).distinct())}
     return ids
 
 

@@ -69,6 +69,10 @@ class ChangeHub:
         self._listeners: dict[int, list[Listener]] = defaultdict(list)
         self._mailbox_listeners: dict[int, list[Listener]] = defaultdict(list)
         self.published = 0
+        #: Called with this process's own changes after they were published locally (the worker bus sends them to
+        #: the other workers on one SQLite file); None: nobody else needs them (one process, or PostgreSQL, whose
+        #: transactions send their own).
+        self.forward: Callable[[list[Change]], None] | None = None
 
     def subscribe(self, account_id: int, listener: Listener) -> Callable[[], None]:
         """Call ``listener(changes)`` with each batch of this account's changes; returns an unsubscribe function."""
@@ -103,10 +107,17 @@ class ChangeHub:
         events = [Change(RESYNC, a) for a in self._listeners]
         events += [Change(RESYNC, 0, mailbox_id=m) for m in self._mailbox_listeners]
         if events:
-            self.publish(events)
+            self.publish_remote(events)
 
     def publish(self, changes: list[Change]) -> None:
-        """Deliver ``changes`` to the listeners of their accounts and of their mailboxes."""
+        """Deliver this process's ``changes`` to the listeners of their accounts and of their mailboxes (and to
+        :attr:`forward`)."""
+        self.publish_remote(changes)
+        if changes and self.forward is not None:
+            self.forward(changes)
+
+    def publish_remote(self, changes: list[Change]) -> None:
+        """Deliver ``changes`` another process made (or a RESYNC) to the local listeners only."""
         if not changes:
             return
         self.published += len(changes)

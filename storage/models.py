@@ -288,3 +288,63 @@ class SieveDuplicate(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     key: Mapped[str] = mapped_column(String(64))
     expires: Mapped[float] = mapped_column(Float)
+
+
+# --------------------------------------------------------------------------------------------- quarantine
+# (migration: storage/migrations/versions/quarantine_3b8f1e6c2d90.py; functions: storage/quarantine.py)
+
+
+class Quarantined(Base):
+    """One recipient's held copy: its body is a blob (one reference per row, the same blob for every recipient of
+    the message), never a ``messages`` row, so IMAP and POP3 cannot see it and no mailbox quota counts it."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    blob_id: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    parsed: Mapped[str] = mapped_column(Text)  # JSON: storage/parsed.py's columns, for the delivery on release
+    recipient: Mapped[str] = mapped_column(String(320))  # the final recipient address
+    sender: Mapped[str] = mapped_column(String(320), default="")  # the envelope's reverse path ("" = null)
+    from_header: Mapped[str] = mapped_column(Text, default="")  # as shown (decoded display form)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    envelope: Mapped[str] = mapped_column(Text, default="{}")  # JSON: sender, recipients, MAIL parameters
+    client: Mapped[str] = mapped_column(Text, default="{}")  # JSON: ip, helo, TLS, authenticated
+    reason: Mapped[str] = mapped_column(String(32))  # spam | virus | dmarc | ...
+    reason_text: Mapped[str] = mapped_column(Text, default="")
+    facts: Mapped[str] = mapped_column(Text, default="[]")  # JSON: every check's named result and score
+    queue_id: Mapped[str] = mapped_column(String(32), default="")
+    arrived: Mapped[float] = mapped_column(Float, index=True)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+    digested: Mapped[bool] = mapped_column(Boolean, default=False)  # listed in a digest already
+
+
+class QuarantineSender(Base):
+    """An account's own sender rules: ``allow`` (never quarantined as spam) or ``block``."""
+
+    __tablename__ = "quarantine_senders"
+    __table_args__ = (UniqueConstraint("account_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))  # lower-cased
+    rule: Mapped[str] = mapped_column(String(8))  # allow | block
+    created: Mapped[float] = mapped_column(Float)
+
+
+class DomainAdmin(Base):
+    """The domain-admin role: this account sees and acts on its domain's quarantine."""
+
+    __tablename__ = "domain_admins"
+    __table_args__ = (UniqueConstraint("account_id", "domain_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+
+
+class QuarantineToken(Base):
+    """A digest link used once (its HMAC's digest): a second use of the same link is refused."""
+
+    __tablename__ = "quarantine_tokens"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    used: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float, index=True)

@@ -230,4 +230,4 @@ class PgNotifyBridge:
         if origin == self.origin or not changes:
             return
         self.received += len(changes)
-        self.reactor.callFromThread(self.hub.publish, changes)
+        self.reactor.callFromThread(self.hub.publish_remote, changes)

@@ -5,8 +5,9 @@ Work is claimed per recipient row with a lease (``claimed_until``):
 * PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` picks due rows no other process is claiming at this moment, and the
   lease written in the same transaction keeps them away from every other process until it expires.  Several server
   processes can share one database.
-* SQLite: one writer at a time (``BEGIN IMMEDIATE``) makes the select-and-lease atomic; one process runs the queue, so
-  at start it releases every lease left by a crashed run (:meth:`QueueStore.release_all`).
+* SQLite: one writer at a time (``BEGIN IMMEDIATE``) makes the select-and-lease atomic; one process runs the queue (the
+  only one, or the worker holding the cluster's maintenance lease, mailserver/leases.py), so when it starts it
+  releases every lease left by a crashed run (:meth:`QueueStore.release_all`).
 
 Recipient states: ``pending`` (never tried), ``deferred`` (tried, next attempt at ``next_attempt``), ``bounce`` (an
 administrator asked for a bounce; the runner fails it with a report), ``delivered`` and ``failed`` (final).  When no

@@ -12,6 +12,7 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.blobrefs``       blob reference counts, garbage collection, integrity check
 ``storage.webmail``        webmail sessions, contacts, identities, search, conversations
 ``storage.sieve``          Sieve scripts (per account, a domain's global ones), vacation replies, duplicate ids
+``storage.quarantine``     held copies per recipient, sender rules, domain admins, used digest links
 =========================  =====================================================================================
 
 Each method declares how it may be called (``storage.access``): ``@reads``, ``@writes`` or ``@writes_changes`` (it
@@ -40,7 +41,7 @@ from typing import Callable, Iterator, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from storage import accounts, blobrefs, mailboxes, messages, queue, sieve, webmail
+from storage import accounts, blobrefs, mailboxes, messages, quarantine, queue, sieve, webmail
 from storage.access import blocking_only, reads, writes, writes_changes
 from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
@@ -58,6 +59,7 @@ from storage.mailboxes import (
 )
 from storage.messages import thread_key
 from storage.parsed import PARSED_COLUMNS
+from storage.quarantine import HoldSpec, QuarantineItem
 from storage.records import (
     AccountInfo,
     AliasInfo,
@@ -390,6 +392,88 @@ class Store:
         with self.transaction(write=False) as conn:
             referenced = blobrefs.referenced(conn)
         return blobrefs.integrity_problems(self.blobs, referenced)
+
+    # ----------------------------------------------------------------------------------------- quarantine
+
+    @writes
+    def hold_quarantined(self, specs: Sequence[HoldSpec], cap: int = 0) -> list[int | None]:
+        """Hold recipients' copies (storage/quarantine.py); each one's id, or None where the account's cap is full."""
+        self.blobs.ensure_synced([s.blob for s in specs])  # durable before the metadata commits
+        with self.transaction() as conn:
+            return quarantine.hold(conn, specs, cap)
+
+    @reads
+    def quarantined(self, item_id: int) -> QuarantineItem | None:
+        with self.transaction(write=False) as conn:
+            return quarantine.get(conn, item_id)
+
+    @reads
+    def list_quarantined(self, *, account_ids: Sequence[int] | None = None, domain_ids: Sequence[int] | None = None,
+                         text: str = "", offset: int = 0, limit: int = 50) -> tuple[int, list[QuarantineItem]]:
+        """Held copies in scope, newest first, searchable by sender and subject: (how many match, this page)."""
+        with self.transaction(write=False) as conn:
+            return quarantine.list_items(conn, account_ids=account_ids, domain_ids=domain_ids, text=text,
+                                         offset=offset, limit=limit)
+
+    @reads
+    def count_quarantined(self, account_id: int) -> int:
+        with self.transaction(write=False) as conn:
+            return quarantine.count(conn, account_id)
+
+    @writes_changes
+    def release_quarantined(self, item_id: int, mailbox: str = "INBOX", *, check_quota: bool = True) -> Changed:
+        """Deliver a held copy and remove it in one transaction (exactly once across nodes); ``value`` is
+        (QuarantineItem, DeliveryResult).  Raises NotFound (no longer held) or QuotaExceeded (it stays held)."""
+        with self.transaction() as conn:
+            return self.announce(conn, quarantine.release(conn, item_id, mailbox, check_quota=check_quota))
+
+    @writes
+    def delete_quarantined(self, item_ids: Sequence[int]) -> list[QuarantineItem]:
+        """Remove held copies (those still there); returns what was removed."""
+        with self.transaction() as conn:
+            return quarantine.delete_items(conn, item_ids)
+
+    @writes
+    def expire_quarantined(self, now: float) -> list[QuarantineItem]:
+        """Remove held copies whose retention ended (the periodic collector)."""
+        with self.transaction() as conn:
+            return quarantine.expire(conn, now)
+
+    @reads
+    def quarantine_digest_pending(self) -> dict[int, list[QuarantineItem]]:
+        with self.transaction(write=False) as conn:
+            return quarantine.pending_digest(conn)
+
+    @writes
+    def mark_quarantine_digested(self, item_ids: Sequence[int]) -> None:
+        with self.transaction() as conn:
+            quarantine.mark_digested(conn, item_ids)
+
+    @writes
+    def use_quarantine_token(self, token_id: str, expires: float) -> bool:
+        """Record a digest link's use; False when it was used before."""
+        with self.transaction() as conn:
+            return quarantine.use_token(conn, token_id, expires)
+
+    @writes
+    def set_sender_rule(self, account_id: int, address: str, rule: str | None) -> None:
+        with self.transaction() as conn:
+            quarantine.set_sender_rule(conn, account_id, address, rule)
+
+    @reads
+    def sender_rules(self, account_id: int, addresses: Sequence[str] | None = None) -> dict[str, str]:
+        with self.transaction(write=False) as conn:
+            return quarantine.sender_rules(conn, account_id, addresses)
+
+    @writes
+    def set_domain_admin(self, account_id: int, domain_id: int, admin: bool = True) -> None:
+        with self.transaction() as conn:
+            quarantine.set_domain_admin(conn, account_id, domain_id, admin)
+
+    @reads
+    def admin_domains(self, account_id: int) -> list[int]:
+        with self.transaction(write=False) as conn:
+            return quarantine.admin_domains(conn, account_id)
 
     # ----------------------------------------------------------------------------------------- outbound queue
 

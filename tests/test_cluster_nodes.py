@@ -88,6 +88,7 @@ class Node:
         conf = data / "mailserver.toml"
         conf.write_text(
             f'hostname = "{name}.example.test"\ndata_dir = "{data}"\ndatabase_url = "{url}"\n'
+            "[server]\nworkers = 1\n"  # one process per node (its pid names its LISTEN connection)
             '[listen]\nsmtp = ["127.0.0.1:0"]\nimap = ["127.0.0.1:0"]\npop3 = ["127.0.0.1:0"]\n'
             '[store]\nblobs = "database"\n'
             f"[limits]\nauth_max_failures_per_ip = {LIMIT}\nauth_max_failures_per_account = {LIMIT}\n"

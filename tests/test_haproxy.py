@@ -59,6 +59,7 @@ class Node:
         proxied = "".join(f'{p} = ["127.0.0.1:0"]\n' for p in PROTOCOLS)
         conf.write_text(
             f'hostname = "{name}.example.test"\ndata_dir = "{data}"\ndatabase_url = "{url}"\n'
+            "[server]\nworkers = 1\n"  # one process per node: the test SIGKILLs a node
             f'[listen]\nmetrics = ["127.0.0.1:0"]\n[listen_proxied]\n{proxied}'
             '[proxy]\ntrusted = ["127.0.0.1/32"]\n'
             '[store]\nblobs = "database"\n'

@@ -69,7 +69,7 @@ def test_sighup_is_logged_and_ignored(tmp_path):
     IMAP still answer afterwards, and SIGTERM still stops it cleanly."""
     smtp_port, imap_port = _free_port(), _free_port()
     conf = tmp_path / "m.toml"
-    conf.write_text(f'hostname = "mail.example.test"\ndata_dir = "data"\n'
+    conf.write_text(f'hostname = "mail.example.test"\ndata_dir = "data"\n[server]\nworkers = 1\n'
                     f'[listen]\nsmtp = ["127.0.0.1:{smtp_port}"]\nimap = ["127.0.0.1:{imap_port}"]\n'
                     f'[[domain]]\nname = "example.test"\n')
     proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],

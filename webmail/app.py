@@ -97,7 +97,7 @@ class Route:
 
 
 def _routes() -> list[Route]:
-    from webmail.views import auth, compose, events, filters, mailbox, message, settings, setup
+    from webmail.views import auth, compose, events, filters, mailbox, message, quarantine, settings, setup
 
     def r(method, pattern, handler, **kw):
         return Route(method, re.compile(pattern + r"\Z"), handler, **kw)
@@ -122,6 +122,10 @@ def _routes() -> list[Route]:
         r("GET", r"/m/(?P<mb>\d+)/(?P<uid>\d+)/part/(?P<part>\d+)", message.download),
         r("GET", r"/m/(?P<mb>\d+)/(?P<uid>\d+)/cid/(?P<cid>[^/]{1,500})", message.cid_image),
         r("GET", r"/m/(?P<mb>\d+)/(?P<uid>\d+)/source", message.source),
+        # the quarantine
+        r("GET", r"/quarantine", quarantine.quarantine_page),
+        r("GET", r"/quarantine/(?P<qid>\d{1,12})", quarantine.held_page),
+        r("POST", r"/quarantine/action", quarantine.quarantine_action, csrf=True),
         # composing
         r("GET", r"/compose", compose.compose_page),
         r("POST", r"/compose", compose.compose_submit, csrf=True, max_body=big),

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "mailserver.cli.dnsrecords",
     "mailserver.cli.mail",
     "mailserver.cli.sieve",
+    "mailserver.cli.quarantine",
 )
 
 

@@ -13,8 +13,14 @@ DEMO_FILE = "demo-account.txt"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="run every configured listener in one process")
+    p = sub.add_parser("serve", help="run every configured listener ([server] workers processes)")
+    p.add_argument("--workers", type=int, metavar="N", default=None,
+                   help="worker processes (overrides [server] workers; 1 = one process, no supervisor)")
     p.set_defaults(func=cmd_serve)
+    import argparse
+
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by the supervisor, never by hand
+    p.set_defaults(func=cmd_worker)
     p = sub.add_parser("check-config", help="load and validate the configuration, then exit")
     p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("migrate", help="apply database migrations")
@@ -131,13 +137,121 @@ def ignore_sighup(reactor) -> None:
     signal.signal(signal.SIGHUP, on_sighup)
 
 
+def worker_count(cfg, override: int | None) -> int:
+    """``--workers`` if given, else ``[server] workers`` (0 = one per CPU core)."""
+    import dataclasses
+
+    from mailserver.config import MAX_WORKERS
+
+    if override is None:
+        return cfg.server.worker_count()
+    if not 0 <= override <= MAX_WORKERS:
+        raise CliError(f"--workers: expected 0 (one per CPU core) to {MAX_WORKERS}")
+    return dataclasses.replace(cfg.server, workers=override).worker_count()
+
+
 def cmd_serve(args) -> int:
+    cfg = args.config_obj
+    count = worker_count(cfg, getattr(args, "workers", None))
+    if count > 1:
+        return serve_workers(cfg, count)
+    return serve_one(cfg)
+
+
+def serve_workers(cfg, count: int) -> int:
+    """The supervisor and ``count`` worker processes (mailserver/supervisor.py)."""
+    from twisted.internet import reactor
+
+    from mailserver.log import start_logging
+    from mailserver.service import ListenError
+    from mailserver.supervisor import ListenError as BindError
+    from mailserver.supervisor import Supervisor
+
+    start_logging(cfg.log.format, cfg.log.level)
+    sup = Supervisor(cfg, reactor, count)
+    try:
+        sup.prepare()
+    except (ListenError, BindError) as e:
+        raise CliError(str(e)) from None
+    except Exception as e:  # database unreachable, bad TLS files, …
+        raise CliError(f"cannot start: {e}") from None
+    demo = ensure_demo(cfg, sup.store) if cfg.demo else None
+    # The first-run text says the server is ready: printed once every worker serves on the shared sockets.
+    sup.on_all_ready = lambda: print(first_run_text(cfg, sup, demo), flush=True)
+    reactor.addSystemEventTrigger("before", "shutdown", sup.stop)
+    reactor.callWhenRunning(sup.start)
+    reactor.callWhenRunning(forward_sighup, reactor, sup)
+    reactor.run()
+    sys.stdout.flush()
+    return 0
+
+
+def forward_sighup(reactor, sup) -> None:
+    """SIGHUP to the supervisor goes to every worker (each logs and ignores it until reload exists)."""
+    import signal
+
+    def on_sighup(signum, frame) -> None:
+        reactor.callFromThread(sup.signal_workers, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, on_sighup)
+
+
+def cmd_worker(args) -> int:
+    """One worker process of a supervisor (the spec is in the environment: mailserver/workerspec.py)."""
+    from twisted.internet import reactor, task
+
+    from mailserver.log import start_logging
+    from mailserver.service import MailServer
+    from mailserver.workerspec import ENV, WorkerSpec
+
+    spec = WorkerSpec.from_env()
+    if spec is None:
+        raise CliError(f"worker: started without {ENV} (use `serve`)")
+    cfg = args.config_obj
+    start_logging(cfg.log.format, cfg.log.level)
+    _die_with_parent()
+    ignore_sighup(reactor)
+    server = MailServer(cfg, reactor, worker=spec)
+    try:
+        server.startService()
+    except Exception as e:
+        raise CliError(f"worker {spec.index}: cannot start: {e}") from None
+
+    def orphaned() -> None:
+        if os.getppid() != spec.supervisor_pid:
+            from twisted.logger import Logger
+
+            Logger(namespace="mailserver.cli.serve").warn("supervisor is gone; worker stopping")
+            reactor.stop()
+
+    watch = task.LoopingCall(orphaned)
+    watch.start(1.0, now=False)
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    reactor.callWhenRunning(ignore_sighup, reactor)
+    if server.bus is not None:
+        reactor.callWhenRunning(server.bus.announce_ready)  # the reactor runs: the listeners accept
+    reactor.run()
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the supervisor dies (the 1 s orphan check covers other systems)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except Exception:
+        pass
+
+
+def serve_one(cfg) -> int:
+    """Everything in this process (``[server] workers = 1``)."""
     from twisted.internet import reactor
 
     from mailserver.log import start_logging
     from mailserver.service import ListenError, MailServer
 
-    cfg = args.config_obj
     start_logging(cfg.log.format, cfg.log.level)
     ignore_sighup(reactor)
     server = MailServer(cfg, reactor)

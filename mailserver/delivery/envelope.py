@@ -126,6 +126,7 @@ LOOP = "loop"  # too many Received fields (RFC 5321 6.3)
 CHECKED = "check"  # a check stage's verdict
 VIRUS = "virus"  # the virus scanner found malware (a check stage's verdict)
 NO_ROUTE = "no-route"  # the address (or a redirect target) leads nowhere
+QUARANTINED = "quarantined"  # a check held the copy in the quarantine (the outcome is ok: it is stored)
 FILTERED = "filtered"  # the recipient's filter discarded it (the outcome is ok: nothing stored, nothing owed)
 ERROR = "error"  # a local error (logged); the client may retry
 

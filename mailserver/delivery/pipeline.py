@@ -13,9 +13,14 @@ writer=w)``), or the whole message (``ingest(request, raw)``).  Then, for every 
 2. every final recipient runs the steps of ``delivery/stages.py`` in their fixed order: routing -> message checks
    -> the recipient's filter -> quota -> mailbox choice; a request with a placement (an exact mailbox) skips the
    filter stages;
-3. local copies are committed together through the group committer (``AsyncStore.deliver``; MULTIAPPEND through
+3. a recipient a check quarantined (``Verdict.quarantine``) skips the filter, quota and mailbox steps: its copy
+   is held (``Store.hold_quarantined``: one reference to the same blob per recipient, with the envelope, the
+   client, the reason and every check's facts) and its outcome is ok (reason QUARANTINED); past the account's
+   quarantine cap it goes to Junk with ``$Junk`` instead.  Only received mail for a local account can be held:
+   a quarantine verdict for a placement (APPEND) or a remote recipient refuses it (550 5.7.1);
+4. local copies are committed together through the group committer (``AsyncStore.deliver``; MULTIAPPEND through
    ``append_many``, all or nothing), outgoing recipients go to the durable queue;
-4. the result is one :class:`~mailserver.delivery.envelope.Outcome` per final recipient, which the producer maps
+5. the result is one :class:`~mailserver.delivery.envelope.Outcome` per final recipient, which the producer maps
    to its answer; when only some recipients could be served, the sender gets a failure report first (RFC 5321
    6.1: once the message is accepted, a failure must be reported).
 
@@ -25,6 +30,7 @@ writer=w)``), or the whole message (``ingest(request, raw)``).  Then, for every 
 from __future__ import annotations
 
 import inspect
+import time
 from typing import Sequence
 
 from twisted.internet import defer
@@ -36,7 +42,7 @@ from mailserver.delivery.body import Body
 from mailserver.delivery.envelope import IngestResult, Outcome, Recipient, Request
 from mailserver.delivery.hooks import HookStage
 from mailserver.delivery.router import LOCAL, Route
-from mailserver.delivery.stages import FILTER, MAILBOX, QUOTA, ROUTING, MessageInfo, NoFilter, Target
+from mailserver.delivery.stages import FILTER, MAILBOX, QUOTA, ROUTING, MessageInfo, NoFilter, Target, Verdict
 from mailserver.delivery.trace import (
     HeaderScanner,
     final_delivery_fields,
@@ -49,6 +55,9 @@ from storage.queueid import new_queue_id
 log = Logger()
 
 LOCAL_ERROR_TEXT = "Local error in processing, try again later"
+#: The stage name a held recipient records instead of the filter, quota and mailbox steps.
+HOLD = "quarantine"
+JUNK_MAILBOX, JUNK_KEYWORD = "Junk", "$Junk"
 
 
 class Pipeline:
@@ -68,6 +77,9 @@ class Pipeline:
         #: Told of each check verdict (``verdict(stage_name, verdict)``) and each result (``concluded(request,
         #: result)``): the server's metrics; None = nobody.
         self.observer = None
+        #: Called with (account_id, blob_id) when a held copy is released as not spam: the classifier's training
+        #: hook (no classifier exists yet).
+        self.ham_trainers: list = []
 
     def register(self, stage) -> None:
         """Add a check stage after the others."""
@@ -102,6 +114,35 @@ class Pipeline:
     def finish_together(self, ingests: Sequence["Ingest"]) -> defer.Deferred:
         """Several placements into one mailbox, all or none (RFC 3502 MULTIAPPEND); fires with their results."""
         return defer.ensureDeferred(_together(list(ingests)))
+
+    def release(self, item, *, by: str, mailbox: str = "INBOX") -> defer.Deferred:
+        """Deliver the held copy ``item`` (a storage.quarantine.QuarantineItem) through the delivery steps only
+        (quota, mailbox, commit; no check runs again), byte-exact as it was held; fires with its Outcome.  The
+        store removes the held copy in the delivery's own transaction, so of two releases (any nodes) one
+        delivers and the other gets 5.0.0 "no longer held".  The classifier hooks learn it as not spam."""
+        return defer.ensureDeferred(self._release(item, by, mailbox))
+
+    async def _release(self, item, by: str, mailbox: str) -> Outcome:
+        from storage.store import NotFound, QuotaExceeded
+
+        stages = (QUOTA, MAILBOX)
+        try:
+            changed = await self.runner.call_store("release_quarantined", item.id, mailbox)
+        except NotFound:
+            return Outcome(item.recipient, ev.REFUSED, "5.0.0", "No longer held (released or deleted)",
+                           ev.NONEXISTENT, stages=stages)
+        except QuotaExceeded:
+            return Outcome(item.recipient, ev.DEFERRED, "4.2.2", "Mailbox full", ev.OVERQUOTA, stages=stages)
+        _, res = changed.value
+        log.info("quarantine release {id} {qid} for <{rcpt}> by {by}: uid {uid}", id=item.id, qid=item.queue_id,
+                 rcpt=item.recipient, by=by, uid=res.uid)
+        for train in self.ham_trainers:
+            try:
+                train(item.account_id, item.blob_id)
+            except Exception:
+                log.failure("classifier training hook failed")
+        return Outcome(item.recipient, ev.DELIVERED, "2.0.0", "delivered", mailbox_id=res.mailbox_id, uid=res.uid,
+                       uid_validity=res.uid_validity, stages=stages)
 
 
 class Ingest:
@@ -276,11 +317,18 @@ class Ingest:
                     if p.observer is not None:
                         p.observer.verdict(stage.name, verdict)
         await self._redirect()
-        # 3. the recipient's filter (skipped for an exact mailbox).
+        for t in self._targets:
+            if t.open and t.quarantine is not None and (req.exact_mailbox or t.route.kind != LOCAL):
+                # Only received mail for an account can be held; anything else that a check would hold is refused.
+                t.apply(Verdict.refuse("5.7.1", f"Message refused: {t.quarantine[1] or t.quarantine[0]}",
+                                       reason=ev.VIRUS if t.quarantine[0] == "virus" else ""), reason=ev.CHECKED)
+            elif t.open and t.quarantine is not None:
+                t.stages.append(HOLD)
+        # 3. the recipient's filter (skipped for an exact mailbox and for held copies).
         if not req.exact_mailbox:
             copies = []
             for t in self._targets:
-                if t.open and t.route.kind == LOCAL:
+                if t.open and t.route.kind == LOCAL and t.quarantine is None:
                     t.stages.append(FILTER)
                     verdict = p.filter.check(message, t)
                     if inspect.isawaitable(verdict) or isinstance(verdict, defer.Deferred):
@@ -290,7 +338,7 @@ class Ingest:
             self._targets += copies
         # 4. quota (enforced by the commit's admission) and 5. the mailbox.
         for t in self._targets:
-            if t.open:
+            if t.open and t.quarantine is None:
                 t.stages.append(QUOTA)
                 t.check_quota = req.check_quota
                 if t.route.kind == LOCAL:
@@ -346,11 +394,16 @@ class Ingest:
     # ------------------------------------------------------------------ commit
 
     async def _commit(self) -> list[Outcome]:
-        local = [t for t in self._targets if t.open and t.route.kind == LOCAL]
+        held = [t for t in self._targets if t.open and t.route.kind == LOCAL and t.quarantine is not None]
+        local = [t for t in self._targets if t.open and t.route.kind == LOCAL and t.quarantine is None]
         remote = [t for t in self._targets if t.open and t.route.kind != LOCAL]
         outcomes: list[Outcome] = []
         if remote:
             outcomes += await self._enqueue(remote)
+        if held:
+            held_outcomes, local_more = await self._hold(held)
+            outcomes += held_outcomes
+            local += local_more
         if local:
             outcomes += await self._deliver(local)
         return outcomes + self._closed_outcomes()
@@ -391,6 +444,47 @@ class Ingest:
             runner.kick_queue()
             outcomes += [self._outcome(t, ev.QUEUED, "2.0.0", f"queued as {qid}") for t in group]
         return outcomes
+
+    def _hold_spec(self, t: Target, now: float):
+        from storage.quarantine import HoldSpec
+
+        req, form = self.request, t.form or self.body.find(self._prefix(t))
+        env, client = req.envelope, req.client
+        envelope = {"sender": env.sender, "recipients": [r.address for r in env.recipients], "size": env.size,
+                    "body": env.body, "smtputf8": env.smtputf8, "envid": env.envid, "ret": env.ret,
+                    "original_recipient": t.recipient.address if t.recipient is not None else ""}
+        client_facts = {} if client is None else {
+            "ip": client.ip, "helo": client.helo, "esmtp": client.esmtp, "tls_version": client.tls_version,
+            "tls_cipher": client.tls_cipher, "authenticated": client.authenticated, "submission": client.submission}
+        reason, text = t.quarantine
+        return HoldSpec(t.route.account_id, form.ref, form.parsed, t.address, env.sender, envelope, client_facts,
+                        reason, text, [f.as_json() for f in t.facts], self.queue_id, now,
+                        now + self.pipeline.config.quarantine.retention_for(t.address))
+
+    async def _hold(self, held: list[Target]) -> tuple[list[Outcome], list[Target]]:
+        """Hold these recipients' copies; those over their account's quarantine cap go to Junk (returned)."""
+        now = time.time()
+        specs = [self._hold_spec(t, now) for t in held]
+        try:
+            ids = await self.pipeline.runner.call_store("hold_quarantined", specs,
+                                                        self.pipeline.config.quarantine.max_per_account)
+        except Exception:
+            log.failure("holding a quarantined copy failed")
+            return [self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR) for t in held], []
+        outcomes, junk = [], []
+        for t, item_id in zip(held, ids, strict=True):
+            if item_id is None:
+                log.warn("quarantine of {rcpt} is full: {qid} goes to Junk", rcpt=t.address, qid=self.queue_id)
+                t.quarantine = None
+                t.mailbox = JUNK_MAILBOX
+                t.keywords += [JUNK_KEYWORD] if JUNK_KEYWORD not in t.keywords else []
+                t.stages += [QUOTA, MAILBOX]
+                junk.append(t)
+                continue
+            log.info("quarantine hold {id} {qid} for <{rcpt}>: {reason} ({text})", id=item_id, qid=self.queue_id,
+                     rcpt=t.address, reason=t.quarantine[0], text=t.quarantine[1])
+            outcomes.append(self._outcome(t, ev.DELIVERED, "2.0.0", f"quarantined as {item_id}", ev.QUARANTINED))
+        return outcomes, junk
 
     def _outcome(self, t: Target, kind: str, status: str, text: str, reason: str = "", **kw) -> Outcome:
         return Outcome(t.address, kind, status, text, reason, t.recipient, stages=tuple(t.stages), **kw)

@@ -43,6 +43,10 @@ class ReactorRunner:
     def enqueue(self, *args, **kwargs) -> defer.Deferred:
         return self.astore.enqueue(*args, **kwargs)
 
+    def call_store(self, name: str, *args, **kwargs) -> defer.Deferred:
+        """Any declared Store unit of work (``Store.<name>``), in its pool; changes published."""
+        return getattr(self.astore, name)(*args, **kwargs)
+
     def kick_queue(self) -> None:
         self._kick_queue()
 
@@ -76,6 +80,16 @@ class InlineRunner:
 
     def enqueue(self, *args, **kwargs) -> defer.Deferred:
         return defer.execute(self.store.enqueue, *args, **kwargs)
+
+    def call_store(self, name: str, *args, **kwargs) -> defer.Deferred:
+        """``Store.<name>(...)`` now; a Changed result is published."""
+        from storage.records import Changed
+
+        def call():
+            result = getattr(self.store, name)(*args, **kwargs)
+            return self._published(result) if isinstance(result, Changed) else result
+
+        return defer.execute(call)
 
     def kick_queue(self) -> None:
         pass  # the server's queue runner finds it at its next poll

@@ -6,9 +6,12 @@ this order, which :data:`STAGE_ORDER` names:
 1. ``routing``  - the envelope recipient becomes final recipients (accounts, aliases, relay, outgoing); a producer
    that chose a mailbox (:attr:`Request.exact_mailbox`) is its own route;
 2. ``checks``   - the message checks (:class:`Stage`), each giving this recipient a :class:`Verdict`: refuse, defer,
-   tag (headers, keywords, a mailbox) or redirect.  The first refusal or deferral ends the recipient's way; tags
-   add up; a later redirect replaces an earlier one, and a redirect's targets are routed again and go on from
-   step 3 with the tags;
+   tag (headers, keywords, a mailbox), redirect or quarantine.  The first refusal or deferral ends the recipient's
+   way; tags add up; a later redirect replaces an earlier one, and a redirect's targets are routed again and go on
+   from step 3 with the tags.  A quarantine verdict marks the recipient (the first reason stays) and the checks
+   go on, so the held copy records every check's result; a quarantined local recipient skips steps 3-5 and its
+   copy is held in the quarantine (``storage/quarantine.py``) instead of a mailbox.  Every verdict may carry
+   :class:`Fact`-s (a check's named result and score), which the held copy keeps;
 3. ``filter``   - the recipient's own filter (``delivery/sieve_stage.py``: its Sieve script): a verdict as a check
    gives, and also ``discard`` (served, nothing stored), several ``copies`` (one per mailbox, each with its
    flags) and a ``form`` (this recipient's copy is another stored form: editheader);
@@ -41,7 +44,24 @@ ROUTING, CHECKS, FILTER, QUOTA, MAILBOX = "routing", "checks", "filter", "quota"
 #: The fixed order of a recipient's steps.
 STAGE_ORDER = (ROUTING, CHECKS, FILTER, QUOTA, MAILBOX)
 
-ACCEPT, REFUSE, DEFER, DISCARD = "accept", "refuse", "defer", "discard"
+ACCEPT, REFUSE, DEFER, DISCARD, QUARANTINE = "accept", "refuse", "defer", "discard", "quarantine"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One named result of a check, kept with a quarantined copy: ``Fact("rspamd", "BAYES_SPAM", score=5.1)``,
+    ``Fact("spf", "result", "fail")``, ``Fact("clamd", "virus", "Eicar-Signature")``, ``Fact("dnsbl", "zone",
+    "zen.example")``, ``Fact("classifier", "probability", score=0.97)``."""
+
+    check: str
+    name: str
+    result: str = ""
+    score: float | None = None
+    detail: str = ""
+
+    def as_json(self) -> dict:
+        return {"check": self.check, "name": self.name, "result": self.result, "score": self.score,
+                "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -69,10 +89,14 @@ class Verdict:
     #: This recipient's copy is this stored form (a delivery.body.Form: ref + parsed) rather than the message.
     form: Any = None
     reason: str = ""  # why refused/deferred (envelope.py's reasons, e.g. VIRUS); "" = a check's verdict (CHECKED)
+    #: The check's named results (kept with a quarantined copy: the "why" a user and an admin are shown).
+    facts: tuple[Fact, ...] = ()
 
     def __post_init__(self):
-        if self.action not in (ACCEPT, REFUSE, DEFER, DISCARD):
+        if self.action not in (ACCEPT, REFUSE, DEFER, DISCARD, QUARANTINE):
             raise ValueError(f"unknown verdict {self.action!r}")
+        if self.action == QUARANTINE and not self.reason:
+            raise ValueError("a quarantine verdict needs a reason")
         if self.action in (REFUSE, DEFER) and self.status[:1] != ("5" if self.action == REFUSE else "4"):
             raise ValueError(f"a {self.action} verdict needs a {'5' if self.action == REFUSE else '4'}.x.x status")
 
@@ -87,6 +111,13 @@ class Verdict:
     @classmethod
     def tag(cls, *, add_headers=(), keywords=(), mailbox: str = "") -> "Verdict":
         return cls(add_headers=tuple(add_headers), keywords=tuple(keywords), mailbox=mailbox)
+
+    @classmethod
+    def quarantine(cls, reason: str, text: str, facts=(), *, add_headers=()) -> "Verdict":
+        """Hold this recipient's copy in the quarantine.  ``reason`` is a short code (``spam``, ``virus``, ``dmarc``,
+        ...), ``text`` the plain words a user is shown ("A virus was found: Eicar-Signature"), ``facts`` the
+        check's named results; ``add_headers`` go on the held copy (and on it when released)."""
+        return cls(QUARANTINE, text=text, reason=reason, facts=tuple(facts), add_headers=tuple(add_headers))
 
     @classmethod
     def discard(cls, text: str = "Discarded by the recipient's filter") -> "Verdict":
@@ -138,6 +169,9 @@ class Target:
     form: Any = None  # the filter's own form of this recipient's copy (editheader), else chosen by prefix
     more: tuple = ()  # further Copy-s the filter asked for (more_copies() makes them targets)
     outcome: Outcome | None = None  # set when a stage refused, deferred or discarded it
+    #: Set by the first quarantine verdict: (reason, text); the copy is held instead of delivered.
+    quarantine: tuple[str, str] | None = None
+    facts: list[Fact] = field(default_factory=list)  # every check's named results, in order
     stages: list[str] = field(default_factory=list)  # what ran, in order
 
     @property
@@ -161,6 +195,13 @@ class Target:
 
     def apply(self, verdict: Verdict | None, *, reason: str) -> None:
         """Record ``verdict`` (None = accept); a refusal or deferral closes the recipient with ``reason``."""
+        if verdict is not None:
+            self.facts += list(verdict.facts)
+        if verdict is not None and verdict.action == QUARANTINE:
+            self.add_headers += list(verdict.add_headers)
+            if self.quarantine is None:
+                self.quarantine = (verdict.reason, verdict.text)
+            return
         if verdict is None or verdict.action == ACCEPT:
             if verdict is not None:
                 self.add_headers += list(verdict.add_headers)

@@ -8,8 +8,8 @@ reached at ``[antivirus] clamd``: "HOST:PORT" or a Unix socket path.
 
 The verdict (:class:`VirusCheck`, the same for every recipient of the message):
 
-* a virus: ``[antivirus] action`` "refuse" (554 5.7.1 at the end of DATA, the default) or "quarantine" (until
-  quarantine exists: delivered to Junk with ``$Junk`` and ``X-Virus: <name>``);
+* a virus: ``[antivirus] action`` "refuse" (554 5.7.1 at the end of DATA, the default) or "quarantine" (held:
+  ``Verdict.quarantine("virus", ...)`` with the virus name as a fact, and ``X-Virus: <name>`` on the copy);
 * clamd unreachable, slower than ``[antivirus] timeout`` or answering nonsense: ``[antivirus] on_error``
   "tempfail" (451 4.7.0, the default: the sending server retries, nothing unscanned gets in) or "accept" (the
   copy says ``X-Virus-Status: unchecked``);
@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from mailserver.config import parse_address
 from mailserver.delivery import envelope as ev
-from mailserver.delivery.stages import MessageInfo, Target, Verdict
+from mailserver.delivery.stages import Fact, MessageInfo, Target, Verdict
 from mailserver.inbound import policy
 
 log = Logger()
@@ -257,7 +257,7 @@ class VirusCheck:
             return None
         log.info("virus scan of {qid}: {virus} found", qid=message.queue_id, virus=result.virus)
         if cfg.action == "quarantine":
-            # Quarantine comes in a later issue; until then the copy goes to Junk, marked.
-            return Verdict.tag(add_headers=[("X-Virus", result.virus)], keywords=(policy.JUNK_KEYWORD,),
-                               mailbox=policy.JUNK_MAILBOX)
+            return Verdict.quarantine("virus", policy.clean_text(f"A virus was found: {result.virus}"),
+                                      [Fact(self.name, "virus", policy.clean_text(result.virus))],
+                                      add_headers=[("X-Virus", result.virus)])
         return Verdict.refuse("5.7.1", f"Message refused: virus found ({result.virus})", reason=ev.VIRUS)

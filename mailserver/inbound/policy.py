@@ -11,7 +11,7 @@ action       what the recipient's copy gets
 accept       ``X-Spam-Score`` and ``X-Spam-Symbols`` (the "why") when anything scored it
 tag          the same and ``X-Spam: yes``
 junk         tagged, delivered to Junk with the keyword ``$Junk``
-quarantine   until quarantine exists: as junk (Junk, ``$Junk``)
+quarantine   held in the quarantine (``Verdict.quarantine("spam", ...)``, with every symbol as a fact)
 defer        451 4.7.1 (the sending server retries; rspamd's "greylist" and "soft reject")
 refuse       550 5.7.1 at the end of DATA: refusing beats accepting and bouncing (no backscatter)
 ===========  ==========================================================================================
@@ -20,7 +20,9 @@ An engine may also decide itself (:meth:`ScoreCard.force`): rspamd's "reject" is
 thresholds say, "soft reject"/"greylist" a deferral, "add header"/"rewrite subject" at least a tag; the action is
 the more severe of the engine's and the thresholds'.  A threshold refusal that would refuse some recipients of a
 message while others accept it is turned into quarantine for those (a partial refusal after DATA means a failure
-report to the envelope sender, which for spam is backscatter).  A scorer that could not run marks the card
+report to the envelope sender, which for spam is backscatter).  A recipient's own sender rules (the webmail's
+"always allow" / "block sender", ``Store.sender_rules``) come last: an allowed envelope sender or From address is at
+most tagged (unless the engine itself refuses or defers), a blocked one goes to Junk.  A scorer that could not run marks the card
 unchecked (``X-Spam-Status: unchecked``) or defers the message itself, as its ``on_error`` says.
 
 Authenticated submission, trusted networks and mail without a client (reports, imports, APPEND) are not
@@ -37,7 +39,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from mailserver.delivery.stages import MessageInfo, Target, Verdict
+from mailserver.delivery.stages import Fact, MessageInfo, Target, Verdict
 
 ACCEPT, TAG, JUNK, QUARANTINE, DEFER, REFUSE = "accept", "tag", "junk", "quarantine", "defer", "refuse"
 #: Actions from the mildest to the most severe: of two, the later one wins.
@@ -270,10 +272,23 @@ def verdict_for(card: ScoreCard, decision: Decision, *, symbols_header: bool) ->
         why = f" ({decision.text})" if decision.text else ""
         return Verdict.defer("4.7.1", clean_text(f"Message deferred by the spam filter{why}, try again later"))
     headers = headers_for(card, decision, symbols_header=symbols_header)
-    if decision.action in (JUNK, QUARANTINE):
-        # Quarantine comes in a later issue; until then a quarantined message goes to Junk as well.
+    if decision.action == QUARANTINE:
+        why = decision.text or card.top()
+        text = f"Spam score {decision.total:.2f}" + (f" ({why})" if why else "")
+        return Verdict.quarantine("spam", clean_text(text), facts_of(card, decision), add_headers=headers)
+    if decision.action == JUNK:
         return Verdict.tag(add_headers=headers, keywords=(JUNK_KEYWORD,), mailbox=JUNK_MAILBOX)
     return Verdict.tag(add_headers=headers) if headers else None
+
+
+def facts_of(card: ScoreCard, decision: Decision) -> list[Fact]:
+    """The score card as named facts: the total and the action, then each symbol (heaviest first)."""
+    out = [Fact("spam-policy", "score", decision.action, round(decision.total, 2),
+                "engine's own decision" if decision.forced else "")]
+    out += [Fact("spam-policy", "unchecked", s) for s in card.unchecked]
+    for s in sorted(card.symbols, key=lambda s: (-abs(s.weight), s.name)):
+        out.append(Fact(s.source or "spam", s.name, "", round(s.weight, 2), s.detail))
+    return out
 
 
 def final_addresses(message: MessageInfo) -> list[str]:
@@ -292,10 +307,13 @@ class SpamPolicy:
     name = "spam-policy"
     exact_mailbox = False
 
-    def __init__(self, config):
+    def __init__(self, config, rules=None):
         self.config = config
         self.antispam = config.antispam
         self.networks = trusted_networks(config)
+        #: ``rules(account_id, addresses)`` -> Deferred of {address: "allow" | "block"}: the recipient's own sender
+        #: rules (``Store.sender_rules``); None = none.
+        self.rules = rules
 
     def applies(self, message: MessageInfo) -> bool:
         if spam_exempt(message, self.networks):
@@ -306,11 +324,36 @@ class SpamPolicy:
     def decision(self, card: ScoreCard, address: str) -> Decision:
         return decide(card, thresholds_for(self.antispam, address))
 
-    def check(self, message: MessageInfo, target: Target) -> Verdict | None:
+    def check(self, message: MessageInfo, target: Target):
         card = scorecard(message)
         decision = self.decision(card, target.address)
         if decision.action == REFUSE and not decision.forced:
             # A threshold refusal of only some recipients would mean a failure report to a (forged) sender.
             if any(self.decision(card, a).action != REFUSE for a in final_addresses(message)):
                 decision = Decision(QUARANTINE, decision.total)
+        account_id = getattr(target.route, "account_id", None)
+        if self.rules is None or account_id is None:
+            return verdict_for(card, decision, symbols_header=self.antispam.symbols_header)
+        return self._with_rules(message, card, decision, account_id)
+
+    async def _with_rules(self, message: MessageInfo, card: ScoreCard, decision: Decision, account_id: int):
+        senders = [a for a in (message.envelope.sender if message.envelope else "",
+                               _from_address(message.parsed)) if a]
+        rules = set((await self.rules(account_id, senders)).values()) if senders else set()
+        if "allow" in rules and not (decision.forced and decision.action in (DEFER, REFUSE)):
+            decision = Decision(min(decision.action, TAG, key=SEVERITY.index), decision.total, decision.text)
+        elif "block" in rules and SEVERITY.index(decision.action) < SEVERITY.index(JUNK):
+            decision = Decision(JUNK, decision.total, "sender blocked by the recipient")
         return verdict_for(card, decision, symbols_header=self.antispam.symbols_header)
+
+
+def _from_address(parsed: dict | None) -> str:
+    """The address of the first From mailbox in the stored ENVELOPE ("" when none)."""
+    import json
+
+    try:
+        env = json.loads((parsed or {}).get("envelope") or "null")
+        mbox = env[2][0]
+        return f"{mbox[2]}@{mbox[3]}".lower() if mbox[2] and mbox[3] else ""
+    except (ValueError, TypeError, IndexError, KeyError):
+        return ""

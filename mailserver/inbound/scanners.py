@@ -8,12 +8,13 @@ from mailserver.inbound.policy import SpamPolicy
 from mailserver.inbound.rspamd import RspamdCheck
 
 
-def inbound_stages(reactor, config) -> list:
-    """The check stages the configuration asks for (the policy always: it is silent on an empty score card)."""
+def inbound_stages(reactor, config, *, sender_rules=None) -> list:
+    """The check stages the configuration asks for (the policy always: it is silent on an empty score card).
+    ``sender_rules(account_id, addresses)`` (a Deferred of the recipient's allow/block rules) feeds the policy."""
     stages: list = []
     if config.antivirus.clamd:
         stages.append(VirusCheck(reactor, config))
     if config.antispam.rspamd:
         stages.append(RspamdCheck(reactor, config))
-    stages.append(SpamPolicy(config))
+    stages.append(SpamPolicy(config, rules=sender_rules))
     return stages

@@ -16,14 +16,16 @@ against its own model of the mailbox: a wrong sequence number, flags, a body tha
 every user of it logs in once on both servers (``--no-warm-up`` skips that): our first login of a user verifies and
 upgrades an argon2 hash, while Dovecot's baseline users have PLAIN passwords.
 
-Our server runs in this process (tests/harness.py: a reactor thread, SQLite under a temporary directory); Dovecot is
+Our server runs in this process (tests/harness.py: a reactor thread, SQLite under a temporary directory), or, with
+``--workers N``, as a `mailserver serve` child process with ``[server] workers = N`` (a supervisor and N worker
+processes on one SQLite file; ``--database-url`` for PostgreSQL); Dovecot is
 started by ``../shared/bench/baseline-dovecot.sh`` on free loopback ports with its own BASEDIR/MAILDIR, and stopped
 by the PID in its master.pid. imaptest runs are child processes with a hard timeout. Everything started is stopped.
 
 Run::
 
     .venv/bin/python scripts/bench/imaptest.py --imaptest /work/tools/imaptest/src/imaptest [--dovecot]
-        [--phases stress,shared,compliance] [--secs 30] [--clients 20] [--users 100] [--runs 1]
+        [--phases stress,shared,compliance] [--secs 30] [--clients 20] [--users 100] [--runs 1] [--workers N]
 
 The imaptest binary comes from ``--imaptest`` or the environment variable ``IMAPTEST``; the compliance tests from
 ``--tests`` (default: ``tests`` next to the binary, i.e. ``src/tests`` of an imaptest build tree).
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import imaplib
 import os
 import re
@@ -91,6 +94,47 @@ class Target:
 
     def user_template(self) -> str:
         return f"user%d{self.suffix}"
+
+
+class ServeProcess:
+    """`mailserver serve` with ``workers`` worker processes as a child process, IMAP on a free loopback port."""
+
+    def __init__(self, workdir: Path, workers: int, limits: dict, database_url: str = ""):
+        self.workdir = workdir
+        self.workers = workers
+        self.imap_port = free_ports(1)[0]
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "mailserver.toml"
+        lim = "".join(f"{k} = {v}\n" for k, v in limits.items())
+        db = f'database_url = "{database_url}"\n' if database_url else ""
+        blobs = '[store]\nblobs = "database"\n' if database_url else ""
+        self.conf.write_text(f'hostname = "mail.example.test"\ndata_dir = "{workdir / "data"}"\n{db}'
+                             f"[server]\nworkers = {workers}\n[listen]\nimap = [\"127.0.0.1:{self.imap_port}\"]\n"
+                             f'[limits]\n{lim}[queue]\nrun = false\n{blobs}[[domain]]\nname = "{OUR_DOMAIN}"\n')
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log = open(self.workdir / "serve.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(self.conf), "serve"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while self.log_text().count("listening imap on") < self.workers:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("mailserver serve did not start:\n" + self.log_text()[-2000:])
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return (self.workdir / "serve.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
 
 
 def free_ports(n: int) -> list[int]:
@@ -380,6 +424,31 @@ def _print_errors(r: StressResult) -> None:
         print(f"             {line}")
 
 
+@contextlib.contextmanager
+def our_server(workdir: Path, limits: dict, workers: int, database_url: str):
+    """Yields (add_user(address), imap port): in this process, or as `serve` with ``workers`` workers."""
+    if not workers:
+        from tests.harness import running_server
+
+        with running_server(workdir, listeners=("imap",), limits=limits) as srv:
+            yield (lambda a: srv.add_user(a, PASSWORD)), srv.port("imap")
+        return
+    from mailserver.config import load
+    from mailserver.service import open_store
+    from tests.harness import hasher
+
+    proc = ServeProcess(workdir, workers, limits, database_url)
+    store = open_store(load(proc.conf))  # migrations and the domain, before the workers start
+    try:
+        proc.start()
+        print(f"ours: mailserver serve with {workers} workers (pid {proc.proc.pid})")
+        h = hasher().hash(PASSWORD)
+        yield (lambda a: store.add_account(a, h)), proc.imap_port
+    finally:
+        store.engine.dispose()
+        proc.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
@@ -401,6 +470,9 @@ def main() -> int:
                          "first-login password hash upgrades)")
     ap.add_argument("--stress-args", default="",
                     help='more imaptest arguments for stress, e.g. "checkpoint=5 search=30 copybox=Other"')
+    ap.add_argument("--workers", type=int, default=0,
+                    help="run ours as `mailserver serve` with this many worker processes (default: in this process)")
+    ap.add_argument("--database-url", default="", help="with --workers: this database instead of SQLite")
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--mbox", default="", help="messages imaptest APPENDs (default: make-mbox.py 300 messages)")
     ap.add_argument("--logs", default="", help="keep imaptest's logs in this directory (default: a temp dir, kept "
@@ -422,7 +494,6 @@ def main() -> int:
     shared = Path(args.shared_bench)
 
     from mailserver.service import raise_open_files_limit
-    from tests.harness import running_server
 
     raise_open_files_limit()
     work = Path(tempfile.mkdtemp(prefix="imaptest-bench-"))
@@ -438,10 +509,10 @@ def main() -> int:
     dovecot = Dovecot(shared / "baseline-dovecot.sh", work, plan.total) if args.dovecot else None
     try:
         limits = {"imap_max_sessions_per_ip": max(50, args.clients * 3)}
-        with running_server(work / "ours", listeners=("imap",), limits=limits) as srv:
+        with our_server(work / "ours", limits, args.workers, args.database_url) as (add_user, port):
             for n in range(1, plan.total + 1):
-                srv.add_user(f"user{n}@{OUR_DOMAIN}", PASSWORD)
-            targets = [Target("ours", srv.port("imap"), f"@{OUR_DOMAIN}")]
+                add_user(f"user{n}@{OUR_DOMAIN}")
+            targets = [Target("ours", port, f"@{OUR_DOMAIN}")]
             if dovecot is not None:
                 dovecot.start()
                 targets.append(Target("dovecot", dovecot.imap_port, ""))

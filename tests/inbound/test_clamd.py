@@ -1,6 +1,6 @@
 """clamd (Debian's clamav-daemon, a private instance with the EICAR signature written by the test) scans every
 received message at the end of DATA: a virus is refused with 554 5.7.1, as a plain part, in a zip attachment or
-base64-encoded; authenticated submission is scanned too; quarantine files it into Junk."""
+base64-encoded; authenticated submission is scanned too; action "quarantine" holds it with the virus's name."""
 
 from __future__ import annotations
 
@@ -95,14 +95,19 @@ def test_one_scan_refuses_every_recipient(srv):
     assert copies(srv, "bob@example.test") == [] and copies(srv, "alice@example.test") == []
 
 
-def test_quarantine_files_the_virus_into_junk(tmp_path, clamd_daemon):
+def test_quarantine_holds_the_virus_with_its_name(tmp_path, clamd_daemon):
     with running_server(tmp_path, antivirus={"clamd": clamd_daemon.address, "action": "quarantine"}) as s:
         s.add_user("bob@example.test", PW)
         code, _ = send(s, INFECTED["base64 part"])
         assert code == 250
-        assert copies(s, "bob@example.test") == []
-        ((msg, keywords),) = copies(s, "bob@example.test", "Junk")
-        assert msg["X-Virus"].startswith("Eicar-Test-") and keywords == ("$Junk",)
+        assert copies(s, "bob@example.test") == [] and copies(s, "bob@example.test", "Junk") == []
+        total, (item,) = s.store.list_quarantined()
+        assert total == 1 and item.reason == "virus" and item.recipient == "bob@example.test"
+        assert item.reason_text.startswith("A virus was found: Eicar-Test-")
+        assert [f["result"][:11] for f in item.facts if f["name"] == "virus"] == ["Eicar-Test-"]
+        held = s.store.read_blob(item.blob_id)
+        header = held.partition(b"\r\n\r\n")[0]
+        assert b"\r\nX-Virus: Eicar-Test-" in header and held.endswith(INFECTED["base64 part"].partition(b"\r\n\r\n")[2])
 
 
 def test_clamd_over_its_unix_socket(tmp_path, clamd_daemon):

@@ -1,0 +1,52 @@
+"""What the supervisor tells a worker process it starts (mailserver/supervisor.py -> mailserver/service.py).
+
+The spec travels in the environment variable :data:`ENV` as JSON: the worker's index, its holder name (leases and
+maildrop locks, unique per start), the worker bus's socket path, and one inherited file descriptor per listener in
+the order of ``[listen]`` then ``[listen_proxied]`` (``Config.listen.items()``), each already bound and listening.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+ENV = "MAILSERVER_WORKER"
+
+
+@dataclass(frozen=True)
+class InheritedSocket:
+    section: str  # "listen" or "listen_proxied"
+    name: str  # the listener ("smtp", "imaps", …)
+    fd: int
+    family: int  # socket.AF_INET or AF_INET6
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    holder: str
+    bus_path: str
+    supervisor_pid: int
+    sockets: tuple[InheritedSocket, ...]
+
+    def to_env(self) -> str:
+        return json.dumps({"index": self.index, "holder": self.holder, "bus": self.bus_path,
+                           "supervisor": self.supervisor_pid,
+                           "sockets": [[s.section, s.name, s.fd, s.family] for s in self.sockets]})
+
+    @classmethod
+    def from_env(cls, environ=None) -> "WorkerSpec | None":
+        text = (environ if environ is not None else os.environ).get(ENV)
+        if not text:
+            return None
+        d = json.loads(text)
+        return cls(index=int(d["index"]), holder=str(d["holder"]), bus_path=str(d["bus"]),
+                   supervisor_pid=int(d["supervisor"]),
+                   sockets=tuple(InheritedSocket(str(a), str(b), int(c), int(f)) for a, b, c, f in d["sockets"]))
+
+    def socket_for(self, section: str, index: int) -> InheritedSocket:
+        """The ``index``-th inherited socket of ``section`` (listeners in config order)."""
+        mine = [s for s in self.sockets if s.section == section]
+        return mine[index]
+

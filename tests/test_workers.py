@@ -1,0 +1,341 @@
+"""`mailserver serve` with `[server] workers = 2` on one SQLite file: a supervisor and two worker processes behave
+as one server.  Connections are steered to a chosen worker by reconnecting until the kernel gave it to that one (the
+worker owning the server side of a connection is read from /proc: no protocol change needed).
+
+Every test runs the real processes (SIGKILL included) and drives them with real clients; waits are bounded polls for
+an outcome, never measured durations.
+"""
+
+from __future__ import annotations
+
+import os
+import poplib
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.imap.imap_client import Raw
+from tests.test_cluster_nodes import _Lines, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+ALICE = "alice@example.test"
+PW = "alice-secret"
+LIMIT = 10  # failed logins per IP and per account before "throttled"
+
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+
+
+# --------------------------------------------------------------------------------------------- which worker
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _server_inode(server_port: int, client_port: int) -> str | None:
+    """The socket inode of the server side of the loopback connection from ``client_port``."""
+    want_local, want_remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1] == want_local and f[2] == want_remote:
+            return f[9]
+    return None
+
+
+def worker_of(server: "Server", sock: socket.socket, server_port: int) -> int | None:
+    """The pid of the worker that accepted ``sock`` (a client socket of ours), or None if not found yet."""
+    inode = _server_inode(server_port, sock.getsockname()[1])
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in server.worker_pids():
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return pid
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None
+
+
+def on_worker(server: "Server", connect, sock_of, port_name: str, want=None, avoid=None, tries: int = 200):
+    """Connect with ``connect()`` until the connection lands on worker ``want`` (or on any worker but ``avoid``);
+    returns (connection, worker pid).  Connections on other workers are closed."""
+    for _ in range(tries):
+        conn = connect()
+        pid = wait_for(lambda c=conn: worker_of(server, sock_of(c), server.ports[port_name]), timeout=10,
+                       what="connection's worker")
+        if (want is None or pid == want) and (avoid is None or pid != avoid):
+            return conn, pid
+        try:
+            sock_of(conn).close()
+        except OSError:
+            pass
+    pytest.fail(f"no connection landed on the wanted worker in {tries} tries")
+
+
+# --------------------------------------------------------------------------------------------- the server
+
+
+class Server:
+    """One `mailserver serve` with two workers: smtp, imap, pop3 and metrics on 127.0.0.1 (port 0, read from
+    the log)."""
+
+    def __init__(self, tmp_path: Path, workers: int = 2, extra: str = ""):
+        from mailserver.auth import PasswordHasher
+        from mailserver.config import load
+        from mailserver.service import open_store
+
+        data = tmp_path / "data"
+        conf = tmp_path / "mailserver.toml"
+        conf.write_text(
+            f'hostname = "mail.example.test"\ndata_dir = "{data}"\n'
+            f"[server]\nworkers = {workers}\nlease = 3.0\n"
+            '[listen]\nsmtp = ["127.0.0.1:0"]\nimap = ["127.0.0.1:0"]\npop3 = ["127.0.0.1:0"]\n'
+            f"[limits]\nauth_max_failures_per_ip = {LIMIT}\nauth_max_failures_per_account = {LIMIT}\n"
+            "auth_max_delay = 0.0\n"
+            f'[queue]\nrun = false\n{extra}[[domain]]\nname = "example.test"\n')
+        store = open_store(load(conf))
+        try:
+            acct = store.add_account(ALICE, PasswordHasher("argon2", low_cost=True).hash(PW))
+            self.inbox_id = store.get_mailbox(acct.id, "INBOX").id
+        finally:
+            store.engine.dispose()
+        self.conf = conf
+        self.data = data
+        self.workers = workers
+        self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
+        assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
+        wait_for(lambda: self.err.count("listening pop3 on") >= workers, timeout=60, what="workers listening")
+        self.ports = {m.group(1): int(m.group(2))
+                      for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+)", self.err.text())}
+        assert set(self.ports) == {"smtp", "imap", "pop3"}, self.err.text()
+
+    def worker_pids(self) -> list[int]:
+        return _children(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            for pid in self.worker_pids():
+                os.kill(pid, signal.SIGKILL)
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def send(port: int, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.sendmail("bob@example.org", [ALICE], f"From: bob@example.org\r\nTo: {ALICE}\r\nSubject: {subject}\r\n\r\n"
+                                               f"{subject}\r\n".encode())
+
+
+def _lines_until(c: Raw, want: bytes, timeout: float = 20.0) -> list[bytes]:
+    c.sock.settimeout(timeout)
+    lines = []
+    while True:
+        ln = c.line()
+        lines.append(ln)
+        if ln == want:
+            return lines
+
+
+def _pop3(port: int) -> poplib.POP3:
+    return poplib.POP3("127.0.0.1", port, timeout=30)
+
+
+def _pop3_login(c: poplib.POP3, password: str = PW) -> str:
+    """"" when the login succeeded, else the -ERR line."""
+    try:
+        c.user(ALICE)
+        c.pass_(password)
+    except poplib.error_proto as e:
+        return e.args[0].decode()
+    return ""
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_idle_on_one_worker_sees_a_delivery_made_through_smtp_on_the_other(server):
+    """RFC 9051 6.3.13: an IMAP session in IDLE on worker A is told "* 1 EXISTS" for a message that SMTP handled
+    on worker B (the change travels over the supervisor's bus, not LISTEN/NOTIFY)."""
+    idle, a = on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap")
+    assert idle.cmd("L", f'LOGIN {ALICE} "{PW}"')[-1].startswith(b"L OK")
+    assert idle.cmd("S", "SELECT INBOX")[-1].startswith(b"S OK")
+    idle.send(b"I IDLE\r\n")
+    assert idle.line() == b"+ idling\r\n"
+    smtp, b = on_worker(server, lambda: smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30),
+                        lambda c: c.sock, "smtp", avoid=a)
+    assert a != b
+    smtp.sendmail("bob@example.org", [ALICE], f"From: bob@example.org\r\nTo: {ALICE}\r\nSubject: x\r\n\r\nx\r\n")
+    smtp.quit()
+    assert b"* 1 EXISTS\r\n" in _lines_until(idle, b"* 1 EXISTS\r\n")
+    idle.send(b"DONE\r\n")
+    assert idle.until(b"I")[-1].startswith(b"I OK")
+    idle.close()
+
+
+def test_pop3_maildrop_lock_spans_workers_and_ends_with_quit_or_sigkill(server):
+    """RFC 1939 section 4 / RFC 2449 8.1.1: a POP3 session on worker A makes a login on worker B answer
+    -ERR [IN-USE]; after QUIT on A, B gets in; after the holding worker is SIGKILLed, the maildrop is free again."""
+    first, a = on_worker(server, lambda: _pop3(server.ports["pop3"]), lambda c: c.sock, "pop3")
+    assert _pop3_login(first) == ""
+    other, b = on_worker(server, lambda: _pop3(server.ports["pop3"]), lambda c: c.sock, "pop3", avoid=a)
+    assert _pop3_login(other).startswith("-ERR [IN-USE]")
+    other.close()
+    first.quit()
+
+    def try_on_b():
+        c, _ = on_worker(server, lambda: _pop3(server.ports["pop3"]), lambda c: c.sock, "pop3", want=b)
+        if _pop3_login(c) == "":
+            return c
+        c.close()
+        return None
+
+    second = wait_for(try_on_b, what="lock free after QUIT")
+    os.kill(b, signal.SIGKILL)  # the holder dies with the session open
+    second.close()
+
+    def try_any():
+        c = _pop3(server.ports["pop3"])
+        if _pop3_login(c) == "":
+            return c
+        c.close()
+        return None
+
+    third = wait_for(try_any, timeout=30, what="lock free after SIGKILL")
+    third.quit()
+
+
+def test_wrong_passwords_spread_over_two_workers_are_throttled_as_one_count(server):
+    """20 wrong passwords alternating between the workers: the first 10 are answered "authentication failed",
+    the 11th and every later one "throttled", whichever worker gets it (10 + 10 per worker would never throttle)."""
+    first, a = on_worker(server, lambda: _pop3(server.ports["pop3"]), lambda c: c.sock, "pop3")
+    first.close()
+    answers = []
+    for i in range(20):
+        kw = {"want": a} if i % 2 == 0 else {"avoid": a}
+        c, _ = on_worker(server, lambda: _pop3(server.ports["pop3"]), lambda c: c.sock, "pop3", **kw)
+        answers.append(_pop3_login(c, f"wrong-{i}"))
+        c.close()
+    assert answers[:LIMIT] == ["-ERR [AUTH] authentication failed"] * LIMIT
+    assert answers[LIMIT:] == ["-ERR [SYS/TEMP] too many failed logins, try again later"] * (20 - LIMIT)
+
+
+def test_sigterm_stops_every_worker_cleanly(server):
+    """SIGTERM to the supervisor: each worker stops ("stopped", exit code 0), then the supervisor (exit code 0);
+    no process is left."""
+    pids = server.worker_pids()
+    assert len(pids) == 2
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0
+    assert server.err.wait_for("mailserver.supervisor: stopped")
+    assert server.err.count("mailserver.service: stopped") == 2, server.err.text()
+    assert server.err.count("stopped (exit code 0)") == 2, server.err.text()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_sighup_reaches_every_worker_and_is_ignored(server):
+    """SIGHUP to the supervisor is passed to each worker, which logs it and keeps serving."""
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: server.err.count("SIGHUP received") == 2, what="both workers logged SIGHUP")
+    send(server.ports["smtp"], "after hup")
+    assert server.proc.poll() is None
+
+
+def test_a_worker_killed_under_load_is_restarted_and_no_acknowledged_message_is_lost(server):
+    """SMTP clients deliver in a loop while one worker is SIGKILLed: the supervisor starts a new worker, every
+    message that got its 250 is in the mailbox, and the new worker serves connections."""
+    from mailserver.config import load
+    from mailserver.service import open_store
+
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            subject = f"load {n}-{i}"
+            i += 1
+            try:
+                send(server.ports["smtp"], subject)
+            except (OSError, smtplib.SMTPException):
+                continue  # the connection died with its worker: not acknowledged
+            with lock:
+                acked.append(subject)
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) >= 20, timeout=60, what="load running")
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: server.err.count("restarting it in") >= 1, what="restart logged")
+    wait_for(lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids(), timeout=60,
+             what="a new worker")
+    wait_for(lambda: server.err.count("listening pop3 on") >= 3, timeout=60, what="the new worker listening")
+    mark = len(acked)
+    wait_for(lambda: len(acked) >= mark + 20, timeout=60, what="load after the restart")
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    restarted = int(re.findall(r"worker \d+ started \(pid (\d+)\)", server.err.text())[-1])
+    assert restarted in server.worker_pids() and restarted != victim
+    c, _ = on_worker(server, lambda: _pop3(server.ports["pop3"]), lambda c: c.sock, "pop3", want=restarted)
+    c.quit()  # the restarted worker takes connections
+    from sqlalchemy import text
+
+    store = open_store(load(server.conf), run_migrations=False)
+    try:
+        with store.engine.connect() as conn:
+            subjects = {r[0] for r in conn.execute(text("SELECT subject FROM messages WHERE mailbox_id = :m"),
+                                                   {"m": server.inbox_id})}
+    finally:
+        store.engine.dispose()
+    missing = [s for s in acked if s not in subjects]
+    assert not missing, f"{len(missing)} acknowledged messages lost: {missing[:5]}"
+
+
+def test_one_maintenance_lease_holder_and_another_takes_over_when_it_dies(tmp_path):
+    """One worker of the cluster runs the queue and the blob collector (the maintenance lease); when it is
+    SIGKILLed, the supervisor frees its lease and another worker takes it."""
+    s = Server(tmp_path)
+    try:
+        wait_for(lambda: s.err.count("lease maintenance taken") >= 1, what="a holder")
+        holder_line = [ln for ln in s.err.lines if "lease maintenance taken" in ln][0]
+        holder_name = re.search(r"\((worker\d+):", holder_line).group(1)
+        index = int(holder_name[len("worker"):])
+        pid = int(re.search(rf"worker {index} started \(pid (\d+)\)", s.err.text()).group(1))
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: s.err.count("lease maintenance taken") >= 2, timeout=30, what="a new holder")
+    finally:
+        s.stop()
