@@ -239,6 +239,36 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class SenderAuthConfig:
+    """``[senderauth]``: SPF, DKIM, DMARC, ARC and iprev on mail the ``smtp`` listener receives from outside
+    (``mailserver/inbound/``); authenticated submission and trusted networks are not checked."""
+
+    enabled: bool = True
+    #: Seconds each check (SPF for HELO, SPF for MAIL FROM, DKIM, DMARC, ARC, iprev) may take, DNS included; the
+    #: message's checks run one after the other, so the reply after DATA waits at most about four times this.
+    timeout: float = 10.0
+    #: DNS queries one check may make (SPF also stops at 10 DNS mechanisms and 2 void lookups, RFC 7208 4.6.4).
+    max_queries: int = 50
+    #: DNS answers the checks remember (for their TTL, negative ones too); 0 = ask every time.
+    dns_cache: int = 10000
+    #: Signed messages larger than this are not verified (dkim=neutral): DKIM needs the whole message in memory.
+    dkim_max_size: int = 25 * 1024 * 1024
+    #: What a DMARC failure does: "policy" (the sender's p=reject is refused with 550 5.7.1 at the end of DATA,
+    #: p=quarantine goes to the quarantine), "quarantine" (a reject is quarantined too), "none" (header only).
+    dmarc_action: str = "policy"
+    #: dmarc_action per recipient domain (the domain the envelope recipient is in).
+    dmarc_action_by_domain: dict[str, str] = field(default_factory=dict)
+    #: Where quarantined mail goes, and its keyword (until the quarantine issue lands).
+    quarantine_mailbox: str = "Junk"
+    quarantine_keyword: str = "$Junk"
+    #: ARC sealers (their d= domains) whose passing chain and recorded dmarc=pass let a failing forward through.
+    arc_trusted_sealers: tuple[str, ...] = ()
+
+
+DMARC_ACTIONS = ("policy", "quarantine", "none")
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """``[proxy]``: the load balancers and reverse proxies we believe about the client's address."""
 
@@ -447,6 +477,7 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    senderauth: SenderAuthConfig = field(default_factory=SenderAuthConfig)
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
@@ -661,6 +692,22 @@ def _validate(cfg: Config, source: str) -> None:
         err("store.db_threads", "must be at least 1")
     if cfg.queue.smarthost.tls not in ("starttls", "implicit"):
         err("queue.smarthost.tls", "expected \"starttls\" or \"implicit\"")
+    sa = cfg.senderauth
+    if sa.dmarc_action not in DMARC_ACTIONS:
+        err("senderauth.dmarc_action", "expected \"policy\", \"quarantine\" or \"none\"")
+    for domain, action in sa.dmarc_action_by_domain.items():
+        if action not in DMARC_ACTIONS:
+            err(f"senderauth.dmarc_action_by_domain.{domain}", "expected \"policy\", \"quarantine\" or \"none\"")
+    if not 0 < sa.timeout <= 120:
+        err("senderauth.timeout", "expected more than 0 and at most 120 seconds")
+    if sa.max_queries < 1:
+        err("senderauth.max_queries", "must be at least 1")
+    if not sa.quarantine_mailbox:
+        err("senderauth.quarantine_mailbox", "must not be empty")
+    for i, sealer in enumerate(sa.arc_trusted_sealers):
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+",
+                            sealer):
+            err(f"senderauth.arc_trusted_sealers[{i}]", f"not a domain name: {sealer!r}")
     if cfg.antispam.rspamd and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", cfg.antispam.rspamd):
         err("antispam.rspamd", "expected a URL \"http://HOST:PORT\"")
     if cfg.antispam.on_error not in ("accept", "tempfail"):

@@ -1,4 +1,4 @@
-"""DNS lookups for outbound delivery (and DKIM/SPF later): dnspython, blocking, run in the ``dns`` thread pool.
+"""DNS lookups for outbound delivery and the inbound checks: dnspython, blocking, run in the ``dns`` thread pool.
 
 :class:`DnsResolver` wraps one ``dns.resolver.Resolver`` built from ``[dns] nameservers`` (empty = the system
 resolver).  The blocking methods (``mx``, ``addresses``, ``txt``) raise:
@@ -6,7 +6,8 @@ resolver).  The blocking methods (``mx``, ``addresses``, ``txt``) raise:
 * :class:`DnsPermanentError` for NXDOMAIN (the name does not exist: a permanent failure for mail routing);
 * :class:`DnsTemporaryError` for a timeout, SERVFAIL, or no answering server (try again later).
 
-A name that exists but has no record of the asked type gives an empty list.  CNAME chains are followed (dnspython
+A name that exists but has no record of the asked type gives an empty list.  ``records(name, rdtype, lifetime=)`` is
+the general form the inbound checks use (``mailserver/inbound/lookups.py``), with a time limit of the caller's.  CNAME chains are followed (dnspython
 follows a chain within one response; a chain that ends without the records is re-queried from its last name), at most
 :data:`MAX_CNAME_CHAIN` hops.  ``lookup_*`` are the Deferred-returning forms for the reactor thread.
 """
@@ -14,6 +15,9 @@ follows a chain within one response; a chain that ends without the records is re
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import dns.exception
@@ -60,26 +64,73 @@ def _make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
         r = dns.resolver.Resolver(configure=True)
     r.timeout = config.timeout
     r.lifetime = config.timeout
-    r.cache = None
+    r.cache = None  # DnsResolver keeps its own cache when asked to (the inbound checks)
     r.use_edns(0, 0, 1232)
     return r
 
 
-class DnsResolver:
-    """Blocking lookups over one dnspython resolver (call them in a thread pool, never the reactor thread)."""
+class AnswerCache:
+    """Answers of ``records()`` by (name, type) for their TTL (at most :data:`MAX_CACHE_TTL`), NXDOMAIN and NODATA
+    for :data:`NEGATIVE_TTL`; the least recently used go first past ``size``.  Thread-safe.  Temporary failures
+    are never kept."""
 
-    def __init__(self, config: DnsConfig, resolver: dns.resolver.Resolver | None = None):
+    def __init__(self, size: int, clock=time.monotonic):
+        self.size = size
+        self.clock = clock
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None:
+                return None
+            if hit[0] <= self.clock():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return hit[1]
+
+    def put(self, key, value, ttl: float) -> None:
+        with self._lock:
+            self._entries[key] = (self.clock() + min(ttl, MAX_CACHE_TTL), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+#: Longest an answer is kept, whatever its TTL; how long a name without records is remembered (RFC 2308 caps
+#: negative caching by the zone's SOA; this stays well under usual values).
+MAX_CACHE_TTL = 3600.0
+NEGATIVE_TTL = 60.0
+
+
+class DnsResolver:
+    """Blocking lookups over one dnspython resolver (call them in a thread pool, never the reactor thread).
+
+    ``cache_size`` > 0 keeps that many answers of :meth:`records` (:class:`AnswerCache`): the inbound checks ask
+    the same names for message after message, as a local caching resolver would answer them.  Outbound routing
+    uses no cache (each attempt sees the current records).
+    """
+
+    def __init__(self, config: DnsConfig, resolver: dns.resolver.Resolver | None = None, *, cache_size: int = 0):
         self.config = config
         self.resolver = resolver or _make_resolver(config)
+        self.cache = AnswerCache(cache_size) if cache_size else None
 
     # ----------------------------------------------------------------------------------------- core
 
-    def _query(self, name: str, rdtype: str) -> list:
-        """Records of ``rdtype`` at ``name``, following CNAME chains."""
+    def _query(self, name: str, rdtype: str, lifetime: float | None = None) -> list:
+        """Records of ``rdtype`` at ``name``, following CNAME chains; ``lifetime`` caps the seconds of each query."""
+        return self._query_ttl(name, rdtype, lifetime)[0]
+
+    def _query_ttl(self, name: str, rdtype: str, lifetime: float | None = None) -> tuple[list, float]:
+        """(records, their TTL) as :meth:`_query`; NODATA comes with :data:`NEGATIVE_TTL`."""
         qname = name.rstrip(".") + "."
         for _ in range(MAX_CNAME_CHAIN + 1):
             try:
-                answer = self.resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False)
+                answer = self.resolver.resolve(qname, rdtype, raise_on_no_answer=False, search=False,
+                                               lifetime=lifetime)
             except dns.resolver.NXDOMAIN:
                 raise DnsPermanentError(name, "NXDOMAIN (no such domain)") from None
             except dns.resolver.YXDOMAIN:
@@ -91,12 +142,31 @@ class DnsResolver:
             except dns.exception.DNSException as e:
                 raise DnsTemporaryError(name, str(e) or type(e).__name__) from None
             if answer.rrset is not None:
-                return list(answer.rrset)
+                return list(answer.rrset), float(answer.rrset.ttl)
             canonical = answer.canonical_name.to_text()
             if canonical.lower() == qname.lower():
-                return []  # NODATA: the name exists without records of this type
+                return [], NEGATIVE_TTL  # NODATA: the name exists without records of this type
             qname = canonical  # the chain left the response: ask for its last name
         raise DnsTemporaryError(name, f"CNAME chain longer than {MAX_CNAME_CHAIN}")
+
+    def records(self, name: str, rdtype: str, *, lifetime: float | None = None) -> list:
+        """The dnspython rdata of ``rdtype`` at ``name`` (CNAMEs followed); raises as the module docstring says.
+        Answered from the cache when there is one."""
+        if self.cache is None:
+            return self._query(name, rdtype, lifetime)
+        key = (name.rstrip(".").lower(), rdtype)
+        hit = self.cache.get(key)
+        if hit is not None:
+            if isinstance(hit, DnsPermanentError):
+                raise hit
+            return list(hit)
+        try:
+            found, ttl = self._query_ttl(name, rdtype, lifetime)
+        except DnsPermanentError as e:
+            self.cache.put(key, e, NEGATIVE_TTL)
+            raise
+        self.cache.put(key, tuple(found), ttl)
+        return found
 
     def mx(self, domain: str) -> list[MxRecord]:
         return [MxRecord(int(r.preference), r.exchange.to_text(omit_final_dot=True).lower()

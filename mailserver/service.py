@@ -45,7 +45,10 @@ from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
+from mailserver.dns import DnsResolver
 from mailserver.inbound.scanners import inbound_stages
+from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
+from mailserver.inbound.senderauth import Settings as SenderAuthSettings
 from mailserver.memory import MemoryTrim
 from mailserver.proxied import ProxiedFactory
 from mailserver.proxywire import Networks
@@ -419,6 +422,11 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
+        # Mail from outside on the MX listener: SPF, DKIM, DMARC, ARC, iprev, one Authentication-Results (RFC 8601).
+        senderauth = SenderAuthSettings(self.config)
+        pipeline.add_transform(AuthResultsStripper(senderauth))
+        resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
+        pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
         for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules):  # virus scan, spam scorers, the spam policy
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,

@@ -112,6 +112,9 @@ def make_config(tmp_path: Path, listeners=("smtp",), domains=(TEST_DOMAIN,), dat
         # point [dns] at its own loopback DNS server); lookups that slip through go to a closed loopback port.
         "queue": {"run": False},
         "dns": {"nameservers": ["127.0.0.1:9"], "timeout": 2.0},
+        # Sender authentication asks DNS for every message from outside on the MX port: off unless a test gives it
+        # a DNS server of its own (tests/inbound/senderauth_env.py); a lookup of that closed port waits its timeout.
+        "senderauth": {"enabled": False},
     }
     if database_url and not database_url.startswith("sqlite"):
         # Declared shared so that PostgreSQL tests keep file blobs (refused at start otherwise); no test reads

@@ -10,8 +10,8 @@ import ssl
 
 import dkim
 
+from tests.dnsserver import dns_server
 from tests.harness import running_server
-from tests.outbound.dnsserver import dns_server
 from tests.outbound.helpers import wait_for
 from tests.outbound.receiver import receiver
 

@@ -94,11 +94,17 @@ class Body:
                 form.parsed = parse(self.blobs.read(form.ref.id))
 
     def form(self, prefix: bytes, parsed: bool) -> Form:
-        """The form with ``prefix``, made from an existing one when missing; parsed when ``parsed``."""
+        """The form with ``prefix``, made from an existing one when missing; parsed when ``parsed`` (a copy that
+        only adds trace or authentication fields to a parsed form takes its parse, moved: no second parse)."""
         form = self.find(prefix)
         if form is None:
-            form = Form(prefix, None, self._copy(self.forms[0], prefix))
+            source = self.forms[0]
+            form = Form(prefix, None, self._copy(source, prefix))
             self.forms.append(form)
+            if parsed and source.parsed is not None and prefix.startswith(source.prefix):
+                from mailserver.mime.parse import with_inserted_fields
+
+                form.parsed = with_inserted_fields(source.parsed, prefix[len(source.prefix):])
         if parsed and form.parsed is None:
             form.parsed = parse(self.blobs.read(form.ref.id))
         return form

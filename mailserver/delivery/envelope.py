@@ -73,6 +73,7 @@ class ClientInfo:
     authenticated: str = ""  # the account address, "" when not authenticated
     account_id: int | None = None
     submission: bool = False  # RFC 6409 message submission (Message-ID/Date may be added)
+    trusted: bool = False  # the client is in ``smtp.trusted_networks``
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ and tests.  Each builds a :class:`~mailserver.delivery.envelope.Request` and eit
 writer=w)``), or the whole message (``ingest(request, raw)``).  Then, for every message:
 
 1. the body is stored once (blob pool; durable before any metadata names it) and parsed once when it has a local
-   recipient; received mail first gets its trace fields (``delivery/trace.py``: Received, Return-Path,
+   recipient; received mail first goes through the body transforms (``Pipeline.add_transform``, e.g. removing
+   Authentication-Results that claim our host name) and gets its trace fields (``delivery/trace.py``: Received, Return-Path,
    Delivered-To, Message-ID/Date on submission) and its loop check (RFC 5321 6.3);
 2. every final recipient runs the steps of ``delivery/stages.py`` in their fixed order: routing -> message checks
    -> the recipient's filter -> quota -> mailbox choice; a request with a placement (an exact mailbox) skips the
@@ -72,6 +73,8 @@ class Pipeline:
         self.filter = NoFilter()
         #: Message-level check hooks (``delivery/hooks.py``), run in this order before the registered checks.
         self.hooks: list = list(hooks)
+        #: Body transforms (``delivery/stages.py`` Transform), applied in this order to received mail as it streams.
+        self.transforms: list = []
         #: Told of each check verdict (``verdict(stage_name, verdict)``) and each result (``concluded(request,
         #: result)``): the server's metrics; None = nobody.
         self.observer = None
@@ -85,6 +88,10 @@ class Pipeline:
 
     def unregister(self, stage) -> None:
         self.checks.remove(stage)
+
+    def add_transform(self, transform) -> None:
+        """Add a body transform after the others (it applies to messages that start after this call)."""
+        self.transforms.append(transform)
 
     def check_stages(self, request: Request) -> list:
         """The check stages that run for ``request``: the message hooks, then the registered checks; a request for
@@ -147,6 +154,8 @@ class Ingest:
         self.queue_id = new_queue_id()  # one id from the log line and Received field to the queue's lines
         self.size = len(raw) if raw is not None else 0
         self.scanner: HeaderScanner | None = None
+        self._filters: list = []  # the transforms' stream filters for this message, in order
+        self._trace_len = 0  # the Received field in front of the message as received (every form has it)
         self._targets: list[Target] = []
         self._seen: set[tuple[str, str]] = set()
         self._unrouted: list[Recipient] = []
@@ -167,11 +176,13 @@ class Ingest:
             if request.envelope is None:
                 raise ValueError("trace fields need an envelope")
             cfg = pipeline.config
+            self._filters = [t.start(request) for t in pipeline.transforms if t.applies(request)]
             self.scanner = HeaderScanner(missing_submission_fields(cfg.hostname) if client.submission else {})
             rcpts = request.envelope.recipients
             common = received_header(cfg.hostname, client, smtputf8=request.envelope.smtputf8, queue_id=self.queue_id,
                                      recipient=rcpts[0].address if len(rcpts) == 1 else None,
                                      show_auth_user=cfg.smtp.received_show_auth_user).encode("utf-8")
+            self._trace_len = len(common)
             prefixes = []
             if self._unrouted or any(t.route.kind == LOCAL for t in self._targets):
                 prefixes.append(self._local_base())
@@ -192,7 +203,13 @@ class Ingest:
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        out = self.scanner.feed(data) if self.scanner is not None else data
+        self._pass_on(data, 0)
+
+    def _pass_on(self, data: bytes, first: int) -> None:
+        """``data`` through the transforms from ``first`` on, the header scanner, into the body."""
+        for f in self._filters[first:]:
+            data = f.feed(data)
+        out = self.scanner.feed(data) if self.scanner is not None and data else data
         if out:
             self.body.write(out)
 
@@ -281,6 +298,8 @@ class Ingest:
         p, req = self.pipeline, self.request
         if self._writer is not None:
             self.size = self._writer.size
+        for i, f in enumerate(self._filters):
+            self._pass_on(f.finish(), i + 1)  # what a filter still held goes through the ones after it
         if self.scanner is not None:
             rest = self.scanner.finish()
             if rest:
@@ -362,7 +381,8 @@ class Ingest:
         read = self.pipeline.runner.read_blob
         return MessageInfo(self.request.producer, self.queue_id, self.request.envelope, self.request.client,
                            self.size, form.ref.id, form.parsed,
-                           lambda start=0, end=None: read(form.ref.id, start, end))
+                           lambda start=0, end=None: read(form.ref.id, start, end),
+                           offset=len(form.prefix) + self._trace_len)
 
     async def _redirect(self) -> None:
         """Replace redirected recipients by their targets, routed again (a check's decision: they may be remote)."""

@@ -1,7 +1,7 @@
 """Where the pipeline's blocking work runs.
 
-:class:`ReactorRunner` (a running server): blob and parse work in the blob pool, routing reads in ``db_read``, local
-deliveries through the group committer (``AsyncStore.deliver``), change events published.  :class:`InlineRunner`
+:class:`ReactorRunner` (a running server): blob and parse work in the blob pool, routing reads in ``db_read``, DNS work of
+the checks in ``dns``, local deliveries through the group committer (``AsyncStore.deliver``), change events published.  :class:`InlineRunner`
 (command-line tools, no reactor): the same calls made at once in the calling thread, each returning a Deferred that
 has already fired, so the pipeline's coroutine completes before ``finish()`` returns.
 """
@@ -26,6 +26,10 @@ class ReactorRunner:
 
     def read(self, f, *args, **kwargs) -> defer.Deferred:
         return run_in(self.reactor, self.pools.db_read, f, *args, **kwargs)
+
+    def dns(self, f, *args, **kwargs) -> defer.Deferred:
+        """Blocking DNS work (the inbound checks) in the ``dns`` pool."""
+        return run_in(self.reactor, self.pools.dns, f, *args, **kwargs)
 
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
         return self.astore.read_blob(blob_id, start, end)
@@ -58,6 +62,7 @@ class InlineRunner:
         return defer.execute(f, *args, **kwargs)
 
     read = blob
+    dns = blob
 
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
         return defer.execute(self.store.blobs.read, blob_id, start, end)

@@ -352,9 +352,9 @@ class SieveFilter:
     def _redirect_bytes(self, facts: MessageFacts, message, account: str) -> bytes:
         raw = self.store.blobs.read(message.blob_id)
         _, body = split_message(raw)
-        fields = [f for f in facts.fields]
-        while fields and fields[0][0].lower() == "return-path":
-            fields.pop(0)  # RFC 5321 4.4: the next final delivery adds its own
+        # RFC 5321 4.4: the next final delivery adds its own Return-Path, and a message we send must not carry one
+        # (the check stages' fields, Authentication-Results, come before ours in this view).
+        fields = [f for f in facts.fields if f[0].lower() != "return-path"]
         head = "".join(f"{k}:{v}\r\n" for k, v in fields).encode("utf-8")
         trace = f"{REDIRECT_TRACE}: <{account}>\r\n".encode()
         return trace + head + b"\r\n" + body

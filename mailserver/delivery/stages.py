@@ -135,7 +135,10 @@ class MessageInfo:
     """The message as the stages see it: stored once (``blob_id``) and parsed once (``parsed``, when it has a local
     recipient); ``read(start=0, end=None)`` returns a Deferred of the stored bytes.  ``memo`` is the message's
     own scratch space, shared by every stage and recipient of this one message: work done once per message (a
-    scan, a score card) is kept there under the stage's name, while the verdict may still differ per recipient."""
+    scan, a score card, the sender authentication results under ``senderauth``) is kept there under the stage's
+    name, while the verdict may still differ per recipient; later stages (scoring) read it there.  ``offset`` is
+    where the message as received starts in the stored bytes (after the trace fields we put in front: Return-Path,
+    Delivered-To, Received)."""
 
     producer: str
     queue_id: str
@@ -146,6 +149,7 @@ class MessageInfo:
     parsed: dict | None
     read: Callable[..., Any]
     memo: dict = field(default_factory=dict, compare=False, repr=False)
+    offset: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -233,6 +237,22 @@ class Stage(Protocol):
     exact_mailbox: bool  # also run for requests that target an exact mailbox (APPEND, drafts, Sent copies)
 
     def check(self, message: MessageInfo, target: Target) -> Any:
+        ...
+
+
+class Transform(Protocol):
+    """A change to received mail while it streams in, before it is stored (e.g. removing header fields that claim
+    to come from us).  Registered with ``Pipeline.add_transform``; ``start`` gives a sans-IO filter for one message
+    (``feed(bytes) -> bytes``, ``finish() -> bytes``).  It sees the message as the client sent it, before the trace
+    fields, and only requests with a ``client`` (mail received from a client) go through it.
+    """
+
+    name: str
+
+    def applies(self, request) -> bool:
+        ...
+
+    def start(self, request) -> Any:
         ...
 
 

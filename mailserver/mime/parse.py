@@ -519,6 +519,32 @@ def iter_leaves(bs: dict) -> Iterator[dict]:
             yield node
 
 
+_WHOLE_FIELDS = re.compile(rb"(?:[!-9;-~]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+")
+
+
+def with_inserted_fields(parsed: dict, fields: bytes) -> dict | None:
+    """The parse-once columns (``to_json()`` form) of a message with ``fields`` inserted into its top-level header,
+    from those of the message without them: the same values with every offset past the insertion moved by
+    ``len(fields)``.  It holds when ``fields`` are whole CRLF-terminated header fields that this parser never reads
+    (trace and authentication fields: Authentication-Results, Received ...); otherwise None (parse again).
+    ``tests/inbound/test_senderauth_forms.py`` checks it against a fresh parse."""
+    if not _WHOLE_FIELDS.fullmatch(fields) or _MESSAGE_PATTERN.search(fields) or _MIME_PATTERN.search(fields):
+        return None
+    delta = len(fields)
+    bs = json.loads(parsed["bodystructure"]) if isinstance(parsed["bodystructure"], str) else \
+        json.loads(json.dumps(parsed["bodystructure"]))
+    for node in iter_parts(bs):
+        if node is not bs:
+            node["header_start"] += delta
+        node["body_start"] += delta
+        node["body_end"] += delta
+    out = dict(parsed)
+    out["size"] = parsed["size"] + delta
+    out["header_size"] = parsed["header_size"] + delta
+    out["bodystructure"] = json.dumps(bs, separators=(",", ":"))
+    return out
+
+
 def _fallback_structure(raw: bytes) -> dict:
     try:
         body_start = _body_start(raw, 0, len(raw))

@@ -290,7 +290,8 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         ident = s.identity
         info = ev.ClientInfo(ip=self.ip, helo=s.helo or "", esmtp=s.esmtp, tls_version=version, tls_cipher=cipher,
                              authenticated=ident.address if ident else "",
-                             account_id=ident.account_id if ident else None, submission=self.factory.submission)
+                             account_id=ident.account_id if ident else None, submission=self.factory.submission,
+                             trusted=s.peer.trusted)
         request = ev.Request(ev.SMTP, envelope=delivery_envelope(envelope), client=info, log=True)
         self.message = self.factory.pipeline.begin(request)
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from storage.store import QueueRecipientSpec  # noqa: E402
 from tests import harness  # noqa: E402
-from tests.outbound.dnsserver import dns_server  # noqa: E402
+from tests.dnsserver import dns_server  # noqa: E402
 from tests.outbound.receiver import receiver  # noqa: E402
 
 

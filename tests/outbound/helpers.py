@@ -8,7 +8,7 @@ from contextlib import ExitStack, contextmanager
 from twisted.internet import task
 
 from tests import harness
-from tests.outbound.dnsserver import dns_server
+from tests.dnsserver import dns_server
 
 SENDER = "alice@example.test"
 

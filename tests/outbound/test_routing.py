@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 from mailserver.config import DnsConfig, parse_address
 from mailserver.delivery.mx import RouteError, order_mx, route_domain
 from mailserver.dns import DnsResolver, MxRecord
-from tests.outbound.dnsserver import dns_server
+from tests.dnsserver import dns_server
 from tests.outbound.helpers import message, outbound, wait_for
 from tests.outbound.receiver import closed_port, receiver
 

@@ -12,8 +12,8 @@ from email import message_from_bytes, policy
 from playwright.sync_api import expect, sync_playwright
 
 from storage.queue import QueueStore
+from tests.dnsserver import dns_server
 from tests.harness import running_server
-from tests.outbound.dnsserver import dns_server
 from tests.outbound.helpers import wait_for
 from tests.outbound.receiver import receiver
 from tests.webmail.test_browser import ALICE, CHROMIUM_ARGS, PW, _login, _shot

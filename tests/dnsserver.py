@@ -9,7 +9,9 @@ Usage (the server runs on the harness reactor; ``start``/``stop`` are called thr
 Records are tuples: ``("A", "127.0.0.1")``, ``("AAAA", "::1")``, ``("MX", pref, "host")`` (host "." = null MX),
 ``("CNAME", "target")``, ``("TXT", "text", ...)``, ``("SRV", prio, weight, port, "target")``, ``("PTR", "name")``.
 Owner names are relative to the zone ("" = the apex) or absolute when they end with ".".  Names listed in ``hang`` are
-never answered (the query times out): the way to test a lookup timeout.  UDP and TCP listen on one port.
+never answered (the query times out): the way to test a lookup timeout; names in ``servfail`` are answered SERVFAIL
+(a temporary failure without waiting).  ``srv.queries`` lists every (name, type) asked, in order.  UDP and TCP
+listen on one port; a UDP answer larger than the client's EDNS size is truncated and asked again over TCP.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ def _record(rec: tuple, ttl: int = 60):
 class ZoneAuthority(authority.FileAuthority):
     """One zone built from Python data instead of a zone file."""
 
-    def __init__(self, origin: str, names: dict[str, list[tuple]], hang: set[str]):
-        self._origin, self._names, self._hang = origin.rstrip("."), names, hang
+    def __init__(self, origin: str, names: dict[str, list[tuple]], hang: set[str], servfail: set[str] = frozenset(),
+                 queries: list | None = None):
+        self._origin, self._names, self._hang, self._servfail = origin.rstrip("."), names, hang, servfail
+        self._queries = queries if queries is not None else []
         super().__init__(None)
 
     def loadFile(self, filename):  # noqa: N802 - twisted API
@@ -61,15 +65,37 @@ class ZoneAuthority(authority.FileAuthority):
             self.records.setdefault(full.lower().encode(), []).extend(_record(r) for r in recs)
 
     def _lookup(self, name, cls, type, timeout=None):
-        if name.decode().lower().rstrip(".") in self._hang:
+        key = name.decode().lower().rstrip(".")
+        if key == self._origin.lower() or key.endswith("." + self._origin.lower()):
+            self._queries.append((key, dns.QUERY_TYPES.get(type, str(type))))
+        if key in self._hang:
             return defer.Deferred()  # never answered: the client times out
+        if key in self._servfail:
+            return defer.fail(RuntimeError("SERVFAIL for the test"))  # the server answers SERVFAIL
         return super()._lookup(name, cls, type, timeout)
 
 
+class _TruncatingDatagramProtocol(dns.DNSDatagramProtocol):
+    """UDP answers larger than the client's EDNS payload size (512 without EDNS) go out empty with TC set, as a
+    real server's would (RFC 1035 4.2.1, RFC 6891 6.2.5): the client asks again over TCP."""
+
+    def writeMessage(self, message, address):  # noqa: N802 - twisted API
+        data = message.toStr()
+        limit = max(getattr(message, "maxSize", 0) or 512, 512)
+        if len(data) > limit:
+            message.answers, message.authority, message.additional = [], [], []
+            message.trunc = 1
+            data = message.toStr()
+        self.transport.write(data, address)
+
+
 class DnsTestServer:
-    def __init__(self, zones: dict[str, dict[str, list[tuple]]], hang: set[str] | frozenset[str] = frozenset()):
+    def __init__(self, zones: dict[str, dict[str, list[tuple]]], hang: set[str] | frozenset[str] = frozenset(),
+                 servfail: set[str] | frozenset[str] = frozenset()):
         hang = {h.lower().rstrip(".") for h in hang}
-        self.authorities = [ZoneAuthority(origin, names, hang) for origin, names in zones.items()]
+        servfail = {h.lower().rstrip(".") for h in servfail}
+        self.queries: list[tuple[str, str]] = []
+        self.authorities = [ZoneAuthority(origin, names, hang, servfail, self.queries) for origin, names in zones.items()]
         self.port = 0
         self._udp = self._tcp = None
 
@@ -84,7 +110,7 @@ class DnsTestServer:
 
         factory = server.DNSServerFactory(authorities=self.authorities)
         for _ in range(20):
-            self._udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+            self._udp = reactor.listenUDP(0, _TruncatingDatagramProtocol(factory), interface="127.0.0.1")
             self.port = self._udp.getHost().port
             try:
                 self._tcp = reactor.listenTCP(self.port, factory, interface="127.0.0.1")
@@ -98,8 +124,8 @@ class DnsTestServer:
 
 
 @contextmanager
-def dns_server(zones: dict[str, dict[str, list[tuple]]], hang=frozenset()):
-    srv = DnsTestServer(zones, hang)
+def dns_server(zones: dict[str, dict[str, list[tuple]]], hang=frozenset(), servfail=frozenset()):
+    srv = DnsTestServer(zones, hang, servfail)
     harness.call(srv.start)
     try:
         yield srv

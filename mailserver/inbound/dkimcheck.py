@@ -1,0 +1,194 @@
+"""DKIM verification (RFC 6376) of every signature of a message, RSA and Ed25519 (RFC 8463), with dkimpy.
+
+dkimpy parses the message and the signatures and canonicalizes; the key records come from our resolver (the
+check's :class:`~mailserver.inbound.lookups.Lookups`), the signature itself is checked by OpenSSL (RSA, through
+``cryptography``) or libsodium (Ed25519), and each signature gets one RFC 8601 result:
+
+* ``pass``      - the signature verifies;
+* ``fail``      - it does not (body hash or signature mismatch);
+* ``neutral``   - it was not looked at: past :data:`MAX_SIGNATURES`, or the message is larger than the check
+  verifies (``[senderauth] dkim_max_size``);
+* ``temperror`` - the key could not be fetched now (DNS timeout, SERVFAIL, the check's time limit);
+* ``permerror`` - the signature or its key is unusable: malformed tags, an unknown algorithm or rsa-sha1 (RFC 8301),
+  no key record, a
+  revoked (empty ``p=``) or unparsable key, an RSA key shorter than :data:`MIN_RSA_BITS` (RFC 8301) or longer
+  than :data:`MAX_RSA_BITS` or with an exponent over :data:`MAX_RSA_EXPONENT_BITS` bits (bounded CPU per
+  signature: the thread running it cannot be interrupted).
+
+A message without DKIM-Signature fields has the single result ``none``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+
+import dkim
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from dkim.canonicalization import CanonicalizationPolicy
+
+from mailserver.dns import DnsError, DnsPermanentError
+from mailserver.inbound.lookups import Lookups
+
+NONE, PASS, FAIL, NEUTRAL, TEMPERROR, PERMERROR = "none", "pass", "fail", "neutral", "temperror", "permerror"
+
+#: Signatures verified per message; the others get ``neutral`` (each costs a lookup and a hash of the body).
+MAX_SIGNATURES = 8
+#: RFC 8301 3.2: RSA keys under 1024 bits are not valid.
+MIN_RSA_BITS = 1024
+#: Larger keys are refused (RFC 8301 allows up to 4096; verification cost grows with the square of the size).
+MAX_RSA_BITS = 8192
+MAX_RSA_EXPONENT_BITS = 64
+
+_log = logging.getLogger("mailserver.inbound.dkim")
+_log.addHandler(logging.NullHandler())
+_log.propagate = False
+
+
+@dataclass(frozen=True)
+class DkimResult:
+    result: str
+    domain: str = ""  # d=
+    selector: str = ""  # s=
+    algorithm: str = ""  # a=
+    identity: str = ""  # i=
+    b: str = ""  # the first characters of b= (RFC 6008 header.b)
+    reason: str = ""
+
+
+_UNPRINTABLE = re.compile(r"[^!-~]")
+_UNPRINTABLE_OR_SPACE = re.compile(r"[^ -~]")
+
+
+def _text(v, limit: int = 200) -> str:
+    """A tag value as printable ASCII (at most ``limit`` characters)."""
+    if isinstance(v, bytes):
+        v = v[:limit].decode("ascii", "replace")
+    return _UNPRINTABLE.sub("?", v[:limit])
+
+
+def _reason(message: str) -> str:
+    """An exception's message as a short reason: printable ASCII, without dkimpy's parenthesised data."""
+    return _UNPRINTABLE_OR_SPACE.sub("?", message[:300]).split(" (")[0][:100]
+
+
+def _key_record(lookups: Lookups, name: str) -> bytes | None:
+    """The key TXT record at ``name`` (None: no record); DnsError for a temporary failure or a limit."""
+    try:
+        records = [t for t in lookups.txt(name) if t]
+    except DnsPermanentError:
+        return None
+    # RFC 6376 3.6.2.2: several records at the name: the verifier may pick any; use the first DKIM one.
+    for r in records:
+        if r.lstrip().startswith(b"v=DKIM1") or b"p=" in r:
+            return r
+    return records[0] if records else None
+
+
+def _check_key(pk, ktag) -> str:
+    """Why a parsed key is unusable ("" when fine)."""
+    if ktag == b"rsa":
+        bits = int(pk["modulus"]).bit_length()
+        if bits < MIN_RSA_BITS:
+            return f"RSA key of {bits} bits is too short (RFC 8301)"
+        if bits > MAX_RSA_BITS:
+            return f"RSA key of {bits} bits is too long"
+        if int(pk["publicExponent"]).bit_length() > MAX_RSA_EXPONENT_BITS:
+            return "RSA public exponent is too large"
+    return ""
+
+
+def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
+    try:
+        sig, include_headers, sigheaders = d.verify_headerprep(idx)
+    except dkim.DKIMException as e:
+        return DkimResult(PERMERROR, reason=f"bad signature: {_reason(str(e))}")
+    fields = dict(sig)
+    base = dict(domain=_text(fields.get(b"d", b"")), selector=_text(fields.get(b"s", b"")),
+                algorithm=_text(fields.get(b"a", b"")), identity=_text(fields.get(b"i", b"")),
+                b=_text(re.sub(rb"\s+", b"", fields.get(b"b", b"")[:64]), 8))
+    name = f"{base['selector']}._domainkey.{base['domain']}"
+    try:
+        record = _key_record(lookups, name)
+    except DnsError as e:
+        return DkimResult(PERMERROR if e.permanent else TEMPERROR, **base, reason=f"key lookup: {_reason(e.reason)}")
+    if record is None:
+        return DkimResult(PERMERROR, **base, reason="no key record")
+    if re.search(rb"(?:^|;)\s*p\s*=\s*(?:;|$)", record):
+        return DkimResult(PERMERROR, **base, reason="key revoked (empty p=)")  # RFC 6376 3.6.1
+    try:
+        pk, keysize, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record)
+    except Exception as e:  # noqa: BLE001 - any malformed key record
+        return DkimResult(PERMERROR, **base, reason=f"bad key record: {_reason(str(e))}")
+    if pk is None:
+        return DkimResult(PERMERROR, **base, reason="key not for email (s= tag)")
+    problem = _check_key(pk, ktag)
+    if problem:
+        return DkimResult(PERMERROR, **base, reason=problem)
+    algorithm = fields.get(b"a")
+    if algorithm == b"rsa-sha1":
+        return DkimResult(PERMERROR, **base, reason="rsa-sha1 is not accepted (RFC 8301)")
+    if (ktag == b"ed25519") != (algorithm == b"ed25519-sha256"):
+        return DkimResult(PERMERROR, **base, reason="key type does not match a=")
+    try:
+        verdict = _check_signature(d, sig, include_headers, sigheaders[idx], pk, ktag)
+    except Exception as e:  # noqa: BLE001 - malformed c=, b=, l= ...: a verdict, never a crash
+        return DkimResult(PERMERROR, **base, reason=_reason(str(e)) or type(e).__name__)
+    return DkimResult(PASS if not verdict else FAIL, **base, reason=verdict)
+
+
+def _check_signature(d: "dkim.DKIM", sig: dict, include_headers: list, sig_header, pk, ktag) -> str:
+    """RFC 6376 3.7 for one signature: "" when it verifies, else why not.  dkimpy canonicalizes and selects the
+    header fields; the public-key step is OpenSSL's (``cryptography``) for RSA and libsodium's for Ed25519."""
+    policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+    sha256 = hashlib.sha256
+    body = policy.canonicalize_body(d.body)
+    if b"l" in sig:
+        body = body[:int(sig[b"l"])]
+    if base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"])) != sha256(body).digest():
+        return "body hash mismatch"
+    if b"from" in include_headers:
+        include_headers = include_headers + [b"from"]  # as dkimpy: a second From field breaks the signature
+    h = sha256()
+    dkim.hash_headers(h, policy, policy.canonicalize_headers(d.headers), include_headers, sig_header, sig)
+    signature = base64.b64decode(re.sub(rb"\s+", b"", sig[b"b"]))
+    if ktag == b"ed25519":
+        try:
+            pk.verify(h.digest(), signature)
+            return ""
+        except Exception:  # noqa: BLE001 - nacl's BadSignatureError (and a signature of the wrong length)
+            return "signature did not verify"
+    key = rsa.RSAPublicNumbers(int(pk["publicExponent"]), int(pk["modulus"])).public_key()
+    try:
+        key.verify(signature, h.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        return ""
+    except InvalidSignature:
+        return "signature did not verify"
+
+
+def verify(lookups: Lookups, message: bytes) -> list[DkimResult]:
+    """One result per DKIM-Signature field, in header order; [none] when there is none.  Never raises."""
+    try:
+        d = dkim.DKIM(message, logger=_log, minkey=MIN_RSA_BITS)
+    except Exception as e:  # noqa: BLE001 - a header dkimpy cannot parse
+        return [DkimResult(PERMERROR, reason=f"message header not parsable: {_reason(str(e))[:60]}")]
+    count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
+    if not count:
+        return [DkimResult(NONE)]
+    out = []
+    for idx in range(count):
+        if idx >= MAX_SIGNATURES:
+            out.append(DkimResult(NEUTRAL, reason=f"more than {MAX_SIGNATURES} signatures"))
+            continue
+        out.append(_verify_one(d, idx, lookups))
+    return out
+
+
+def too_large(message_size: int) -> list[DkimResult]:
+    """The result for a signed message larger than the check verifies."""
+    return [DkimResult(NEUTRAL, reason=f"message of {message_size} bytes not verified")]
