@@ -254,13 +254,10 @@ class SenderAuthConfig:
     #: Signed messages larger than this are not verified (dkim=neutral): DKIM needs the whole message in memory.
     dkim_max_size: int = 25 * 1024 * 1024
     #: What a DMARC failure does: "policy" (the sender's p=reject is refused with 550 5.7.1 at the end of DATA,
-    #: p=quarantine goes to the quarantine), "quarantine" (a reject is quarantined too), "none" (header only).
+    #: p=quarantine is held in the quarantine), "quarantine" (a reject is quarantined too), "none" (header only).
     dmarc_action: str = "policy"
     #: dmarc_action per recipient domain (the domain the envelope recipient is in).
     dmarc_action_by_domain: dict[str, str] = field(default_factory=dict)
-    #: Where quarantined mail goes, and its keyword (until the quarantine issue lands).
-    quarantine_mailbox: str = "Junk"
-    quarantine_keyword: str = "$Junk"
     #: ARC sealers (their d= domains) whose passing chain and recorded dmarc=pass let a failing forward through.
     arc_trusted_sealers: tuple[str, ...] = ()
 
@@ -702,8 +699,6 @@ def _validate(cfg: Config, source: str) -> None:
         err("senderauth.timeout", "expected more than 0 and at most 120 seconds")
     if sa.max_queries < 1:
         err("senderauth.max_queries", "must be at least 1")
-    if not sa.quarantine_mailbox:
-        err("senderauth.quarantine_mailbox", "must not be empty")
     for i, sealer in enumerate(sa.arc_trusted_sealers):
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+",
                             sealer):

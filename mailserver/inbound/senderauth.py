@@ -15,7 +15,8 @@ and written as one ``Authentication-Results: <hostname>; ...`` field (RFC 8601) 
 copy.  The DMARC disposition is honoured (``dmarc_action``, per recipient domain in ``dmarc_action_by_domain``):
 ``reject`` refuses the message at the end of DATA with 550 5.7.1 (never a bounce: when the recipients' domains do
 not all refuse, the ones that would are quarantined instead, so the message is accepted or refused as one);
-``quarantine`` files the copy into ``quarantine_mailbox`` with ``quarantine_keyword``.  A failing message whose
+``quarantine`` holds the copy in the quarantine (``Verdict.quarantine("dmarc", ...)``, with our field and the
+results as facts).  A failing message whose
 ARC chain passes and was sealed by a trusted sealer that recorded ``dmarc=pass`` is delivered as if it passed.
 
 Each check is bounded in the thread that runs it (its deadline cuts every DNS query) and again on the reactor:
@@ -40,7 +41,7 @@ from twisted.logger import Logger
 
 from mailserver.delivery import envelope as ev
 from mailserver.delivery.router import LOCAL
-from mailserver.delivery.stages import MessageInfo, Target, Verdict
+from mailserver.delivery.stages import Fact, MessageInfo, Target, Verdict
 from mailserver.dns import AnswerCache
 from mailserver.inbound import arc as arc_mod
 from mailserver.inbound import authresults, dkimcheck
@@ -113,6 +114,16 @@ class SenderAuthResult:
         return out
 
 
+def _facts(result: SenderAuthResult) -> list[Fact]:
+    """What a quarantined copy keeps of the checks (shown with it)."""
+    out = [Fact("dmarc", m.from_domain, m.result, detail=f"p={m.policy or 'none'}") for m in result.dmarc]
+    out.append(Fact("spf", result.spf.domain, result.spf.result))
+    out += [Fact("dkim", d.domain, d.result, detail=d.reason) for d in result.dkim]
+    out.append(Fact("arc", result.arc.sealer, result.arc.result))
+    out.append(Fact("iprev", result.client_ip, result.iprev.result, detail=result.iprev.confirmed))
+    return out
+
+
 def from_domains(head: bytes) -> list[str] | None:
     """The distinct domains of the From field(s) (RFC 5322 3.6.2), lower-cased; None when there is no usable
     From (no field, or one without a domain)."""
@@ -144,8 +155,6 @@ class Settings:
         self.dkim_max_size = sa.dkim_max_size
         self.action = sa.dmarc_action
         self.action_by_domain = {d.lower(): a for d, a in sa.dmarc_action_by_domain.items()}
-        self.quarantine_mailbox = sa.quarantine_mailbox
-        self.quarantine_keyword = sa.quarantine_keyword
         self.trusted_sealers = frozenset(s.lower() for s in sa.arc_trusted_sealers)
         self.own_names = frozenset([config.hostname.lower()] + [d.name.lower() for d in config.domain])
 
@@ -205,8 +214,9 @@ class SenderAuthCheck:
         if action == dmarc_mod.REJECT:
             return Verdict.refuse("5.7.1", f"Rejected by the DMARC policy of {result.disposition_domain}")
         if action == dmarc_mod.QUARANTINE and target.route.kind == LOCAL:
-            s = self.settings
-            return Verdict.tag(add_headers=headers, keywords=(s.quarantine_keyword,), mailbox=s.quarantine_mailbox)
+            domain = result.disposition_domain
+            return Verdict.quarantine("dmarc", f"The sender's domain {domain} asks that mail failing its "
+                                      "authentication (DMARC) be quarantined", _facts(result), add_headers=headers)
         return Verdict.tag(add_headers=headers)
 
     # ------------------------------------------------------------------ policy

@@ -114,6 +114,12 @@ class Env:
         msgs = store.get_messages(mb.id, [m.uid for m in metas])
         return [(store.read_blob(m.blob_id), tuple(m.keywords)) for m in msgs]
 
+    def held(self) -> list[tuple[str, str, bytes]]:
+        """(account, reason, held bytes) of every copy in the quarantine, oldest first."""
+        store = self.srv.store
+        _n, items = store.list_quarantined()
+        return [(i.account, i.reason, store.read_blob(i.blob_id)) for i in reversed(items)]
+
     def only(self, address: str = RCPT, mailbox: str = "INBOX") -> bytes:
         msgs = self.messages(address, mailbox)
         assert len(msgs) == 1, msgs

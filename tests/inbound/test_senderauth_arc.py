@@ -66,8 +66,8 @@ def test_broken_seal_fails_the_chain(tmp_path, keys):
                                                        "dmarc_action": "quarantine"}) as env:
         sealed, sig = forwarded(keys)
         env.send(sealed.replace(b"The list footer", b"Changed after sealing"), "list@fwd.test")
-        (stored, kw), = env.messages(mailbox="Junk")
-        assert kw == ("$Junk",)
+        ((_account, reason, stored),) = env.held()
+        assert reason == "dmarc"
         assert auth_results(stored)[0] == expected(
             sig, "dmarc=fail (p=reject dis=reject) header.from=sender.test",
             "arc=fail (Most recent ARC-Message-Signature did not validate) smtp.remote-ip=127.0.0.1")

@@ -13,8 +13,8 @@ def load(**senderauth):
 
 def test_defaults():
     sa = load().senderauth
-    assert (sa.enabled, sa.timeout, sa.max_queries, sa.dmarc_action, sa.quarantine_mailbox,
-            sa.quarantine_keyword, sa.arc_trusted_sealers) == (True, 10.0, 50, "policy", "Junk", "$Junk", ())
+    assert (sa.enabled, sa.timeout, sa.max_queries, sa.dmarc_action, sa.arc_trusted_sealers) == (
+        True, 10.0, 50, "policy", ())
 
 
 @pytest.mark.parametrize("values, key", [
@@ -23,7 +23,6 @@ def test_defaults():
     ({"timeout": 0}, "senderauth.timeout"),
     ({"timeout": 121}, "senderauth.timeout"),
     ({"max_queries": 0}, "senderauth.max_queries"),
-    ({"quarantine_mailbox": ""}, "senderauth.quarantine_mailbox"),
     ({"arc_trusted_sealers": ["not a domain"]}, "senderauth.arc_trusted_sealers[0]"),
     ({"arc_trusted_sealers": ["localhost"]}, "senderauth.arc_trusted_sealers[0]"),
     ({"unknown": 1}, "senderauth.unknown"),

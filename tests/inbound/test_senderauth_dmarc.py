@@ -1,5 +1,5 @@
 """DMARC policy through the real MX listener: p=reject refused at the end of DATA with 550 5.7.1, p=quarantine
-filed into Junk with $Junk, each with and without alignment; the per-domain override; mixed recipients."""
+held in the quarantine, each with and without alignment; the per-domain override; mixed recipients."""
 
 from __future__ import annotations
 
@@ -59,19 +59,21 @@ def test_reject_policy_with_alignment_is_delivered(tmp_path, keys):
             "dmarc=pass (p=reject dis=none) header.from=sender.test;\r\n\tarc=none")
 
 
-def test_quarantine_without_alignment_goes_to_junk_with_keyword(tmp_path, keys):
+def test_quarantine_without_alignment_is_held_in_the_quarantine(tmp_path, keys):
     with senderauth_server(tmp_path, keys) as env:
         env.send(message(sender="alice@quar.test", subject="unaligned"), "bounce@other.test")
         env.send(message(sender="alice@quar.test", subject="aligned"), "bounce@quar.test")
-        (junk, kw), = env.messages(mailbox="Junk")
-        assert kw == ("$Junk",)
-        assert b"Subject: unaligned" in junk
-        assert auth_results(junk) == [field("spf=pass smtp.mailfrom=bounce@other.test",
+        ((account, reason, held),) = env.held()
+        assert (account, reason) == (RCPT, "dmarc")
+        assert b"Subject: unaligned" in held
+        assert auth_results(held) == [field("spf=pass smtp.mailfrom=bounce@other.test",
                                             "dmarc=fail (p=quarantine dis=quarantine) header.from=quar.test")]
         inbox = env.only()
         assert b"Subject: aligned" in inbox
         assert auth_results(inbox) == [field("spf=pass smtp.mailfrom=bounce@quar.test",
                                              "dmarc=pass (p=quarantine dis=none) header.from=quar.test")]
+        (item,) = env.srv.store.list_quarantined()[1]
+        assert {(f["check"], f["result"]) for f in item.facts} >= {("dmarc", "fail"), ("spf", "pass")}
 
 
 def test_spf_fail_with_reject_policy_is_refused(tmp_path, keys):
@@ -86,9 +88,9 @@ def test_domain_override_and_global_action(tmp_path, keys):
     """dmarc_action_by_domain: example.test only quarantines what the sender's policy would refuse."""
     with senderauth_server(tmp_path, keys, senderauth={"dmarc_action_by_domain": {"example.test": "quarantine"}}) as env:
         env.send(message(), "bounce@other.test")
-        (junk, kw), = env.messages(mailbox="Junk")
-        assert kw == ("$Junk",)
-        assert auth_results(junk) == [field("spf=pass smtp.mailfrom=bounce@other.test",
+        ((_account, reason, held),) = env.held()
+        assert reason == "dmarc"
+        assert auth_results(held) == [field("spf=pass smtp.mailfrom=bounce@other.test",
                                             "dmarc=fail (p=reject dis=reject) header.from=sender.test")]
     with senderauth_server(tmp_path / "b", keys, senderauth={"dmarc_action": "none"}) as env:
         env.send(message(), "bounce@other.test")
@@ -98,13 +100,12 @@ def test_domain_override_and_global_action(tmp_path, keys):
 
 def test_recipients_that_disagree_are_all_quarantined_never_bounced(tmp_path, keys):
     """One recipient's domain refuses, the other's only quarantines: the message is accepted as one (250) and
-    both copies go to Junk; no failure report leaves for the (forged) sender."""
+    both copies are held; no failure report leaves for the (forged) sender."""
     other = "carol@other.example"
     with senderauth_server(tmp_path, keys, rcpts=(RCPT, other), domain=[{"name": "example.test"},
                                                                         {"name": "other.example"}],
                            senderauth={"dmarc_action_by_domain": {"other.example": "quarantine"}}) as env:
         assert env.send(message(), "bounce@other.test", rcpts=(RCPT, other)) == {}
-        assert [kw for _, kw in env.messages(RCPT, "Junk")] == [("$Junk",)]
-        assert [kw for _, kw in env.messages(other, "Junk")] == [("$Junk",)]
+        assert sorted((account, reason) for account, reason, _ in env.held()) == [(RCPT, "dmarc"), (other, "dmarc")]
         assert env.messages(RCPT) == [] and env.messages(other) == []
         assert QueueStore(env.srv.store).list() == []
