@@ -114,14 +114,39 @@ smtp_skip_quit_response = yes
         p = self.base / "maillog"
         return p.read_text(errors="replace") if p.exists() else ""
 
+    def master_pid(self) -> int | None:
+        """Postfix's master makes itself a session leader (setsid), outside the group of ``start-fg``: its own pid
+        file names it."""
+        try:
+            return int((self.base / "spool" / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        master = self.master_pid()
+        groups = [g for g in (master, self.proc.pid) if g]
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            for g in groups:
+                try:
+                    os.killpg(g, sig)  # the master and every daemon it started (postlogd, tlsmgr, smtp, ...)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and (self.proc.poll() is None or _alive(master)):
+                time.sleep(0.1)
+            if self.proc.poll() is not None and not _alive(master):
+                return
+        raise RuntimeError(f"postfix (master pid {master}) did not stop")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix instance needs root (CI runs as root)")
