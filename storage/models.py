@@ -348,3 +348,20 @@ class QuarantineToken(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     used: Mapped[float] = mapped_column(Float)
     expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+# --------------------------------------------------------------------------------------------- send grants
+# (migration: storage/migrations/versions/sendgrants_9a4d27c1e5b3.py; functions: storage/sendgrants.py)
+
+
+class SendGrant(Base):
+    """An account may submit mail under ``address`` that is not its own: ``kind`` "send-as" (From and MAIL FROM)
+    or "send-on-behalf" (From, with ``Sender:`` naming the account). One grant per account and address."""
+
+    __tablename__ = "send_grants"
+    __table_args__ = (UniqueConstraint("account_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    created: Mapped[float] = mapped_column(Float)

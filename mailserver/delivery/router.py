@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from storage.sendgrants import OWN, SEND_AS
+
 LOCAL, RELAY, OUTGOING = "local", "relay", "outgoing"
 
 # Route errors.
@@ -222,18 +224,30 @@ class Router:
 
     # ---------------------------------------------------------------------------------------- senders
 
-    def sender_allowed(self, account_id: int, sender: str) -> bool:
-        """Whether the authenticated account may use ``sender`` as envelope sender (own address or its alias;
-        a subaddress of either counts)."""
-        owned = {a.lower() for a in self.store.addresses_of(account_id)}
+    def sender_right(self, account_id: int, sender: str) -> str | None:
+        """Under which right the authenticated account may name ``sender`` as a sender: ``OWN`` (its address or
+        an alias of it), ``SEND_AS`` or ``SEND_ON_BEHALF`` (a grant, ``storage/sendgrants.py``), or None."""
+        return self.right_among(self.store.send_identities(account_id), sender)
+
+    def right_among(self, identities: list[tuple[str, str]], sender: str) -> str | None:
+        """The right ``sender`` has among ``identities`` (``Store.send_identities``: (address, kind), own first).
+        A subaddress counts as its base address; an exact entry wins over the base's, an own one over a grant."""
+        rights: dict[str, str] = {}
+        for address, kind in identities:
+            rights.setdefault(address.lower(), kind)
         sender = sender.lower()
-        if sender in owned:
-            return True
+        if sender in rights:
+            return rights[sender]
         local, domain = split_address(sender)
         if self.separator and self.separator in local:
-            return f"{local.split(self.separator, 1)[0]}@{domain}" in owned
-        return False
+            return rights.get(f"{local.split(self.separator, 1)[0]}@{domain}")
+        return None
 
+    def sender_allowed(self, account_id: int, sender: str) -> bool:
+        """Whether the authenticated account may use ``sender`` as envelope sender (RFC 6409 6.1): an address of
+        its own, an alias of it, or one it was granted send-as on (a subaddress of any counts). Send-on-behalf is
+        not enough: that message's envelope sender stays the account's own (the agent, as its ``Sender:``)."""
+        return self.sender_right(account_id, sender) in (OWN, SEND_AS)
 
 def build_router(config, store) -> Router:
     """A Router over ``store`` with the configuration's subaddressing, alias limits and postmaster."""
