@@ -223,3 +223,19 @@ def test_sender_verdict_table(froms, senders, expect):
 def test_header_senders_keeps_from_and_sender_apart():
     head = b"From: A <a@x.test>, b@y.test\r\nSENDER : s@z.test\r\nFrom: c@x.test\r\nTo: t@t.test\r\n\r\n"
     assert header_senders(head) == (["a@x.test", "b@y.test", "c@x.test"], ["s@z.test"])
+
+
+def test_on_behalf_mail_to_another_domain_is_queued_with_sender(srv):
+    """The added Sender: is on the queued (outgoing) copy too, and its envelope sender is the account's own."""
+    from storage.queue import QueueStore
+
+    with _client(srv, "submission") as c:
+        c.login(ALICE, PW)
+        assert c.mail(ALICE)[0] == 250
+        assert c.rcpt("someone@elsewhere.test")[0] == 250
+        assert c.data(f"From: {BOB}\r\nTo: someone@elsewhere.test\r\nSubject: out\r\n\r\nbody\r\n".encode())[0] == 250
+    q = QueueStore(srv.store)
+    (item,) = q.list()
+    assert item.message.sender == ALICE
+    raw = q.read_blob(item.message.blob_id)
+    assert froms_and_senders(raw) == ([BOB], [ALICE])
