@@ -112,6 +112,18 @@ def header_spam_score(facts: MessageFacts) -> str:
     return _score_header(facts, "x-spam-score", 10, 10.0)
 
 
+def header_spam_percent(facts: MessageFacts) -> str:
+    """RFC 5235 3.2 spamtestplus ``:percent`` from ``X-Spam-Score``: the score as a whole percentage of 10 (rounded
+    down, "0" to "100"; "0" when the message was not scored, as Pigeonhole with a score status header)."""
+    for value in facts.header("x-spam-score"):
+        try:
+            score = float(value.split()[0].rstrip(";,"))
+        except (ValueError, IndexError):
+            continue
+        return str(int(max(0.0, min(score, 10.0)) * 10))
+    return "0"
+
+
 def header_virus_score(facts: MessageFacts) -> str:
     """RFC 5235 virustest from ``X-Virus-Score`` (0 untested, 1 clean ... 5 infected)."""
     return _score_header(facts, "x-virus-score", 5, 5.0)
@@ -281,7 +293,7 @@ class SieveFilter:
         env = Env(now=now,
                   mailbox_exists=lambda n: n in boxes or n.upper() == "INBOX" and "INBOX" in boxes,
                   duplicate_seen=lambda key: bool(self.store.sieve_duplicates_seen(account_id, [key], now)),
-                  spam_score=header_spam_score, virus_score=header_virus_score,
+                  spam_score=header_spam_score, spam_percent=header_spam_percent, virus_score=header_virus_score,
                   environment={"domain": b.address.rpartition("@")[2], "host": self.config.hostname,
                                "location": "MDA", "name": "mailserver", "phase": "during",
                                "remote-host": message.client.helo if message.client else "",

@@ -286,7 +286,7 @@ class Run:
         elif name == "break":
             raise _Break(o.get("name", (None, None))[1])
         elif name == "extracttext":
-            text = (self.part.text if self.part is not None else None) or ""
+            text = extract_text(self.part, self.limits.max_variable_size) if self.part is not None else ""
             if "first" in o:
                 text = text[:o["first"][1]]
             self.set_var(v[0], _modify(text, o), scope, c)
@@ -418,9 +418,11 @@ class Run:
     def foreverypart(self, c: Command, scope: _Scope) -> None:
         name = c.opts.get("name", (None, None))[1]
         outer = self.part
-        parent = outer if outer is not None else self.facts.root
+        # The outermost loop visits the message itself first, then every part below it (as Pigeonhole does); a
+        # nested loop visits the parts below the current one.
+        parts = list(self.facts.root.walk()) if outer is None else list(outer.walk())[1:]
         try:
-            for p in list(parent.walk())[1:]:
+            for p in parts:
                 self.step(node=c)
                 self.part = p
                 self.block(c.block, scope)
@@ -697,6 +699,57 @@ class Run:
                 if ok:
                     return True
         return False
+
+
+_HTML_CLOSE = {"script": re.compile(r"</script", re.I), "style": re.compile(r"</style", re.I)}
+_HTML_RAW = re.compile(r"<(script|style)\b", re.I)
+
+
+def html_text(html: str, limit: int | None = None) -> str:
+    """The text of an HTML part as extracttext gives it: comments, scripts and styles dropped, every run of tags
+    one space (none at the start, none after white space), character references decoded; the text's own white
+    space is kept (Pigeonhole's conversion, less its "> " quoting of blockquotes). One pass, each search going on
+    from where the last ended (hostile markup: no quadratic scans); stops once ``limit`` characters are out."""
+    import html as html_mod
+
+    out: list[str] = []
+    size = 0
+    last = ""  # the last character out
+    i, n = 0, len(html)
+    while i < n and (limit is None or size < limit):
+        j = html.find("<", i)
+        text = html_mod.unescape(html[i:] if j < 0 else html[i:j])
+        if text:
+            out.append(text)
+            size += len(text)
+            last = text[-1]
+        if j < 0:
+            break
+        if html.startswith("<!--", j):
+            k = html.find("-->", j + 4)
+            i = n if k < 0 else k + 3
+        elif (m := _HTML_RAW.match(html, j)) is not None:
+            close = _HTML_CLOSE[m.group(1).lower()].search(html, m.end())
+            k = -1 if close is None else html.find(">", close.end())
+            i = n if k < 0 else k + 1
+        else:
+            k = html.find(">", j + 1)
+            i = n if k < 0 else k + 1
+        if last and not last.isspace():  # a run of tags is one space
+            out.append(" ")
+            size += 1
+            last = " "
+    return "".join(out)
+
+
+def extract_text(part: Part, limit: int | None = None) -> str:
+    """RFC 5703 7: the decoded content of the current part: text as text (HTML without its markup), anything else
+    as its decoded octets (as Pigeonhole does); a multipart container has none."""
+    if part.children:
+        return ""
+    if part.text is not None:
+        return html_text(part.text, limit) if part.content_type == "text/html" else part.text
+    return part.raw_body.decode("utf-8", "replace")
 
 
 def _same_box(a: str, b: str) -> bool:

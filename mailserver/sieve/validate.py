@@ -160,6 +160,8 @@ class _Checker:
                     if s.lower() not in EXTENSIONS:
                         raise _err(c, f"unknown extension {s!r}")
                     self.required.add(s.lower())
+                    if s.lower() == "spamtestplus":
+                        self.required.add("spamtest")  # RFC 5235 3.2: spamtestplus brings spamtest with it
             if spec.block and c.block is None:
                 raise _err(c, f"{c.name} needs a block")
             if not spec.block and c.block is not None:
