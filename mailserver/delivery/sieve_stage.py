@@ -10,7 +10,8 @@ Then the actions become the stage's :class:`Verdict`:
   missing mailbox falls back to INBOX, as every delivery does);
 * discard -> ``discard``; reject / ereject -> refuse 550 5.7.1 (the producer refuses at SMTP time when it is the only
   recipient, else the sender gets a failure report: RFC 5429 2.1);
-* editheader -> a ``form`` of this recipient's own (the edited header + the body, a new blob);
+* editheader -> a ``form`` of this recipient's own (the edited header + the body, a new blob); replace/enclose
+  (RFC 5703) -> the same with the message the run rebuilt (redirects still send the message as it came);
 * redirect -> a new message through the pipeline (envelope sender kept: :attr:`SieveFilter.redirect_sender` is the
   hook for SRS, :attr:`SieveFilter.redirect_message` for ARC; both from another issue), with our trace field
   ``X-Sieve-Redirected-By`` (a message redirected by this account before, or ``max_redirect_hops`` times, is kept
@@ -311,8 +312,8 @@ class SieveFilter:
         if result.duplicate_marks:
             await self.astore.mark_sieve_duplicates(account_id, result.duplicate_marks, self._now())
         form = None
-        if result.header_fields is not None:
-            form = await self.cpu(self._edited_form, facts, message)
+        if result.header_fields is not None or result.message is not None:
+            form = await self.cpu(self._edited_form, facts, message, result.message)
         raw_for_redirect = None
         kept_instead = False
         for a in result.actions:
@@ -349,13 +350,17 @@ class SieveFilter:
 
     # ------------------------------------------------------------------ editheader
 
-    def _edited_form(self, facts: MessageFacts, message):
-        """Blocking: this recipient's copy with the edited header (a new blob, parsed)."""
+    def _edited_form(self, facts: MessageFacts, message, rebuilt: bytes | None = None):
+        """Blocking: this recipient's copy with the edited header, or the message replace/enclose rebuilt (a new
+        blob, parsed)."""
         from mailserver.delivery.body import Form, parse
 
-        raw = self.store.blobs.read(message.blob_id)
-        _, body = split_message(raw)
-        new = facts.header_bytes() + b"\r\n" + body
+        if rebuilt is not None:
+            new = rebuilt
+        else:
+            raw = self.store.blobs.read(message.blob_id)
+            _, body = split_message(raw)
+            new = facts.header_bytes() + b"\r\n" + body
         ref = self.store.blobs.put(new)
         return Form(b"\0sieve", None, ref, parse(new))
 

@@ -18,9 +18,10 @@ from email.utils import parsedate_tz
 from typing import Callable
 
 from mailserver.sieve import match as mt
+from mailserver.sieve import mimeedit
 from mailserver.sieve.actions import Discard, FileInto, Keep, Redirect, Reject, Result, Vacation
 from mailserver.sieve.grammar import Command, Test
-from mailserver.sieve.message import MessageFacts, Part, addresses, split_address
+from mailserver.sieve.message import MessageFacts, Part, addresses, parse_header, split_address, split_message
 from mailserver.sieve.validate import DATE_PARTS, PROTECTED_HEADERS
 
 
@@ -122,6 +123,10 @@ class Run:
         self.steps = 0
         self.match_vars: list[str] = []
         self.part: Part | None = None  # the current part inside foreverypart
+        self.replaced = False  # replace gave a part (or the message) new content
+        self.new_subject: str | None = None  # replace :subject / :from of the whole message
+        self.new_from: str | None = None
+        self.enclosure: tuple | None = None  # the last enclose: (subject, headers, text)
         self.included_once: set = set()
         self.includes = 0
         self.redirects = 0
@@ -149,7 +154,25 @@ class Run:
         r.steps = self.steps
         if self.facts.edited:
             r.header_fields = [list(f) for f in self.facts.fields]
+        if self.replaced or self.enclosure is not None:
+            try:
+                r.message = self._rebuilt()
+            except mimeedit.MimeEditError as e:
+                return self._failed(str(e))
         return r
+
+    def _rebuilt(self) -> bytes:
+        """The message after replace and enclose (mailserver/sieve/mimeedit.py)."""
+        if self.replaced:
+            raw = mimeedit.compose(self.facts.fields, self.facts.root, subject=self.new_subject,
+                                   from_=self.new_from)
+        else:
+            raw = self.facts.header_bytes() + b"\r\n" + self.facts.body
+        if self.enclosure is not None:
+            subject, headers, text = self.enclosure
+            raw = mimeedit.enclose(raw, parse_header(split_message(raw)[0]), subject=subject, headers=headers,
+                                   text=text)
+        return raw
 
     def _failed(self, why: str) -> Result:
         return Result(actions=[], implicit_keep=True, keep_flags=(), error=why, steps=self.steps)
@@ -285,6 +308,15 @@ class Run:
             self.foreverypart(c, scope)
         elif name == "break":
             raise _Break(o.get("name", (None, None))[1])
+        elif name == "replace":
+            self.replace(c, scope)
+        elif name == "enclose":
+            try:
+                headers = [mimeedit.header_field(h) for h in self.strings(o.get("headers", (None, []))[1], scope)]
+            except mimeedit.MimeEditError as e:
+                raise SieveRuntimeError(str(e), c) from None
+            subject = self.expand(o["subject"][1], scope) if "subject" in o else None
+            self.enclosure = (subject, headers, self.expand(v[0], scope))  # RFC 5703 6: the last one counts
         elif name == "extracttext":
             text = extract_text(self.part, self.limits.max_variable_size) if self.part is not None else ""
             if "first" in o:
@@ -415,6 +447,25 @@ class Run:
         for i in sorted(positions, reverse=True):
             del self.facts.fields[i]
 
+    def replace(self, c: Command, scope: _Scope) -> None:
+        """RFC 5703 5: new content for the current part, or the whole message (mailserver/sieve/mimeedit.py)."""
+        o = c.opts
+        text = self.expand(c.values[0], scope)
+        part = self.part if self.part is not None else self.facts.root
+        try:
+            entity = mimeedit.mime_entity(text) if "mime" in o else mimeedit.text_entity(text)
+            mimeedit.replace_part(part, entity)
+        except mimeedit.MimeEditError as e:
+            raise SieveRuntimeError(str(e), c) from None
+        self.replaced = True
+        if part is self.facts.root:
+            if "subject" in o:
+                self.new_subject = " ".join(self.expand(o["subject"][1], scope).split())
+            if "from" in o:
+                value = " ".join(self.expand(o["from"][1], scope).split())
+                if any(addresses(value)):  # RFC 5703 5: an unusable :from is ignored rather than failing
+                    self.new_from = value
+
     def foreverypart(self, c: Command, scope: _Scope) -> None:
         name = c.opts.get("name", (None, None))[1]
         outer = self.part
@@ -423,6 +474,8 @@ class Run:
         parts = list(self.facts.root.walk()) if outer is None else list(outer.walk())[1:]
         try:
             for p in parts:
+                if p.detached:
+                    continue  # replaced away by an earlier iteration (RFC 5703 5)
                 self.step(node=c)
                 self.part = p
                 self.block(c.block, scope)
