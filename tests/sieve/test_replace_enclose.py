@@ -154,8 +154,9 @@ def test_pigeonhole_has_neither_extension(tmp_path):
 # ------------------------------------------------------------------ delivery
 
 PW = "correct horse battery"
-SCRIPT = '''require ["replace", "enclose", "foreverypart", "mime", "fileinto"];
+SCRIPT = '''require ["replace", "enclose", "foreverypart", "mime", "fileinto", "copy"];
 if header :contains "subject" "invoice" {
+  redirect :copy "carol@example.test";
   foreverypart { if header :mime :subtype "content-type" "pdf" { replace "The PDF was removed by your filter."; } }
   fileinto "Work";
 }
@@ -166,6 +167,7 @@ if header :contains "subject" "wrap" { enclose :subject "Wrapped" "The original 
 def test_smtp_delivery_stores_the_replaced_and_the_enclosed_message(tmp_path):
     with running_server(tmp_path, listeners=("smtp", "imap")) as srv:
         acct = srv.add_user("bob@example.test", PW)
+        carol = srv.add_user("carol@example.test", PW)
         srv.store.create_mailbox(acct.id, "Work")
         srv.store.put_sieve_script(acct.id, "main", SCRIPT)
         srv.store.activate_sieve_script(acct.id, "main")
@@ -193,3 +195,10 @@ def test_smtp_delivery_stores_the_replaced_and_the_enclosed_message(tmp_path):
             assert b'"MESSAGE" "RFC822"' in data[0].upper()  # the store parsed the new form
         finally:
             im.logout()
+        # RFC 5703 5: the redirect sent the message as it came, attachment and all.
+        box = srv.store.get_mailbox(carol.id, "INBOX")
+        srv.wait_for(lambda: srv.store.get_mailbox(carol.id, "INBOX").message_count == 1)
+        (meta,) = srv.store.list_messages(box.id)
+        (msg,) = srv.store.get_messages(box.id, [meta.uid])
+        redirected = srv.store.read_blob(msg.blob_id)
+        assert b"JVBERi0" in redirected and b"The PDF was removed" not in redirected
