@@ -99,3 +99,14 @@ def test_ungranted_and_revoked_addresses_are_refused(site):
     r, page = _send(c, SALES, "revoked")
     assert r.status == 400 and b"may not send as" in page
     assert _messages(site, DAVE) == []
+
+
+def test_a_reply_to_mail_sent_to_a_granted_address_is_from_that_address(site):
+    site.deliver(ALICE, b"From: Carol <carol@example.test>\r\nTo: sales@example.test\r\nSubject: offer\r\n"
+                        b"Message-ID: <offer-1@example.test>\r\n\r\nPlease send an offer.\r\n")
+    inbox = site.store.get_mailbox(site.store.get_account(ALICE).id, "INBOX")
+    c = Client(site)
+    c.login(ALICE, PW)
+    _, page = c.get(f"/compose?reply={inbox.id}:1&mode=reply")
+    selected = re.findall(rb'<option value="([^"]+)" selected', _from_select(page))
+    assert selected == [SALES.encode()]
