@@ -41,6 +41,7 @@ from mailserver import clusterstate
 from mailserver.asyncstore import AsyncStore
 from mailserver.config import IMPLICIT_TLS, Config, ConfigError, ListenAddress
 from mailserver.delivery.pipeline import Pipeline
+from mailserver.delivery.forward import Forwarder
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
@@ -432,6 +433,7 @@ class MailServer(MultiService):
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
         pipeline.filter.pipeline = pipeline  # redirects and vacation replies go through it
+        pipeline.forwarder = Forwarder(self.config, router, clock=self.reactor.seconds)  # SRS + ARC of forwards
         pipeline.observer = self.monitor.metrics
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
