@@ -40,8 +40,8 @@ from zope.interface import alsoProvides, implementer
 from mailserver import clusterstate
 from mailserver.asyncstore import AsyncStore
 from mailserver.config import IMPLICIT_TLS, Config, ConfigError, ListenAddress
-from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.forward import Forwarder
+from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
