@@ -116,3 +116,14 @@ def test_generated_secret_is_made_once(tmp_path):
     first = srs.generated_secret(tmp_path)
     assert len(first) == 64 and srs.generated_secret(tmp_path) == first
     assert (srs.secret_file(tmp_path).stat().st_mode & 0o777) == 0o600
+
+
+def test_srs_local_parts_may_pass_64_octets_others_may_not():
+    """RFC 5321 4.5.3.1.1: 64 octets; SRS local parts carry a whole address, so they may reach 255."""
+    from mailserver.address import AddressError, mailbox_of
+
+    assert mailbox_of("SRS0=" + "a" * 200 + "@example.test").local_part.startswith("SRS0=")
+    assert mailbox_of("srs1=" + "a" * 250 + "@x.test")
+    mailbox_of("b" * 64 + "@example.test")
+    with pytest.raises(AddressError, match="too long"):
+        mailbox_of("b" * 65 + "@example.test")
