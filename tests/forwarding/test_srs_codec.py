@@ -123,7 +123,7 @@ def test_srs_local_parts_may_pass_64_octets_others_may_not():
     from mailserver.address import AddressError, mailbox_of
 
     assert mailbox_of("SRS0=" + "a" * 200 + "@example.test").local_part.startswith("SRS0=")
-    assert mailbox_of("srs1=" + "a" * 250 + "@x.test")
+    assert mailbox_of("srs1=" + "a" * 240 + "@x.test")
     mailbox_of("b" * 64 + "@example.test")
     with pytest.raises(AddressError, match="too long"):
         mailbox_of("b" * 65 + "@example.test")
