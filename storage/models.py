@@ -348,3 +348,12 @@ class QuarantineToken(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     used: Mapped[float] = mapped_column(Float)
     expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class CalloutAnswer(Base):
+    """Gateway mode: a relay host's answer to our RCPT probe for one address, until ``expires`` (shared by nodes)."""
+
+    __tablename__ = "callout_cache"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    valid: Mapped[bool] = mapped_column(Boolean)
+    expires: Mapped[float] = mapped_column(Float, index=True)

@@ -41,7 +41,7 @@ from typing import Callable, Iterator, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from storage import accounts, blobrefs, mailboxes, messages, quarantine, queue, sieve, webmail
+from storage import accounts, blobrefs, callouts, mailboxes, messages, quarantine, queue, sieve, webmail
 from storage.access import blocking_only, reads, writes, writes_changes
 from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
@@ -564,6 +564,17 @@ class Store:
         """True (and recorded) when no reply to ``sender`` under ``handle`` went out in the ``period`` before ``at``."""
         with self.transaction() as conn:
             return sieve.record_vacation_reply(conn, account_id, handle, sender, at, period=period)
+
+    @reads
+    def callout_cached(self, address: str, now: float) -> bool | None:
+        """Gateway mode: the relay host's remembered answer for ``address`` (None: ask it)."""
+        with self.transaction(write=False) as conn:
+            return callouts.cached(conn, address, now)
+
+    @writes
+    def remember_callout(self, address: str, valid: bool, expires: float, now: float) -> None:
+        with self.transaction() as conn:
+            callouts.remember(conn, address, valid, expires, now)
 
     @reads
     def sieve_duplicates_seen(self, account_id: int, keys: Sequence[str], now: float) -> set[str]:
