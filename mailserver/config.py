@@ -273,8 +273,8 @@ class SrsConfig:
     #: Our domain in rewritten senders (``SRS0=…@domain``; bounces to it come back here); "" = the first local
     #: ``[[domain]]``.
     domain: str = ""
-    #: Secrets: the first signs, all are accepted (rotation).  The secret generated once in ``data_dir/srs/secret``
-    #: is always accepted too, and signs when this list is empty.  Nodes sharing a database need the same list.
+    #: Secrets: the first signs, all are accepted (rotation).  The secret generated once and kept in the database
+    #: (shared by every node) is always accepted too, and signs when this list is empty.
     secrets: tuple[str, ...] = ()
     #: Days a rewritten sender stays valid for bounces.
     max_age_days: int = 21

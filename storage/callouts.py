@@ -1,7 +1,8 @@
-"""Gateway mode's callout cache: functions over an open transaction (``Store.transaction()``).
+"""Forwarding and gateway mode's state: functions over an open transaction (``Store.transaction()``).
 
-One row per address (lower-cased): whether the relay host accepted it at RCPT, until when that answer holds.
-Shared by every process and node on the database, so one probe serves them all.
+* The callout cache: one row per address (lower-cased): whether the relay host accepted it at RCPT, until when
+  that answer holds.  Shared by every process and node on the database, so one probe serves them all.
+* Server secrets: keys made once for the cluster (the SRS key), never changed by the server.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from storage.models import CalloutAnswer
+from storage.models import CalloutAnswer, ServerSecret
 
 C = CalloutAnswer.__table__
+S = ServerSecret.__table__
 
 
 def cached(conn: Connection, address: str, now: float) -> bool | None:
@@ -28,3 +30,12 @@ def remember(conn: Connection, address: str, valid: bool, expires: float, now: f
     conn.execute(delete(C).where(C.c.expires <= now))
     if conn.execute(update(C).where(C.c.address == address).values(valid=valid, expires=expires)).rowcount == 0:
         conn.execute(insert(C).values(address=address, valid=valid, expires=expires))
+
+
+def secret(conn: Connection, name: str) -> str | None:
+    r = conn.execute(select(S.c.value).where(S.c.name == name)).first()
+    return r.value if r is not None else None
+
+
+def add_secret(conn: Connection, name: str, value: str, now: float) -> None:
+    conn.execute(insert(S).values(name=name, value=value, created=now))

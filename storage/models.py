@@ -357,3 +357,12 @@ class CalloutAnswer(Base):
     address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
     valid: Mapped[bool] = mapped_column(Boolean)
     expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ServerSecret(Base):
+    """A key made once for the whole cluster (``srs``: the SRS hash key)."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created: Mapped[float] = mapped_column(Float)

@@ -565,6 +565,29 @@ class Store:
         with self.transaction() as conn:
             return sieve.record_vacation_reply(conn, account_id, handle, sender, at, period=period)
 
+    @writes
+    def server_secret(self, name: str, make: Callable[[], str]) -> str:
+        """The cluster's secret ``name``, made with ``make()`` and stored the first time any process asks (two
+        asking at once get the same one)."""
+        import time
+
+        from sqlalchemy.exc import IntegrityError
+
+        with self.transaction() as conn:
+            value = callouts.secret(conn, name)
+            if value is not None:
+                return value
+        try:
+            with self.transaction() as conn:
+                value = callouts.secret(conn, name)
+                if value is None:
+                    value = make()
+                    callouts.add_secret(conn, name, value, time.time())
+                return value
+        except IntegrityError:  # PostgreSQL: another node inserted it first
+            with self.transaction(write=False) as conn:
+                return callouts.secret(conn, name)
+
     @reads
     def callout_cached(self, address: str, now: float) -> bool | None:
         """Gateway mode: the relay host's remembered answer for ``address`` (None: ask it)."""

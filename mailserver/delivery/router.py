@@ -262,11 +262,11 @@ class Router:
 
 def build_router(config, store) -> Router:
     """A Router over ``store`` with the configuration's subaddressing, alias limits, postmaster and SRS (its
-    generated secret is made here, once, when SRS is on and none exists)."""
+    generated secret is read from the store, or made there once, when SRS is on).  Blocking."""
     from mailserver.delivery import srs
 
     local_domains = [d.name for d in config.domain if d.mode == "local"]
     return Router(store, separator=config.smtp.subaddress_separator, max_depth=config.limits.alias_max_depth,
                   max_targets=config.limits.alias_max_targets,
                   default_domain=local_domains[0] if local_domains else "", postmaster=config.smtp.postmaster,
-                  srs=srs.from_config(config))
+                  srs=srs.from_config(config, store))

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 #: Base32 characters of the hash (5 bits each: 40 bits).
 HASH_LENGTH = 8
@@ -140,42 +139,17 @@ class Srs:
 
 # --------------------------------------------------------------------------------------------- secrets
 
-
-def secret_file(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / "srs" / "secret"
-
-
-def generated_secret(data_dir: str | os.PathLike) -> bytes:
-    """The secret made once in ``data_dir/srs/secret`` (32 random bytes, hex); made now when missing.
-
-    Several processes may start at once: the file appears complete or not at all (written aside, then linked,
-    which fails when another process linked its own first; then that one is read)."""
-    path = secret_file(data_dir)
-    try:
-        data = path.read_bytes().strip()
-        if data:
-            return data
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f"secret.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(32).hex().encode("ascii") + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
-    return path.read_bytes().strip()
+#: The name of the generated key in the store's ``server_secrets``.
+SECRET_NAME = "srs"
 
 
-def from_config(config) -> Srs | None:
-    """The SRS of ``[srs]`` (None when off): configured secrets first, then the generated one (always accepted,
-    so moving from the generated secret to configured ones keeps outstanding bounces valid)."""
+def new_secret() -> str:
+    return os.urandom(32).hex()
+
+
+def from_config(config, store) -> Srs | None:
+    """The SRS of ``[srs]`` (None when off): configured secrets first, then the one generated once for the cluster
+    and kept in the database (always accepted, and signing when none is configured).  Blocking (the store)."""
     cfg = config.srs
     if not cfg.enabled:
         return None
@@ -183,7 +157,7 @@ def from_config(config) -> Srs | None:
     if not domain:
         raise ValueError("[srs] needs a domain (no local [[domain]] to default to)")
     secrets = tuple(s.encode("utf-8") for s in cfg.secrets)
-    generated = generated_secret(config.data_dir)
+    generated = store.server_secret(SECRET_NAME, new_secret).encode("ascii")
     return Srs(domain, secrets + ((generated,) if generated not in secrets else ()), cfg.max_age_days)
 
 

@@ -112,12 +112,6 @@ def test_timestamp_wraps():
     assert CODEC.reverse(out, 1024 * DAY + 3 * DAY) == "alice@sender.test"  # day 1023 -> day 3: four days old
 
 
-def test_generated_secret_is_made_once(tmp_path):
-    first = srs.generated_secret(tmp_path)
-    assert len(first) == 64 and srs.generated_secret(tmp_path) == first
-    assert (srs.secret_file(tmp_path).stat().st_mode & 0o777) == 0o600
-
-
 def test_srs_local_parts_may_pass_64_octets_others_may_not():
     """RFC 5321 4.5.3.1.1: 64 octets; SRS local parts carry a whole address, so they may reach 255."""
     from mailserver.address import AddressError, parse_mailbox
