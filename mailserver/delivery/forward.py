@@ -65,7 +65,7 @@ class Forwarder:
         for domain in candidates:
             if not domain:
                 continue
-            for key, private in self.signer._load(domain.lower()):
+            for key, private in self.signer.keys(domain):
                 if key.algorithm == "rsa":  # RFC 8617 has rsa-sha256 only
                     return domain.lower(), key.selector, private
         return None

@@ -142,3 +142,22 @@ def test_forged_and_expired_srs_addresses_are_refused_at_rcpt(tmp_path, keys):
         # our own SRS domain, other local parts: routed as usual (unknown here)
         assert env.rcpt("nobody@example.test")[0] == 550
         assert env.rcpt(ALIAS)[0] == 250
+
+
+@pytest.mark.parametrize("chain", [
+    b"ARC-Seal: i=99999999999; a=rsa-sha256; cv=none; d=fwd.test; s=arc; b=AAAA\r\n",
+    b"ARC-Seal: i=50; a=rsa-sha256; cv=pass; d=fwd.test; s=arc; b=AAAA\r\n"
+    b"ARC-Message-Signature: i=50; a=rsa-sha256; d=fwd.test; s=arc; h=from; bh=AAAA; b=AAAA\r\n"
+    b"ARC-Authentication-Results: i=50; fwd.test; arc=pass\r\n",
+    b"ARC-Seal: i=1; cv=none; d=fwd.test; s=arc; b=!!\r\n",  # incomplete set, bad base64
+])
+def test_a_hostile_chain_is_forwarded_never_lost(tmp_path, keys, chain):
+    """A broken or overlong incoming chain: our verdict is arc=fail; the forward is delivered (sealed over a failed
+    chain, or unsealed where dkimpy refuses to continue it, as at i=50), never refused or lost."""
+    with forwarding_server(tmp_path, keys, senderauth={"dmarc_action": "none"}) as env:
+        assert env.send(chain + signed(keys), "alice@sender.test") == {}
+        (tx,) = env.received()
+        assert tx.mail_from.startswith("SRS0=") and chain in tx.data
+        seals = header(tx.data, "ARC-Seal")
+        if len(seals) > 1:  # we sealed: over a failed chain, cv=fail
+            assert "cv=fail" in seals[0]
