@@ -568,15 +568,11 @@ class Store:
     @writes
     def server_secret(self, name: str, make: Callable[[], str]) -> str:
         """The cluster's secret ``name``, made with ``make()`` and stored the first time any process asks (two
-        asking at once get the same one)."""
+        asking at once get the same one).  Called once per process start."""
         import time
 
         from sqlalchemy.exc import IntegrityError
 
-        with self.transaction() as conn:
-            value = callouts.secret(conn, name)
-            if value is not None:
-                return value
         try:
             with self.transaction() as conn:
                 value = callouts.secret(conn, name)
@@ -585,7 +581,7 @@ class Store:
                     callouts.add_secret(conn, name, value, time.time())
                 return value
         except IntegrityError:  # PostgreSQL: another node inserted it first
-            with self.transaction(write=False) as conn:
+            with self.transaction() as conn:
                 return callouts.secret(conn, name)
 
     @reads
