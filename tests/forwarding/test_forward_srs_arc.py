@@ -161,3 +161,30 @@ def test_a_hostile_chain_is_forwarded_never_lost(tmp_path, keys, chain):
         seals = header(tx.data, "ARC-Seal")
         if len(seals) > 1:  # we sealed: over a failed chain, cv=fail
             assert "cv=fail" in seals[0]
+
+
+def test_an_srs0_sender_of_another_forwarder_becomes_srs1(tmp_path, keys):
+    """Re-forwarding: the sender is already fwd.test's SRS0 address; we send SRS1=HHH=fwd.test==… and a bounce to
+    it goes back to fwd.test's own SRS0 address unchanged."""
+    with forwarding_server(tmp_path, keys, senderauth={"enabled": False}) as env:
+        theirs = srs_mod.Srs("fwd.test", (b"their secret",)).forward("dave@remote.test", 1_800_000_000.0)
+        env.send(message(sender="dave@remote.test", subject="again"), theirs)
+        (tx,) = env.received()
+        local = tx.mail_from.rpartition("@")[0]
+        assert local.startswith("SRS1=") and local.endswith("=fwd.test=" + theirs.rpartition("@")[0][4:])
+        now = harness.call(env.srv.services.reactor.seconds)
+        assert env.srs.reverse(local, now) == theirs
+
+
+def test_secret_rotation_accepts_the_old_secret(tmp_path, keys):
+    """[srs] secrets: the first signs, the others (and the generated one) are still accepted for bounces."""
+    old = "an old secret of ours"
+    with forwarding_server(tmp_path, keys, senderauth={"enabled": False},
+                           srs={"secrets": ["the new secret, first", old]}) as env:
+        now = harness.call(env.srv.services.reactor.seconds)
+        by_old = srs_mod.Srs("example.test", (old.encode(),)).forward("dave@remote.test", now)
+        assert env.rcpt(by_old)[0] == 250
+        env.send(message(sender="dave@remote.test", subject="signed by the new one"), "dave@remote.test")
+        (tx,) = env.received()
+        new_only = srs_mod.Srs("example.test", (b"the new secret, first",))
+        assert new_only.reverse(tx.mail_from.rpartition("@")[0], now) == "dave@remote.test"
