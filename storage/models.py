@@ -365,3 +365,21 @@ class SendGrant(Base):
     address: Mapped[str] = mapped_column(String(320), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     created: Mapped[float] = mapped_column(Float)
+
+
+class CalloutAnswer(Base):
+    """Gateway mode: a relay host's answer to our RCPT probe for one address, until ``expires`` (shared by nodes)."""
+
+    __tablename__ = "callout_cache"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    valid: Mapped[bool] = mapped_column(Boolean)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ServerSecret(Base):
+    """A key made once for the whole cluster (``srs``: the SRS hash key)."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created: Mapped[float] = mapped_column(Float)

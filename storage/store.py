@@ -42,7 +42,18 @@ from typing import Callable, Iterator, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from storage import accounts, blobrefs, mailboxes, messages, quarantine, queue, sendgrants, sieve, webmail
+from storage import (
+    accounts,
+    blobrefs,
+    callouts,
+    mailboxes,
+    messages,
+    quarantine,
+    queue,
+    sendgrants,
+    sieve,
+    webmail,
+)
 from storage.access import blocking_only, reads, writes, writes_changes
 from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
@@ -596,6 +607,36 @@ class Store:
         """True (and recorded) when no reply to ``sender`` under ``handle`` went out in the ``period`` before ``at``."""
         with self.transaction() as conn:
             return sieve.record_vacation_reply(conn, account_id, handle, sender, at, period=period)
+
+    @writes
+    def server_secret(self, name: str, make: Callable[[], str]) -> str:
+        """The cluster's secret ``name``, made with ``make()`` and stored the first time any process asks (two
+        asking at once get the same one).  Called once per process start."""
+        import time
+
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.transaction() as conn:
+                value = callouts.secret(conn, name)
+                if value is None:
+                    value = make()
+                    callouts.add_secret(conn, name, value, time.time())
+                return value
+        except IntegrityError:  # PostgreSQL: another node inserted it first
+            with self.transaction() as conn:
+                return callouts.secret(conn, name)
+
+    @reads
+    def callout_cached(self, address: str, now: float) -> bool | None:
+        """Gateway mode: the relay host's remembered answer for ``address`` (None: ask it)."""
+        with self.transaction(write=False) as conn:
+            return callouts.cached(conn, address, now)
+
+    @writes
+    def remember_callout(self, address: str, valid: bool, expires: float, now: float) -> None:
+        with self.transaction() as conn:
+            callouts.remember(conn, address, valid, expires, now)
 
     @reads
     def sieve_duplicates_seen(self, account_id: int, keys: Sequence[str], now: float) -> set[str]:

@@ -10,6 +10,10 @@ Rules, in order, for a domain we protect in mode ``local``:
 4. the domain's catch-all alias ``@domain``.
 A domain in mode ``relay`` is queued for its ``relay_to`` host.  Any other domain is *outgoing*: allowed only when
 the client may relay (authenticated submission or a trusted network), otherwise relay access is denied.
+
+With SRS on (``[srs]``, ``delivery/srs.py``), an ``SRS0=``/``SRS1=`` local part at the SRS domain is a bounce to a
+sender we rewrote: when its hash and age check out it goes back to the original sender (whoever sends it: the hash
+is the authorization), otherwise it is unknown (550 5.1.1 at RCPT).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from mailserver.delivery.srs import SrsError, looks_like_srs
 from storage.sendgrants import OWN, SEND_AS
 
 LOCAL, RELAY, OUTGOING = "local", "relay", "outgoing"
@@ -71,8 +76,10 @@ class Router:
     """Routes recipient addresses using the store (accounts, aliases, domains)."""
 
     def __init__(self, store, *, separator: str = "+", max_depth: int = 10, max_targets: int = 1000,
-                 default_domain: str = "", postmaster: str = ""):
+                 default_domain: str = "", postmaster: str = "", srs=None, clock=time.time):
         self.store = store
+        self.srs = srs  # delivery.srs.Srs or None
+        self.clock = clock  # wall-clock seconds, for SRS timestamps
         self.separator = separator
         self.max_depth = max_depth
         self.max_targets = max_targets
@@ -123,6 +130,8 @@ class Router:
                 return RouteResult(error=UNKNOWN)
             local, domain = "postmaster", self.default_domain
             address = f"postmaster@{domain}"
+        if self.srs is not None and domain == self.srs.domain and looks_like_srs(local):
+            return self._srs_bounce(local)
         now = time.monotonic()
         if cached_only:
             with self._lock:
@@ -173,6 +182,21 @@ class Router:
                     if limit and (used >= limit or used + size > limit):
                         return RouteResult(routes, error=OVER_QUOTA, detail=r.address)
         return RouteResult(routes)
+
+    def _srs_bounce(self, local: str) -> RouteResult:
+        """RCPT to one of our rewritten senders: back to the original sender, or unknown."""
+        try:
+            original = self.srs.reverse(local, self.clock())
+        except SrsError as e:
+            return RouteResult(error=UNKNOWN, detail=f"SRS: {e}")
+        if split_address(original)[1] == self.srs.domain:
+            return RouteResult(error=UNKNOWN, detail="SRS: points at our own SRS domain")
+        return RouteResult((Route(OUTGOING, original),))
+
+    def is_ours(self, domain: str) -> bool:
+        """Whether ``domain`` is one we protect (local or relay) or the SRS domain.  Blocking (database)."""
+        domain = domain.lower().rstrip(".")
+        return (self.srs is not None and domain == self.srs.domain) or self._domain(domain) is not None
 
     def _add(self, walk: _Walk, route: Route) -> None:
         if len(walk.routes) >= self.max_targets:
@@ -250,8 +274,12 @@ class Router:
         return self.sender_right(account_id, sender) in (OWN, SEND_AS)
 
 def build_router(config, store) -> Router:
-    """A Router over ``store`` with the configuration's subaddressing, alias limits and postmaster."""
+    """A Router over ``store`` with the configuration's subaddressing, alias limits, postmaster and SRS (its
+    generated secret is read from the store, or made there once, when SRS is on).  Blocking."""
+    from mailserver.delivery import srs
+
     local_domains = [d.name for d in config.domain if d.mode == "local"]
     return Router(store, separator=config.smtp.subaddress_separator, max_depth=config.limits.alias_max_depth,
                   max_targets=config.limits.alias_max_targets,
-                  default_domain=local_domains[0] if local_domains else "", postmaster=config.smtp.postmaster)
+                  default_domain=local_domains[0] if local_domains else "", postmaster=config.smtp.postmaster,
+                  srs=srs.from_config(config, store))

@@ -12,8 +12,8 @@ Then the actions become the stage's :class:`Verdict`:
   recipient, else the sender gets a failure report: RFC 5429 2.1);
 * editheader -> a ``form`` of this recipient's own (the edited header + the body, a new blob); replace/enclose
   (RFC 5703) -> the same with the message the run rebuilt (redirects still send the message as it came);
-* redirect -> a new message through the pipeline (envelope sender kept: :attr:`SieveFilter.redirect_sender` is the
-  hook for SRS, :attr:`SieveFilter.redirect_message` for ARC; both from another issue), with our trace field
+* redirect -> a new message through the pipeline (envelope sender kept; marked ``forwarded_by`` the account, so a
+  copy the pipeline queues for another domain gets SRS and an ARC set: ``delivery/forward.py``), with our trace field
   ``X-Sieve-Redirected-By`` (a message redirected by this account before, or ``max_redirect_hops`` times, is kept
   instead: a loop);
 * vacation -> RFC 3834 checks (``sieve/vacation.py``), once per sender per period (claimed in the store), the reply
@@ -161,10 +161,6 @@ class SieveFilter:
         self._generation = 0
         self._all_version = None  # the store's version of all scripts, read every cache_check_interval
         self._all_checked = float("-inf")
-        #: SRS hook (another issue): the envelope sender of a redirected message.
-        self.redirect_sender = lambda sender, account_address: sender
-        #: ARC hook (another issue): the bytes of a redirected message, before it is handed over.
-        self.redirect_message = lambda raw, account_address: raw
 
     def _now(self) -> float:
         return self.clock.seconds() if self.clock is not None else time.time()
@@ -387,16 +383,15 @@ class SieveFilter:
         except AddressError:
             log.warn("sieve {qid}: redirect to {to}: not an address", qid=message.queue_id, to=a.address)
             return False
-        sender = self.redirect_sender(message.envelope.sender if message.envelope else "", account)
+        sender = message.envelope.sender if message.envelope else ""
         rp = mailbox_of(sender) if sender else None
         env = Envelope(rp, (Recipient(target),), body="" if raw.isascii() else "8BITMIME",
                        smtputf8=not a.address.isascii() or not (sender or "").isascii())
-        raw = self.redirect_message(raw, account)
         # A new transaction from us (as Pigeonhole hands a redirect to its MTA): Received, Return-Path at the final
         # delivery, and the Received count's loop check (RFC 5321 6.3) on top of ours.
         client = ClientInfo(ip="127.0.0.1", helo=self.config.hostname, esmtp=True)
-        result = await self.pipeline.ingest(Request(SIEVE, envelope=env, client=client, may_relay=True, log=True),
-                                            raw)
+        result = await self.pipeline.ingest(Request(SIEVE, envelope=env, client=client, may_relay=True, log=True,
+                                                    forwarded_by=account), raw)
         if not result.accepted:
             log.warn("sieve {qid}: redirect to {to} failed: {why}", qid=message.queue_id, to=a.address,
                      why="; ".join(f"{o.status} {o.text}" for o in result.failed))
