@@ -348,3 +348,23 @@ class QuarantineToken(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     used: Mapped[float] = mapped_column(Float)
     expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class QuarantineDigest(Base):
+    """An account's digest setting (NULL = its domain's / the server's) and when its last digest was sent."""
+
+    __tablename__ = "quarantine_digests"
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True,
+                                            autoincrement=False)
+    enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    hour: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0..23, UTC
+    last_sent: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ServerSecret(Base):
+    """A named random key made once for the whole cluster (e.g. the digest links' HMAC key)."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[float] = mapped_column(Float)

@@ -25,7 +25,15 @@ from sqlalchemy.engine import Connection
 from storage import blobrefs, messages
 from storage.blobs import BlobRef
 from storage.errors import Invalid, NotFound, QuotaExceeded
-from storage.models import Account, DomainAdmin, Quarantined, QuarantineSender, QuarantineToken
+from storage.models import (
+    Account,
+    DomainAdmin,
+    Quarantined,
+    QuarantineDigest,
+    QuarantineSender,
+    QuarantineToken,
+    ServerSecret,
+)
 from storage.records import Changed, Delivery
 from storage.sql import chunks
 
@@ -33,13 +41,21 @@ Q = Quarantined.__table__
 S = QuarantineSender.__table__
 DA = DomainAdmin.__table__
 T = QuarantineToken.__table__
+DG = QuarantineDigest.__table__
+SS = ServerSecret.__table__
 A = Account.__table__
 
 ALLOW, BLOCK = "allow", "block"
 _SQL_USE_TOKEN = text("INSERT INTO quarantine_tokens (id, used, expires) VALUES (:id, :used, :expires) "
                       "ON CONFLICT (id) DO NOTHING")
+_SQL_NEW_SECRET = text("INSERT INTO server_secrets (name, value, created) VALUES (:name, :value, :created) "
+                       "ON CONFLICT (name) DO NOTHING")
+#: Size of a server secret in bytes.
+SECRET_SIZE = 32
 #: The longest search text (sender / subject) a listing takes.
 MAX_SEARCH = 200
+#: The longest sender rule pattern (an address).
+MAX_PATTERN = 320
 
 
 @dataclass(frozen=True)
@@ -198,6 +214,7 @@ def forget_account(conn: Connection, account_id: int) -> None:
     _remove_rows(conn, conn.execute(_select().where(Q.c.account_id == account_id)).all())
     conn.execute(delete(S).where(S.c.account_id == account_id))
     conn.execute(delete(DA).where(DA.c.account_id == account_id))
+    conn.execute(delete(DG).where(DG.c.account_id == account_id))
 
 
 def forget_domain(conn: Connection, domain_id: int) -> None:
@@ -233,12 +250,56 @@ def referenced(conn: Connection) -> set[str]:
 # --------------------------------------------------------------------------------------------- digests
 
 
-def pending_digest(conn: Connection) -> dict[int, list[QuarantineItem]]:
-    """Held copies not yet listed in a digest, by account, newest first."""
+def pending_digest(conn: Connection, account_ids: Sequence[int] | None = None) -> dict[int, list[QuarantineItem]]:
+    """Held copies not yet listed in a digest, by account (all, or these accounts), newest first."""
+    q = _select().where(Q.c.digested.is_(False))
+    if account_ids is not None:
+        q = q.where(Q.c.account_id.in_(list(account_ids)))
     out: dict[int, list[QuarantineItem]] = {}
-    for r in conn.execute(_select().where(Q.c.digested.is_(False)).order_by(Q.c.arrived.desc(), Q.c.id.desc())):
+    for r in conn.execute(q.order_by(Q.c.arrived.desc(), Q.c.id.desc())):
         out.setdefault(r.account_id, []).append(_item(r))
     return out
+
+
+@dataclass(frozen=True)
+class DigestSetting:
+    """An account's own digest setting: ``enabled``/``hour`` None = its domain's or the server's."""
+
+    account_id: int
+    enabled: bool | None = None
+    hour: int | None = None
+    last_sent: float = 0.0
+
+
+def digest_settings(conn: Connection, account_ids: Sequence[int]) -> dict[int, DigestSetting]:
+    """The stored settings of these accounts (an account without a row has the defaults)."""
+    out = {i: DigestSetting(i) for i in account_ids}
+    for chunk in chunks(list(account_ids)):
+        for r in conn.execute(select(DG).where(DG.c.account_id.in_(chunk))):
+            out[r.account_id] = DigestSetting(r.account_id, r.enabled, r.hour, r.last_sent)
+    return out
+
+
+def set_digest_setting(conn: Connection, account_id: int, enabled: bool | None, hour: int | None) -> None:
+    if hour is not None and not 0 <= hour <= 23:
+        raise Invalid("the digest hour is 0 to 23")
+    n = conn.execute(update(DG).where(DG.c.account_id == account_id).values(enabled=enabled, hour=hour)).rowcount
+    if n == 0:
+        conn.execute(insert(DG).values(account_id=account_id, enabled=enabled, hour=hour, last_sent=0.0))
+
+
+def claim_digest(conn: Connection, account_id: int, item_ids: Sequence[int], now: float, since: float) -> bool:
+    """Claim this account's digest run: True (and ``last_sent`` = now, the items marked digested) unless a digest
+    was sent at or after ``since`` (another node, or an earlier run, already did it)."""
+    n = conn.execute(update(DG).where(DG.c.account_id == account_id, DG.c.last_sent < since)
+                     .values(last_sent=now)).rowcount
+    if n == 0:
+        exists = conn.execute(select(DG.c.account_id).where(DG.c.account_id == account_id)).first()
+        if exists is not None:
+            return False
+        conn.execute(insert(DG).values(account_id=account_id, enabled=None, hour=None, last_sent=now))
+    mark_digested(conn, item_ids)
+    return True
 
 
 def mark_digested(conn: Connection, item_ids: Sequence[int]) -> None:
@@ -252,15 +313,41 @@ def use_token(conn: Connection, token_id: str, expires: float) -> bool:
     return res.rowcount == 1
 
 
+def server_secret(conn: Connection, name: str) -> bytes:
+    """The cluster's secret ``name``, made (random) on first use; every node reads the same one."""
+    import secrets
+
+    conn.execute(_SQL_NEW_SECRET, {"name": name, "value": secrets.token_bytes(SECRET_SIZE), "created": time.time()})
+    return bytes(conn.execute(select(SS.c.value).where(SS.c.name == name)).scalar_one())
+
+
 # --------------------------------------------------------------------------------------------- sender rules
 
 
+def check_sender_pattern(text: str) -> str:
+    """A sender rule's pattern, lower-cased: an address ``local@domain`` or a whole domain ``@domain``."""
+    address = text.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if (not at or not domain or len(address) > MAX_PATTERN or "." not in domain.strip(".")
+            or any(c.isspace() or c in "<>,;\"()[]" for c in address) or "@" in local):
+        raise Invalid("expected an address (name@example.com) or a domain (@example.com)")
+    return address
+
+
+def rule_for(rules: dict[str, str], address: str) -> str | None:
+    """The rule that applies to ``address``: its own, else its domain's (``@domain``), else None."""
+    address = address.lower()
+    if address in rules:
+        return rules[address]
+    return rules.get("@" + address.rpartition("@")[2]) if "@" in address else None
+
+
 def set_sender_rule(conn: Connection, account_id: int, address: str, rule: str | None) -> None:
-    """Allow or block ``address`` for this account (None: forget the rule)."""
+    """Allow or block ``address`` (or a whole domain, ``@example.com``) for this account (None: forget the rule)."""
     if rule not in (ALLOW, BLOCK, None):
         raise Invalid(f"unknown sender rule {rule!r}")
-    address = address.strip().lower()
-    if not address or len(address) > 320:
+    address = address.strip().lower() if rule is None else check_sender_pattern(address)
+    if not address or len(address) > MAX_PATTERN:
         raise Invalid("bad sender address")
     conn.execute(delete(S).where(S.c.account_id == account_id, S.c.address == address))
     if rule is not None:
@@ -268,10 +355,13 @@ def set_sender_rule(conn: Connection, account_id: int, address: str, rule: str |
 
 
 def sender_rules(conn: Connection, account_id: int, addresses: Sequence[str] | None = None) -> dict[str, str]:
-    """The account's rules (address -> allow/block), all or for these addresses."""
+    """The account's rules (address or ``@domain`` -> allow/block): all, or those that apply to these addresses
+    (their own and their domains'; :func:`rule_for` picks the one that wins)."""
     q = select(S.c.address, S.c.rule).where(S.c.account_id == account_id)
     if addresses is not None:
-        q = q.where(S.c.address.in_([a.lower() for a in addresses]))
+        wanted = {a.lower() for a in addresses}
+        wanted |= {"@" + a.rpartition("@")[2] for a in wanted if "@" in a}
+        q = q.where(S.c.address.in_(sorted(wanted)))
     return dict(conn.execute(q).all())
 
 
@@ -282,6 +372,14 @@ def set_domain_admin(conn: Connection, account_id: int, domain_id: int, admin: b
     conn.execute(delete(DA).where(DA.c.account_id == account_id, DA.c.domain_id == domain_id))
     if admin:
         conn.execute(insert(DA).values(account_id=account_id, domain_id=domain_id))
+
+
+def domain_admins(conn: Connection, domain_id: int | None = None) -> list[tuple[str, int]]:
+    """(account address, domain id) of every domain admin (of one domain)."""
+    q = select(A.c.address, DA.c.domain_id).join(A, A.c.id == DA.c.account_id)
+    if domain_id is not None:
+        q = q.where(DA.c.domain_id == domain_id)
+    return [(r[0], r[1]) for r in conn.execute(q.order_by(A.c.address))]
 
 
 def admin_domains(conn: Connection, account_id: int) -> list[int]:
