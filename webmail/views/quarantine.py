@@ -4,7 +4,8 @@ one or many at a time.
 
 A held copy is reached only through :func:`open_held`: one the signed-in account may not see is a 404, exactly as
 a missing one.  The preview is the text the delivery's one parse kept (``preview``): never the HTML, never a remote
-load; attachments are listed by name and never served (no route reads a held copy's parts).  Every action is
+load; attachments are listed by name and downloaded only when no virus was found in the copy (:func:`held_download`,
+always as a download, as the reader's).  Every action is
 logged with who did it (``mailserver/delivery/pipeline.py`` logs releases, this module deletions and rules).
 """
 
@@ -15,10 +16,12 @@ import json
 from twisted.logger import Logger
 
 from mailserver.delivery import envelope as ev
-from mailserver.mime.parse import iter_parts, part_filename
+from mailserver.mime.parse import part_filename
 from storage.quarantine import ALLOW, BLOCK, MAX_SEARCH, QuarantineItem
+from webmail import message_view as mv
 from webmail import web
 from webmail.views.common import folder_tree, mailboxes
+from webmail.views.message import DOWNLOAD_CSP, SAFE_DOWNLOAD_TYPES
 
 log = Logger()
 
@@ -80,16 +83,52 @@ async def quarantine_page(ctx, notice: str = "") -> web.Response:
                       admin=bool(domains), title="Quarantine")
 
 
-def _attachments(item: QuarantineItem) -> list[str]:
-    """File names of the held copy's attachments (from the stored BODYSTRUCTURE; nothing is read)."""
+def virus_found(item: QuarantineItem) -> bool:
+    """A virus scanner named a virus in this copy (it was held for it, or for something else with one found)."""
+    return item.reason == "virus" or any(f.get("name") == "virus" and f.get("result") for f in item.facts)
+
+
+def _tree(item: QuarantineItem) -> dict | None:
     try:
         tree = json.loads(item.parsed.get("bodystructure") or "null")
     except ValueError:
+        return None
+    return tree if isinstance(tree, dict) else None
+
+
+def _attachments(item: QuarantineItem) -> list[tuple[int, str]]:
+    """(part number, file name) of the held copy's attachments (from the stored BODYSTRUCTURE; nothing is read)."""
+    tree = _tree(item)
+    if tree is None:
         return []
-    if not isinstance(tree, dict):
-        return []
-    names = [part_filename(node) for node in iter_parts(tree)]
-    return [str(n)[:200] for n in names if n][:100]
+    out = []
+    for i, node in enumerate(mv.numbered(tree)):
+        if "children" not in node and part_filename(node):
+            out.append((i, mv.attachment_name(node, i)[:200]))
+    return out[:100]
+
+
+async def held_download(ctx, qid: str, part: str) -> web.Response:
+    """An attachment of a held copy, always as a download (as the reader's); a 404 when a virus was found in it."""
+    item = await open_held(ctx, qid)
+    if virus_found(item):
+        raise web.NotFoundError()
+    n = int(part)
+    if n not in dict(_attachments(item)):
+        raise web.NotFoundError()
+    node = mv.numbered(_tree(item))[n]
+    data = await ctx.astore.read_blob(item.blob_id, node["body_start"], node["body_end"])
+    if "body" in node:
+        ctype = "message/rfc822"
+    else:
+        data = mv.decode_transfer(data, node.get("encoding"))
+        ctype = mv.ctype(node)
+    sent_type = ctype if ctype in SAFE_DOWNLOAD_TYPES else "application/octet-stream"
+    log.info("quarantine download {id} part {part} for <{rcpt}> by webmail:{by}", id=item.id, part=n,
+             rcpt=item.recipient, by=ctx.session.address)
+    return web.Response(200, data, sent_type, csp=DOWNLOAD_CSP,
+                        headers=[("Content-Disposition", web.content_disposition("attachment", mv.attachment_name(
+                            node, n)))])
 
 
 async def held_page(ctx, qid: str) -> web.Response:
@@ -99,7 +138,7 @@ async def held_page(ctx, qid: str) -> web.Response:
     mbs = await mailboxes(ctx)
     return ctx.render("quarantine_item.html", item=item, reason=plain_reason(item),
                       headers=head.decode("utf-8", "replace"), preview=item.parsed.get("preview") or "",
-                      attachments=_attachments(item), folders=folder_tree(mbs), current_id=None,
+                      attachments=_attachments(item), virus=virus_found(item), folders=folder_tree(mbs), current_id=None,
                       title=item.subject or "Quarantined message")
 
 
