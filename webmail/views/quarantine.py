@@ -17,7 +17,8 @@ from twisted.logger import Logger
 
 from mailserver.delivery import envelope as ev
 from mailserver.mime.parse import part_filename
-from storage.quarantine import ALLOW, BLOCK, MAX_SEARCH, QuarantineItem
+from storage.errors import Invalid
+from storage.quarantine import ALLOW, BLOCK, MAX_SEARCH, QuarantineItem, check_sender_pattern
 from webmail import message_view as mv
 from webmail import web
 from webmail.views.common import folder_tree, mailboxes
@@ -142,6 +143,15 @@ async def held_page(ctx, qid: str) -> web.Response:
                       title=item.subject or "Quarantined message")
 
 
+def _rule_address(sender: str) -> bool:
+    """A sender a rule can name (the null sender and odd quoted local parts cannot be)."""
+    try:
+        check_sender_pattern(sender)
+    except Invalid:
+        return False
+    return not sender.startswith("@")
+
+
 async def act(ctx, items: list[QuarantineItem], op: str, by: str) -> str:
     """Carry out ``op`` on held copies the caller may act on; the notice key for the page."""
     pipeline = ctx.services.pipeline
@@ -150,7 +160,7 @@ async def act(ctx, items: list[QuarantineItem], op: str, by: str) -> str:
             outcome = await pipeline.release(item, by=by)
             if outcome.kind == ev.DEFERRED:
                 raise web.HttpError(507, "The mailbox is full: nothing was released.")
-            if op == "allow" and item.sender:
+            if op == "allow" and _rule_address(item.sender):
                 await ctx.astore.set_sender_rule(item.account_id, item.sender, ALLOW)
                 log.info("quarantine allow sender <{sender}> for account {acct} by {by}", sender=item.sender,
                          acct=item.account, by=by)
@@ -162,7 +172,7 @@ async def act(ctx, items: list[QuarantineItem], op: str, by: str) -> str:
                      rcpt=item.recipient, by=by)
         if op == "block":
             for item in items:
-                if item.sender:
+                if _rule_address(item.sender):
                     await ctx.astore.set_sender_rule(item.account_id, item.sender, BLOCK)
                     log.info("quarantine block sender <{sender}> for account {acct} by {by}", sender=item.sender,
                              acct=item.account, by=by)
