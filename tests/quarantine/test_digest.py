@@ -223,3 +223,33 @@ def test_the_secret_is_made_once_and_kept(srv):
     a = srv.store.server_secret(digest.LINK_SECRET)
     assert len(a) == 32 and srv.store.server_secret(digest.LINK_SECRET) == a
     assert srv.store.server_secret("other") != a
+
+
+def test_the_server_runs_the_digests_with_its_maintenance_jobs(srv):
+    assert srv.server._digests is not None and srv.server._digests._loop.running
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"digest_hour": 24}, "quarantine.digest_hour"),
+    ({"digest_check_interval": 0}, "quarantine.digest_check_interval"),
+    ({"base_url": "mail.example.test"}, "quarantine.base_url"),
+    ({"base_url": "https://mail.example.test/path"}, "quarantine.base_url"),
+    ({"domain": {"d.test": {"digest": "yes"}}}, "quarantine.domain.d.test.digest"),
+    ({"domain": {"d.test": {"digest_hour": 30}}}, "quarantine.domain.d.test.digest_hour"),
+])
+def test_bad_digest_settings_are_config_errors(tmp_path, table, key):
+    from mailserver.config import ConfigError, load_dict
+
+    with pytest.raises(ConfigError) as e:
+        load_dict({"hostname": "mail.example.test", "data_dir": str(tmp_path), "quarantine": table}, "t")
+    assert key in str(e.value)
+
+
+def test_domain_and_server_digest_defaults(tmp_path):
+    from mailserver.config import load_dict
+
+    cfg = load_dict({"hostname": "h.test", "data_dir": str(tmp_path), "quarantine": {
+        "digest_hour": 9, "domain": {"Off.test": {"digest": "off"}, "early.test": {"digest_hour": 5}}}}, "t")
+    assert cfg.quarantine.digest_for("off.test") == (False, 9)
+    assert cfg.quarantine.digest_for("early.test") == (True, 5)
+    assert cfg.quarantine.digest_for("any.test") == (True, 9)
