@@ -50,6 +50,8 @@ _SQL_USE_TOKEN = text("INSERT INTO quarantine_tokens (id, used, expires) VALUES 
                       "ON CONFLICT (id) DO NOTHING")
 _SQL_NEW_SECRET = text("INSERT INTO server_secrets (name, value, created) VALUES (:name, :value, :created) "
                        "ON CONFLICT (name) DO NOTHING")
+_SQL_DIGEST_ROW = text("INSERT INTO quarantine_digests (account_id, enabled, hour, last_sent) "
+                       "VALUES (:id, NULL, NULL, 0) ON CONFLICT (account_id) DO NOTHING")
 #: Size of a server secret in bytes.
 SECRET_SIZE = 32
 #: The longest search text (sender / subject) a listing takes.
@@ -148,12 +150,13 @@ def get(conn: Connection, item_id: int) -> QuarantineItem | None:
 
 
 def _scope(account_ids: Sequence[int] | None, domain_ids: Sequence[int] | None):
+    """Copies of these accounts or of these domains' accounts (either; None = no limit)."""
     conds = []
     if account_ids is not None:
         conds.append(Q.c.account_id.in_(list(account_ids)))
     if domain_ids is not None:
         conds.append(A.c.domain_id.in_(list(domain_ids)))
-    return conds
+    return [or_(*conds)] if len(conds) == 2 else conds
 
 
 def _like(text: str) -> str:
@@ -164,7 +167,7 @@ def _like(text: str) -> str:
 def list_items(conn: Connection, *, account_ids: Sequence[int] | None = None,
                domain_ids: Sequence[int] | None = None, text: str = "", offset: int = 0, limit: int = 50
                ) -> tuple[int, list[QuarantineItem]]:
-    """Held copies in scope (an account's, a domain's, all), newest first; ``text`` matches the envelope sender,
+    """Held copies in scope (these accounts' or these domains', or all), newest first; ``text`` matches the envelope sender,
     the From field or the subject without case.  Returns (how many match, this page)."""
     if len(text) > MAX_SEARCH:
         raise Invalid("search text too long")
@@ -280,24 +283,27 @@ def digest_settings(conn: Connection, account_ids: Sequence[int]) -> dict[int, D
     return out
 
 
+def _digest_row(conn: Connection, account_id: int) -> None:
+    """Make sure the account has its ``quarantine_digests`` row (concurrent callers: one inserts, none fails)."""
+    conn.execute(_SQL_DIGEST_ROW, {"id": account_id})
+
+
 def set_digest_setting(conn: Connection, account_id: int, enabled: bool | None, hour: int | None) -> None:
     if hour is not None and not 0 <= hour <= 23:
         raise Invalid("the digest hour is 0 to 23")
-    n = conn.execute(update(DG).where(DG.c.account_id == account_id).values(enabled=enabled, hour=hour)).rowcount
-    if n == 0:
-        conn.execute(insert(DG).values(account_id=account_id, enabled=enabled, hour=hour, last_sent=0.0))
+    _digest_row(conn, account_id)
+    conn.execute(update(DG).where(DG.c.account_id == account_id).values(enabled=enabled, hour=hour))
 
 
 def claim_digest(conn: Connection, account_id: int, item_ids: Sequence[int], now: float, since: float) -> bool:
     """Claim this account's digest run: True (and ``last_sent`` = now, the items marked digested) unless a digest
-    was sent at or after ``since`` (another node, or an earlier run, already did it)."""
+    was sent at or after ``since`` (another node, or an earlier run, already did it).  The conditional UPDATE is the
+    claim: of two nodes at once, the second waits for the first's row lock and then finds ``last_sent`` moved."""
+    _digest_row(conn, account_id)
     n = conn.execute(update(DG).where(DG.c.account_id == account_id, DG.c.last_sent < since)
                      .values(last_sent=now)).rowcount
-    if n == 0:
-        exists = conn.execute(select(DG.c.account_id).where(DG.c.account_id == account_id)).first()
-        if exists is not None:
-            return False
-        conn.execute(insert(DG).values(account_id=account_id, enabled=None, hour=None, last_sent=now))
+    if n != 1:
+        return False
     mark_digested(conn, item_ids)
     return True
 

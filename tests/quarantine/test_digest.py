@@ -253,3 +253,14 @@ def test_domain_and_server_digest_defaults(tmp_path):
     assert cfg.quarantine.digest_for("off.test") == (False, 9)
     assert cfg.quarantine.digest_for("early.test") == (True, 5)
     assert cfg.quarantine.digest_for("any.test") == (True, 9)
+
+
+def test_a_link_post_from_another_site_acts_on_nothing(srv):
+    ls = _digest_links(srv, "cross site")
+    (release,) = ls["release"]
+    c = Client(srv)
+    token = _confirm(c.get(release)[1])
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.test"}):
+        r, _ = c.post(release, {"confirm": token}, headers=headers)
+        assert r.status == 403, headers
+    assert srv.store.count_quarantined(srv.store.get_account(ALICE).id) == 1

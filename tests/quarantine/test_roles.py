@@ -164,3 +164,51 @@ def test_the_panel_names_our_authentication_results_only():
     assert [(c, r) for c, r, _ in ex.checks] == [("SPF", "fail"), ("DKIM", "none"), ("DMARC", "fail")]
     assert "may not send" in ex.checks[0][2]
     assert explain(b"Subject: x\r\n\r\n", "mail.example.test").empty
+
+
+def test_an_admin_of_another_domain_still_sees_its_own_held_copies(srv):
+    own = hold(srv, ALICE, SPAM)
+    bobs = hold(srv, BOB, SPAM)
+    carols = hold(srv, CAROL, SPAM)
+    alice = srv.store.get_account(ALICE)
+    srv.store.set_domain_admin(alice.id, srv.store.get_domain("other.test").id, True)
+    c = Client(srv)
+    c.login()
+    _, page = c.get("/quarantine")
+    ids = {int(i) for i in re.findall(rb'<tr data-id="(\d+)"', page)}
+    assert ids == {own, carols}
+    assert c.get(f"/quarantine/{bobs}")[0].status == 404
+
+
+@pytest.mark.parametrize("fields", [
+    {"op": "rule_add", "pattern": "@x.test", "rule": "block"},
+    {"op": "rule_remove", "pattern": "@x.test"},
+    {"op": "digest", "enabled": "off", "hour": "3"},
+])
+def test_every_settings_action_needs_the_csrf_token(srv, fields):
+    alice = srv.store.get_account(ALICE)
+    srv.store.set_sender_rule(alice.id, "@x.test", "allow")
+    c = Client(srv)
+    c.login()
+    for extra in ({}, {"_csrf": "x" * 43}):
+        assert c.post("/settings", dict(fields, **extra))[0].status == 403
+    assert srv.store.sender_rules(alice.id) == {"@x.test": "allow"}
+    assert srv.store.digest_settings([alice.id])[alice.id].enabled is None
+
+
+def test_the_digest_setting_in_the_settings_page(srv):
+    alice = srv.store.get_account(ALICE)
+    c = Client(srv)
+    c.login()
+    token = c.csrf("/settings")
+    r, _ = c.post("/settings", {"_csrf": token, "op": "digest", "enabled": "off", "hour": "6"})
+    assert r.status == 303
+    s = srv.store.digest_settings([alice.id])[alice.id]
+    assert (s.enabled, s.hour) == (False, 6)
+    _, page = c.get("/settings")
+    assert b'<option value="off" selected>' in page and b'<option value="6" selected>' in page
+    for bad in ({"enabled": "maybe", "hour": ""}, {"enabled": "", "hour": "24"}, {"enabled": "", "hour": "x"}):
+        assert c.post("/settings", dict(bad, _csrf=token, op="digest"))[0].status == 400
+    r, _ = c.post("/settings", {"_csrf": token, "op": "digest", "enabled": "", "hour": ""})
+    s = srv.store.digest_settings([alice.id])[alice.id]
+    assert r.status == 303 and (s.enabled, s.hour) == (None, None)

@@ -205,7 +205,9 @@ def test_digest_settings_and_one_claim_per_slot(store):
     b = store.add_account("b@example.test", "x")  # no row yet: the claim makes it
     assert store.claim_quarantine_digest(b.id, [], 5.0, 1.0) is True
     assert store.claim_quarantine_digest(b.id, [], 6.0, 1.0) is False
-    with pytest.raises(Exception):
+    from storage.errors import Invalid
+
+    with pytest.raises(Invalid):
         store.set_digest_setting(a.id, True, 24)
 
 
@@ -217,6 +219,34 @@ def test_the_server_secret_is_made_once_for_every_node(tmp_path, database_url):
     try:
         first, second = (Store(e, blobs).server_secret("quarantine-links") for e in engines)
         assert first == second and len(first) == 32
+    finally:
+        for e in engines:
+            e.dispose()
+
+
+def test_two_nodes_claiming_one_digest_at_once_claim_it_once(tmp_path, database_url):
+    url = database_url or f"sqlite:///{tmp_path}/db.sqlite3"
+    engines = [make_engine(url), make_engine(url)]
+    migrate.upgrade(engines[0])
+    blobs = FileBlobStore(Path(tmp_path) / "blobs")
+    nodes = [Store(e, blobs) for e in engines]
+    nodes[0].add_domain("example.test")
+    try:
+        for n in range(5):
+            a = nodes[0].add_account(f"a{n}@example.test", "x")
+            ids = nodes[0].hold_quarantined([spec(nodes[0], a)])
+            results, start = [], threading.Barrier(2)
+
+            def claim(node, a=a, ids=ids, results=results, start=start):
+                start.wait()
+                results.append(node.claim_quarantine_digest(a.id, ids, 100.0, 50.0))
+
+            threads = [threading.Thread(target=claim, args=(node,)) for node in nodes]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(results) == [False, True]
     finally:
         for e in engines:
             e.dispose()

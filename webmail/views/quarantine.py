@@ -71,9 +71,8 @@ async def quarantine_page(ctx, notice: str = "") -> web.Response:
     text = ctx.arg("q")[:MAX_SEARCH]
     page = ctx.int_arg("page", 1, 1, 100_000)
     accounts, domains = await _scope(ctx)
-    # A domain admin sees the whole domain's held copies (its own among them: an account is in its one domain).
-    scope = {"domain_ids": domains} if domains else {"account_ids": accounts}
-    total, items = await ctx.astore.list_quarantined(**scope, text=text, offset=(page - 1) * PAGE_SIZE,
+    # A domain admin sees its own held copies and those of the domains it administers.
+    total, items = await ctx.astore.list_quarantined(account_ids=accounts, domain_ids=domains or None, text=text, offset=(page - 1) * PAGE_SIZE,
                                                      limit=PAGE_SIZE)
     mbs = await mailboxes(ctx)
     notice = notice or {"released": "Released to your inbox.", "deleted": "Deleted.",
