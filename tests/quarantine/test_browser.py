@@ -92,7 +92,9 @@ def test_quarantine_in_chromium(tmp_path):
                 expect(page.locator(f"tr[data-id='{held}'] .reason")).to_contain_text("(DMARC)")
                 _shot(page, "01-quarantine-view")
                 page.click(f"tr[data-id='{held}'] a")
-                expect(page.locator("#reason")).to_contain_text("asks for mail that fails its checks (DMARC)")
+                expect(page.locator("#reason .plain")).to_have_text(
+                    "The sender's domain asks for mail that fails its checks (DMARC) to be held, and this message "
+                    "failed SPF and DKIM.")
                 expect(page.locator("#reason table.facts")).to_contain_text("spf")
                 expect(page.locator("#preview")).to_have_text(re.compile("Please log in at our new site"))
                 _shot(page, "02-reason-panel")

@@ -41,7 +41,20 @@ REASONS = {
 
 
 def plain_reason(item: QuarantineItem) -> str:
-    return REASONS.get(item.reason, "A check held it.")
+    """The reason in plain words; for DMARC, with the checks that failed ("... and this message failed SPF and
+    DKIM")."""
+    words = REASONS.get(item.reason, "A check held it.")
+    if item.reason == "dmarc":
+        results = {}
+        for f in item.facts:
+            if f.get("check") in ("spf", "dkim") and f.get("result") != "pass":
+                results.setdefault(f["check"].upper(), True)
+            elif f.get("check") in ("spf", "dkim"):
+                results[f["check"].upper()] = False
+        failed = [name for name, bad in results.items() if bad]
+        if failed:
+            words = words.rstrip(".") + ", and this message failed " + " and ".join(failed) + "."
+    return words
 
 
 async def _scope(ctx) -> tuple[list[int] | None, list[int] | None]:
