@@ -248,6 +248,8 @@ class WebmailApp:
         self.cookie_name = SESSION_COOKIE_SECURE if self.secure else SESSION_COOKIE_PLAIN
         #: Reverse proxies whose Forwarded / X-Forwarded-For name the client (``[proxy] trusted``).
         self.trusted_proxies = Networks(cfg.proxy.trusted)
+        #: The digest links' HMAC key (``Store.server_secret``), read once (webmail/views/links.py).
+        self.link_secret: bytes | None = None
 
     def client_ip(self, request) -> str:
         peer = request.getClientAddress().host

@@ -26,12 +26,9 @@ _BUTTONS = {"release": "Release to my inbox", "delete": "Delete it"}
 
 
 async def _secret(ctx) -> bytes:
-    app = ctx.app
-    secret = getattr(app, "link_secret", None)
-    if secret is None:
-        secret = await ctx.astore.server_secret(digest.LINK_SECRET)
-        app.link_secret = secret
-    return secret
+    if ctx.app.link_secret is None:
+        ctx.app.link_secret = await ctx.astore.server_secret(digest.LINK_SECRET)
+    return ctx.app.link_secret
 
 
 def _confirm_token(secret: bytes, path: str) -> str:
