@@ -396,9 +396,13 @@ class AntivirusConfig:
 
 @dataclass(frozen=True)
 class QuarantineDomain:
-    """``[quarantine.domain."example.org"]``: one domain's retention (-1 = ``[quarantine]``'s)."""
+    """``[quarantine.domain."example.org"]``: one domain's retention and digest (-1 / "" = ``[quarantine]``'s)."""
 
     retention_days: float = -1.0
+    #: "on", "off" or "" (the server's ``digest``): the default of the domain's accounts (each may change its own).
+    digest: str = ""
+    #: Hour of the day (UTC, 0..23) of the domain's digests; -1 = the server's ``digest_hour``.
+    digest_hour: int = -1
 
 
 @dataclass(frozen=True)
@@ -409,11 +413,29 @@ class QuarantineConfig:
     retention_days: float = 30.0
     #: Most held copies per account (0 = no cap); past it a copy is delivered to Junk with ``$Junk`` instead.
     max_per_account: int = 1000
-    #: Seconds between the digest runs (one mail per account with new held copies); 0 = no digests.
-    digest_interval: float = 86400.0
+    #: A daily digest mail per account with new held copies (each account may turn its own off or on).
+    digest: bool = True
+    #: Hour of the day (UTC, 0..23) the digests are sent (each account may choose its own).
+    digest_hour: int = 8
+    #: Seconds between two looks for due digests (by the worker holding the maintenance lease).
+    digest_check_interval: float = 300.0
     #: The webmail's public base URL for the digest's links, e.g. "https://mail.example.org"; "" = no links.
     base_url: str = ""
     domain: dict[str, QuarantineDomain] = field(default_factory=dict)
+
+    def domain_entry(self, domain: str) -> QuarantineDomain | None:
+        d = domain.lower()
+        for name, entry in self.domain.items():
+            if name.lower() == d:
+                return entry
+        return None
+
+    def digest_for(self, domain: str) -> tuple[bool, int]:
+        """(digests on, hour) for the accounts of ``domain`` that chose nothing themselves."""
+        entry = self.domain_entry(domain)
+        on = self.digest if entry is None or not entry.digest else entry.digest == "on"
+        hour = self.digest_hour if entry is None or entry.digest_hour < 0 else entry.digest_hour
+        return on, hour
 
     def retention_for(self, address: str) -> float:
         """Seconds a copy held for ``address`` is kept."""
@@ -790,8 +812,17 @@ def _validate(cfg: Config, source: str) -> None:
         err("quarantine.retention_days", "expected a number of days above 0")
     if cfg.quarantine.max_per_account < 0:
         err("quarantine.max_per_account", "expected 0 (no cap) or more")
-    if cfg.quarantine.digest_interval < 0:
-        err("quarantine.digest_interval", "expected 0 (off) or seconds")
+    if cfg.quarantine.digest_hour > 23:
+        err("quarantine.digest_hour", "expected an hour 0 to 23")
+    if not cfg.quarantine.digest_check_interval > 0:
+        err("quarantine.digest_check_interval", "expected seconds above 0")
+    if cfg.quarantine.base_url and not re.match(r"^https?://[^/?#\s]+/?$", cfg.quarantine.base_url):
+        err("quarantine.base_url", "expected \"https://host\" (or http://host:port), no path")
+    for name, entry in cfg.quarantine.domain.items():
+        if entry.digest not in ("", "on", "off"):
+            err(f"quarantine.domain.{name}.digest", "expected \"on\" or \"off\"")
+        if entry.digest_hour > 23:
+            err(f"quarantine.domain.{name}.digest_hour", "expected an hour 0 to 23")
     if cfg.antivirus.action not in ("refuse", "quarantine"):
         err("antivirus.action", "expected \"refuse\" or \"quarantine\"")
     if cfg.antivirus.clamd and not cfg.antivirus.clamd.startswith("/"):

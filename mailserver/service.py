@@ -268,6 +268,7 @@ class MailServer(MultiService):
         self.bus = None
         self.lease = None
         self._gc = None
+        self._digests = None  # the quarantine digest runner (mailserver/digest.py), with the maintenance jobs
         self._trim: MemoryTrim | None = None
         #: Give freed memory back to the system after connections close (``mailserver serve`` sets it: the
         #: process is the server's; not in a test process that runs servers among other work).
@@ -384,6 +385,11 @@ class MailServer(MultiService):
         self._gc = task.LoopingCall(self._collect_blobs)
         self._gc.clock = self.reactor
         self._gc.start(cfg.store.gc_interval, now=False)
+        if self._digests is None:
+            from mailserver.digest import DigestRunner
+
+            self._digests = DigestRunner(self.reactor, self.astore, self.provided.pipeline, cfg)
+            self._digests.start()
         if cfg.queue.run:
             from mailserver.delivery.queue import QueueRunner
 
@@ -394,6 +400,9 @@ class MailServer(MultiService):
     def _stop_maintenance(self):
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        digests, self._digests = self._digests, None
+        if digests is not None:
+            digests.stop()
         runner, self.queue_runner = self.queue_runner, None
         if runner is not None:
             yield runner.stop()
@@ -551,6 +560,9 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self._digests is not None:
+            self._digests.stop()
+            self._digests = None
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:

@@ -383,3 +383,15 @@ class ServerSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
     created: Mapped[float] = mapped_column(Float)
+
+
+class QuarantineDigest(Base):
+    """An account's digest setting (NULL = its domain's / the server's) and when its last digest was sent."""
+
+    __tablename__ = "quarantine_digests"
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True,
+                                            autoincrement=False)
+    enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    hour: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0..23, UTC
+    last_sent: Mapped[float] = mapped_column(Float, default=0.0)
+    created: Mapped[float] = mapped_column(Float)

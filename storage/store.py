@@ -483,9 +483,37 @@ class Store:
             return quarantine.expire(conn, now)
 
     @reads
-    def quarantine_digest_pending(self) -> dict[int, list[QuarantineItem]]:
+    def quarantine_digest_pending(self, account_ids: Sequence[int] | None = None
+                                  ) -> dict[int, list[QuarantineItem]]:
+        """Held copies no digest listed yet, by account."""
         with self.transaction(write=False) as conn:
-            return quarantine.pending_digest(conn)
+            return quarantine.pending_digest(conn, account_ids)
+
+    @reads
+    def digest_settings(self, account_ids: Sequence[int]) -> dict[int, quarantine.DigestSetting]:
+        with self.transaction(write=False) as conn:
+            return quarantine.digest_settings(conn, account_ids)
+
+    @writes
+    def set_digest_setting(self, account_id: int, enabled: bool | None, hour: int | None) -> None:
+        """An account's own digest setting (None = its domain's / the server's)."""
+        with self.transaction() as conn:
+            quarantine.set_digest_setting(conn, account_id, enabled, hour)
+
+    @writes
+    def claim_quarantine_digest(self, account_id: int, item_ids: Sequence[int], now: float, since: float) -> bool:
+        """Claim one account's digest (once across nodes): marks the items digested; False when one was sent at
+        or after ``since``."""
+        with self.transaction() as conn:
+            return quarantine.claim_digest(conn, account_id, item_ids, now, since)
+
+    @writes
+    def server_key(self, name: str) -> bytes:
+        """The cluster's random 32-byte key ``name`` (a :meth:`server_secret` made on first use, the same on every
+        node)."""
+        import secrets
+
+        return bytes.fromhex(self.server_secret(name, lambda: secrets.token_hex(32)))
 
     @writes
     def mark_quarantine_digested(self, item_ids: Sequence[int]) -> None:
@@ -512,6 +540,12 @@ class Store:
     def set_domain_admin(self, account_id: int, domain_id: int, admin: bool = True) -> None:
         with self.transaction() as conn:
             quarantine.set_domain_admin(conn, account_id, domain_id, admin)
+
+    @reads
+    def domain_admins(self, domain_id: int | None = None) -> list[tuple[str, int]]:
+        """(address, domain id) of the domain admins (of one domain)."""
+        with self.transaction(write=False) as conn:
+            return quarantine.domain_admins(conn, domain_id)
 
     @reads
     def admin_domains(self, account_id: int) -> list[int]:

@@ -21,6 +21,7 @@ DRAFT = "webmail-draft"  # a draft saved in the webmail
 SENT_COPY = "webmail-sent"  # the copy of a sent message in Sent
 APPEND = "imap-append"  # IMAP APPEND and MULTIAPPEND
 REPORT = "report"  # delivery status reports (RFC 3464) to their sender
+DIGEST = "quarantine-digest"  # the daily quarantine digest to an account (mailserver/digest.py)
 IMPORT = "cli-import"  # `mailserver mail import`
 SIEVE = "sieve"  # a Sieve redirect or vacation reply (delivery/sieve_stage.py)
 LOCAL = "local"  # other local producers (tests, benchmarks)
