@@ -66,10 +66,12 @@ def holder_of(store, name: str, now: float) -> str | None:
 
 
 def free_holder(store, holder: str) -> int:
-    """Forget every lease and maildrop lock of ``holder`` (a process known to be dead); returns the rows removed."""
+    """Forget every lease, maildrop lock and heartbeat row of ``holder`` (a process known to be dead); returns the
+    rows removed."""
     with store.transaction() as conn:
         n = conn.execute(text("DELETE FROM cluster_leases WHERE holder = :h"), {"h": holder}).rowcount
         n += conn.execute(text("DELETE FROM maildrop_locks WHERE holder = :h"), {"h": holder}).rowcount
+        n += conn.execute(text("DELETE FROM cluster_nodes WHERE holder = :h"), {"h": holder}).rowcount
     return n
 
 

@@ -213,6 +213,12 @@ def open_store(config: Config, *, run_migrations: bool = True, pool_size: int | 
     store = Store(engine, blobs)
     for d in config.domain:
         store.ensure_domain(d.name, d.mode, d.relay_to)
+    if run_migrations:
+        from mailserver.delivery.dkim import import_key_files
+
+        for key in import_key_files(store, config.data_dir):  # files of an earlier version, once
+            log.info("DKIM key {selector} of {domain} imported from data_dir into the database",
+                     selector=key.selector, domain=key.domain)
     return store
 
 
@@ -265,6 +271,7 @@ class MailServer(MultiService):
         self.pg_bridge = None
         self.bus = None
         self.lease = None
+        self.heartbeat = None
         self._gc = None
         self._trim: MemoryTrim | None = None
         #: Give freed memory back to the system after connections close (``mailserver serve`` sets it: the
@@ -342,7 +349,7 @@ class MailServer(MultiService):
             from mailserver.tls import server_context_factory
 
             try:
-                self.tls = server_context_factory(cfg)
+                self.tls = server_context_factory(cfg, self.store)
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
         self.provided = self._make_services()
@@ -356,6 +363,7 @@ class MailServer(MultiService):
                                     lambda f: run_in(self.reactor, self.pools.cpu, f))
             self._trim.start()
         self.monitor.start()
+        self._start_heartbeat()
         if self.worker is None:
             self._start_maintenance()
         else:
@@ -371,6 +379,20 @@ class MailServer(MultiService):
             log.info("listening {name} on {address}{how}", name=lst.name,
                      address=str(ListenAddress(lst.address.host, lst.bound_port)),
                      how=" (PROXY protocol)" if lst.proxy is not None else "")
+
+    def _start_heartbeat(self) -> None:
+        from mailserver.leases import new_holder
+        from mailserver.nodes import Heartbeat, node_name
+
+        cfg = self.config
+        holder = self.worker.holder if self.worker is not None else new_holder("serve")
+        role = f"worker{self.worker.index}" if self.worker is not None else "serve"
+        self.heartbeat = Heartbeat(self.reactor, self.store, self.pools.db_write, holder=holder,
+                                   node=node_name(cfg.server.node_name), role=role, interval=cfg.server.heartbeat,
+                                   listeners=lambda: [f"{lst.name}{'(proxied)' if lst.proxy is not None else ''}="
+                                                      f"{ListenAddress(lst.address.host, lst.bound_port)}"
+                                                      for lst in self.listening])
+        self.heartbeat.start()
 
     def _inherited(self, section: str, index: int):
         return self.worker.socket_for(section, index) if self.worker is not None else None
@@ -544,6 +566,8 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.halt()
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:
@@ -574,6 +598,8 @@ class MailServer(MultiService):
             self._trim.stop()
         if self.monitor is not None:
             self.monitor.stop()
+        if self.heartbeat is not None:
+            yield self.heartbeat.stop()
         if self.lease is not None:
             yield self.lease.stop()  # stops the queue runner it started, gives the lease back
         if self.queue_runner is not None:

@@ -170,7 +170,7 @@ class Supervisor:
             from mailserver.tls import server_context_factory
 
             try:
-                server_context_factory(cfg)  # generates the self-signed certificate once, before any worker
+                server_context_factory(cfg, self.store)  # the self-signed pair made once, before any worker
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
         run_dir = Path(self.bus_path).parent
