@@ -56,7 +56,7 @@ def beat_blocking(store, *, holder: str, node: str, role: str, started: float, n
     """Write or renew ``holder``'s row, alive until ``now + ttl``."""
     p = {"h": holder, "n": node, "r": role, "pid": os.getpid(), "st": started, "now": now, "e": now + ttl,
          "l": json.dumps(list(listeners)), "old": now - FORGET_AFTER}
-    with store.transaction() as conn:
+    with store.transaction(durable=False) as conn:
         n = conn.execute(text("UPDATE cluster_nodes SET seen = :now, expires = :e, listeners = :l"
                               " WHERE holder = :h"), p).rowcount
         if not n:
@@ -66,7 +66,7 @@ def beat_blocking(store, *, holder: str, node: str, role: str, started: float, n
 
 
 def forget_blocking(store, holder: str) -> int:
-    with store.transaction() as conn:
+    with store.transaction(durable=False) as conn:
         return conn.execute(text("DELETE FROM cluster_nodes WHERE holder = :h"), {"h": holder}).rowcount
 
 

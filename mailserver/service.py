@@ -262,7 +262,8 @@ class MailServer(MultiService):
         self.tls = None
         self.listening: list[Listening] = []
         self.started_at = 0.0
-        self.secret = secrets.token_bytes(32)
+        #: Keys the login success cache: the supervisor's for all its workers (so they share entries over the bus).
+        self.secret = worker.auth_secret if worker is not None and worker.auth_secret else secrets.token_bytes(32)
         #: The Services the protocols are given (built at start, once the store and the authenticator exist; not
         #: ``services``, which is MultiService's list of child services).
         self.provided: Services | None = None
@@ -334,7 +335,8 @@ class MailServer(MultiService):
             from mailserver.bus import BusClient
 
             self.bus = BusClient(self.reactor, self.worker.bus_path, self.hub, self.worker.holder,
-                                 on_kick=self._kicked, forward_changes=is_sqlite(cfg.db_url))
+                                 on_kick=self._kicked, forward_changes=is_sqlite(cfg.db_url),
+                                 on_login=self._login_shared)
             self.bus.start()
         if not is_sqlite(cfg.db_url):
             # Several processes may share this database: pass change events between them.
@@ -344,6 +346,9 @@ class MailServer(MultiService):
             self.pg_bridge.start()
         self.auth = self._make_authenticator()
         self.auth.observer = self.monitor.metrics.login
+        if self.bus is not None:
+            self.auth.on_verified = self.bus.share_login
+            self.auth.on_forget = self.bus.share_forget
         needs_tls = bool(cfg.listen.items() or cfg.listen_proxied.items())
         if needs_tls:
             from mailserver.tls import server_context_factory
@@ -417,6 +422,11 @@ class MailServer(MultiService):
         runner, self.queue_runner = self.queue_runner, None
         if runner is not None:
             yield runner.stop()
+
+    def _login_shared(self, frame: dict) -> None:
+        """Another worker verified a password (or forgot an account's): the same in this one's cache."""
+        if self.auth is not None:
+            self.auth.apply_shared(frame)
 
     def _kicked(self) -> None:
         """Another worker queued outbound mail (the bus)."""
