@@ -521,6 +521,11 @@ class ServerConfig:
     #: Seconds the cluster-wide jobs' lease (queue runner, blob collector: one process of the cluster runs them)
     #: lasts unless renewed (every lease/3): how soon another worker takes over from one that died.
     lease: float = 15.0
+    #: This node's name in ``mailserver node list`` ("" = the machine's host name).
+    node_name: str = ""
+    #: Seconds between two heartbeats of each server process (its ``cluster_nodes`` row); a process whose row was
+    #: not renewed for 3 heartbeats is listed as dead.
+    heartbeat: float = 10.0
 
     def worker_count(self) -> int:
         """How many workers ``serve`` starts (``workers``, or the number of CPU cores for 0)."""
@@ -714,6 +719,10 @@ def _validate(cfg: Config, source: str) -> None:
         err("server.workers", f"expected 0 (one per CPU core) to {MAX_WORKERS}")
     if cfg.server.lease < 3:
         err("server.lease", "must be at least 3 seconds (renewed every lease/3)")
+    if cfg.server.heartbeat < 1:
+        err("server.heartbeat", "must be at least 1 second")
+    if len(cfg.server.node_name) > 255:
+        err("server.node_name", "at most 255 characters")
     if cfg.server.group and not cfg.server.user:
         err("server.group", "needs server.user")
     if cfg.queue.lease < 3:

@@ -215,6 +215,12 @@ def open_store(config: Config, *, run_migrations: bool = True, pool_size: int | 
     store = Store(engine, blobs)
     for d in config.domain:
         store.ensure_domain(d.name, d.mode, d.relay_to)
+    if run_migrations:
+        from mailserver.delivery.dkim import import_key_files
+
+        for key in import_key_files(store, config.data_dir):  # files of an earlier version, once
+            log.info("DKIM key {selector} of {domain} imported from data_dir into the database",
+                     selector=key.selector, domain=key.domain)
     return store
 
 
@@ -258,7 +264,8 @@ class MailServer(MultiService):
         self.tls = None
         self.listening: list[Listening] = []
         self.started_at = 0.0
-        self.secret = secrets.token_bytes(32)
+        #: Keys the login success cache: the supervisor's for all its workers (so they share entries over the bus).
+        self.secret = worker.auth_secret if worker is not None and worker.auth_secret else secrets.token_bytes(32)
         #: The Services the protocols are given (built at start, once the store and the authenticator exist; not
         #: ``services``, which is MultiService's list of child services).
         self.provided: Services | None = None
@@ -267,6 +274,7 @@ class MailServer(MultiService):
         self.pg_bridge = None
         self.bus = None
         self.lease = None
+        self.heartbeat = None
         self._gc = None
         self._digests = None  # the quarantine digest runner (mailserver/digest.py), with the maintenance jobs
         self._trim: MemoryTrim | None = None
@@ -330,7 +338,8 @@ class MailServer(MultiService):
             from mailserver.bus import BusClient
 
             self.bus = BusClient(self.reactor, self.worker.bus_path, self.hub, self.worker.holder,
-                                 on_kick=self._kicked, forward_changes=is_sqlite(cfg.db_url))
+                                 on_kick=self._kicked, forward_changes=is_sqlite(cfg.db_url),
+                                 on_login=self._login_shared)
             self.bus.start()
         if not is_sqlite(cfg.db_url):
             # Several processes may share this database: pass change events between them.
@@ -340,12 +349,15 @@ class MailServer(MultiService):
             self.pg_bridge.start()
         self.auth = self._make_authenticator()
         self.auth.observer = self.monitor.metrics.login
+        if self.bus is not None:
+            self.auth.on_verified = self.bus.share_login
+            self.auth.on_forget = self.bus.share_forget
         needs_tls = bool(cfg.listen.items() or cfg.listen_proxied.items())
         if needs_tls:
             from mailserver.tls import server_context_factory
 
             try:
-                self.tls = server_context_factory(cfg)
+                self.tls = server_context_factory(cfg, self.store)
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
         self.provided = self._make_services()
@@ -359,6 +371,7 @@ class MailServer(MultiService):
                                     lambda f: run_in(self.reactor, self.pools.cpu, f))
             self._trim.start()
         self.monitor.start()
+        self._start_heartbeat()
         if self.worker is None:
             self._start_maintenance()
         else:
@@ -374,6 +387,20 @@ class MailServer(MultiService):
             log.info("listening {name} on {address}{how}", name=lst.name,
                      address=str(ListenAddress(lst.address.host, lst.bound_port)),
                      how=" (PROXY protocol)" if lst.proxy is not None else "")
+
+    def _start_heartbeat(self) -> None:
+        from mailserver.leases import new_holder
+        from mailserver.nodes import Heartbeat, node_name
+
+        cfg = self.config
+        holder = self.worker.holder if self.worker is not None else new_holder("serve")
+        role = f"worker{self.worker.index}" if self.worker is not None else "serve"
+        self.heartbeat = Heartbeat(self.reactor, self.store, self.pools.db_write, holder=holder,
+                                   node=node_name(cfg.server.node_name), role=role, interval=cfg.server.heartbeat,
+                                   listeners=lambda: [f"{lst.name}{'(proxied)' if lst.proxy is not None else ''}="
+                                                      f"{ListenAddress(lst.address.host, lst.bound_port)}"
+                                                      for lst in self.listening])
+        self.heartbeat.start()
 
     def _inherited(self, section: str, index: int):
         return self.worker.socket_for(section, index) if self.worker is not None else None
@@ -406,6 +433,11 @@ class MailServer(MultiService):
         runner, self.queue_runner = self.queue_runner, None
         if runner is not None:
             yield runner.stop()
+
+    def _login_shared(self, frame: dict) -> None:
+        """Another worker verified a password (or forgot an account's): the same in this one's cache."""
+        if self.auth is not None:
+            self.auth.apply_shared(frame)
 
     def _kicked(self) -> None:
         """Another worker queued outbound mail (the bus)."""
@@ -563,6 +595,8 @@ class MailServer(MultiService):
         if self._digests is not None:
             self._digests.stop()
             self._digests = None
+        if self.heartbeat is not None:
+            self.heartbeat.halt()
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:
@@ -593,6 +627,8 @@ class MailServer(MultiService):
             self._trim.stop()
         if self.monitor is not None:
             self.monitor.stop()
+        if self.heartbeat is not None:
+            yield self.heartbeat.stop()
         if self.lease is not None:
             yield self.lease.stop()  # stops the queue runner it started, gives the lease back
         if self.queue_runner is not None:

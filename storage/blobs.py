@@ -30,6 +30,7 @@ from typing import BinaryIO
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
+from storage.db import write_lock
 from storage.models import Blob
 
 #: Bodies up to this size are kept in memory while being written; larger ones spill to a temporary file.
@@ -317,7 +318,7 @@ class DatabaseBlobStore(BlobStore):
         """Committed here, before any metadata naming the blob: already durable."""
         spool.seek(0)
         data = spool.read()
-        with self.engine.connect() as conn:
+        with write_lock(self.engine), self.engine.connect() as conn:
             conn.info["sqlite_begin"] = "IMMEDIATE"
             with conn.begin():
                 have = conn.execute(select(Blob.id).where(Blob.id == ref.id)).first()

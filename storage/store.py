@@ -37,7 +37,7 @@ Invariants kept here and in the aggregate modules (tested in tests/test_store.py
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Sequence
 
 from sqlalchemy.engine import Connection, Engine
@@ -59,7 +59,7 @@ from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
 from storage.blobs import BlobRef, BlobStore
 from storage.changes import Change
-from storage.db import is_sqlite
+from storage.db import is_sqlite, write_lock
 from storage.errors import AlreadyExists, HasChildren, Invalid, NotFound, QuotaExceeded, StoreError
 from storage.mailboxes import (
     DEFAULT_MAILBOXES,
@@ -115,24 +115,35 @@ class Store:
 
     @blocking_only
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Connection]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[Connection]:
         """One transaction (commit at the end of the block, rollback if it raises): the only way into the database.
 
-        ``write`` transactions take SQLite's write lock up front (``BEGIN IMMEDIATE``).  Changes registered with
-        :meth:`announce` are sent (PostgreSQL ``pg_notify``) inside the transaction, just before it commits.
-        Methods that commit metadata naming new blobs call ``blobs.ensure_synced`` before opening it.
+        ``write`` transactions take SQLite's write lock up front (``BEGIN IMMEDIATE``; all processes on the file
+        queue for it on a file lock, storage/db.py).  Changes registered with :meth:`announce` are sent (PostgreSQL
+        ``pg_notify``) inside the transaction, just before it commits.  Methods that commit metadata naming new blobs
+        call ``blobs.ensure_synced`` before opening it.
+
+        ``durable=False`` is for state no reply promises to keep across a power loss (the cluster's \\Recent claims,
+        login failure counts, leases, heartbeats): its commit is atomic but not flushed to disk at once (SQLite
+        ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit = off``), which keeps the one write lock that every
+        worker process on a SQLite file shares free for the commits that must be flushed.
         """
-        with self.engine.connect() as conn:
+        with write_lock(self.engine) if write else nullcontext(), self.engine.connect() as conn:
             if self.sqlite and write:
                 conn.info["sqlite_begin"] = "IMMEDIATE"
+                if not durable:
+                    conn.info["sqlite_sync"] = "NORMAL"
             try:
                 with conn.begin():
+                    if not durable and not self.sqlite:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                     yield conn
                     pending = conn.info.pop(_PENDING, None)
                     if pending and self._notify is not None:
                         self._notify(conn, pending)
             finally:
                 conn.info.pop("sqlite_begin", None)
+                conn.info.pop("sqlite_sync", None)
                 conn.info.pop(_PENDING, None)
 
     @staticmethod

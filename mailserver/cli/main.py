@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "mailserver.cli.sieve",
     "mailserver.cli.quarantine",
     "mailserver.cli.sendas",
+    "mailserver.cli.node",
 )
 
 
