@@ -72,7 +72,54 @@ def serve_dns(zones: dict, port_queue, stop_event) -> None:
     reactor.run(installSignalHandlers=False)
 
 
-def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0, dns_cache: int = 10000) -> None:
+def profile_threads(out: str):
+    """cProfile every thread of this process (the reactor's and each pool thread started from now on); returns
+    the function that writes their merged statistics to ``out`` once the threads have ended."""
+    import cProfile
+    import pstats
+
+    profiles = []
+    lock = threading.Lock()
+    run = threading.Thread.run
+
+    def profiled_run(self):
+        p = cProfile.Profile(time.thread_time)
+        with lock:
+            profiles.append((self.name, p))
+        p.enable()
+        try:
+            run(self)
+        finally:
+            p.disable()
+
+    threading.Thread.run = profiled_run
+    main = cProfile.Profile(time.thread_time)
+    main.enable()
+
+    def dump():
+        main.disable()
+        with lock:
+            stats = pstats.Stats(main)
+            for _, p in profiles:
+                stats.add(p)
+            stats.dump_stats(out)
+            by_kind: dict[str, pstats.Stats] = {}  # the threads of one pool together: FILE.<pool>
+            for name, p in profiles:
+                kind = name.rstrip("-0123456789") or "thread"
+                if kind in by_kind:
+                    by_kind[kind].add(p)
+                else:
+                    by_kind[kind] = pstats.Stats(p)
+            pstats.Stats(main).dump_stats(out + ".reactor")
+            for kind, st in by_kind.items():
+                st.dump_stats(f"{out}.{kind.replace('/', '_')}")
+
+    return dump
+
+
+def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0, dns_cache: int = 10000,
+          profile: str = "") -> None:
+    dump = profile_threads(profile) if profile else None
     from twisted.internet import reactor
 
     from mailserver import config as config_mod
@@ -100,6 +147,8 @@ def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0,
 
     threading.Thread(target=watch, daemon=True).start()
     reactor.run(installSignalHandlers=False)
+    if dump is not None:
+        dump()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -194,6 +243,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each kind (alternating), medians reported")
     ap.add_argument("--dns-cache", type=int, default=10000,
                     help="[senderauth] dns_cache with the checks on (0: every lookup goes to the DNS server)")
+    ap.add_argument("--profile", default="", metavar="FILE",
+                    help="cProfile (CPU time of each thread) every thread of the server (start-up and stop included) into FILE (pstats; "
+                         "with several runs FILE gets the run's kind and number); figures then include its overhead")
     args = ap.parse_args()
     body, dkim_p = signed_body(args.size)
     if args.scan:
@@ -255,7 +307,11 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
             dns_proc = ctx.Process(target=serve_dns, args=(dns_zones(dkim_p), dns_q, stop))
             dns_proc.start()
             dns_port = dns_q.get(timeout=60)
-        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache))
+        profile = ""
+        if args.profile:
+            run.count = getattr(run, "count", 0) + 1
+            profile = args.profile if run.count == 1 else f"{args.profile}.{run.count}"
+        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache, profile))
         proc.start()
         try:
             port = q.get(timeout=60)
