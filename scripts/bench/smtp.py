@@ -244,6 +244,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each kind (alternating), medians reported")
     ap.add_argument("--dns-cache", type=int, default=10000,
                     help="[senderauth] dns_cache with the checks on (0: every lookup goes to the DNS server)")
+    ap.add_argument("--callgrind", default="", metavar="DIR",
+                    help="run the server under valgrind --tool=callgrind (its output in DIR): instruction counts, "
+                         "which other load on the machine does not change; run two sizes and take the difference "
+                         "for a per-message figure without start-up (scripts/bench/callgrind_total.sh)")
     ap.add_argument("--profile", default="", metavar="FILE",
                     help="cProfile (CPU time of each thread) every thread of the server (start-up and stop included) into FILE (pstats; "
                          "with several runs FILE gets the run's kind and number); figures then include its overhead")
@@ -294,6 +298,17 @@ def scan_runs(args, body: bytes) -> int:
                 stop_pid(d.pid)
 
 
+def callgrind_wrapper(tmp: str, out_dir: str) -> str:
+    """An executable that starts this interpreter under callgrind (multiprocessing spawns the server with it)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(tmp, "python-under-callgrind")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={os.path.abspath(out_dir)}"
+                f"/callgrind.out.%p {sys.executable} \"$@\"\n")
+    os.chmod(path, 0o755)
+    return path
+
+
 def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[float, float] | None:
     """One benchmark run; sender authentication is on when ``dkim_p`` is given (a DNS server is started for it);
     ``extra`` is more of the server's configuration (the content checks of ``--scan``)."""
@@ -313,9 +328,14 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
             run.count = getattr(run, "count", 0) + 1
             profile = args.profile if run.count == 1 else f"{args.profile}.{run.count}"
         proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache, profile))
-        proc.start()
+        if args.callgrind:
+            ctx.set_executable(callgrind_wrapper(tmp, args.callgrind))
         try:
-            port = q.get(timeout=60)
+            proc.start()
+        finally:
+            ctx.set_executable(sys.executable)
+        try:
+            port = q.get(timeout=1800 if args.callgrind else 60)
             reset_peak_rss(proc.pid)
             per = args.messages // args.sessions
             done, errors = [0] * args.sessions, []
@@ -335,7 +355,7 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
             for p in (proc, dns_proc):
                 if p is None:
                     continue
-                p.join(30)
+                p.join(900 if args.callgrind else 30)
                 if p.is_alive():
                     p.kill()
                     p.join()
