@@ -121,6 +121,10 @@ def profile_threads(out: str):
 def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0, dns_cache: int = 10000,
           profile: str = "") -> None:
     dump = profile_threads(profile) if profile else None
+    if os.environ.get("BENCH_NO_SYNCFS"):  # --no-syncfs: fsync each blob file and directory instead of syncfs(2)
+        import storage.blobs
+
+        storage.blobs._syncfs = None
     from twisted.internet import reactor
 
     from mailserver import config as config_mod
@@ -248,10 +252,15 @@ def main() -> int:
                     help="run the server under valgrind --tool=callgrind (its output in DIR): instruction counts, "
                          "which other load on the machine does not change; run two sizes and take the difference "
                          "for a per-message figure without start-up (scripts/bench/callgrind_total.sh)")
+    ap.add_argument("--no-syncfs", action="store_true",
+                    help="the blob store flushes each file and directory (fdatasync/fsync) instead of one syncfs(2) "
+                         "of the file system (which also waits for every other writer's dirty data on it)")
     ap.add_argument("--profile", default="", metavar="FILE",
                     help="cProfile (CPU time of each thread) every thread of the server (start-up and stop included) into FILE (pstats; "
                          "with several runs FILE gets the run's kind and number); figures then include its overhead")
     args = ap.parse_args()
+    if args.no_syncfs:
+        os.environ["BENCH_NO_SYNCFS"] = "1"  # the spawned server reads it
     body, dkim_p = signed_body(args.size)
     if args.scan:
         return scan_runs(args, body)
