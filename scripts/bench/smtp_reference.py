@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,21 @@ import smtp as bench_smtp  # noqa: E402  (scripts/bench/smtp.py: the server proc
 
 SHARED = Path(os.environ.get("SHARED_BENCH", "/work/shared/bench"))
 BASE = Path(os.environ.get("REFERENCE_BASEDIR", f"/tmp/smtp-reference-{os.getpid()}"))
-PORTS = {"SMTP_PORT": "21025", "LMTP_PORT": "21024", "IMAP_PORT": "21143", "POP3_PORT": "21110"}
+
+
+def _free_ports(n: int) -> list[str]:
+    """``n`` loopback ports free right now (other benchmark runs on the machine use the scripts' defaults)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [str(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+PORTS = dict(zip(("SMTP_PORT", "LMTP_PORT", "IMAP_PORT", "POP3_PORT"), _free_ports(4), strict=True))
 
 
 def _env() -> dict:
