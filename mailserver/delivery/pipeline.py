@@ -235,6 +235,7 @@ class Ingest:
         t.stages.append(ROUTING)
 
         def stored(_):
+            self.body.drop_contents()
             t.stages += (QUOTA, MAILBOX)
             t.check_quota = self.request.check_quota
             if t.mailbox_id is None:
@@ -376,6 +377,7 @@ class Ingest:
                         t.mailbox = t.mailbox or "INBOX"
         if self._forms_missing():
             await self._make_forms()
+        self.body.drop_contents()
         return any(t.open for t in self._targets)
 
     def _message_info(self) -> MessageInfo:
