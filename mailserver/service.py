@@ -46,6 +46,8 @@ from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.dns import DnsResolver
+from mailserver.inbound.dnsbl import DnsLists
+from mailserver.inbound.greylist import Greylister
 from mailserver.inbound.scanners import inbound_stages
 from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
 from mailserver.inbound.senderauth import Settings as SenderAuthSettings
@@ -261,6 +263,7 @@ class MailServer(MultiService):
         #: ``services``, which is MultiService's list of child services).
         self.provided: Services | None = None
         self.queue_runner = None
+        self.greylist = None  # the Greylister when [antispam.greylist] is on (built with the services)
         self.monitor = None
         self.pg_bridge = None
         self.bus = None
@@ -427,7 +430,13 @@ class MailServer(MultiService):
         pipeline.add_transform(AuthResultsStripper(senderauth))
         resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
         pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
-        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules):  # virus scan, spam scorers, the spam policy
+        # DNS block/allow lists (one cached answer per client, shared with greylisting) and greylisting.
+        dns_lists = DnsLists(self.config, resolver, runner.dns, self.reactor)
+        self.greylist = (Greylister(self.config, self.astore, clock=self.reactor, dns_lists=dns_lists)
+                         if self.config.antispam.greylist.enabled else None)
+        # Greylisting after DATA (if so configured), virus scan, spam scorers, the spam policy.
+        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules,
+                                    dns_lists=dns_lists, greylist=self.greylist):
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
@@ -437,7 +446,8 @@ class MailServer(MultiService):
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,
                         listeners=self._bound_listeners, running=lambda: self.running,
-                        state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor)
+                        state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor,
+                        greylist=self.greylist)
 
     def _bound_listeners(self) -> list[BoundListener]:
         out = []
@@ -524,6 +534,11 @@ class MailServer(MultiService):
 
         d = run_in(self.reactor, self.pools.db_write, self.store.expire_quarantined, time.time())
         d.addCallbacks(expired, lambda f: log.failure("removing expired quarantined copies failed", f))
+        if self.greylist is not None:
+            # Greylisting's own clock (the stored times are in it).
+            d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.prune_greylist,
+                                           self.greylist.clock.seconds()))
+            d.addErrback(lambda f: log.failure("removing expired greylisting rows failed", f))
         d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.collect_blobs,
                                        self.config.store.gc_grace))
 
