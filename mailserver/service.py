@@ -47,7 +47,7 @@ from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.dns import DnsResolver
 from mailserver.inbound.dnsbl import DnsLists
-from mailserver.inbound.greylist import Greylister
+from mailserver.inbound.greylist import Greylister, GreylistStage
 from mailserver.inbound.scanners import inbound_stages
 from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
 from mailserver.inbound.senderauth import Settings as SenderAuthSettings
@@ -425,18 +425,21 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
-        # Mail from outside on the MX listener: SPF, DKIM, DMARC, ARC, iprev, one Authentication-Results (RFC 8601).
-        senderauth = SenderAuthSettings(self.config)
-        pipeline.add_transform(AuthResultsStripper(senderauth))
         resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
-        pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
-        # DNS block/allow lists (one cached answer per client, shared with greylisting) and greylisting.
+        # DNS block/allow lists (one cached answer per client, shared with greylisting) and greylisting (at RCPT in
+        # smtp/protocol.py, or here after DATA, before any other check: a deferred message needs none).
         dns_lists = DnsLists(self.config, resolver, runner.dns, self.reactor)
         self.greylist = (Greylister(self.config, self.astore, clock=self.reactor, dns_lists=dns_lists)
                          if self.config.antispam.greylist.enabled else None)
-        # Greylisting after DATA (if so configured), virus scan, spam scorers, the spam policy.
+        if self.greylist is not None and self.greylist.after_data:
+            pipeline.register(GreylistStage(self.greylist))
+        # Mail from outside on the MX listener: SPF, DKIM, DMARC, ARC, iprev, one Authentication-Results (RFC 8601).
+        senderauth = SenderAuthSettings(self.config)
+        pipeline.add_transform(AuthResultsStripper(senderauth))
+        pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
+        # Virus scan, spam scorers, the spam policy.
         for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules,
-                                    dns_lists=dns_lists, greylist=self.greylist):
+                                    dns_lists=dns_lists):
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
