@@ -240,13 +240,19 @@ class DnsListCheck:
     def applies(self, message: MessageInfo) -> bool:
         return self.lists.configured and not policy.spam_exempt(message, self.networks)
 
-    async def check(self, message: MessageInfo, target: Target) -> None:
+    def check(self, message: MessageInfo, target: Target):
         if self.name in message.memo:
             return None
         message.memo[self.name] = True
         sender = message.envelope.sender if message.envelope is not None else ""
-        results = await defer.gatherResults([self.lists.client(message.client.ip),
-                                             self.lists.domain(sender.rpartition("@")[2] if sender else "")])
+        asked = [self.lists.client(message.client.ip), self.lists.domain(sender.rpartition("@")[2] if sender else "")]
+        if all(d.called for d in asked):  # both from the cache (they never fail): no Deferred chain to wait on
+            self._score(message, [d.result for d in asked])
+            return None
+        return defer.gatherResults(asked).addCallback(lambda results: self._score(message, results))
+
+    @staticmethod
+    def _score(message: MessageInfo, results: list[ListResult]) -> None:
         card = policy.scorecard(message)
         for result in results:
             for item in result.listings:
