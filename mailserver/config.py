@@ -267,6 +267,58 @@ DMARC_ACTIONS = ("policy", "quarantine", "none")
 
 
 @dataclass(frozen=True)
+class SrsConfig:
+    """``[srs]``: the Sender Rewriting Scheme for mail we forward to other domains (``delivery/srs.py``)."""
+
+    enabled: bool = False
+    #: Our domain in rewritten senders (``SRS0=…@domain``; bounces to it come back here); "" = the first local
+    #: ``[[domain]]``.
+    domain: str = ""
+    #: Secrets: the first signs, all are accepted (rotation).  The secret generated once and kept in the database
+    #: (shared by every node) is always accepted too, and signs when this list is empty.
+    secrets: tuple[str, ...] = ()
+    #: Days a rewritten sender stays valid for bounces.
+    max_age_days: int = 21
+
+
+@dataclass(frozen=True)
+class ArcConfig:
+    """``[arc]``: ARC sets (RFC 8617) added to mail we forward to other domains (``delivery/forward.py``)."""
+
+    seal: bool = True
+    #: The sealing domain (its RSA key in ``data_dir/dkim``); "" = the forwarding address's domain, else the SRS
+    #: domain.  No key: forwarded unsealed.
+    domain: str = ""
+    #: Messages larger than this are forwarded unsealed (sealing reads the whole message into memory).
+    max_size: int = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayDomainConfig:
+    """``[gateway.domain."relay.example"]``: how recipients of one relay domain are verified at RCPT."""
+
+    #: "none" (accept any local part), "list" (only ``recipients``) or "callout" (ask ``relay_to``).
+    verify: str = "none"
+    #: Valid addresses (or ``@domain`` for all) when verify = "list"; case-insensitive.
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """``[gateway]``: recipient verification for relay domains (``delivery/callout.py``)."""
+
+    domain: dict[str, GatewayDomainConfig] = field(default_factory=dict)
+    #: Seconds a callout may take (connect to QUIT); past it, or on a 4xx, RCPT gets 451 4.4.3.
+    callout_timeout: float = 30.0
+    #: Seconds an answer of the relay host is remembered (in the store, shared by every node).
+    positive_ttl: float = 86400.0
+    negative_ttl: float = 3600.0
+
+
+GATEWAY_VERIFY = ("none", "list", "callout")
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """``[proxy]``: the load balancers and reverse proxies we believe about the client's address."""
 
@@ -392,9 +444,13 @@ class AntivirusConfig:
 
 @dataclass(frozen=True)
 class QuarantineDomain:
-    """``[quarantine.domain."example.org"]``: one domain's retention (-1 = ``[quarantine]``'s)."""
+    """``[quarantine.domain."example.org"]``: one domain's retention and digest (-1 / "" = ``[quarantine]``'s)."""
 
     retention_days: float = -1.0
+    #: "on", "off" or "" (the server's ``digest``): the default of the domain's accounts (each may change its own).
+    digest: str = ""
+    #: Hour of the day (UTC, 0..23) of the domain's digests; -1 = the server's ``digest_hour``.
+    digest_hour: int = -1
 
 
 @dataclass(frozen=True)
@@ -405,11 +461,29 @@ class QuarantineConfig:
     retention_days: float = 30.0
     #: Most held copies per account (0 = no cap); past it a copy is delivered to Junk with ``$Junk`` instead.
     max_per_account: int = 1000
-    #: Seconds between the digest runs (one mail per account with new held copies); 0 = no digests.
-    digest_interval: float = 86400.0
+    #: A daily digest mail per account with new held copies (each account may turn its own off or on).
+    digest: bool = True
+    #: Hour of the day (UTC, 0..23) the digests are sent (each account may choose its own).
+    digest_hour: int = 8
+    #: Seconds between two looks for due digests (by the worker holding the maintenance lease).
+    digest_check_interval: float = 300.0
     #: The webmail's public base URL for the digest's links, e.g. "https://mail.example.org"; "" = no links.
     base_url: str = ""
     domain: dict[str, QuarantineDomain] = field(default_factory=dict)
+
+    def domain_entry(self, domain: str) -> QuarantineDomain | None:
+        d = domain.lower()
+        for name, entry in self.domain.items():
+            if name.lower() == d:
+                return entry
+        return None
+
+    def digest_for(self, domain: str) -> tuple[bool, int]:
+        """(digests on, hour) for the accounts of ``domain`` that chose nothing themselves."""
+        entry = self.domain_entry(domain)
+        on = self.digest if entry is None or not entry.digest else entry.digest == "on"
+        hour = self.digest_hour if entry is None or entry.digest_hour < 0 else entry.digest_hour
+        return on, hour
 
     def retention_for(self, address: str) -> float:
         """Seconds a copy held for ``address`` is kept."""
@@ -523,6 +597,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     senderauth: SenderAuthConfig = field(default_factory=SenderAuthConfig)
+    srs: SrsConfig = field(default_factory=SrsConfig)
+    arc: ArcConfig = field(default_factory=ArcConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
@@ -755,6 +832,28 @@ def _validate(cfg: Config, source: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+",
                             sealer):
             err(f"senderauth.arc_trusted_sealers[{i}]", f"not a domain name: {sealer!r}")
+    _domain_re = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+"
+    if cfg.srs.domain and not re.fullmatch(_domain_re, cfg.srs.domain):
+        err("srs.domain", f"not a domain name: {cfg.srs.domain!r}")
+    if cfg.srs.enabled and not cfg.srs.domain and not any(d.mode == "local" for d in cfg.domain):
+        err("srs.domain", "required when no local [[domain]] is declared")
+    for i, secret in enumerate(cfg.srs.secrets):
+        if len(secret) < 16:
+            err(f"srs.secrets[{i}]", "use at least 16 characters")
+    if not 1 <= cfg.srs.max_age_days < 1000:
+        err("srs.max_age_days", "expected 1 to 999 days (the timestamp wraps after 1024)")
+    if cfg.arc.domain and not re.fullmatch(_domain_re, cfg.arc.domain):
+        err("arc.domain", f"not a domain name: {cfg.arc.domain!r}")
+    for name, g in cfg.gateway.domain.items():
+        if g.verify not in GATEWAY_VERIFY:
+            err(f"gateway.domain.{name}.verify", "expected \"none\", \"list\" or \"callout\"")
+        for i, r in enumerate(g.recipients):
+            if not re.fullmatch(r"[^@\s]*@[^@\s]+", r):
+                err(f"gateway.domain.{name}.recipients[{i}]", f"not an address: {r!r}")
+        if g.verify == "list" and not g.recipients:
+            err(f"gateway.domain.{name}.recipients", "required when verify = \"list\"")
+    if not 0 < cfg.gateway.callout_timeout <= 300:
+        err("gateway.callout_timeout", "expected more than 0 and at most 300 seconds")
     if cfg.antispam.rspamd and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", cfg.antispam.rspamd):
         err("antispam.rspamd", "expected a URL \"http://HOST:PORT\"")
     if cfg.antispam.on_error not in ("accept", "tempfail"):
@@ -765,8 +864,17 @@ def _validate(cfg: Config, source: str) -> None:
         err("quarantine.retention_days", "expected a number of days above 0")
     if cfg.quarantine.max_per_account < 0:
         err("quarantine.max_per_account", "expected 0 (no cap) or more")
-    if cfg.quarantine.digest_interval < 0:
-        err("quarantine.digest_interval", "expected 0 (off) or seconds")
+    if cfg.quarantine.digest_hour > 23:
+        err("quarantine.digest_hour", "expected an hour 0 to 23")
+    if not cfg.quarantine.digest_check_interval > 0:
+        err("quarantine.digest_check_interval", "expected seconds above 0")
+    if cfg.quarantine.base_url and not re.match(r"^https?://[^/?#\s]+/?$", cfg.quarantine.base_url):
+        err("quarantine.base_url", "expected \"https://host\" (or http://host:port), no path")
+    for name, entry in cfg.quarantine.domain.items():
+        if entry.digest not in ("", "on", "off"):
+            err(f"quarantine.domain.{name}.digest", "expected \"on\" or \"off\"")
+        if entry.digest_hour > 23:
+            err(f"quarantine.domain.{name}.digest_hour", "expected an hour 0 to 23")
     if cfg.antivirus.action not in ("refuse", "quarantine"):
         err("antivirus.action", "expected \"refuse\" or \"quarantine\"")
     if cfg.antivirus.clamd and not cfg.antivirus.clamd.startswith("/"):

@@ -40,6 +40,8 @@ from zope.interface import alsoProvides, implementer
 from mailserver import clusterstate
 from mailserver.asyncstore import AsyncStore
 from mailserver.config import IMPLICIT_TLS, Config, ConfigError, ListenAddress
+from mailserver.delivery.callout import RecipientVerifier
+from mailserver.delivery.forward import Forwarder
 from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
@@ -269,6 +271,7 @@ class MailServer(MultiService):
         self.bus = None
         self.lease = None
         self._gc = None
+        self._digests = None  # the quarantine digest runner (mailserver/digest.py), with the maintenance jobs
         self._trim: MemoryTrim | None = None
         #: Give freed memory back to the system after connections close (``mailserver serve`` sets it: the
         #: process is the server's; not in a test process that runs servers among other work).
@@ -385,6 +388,11 @@ class MailServer(MultiService):
         self._gc = task.LoopingCall(self._collect_blobs)
         self._gc.clock = self.reactor
         self._gc.start(cfg.store.gc_interval, now=False)
+        if self._digests is None:
+            from mailserver.digest import DigestRunner
+
+            self._digests = DigestRunner(self.reactor, self.astore, self.provided.pipeline, cfg)
+            self._digests.start()
         if cfg.queue.run:
             from mailserver.delivery.queue import QueueRunner
 
@@ -395,6 +403,9 @@ class MailServer(MultiService):
     def _stop_maintenance(self):
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        digests, self._digests = self._digests, None
+        if digests is not None:
+            digests.stop()
         runner, self.queue_runner = self.queue_runner, None
         if runner is not None:
             yield runner.stop()
@@ -444,13 +455,17 @@ class MailServer(MultiService):
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
         pipeline.filter.pipeline = pipeline  # redirects and vacation replies go through it
+        pipeline.forwarder = Forwarder(self.config, router, clock=self.reactor.seconds)  # SRS + ARC of forwards
         pipeline.observer = self.monitor.metrics
+        verifier = None
+        if any(g.verify != "none" for g in self.config.gateway.domain.values()):
+            verifier = RecipientVerifier(self.config, self.astore, self.reactor, self.pools)
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,
                         listeners=self._bound_listeners, running=lambda: self.running,
                         state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor,
-                        greylist=self.greylist)
+                        verifier=verifier, greylist=self.greylist)
 
     def _bound_listeners(self) -> list[BoundListener]:
         out = []
@@ -562,6 +577,9 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self._digests is not None:
+            self._digests.stop()
+            self._digests = None
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:
