@@ -394,7 +394,6 @@ class QuarantineDigest(Base):
     enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     hour: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0..23, UTC
     last_sent: Mapped[float] = mapped_column(Float, default=0.0)
-    created: Mapped[float] = mapped_column(Float)
 
 
 class GreylistTriplet(Base):
