@@ -394,3 +394,28 @@ class QuarantineDigest(Base):
     enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     hour: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0..23, UTC
     last_sent: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class GreylistTriplet(Base):
+    """One greylisting triplet (RFC 6647 4.2): the client's network, the envelope sender and recipient.
+    ``passed`` is None until a retry came after the delay; ``expires`` ends the retry window, or a passed
+    triplet's life (``storage/greylist.py``)."""
+
+    __tablename__ = "greylist"
+    __table_args__ = (UniqueConstraint("network", "sender", "recipient"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    network: Mapped[str] = mapped_column(String(64))  # "192.0.2.0/24", "2001:db8::/64"
+    sender: Mapped[str] = mapped_column(String(320))  # lower-cased; "" = the null reverse path
+    recipient: Mapped[str] = mapped_column(String(320))  # lower-cased
+    first_seen: Mapped[float] = mapped_column(Float)
+    passed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class GreylistClient(Base):
+    """A client network's passed triplets (automatic whitelisting after ``[antispam.greylist] auto_whitelist``)."""
+
+    __tablename__ = "greylist_clients"
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    passes: Mapped[int] = mapped_column(Integer)
+    expires: Mapped[float] = mapped_column(Float, index=True)

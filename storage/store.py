@@ -13,6 +13,7 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.webmail``        webmail sessions, contacts, identities, search, conversations
 ``storage.sieve``          Sieve scripts (per account, a domain's global ones), vacation replies, duplicate ids
 ``storage.quarantine``     held copies per recipient, sender rules, domain admins, used digest links
+``storage.greylist``       greylisting triplets and client networks (RFC 6647)
 ``storage.sendgrants``     who may send as / on behalf of an address that is not their own
 =========================  =====================================================================================
 
@@ -46,6 +47,7 @@ from storage import (
     accounts,
     blobrefs,
     callouts,
+    greylist,
     mailboxes,
     messages,
     quarantine,
@@ -546,6 +548,26 @@ class Store:
     def sender_rules(self, account_id: int, addresses: Sequence[str] | None = None) -> dict[str, str]:
         with self.transaction(write=False) as conn:
             return quarantine.sender_rules(conn, account_id, addresses)
+
+    @reads
+    def greylist_known(self, network: str, sender: str, recipient: str, now: float, auto_whitelist: int = 0,
+                       lifetime: float = 0.0) -> str | None:
+        """A triplet let through without a write (passed, nothing to refresh; or its network whitelisted)."""
+        with self.transaction(write=False) as conn:
+            return greylist.known(conn, network, sender, recipient, now, auto_whitelist, lifetime)
+
+    @writes
+    def greylist_record(self, network: str, sender: str, recipient: str, now: float,
+                        policy: greylist.GreylistPolicy) -> str:
+        """Record one attempt of a triplet and decide it (``storage/greylist.py``)."""
+        with self.transaction() as conn:
+            return greylist.record(conn, network, sender, recipient, now, policy)
+
+    @writes
+    def prune_greylist(self, now: float) -> int:
+        """Remove expired greylisting rows (the periodic collector)."""
+        with self.transaction() as conn:
+            return greylist.prune(conn, now)
 
     @writes
     def set_domain_admin(self, account_id: int, domain_id: int, admin: bool = True) -> None:
