@@ -234,6 +234,10 @@ def addresses_of(conn: Connection, account_id: int) -> list[str]:
     if row is None:
         return []
     own = row.address
-    aliases = [r.address for r in conn.execute(select(AL.c.address).where(AL.c.target == own))
+    mine = select(AL.c.address).where(AL.c.target == own)
+    # An alias with other targets too (a list: team@ -> alice, bob) is no identity of any one of them: sending as
+    # it takes a grant (storage/sendgrants.py).
+    shared = select(AL.c.address).where(AL.c.address.in_(mine), AL.c.target != own)
+    aliases = [r.address for r in conn.execute(mine.where(AL.c.address.not_in(shared)))
                if not r.address.startswith("@")]
     return [own] + sorted(set(aliases))
