@@ -46,7 +46,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from mailserver import sasl
-from mailserver.access import MailboxAccess, MailboxNotFound, Principal, Rights, flag_rights
+from mailserver.access import Forbidden, MailboxAccess, MailboxNotFound, Principal, Rights, flag_rights
 from mailserver.connections import COMMANDS_PER_TURN
 from storage import changes as ch
 from storage.store import (
@@ -58,7 +58,7 @@ from storage.store import (
     StoreError,
 )
 
-from . import cmd_auth, cmd_mailbox, cmd_message, cmd_search
+from . import cmd_acl, cmd_auth, cmd_mailbox, cmd_message, cmd_search
 from . import commands as c
 from . import response as r
 from .cmd_common import (
@@ -269,7 +269,7 @@ class ImapSession:
         caps += ["UIDPLUS", "MOVE", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                  "CONDSTORE", "QRESYNC", "ESEARCH", "MULTIAPPEND", "BINARY", f"APPENDLIMIT={self.append_limit}",
                  "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "SORT", "ESORT", "SORT=DISPLAY", "CONTEXT=SEARCH",
-                 "CONTEXT=SORT", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"]
+                 "CONTEXT=SORT", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ACL", "RIGHTS=texk"]
         if not self.compressing:
             caps.append("COMPRESS=DEFLATE")
         return caps
@@ -618,13 +618,16 @@ class ImapSession:
         spec = spec or self.spec
         try:
             return await self.access.open_mailbox(self.principal, name, spec.mailbox)
+        except Forbidden as e:
+            raise No(str(e), "NOPERM") from None  # RFC 4314 6: it has "l", so it may know why
         except MailboxNotFound as e:
             raise No(str(e), spec.missing) from None
 
-    async def create_target(self, name: str) -> int:
-        """The account ``name`` is created in, with the table's ``parent`` rights checked (RFC 4314 4: ``k``)."""
+    async def create_target(self, name: str) -> tuple[int, str]:
+        """(account, its own name for ``name``) a new mailbox goes to, with the table's ``parent`` rights checked
+        (RFC 4314 4: ``k``)."""
         try:
-            return await self.access.create_target(self.principal, name, self.spec.parent)
+            return await self.access.create_target_name(self.principal, name, self.spec.parent)
         except MailboxNotFound:
             raise No(f"no permission to create {name}", "NOPERM") from None
 
@@ -753,6 +756,12 @@ COMMANDS: dict[type, Spec] = {
     c.Sort: Spec(cmd_search.sort, SELECTED, selected=_R),
     c.Thread: Spec(cmd_search.thread, SELECTED, selected=_R),
     c.CancelUpdate: Spec(cmd_search.cancel_update, SELECTED),
+    # RFC 4314 4: the ACL commands need "a" (MYRIGHTS: any right, checked by the handler).
+    c.SetAcl: Spec(cmd_acl.setacl, AUTH, mailbox=Rights.ADMIN),
+    c.DeleteAcl: Spec(cmd_acl.deleteacl, AUTH, mailbox=Rights.ADMIN),
+    c.GetAcl: Spec(cmd_acl.getacl, AUTH, mailbox=Rights.ADMIN),
+    c.ListRights: Spec(cmd_acl.listrights, AUTH, mailbox=Rights.ADMIN),
+    c.MyRights: Spec(cmd_acl.myrights, AUTH),
 }
 
 __all__ = ["ImapSession", "COMMANDS", "Spec", "No", "Bad", "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT",
