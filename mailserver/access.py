@@ -163,7 +163,8 @@ def authorize(principal: Principal, mailbox: MailboxInfo | None, need: Rights, r
         if grants is None:
             grants = grants_for(principal, mailbox)
         have = rights_of(principal, mailbox, grants)
-        if need in have:
+        # Without "l" the mailbox is not there for the principal, whatever else it was given (no existence leak).
+        if need in have and Rights.LOOKUP in have:
             return mailbox
         if Rights.LOOKUP in have:
             # RFC 4314 6: the principal knows the mailbox exists, so it may be told what is missing.

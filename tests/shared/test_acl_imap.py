@@ -74,3 +74,126 @@ def test_shared_inbox_of_another_user_is_listed_and_selectable(srv):
     assert f'* MYRIGHTS "{name}" lr\r\n'.encode() in raw.cmd("j", f'MYRIGHTS "{name}"')
     assert b"NO [NOPERM]" in _last(raw.cmd("k", f'GETACL "{name}"'))
     raw.close()
+
+
+ALL = "lrswipkxtea"
+
+
+def _append(raw: Raw, tag: str, mailbox: str, body: bytes = b"Subject: appended\r\n\r\nhi\r\n") -> bytes:
+    """APPEND with a synchronizing literal: the tagged answer (a refusal comes before the literal is sent)."""
+    raw.send(f'{tag} APPEND "{mailbox}" {{{len(body)}}}\r\n'.encode())
+    first = raw.line()
+    if not first.startswith(b"+"):
+        return first
+    raw.send(body + b"\r\n")
+    return raw.until(tag.encode())[-1]
+
+
+#: (setup run first, the command, base rights it needs to get there, the right under test). ``{mb}`` is the
+#: shared mailbox (holding one message), ``{child}`` a child mailbox of it with the same ACL.
+CASES = [
+    ([], "SELECT {mb}", "", "r"),
+    ([], "EXAMINE {mb}", "", "r"),
+    ([], "STATUS {mb} (MESSAGES UNSEEN)", "", "r"),
+    ([], "GETQUOTAROOT {mb}", "", "r"),
+    (["SELECT {mb}"], "STORE 1 +FLAGS (\\Seen)", "r", "s"),
+    (["SELECT {mb}"], "STORE 1 +FLAGS (\\Answered)", "r", "w"),
+    (["SELECT {mb}"], "STORE 1 +FLAGS ($Label)", "r", "w"),
+    (["SELECT {mb}"], "STORE 1 +FLAGS (\\Deleted)", "r", "t"),
+    (["SELECT {mb}"], "EXPUNGE", "r", "e"),
+    (["SELECT {mb}"], "MOVE 1 INBOX", "rt", "e"),
+    (["SELECT {mb}"], "MOVE 1 INBOX", "re", "t"),
+    (["SELECT INBOX"], "COPY 1 {mb}", "", "i"),
+    (["SELECT INBOX"], "MOVE 1 {mb}", "", "i"),
+    ([], "APPEND", "", "i"),
+    ([], "CREATE {new}", "", "k"),
+    ([], "DELETE {child}", "", "x"),
+    ([], "RENAME {child} {renamed}", "k", "x"),
+    ([], "RENAME {child} {renamed}", "x", "k"),
+    ([], "SETACL {mb} anyone lr", "", "a"),
+    ([], "DELETEACL {mb} anyone", "", "a"),
+    ([], "GETACL {mb}", "", "a"),
+    ([], "LISTRIGHTS {mb} anyone", "", "a"),
+]
+
+
+def _case_mailbox(srv, user: str, rights: str) -> tuple[str, str]:
+    name, _address = _shared(srv)
+    acct = srv.store.get_account(f"{name}@example.test")
+    srv.deliver(f"{name}@example.test", message("shared one"))
+    srv.store.create_mailbox(acct.id, "child")
+    for box in ("INBOX", "child"):
+        _grant(srv, f"{name}@example.test", box, user, rights)
+    return f"Shared/{name}", f"Shared/{name}/child"
+
+
+def _run_case(srv, user: str, setup, command: str, rights: str) -> bytes:
+    mb, child = _case_mailbox(srv, user, rights)
+    srv.deliver(user, message("own one"))
+    raw = _session(srv, user)
+    names = {"mb": f'"{mb}"', "child": f'"{child}"', "new": f'"{mb}/new"', "renamed": f'"{mb}/renamed"'}
+    try:
+        for i, line in enumerate(setup):
+            assert b" OK " in _last(raw.cmd(f"s{i}", line.format(**names)))
+        if command == "APPEND":
+            return _append(raw, "t", mb)
+        return _last(raw.cmd("t", command.format(**names)))
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("setup,command,base,right", CASES,
+                         ids=[f"{c[1].split()[0]}-{c[3]}-{i}" for i, c in enumerate(CASES)])
+def test_command_needs_its_right(srv, setup, command, base, right):
+    """With the right (and "l" plus what it takes to get there) the command works; without it, NO [NOPERM]."""
+    user = new_user(srv)
+    with_right = "l" + base + right
+    answer = _run_case(srv, user, setup, command, with_right)
+    assert answer.startswith(b"t OK"), (command, with_right, answer)
+    without = "l" + base
+    answer = _run_case(srv, user, setup, command, without)
+    assert answer.startswith(b"t NO [NOPERM]"), (command, without, answer)
+
+
+def test_fetch_without_s_does_not_set_seen(srv):
+    user = new_user(srv)
+    mb, _child = _case_mailbox(srv, user, "lr")
+    raw = _session(srv, user)
+    raw.cmd("a", f'SELECT "{mb}"')
+    raw.cmd("b", "FETCH 1 BODY[]")
+    assert b"\\Seen" not in b"".join(raw.cmd("c", "FETCH 1 FLAGS"))
+    raw.close()
+
+
+#: Every command naming a mailbox; run against a mailbox the user may not "l" and against a missing name.
+INVISIBLE_SCRIPT = [
+    "ENABLE IMAP4rev2", "SELECT {mb}", "EXAMINE {mb}", "STATUS {mb} (MESSAGES UNSEEN)", "GETQUOTAROOT {mb}",
+    "CREATE {mbx}",
+    "DELETE {mb}", "RENAME {mb} Elsewhere", "GETACL {mb}", "SETACL {mb} anyone lr", "DELETEACL {mb} anyone",
+    "LISTRIGHTS {mb} anyone", "MYRIGHTS {mb}", "SELECT INBOX", "COPY 1 {mb}", "MOVE 1 {mb}", "APPEND",
+    'LIST "" "Shared/*"', 'LIST "" "*"', 'LIST "Shared/" "%"', "LSUB \"\" \"*\"",
+]
+
+
+@pytest.mark.parametrize("rights", ["", "rswipkxtea"])
+def test_without_lookup_the_mailbox_answers_as_a_missing_one(srv, rights):
+    """A mailbox without "l" (even with every other right) gets the bytes a missing name of the same length
+    gets, from every command."""
+    user = new_user(srv)
+    srv.deliver(user, message("own one"))
+    real, _child = _case_mailbox(srv, user, rights)
+    ghost = "Shared/" + "q" * (len(real) - len("Shared/"))
+
+    def script(name: str) -> list[bytes]:
+        raw = _session(srv, user)
+        out = []
+        for i, line in enumerate(INVISIBLE_SCRIPT):
+            if line == "APPEND":
+                out.append(_append(raw, f"t{i}", name))
+            else:
+                out.append(b"".join(raw.cmd(f"t{i}", line.format(mb=f'"{name}"', mbx=f'"{name}/x"'))))
+        raw.close()
+        return [o.replace(name.encode(), b"NAME") for o in out]
+
+    assert script(real) == script(ghost)
+    assert srv.store.get_mailbox(srv.store.get_account(real[7:] + "@example.test").id, "INBOX").message_count == 1
