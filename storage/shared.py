@@ -21,7 +21,6 @@ Model (decisions a caller must know):
 from __future__ import annotations
 
 import re
-import time
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
@@ -39,7 +38,7 @@ from storage.models import (
     Message,
     ReaderSeen,
 )
-from storage.records import AccountInfo, MailboxInfo, account_info, mailbox_info
+from storage.records import MailboxInfo, mailbox_info
 from storage.sql import chunks
 
 A = Account.__table__
@@ -56,7 +55,7 @@ SHARED = "Shared/"
 ANYONE = "anyone"
 RIGHT_LETTERS = "lrswipkxtea"
 _GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_SHARED_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+SHARED_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 #: Entries one mailbox's ACL may hold (SETACL past it is refused).
 MAX_ACL_ENTRIES = 256
 
@@ -310,32 +309,6 @@ def set_member(conn: Connection, name: str, address: str, member: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------- shared accounts
-
-
-def create_shared(conn: Connection, address: str, name: str = "", quota_bytes: int = 0) -> AccountInfo:
-    """A shared mailbox receiving mail for ``address``, seen as ``Shared/<name>`` (default: the local part)."""
-    from storage.accounts import ADDR_RE, normalize_address
-
-    address = normalize_address(address)
-    if not ADDR_RE.match(address) or len(address) > 320:
-        raise Invalid(f"malformed address: {address!r}")
-    name = name or address.split("@", 1)[0]
-    if not _SHARED_NAME_RE.fullmatch(name):
-        raise Invalid(f"not a valid shared mailbox name: {name!r}")
-    domain = address.rsplit("@", 1)[1]
-    did = conn.execute(select(D.c.id).where(D.c.name == domain)).scalar()
-    if did is None:
-        raise NotFound(f"unknown domain {domain} (add it first: mailserver domain add {domain})")
-    if conn.execute(select(A.c.id).where(A.c.address == address)).first():
-        raise AlreadyExists(f"an account {address} exists")
-    if conn.execute(select(A.c.id).where(A.c.shared_name == name)).first():
-        raise AlreadyExists(f"a shared mailbox {name} exists")
-    aid = conn.execute(insert(A).values(address=address, domain_id=did, password_hash="", display_name=name,
-                                        quota_bytes=quota_bytes, used_bytes=0, enabled=True, signature="",
-                                        uid_validity_seq=0, created=time.time(),
-                                        shared_name=name)).inserted_primary_key[0]
-    mailboxes.create_mailbox_row(conn, aid, "INBOX", subscribed=False)
-    return account_info(conn.execute(select(A).where(A.c.id == aid)).first())
 
 
 def list_shared(conn: Connection) -> list[tuple[str, str]]:

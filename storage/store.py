@@ -361,7 +361,7 @@ class Store:
     def create_shared_mailbox(self, address: str, name: str = "", quota_bytes: int = 0) -> AccountInfo:
         """A shared mailbox (owned by the domain, no login) receiving mail for ``address``: ``Shared/<name>``."""
         with self.transaction() as conn:
-            return shared.create_shared(conn, address, name, quota_bytes)
+            return accounts.create_shared(conn, address, name, quota_bytes)
 
     @reads
     def list_shared_mailboxes(self) -> list[tuple[str, str]]:

@@ -756,12 +756,12 @@ COMMANDS: dict[type, Spec] = {
     c.Sort: Spec(cmd_search.sort, SELECTED, selected=_R),
     c.Thread: Spec(cmd_search.thread, SELECTED, selected=_R),
     c.CancelUpdate: Spec(cmd_search.cancel_update, SELECTED),
-    # RFC 4314 4: the ACL commands need "a" (MYRIGHTS: any right, checked by the handler).
+    # RFC 4314 4: the ACL commands need "a" (MYRIGHTS: any right; "l" is what makes the mailbox be there).
     c.SetAcl: Spec(cmd_acl.setacl, AUTH, mailbox=Rights.ADMIN),
     c.DeleteAcl: Spec(cmd_acl.deleteacl, AUTH, mailbox=Rights.ADMIN),
     c.GetAcl: Spec(cmd_acl.getacl, AUTH, mailbox=Rights.ADMIN),
     c.ListRights: Spec(cmd_acl.listrights, AUTH, mailbox=Rights.ADMIN),
-    c.MyRights: Spec(cmd_acl.myrights, AUTH),
+    c.MyRights: Spec(cmd_acl.myrights, AUTH, mailbox=_L),  # without "l" it is missing; any right then
 }
 
 __all__ = ["ImapSession", "COMMANDS", "Spec", "No", "Bad", "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT",
