@@ -395,3 +395,16 @@ class ReaderSeen(Base):
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     uid: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReaderRecent(Base):
+    """RFC 3501 2.3.2 \\Recent per reader of a ``seen_per_reader`` mailbox: the highest UID one of the reader's
+    sessions has taken as \\Recent (of that UIDVALIDITY)."""
+
+    __tablename__ = "reader_recent"
+    __table_args__ = (UniqueConstraint("mailbox_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    uid_validity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)

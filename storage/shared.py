@@ -36,6 +36,7 @@ from storage.models import (
     Mailbox,
     MailboxAcl,
     Message,
+    ReaderRecent,
     ReaderSeen,
 )
 from storage.records import MailboxInfo, mailbox_info
@@ -49,6 +50,7 @@ GM = GroupMember.__table__
 M = Message.__table__
 MB = Mailbox.__table__
 RS = ReaderSeen.__table__
+RR = ReaderRecent.__table__
 
 OTHER_USERS = "Other Users/"
 SHARED = "Shared/"
@@ -369,3 +371,29 @@ def reader_unseen(conn: Connection, mailbox_id: int, reader: int) -> int:
         RS.c.mailbox_id == mailbox_id, RS.c.account_id == reader)).scalar() or 0
     return max(total - seen, 0)
 
+
+
+# --------------------------------------------------------------------------------------------- per-reader \Recent
+
+
+def reader_recent_last(conn: Connection, mailbox_id: int, reader: int, uid_validity: int) -> int:
+    """The highest UID one of ``reader``'s sessions took as \\Recent in this incarnation of the mailbox."""
+    row = conn.execute(select(RR.c.uid_validity, RR.c.last_uid).where(RR.c.mailbox_id == mailbox_id,
+                                                                       RR.c.account_id == reader)).first()
+    return row.last_uid if row is not None and row.uid_validity == uid_validity else 0
+
+
+def claim_reader_recent(conn: Connection, mailbox_id: int, reader: int, uid_validity: int, up_to: int) -> int:
+    """Take every UID up to ``up_to`` for one of ``reader``'s sessions; returns how far they had been taken before
+    (the caller's are the UIDs above that).  The row is written under the write transaction's lock."""
+    from sqlalchemy import update
+
+    prev = reader_recent_last(conn, mailbox_id, reader, uid_validity)
+    if up_to <= prev:
+        return prev
+    done = conn.execute(update(RR).where(RR.c.mailbox_id == mailbox_id, RR.c.account_id == reader).values(
+        uid_validity=uid_validity, last_uid=up_to)).rowcount
+    if not done:
+        conn.execute(insert(RR).values(mailbox_id=mailbox_id, account_id=reader, uid_validity=uid_validity,
+                                       last_uid=up_to))
+    return prev

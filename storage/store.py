@@ -419,6 +419,18 @@ class Store:
             return shared.seen_uids(conn, mailbox_id, reader)
 
     @reads
+    def reader_recent_last(self, mailbox_id: int, reader: int, uid_validity: int) -> int:
+        """How far ``reader``'s sessions took \\Recent in a per-reader mailbox (storage/shared.py)."""
+        with self.transaction(write=False) as conn:
+            return shared.reader_recent_last(conn, mailbox_id, reader, uid_validity)
+
+    @writes
+    def claim_reader_recent(self, mailbox_id: int, reader: int, uid_validity: int, up_to: int) -> int:
+        """Take \\Recent up to ``up_to`` for one of ``reader``'s sessions; returns how far it was taken before."""
+        with self.transaction() as conn:
+            return shared.claim_reader_recent(conn, mailbox_id, reader, uid_validity, up_to)
+
+    @reads
     def reader_unseen(self, mailbox_id: int, reader: int) -> int:
         """STATUS UNSEEN of a per-reader mailbox for ``reader``."""
         with self.transaction(write=False) as conn:

@@ -112,12 +112,13 @@ async def select(s: ImapSession, cmd: c.Select):
     s.collect_changes(mailbox.id)
     try:
         sel = await _load_selected(s, mailbox, cmd.readonly)
+        recent = s.recent_for(mailbox)
         if not s.rev2:
             # Sessions of other processes take \Recent too: settle with the cluster state (still collecting).
             if cmd.readonly:
-                await s.recent.refresh(mailbox.id, mailbox.uid_validity)
+                await recent.refresh(mailbox.id, mailbox.uid_validity)
             elif sel.uids:
-                await s.recent.reserve(mailbox.id, mailbox.uid_validity, sel.uids[-1])
+                await recent.reserve(mailbox.id, mailbox.uid_validity, sel.uids[-1])
     except BaseException:
         s.unwatch()
         raise
@@ -127,10 +128,10 @@ async def select(s: ImapSession, cmd: c.Select):
         s.condstore = True  # RFC 7162 3.1.8
     if not s.rev2:
         if cmd.readonly:
-            unclaimed = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, sel.uids)
+            unclaimed = recent.unclaimed_count(mailbox.id, mailbox.uid_validity, sel.uids)
             sel.recent = set(sel.uids[len(sel.uids) - unclaimed:])
         else:
-            sel.recent = set(s.recent.claim(mailbox.id, mailbox.uid_validity, sel.uids))
+            sel.recent = set(recent.claim(mailbox.id, mailbox.uid_validity, sel.uids))
     out = [sel.flags_response(), r.untagged(b"%d EXISTS" % sel.exists)]
     if not s.rev2:
         out.append(r.untagged(b"%d RECENT" % len(sel.recent)))  # RFC 3501 7.3.2
@@ -287,8 +288,9 @@ async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes
     parts = []
     for item in items:
         if item == "RECENT":
-            await s.recent.refresh(mailbox.id, mailbox.uid_validity)
-            value = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, uids)
+            recent = s.recent_for(mailbox)
+            await recent.refresh(mailbox.id, mailbox.uid_validity)
+            value = recent.unclaimed_count(mailbox.id, mailbox.uid_validity, uids)
             sel = s.selected
             if sel is not None and sel.mailbox_id == mailbox.id:
                 value += len(sel.recent)

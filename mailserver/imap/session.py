@@ -75,6 +75,7 @@ from .cmd_common import (
 )
 from .context import SearchContexts
 from .parser import parse_append_prefix, parse_command
+from .reader_recent import ReaderRecent
 from .resync import catch_up
 from .selected import RecentTracker, SelectedMailbox, UpdateOptions, flag_names, split_flags
 from .wire import (
@@ -184,6 +185,7 @@ class ImapSession:
         self.tls_active = tls_active
         self.tls_available = tls_available
         self.recent = recent or RecentTracker()
+        self._reader_recent: ReaderRecent | None = None
         cfg_limits = services.config.limits
         self.limits = limits or ParserLimits.from_config(cfg_limits)
         self.max_errors = cfg_limits.imap_max_commands_without_progress
@@ -512,7 +514,7 @@ class ImapSession:
             self.close()
             return
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
-        tracker = self.recent if (not sel.readonly and not self.rev2) else None
+        tracker = self.recent_for(sel) if (not sel.readonly and not self.rev2) else None
         before = self.contexts.before_flush(sel)
         lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
         lines = self.contexts.after_flush(sel, before, lines)  # RFC 5267 4.3.4: REMOVEFROM before EXPUNGE
@@ -541,7 +543,7 @@ class ImapSession:
         up_to = max((e.uid for e in sel.pending if e.kind == ch.EXISTS), default=0)
         if up_to:
             try:
-                await self.recent.reserve(sel.mailbox_id, sel.uid_validity, up_to)
+                await self.recent_for(sel).reserve(sel.mailbox_id, sel.uid_validity, up_to)
             except Exception:
                 log.failure("reserving \\Recent messages failed")  # they are then not \Recent here
 
@@ -605,6 +607,16 @@ class ImapSession:
         """Stop collecting; the events kept since :meth:`collect_changes`."""
         collect, self._collect = self._collect, None
         return collect[1] if collect is not None else []
+
+    def recent_for(self, mailbox):
+        """Who takes \\Recent in ``mailbox`` (a MailboxInfo or the SelectedMailbox): every session of the
+        cluster, or, where \\Seen is per reader, this reader's sessions (:mod:`.reader_recent`)."""
+        per_reader = mailbox.seen_per_reader if hasattr(mailbox, "seen_per_reader") else bool(mailbox.reader)
+        if per_reader:
+            if self._reader_recent is None:
+                self._reader_recent = ReaderRecent(self.services.astore, self.account_id)
+            return self._reader_recent
+        return self.recent
 
     def sign_in(self, account_id: int, username: str) -> None:
         self.state = AUTHENTICATED

@@ -166,3 +166,27 @@ def test_a_shared_mailbox_cannot_log_in(srv):
         with pytest.raises(imaplib.IMAP4.error):
             c.login(address, password)
     c.logout()
+
+
+def test_recent_is_per_reader(srv):
+    """RFC 3501 \\Recent: one session of each reader gets a new message as \\Recent, not one session of all."""
+    mailbox, address, (m1, m2) = department(srv)
+    smtp_deliver(srv, address, "recent one")
+    a = session(srv, m1)
+    assert b"* 1 RECENT\r\n" in a.cmd("s", f'SELECT "{mailbox}"')
+    a2 = session(srv, m1)
+    assert b"* 0 RECENT\r\n" in a2.cmd("s", f'SELECT "{mailbox}"')  # m1's other session: already taken
+    b = session(srv, m2)
+    assert f'* STATUS "{mailbox}" (RECENT 1)\r\n'.encode() in b.cmd("t", f'STATUS "{mailbox}" (RECENT)')
+    assert b"* 1 RECENT\r\n" in b.cmd("e", f'EXAMINE "{mailbox}"')
+    assert b"* 1 RECENT\r\n" in b.cmd("s", f'SELECT "{mailbox}"')  # m2 takes its own
+    idle(b)
+    smtp_deliver(srv, address, "recent two")
+    assert wait_for(b, b"EXISTS") == b"* 2 EXISTS\r\n"
+    assert b.line() == b"* 2 RECENT\r\n"
+    done(b)
+    out = a.cmd("n", "NOOP")
+    assert b"* 2 EXISTS\r\n" in out and b"* 2 RECENT\r\n" in out  # m1's first session takes the new one too
+    assert b"* 0 RECENT\r\n" in a2.cmd("e", f'EXAMINE "{mailbox}"')
+    for raw in (a, a2, b):
+        raw.close()

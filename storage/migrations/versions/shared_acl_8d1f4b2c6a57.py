@@ -1,4 +1,4 @@
-"""Shared mailboxes and RFC 4314 ACLs: grants per mailbox, groups, per-reader \\Seen
+"""Shared mailboxes and RFC 4314 ACLs: grants per mailbox, groups, per-reader \\Seen and \\Recent
 
 Revision ID: shared_acl_8d1f4b2c6a57
 Revises: 0001
@@ -66,9 +66,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("mailbox_id", "account_id", "uid"),
     )
     op.create_index("ix_reader_seen_account_id", "reader_seen", ["account_id"])
+    op.create_table(
+        "reader_recent",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("mailbox_id", sa.Integer(), nullable=False),
+        sa.Column("account_id", sa.Integer(), nullable=False),
+        sa.Column("uid_validity", sa.BigInteger(), nullable=False),
+        sa.Column("last_uid", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(["mailbox_id"], ["mailboxes.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("mailbox_id", "account_id"),
+    )
+    op.create_index("ix_reader_recent_account_id", "reader_recent", ["account_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("reader_recent")
     op.drop_table("reader_seen")
     op.drop_table("group_members")
     op.drop_table("account_groups")
