@@ -9,7 +9,10 @@ from mailserver.access import Forbidden, MailboxNotFound, Principal, Rights, aut
 from storage.models import FLAG_ANSWERED, FLAG_DELETED, FLAG_SEEN
 from storage.shared import MAX_ACL_ENTRIES, normalize_rights
 from storage.store import AlreadyExists, Delivery, Invalid, NotFound
-from tests.test_store import PARSED, msg, store  # noqa: F401  (the store fixture)
+from tests import test_store
+from tests.test_store import PARSED, msg
+
+store = test_store.store  # the fixture: SQLite and PostgreSQL, bodies in files or in the database
 
 
 def _people(store):
