@@ -35,7 +35,6 @@ Names: ``str`` refs are resolved in the principal's namespaces (RFC 2342: ``Othe
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Sequence
@@ -218,10 +217,7 @@ class MailboxAccess:
             found = await self.astore.resolve_mailbox(principal.account_id, ref)
             mailbox = found[0] if found else None
         else:
-            mailbox = await self.astore.get_mailbox_by_id(mailbox_id)
-            if mailbox is not None and mailbox.account_id != principal.account_id:
-                letters = await self.astore.mailbox_rights(mailbox.id, principal.account_id)
-                mailbox = dataclasses.replace(mailbox, reader=principal.account_id, reader_rights=letters)
+            mailbox = await self.astore.mailbox_for_reader(mailbox_id, principal.account_id)
         return authorize(principal, mailbox, need, ref)
 
     async def open_messages(self, principal: Principal, ref: int | str, uids: Sequence[int], need: Rights
@@ -229,7 +225,11 @@ class MailboxAccess:
         """The mailbox and those of ``uids`` that are in it (in UID order)."""
         mailbox = await self.open_mailbox(principal, ref, need)
         wanted = _uids(uids)
-        return mailbox, (await self.astore.get_messages(mailbox.id, wanted) if wanted else [])
+        if not wanted:
+            return mailbox, []
+        if mailbox.seen_per_reader:  # the reader's own \Seen (storage/shared.py)
+            return mailbox, await self.astore.get_messages(mailbox.id, wanted, reader=principal.account_id)
+        return mailbox, await self.astore.get_messages(mailbox.id, wanted)
 
     async def open_message(self, principal: Principal, ref: int | str, uid: int, need: Rights
                            ) -> tuple[MailboxInfo, MessageInfo]:

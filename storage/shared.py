@@ -171,13 +171,29 @@ def resolve(conn: Connection, account_id: int, name: str) -> tuple[MailboxInfo, 
                                         MB.c.name == mailboxes.normalize_mailbox_name(stored))).first()
     if row is None:
         return None
-    from dataclasses import replace
-
     rights = acl_rights(conn, row.id, account_id)
-    info = replace(mailbox_info(row), reader=account_id, reader_rights=rights)
+    info = _for_reader(conn, mailbox_info(row), account_id, rights)
     if owner == account_id:
         return info, rights
     return _as_seen_by_reader(conn, info, name_for(conn, info)), rights
+
+
+def mailbox_for_reader(conn: Connection, mailbox_id: int, account_id: int) -> MailboxInfo | None:
+    """The mailbox by id as ``account_id`` sees it (its name in their namespaces, their ACL rights, their unseen)."""
+    row = conn.execute(select(MB).where(MB.c.id == mailbox_id)).first()
+    if row is None:
+        return None
+    info = _for_reader(conn, mailbox_info(row), account_id, acl_rights(conn, row.id, account_id))
+    if info.account_id == account_id:
+        return info
+    return _as_seen_by_reader(conn, info, name_for(conn, info))
+
+
+def _for_reader(conn: Connection, info: MailboxInfo, account_id: int, rights: str) -> MailboxInfo:
+    from dataclasses import replace
+
+    unseen = reader_unseen(conn, info.id, account_id) if info.seen_per_reader else info.unseen_count
+    return replace(info, reader=account_id, reader_rights=rights, unseen_count=unseen)
 
 
 def name_for(conn: Connection, mailbox: MailboxInfo) -> str:
@@ -202,8 +218,6 @@ def acl_rights(conn: Connection, mailbox_id: int, account_id: int) -> str:
 
 def shared_with(conn: Connection, account_id: int) -> list[tuple[MailboxInfo, str]]:
     """Other accounts' mailboxes on which an ACL row names ``account_id``: (mailbox as the reader sees it, rights)."""
-    from dataclasses import replace
-
     idents = identifiers_of(conn, account_id)
     if not idents:
         return []
@@ -216,7 +230,7 @@ def shared_with(conn: Connection, account_id: int) -> list[tuple[MailboxInfo, st
         for r in conn.execute(select(MB, A.c.address.label("owner_address"), A.c.shared_name).join(
                 A, A.c.id == MB.c.account_id).where(MB.c.id.in_(chunk))):
             letters = _union(rights[r.id])
-            info = replace(mailbox_info(r), reader=account_id, reader_rights=letters)
+            info = _for_reader(conn, mailbox_info(r), account_id, letters)
             shown = display_name(r.owner_address, r.shared_name, info.name)
             out.append((_as_seen_by_reader(conn, info, shown), letters))
     out.sort(key=lambda p: p[0].name)

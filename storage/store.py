@@ -310,6 +310,13 @@ class Store:
             return shared.resolve_owner(conn, account_id, name)
 
     @reads
+    def mailbox_for_reader(self, mailbox_id: int, account_id: int) -> MailboxInfo | None:
+        """The mailbox by id as ``account_id`` sees it: named in their namespaces, with their ACL rights and their
+        own unseen count (a per-reader mailbox)."""
+        with self.transaction(write=False) as conn:
+            return shared.mailbox_for_reader(conn, mailbox_id, account_id)
+
+    @reads
     def mailbox_rights(self, mailbox_id: int, account_id: int) -> str:
         """The rights the ACL of ``mailbox_id`` gives ``account_id`` (letters; the owner rule is not applied)."""
         with self.transaction(write=False) as conn:
@@ -388,18 +395,20 @@ class Store:
             return messages.list_messages(conn, mailbox_id)
 
     @reads
-    def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
-        """Full metadata of the given UIDs (missing ones are left out), in UID order."""
+    def get_messages(self, mailbox_id: int, uids: Sequence[int], *, reader: int = 0) -> list[MessageInfo]:
+        """Full metadata of the given UIDs (missing ones are left out), in UID order; with ``reader``, that
+        reader's \\Seen laid over a per-reader mailbox's flags."""
         with self.transaction(write=False) as conn:
-            return messages.get_messages(conn, mailbox_id, uids)
+            return _reader_view(conn, mailbox_id, reader, messages.get_messages(conn, mailbox_id, uids))
 
     @reads
     def page_messages(self, mailbox_id: int, *, offset: int = 0, limit: int = 50, order: str = "date",
-                      descending: bool = True) -> tuple[int, list[MessageInfo]]:
-        """One page of a mailbox for lists (webmail): (total count, messages)."""
+                      descending: bool = True, reader: int = 0) -> tuple[int, list[MessageInfo]]:
+        """One page of a mailbox for lists (webmail): (total count, messages); ``reader`` as for get_messages."""
         with self.transaction(write=False) as conn:
-            return messages.page_messages(conn, mailbox_id, offset=offset, limit=limit, order=order,
-                                          descending=descending)
+            total, page = messages.page_messages(conn, mailbox_id, offset=offset, limit=limit, order=order,
+                                                 descending=descending)
+            return total, _reader_view(conn, mailbox_id, reader, page)
 
     @reads
     def changes_since(self, mailbox_id: int, modseq: int, reader: int = 0) -> tuple[list[MessageMeta], list[int]]:
@@ -771,6 +780,18 @@ class Store:
         """(mailbox name, message) of the account's messages in ``msg``'s conversation, oldest first."""
         with self.transaction(write=False) as conn:
             return webmail.conversation(conn, account_id, msg)
+
+
+def _reader_view(conn: Connection, mailbox_id: int, reader: int, infos: list[MessageInfo]) -> list[MessageInfo]:
+    """MessageInfo rows with ``reader``'s own \\Seen where the mailbox keeps it per reader."""
+    if not reader or not infos or not messages._per_reader(conn, mailbox_id):
+        return infos
+    import dataclasses
+
+    from storage.models import FLAG_SEEN
+
+    seen = shared.seen_uids(conn, mailbox_id, reader, [m.uid for m in infos])
+    return [dataclasses.replace(m, flags=m.flags | FLAG_SEEN) if m.uid in seen else m for m in infos]
 
 
 # What callers import from here (the names the module had before it was split by aggregate).
