@@ -57,6 +57,7 @@ SHARED = "Shared/"
 ANYONE = "anyone"
 RIGHT_LETTERS = "lrswipkxtea"
 _GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_ADDRESS_RE = re.compile(r"[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+")
 SHARED_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 #: Entries one mailbox's ACL may hold (SETACL past it is refused).
 MAX_ACL_ENTRIES = 256
@@ -101,8 +102,10 @@ def identifiers_of(conn: Connection, account_id: int) -> list[str]:
     return [row.address, ANYONE] + ["$" + g for g in groups]
 
 
-def check_identifier(conn: Connection, identifier: str) -> str:
-    """The identifier as stored (addresses lower-cased); Invalid when it names no account or group."""
+def check_identifier(conn: Connection, identifier: str, *, existing: bool = True) -> str:
+    """The identifier as stored (addresses lower-cased); Invalid when it names no group, or (``existing``) no
+    account.  IMAP's SETACL passes ``existing=False``: an entry for any well-formed address is kept, so SETACL does
+    not tell a user which addresses have accounts (the entry applies once such an account exists)."""
     ident = identifier.strip()
     if ident.lower() == ANYONE:
         return ANYONE
@@ -113,6 +116,10 @@ def check_identifier(conn: Connection, identifier: str) -> str:
     if ident.startswith("-"):
         raise Invalid("negative rights are not supported")
     address = ident.lower()
+    if not existing:
+        if not _ADDRESS_RE.fullmatch(address) or len(address) > 320:
+            raise Invalid("an identifier is an address, anyone or $group")
+        return address
     if conn.execute(select(A.c.id).where(A.c.address == address, A.c.shared_name.is_(None))).first() is None:
         raise Invalid(f"no account {address}")
     return address
@@ -175,7 +182,7 @@ def resolve(conn: Connection, account_id: int, name: str) -> tuple[MailboxInfo, 
     info = _for_reader(conn, mailbox_info(row), account_id, rights)
     if owner == account_id:
         return info, rights
-    return _as_seen_by_reader(conn, info, name_for(conn, info)), rights
+    return _as_seen_by_reader(info, name_for(conn, info)), rights
 
 
 def mailbox_for_reader(conn: Connection, mailbox_id: int, account_id: int) -> MailboxInfo | None:
@@ -186,7 +193,7 @@ def mailbox_for_reader(conn: Connection, mailbox_id: int, account_id: int) -> Ma
     info = _for_reader(conn, mailbox_info(row), account_id, acl_rights(conn, row.id, account_id))
     if info.account_id == account_id:
         return info
-    return _as_seen_by_reader(conn, info, name_for(conn, info))
+    return _as_seen_by_reader(info, name_for(conn, info))
 
 
 def _for_reader(conn: Connection, info: MailboxInfo, account_id: int, rights: str) -> MailboxInfo:
@@ -201,7 +208,7 @@ def name_for(conn: Connection, mailbox: MailboxInfo) -> str:
     return display_name(row.address, row.shared_name, mailbox.name)
 
 
-def _as_seen_by_reader(conn: Connection, info: MailboxInfo, shown: str) -> MailboxInfo:
+def _as_seen_by_reader(info: MailboxInfo, shown: str) -> MailboxInfo:
     from dataclasses import replace
 
     return replace(info, name=shown, stored_name=info.name, subscribed=False)
@@ -232,7 +239,7 @@ def shared_with(conn: Connection, account_id: int) -> list[tuple[MailboxInfo, st
             letters = _union(rights[r.id])
             info = _for_reader(conn, mailbox_info(r), account_id, letters)
             shown = display_name(r.owner_address, r.shared_name, info.name)
-            out.append((_as_seen_by_reader(conn, info, shown), letters))
+            out.append((_as_seen_by_reader(info, shown), letters))
     out.sort(key=lambda p: p[0].name)
     return out
 
@@ -245,10 +252,10 @@ def get_acl(conn: Connection, mailbox_id: int) -> list[tuple[str, str]]:
         select(ACL.c.identifier, ACL.c.rights).where(ACL.c.mailbox_id == mailbox_id).order_by(ACL.c.identifier))]
 
 
-def set_acl(conn: Connection, mailbox_id: int, identifier: str, rights: str) -> str:
+def set_acl(conn: Connection, mailbox_id: int, identifier: str, rights: str, *, existing: bool = True) -> str:
     """RFC 4314 3.1 SETACL: ``rights`` replace the identifier's, or with a leading ``+``/``-`` are added/removed.
-    Returns the identifier's rights now ("" removes the row)."""
-    ident = check_identifier(conn, identifier)
+    Returns the identifier's rights now ("" removes the row).  ``existing``: see :func:`check_identifier`."""
+    ident = check_identifier(conn, identifier, existing=existing)
     if conn.execute(select(MB.c.id).where(MB.c.id == mailbox_id)).first() is None:
         raise NotFound("no such mailbox")
     cur = conn.execute(select(ACL.c.rights).where(ACL.c.mailbox_id == mailbox_id,
@@ -268,6 +275,27 @@ def set_acl(conn: Connection, mailbox_id: int, identifier: str, rights: str) -> 
             raise Invalid("too many ACL entries on this mailbox")
         conn.execute(insert(ACL).values(mailbox_id=mailbox_id, identifier=ident, rights=new))
     return new
+
+
+def inherit_acl(conn: Connection, account_id: int, created: list[tuple[int, str]]) -> None:
+    """New mailboxes (id, stored name, parents first) take the ACL of their parent, as Dovecot does: the nearest
+    existing ancestor's, or in a shared mailbox's account that of its INBOX (``Shared/<name>`` is their parent)."""
+    for mailbox_id, name in created:
+        parent = None
+        parts = name.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            parent = conn.execute(select(MB.c.id).where(MB.c.account_id == account_id,
+                                                        MB.c.name == "/".join(parts[:i]))).scalar()
+            if parent is not None:
+                break
+        if parent is None and name != "INBOX" and is_shared_account(conn, account_id):
+            parent = conn.execute(select(MB.c.id).where(MB.c.account_id == account_id,
+                                                        MB.c.name == "INBOX")).scalar()
+        if parent is None:
+            continue
+        rows = [{"mailbox_id": mailbox_id, "identifier": i, "rights": r} for i, r in get_acl(conn, parent)]
+        if rows:
+            conn.execute(insert(ACL), rows)
 
 
 def delete_acl(conn: Connection, mailbox_id: int, identifier: str) -> bool:

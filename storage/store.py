@@ -265,8 +265,10 @@ class Store:
                        subscribed: bool = True) -> Changed:
         """Create ``name`` and its missing parents; ``value`` is the MailboxInfo (see mailboxes.create_mailbox)."""
         with self.transaction() as conn:
-            return self.announce(conn, mailboxes.create_mailbox(conn, account_id, name, special_use,
-                                                                subscribed=subscribed))
+            changed = mailboxes.create_mailbox(conn, account_id, name, special_use, subscribed=subscribed)
+            # RFC 4314 has no rule here; as Dovecot, a new mailbox takes its parent's ACL (storage/shared.py).
+            shared.inherit_acl(conn, account_id, [(c.mailbox_id, c.name) for c in changed.changes])
+            return self.announce(conn, changed)
 
     @writes_changes
     def delete_mailbox(self, account_id: int, name: str) -> Changed:
@@ -334,10 +336,11 @@ class Store:
             return shared.get_acl(conn, mailbox_id)
 
     @writes
-    def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> str:
-        """RFC 4314 SETACL (``+``/``-`` prefixes add/remove); returns the identifier's rights now."""
+    def set_acl(self, mailbox_id: int, identifier: str, rights: str, *, existing: bool = True) -> str:
+        """RFC 4314 SETACL (``+``/``-`` prefixes add/remove); returns the identifier's rights now.  ``existing``:
+        an address must name an account (the CLI); IMAP keeps any well-formed one (no account enumeration)."""
         with self.transaction() as conn:
-            return shared.set_acl(conn, mailbox_id, identifier, rights)
+            return shared.set_acl(conn, mailbox_id, identifier, rights, existing=existing)
 
     @writes
     def delete_acl(self, mailbox_id: int, identifier: str) -> bool:

@@ -45,7 +45,8 @@ async def setacl(s: ImapSession, cmd: c.SetAcl):
     if mailbox.account_id == s.account_id and cmd.identifier.lower() == s.username:
         raise No("the owner always has every right", "CANNOT")
     try:
-        await s.services.astore.set_acl(mailbox.id, cmd.identifier, cmd.rights)
+        # Any well-formed address is kept: SETACL must not tell which addresses have accounts.
+        await s.services.astore.set_acl(mailbox.id, cmd.identifier, cmd.rights, existing=False)
     except Invalid as e:
         raise No(str(e), "CANNOT") from None
 

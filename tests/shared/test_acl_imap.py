@@ -197,3 +197,42 @@ def test_without_lookup_the_mailbox_answers_as_a_missing_one(srv, rights):
 
     assert script(real) == script(ghost)
     assert srv.store.get_mailbox(srv.store.get_account(real[7:] + "@example.test").id, "INBOX").message_count == 1
+
+
+def test_acl_commands_on_ones_own_mailbox(srv):
+    """An owner shares a folder with SETACL; GETACL, LISTRIGHTS, MYRIGHTS, DELETEACL answer as RFC 4314 3 says."""
+    alice, bob = new_user(srv), new_user(srv)
+    raw = _session(srv, alice)
+    assert raw.cmd("c", "CREATE Projects")[-1].startswith(b"c OK")
+    assert raw.cmd("a", f"SETACL Projects {bob} lrcd")[-1].startswith(b"a OK")  # c -> k, d -> x t e
+    assert raw.cmd("b", "GETACL Projects")[0] == f'* ACL "Projects" {alice} lrswipkxtea {bob} lrkxte\r\n'.encode()
+    assert raw.cmd("d", f"SETACL Projects {bob} +w")[-1].startswith(b"d OK")
+    assert raw.cmd("e", "GETACL Projects")[0].endswith(f"{bob} lrwkxte\r\n".encode())
+    assert raw.cmd("f", f"LISTRIGHTS Projects {bob}")[0] == \
+        f'* LISTRIGHTS "Projects" {bob} "" l r s w i p k x t e a\r\n'.encode()
+    assert raw.cmd("g", f"LISTRIGHTS Projects {alice}")[0] == f'* LISTRIGHTS "Projects" {alice} lrswipkxtea\r\n'.encode()
+    assert raw.cmd("h", "MYRIGHTS Projects")[0] == b'* MYRIGHTS "Projects" lrswipkxtea\r\n'
+    assert raw.cmd("i", "SETACL Projects anyone lrz")[-1].startswith(b"i BAD")  # RFC 4314 3.1: unknown right
+    assert raw.cmd("j", f"SETACL Projects {alice} lr")[-1].startswith(b"j NO [CANNOT]")  # the owner keeps all
+    # An address without an account is kept like any other: SETACL does not tell which addresses exist.
+    assert raw.cmd("k", "SETACL Projects nobody-here@example.test lr")[-1].startswith(b"k OK")
+    assert raw.cmd("l", "SETACL Projects $no-such-group lr")[-1].startswith(b"l NO [CANNOT]")
+    other = _session(srv, bob)
+    name = f"Other Users/{alice}/Projects"
+    assert f'* MYRIGHTS "{name}" lrwkxte\r\n'.encode() in other.cmd("a", f'MYRIGHTS "{name}"')
+    assert other.cmd("b", f'CREATE "{name}/Sub"')[-1].startswith(b"b OK")  # k
+    assert other.cmd("b2", f'CREATE "{name}/Sub2"')[-1].startswith(b"b2 OK")
+    # The new mailboxes take Projects' ACL (as Dovecot): bob may see and delete what he made.
+    assert other.cmd("c", f'DELETE "{name}/Sub2"')[-1].startswith(b"c OK")
+    assert raw.cmd("m", f"DELETEACL Projects {bob}")[-1].startswith(b"m OK")
+    assert other.cmd("d", f'MYRIGHTS "{name}"')[-1] == f'd NO [NONEXISTENT] no mailbox {name}\r\n'.encode()
+    # Projects is gone for bob; Sub (made by him, with the ACL it took) is still his to see, under a \Noselect level.
+    listed = other.cmd("e", 'LIST "" "*"')
+    assert any(ln.endswith(f'"{name}/Sub"\r\n'.encode()) for ln in listed)
+    assert [ln for ln in listed if ln.endswith(f'"{name}"\r\n'.encode())] == \
+        [f'* LIST (\\Noselect \\HasChildren) "/" "{name}"\r\n'.encode()]
+    alice_id = srv.store.get_account(alice).id
+    assert srv.store.get_mailbox(alice_id, "Projects/Sub") is not None  # alice's, in her tree
+    assert srv.store.get_mailbox(alice_id, "Projects/Sub2") is None
+    raw.close()
+    other.close()

@@ -171,3 +171,16 @@ def test_reader_recent_claims(store):
     assert store.claim_reader_recent(inbox.id, alice.id, inbox.uid_validity, 4) == 5
     assert store.reader_recent_last(inbox.id, bob.id, inbox.uid_validity) == 0
     assert store.reader_recent_last(inbox.id, alice.id, inbox.uid_validity + 1) == 0  # another incarnation
+
+
+def test_new_mailboxes_take_their_parents_acl(store):
+    alice, bob = _people(store)
+    box = store.create_mailbox(alice.id, "Team").value
+    store.set_acl(box.id, "bob@example.test", "lrk")
+    store.create_mailbox(alice.id, "Team/A/B")
+    for name in ("Team/A", "Team/A/B"):
+        assert store.get_acl(store.get_mailbox(alice.id, name).id) == [("bob@example.test", "lrk")], name
+    assert store.get_acl(store.create_mailbox(alice.id, "Other").value.id) == []
+    acct = store.create_shared_mailbox("sales@example.test")
+    store.set_acl(store.get_mailbox(acct.id, "INBOX").id, "anyone", "lr")
+    assert store.get_acl(store.create_mailbox(acct.id, "Sent").value.id) == [("anyone", "lr")]
