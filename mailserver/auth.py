@@ -449,6 +449,12 @@ class _CounterRead:
 PoolRunner = Callable[..., "defer.Deferred[Any]"]
 
 
+def _hash_id(stored_hash: str) -> bytes:
+    """A short digest naming a stored password hash in the success cache (the hash itself is not kept there, nor
+    sent to other workers)."""
+    return hashlib.sha256(stored_hash.encode("utf-8", "surrogatepass")).digest()[:16]
+
+
 class Authenticator:
     """Check a user name and password for any protocol; see the module docstring for the rules.
 
@@ -491,8 +497,13 @@ class Authenticator:
         self._reading: dict[tuple[str, str], set[_CounterRead]] = {}
         # (address, ip key) -> when it last logged in: addresses an account is known to use (MAX_TRACKED_KEYS)
         self._good_logins: OrderedDict[tuple[str, str], float] = OrderedDict()
-        # HMAC(address, password) -> (expires, address, stored hashes the password was verified against)
-        self._cache: OrderedDict[bytes, tuple[float, str, frozenset[str]]] = OrderedDict()
+        # HMAC(address, password) -> (expires, address, ids of the stored hashes the password was verified against)
+        self._cache: OrderedDict[bytes, tuple[float, str, frozenset[bytes]]] = OrderedDict()
+        #: ``on_verified(key, address, hash_ids, seconds)`` is told of every new cache entry and ``on_forget(address)``
+        #: of every :meth:`forget`: the worker bus passes them to the other workers (:meth:`apply_shared`), which
+        #: share this process's ``secret``, so a login verified by one worker is a cache hit in all of them.
+        self.on_verified: Callable[[bytes, str, frozenset[bytes], float], None] | None = None
+        self.on_forget: Callable[[str], None] | None = None
 
     # -- public API
 
@@ -509,8 +520,33 @@ class Authenticator:
     def forget(self, address: str) -> None:
         """Drop every cached success for ``address`` (after a password change or disabling)."""
         address = normalize_address(address)
+        self._forget_local(address)
+        if self.on_forget is not None:
+            self.on_forget(address)
+
+    def _forget_local(self, address: str) -> None:
         for key in [k for k, (_, a, _) in self._cache.items() if a == address]:
             del self._cache[key]
+
+    def apply_shared(self, frame: dict) -> None:
+        """A cache entry (``{"t": "login", "k": key hex, "a": address, "h": [hash id hex…], "s": seconds}``) or a
+        forget (``{"t": "login-forget", "a": address}``) from another worker of this supervisor.  Malformed frames
+        are ignored; an entry never outlives this process's own ``cache_seconds``."""
+        try:
+            address = frame["a"]
+            if not isinstance(address, str):
+                return
+            if frame.get("t") == "login-forget":
+                self._forget_local(address)
+                return
+            key = bytes.fromhex(frame["k"])
+            hash_ids = frozenset(bytes.fromhex(h) for h in frame["h"][:4])
+            seconds = min(float(frame["s"]), self._config.cache_seconds)
+        except (KeyError, TypeError, ValueError):
+            return
+        if len(key) != 32 or not hash_ids or not seconds > 0:
+            return
+        self._cache_store(key, address, hash_ids, seconds)
 
     # -- internals
 
@@ -616,9 +652,9 @@ class Authenticator:
         else:
             ok, new_hash = await self._run(self._hasher.verify, password, creds.password_hash)
             if ok:
-                hashes = {creds.password_hash}
+                hashes = {_hash_id(creds.password_hash)}
                 if new_hash is not None:
-                    hashes.add(new_hash)
+                    hashes.add(_hash_id(new_hash))
                     await self._store_new_hash(creds, new_hash)
                 self._cache_put(key, address, frozenset(hashes))
         if not ok:
@@ -664,12 +700,17 @@ class Authenticator:
             return False
         # The stored hash must still be one the password was verified against: a password change elsewhere
         # (another process, the CLI) invalidates the entry without forget().
-        return stored_hash in hashes
+        return _hash_id(stored_hash) in hashes
 
-    def _cache_put(self, key: bytes, address: str, hashes: frozenset[str]) -> None:
+    def _cache_put(self, key: bytes, address: str, hashes: frozenset[bytes]) -> None:
         seconds = self._config.cache_seconds
         if seconds <= 0:
             return
+        self._cache_store(key, address, hashes, seconds)
+        if self.on_verified is not None:
+            self.on_verified(key, address, hashes, seconds)
+
+    def _cache_store(self, key: bytes, address: str, hashes: frozenset[bytes], seconds: float) -> None:
         self._cache.pop(key, None)
         self._cache[key] = (self._clock.seconds() + seconds, address, hashes)
         while len(self._cache) > MAX_CACHE_ENTRIES:

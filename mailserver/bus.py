@@ -8,7 +8,10 @@ hub: an IMAP IDLE on worker A sees a delivery committed on worker B within one l
 
 Frames are 32-bit length-prefixed JSON objects (at most :data:`MAX_FRAME` bytes), ``{"t": "changes", "o": origin,
 "c": [change, ...]}``, ``{"t": "kick"}`` (outbound mail waits: the queue runner's holder polls at once),
-``{"t": "resync"}`` and, to the supervisor only, ``{"t": "ready", "o": origin}`` (the worker's listeners serve).
+``{"t": "resync"}``, ``{"t": "login", …}`` / ``{"t": "login-forget", …}`` (an entry of the login success cache,
+:meth:`mailserver.auth.Authenticator.apply_shared`: an HMAC under the supervisor's key, the address, digests of the
+stored hashes, never a password or a hash) and, to the supervisor only, ``{"t": "ready", "o": origin}`` (the
+worker's listeners serve).
 
 What can be missed is caught up from the database, as with PostgreSQL's LISTEN (:mod:`storage.pgnotify`): events are
 sent after the commit, so a worker that dies between its commit and its send, or a frame dropped while a worker was
@@ -144,8 +147,10 @@ class BusClient:
     ``forward_changes`` false (PostgreSQL, whose transactions notify the others): only kicks and RESYNCs travel.
     """
 
-    def __init__(self, reactor, path: str, hub, origin: str, on_kick=None, forward_changes: bool = True):
+    def __init__(self, reactor, path: str, hub, origin: str, on_kick=None, forward_changes: bool = True,
+                 on_login=None):
         self.reactor = reactor
+        self.on_login = on_login
         self.path = path
         self.hub = hub
         self.origin = origin
@@ -182,6 +187,17 @@ class BusClient:
 
     def kick(self) -> None:
         self._send(KICK)
+
+    def share_login(self, key: bytes, address: str, hash_ids, seconds: float) -> None:
+        """Tell the other workers of a verified login (their caches take it; lost if the bus is down)."""
+        if self._proto is not None:
+            self._proto.sendString(json.dumps({"t": "login", "k": key.hex(), "a": address,
+                                               "h": sorted(h.hex() for h in hash_ids), "s": seconds},
+                                              separators=(",", ":")).encode())
+
+    def share_forget(self, address: str) -> None:
+        if self._proto is not None:
+            self._proto.sendString(json.dumps({"t": "login-forget", "a": address}).encode())
 
     def announce_ready(self) -> None:
         """Tell the supervisor this worker serves (now, or as soon as the bus is connected)."""
@@ -232,5 +248,8 @@ class BusClient:
                     self.on_kick()
             elif kind == "resync":
                 self.hub.publish_resync()
+            elif kind in ("login", "login-forget"):
+                if self.on_login is not None and isinstance(frame, dict):
+                    self.on_login(frame)
         except (ValueError, TypeError, AttributeError):
             log.warn("ignoring a malformed worker bus frame")

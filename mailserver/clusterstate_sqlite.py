@@ -68,7 +68,7 @@ class SqliteMaildropLocks:
 
     def _lock_blocking(self, account_id: int) -> bool:
         p = {"a": account_id, "h": self.holder, "pid": os.getpid(), "now": self.reactor.seconds()}
-        with self.store.transaction() as conn:
+        with self.store.transaction(durable=False) as conn:
             row = conn.execute(text("SELECT holder, holder_pid FROM maildrop_locks WHERE account_id = :a"), p).first()
             if row is None:
                 conn.execute(text("INSERT INTO maildrop_locks (account_id, holder, holder_pid, since)"
@@ -84,14 +84,14 @@ class SqliteMaildropLocks:
 
     def _unlock_logged(self, account_id: int) -> None:
         try:
-            with self.store.transaction() as conn:
+            with self.store.transaction(durable=False) as conn:
                 conn.execute(text("DELETE FROM maildrop_locks WHERE account_id = :a AND holder = :h"),
                              {"a": account_id, "h": self.holder})
         except Exception:
             log.failure("releasing the maildrop lock of account {id} failed", id=account_id)
 
     def release_all_blocking(self) -> None:
-        with self.store.transaction() as conn:
+        with self.store.transaction(durable=False) as conn:
             conn.execute(text("DELETE FROM maildrop_locks WHERE holder = :h"), {"h": self.holder})
 
 
@@ -103,18 +103,23 @@ class SqliteLoginFailures(PgLoginFailures):
         self.store = store
 
     def _add_blocking(self, p: dict) -> tuple[int, int]:
-        with self.store.transaction() as conn:
+        with self.store.transaction(durable=False) as conn:
             conn.execute(text("DELETE FROM auth_failures WHERE key IN (:ip, :account) AND failed_at <= :since"), p)
             conn.execute(text("INSERT INTO auth_failures (key, failed_at) VALUES (:ip, :now), (:account, :now)"), p)
             return self._count(conn, p)
 
     def _clear_blocking(self, p: dict) -> tuple[int, int]:
-        with self.store.transaction() as conn:
+        # Nearly every good login has nothing to clear: a read then, not a turn at the write lock every worker
+        # queues for.
+        with self.store.transaction(write=False) as conn:
+            if conn.execute(text("SELECT 1 FROM auth_failures WHERE key = :account LIMIT 1"), p).first() is None:
+                return self._count(conn, p)
+        with self.store.transaction(durable=False) as conn:
             conn.execute(text("DELETE FROM auth_failures WHERE key = :account"), p)
             return self._count(conn, p)
 
     def prune_blocking(self, now: float) -> int:
-        with self.store.transaction() as conn:
+        with self.store.transaction(durable=False) as conn:
             return conn.execute(text("DELETE FROM auth_failures WHERE failed_at <= :since"),
                                 {"since": now - self.window}).rowcount
 
@@ -128,8 +133,16 @@ class SqliteRecentClaims(PgRecentClaims):
 
     def _reserve_blocking(self, mailbox_id: int, uid_validity: int, up_to: int) -> tuple[int, int]:
         p = {"m": mailbox_id, "v": uid_validity, "u": up_to}
+        # Most SELECTs find every UID claimed already (last_uid only grows within one UIDVALIDITY): a read answers
+        # those without the write lock; the write below checks again.
+        with self.store.transaction(write=False) as conn:
+            row = conn.execute(text("SELECT uid_validity, last_uid FROM imap_recent WHERE mailbox_id = :m"), p).first()
+        if row is not None and row.uid_validity > uid_validity:
+            return up_to, up_to
+        if row is not None and row.uid_validity == uid_validity and row.last_uid >= up_to:
+            return row.last_uid, row.last_uid
         try:
-            with self.store.transaction() as conn:
+            with self.store.transaction(durable=False) as conn:
                 row = conn.execute(text("SELECT uid_validity, last_uid FROM imap_recent WHERE mailbox_id = :m"),
                                    p).first()
                 if row is None:

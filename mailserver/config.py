@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -266,6 +267,58 @@ DMARC_ACTIONS = ("policy", "quarantine", "none")
 
 
 @dataclass(frozen=True)
+class SrsConfig:
+    """``[srs]``: the Sender Rewriting Scheme for mail we forward to other domains (``delivery/srs.py``)."""
+
+    enabled: bool = False
+    #: Our domain in rewritten senders (``SRS0=…@domain``; bounces to it come back here); "" = the first local
+    #: ``[[domain]]``.
+    domain: str = ""
+    #: Secrets: the first signs, all are accepted (rotation).  The secret generated once and kept in the database
+    #: (shared by every node) is always accepted too, and signs when this list is empty.
+    secrets: tuple[str, ...] = ()
+    #: Days a rewritten sender stays valid for bounces.
+    max_age_days: int = 21
+
+
+@dataclass(frozen=True)
+class ArcConfig:
+    """``[arc]``: ARC sets (RFC 8617) added to mail we forward to other domains (``delivery/forward.py``)."""
+
+    seal: bool = True
+    #: The sealing domain (its RSA key in ``data_dir/dkim``); "" = the forwarding address's domain, else the SRS
+    #: domain.  No key: forwarded unsealed.
+    domain: str = ""
+    #: Messages larger than this are forwarded unsealed (sealing reads the whole message into memory).
+    max_size: int = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayDomainConfig:
+    """``[gateway.domain."relay.example"]``: how recipients of one relay domain are verified at RCPT."""
+
+    #: "none" (accept any local part), "list" (only ``recipients``) or "callout" (ask ``relay_to``).
+    verify: str = "none"
+    #: Valid addresses (or ``@domain`` for all) when verify = "list"; case-insensitive.
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """``[gateway]``: recipient verification for relay domains (``delivery/callout.py``)."""
+
+    domain: dict[str, GatewayDomainConfig] = field(default_factory=dict)
+    #: Seconds a callout may take (connect to QUIT); past it, or on a 4xx, RCPT gets 451 4.4.3.
+    callout_timeout: float = 30.0
+    #: Seconds an answer of the relay host is remembered (in the store, shared by every node).
+    positive_ttl: float = 86400.0
+    negative_ttl: float = 3600.0
+
+
+GATEWAY_VERIFY = ("none", "list", "callout")
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """``[proxy]``: the load balancers and reverse proxies we believe about the client's address."""
 
@@ -295,6 +348,45 @@ class SpamThresholds:
     refuse: float = -1.0
 
 
+#: A score weight: the one kind of number in the configuration that may be negative (a DNSWL listing lowers it).
+Score = typing.NewType("Score", float)
+
+
+@dataclass(frozen=True)
+class DnsListConfig:
+    """One ``[[antispam.dnsbl]]``, ``[[antispam.dnswl]]`` or ``[[antispam.rhsbl]]`` zone (RFC 5782,
+    ``mailserver/inbound/dnsbl.py``)."""
+
+    zone: str
+    #: The symbol a listing adds to the score card; "" = made from the zone ("DNSBL_ZEN_EXAMPLE_ORG").
+    name: str = ""
+    #: What a listing weighs (a DNSWL's weight is 0 or negative).
+    weight: Score = 1.0
+    #: Return code -> weight ("127.0.0.4" = 3.0); when given, only these codes are listings (others are logged).
+    returncodes: dict[str, Score] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GreylistConfig:
+    """``[antispam.greylist]``: greylisting (RFC 6647) of mail the ``smtp`` listener takes from outside
+    (``mailserver/inbound/greylist.py``); never for authenticated clients, trusted networks or DNSWL-listed ones."""
+
+    enabled: bool = False
+    #: When a new triplet is deferred (451 4.7.1): "rcpt" (at RCPT TO) or "data" (the whole message after DATA).
+    stage: str = "rcpt"
+    #: Seconds a new triplet is deferred; a retry after them (within ``retry_window``) passes.
+    delay: float = 300.0
+    #: Seconds after the first attempt within which a retry passes; later, the triplet starts again.
+    retry_window: float = 86400.0
+    #: Seconds a passed triplet is remembered after its last use (RFC 6647 4.4: at least a month).
+    pass_lifetime: float = 36 * 86400.0
+    #: Passed triplets after which a client network is no longer greylisted at all (0 = never).
+    auto_whitelist: int = 0
+    #: The client networks a triplet is keyed by (RFC 6647 4.2: senders retry from other addresses).
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+
+
 @dataclass(frozen=True)
 class AntispamConfig:
     """``[antispam]``: the spam score and what it leads to (``mailserver/inbound/policy.py``).
@@ -320,6 +412,14 @@ class AntispamConfig:
     symbols_header: bool = True
     domain: dict[str, SpamThresholds] = field(default_factory=dict)
     account: dict[str, SpamThresholds] = field(default_factory=dict)
+    #: DNS block lists of the client address, allow lists (negative weights; exempt from greylisting) and block
+    #: lists of the envelope sender's domain (RHSBL), all asked in parallel once per client.
+    dnsbl: tuple[DnsListConfig, ...] = ()
+    dnswl: tuple[DnsListConfig, ...] = ()
+    rhsbl: tuple[DnsListConfig, ...] = ()
+    #: Seconds the DNS list lookups of one client may take together; a zone that has not answered is skipped.
+    dnsbl_timeout: float = 5.0
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
 
 
 @dataclass(frozen=True)
@@ -344,9 +444,13 @@ class AntivirusConfig:
 
 @dataclass(frozen=True)
 class QuarantineDomain:
-    """``[quarantine.domain."example.org"]``: one domain's retention (-1 = ``[quarantine]``'s)."""
+    """``[quarantine.domain."example.org"]``: one domain's retention and digest (-1 / "" = ``[quarantine]``'s)."""
 
     retention_days: float = -1.0
+    #: "on", "off" or "" (the server's ``digest``): the default of the domain's accounts (each may change its own).
+    digest: str = ""
+    #: Hour of the day (UTC, 0..23) of the domain's digests; -1 = the server's ``digest_hour``.
+    digest_hour: int = -1
 
 
 @dataclass(frozen=True)
@@ -357,11 +461,29 @@ class QuarantineConfig:
     retention_days: float = 30.0
     #: Most held copies per account (0 = no cap); past it a copy is delivered to Junk with ``$Junk`` instead.
     max_per_account: int = 1000
-    #: Seconds between the digest runs (one mail per account with new held copies); 0 = no digests.
-    digest_interval: float = 86400.0
+    #: A daily digest mail per account with new held copies (each account may turn its own off or on).
+    digest: bool = True
+    #: Hour of the day (UTC, 0..23) the digests are sent (each account may choose its own).
+    digest_hour: int = 8
+    #: Seconds between two looks for due digests (by the worker holding the maintenance lease).
+    digest_check_interval: float = 300.0
     #: The webmail's public base URL for the digest's links, e.g. "https://mail.example.org"; "" = no links.
     base_url: str = ""
     domain: dict[str, QuarantineDomain] = field(default_factory=dict)
+
+    def domain_entry(self, domain: str) -> QuarantineDomain | None:
+        d = domain.lower()
+        for name, entry in self.domain.items():
+            if name.lower() == d:
+                return entry
+        return None
+
+    def digest_for(self, domain: str) -> tuple[bool, int]:
+        """(digests on, hour) for the accounts of ``domain`` that chose nothing themselves."""
+        entry = self.domain_entry(domain)
+        on = self.digest if entry is None or not entry.digest else entry.digest == "on"
+        hour = self.digest_hour if entry is None or entry.digest_hour < 0 else entry.digest_hour
+        return on, hour
 
     def retention_for(self, address: str) -> float:
         """Seconds a copy held for ``address`` is kept."""
@@ -447,6 +569,11 @@ class ServerConfig:
     #: Seconds the cluster-wide jobs' lease (queue runner, blob collector: one process of the cluster runs them)
     #: lasts unless renewed (every lease/3): how soon another worker takes over from one that died.
     lease: float = 15.0
+    #: This node's name in ``mailserver node list`` ("" = the machine's host name).
+    node_name: str = ""
+    #: Seconds between two heartbeats of each server process (its ``cluster_nodes`` row); a process whose row was
+    #: not renewed for 3 heartbeats is listed as dead.
+    heartbeat: float = 10.0
 
     def worker_count(self) -> int:
         """How many workers ``serve`` starts (``workers``, or the number of CPU cores for 0)."""
@@ -475,6 +602,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     senderauth: SenderAuthConfig = field(default_factory=SenderAuthConfig)
+    srs: SrsConfig = field(default_factory=SrsConfig)
+    arc: ArcConfig = field(default_factory=ArcConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
@@ -567,6 +697,10 @@ def _convert(value, tp, key: str, source: str):
         if value < 0:
             raise ConfigError(source, key, "must not be negative")
         return value
+    if tp is Score:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(source, key, f"expected a number, got {value!r}")
+        return float(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(source, key, f"expected a number, got {type(value).__name__}")
@@ -637,6 +771,10 @@ def _validate(cfg: Config, source: str) -> None:
         err("server.workers", f"expected 0 (one per CPU core) to {MAX_WORKERS}")
     if cfg.server.lease < 3:
         err("server.lease", "must be at least 3 seconds (renewed every lease/3)")
+    if cfg.server.heartbeat < 1:
+        err("server.heartbeat", "must be at least 1 second")
+    if len(cfg.server.node_name) > 255:
+        err("server.node_name", "at most 255 characters")
     if cfg.server.group and not cfg.server.user:
         err("server.group", "needs server.user")
     if cfg.queue.lease < 3:
@@ -703,6 +841,28 @@ def _validate(cfg: Config, source: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+",
                             sealer):
             err(f"senderauth.arc_trusted_sealers[{i}]", f"not a domain name: {sealer!r}")
+    _domain_re = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+"
+    if cfg.srs.domain and not re.fullmatch(_domain_re, cfg.srs.domain):
+        err("srs.domain", f"not a domain name: {cfg.srs.domain!r}")
+    if cfg.srs.enabled and not cfg.srs.domain and not any(d.mode == "local" for d in cfg.domain):
+        err("srs.domain", "required when no local [[domain]] is declared")
+    for i, secret in enumerate(cfg.srs.secrets):
+        if len(secret) < 16:
+            err(f"srs.secrets[{i}]", "use at least 16 characters")
+    if not 1 <= cfg.srs.max_age_days < 1000:
+        err("srs.max_age_days", "expected 1 to 999 days (the timestamp wraps after 1024)")
+    if cfg.arc.domain and not re.fullmatch(_domain_re, cfg.arc.domain):
+        err("arc.domain", f"not a domain name: {cfg.arc.domain!r}")
+    for name, g in cfg.gateway.domain.items():
+        if g.verify not in GATEWAY_VERIFY:
+            err(f"gateway.domain.{name}.verify", "expected \"none\", \"list\" or \"callout\"")
+        for i, r in enumerate(g.recipients):
+            if not re.fullmatch(r"[^@\s]*@[^@\s]+", r):
+                err(f"gateway.domain.{name}.recipients[{i}]", f"not an address: {r!r}")
+        if g.verify == "list" and not g.recipients:
+            err(f"gateway.domain.{name}.recipients", "required when verify = \"list\"")
+    if not 0 < cfg.gateway.callout_timeout <= 300:
+        err("gateway.callout_timeout", "expected more than 0 and at most 300 seconds")
     if cfg.antispam.rspamd and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", cfg.antispam.rspamd):
         err("antispam.rspamd", "expected a URL \"http://HOST:PORT\"")
     if cfg.antispam.on_error not in ("accept", "tempfail"):
@@ -713,8 +873,17 @@ def _validate(cfg: Config, source: str) -> None:
         err("quarantine.retention_days", "expected a number of days above 0")
     if cfg.quarantine.max_per_account < 0:
         err("quarantine.max_per_account", "expected 0 (no cap) or more")
-    if cfg.quarantine.digest_interval < 0:
-        err("quarantine.digest_interval", "expected 0 (off) or seconds")
+    if cfg.quarantine.digest_hour > 23:
+        err("quarantine.digest_hour", "expected an hour 0 to 23")
+    if not cfg.quarantine.digest_check_interval > 0:
+        err("quarantine.digest_check_interval", "expected seconds above 0")
+    if cfg.quarantine.base_url and not re.match(r"^https?://[^/?#\s]+/?$", cfg.quarantine.base_url):
+        err("quarantine.base_url", "expected \"https://host\" (or http://host:port), no path")
+    for name, entry in cfg.quarantine.domain.items():
+        if entry.digest not in ("", "on", "off"):
+            err(f"quarantine.domain.{name}.digest", "expected \"on\" or \"off\"")
+        if entry.digest_hour > 23:
+            err(f"quarantine.domain.{name}.digest_hour", "expected an hour 0 to 23")
     if cfg.antivirus.action not in ("refuse", "quarantine"):
         err("antivirus.action", "expected \"refuse\" or \"quarantine\"")
     if cfg.antivirus.clamd and not cfg.antivirus.clamd.startswith("/"):
@@ -722,11 +891,47 @@ def _validate(cfg: Config, source: str) -> None:
             parse_address(cfg.antivirus.clamd)
         except ValueError as e:
             err("antivirus.clamd", f"expected \"HOST:PORT\" or a socket path: {e}")
-    for key, value in (("antispam.timeout", cfg.antispam.timeout), ("antivirus.timeout", cfg.antivirus.timeout)):
+    _validate_dns_lists(cfg.antispam, err)
+    for key, value in (("antispam.timeout", cfg.antispam.timeout), ("antivirus.timeout", cfg.antivirus.timeout),
+                       ("antispam.dnsbl_timeout", cfg.antispam.dnsbl_timeout)):
         if value <= 0:
             err(key, "must be positive")
     if cfg.auth.default_scheme not in ("argon2", "bcrypt", "sha512_crypt"):
         err("auth.default_scheme", "expected argon2, bcrypt or sha512_crypt")
+
+
+_ZONE_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?)+\.?")
+
+
+def _validate_dns_lists(sp: AntispamConfig, err) -> None:
+    for kind in ("dnsbl", "dnswl", "rhsbl"):
+        for i, entry in enumerate(getattr(sp, kind)):
+            key = f"antispam.{kind}[{i}]"
+            if not _ZONE_RE.fullmatch(entry.zone) or len(entry.zone) > 200:
+                err(f"{key}.zone", f"not a DNS zone name: {entry.zone!r}")
+            if entry.name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", entry.name):
+                err(f"{key}.name", "expected 1 to 64 letters, digits, '_', '.' or '-'")
+            weights = [entry.weight, *entry.returncodes.values()]
+            if kind == "dnswl" and any(w > 0 for w in weights):
+                err(f"{key}.weight", "a DNSWL listing weighs 0 or less")
+            for code in entry.returncodes:
+                try:
+                    ok = ipaddress.IPv4Address(code) in ipaddress.IPv4Network("127.0.0.0/8")
+                except ValueError:
+                    ok = False
+                if not ok or code.startswith("127.255.255."):
+                    err(f"{key}.returncodes.{code}", "expected a listing code 127.0.0.0 to 127.255.254.255")
+    g = sp.greylist
+    if g.stage not in ("rcpt", "data"):
+        err("antispam.greylist.stage", "expected \"rcpt\" or \"data\"")
+    if not 0 < g.delay < g.retry_window:
+        err("antispam.greylist.delay", "expected more than 0 and less than retry_window")
+    if g.pass_lifetime < g.retry_window:
+        err("antispam.greylist.pass_lifetime", "expected at least retry_window")
+    if not 8 <= g.ipv4_prefix <= 32:
+        err("antispam.greylist.ipv4_prefix", "expected 8 to 32")
+    if not 16 <= g.ipv6_prefix <= 128:
+        err("antispam.greylist.ipv6_prefix", "expected 16 to 128")
 
 
 def load_dict(table: dict, source: str = "", base_dir: Path | None = None) -> Config:

@@ -43,7 +43,7 @@ def new_holder(prefix: str = "") -> str:
 def take_blocking(store, name: str, holder: str, now: float, ttl: float) -> bool:
     """Take or renew the lease ``name`` for ``holder`` until ``now + ttl``; False if another holder has it."""
     p = {"n": name, "h": holder, "pid": os.getpid(), "now": now, "e": now + ttl}
-    with store.transaction() as conn:
+    with store.transaction(durable=False) as conn:
         updated = conn.execute(text("UPDATE cluster_leases SET holder = :h, holder_pid = :pid, expires = :e"
                                     " WHERE name = :n AND (holder = :h OR expires <= :now)"), p).rowcount
         if updated:
@@ -54,7 +54,7 @@ def take_blocking(store, name: str, holder: str, now: float, ttl: float) -> bool
 
 
 def release_blocking(store, name: str, holder: str) -> None:
-    with store.transaction() as conn:
+    with store.transaction(durable=False) as conn:
         conn.execute(text("DELETE FROM cluster_leases WHERE name = :n AND holder = :h"), {"n": name, "h": holder})
 
 
@@ -66,10 +66,12 @@ def holder_of(store, name: str, now: float) -> str | None:
 
 
 def free_holder(store, holder: str) -> int:
-    """Forget every lease and maildrop lock of ``holder`` (a process known to be dead); returns the rows removed."""
-    with store.transaction() as conn:
+    """Forget every lease, maildrop lock and heartbeat row of ``holder`` (a process known to be dead); returns the
+    rows removed."""
+    with store.transaction(durable=False) as conn:
         n = conn.execute(text("DELETE FROM cluster_leases WHERE holder = :h"), {"h": holder}).rowcount
         n += conn.execute(text("DELETE FROM maildrop_locks WHERE holder = :h"), {"h": holder}).rowcount
+        n += conn.execute(text("DELETE FROM cluster_nodes WHERE holder = :h"), {"h": holder}).rowcount
     return n
 
 

@@ -40,12 +40,16 @@ from zope.interface import alsoProvides, implementer
 from mailserver import clusterstate
 from mailserver.asyncstore import AsyncStore
 from mailserver.config import IMPLICIT_TLS, Config, ConfigError, ListenAddress
+from mailserver.delivery.callout import RecipientVerifier
+from mailserver.delivery.forward import Forwarder
 from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.dns import DnsResolver
+from mailserver.inbound.dnsbl import DnsLists
+from mailserver.inbound.greylist import Greylister, GreylistStage
 from mailserver.inbound.scanners import inbound_stages
 from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
 from mailserver.inbound.senderauth import Settings as SenderAuthSettings
@@ -213,6 +217,12 @@ def open_store(config: Config, *, run_migrations: bool = True, pool_size: int | 
     store = Store(engine, blobs)
     for d in config.domain:
         store.ensure_domain(d.name, d.mode, d.relay_to)
+    if run_migrations:
+        from mailserver.delivery.dkim import import_key_files
+
+        for key in import_key_files(store, config.data_dir):  # files of an earlier version, once
+            log.info("DKIM key {selector} of {domain} imported from data_dir into the database",
+                     selector=key.selector, domain=key.domain)
     return store
 
 
@@ -256,16 +266,20 @@ class MailServer(MultiService):
         self.tls = None
         self.listening: list[Listening] = []
         self.started_at = 0.0
-        self.secret = secrets.token_bytes(32)
+        #: Keys the login success cache: the supervisor's for all its workers (so they share entries over the bus).
+        self.secret = worker.auth_secret if worker is not None and worker.auth_secret else secrets.token_bytes(32)
         #: The Services the protocols are given (built at start, once the store and the authenticator exist; not
         #: ``services``, which is MultiService's list of child services).
         self.provided: Services | None = None
         self.queue_runner = None
+        self.greylist = None  # the Greylister when [antispam.greylist] is on (built with the services)
         self.monitor = None
         self.pg_bridge = None
         self.bus = None
         self.lease = None
+        self.heartbeat = None
         self._gc = None
+        self._digests = None  # the quarantine digest runner (mailserver/digest.py), with the maintenance jobs
         self._trim: MemoryTrim | None = None
         #: Give freed memory back to the system after connections close (``mailserver serve`` sets it: the
         #: process is the server's; not in a test process that runs servers among other work).
@@ -327,7 +341,8 @@ class MailServer(MultiService):
             from mailserver.bus import BusClient
 
             self.bus = BusClient(self.reactor, self.worker.bus_path, self.hub, self.worker.holder,
-                                 on_kick=self._kicked, forward_changes=is_sqlite(cfg.db_url))
+                                 on_kick=self._kicked, forward_changes=is_sqlite(cfg.db_url),
+                                 on_login=self._login_shared)
             self.bus.start()
         if not is_sqlite(cfg.db_url):
             # Several processes may share this database: pass change events between them.
@@ -337,12 +352,15 @@ class MailServer(MultiService):
             self.pg_bridge.start()
         self.auth = self._make_authenticator()
         self.auth.observer = self.monitor.metrics.login
+        if self.bus is not None:
+            self.auth.on_verified = self.bus.share_login
+            self.auth.on_forget = self.bus.share_forget
         needs_tls = bool(cfg.listen.items() or cfg.listen_proxied.items())
         if needs_tls:
             from mailserver.tls import server_context_factory
 
             try:
-                self.tls = server_context_factory(cfg)
+                self.tls = server_context_factory(cfg, self.store)
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
         self.provided = self._make_services()
@@ -356,6 +374,7 @@ class MailServer(MultiService):
                                     lambda f: run_in(self.reactor, self.pools.cpu, f))
             self._trim.start()
         self.monitor.start()
+        self._start_heartbeat()
         if self.worker is None:
             self._start_maintenance()
         else:
@@ -372,6 +391,20 @@ class MailServer(MultiService):
                      address=str(ListenAddress(lst.address.host, lst.bound_port)),
                      how=" (PROXY protocol)" if lst.proxy is not None else "")
 
+    def _start_heartbeat(self) -> None:
+        from mailserver.leases import new_holder
+        from mailserver.nodes import Heartbeat, node_name
+
+        cfg = self.config
+        holder = self.worker.holder if self.worker is not None else new_holder("serve")
+        role = f"worker{self.worker.index}" if self.worker is not None else "serve"
+        self.heartbeat = Heartbeat(self.reactor, self.store, self.pools.db_write, holder=holder,
+                                   node=node_name(cfg.server.node_name), role=role, interval=cfg.server.heartbeat,
+                                   listeners=lambda: [f"{lst.name}{'(proxied)' if lst.proxy is not None else ''}="
+                                                      f"{ListenAddress(lst.address.host, lst.bound_port)}"
+                                                      for lst in self.listening])
+        self.heartbeat.start()
+
     def _inherited(self, section: str, index: int):
         return self.worker.socket_for(section, index) if self.worker is not None else None
 
@@ -382,6 +415,11 @@ class MailServer(MultiService):
         self._gc = task.LoopingCall(self._collect_blobs)
         self._gc.clock = self.reactor
         self._gc.start(cfg.store.gc_interval, now=False)
+        if self._digests is None:
+            from mailserver.digest import DigestRunner
+
+            self._digests = DigestRunner(self.reactor, self.astore, self.provided.pipeline, cfg)
+            self._digests.start()
         if cfg.queue.run:
             from mailserver.delivery.queue import QueueRunner
 
@@ -392,9 +430,17 @@ class MailServer(MultiService):
     def _stop_maintenance(self):
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        digests, self._digests = self._digests, None
+        if digests is not None:
+            digests.stop()
         runner, self.queue_runner = self.queue_runner, None
         if runner is not None:
             yield runner.stop()
+
+    def _login_shared(self, frame: dict) -> None:
+        """Another worker verified a password (or forgot an account's): the same in this one's cache."""
+        if self.auth is not None:
+            self.auth.apply_shared(frame)
 
     def _kicked(self) -> None:
         """Another worker queued outbound mail (the bus)."""
@@ -422,22 +468,36 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
+        resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
+        # DNS block/allow lists (one cached answer per client, shared with greylisting) and greylisting (at RCPT in
+        # smtp/protocol.py, or here after DATA, before any other check: a deferred message needs none).
+        dns_lists = DnsLists(self.config, resolver, runner.dns, self.reactor)
+        self.greylist = (Greylister(self.config, self.astore, clock=self.reactor, dns_lists=dns_lists)
+                         if self.config.antispam.greylist.enabled else None)
+        if self.greylist is not None and self.greylist.after_data:
+            pipeline.register(GreylistStage(self.greylist))
         # Mail from outside on the MX listener: SPF, DKIM, DMARC, ARC, iprev, one Authentication-Results (RFC 8601).
         senderauth = SenderAuthSettings(self.config)
         pipeline.add_transform(AuthResultsStripper(senderauth))
-        resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
         pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
-        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules):  # virus scan, spam scorers, the spam policy
+        # Virus scan, spam scorers, the spam policy.
+        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules,
+                                    dns_lists=dns_lists):
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
         pipeline.filter.pipeline = pipeline  # redirects and vacation replies go through it
+        pipeline.forwarder = Forwarder(self.config, router, clock=self.reactor.seconds)  # SRS + ARC of forwards
         pipeline.observer = self.monitor.metrics
+        verifier = None
+        if any(g.verify != "none" for g in self.config.gateway.domain.values()):
+            verifier = RecipientVerifier(self.config, self.astore, self.reactor, self.pools)
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,
                         listeners=self._bound_listeners, running=lambda: self.running,
-                        state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor)
+                        state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor,
+                        verifier=verifier, greylist=self.greylist)
 
     def _bound_listeners(self) -> list[BoundListener]:
         out = []
@@ -524,6 +584,11 @@ class MailServer(MultiService):
 
         d = run_in(self.reactor, self.pools.db_write, self.store.expire_quarantined, time.time())
         d.addCallbacks(expired, lambda f: log.failure("removing expired quarantined copies failed", f))
+        if self.greylist is not None:
+            # Greylisting's own clock (the stored times are in it).
+            d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.prune_greylist,
+                                           self.greylist.clock.seconds()))
+            d.addErrback(lambda f: log.failure("removing expired greylisting rows failed", f))
         d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.collect_blobs,
                                        self.config.store.gc_grace))
 
@@ -544,6 +609,11 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self._digests is not None:
+            self._digests.stop()
+            self._digests = None
+        if self.heartbeat is not None:
+            self.heartbeat.halt()
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:
@@ -574,6 +644,8 @@ class MailServer(MultiService):
             self._trim.stop()
         if self.monitor is not None:
             self.monitor.stop()
+        if self.heartbeat is not None:
+            yield self.heartbeat.stop()
         if self.lease is not None:
             yield self.lease.stop()  # stops the queue runner it started, gives the lease back
         if self.queue_runner is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import secrets
 import signal
 import socket
 import sys
@@ -154,6 +155,8 @@ class Supervisor:
         self._restarts: dict[int, object] = {}
         self.restarted = 0
         self.stopping = False
+        #: Keys the workers' shared login success cache (mailserver/auth.py); lives as long as this supervisor.
+        self.auth_secret = secrets.token_bytes(32)
 
     # ------------------------------------------------------------------ start
 
@@ -170,7 +173,7 @@ class Supervisor:
             from mailserver.tls import server_context_factory
 
             try:
-                server_context_factory(cfg)  # generates the self-signed certificate once, before any worker
+                server_context_factory(cfg, self.store)  # the self-signed pair made once, before any worker
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
         run_dir = Path(self.bus_path).parent
@@ -205,6 +208,7 @@ class Supervisor:
             return
         holder = new_holder(f"worker{index}")
         spec = WorkerSpec(index=index, holder=holder, bus_path=self.bus_path, supervisor_pid=os.getpid(),
+                          auth_secret=self.auth_secret,
                           sockets=tuple(InheritedSocket(b.section, b.name, b.sock.fileno(), b.sock.family)
                                         for b in self.sockets))
         child_fds: dict[int, object] = {0: 0, 1: 1, 2: 2}

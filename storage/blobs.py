@@ -30,6 +30,7 @@ from typing import BinaryIO
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
+from storage.db import write_lock
 from storage.models import Blob
 
 #: Bodies up to this size are kept in memory while being written; larger ones spill to a temporary file.
@@ -67,15 +68,27 @@ class BlobWriter:
 
     def finish(self) -> BlobRef:
         """Make the body durable (blocking: call it in a thread pool)."""
+        return self.finish_keeping()[0]
+
+    def finish_keeping(self) -> tuple[BlobRef, bytes | None]:
+        """:meth:`finish`, and the content when it was still in memory (up to :data:`SPOOL_IN_MEMORY`), so a
+        caller that parses or copies it next need not read it back."""
         if self._done:
             raise ValueError("blob writer already finished")
         self._done = True
         ref = BlobRef(self._hash.hexdigest(), self._size)
         try:
-            seq = self._store._persist(ref, self._spool)
+            data = self._in_memory()
+            seq = self._store._persist(ref, self._spool) if data is None else self._store._persist_bytes(ref, data)
         finally:
             self._spool.close()
-        return replace(ref, seq=seq or 0)
+        return replace(ref, seq=seq or 0), data
+
+    def _in_memory(self) -> bytes | None:
+        """The content while the spool has not rolled over to a file, else None."""
+        buf = getattr(self._spool, "_file", None)  # SpooledTemporaryFile: a BytesIO until it rolls over
+        getvalue = getattr(buf, "getvalue", None)
+        return getvalue() if getvalue is not None else None
 
     def abort(self) -> None:
         if not self._done:
@@ -242,7 +255,7 @@ class FileBlobStore(BlobStore):
                 os.utime(final)
                 return self._mark_pending(final)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            pass
         tmp = os.path.join(self.tmp_dir, f"{ref.id}.{os.getpid()}.{threading.get_ident()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -255,13 +268,17 @@ class FileBlobStore(BlobStore):
             os.unlink(tmp)
             raise
         os.close(fd)
-        os.rename(tmp, final)
+        try:
+            self._rename_into_place(tmp, final)
+        except BaseException:
+            os.unlink(tmp)
+            raise
         return self._mark_pending(final)
 
     def _persist(self, ref: BlobRef, spool: BinaryIO) -> int:
-        final = self.path(ref.id)
+        final = self._fast_path(ref.id)
         try:
-            if final.stat().st_size == ref.size:
+            if os.stat(final).st_size == ref.size:
                 # Same content stored once.  Refresh the mtime: collect() never unlinks a file touched within its
                 # grace period, so a concurrent garbage collection cannot remove what this delivery relies on.
                 # (Its first writer may not have flushed it yet: it counts as pending again.)
@@ -269,14 +286,13 @@ class FileBlobStore(BlobStore):
                 return self._mark_pending(final)
         except FileNotFoundError:
             pass
-        final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
         try:
             spool.seek(0)
             with os.fdopen(fd, "wb", closefd=True) as out:
                 while chunk := spool.read(1 << 20):
                     out.write(chunk)
-            os.rename(tmp, final)  # durable at the next flush, before any metadata naming it commits
+            self._rename_into_place(tmp, final)  # durable at the next flush, before any metadata naming it commits
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -284,6 +300,18 @@ class FileBlobStore(BlobStore):
                 pass
             raise
         return self._mark_pending(final)
+
+    @staticmethod
+    def _rename_into_place(tmp: str, final: str) -> None:
+        """``rename(tmp, final)``, making the two directory levels first when they are missing (one try on the
+        hot path instead of a mkdir per blob)."""
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:
+            if not os.path.exists(tmp):
+                raise
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.rename(tmp, final)
 
     def read(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
         with open(self.path(blob_id), "rb") as f:
@@ -317,7 +345,7 @@ class DatabaseBlobStore(BlobStore):
         """Committed here, before any metadata naming the blob: already durable."""
         spool.seek(0)
         data = spool.read()
-        with self.engine.connect() as conn:
+        with write_lock(self.engine), self.engine.connect() as conn:
             conn.info["sqlite_begin"] = "IMMEDIATE"
             with conn.begin():
                 have = conn.execute(select(Blob.id).where(Blob.id == ref.id)).first()

@@ -355,6 +355,77 @@ class QuarantineToken(Base):
     expires: Mapped[float] = mapped_column(Float, index=True)
 
 
+# --------------------------------------------------------------------------------------------- send grants
+# (migration: storage/migrations/versions/sendgrants_9a4d27c1e5b3.py; functions: storage/sendgrants.py)
+
+
+class SendGrant(Base):
+    """An account may submit mail under ``address`` that is not its own: ``kind`` "send-as" (From and MAIL FROM)
+    or "send-on-behalf" (From, with ``Sender:`` naming the account). One grant per account and address."""
+
+    __tablename__ = "send_grants"
+    __table_args__ = (UniqueConstraint("account_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    created: Mapped[float] = mapped_column(Float)
+
+
+class CalloutAnswer(Base):
+    """Gateway mode: a relay host's answer to our RCPT probe for one address, until ``expires`` (shared by nodes)."""
+
+    __tablename__ = "callout_cache"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    valid: Mapped[bool] = mapped_column(Boolean)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ServerSecret(Base):
+    """A key made once for the whole cluster (``srs``: the SRS hash key)."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created: Mapped[float] = mapped_column(Float)
+
+
+class QuarantineDigest(Base):
+    """An account's digest setting (NULL = its domain's / the server's) and when its last digest was sent."""
+
+    __tablename__ = "quarantine_digests"
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True,
+                                            autoincrement=False)
+    enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    hour: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0..23, UTC
+    last_sent: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class GreylistTriplet(Base):
+    """One greylisting triplet (RFC 6647 4.2): the client's network, the envelope sender and recipient.
+    ``passed`` is None until a retry came after the delay; ``expires`` ends the retry window, or a passed
+    triplet's life (``storage/greylist.py``)."""
+
+    __tablename__ = "greylist"
+    __table_args__ = (UniqueConstraint("network", "sender", "recipient"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    network: Mapped[str] = mapped_column(String(64))  # "192.0.2.0/24", "2001:db8::/64"
+    sender: Mapped[str] = mapped_column(String(320))  # lower-cased; "" = the null reverse path
+    recipient: Mapped[str] = mapped_column(String(320))  # lower-cased
+    first_seen: Mapped[float] = mapped_column(Float)
+    passed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class GreylistClient(Base):
+    """A client network's passed triplets (automatic whitelisting after ``[antispam.greylist] auto_whitelist``)."""
+
+    __tablename__ = "greylist_clients"
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    passes: Mapped[int] = mapped_column(Integer)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
 # --------------------------------------------------------------------------------------------- shared mailboxes, ACL
 # (migration: storage/migrations/versions/shared_acl_8d1f4b2c6a57.py; functions: storage/shared.py)
 

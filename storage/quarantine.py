@@ -25,7 +25,14 @@ from sqlalchemy.engine import Connection
 from storage import blobrefs, messages
 from storage.blobs import BlobRef
 from storage.errors import Invalid, NotFound, QuotaExceeded
-from storage.models import Account, DomainAdmin, Quarantined, QuarantineSender, QuarantineToken
+from storage.models import (
+    Account,
+    DomainAdmin,
+    Quarantined,
+    QuarantineDigest,
+    QuarantineSender,
+    QuarantineToken,
+)
 from storage.records import Changed, Delivery
 from storage.sql import chunks
 
@@ -33,13 +40,18 @@ Q = Quarantined.__table__
 S = QuarantineSender.__table__
 DA = DomainAdmin.__table__
 T = QuarantineToken.__table__
+DG = QuarantineDigest.__table__
 A = Account.__table__
 
 ALLOW, BLOCK = "allow", "block"
 _SQL_USE_TOKEN = text("INSERT INTO quarantine_tokens (id, used, expires) VALUES (:id, :used, :expires) "
                       "ON CONFLICT (id) DO NOTHING")
+_SQL_DIGEST_ROW = text("INSERT INTO quarantine_digests (account_id, enabled, hour, last_sent) "
+                       "VALUES (:id, NULL, NULL, 0) ON CONFLICT (account_id) DO NOTHING")
 #: The longest search text (sender / subject) a listing takes.
 MAX_SEARCH = 200
+#: The longest sender rule pattern (an address).
+MAX_PATTERN = 320
 
 
 @dataclass(frozen=True)
@@ -132,12 +144,13 @@ def get(conn: Connection, item_id: int) -> QuarantineItem | None:
 
 
 def _scope(account_ids: Sequence[int] | None, domain_ids: Sequence[int] | None):
+    """Copies of these accounts or of these domains' accounts (either; None = no limit)."""
     conds = []
     if account_ids is not None:
         conds.append(Q.c.account_id.in_(list(account_ids)))
     if domain_ids is not None:
         conds.append(A.c.domain_id.in_(list(domain_ids)))
-    return conds
+    return [or_(*conds)] if len(conds) == 2 else conds
 
 
 def _like(text: str) -> str:
@@ -148,7 +161,7 @@ def _like(text: str) -> str:
 def list_items(conn: Connection, *, account_ids: Sequence[int] | None = None,
                domain_ids: Sequence[int] | None = None, text: str = "", offset: int = 0, limit: int = 50
                ) -> tuple[int, list[QuarantineItem]]:
-    """Held copies in scope (an account's, a domain's, all), newest first; ``text`` matches the envelope sender,
+    """Held copies in scope (these accounts' or these domains', or all), newest first; ``text`` matches the envelope sender,
     the From field or the subject without case.  Returns (how many match, this page)."""
     if len(text) > MAX_SEARCH:
         raise Invalid("search text too long")
@@ -198,6 +211,7 @@ def forget_account(conn: Connection, account_id: int) -> None:
     _remove_rows(conn, conn.execute(_select().where(Q.c.account_id == account_id)).all())
     conn.execute(delete(S).where(S.c.account_id == account_id))
     conn.execute(delete(DA).where(DA.c.account_id == account_id))
+    conn.execute(delete(DG).where(DG.c.account_id == account_id))
 
 
 def forget_domain(conn: Connection, domain_id: int) -> None:
@@ -233,12 +247,59 @@ def referenced(conn: Connection) -> set[str]:
 # --------------------------------------------------------------------------------------------- digests
 
 
-def pending_digest(conn: Connection) -> dict[int, list[QuarantineItem]]:
-    """Held copies not yet listed in a digest, by account, newest first."""
+def pending_digest(conn: Connection, account_ids: Sequence[int] | None = None) -> dict[int, list[QuarantineItem]]:
+    """Held copies not yet listed in a digest, by account (all, or these accounts), newest first."""
+    q = _select().where(Q.c.digested.is_(False))
+    if account_ids is not None:
+        q = q.where(Q.c.account_id.in_(list(account_ids)))
     out: dict[int, list[QuarantineItem]] = {}
-    for r in conn.execute(_select().where(Q.c.digested.is_(False)).order_by(Q.c.arrived.desc(), Q.c.id.desc())):
+    for r in conn.execute(q.order_by(Q.c.arrived.desc(), Q.c.id.desc())):
         out.setdefault(r.account_id, []).append(_item(r))
     return out
+
+
+@dataclass(frozen=True)
+class DigestSetting:
+    """An account's own digest setting: ``enabled``/``hour`` None = its domain's or the server's."""
+
+    account_id: int
+    enabled: bool | None = None
+    hour: int | None = None
+    last_sent: float = 0.0
+
+
+def digest_settings(conn: Connection, account_ids: Sequence[int]) -> dict[int, DigestSetting]:
+    """The stored settings of these accounts (an account without a row has the defaults)."""
+    out = {i: DigestSetting(i) for i in account_ids}
+    for chunk in chunks(list(account_ids)):
+        for r in conn.execute(select(DG).where(DG.c.account_id.in_(chunk))):
+            out[r.account_id] = DigestSetting(r.account_id, r.enabled, r.hour, r.last_sent)
+    return out
+
+
+def _digest_row(conn: Connection, account_id: int) -> None:
+    """Make sure the account has its ``quarantine_digests`` row (concurrent callers: one inserts, none fails)."""
+    conn.execute(_SQL_DIGEST_ROW, {"id": account_id})
+
+
+def set_digest_setting(conn: Connection, account_id: int, enabled: bool | None, hour: int | None) -> None:
+    if hour is not None and not 0 <= hour <= 23:
+        raise Invalid("the digest hour is 0 to 23")
+    _digest_row(conn, account_id)
+    conn.execute(update(DG).where(DG.c.account_id == account_id).values(enabled=enabled, hour=hour))
+
+
+def claim_digest(conn: Connection, account_id: int, item_ids: Sequence[int], now: float, since: float) -> bool:
+    """Claim this account's digest run: True (and ``last_sent`` = now, the items marked digested) unless a digest
+    was sent at or after ``since`` (another node, or an earlier run, already did it).  The conditional UPDATE is the
+    claim: of two nodes at once, the second waits for the first's row lock and then finds ``last_sent`` moved."""
+    _digest_row(conn, account_id)
+    n = conn.execute(update(DG).where(DG.c.account_id == account_id, DG.c.last_sent < since)
+                     .values(last_sent=now)).rowcount
+    if n != 1:
+        return False
+    mark_digested(conn, item_ids)
+    return True
 
 
 def mark_digested(conn: Connection, item_ids: Sequence[int]) -> None:
@@ -255,12 +316,30 @@ def use_token(conn: Connection, token_id: str, expires: float) -> bool:
 # --------------------------------------------------------------------------------------------- sender rules
 
 
+def check_sender_pattern(text: str) -> str:
+    """A sender rule's pattern, lower-cased: an address ``local@domain`` or a whole domain ``@domain``."""
+    address = text.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if (not at or not domain or len(address) > MAX_PATTERN or "." not in domain.strip(".")
+            or any(c.isspace() or c in "<>,;\"()[]" for c in address) or "@" in local):
+        raise Invalid("expected an address (name@example.com) or a domain (@example.com)")
+    return address
+
+
+def rule_for(rules: dict[str, str], address: str) -> str | None:
+    """The rule that applies to ``address``: its own, else its domain's (``@domain``), else None."""
+    address = address.lower()
+    if address in rules:
+        return rules[address]
+    return rules.get("@" + address.rpartition("@")[2]) if "@" in address else None
+
+
 def set_sender_rule(conn: Connection, account_id: int, address: str, rule: str | None) -> None:
-    """Allow or block ``address`` for this account (None: forget the rule)."""
+    """Allow or block ``address`` (or a whole domain, ``@example.com``) for this account (None: forget the rule)."""
     if rule not in (ALLOW, BLOCK, None):
         raise Invalid(f"unknown sender rule {rule!r}")
-    address = address.strip().lower()
-    if not address or len(address) > 320:
+    address = address.strip().lower() if rule is None else check_sender_pattern(address)
+    if not address or len(address) > MAX_PATTERN:
         raise Invalid("bad sender address")
     conn.execute(delete(S).where(S.c.account_id == account_id, S.c.address == address))
     if rule is not None:
@@ -268,10 +347,13 @@ def set_sender_rule(conn: Connection, account_id: int, address: str, rule: str |
 
 
 def sender_rules(conn: Connection, account_id: int, addresses: Sequence[str] | None = None) -> dict[str, str]:
-    """The account's rules (address -> allow/block), all or for these addresses."""
+    """The account's rules (address or ``@domain`` -> allow/block): all, or those that apply to these addresses
+    (their own and their domains'; :func:`rule_for` picks the one that wins)."""
     q = select(S.c.address, S.c.rule).where(S.c.account_id == account_id)
     if addresses is not None:
-        q = q.where(S.c.address.in_([a.lower() for a in addresses]))
+        wanted = {a.lower() for a in addresses}
+        wanted |= {"@" + a.rpartition("@")[2] for a in wanted if "@" in a}
+        q = q.where(S.c.address.in_(sorted(wanted)))
     return dict(conn.execute(q).all())
 
 
@@ -282,6 +364,14 @@ def set_domain_admin(conn: Connection, account_id: int, domain_id: int, admin: b
     conn.execute(delete(DA).where(DA.c.account_id == account_id, DA.c.domain_id == domain_id))
     if admin:
         conn.execute(insert(DA).values(account_id=account_id, domain_id=domain_id))
+
+
+def domain_admins(conn: Connection, domain_id: int | None = None) -> list[tuple[str, int]]:
+    """(account address, domain id) of every domain admin (of one domain)."""
+    q = select(A.c.address, DA.c.domain_id).join(A, A.c.id == DA.c.account_id)
+    if domain_id is not None:
+        q = q.where(DA.c.domain_id == domain_id)
+    return [(r[0], r[1]) for r in conn.execute(q.order_by(A.c.address))]
 
 
 def admin_domains(conn: Connection, account_id: int) -> list[int]:

@@ -13,6 +13,8 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.webmail``        webmail sessions, contacts, identities, search, conversations
 ``storage.sieve``          Sieve scripts (per account, a domain's global ones), vacation replies, duplicate ids
 ``storage.quarantine``     held copies per recipient, sender rules, domain admins, used digest links
+``storage.greylist``       greylisting triplets and client networks (RFC 6647)
+``storage.sendgrants``     who may send as / on behalf of an address that is not their own
 ``storage.shared``         shared mailboxes, ACL rows, groups, names across namespaces, per-reader \\Seen
 =========================  =====================================================================================
 
@@ -37,18 +39,31 @@ Invariants kept here and in the aggregate modules (tested in tests/test_store.py
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from storage import accounts, blobrefs, mailboxes, messages, quarantine, queue, shared, sieve, webmail
+from storage import (
+    accounts,
+    blobrefs,
+    callouts,
+    greylist,
+    mailboxes,
+    messages,
+    quarantine,
+    queue,
+    sendgrants,
+    shared,
+    sieve,
+    webmail,
+)
 from storage.access import blocking_only, reads, writes, writes_changes
 from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
 from storage.blobs import BlobRef, BlobStore
 from storage.changes import Change
-from storage.db import is_sqlite
+from storage.db import is_sqlite, write_lock
 from storage.errors import AlreadyExists, HasChildren, Invalid, NotFound, QuotaExceeded, StoreError
 from storage.mailboxes import (
     DEFAULT_MAILBOXES,
@@ -78,6 +93,7 @@ from storage.records import (
     join_keywords,
     split_keywords,
 )
+from storage.sendgrants import GrantInfo
 from storage.sieve import ActiveScript, ScriptInfo, ScriptText, SieveQuota
 from storage.webmail import Identity, SearchResult, SessionRow
 
@@ -103,24 +119,35 @@ class Store:
 
     @blocking_only
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Connection]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[Connection]:
         """One transaction (commit at the end of the block, rollback if it raises): the only way into the database.
 
-        ``write`` transactions take SQLite's write lock up front (``BEGIN IMMEDIATE``).  Changes registered with
-        :meth:`announce` are sent (PostgreSQL ``pg_notify``) inside the transaction, just before it commits.
-        Methods that commit metadata naming new blobs call ``blobs.ensure_synced`` before opening it.
+        ``write`` transactions take SQLite's write lock up front (``BEGIN IMMEDIATE``; all processes on the file
+        queue for it on a file lock, storage/db.py).  Changes registered with :meth:`announce` are sent (PostgreSQL
+        ``pg_notify``) inside the transaction, just before it commits.  Methods that commit metadata naming new blobs
+        call ``blobs.ensure_synced`` before opening it.
+
+        ``durable=False`` is for state no reply promises to keep across a power loss (the cluster's \\Recent claims,
+        login failure counts, leases, heartbeats): its commit is atomic but not flushed to disk at once (SQLite
+        ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit = off``), which keeps the one write lock that every
+        worker process on a SQLite file shares free for the commits that must be flushed.
         """
-        with self.engine.connect() as conn:
+        with write_lock(self.engine) if write else nullcontext(), self.engine.connect() as conn:
             if self.sqlite and write:
                 conn.info["sqlite_begin"] = "IMMEDIATE"
+                if not durable:
+                    conn.info["sqlite_sync"] = "NORMAL"
             try:
                 with conn.begin():
+                    if not durable and not self.sqlite:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                     yield conn
                     pending = conn.info.pop(_PENDING, None)
                     if pending and self._notify is not None:
                         self._notify(conn, pending)
             finally:
                 conn.info.pop("sqlite_begin", None)
+                conn.info.pop("sqlite_sync", None)
                 conn.info.pop(_PENDING, None)
 
     @staticmethod
@@ -158,6 +185,7 @@ class Store:
     def remove_domain(self, name: str) -> None:
         with self.transaction() as conn:
             accounts.remove_domain(conn, name)
+            sendgrants.forget_domain(conn, name.strip().lower())  # the domain is gone: so are grants on it
 
     # ----------------------------------------------------------------------------------------- accounts
 
@@ -185,7 +213,9 @@ class Store:
     @writes
     def remove_account(self, address: str) -> None:
         with self.transaction() as conn:
+            acct = accounts.get_account(conn, address)
             accounts.remove_account(conn, address)
+            sendgrants.forget_account(conn, acct.id, acct.address)  # exists: remove_account raised NotFound
 
     @writes
     def set_password_hash(self, account_id: int, password_hash: str) -> None:
@@ -236,6 +266,33 @@ class Store:
         """The account's own address and every alias that points only at it (the identities it may send as)."""
         with self.transaction(write=False) as conn:
             return accounts.addresses_of(conn, account_id)
+
+    # ----------------------------------------------------------------------------------------- send grants
+
+    @writes
+    def grant_send(self, account: str, address: str, kind: str) -> GrantInfo:
+        """Let ``account`` send as / on behalf of ``address`` (``sendgrants.SEND_AS`` / ``SEND_ON_BEHALF``)."""
+        with self.transaction() as conn:
+            return sendgrants.grant(conn, account, address, kind)
+
+    @writes
+    def revoke_send(self, account: str, address: str) -> None:
+        with self.transaction() as conn:
+            sendgrants.revoke(conn, account, address)
+
+    @reads
+    def list_send_grants(self, account: str | None = None, address: str | None = None) -> list[GrantInfo]:
+        with self.transaction(write=False) as conn:
+            return sendgrants.list_grants(conn, account, address)
+
+    @reads
+    def send_identities(self, account_id: int) -> list[tuple[str, str]]:
+        """(address, kind) of every address the account may put in From: its own and its aliases' (kind
+        ``sendgrants.OWN``), then its grants (``SEND_AS`` / ``SEND_ON_BEHALF``); read in one transaction."""
+        with self.transaction(write=False) as conn:
+            own = [(a, sendgrants.OWN) for a in accounts.addresses_of(conn, account_id)]
+            taken = {a for a, _ in own}
+            return own + [(a, k) for a, k in sendgrants.grants_of(conn, account_id) if a not in taken]
 
     # ----------------------------------------------------------------------------------------- mailboxes
 
@@ -573,9 +630,37 @@ class Store:
             return quarantine.expire(conn, now)
 
     @reads
-    def quarantine_digest_pending(self) -> dict[int, list[QuarantineItem]]:
+    def quarantine_digest_pending(self, account_ids: Sequence[int] | None = None
+                                  ) -> dict[int, list[QuarantineItem]]:
+        """Held copies no digest listed yet, by account."""
         with self.transaction(write=False) as conn:
-            return quarantine.pending_digest(conn)
+            return quarantine.pending_digest(conn, account_ids)
+
+    @reads
+    def digest_settings(self, account_ids: Sequence[int]) -> dict[int, quarantine.DigestSetting]:
+        with self.transaction(write=False) as conn:
+            return quarantine.digest_settings(conn, account_ids)
+
+    @writes
+    def set_digest_setting(self, account_id: int, enabled: bool | None, hour: int | None) -> None:
+        """An account's own digest setting (None = its domain's / the server's)."""
+        with self.transaction() as conn:
+            quarantine.set_digest_setting(conn, account_id, enabled, hour)
+
+    @writes
+    def claim_quarantine_digest(self, account_id: int, item_ids: Sequence[int], now: float, since: float) -> bool:
+        """Claim one account's digest (once across nodes): marks the items digested; False when one was sent at
+        or after ``since``."""
+        with self.transaction() as conn:
+            return quarantine.claim_digest(conn, account_id, item_ids, now, since)
+
+    @writes
+    def server_key(self, name: str) -> bytes:
+        """The cluster's random 32-byte key ``name`` (a :meth:`server_secret` made on first use, the same on every
+        node)."""
+        import secrets
+
+        return bytes.fromhex(self.server_secret(name, lambda: secrets.token_hex(32)))
 
     @writes
     def mark_quarantine_digested(self, item_ids: Sequence[int]) -> None:
@@ -598,10 +683,36 @@ class Store:
         with self.transaction(write=False) as conn:
             return quarantine.sender_rules(conn, account_id, addresses)
 
+    @reads
+    def greylist_known(self, network: str, sender: str, recipient: str, now: float, auto_whitelist: int = 0,
+                       lifetime: float = 0.0) -> str | None:
+        """A triplet let through without a write (passed, nothing to refresh; or its network whitelisted)."""
+        with self.transaction(write=False) as conn:
+            return greylist.known(conn, network, sender, recipient, now, auto_whitelist, lifetime)
+
+    @writes
+    def greylist_record(self, network: str, sender: str, recipient: str, now: float,
+                        policy: greylist.GreylistPolicy) -> str:
+        """Record one attempt of a triplet and decide it (``storage/greylist.py``)."""
+        with self.transaction() as conn:
+            return greylist.record(conn, network, sender, recipient, now, policy)
+
+    @writes
+    def prune_greylist(self, now: float) -> int:
+        """Remove expired greylisting rows (the periodic collector)."""
+        with self.transaction() as conn:
+            return greylist.prune(conn, now)
+
     @writes
     def set_domain_admin(self, account_id: int, domain_id: int, admin: bool = True) -> None:
         with self.transaction() as conn:
             quarantine.set_domain_admin(conn, account_id, domain_id, admin)
+
+    @reads
+    def domain_admins(self, domain_id: int | None = None) -> list[tuple[str, int]]:
+        """(address, domain id) of the domain admins (of one domain)."""
+        with self.transaction(write=False) as conn:
+            return quarantine.domain_admins(conn, domain_id)
 
     @reads
     def admin_domains(self, account_id: int) -> list[int]:
@@ -697,6 +808,36 @@ class Store:
         """True (and recorded) when no reply to ``sender`` under ``handle`` went out in the ``period`` before ``at``."""
         with self.transaction() as conn:
             return sieve.record_vacation_reply(conn, account_id, handle, sender, at, period=period)
+
+    @writes
+    def server_secret(self, name: str, make: Callable[[], str]) -> str:
+        """The cluster's secret ``name``, made with ``make()`` and stored the first time any process asks (two
+        asking at once get the same one).  Called once per process start."""
+        import time
+
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.transaction() as conn:
+                value = callouts.secret(conn, name)
+                if value is None:
+                    value = make()
+                    callouts.add_secret(conn, name, value, time.time())
+                return value
+        except IntegrityError:  # PostgreSQL: another node inserted it first
+            with self.transaction() as conn:
+                return callouts.secret(conn, name)
+
+    @reads
+    def callout_cached(self, address: str, now: float) -> bool | None:
+        """Gateway mode: the relay host's remembered answer for ``address`` (None: ask it)."""
+        with self.transaction(write=False) as conn:
+            return callouts.cached(conn, address, now)
+
+    @writes
+    def remember_callout(self, address: str, valid: bool, expires: float, now: float) -> None:
+        with self.transaction() as conn:
+            callouts.remember(conn, address, valid, expires, now)
 
     @reads
     def sieve_duplicates_seen(self, account_id: int, keys: Sequence[str], now: float) -> set[str]:
@@ -801,7 +942,7 @@ def _reader_view(conn: Connection, mailbox_id: int, reader: int, infos: list[Mes
 __all__ = [
     "_ADDR_RE", "DEFAULT_MAILBOXES", "MAX_MAILBOX_DEPTH", "MAX_MAILBOX_NAME", "PARSED_COLUMNS", "SEPARATOR",
     "AccountInfo", "ActiveScript", "AliasInfo", "AlreadyExists", "Change", "Changed", "CopyResult", "Delivery", "DeliveryResult",
-    "DomainInfo", "FlagUpdate", "HasChildren", "Identity", "Invalid", "MailboxInfo", "MessageInfo", "MessageMeta",
+    "DomainInfo", "FlagUpdate", "GrantInfo", "HasChildren", "Identity", "Invalid", "MailboxInfo", "MessageInfo", "MessageMeta",
     "NotFound", "QueueRecipientSpec", "QuotaExceeded", "ScriptInfo", "ScriptText", "SearchResult", "SessionRow", "SieveQuota", "Store", "StoreError",
     "StoreFlagsResult", "check_mailbox_name", "join_keywords", "normalize_address", "normalize_mailbox_name",
     "split_keywords", "thread_key",

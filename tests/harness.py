@@ -115,6 +115,9 @@ def make_config(tmp_path: Path, listeners=("smtp",), domains=(TEST_DOMAIN,), dat
         # Sender authentication asks DNS for every message from outside on the MX port: off unless a test gives it
         # a DNS server of its own (tests/inbound/senderauth_env.py); a lookup of that closed port waits its timeout.
         "senderauth": {"enabled": False},
+        # The server's own digest runner looks once a day on the real clock; digest tests drive a DigestRunner of
+        # their own on a task.Clock (tests/quarantine/test_digest.py), so no test gets an unexpected digest.
+        "quarantine": {"digest_check_interval": 86400.0},
     }
     if database_url and not database_url.startswith("sqlite"):
         # Declared shared so that PostgreSQL tests keep file blobs (refused at start otherwise); no test reads

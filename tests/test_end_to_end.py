@@ -38,7 +38,7 @@ def test_submit_local_and_remote_with_dkim_and_bounce(tmp_path):
             from mailserver.delivery.dkim import generate
 
             keys = {k.record_name.encode(): k.txt_record().encode()
-                    for k in generate(srv.config.data_dir, "example.test", "mail")}
+                    for k in generate(srv.store, "example.test", "mail")}
             raw = (b"From: Alice <alice@example.test>\r\nTo: bob@example.test, carol@remote.test, "
                    b"nobody@remote.test\r\nSubject: end to end\r\n\r\nHello everyone.\r\n")
             with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=30) as c:

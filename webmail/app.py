@@ -35,6 +35,8 @@ PLAIN_HTTP_PATHS = ("/.well-known/autoconfig/", "/mail/config-v1.1.xml", "/autod
 SESSION_COOKIE_SECURE = "__Host-wm"
 SESSION_COOKIE_PLAIN = "wm"
 HSTS = "max-age=31536000"
+#: A digest link: /q/<action>/<held copy id>/<signature> (mailserver/digest.py).
+LINK_PATH = r"/q/(?P<action>release|delete)/(?P<qid>\d{1,12})/(?P<sig>[A-Za-z0-9_\-]{43})"
 _HOST = re.compile(r"^[A-Za-z0-9.\-]{1,253}$|^\[[0-9A-Fa-f:.]{2,45}\]$")
 
 
@@ -97,7 +99,18 @@ class Route:
 
 
 def _routes() -> list[Route]:
-    from webmail.views import auth, compose, events, filters, mailbox, message, quarantine, settings, setup
+    from webmail.views import (
+        auth,
+        compose,
+        events,
+        filters,
+        links,
+        mailbox,
+        message,
+        quarantine,
+        settings,
+        setup,
+    )
 
     def r(method, pattern, handler, **kw):
         return Route(method, re.compile(pattern + r"\Z"), handler, **kw)
@@ -126,6 +139,10 @@ def _routes() -> list[Route]:
         r("GET", r"/quarantine", quarantine.quarantine_page),
         r("GET", r"/quarantine/(?P<qid>\d{1,12})", quarantine.held_page),
         r("POST", r"/quarantine/action", quarantine.quarantine_action, csrf=True),
+        r("GET", r"/quarantine/(?P<qid>\d{1,12})/part/(?P<part>\d{1,4})", quarantine.held_download),
+        # the digest's links: no session; GET shows a confirm page, its POST acts (webmail/views/links.py)
+        r("GET", LINK_PATH, links.link_page, auth=False),
+        r("POST", LINK_PATH, links.link_action, auth=False, max_body=4096),
         # composing
         r("GET", r"/compose", compose.compose_page),
         r("POST", r"/compose", compose.compose_submit, csrf=True, max_body=big),
@@ -231,6 +248,8 @@ class WebmailApp:
         self.cookie_name = SESSION_COOKIE_SECURE if self.secure else SESSION_COOKIE_PLAIN
         #: Reverse proxies whose Forwarded / X-Forwarded-For name the client (``[proxy] trusted``).
         self.trusted_proxies = Networks(cfg.proxy.trusted)
+        #: The digest links' HMAC key (``Store.server_key``), read once (webmail/views/links.py).
+        self.link_secret: bytes | None = None
 
     def client_ip(self, request) -> str:
         peer = request.getClientAddress().host

@@ -112,6 +112,17 @@ def register(sub) -> None:
     p = u.add_parser("import", help="create accounts from a Dovecot passwd-file (address:{SCHEME}hash[:…])")
     p.add_argument("file")
     p.set_defaults(func=user_import)
+    p = u.add_parser("admin", help="the domain-admin role: sees and acts on a domain's quarantine in the webmail")
+    adm = p.add_subparsers(dest="admin_action", metavar="grant|revoke|list")
+    adm.required = True
+    for verb, func in (("grant", user_admin_grant), ("revoke", user_admin_revoke)):
+        q = adm.add_parser(verb, help=f"{verb} ADDRESS the admin role for DOMAIN")
+        q.add_argument("address")
+        q.add_argument("domain")
+        q.set_defaults(func=func)
+    q = adm.add_parser("list", help="list domain admins")
+    q.add_argument("--domain")
+    q.set_defaults(func=user_admin_list)
 
     # alias
     a = sub.add_parser("alias", help="aliases (one address to one or more targets; @domain = catch-all)"
@@ -229,6 +240,45 @@ def user_remove(args) -> int:
 def user_set_quota(args) -> int:
     acct = _store_call(open_store(args).set_quota, args.address, parse_size(args.quota))
     print(f"quota of {acct.address}: {format_size(acct.quota_bytes) if acct.quota_bytes else 'unlimited'}")
+    return 0
+
+
+def _admin_args(args):
+    store = open_store(args)
+    acct = store.get_account(args.address)
+    if acct is None:
+        raise CliError(f"no account {args.address}")
+    dom = store.get_domain(args.domain)
+    if dom is None:
+        raise CliError(f"no domain {args.domain}")
+    return store, acct, dom
+
+
+def user_admin_grant(args) -> int:
+    store, acct, dom = _admin_args(args)
+    store.set_domain_admin(acct.id, dom.id, True)
+    print(f"{acct.address} is an admin of {dom.name}")
+    return 0
+
+
+def user_admin_revoke(args) -> int:
+    store, acct, dom = _admin_args(args)
+    store.set_domain_admin(acct.id, dom.id, False)
+    print(f"{acct.address} is no admin of {dom.name}")
+    return 0
+
+
+def user_admin_list(args) -> int:
+    store = open_store(args)
+    domain_id = None
+    if args.domain:
+        dom = store.get_domain(args.domain)
+        if dom is None:
+            raise CliError(f"no domain {args.domain}")
+        domain_id = dom.id
+    names = {d.id: d.name for d in store.list_domains()}
+    for address, d in store.domain_admins(domain_id):
+        print(f"{address}\t{names.get(d, d)}")
     return 0
 
 

@@ -6,15 +6,17 @@ from mailserver.cli.main import CliError
 
 
 def dkim_generate(args) -> int:
+    from mailserver.cli.admin import open_store
     from mailserver.delivery.dkim import DkimError, generate
 
     selector = args.selector or args.config_obj.queue.dkim_selector
+    store = open_store(args)
     try:
-        keys = generate(args.config_obj.data_dir, args.domain, selector, overwrite=args.force)
+        keys = generate(store, args.domain, selector, overwrite=args.force)
     except DkimError as e:
         raise CliError(str(e)) from None
     for k in keys:
-        print(f"; {k.algorithm} key written to {k.path}")
+        print(f"; {k.algorithm} key {k.selector} stored in the database (every node signs with it)")
     print("; publish these records (mailserver dns " + args.domain + " prints every record):")
     for k in keys:
         print(format_txt(k.record_name + ".", k.txt_record()))
@@ -22,9 +24,10 @@ def dkim_generate(args) -> int:
 
 
 def dkim_show(args) -> int:
+    from mailserver.cli.admin import open_store
     from mailserver.delivery.dkim import keys_for
 
-    keys = keys_for(args.config_obj.data_dir, args.domain)
+    keys = keys_for(open_store(args), args.domain)
     if not keys:
         raise CliError(f"no DKIM key for {args.domain} (mailserver dkim generate {args.domain})")
     for k in keys:

@@ -25,9 +25,8 @@ SRV_SERVICES = (
 )
 
 
-def records(config, domain: str, ips: list[str], ttl: int = 3600) -> list[str]:
-    from mailserver.delivery.dkim import keys_for
-
+def records(config, domain: str, ips: list[str], ttl: int = 3600, dkim_keys=()) -> list[str]:
+    """The zone lines for ``domain``; ``dkim_keys`` are its DKIM keys (``delivery.dkim.keys_for``)."""
     domain = domain.strip().lower().rstrip(".")
     host = config.hostname.rstrip(".")
     d, h = domain + ".", host + "."
@@ -35,7 +34,7 @@ def records(config, domain: str, ips: list[str], ttl: int = 3600) -> list[str]:
            f"{d} {ttl} IN MX 10 {h}", "",
            "; who may send for it (RFC 7208): the MX host; reject the rest",
            format_txt(d, "v=spf1 mx -all", ttl), ""]
-    keys = keys_for(config.data_dir, domain)
+    keys = list(dkim_keys)
     if keys:
         out.append("; DKIM public keys (RFC 6376; RFC 8463 for ed25519)")
         out.extend(format_txt(k.record_name + ".", k.txt_record(), ttl) for k in keys)
@@ -73,7 +72,11 @@ def dns_command(args) -> int:
             ipaddress.ip_address(ip)
         except ValueError:
             raise CliError(f"not an IP address: {ip!r}") from None
-    print("\n".join(records(args.config_obj, args.domain, args.ip)))
+    from mailserver.cli.admin import open_store
+    from mailserver.delivery.dkim import keys_for
+
+    keys = keys_for(open_store(args), args.domain)
+    print("\n".join(records(args.config_obj, args.domain, args.ip, dkim_keys=keys)))
     return 0
 
 

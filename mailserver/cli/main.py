@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "mailserver.cli.mail",
     "mailserver.cli.sieve",
     "mailserver.cli.quarantine",
+    "mailserver.cli.sendas",
+    "mailserver.cli.node",
     "mailserver.cli.sharing",
 )
 

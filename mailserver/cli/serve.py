@@ -29,11 +29,11 @@ def register(sub) -> None:
 
 def cmd_check_config(args) -> int:
     cfg = args.config_obj
-    from mailserver.tls import server_context_factory
+    from mailserver.tls import check_configured
 
     if cfg.tls.cert or cfg.tls.sni:
         try:
-            server_context_factory(cfg)
+            check_configured(cfg)
         except ValueError as e:
             raise CliError(str(e)) from None
     print(f"{cfg.source}: OK ({len(cfg.listen.items()) + len(cfg.listen_proxied.items())} listener(s), database {redact(cfg.db_url)})")

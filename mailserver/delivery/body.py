@@ -19,6 +19,9 @@ class Form:
     writer: object = None  # BlobWriter while streaming
     ref: object = None  # BlobRef once durable
     parsed: dict | None = None  # the parse-once columns (local copies only)
+    #: The stored bytes while the message is in progress, when small enough to have stayed in memory
+    #: (storage.blobs.SPOOL_IN_MEMORY): parse and copies use them instead of reading the blob back.
+    content: bytes | None = None
 
 
 def parse(raw: bytes) -> dict:
@@ -64,6 +67,11 @@ class Body:
             if f.writer is not None and f.ref is None:
                 f.writer.abort()
 
+    def drop_contents(self) -> None:
+        """Forget the in-memory bytes once every form is made (the blobs hold them)."""
+        for f in self.forms:
+            f.content = None
+
     def find(self, prefix: bytes) -> Form | None:
         for f in self.forms:
             if f.prefix == prefix:
@@ -86,12 +94,12 @@ class Body:
             return
         for f in self.forms:
             if f.ref is None:
-                f.ref = f.writer.finish()
+                f.ref, f.content = f.writer.finish_keeping()
                 f.writer = None
         if parse_prefix is not None:
             form = self.find(parse_prefix)
             if form is not None:
-                form.parsed = parse(self.blobs.read(form.ref.id))
+                form.parsed = parse(self._content(form))
 
     def form(self, prefix: bytes, parsed: bool) -> Form:
         """The form with ``prefix``, made from an existing one when missing; parsed when ``parsed`` (a copy that
@@ -106,11 +114,16 @@ class Body:
 
                 form.parsed = with_inserted_fields(source.parsed, prefix[len(source.prefix):])
         if parsed and form.parsed is None:
-            form.parsed = parse(self.blobs.read(form.ref.id))
+            form.parsed = parse(self._content(form))
         return form
+
+    def _content(self, form: Form) -> bytes:
+        return form.content if form.content is not None else self.blobs.read(form.ref.id)
 
     def _copy(self, source: Form, prefix: bytes):
         """New blob = ``prefix`` + ``source`` without its own prefix."""
+        if source.content is not None:  # still in memory: one write, no read back
+            return self.blobs.put(prefix + memoryview(source.content)[len(source.prefix):])
         w = self.blobs.writer()
         try:
             w.write(prefix)

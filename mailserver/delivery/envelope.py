@@ -21,6 +21,7 @@ DRAFT = "webmail-draft"  # a draft saved in the webmail
 SENT_COPY = "webmail-sent"  # the copy of a sent message in Sent
 APPEND = "imap-append"  # IMAP APPEND and MULTIAPPEND
 REPORT = "report"  # delivery status reports (RFC 3464) to their sender
+DIGEST = "quarantine-digest"  # the daily quarantine digest to an account (mailserver/digest.py)
 IMPORT = "cli-import"  # `mailserver mail import`
 SIEVE = "sieve"  # a Sieve redirect or vacation reply (delivery/sieve_stage.py)
 LOCAL = "local"  # other local producers (tests, benchmarks)
@@ -104,6 +105,9 @@ class Request:
     check_quota: bool = True  # False: reports and Sent copies must not be lost to a full mailbox
     may_relay: bool = False  # recipients the pipeline routes (``route`` None) may be remote (reports)
     log: bool = False  # one mail-log line per recipient
+    #: The address of ours forwarding this message (a Sieve redirect's account): its copies for other domains get
+    #: SRS and an ARC set (``delivery/forward.py``).
+    forwarded_by: str = ""
 
     def __post_init__(self):
         if (self.envelope is None) == (self.placement is None):

@@ -100,7 +100,7 @@ class QueueRunner:
         self.timeouts = timeouts or Timeouts.from_limits(limits)  # RFC 5321 4.5.3.2, as [limits] names them
         self.connect_timeout = connect_timeout if connect_timeout is not None else limits.smtp_timeout_connect
         self.queue = QueueStore(services.store)
-        self.dkim = DkimSigner(services.config.data_dir)
+        self.dkim = DkimSigner.for_store(services.store)
         self._dkim_cache: dict[int, bytes] = {}
         self.running: dict[int, _Running] = {}
         self.waiting: deque[WorkItem] = deque()

@@ -27,6 +27,10 @@ class ReactorRunner:
     def read(self, f, *args, **kwargs) -> defer.Deferred:
         return run_in(self.reactor, self.pools.db_read, f, *args, **kwargs)
 
+    def cpu(self, f, *args, **kwargs) -> defer.Deferred:
+        """CPU work (signing) in the ``cpu`` pool."""
+        return run_in(self.reactor, self.pools.cpu, f, *args, **kwargs)
+
     def dns(self, f, *args, **kwargs) -> defer.Deferred:
         """Blocking DNS work (the inbound checks) in the ``dns`` pool."""
         return run_in(self.reactor, self.pools.dns, f, *args, **kwargs)
@@ -63,6 +67,7 @@ class InlineRunner:
 
     read = blob
     dns = blob
+    cpu = blob
 
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
         return defer.execute(self.store.blobs.read, blob_id, start, end)

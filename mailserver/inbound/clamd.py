@@ -235,7 +235,7 @@ class VirusCheck:
 
     @staticmethod
     def applies(message: MessageInfo) -> bool:
-        return message.producer != ev.REPORT
+        return message.producer not in (ev.REPORT, ev.DIGEST)  # our own mail
 
     async def check(self, message: MessageInfo, target: Target) -> Verdict | None:
         if self.name not in message.memo:

@@ -21,7 +21,8 @@ thresholds say, "soft reject"/"greylist" a deferral, "add header"/"rewrite subje
 the more severe of the engine's and the thresholds'.  A threshold refusal that would refuse some recipients of a
 message while others accept it is turned into quarantine for those (a partial refusal after DATA means a failure
 report to the envelope sender, which for spam is backscatter).  A recipient's own sender rules (the webmail's
-"always allow" / "block sender", ``Store.sender_rules``) come last: an allowed envelope sender or From address is at
+"always allow" / "block sender", ``Store.sender_rules``, for an address or a whole ``@domain``: the address's own
+rule wins) come last: an allowed envelope sender or From address is at
 most tagged (unless the engine itself refuses or defers), a blocked one goes to Junk.  A scorer that could not run marks the card
 unchecked (``X-Spam-Status: unchecked``) or defers the message itself, as its ``on_error`` says.
 
@@ -40,6 +41,7 @@ import re
 from dataclasses import dataclass, field
 
 from mailserver.delivery.stages import Fact, MessageInfo, Target, Verdict
+from storage.quarantine import rule_for
 
 ACCEPT, TAG, JUNK, QUARANTINE, DEFER, REFUSE = "accept", "tag", "junk", "quarantine", "defer", "refuse"
 #: Actions from the mildest to the most severe: of two, the later one wins.
@@ -339,7 +341,9 @@ class SpamPolicy:
     async def _with_rules(self, message: MessageInfo, card: ScoreCard, decision: Decision, account_id: int):
         senders = [a for a in (message.envelope.sender if message.envelope else "",
                                _from_address(message.parsed)) if a]
-        rules = set((await self.rules(account_id, senders)).values()) if senders else set()
+        found = await self.rules(account_id, senders) if senders else {}
+        # A sender's own rule beats its domain's (``@example.com``); rules of both senders count.
+        rules = {rule_for(found, a) for a in senders} - {None}
         if "allow" in rules and not (decision.forced and decision.action in (DEFER, REFUSE)):
             decision = Decision(min(decision.action, TAG, key=SEVERITY.index), decision.total, decision.text)
         elif "block" in rules and SEVERITY.index(decision.action) < SEVERITY.index(JUNK):

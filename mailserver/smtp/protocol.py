@@ -25,6 +25,7 @@ from mailserver import login as login_mod
 from mailserver.auth import is_loopback
 from mailserver.config import IMPLICIT_TLS
 from mailserver.connections import COMMANDS_PER_TURN, SESSION, FlowControl, close_transport, refuse
+from mailserver.delivery import callout
 from mailserver.delivery import envelope as ev
 from mailserver.delivery import router as router_mod
 from mailserver.delivery.pipeline import Ingest
@@ -262,16 +263,49 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             d = run_in(self.services.reactor, self.services.pools.db_read, router.route, address, may_relay=may_relay,
                        size=size)
 
-        def decide(rr: router_mod.RouteResult) -> RcptResult:
+        def decide(rr: router_mod.RouteResult):
             if rr.error == router_mod.OVER_QUOTA:
                 perm = self.services.config.smtp.over_quota_permanent
                 return RcptResult(codes.OVER_QUOTA_PERM if perm else codes.OVER_QUOTA_TEMP)
             if rr.error:
                 log.info("smtp rcpt <{rcpt}> from {ip} refused: {error}", rcpt=address, ip=self.ip, error=rr.error)
                 return RcptResult(_ROUTE_ERRORS[rr.error])
+            verifier = self.services.verifier
+            relay = [r for r in rr.routes if r.kind == router_mod.RELAY and r.address.lower() == address.lower()]
+            if verifier is not None and relay and verifier.applies(a.recipient.mailbox.domain):
+                return verifier.verify(address, relay[0].relay_to).addCallback(verified, rr)
+            return accepted(rr)
+
+        def accepted(rr: router_mod.RouteResult):
+            # Greylisting last: unknown recipients are refused (550) before a triplet is kept for them.
+            if self._greylisted():
+                return defer.ensureDeferred(self._greylist(a, rr))
             return RcptResult(None, rr)
 
+        def verified(answer: str, rr: router_mod.RouteResult) -> RcptResult:
+            # Gateway mode: the host behind us knows its users; refuse unknown ones now, not with a bounce later.
+            if answer == callout.VALID:
+                return accepted(rr)
+            log.info("smtp rcpt <{rcpt}> from {ip} refused: recipient verification {answer}", rcpt=address,
+                     ip=self.ip, answer=answer)
+            return RcptResult(codes.UNKNOWN_USER if answer == callout.INVALID else codes.VERIFY_TEMPFAIL)
+
         return d.addCallback(decide)
+
+    def _greylisted(self) -> bool:
+        """Whether this RCPT goes through greylisting: on, at RCPT, the MX listener, a client neither
+        authenticated nor trusted (``inbound/greylist.py``)."""
+        g, s = self.services.greylist, self.session
+        return (g is not None and g.at_rcpt and not self.factory.submission and s.identity is None
+                and not s.peer.trusted)
+
+    async def _greylist(self, a: CheckRcpt, rr: router_mod.RouteResult) -> RcptResult:
+        g = self.services.greylist
+        sender = a.envelope.reverse_path
+        result = await g.check(self.ip, sender.address if sender is not None else "", a.recipient.mailbox.address)
+        if g.deferred(result):
+            return RcptResult(codes.Reply(451, "4.7.1", g.text()))  # RFC 6647 2.1
+        return RcptResult(None, rr)
 
     def _check_auth(self, a: CheckAuth) -> defer.Deferred:
         def done(attempt: Login) -> AuthResult:

@@ -70,8 +70,9 @@ def _store(text: str) -> dict:
 
 
 def _smtp(text: str) -> dict:
-    m = re.search(r"rate=(\d+) msg/s .* server_peak_rss=(\d+) MiB", text)
-    return {"smtp 10 sessions 5 KB": float(m[1]), "smtp server peak RSS": float(m[2])} if m else {}
+    m = re.search(r"rate=(\d+) msg/s .* server_cpu=([\d.]+) ms/msg server_peak_rss=(\d+) MiB", text)
+    return ({"smtp 10 sessions 5 KB": float(m[1]), "smtp 10 sessions 5 KB, server CPU": float(m[2]),
+             "smtp server peak RSS": float(m[3])} if m else {})
 
 
 def _pop3(text: str) -> dict:
@@ -141,6 +142,7 @@ def benches(scale: str, imaptest: str = IMAPTEST) -> dict[str, Bench]:
                        _store),
         "smtp": Bench("smtp", ["smtp.py", "--messages", "1000" if small else "3000"],
                       [Figure("smtp 10 sessions 5 KB", "msg/s"),
+                       Figure("smtp 10 sessions 5 KB, server CPU", "ms/msg", higher_is_better=False),
                        Figure("smtp server peak RSS", "MiB", higher_is_better=False, memory=True)], _smtp),
         "pop3": Bench("pop3", ["pop3.py", "--messages", "200" if small else "500"],
                       [Figure("pop3 10 sessions RETR", "msg/s"), Figure("pop3 fill (deliver_raw)", "msg/s")], _pop3),

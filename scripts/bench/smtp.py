@@ -12,10 +12,11 @@ directory; everything started here is stopped at the end.
 instances of Debian's packages, started on loopback as the tests start them, stopped at the end), and prints the
 figures of each run (sender authentication off).
 
-``--checks on`` runs the sender authentication checks (``[senderauth]``: iprev, SPF for HELO and MAIL FROM, DKIM,
-DMARC, ARC) with every lookup answered by a DNS server on loopback in another child process (tests/dnsserver.py):
-the sender's domain publishes SPF, DMARC p=reject and a DKIM key, every message carries a valid RSA signature, and
-127.0.0.1 has a forward-confirmed PTR.  ``both`` runs without, then with (``--repeat N`` times, alternating), and
+``--checks on`` runs the built-in checks: sender authentication (``[senderauth]``: iprev, SPF for HELO and MAIL
+FROM, DKIM, DMARC, ARC) and the DNS lists (two DNSBL zones, a DNSWL zone that lists the client, an RHSBL zone), with
+every lookup answered by a DNS server on loopback in another child process (tests/dnsserver.py): the sender's domain
+publishes SPF, DMARC p=reject and a DKIM key, every message carries a valid RSA signature, and 127.0.0.1 has a
+forward-confirmed PTR.  (Greylisting is not part of it: it defers first attempts by design.)  ``both`` runs without, then with (``--repeat N`` times, alternating), and
 prints what the checks cost: in messages/s, and in server CPU per message (the DNS server's included), which is
 what bounds a saturated server and is less disturbed by other load on the machine.
 
@@ -25,6 +26,7 @@ For a side-by-side figure with Postfix + Dovecot see /work/shared/bench/README.m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import socket
@@ -49,7 +51,19 @@ def dns_zones(dkim_p: str) -> dict:
                         "bench._domainkey": [("TXT", *[f"v=DKIM1; k=rsa; p={dkim_p}"[i:i + 255]
                                                        for i in range(0, len(dkim_p) + 20, 255)])]},
         "127.in-addr.arpa": {"1.0.0": [("PTR", HELO)]},
+        # The DNS lists (RFC 5782): the client is in no block list (NXDOMAIN), in the allow list, and the sender's
+        # domain in no RHSBL zone.
+        "bl.bench.test": {"2.0.0.127": [("A", "127.0.0.2")]},
+        "bl2.bench.test": {"2.0.0.127": [("A", "127.0.0.2")]},
+        "wl.bench.test": {"1.0.0.127": [("A", "127.0.10.2")]},
+        "rhs.bench.test": {"spammer.test": [("A", "127.0.0.2")]},
     }
+
+
+#: The DNS lists of ``--checks on`` (zones served by dns_zones).
+DNS_LISTS = {"dnsbl": [{"zone": "bl.bench.test", "weight": 4.0}, {"zone": "bl2.bench.test", "weight": 2.0}],
+             "dnswl": [{"zone": "wl.bench.test", "weight": -1.0}],
+             "rhsbl": [{"zone": "rhs.bench.test", "weight": 2.0}]}
 
 
 def serve_dns(zones: dict, port_queue, stop_event) -> None:
@@ -72,7 +86,58 @@ def serve_dns(zones: dict, port_queue, stop_event) -> None:
     reactor.run(installSignalHandlers=False)
 
 
-def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0, dns_cache: int = 10000) -> None:
+def profile_threads(out: str):
+    """cProfile every thread of this process (the reactor's and each pool thread started from now on); returns
+    the function that writes their merged statistics to ``out`` once the threads have ended."""
+    import cProfile
+    import pstats
+
+    profiles = []
+    lock = threading.Lock()
+    run = threading.Thread.run
+
+    def profiled_run(self):
+        p = cProfile.Profile(time.thread_time)
+        with lock:
+            profiles.append((self.name, p))
+        p.enable()
+        try:
+            run(self)
+        finally:
+            p.disable()
+
+    threading.Thread.run = profiled_run
+    main = cProfile.Profile(time.thread_time)
+    main.enable()
+
+    def dump():
+        main.disable()
+        with lock:
+            stats = pstats.Stats(main)
+            for _, p in profiles:
+                stats.add(p)
+            stats.dump_stats(out)
+            by_kind: dict[str, pstats.Stats] = {}  # the threads of one pool together: FILE.<pool>
+            for name, p in profiles:
+                kind = name.rstrip("-0123456789") or "thread"
+                if kind in by_kind:
+                    by_kind[kind].add(p)
+                else:
+                    by_kind[kind] = pstats.Stats(p)
+            pstats.Stats(main).dump_stats(out + ".reactor")
+            for kind, st in by_kind.items():
+                st.dump_stats(f"{out}.{kind.replace('/', '_')}")
+
+    return dump
+
+
+def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0, dns_cache: int = 10000,
+          profile: str = "") -> None:
+    dump = profile_threads(profile) if profile else None
+    if os.environ.get("BENCH_NO_SYNCFS"):  # --no-syncfs: fsync each blob file and directory instead of syncfs(2)
+        import storage.blobs
+
+        storage.blobs._syncfs = None
     from twisted.internet import reactor
 
     from mailserver import config as config_mod
@@ -84,7 +149,7 @@ def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0,
     if dns_port:
         table["dns"] = {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 5.0}
         table["senderauth"] = {"dns_cache": dns_cache}
-    else:
+    elif "senderauth" in {f.name for f in dataclasses.fields(config_mod.Config)}:  # compare.py's older trees lack it
         table["senderauth"] = {"enabled": False}
     cfg = config_mod.load_dict(table)
     server = MailServer(cfg, reactor)
@@ -100,6 +165,8 @@ def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0,
 
     threading.Thread(target=watch, daemon=True).start()
     reactor.run(installSignalHandlers=False)
+    if dump is not None:
+        dump()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -192,9 +259,23 @@ def main() -> int:
     ap.add_argument("--checks", choices=("off", "on", "both"), default="off",
                     help="sender authentication checks (DNS answered on loopback)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each kind (alternating), medians reported")
+    ap.add_argument("--lists", choices=("on", "off"), default="on",
+                    help="the DNS lists (DNSBL, DNSWL, RHSBL) with the checks on")
     ap.add_argument("--dns-cache", type=int, default=10000,
                     help="[senderauth] dns_cache with the checks on (0: every lookup goes to the DNS server)")
+    ap.add_argument("--callgrind", default="", metavar="DIR",
+                    help="run the server under valgrind --tool=callgrind (its output in DIR): instruction counts, "
+                         "which other load on the machine does not change; run two sizes and take the difference "
+                         "for a per-message figure without start-up (scripts/bench/callgrind_total.sh)")
+    ap.add_argument("--no-syncfs", action="store_true",
+                    help="the blob store flushes each file and directory (fdatasync/fsync) instead of one syncfs(2) "
+                         "of the file system (which also waits for every other writer's dirty data on it)")
+    ap.add_argument("--profile", default="", metavar="FILE",
+                    help="cProfile (CPU time of each thread) every thread of the server (start-up and stop included) into FILE (pstats; "
+                         "with several runs FILE gets the run's kind and number); figures then include its overhead")
     args = ap.parse_args()
+    if args.no_syncfs:
+        os.environ["BENCH_NO_SYNCFS"] = "1"  # the spawned server reads it
     body, dkim_p = signed_body(args.size)
     if args.scan:
         return scan_runs(args, body)
@@ -241,10 +322,24 @@ def scan_runs(args, body: bytes) -> int:
                 stop_pid(d.pid)
 
 
+def callgrind_wrapper(tmp: str, out_dir: str) -> str:
+    """An executable that starts this interpreter under callgrind (multiprocessing spawns the server with it)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(tmp, "python-under-callgrind")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={os.path.abspath(out_dir)}"
+                f"/callgrind.out.%p {sys.executable} \"$@\"\n")
+    os.chmod(path, 0o755)
+    return path
+
+
 def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[float, float] | None:
     """One benchmark run; sender authentication is on when ``dkim_p`` is given (a DNS server is started for it);
     ``extra`` is more of the server's configuration (the content checks of ``--scan``)."""
-    extra = extra or {}
+    extra = dict(extra or {})
+    scanned = "+".join(k for k in ("antivirus", "antispam") if k in extra)
+    if dkim_p and args.lists == "on":
+        extra["antispam"] = {**extra.get("antispam", {}), **DNS_LISTS}
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
         q, stop = ctx.Queue(), ctx.Event()
@@ -255,10 +350,19 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
             dns_proc = ctx.Process(target=serve_dns, args=(dns_zones(dkim_p), dns_q, stop))
             dns_proc.start()
             dns_port = dns_q.get(timeout=60)
-        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache))
-        proc.start()
+        profile = ""
+        if args.profile:
+            run.count = getattr(run, "count", 0) + 1
+            profile = args.profile if run.count == 1 else f"{args.profile}.{run.count}"
+        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache, profile))
+        if args.callgrind:
+            ctx.set_executable(callgrind_wrapper(tmp, args.callgrind))
         try:
-            port = q.get(timeout=60)
+            proc.start()
+        finally:
+            ctx.set_executable(sys.executable)
+        try:
+            port = q.get(timeout=1800 if args.callgrind else 60)
             reset_peak_rss(proc.pid)
             per = args.messages // args.sessions
             done, errors = [0] * args.sessions, []
@@ -278,13 +382,12 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
             for p in (proc, dns_proc):
                 if p is None:
                     continue
-                p.join(30)
+                p.join(900 if args.callgrind else 30)
                 if p.is_alive():
                     p.kill()
                     p.join()
     total = sum(done)
-    cache = f" dns_cache={args.dns_cache}" if dkim_p else ""
-    scanned = "+".join(k for k in ("antivirus", "antispam") if k in extra)
+    cache = f" dns_cache={args.dns_cache} lists={args.lists}" if dkim_p else ""
     scanned = f" content={scanned}" if scanned else ""
     print(f"checks={'on' if dkim_p else 'off'}{cache}{scanned} sessions={args.sessions} messages={total} size={len(body)}B "
           f"elapsed={elapsed:.2f}s rate={total / elapsed:.0f} msg/s (durably delivered) "

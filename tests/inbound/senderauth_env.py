@@ -48,9 +48,8 @@ class Keys:
     """Signing keys made once per test module: ours (outbound DkimSigner), dkimpy's, the forwarder's ARC key."""
 
     def __init__(self, tmp_path):
-        self.data_dir = tmp_path / "signer"
-        self.ours = outbound_dkim.generate(self.data_dir, "sender.test", "ours")  # RSA "ours", Ed25519 "ours-ed25519"
-        self.signer = outbound_dkim.DkimSigner(self.data_dir)
+        self.ours = outbound_dkim.make_keys("sender.test", "ours")  # RSA "ours", Ed25519 "ours-ed25519"
+        self.signer = outbound_dkim.DkimSigner(lambda domain: [k for k in self.ours if k.domain == domain])
         self.direct_pem, self.direct_p = rsa_key()
         self.ed_seed, self.ed_p = ed25519_key()
         self.arc_pem, self.arc_p = rsa_key()

@@ -42,7 +42,12 @@ def test_signed_message_verifies_against_the_published_key_record(tmp_path, caps
     assert "_sieve._tcp.example.test. 3600 IN SRV 0 0 0 ." in out
     assert "autoconfig.example.test. 3600 IN CNAME mail.example.test." in out
     assert "7.2.0.192.in-addr.arpa. 3600 IN PTR mail.example.test." in out
-    keys = dk.keys_for(tmp_path / "data", "example.test")
+    from mailserver.config import load
+    from mailserver.service import open_store
+
+    store = open_store(load(cfg))
+    keys = dk.keys_for(store, "example.test")
+    store.engine.dispose()
     assert [k.algorithm for k in keys] == ["rsa", "ed25519"]
     for k in keys:
         assert f"{k.record_name}." in out
@@ -71,8 +76,8 @@ def test_signed_message_verifies_against_the_published_key_record(tmp_path, caps
 
 
 def test_unprotected_from_domain_is_not_signed(tmp_path):
-    dk.generate(tmp_path / "data", "example.test", "mail")
     with receiver() as rx, outbound(tmp_path, ZONES) as ob:
+        dk.generate(ob.store, "example.test", "mail")
         ob.runner.port = rx.port
         ob.enqueue(message(sender="someone@elsewhere.test"), ["bob@remote.test"])
         wait_for(lambda: rx.transactions and not ob.queue_rows())

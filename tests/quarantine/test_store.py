@@ -171,3 +171,82 @@ def test_two_nodes_releasing_at_once_deliver_once(tmp_path, database_url):
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_domain_rules_apply_to_every_address_of_the_domain_and_the_address_rule_wins(store):
+    from storage.errors import Invalid
+    from storage.quarantine import rule_for
+
+    a = store.add_account("a@example.test", "x")
+    store.set_sender_rule(a.id, "@Spam.test", "block")
+    store.set_sender_rule(a.id, "friend@spam.test", "allow")
+    found = store.sender_rules(a.id, ["friend@spam.test", "other@spam.test", "x@elsewhere.test"])
+    assert found == {"@spam.test": "block", "friend@spam.test": "allow"}
+    assert [rule_for(found, x) for x in ("Friend@spam.test", "other@spam.test", "x@elsewhere.test")] == [
+        "allow", "block", None]
+    for bad in ("", "nobody", "@", "@nodot", "a b@x.test", "a@b@c.test", "<a@x.test>", "a@" + "x" * 320 + ".test"):
+        with pytest.raises(Invalid):
+            store.set_sender_rule(a.id, bad, "block")
+
+
+def test_digest_settings_and_one_claim_per_slot(store):
+    a = store.add_account("a@example.test", "x")
+    assert store.digest_settings([a.id])[a.id].enabled is None
+    store.set_digest_setting(a.id, False, 7)
+    s = store.digest_settings([a.id])[a.id]
+    assert (s.enabled, s.hour, s.last_sent) == (False, 7, 0.0)
+    ids = store.hold_quarantined([spec(store, a), spec(store, a)])
+    assert sorted(i.id for i in store.quarantine_digest_pending()[a.id]) == sorted(ids)
+    assert store.claim_quarantine_digest(a.id, ids[:1], 1000.0, 900.0) is True
+    assert store.claim_quarantine_digest(a.id, ids[1:], 1001.0, 900.0) is False  # this slot's digest is out
+    assert [i.id for i in store.quarantine_digest_pending()[a.id]] == ids[1:]
+    assert store.claim_quarantine_digest(a.id, ids[1:], 2000.0, 1900.0) is True  # the next slot
+    assert store.quarantine_digest_pending() == {}
+    b = store.add_account("b@example.test", "x")  # no row yet: the claim makes it
+    assert store.claim_quarantine_digest(b.id, [], 5.0, 1.0) is True
+    assert store.claim_quarantine_digest(b.id, [], 6.0, 1.0) is False
+    from storage.errors import Invalid
+
+    with pytest.raises(Invalid):
+        store.set_digest_setting(a.id, True, 24)
+
+
+def test_the_server_secret_is_made_once_for_every_node(tmp_path, database_url):
+    url = database_url or f"sqlite:///{tmp_path}/db.sqlite3"
+    engines = [make_engine(url), make_engine(url)]
+    migrate.upgrade(engines[0])
+    blobs = FileBlobStore(Path(tmp_path) / "blobs")
+    try:
+        first, second = (Store(e, blobs).server_key("quarantine-links") for e in engines)
+        assert first == second and len(first) == 32
+    finally:
+        for e in engines:
+            e.dispose()
+
+
+def test_two_nodes_claiming_one_digest_at_once_claim_it_once(tmp_path, database_url):
+    url = database_url or f"sqlite:///{tmp_path}/db.sqlite3"
+    engines = [make_engine(url), make_engine(url)]
+    migrate.upgrade(engines[0])
+    blobs = FileBlobStore(Path(tmp_path) / "blobs")
+    nodes = [Store(e, blobs) for e in engines]
+    nodes[0].add_domain("example.test")
+    try:
+        for n in range(5):
+            a = nodes[0].add_account(f"a{n}@example.test", "x")
+            ids = nodes[0].hold_quarantined([spec(nodes[0], a)])
+            results, start = [], threading.Barrier(2)
+
+            def claim(node, a=a, ids=ids, results=results, start=start):
+                start.wait()
+                results.append(node.claim_quarantine_digest(a.id, ids, 100.0, 50.0))
+
+            threads = [threading.Thread(target=claim, args=(node,)) for node in nodes]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(results) == [False, True]
+    finally:
+        for e in engines:
+            e.dispose()

@@ -1,7 +1,7 @@
 """The quarantine end to end: a message the spam policy holds is invisible to IMAP (SELECT, SEARCH, FETCH) and
 POP3; the webmail lists it with its reason, releases it into INBOX byte-exact (seen over IMAP) once, deletes it;
 another account's id is the same 404 as a missing one; every action needs the CSRF token; a virus-held copy's
-attachments are listed and never served."""
+attachments are listed and never served (other copies' attachments download: tests/quarantine/test_roles.py)."""
 
 from __future__ import annotations
 

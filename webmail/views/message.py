@@ -12,6 +12,8 @@ from storage.models import FLAG_SEEN
 from webmail import message_view as mv
 from webmail import web
 from webmail.sanitize import document, frame_csp, sanitize_html
+from webmail.verdict import MAX_HEADER as MAX_VERDICT_HEADER
+from webmail.verdict import explain
 from webmail.views.common import folder_tree, mailboxes, open_message, rights
 
 #: Types sent with their own Content-Type on download (always as an attachment, never rendered by us).
@@ -63,6 +65,8 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
             await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN, reader=ctx.account_id)
         elif not site:
             mark_by_script = True
+    # "Why is this junk?": the verdict our delivery stored on the copy (webmail/verdict.py), for mail in Junk.
+    junk = explain(raw[:MAX_VERDICT_HEADER], ctx.config.hostname) if box.special_use == "\\Junk" else None
     mbs = await mailboxes(ctx)
     thread = await ctx.astore.conversation(ctx.account_id, msg)
     names = {m.id: m.name for m in mbs}
@@ -75,7 +79,7 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
                       allow_remote=allow_remote, remote_blocked=remote_blocked, prefer_text=prefer_text,
                       thread=thread if len(thread) > 1 else [], mailbox_names=names, reply_to=reply_to,
                       folders=folder_tree(mbs), current_id=box.id, mark_by_script=mark_by_script,
-                      move_targets=[r for r in folder_tree(mbs) if r.mailbox.id != box.id],
+                      junk=junk, move_targets=[r for r in folder_tree(mbs) if r.mailbox.id != box.id],
                       title=msg.subject or "(no subject)")
 
 

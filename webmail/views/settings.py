@@ -1,7 +1,13 @@
-"""Settings: password (current one required), display name, signature, identities (per sending address)."""
+"""Settings: password (current one required), display name, signature, identities (per sending address), the
+account's own allow and block lists of senders and domains (``Store.sender_rules``, honoured by the spam policy),
+and its quarantine digest (on/off, hour)."""
 
 from __future__ import annotations
 
+from twisted.logger import Logger
+
+from storage.errors import Invalid
+from storage.quarantine import ALLOW, BLOCK, MAX_PATTERN, check_sender_pattern
 from webmail import compose as cm
 from webmail import web
 from webmail.views.common import folder_tree, mailboxes
@@ -12,14 +18,22 @@ MAX_PASSWORD = 1024
 MAX_SIGNATURE = 10_000
 MAX_NAME = 200
 
+log = Logger()
+
 
 async def settings_page(ctx, error: str = "", notice: str = "", status: int = 200) -> web.Response:
     acct = await ctx.astore.get_account_by_id(ctx.account_id)
     idents = await ctx.astore.identities(ctx.account_id)
     mbs = await mailboxes(ctx)
-    notice = notice or {"saved": "Settings saved.", "password": "Password changed."}.get(ctx.arg("notice"), "")
+    notice = notice or {"saved": "Settings saved.", "password": "Password changed.", "rule": "Sender rules saved.",
+                        "digest": "Digest setting saved."}.get(ctx.arg("notice"), "")
+    rules = await ctx.astore.sender_rules(ctx.account_id)
+    setting = (await ctx.astore.digest_settings([ctx.account_id]))[ctx.account_id]
+    default_on, default_hour = ctx.config.quarantine.digest_for(acct.address.rpartition("@")[2])
     return ctx.render("settings.html", status=status, account=acct, identities=idents, error=error, notice=notice,
-                      folders=folder_tree(mbs), current_id=None, title="Settings")
+                      rules=sorted(rules.items(), key=lambda kv: (kv[0].lstrip("@").rpartition("@")[2], kv[0])),
+                      digest=setting, digest_default=(default_on, default_hour), folders=folder_tree(mbs),
+                      current_id=None, title="Settings")
 
 
 def _text(value: str, limit: int, what: str) -> str:
@@ -47,13 +61,38 @@ async def settings_submit(ctx) -> web.Response:
         return web.redirect("/settings?notice=saved")
     if op == "identity":
         address = form.get("address").strip().lower()
-        allowed = await ctx.astore.addresses_of(ctx.account_id)
+        allowed = {i.address for i in await ctx.astore.identities(ctx.account_id)}  # own, aliases, grants
         if address not in allowed:
             raise web.NotFoundError()
         name = _text(form.get("name").strip(), MAX_NAME, "name")
         signature = _text(form.get("signature").replace("\r\n", "\n"), MAX_SIGNATURE, "signature")
         await ctx.astore.save_identity(ctx.account_id, address, name, signature)
         return web.redirect("/settings?notice=saved")
+    if op == "rule_add":
+        rule = form.get("rule")
+        if rule not in (ALLOW, BLOCK):
+            raise web.BadRequest("unknown sender rule")
+        try:
+            pattern = check_sender_pattern(form.get("pattern"))
+        except Invalid as e:
+            return await settings_page(ctx, str(e), status=400)
+        await ctx.astore.set_sender_rule(ctx.account_id, pattern, rule)
+        log.info("sender rule {rule} <{pattern}> for {acct} by webmail:{acct}", rule=rule, pattern=pattern,
+                 acct=ctx.session.address)
+        return web.redirect("/settings?notice=rule#sender-rules")
+    if op == "rule_remove":
+        pattern = form.get("pattern").strip().lower()[:MAX_PATTERN]
+        await ctx.astore.set_sender_rule(ctx.account_id, pattern, None)
+        log.info("sender rule removed <{pattern}> for {acct} by webmail:{acct}", pattern=pattern,
+                 acct=ctx.session.address)
+        return web.redirect("/settings?notice=rule#sender-rules")
+    if op == "digest":
+        enabled = {"": None, "on": True, "off": False}.get(form.get("enabled"), "bad")
+        hour_text = form.get("hour")
+        if enabled == "bad" or not (hour_text == "" or (hour_text.isdigit() and 0 <= int(hour_text) <= 23)):
+            raise web.BadRequest("bad digest setting")
+        await ctx.astore.set_digest_setting(ctx.account_id, enabled, int(hour_text) if hour_text else None)
+        return web.redirect("/settings?notice=digest#digest")
     if op == "password":
         current, new, again = form.get("current"), form.get("new"), form.get("again")
         if new != again:

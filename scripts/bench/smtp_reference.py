@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""SMTP beside the reference, in one run: Postfix -> Dovecot LMTP (../shared/bench/) and our server, same load.
+
+Both get Postfix's ``smtp-source -d`` (many messages per connection) through ``../shared/bench/smtp-load.sh``:
+COUNT messages of SIZE bytes over SESSIONS sessions.  Ours is counted *durably delivered* (its 250 after DATA comes
+after fsync + commit); the reference is counted end to end (every message in the Maildir's ``new/``, which Dovecot
+writes after Postfix accepted and queued it), the figure issue 17 compares with.  Runs alternate (reference, ours,
+reference, ours, ...), each on fresh storage; medians and the ratio per round are printed.  The reference runs as
+a private instance (its own directories and ports, so other benchmark runs on the machine do not collide) and is
+stopped at the end, as is everything else started here.
+
+    .venv/bin/python scripts/bench/smtp_reference.py [--rounds 3] [--messages 2000] [--sessions 10] [--size 5120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1]))
+
+import smtp as bench_smtp  # noqa: E402  (scripts/bench/smtp.py: the server process)
+
+SHARED = Path(os.environ.get("SHARED_BENCH", "/work/shared/bench"))
+BASE = Path(os.environ.get("REFERENCE_BASEDIR", f"/tmp/smtp-reference-{os.getpid()}"))
+
+
+def _free_ports(n: int) -> list[str]:
+    """``n`` loopback ports free right now (other benchmark runs on the machine use the scripts' defaults)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [str(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+PORTS = dict(zip(("SMTP_PORT", "LMTP_PORT", "IMAP_PORT", "POP3_PORT"), _free_ports(4), strict=True))
+
+
+def _env() -> dict:
+    env = dict(os.environ, BASEDIR=str(BASE), MAILDIR=str(BASE / "mail"), NUSERS="10", **PORTS)
+    return env
+
+
+def _sh(*args: str, env: dict | None = None, check: bool = True) -> str:
+    # Output through a file, not a pipe: the daemons the start scripts leave running keep their inherited
+    # descriptors open, and a pipe would wait for them.
+    with tempfile.TemporaryFile("w+") as out:
+        p = subprocess.run(list(args), env=env or _env(), stdin=subprocess.DEVNULL, stdout=out,
+                           stderr=subprocess.STDOUT, text=True, timeout=900)
+        out.seek(0)
+        text = out.read()
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: exit {p.returncode}\n{text}")
+    return text
+
+
+def _rate(out: str, pattern: str) -> float:
+    m = re.search(pattern, out)
+    if not m:
+        raise RuntimeError(f"no figure in:\n{out}")
+    return float(m[1])
+
+
+def reference_run(args) -> float:
+    """Postfix -> LMTP -> Dovecot, end to end (messages/s into the Maildir)."""
+    _sh(str(SHARED / "baseline-dovecot.sh"), "reset")
+    new = BASE / "mail" / "user1" / "Maildir" / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    shutil.chown(BASE / "mail" / "user1", "mail", "mail")
+    for d in (BASE / "mail" / "user1" / "Maildir", new):
+        shutil.chown(d, "mail", "mail")
+    env = dict(_env(), REUSE="1", WAIT_DIR=str(new), FROM="bench@example.net")
+    out = _sh(str(SHARED / "smtp-load.sh"), "127.0.0.1", PORTS["SMTP_PORT"], "user1@localhost.test",
+              str(args.messages), str(args.sessions), str(args.size), env=env)
+    print("  reference:", " | ".join(line for line in out.splitlines() if line.strip()), flush=True)
+    return _rate(out, r"delivered: \d+/\d+ msgs in \S+ after [\d.]+ s = ([\d.]+) msgs/s")
+
+
+def ours_run(args) -> tuple[float, float]:
+    """Our server (one process, SQLite, sender authentication off): durably delivered messages/s, CPU ms/msg."""
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="smtp-reference-ours-") as tmp:
+        q, stop = ctx.Queue(), ctx.Event()
+        proc = ctx.Process(target=bench_smtp.serve, args=(tmp, q, stop, {}, 0, 0, ""))
+        proc.start()
+        try:
+            port = q.get(timeout=120)
+            cpu0 = bench_smtp.cpu_seconds(proc.pid)
+            env = dict(_env(), REUSE="1", FROM="bench@example.net")
+            out = _sh(str(SHARED / "smtp-load.sh"), "127.0.0.1", str(port), "user1@example.test",
+                      str(args.messages), str(args.sessions), str(args.size), env=env)
+            cpu = bench_smtp.cpu_seconds(proc.pid) - cpu0
+        finally:
+            stop.set()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    rate = _rate(out, r"= ([\d.]+) msgs/s \(accepted")
+    print(f"  ours:      {out.strip()} | server CPU {1000 * cpu / args.messages:.2f} ms/msg", flush=True)
+    return rate, 1000 * cpu / args.messages
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--size", type=int, default=5120)
+    args = ap.parse_args()
+    BASE.mkdir(parents=True, exist_ok=True)
+    started = []
+    try:
+        _sh(str(SHARED / "baseline-dovecot.sh"), "start")
+        started.append("baseline-dovecot.sh")
+        _sh(str(SHARED / "baseline-postfix.sh"), "start")
+        started.append("baseline-postfix.sh")
+        ref, ours, cpu = [], [], []
+        for i in range(args.rounds):
+            print(f"round {i + 1} (load average {os.getloadavg()[0]:.1f})", flush=True)
+            ref.append(reference_run(args))
+            r, c = ours_run(args)
+            ours.append(r)
+            cpu.append(c)
+            print(f"  ratio ours / reference: {ours[-1] / ref[-1]:.2f}", flush=True)
+        ratios = [o / r for o, r in zip(ours, ref, strict=True)]
+        print(f"SMTP {args.messages} x {args.size} B over {args.sessions} sessions, {args.rounds} rounds: "
+              f"ours {statistics.median(ours):.0f} msg/s durably delivered ({min(ours):.0f}-{max(ours):.0f}), "
+              f"server CPU {statistics.median(cpu):.2f} ms/msg; Postfix->Dovecot LMTP "
+              f"{statistics.median(ref):.0f} msg/s end to end ({min(ref):.0f}-{max(ref):.0f}); ratio per round "
+              f"{', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f}; aim 2.0)")
+        return 0
+    finally:
+        for script in reversed(started):
+            _sh(str(SHARED / script), "stop", check=False)
+        time.sleep(1)
+        shutil.rmtree(BASE, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
