@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from storage.errors import Invalid
+from mailserver.access import Rights
+from storage.errors import Invalid, NotFound
 from storage.quarantine import ALLOW, BLOCK, MAX_PATTERN, check_sender_pattern
 from webmail import compose as cm
 from webmail import web
-from webmail.views.common import folder_tree, mailboxes
+from webmail.views.common import folder_tree, mailboxes, open_mailbox, rights
+
+#: The delegation levels the settings page offers (RFC 4314 letters); "remove" deletes the entry.
+SHARE_LEVELS = {"read": "lrs", "write": "lrswipkxte"}
+MAX_SHARE_ADDRESS = 320
 
 #: Shortest new password accepted.
 MIN_PASSWORD = 8
@@ -26,13 +31,17 @@ async def settings_page(ctx, error: str = "", notice: str = "", status: int = 20
     idents = await ctx.astore.identities(ctx.account_id)
     mbs = await mailboxes(ctx)
     notice = notice or {"saved": "Settings saved.", "password": "Password changed.", "rule": "Sender rules saved.",
-                        "digest": "Digest setting saved."}.get(ctx.arg("notice"), "")
+                        "digest": "Digest setting saved.",
+                        "share": "Sharing saved."}.get(ctx.arg("notice"), "")
     rules = await ctx.astore.sender_rules(ctx.account_id)
     setting = (await ctx.astore.digest_settings([ctx.account_id]))[ctx.account_id]
     default_on, default_hour = ctx.config.quarantine.digest_for(acct.address.rpartition("@")[2])
+    shareable = [mb for mb in mbs if Rights.ADMIN in rights(ctx, mb)]  # own folders, and those with "a"
+    shares = [(mb, ident, letters) for mb in shareable for ident, letters in await ctx.astore.get_acl(mb.id)]
     return ctx.render("settings.html", status=status, account=acct, identities=idents, error=error, notice=notice,
                       rules=sorted(rules.items(), key=lambda kv: (kv[0].lstrip("@").rpartition("@")[2], kv[0])),
                       digest=setting, digest_default=(default_on, default_hour), folders=folder_tree(mbs),
+                      shareable=shareable, shares=shares, share_levels=SHARE_LEVELS,
                       current_id=None, title="Settings")
 
 
@@ -93,6 +102,8 @@ async def settings_submit(ctx) -> web.Response:
             raise web.BadRequest("bad digest setting")
         await ctx.astore.set_digest_setting(ctx.account_id, enabled, int(hour_text) if hour_text else None)
         return web.redirect("/settings?notice=digest#digest")
+    if op in ("share", "unshare"):
+        return await _share(ctx, op)
     if op == "password":
         current, new, again = form.get("current"), form.get("new"), form.get("again")
         if new != again:
@@ -114,3 +125,31 @@ async def settings_submit(ctx) -> web.Response:
         await ctx.app.write(ctx.app.sessions.delete_others, ctx.account_id, ctx.session.key)
         return web.redirect("/settings?notice=password")
     raise web.BadRequest("unknown settings operation")
+
+
+async def _share(ctx, op: str) -> web.Response:
+    """Delegation: give another account read-only or read-write access to a folder, or take it away.  The folder
+    goes through the one access check with RFC 4314 "a" (its owner has it; a folder the account may not administer
+    is the 404 of a missing one); the entry is written by the store's ACL functions, as IMAP SETACL does."""
+    form = ctx.form
+    box = await open_mailbox(ctx, form.get("mb"), Rights.ADMIN)
+    who = form.get("who").strip().lower()
+    if not who or len(who) > MAX_SHARE_ADDRESS or who == "anyone" or who.startswith(("$", "-")):
+        return await settings_page(ctx, "Share with an account's address.", status=400)
+    if who == ctx.session.address.lower() and box.account_id == ctx.account_id:
+        return await settings_page(ctx, "You own this folder already.", status=400)
+    if op == "unshare":
+        await ctx.astore.delete_acl(box.id, who)
+        log.info("share removed {mb} for <{who}> by webmail:{acct}", mb=box.id, who=who, acct=ctx.session.address)
+        return web.redirect("/settings?notice=share#sharing")
+    letters = SHARE_LEVELS.get(form.get("level"))
+    if letters is None:
+        raise web.BadRequest("unknown share level")
+    try:
+        # existing=False, as IMAP: the form does not tell which addresses have accounts.
+        await ctx.astore.set_acl(box.id, who, letters, existing=False)
+    except (Invalid, NotFound) as e:
+        return await settings_page(ctx, str(e), status=400)
+    log.info("share {mb} {letters} for <{who}> by webmail:{acct}", mb=box.id, letters=letters, who=who,
+             acct=ctx.session.address)
+    return web.redirect("/settings?notice=share#sharing")
