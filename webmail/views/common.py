@@ -23,10 +23,14 @@ class FolderRow:
 def folder_tree(mailboxes: list[MailboxInfo]) -> list[FolderRow]:
     """INBOX first, then special-use folders, then the rest by name; children under their parents."""
 
+    names = {mb.name for mb in mailboxes}
+
     def key(mb: MailboxInfo):
         top = mb.name.split("/", 1)[0]
         root = next((m for m in mailboxes if m.name == top), mb)
-        if top == "INBOX":
+        if mb.stored_name:  # another account's (Shared/..., Other Users/...): after one's own
+            rank = 10
+        elif top == "INBOX":
             rank = -1
         else:
             rank = _SPECIAL_ORDER.get(root.special_use, 9) if root.special_use else 9
@@ -34,8 +38,15 @@ def folder_tree(mailboxes: list[MailboxInfo]) -> list[FolderRow]:
 
     rows = []
     for mb in sorted(mailboxes, key=key):
-        depth = mb.name.count("/")
-        rows.append(FolderRow(mb, depth, mb.name.rsplit("/", 1)[-1]))
+        # A folder whose parent is not listed (a shared mailbox's "Shared/" or "Other Users/<owner>/" levels, a
+        # parent without "l") is shown by its whole name, at the depth of its nearest listed ancestor.
+        parts = mb.name.split("/")
+        listed = [i for i in range(1, len(parts)) if "/".join(parts[:i]) in names]
+        if listed and listed[-1] == len(parts) - 1:
+            rows.append(FolderRow(mb, len(listed), parts[-1]))
+        else:
+            start = listed[-1] if listed else 0
+            rows.append(FolderRow(mb, len(listed), "/".join(parts[start:])))
     return rows
 
 
