@@ -12,11 +12,19 @@ from mailserver.delivery.envelope import DRAFT, SENT_COPY
 from mailserver.ingest import deliver_raw
 from mailserver.mime.text import address_list, decode_header_text, format_address
 from storage.models import FLAG_ANSWERED, FLAG_DRAFT, FLAG_SEEN
-from storage.sendgrants import SEND_ON_BEHALF
+from storage.sendgrants import OWN, SEND_ON_BEHALF
 from webmail import compose as cm
 from webmail import message_view as mv
 from webmail import web
-from webmail.views.common import folder_tree, mailboxes, open_mailbox, open_message, parse_ref, special
+from webmail.views.common import (
+    folder_tree,
+    mailboxes,
+    open_mailbox,
+    open_message,
+    parse_ref,
+    rights,
+    special,
+)
 
 log = Logger()
 
@@ -114,6 +122,12 @@ async def _load_reply(ctx, state: ComposeState, ref: str, mode: str, own: set[st
         if a.lower() in own:
             state.from_addr = a.lower()
             break
+    if box.account_id != ctx.account_id:
+        # A reply inside a shared mailbox (or another user's) is from that mailbox's address when the account
+        # may send as it or on its behalf (a grant makes it one of the identities).
+        owner = await ctx.astore.get_account_by_id(box.account_id)
+        if owner is not None and owner.address.lower() in own:
+            state.from_addr = owner.address.lower()
     author = _join(from_pairs) or "someone"
     if mode in ("reply", "all"):
         state.reply_ref = f"{box.id}:{msg.uid}"
@@ -247,7 +261,7 @@ async def compose_submit(ctx) -> web.Response:
             if parse_ref(state.reply_ref):
                 extra += (("X-Webmail-Reply-Ref", state.reply_ref),)
             raw = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True, extra_headers=extra)
-            drafts = special(mbs, "\\Drafts")
+            drafts = special([mb for mb in mbs if mb.account_id == ctx.account_id], "\\Drafts")
             res = await deliver_raw(ctx.services, ctx.account_id, raw, mailbox=drafts.name if drafts else "Drafts",
                                     flags=FLAG_SEEN | FLAG_DRAFT, check_quota=True, producer=DRAFT)
             if not res.ok:
@@ -260,17 +274,17 @@ async def compose_submit(ctx) -> web.Response:
         copy = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True, extra_headers=extra)
         # The copy in Sent counts against the quota like any message: a full mailbox refuses the send before
         # anything leaves, rather than sending and losing the copy (or storing it past the quota).
-        used, limit = await ctx.astore.quota(ctx.account_id)
+        sent_account, sent_name = await _sent_target(ctx, mbs, ident)
+        used, limit = await ctx.astore.quota(sent_account)
         if limit and used + len(copy) > limit:
             raise cm.ComposeError("your mailbox is full: delete some messages so the copy in Sent fits, then send")
         await cm.send(ctx.services, ctx.account_id, envelope_from, draft.recipients(), wire, client_ip=ctx.client_ip)
     except cm.ComposeError as e:
         return await compose_page(ctx, state, str(e), 400)
-    sent = special(mbs, "\\Sent")
-    res = await deliver_raw(ctx.services, ctx.account_id, copy, mailbox=sent.name if sent else "Sent",
-                            flags=FLAG_SEEN, producer=SENT_COPY)
+    res = await deliver_raw(ctx.services, sent_account, copy, mailbox=sent_name, flags=FLAG_SEEN,
+                            producer=SENT_COPY)
     if not res.ok:  # filled up between the check and now: the message went out, only its copy is missing
-        log.warn("sent copy for account {a} not stored: {r}", a=ctx.account_id, r=res.reason)
+        log.warn("sent copy for account {a} not stored: {r}", a=sent_account, r=res.reason)
     ref = parse_ref(state.reply_ref)
     if ref is not None:
         try:
@@ -282,6 +296,20 @@ async def compose_submit(ctx) -> web.Response:
     await ctx.astore.record_contacts(ctx.account_id, list(draft.to + draft.cc + draft.bcc))
     inbox_box = next((m for m in mbs if m.name == "INBOX"), None)
     return web.redirect(f"/m/{inbox_box.id if inbox_box else ''}?notice=sent")
+
+
+async def _sent_target(ctx, mbs, ident) -> tuple[int, str]:
+    """(account, its own name of the mailbox) for the copy of a sent message: sent as a granted address whose
+    account (a shared mailbox) has a Sent folder the user may insert into (RFC 4314 "i"), that one; else the
+    user's own Sent."""
+    if ident.kind != OWN:
+        acct = await ctx.astore.get_account(ident.address)
+        if acct is not None and acct.id != ctx.account_id:
+            for mb in mbs:
+                if mb.account_id == acct.id and mb.special_use == "\\Sent" and Rights.INSERT in rights(ctx, mb):
+                    return acct.id, mb.stored_name or mb.name
+    sent = special([mb for mb in mbs if mb.account_id == ctx.account_id], "\\Sent")
+    return ctx.account_id, sent.name if sent else "Sent"
 
 
 async def _drop_draft(ctx, draft_ref: str) -> None:
