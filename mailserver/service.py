@@ -46,6 +46,7 @@ from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.dns import DnsResolver
+from mailserver.inbound.classifier import CorrespondentRecorder, Trainer
 from mailserver.inbound.scanners import inbound_stages
 from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
 from mailserver.inbound.senderauth import Settings as SenderAuthSettings
@@ -266,6 +267,7 @@ class MailServer(MultiService):
         self.bus = None
         self.lease = None
         self._gc = None
+        self.trainer: Trainer | None = None
         self._trim: MemoryTrim | None = None
         #: Give freed memory back to the system after connections close (``mailserver serve`` sets it: the
         #: process is the server's; not in a test process that runs servers among other work).
@@ -346,6 +348,11 @@ class MailServer(MultiService):
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
         self.provided = self._make_services()
+        if cfg.antispam.bayes:
+            # Training recorded by the store's operations (moves into / out of Junk, $Junk / $NotJunk).
+            self.trainer = Trainer(self.reactor, self.astore, self.pools, cfg)
+            self.store.on_training = lambda: self.reactor.callFromThread(self.trainer.kick)
+            self.trainer.start()
         for i, (name, address) in enumerate(cfg.listen.items()):
             self._listen(name, address, inherited=self._inherited("listen", i))
         for i, (name, address) in enumerate(cfg.listen_proxied.items()):
@@ -427,7 +434,10 @@ class MailServer(MultiService):
         pipeline.add_transform(AuthResultsStripper(senderauth))
         resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
         pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
-        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules):  # virus scan, spam scorers, the spam policy
+        if self.config.antispam.bayes:
+            pipeline.register(CorrespondentRecorder(runner))  # whom the account writes to is not spam
+        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules,
+                                    runner=runner):  # virus scan, spam scorers (rspamd, Bayes), the spam policy
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
@@ -544,6 +554,8 @@ class MailServer(MultiService):
     def _teardown_now(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self.trainer is not None:
+            self.trainer.stop()
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:
@@ -570,6 +582,9 @@ class MailServer(MultiService):
         self._stopping = True
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self.trainer is not None:
+            self.trainer.stop()
+            yield self.trainer.when_idle()
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:

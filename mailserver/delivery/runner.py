@@ -31,6 +31,10 @@ class ReactorRunner:
         """Blocking DNS work (the inbound checks) in the ``dns`` pool."""
         return run_in(self.reactor, self.pools.dns, f, *args, **kwargs)
 
+    def cpu(self, f, *args, **kwargs) -> defer.Deferred:
+        """CPU-heavy work of the checks (tokenizing for the classifier) in the ``cpu`` pool."""
+        return run_in(self.reactor, self.pools.cpu, f, *args, **kwargs)
+
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
         return self.astore.read_blob(blob_id, start, end)
 
@@ -63,6 +67,7 @@ class InlineRunner:
 
     read = blob
     dns = blob
+    cpu = blob
 
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
         return defer.execute(self.store.blobs.read, blob_id, start, end)

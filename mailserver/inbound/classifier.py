@@ -1,0 +1,220 @@
+"""The built-in classifier in the pipeline: the per-recipient Bayes verdict, correspondents, and the trainer.
+
+* :class:`BayesCheck` (a check stage, before the spam policy): once per message it reads the first
+  :data:`~mailserver.inbound.bayes.MAX_INPUT` bytes of the stored message, tokenizes them in the ``cpu`` pool and
+  reads, in one store call, every local recipient account's counts of those tokens and whether the sender is one of
+  its correspondents.  Then, per recipient, the account's own probability becomes a symbol of that recipient only
+  (``BAYES_SPAM`` / ``BAYES_HAM`` / ``BAYES_UNSURE`` with the probability as detail, weighted by ``[antispam]
+  bayes_spam_weight`` / ``bayes_ham_weight`` scaled by its distance from 0.5), once the account has trained at
+  least ``bayes_min_spam`` spam and ``bayes_min_ham`` ham messages; ``BAYES_KNOWN_SENDER`` (``known_sender_weight``)
+  when the envelope sender or From address is one the account wrote to or replied to, and (by default) SPF, DKIM
+  or DMARC passed for that address's domain.
+* :class:`CorrespondentRecorder` (a check stage on authenticated submission, webmail sending included): the
+  recipients of mail an account sends become its correspondents (``Store.set_flags`` adds the sender of a message
+  marked ``\\Answered``).
+* :class:`Trainer`: the store records training jobs with the user's own actions (``storage/bayes.py``); the trainer
+  does them off the reactor (blob read in the blob pool, tokenizing in the cpu pool, the counts in one write), when
+  the store says there is work and every ``interval`` seconds for jobs another process left.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from mailserver.delivery.router import LOCAL
+from mailserver.delivery.stages import MessageInfo, Target
+from mailserver.inbound import bayes, policy
+from mailserver.threads import run_in
+
+log = Logger()
+
+#: Below this distance from 0.5 the classifier is unsure (a symbol of weight 0, kept for the "why").
+UNSURE = 0.1
+
+
+def token_ids(raw: bytes | None) -> list[int] | None:
+    """The message's token ids (cpu work); None for no message."""
+    if raw is None:
+        return None
+    return sorted({bayes.token_id(t) for t in bayes.tokenize(raw)})
+
+
+def weight_of(p: float, spam_weight: float, ham_weight: float) -> tuple[str, float]:
+    """The symbol for probability ``p``: its name and weight."""
+    if p >= 0.5 + UNSURE:
+        return "BAYES_SPAM", spam_weight * (p - 0.5) / 0.5
+    if p <= 0.5 - UNSURE:
+        return "BAYES_HAM", ham_weight * (0.5 - p) / 0.5
+    return "BAYES_UNSURE", 0.0
+
+
+def verified_senders(message: MessageInfo, needs_auth: bool) -> list[str]:
+    """The envelope sender and From address, each only where its domain authenticated (unless not required)."""
+    sender = (message.envelope.sender if message.envelope is not None else "") or ""
+    from_address = policy._from_address(message.parsed)
+    candidates = [a.lower() for a in (sender, from_address) if a and "@" in a]
+    if not needs_auth:
+        return list(dict.fromkeys(candidates))
+    auth = message.memo.get("senderauth")
+    if auth is None:
+        return []
+    passed: set[str] = set()
+    spf = getattr(auth, "spf_mailfrom", None)
+    if spf is not None and spf.result == "pass":
+        passed.add(spf.domain.lower())
+    passed |= {d.domain.lower() for d in getattr(auth, "dkim", ()) if d.result == "pass" and d.domain}
+    passed |= {d.from_domain.lower() for d in getattr(auth, "dmarc", ()) if d.result == "pass" and d.from_domain}
+    return list(dict.fromkeys(a for a in candidates if a.rpartition("@")[2] in passed))
+
+
+class _Scan:
+    def __init__(self, ids: list[int], senders: list[str], counts: dict):
+        self.ids = ids
+        self.senders = senders
+        self.counts = counts
+
+
+class BayesCheck:
+    """The check stage; it gives no verdict itself, only symbols (the policy decides)."""
+
+    name = "bayes"
+    exact_mailbox = False
+
+    def __init__(self, runner, config):
+        self.runner = runner
+        self.cfg = config.antispam
+        self.networks = policy.trusted_networks(config)
+
+    def applies(self, message: MessageInfo) -> bool:
+        return not policy.spam_exempt(message, self.networks)
+
+    async def check(self, message: MessageInfo, target: Target):
+        account_id = getattr(target.route, "account_id", None)
+        if target.route.kind != LOCAL or account_id is None:
+            return None
+        scan = message.memo.get(self.name)
+        if scan is None:
+            scan = message.memo[self.name] = await self._scan(message)
+        counts = scan.counts.get(account_id)
+        if counts is None:  # a recipient routing did not name at RCPT (a redirect)
+            got = await self.runner.call_store("bayes_counts", [account_id], scan.ids, scan.senders)
+            counts = scan.counts[account_id] = got[account_id]
+        card = policy.scorecard(message)
+        cfg = self.cfg
+        if counts.known_senders:
+            card.add_for(target.address, "BAYES_KNOWN_SENDER", cfg.known_sender_weight,
+                         ", ".join(sorted(counts.known_senders)), "bayes")
+        if counts.spam >= max(cfg.bayes_min_spam, 1) and counts.ham >= max(cfg.bayes_min_ham, 1):
+            p = bayes.probability(scan.ids, bayes.Counts(counts.spam, counts.ham, counts.tokens))
+            name, weight = weight_of(p, cfg.bayes_spam_weight, cfg.bayes_ham_weight)
+            card.add_for(target.address, name, weight, f"{p:.4f}", "bayes")
+        return None
+
+    async def _scan(self, message: MessageInfo) -> _Scan:
+        raw = await message.read(0, bayes.MAX_INPUT)
+        ids = await self.runner.cpu(token_ids, raw)
+        senders = verified_senders(message, self.cfg.known_sender_needs_auth)
+        accounts = []
+        for r in message.envelope.recipients if message.envelope is not None else ():
+            for route in getattr(r.route, "routes", None) or ():
+                if route.kind == LOCAL and route.account_id is not None:
+                    accounts.append(route.account_id)
+        counts = await self.runner.call_store("bayes_counts", accounts, ids, senders) if accounts else {}
+        return _Scan(ids, senders, dict(counts))
+
+
+class CorrespondentRecorder:
+    """Authenticated submission: the account's recipients are its correspondents (once per message)."""
+
+    name = "correspondents"
+    exact_mailbox = False
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def applies(self, message: MessageInfo) -> bool:
+        c = message.client
+        return c is not None and c.account_id is not None and message.envelope is not None
+
+    async def check(self, message: MessageInfo, target: Target):
+        if self.name not in message.memo:
+            message.memo[self.name] = True
+            addresses = [r.address for r in message.envelope.recipients]
+            try:
+                await self.runner.call_store("bayes_note_senders", message.client.account_id, addresses)
+            except Exception:  # remembering correspondents must never stop the mail
+                log.failure("noting correspondents of {qid} failed", qid=message.queue_id)
+        return None
+
+
+class Trainer:
+    """Does the training jobs the store recorded (``storage/bayes.py``), off the reactor thread."""
+
+    def __init__(self, reactor, astore, pools, config, *, interval: float = 60.0, batch: int = 20):
+        self.reactor = reactor
+        self.astore = astore
+        self.pools = pools
+        self.max_tokens = config.antispam.bayes_max_tokens
+        self.interval = interval
+        self.batch = batch
+        self.trained = 0  # jobs done by this process (tests and metrics)
+        self._running = False
+        self._again = False
+        self._idle: list[defer.Deferred] = []
+        self._loop: task.LoopingCall | None = None
+
+    def start(self) -> None:
+        self._loop = task.LoopingCall(self.kick)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def kick(self) -> None:
+        """There may be work (call on the reactor thread)."""
+        if self._running:
+            self._again = True
+            return
+        self._running = True
+        defer.ensureDeferred(self._drain()).addErrback(
+            lambda f: log.failure("classifier training failed", f)).addBoth(self._done)
+
+    def when_idle(self) -> defer.Deferred:
+        """Fires once no training is running (tests)."""
+        d: defer.Deferred = defer.Deferred()
+        if self._running:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _done(self, _):
+        self._running = False
+        if self._again:
+            self._again = False
+            self.kick()
+            return
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    async def _drain(self) -> None:
+        while True:
+            self._again = False
+            jobs = await self.astore.bayes_pending(self.batch)
+            for job in jobs:
+                try:
+                    raw = await self.astore.read_blob(job.blob_id, 0, bayes.MAX_INPUT)
+                except Exception:  # the message is gone (expunged and collected): nothing to learn
+                    raw = None
+                ids = await run_in(self.reactor, self.pools.cpu, token_ids, raw)
+                outcome = await self.astore.bayes_learn(job.account_id, job.blob_id, job.klass, ids, job_id=job.id,
+                                                        max_tokens=self.max_tokens)
+                self.trained += 1
+                log.info("classifier: account {account} message {blob} as {klass}: {outcome}",
+                         account=job.account_id, blob=job.blob_id[:12], klass=job.klass, outcome=outcome)
+            if len(jobs) < self.batch and not self._again:
+                return
