@@ -323,15 +323,15 @@ class AntispamConfig:
     bayes: bool = True
     #: The weight of BAYES_SPAM at probability 1 (scaled down linearly to 0 at probability 0.5).
     bayes_spam_weight: float = 7.0
-    #: The weight of BAYES_HAM at probability 0 (scaled the same way; negative: it lowers the score).
-    bayes_ham_weight: float = -3.0
+    #: How much BAYES_HAM lowers the score at probability 0 (scaled the same way).
+    bayes_ham_weight: float = 3.0
     #: Messages an account must have trained as spam and as ham before its classifier votes.
     bayes_min_spam: int = 20
     bayes_min_ham: int = 20
     #: Most tokens kept per account (past it the least useful are pruned).
     bayes_max_tokens: int = 200_000
-    #: The weight of BAYES_KNOWN_SENDER: mail from an address the account sent mail to or replied to.
-    known_sender_weight: float = -3.0
+    #: How much BAYES_KNOWN_SENDER lowers the score: mail from an address the account sent mail to or replied to.
+    known_sender_weight: float = 3.0
     #: Count a sender as known only when SPF, DKIM or DMARC passed for its domain (a From: is easy to forge).
     known_sender_needs_auth: bool = True
     domain: dict[str, SpamThresholds] = field(default_factory=dict)

@@ -5,8 +5,8 @@
   reads, in one store call, every local recipient account's counts of those tokens and whether the sender is one of
   its correspondents.  Then, per recipient, the account's own probability becomes a symbol of that recipient only
   (``BAYES_SPAM`` / ``BAYES_HAM`` / ``BAYES_UNSURE`` with the probability as detail, weighted by ``[antispam]
-  bayes_spam_weight`` / ``bayes_ham_weight`` scaled by its distance from 0.5), once the account has trained at
-  least ``bayes_min_spam`` spam and ``bayes_min_ham`` ham messages; ``BAYES_KNOWN_SENDER`` (``known_sender_weight``)
+  bayes_spam_weight`` / minus ``bayes_ham_weight`` scaled by its distance from 0.5), once the account has trained at
+  least ``bayes_min_spam`` spam and ``bayes_min_ham`` ham messages; ``BAYES_KNOWN_SENDER`` (minus ``known_sender_weight``)
   when the envelope sender or From address is one the account wrote to or replied to, and (by default) SPF, DKIM
   or DMARC passed for that address's domain.
 * :class:`CorrespondentRecorder` (a check stage on authenticated submission, webmail sending included): the
@@ -45,7 +45,7 @@ def weight_of(p: float, spam_weight: float, ham_weight: float) -> tuple[str, flo
     if p >= 0.5 + UNSURE:
         return "BAYES_SPAM", spam_weight * (p - 0.5) / 0.5
     if p <= 0.5 - UNSURE:
-        return "BAYES_HAM", ham_weight * (0.5 - p) / 0.5
+        return "BAYES_HAM", -ham_weight * (0.5 - p) / 0.5
     return "BAYES_UNSURE", 0.0
 
 
@@ -103,7 +103,7 @@ class BayesCheck:
         card = policy.scorecard(message)
         cfg = self.cfg
         if counts.known_senders:
-            card.add_for(target.address, "BAYES_KNOWN_SENDER", cfg.known_sender_weight,
+            card.add_for(target.address, "BAYES_KNOWN_SENDER", -cfg.known_sender_weight,
                          ", ".join(sorted(counts.known_senders)), "bayes")
         if counts.spam >= max(cfg.bayes_min_spam, 1) and counts.ham >= max(cfg.bayes_min_ham, 1):
             p = bayes.probability(scan.ids, bayes.Counts(counts.spam, counts.ham, counts.tokens))

@@ -131,8 +131,45 @@ def test_malformed_messages_tokenize_without_error(raw):
 
 
 def test_the_symbol_weight_scales_with_the_distance_from_one_half():
-    assert weight_of(1.0, 7.0, -3.0) == ("BAYES_SPAM", 7.0)
-    assert weight_of(0.0, 7.0, -3.0) == ("BAYES_HAM", -3.0)
-    assert weight_of(0.55, 7.0, -3.0) == ("BAYES_UNSURE", 0.0)
-    name, w = weight_of(0.75, 7.0, -3.0)
+    assert weight_of(1.0, 7.0, 3.0) == ("BAYES_SPAM", 7.0)
+    assert weight_of(0.0, 7.0, 3.0) == ("BAYES_HAM", -3.0)
+    assert weight_of(0.55, 7.0, 3.0) == ("BAYES_UNSURE", 0.0)
+    name, w = weight_of(0.75, 7.0, 3.0)
     assert name == "BAYES_SPAM" and w == pytest.approx(3.5)
+
+
+def test_releasing_a_copy_held_as_spam_records_ham_training(store):
+    import time
+
+    from storage.quarantine import HoldSpec
+
+    acct = _account(store)
+    raw = Corpus().message("ham", 5)
+    now = time.time()
+    (item_id,) = store.hold_quarantined([HoldSpec(acct.id, store.blobs.put(raw), {"subject": "x"}, acct.address,
+                                                  "s@x.test", {}, {}, "spam", "Spam score 9", [], "Q1", now,
+                                                  now + 60)])
+    kicked = []
+    store.on_training = lambda: kicked.append(1)
+    store.release_quarantined(item_id)
+    (job,) = store.bayes_pending()
+    assert (job.account_id, job.klass) == (acct.id, "ham") and kicked == [1]
+
+
+def test_a_per_recipient_symbol_counts_for_that_recipient_only():
+    from mailserver.inbound.policy import JUNK, ScoreCard, Thresholds, decide, headers_for
+
+    card = ScoreCard()
+    card.add("R_SPF_FAIL", 1.0)
+    card.add_for("Bob@example.test", "BAYES_SPAM", 6.5, "0.9900", "bayes")
+    card.add_for("carol@example.test", "BAYES_HAM", -2.0, "0.1000", "bayes")
+    bob = decide(card, Thresholds(), "bob@example.test")
+    carol = decide(card, Thresholds(), "carol@example.test")
+    assert (bob.action, bob.total) == (JUNK, 7.5)
+    assert (carol.action, carol.total) == ("accept", -1.0)
+    assert decide(card, Thresholds(), "dave@example.test").total == 1.0
+    fields = dict(headers_for(card, bob, symbols_header=True, address="bob@example.test"))
+    assert fields["X-Spam-Symbols"] == "BAYES_SPAM(6.50) R_SPF_FAIL(1.00)"
+    empty = ScoreCard()
+    empty.add_for("bob@example.test", "BAYES_UNSURE", 0.0, "0.5")
+    assert not empty.empty and empty.scored_for("bob@example.test") and not empty.scored_for("x@example.test")
