@@ -236,10 +236,10 @@ def trained_as(conn: Connection, account_id: int, key: str) -> str | None:
     return conn.execute(select(TR.c.klass).where(TR.c.account_id == account_id, TR.c.blob_id == key)).scalar()
 
 
-def counts(conn: Connection, account_ids: Sequence[int], token_ids: Sequence[int],
+def counts(conn: Connection, account_ids: Sequence[int], token_ids: Sequence[int] | None,
            senders: Sequence[str] = ()) -> dict[int, AccountCounts]:
-    """For each account: its trained totals, its counts of these tokens, and which of ``senders`` are its
-    correspondents.  One read per message whatever the number of recipients."""
+    """For each account: its trained totals, its counts of these tokens (none read when ``token_ids`` is None),
+    and which of ``senders`` are its correspondents.  One read for every recipient of a message."""
     account_ids = list(dict.fromkeys(account_ids))
     out: dict[int, AccountCounts] = {}
     if not account_ids:
@@ -250,7 +250,7 @@ def counts(conn: Connection, account_ids: Sequence[int], token_ids: Sequence[int
     for a in account_ids:
         spam, ham = totals.get(a, (0, 0))
         tokens: dict[int, tuple[int, int]] = {}
-        if spam or ham:
+        if (spam or ham) and token_ids:
             for chunk in chunks(sorted(set(token_ids))):
                 for r in conn.execute(select(T.c.token, T.c.spam, T.c.ham).where(T.c.account_id == a,
                                                                                  T.c.token.in_(chunk))):

@@ -450,7 +450,7 @@ class Store:
                                max_tokens=max_tokens)
 
     @reads
-    def bayes_counts(self, account_ids: Sequence[int], token_ids: Sequence[int],
+    def bayes_counts(self, account_ids: Sequence[int], token_ids: Sequence[int] | None,
                      senders: Sequence[str] = ()) -> dict[int, bayes.AccountCounts]:
         with self.transaction(write=False) as conn:
             return bayes.counts(conn, account_ids, token_ids, senders)

@@ -1,9 +1,9 @@
 """The built-in classifier in the pipeline: the per-recipient Bayes verdict, correspondents, and the trainer.
 
-* :class:`BayesCheck` (a check stage, before the spam policy): once per message it reads the first
-  :data:`~mailserver.inbound.bayes.MAX_INPUT` bytes of the stored message, tokenizes them in the ``cpu`` pool and
-  reads, in one store call, every local recipient account's counts of those tokens and whether the sender is one of
-  its correspondents.  Then, per recipient, the account's own probability becomes a symbol of that recipient only
+* :class:`BayesCheck` (a check stage, before the spam policy): once per message it reads, in one store call,
+  every local recipient account's trained totals and whether the sender is one of its correspondents; when one of
+  them has trained enough to vote, it reads the first :data:`~mailserver.inbound.bayes.MAX_INPUT` bytes of the
+  stored message, tokenizes them in the ``cpu`` pool and reads those accounts' counts of the tokens (one more call).  Then, per recipient, the account's own probability becomes a symbol of that recipient only
   (``BAYES_SPAM`` / ``BAYES_HAM`` / ``BAYES_UNSURE`` with the probability as detail, weighted by ``[antispam]
   bayes_spam_weight`` / minus ``bayes_ham_weight`` scaled by its distance from 0.5), once the account has trained at
   least ``bayes_min_spam`` spam and ``bayes_min_ham`` ham messages; ``BAYES_KNOWN_SENDER`` (minus ``known_sender_weight``)
@@ -26,6 +26,7 @@ from mailserver.delivery.router import LOCAL
 from mailserver.delivery.stages import MessageInfo, Target
 from mailserver.inbound import bayes, policy
 from mailserver.threads import run_in
+from storage import bayes as bayes_store
 
 log = Logger()
 
@@ -69,10 +70,13 @@ def verified_senders(message: MessageInfo, needs_auth: bool) -> list[str]:
 
 
 class _Scan:
-    def __init__(self, ids: list[int], senders: list[str], counts: dict):
-        self.ids = ids
+    """One message's classifier work: its token ids (read and tokenized only when a recipient's classifier votes),
+    the verified senders, and each recipient account's counts."""
+
+    def __init__(self, senders: list[str]):
+        self.ids: list[int] | None = None
         self.senders = senders
-        self.counts = counts
+        self.counts: dict = {}
 
 
 class BayesCheck:
@@ -89,39 +93,53 @@ class BayesCheck:
     def applies(self, message: MessageInfo) -> bool:
         return not policy.spam_exempt(message, self.networks)
 
+    def votes(self, counts) -> bool:
+        return counts.spam >= max(self.cfg.bayes_min_spam, 1) and counts.ham >= max(self.cfg.bayes_min_ham, 1)
+
     async def check(self, message: MessageInfo, target: Target):
         account_id = getattr(target.route, "account_id", None)
         if target.route.kind != LOCAL or account_id is None:
             return None
         scan = message.memo.get(self.name)
         if scan is None:
-            scan = message.memo[self.name] = await self._scan(message)
-        counts = scan.counts.get(account_id)
-        if counts is None:  # a recipient routing did not name at RCPT (a redirect)
-            got = await self.runner.call_store("bayes_counts", [account_id], scan.ids, scan.senders)
-            counts = scan.counts[account_id] = got[account_id]
+            scan = message.memo[self.name] = _Scan(verified_senders(message, self.cfg.known_sender_needs_auth))
+            await self._load(message, scan, _final_accounts(message) | {account_id})
+        elif account_id not in scan.counts:  # a recipient routing did not name at RCPT (a redirect)
+            await self._load(message, scan, {account_id})
+        counts = scan.counts[account_id]
         card = policy.scorecard(message)
         cfg = self.cfg
         if counts.known_senders:
             card.add_for(target.address, "BAYES_KNOWN_SENDER", -cfg.known_sender_weight,
                          ", ".join(sorted(counts.known_senders)), "bayes")
-        if counts.spam >= max(cfg.bayes_min_spam, 1) and counts.ham >= max(cfg.bayes_min_ham, 1):
+        if self.votes(counts) and scan.ids is not None:
             p = bayes.probability(scan.ids, bayes.Counts(counts.spam, counts.ham, counts.tokens))
             name, weight = weight_of(p, cfg.bayes_spam_weight, cfg.bayes_ham_weight)
             card.add_for(target.address, name, weight, f"{p:.4f}", "bayes")
         return None
 
-    async def _scan(self, message: MessageInfo) -> _Scan:
-        raw = await message.read(0, bayes.MAX_INPUT)
-        ids = await self.runner.cpu(token_ids, raw)
-        senders = verified_senders(message, self.cfg.known_sender_needs_auth)
-        accounts = []
-        for r in message.envelope.recipients if message.envelope is not None else ():
-            for route in getattr(r.route, "routes", None) or ():
-                if route.kind == LOCAL and route.account_id is not None:
-                    accounts.append(route.account_id)
-        counts = await self.runner.call_store("bayes_counts", accounts, ids, senders) if accounts else {}
-        return _Scan(ids, senders, dict(counts))
+    async def _load(self, message: MessageInfo, scan: _Scan, accounts: set[int]) -> None:
+        """The accounts' totals and correspondents (one read); then, only if one of them has trained enough to
+        vote, the message's tokens (its first bytes read once, tokenized in the cpu pool) and their counts."""
+        got = await self.runner.call_store("bayes_counts", sorted(accounts), None, scan.senders)
+        voters = sorted(a for a, c in got.items() if self.votes(c))
+        if voters:
+            if scan.ids is None:
+                raw = await message.read(0, bayes.MAX_INPUT)
+                scan.ids = await self.runner.cpu(token_ids, raw)
+            tokens = await self.runner.call_store("bayes_counts", voters, scan.ids, ())
+            for a in voters:
+                got[a] = bayes_store.AccountCounts(got[a].spam, got[a].ham, tokens[a].tokens, got[a].known_senders)
+        scan.counts.update(got)
+
+
+def _final_accounts(message: MessageInfo) -> set[int]:
+    out = set()
+    for r in message.envelope.recipients if message.envelope is not None else ():
+        for route in getattr(r.route, "routes", None) or ():
+            if route.kind == LOCAL and route.account_id is not None:
+                out.add(route.account_id)
+    return out
 
 
 class CorrespondentRecorder:
