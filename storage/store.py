@@ -384,14 +384,14 @@ class Store:
 
     @staticmethod
     def _train_keywords(conn: Connection, mailbox_id: int, updated, before: dict[int, set[str]]) -> int:
-        """``$Junk`` newly set trains spam, ``$NotJunk`` ham (a message carrying both teaches nothing)."""
+        """``$Junk`` newly set trains spam, ``$NotJunk`` ham, whatever the other one still says (a client marking
+        "not junk" may set ``$NotJunk`` before it removes ``$Junk``); setting both at once teaches nothing."""
         account_id = mailboxes.owner_of(conn, mailbox_id)
         by_class: dict[str, list[int]] = {bayes.SPAM: [], bayes.HAM: []}
         for u in updated:
-            have = {k.lower() for k in u.keywords}
-            new = have - before.get(u.uid, set())
-            junk, not_junk = bayes.JUNK_KEYWORD in have, bayes.NOT_JUNK_KEYWORD in have
-            if junk != not_junk and new & bayes.TRAINING_KEYWORDS:
+            new = {k.lower() for k in u.keywords} - before.get(u.uid, set())
+            junk, not_junk = bayes.JUNK_KEYWORD in new, bayes.NOT_JUNK_KEYWORD in new
+            if junk != not_junk:
                 by_class[bayes.SPAM if junk else bayes.HAM].append(u.uid)
         now = time.time()
         return sum(bayes.note_training(conn, account_id, bayes.blobs_of(conn, mailbox_id, uids), klass, now)

@@ -88,8 +88,8 @@ def test_junk_and_notjunk_keywords_train_and_a_store_move_trains_whoever_calls_i
             c.uid("STORE", "1", "FLAGS", r"(\Flagged $Junk)")  # a replace naming it again: still no
             _idle(srv)
             assert _stats(srv, "bob@example.test") == (1, 0)
+            c.uid("STORE", "1", "+FLAGS", "($NotJunk)")  # before $Junk is removed, as some clients do
             c.uid("STORE", "1", "-FLAGS", "($Junk)")
-            c.uid("STORE", "1", "+FLAGS", "($NotJunk)")
             _idle(srv)
             assert _trained(srv, "bob@example.test", first) == "ham"
             assert _stats(srv, "bob@example.test") == (0, 1)
@@ -164,3 +164,32 @@ def test_a_10_mb_single_token_message_is_classified_and_delivered(tmp_path):
         assert msg["Subject"] == "big"
         assert msg["X-Spam-Score"] is not None  # the classifier ran for bob (on the first 256 KiB only)
         assert len(msg.get_payload(decode=True)) == 10 * 1024 * 1024
+
+
+def test_the_webmail_junk_buttons_and_a_plain_move_train(tmp_path):
+    from tests.webmail.test_http import Client
+
+    with running_server(tmp_path, listeners=("https",)) as srv:
+        srv.add_user("bob@example.test", PASSWORD)
+        corpus = Corpus()
+        for i in range(3):
+            srv.deliver("bob@example.test", corpus.message("ham", i))
+        blobs = _blob(srv, "bob@example.test")
+        acct = srv.store.get_account("bob@example.test")
+        inbox, junk = srv.store.get_mailbox(acct.id, "INBOX"), srv.store.get_mailbox(acct.id, "Junk")
+        archive = srv.store.get_mailbox(acct.id, "Archive")
+        c = Client(srv)
+        c.login("bob@example.test", PASSWORD)
+        token = c.csrf()
+        r, _ = c.post(f"/m/{inbox.id}/action", {"_csrf": token, "action": "junk", "uid": ["1", "2"]})
+        assert r.status == 303
+        _idle(srv)
+        assert [_trained(srv, "bob@example.test", b) for b in blobs] == ["spam", "spam", None]
+        assert _stats(srv, "bob@example.test") == (2, 0)
+        r, _ = c.post(f"/m/{junk.id}/action", {"_csrf": token, "action": "notjunk", "uid": "1"})
+        assert r.status == 303
+        r, _ = c.post(f"/m/{junk.id}/action", {"_csrf": token, "action": "move", "uid": "2", "to": str(archive.id)})
+        assert r.status == 303
+        _idle(srv)
+        assert [_trained(srv, "bob@example.test", b) for b in blobs] == ["ham", "ham", None]
+        assert _stats(srv, "bob@example.test") == (0, 2)
