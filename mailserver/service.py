@@ -46,7 +46,7 @@ from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.dns import DnsResolver
-from mailserver.inbound.classifier import CorrespondentRecorder, Trainer
+from mailserver.inbound.classifier import BayesCheck, CorrespondentRecorder, Trainer
 from mailserver.inbound.scanners import inbound_stages
 from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
 from mailserver.inbound.senderauth import Settings as SenderAuthSettings
@@ -351,6 +351,9 @@ class MailServer(MultiService):
         if cfg.antispam.bayes:
             # Training recorded by the store's operations (moves into / out of Junk, $Junk / $NotJunk).
             self.trainer = Trainer(self.reactor, self.astore, self.pools, cfg)
+            for stage in self.provided.pipeline.checks:
+                if isinstance(stage, BayesCheck):
+                    self.trainer.on_trained = stage.forget
             self.store.on_training = lambda: self.reactor.callFromThread(self.trainer.kick)
             self.trainer.start()
         for i, (name, address) in enumerate(cfg.listen.items()):

@@ -237,9 +237,10 @@ def trained_as(conn: Connection, account_id: int, key: str) -> str | None:
 
 
 def counts(conn: Connection, account_ids: Sequence[int], token_ids: Sequence[int] | None,
-           senders: Sequence[str] = ()) -> dict[int, AccountCounts]:
-    """For each account: its trained totals, its counts of these tokens (none read when ``token_ids`` is None),
-    and which of ``senders`` are its correspondents.  One read for every recipient of a message."""
+           senders: Sequence[str] = (), min_spam: int = 0, min_ham: int = 0) -> dict[int, AccountCounts]:
+    """For each account: its trained totals, its counts of these tokens (only for accounts that trained at least
+    ``min_spam`` spam and ``min_ham`` ham messages; none when ``token_ids`` is None), and which of ``senders`` are
+    its correspondents.  One read for every recipient of a message."""
     account_ids = list(dict.fromkeys(account_ids))
     out: dict[int, AccountCounts] = {}
     if not account_ids:
@@ -250,7 +251,7 @@ def counts(conn: Connection, account_ids: Sequence[int], token_ids: Sequence[int
     for a in account_ids:
         spam, ham = totals.get(a, (0, 0))
         tokens: dict[int, tuple[int, int]] = {}
-        if (spam or ham) and token_ids:
+        if (spam or ham) and spam >= min_spam and ham >= min_ham and token_ids:
             for chunk in chunks(sorted(set(token_ids))):
                 for r in conn.execute(select(T.c.token, T.c.spam, T.c.ham).where(T.c.account_id == a,
                                                                                  T.c.token.in_(chunk))):

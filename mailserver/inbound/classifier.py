@@ -32,6 +32,9 @@ log = Logger()
 
 #: Below this distance from 0.5 the classifier is unsure (a symbol of weight 0, kept for the "why").
 UNSURE = 0.1
+#: Seconds an account's trained totals are taken as known, and the most accounts remembered.
+TOTALS_TTL = 30.0
+MAX_CACHED = 100_000
 
 
 def token_ids(raw: bytes | None) -> list[int] | None:
@@ -80,21 +83,33 @@ class _Scan:
 
 
 class BayesCheck:
-    """The check stage; it gives no verdict itself, only symbols (the policy decides)."""
+    """The check stage; it gives no verdict itself, only symbols (the policy decides).
+
+    Each account's trained totals are kept for :data:`TOTALS_TTL` seconds (on ``clock``), so mail to accounts that
+    have not trained enough costs no read at all unless there is a verified sender to look up; the trainer of this
+    process forgets an account's entry when it trains it (another process's training shows within the TTL)."""
 
     name = "bayes"
     exact_mailbox = False
 
-    def __init__(self, runner, config):
+    def __init__(self, runner, config, *, clock=None):
         self.runner = runner
         self.cfg = config.antispam
         self.networks = policy.trusted_networks(config)
+        self.clock = clock
+        self._totals: dict[int, tuple[int, int, float]] = {}  # account -> (spam, ham, read at)
 
     def applies(self, message: MessageInfo) -> bool:
         return not policy.spam_exempt(message, self.networks)
 
     def votes(self, counts) -> bool:
         return counts.spam >= max(self.cfg.bayes_min_spam, 1) and counts.ham >= max(self.cfg.bayes_min_ham, 1)
+
+    def forget(self, account_id: int) -> None:
+        self._totals.pop(account_id, None)
+
+    def _now(self) -> float:
+        return self.clock.seconds() if self.clock is not None else float("-inf")
 
     async def check(self, message: MessageInfo, target: Target):
         account_id = getattr(target.route, "account_id", None)
@@ -112,24 +127,37 @@ class BayesCheck:
         if counts.known_senders:
             card.add_for(target.address, "BAYES_KNOWN_SENDER", -cfg.known_sender_weight,
                          ", ".join(sorted(counts.known_senders)), "bayes")
-        if self.votes(counts) and scan.ids is not None:
+        if self.votes(counts) and counts.tokens is not None and scan.ids is not None:
             p = bayes.probability(scan.ids, bayes.Counts(counts.spam, counts.ham, counts.tokens))
             name, weight = weight_of(p, cfg.bayes_spam_weight, cfg.bayes_ham_weight)
             card.add_for(target.address, name, weight, f"{p:.4f}", "bayes")
         return None
 
     async def _load(self, message: MessageInfo, scan: _Scan, accounts: set[int]) -> None:
-        """The accounts' totals and correspondents (one read); then, only if one of them has trained enough to
-        vote, the message's tokens (its first bytes read once, tokenized in the cpu pool) and their counts."""
-        got = await self.runner.call_store("bayes_counts", sorted(accounts), None, scan.senders)
-        voters = sorted(a for a, c in got.items() if self.votes(c))
-        if voters:
-            if scan.ids is None:
-                raw = await message.read(0, bayes.MAX_INPUT)
-                scan.ids = await self.runner.cpu(token_ids, raw)
-            tokens = await self.runner.call_store("bayes_counts", voters, scan.ids, ())
-            for a in voters:
-                got[a] = bayes_store.AccountCounts(got[a].spam, got[a].ham, tokens[a].tokens, got[a].known_senders)
+        """At most one read for the message's recipients: their totals, correspondents and (for those that vote)
+        token counts.  The message is read (its first bytes, once) and tokenized in the cpu pool only when a
+        recipient votes or may (its totals are not known)."""
+        now, cfg = self._now(), self.cfg
+        known, maybe = {}, False
+        for a in accounts:
+            entry = self._totals.get(a)
+            if entry is None or now - entry[2] > TOTALS_TTL:
+                maybe = True
+            else:
+                known[a] = bayes_store.AccountCounts(entry[0], entry[1], {}, frozenset())
+                maybe = maybe or self.votes(known[a])
+        if not maybe and not scan.senders:
+            scan.counts.update(known)  # nobody votes, no sender to look up: no read at all
+            return
+        if maybe and scan.ids is None:
+            raw = await message.read(0, bayes.MAX_INPUT)
+            scan.ids = await self.runner.cpu(token_ids, raw)
+        got = await self.runner.call_store("bayes_counts", sorted(accounts), scan.ids if maybe else None,
+                                           scan.senders, max(cfg.bayes_min_spam, 1), max(cfg.bayes_min_ham, 1))
+        if len(self._totals) > MAX_CACHED:
+            self._totals.clear()
+        for a, c in got.items():
+            self._totals[a] = (c.spam, c.ham, now)
         scan.counts.update(got)
 
 
@@ -177,6 +205,8 @@ class Trainer:
         self.interval = interval
         self.batch = batch
         self.trained = 0  # jobs done by this process (tests and metrics)
+        #: Called with the account id of each training done (the check stage forgets its cached totals).
+        self.on_trained = None
         self._running = False
         self._again = False
         self._idle: list[defer.Deferred] = []
@@ -232,6 +262,8 @@ class Trainer:
                 outcome = await self.astore.bayes_learn(job.account_id, job.blob_id, job.klass, ids, job_id=job.id,
                                                         max_tokens=self.max_tokens)
                 self.trained += 1
+                if self.on_trained is not None:
+                    self.on_trained(job.account_id)
                 log.info("classifier: account {account} message {blob} as {klass}: {outcome}",
                          account=job.account_id, blob=job.blob_id[:12], klass=job.klass, outcome=outcome)
             if len(jobs) < self.batch and not self._again:

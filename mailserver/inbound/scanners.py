@@ -20,6 +20,6 @@ def inbound_stages(reactor, config, *, sender_rules=None, runner=None) -> list:
     if config.antispam.rspamd:
         stages.append(RspamdCheck(reactor, config))
     if config.antispam.bayes and runner is not None:
-        stages.append(BayesCheck(runner, config))
+        stages.append(BayesCheck(runner, config, clock=reactor))
     stages.append(SpamPolicy(config, rules=sender_rules))
     return stages

@@ -173,3 +173,45 @@ def test_a_per_recipient_symbol_counts_for_that_recipient_only():
     empty = ScoreCard()
     empty.add_for("bob@example.test", "BAYES_UNSURE", 0.0, "0.5")
     assert not empty.empty and empty.scored_for("bob@example.test") and not empty.scored_for("x@example.test")
+
+
+def test_the_check_caches_totals_for_a_while_and_forgets_them_when_told(store):
+    """Mail to an account that has not trained enough costs no read within TOTALS_TTL (on the injected clock)."""
+    from twisted.internet import defer, task
+
+    from mailserver import config as cfgmod
+    from mailserver.address import parse_mailbox
+    from mailserver.delivery.envelope import ClientInfo, Envelope, Recipient
+    from mailserver.delivery.router import LOCAL, Route, RouteResult
+    from mailserver.delivery.runner import InlineRunner
+    from mailserver.delivery.stages import MessageInfo, Target
+    from mailserver.inbound import policy
+    from mailserver.inbound.classifier import TOTALS_TTL, BayesCheck
+
+    acct = _account(store)
+    cfg = cfgmod.load_dict({"hostname": "x.test", "data_dir": "/tmp/x",
+                            "antispam": {"bayes_min_spam": 1, "bayes_min_ham": 1}})
+    clock = task.Clock()
+    check = BayesCheck(InlineRunner(store), cfg, clock=clock)
+    route = Route(LOCAL, acct.address, acct.id)
+    raw = Corpus().message("spam", 9)
+
+    def verdict_symbols():
+        env = Envelope(parse_mailbox("x@remote.test"), (Recipient(parse_mailbox(acct.address),
+                                                                  route=RouteResult((route,))),))
+        info = MessageInfo("smtp", "Q", env, ClientInfo("192.0.2.1", "h", True), len(raw), "b", None,
+                           lambda start=0, end=None: defer.succeed(raw[start:end]))
+        d = defer.ensureDeferred(check.check(info, Target(route)))
+        assert d.called
+        return [s.name for s in policy.scorecard(info).symbols_for(acct.address)]
+
+    assert verdict_symbols() == []  # untrained, and now known to be
+    store.bayes_learn(acct.id, "s", "spam", token_ids(raw))
+    store.bayes_learn(acct.id, "h", "ham", token_ids(Corpus().message("ham", 9)))
+    assert verdict_symbols() == []  # within the TTL the totals are not read again
+    clock.advance(TOTALS_TTL + 1)
+    assert verdict_symbols() == ["BAYES_SPAM"]
+    store.bayes_learn(acct.id, "s2", "ham", token_ids(raw))  # (the trainer calls forget after training)
+    check.forget(acct.id)
+    verdict_symbols()
+    assert check._totals[acct.id][:2] == (1, 2)  # read again at once
