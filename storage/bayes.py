@@ -237,16 +237,21 @@ def trained_as(conn: Connection, account_id: int, key: str) -> str | None:
 
 
 def counts(conn: Connection, account_ids: Sequence[int], token_ids: Sequence[int] | None,
-           senders: Sequence[str] = (), min_spam: int = 0, min_ham: int = 0) -> dict[int, AccountCounts]:
+           senders: Sequence[str] = (), min_spam: int = 0, min_ham: int = 0,
+           known_totals: dict[int, tuple[int, int]] | None = None) -> dict[int, AccountCounts]:
     """For each account: its trained totals, its counts of these tokens (only for accounts that trained at least
     ``min_spam`` spam and ``min_ham`` ham messages; none when ``token_ids`` is None), and which of ``senders`` are
-    its correspondents.  One read for every recipient of a message."""
+    its correspondents.  One read for every recipient of a message.  ``known_totals`` are totals the caller read
+    a moment ago (not read again)."""
     account_ids = list(dict.fromkeys(account_ids))
     out: dict[int, AccountCounts] = {}
     if not account_ids:
         return out
-    totals = {r.account_id: (r.spam, r.ham) for r in conn.execute(
-        select(TOT.c.account_id, TOT.c.spam, TOT.c.ham).where(TOT.c.account_id.in_(account_ids)))}
+    totals = dict(known_totals or {})
+    unknown = [a for a in account_ids if a not in totals]
+    if unknown:
+        totals.update({r.account_id: (r.spam, r.ham) for r in conn.execute(
+            select(TOT.c.account_id, TOT.c.spam, TOT.c.ham).where(TOT.c.account_id.in_(unknown)))})
     senders = [s.lower() for s in senders if s]
     for a in account_ids:
         spam, ham = totals.get(a, (0, 0))

@@ -451,11 +451,11 @@ class Store:
 
     @reads
     def bayes_counts(self, account_ids: Sequence[int], token_ids: Sequence[int] | None,
-                     senders: Sequence[str] = (), min_spam: int = 0, min_ham: int = 0
-                     ) -> dict[int, bayes.AccountCounts]:
+                     senders: Sequence[str] = (), min_spam: int = 0, min_ham: int = 0,
+                     known_totals: dict[int, tuple[int, int]] | None = None) -> dict[int, bayes.AccountCounts]:
         """The classifier's view of a message for its recipients (storage/bayes.py ``counts``)."""
         with self.transaction(write=False) as conn:
-            return bayes.counts(conn, account_ids, token_ids, senders, min_spam, min_ham)
+            return bayes.counts(conn, account_ids, token_ids, senders, min_spam, min_ham, known_totals)
 
     @writes
     def bayes_note_senders(self, account_id: int, addresses: Sequence[str]) -> None:

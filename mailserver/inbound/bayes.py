@@ -55,17 +55,19 @@ def token_id(token: str) -> int:
     return int.from_bytes(hashlib.blake2b(token.encode("utf-8", "replace"), digest_size=8).digest(), "big") >> 1
 
 
-def _words(text: str):
-    for m in _WORD.finditer(text):
-        w = m.group(0).strip("'.-$").lower()
+def _words(text: str) -> list[str]:
+    out = []
+    for w in _WORD.findall(text.lower()):
+        w = w.strip("'.-$")
         if len(w) > MAX_WORD:
-            yield f"long:{min(len(w) // 10, 20)}"
+            out.append(f"long:{min(len(w) // 10, 20)}")
         elif len(w) >= MIN_WORD:
-            yield w
+            out.append(w)
+    return out
 
 
 class _Tokens:
-    """A bounded set of tokens."""
+    """A bounded set of tokens (insertion order kept)."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -78,6 +80,16 @@ class _Tokens:
     def add(self, token: str) -> None:
         if len(self.items) < self.limit:
             self.items.setdefault(token)
+
+    def update(self, tokens) -> None:
+        items = self.items
+        room = self.limit - len(items)
+        for t in tokens:
+            if room <= 0:
+                return
+            if t not in items:
+                items[t] = None
+                room -= 1
 
 
 def _text_of(part) -> str:
@@ -101,21 +113,15 @@ def tokenize(raw: bytes) -> list[str]:
     try:
         msg = BytesParser(policy=email_policy.compat32).parsebytes(raw)
     except Exception:  # the parser does not usually raise, but hostile input must not stop a delivery
-        for w in _words(raw.decode("utf-8", "replace")):
-            out.add(w)
+        out.update(_words(raw.decode("utf-8", "replace")))
         return list(out.items)
     for name in HEADER_FIELDS:
         try:
             values = msg.get_all(name) or []
         except Exception:
             values = []
-        n = 0
-        for value in values[:5]:
-            for w in _words(str(value)):
-                if n >= MAX_HEADER_TOKENS:
-                    break
-                out.add(f"{name}:{w}")
-                n += 1
+        words = [w for value in values[:5] for w in _words(str(value)[:4096])][:MAX_HEADER_TOKENS]
+        out.update(f"{name}:{w}" for w in words)
     parts = 0
     for part in msg.walk():
         if out.full or parts >= MAX_PARTS:
@@ -138,14 +144,9 @@ def tokenize(raw: bytes) -> list[str]:
         else:
             for host in _URL_HOST.findall(text):
                 out.add(f"url:{host.lower()}")
-        previous = ""
-        for w in _words(text):
-            if out.full:
-                break
-            out.add(w)
-            if previous:
-                out.add(f"{previous} {w}")
-            previous = w
+        words = _words(text)
+        out.update(words)
+        out.update(f"{a} {b}" for a, b in zip(words, words[1:], strict=False))
     return list(out.items)
 
 

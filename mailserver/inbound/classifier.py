@@ -153,11 +153,13 @@ class BayesCheck:
             raw = await message.read(0, bayes.MAX_INPUT)
             scan.ids = await self.runner.cpu(token_ids, raw)
         got = await self.runner.call_store("bayes_counts", sorted(accounts), scan.ids if maybe else None,
-                                           scan.senders, max(cfg.bayes_min_spam, 1), max(cfg.bayes_min_ham, 1))
+                                           scan.senders, max(cfg.bayes_min_spam, 1), max(cfg.bayes_min_ham, 1),
+                                           {a: (c.spam, c.ham) for a, c in known.items()})
         if len(self._totals) > MAX_CACHED:
             self._totals.clear()
         for a, c in got.items():
-            self._totals[a] = (c.spam, c.ham, now)
+            if a not in known:  # read now (a known entry keeps the time it was read)
+                self._totals[a] = (c.spam, c.ham, now)
         scan.counts.update(got)
 
 
