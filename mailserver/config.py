@@ -266,6 +266,58 @@ DMARC_ACTIONS = ("policy", "quarantine", "none")
 
 
 @dataclass(frozen=True)
+class SrsConfig:
+    """``[srs]``: the Sender Rewriting Scheme for mail we forward to other domains (``delivery/srs.py``)."""
+
+    enabled: bool = False
+    #: Our domain in rewritten senders (``SRS0=…@domain``; bounces to it come back here); "" = the first local
+    #: ``[[domain]]``.
+    domain: str = ""
+    #: Secrets: the first signs, all are accepted (rotation).  The secret generated once and kept in the database
+    #: (shared by every node) is always accepted too, and signs when this list is empty.
+    secrets: tuple[str, ...] = ()
+    #: Days a rewritten sender stays valid for bounces.
+    max_age_days: int = 21
+
+
+@dataclass(frozen=True)
+class ArcConfig:
+    """``[arc]``: ARC sets (RFC 8617) added to mail we forward to other domains (``delivery/forward.py``)."""
+
+    seal: bool = True
+    #: The sealing domain (its RSA key in ``data_dir/dkim``); "" = the forwarding address's domain, else the SRS
+    #: domain.  No key: forwarded unsealed.
+    domain: str = ""
+    #: Messages larger than this are forwarded unsealed (sealing reads the whole message into memory).
+    max_size: int = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayDomainConfig:
+    """``[gateway.domain."relay.example"]``: how recipients of one relay domain are verified at RCPT."""
+
+    #: "none" (accept any local part), "list" (only ``recipients``) or "callout" (ask ``relay_to``).
+    verify: str = "none"
+    #: Valid addresses (or ``@domain`` for all) when verify = "list"; case-insensitive.
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """``[gateway]``: recipient verification for relay domains (``delivery/callout.py``)."""
+
+    domain: dict[str, GatewayDomainConfig] = field(default_factory=dict)
+    #: Seconds a callout may take (connect to QUIT); past it, or on a 4xx, RCPT gets 451 4.4.3.
+    callout_timeout: float = 30.0
+    #: Seconds an answer of the relay host is remembered (in the store, shared by every node).
+    positive_ttl: float = 86400.0
+    negative_ttl: float = 3600.0
+
+
+GATEWAY_VERIFY = ("none", "list", "callout")
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """``[proxy]``: the load balancers and reverse proxies we believe about the client's address."""
 
@@ -491,6 +543,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     senderauth: SenderAuthConfig = field(default_factory=SenderAuthConfig)
+    srs: SrsConfig = field(default_factory=SrsConfig)
+    arc: ArcConfig = field(default_factory=ArcConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     webmail: WebmailConfig = field(default_factory=WebmailConfig)
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
@@ -719,6 +774,28 @@ def _validate(cfg: Config, source: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+",
                             sealer):
             err(f"senderauth.arc_trusted_sealers[{i}]", f"not a domain name: {sealer!r}")
+    _domain_re = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+"
+    if cfg.srs.domain and not re.fullmatch(_domain_re, cfg.srs.domain):
+        err("srs.domain", f"not a domain name: {cfg.srs.domain!r}")
+    if cfg.srs.enabled and not cfg.srs.domain and not any(d.mode == "local" for d in cfg.domain):
+        err("srs.domain", "required when no local [[domain]] is declared")
+    for i, secret in enumerate(cfg.srs.secrets):
+        if len(secret) < 16:
+            err(f"srs.secrets[{i}]", "use at least 16 characters")
+    if not 1 <= cfg.srs.max_age_days < 1000:
+        err("srs.max_age_days", "expected 1 to 999 days (the timestamp wraps after 1024)")
+    if cfg.arc.domain and not re.fullmatch(_domain_re, cfg.arc.domain):
+        err("arc.domain", f"not a domain name: {cfg.arc.domain!r}")
+    for name, g in cfg.gateway.domain.items():
+        if g.verify not in GATEWAY_VERIFY:
+            err(f"gateway.domain.{name}.verify", "expected \"none\", \"list\" or \"callout\"")
+        for i, r in enumerate(g.recipients):
+            if not re.fullmatch(r"[^@\s]*@[^@\s]+", r):
+                err(f"gateway.domain.{name}.recipients[{i}]", f"not an address: {r!r}")
+        if g.verify == "list" and not g.recipients:
+            err(f"gateway.domain.{name}.recipients", "required when verify = \"list\"")
+    if not 0 < cfg.gateway.callout_timeout <= 300:
+        err("gateway.callout_timeout", "expected more than 0 and at most 300 seconds")
     if cfg.antispam.rspamd and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", cfg.antispam.rspamd):
         err("antispam.rspamd", "expected a URL \"http://HOST:PORT\"")
     for key in ("bayes_min_spam", "bayes_min_ham"):

@@ -40,6 +40,8 @@ from zope.interface import alsoProvides, implementer
 from mailserver import clusterstate
 from mailserver.asyncstore import AsyncStore
 from mailserver.config import IMPLICIT_TLS, Config, ConfigError, ListenAddress
+from mailserver.delivery.callout import RecipientVerifier
+from mailserver.delivery.forward import Forwarder
 from mailserver.delivery.pipeline import Pipeline
 from mailserver.delivery.router import build_router
 from mailserver.delivery.runner import ReactorRunner
@@ -445,12 +447,17 @@ class MailServer(MultiService):
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
         pipeline.filter.pipeline = pipeline  # redirects and vacation replies go through it
+        pipeline.forwarder = Forwarder(self.config, router, clock=self.reactor.seconds)  # SRS + ARC of forwards
         pipeline.observer = self.monitor.metrics
+        verifier = None
+        if any(g.verify != "none" for g in self.config.gateway.domain.values()):
+            verifier = RecipientVerifier(self.config, self.astore, self.reactor, self.pools)
         return Services(config=self.config, reactor=self.reactor, store=self.store, astore=self.astore, hub=self.hub,
                         auth=self.auth, tls=self.tls, pools=self.pools, cluster=self.cluster, router=router,
                         pipeline=pipeline, kick_queue=self.kick_queue,
                         listeners=self._bound_listeners, running=lambda: self.running,
-                        state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor)
+                        state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor,
+                        verifier=verifier)
 
     def _bound_listeners(self) -> list[BoundListener]:
         out = []

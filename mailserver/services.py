@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mailserver.auth import Authenticator
     from mailserver.clusterstate import ClusterState
     from mailserver.config import Config
+    from mailserver.delivery.callout import RecipientVerifier
     from mailserver.delivery.pipeline import Pipeline
     from mailserver.delivery.router import Router
     from mailserver.imap.snapshot import SnapshotCache
@@ -99,6 +100,8 @@ class Services:
     state: ProcessState = field(default_factory=ProcessState)
     #: Metrics and health (``mailserver.metrics``); None where no server runs (tools, some tests).
     monitor: Monitor | None = None
+    #: Gateway mode's recipient verification for relay domains (``delivery/callout.py``); None = none.
+    verifier: RecipientVerifier | None = None
 
     @property
     def metrics(self) -> Metrics | None:

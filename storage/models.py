@@ -403,3 +403,38 @@ class BayesSender(Base):
     address: Mapped[str] = mapped_column(String(320))  # lower-cased
     count: Mapped[int] = mapped_column(Integer, default=1)
     last: Mapped[float] = mapped_column(Float)
+
+
+# --------------------------------------------------------------------------------------------- send grants
+# (migration: storage/migrations/versions/sendgrants_9a4d27c1e5b3.py; functions: storage/sendgrants.py)
+
+
+class SendGrant(Base):
+    """An account may submit mail under ``address`` that is not its own: ``kind`` "send-as" (From and MAIL FROM)
+    or "send-on-behalf" (From, with ``Sender:`` naming the account). One grant per account and address."""
+
+    __tablename__ = "send_grants"
+    __table_args__ = (UniqueConstraint("account_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    created: Mapped[float] = mapped_column(Float)
+
+
+class CalloutAnswer(Base):
+    """Gateway mode: a relay host's answer to our RCPT probe for one address, until ``expires`` (shared by nodes)."""
+
+    __tablename__ = "callout_cache"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    valid: Mapped[bool] = mapped_column(Boolean)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ServerSecret(Base):
+    """A key made once for the whole cluster (``srs``: the SRS hash key)."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created: Mapped[float] = mapped_column(Float)

@@ -14,6 +14,7 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.sieve``          Sieve scripts (per account, a domain's global ones), vacation replies, duplicate ids
 ``storage.quarantine``     held copies per recipient, sender rules, domain admins, used digest links
 ``storage.bayes``          the built-in classifier: token counts, trained messages, training jobs, correspondents
+``storage.sendgrants``     who may send as / on behalf of an address that is not their own
 =========================  =====================================================================================
 
 Training the classifier is part of the store's own operations, so every path trains alike (IMAP MOVE, COPY +
@@ -49,7 +50,19 @@ from typing import Callable, Iterator, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from storage import accounts, bayes, blobrefs, mailboxes, messages, quarantine, queue, sieve, webmail
+from storage import (
+    accounts,
+    bayes,
+    blobrefs,
+    callouts,
+    mailboxes,
+    messages,
+    quarantine,
+    queue,
+    sendgrants,
+    sieve,
+    webmail,
+)
 from storage.access import blocking_only, reads, writes, writes_changes
 from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
@@ -86,6 +99,7 @@ from storage.records import (
     join_keywords,
     split_keywords,
 )
+from storage.sendgrants import GrantInfo
 from storage.sieve import ActiveScript, ScriptInfo, ScriptText, SieveQuota
 from storage.webmail import Identity, SearchResult, SessionRow
 
@@ -172,6 +186,7 @@ class Store:
     def remove_domain(self, name: str) -> None:
         with self.transaction() as conn:
             accounts.remove_domain(conn, name)
+            sendgrants.forget_domain(conn, name.strip().lower())  # the domain is gone: so are grants on it
 
     # ----------------------------------------------------------------------------------------- accounts
 
@@ -199,7 +214,9 @@ class Store:
     @writes
     def remove_account(self, address: str) -> None:
         with self.transaction() as conn:
+            acct = accounts.get_account(conn, address)
             accounts.remove_account(conn, address)
+            sendgrants.forget_account(conn, acct.id, acct.address)  # exists: remove_account raised NotFound
 
     @writes
     def set_password_hash(self, account_id: int, password_hash: str) -> None:
@@ -250,6 +267,33 @@ class Store:
         """The account's own address and every alias that points only at it (the identities it may send as)."""
         with self.transaction(write=False) as conn:
             return accounts.addresses_of(conn, account_id)
+
+    # ----------------------------------------------------------------------------------------- send grants
+
+    @writes
+    def grant_send(self, account: str, address: str, kind: str) -> GrantInfo:
+        """Let ``account`` send as / on behalf of ``address`` (``sendgrants.SEND_AS`` / ``SEND_ON_BEHALF``)."""
+        with self.transaction() as conn:
+            return sendgrants.grant(conn, account, address, kind)
+
+    @writes
+    def revoke_send(self, account: str, address: str) -> None:
+        with self.transaction() as conn:
+            sendgrants.revoke(conn, account, address)
+
+    @reads
+    def list_send_grants(self, account: str | None = None, address: str | None = None) -> list[GrantInfo]:
+        with self.transaction(write=False) as conn:
+            return sendgrants.list_grants(conn, account, address)
+
+    @reads
+    def send_identities(self, account_id: int) -> list[tuple[str, str]]:
+        """(address, kind) of every address the account may put in From: its own and its aliases' (kind
+        ``sendgrants.OWN``), then its grants (``SEND_AS`` / ``SEND_ON_BEHALF``); read in one transaction."""
+        with self.transaction(write=False) as conn:
+            own = [(a, sendgrants.OWN) for a in accounts.addresses_of(conn, account_id)]
+            taken = {a for a, _ in own}
+            return own + [(a, k) for a, k in sendgrants.grants_of(conn, account_id) if a not in taken]
 
     # ----------------------------------------------------------------------------------------- mailboxes
 
@@ -672,6 +716,36 @@ class Store:
         with self.transaction() as conn:
             return sieve.record_vacation_reply(conn, account_id, handle, sender, at, period=period)
 
+    @writes
+    def server_secret(self, name: str, make: Callable[[], str]) -> str:
+        """The cluster's secret ``name``, made with ``make()`` and stored the first time any process asks (two
+        asking at once get the same one).  Called once per process start."""
+        import time
+
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.transaction() as conn:
+                value = callouts.secret(conn, name)
+                if value is None:
+                    value = make()
+                    callouts.add_secret(conn, name, value, time.time())
+                return value
+        except IntegrityError:  # PostgreSQL: another node inserted it first
+            with self.transaction() as conn:
+                return callouts.secret(conn, name)
+
+    @reads
+    def callout_cached(self, address: str, now: float) -> bool | None:
+        """Gateway mode: the relay host's remembered answer for ``address`` (None: ask it)."""
+        with self.transaction(write=False) as conn:
+            return callouts.cached(conn, address, now)
+
+    @writes
+    def remember_callout(self, address: str, valid: bool, expires: float, now: float) -> None:
+        with self.transaction() as conn:
+            callouts.remember(conn, address, valid, expires, now)
+
     @reads
     def sieve_duplicates_seen(self, account_id: int, keys: Sequence[str], now: float) -> set[str]:
         with self.transaction(write=False) as conn:
@@ -763,7 +837,7 @@ class Store:
 __all__ = [
     "_ADDR_RE", "DEFAULT_MAILBOXES", "MAX_MAILBOX_DEPTH", "MAX_MAILBOX_NAME", "PARSED_COLUMNS", "SEPARATOR",
     "AccountInfo", "ActiveScript", "AliasInfo", "AlreadyExists", "Change", "Changed", "CopyResult", "Delivery", "DeliveryResult",
-    "DomainInfo", "FlagUpdate", "HasChildren", "Identity", "Invalid", "MailboxInfo", "MessageInfo", "MessageMeta",
+    "DomainInfo", "FlagUpdate", "GrantInfo", "HasChildren", "Identity", "Invalid", "MailboxInfo", "MessageInfo", "MessageMeta",
     "NotFound", "QueueRecipientSpec", "QuotaExceeded", "ScriptInfo", "ScriptText", "SearchResult", "SessionRow", "SieveQuota", "Store", "StoreError",
     "StoreFlagsResult", "check_mailbox_name", "join_keywords", "normalize_address", "normalize_mailbox_name",
     "split_keywords", "thread_key",

@@ -16,7 +16,7 @@ from typing import Callable
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
-from storage import accounts
+from storage import accounts, sendgrants
 from storage.models import Account, Mailbox, Message, WebmailContact, WebmailIdentity, WebmailSession
 from storage.records import MessageInfo, message_info
 from storage.sql import like_substring
@@ -57,6 +57,8 @@ class Identity:
     address: str
     name: str
     signature: str
+    #: ``sendgrants.OWN`` (the account's address or alias), ``SEND_AS`` or ``SEND_ON_BEHALF`` (a grant).
+    kind: str = sendgrants.OWN
 
 
 @dataclass(frozen=True)
@@ -139,11 +141,13 @@ def suggest_contacts(conn: Connection, account_id: int, prefix: str = "", limit:
 
 
 def identities(conn: Connection, account_id: int) -> list[Identity]:
-    """One identity per address the account may send as (``accounts.addresses_of``), own address first."""
+    """One identity per address the account may send as (``accounts.addresses_of``), own address first, then one
+    per send grant (``sendgrants.grants_of``) with its kind."""
     acct = accounts.get_account_by_id(conn, account_id)
     rows = {r.address: r for r in conn.execute(select(ID).where(ID.c.account_id == account_id))}
     out = []
-    for addr in accounts.addresses_of(conn, account_id):
+    owned = accounts.addresses_of(conn, account_id)
+    for addr in owned:
         r = rows.get(addr)
         if r is not None:
             out.append(Identity(addr, r.name, r.signature))
@@ -151,6 +155,11 @@ def identities(conn: Connection, account_id: int) -> list[Identity]:
             out.append(Identity(addr, acct.display_name, acct.signature))
         else:
             out.append(Identity(addr, acct.display_name if acct else "", ""))
+    for addr, kind in sendgrants.grants_of(conn, account_id):
+        if addr in owned:
+            continue
+        r = rows.get(addr)
+        out.append(Identity(addr, r.name if r else "", r.signature if r else "", kind))
     return out
 
 

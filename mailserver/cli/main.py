@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "mailserver.cli.sieve",
     "mailserver.cli.quarantine",
     "mailserver.cli.spam",
+    "mailserver.cli.sendas",
 )
 
 

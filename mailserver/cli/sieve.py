@@ -211,14 +211,14 @@ def dir_loader(personal: str | None, global_dir: str | None):
 def run_test(script_text: str, raw: bytes, *, envelope_from: str = "", envelope_to: str = "", loader=None,
              now: float | None = None, name: str = "script"):
     """Compile and run a script over one message as ``sieve test`` does (shared with the differential tests)."""
-    from mailserver.delivery.sieve_stage import header_spam_score, header_virus_score
+    from mailserver.delivery.sieve_stage import header_spam_percent, header_spam_score, header_virus_score
     from mailserver.sieve import Env, MessageFacts, compile_script, evaluate
 
     script = compile_script(script_text, name, loader=loader)
     facts = MessageFacts.from_bytes(raw, envelope_from=envelope_from, envelope_to=envelope_to)
     env = Env(now=time.time() if now is None else now,
               mailbox_exists=lambda n: True,
-              spam_score=header_spam_score, virus_score=header_virus_score,
+              spam_score=header_spam_score, spam_percent=header_spam_percent, virus_score=header_virus_score,
               environment={"name": "mailserver", "location": "MDA", "phase": "during"})
     return evaluate(script, facts, env)
 

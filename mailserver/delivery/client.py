@@ -212,6 +212,8 @@ class ClientPolicy:
     password: str = ""
     use_pipelining: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: A recipient probe (gateway callouts): MAIL and RCPT only, no DATA; each recipient's result is the RCPT reply.
+    probe: bool = False
 
 
 # --------------------------------------------------------------------------------------------- actions, results
@@ -276,6 +278,8 @@ class SmtpClientSession:
         self.esmtp = False
         self.greeting: ServerReply | None = None
         self.results: dict[str, RcptResult] = {}
+        #: The server's own answer to each RCPT (a result may come from elsewhere: MAIL refused, connection lost).
+        self.rcpt_replies: dict[str, ServerReply] = {}
         self.accepted: list[str] = []
         self._parser = ReplyParser()
         self._awaiting: deque[tuple[str, int]] = deque()  # ("mail"|"rcpt"|"data", recipient index)
@@ -529,7 +533,8 @@ class SmtpClientSession:
                 if r.orcpt:
                     line += f" ORCPT={r.orcpt}"
             self._to_send.append(("rcpt", i, line.encode("utf-8") + b"\r\n"))
-        self._to_send.append(("data", -1, b"DATA\r\n"))
+        if not self.policy.probe:
+            self._to_send.append(("data", -1, b"DATA\r\n"))
         self.state = TRANSACTION
         return self._send_next()
 
@@ -571,8 +576,14 @@ class SmtpClientSession:
                 self.results[address] = RcptResult(address, _status_of(self._mail_failed), self._mail_failed)
             elif 200 <= reply.code < 300:
                 self.accepted.append(address)
+                self.rcpt_replies[address] = reply
+                if self.policy.probe:
+                    self.results[address] = RcptResult(address, DELIVERED, reply)
             else:
+                self.rcpt_replies[address] = reply
                 self.results[address] = RcptResult(address, _status_of(reply), reply)
+            if self.policy.probe and not self._awaiting and not self._to_send:
+                return self._quit()  # RFC 5321 4.1.1.10: QUIT ends the transaction without a message
             return self._send_next()
         # DATA
         if reply.code == 354:

@@ -135,6 +135,10 @@ class DkimSigner:
             self._keys[domain] = [(k, k.private_bytes()) for k in keys_for(self.data_dir, domain)]
         return self._keys[domain]
 
+    def keys(self, domain: str) -> list[tuple[DkimKey, bytes]]:
+        """The domain's keys with their private bytes (RSA first)."""
+        return list(self._load(domain.strip().lower().rstrip(".")))
+
     def has_keys(self, domain: str) -> bool:
         return bool(self._load(domain))
 

@@ -104,6 +104,9 @@ class Request:
     check_quota: bool = True  # False: reports and Sent copies must not be lost to a full mailbox
     may_relay: bool = False  # recipients the pipeline routes (``route`` None) may be remote (reports)
     log: bool = False  # one mail-log line per recipient
+    #: The address of ours forwarding this message (a Sieve redirect's account): its copies for other domains get
+    #: SRS and an ARC set (``delivery/forward.py``).
+    forwarded_by: str = ""
 
     def __post_init__(self):
         if (self.envelope is None) == (self.placement is None):

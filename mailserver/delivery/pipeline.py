@@ -41,7 +41,7 @@ from mailserver.delivery import envelope as ev
 from mailserver.delivery.body import Body
 from mailserver.delivery.envelope import IngestResult, Outcome, Recipient, Request
 from mailserver.delivery.hooks import HookStage
-from mailserver.delivery.router import LOCAL, Route
+from mailserver.delivery.router import LOCAL, OUTGOING, Route
 from mailserver.delivery.stages import FILTER, MAILBOX, QUOTA, ROUTING, MessageInfo, NoFilter, Target, Verdict
 from mailserver.delivery.trace import (
     HeaderScanner,
@@ -81,6 +81,8 @@ class Pipeline:
         #: Called with (account_id, blob_id) when a held copy is released as not spam: the classifier's training
         #: hook (no classifier exists yet).
         self.ham_trainers: list = []
+        #: SRS and ARC for copies forwarded to other domains (``delivery/forward.py``); None = queued as received.
+        self.forwarder = None
 
     def register(self, stage) -> None:
         """Add a check stage after the others."""
@@ -450,12 +452,18 @@ class Ingest:
         from storage.store import QueueRecipientSpec
 
         env, client, runner = self.request.envelope, self.request.client, self.pipeline.runner
-        groups: dict[bytes, list[Target]] = {}
+        groups: dict[tuple[bytes, str], list[Target]] = {}
         for t in remote:
-            groups.setdefault(self._prefix(t), []).append(t)
+            groups.setdefault((self._prefix(t), self._forwarded_by(t)), []).append(t)
         outcomes = []
-        for n, (prefix, group) in enumerate(groups.items()):
+        for n, ((prefix, by), group) in enumerate(groups.items()):
             qid = self.queue_id if n == 0 else new_queue_id()
+            sender, ref = env.sender, self.body.find(prefix).ref
+            if by:
+                try:
+                    sender, ref = await self._forward(prefix, by)
+                except Exception:
+                    log.failure("forwarding {qid}: SRS/ARC failed; queued as received", qid=qid)
             specs = []
             for t in group:
                 rc = t.recipient
@@ -465,7 +473,7 @@ class Ingest:
                 specs.append(QueueRecipientSpec(t.address, orcpt, ",".join(rc.notify) if rc is not None else "",
                                                 t.route.relay_to))
             try:
-                await runner.enqueue(env.sender, self.body.find(prefix).ref, specs, envid=env.envid, ret=env.ret,
+                await runner.enqueue(sender, ref, specs, envid=env.envid, ret=env.ret,
                                      smtputf8=env.smtputf8, body_8bit=env.body == "8BITMIME",
                                      account_id=client.account_id if client is not None else None,
                                      source=self._source(), queue_id=qid)
@@ -476,6 +484,33 @@ class Ingest:
             runner.kick_queue()
             outcomes += [self._outcome(t, ev.QUEUED, "2.0.0", f"queued as {qid}") for t in group]
         return outcomes
+
+    def _forwarded_by(self, t: Target) -> str:
+        """The address of ours that forwards ``t`` to another domain ("" when ``t`` is not a forward): the Sieve
+        redirect's account, or the alias (catch-all, subaddress) the recipient was expanded from."""
+        if self.pipeline.forwarder is None or t.route.kind != OUTGOING:
+            return ""
+        if self.request.forwarded_by:
+            return self.request.forwarded_by
+        rc = t.recipient
+        if rc is not None and rc.address.lower() != t.address.lower():
+            return rc.address
+        return ""
+
+    async def _forward(self, prefix: bytes, by: str):
+        """(envelope sender, blob) of a forwarded copy: SRS for the sender, an ARC set in front when sealed."""
+        p = self.pipeline
+        fw, runner = p.forwarder, p.runner
+        sender = await runner.read(fw.sender_for, self.request.envelope.sender)
+        form = self.body.find(prefix)
+        if not fw.sealing:
+            return sender, form.ref
+        raw = await runner.blob(p.blobs.read, form.ref.id)
+        arc = await runner.cpu(fw.seal, raw, by)
+        if not arc:
+            return sender, form.ref
+        sealed = await runner.blob(self.body.form, arc + prefix, False)
+        return sender, sealed.ref
 
     def _hold_spec(self, t: Target, now: float):
         from storage.quarantine import HoldSpec

@@ -10,6 +10,10 @@ Rules, in order, for a domain we protect in mode ``local``:
 4. the domain's catch-all alias ``@domain``.
 A domain in mode ``relay`` is queued for its ``relay_to`` host.  Any other domain is *outgoing*: allowed only when
 the client may relay (authenticated submission or a trusted network), otherwise relay access is denied.
+
+With SRS on (``[srs]``, ``delivery/srs.py``), an ``SRS0=``/``SRS1=`` local part at the SRS domain is a bounce to a
+sender we rewrote: when its hash and age check out it goes back to the original sender (whoever sends it: the hash
+is the authorization), otherwise it is unknown (550 5.1.1 at RCPT).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from mailserver.delivery.srs import SrsError, looks_like_srs
+from storage.sendgrants import OWN, SEND_AS
 
 LOCAL, RELAY, OUTGOING = "local", "relay", "outgoing"
 
@@ -69,8 +76,10 @@ class Router:
     """Routes recipient addresses using the store (accounts, aliases, domains)."""
 
     def __init__(self, store, *, separator: str = "+", max_depth: int = 10, max_targets: int = 1000,
-                 default_domain: str = "", postmaster: str = ""):
+                 default_domain: str = "", postmaster: str = "", srs=None, clock=time.time):
         self.store = store
+        self.srs = srs  # delivery.srs.Srs or None
+        self.clock = clock  # wall-clock seconds, for SRS timestamps
         self.separator = separator
         self.max_depth = max_depth
         self.max_targets = max_targets
@@ -121,6 +130,8 @@ class Router:
                 return RouteResult(error=UNKNOWN)
             local, domain = "postmaster", self.default_domain
             address = f"postmaster@{domain}"
+        if self.srs is not None and domain == self.srs.domain and looks_like_srs(local):
+            return self._srs_bounce(local)
         now = time.monotonic()
         if cached_only:
             with self._lock:
@@ -172,6 +183,21 @@ class Router:
                         return RouteResult(routes, error=OVER_QUOTA, detail=r.address)
         return RouteResult(routes)
 
+    def _srs_bounce(self, local: str) -> RouteResult:
+        """RCPT to one of our rewritten senders: back to the original sender, or unknown."""
+        try:
+            original = self.srs.reverse(local, self.clock())
+        except SrsError as e:
+            return RouteResult(error=UNKNOWN, detail=f"SRS: {e}")
+        if split_address(original)[1] == self.srs.domain:
+            return RouteResult(error=UNKNOWN, detail="SRS: points at our own SRS domain")
+        return RouteResult((Route(OUTGOING, original),))
+
+    def is_ours(self, domain: str) -> bool:
+        """Whether ``domain`` is one we protect (local or relay) or the SRS domain.  Blocking (database)."""
+        domain = domain.lower().rstrip(".")
+        return (self.srs is not None and domain == self.srs.domain) or self._domain(domain) is not None
+
     def _add(self, walk: _Walk, route: Route) -> None:
         if len(walk.routes) >= self.max_targets:
             walk.too_many = True
@@ -222,22 +248,38 @@ class Router:
 
     # ---------------------------------------------------------------------------------------- senders
 
-    def sender_allowed(self, account_id: int, sender: str) -> bool:
-        """Whether the authenticated account may use ``sender`` as envelope sender (own address or its alias;
-        a subaddress of either counts)."""
-        owned = {a.lower() for a in self.store.addresses_of(account_id)}
+    def sender_right(self, account_id: int, sender: str) -> str | None:
+        """Under which right the authenticated account may name ``sender`` as a sender: ``OWN`` (its address or
+        an alias of it), ``SEND_AS`` or ``SEND_ON_BEHALF`` (a grant, ``storage/sendgrants.py``), or None."""
+        return self.right_among(self.store.send_identities(account_id), sender)
+
+    def right_among(self, identities: list[tuple[str, str]], sender: str) -> str | None:
+        """The right ``sender`` has among ``identities`` (``Store.send_identities``: (address, kind), own first).
+        A subaddress counts as its base address; an exact entry wins over the base's, an own one over a grant."""
+        rights: dict[str, str] = {}
+        for address, kind in identities:
+            rights.setdefault(address.lower(), kind)
         sender = sender.lower()
-        if sender in owned:
-            return True
+        if sender in rights:
+            return rights[sender]
         local, domain = split_address(sender)
         if self.separator and self.separator in local:
-            return f"{local.split(self.separator, 1)[0]}@{domain}" in owned
-        return False
+            return rights.get(f"{local.split(self.separator, 1)[0]}@{domain}")
+        return None
 
+    def sender_allowed(self, account_id: int, sender: str) -> bool:
+        """Whether the authenticated account may use ``sender`` as envelope sender (RFC 6409 6.1): an address of
+        its own, an alias of it, or one it was granted send-as on (a subaddress of any counts). Send-on-behalf is
+        not enough: that message's envelope sender stays the account's own (the agent, as its ``Sender:``)."""
+        return self.sender_right(account_id, sender) in (OWN, SEND_AS)
 
 def build_router(config, store) -> Router:
-    """A Router over ``store`` with the configuration's subaddressing, alias limits and postmaster."""
+    """A Router over ``store`` with the configuration's subaddressing, alias limits, postmaster and SRS (its
+    generated secret is read from the store, or made there once, when SRS is on).  Blocking."""
+    from mailserver.delivery import srs
+
     local_domains = [d.name for d in config.domain if d.mode == "local"]
     return Router(store, separator=config.smtp.subaddress_separator, max_depth=config.limits.alias_max_depth,
                   max_targets=config.limits.alias_max_targets,
-                  default_domain=local_domains[0] if local_domains else "", postmaster=config.smtp.postmaster)
+                  default_domain=local_domains[0] if local_domains else "", postmaster=config.smtp.postmaster,
+                  srs=srs.from_config(config, store))

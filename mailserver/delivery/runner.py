@@ -27,13 +27,13 @@ class ReactorRunner:
     def read(self, f, *args, **kwargs) -> defer.Deferred:
         return run_in(self.reactor, self.pools.db_read, f, *args, **kwargs)
 
+    def cpu(self, f, *args, **kwargs) -> defer.Deferred:
+        """CPU work (signing, the classifier's tokenizing) in the ``cpu`` pool."""
+        return run_in(self.reactor, self.pools.cpu, f, *args, **kwargs)
+
     def dns(self, f, *args, **kwargs) -> defer.Deferred:
         """Blocking DNS work (the inbound checks) in the ``dns`` pool."""
         return run_in(self.reactor, self.pools.dns, f, *args, **kwargs)
-
-    def cpu(self, f, *args, **kwargs) -> defer.Deferred:
-        """CPU-heavy work of the checks (tokenizing for the classifier) in the ``cpu`` pool."""
-        return run_in(self.reactor, self.pools.cpu, f, *args, **kwargs)
 
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
         return self.astore.read_blob(blob_id, start, end)

@@ -2,10 +2,16 @@
 
 The envelope sender of authenticated submission is checked at MAIL FROM (``Router.sender_allowed``); without this
 check the header could still say ``From: Bob <bob@...>`` (and ``Sender: bob``) with alice's envelope, which is what
-a reader sees. RFC 6409 8.1 lets a submission server refuse such a message. Every address of every ``From:`` and
-``Sender:`` field must be one the account may send as (its address, its aliases, a subaddress of either; send-as
-grants of shared mailboxes come in a later issue, through ``Router.sender_allowed``); otherwise the message is
-refused at the end of DATA with ``550 5.7.1`` (for every recipient: the verdict is the message's).
+a reader sees. RFC 6409 8.1 lets a submission server refuse such a message. The rights come from
+``Router.right_among`` over ``Store.send_identities`` (the same data MAIL FROM is checked against):
+
+* every ``Sender:`` address must be one the account may send as: its address, its aliases (a subaddress of either),
+  or one it holds a ``send-as`` grant on (``storage/sendgrants.py``);
+* every ``From:`` address must be one of those, or one it holds a ``send-on-behalf`` grant on. Such a message names
+  its real sender (RFC 5322 3.6.2): its ``Sender:`` must be the account's own address or alias, and when it has
+  none the check adds ``Sender: <the account's address>`` to every copy.
+
+Anything else is refused at the end of DATA with ``550 5.7.1`` (for every recipient: the verdict is the message's).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import re
 
 from mailserver.delivery.stages import MessageInfo, Target, Verdict
 from mailserver.mime.text import parse_addresses
+from storage.sendgrants import OWN, SEND_AS, SEND_ON_BEHALF
 
 #: The most of a message's start read to find its header. A header that does not end within it is refused: a
 #: ``From:`` past it would go unchecked (and readers that take the whole header would show it).
@@ -35,14 +42,15 @@ def header_end(head: bytes) -> int | None:
     return m.start() if m else None
 
 
-def header_addresses(head: bytes) -> list[str]:
-    """The addresses of every From and Sender field of a message's header (lower-cased), read the ways readers
-    read them: what ``email.utils.getaddresses`` makes of a field and what our own parser (the ENVELOPE and the
-    webmail's From column) makes of it; a field that does not parse yields its garbage as an "address", which no
-    account owns."""
+def header_senders(head: bytes) -> tuple[list[str], list[str]]:
+    """The addresses of every From field and of every Sender field of a message's header (lower-cased, each list
+    without repeats), read the ways readers read them: what ``email.utils.getaddresses`` makes of a field and what
+    our own parser (the ENVELOPE and the webmail's From column) makes of it; a field that does not parse yields
+    its garbage as an "address", which no account owns."""
     end = header_end(head)
     block = head if end is None else head[:end]
-    out: list[str] = []
+    froms: list[str] = []
+    senders: list[str] = []
     for field in re.split(rb"\r?\n(?![ \t])", block):  # RFC 5322 2.2.3: a line starting with WSP continues
         m = _FIELD.match(field)
         if m is None:
@@ -51,8 +59,39 @@ def header_addresses(head: bytes) -> list[str]:
         found = [addr for _name, addr in email.utils.getaddresses([value]) if addr]
         found += [f"{mailbox}@{host}" if host else mailbox
                   for _name, _adl, mailbox, host in parse_addresses(value) if host is not None and mailbox]
-        out += [a.lower() for a in found]
-    return list(dict.fromkeys(out))
+        (senders if field[:1] in b"sS" else froms).extend(a.lower() for a in found)
+    return list(dict.fromkeys(froms)), list(dict.fromkeys(senders))
+
+
+def header_addresses(head: bytes) -> list[str]:
+    """The addresses of every From and Sender field of a message's header (lower-cased), as :func:`header_senders`."""
+    froms, senders = header_senders(head)
+    return list(dict.fromkeys(froms + senders))
+
+
+def sender_verdict(froms: list[str], senders: list[str], right, account: str) -> Verdict | None:
+    """The verdict on a message whose From and Sender fields name ``froms`` and ``senders``, where ``right(address)``
+    is the account's right on an address (``OWN``, ``SEND_AS``, ``SEND_ON_BEHALF`` or None) and ``account`` its
+    own address: None to accept as it is, a tag adding ``Sender:``, or a refusal."""
+    for addr in senders:
+        if right(addr) not in (OWN, SEND_AS):
+            return Verdict.refuse("5.7.1", f"not authorized to send as <{addr}> (Sender: header)")
+    on_behalf = False
+    for addr in froms:
+        kind = right(addr)
+        if kind is None:
+            return Verdict.refuse("5.7.1", f"not authorized to send as <{addr}> (From: header)")
+        on_behalf = on_behalf or kind == SEND_ON_BEHALF
+    if not on_behalf:
+        return None
+    # RFC 5322 3.6.2: the Sender names the agent responsible for the transmission: the real account.
+    for addr in senders:
+        if right(addr) != OWN:
+            return Verdict.refuse("5.7.1", f"sending on behalf of another address: Sender: must be your own "
+                                           f"address, not <{addr}>")
+    if senders:
+        return None
+    return Verdict.tag(add_headers=(("Sender", account),))
 
 
 class SenderHeaderCheck:
@@ -82,9 +121,9 @@ class SenderHeaderCheck:
             verdict = Verdict.refuse("5.7.1", f"header longer than {HEADER_READ_MAX} octets: From:/Sender: not checked")
             self._last = (message.queue_id, verdict)
             return verdict
-        for addr in header_addresses(head):
-            if not await self.runner.read(self.router.sender_allowed, client.account_id, addr):
-                verdict = Verdict.refuse("5.7.1", f"not authorized to send as <{addr}> (From:/Sender: header)")
-                break
+        identities = await self.runner.read(self.router.store.send_identities, client.account_id)
+        froms, senders = header_senders(head)
+        account = identities[0][0] if identities else client.authenticated
+        verdict = sender_verdict(froms, senders, lambda a: self.router.right_among(identities, a), account)
         self._last = (message.queue_id, verdict)
         return verdict

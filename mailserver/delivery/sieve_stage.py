@@ -10,9 +10,10 @@ Then the actions become the stage's :class:`Verdict`:
   missing mailbox falls back to INBOX, as every delivery does);
 * discard -> ``discard``; reject / ereject -> refuse 550 5.7.1 (the producer refuses at SMTP time when it is the only
   recipient, else the sender gets a failure report: RFC 5429 2.1);
-* editheader -> a ``form`` of this recipient's own (the edited header + the body, a new blob);
-* redirect -> a new message through the pipeline (envelope sender kept: :attr:`SieveFilter.redirect_sender` is the
-  hook for SRS, :attr:`SieveFilter.redirect_message` for ARC; both from another issue), with our trace field
+* editheader -> a ``form`` of this recipient's own (the edited header + the body, a new blob); replace/enclose
+  (RFC 5703) -> the same with the message the run rebuilt (redirects still send the message as it came);
+* redirect -> a new message through the pipeline (envelope sender kept; marked ``forwarded_by`` the account, so a
+  copy the pipeline queues for another domain gets SRS and an ARC set: ``delivery/forward.py``), with our trace field
   ``X-Sieve-Redirected-By`` (a message redirected by this account before, or ``max_redirect_hops`` times, is kept
   instead: a loop);
 * vacation -> RFC 3834 checks (``sieve/vacation.py``), once per sender per period (claimed in the store), the reply
@@ -112,6 +113,18 @@ def header_spam_score(facts: MessageFacts) -> str:
     return _score_header(facts, "x-spam-score", 10, 10.0)
 
 
+def header_spam_percent(facts: MessageFacts) -> str:
+    """RFC 5235 3.2 spamtestplus ``:percent`` from ``X-Spam-Score``: the score as a whole percentage of 10 (rounded
+    down, "0" to "100"; "0" when the message was not scored, as Pigeonhole with a score status header)."""
+    for value in facts.header("x-spam-score"):
+        try:
+            score = float(value.split()[0].rstrip(";,"))
+        except (ValueError, IndexError):
+            continue
+        return str(int(max(0.0, min(score, 10.0)) * 10))
+    return "0"
+
+
 def header_virus_score(facts: MessageFacts) -> str:
     """RFC 5235 virustest from ``X-Virus-Score`` (0 untested, 1 clean ... 5 infected)."""
     return _score_header(facts, "x-virus-score", 5, 5.0)
@@ -148,10 +161,6 @@ class SieveFilter:
         self._generation = 0
         self._all_version = None  # the store's version of all scripts, read every cache_check_interval
         self._all_checked = float("-inf")
-        #: SRS hook (another issue): the envelope sender of a redirected message.
-        self.redirect_sender = lambda sender, account_address: sender
-        #: ARC hook (another issue): the bytes of a redirected message, before it is handed over.
-        self.redirect_message = lambda raw, account_address: raw
 
     def _now(self) -> float:
         return self.clock.seconds() if self.clock is not None else time.time()
@@ -281,7 +290,7 @@ class SieveFilter:
         env = Env(now=now,
                   mailbox_exists=lambda n: n in boxes or n.upper() == "INBOX" and "INBOX" in boxes,
                   duplicate_seen=lambda key: bool(self.store.sieve_duplicates_seen(account_id, [key], now)),
-                  spam_score=header_spam_score, virus_score=header_virus_score,
+                  spam_score=header_spam_score, spam_percent=header_spam_percent, virus_score=header_virus_score,
                   environment={"domain": b.address.rpartition("@")[2], "host": self.config.hostname,
                                "location": "MDA", "name": "mailserver", "phase": "during",
                                "remote-host": message.client.helo if message.client else "",
@@ -299,8 +308,8 @@ class SieveFilter:
         if result.duplicate_marks:
             await self.astore.mark_sieve_duplicates(account_id, result.duplicate_marks, self._now())
         form = None
-        if result.header_fields is not None:
-            form = await self.cpu(self._edited_form, facts, message)
+        if result.header_fields is not None or result.message is not None:
+            form = await self.cpu(self._edited_form, facts, message, result.message)
         raw_for_redirect = None
         kept_instead = False
         for a in result.actions:
@@ -337,13 +346,17 @@ class SieveFilter:
 
     # ------------------------------------------------------------------ editheader
 
-    def _edited_form(self, facts: MessageFacts, message):
-        """Blocking: this recipient's copy with the edited header (a new blob, parsed)."""
+    def _edited_form(self, facts: MessageFacts, message, rebuilt: bytes | None = None):
+        """Blocking: this recipient's copy with the edited header, or the message replace/enclose rebuilt (a new
+        blob, parsed)."""
         from mailserver.delivery.body import Form, parse
 
-        raw = self.store.blobs.read(message.blob_id)
-        _, body = split_message(raw)
-        new = facts.header_bytes() + b"\r\n" + body
+        if rebuilt is not None:
+            new = rebuilt
+        else:
+            raw = self.store.blobs.read(message.blob_id)
+            _, body = split_message(raw)
+            new = facts.header_bytes() + b"\r\n" + body
         ref = self.store.blobs.put(new)
         return Form(b"\0sieve", None, ref, parse(new))
 
@@ -370,16 +383,15 @@ class SieveFilter:
         except AddressError:
             log.warn("sieve {qid}: redirect to {to}: not an address", qid=message.queue_id, to=a.address)
             return False
-        sender = self.redirect_sender(message.envelope.sender if message.envelope else "", account)
+        sender = message.envelope.sender if message.envelope else ""
         rp = mailbox_of(sender) if sender else None
         env = Envelope(rp, (Recipient(target),), body="" if raw.isascii() else "8BITMIME",
                        smtputf8=not a.address.isascii() or not (sender or "").isascii())
-        raw = self.redirect_message(raw, account)
         # A new transaction from us (as Pigeonhole hands a redirect to its MTA): Received, Return-Path at the final
         # delivery, and the Received count's loop check (RFC 5321 6.3) on top of ours.
         client = ClientInfo(ip="127.0.0.1", helo=self.config.hostname, esmtp=True)
-        result = await self.pipeline.ingest(Request(SIEVE, envelope=env, client=client, may_relay=True, log=True),
-                                            raw)
+        result = await self.pipeline.ingest(Request(SIEVE, envelope=env, client=client, may_relay=True, log=True,
+                                                    forwarded_by=account), raw)
         if not result.accepted:
             log.warn("sieve {qid}: redirect to {to} failed: {why}", qid=message.queue_id, to=a.address,
                      why="; ".join(f"{o.status} {o.text}" for o in result.failed))

@@ -62,6 +62,9 @@ class Result:
     duplicate_marks: list[tuple[str, int]] = field(default_factory=list)
     #: The top-level header after editheader (None: unchanged): [[name, raw value], ...]
     header_fields: list | None = None
+    #: The whole message the recipient stores after replace/enclose (RFC 5703 5, 6); None: not rebuilt (a redirect
+    #: always sends the message as it came, with the edited header).
+    message: bytes | None = None
     steps: int = 0
 
     @property

@@ -18,9 +18,10 @@ from email.utils import parsedate_tz
 from typing import Callable
 
 from mailserver.sieve import match as mt
+from mailserver.sieve import mimeedit
 from mailserver.sieve.actions import Discard, FileInto, Keep, Redirect, Reject, Result, Vacation
 from mailserver.sieve.grammar import Command, Test
-from mailserver.sieve.message import MessageFacts, Part, addresses, split_address
+from mailserver.sieve.message import MessageFacts, Part, addresses, parse_header, split_address, split_message
 from mailserver.sieve.validate import DATE_PARTS, PROTECTED_HEADERS
 
 
@@ -122,6 +123,10 @@ class Run:
         self.steps = 0
         self.match_vars: list[str] = []
         self.part: Part | None = None  # the current part inside foreverypart
+        self.replaced = False  # replace gave a part (or the message) new content
+        self.new_subject: str | None = None  # replace :subject / :from of the whole message
+        self.new_from: str | None = None
+        self.enclosure: tuple | None = None  # the last enclose: (subject, headers, text)
         self.included_once: set = set()
         self.includes = 0
         self.redirects = 0
@@ -149,7 +154,25 @@ class Run:
         r.steps = self.steps
         if self.facts.edited:
             r.header_fields = [list(f) for f in self.facts.fields]
+        if self.replaced or self.enclosure is not None:
+            try:
+                r.message = self._rebuilt()
+            except mimeedit.MimeEditError as e:
+                return self._failed(str(e))
         return r
+
+    def _rebuilt(self) -> bytes:
+        """The message after replace and enclose (mailserver/sieve/mimeedit.py)."""
+        if self.replaced:
+            raw = mimeedit.compose(self.facts.fields, self.facts.root, subject=self.new_subject,
+                                   from_=self.new_from)
+        else:
+            raw = self.facts.header_bytes() + b"\r\n" + self.facts.body
+        if self.enclosure is not None:
+            subject, headers, text = self.enclosure
+            raw = mimeedit.enclose(raw, parse_header(split_message(raw)[0]), subject=subject, headers=headers,
+                                   text=text)
+        return raw
 
     def _failed(self, why: str) -> Result:
         return Result(actions=[], implicit_keep=True, keep_flags=(), error=why, steps=self.steps)
@@ -285,8 +308,17 @@ class Run:
             self.foreverypart(c, scope)
         elif name == "break":
             raise _Break(o.get("name", (None, None))[1])
+        elif name == "replace":
+            self.replace(c, scope)
+        elif name == "enclose":
+            try:
+                headers = [mimeedit.header_field(h) for h in self.strings(o.get("headers", (None, []))[1], scope)]
+            except mimeedit.MimeEditError as e:
+                raise SieveRuntimeError(str(e), c) from None
+            subject = self.expand(o["subject"][1], scope) if "subject" in o else None
+            self.enclosure = (subject, headers, self.expand(v[0], scope))  # RFC 5703 6: the last one counts
         elif name == "extracttext":
-            text = (self.part.text if self.part is not None else None) or ""
+            text = extract_text(self.part, self.limits.max_variable_size) if self.part is not None else ""
             if "first" in o:
                 text = text[:o["first"][1]]
             self.set_var(v[0], _modify(text, o), scope, c)
@@ -415,12 +447,35 @@ class Run:
         for i in sorted(positions, reverse=True):
             del self.facts.fields[i]
 
+    def replace(self, c: Command, scope: _Scope) -> None:
+        """RFC 5703 5: new content for the current part, or the whole message (mailserver/sieve/mimeedit.py)."""
+        o = c.opts
+        text = self.expand(c.values[0], scope)
+        part = self.part if self.part is not None else self.facts.root
+        try:
+            entity = mimeedit.mime_entity(text) if "mime" in o else mimeedit.text_entity(text)
+            mimeedit.replace_part(part, entity)
+        except mimeedit.MimeEditError as e:
+            raise SieveRuntimeError(str(e), c) from None
+        self.replaced = True
+        if part is self.facts.root:
+            if "subject" in o:
+                self.new_subject = " ".join(self.expand(o["subject"][1], scope).split())
+            if "from" in o:
+                value = " ".join(self.expand(o["from"][1], scope).split())
+                if any(addresses(value)):  # RFC 5703 5: an unusable :from is ignored rather than failing
+                    self.new_from = value
+
     def foreverypart(self, c: Command, scope: _Scope) -> None:
         name = c.opts.get("name", (None, None))[1]
         outer = self.part
-        parent = outer if outer is not None else self.facts.root
+        # The outermost loop visits the message itself first, then every part below it (as Pigeonhole does); a
+        # nested loop visits the parts below the current one.
+        parts = list(self.facts.root.walk()) if outer is None else list(outer.walk())[1:]
         try:
-            for p in list(parent.walk())[1:]:
+            for p in parts:
+                if p.detached:
+                    continue  # replaced away by an earlier iteration (RFC 5703 5)
                 self.step(node=c)
                 self.part = p
                 self.block(c.block, scope)
@@ -697,6 +752,57 @@ class Run:
                 if ok:
                     return True
         return False
+
+
+_HTML_CLOSE = {"script": re.compile(r"</script", re.I), "style": re.compile(r"</style", re.I)}
+_HTML_RAW = re.compile(r"<(script|style)\b", re.I)
+
+
+def html_text(html: str, limit: int | None = None) -> str:
+    """The text of an HTML part as extracttext gives it: comments, scripts and styles dropped, every run of tags
+    one space (none at the start, none after white space), character references decoded; the text's own white
+    space is kept (Pigeonhole's conversion, less its "> " quoting of blockquotes). One pass, each search going on
+    from where the last ended (hostile markup: no quadratic scans); stops once ``limit`` characters are out."""
+    import html as html_mod
+
+    out: list[str] = []
+    size = 0
+    last = ""  # the last character out
+    i, n = 0, len(html)
+    while i < n and (limit is None or size < limit):
+        j = html.find("<", i)
+        text = html_mod.unescape(html[i:] if j < 0 else html[i:j])
+        if text:
+            out.append(text)
+            size += len(text)
+            last = text[-1]
+        if j < 0:
+            break
+        if html.startswith("<!--", j):
+            k = html.find("-->", j + 4)
+            i = n if k < 0 else k + 3
+        elif (m := _HTML_RAW.match(html, j)) is not None:
+            close = _HTML_CLOSE[m.group(1).lower()].search(html, m.end())
+            k = -1 if close is None else html.find(">", close.end())
+            i = n if k < 0 else k + 1
+        else:
+            k = html.find(">", j + 1)
+            i = n if k < 0 else k + 1
+        if last and not last.isspace():  # a run of tags is one space
+            out.append(" ")
+            size += 1
+            last = " "
+    return "".join(out)
+
+
+def extract_text(part: Part, limit: int | None = None) -> str:
+    """RFC 5703 7: the decoded content of the current part: text as text (HTML without its markup), anything else
+    as its decoded octets (as Pigeonhole does); a multipart container has none."""
+    if part.children:
+        return ""
+    if part.text is not None:
+        return html_text(part.text, limit) if part.content_type == "text/html" else part.text
+    return part.raw_body.decode("utf-8", "replace")
 
 
 def _same_box(a: str, b: str) -> bool:

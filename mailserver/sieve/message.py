@@ -83,6 +83,10 @@ class Part:
     text: str | None  # decoded content of a text part; None for others
     children: list["Part"] = field(default_factory=list)
     is_attachment: bool = False
+    #: The parsed entity this part was read from (``replace`` edits it, mailserver/sieve/mimeedit.py).
+    msg: email.message.Message | None = field(default=None, repr=False, compare=False)
+    #: Replaced away (a child of a part that ``replace`` gave new content): loops skip it.
+    detached: bool = False
 
     def header(self, name: str) -> list[str]:
         n = name.lower()
@@ -94,7 +98,7 @@ class Part:
             yield from c.walk()
 
 
-def _part_of(msg: email.message.Message, depth: int = 0) -> Part:
+def part_of(msg: email.message.Message, depth: int = 0) -> Part:
     ctype = msg.get_content_type().lower()
     params = {k.lower(): v for k, v in (msg.get_params() or [])[1:]}
     fields = [[k, v] for k, v in msg.items()]
@@ -102,7 +106,7 @@ def _part_of(msg: email.message.Message, depth: int = 0) -> Part:
     text = None
     raw = b""
     if msg.is_multipart() and depth < 50:
-        children = [_part_of(p, depth + 1) for p in msg.get_payload()]
+        children = [part_of(p, depth + 1) for p in msg.get_payload()]
     else:
         payload = msg.get_payload(decode=True)
         raw = payload if isinstance(payload, bytes) else b""
@@ -113,7 +117,7 @@ def _part_of(msg: email.message.Message, depth: int = 0) -> Part:
             except LookupError:
                 text = raw.decode("utf-8", "replace")
     disposition = (msg.get("Content-Disposition") or "").lower()
-    return Part(fields, ctype, params, raw, text, children, disposition.startswith("attachment"))
+    return Part(fields, ctype, params, raw, text, children, disposition.startswith("attachment"), msg)
 
 
 class MessageFacts:
@@ -178,7 +182,7 @@ class MessageFacts:
         if self._root is None:
             sep = b"\n" if self._head.endswith(b"\n") and not self._head.endswith(b"\r\n") else b"\r\n"
             msg = email.message_from_bytes(self._head + sep + self.body, policy=email.policy.compat32)
-            self._root = _part_of(msg)
+            self._root = part_of(msg)
         return self._root
 
     def parts(self) -> list[Part]:

@@ -72,7 +72,7 @@ def compile_one(text: str, name: str = "script", limits: Limits = DEFAULT_LIMITS
         required = check(cmds)
     except SieveSyntaxError as e:
         raise SieveCompileError(e.message, e.line, e.col, name) from None
-    uses_body = any(n.name in ("body", "foreverypart") or "mime" in n.opts for n in _walk(cmds))
+    uses_body = any(n.name in ("body", "foreverypart", "replace", "enclose") or "mime" in n.opts for n in _walk(cmds))
     return Script(name, cmds, required, uses_body)
 
 

@@ -19,7 +19,7 @@ EXTENSIONS = (
     "comparator-i;octet", "comparator-i;ascii-casemap", "comparator-i;ascii-numeric",
     "copy", "body", "variables", "vacation", "vacation-seconds", "relational", "subaddress", "date", "index",
     "imap4flags", "mailbox", "spamtest", "spamtestplus", "virustest", "include", "duplicate", "editheader",
-    "mime", "foreverypart", "extracttext", "regex", "environment",
+    "mime", "foreverypart", "extracttext", "replace", "enclose", "regex", "environment",
 )
 COMPARATORS = {"i;octet": None, "i;ascii-casemap": None, "i;ascii-numeric": "comparator-i;ascii-numeric"}
 RELATIONS = ("gt", "ge", "lt", "le", "eq", "ne")
@@ -94,6 +94,9 @@ COMMANDS: dict[str, Spec] = {
     "deleteheader": Spec("editheader", {**MATCHING, **INDEX}, ("string", "strings?")),
     "foreverypart": Spec("foreverypart", {"name": T("name", "string")}, block=True),
     "break": Spec("foreverypart", {"name": T("name", "string")}),
+    "replace": Spec("replace", {"mime": T("mime"), "subject": T("subject", "string"), "from": T("from", "string")},
+                    ("string",)),
+    "enclose": Spec("enclose", {"subject": T("subject", "string"), "headers": T("headers", "strings")}, ("string",)),
     "extracttext": Spec("extracttext", {"first": T("first", "number"),
                                         **{m: T(f"mod-{m}") for m in SET_MODIFIERS if m != "quoteregex"}},
                         ("string",)),
@@ -160,6 +163,8 @@ class _Checker:
                     if s.lower() not in EXTENSIONS:
                         raise _err(c, f"unknown extension {s!r}")
                     self.required.add(s.lower())
+                    if s.lower() == "spamtestplus":
+                        self.required.add("spamtest")  # RFC 5235 3.2: spamtestplus brings spamtest with it
             if spec.block and c.block is None:
                 raise _err(c, f"{c.name} needs a block")
             if not spec.block and c.block is not None:
@@ -198,6 +203,15 @@ class _Checker:
             address = c.values[0]
             if "${" not in address and not _ADDRESS.fullmatch(address.strip()):
                 raise _err(c, f"redirect: invalid address {address!r}")
+        elif c.name == "enclose" and "headers" in c.opts:
+            from mailserver.sieve.mimeedit import MimeEditError, header_field
+
+            for h in c.opts["headers"][1]:
+                if "${" not in h:
+                    try:
+                        header_field(h)
+                    except MimeEditError as e:
+                        raise _err(c, str(e)) from None
         elif c.name == "global":
             for n in c.values[0]:
                 if not _VARIABLE_NAME.match(n):

@@ -110,6 +110,8 @@ AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")  # RFC 
 ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 UNKNOWN_USER = Reply(550, "5.1.1", "Mailbox does not exist")
+# Gateway mode: the relay host could not say whether the recipient exists (RFC 3463 X.4.3: routing server failure).
+VERIFY_TEMPFAIL = Reply(451, "4.4.3", "Recipient verification failed, try again later")
 # RFC 5321 2.3.8 (lines end with CRLF only) and the SMTP smuggling advisories: a DATA body holding a bare CR or LF
 # is rejected after the real <CRLF>.<CRLF>.  RFC 3463 3.7: X.6.0 "Other or undefined media error" (the registry has
 # no dedicated code for bare line ends).

@@ -25,6 +25,7 @@ from mailserver import login as login_mod
 from mailserver.auth import is_loopback
 from mailserver.config import IMPLICIT_TLS
 from mailserver.connections import COMMANDS_PER_TURN, SESSION, FlowControl, close_transport, refuse
+from mailserver.delivery import callout
 from mailserver.delivery import envelope as ev
 from mailserver.delivery import router as router_mod
 from mailserver.delivery.pipeline import Ingest
@@ -262,14 +263,26 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             d = run_in(self.services.reactor, self.services.pools.db_read, router.route, address, may_relay=may_relay,
                        size=size)
 
-        def decide(rr: router_mod.RouteResult) -> RcptResult:
+        def decide(rr: router_mod.RouteResult):
             if rr.error == router_mod.OVER_QUOTA:
                 perm = self.services.config.smtp.over_quota_permanent
                 return RcptResult(codes.OVER_QUOTA_PERM if perm else codes.OVER_QUOTA_TEMP)
             if rr.error:
                 log.info("smtp rcpt <{rcpt}> from {ip} refused: {error}", rcpt=address, ip=self.ip, error=rr.error)
                 return RcptResult(_ROUTE_ERRORS[rr.error])
+            verifier = self.services.verifier
+            relay = [r for r in rr.routes if r.kind == router_mod.RELAY and r.address.lower() == address.lower()]
+            if verifier is not None and relay and verifier.applies(a.recipient.mailbox.domain):
+                return verifier.verify(address, relay[0].relay_to).addCallback(verified, rr)
             return RcptResult(None, rr)
+
+        def verified(answer: str, rr: router_mod.RouteResult) -> RcptResult:
+            # Gateway mode: the host behind us knows its users; refuse unknown ones now, not with a bounce later.
+            if answer == callout.VALID:
+                return RcptResult(None, rr)
+            log.info("smtp rcpt <{rcpt}> from {ip} refused: recipient verification {answer}", rcpt=address,
+                     ip=self.ip, answer=answer)
+            return RcptResult(codes.UNKNOWN_USER if answer == callout.INVALID else codes.VERIFY_TEMPFAIL)
 
         return d.addCallback(decide)
 

@@ -107,7 +107,11 @@ CASES = [
     ("include", 'require "include"; include "sub"; include :optional "none";', ["store FromSub"]),
     ("include", 'require ["include", "variables", "fileinto"]; global "g"; set "g" "G"; include "usesg";',
      ["store G"]),
-    ("mime", 'require ["mime", "foreverypart"]; foreverypart { discard; }', ["implicit-keep"]),
+    # The outermost foreverypart visits the message itself too, a single-part message included (as Pigeonhole:
+    # tests/sieve/cases/257.sieve).
+    ("mime", 'require ["mime", "foreverypart"]; foreverypart { discard; }', ["discard"]),
+    ("spamtestplus", 'require ["spamtestplus", "relational", "comparator-i;ascii-numeric"]; if spamtest :percent '
+     ':value "ge" :comparator "i;ascii-numeric" "30" { discard; }', ["discard"]),
 ]
 
 SCRIPTS = {("personal", "sub"): 'require "fileinto"; fileinto "FromSub";',
@@ -121,7 +125,7 @@ def loader(location, name):
 
 def _env_with(**kw):
     base = dict(now=1_228_000_000, zone_offset=0, environment={"location": "MDA"},
-                spam_score=lambda facts: "3")
+                spam_score=lambda facts: "3", spam_percent=lambda facts: "30")
     base.update(kw)
     return Env(**base)
 
@@ -249,3 +253,45 @@ def test_foreverypart_over_many_parts_is_bounded():
     script = f'require ["foreverypart", "mime"]; foreverypart {{ if header :mime :contains "content-type" ["{keys}"] {{ keep; }} }}'
     r = run(script, raw, limits=Limits(max_steps=10_000))
     assert "steps" in r.error and r.implicit_keep
+
+
+@pytest.mark.parametrize("html,text", [
+    ("<html><body><p>Hallo <b>Bob</b></p></body></html>", "Hallo Bob "),
+    ("<p>a</p><p>b</p>", "a b "),
+    ("a<br>b", "a b"),
+    ("a &amp; b &lt;c&gt; &eacute; &#233;", "a & b <c> \u00e9 \u00e9"),
+    ("<head><title>T</title><style>p{}</style></head><body>z</body>", "T z "),
+    ("<script>var x;</script>q", "q"),
+    ("one   two\nthree", "one   two\nthree"),
+    ("<!-- c -->d", "d"),
+])
+def test_extracttext_of_html_is_its_text_as_pigeonhole_gives_it(html, text):
+    """What sieve-test 2.3 extracts from these HTML parts (measured with a script that files into "[${t}]")."""
+    from mailserver.sieve.interp import html_text
+
+    assert html_text(html) == text
+
+
+@pytest.mark.parametrize("header,score,percent", [
+    ("12.5", "10", "100"), ("3.75", "4", "37"), ("9.999", "10", "99"), ("0", "1", "0"), ("-0.1", "1", "0"),
+    ("abc", "0", "0"), (None, "0", "0"),
+])
+def test_spamtest_and_percent_from_the_score_header(header, score, percent):
+    """RFC 5235: spamtest 1..10 (0 untested), spamtestplus :percent 0..100, as Pigeonhole maps a score header with
+    a maximum of 10 (tests/sieve/pigeonhole.py's configuration)."""
+    from mailserver.delivery.sieve_stage import header_spam_percent, header_spam_score
+
+    raw = b"Subject: x\r\n" + (f"X-Spam-Score: {header}\r\n".encode() if header is not None else b"") + b"\r\nx\r\n"
+    facts = MessageFacts.from_bytes(raw)
+    assert (header_spam_score(facts), header_spam_percent(facts)) == (score, percent)
+
+
+def test_extracttext_of_hostile_html_is_linear_and_bounded():
+    """Unclosed scripts, comments and tags by the hundred thousand: one pass, the rest dropped, no quadratic scan;
+    the output stops at the limit asked for."""
+    from mailserver.sieve.interp import html_text
+
+    assert html_text("a<script>" * 200_000) == "a "
+    assert html_text("a<!--" * 200_000) == "a "
+    assert html_text("a <b" * 200_000) == "a "
+    assert len(html_text("word<i>" * 500_000, limit=4096)) <= 4096 + 8

@@ -12,6 +12,7 @@ from mailserver.delivery.envelope import DRAFT, SENT_COPY
 from mailserver.ingest import deliver_raw
 from mailserver.mime.text import address_list, decode_header_text, format_address
 from storage.models import FLAG_ANSWERED, FLAG_DRAFT, FLAG_SEEN
+from storage.sendgrants import SEND_ON_BEHALF
 from webmail import compose as cm
 from webmail import message_view as mv
 from webmail import web
@@ -234,10 +235,17 @@ async def compose_submit(ctx) -> web.Response:
                                                                                                    "Subject"),
                          body=state.body, in_reply_to=in_reply_to, references=references,
                          attachments=tuple(kept + uploads))
+        # Send-on-behalf (storage/sendgrants.py): From is the granted address, Sender and the envelope sender the
+        # account's own (RFC 5322 3.6.2); the submission check requires exactly that.
+        own_ident = idents[0] if idents else None
+        on_behalf = ident.kind == SEND_ON_BEHALF and own_ident is not None
+        envelope_from = own_ident.address if on_behalf else ident.address
+        extra = (("Sender", format_address(own_ident.name, own_ident.address)),) if on_behalf else ()
         message_id = cm.make_message_id(ident.address)
         mbs = await mailboxes(ctx)
         if action == "save":
-            extra = (("X-Webmail-Reply-Ref", state.reply_ref),) if parse_ref(state.reply_ref) else ()
+            if parse_ref(state.reply_ref):
+                extra += (("X-Webmail-Reply-Ref", state.reply_ref),)
             raw = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True, extra_headers=extra)
             drafts = special(mbs, "\\Drafts")
             res = await deliver_raw(ctx.services, ctx.account_id, raw, mailbox=drafts.name if drafts else "Drafts",
@@ -248,14 +256,14 @@ async def compose_submit(ctx) -> web.Response:
             return web.redirect(f"/compose?draft={res.mailbox_id}:{res.uid}&saved=1")
         if not draft.recipients():
             raise cm.ComposeError("add at least one recipient")
-        wire = await ctx.app.cpu(cm.build, draft, message_id=message_id)
-        copy = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True)
+        wire = await ctx.app.cpu(cm.build, draft, message_id=message_id, extra_headers=extra)
+        copy = await ctx.app.cpu(cm.build, draft, message_id=message_id, include_bcc=True, extra_headers=extra)
         # The copy in Sent counts against the quota like any message: a full mailbox refuses the send before
         # anything leaves, rather than sending and losing the copy (or storing it past the quota).
         used, limit = await ctx.astore.quota(ctx.account_id)
         if limit and used + len(copy) > limit:
             raise cm.ComposeError("your mailbox is full: delete some messages so the copy in Sent fits, then send")
-        await cm.send(ctx.services, ctx.account_id, ident.address, draft.recipients(), wire, client_ip=ctx.client_ip)
+        await cm.send(ctx.services, ctx.account_id, envelope_from, draft.recipients(), wire, client_ip=ctx.client_ip)
     except cm.ComposeError as e:
         return await compose_page(ctx, state, str(e), 400)
     sent = special(mbs, "\\Sent")

@@ -47,7 +47,7 @@ async def settings_submit(ctx) -> web.Response:
         return web.redirect("/settings?notice=saved")
     if op == "identity":
         address = form.get("address").strip().lower()
-        allowed = await ctx.astore.addresses_of(ctx.account_id)
+        allowed = {i.address for i in await ctx.astore.identities(ctx.account_id)}  # own, aliases, grants
         if address not in allowed:
             raise web.NotFoundError()
         name = _text(form.get("name").strip(), MAX_NAME, "name")

@@ -1,0 +1,4 @@
+# message: mime.eml
+# from: alice@example.org
+# to: bob+work@example.net
+require ["mime", "variables", "fileinto"]; if header :mime :matches :contenttype "content-type" "*" { fileinto "top-${0}"; }

@@ -1,0 +1,4 @@
+# message: mime.eml
+# from: alice@example.org
+# to: bob+work@example.net
+require ["mime"]; if header :anychild "content-type" "x" { discard; }

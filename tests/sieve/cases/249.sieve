@@ -1,0 +1,4 @@
+# message: mime.eml
+# from: alice@example.org
+# to: bob+work@example.net
+require ["mime"]; if address :mime :all "from" "juergen@example.de" { discard; }
