@@ -202,6 +202,39 @@ def test_idle_on_one_worker_sees_a_delivery_made_through_smtp_on_the_other(serve
     idle.close()
 
 
+def test_idle_sessions_on_both_workers_all_see_exists_and_one_sees_recent(server):
+    """RFC 3501 2.3.2 across the IDLE fan-out: three IDLE sessions on each worker, one delivery; every session is
+    told "* 1 EXISTS", and exactly one of the six gets the message as \\Recent (each worker reserves it once for all
+    its sessions, one worker wins, one of its sessions takes it)."""
+    first, a = on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap")
+    sessions = [first]
+    for want in (a, a):
+        sessions.append(on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap",
+                                  want=want)[0])
+    other, b = on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap", avoid=a)
+    sessions.append(other)
+    for want in (b, b):
+        sessions.append(on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap",
+                                  want=want)[0])
+    for c in sessions:
+        assert c.cmd("L", f'LOGIN {ALICE} "{PW}"')[-1].startswith(b"L OK")
+        assert b"* 0 RECENT\r\n" in c.cmd("S", "SELECT INBOX")
+        c.send(b"I IDLE\r\n")
+        assert c.line() == b"+ idling\r\n"
+    send(server.ports["smtp"], "fan-out")
+    recent = []
+    for c in sessions:
+        assert _lines_until(c, b"* 1 EXISTS\r\n")[-1] == b"* 1 EXISTS\r\n"
+        m = re.fullmatch(rb"\* (\d+) RECENT\r\n", c.line())
+        assert m
+        recent.append(int(m.group(1)))
+    assert sorted(recent) == [0, 0, 0, 0, 0, 1]
+    for c in sessions:
+        c.send(b"DONE\r\n")
+        assert c.until(b"I")[-1].startswith(b"I OK")
+        c.close()
+
+
 def test_pop3_maildrop_lock_spans_workers_and_ends_with_quit_or_sigkill(server):
     """RFC 1939 section 4 / RFC 2449 8.1.1: a POP3 session on worker A makes a login on worker B answer
     -ERR [IN-USE]; after QUIT on A, B gets in; after the holding worker is SIGKILLed, the maildrop is free again."""
