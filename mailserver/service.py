@@ -608,7 +608,17 @@ class MailServer(MultiService):
             if n:
                 log.info("removed {n} unreferenced message bodies", n=n)
 
-        return d.addCallbacks(done, lambda f: log.failure("removing unreferenced message bodies failed", f))
+        d.addCallbacks(done, lambda f: log.failure("removing unreferenced message bodies failed", f))
+        # The safety net: stored bodies no row names at all (older than the grace period, so no delivery in
+        # progress is touched), a bounded batch per run in the read pool.
+        d.addCallback(lambda _: run_in(self.reactor, self.pools.db_read, self.store.collect_orphan_blobs,
+                                       self.config.store.gc_grace, self.reactor.seconds()))
+
+        def swept(n):
+            if n:
+                log.info("removed {n} message bodies no row names", n=n)
+
+        return d.addCallbacks(swept, lambda f: log.failure("removing message bodies no row names failed", f))
 
     def kick_queue(self) -> None:
         """Tell the queue runner new outbound mail is waiting (call after Store.enqueue); in a worker that does not

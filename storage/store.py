@@ -676,6 +676,41 @@ class Store:
         return len(ids)
 
     @reads
+    def discard_blobs(self, blob_ids: Sequence[str]) -> int:
+        """Delete at once bodies a delivery stored and then committed no reference to (called after its commit;
+        ``BlobStore.discard`` keeps anything stored again meanwhile or named by a row); returns how many."""
+        return self.blobs.discard(blob_ids, self._named_blobs)
+
+    @reads
+    def collect_orphan_blobs(self, grace: float = 3600.0, now: float | None = None, *, batch: int = 500,
+                             limit: int = 10000) -> int:
+        """The safety net under :meth:`discard_blobs`: delete stored bodies older than ``grace`` seconds that no
+        row names (a crash between storing and committing, a refused or abandoned message).  At most ``limit``
+        files are looked at per call, ``batch`` per database read; returns how many were removed."""
+        now = time.time() if now is None else now
+        removed = seen = 0
+        pending: list[str] = []
+        for blob_id in self.blobs.orphans(now - grace):
+            pending.append(blob_id)
+            seen += 1
+            if len(pending) >= batch or seen >= limit:
+                removed += self._remove_unnamed(pending, grace, now)
+                pending = []
+            if seen >= limit:
+                break
+        if pending:
+            removed += self._remove_unnamed(pending, grace, now)
+        return removed
+
+    def _named_blobs(self, blob_ids: list[str]) -> set[str]:
+        with self.transaction(write=False) as conn:
+            return blobrefs.named(conn, blob_ids)
+
+    def _remove_unnamed(self, blob_ids: list[str], grace: float, now: float) -> int:
+        named = self._named_blobs(blob_ids)
+        return self.blobs.remove([i for i in blob_ids if i not in named], grace, now)
+
+    @reads
     def integrity_problems(self) -> list[str]:
         """Rows naming a blob that is not readable (used by the durability test)."""
         with self.transaction(write=False) as conn:

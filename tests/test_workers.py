@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.imap.imap_client import Raw
+from tests.processes import stop_group
 from tests.test_cluster_nodes import _Lines, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,28 +118,27 @@ class Server:
         self.conf = conf
         self.data = data
         self.workers = workers
+        # Its own process group (the workers inherit it): stop() ends whatever is left of it by that id.
         self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
-        assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
-        wait_for(lambda: self.err.count("listening pop3 on") >= workers, timeout=60, what="workers listening")
-        self.ports = {m.group(1): int(m.group(2))
-                      for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+)", self.err.text())}
-        assert set(self.ports) == {"smtp", "imap", "pop3"}, self.err.text()
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                     start_new_session=True)
+        try:
+            self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
+            assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
+            wait_for(lambda: self.err.count("listening pop3 on") >= workers, timeout=60, what="workers listening")
+            self.ports = {m.group(1): int(m.group(2))
+                          for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+)", self.err.text())}
+            assert set(self.ports) == {"smtp", "imap", "pop3"}, self.err.text()
+        except BaseException:
+            self.stop()  # a start-up that failed (a timeout under load) leaves nothing running
+            raise
 
     def worker_pids(self) -> list[int]:
         return _children(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            for pid in self.worker_pids():
-                os.kill(pid, signal.SIGKILL)
-            self.proc.kill()
-            self.proc.wait()
+        """SIGTERM the supervisor; SIGKILL it after a minute; then SIGKILL anything left in its process group."""
+        stop_group(self.proc, timeout=60)
 
 
 @pytest.fixture
@@ -372,3 +372,37 @@ def test_one_maintenance_lease_holder_and_another_takes_over_when_it_dies(tmp_pa
         wait_for(lambda: s.err.count("lease maintenance taken") >= 2, timeout=30, what="a new holder")
     finally:
         s.stop()
+
+
+def test_a_start_up_that_fails_leaves_no_supervisor_or_worker_running(tmp_path, monkeypatch):
+    """When the wait for the workers gives up (as under load), the supervisor and its workers are stopped."""
+    started: list[subprocess.Popen] = []
+    workers: list[int] = []
+    real_popen, real_wait = subprocess.Popen, wait_for
+
+    def popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        if "serve" in args[0]:
+            started.append(proc)  # the supervisor (other commands may run on the way)
+        return proc
+
+    def gives_up(condition, timeout=20.0, what="condition"):
+        real_wait(lambda: len(_children(started[0].pid)) >= 2, timeout=60, what="two workers started")
+        workers.extend(_children(started[0].pid))
+        raise AssertionError(f"{what}: not met (the start-up timed out)")
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(sys.modules[__name__], "wait_for", gives_up)
+    with pytest.raises(AssertionError, match="start-up timed out"):
+        Server(tmp_path)
+    monkeypatch.undo()
+    assert started[0].returncode is not None  # stopped and reaped
+    assert len(workers) == 2
+
+    def gone(pid: int) -> bool:
+        try:
+            return "zombie" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(gone(pid) for pid in workers), timeout=30, what="the workers gone")
