@@ -17,6 +17,7 @@ from webmail import compose as cm
 from webmail import message_view as mv
 from webmail import web
 from webmail.views.common import folder_tree, mailboxes, open_mailbox, open_message, parse_ref, special
+from webmail.views.filters import refresh_vacation_contacts
 
 log = Logger()
 
@@ -280,6 +281,7 @@ async def compose_submit(ctx) -> web.Response:
             pass
     await _drop_draft(ctx, state.draft_ref)
     await ctx.astore.record_contacts(ctx.account_id, list(draft.to + draft.cc + draft.bcc))
+    await refresh_vacation_contacts(ctx)  # "only reply to my contacts" knows the new ones
     inbox_box = next((m for m in mbs if m.name == "INBOX"), None)
     return web.redirect(f"/m/{inbox_box.id if inbox_box else ''}?notice=sent")
 
