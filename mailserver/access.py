@@ -19,9 +19,18 @@ with the same text (made from the caller's own ``ref``), so no answer tells them
 permitted mailbox raises :class:`MessageNotFound`, a subclass.  Both are :class:`storage.store.NotFound`, so code
 that maps store errors answers them as a missing mailbox.
 
-Rights today: the owner of a mailbox has every right on it and nobody else has any (the owner rule of
-:func:`rights_of`).  Rights are data, so shared mailboxes only add :class:`Grant` rows: :func:`grants_for` is where
-they will be read; no grant exists yet.
+Rights: the owner of a personal mailbox has every right on it (the owner rule of :func:`rights_of`); the
+mailbox's ACL rows (``storage/shared.py``: an account's address, ``anyone``, ``$group``) give the rest, read with
+the mailbox in one store call for one reader (``MailboxInfo.reader``/``reader_rights``, turned into a
+:class:`Grant` by :func:`grants_for`).  A shared mailbox (``Shared/…``) has no owner person: only its ACL counts.
+
+One exception to "missing and forbidden alike" (RFC 4314 4, 6): when the principal may see the mailbox (``l``) but
+lacks another right the command needs, :class:`Forbidden` (a MailboxNotFound) says so, so IMAP can answer
+``NO [NOPERM]``; without ``l`` the answer stays that of a missing mailbox.
+
+Names: ``str`` refs are resolved in the principal's namespaces (RFC 2342: ``Other Users/<address>/<name>``,
+``Shared/<name>``, else its own); a mailbox of another account comes back named as the principal sees it (its
+``stored_name`` is the owner's).
 """
 
 from __future__ import annotations
@@ -87,7 +96,7 @@ class Principal:
 
 @dataclass(frozen=True)
 class Grant:
-    """Rights on one mailbox given to one account (the shared-mailbox issue stores these; none exist yet)."""
+    """Rights on one mailbox given to one account (what its ACL rows add up to for that account)."""
 
     mailbox_id: int
     grantee: int
@@ -102,12 +111,16 @@ class MessageNotFound(MailboxNotFound):
     """The mailbox is permitted, the message is not in it."""
 
 
-def grants_for(principal: Principal, mailbox: MailboxInfo) -> Sequence[Grant]:
-    """The grants that give ``principal`` rights on ``mailbox``.
+class Forbidden(MailboxNotFound):
+    """The principal may see the mailbox (``l``) but lacks a right the request needs (RFC 4314: NOPERM)."""
 
-    None exist yet, so this is empty.  The shared-mailbox issue reads them here (with the mailbox's row, so the
-    lookup stays one round trip)."""
-    return ()
+
+def grants_for(principal: Principal, mailbox: MailboxInfo) -> Sequence[Grant]:
+    """The grants that give ``principal`` rights on ``mailbox``: its ACL rights as read with the mailbox for this
+    principal (``MailboxInfo.reader_rights``); none when the mailbox was read for someone else."""
+    if mailbox.reader != principal.account_id or not mailbox.reader_rights:
+        return ()
+    return (Grant(mailbox.id, principal.account_id, Rights.parse(mailbox.reader_rights)),)
 
 
 def rights_of(principal: Principal, mailbox: MailboxInfo, grants: Sequence[Grant] = ()) -> Rights:
@@ -148,8 +161,13 @@ def authorize(principal: Principal, mailbox: MailboxInfo | None, need: Rights, r
     if mailbox is not None:
         if grants is None:
             grants = grants_for(principal, mailbox)
-        if need in rights_of(principal, mailbox, grants):
+        have = rights_of(principal, mailbox, grants)
+        # Without "l" the mailbox is not there for the principal, whatever else it was given (no existence leak).
+        if need in have and Rights.LOOKUP in have:
             return mailbox
+        if Rights.LOOKUP in have:
+            # RFC 4314 6: the principal knows the mailbox exists, so it may be told what is missing.
+            raise Forbidden(f"no permission ({(need & ~have).letters}) on mailbox {ref or mailbox.name}")
     raise _missing(ref if ref != "" else (mailbox.name if mailbox else ""))
 
 
@@ -196,9 +214,10 @@ class MailboxAccess:
     async def open_mailbox(self, principal: Principal, ref: int | str, need: Rights) -> MailboxInfo:
         mailbox_id = _id_ref(ref)
         if mailbox_id is None:
-            mailbox = await self.astore.get_mailbox(principal.account_id, ref)
+            found = await self.astore.resolve_mailbox(principal.account_id, ref)
+            mailbox = found[0] if found else None
         else:
-            mailbox = await self.astore.get_mailbox_by_id(mailbox_id)
+            mailbox = await self.astore.mailbox_for_reader(mailbox_id, principal.account_id)
         return authorize(principal, mailbox, need, ref)
 
     async def open_messages(self, principal: Principal, ref: int | str, uids: Sequence[int], need: Rights
@@ -206,7 +225,11 @@ class MailboxAccess:
         """The mailbox and those of ``uids`` that are in it (in UID order)."""
         mailbox = await self.open_mailbox(principal, ref, need)
         wanted = _uids(uids)
-        return mailbox, (await self.astore.get_messages(mailbox.id, wanted) if wanted else [])
+        if not wanted:
+            return mailbox, []
+        if mailbox.seen_per_reader:  # the reader's own \Seen (storage/shared.py)
+            return mailbox, await self.astore.get_messages(mailbox.id, wanted, reader=principal.account_id)
+        return mailbox, await self.astore.get_messages(mailbox.id, wanted)
 
     async def open_message(self, principal: Principal, ref: int | str, uid: int, need: Rights
                            ) -> tuple[MailboxInfo, MessageInfo]:
@@ -221,17 +244,38 @@ class MailboxAccess:
     def rights(self, principal: Principal, mailbox: MailboxInfo) -> Rights:
         return rights_of(principal, mailbox, grants_for(principal, mailbox))
 
-    async def visible_mailboxes(self, principal: Principal) -> list[MailboxInfo]:
-        """RFC 4314 4: LIST shows the mailboxes with ``l``, by name."""
+    async def visible_mailboxes(self, principal: Principal, *, others: bool = True) -> list[MailboxInfo]:
+        """RFC 4314 4: LIST shows the mailboxes with ``l``, by name: the principal's own, then (``others``) those of
+        other accounts and shared mailboxes, named as the principal sees them (RFC 2342)."""
         mailboxes = await self.astore.list_mailboxes(principal.account_id)
+        if others:
+            mailboxes = list(mailboxes) + [m for m, _letters in await self.astore.shared_with(principal.account_id)]
         return [m for m in mailboxes if Rights.LOOKUP in self.rights(principal, m)]
 
     async def create_target(self, principal: Principal, name: str, need: Rights) -> int:
         """The account whose namespace ``name`` is created in, after checking ``need`` on its nearest existing
         ancestor (RFC 4314 4: ``k`` on the parent; CREATE makes the missing levels) or on the namespace root."""
-        if "/" not in name.strip("/"):
-            return _create_target(principal, (), name, need)
-        return _create_target(principal, await self.astore.list_mailboxes(principal.account_id), name, need)
+        return (await self.create_target_name(principal, name, need))[0]
+
+    async def create_target_name(self, principal: Principal, name: str, need: Rights) -> tuple[int, str]:
+        """(account, the name in that account's own namespace) for a new mailbox ``name``, checked as
+        :meth:`create_target` does; in another account's namespace the nearest existing ancestor decides."""
+        target = await self.astore.resolve_owner(principal.account_id, name.strip("/"))
+        if target is None:
+            raise _missing(name)
+        owner, stored, _address = target
+        if owner == principal.account_id:
+            if "/" not in name.strip("/"):
+                return _create_target(principal, (), name, need), stored
+            return _create_target(principal, await self.astore.list_mailboxes(principal.account_id), name,
+                                  need), stored
+        parts = name.strip("/").split("/")
+        for i in range(len(parts) - 1, 1, -1):
+            found = await self.astore.resolve_mailbox(principal.account_id, "/".join(parts[:i]))
+            if found is not None:
+                authorize(principal, found[0], need, name)
+                return owner, stored
+        raise _missing(name)  # the root of another's namespace: nobody creates there
 
 
 class BlockingMailboxAccess:

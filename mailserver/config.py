@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -347,6 +348,45 @@ class SpamThresholds:
     refuse: float = -1.0
 
 
+#: A score weight: the one kind of number in the configuration that may be negative (a DNSWL listing lowers it).
+Score = typing.NewType("Score", float)
+
+
+@dataclass(frozen=True)
+class DnsListConfig:
+    """One ``[[antispam.dnsbl]]``, ``[[antispam.dnswl]]`` or ``[[antispam.rhsbl]]`` zone (RFC 5782,
+    ``mailserver/inbound/dnsbl.py``)."""
+
+    zone: str
+    #: The symbol a listing adds to the score card; "" = made from the zone ("DNSBL_ZEN_EXAMPLE_ORG").
+    name: str = ""
+    #: What a listing weighs (a DNSWL's weight is 0 or negative).
+    weight: Score = 1.0
+    #: Return code -> weight ("127.0.0.4" = 3.0); when given, only these codes are listings (others are logged).
+    returncodes: dict[str, Score] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GreylistConfig:
+    """``[antispam.greylist]``: greylisting (RFC 6647) of mail the ``smtp`` listener takes from outside
+    (``mailserver/inbound/greylist.py``); never for authenticated clients, trusted networks or DNSWL-listed ones."""
+
+    enabled: bool = False
+    #: When a new triplet is deferred (451 4.7.1): "rcpt" (at RCPT TO) or "data" (the whole message after DATA).
+    stage: str = "rcpt"
+    #: Seconds a new triplet is deferred; a retry after them (within ``retry_window``) passes.
+    delay: float = 300.0
+    #: Seconds after the first attempt within which a retry passes; later, the triplet starts again.
+    retry_window: float = 86400.0
+    #: Seconds a passed triplet is remembered after its last use (RFC 6647 4.4: at least a month).
+    pass_lifetime: float = 36 * 86400.0
+    #: Passed triplets after which a client network is no longer greylisted at all (0 = never).
+    auto_whitelist: int = 0
+    #: The client networks a triplet is keyed by (RFC 6647 4.2: senders retry from other addresses).
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+
+
 @dataclass(frozen=True)
 class AntispamConfig:
     """``[antispam]``: the spam score and what it leads to (``mailserver/inbound/policy.py``).
@@ -372,6 +412,14 @@ class AntispamConfig:
     symbols_header: bool = True
     domain: dict[str, SpamThresholds] = field(default_factory=dict)
     account: dict[str, SpamThresholds] = field(default_factory=dict)
+    #: DNS block lists of the client address, allow lists (negative weights; exempt from greylisting) and block
+    #: lists of the envelope sender's domain (RHSBL), all asked in parallel once per client.
+    dnsbl: tuple[DnsListConfig, ...] = ()
+    dnswl: tuple[DnsListConfig, ...] = ()
+    rhsbl: tuple[DnsListConfig, ...] = ()
+    #: Seconds the DNS list lookups of one client may take together; a zone that has not answered is skipped.
+    dnsbl_timeout: float = 5.0
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
 
 
 @dataclass(frozen=True)
@@ -649,6 +697,10 @@ def _convert(value, tp, key: str, source: str):
         if value < 0:
             raise ConfigError(source, key, "must not be negative")
         return value
+    if tp is Score:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(source, key, f"expected a number, got {value!r}")
+        return float(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(source, key, f"expected a number, got {type(value).__name__}")
@@ -839,11 +891,47 @@ def _validate(cfg: Config, source: str) -> None:
             parse_address(cfg.antivirus.clamd)
         except ValueError as e:
             err("antivirus.clamd", f"expected \"HOST:PORT\" or a socket path: {e}")
-    for key, value in (("antispam.timeout", cfg.antispam.timeout), ("antivirus.timeout", cfg.antivirus.timeout)):
+    _validate_dns_lists(cfg.antispam, err)
+    for key, value in (("antispam.timeout", cfg.antispam.timeout), ("antivirus.timeout", cfg.antivirus.timeout),
+                       ("antispam.dnsbl_timeout", cfg.antispam.dnsbl_timeout)):
         if value <= 0:
             err(key, "must be positive")
     if cfg.auth.default_scheme not in ("argon2", "bcrypt", "sha512_crypt"):
         err("auth.default_scheme", "expected argon2, bcrypt or sha512_crypt")
+
+
+_ZONE_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?)+\.?")
+
+
+def _validate_dns_lists(sp: AntispamConfig, err) -> None:
+    for kind in ("dnsbl", "dnswl", "rhsbl"):
+        for i, entry in enumerate(getattr(sp, kind)):
+            key = f"antispam.{kind}[{i}]"
+            if not _ZONE_RE.fullmatch(entry.zone) or len(entry.zone) > 200:
+                err(f"{key}.zone", f"not a DNS zone name: {entry.zone!r}")
+            if entry.name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", entry.name):
+                err(f"{key}.name", "expected 1 to 64 letters, digits, '_', '.' or '-'")
+            weights = [entry.weight, *entry.returncodes.values()]
+            if kind == "dnswl" and any(w > 0 for w in weights):
+                err(f"{key}.weight", "a DNSWL listing weighs 0 or less")
+            for code in entry.returncodes:
+                try:
+                    ok = ipaddress.IPv4Address(code) in ipaddress.IPv4Network("127.0.0.0/8")
+                except ValueError:
+                    ok = False
+                if not ok or code.startswith("127.255.255."):
+                    err(f"{key}.returncodes.{code}", "expected a listing code 127.0.0.0 to 127.255.254.255")
+    g = sp.greylist
+    if g.stage not in ("rcpt", "data"):
+        err("antispam.greylist.stage", "expected \"rcpt\" or \"data\"")
+    if not 0 < g.delay < g.retry_window:
+        err("antispam.greylist.delay", "expected more than 0 and less than retry_window")
+    if g.pass_lifetime < g.retry_window:
+        err("antispam.greylist.pass_lifetime", "expected at least retry_window")
+    if not 8 <= g.ipv4_prefix <= 32:
+        err("antispam.greylist.ipv4_prefix", "expected 8 to 32")
+    if not 16 <= g.ipv6_prefix <= 128:
+        err("antispam.greylist.ipv6_prefix", "expected 16 to 128")
 
 
 def load_dict(table: dict, source: str = "", base_dir: Path | None = None) -> Config:

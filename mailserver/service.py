@@ -48,6 +48,8 @@ from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.dns import DnsResolver
+from mailserver.inbound.dnsbl import DnsLists
+from mailserver.inbound.greylist import Greylister, GreylistStage
 from mailserver.inbound.scanners import inbound_stages
 from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
 from mailserver.inbound.senderauth import Settings as SenderAuthSettings
@@ -270,6 +272,7 @@ class MailServer(MultiService):
         #: ``services``, which is MultiService's list of child services).
         self.provided: Services | None = None
         self.queue_runner = None
+        self.greylist = None  # the Greylister when [antispam.greylist] is on (built with the services)
         self.monitor = None
         self.pg_bridge = None
         self.bus = None
@@ -465,12 +468,21 @@ class MailServer(MultiService):
         runner = ReactorRunner(self.reactor, self.pools, self.astore, self.kick_queue)
         pipeline = Pipeline(runner, self.config, router, self.store.blobs)
         pipeline.register(SenderHeaderCheck(runner, router))  # RFC 6409 8.1: From:/Sender: the account owns
+        resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
+        # DNS block/allow lists (one cached answer per client, shared with greylisting) and greylisting (at RCPT in
+        # smtp/protocol.py, or here after DATA, before any other check: a deferred message needs none).
+        dns_lists = DnsLists(self.config, resolver, runner.dns, self.reactor)
+        self.greylist = (Greylister(self.config, self.astore, clock=self.reactor, dns_lists=dns_lists)
+                         if self.config.antispam.greylist.enabled else None)
+        if self.greylist is not None and self.greylist.after_data:
+            pipeline.register(GreylistStage(self.greylist))
         # Mail from outside on the MX listener: SPF, DKIM, DMARC, ARC, iprev, one Authentication-Results (RFC 8601).
         senderauth = SenderAuthSettings(self.config)
         pipeline.add_transform(AuthResultsStripper(senderauth))
-        resolver = DnsResolver(self.config.dns, cache_size=self.config.senderauth.dns_cache)
         pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
-        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules):  # virus scan, spam scorers, the spam policy
+        # Virus scan, spam scorers, the spam policy.
+        for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules,
+                                    dns_lists=dns_lists):
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
@@ -485,7 +497,7 @@ class MailServer(MultiService):
                         pipeline=pipeline, kick_queue=self.kick_queue,
                         listeners=self._bound_listeners, running=lambda: self.running,
                         state=ProcessState(metrics=self.monitor.metrics), monitor=self.monitor,
-                        verifier=verifier)
+                        verifier=verifier, greylist=self.greylist)
 
     def _bound_listeners(self) -> list[BoundListener]:
         out = []
@@ -572,6 +584,11 @@ class MailServer(MultiService):
 
         d = run_in(self.reactor, self.pools.db_write, self.store.expire_quarantined, time.time())
         d.addCallbacks(expired, lambda f: log.failure("removing expired quarantined copies failed", f))
+        if self.greylist is not None:
+            # Greylisting's own clock (the stored times are in it).
+            d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.prune_greylist,
+                                           self.greylist.clock.seconds()))
+            d.addErrback(lambda f: log.failure("removing expired greylisting rows failed", f))
         d.addCallback(lambda _: run_in(self.reactor, self.pools.db_write, self.store.collect_blobs,
                                        self.config.store.gc_grace))
 

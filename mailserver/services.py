@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mailserver.delivery.pipeline import Pipeline
     from mailserver.delivery.router import Router
     from mailserver.imap.snapshot import SnapshotCache
+    from mailserver.inbound.greylist import Greylister
     from mailserver.metrics import Metrics, Monitor
     from mailserver.threads import Pools
     from storage.changes import ChangeHub
@@ -102,6 +103,8 @@ class Services:
     monitor: Monitor | None = None
     #: Gateway mode's recipient verification for relay domains (``delivery/callout.py``); None = none.
     verifier: RecipientVerifier | None = None
+    #: Greylisting (``mailserver.inbound.greylist.Greylister``); None when ``[antispam.greylist]`` is off.
+    greylist: Greylister | None = None
 
     @property
     def metrics(self) -> Metrics | None:

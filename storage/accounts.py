@@ -13,7 +13,7 @@ import time
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from storage import blobrefs, mailboxes, quarantine, sieve
+from storage import blobrefs, mailboxes, quarantine, shared, sieve
 from storage.errors import AlreadyExists, Invalid, NotFound
 from storage.models import Account, Alias, Domain, Expunged, Mailbox, Message
 from storage.records import AccountInfo, AliasInfo, DomainInfo, account_info
@@ -234,6 +234,37 @@ def addresses_of(conn: Connection, account_id: int) -> list[str]:
     if row is None:
         return []
     own = row.address
-    aliases = [r.address for r in conn.execute(select(AL.c.address).where(AL.c.target == own))
+    mine = select(AL.c.address).where(AL.c.target == own)
+    # An alias with other targets too (a list: team@ -> alice, bob) is no identity of any one of them: sending as
+    # it takes a grant (storage/sendgrants.py).
+    shared = select(AL.c.address).where(AL.c.address.in_(mine), AL.c.target != own)
+    aliases = [r.address for r in conn.execute(mine.where(AL.c.address.not_in(shared)))
                if not r.address.startswith("@")]
     return [own] + sorted(set(aliases))
+
+
+# --------------------------------------------------------------------------------------------- shared mailboxes
+
+
+def create_shared(conn: Connection, address: str, name: str = "", quota_bytes: int = 0) -> AccountInfo:
+    """A shared mailbox receiving mail for ``address``, seen as ``Shared/<name>`` (default: the local part)."""
+    address = normalize_address(address)
+    if not ADDR_RE.match(address) or len(address) > 320:
+        raise Invalid(f"malformed address: {address!r}")
+    name = name or address.split("@", 1)[0]
+    if not shared.SHARED_NAME_RE.fullmatch(name):
+        raise Invalid(f"not a valid shared mailbox name: {name!r}")
+    domain = address.rsplit("@", 1)[1]
+    did = conn.execute(select(D.c.id).where(D.c.name == domain)).scalar()
+    if did is None:
+        raise NotFound(f"unknown domain {domain} (add it first: mailserver domain add {domain})")
+    if conn.execute(select(A.c.id).where(A.c.address == address)).first():
+        raise AlreadyExists(f"an account {address} exists")
+    if conn.execute(select(A.c.id).where(A.c.shared_name == name)).first():
+        raise AlreadyExists(f"a shared mailbox {name} exists")
+    aid = conn.execute(insert(A).values(address=address, domain_id=did, password_hash="", display_name=name,
+                                        quota_bytes=quota_bytes, used_bytes=0, enabled=True, signature="",
+                                        uid_validity_seq=0, created=time.time(),
+                                        shared_name=name)).inserted_primary_key[0]
+    mailboxes.create_mailbox_row(conn, aid, "INBOX", subscribed=False)
+    return account_info(conn.execute(select(A).where(A.c.id == aid)).first())

@@ -43,6 +43,9 @@ class Change:
     name: str = ""
     old_name: str = ""
     size: int = 0
+    #: A FLAGS change in a mailbox that keeps \\Seen per reader (storage/shared.py): the reader who made it.  Its
+    #: \\Seen bit is that reader's; every other reader keeps their own.
+    reader: int = 0
     #: Which process made the change (set by the hub): lets the PostgreSQL bridge skip its own notifications.
     origin: str = field(default="", compare=False)
 

@@ -88,6 +88,8 @@ def create_mailbox_row(conn: Connection, account_id: int, name: str, special_use
                        subscribed: bool = True) -> int:
     """Insert one mailbox (no parents, no checks) with a fresh UIDVALIDITY; returns its id."""
     uv = next_uid_validity(conn, account_id)
+    # storage/shared.py: the mailboxes of a shared mailbox's account keep \Seen per reader.
+    per_reader = conn.execute(select(A.c.shared_name).where(A.c.id == account_id)).scalar() is not None
     if subscribed:
         _subscribe(conn, account_id, name)
     else:  # a name subscribed before (and deleted since) is still subscribed
@@ -95,7 +97,7 @@ def create_mailbox_row(conn: Connection, account_id: int, name: str, special_use
     return conn.execute(insert(MB).values(account_id=account_id, name=name, special_use=special_use,
                                           subscribed=subscribed, uid_validity=uv, uid_next=1, highest_modseq=1,
                                           keywords="", message_count=0, unseen_count=0,
-                                          total_size=0)).inserted_primary_key[0]
+                                          total_size=0, seen_per_reader=per_reader)).inserted_primary_key[0]
 
 
 def bump(conn: Connection, mailbox_id: int, n_uids: int) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.engine import Connection
 
-from storage import blobrefs, mailboxes
+from storage import blobrefs, mailboxes, shared
 from storage import changes as ch
 from storage.blobs import BlobRef
 from storage.changes import Change
@@ -55,7 +55,7 @@ X = Expunged.__table__
 # Hot-path statements (delivery), prepared once: building SQLAlchemy constructs per message costs more than the SQL.
 _SQL_ACCOUNTS = text("SELECT id, used_bytes, quota_bytes FROM accounts WHERE id IN :ids").bindparams(
     bindparam("ids", expanding=True))
-_SQL_MAILBOXES = text("SELECT id, account_id, name FROM mailboxes WHERE account_id IN :ids").bindparams(
+_SQL_MAILBOXES = text("SELECT id, account_id, name, seen_per_reader FROM mailboxes WHERE account_id IN :ids").bindparams(
     bindparam("ids", expanding=True))
 _SQL_BUMP_ADD = text(
     "UPDATE mailboxes SET uid_next = uid_next + :n, highest_modseq = highest_modseq + 1, "
@@ -192,9 +192,12 @@ def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
     accounts = {r.id: [r.used_bytes, r.quota_bytes] for r in conn.execute(_SQL_ACCOUNTS, {"ids": account_ids})}
     boxes: dict[tuple[int, str], int] = {}
     owner: dict[int, int] = {}
+    per_reader: set[int] = set()  # storage/shared.py: no \Seen in the stored flags there
     for r in conn.execute(_SQL_MAILBOXES, {"ids": account_ids}):
         boxes[(r.account_id, r.name)] = r.id
         owner[r.id] = r.account_id
+        if r.seen_per_reader:
+            per_reader.add(r.id)
     # Admission (quota counted across the batch) and target mailbox per delivery.
     per_box: dict[int, list[int]] = {}
     for i, d in enumerate(deliveries):
@@ -225,7 +228,8 @@ def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
     used: dict[int, int] = {}
     for mid, idxs in per_box.items():
         size = sum(deliveries[i].blob.size for i in idxs)
-        unseen = sum(0 if deliveries[i].flags & FLAG_SEEN else 1 for i in idxs)
+        strip = ~FLAG_SEEN if mid in per_reader else ~0
+        unseen = sum(0 if deliveries[i].flags & strip & FLAG_SEEN else 1 for i in idxs)
         r = conn.execute(_SQL_BUMP_ADD, {"id": mid, "n": len(idxs), "size": size, "unseen": unseen}).first()
         first_uid, modseq, uid_validity = r[0] - len(idxs), r[1], r[2]
         merged = _merge_keywords(conn, mid, [k for i in idxs for k in deliveries[i].keywords])
@@ -234,12 +238,13 @@ def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
         for k, i in enumerate(idxs):
             d = deliveries[i]
             uid = first_uid + k
-            rows.append(_row_values(mid, uid, modseq, d.blob, d.parsed, d.flags, d.keywords, d.internal_date or now))
+            rows.append(_row_values(mid, uid, modseq, d.blob, d.parsed, d.flags & strip, d.keywords,
+                                    d.internal_date or now))
             entry = blob_counts.setdefault(d.blob.id, [d.blob.size, 0])
             entry[1] += 1
             used[d.account_id] = used.get(d.account_id, 0) + d.blob.size
             results[i] = DeliveryResult(True, mid, uid, uid_validity=uid_validity)
-            changes.append(Change(ch.EXISTS, d.account_id, mid, uid=uid, modseq=modseq, flags=d.flags,
+            changes.append(Change(ch.EXISTS, d.account_id, mid, uid=uid, modseq=modseq, flags=d.flags & strip,
                                   keywords=tuple(d.keywords), size=d.blob.size))
     if rows:
         conn.execute(_SQL_BLOB_UPSERT, [{"id": b, "size": v[0], "n": v[1], "now": now}
@@ -261,9 +266,11 @@ def append_many(conn: Connection, account_id: int, mailbox_id: int, messages: Se
     first, modseq, uv = mailboxes.bump(conn, mailbox_id, len(messages))
     now = time.time()
     unseen = 0
+    strip = ~FLAG_SEEN if _per_reader(conn, mailbox_id) else ~0
     all_keywords: list[str] = []
     changes: list[Change] = []
     for k, (blob, parsed, flags, keywords, internal_date) in enumerate(messages):
+        flags &= strip
         blobrefs.ref(conn, blob)
         conn.execute(insert(M).values(**_row_values(mailbox_id, first + k, modseq, blob, parsed, flags, keywords,
                                                     internal_date or now)))
@@ -276,20 +283,27 @@ def append_many(conn: Connection, account_id: int, mailbox_id: int, messages: Se
 
 
 def copy(conn: Connection, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *,
-         move: bool = False) -> Changed:
-    """COPY (or MOVE, RFC 6851: atomic copy + expunge) messages; ``value`` is a CopyResult."""
+         move: bool = False, reader: int = 0) -> Changed:
+    """COPY (or MOVE, RFC 6851: atomic copy + expunge) messages; ``value`` is a CopyResult.
+
+    The mailboxes may belong to different accounts (the caller checked the rights): the copies count against the
+    target's owner.  ``reader``'s own \\Seen of a per-reader source goes with the copies, and stays theirs in a
+    per-reader target."""
     src = mailboxes.owner_of(conn, src_mailbox_id)
     dst = mailboxes.owner_of(conn, dst_mailbox_id)
-    if src is None or dst is None or src != dst:
+    if src is None or dst is None:
         raise NotFound("no such mailbox")
-    account_id = src
+    account_id = dst
+    src_seen = shared.seen_uids(conn, src_mailbox_id, reader, uids) if reader and _per_reader(
+        conn, src_mailbox_id) else set()
+    dst_strip = _per_reader(conn, dst_mailbox_id)
     rows = _select_uids(conn, select(M).where(M.c.mailbox_id == src_mailbox_id), uids)
     rows.sort(key=lambda r: r.uid)
     if not rows:
         uv = conn.execute(select(MB.c.uid_validity).where(MB.c.id == dst_mailbox_id)).scalar()
         return Changed(CopyResult(uv, []), [])
     total = sum(r.size for r in rows)
-    if not move:  # a copy adds messages, into the same mailbox too (MOVE only relocates them)
+    if not move or src != dst:  # a copy adds messages, into the same mailbox too (MOVE only relocates them)
         _check_quota(conn, account_id, total)
     first_uid, modseq, uv = mailboxes.bump(conn, dst_mailbox_id, len(rows))
     pairs = []
@@ -298,29 +312,44 @@ def copy(conn: Connection, src_mailbox_id: int, uids: Sequence[int], dst_mailbox
     new_rows = []
     keywords: list[str] = []
     unseen = 0
+    dst_seen: list[int] = []
     for i, r in enumerate(rows):
+        flags = r.flags | (FLAG_SEEN if r.uid in src_seen else 0)
+        if dst_strip:
+            if flags & FLAG_SEEN and reader:
+                dst_seen.append(first_uid + i)
+            flags &= ~FLAG_SEEN
         vals = {k: v for k, v in r._mapping.items() if k not in skip}
-        vals.update(mailbox_id=dst_mailbox_id, uid=first_uid + i, modseq=modseq)
+        vals.update(mailbox_id=dst_mailbox_id, uid=first_uid + i, modseq=modseq, flags=flags)
         new_rows.append(vals)
         pairs.append((r.uid, first_uid + i))
         keywords.extend(split_keywords(r.keywords))
-        unseen += 0 if r.flags & FLAG_SEEN else 1
+        unseen += 0 if flags & FLAG_SEEN else 1
         changes.append(Change(ch.EXISTS, account_id, dst_mailbox_id, uid=first_uid + i, modseq=modseq,
-                              flags=r.flags, keywords=split_keywords(r.keywords), size=r.size))
+                              flags=flags, keywords=split_keywords(r.keywords), size=r.size))
     conn.execute(insert(M), new_rows)
+    if dst_seen:
+        shared.mark_seen(conn, dst_mailbox_id, reader, dst_seen)
     blobrefs.ref_existing(conn, blobrefs.count(r.blob_id for r in rows))
     _after_add(conn, dst_mailbox_id, account_id, len(rows), total, unseen, list(dict.fromkeys(keywords)))
     if move:
-        changes = _remove(conn, src_mailbox_id, account_id, rows) + changes
+        changes = _remove(conn, src_mailbox_id, src, rows) + changes
     return Changed(CopyResult(uv, pairs), changes)
+
+
+def _per_reader(conn: Connection, mailbox_id: int) -> bool:
+    return bool(conn.execute(select(MB.c.seen_per_reader).where(MB.c.id == mailbox_id)).scalar())
 
 
 # --------------------------------------------------------------------------------------------- flags
 
 
 def set_flags(conn: Connection, mailbox_id: int, uids: Sequence[int], mode: str, flags: int,
-              keywords: Sequence[str] = (), unchanged_since: int | None = None) -> Changed:
+              keywords: Sequence[str] = (), unchanged_since: int | None = None, reader: int = 0) -> Changed:
     """STORE: ``mode`` is "add", "remove" or "replace".  ``value`` is a StoreFlagsResult.
+
+    In a mailbox that keeps \\Seen per reader (storage/shared.py) \\Seen is ``reader``'s own (none without one):
+    the results and events show that reader's \\Seen, the stored flags never hold it.
 
     Only messages whose flags really change get a new modseq (RFC 7162 3.1.3 lets unchanged ones keep theirs);
     with ``unchanged_since`` messages with a higher modseq are left alone and reported in ``modified``.
@@ -331,7 +360,7 @@ def set_flags(conn: Connection, mailbox_id: int, uids: Sequence[int], mode: str,
     updated: list[FlagUpdate] = []
     modified: list[int] = []
     changes: list[Change] = []
-    mb = conn.execute(select(MB.c.account_id, MB.c.highest_modseq, MB.c.keywords).where(
+    mb = conn.execute(select(MB.c.account_id, MB.c.highest_modseq, MB.c.keywords, MB.c.seen_per_reader).where(
         MB.c.id == mailbox_id)).first()
     if mb is None:
         raise NotFound("no such mailbox")
@@ -340,31 +369,43 @@ def set_flags(conn: Connection, mailbox_id: int, uids: Sequence[int], mode: str,
     rows.sort(key=lambda r: r.uid)
     new_modseq = mb.highest_modseq + 1
     unseen_delta = 0
+    per_reader = bool(mb.seen_per_reader)
+    seen = shared.seen_uids(conn, mailbox_id, reader, [r.uid for r in rows]) if per_reader and reader else set()
+    seen_add: list[int] = []
+    seen_remove: list[int] = []
     for r in rows:
         if unchanged_since is not None and r.modseq > unchanged_since:
             modified.append(r.uid)
             continue
         old_kw = split_keywords(r.keywords)
+        cur = r.flags | (FLAG_SEEN if r.uid in seen else 0)
         if mode == "add":
-            nf = r.flags | flags
+            nf = cur | flags
             nk = join_keywords(old_kw + tuple(keywords))
         elif mode == "remove":
-            nf = r.flags & ~flags
+            nf = cur & ~flags
             nk = join_keywords(k for k in old_kw if k.lower() not in kw_lower)
         else:
             nf = flags
             nk = join_keywords(keywords)
-        if nf == r.flags and nk == r.keywords:
+        if per_reader and not reader:
+            nf &= ~FLAG_SEEN
+        if nf == cur and nk == r.keywords:
             if unchanged_since is not None:
                 # RFC 7162 3.1.3: still reported with its (unchanged) modseq
-                updated.append(FlagUpdate(r.uid, r.modseq, r.flags, old_kw))
+                updated.append(FlagUpdate(r.uid, r.modseq, cur, old_kw))
             continue
-        conn.execute(update(M).where(M.c.id == r.id).values(flags=nf, keywords=nk, modseq=new_modseq))
-        unseen_delta += (0 if nf & FLAG_SEEN else 1) - (0 if r.flags & FLAG_SEEN else 1)
+        stored = nf & ~FLAG_SEEN if per_reader else nf
+        if per_reader and (nf ^ cur) & FLAG_SEEN:
+            (seen_add if nf & FLAG_SEEN else seen_remove).append(r.uid)
+        conn.execute(update(M).where(M.c.id == r.id).values(flags=stored, keywords=nk, modseq=new_modseq))
+        unseen_delta += (0 if stored & FLAG_SEEN else 1) - (0 if r.flags & FLAG_SEEN else 1)
         fu = FlagUpdate(r.uid, new_modseq, nf, split_keywords(nk))
         updated.append(fu)
         changes.append(Change(ch.FLAGS, mb.account_id, mailbox_id, uid=r.uid, modseq=new_modseq, flags=nf,
-                              keywords=fu.keywords))
+                              keywords=fu.keywords, reader=reader if per_reader else 0))
+    if seen_add or seen_remove:
+        shared.mark_seen(conn, mailbox_id, reader, seen_add, seen_remove)
     if changes:
         vals = {"highest_modseq": new_modseq, "unseen_count": MB.c.unseen_count + unseen_delta}
         if keywords and mode != "remove":
@@ -388,6 +429,7 @@ def _remove(conn: Connection, mailbox_id: int, account_id: int, rows) -> list[Ch
     for chunk in chunks([r.id for r in rows]):
         conn.execute(delete(M).where(M.c.id.in_(chunk)))
     conn.execute(insert(X), [{"mailbox_id": mailbox_id, "uid": r.uid, "modseq": modseq} for r in rows])
+    shared.forget_seen(conn, mailbox_id, [r.uid for r in rows])
     blobrefs.unref(conn, blobrefs.count(r.blob_id for r in rows))
     conn.execute(update(MB).where(MB.c.id == mailbox_id).values(
         message_count=MB.c.message_count - len(rows), unseen_count=MB.c.unseen_count - unseen,

@@ -68,6 +68,9 @@ class Account(Base):
     #: Last UIDVALIDITY handed out to one of this account's mailboxes: a re-created name always gets a new one.
     uid_validity_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     created: Mapped[float] = mapped_column(Float)
+    #: Set for a shared mailbox's account (no person, owned by its domain, no login): its name in the "Shared/"
+    #: namespace (storage/shared.py).
+    shared_name: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True, default=None)
 
 
 class Alias(Base):
@@ -95,6 +98,8 @@ class Mailbox(Base):
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     unseen_count: Mapped[int] = mapped_column(Integer, default=0)
     total_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Each reader keeps their own \\Seen (``reader_seen``); the messages' own flags never hold it (shared mailboxes).
+    seen_per_reader: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Subscription(Base):
@@ -394,3 +399,83 @@ class QuarantineDigest(Base):
     enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     hour: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0..23, UTC
     last_sent: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class GreylistTriplet(Base):
+    """One greylisting triplet (RFC 6647 4.2): the client's network, the envelope sender and recipient.
+    ``passed`` is None until a retry came after the delay; ``expires`` ends the retry window, or a passed
+    triplet's life (``storage/greylist.py``)."""
+
+    __tablename__ = "greylist"
+    __table_args__ = (UniqueConstraint("network", "sender", "recipient"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    network: Mapped[str] = mapped_column(String(64))  # "192.0.2.0/24", "2001:db8::/64"
+    sender: Mapped[str] = mapped_column(String(320))  # lower-cased; "" = the null reverse path
+    recipient: Mapped[str] = mapped_column(String(320))  # lower-cased
+    first_seen: Mapped[float] = mapped_column(Float)
+    passed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class GreylistClient(Base):
+    """A client network's passed triplets (automatic whitelisting after ``[antispam.greylist] auto_whitelist``)."""
+
+    __tablename__ = "greylist_clients"
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    passes: Mapped[int] = mapped_column(Integer)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+# --------------------------------------------------------------------------------------------- shared mailboxes, ACL
+# (migration: storage/migrations/versions/shared_acl_8d1f4b2c6a57.py; functions: storage/shared.py)
+
+
+class MailboxAcl(Base):
+    """RFC 4314: the rights one identifier (an account's address, ``anyone`` or ``$group``) has on one mailbox."""
+
+    __tablename__ = "mailbox_acl"
+    __table_args__ = (UniqueConstraint("mailbox_id", "identifier"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"), index=True)
+    identifier: Mapped[str] = mapped_column(String(330), index=True)
+    rights: Mapped[str] = mapped_column(String(32))  # RFC 4314 letters, "lrswipkxtea" order
+
+
+class AccountGroup(Base):
+    """A named group of accounts, an ACL identifier as ``$name`` (as Dovecot writes them)."""
+
+    __tablename__ = "account_groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    __table_args__ = (UniqueConstraint("group_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("account_groups.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+
+
+class ReaderSeen(Base):
+    """One reader's \\Seen on one message of a ``seen_per_reader`` mailbox (as Dovecot's per-user seen)."""
+
+    __tablename__ = "reader_seen"
+    __table_args__ = (UniqueConstraint("mailbox_id", "account_id", "uid"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    uid: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReaderRecent(Base):
+    """RFC 3501 2.3.2 \\Recent per reader of a ``seen_per_reader`` mailbox: the highest UID one of the reader's
+    sessions has taken as \\Recent (of that UIDVALIDITY)."""
+
+    __tablename__ = "reader_recent"
+    __table_args__ = (UniqueConstraint("mailbox_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    uid_validity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)

@@ -56,6 +56,19 @@ class MailboxInfo:
     unseen_count: int
     total_size: int
     keywords: tuple[str, ...]
+    #: Each reader keeps their own \\Seen here (a shared mailbox: storage/shared.py).
+    seen_per_reader: bool = False
+    #: The owner's name for the mailbox when ``name`` is how another reader sees it (``Shared/sales``); "" when
+    #: ``name`` is the owner's own.
+    stored_name: str = ""
+    #: The reader these ``reader_rights`` (RFC 4314 letters the mailbox's ACL gives them) were read for; 0: none.
+    reader: int = 0
+    reader_rights: str = ""
+
+    @property
+    def local_name(self) -> str:
+        """The name in the owner's namespace: what store methods taking (account, name) want."""
+        return self.stored_name or self.name
 
 
 class MessageMeta(NamedTuple):
@@ -183,7 +196,7 @@ def join_keywords(keywords: Iterable[str]) -> str:
 def mailbox_info(row) -> MailboxInfo:
     return MailboxInfo(row.id, row.account_id, row.name, row.special_use, bool(row.subscribed), row.uid_validity,
                        row.uid_next, row.highest_modseq, row.message_count, row.unseen_count, row.total_size,
-                       split_keywords(row.keywords))
+                       split_keywords(row.keywords), bool(getattr(row, "seen_per_reader", False)))
 
 
 def account_info(row) -> AccountInfo:

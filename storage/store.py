@@ -13,7 +13,9 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.webmail``        webmail sessions, contacts, identities, search, conversations
 ``storage.sieve``          Sieve scripts (per account, a domain's global ones), vacation replies, duplicate ids
 ``storage.quarantine``     held copies per recipient, sender rules, domain admins, used digest links
+``storage.greylist``       greylisting triplets and client networks (RFC 6647)
 ``storage.sendgrants``     who may send as / on behalf of an address that is not their own
+``storage.shared``         shared mailboxes, ACL rows, groups, names across namespaces, per-reader \\Seen
 =========================  =====================================================================================
 
 Each method declares how it may be called (``storage.access``): ``@reads``, ``@writes`` or ``@writes_changes`` (it
@@ -46,11 +48,13 @@ from storage import (
     accounts,
     blobrefs,
     callouts,
+    greylist,
     mailboxes,
     messages,
     quarantine,
     queue,
     sendgrants,
+    shared,
     sieve,
     webmail,
 )
@@ -318,8 +322,10 @@ class Store:
                        subscribed: bool = True) -> Changed:
         """Create ``name`` and its missing parents; ``value`` is the MailboxInfo (see mailboxes.create_mailbox)."""
         with self.transaction() as conn:
-            return self.announce(conn, mailboxes.create_mailbox(conn, account_id, name, special_use,
-                                                                subscribed=subscribed))
+            changed = mailboxes.create_mailbox(conn, account_id, name, special_use, subscribed=subscribed)
+            # RFC 4314 has no rule here; as Dovecot, a new mailbox takes its parent's ACL (storage/shared.py).
+            shared.inherit_acl(conn, account_id, [(c.mailbox_id, c.name) for c in changed.changes])
+            return self.announce(conn, changed)
 
     @writes_changes
     def delete_mailbox(self, account_id: int, name: str) -> Changed:
@@ -345,6 +351,101 @@ class Store:
         with self.transaction(write=False) as conn:
             return mailboxes.list_subscriptions(conn, account_id)
 
+    # ----------------------------------------------------------------------------------------- sharing and ACL
+    # storage/shared.py: names across namespaces, ACL rows, groups, shared mailboxes.  The rights are decided in
+    # mailserver/access.py (the one check) from what these return.
+
+    @reads
+    def resolve_mailbox(self, account_id: int, name: str) -> tuple[MailboxInfo, str] | None:
+        """The mailbox ``name`` names in ``account_id``'s namespaces (``Other Users/…``, ``Shared/…`` or its own),
+        as that reader sees it, with the rights its ACL gives them; None when there is none."""
+        with self.transaction(write=False) as conn:
+            return shared.resolve(conn, account_id, name)
+
+    @reads
+    def resolve_owner(self, account_id: int, name: str) -> tuple[int, str, str] | None:
+        """(owner account, stored name, owner address) a new mailbox ``name`` would go to (CREATE)."""
+        with self.transaction(write=False) as conn:
+            return shared.resolve_owner(conn, account_id, name)
+
+    @reads
+    def mailbox_for_reader(self, mailbox_id: int, account_id: int) -> MailboxInfo | None:
+        """The mailbox by id as ``account_id`` sees it: named in their namespaces, with their ACL rights and their
+        own unseen count (a per-reader mailbox)."""
+        with self.transaction(write=False) as conn:
+            return shared.mailbox_for_reader(conn, mailbox_id, account_id)
+
+    @reads
+    def mailbox_rights(self, mailbox_id: int, account_id: int) -> str:
+        """The rights the ACL of ``mailbox_id`` gives ``account_id`` (letters; the owner rule is not applied)."""
+        with self.transaction(write=False) as conn:
+            return shared.acl_rights(conn, mailbox_id, account_id)
+
+    @reads
+    def shared_with(self, account_id: int) -> list[tuple[MailboxInfo, str]]:
+        """Other accounts' mailboxes the ACL names ``account_id`` on, as it sees them, with its rights."""
+        with self.transaction(write=False) as conn:
+            return shared.shared_with(conn, account_id)
+
+    @reads
+    def get_acl(self, mailbox_id: int) -> list[tuple[str, str]]:
+        with self.transaction(write=False) as conn:
+            return shared.get_acl(conn, mailbox_id)
+
+    @writes
+    def set_acl(self, mailbox_id: int, identifier: str, rights: str, *, existing: bool = True) -> str:
+        """RFC 4314 SETACL (``+``/``-`` prefixes add/remove); returns the identifier's rights now.  ``existing``:
+        an address must name an account (the CLI); IMAP keeps any well-formed one (no account enumeration)."""
+        with self.transaction() as conn:
+            return shared.set_acl(conn, mailbox_id, identifier, rights, existing=existing)
+
+    @writes
+    def delete_acl(self, mailbox_id: int, identifier: str) -> bool:
+        with self.transaction() as conn:
+            return shared.delete_acl(conn, mailbox_id, identifier)
+
+    @writes
+    def add_group(self, name: str) -> None:
+        with self.transaction() as conn:
+            shared.add_group(conn, name)
+
+    @writes
+    def remove_group(self, name: str) -> None:
+        with self.transaction() as conn:
+            shared.remove_group(conn, name)
+
+    @reads
+    def list_groups(self) -> list[tuple[str, list[str]]]:
+        with self.transaction(write=False) as conn:
+            return shared.list_groups(conn)
+
+    @writes
+    def set_group_member(self, name: str, address: str, member: bool = True) -> None:
+        with self.transaction() as conn:
+            shared.set_member(conn, name, address, member)
+
+    @writes
+    def create_shared_mailbox(self, address: str, name: str = "", quota_bytes: int = 0) -> AccountInfo:
+        """A shared mailbox (owned by the domain, no login) receiving mail for ``address``: ``Shared/<name>``."""
+        with self.transaction() as conn:
+            return accounts.create_shared(conn, address, name, quota_bytes)
+
+    @reads
+    def list_shared_mailboxes(self) -> list[tuple[str, str]]:
+        """(shared name, address) of every shared mailbox."""
+        with self.transaction(write=False) as conn:
+            return shared.list_shared(conn)
+
+    @writes
+    def remove_shared_mailbox(self, key: str) -> None:
+        """Remove a shared mailbox (by name or address) with its messages and ACL."""
+        with self.transaction() as conn:
+            aid = shared.shared_account(conn, key)
+            if aid is None:
+                raise NotFound(f"no shared mailbox {key}")
+            address = accounts.get_account_by_id(conn, aid).address
+            accounts.remove_account(conn, address)
+
     # ----------------------------------------------------------------------------------------- messages: reads
 
     @reads
@@ -354,24 +455,55 @@ class Store:
             return messages.list_messages(conn, mailbox_id)
 
     @reads
-    def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
-        """Full metadata of the given UIDs (missing ones are left out), in UID order."""
+    def get_messages(self, mailbox_id: int, uids: Sequence[int], *, reader: int = 0) -> list[MessageInfo]:
+        """Full metadata of the given UIDs (missing ones are left out), in UID order; with ``reader``, that
+        reader's \\Seen laid over a per-reader mailbox's flags."""
         with self.transaction(write=False) as conn:
-            return messages.get_messages(conn, mailbox_id, uids)
+            return _reader_view(conn, mailbox_id, reader, messages.get_messages(conn, mailbox_id, uids))
 
     @reads
     def page_messages(self, mailbox_id: int, *, offset: int = 0, limit: int = 50, order: str = "date",
-                      descending: bool = True) -> tuple[int, list[MessageInfo]]:
-        """One page of a mailbox for lists (webmail): (total count, messages)."""
+                      descending: bool = True, reader: int = 0) -> tuple[int, list[MessageInfo]]:
+        """One page of a mailbox for lists (webmail): (total count, messages); ``reader`` as for get_messages."""
         with self.transaction(write=False) as conn:
-            return messages.page_messages(conn, mailbox_id, offset=offset, limit=limit, order=order,
-                                          descending=descending)
+            total, page = messages.page_messages(conn, mailbox_id, offset=offset, limit=limit, order=order,
+                                                 descending=descending)
+            return total, _reader_view(conn, mailbox_id, reader, page)
 
     @reads
-    def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageMeta], list[int]]:
-        """Messages changed after ``modseq`` and UIDs expunged after it (RFC 7162 CHANGEDSINCE / VANISHED)."""
+    def changes_since(self, mailbox_id: int, modseq: int, reader: int = 0) -> tuple[list[MessageMeta], list[int]]:
+        """Messages changed after ``modseq`` and UIDs expunged after it (RFC 7162 CHANGEDSINCE / VANISHED); with
+        ``reader``, that reader's \\Seen laid over a per-reader mailbox's flags."""
         with self.transaction(write=False) as conn:
-            return messages.changes_since(conn, mailbox_id, modseq)
+            changed, vanished = messages.changes_since(conn, mailbox_id, modseq)
+            if reader and changed:
+                changed = shared.overlay_seen(changed, shared.seen_uids(conn, mailbox_id, reader,
+                                                                        [m.uid for m in changed]))
+            return changed, vanished
+
+    @reads
+    def seen_uids(self, mailbox_id: int, reader: int) -> set[int]:
+        """The UIDs ``reader`` has \\Seen in a per-reader mailbox (storage/shared.py)."""
+        with self.transaction(write=False) as conn:
+            return shared.seen_uids(conn, mailbox_id, reader)
+
+    @reads
+    def reader_recent_last(self, mailbox_id: int, reader: int, uid_validity: int) -> int:
+        """How far ``reader``'s sessions took \\Recent in a per-reader mailbox (storage/shared.py)."""
+        with self.transaction(write=False) as conn:
+            return shared.reader_recent_last(conn, mailbox_id, reader, uid_validity)
+
+    @writes
+    def claim_reader_recent(self, mailbox_id: int, reader: int, uid_validity: int, up_to: int) -> int:
+        """Take \\Recent up to ``up_to`` for one of ``reader``'s sessions; returns how far it was taken before."""
+        with self.transaction() as conn:
+            return shared.claim_reader_recent(conn, mailbox_id, reader, uid_validity, up_to)
+
+    @reads
+    def reader_unseen(self, mailbox_id: int, reader: int) -> int:
+        """STATUS UNSEEN of a per-reader mailbox for ``reader``."""
+        with self.transaction(write=False) as conn:
+            return shared.reader_unseen(conn, mailbox_id, reader)
 
     @reads
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
@@ -406,11 +538,12 @@ class Store:
 
     @writes_changes
     def set_flags(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: int,
-                  keywords: Sequence[str] = (), unchanged_since: int | None = None) -> Changed:
-        """STORE ("add", "remove" or "replace"); ``value`` is a StoreFlagsResult (see messages.set_flags)."""
+                  keywords: Sequence[str] = (), unchanged_since: int | None = None, *, reader: int = 0) -> Changed:
+        """STORE ("add", "remove" or "replace"); ``value`` is a StoreFlagsResult (see messages.set_flags; ``reader``
+        owns the \\Seen of a per-reader mailbox)."""
         with self.transaction() as conn:
             return self.announce(conn, messages.set_flags(conn, mailbox_id, uids, mode, flags, keywords,
-                                                          unchanged_since))
+                                                          unchanged_since, reader))
 
     @writes_changes
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
@@ -425,10 +558,13 @@ class Store:
             return self.announce(conn, messages.delete_messages(conn, mailbox_id, uids))
 
     @writes_changes
-    def copy(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False) -> Changed:
-        """COPY (or MOVE, RFC 6851: atomic copy + expunge) messages; ``value`` is a CopyResult."""
+    def copy(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False,
+             reader: int = 0) -> Changed:
+        """COPY (or MOVE, RFC 6851: atomic copy + expunge) messages, also between accounts (the caller checked the
+        rights); ``value`` is a CopyResult."""
         with self.transaction() as conn:
-            return self.announce(conn, messages.copy(conn, src_mailbox_id, uids, dst_mailbox_id, move=move))
+            return self.announce(conn, messages.copy(conn, src_mailbox_id, uids, dst_mailbox_id, move=move,
+                                                     reader=reader))
 
     # ----------------------------------------------------------------------------------------- blobs
 
@@ -546,6 +682,26 @@ class Store:
     def sender_rules(self, account_id: int, addresses: Sequence[str] | None = None) -> dict[str, str]:
         with self.transaction(write=False) as conn:
             return quarantine.sender_rules(conn, account_id, addresses)
+
+    @reads
+    def greylist_known(self, network: str, sender: str, recipient: str, now: float, auto_whitelist: int = 0,
+                       lifetime: float = 0.0) -> str | None:
+        """A triplet let through without a write (passed, nothing to refresh; or its network whitelisted)."""
+        with self.transaction(write=False) as conn:
+            return greylist.known(conn, network, sender, recipient, now, auto_whitelist, lifetime)
+
+    @writes
+    def greylist_record(self, network: str, sender: str, recipient: str, now: float,
+                        policy: greylist.GreylistPolicy) -> str:
+        """Record one attempt of a triplet and decide it (``storage/greylist.py``)."""
+        with self.transaction() as conn:
+            return greylist.record(conn, network, sender, recipient, now, policy)
+
+    @writes
+    def prune_greylist(self, now: float) -> int:
+        """Remove expired greylisting rows (the periodic collector)."""
+        with self.transaction() as conn:
+            return greylist.prune(conn, now)
 
     @writes
     def set_domain_admin(self, account_id: int, domain_id: int, admin: bool = True) -> None:
@@ -768,6 +924,18 @@ class Store:
         """(mailbox name, message) of the account's messages in ``msg``'s conversation, oldest first."""
         with self.transaction(write=False) as conn:
             return webmail.conversation(conn, account_id, msg)
+
+
+def _reader_view(conn: Connection, mailbox_id: int, reader: int, infos: list[MessageInfo]) -> list[MessageInfo]:
+    """MessageInfo rows with ``reader``'s own \\Seen where the mailbox keeps it per reader."""
+    if not reader or not infos or not messages._per_reader(conn, mailbox_id):
+        return infos
+    import dataclasses
+
+    from storage.models import FLAG_SEEN
+
+    seen = shared.seen_uids(conn, mailbox_id, reader, [m.uid for m in infos])
+    return [dataclasses.replace(m, flags=m.flags | FLAG_SEEN) if m.uid in seen else m for m in infos]
 
 
 # What callers import from here (the names the module had before it was split by aggregate).

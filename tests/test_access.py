@@ -14,6 +14,7 @@ from mailserver import access as A
 from mailserver.access import (
     ALL,
     BlockingMailboxAccess,
+    Forbidden,
     Grant,
     MailboxAccess,
     MailboxNotFound,
@@ -119,14 +120,19 @@ def test_authorize_answers_missing_and_forbidden_alike():
 
 
 def test_a_right_the_grant_lacks_is_refused_like_a_missing_mailbox():
-    """Rights come from data: a principal granted "lr" only may LIST and SELECT, not insert; refused as missing."""
+    """Rights come from data: a principal granted "lr" only may LIST and SELECT, not insert (Forbidden: it may see
+    the mailbox, so RFC 4314 lets it know why); without "l" every request is refused as for a missing mailbox."""
     mb = _mailbox(id=5, account_id=BOB.account_id)
     grants = [Grant(5, ALICE.account_id, Rights.parse("lr"))]
     assert authorize(ALICE, mb, Rights.READ, 5, grants=grants) is mb
-    with pytest.raises(MailboxNotFound, match="^no mailbox 5$"):
+    with pytest.raises(Forbidden, match=r"^no permission \(i\) on mailbox 5$"):
         authorize(ALICE, mb, Rights.INSERT, 5, grants=grants)
     with pytest.raises(MailboxNotFound, match="^no mailbox 5$"):
         authorize(ALICE, mb, Rights.READ, 5)  # without the grant: nothing
+    no_lookup = [Grant(5, ALICE.account_id, Rights.parse("rswipkxtea"))]
+    for need in (Rights.READ, Rights.INSERT, Rights.NONE):
+        with pytest.raises(MailboxNotFound, match="^no mailbox 5$"):
+            authorize(ALICE, mb, need, 5, grants=no_lookup)
 
 
 # -- the blocking check over a real store ------------------------------------------------------------------

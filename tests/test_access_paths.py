@@ -85,6 +85,8 @@ def test_every_imap_command_naming_a_mailbox_has_a_right_in_the_table():
         c.Select: Rights.READ, c.Status: Rights.READ, c.GetQuotaRoot: Rights.READ, c.List: Rights.LOOKUP,
         c.Lsub: Rights.LOOKUP, c.Append: Rights.INSERT, c.Copy: Rights.INSERT, c.Move: Rights.INSERT,
         c.Delete: Rights.DELETE_MAILBOX, c.Rename: Rights.DELETE_MAILBOX,
+        c.SetAcl: Rights.ADMIN, c.DeleteAcl: Rights.ADMIN, c.GetAcl: Rights.ADMIN, c.ListRights: Rights.ADMIN,
+        c.MyRights: Rights.LOOKUP,
     }
     assert {cls: COMMANDS[cls].mailbox for cls in expected} == expected
     assert COMMANDS[c.Create].parent == COMMANDS[c.Rename].parent == Rights.CREATE

@@ -236,6 +236,19 @@ def test_aliases_and_identities(store):
         store.add_alias("x@nowhere.test", "a@example.test")
 
 
+def test_an_alias_with_several_targets_is_nobody_s_identity(store):
+    """team@ -> a, b is a list: neither member may send as it without a grant (storage/sendgrants.py)."""
+    a = store.add_account("a@example.test", "x")
+    b = store.add_account("b@example.test", "x")
+    store.add_alias("team@example.test", "a@example.test")
+    store.add_alias("team@example.test", "b@example.test")
+    store.add_alias("ann@example.test", "a@example.test")
+    assert store.addresses_of(a.id) == ["a@example.test", "ann@example.test"]
+    assert store.addresses_of(b.id) == ["b@example.test"]
+    store.remove_alias("team@example.test", "b@example.test")
+    assert store.addresses_of(a.id) == ["a@example.test", "ann@example.test", "team@example.test"]
+
+
 def test_enqueue_keeps_blob(store):
     ref = msg(store, 1)
     from storage.store import QueueRecipientSpec

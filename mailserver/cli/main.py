@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "mailserver.cli.quarantine",
     "mailserver.cli.sendas",
     "mailserver.cli.node",
+    "mailserver.cli.sharing",
 )
 
 

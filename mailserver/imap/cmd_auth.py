@@ -121,8 +121,8 @@ async def enable(s: ImapSession, cmd: c.Enable):
 
 
 async def namespace(s: ImapSession, cmd):
-    # RFC 2342 / RFC 9051 6.3.10: one personal namespace, no shared or other users' namespaces.
-    s.send(r.untagged('NAMESPACE (("" "/")) NIL NIL'))
+    # RFC 2342 / RFC 9051 6.3.10: personal, other users' and shared namespaces (storage/shared.py).
+    s.send(r.untagged('NAMESPACE (("" "/")) (("Other Users/" "/")) (("Shared/" "/"))'))
 
 
 

@@ -94,7 +94,12 @@ async def preload_snapshots(services) -> int:
 
 async def _load_selected(s: ImapSession, mailbox, readonly: bool) -> SelectedMailbox:
     snap = await snapshot_for(s.services, mailbox)
-    return SelectedMailbox.from_snapshot(mailbox, snap, readonly=readonly)
+    sel = SelectedMailbox.from_snapshot(mailbox, snap, readonly=readonly)
+    if mailbox.seen_per_reader:
+        # storage/shared.py: the snapshot holds the shared flags; this reader's own \Seen goes over them.
+        sel.reader = s.account_id
+        sel.apply_seen(await s.services.astore.seen_uids(mailbox.id, s.account_id))
+    return sel
 
 
 async def select(s: ImapSession, cmd: c.Select):
@@ -107,12 +112,13 @@ async def select(s: ImapSession, cmd: c.Select):
     s.collect_changes(mailbox.id)
     try:
         sel = await _load_selected(s, mailbox, cmd.readonly)
+        recent = s.recent_for(mailbox)
         if not s.rev2:
             # Sessions of other processes take \Recent too: settle with the cluster state (still collecting).
             if cmd.readonly:
-                await s.recent.refresh(mailbox.id, mailbox.uid_validity)
+                await recent.refresh(mailbox.id, mailbox.uid_validity)
             elif sel.uids:
-                await s.recent.reserve(mailbox.id, mailbox.uid_validity, sel.uids[-1])
+                await recent.reserve(mailbox.id, mailbox.uid_validity, sel.uids[-1])
     except BaseException:
         s.unwatch()
         raise
@@ -122,10 +128,10 @@ async def select(s: ImapSession, cmd: c.Select):
         s.condstore = True  # RFC 7162 3.1.8
     if not s.rev2:
         if cmd.readonly:
-            unclaimed = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, sel.uids)
+            unclaimed = recent.unclaimed_count(mailbox.id, mailbox.uid_validity, sel.uids)
             sel.recent = set(sel.uids[len(sel.uids) - unclaimed:])
         else:
-            sel.recent = set(s.recent.claim(mailbox.id, mailbox.uid_validity, sel.uids))
+            sel.recent = set(recent.claim(mailbox.id, mailbox.uid_validity, sel.uids))
     out = [sel.flags_response(), r.untagged(b"%d EXISTS" % sel.exists)]
     if not s.rev2:
         out.append(r.untagged(b"%d RECENT" % len(sel.recent)))  # RFC 3501 7.3.2
@@ -153,7 +159,7 @@ async def select(s: ImapSession, cmd: c.Select):
 
 async def _qresync(s: ImapSession, sel: SelectedMailbox, q: c.QresyncParams) -> None:
     """RFC 7162 3.2.5.2: VANISHED (EARLIER) and FETCH for what changed since the client's modseq."""
-    changed, vanished = await s.services.astore.changes_since(sel.mailbox_id, q.modseq)
+    changed, vanished = await s.services.astore.changes_since(sel.mailbox_id, q.modseq, sel.reader)
     known = q.known_uids
     largest = sel.uids[-1] if sel.uids else 0
     if known is not None:
@@ -182,9 +188,9 @@ async def create(s: ImapSession, cmd: c.Create):
         special = canon[uses[0].lower()]
     if cmd.mailbox.rstrip("/") == "INBOX":
         raise No("INBOX exists", "ALREADYEXISTS")  # RFC 9051 6.3.4
-    owner = await s.create_target(cmd.mailbox)
+    owner, name = await s.create_target(cmd.mailbox)
     # RFC 9051 6.3.4: CREATE does not subscribe; the parents it creates are not subscribed either.
-    await s.services.astore.create_mailbox(owner, cmd.mailbox, special, subscribed=False)
+    await s.services.astore.create_mailbox(owner, name, special, subscribed=False)
 
 
 async def delete(s: ImapSession, cmd: c.Delete):
@@ -193,7 +199,7 @@ async def delete(s: ImapSession, cmd: c.Delete):
     mailbox = await s.open_mailbox(cmd.mailbox)
     if s.selected is not None and s.selected.mailbox_id == mailbox.id:
         leave_selected(s, closed_code=False)
-    await s.services.astore.delete_mailbox(mailbox.account_id, mailbox.name)
+    await s.services.astore.delete_mailbox(mailbox.account_id, mailbox.local_name)
 
 
 async def rename(s: ImapSession, cmd: c.Rename):
@@ -202,9 +208,10 @@ async def rename(s: ImapSession, cmd: c.Rename):
         if new == "INBOX":
             raise AlreadyExists("INBOX exists")  # RFC 9051 6.3.6
         mailbox = await s.open_mailbox(cmd.mailbox)
-        if await s.create_target(new) != mailbox.account_id:
+        owner, new_name = await s.create_target(new)
+        if owner != mailbox.account_id:
             raise Invalid("cannot rename a mailbox into another namespace")
-        await s.services.astore.rename_mailbox(mailbox.account_id, mailbox.name, new)
+        await s.services.astore.rename_mailbox(mailbox.account_id, mailbox.local_name, new_name)
     except Invalid as e:
         raise No(str(e), "CANNOT") from None
 
@@ -266,11 +273,14 @@ async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes
             metas = await s.services.astore.list_messages(mailbox.id)
             uids = [m.uid for m in metas]
             deleted = sum(1 for m in metas if m.flags & FLAG_DELETED)
+    unseen = mailbox.unseen_count
+    if "UNSEEN" in items and mailbox.seen_per_reader:
+        unseen = await s.services.astore.reader_unseen(mailbox.id, s.account_id)  # the reader's own \Seen
     values = {
         "MESSAGES": mailbox.message_count,
         "UIDNEXT": mailbox.uid_next,
         "UIDVALIDITY": mailbox.uid_validity,
-        "UNSEEN": mailbox.unseen_count,
+        "UNSEEN": unseen,
         "SIZE": mailbox.total_size,  # RFC 8438
         "HIGHESTMODSEQ": mailbox.highest_modseq,  # RFC 7162 3.1.6
         "APPENDLIMIT": s.append_limit,  # RFC 7889 3
@@ -278,8 +288,9 @@ async def _status_line(s: ImapSession, mailbox, items: tuple[str, ...]) -> bytes
     parts = []
     for item in items:
         if item == "RECENT":
-            await s.recent.refresh(mailbox.id, mailbox.uid_validity)
-            value = s.recent.unclaimed_count(mailbox.id, mailbox.uid_validity, uids)
+            recent = s.recent_for(mailbox)
+            await recent.refresh(mailbox.id, mailbox.uid_validity)
+            value = recent.unclaimed_count(mailbox.id, mailbox.uid_validity, uids)
             sel = s.selected
             if sel is not None and sel.mailbox_id == mailbox.id:
                 value += len(sel.recent)

@@ -84,7 +84,7 @@ async def store(s: ImapSession, cmd: c.Store):
     if not uids:
         return None
     changed = await s.services.astore.set_flags(sel.mailbox_id, uids, _STORE_MODES[cmd.mode], bits, keywords,
-                                              cmd.unchanged_since)
+                                              cmd.unchanged_since, reader=sel.reader)
     result = changed.value
     out = []
     grew = bool(keywords) and cmd.mode is not c.StoreMode.REMOVE and sel.new_keywords(keywords)
@@ -125,7 +125,7 @@ async def _copy_move(s: ImapSession, cmd, move: bool):
     target = await s.open_mailbox(cmd.mailbox)  # "i"; missing: NO [TRYCREATE] (RFC 9051 6.4.7)
     if not uids:
         return None
-    changed = await astore.copy(sel.mailbox_id, uids, target.id, move=move)
+    changed = await astore.copy(sel.mailbox_id, uids, target.id, move=move, reader=s.account_id)
     result = changed.value
     if not result.pairs:
         return None
@@ -227,7 +227,7 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
             # RFC 3501 6.4.5: a non-PEEK body fetch sets \Seen; the response then carries FLAGS too.
             unseen = [u for u in batch if u in infos and not sel.flags_of(u)[0] & FLAG_SEEN]
             if unseen:
-                changed = await astore.set_flags(sel.mailbox_id, unseen, "add", FLAG_SEEN)
+                changed = await astore.set_flags(sel.mailbox_id, unseen, "add", FLAG_SEEN, reader=sel.reader)
                 grew = False
                 for fu in changed.value.updated:
                     grew |= sel.set_cached_flags(fu.uid, fu.flags, fu.keywords, fu.modseq)

@@ -415,3 +415,40 @@ class Thread(Command):
     algorithm: str  # REFERENCES or ORDEREDSUBJECT
     charset: str
     keys: SearchKey
+
+
+# RFC 4314 3: the ACL commands.  ``identifier`` and ``rights`` are the client's astrings as sent (UTF-8).
+
+
+@_dc
+class SetAcl(Command):
+    name: ClassVar[str] = "SETACL"
+    mailbox: str
+    identifier: str
+    rights: str  # may start with "+" or "-" (RFC 4314 3.1)
+
+
+@_dc
+class DeleteAcl(Command):
+    name: ClassVar[str] = "DELETEACL"
+    mailbox: str
+    identifier: str
+
+
+@_dc
+class GetAcl(Command):
+    name: ClassVar[str] = "GETACL"
+    mailbox: str
+
+
+@_dc
+class ListRights(Command):
+    name: ClassVar[str] = "LISTRIGHTS"
+    mailbox: str
+    identifier: str
+
+
+@_dc
+class MyRights(Command):
+    name: ClassVar[str] = "MYRIGHTS"
+    mailbox: str

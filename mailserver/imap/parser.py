@@ -286,6 +286,22 @@ def _one_mailbox(cls):
     return parse
 
 
+def _acl_args(cls, *names: str):
+    """RFC 4314 3: ``mailbox`` then astrings (identifier, rights)."""
+
+    def parse(p: _Parser) -> c.Command:
+        tok = p.tok
+        tok.sp()
+        mailbox = p.mailbox()
+        values = {}
+        for n in names:
+            tok.sp()
+            values[n] = tok.astring(n).decode("utf-8", "replace")
+        return cls(tag=p.tag, mailbox=mailbox, **values)
+
+    return parse
+
+
 def _rename(p: _Parser) -> c.Command:
     tok = p.tok
     tok.sp()
@@ -750,6 +766,11 @@ COMMANDS = {
     "SETQUOTA": _set_quota,
     "ID": _id,
     "COMPRESS": _compress,
+    "SETACL": _acl_args(c.SetAcl, "identifier", "rights"),
+    "DELETEACL": _acl_args(c.DeleteAcl, "identifier"),
+    "GETACL": _acl_args(c.GetAcl),
+    "LISTRIGHTS": _acl_args(c.ListRights, "identifier"),
+    "MYRIGHTS": _acl_args(c.MyRights),
 }
 
 

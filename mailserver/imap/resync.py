@@ -25,7 +25,7 @@ def catch_up_events(sel: SelectedMailbox, account_id: int, changed, vanished) ->
     for m in changed:
         kind = ch.FLAGS if sel.index_of(m.uid) is not None else ch.EXISTS
         events.append(ch.Change(kind, account_id, sel.mailbox_id, uid=m.uid, modseq=m.modseq, flags=m.flags,
-                                keywords=tuple(m.keywords), size=m.size))
+                                keywords=tuple(m.keywords), size=m.size, reader=sel.reader))
     for uid in vanished:
         if sel.index_of(uid) is not None:
             events.append(ch.Change(ch.EXPUNGE, account_id, sel.mailbox_id, uid=uid))
@@ -37,7 +37,7 @@ async def catch_up(s: ImapSession) -> None:
     sel = s.selected
     if sel is None or s.account_id is None:
         return
-    changed, vanished = await s.services.astore.changes_since(sel.mailbox_id, sel.highest_modseq)
+    changed, vanished = await s.services.astore.changes_since(sel.mailbox_id, sel.highest_modseq, sel.reader)
     if s.selected is not sel or s.closed:
         return  # the session moved on meanwhile; its next SELECT reads the mailbox afresh
     for event in catch_up_events(sel, s.account_id, changed, vanished):

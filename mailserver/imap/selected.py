@@ -113,6 +113,17 @@ class SelectedMailbox:
     told_exists: int = 0
     #: The highest modseq of every change applied or waiting (``highest_modseq`` is what the client may be told).
     seen_modseq: int = 0
+    #: In a mailbox that keeps \\Seen per reader (storage/shared.py): this session's account, whose \\Seen the
+    #: flags show; a FLAGS event of another reader leaves it alone.  0: \\Seen is the message's.
+    reader: int = 0
+
+    def apply_seen(self, seen_uids) -> None:
+        """Lay the reader's \\Seen over the shared flags."""
+        if not seen_uids:
+            return
+        for i, uid in enumerate(self.uids):
+            if uid in seen_uids:
+                self.flags[i] |= FLAG_SEEN
 
     @classmethod
     def load(cls, mailbox, messages: Iterable, *, readonly: bool) -> "SelectedMailbox":
@@ -368,7 +379,11 @@ class SelectedMailbox:
                 i = self.index_of(c.uid)
                 if i is None or self.modseqs[i] >= c.modseq:
                     continue  # gone, or the cache already has this state (our own STORE)
-                self.flags[i] = c.flags & 0xFF
+                if self.reader and c.reader != self.reader:
+                    # Another reader's change: their \Seen is theirs, this reader keeps their own.
+                    self.flags[i] = (c.flags & 0xFF & ~FLAG_SEEN) | (self.flags[i] & FLAG_SEEN)
+                else:
+                    self.flags[i] = c.flags & 0xFF
                 self.modseqs[i] = c.modseq
                 if c.keywords:
                     self.keywords[c.uid] = tuple(c.keywords)

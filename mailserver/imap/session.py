@@ -46,7 +46,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from mailserver import sasl
-from mailserver.access import MailboxAccess, MailboxNotFound, Principal, Rights, flag_rights
+from mailserver.access import Forbidden, MailboxAccess, MailboxNotFound, Principal, Rights, flag_rights
 from mailserver.connections import COMMANDS_PER_TURN
 from storage import changes as ch
 from storage.store import (
@@ -58,7 +58,7 @@ from storage.store import (
     StoreError,
 )
 
-from . import cmd_auth, cmd_mailbox, cmd_message, cmd_search
+from . import cmd_acl, cmd_auth, cmd_mailbox, cmd_message, cmd_search
 from . import commands as c
 from . import response as r
 from .cmd_common import (
@@ -75,6 +75,7 @@ from .cmd_common import (
 )
 from .context import SearchContexts
 from .parser import parse_append_prefix, parse_command
+from .reader_recent import ReaderRecent
 from .resync import catch_up
 from .selected import RecentTracker, SelectedMailbox, UpdateOptions, flag_names, split_flags
 from .wire import (
@@ -184,6 +185,7 @@ class ImapSession:
         self.tls_active = tls_active
         self.tls_available = tls_available
         self.recent = recent or RecentTracker()
+        self._reader_recent: ReaderRecent | None = None
         cfg_limits = services.config.limits
         self.limits = limits or ParserLimits.from_config(cfg_limits)
         self.max_errors = cfg_limits.imap_max_commands_without_progress
@@ -269,7 +271,7 @@ class ImapSession:
         caps += ["UIDPLUS", "MOVE", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                  "CONDSTORE", "QRESYNC", "ESEARCH", "MULTIAPPEND", "BINARY", f"APPENDLIMIT={self.append_limit}",
                  "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "SORT", "ESORT", "SORT=DISPLAY", "CONTEXT=SEARCH",
-                 "CONTEXT=SORT", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"]
+                 "CONTEXT=SORT", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ACL", "RIGHTS=texk"]
         if not self.compressing:
             caps.append("COMPRESS=DEFLATE")
         return caps
@@ -512,7 +514,7 @@ class ImapSession:
             self.close()
             return
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
-        tracker = self.recent if (not sel.readonly and not self.rev2) else None
+        tracker = self.recent_for(sel) if (not sel.readonly and not self.rev2) else None
         before = self.contexts.before_flush(sel)
         lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
         lines = self.contexts.after_flush(sel, before, lines)  # RFC 5267 4.3.4: REMOVEFROM before EXPUNGE
@@ -541,7 +543,7 @@ class ImapSession:
         up_to = max((e.uid for e in sel.pending if e.kind == ch.EXISTS), default=0)
         if up_to:
             try:
-                await self.recent.reserve(sel.mailbox_id, sel.uid_validity, up_to)
+                await self.recent_for(sel).reserve(sel.mailbox_id, sel.uid_validity, up_to)
             except Exception:
                 log.failure("reserving \\Recent messages failed")  # they are then not \Recent here
 
@@ -606,6 +608,16 @@ class ImapSession:
         collect, self._collect = self._collect, None
         return collect[1] if collect is not None else []
 
+    def recent_for(self, mailbox):
+        """Who takes \\Recent in ``mailbox`` (a MailboxInfo or the SelectedMailbox): every session of the
+        cluster, or, where \\Seen is per reader, this reader's sessions (:mod:`.reader_recent`)."""
+        per_reader = mailbox.seen_per_reader if hasattr(mailbox, "seen_per_reader") else bool(mailbox.reader)
+        if per_reader:
+            if self._reader_recent is None:
+                self._reader_recent = ReaderRecent(self.services.astore, self.account_id)
+            return self._reader_recent
+        return self.recent
+
     def sign_in(self, account_id: int, username: str) -> None:
         self.state = AUTHENTICATED
         self.principal = Principal(account_id, username)
@@ -618,13 +630,16 @@ class ImapSession:
         spec = spec or self.spec
         try:
             return await self.access.open_mailbox(self.principal, name, spec.mailbox)
+        except Forbidden as e:
+            raise No(str(e), "NOPERM") from None  # RFC 4314 6: it has "l", so it may know why
         except MailboxNotFound as e:
             raise No(str(e), spec.missing) from None
 
-    async def create_target(self, name: str) -> int:
-        """The account ``name`` is created in, with the table's ``parent`` rights checked (RFC 4314 4: ``k``)."""
+    async def create_target(self, name: str) -> tuple[int, str]:
+        """(account, its own name for ``name``) a new mailbox goes to, with the table's ``parent`` rights checked
+        (RFC 4314 4: ``k``)."""
         try:
-            return await self.access.create_target(self.principal, name, self.spec.parent)
+            return await self.access.create_target_name(self.principal, name, self.spec.parent)
         except MailboxNotFound:
             raise No(f"no permission to create {name}", "NOPERM") from None
 
@@ -753,6 +768,12 @@ COMMANDS: dict[type, Spec] = {
     c.Sort: Spec(cmd_search.sort, SELECTED, selected=_R),
     c.Thread: Spec(cmd_search.thread, SELECTED, selected=_R),
     c.CancelUpdate: Spec(cmd_search.cancel_update, SELECTED),
+    # RFC 4314 4: the ACL commands need "a" (MYRIGHTS: any right; "l" is what makes the mailbox be there).
+    c.SetAcl: Spec(cmd_acl.setacl, AUTH, mailbox=Rights.ADMIN),
+    c.DeleteAcl: Spec(cmd_acl.deleteacl, AUTH, mailbox=Rights.ADMIN),
+    c.GetAcl: Spec(cmd_acl.getacl, AUTH, mailbox=Rights.ADMIN),
+    c.ListRights: Spec(cmd_acl.listrights, AUTH, mailbox=Rights.ADMIN),
+    c.MyRights: Spec(cmd_acl.myrights, AUTH, mailbox=_L),  # without "l" it is missing; any right then
 }
 
 __all__ = ["ImapSession", "COMMANDS", "Spec", "No", "Bad", "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT",

@@ -13,5 +13,6 @@ the MX listener (``smtp``) takes from clients neither authenticated nor in ``smt
   limit per check.
 
 Content checks (``scanners.py`` registers them after sender authentication): ``clamd.py`` (viruses),
-``rspamd.py`` (spam scores) and ``policy.py`` (what a score leads to).
+``dnsbl.py`` (DNS block and allow lists, RFC 5782) and ``rspamd.py`` (spam scores), ``policy.py`` (what a score
+leads to); ``greylist.py`` (RFC 6647) defers new triplets at RCPT (``smtp/protocol.py``) or after DATA.
 """

@@ -274,17 +274,38 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             relay = [r for r in rr.routes if r.kind == router_mod.RELAY and r.address.lower() == address.lower()]
             if verifier is not None and relay and verifier.applies(a.recipient.mailbox.domain):
                 return verifier.verify(address, relay[0].relay_to).addCallback(verified, rr)
+            return accepted(rr)
+
+        def accepted(rr: router_mod.RouteResult):
+            # Greylisting last: unknown recipients are refused (550) before a triplet is kept for them.
+            if self._greylisted():
+                return defer.ensureDeferred(self._greylist(a, rr))
             return RcptResult(None, rr)
 
         def verified(answer: str, rr: router_mod.RouteResult) -> RcptResult:
             # Gateway mode: the host behind us knows its users; refuse unknown ones now, not with a bounce later.
             if answer == callout.VALID:
-                return RcptResult(None, rr)
+                return accepted(rr)
             log.info("smtp rcpt <{rcpt}> from {ip} refused: recipient verification {answer}", rcpt=address,
                      ip=self.ip, answer=answer)
             return RcptResult(codes.UNKNOWN_USER if answer == callout.INVALID else codes.VERIFY_TEMPFAIL)
 
         return d.addCallback(decide)
+
+    def _greylisted(self) -> bool:
+        """Whether this RCPT goes through greylisting: on, at RCPT, the MX listener, a client neither
+        authenticated nor trusted (``inbound/greylist.py``)."""
+        g, s = self.services.greylist, self.session
+        return (g is not None and g.at_rcpt and not self.factory.submission and s.identity is None
+                and not s.peer.trusted)
+
+    async def _greylist(self, a: CheckRcpt, rr: router_mod.RouteResult) -> RcptResult:
+        g = self.services.greylist
+        sender = a.envelope.reverse_path
+        result = await g.check(self.ip, sender.address if sender is not None else "", a.recipient.mailbox.address)
+        if g.deferred(result):
+            return RcptResult(codes.Reply(451, "4.7.1", g.text()))  # RFC 6647 2.1
+        return RcptResult(None, rr)
 
     def _check_auth(self, a: CheckAuth) -> defer.Deferred:
         def done(attempt: Login) -> AuthResult:

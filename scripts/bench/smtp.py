@@ -12,10 +12,11 @@ directory; everything started here is stopped at the end.
 instances of Debian's packages, started on loopback as the tests start them, stopped at the end), and prints the
 figures of each run (sender authentication off).
 
-``--checks on`` runs the sender authentication checks (``[senderauth]``: iprev, SPF for HELO and MAIL FROM, DKIM,
-DMARC, ARC) with every lookup answered by a DNS server on loopback in another child process (tests/dnsserver.py):
-the sender's domain publishes SPF, DMARC p=reject and a DKIM key, every message carries a valid RSA signature, and
-127.0.0.1 has a forward-confirmed PTR.  ``both`` runs without, then with (``--repeat N`` times, alternating), and
+``--checks on`` runs the built-in checks: sender authentication (``[senderauth]``: iprev, SPF for HELO and MAIL
+FROM, DKIM, DMARC, ARC) and the DNS lists (two DNSBL zones, a DNSWL zone that lists the client, an RHSBL zone), with
+every lookup answered by a DNS server on loopback in another child process (tests/dnsserver.py): the sender's domain
+publishes SPF, DMARC p=reject and a DKIM key, every message carries a valid RSA signature, and 127.0.0.1 has a
+forward-confirmed PTR.  (Greylisting is not part of it: it defers first attempts by design.)  ``both`` runs without, then with (``--repeat N`` times, alternating), and
 prints what the checks cost: in messages/s, and in server CPU per message (the DNS server's included), which is
 what bounds a saturated server and is less disturbed by other load on the machine.
 
@@ -50,7 +51,19 @@ def dns_zones(dkim_p: str) -> dict:
                         "bench._domainkey": [("TXT", *[f"v=DKIM1; k=rsa; p={dkim_p}"[i:i + 255]
                                                        for i in range(0, len(dkim_p) + 20, 255)])]},
         "127.in-addr.arpa": {"1.0.0": [("PTR", HELO)]},
+        # The DNS lists (RFC 5782): the client is in no block list (NXDOMAIN), in the allow list, and the sender's
+        # domain in no RHSBL zone.
+        "bl.bench.test": {"2.0.0.127": [("A", "127.0.0.2")]},
+        "bl2.bench.test": {"2.0.0.127": [("A", "127.0.0.2")]},
+        "wl.bench.test": {"1.0.0.127": [("A", "127.0.10.2")]},
+        "rhs.bench.test": {"spammer.test": [("A", "127.0.0.2")]},
     }
+
+
+#: The DNS lists of ``--checks on`` (zones served by dns_zones).
+DNS_LISTS = {"dnsbl": [{"zone": "bl.bench.test", "weight": 4.0}, {"zone": "bl2.bench.test", "weight": 2.0}],
+             "dnswl": [{"zone": "wl.bench.test", "weight": -1.0}],
+             "rhsbl": [{"zone": "rhs.bench.test", "weight": 2.0}]}
 
 
 def serve_dns(zones: dict, port_queue, stop_event) -> None:
@@ -246,6 +259,8 @@ def main() -> int:
     ap.add_argument("--checks", choices=("off", "on", "both"), default="off",
                     help="sender authentication checks (DNS answered on loopback)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each kind (alternating), medians reported")
+    ap.add_argument("--lists", choices=("on", "off"), default="on",
+                    help="the DNS lists (DNSBL, DNSWL, RHSBL) with the checks on")
     ap.add_argument("--dns-cache", type=int, default=10000,
                     help="[senderauth] dns_cache with the checks on (0: every lookup goes to the DNS server)")
     ap.add_argument("--callgrind", default="", metavar="DIR",
@@ -321,7 +336,10 @@ def callgrind_wrapper(tmp: str, out_dir: str) -> str:
 def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[float, float] | None:
     """One benchmark run; sender authentication is on when ``dkim_p`` is given (a DNS server is started for it);
     ``extra`` is more of the server's configuration (the content checks of ``--scan``)."""
-    extra = extra or {}
+    extra = dict(extra or {})
+    scanned = "+".join(k for k in ("antivirus", "antispam") if k in extra)
+    if dkim_p and args.lists == "on":
+        extra["antispam"] = {**extra.get("antispam", {}), **DNS_LISTS}
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
         q, stop = ctx.Queue(), ctx.Event()
@@ -369,8 +387,7 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
                     p.kill()
                     p.join()
     total = sum(done)
-    cache = f" dns_cache={args.dns_cache}" if dkim_p else ""
-    scanned = "+".join(k for k in ("antivirus", "antispam") if k in extra)
+    cache = f" dns_cache={args.dns_cache} lists={args.lists}" if dkim_p else ""
     scanned = f" content={scanned}" if scanned else ""
     print(f"checks={'on' if dkim_p else 'off'}{cache}{scanned} sessions={args.sessions} messages={total} size={len(body)}B "
           f"elapsed={elapsed:.2f}s rate={total / elapsed:.0f} msg/s (durably delivered) "

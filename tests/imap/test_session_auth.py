@@ -207,7 +207,7 @@ def test_id_enable_namespace(srv):
     out = raw.cmd("c", "ENABLE CONDSTORE")
     assert out[0] == b"* ENABLED\r\n"  # RFC 5161: only newly enabled ones
     out = raw.cmd("d", "NAMESPACE")
-    assert out[0] == b'* NAMESPACE (("" "/")) NIL NIL\r\n'
+    assert out[0] == b'* NAMESPACE (("" "/")) (("Other Users/" "/")) (("Shared/" "/"))\r\n'
     raw.close()
 
 

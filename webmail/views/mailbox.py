@@ -47,7 +47,7 @@ async def message_list(ctx, mb: str) -> web.Response:
     size = ctx.config.webmail.page_size or 50
     page = ctx.int_arg("page", 1, 1, 1_000_000)
     total, msgs = await ctx.astore.page_messages(box.id, offset=(page - 1) * size, limit=size, order=sort,
-                                                 descending=descending)
+                                                 descending=descending, reader=ctx.account_id)
     mbs = await mailboxes(ctx)
     pages = max(1, (total + size - 1) // size)
 
@@ -120,7 +120,9 @@ async def bulk_action(ctx, mb: str) -> web.Response:
 
     try:
         if action in ("read", "unread"):
-            await a.set_flags(box.id, uids, "add" if action == "read" else "remove", FLAG_SEEN)
+            # reader: in a shared mailbox \Seen is the reader's own (storage/shared.py)
+            await a.set_flags(box.id, uids, "add" if action == "read" else "remove", FLAG_SEEN,
+                              reader=ctx.account_id)
         elif action in ("flag", "unflag"):
             await a.set_flags(box.id, uids, "add" if action == "flag" else "remove", FLAG_FLAGGED)
         elif action == "delete":

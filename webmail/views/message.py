@@ -62,7 +62,7 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
     mark_by_script = False
     if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box):
         if site in ("same-origin", "none"):
-            await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN)
+            await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN, reader=ctx.account_id)
         elif not site:
             mark_by_script = True
     # "Why is this junk?": the verdict our delivery stored on the copy (webmail/verdict.py), for mail in Junk.
