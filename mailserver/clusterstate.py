@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 #: Client IPs / addresses with recent failures tracked at most (in-process); the least recently failed go first.
@@ -114,6 +114,12 @@ class RecentClaims(Protocol):
 
     async def refresh(self, mailbox_id: int, uid_validity: int) -> None:
         """Learn how far other processes have claimed (before :meth:`unclaimed_count`)."""
+        ...
+
+    def after_reserve(self, mailbox_id: int, uid_validity: int, up_to_uid: int, then: Callable[[], None]) -> None:
+        """Call ``then()`` once :meth:`reserve` up to ``up_to_uid`` is done (or failed: it is logged): at once when
+        nothing is left to reserve, else after one reservation per mailbox shared by every caller waiting for it
+        (the IDLE fan-out: thousands of sessions of one mailbox wait for one database trip, not one each)."""
         ...
 
 
@@ -252,6 +258,9 @@ class RecentTracker:
 
     async def reserve(self, mailbox_id: int, uid_validity: int, up_to_uid: int) -> None:
         return None  # every claim is decided in this process
+
+    def after_reserve(self, mailbox_id: int, uid_validity: int, up_to_uid: int, then: Callable[[], None]) -> None:
+        then()
 
     async def refresh(self, mailbox_id: int, uid_validity: int) -> None:
         return None

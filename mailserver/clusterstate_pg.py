@@ -24,7 +24,7 @@ import hashlib
 import os
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -259,6 +259,8 @@ class PgRecentClaims:
         self._known: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._held: dict[tuple[int, int], list[tuple[int, int]]] = {}
         self._busy: dict[tuple[int, int], list[defer.Deferred]] = {}
+        #: Per mailbox waiting for :meth:`after_reserve`: [highest UID wanted, callbacks in arrival order].
+        self._batches: dict[tuple[int, int], list] = {}
 
     # -- answers from what this process holds
 
@@ -307,6 +309,37 @@ class PgRecentClaims:
             if claimed > previous:
                 self._hold(key, previous, claimed)
             self._learn(key, claimed)  # claimed >= up_to_uid: the loop ends
+
+    def after_reserve(self, mailbox_id: int, uid_validity: int, up_to_uid: int, then: Callable[[], None]) -> None:
+        key = (mailbox_id, uid_validity)
+        batch = self._batches.get(key)
+        if batch is None:
+            if self._known.get(key, 0) >= up_to_uid:
+                then()  # settled already (another session's reservation covered it): no Deferred, no coroutine
+                return
+            batch = self._batches[key] = [up_to_uid, [then]]
+            defer.ensureDeferred(self._reserve_batch(key, batch))
+            return
+        batch[0] = max(batch[0], up_to_uid)
+        batch[1].append(then)
+
+    async def _reserve_batch(self, key: tuple[int, int], batch: list) -> None:
+        try:
+            while True:
+                up_to = batch[0]
+                try:
+                    await self.reserve(key[0], key[1], up_to)
+                except Exception:
+                    log.failure("reserving \\Recent messages failed")  # those messages are then not Recent here
+                if batch[0] <= up_to:
+                    break  # else newer messages came for callers that joined meanwhile: reserve those too
+        finally:
+            del self._batches[key]
+        for then in batch[1]:
+            try:
+                then()
+            except Exception:
+                log.failure("a caller waiting for a \\Recent reservation failed")
 
     async def refresh(self, mailbox_id: int, uid_validity: int) -> None:
         claimed = await run_in(self.reactor, self.read_pool, self._claimed_blocking, mailbox_id, uid_validity)

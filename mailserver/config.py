@@ -410,6 +410,22 @@ class AntispamConfig:
     refuse: float = 15.0
     #: Add ``X-Spam-Symbols`` (the named reasons of the score) to scored messages.
     symbols_header: bool = True
+    #: The built-in classifier (``mailserver/inbound/classifier.py``): per-account Bayesian token statistics,
+    #: trained by moving mail into / out of Junk and by ``$Junk``/``$NotJunk``; on with or without rspamd.
+    bayes: bool = True
+    #: The weight of BAYES_SPAM at probability 1 (scaled down linearly to 0 at probability 0.5).
+    bayes_spam_weight: float = 7.0
+    #: How much BAYES_HAM lowers the score at probability 0 (scaled the same way).
+    bayes_ham_weight: float = 3.0
+    #: Messages an account must have trained as spam and as ham before its classifier votes.
+    bayes_min_spam: int = 20
+    bayes_min_ham: int = 20
+    #: Most tokens kept per account (past it the least useful are pruned).
+    bayes_max_tokens: int = 200_000
+    #: How much BAYES_KNOWN_SENDER lowers the score: mail from an address the account sent mail to or replied to.
+    known_sender_weight: float = 3.0
+    #: Count a sender as known only when SPF, DKIM or DMARC passed for its domain (a From: is easy to forge).
+    known_sender_needs_auth: bool = True
     domain: dict[str, SpamThresholds] = field(default_factory=dict)
     account: dict[str, SpamThresholds] = field(default_factory=dict)
     #: DNS block lists of the client address, allow lists (negative weights; exempt from greylisting) and block
@@ -865,6 +881,11 @@ def _validate(cfg: Config, source: str) -> None:
         err("gateway.callout_timeout", "expected more than 0 and at most 300 seconds")
     if cfg.antispam.rspamd and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", cfg.antispam.rspamd):
         err("antispam.rspamd", "expected a URL \"http://HOST:PORT\"")
+    for key in ("bayes_min_spam", "bayes_min_ham"):
+        if getattr(cfg.antispam, key) < 0:
+            err(f"antispam.{key}", "expected 0 or more")
+    if cfg.antispam.bayes_max_tokens < 1000:
+        err("antispam.bayes_max_tokens", "expected at least 1000")
     if cfg.antispam.on_error not in ("accept", "tempfail"):
         err("antispam.on_error", "expected \"accept\" or \"tempfail\"")
     if cfg.antivirus.on_error not in ("accept", "tempfail"):

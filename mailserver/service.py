@@ -48,6 +48,7 @@ from mailserver.delivery.runner import ReactorRunner
 from mailserver.delivery.sender_headers import SenderHeaderCheck
 from mailserver.delivery.sieve_stage import SieveFilter
 from mailserver.dns import DnsResolver
+from mailserver.inbound.classifier import BayesCheck, CorrespondentRecorder, Trainer
 from mailserver.inbound.dnsbl import DnsLists
 from mailserver.inbound.greylist import Greylister, GreylistStage
 from mailserver.inbound.scanners import inbound_stages
@@ -280,6 +281,7 @@ class MailServer(MultiService):
         self.heartbeat = None
         self._gc = None
         self._digests = None  # the quarantine digest runner (mailserver/digest.py), with the maintenance jobs
+        self.trainer: Trainer | None = None
         self._trim: MemoryTrim | None = None
         #: Give freed memory back to the system after connections close (``mailserver serve`` sets it: the
         #: process is the server's; not in a test process that runs servers among other work).
@@ -364,6 +366,14 @@ class MailServer(MultiService):
             except ValueError as e:
                 raise ListenError(f"tls: {e}") from None
         self.provided = self._make_services()
+        if cfg.antispam.bayes:
+            # Training recorded by the store's operations (moves into / out of Junk, $Junk / $NotJunk).
+            self.trainer = Trainer(self.reactor, self.astore, self.pools, cfg)
+            for stage in self.provided.pipeline.checks:
+                if isinstance(stage, BayesCheck):
+                    self.trainer.on_trained = stage.forget
+            self.store.on_training = lambda: self.reactor.callFromThread(self.trainer.kick)
+            self.trainer.start()
         for i, (name, address) in enumerate(cfg.listen.items()):
             self._listen(name, address, inherited=self._inherited("listen", i))
         for i, (name, address) in enumerate(cfg.listen_proxied.items()):
@@ -480,9 +490,11 @@ class MailServer(MultiService):
         senderauth = SenderAuthSettings(self.config)
         pipeline.add_transform(AuthResultsStripper(senderauth))
         pipeline.register(SenderAuthCheck(runner, senderauth, resolver, self.store.blobs, reactor=self.reactor))
-        # Virus scan, spam scorers, the spam policy.
+        if self.config.antispam.bayes:
+            pipeline.register(CorrespondentRecorder(runner))  # whom the account writes to is not spam
+        # Virus scan, spam scorers (DNS lists, rspamd, Bayes), the spam policy.
         for stage in inbound_stages(self.reactor, self.config, sender_rules=self.astore.sender_rules,
-                                    dns_lists=dns_lists):
+                                    dns_lists=dns_lists, runner=runner):
             pipeline.register(stage)
         pipeline.filter = SieveFilter(self.config, self.store, self.astore,
                                       lambda f, *a: run_in(self.reactor, self.pools.cpu, f, *a), clock=self.reactor)
@@ -596,7 +608,17 @@ class MailServer(MultiService):
             if n:
                 log.info("removed {n} unreferenced message bodies", n=n)
 
-        return d.addCallbacks(done, lambda f: log.failure("removing unreferenced message bodies failed", f))
+        d.addCallbacks(done, lambda f: log.failure("removing unreferenced message bodies failed", f))
+        # The safety net: stored bodies no row names at all (older than the grace period, so no delivery in
+        # progress is touched), a bounded batch per run in the read pool.
+        d.addCallback(lambda _: run_in(self.reactor, self.pools.db_read, self.store.collect_orphan_blobs,
+                                       self.config.store.gc_grace, self.reactor.seconds()))
+
+        def swept(n):
+            if n:
+                log.info("removed {n} message bodies no row names", n=n)
+
+        return d.addCallbacks(swept, lambda f: log.failure("removing message bodies no row names failed", f))
 
     def kick_queue(self) -> None:
         """Tell the queue runner new outbound mail is waiting (call after Store.enqueue); in a worker that does not
@@ -614,6 +636,8 @@ class MailServer(MultiService):
             self._digests = None
         if self.heartbeat is not None:
             self.heartbeat.halt()
+        if self.trainer is not None:
+            self.trainer.stop()
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:
@@ -640,6 +664,9 @@ class MailServer(MultiService):
         self._stopping = True
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        if self.trainer is not None:
+            self.trainer.stop()
+            yield self.trainer.when_idle()
         if self._trim is not None:
             self._trim.stop()
         if self.monitor is not None:

@@ -75,6 +75,15 @@ def referenced(conn: Connection) -> set[str]:
     return ids
 
 
+def named(conn: Connection, blob_ids: list[str]) -> set[str]:
+    """Those of ``blob_ids`` that have a ``blobs`` row or that a message, queue entry or quarantined copy names."""
+    found: set[str] = set()
+    for chunk in chunks(blob_ids):
+        for column in (B.c.id, M.c.blob_id, Q.c.blob_id, QuarantineModel.__table__.c.blob_id):
+            found |= {r[0] for r in conn.execute(select(column).where(column.in_(chunk)).distinct())}
+    return found
+
+
 def integrity_problems(blobs: BlobStore, referenced_ids: set[str]) -> list[str]:
     """Referenced blobs the blob store cannot read (used by the durability test)."""
     return [f"missing blob {blob_id}" for blob_id in sorted(referenced_ids) if not blobs.exists(blob_id)]

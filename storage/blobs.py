@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Iterator
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
@@ -35,6 +35,8 @@ from storage.models import Blob
 
 #: Bodies up to this size are kept in memory while being written; larger ones spill to a temporary file.
 SPOOL_IN_MEMORY = 1024 * 1024
+#: How many files a FileBlobStore remembers having created, for :meth:`BlobStore.discard`.
+FRESH_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,27 @@ class BlobStore:
     def exists(self, blob_id: str) -> bool:  # pragma: no cover
         raise NotImplementedError
 
-    def remove(self, blob_ids: list[str], grace: float = 3600.0) -> None:  # pragma: no cover
-        """Delete content whose row was removed (called by the store's collect() after commit)."""
+    def remove(self, blob_ids: list[str], grace: float = 3600.0, now: float | None = None) -> int:  # pragma: no cover
+        """Delete content whose row was removed (called by the store's collect() after commit); returns how many
+        were removed (a file touched within ``grace`` seconds of ``now`` is kept)."""
         raise NotImplementedError
+
+    def discard(self, blob_ids, is_referenced: Callable[[list[str]], set[str]]) -> int:
+        """Delete at once blobs a delivery stored and then referenced nowhere (after its commit); returns how many.
+
+        Only content this store created and nobody stored again since is deleted, and only when
+        ``is_referenced`` (ids -> the ones some row names) says no row names it: a blob identical to one kept
+        elsewhere, or being de-duplicated into another delivery right now, stays.  Anything else is left to the
+        collector's orphan sweep (:meth:`orphans`)."""
+        return 0
+
+    def orphans(self, older_than: float) -> Iterator[str]:
+        """Ids of stored content last written or touched before ``older_than`` (epoch seconds) that has no row of
+        its own (file backend: every file; the database backend keeps a row per blob, so none)."""
+        return iter(())
+
+    def forget(self, blob_ids) -> None:
+        """These blobs are referenced now: :meth:`discard` need not remember them."""
 
 
 def _check_id(blob_id: str) -> str:
@@ -175,9 +195,19 @@ class FileBlobStore(BlobStore):
         self._finished = 0  # sequence number of the last finish()
         self._synced = 0  # every blob with seq <= this is durable
         self.syncs = 0
+        #: Files this store created and nobody stored again since: id -> st_mtime_ns after the rename (discard()).
+        #: Bounded: the oldest entries are forgotten (their files then wait for the collector's orphan sweep).
+        self._fresh: dict[str, int] = {}
 
-    def _mark_pending(self, path: Path) -> int:
+    def _mark_pending(self, path: Path, blob_id: str = "", created: bool = False) -> int:
+        mtime_ns = os.stat(path).st_mtime_ns if created else 0
         with self._lock:
+            if created:
+                self._fresh[blob_id] = mtime_ns
+                if len(self._fresh) > FRESH_KEPT:
+                    del self._fresh[next(iter(self._fresh))]
+            else:
+                self._fresh.pop(blob_id, None)  # stored twice: shared content, never discarded at once
             self._pending.add(path)
             self._finished += 1
             return self._finished
@@ -253,7 +283,7 @@ class FileBlobStore(BlobStore):
         try:
             if os.stat(final).st_size == ref.size:
                 os.utime(final)
-                return self._mark_pending(final)
+                return self._mark_pending(final, ref.id)
         except FileNotFoundError:
             pass
         tmp = os.path.join(self.tmp_dir, f"{ref.id}.{os.getpid()}.{threading.get_ident()}")
@@ -273,7 +303,7 @@ class FileBlobStore(BlobStore):
         except BaseException:
             os.unlink(tmp)
             raise
-        return self._mark_pending(final)
+        return self._mark_pending(final, ref.id, created=True)
 
     def _persist(self, ref: BlobRef, spool: BinaryIO) -> int:
         final = self._fast_path(ref.id)
@@ -283,7 +313,7 @@ class FileBlobStore(BlobStore):
                 # grace period, so a concurrent garbage collection cannot remove what this delivery relies on.
                 # (Its first writer may not have flushed it yet: it counts as pending again.)
                 os.utime(final)
-                return self._mark_pending(final)
+                return self._mark_pending(final, ref.id)
         except FileNotFoundError:
             pass
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
@@ -299,7 +329,7 @@ class FileBlobStore(BlobStore):
             except FileNotFoundError:
                 pass
             raise
-        return self._mark_pending(final)
+        return self._mark_pending(final, ref.id, created=True)
 
     @staticmethod
     def _rename_into_place(tmp: str, final: str) -> None:
@@ -325,15 +355,82 @@ class FileBlobStore(BlobStore):
     def exists(self, blob_id: str) -> bool:
         return self.path(blob_id).exists()
 
-    def remove(self, blob_ids: list[str], grace: float = 3600.0) -> None:
-        now = time.time()
+    def remove(self, blob_ids: list[str], grace: float = 3600.0, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        removed = 0
         for blob_id in blob_ids:
             p = self.path(blob_id)
             try:
                 if now - p.stat().st_mtime >= grace:
                     p.unlink()
+                    removed += 1
             except FileNotFoundError:
                 pass
+            with self._lock:
+                self._fresh.pop(blob_id, None)
+        return removed
+
+    def discard(self, blob_ids, is_referenced: Callable[[list[str]], set[str]]) -> int:
+        with self._lock:
+            mine = {i: self._fresh.pop(i) for i in dict.fromkeys(blob_ids) if i in self._fresh}
+        if not mine:
+            return 0
+        mine = {i: m for i, m in mine.items() if self._mtime_ns(self._fast_path(i)) == m}  # not stored again since
+        if not mine:
+            return 0
+        keep = is_referenced(list(mine))
+        removed = 0
+        for blob_id, mtime_ns in mine.items():
+            if blob_id in keep:
+                continue
+            final = self._fast_path(blob_id)
+            # Moved aside first: a delivery storing the same content now either finds no file (and writes its
+            # own) or touched it before the move (its mtime changed: put back).
+            aside = os.path.join(self.tmp_dir, f"{blob_id}.discard.{os.getpid()}.{threading.get_ident()}")
+            try:
+                os.rename(final, aside)
+            except FileNotFoundError:
+                continue
+            if self._mtime_ns(aside) == mtime_ns:
+                os.unlink(aside)
+                removed += 1
+            else:
+                os.rename(aside, final)  # same content by its name, whoever wrote final meanwhile
+        return removed
+
+    def forget(self, blob_ids) -> None:
+        with self._lock:
+            for blob_id in blob_ids:
+                self._fresh.pop(blob_id, None)
+
+    @staticmethod
+    def _mtime_ns(path: str) -> int | None:
+        try:
+            return os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def orphans(self, older_than: float) -> Iterator[str]:
+        """Every file under the two directory levels (the temporary directory is never listed)."""
+        try:
+            tops = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for top in tops:
+            if len(top.name) != 2 or not top.is_dir(follow_symlinks=False):
+                continue
+            for mid in sorted(os.scandir(top.path), key=lambda e: e.name):
+                if not mid.is_dir(follow_symlinks=False):
+                    continue
+                for entry in os.scandir(mid.path):
+                    name = entry.name
+                    if len(name) != 64 or not name.startswith(top.name + mid.name):
+                        continue
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                            yield name
+                    except FileNotFoundError:
+                        continue
 
 
 class DatabaseBlobStore(BlobStore):
@@ -384,6 +481,7 @@ class DatabaseBlobStore(BlobStore):
         with self.engine.connect() as conn:
             return conn.execute(select(Blob.id).where(Blob.id == blob_id, Blob.data.is_not(None))).first() is not None
 
-    def remove(self, blob_ids: list[str], grace: float = 3600.0) -> None:
-        # The rows (and so the data) were deleted by the store's collect(); nothing is left on disk.
-        return
+    def remove(self, blob_ids: list[str], grace: float = 3600.0, now: float | None = None) -> int:
+        # The rows (and so the data) were deleted by the store's collect(); nothing is left on disk.  A body no
+        # delivery referenced keeps its row with refcount 0 (written by _persist), which collect() removes.
+        return len(blob_ids)

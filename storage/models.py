@@ -355,6 +355,61 @@ class QuarantineToken(Base):
     expires: Mapped[float] = mapped_column(Float, index=True)
 
 
+class BayesToken(Base):
+    """The built-in classifier: in how many messages trained as spam / ham a token was (``storage/bayes.py``)."""
+
+    __tablename__ = "bayes_tokens"
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # 63-bit hash of the token's text
+    spam: Mapped[int] = mapped_column(Integer, default=0)
+    ham: Mapped[int] = mapped_column(Integer, default=0)
+    touched: Mapped[float] = mapped_column(Float)  # last trained
+
+
+class BayesTotal(Base):
+    """Messages trained per account as spam and as ham."""
+
+    __tablename__ = "bayes_totals"
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    spam: Mapped[int] = mapped_column(Integer, default=0)
+    ham: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BayesTrained(Base):
+    """What a message (its blob id, or a trained file's sha256) was trained as: no double training."""
+
+    __tablename__ = "bayes_trained"
+    __table_args__ = (UniqueConstraint("account_id", "blob_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    blob_id: Mapped[str] = mapped_column(String(64))
+    klass: Mapped[str] = mapped_column(String(4))  # spam | ham
+    trained: Mapped[float] = mapped_column(Float)
+
+
+class BayesJob(Base):
+    """Training the store recorded with the user's action, for the trainer to do off the reactor."""
+
+    __tablename__ = "bayes_jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    blob_id: Mapped[str] = mapped_column(String(64))
+    klass: Mapped[str] = mapped_column(String(4))
+    created: Mapped[float] = mapped_column(Float)
+
+
+class BayesSender(Base):
+    """An address the account sent mail to or replied to (its correspondents: not spam)."""
+
+    __tablename__ = "bayes_senders"
+    __table_args__ = (UniqueConstraint("account_id", "address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))  # lower-cased
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    last: Mapped[float] = mapped_column(Float)
+
+
 # --------------------------------------------------------------------------------------------- send grants
 # (migration: storage/migrations/versions/sendgrants_9a4d27c1e5b3.py; functions: storage/sendgrants.py)
 

@@ -14,9 +14,16 @@ into the database) that calls functions of one aggregate module, and returns pla
 ``storage.sieve``          Sieve scripts (per account, a domain's global ones), vacation replies, duplicate ids
 ``storage.quarantine``     held copies per recipient, sender rules, domain admins, used digest links
 ``storage.greylist``       greylisting triplets and client networks (RFC 6647)
+``storage.bayes``          the built-in classifier: token counts, trained messages, training jobs, correspondents
 ``storage.sendgrants``     who may send as / on behalf of an address that is not their own
 ``storage.shared``         shared mailboxes, ACL rows, groups, names across namespaces, per-reader \\Seen
 =========================  =====================================================================================
+
+Training the classifier is part of the store's own operations, so every path trains alike (IMAP MOVE, COPY +
+EXPUNGE, the webmail's move, keywords set by any client, a release from the quarantine): :meth:`Store.copy` into
+Junk records a spam training job for the copied messages and out of Junk (not into Trash) a ham one;
+:meth:`Store.set_flags` setting ``$Junk`` / ``$NotJunk`` one of each; releasing a copy held as spam a ham one.  The
+job commits with the action; the trainer takes it off the reactor (``on_training`` tells it there is work).
 
 Each method declares how it may be called (``storage.access``): ``@reads``, ``@writes`` or ``@writes_changes`` (it
 returns :class:`Changed`: ``value`` and the ``changes`` it caused; ``mailserver.asyncstore`` publishes them on the
@@ -39,6 +46,7 @@ Invariants kept here and in the aggregate modules (tested in tests/test_store.py
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Sequence
 
@@ -46,6 +54,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from storage import (
     accounts,
+    bayes,
     blobrefs,
     callouts,
     greylist,
@@ -74,6 +83,7 @@ from storage.mailboxes import (
     normalize_mailbox_name,
 )
 from storage.messages import thread_key
+from storage.models import FLAG_ANSWERED
 from storage.parsed import PARSED_COLUMNS
 from storage.quarantine import HoldSpec, QuarantineItem
 from storage.records import (
@@ -114,6 +124,12 @@ class Store:
 
             origin = pgnotify.origin_for(engine)
             self._notify = lambda conn, changes: pgnotify.notify(conn, changes, origin)
+        #: Called (on the database thread, after the commit) when an operation recorded classifier training.
+        self.on_training: Callable[[], None] | None = None
+
+    def _trained(self, recorded: int) -> None:
+        if recorded and self.on_training is not None:
+            self.on_training()
 
     # ----------------------------------------------------------------------------------------- transactions
 
@@ -541,9 +557,41 @@ class Store:
                   keywords: Sequence[str] = (), unchanged_since: int | None = None, *, reader: int = 0) -> Changed:
         """STORE ("add", "remove" or "replace"); ``value`` is a StoreFlagsResult (see messages.set_flags; ``reader``
         owns the \\Seen of a per-reader mailbox)."""
+        recorded = 0
         with self.transaction() as conn:
-            return self.announce(conn, messages.set_flags(conn, mailbox_id, uids, mode, flags, keywords,
-                                                          unchanged_since, reader))
+            training = mode != "remove" and bool({k.lower() for k in keywords} & bayes.TRAINING_KEYWORDS)
+            before = bayes.keywords_of(conn, mailbox_id, uids) if training else {}
+            changed = messages.set_flags(conn, mailbox_id, uids, mode, flags, keywords, unchanged_since, reader)
+            if training and changed.value.updated:
+                recorded = self._train_keywords(conn, mailbox_id, changed.value.updated, before)
+            if mode != "remove" and changed.value.updated and flags & FLAG_ANSWERED:
+                self._note_replied(conn, mailbox_id, changed.value.updated)
+            self.announce(conn, changed)
+        self._trained(recorded)
+        return changed
+
+    @staticmethod
+    def _train_keywords(conn: Connection, mailbox_id: int, updated, before: dict[int, set[str]]) -> int:
+        """``$Junk`` newly set trains spam, ``$NotJunk`` ham, whatever the other one still says (a client marking
+        "not junk" may set ``$NotJunk`` before it removes ``$Junk``); setting both at once teaches nothing."""
+        account_id = mailboxes.owner_of(conn, mailbox_id)
+        by_class: dict[str, list[int]] = {bayes.SPAM: [], bayes.HAM: []}
+        for u in updated:
+            new = {k.lower() for k in u.keywords} - before.get(u.uid, set())
+            junk, not_junk = bayes.JUNK_KEYWORD in new, bayes.NOT_JUNK_KEYWORD in new
+            if junk != not_junk:
+                by_class[bayes.SPAM if junk else bayes.HAM].append(u.uid)
+        now = time.time()
+        return sum(bayes.note_training(conn, account_id, bayes.blobs_of(conn, mailbox_id, uids), klass, now)
+                   for klass, uids in by_class.items() if uids)
+
+    @staticmethod
+    def _note_replied(conn: Connection, mailbox_id: int, updated) -> None:
+        """\\Answered set: the sender of the message is one of the account's correspondents."""
+        uids = [u.uid for u in updated if u.flags & FLAG_ANSWERED]
+        if uids:
+            bayes.note_senders(conn, mailboxes.owner_of(conn, mailbox_id),
+                               bayes.from_addresses(conn, mailbox_id, uids), time.time())
 
     @writes_changes
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
@@ -562,9 +610,60 @@ class Store:
              reader: int = 0) -> Changed:
         """COPY (or MOVE, RFC 6851: atomic copy + expunge) messages, also between accounts (the caller checked the
         rights); ``value`` is a CopyResult."""
+        recorded = 0
         with self.transaction() as conn:
-            return self.announce(conn, messages.copy(conn, src_mailbox_id, uids, dst_mailbox_id, move=move,
-                                                     reader=reader))
+            changed = messages.copy(conn, src_mailbox_id, uids, dst_mailbox_id, move=move, reader=reader)
+            klass = bayes.class_for_copy(bayes.mailbox_role(conn, src_mailbox_id),
+                                         bayes.mailbox_role(conn, dst_mailbox_id))
+            if klass is not None and changed.value.pairs:
+                blob_ids = bayes.blobs_of(conn, dst_mailbox_id, [d for _, d in changed.value.pairs])
+                recorded = bayes.note_training(conn, mailboxes.owner_of(conn, dst_mailbox_id), blob_ids, klass,
+                                               time.time())
+            self.announce(conn, changed)
+        self._trained(recorded)
+        return changed
+
+    # ----------------------------------------------------------------------------------------- classifier
+
+    @reads
+    def bayes_pending(self, limit: int = 50) -> list[bayes.Job]:
+        """Training jobs not yet done, oldest first."""
+        with self.transaction(write=False) as conn:
+            return bayes.pending(conn, limit)
+
+    @writes
+    def bayes_learn(self, account_id: int, key: str, klass: str, token_ids: Sequence[int] | None, *,
+                    job_id: int | None = None, max_tokens: int = 0) -> str:
+        """Train one message (storage/bayes.py ``learn``), removing its job in the same transaction."""
+        with self.transaction() as conn:
+            return bayes.learn(conn, account_id, key, klass, token_ids, time.time(), job_id=job_id,
+                               max_tokens=max_tokens)
+
+    @reads
+    def bayes_counts(self, account_ids: Sequence[int], token_ids: Sequence[int] | None,
+                     senders: Sequence[str] = (), min_spam: int = 0, min_ham: int = 0,
+                     known_totals: dict[int, tuple[int, int]] | None = None) -> dict[int, bayes.AccountCounts]:
+        """The classifier's view of a message for its recipients (storage/bayes.py ``counts``)."""
+        with self.transaction(write=False) as conn:
+            return bayes.counts(conn, account_ids, token_ids, senders, min_spam, min_ham, known_totals)
+
+    @writes
+    def bayes_note_senders(self, account_id: int, addresses: Sequence[str]) -> None:
+        """The account wrote to these addresses (its correspondents)."""
+        with self.transaction() as conn:
+            bayes.note_senders(conn, account_id, addresses, time.time())
+
+    @reads
+    def bayes_stats(self, account_id: int) -> tuple[int, int, int]:
+        """(messages trained as spam, as ham, tokens kept) of the account."""
+        with self.transaction(write=False) as conn:
+            spam, ham = bayes._totals(conn, account_id)
+            return spam, ham, bayes.token_count(conn, account_id)
+
+    @reads
+    def bayes_trained_as(self, account_id: int, key: str) -> str | None:
+        with self.transaction(write=False) as conn:
+            return bayes.trained_as(conn, account_id, key)
 
     # ----------------------------------------------------------------------------------------- blobs
 
@@ -575,6 +674,41 @@ class Store:
             ids = blobrefs.collect(conn, grace)
         self.blobs.remove(ids, grace)
         return len(ids)
+
+    @reads
+    def discard_blobs(self, blob_ids: Sequence[str]) -> int:
+        """Delete at once bodies a delivery stored and then committed no reference to (called after its commit;
+        ``BlobStore.discard`` keeps anything stored again meanwhile or named by a row); returns how many."""
+        return self.blobs.discard(blob_ids, self._named_blobs)
+
+    @reads
+    def collect_orphan_blobs(self, grace: float = 3600.0, now: float | None = None, *, batch: int = 500,
+                             limit: int = 10000) -> int:
+        """The safety net under :meth:`discard_blobs`: delete stored bodies older than ``grace`` seconds that no
+        row names (a crash between storing and committing, a refused or abandoned message).  At most ``limit``
+        files are looked at per call, ``batch`` per database read; returns how many were removed."""
+        now = time.time() if now is None else now
+        removed = seen = 0
+        pending: list[str] = []
+        for blob_id in self.blobs.orphans(now - grace):
+            pending.append(blob_id)
+            seen += 1
+            if len(pending) >= batch or seen >= limit:
+                removed += self._remove_unnamed(pending, grace, now)
+                pending = []
+            if seen >= limit:
+                break
+        if pending:
+            removed += self._remove_unnamed(pending, grace, now)
+        return removed
+
+    def _named_blobs(self, blob_ids: list[str]) -> set[str]:
+        with self.transaction(write=False) as conn:
+            return blobrefs.named(conn, blob_ids)
+
+    def _remove_unnamed(self, blob_ids: list[str], grace: float, now: float) -> int:
+        named = self._named_blobs(blob_ids)
+        return self.blobs.remove([i for i in blob_ids if i not in named], grace, now)
 
     @reads
     def integrity_problems(self) -> list[str]:
@@ -614,8 +748,16 @@ class Store:
     def release_quarantined(self, item_id: int, mailbox: str = "INBOX", *, check_quota: bool = True) -> Changed:
         """Deliver a held copy and remove it in one transaction (exactly once across nodes); ``value`` is
         (QuarantineItem, DeliveryResult).  Raises NotFound (no longer held) or QuotaExceeded (it stays held)."""
+        recorded = 0
         with self.transaction() as conn:
-            return self.announce(conn, quarantine.release(conn, item_id, mailbox, check_quota=check_quota))
+            changed = quarantine.release(conn, item_id, mailbox, check_quota=check_quota)
+            item, result = changed.value
+            if item.reason == "spam" and bayes.mailbox_role(conn, result.mailbox_id) != bayes.JUNK:
+                # Released by someone who judged it: not spam.
+                recorded = bayes.note_training(conn, item.account_id, [item.blob_id], bayes.HAM, time.time())
+            self.announce(conn, changed)
+        self._trained(recorded)
+        return changed
 
     @writes
     def delete_quarantined(self, item_ids: Sequence[int]) -> list[QuarantineItem]:

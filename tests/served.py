@@ -8,7 +8,6 @@ server and waits until every listener listens; ``.rss()`` is the process's resid
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cret-pass"
@@ -89,7 +90,7 @@ def served(tmp_path: Path, listeners=("smtp",), limits: dict | None = None, extr
         subprocess.run(cli + ["user", "add", user(i), "--password-stdin"], input=PASSWORD + "\n", text=True,
                        cwd=ROOT, check=True, capture_output=True, timeout=120)
     proc = subprocess.Popen(cli + ["serve"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+                            cwd=ROOT, start_new_session=True)  # its own group: stop_group ends all of it
     try:
         srv = Served(proc, ports)
         deadline = time.monotonic() + 60
@@ -100,10 +101,4 @@ def served(tmp_path: Path, listeners=("smtp",), limits: dict | None = None, extr
             time.sleep(0.05)
         yield srv
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_group(proc, timeout=30)

@@ -96,14 +96,18 @@ class Node:
             '[queue]\nrun = false\n[[domain]]\nname = "example.test"\n')
         self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
-        assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
-        assert self.err.wait_for("listening pop3 on"), self.err.text()
-        self.ports = {m.group(1): int(m.group(2))
-                      for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+)", self.err.text())}
-        assert set(self.ports) == {"smtp", "imap", "pop3"}, self.err.text()
-        self.listen_name = f"mailserver-listen {self.proc.pid}"
         self._terminated = False
+        try:
+            self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
+            assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
+            assert self.err.wait_for("listening pop3 on"), self.err.text()
+            self.ports = {m.group(1): int(m.group(2))
+                          for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+)", self.err.text())}
+            assert set(self.ports) == {"smtp", "imap", "pop3"}, self.err.text()
+            self.listen_name = f"mailserver-listen {self.proc.pid}"
+        except BaseException:
+            self.stop()  # a start-up that failed leaves nothing running
+            raise
 
     def port(self, name: str) -> int:
         return self.ports[name]

@@ -71,14 +71,18 @@ class Node:
             f'[[domain]]\nname = "relay.test"\nmode = "relay"\nrelay_to = "127.0.0.1:{relay_port}"\n')
         self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
-        assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
-        assert self.err.wait_for("listening https on"), self.err.text()  # the last listener named
-        text = self.err.text()
-        self.ports = {m.group(1): int(m.group(2))
-                      for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+) \(PROXY protocol\)", text)}
-        assert set(self.ports) == set(PROTOCOLS), text
-        self.metrics = int(re.search(r"listening metrics on 127\.0\.0\.1:(\d+)\n", text).group(1))
+        try:
+            self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
+            assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
+            assert self.err.wait_for("listening https on"), self.err.text()  # the last listener named
+            text = self.err.text()
+            self.ports = {m.group(1): int(m.group(2))
+                          for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+) \(PROXY protocol\)", text)}
+            assert set(self.ports) == set(PROTOCOLS), text
+            self.metrics = int(re.search(r"listening metrics on 127\.0\.0\.1:(\d+)\n", text).group(1))
+        except BaseException:
+            self.stop()  # a start-up that failed leaves nothing running
+            raise
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -153,7 +157,8 @@ def setup(tmp_path):
     balancer = None
     with receiver(rcpt=lambda a: "250 2.1.5 OK" if opened.is_set() else "451 4.3.0 not yet") as rx:
         try:
-            nodes = [Node(tmp_path, f"n{i}", url, rx.port) for i in (1, 2)]
+            for i in (1, 2):
+                nodes.append(Node(tmp_path, f"n{i}", url, rx.port))  # each one started is stopped below
             balancer = Balancer(tmp_path, nodes)
             # Both nodes healthy in HAProxy's eyes before the test begins.
             wait_for(lambda: all(_smtp_banner(balancer) for _ in range(4)), what="both nodes answer")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.imap.imap_client import Raw
+from tests.processes import stop_group
 from tests.test_cluster_nodes import _Lines, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,28 +118,27 @@ class Server:
         self.conf = conf
         self.data = data
         self.workers = workers
+        # Its own process group (the workers inherit it): stop() ends whatever is left of it by that id.
         self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
-        assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
-        wait_for(lambda: self.err.count("listening pop3 on") >= workers, timeout=60, what="workers listening")
-        self.ports = {m.group(1): int(m.group(2))
-                      for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+)", self.err.text())}
-        assert set(self.ports) == {"smtp", "imap", "pop3"}, self.err.text()
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                     start_new_session=True)
+        try:
+            self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
+            assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
+            wait_for(lambda: self.err.count("listening pop3 on") >= workers, timeout=60, what="workers listening")
+            self.ports = {m.group(1): int(m.group(2))
+                          for m in re.finditer(r"listening (\w+) on 127\.0\.0\.1:(\d+)", self.err.text())}
+            assert set(self.ports) == {"smtp", "imap", "pop3"}, self.err.text()
+        except BaseException:
+            self.stop()  # a start-up that failed (a timeout under load) leaves nothing running
+            raise
 
     def worker_pids(self) -> list[int]:
         return _children(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            for pid in self.worker_pids():
-                os.kill(pid, signal.SIGKILL)
-            self.proc.kill()
-            self.proc.wait()
+        """SIGTERM the supervisor; SIGKILL it after a minute; then SIGKILL anything left in its process group."""
+        stop_group(self.proc, timeout=60)
 
 
 @pytest.fixture
@@ -200,6 +200,39 @@ def test_idle_on_one_worker_sees_a_delivery_made_through_smtp_on_the_other(serve
     idle.send(b"DONE\r\n")
     assert idle.until(b"I")[-1].startswith(b"I OK")
     idle.close()
+
+
+def test_idle_sessions_on_both_workers_all_see_exists_and_one_sees_recent(server):
+    """RFC 3501 2.3.2 across the IDLE fan-out: three IDLE sessions on each worker, one delivery; every session is
+    told "* 1 EXISTS", and exactly one of the six gets the message as \\Recent (each worker reserves it once for all
+    its sessions, one worker wins, one of its sessions takes it)."""
+    first, a = on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap")
+    sessions = [first]
+    for want in (a, a):
+        sessions.append(on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap",
+                                  want=want)[0])
+    other, b = on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap", avoid=a)
+    sessions.append(other)
+    for want in (b, b):
+        sessions.append(on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap",
+                                  want=want)[0])
+    for c in sessions:
+        assert c.cmd("L", f'LOGIN {ALICE} "{PW}"')[-1].startswith(b"L OK")
+        assert b"* 0 RECENT\r\n" in c.cmd("S", "SELECT INBOX")
+        c.send(b"I IDLE\r\n")
+        assert c.line() == b"+ idling\r\n"
+    send(server.ports["smtp"], "fan-out")
+    recent = []
+    for c in sessions:
+        assert _lines_until(c, b"* 1 EXISTS\r\n")[-1] == b"* 1 EXISTS\r\n"
+        m = re.fullmatch(rb"\* (\d+) RECENT\r\n", c.line())
+        assert m
+        recent.append(int(m.group(1)))
+    assert sorted(recent) == [0, 0, 0, 0, 0, 1]
+    for c in sessions:
+        c.send(b"DONE\r\n")
+        assert c.until(b"I")[-1].startswith(b"I OK")
+        c.close()
 
 
 def test_pop3_maildrop_lock_spans_workers_and_ends_with_quit_or_sigkill(server):
@@ -339,3 +372,37 @@ def test_one_maintenance_lease_holder_and_another_takes_over_when_it_dies(tmp_pa
         wait_for(lambda: s.err.count("lease maintenance taken") >= 2, timeout=30, what="a new holder")
     finally:
         s.stop()
+
+
+def test_a_start_up_that_fails_leaves_no_supervisor_or_worker_running(tmp_path, monkeypatch):
+    """When the wait for the workers gives up (as under load), the supervisor and its workers are stopped."""
+    started: list[subprocess.Popen] = []
+    workers: list[int] = []
+    real_popen, real_wait = subprocess.Popen, wait_for
+
+    def popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        if "serve" in args[0]:
+            started.append(proc)  # the supervisor (other commands may run on the way)
+        return proc
+
+    def gives_up(condition, timeout=20.0, what="condition"):
+        real_wait(lambda: len(_children(started[0].pid)) >= 2, timeout=60, what="two workers started")
+        workers.extend(_children(started[0].pid))
+        raise AssertionError(f"{what}: not met (the start-up timed out)")
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(sys.modules[__name__], "wait_for", gives_up)
+    with pytest.raises(AssertionError, match="start-up timed out"):
+        Server(tmp_path)
+    monkeypatch.undo()
+    assert started[0].returncode is not None  # stopped and reaped
+    assert len(workers) == 2
+
+    def gone(pid: int) -> bool:
+        try:
+            return "zombie" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(gone(pid) for pid in workers), timeout=30, what="the workers gone")

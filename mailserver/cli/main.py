@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "mailserver.cli.mail",
     "mailserver.cli.sieve",
     "mailserver.cli.quarantine",
+    "mailserver.cli.spam",
     "mailserver.cli.sendas",
     "mailserver.cli.node",
     "mailserver.cli.sharing",

@@ -38,7 +38,7 @@ class Forwarder:
         self.cfg = config.arc
         self.router = router
         self.srs = router.srs
-        self.signer = signer if signer is not None else DkimSigner(config.data_dir)
+        self.signer = signer if signer is not None else DkimSigner.for_store(router.store)
         self.clock = clock
 
     @property

@@ -163,6 +163,7 @@ class Ingest:
         self._unrouted: list[Recipient] = []
         self._early: list[Outcome] = []  # recipients that failed routing
         self._writer = writer
+        self._used: set[str] = set()  # the blobs handed to a commit (delivery, queue, quarantine)
         if request.placement is not None:
             p = request.placement
             self._targets.append(Target(Route(LOCAL, "", p.account_id), mailbox=p.mailbox, mailbox_id=p.mailbox_id,
@@ -241,6 +242,7 @@ class Ingest:
             if t.mailbox_id is None:
                 t.mailbox = t.mailbox or "INBOX"
             form = self.body.forms[0]  # a placement has one form, unprefixed, parsed by finish()
+            self.pipeline.blobs.forget([form.ref.id])
             return self.pipeline.runner.deliver(self._delivery(t, form)).addCallbacks(
                 lambda res: self._delivered(t, True, res), lambda f: self._delivered(t, False, f))
 
@@ -252,11 +254,34 @@ class Ingest:
             outcomes = await self._commit()
         else:
             outcomes = self._closed_outcomes()
-        return await self._conclude(outcomes)
+        result = await self._conclude(outcomes)
+        await self._drop_unused()
+        return result
+
+    def _unused(self) -> list[str]:
+        return [f.ref.id for f in self.body.forms if f.ref is not None and f.ref.id not in self._used]
+
+    async def _drop_unused(self) -> None:
+        """After the commit: delete the forms no committed row names (e.g. the streamed form when every copy got a
+        check's fields, or a message refused or deferred after DATA).  Content stored again meanwhile or named
+        elsewhere is kept (``Store.discard_blobs``); whatever stays is the collector's (its orphan sweep)."""
+        p = self.pipeline
+        p.blobs.forget(self._used)
+        unused = self._unused()
+        if not unused:
+            return
+        try:
+            await p.runner.call_store("discard_blobs", unused)
+        except Exception:
+            log.failure("discarding the unused bodies of {qid} failed", qid=self.queue_id)
 
     def _failed(self, f) -> IngestResult:
         log.failure("delivery {qid} failed", f, qid=self.queue_id)
         self.abort()
+        unused = self._unused()
+        if unused:  # whatever committed is named by its row: discard_blobs keeps it
+            self.pipeline.runner.call_store("discard_blobs", unused).addErrback(
+                lambda f2: log.failure("discarding the bodies of {qid} failed", f2, qid=self.queue_id))
         return IngestResult(self.queue_id, self.size, tuple(self._all_failed(ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT,
                                                                              ev.ERROR)))
 
@@ -466,6 +491,7 @@ class Ingest:
                     sender, ref = await self._forward(prefix, by)
                 except Exception:
                     log.failure("forwarding {qid}: SRS/ARC failed; queued as received", qid=qid)
+            self._used.add(ref.id)
             specs = []
             for t in group:
                 rc = t.recipient
@@ -534,6 +560,7 @@ class Ingest:
         """Hold these recipients' copies; those over their account's quarantine cap go to Junk (returned)."""
         now = time.time()
         specs = [self._hold_spec(t, now) for t in held]
+        self._used.update(s.blob.id for s in specs)
         try:
             ids = await self.pipeline.runner.call_store("hold_quarantined", specs,
                                                         self.pipeline.config.quarantine.max_per_account)
@@ -582,8 +609,9 @@ class Ingest:
         return self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR)
 
     async def _deliver(self, local: list[Target]) -> list[Outcome]:
-        ds = [self.pipeline.runner.deliver(self._delivery(t, t.form or self.body.find(self._prefix(t))))
-              for t in local]
+        deliveries = [self._delivery(t, t.form or self.body.find(self._prefix(t))) for t in local]
+        self._used.update(d.blob.id for d in deliveries)
+        ds = [self.pipeline.runner.deliver(d) for d in deliveries]
         if len(ds) == 1:  # the common case (one account): no DeferredList
             try:
                 results = [(True, await ds[0])]
@@ -638,6 +666,8 @@ async def _together(ingests: list[Ingest]) -> list[IngestResult]:
         items = []
         for i, t in zip(ingests, targets, strict=True):
             form = i.body.find(i._prefix(t))
+            i._used.add(form.ref.id)
+            i.pipeline.blobs.forget([form.ref.id])
             items.append((form.ref, form.parsed, t.flags, tuple(t.keywords), t.internal_date))
         try:
             changed = await ingests[0].pipeline.runner.append_many(t0.route.account_id, t0.mailbox_id, items)

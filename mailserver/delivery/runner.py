@@ -28,7 +28,7 @@ class ReactorRunner:
         return run_in(self.reactor, self.pools.db_read, f, *args, **kwargs)
 
     def cpu(self, f, *args, **kwargs) -> defer.Deferred:
-        """CPU work (signing) in the ``cpu`` pool."""
+        """CPU work (signing, the classifier's tokenizing) in the ``cpu`` pool."""
         return run_in(self.reactor, self.pools.cpu, f, *args, **kwargs)
 
     def dns(self, f, *args, **kwargs) -> defer.Deferred:

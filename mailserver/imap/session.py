@@ -548,15 +548,34 @@ class ImapSession:
                 log.failure("reserving \\Recent messages failed")  # they are then not \Recent here
 
     def flush_in_idle(self) -> None:
-        """RFC 9051 6.3.13: in IDLE, updates are sent as they happen (once \\Recent is settled)."""
-        d = ensureDeferred(self._prepare_flush())
+        """RFC 9051 6.3.13: in IDLE, updates are sent as they happen (once \\Recent is settled).
 
-        def flush(_):
-            if self._idle_tag is not None:
+        This runs for every IDLE session of a mailbox on each of its changes, so the common path is plain calls:
+        the sessions waiting for new UIDs' \\Recent reservation share one per mailbox and process
+        (``RecentClaims.after_reserve``); the first of them to flush claims the messages (RFC 3501 2.3.2), the
+        others tell EXISTS without them. Only a RESYNC (lost events: read the database) takes the coroutine path."""
+        sel = self.selected
+        if sel is None:
+            return
+        if any(e.kind == ch.RESYNC for e in sel.pending):
+            d = ensureDeferred(self._prepare_flush())
+            d.addCallback(lambda _: self._flush_if_idle())
+            d.addErrback(lambda f: log.failure("flushing updates in IDLE failed", f))
+            return
+        up_to = 0
+        if not (sel.readonly or self.rev2):
+            up_to = max((e.uid for e in sel.pending if e.kind == ch.EXISTS), default=0)
+        if up_to:
+            self.recent.after_reserve(sel.mailbox_id, sel.uid_validity, up_to, self._flush_if_idle)
+        else:
+            self._flush_if_idle()
+
+    def _flush_if_idle(self) -> None:
+        if self._idle_tag is not None and not self.closed:
+            try:
                 self.flush_updates()
-
-        d.addCallback(flush)
-        d.addErrback(lambda f: log.failure("flushing updates in IDLE failed", f))
+            except Exception:
+                log.failure("flushing updates in IDLE failed")
 
     # -- change notifications ---------------------------------------------------------------------------------
     def _on_changes(self, changes: list) -> None:

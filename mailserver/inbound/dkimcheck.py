@@ -24,6 +24,8 @@ import base64
 import hashlib
 import logging
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import dkim
@@ -44,6 +46,10 @@ MIN_RSA_BITS = 1024
 #: Larger keys are refused (RFC 8301 allows up to 4096; verification cost grows with the square of the size).
 MAX_RSA_BITS = 8192
 MAX_RSA_EXPONENT_BITS = 64
+
+#: Parsed key records kept (by key name and record text): parsing a record and building its public key is the
+#: same work for every message of a sender; the record itself still comes from the DNS (cache) each time.
+KEY_CACHE_SIZE = 1024
 
 _log = logging.getLogger("mailserver.inbound.dkim")
 _log.addHandler(logging.NullHandler())
@@ -90,6 +96,59 @@ def _key_record(lookups: Lookups, name: str) -> bytes | None:
     return records[0] if records else None
 
 
+class _KeyCache:
+    """What :func:`_parse_key` made of a (name, record), least recently used dropped past ``size``
+    (thread-safe: the ``dns`` pool has several threads)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_keys = _KeyCache(KEY_CACHE_SIZE)
+
+
+def _parse_key(name: str, record: bytes):
+    """(problem, pk, ktag, public key object or None) for a key record: ``problem`` is "" when usable; cached."""
+    key = (name, record)
+    found = _keys.get(key)
+    if found is not None:
+        return found
+    try:
+        pk, _keysize, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record)
+    except Exception as e:  # noqa: BLE001 - any malformed key record
+        found = (f"bad key record: {_reason(str(e))}", None, None, None)
+    else:
+        if pk is None:
+            found = ("key not for email (s= tag)", None, None, None)
+        else:
+            problem = _check_key(pk, ktag)
+            public = None
+            if not problem and ktag == b"rsa":
+                try:
+                    public = rsa.RSAPublicNumbers(int(pk["publicExponent"]), int(pk["modulus"])).public_key()
+                except Exception:  # noqa: BLE001 - made again (and its error reported) where it was before
+                    public = None
+            found = (problem, pk, ktag, public)
+    _keys.put(key, found)
+    return found
+
+
 def _check_key(pk, ktag) -> str:
     """Why a parsed key is unusable ("" when fine)."""
     if ktag == b"rsa":
@@ -121,13 +180,7 @@ def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
         return DkimResult(PERMERROR, **base, reason="no key record")
     if re.search(rb"(?:^|;)\s*p\s*=\s*(?:;|$)", record):
         return DkimResult(PERMERROR, **base, reason="key revoked (empty p=)")  # RFC 6376 3.6.1
-    try:
-        pk, keysize, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record)
-    except Exception as e:  # noqa: BLE001 - any malformed key record
-        return DkimResult(PERMERROR, **base, reason=f"bad key record: {_reason(str(e))}")
-    if pk is None:
-        return DkimResult(PERMERROR, **base, reason="key not for email (s= tag)")
-    problem = _check_key(pk, ktag)
+    problem, pk, ktag, public = _parse_key(name, record)
     if problem:
         return DkimResult(PERMERROR, **base, reason=problem)
     algorithm = fields.get(b"a")
@@ -136,7 +189,7 @@ def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
     if (ktag == b"ed25519") != (algorithm == b"ed25519-sha256"):
         return DkimResult(PERMERROR, **base, reason="key type does not match a=")
     try:
-        verdict = _check_signature(d, sig, include_headers, sigheaders[idx], pk, ktag)
+        verdict = _check_signature(d, sig, include_headers, sigheaders[idx], public or pk, ktag)
     except Exception as e:  # noqa: BLE001 - malformed c=, b=, l= ...: a verdict, never a crash
         return DkimResult(PERMERROR, **base, reason=_reason(str(e)) or type(e).__name__)
     return DkimResult(PASS if not verdict else FAIL, **base, reason=verdict)
@@ -144,7 +197,8 @@ def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups) -> DkimResult:
 
 def _check_signature(d: "dkim.DKIM", sig: dict, include_headers: list, sig_header, pk, ktag) -> str:
     """RFC 6376 3.7 for one signature: "" when it verifies, else why not.  dkimpy canonicalizes and selects the
-    header fields; the public-key step is OpenSSL's (``cryptography``) for RSA and libsodium's for Ed25519."""
+    header fields; the public-key step is OpenSSL's (``cryptography``) for RSA and libsodium's for Ed25519.
+    ``pk``: the RSA public key object, or dkimpy's parsed Ed25519 key."""
     policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
     sha256 = hashlib.sha256
     body = policy.canonicalize_body(d.body)
@@ -163,7 +217,8 @@ def _check_signature(d: "dkim.DKIM", sig: dict, include_headers: list, sig_heade
             return ""
         except Exception:  # noqa: BLE001 - nacl's BadSignatureError (and a signature of the wrong length)
             return "signature did not verify"
-    key = rsa.RSAPublicNumbers(int(pk["publicExponent"]), int(pk["modulus"])).public_key()
+    key = pk if isinstance(pk, rsa.RSAPublicKey) else rsa.RSAPublicNumbers(
+        int(pk["publicExponent"]), int(pk["modulus"])).public_key()
     try:
         key.verify(signature, h.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
         return ""
@@ -171,10 +226,29 @@ def _check_signature(d: "dkim.DKIM", sig: dict, include_headers: list, sig_heade
         return "signature did not verify"
 
 
+def _split(message: bytes):
+    """dkimpy's (headers, body) of ``message``, as ``dkim.rfc822_parse`` makes them: when every line break is
+    CRLF its body is the message's body as it is, so only the header section is split into lines."""
+    end = message.find(b"\r\n\r\n")
+    if end > 0 and not message.startswith(b"\r\n"):
+        body = message[end + 4:]
+        if (message.count(b"\n", 0, end + 2) == message.count(b"\r\n", 0, end + 2)
+                and body.count(b"\n") == body.count(b"\r\n")):
+            return dkim.rfc822_parse(message[:end + 4])[0], body
+    return dkim.rfc822_parse(message)
+
+
+def _parsed(message: bytes) -> "dkim.DKIM":
+    """A dkimpy verifier of ``message`` (raises what dkimpy's parse raises)."""
+    d = dkim.DKIM(None, logger=_log, minkey=MIN_RSA_BITS)
+    d.headers, d.body = _split(message)
+    return d
+
+
 def verify(lookups: Lookups, message: bytes) -> list[DkimResult]:
     """One result per DKIM-Signature field, in header order; [none] when there is none.  Never raises."""
     try:
-        d = dkim.DKIM(message, logger=_log, minkey=MIN_RSA_BITS)
+        d = _parsed(message)
     except Exception as e:  # noqa: BLE001 - a header dkimpy cannot parse
         return [DkimResult(PERMERROR, reason=f"message header not parsable: {_reason(str(e))[:60]}")]
     count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")

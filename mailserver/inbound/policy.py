@@ -1,7 +1,10 @@
 """One score, one policy: the message's spam score card and the thresholds that turn its total into an action.
 
 Every spam check adds named, weighted symbols to the message's :class:`ScoreCard` (one per message, kept in
-``MessageInfo.memo``: a check runs once per message however many recipients it has).  The :class:`SpamPolicy`
+``MessageInfo.memo``: a check runs once per message however many recipients it has).  A check whose verdict
+depends on the recipient (the built-in classifier: each account's own Bayes data and correspondents) adds its
+symbols for that recipient only (:meth:`ScoreCard.add_for`); each recipient's total is the message's symbols plus
+its own.  The :class:`SpamPolicy`
 stage, registered after every scorer, then decides *per recipient*, because each recipient's domain (and account)
 may have its own :class:`Thresholds` (``[antispam.account."a@x"]`` -> ``[antispam.domain."x"]`` -> ``[antispam]``):
 
@@ -95,12 +98,31 @@ class ScoreCard:
     engine_score: float | None = None
     scored: bool = False
     unchecked: list[str] = field(default_factory=list)  # which scorers could not run
+    #: Symbols of one recipient only (a per-account classifier's verdict), by lower-cased recipient address.
+    per_recipient: dict[str, list[Symbol]] = field(default_factory=dict)
 
     def add(self, name: str, weight: float, detail: str = "", source: str = "") -> None:
         if len(self.symbols) < MAX_SYMBOLS and math.isfinite(weight):
             self.symbols.append(Symbol(clean_name(name), float(weight), clean_text(detail, MAX_SYMBOL_DETAIL),
                                        source))
         self.scored = True
+
+    def add_for(self, address: str, name: str, weight: float, detail: str = "", source: str = "") -> None:
+        """A symbol that counts for this recipient only (its own Bayes data, its own correspondents)."""
+        mine = self.per_recipient.setdefault(address.lower(), [])
+        if len(mine) < MAX_SYMBOLS and math.isfinite(weight):
+            mine.append(Symbol(clean_name(name), float(weight), clean_text(detail, MAX_SYMBOL_DETAIL), source))
+
+    def symbols_for(self, address: str = "") -> list[Symbol]:
+        """The message's symbols and this recipient's own."""
+        return self.symbols + self.per_recipient.get(address.lower(), []) if address else list(self.symbols)
+
+    def scored_for(self, address: str = "") -> bool:
+        return self.scored or bool(address and self.per_recipient.get(address.lower()))
+
+    def total_for(self, address: str = "") -> float:
+        return self.total + sum(s.weight for s in self.per_recipient.get(address.lower(), ()) if s.counted) \
+            if address else self.total
 
     def set_engine_score(self, score: float, symbols: list[Symbol]) -> None:
         """An engine's total and the symbols it is made of (kept for the "why", not added again)."""
@@ -131,11 +153,11 @@ class ScoreCard:
 
     @property
     def empty(self) -> bool:
-        return not self.scored and not self.unchecked and self.forced is None
+        return not self.scored and not self.unchecked and self.forced is None and not self.per_recipient
 
-    def symbols_text(self) -> str:
+    def symbols_text(self, address: str = "") -> str:
         """The symbols that weigh something, heaviest first: ``"GTUBE(15.00) R_SPF_FAIL(1.00)"``."""
-        weighty = sorted((s for s in self.symbols if s.weight), key=lambda s: (-abs(s.weight), s.name))
+        weighty = sorted((s for s in self.symbols_for(address) if s.weight), key=lambda s: (-abs(s.weight), s.name))
         out, length = [], 0
         for s in weighty:
             item = f"{s.name}({s.weight:.2f})"
@@ -146,9 +168,9 @@ class ScoreCard:
             length += len(item) + 1
         return " ".join(out)
 
-    def top(self, n: int = 3) -> str:
+    def top(self, n: int = 3, address: str = "") -> str:
         """The names of the ``n`` heaviest symbols (for a reply text)."""
-        weighty = sorted((s for s in self.symbols if s.weight > 0), key=lambda s: (-s.weight, s.name))
+        weighty = sorted((s for s in self.symbols_for(address) if s.weight > 0), key=lambda s: (-s.weight, s.name))
         return ", ".join(s.name for s in weighty[:n])
 
 
@@ -227,26 +249,27 @@ class Decision:
     forced: bool = False  # the engine's own decision, not the thresholds'
 
 
-def decide(card: ScoreCard, thresholds: Thresholds) -> Decision:
+def decide(card: ScoreCard, thresholds: Thresholds, address: str = "") -> Decision:
     """The action for one recipient: the more severe of the engine's own and the thresholds'."""
-    total = card.total
-    action = thresholds.action_for(total) if card.scored else ACCEPT
+    total = card.total_for(address)
+    action = thresholds.action_for(total) if card.scored_for(address) else ACCEPT
     if card.forced is not None and SEVERITY.index(card.forced[0]) > SEVERITY.index(action):
         return Decision(card.forced[0], total, card.forced[1], forced=True)
     return Decision(action, total)
 
 
-def headers_for(card: ScoreCard, decision: Decision, *, symbols_header: bool) -> list[tuple[str, str]]:
+def headers_for(card: ScoreCard, decision: Decision, *, symbols_header: bool,
+                address: str = "") -> list[tuple[str, str]]:
     """The fields a delivered copy gets."""
     out = []
     if card.unchecked:
         out.append(("X-Spam-Status", "unchecked (" + " ".join(card.unchecked) + ")"))
     if decision.action != ACCEPT:
         out.append(("X-Spam", "yes"))
-    if card.scored:
+    if card.scored_for(address):
         out.append(("X-Spam-Score", f"{decision.total:.2f}"))
         if symbols_header:
-            text = card.symbols_text()
+            text = card.symbols_text(address)
             if text:
                 out.append(("X-Spam-Symbols", _fold(text)))
     return out
@@ -265,30 +288,31 @@ def _fold(text: str, width: int = 76) -> str:
     return "\r\n\t".join(lines)
 
 
-def verdict_for(card: ScoreCard, decision: Decision, *, symbols_header: bool) -> Verdict | None:
+def verdict_for(card: ScoreCard, decision: Decision, *, symbols_header: bool,
+                address: str = "") -> Verdict | None:
     if decision.action == REFUSE:
-        why = decision.text or card.top()
+        why = decision.text or card.top(address=address)
         return Verdict.refuse("5.7.1", clean_text(f"Message refused as spam ({why})" if why else
                                                   "Message refused as spam"))
     if decision.action == DEFER:
         why = f" ({decision.text})" if decision.text else ""
         return Verdict.defer("4.7.1", clean_text(f"Message deferred by the spam filter{why}, try again later"))
-    headers = headers_for(card, decision, symbols_header=symbols_header)
+    headers = headers_for(card, decision, symbols_header=symbols_header, address=address)
     if decision.action == QUARANTINE:
-        why = decision.text or card.top()
+        why = decision.text or card.top(address=address)
         text = f"Spam score {decision.total:.2f}" + (f" ({why})" if why else "")
-        return Verdict.quarantine("spam", clean_text(text), facts_of(card, decision), add_headers=headers)
+        return Verdict.quarantine("spam", clean_text(text), facts_of(card, decision, address), add_headers=headers)
     if decision.action == JUNK:
         return Verdict.tag(add_headers=headers, keywords=(JUNK_KEYWORD,), mailbox=JUNK_MAILBOX)
     return Verdict.tag(add_headers=headers) if headers else None
 
 
-def facts_of(card: ScoreCard, decision: Decision) -> list[Fact]:
+def facts_of(card: ScoreCard, decision: Decision, address: str = "") -> list[Fact]:
     """The score card as named facts: the total and the action, then each symbol (heaviest first)."""
     out = [Fact("spam-policy", "score", decision.action, round(decision.total, 2),
                 "engine's own decision" if decision.forced else "")]
     out += [Fact("spam-policy", "unchecked", s) for s in card.unchecked]
-    for s in sorted(card.symbols, key=lambda s: (-abs(s.weight), s.name)):
+    for s in sorted(card.symbols_for(address), key=lambda s: (-abs(s.weight), s.name)):
         out.append(Fact(s.source or "spam", s.name, "", round(s.weight, 2), s.detail))
     return out
 
@@ -324,7 +348,7 @@ class SpamPolicy:
         return card is not None and not card.empty
 
     def decision(self, card: ScoreCard, address: str) -> Decision:
-        return decide(card, thresholds_for(self.antispam, address))
+        return decide(card, thresholds_for(self.antispam, address), address)
 
     def check(self, message: MessageInfo, target: Target):
         card = scorecard(message)
@@ -335,10 +359,11 @@ class SpamPolicy:
                 decision = Decision(QUARANTINE, decision.total)
         account_id = getattr(target.route, "account_id", None)
         if self.rules is None or account_id is None:
-            return verdict_for(card, decision, symbols_header=self.antispam.symbols_header)
-        return self._with_rules(message, card, decision, account_id)
+            return verdict_for(card, decision, symbols_header=self.antispam.symbols_header, address=target.address)
+        return self._with_rules(message, card, decision, account_id, target.address)
 
-    async def _with_rules(self, message: MessageInfo, card: ScoreCard, decision: Decision, account_id: int):
+    async def _with_rules(self, message: MessageInfo, card: ScoreCard, decision: Decision, account_id: int,
+                          address: str):
         senders = [a for a in (message.envelope.sender if message.envelope else "",
                                _from_address(message.parsed)) if a]
         found = await self.rules(account_id, senders) if senders else {}
@@ -348,7 +373,7 @@ class SpamPolicy:
             decision = Decision(min(decision.action, TAG, key=SEVERITY.index), decision.total, decision.text)
         elif "block" in rules and SEVERITY.index(decision.action) < SEVERITY.index(JUNK):
             decision = Decision(JUNK, decision.total, "sender blocked by the recipient")
-        return verdict_for(card, decision, symbols_header=self.antispam.symbols_header)
+        return verdict_for(card, decision, symbols_header=self.antispam.symbols_header, address=address)
 
 
 def _from_address(parsed: dict | None) -> str:

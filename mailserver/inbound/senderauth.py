@@ -33,6 +33,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import email.utils
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -124,11 +125,37 @@ def _facts(result: SenderAuthResult) -> list[Fact]:
     return out
 
 
+#: A header section the stdlib parser reads as fields only: every line a field (name: ...) or a continuation,
+#: every line break CRLF (the parser also breaks lines at a lone CR or LF), no empty line, no leading
+#: continuation, no "From " envelope line.
+_PLAIN_HEADER = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r\n(?:[\x21-\x39\x3b-\x7e]+:|[ \t])[^\r\n]*)*(?:\r\n)?")
+_FROM_FIELD = re.compile(rb"(?im)^from:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*")
+#: From fields already read (their bytes -> domains), cleared when full: most mail comes from few senders.
+_FROM_CACHE_SIZE = 4096
+_from_cache: dict[bytes, list[str] | None] = {}
+
+
 def from_domains(head: bytes) -> list[str] | None:
     """The distinct domains of the From field(s) (RFC 5322 3.6.2), lower-cased; None when there is no usable
-    From (no field, or one without a domain)."""
+    From (no field, or one without a domain).
+
+    A plain header section (:data:`_PLAIN_HEADER`) gives the parser the same From fields whatever its other fields,
+    so only its From fields are parsed (and their result remembered); any other header is parsed whole."""
     end = head.find(b"\r\n\r\n")
     head = head if end < 0 else head[:end + 4]
+    if end < 0 and _PLAIN_HEADER.fullmatch(head):
+        fields = b"".join(f + b"\r\n" for f in _FROM_FIELD.findall(head))
+        found = _from_cache.get(fields, False)
+        if found is False:
+            found = _parse_from_domains(fields)
+            if len(_from_cache) >= _FROM_CACHE_SIZE:
+                _from_cache.clear()
+            _from_cache[fields] = found
+        return list(found) if found is not None else None
+    return _parse_from_domains(head)
+
+
+def _parse_from_domains(head: bytes) -> list[str] | None:
     msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
     values = [str(v) for v in (msg.get_all("From") or [])]
     if not values:
@@ -198,6 +225,9 @@ class SenderAuthCheck:
         #: iprev, HELO facts and SPF for HELO by (client address, HELO, null sender?): the same for every message
         #: of a client, remembered for CONNECTION_TTL seconds.
         self._connections = AnswerCache(CONNECTION_CACHE_SIZE, clock=clock)
+        #: SPF for the message's identity by (client address, MAIL FROM, HELO, scope), kept the same way (the
+        #: same sender from the same client gets the same answer; not when a lookup failed for now).
+        self._spf = AnswerCache(CONNECTION_CACHE_SIZE, clock=clock)
         self.reactor = reactor  # for the reactor-side time limit (None: no such limit, e.g. an inline runner)
         self.clock = clock
 
@@ -290,7 +320,13 @@ class SenderAuthCheck:
             got["domains"] = from_domains(head)
 
         def spf_used(lookups):
-            got["spf"] = r = spf_mod.check(lookups, ip, sender, helo, s.hostname, spf_scope)
+            key = (ip, sender, helo, spf_scope)
+            r = self._spf.get(key)
+            if r is None:
+                r = spf_mod.check(lookups, ip, sender, helo, s.hostname, spf_scope)
+                if r.result != spf_mod.TEMPERROR:
+                    self._spf.put(key, r, CONNECTION_TTL)
+            got["spf"] = r
             return r
 
         def dkim_all(lookups):

@@ -144,6 +144,8 @@ def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0,
     from mailserver.auth import PasswordHasher
     from mailserver.service import MailServer
 
+    extra = dict(extra)
+    train = extra.pop("_train_bayes", 0)
     table = {"hostname": "bench.example.test", "data_dir": data_dir, "listen": {"smtp": ["127.0.0.1:0"]},
              "domain": [{"name": "example.test"}], **extra}
     if dns_port:
@@ -156,7 +158,15 @@ def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0,
     server.startService()
     h = PasswordHasher("argon2", low_cost=True).hash("x")
     for i in range(10):
-        server.store.add_account(f"user{i}@example.test", h)
+        acct = server.store.add_account(f"user{i}@example.test", h)
+        if train:  # the classifier of every account votes: tokenizing and token reads on every message
+            from mailserver.inbound.classifier import token_ids
+            from tests.bayes.corpus import Corpus
+
+            corpus = Corpus()
+            for n in range(train):
+                for kind in ("spam", "ham"):
+                    server.store.bayes_learn(acct.id, f"{kind}{n}", kind, token_ids(corpus.message(kind, n)))
     port_queue.put(server.port("smtp"))
 
     def watch():
@@ -258,6 +268,9 @@ def main() -> int:
     ap.add_argument("--scan", action="store_true", help="also run with rspamd and clamd checking every message")
     ap.add_argument("--checks", choices=("off", "on", "both"), default="off",
                     help="sender authentication checks (DNS answered on loopback)")
+    ap.add_argument("--bayes", action="store_true",
+                    help="run with the built-in classifier off, on (accounts untrained) and on with every account "
+                         "trained (30 + 30 messages), and print what it costs")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each kind (alternating), medians reported")
     ap.add_argument("--lists", choices=("on", "off"), default="on",
                     help="the DNS lists (DNSBL, DNSWL, RHSBL) with the checks on")
@@ -279,6 +292,8 @@ def main() -> int:
     body, dkim_p = signed_body(args.size)
     if args.scan:
         return scan_runs(args, body)
+    if args.bayes:
+        return bayes_runs(args, body)
     results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     for _ in range(args.repeat):
         for checks in (("off", "on") if args.checks == "both" else (args.checks,)):
@@ -296,6 +311,23 @@ def main() -> int:
               f"(checks cost {100 * (1 - on_rate / off_rate):.0f}% of throughput); server CPU "
               f"{1000 * off_cpu:.2f} -> {1000 * on_cpu:.2f} ms/msg (checks cost {100 * (1 - off_cpu / on_cpu):.0f}% "
               f"of CPU-bound throughput)")
+    return 0
+
+
+def bayes_runs(args, body: bytes) -> int:
+    """The built-in classifier off, on with untrained accounts, on with trained ones (alternating, medians)."""
+    kinds = {"off": {"antispam": {"bayes": False}}, "untrained": {}, "trained": {"_train_bayes": 30}}
+    results: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.repeat):
+        for name, extra in kinds.items():
+            got = run(args, body, "", extra)
+            if got is None:
+                return 1
+            results[name].append(got[0])
+    med = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
+    print(f"bayes medians of {args.repeat}: off {med['off']:.0f}, untrained {med['untrained']:.0f} "
+          f"({100 * (1 - med['untrained'] / med['off']):.0f}% cost), trained {med['trained']:.0f} msg/s "
+          f"({100 * (1 - med['trained'] / med['off']):.0f}% cost)")
     return 0
 
 
@@ -388,6 +420,7 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
                     p.join()
     total = sum(done)
     cache = f" dns_cache={args.dns_cache} lists={args.lists}" if dkim_p else ""
+    scanned = "+".join(k for k in ("antivirus", "antispam", "_train_bayes") if k in extra)
     scanned = f" content={scanned}" if scanned else ""
     print(f"checks={'on' if dkim_p else 'off'}{cache}{scanned} sessions={args.sessions} messages={total} size={len(body)}B "
           f"elapsed={elapsed:.2f}s rate={total / elapsed:.0f} msg/s (durably delivered) "

@@ -164,3 +164,29 @@ def test_many_idle_sessions_see_one_delivery(srv):
     for raw in sessions:
         assert raw.line() == b"* 1 EXISTS\r\n"
         raw.close()
+
+
+def test_idle_sessions_all_see_exists_and_exactly_one_sees_recent(srv):
+    """RFC 3501 2.3.2: five IMAP4rev1 sessions IDLE on one read-write mailbox; one delivery is told to each as
+    "* 1 EXISTS", and exactly one of them has it as \\Recent (the others' RECENT stays 0, and so does a FETCH's)."""
+    user = new_user(srv)
+    sessions = []
+    for _ in range(5):
+        raw = Raw(srv.port("imap"))
+        raw.login(user)
+        raw.cmd("S", "SELECT INBOX")
+        _idle(raw)
+        sessions.append(raw)
+    srv.deliver(user, message("broadcast"))
+    recent = []
+    for raw in sessions:
+        assert raw.line() == b"* 1 EXISTS\r\n"
+        line = raw.line()
+        assert line in (b"* 0 RECENT\r\n", b"* 1 RECENT\r\n")
+        recent.append(line == b"* 1 RECENT\r\n")
+    assert recent.count(True) == 1
+    for raw, has in zip(sessions, recent, strict=True):
+        assert _done(raw)[-1].startswith(b"I OK")
+        flags = b"".join(raw.cmd("F", "FETCH 1 FLAGS"))
+        assert (b"\\Recent" in flags) == has
+        raw.close()

@@ -152,3 +152,42 @@ def test_rules_from_the_form_become_the_active_script_and_the_next_delivery_foll
     r, page = c.post("/filters", {"_csrf": csrf, "op": "rules", "r0_name": "Empty"})
     assert r.status == 400 and b"has no action" in page
     assert srv.store.active_sieve_script(acct.id).content == active.content
+
+
+def test_only_my_contacts_learns_the_addresses_the_user_writes_to(srv):
+    """The vacation's contact list is written into the script; sending to someone new from the webmail rewrites it,
+    so the next message from them gets the reply, and a stranger's does not."""
+    acct = _account(srv)
+    for who in ("carol@example.test", "dave@example.test"):
+        srv.add_user(who, PW)
+    c = Client(srv)
+    c.login()
+    csrf = c.csrf("/filters")
+    r, _ = c.post("/filters", {"_csrf": csrf, "op": "rules", "v_enabled": "1", "v_subject": "Away",
+                               "v_text": "back soon", "v_contacts": "1", "fwd_keep": "1"})
+    assert r.status == 303
+    before = F.parse(srv.store.active_sieve_script(acct.id).content).vacation
+    assert before.contacts_only and "carol@example.test" not in before.contacts
+    r, _ = c.post("/compose", {"_csrf": c.csrf("/compose"), "action": "send", "from": ALICE,
+                               "to": "Carol <Carol@example.test>", "subject": "hello", "body": "hi"})
+    assert r.status == 303
+    after = F.parse(srv.store.active_sieve_script(acct.id).content).vacation
+    assert after.contacts_only and after.contacts == ("carol@example.test",)
+    assert (after.enabled, after.subject, after.text) == (before.enabled, before.subject, before.text)
+
+    def inbox_count(address):
+        return len(srv.store.list_messages(srv.store.get_mailbox(srv.store.get_account(address).id, "INBOX").id))
+
+    for who in ("dave@example.test", "carol@example.test"):  # the stranger first: carol's reply comes after
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as s:
+            s.sendmail(who, [ALICE], f"From: {who}\r\nTo: {ALICE}\r\nSubject: ping\r\n"
+                                     f"Message-ID: <{who}>\r\n\r\nhi\r\n".encode())
+    srv.wait_for(lambda: inbox_count(ALICE) == 2)
+    srv.wait_for(lambda: inbox_count("carol@example.test") == 2)  # "hello" and the vacation reply
+    assert inbox_count("dave@example.test") == 0  # not a contact: no reply
+    # a hand-written script is never rewritten
+    srv.store.put_sieve_script(acct.id, "webmail", 'require "vacation";\nvacation "mine";\n')
+    r, _ = c.post("/compose", {"_csrf": c.csrf("/compose"), "action": "send", "from": ALICE,
+                               "to": "erin@remote.test", "subject": "x", "body": "y"})
+    assert r.status == 303
+    assert srv.store.active_sieve_script(acct.id).content == 'require "vacation";\nvacation "mine";\n'

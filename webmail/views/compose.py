@@ -25,6 +25,7 @@ from webmail.views.common import (
     rights,
     special,
 )
+from webmail.views.filters import refresh_vacation_contacts
 
 log = Logger()
 
@@ -294,6 +295,7 @@ async def compose_submit(ctx) -> web.Response:
             pass
     await _drop_draft(ctx, state.draft_ref)
     await ctx.astore.record_contacts(ctx.account_id, list(draft.to + draft.cc + draft.bcc))
+    await refresh_vacation_contacts(ctx)  # "only reply to my contacts" knows the new ones
     inbox_box = next((m for m in mbs if m.name == "INBOX"), None)
     return web.redirect(f"/m/{inbox_box.id if inbox_box else ''}?notice=sent")
 

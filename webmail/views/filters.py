@@ -10,6 +10,10 @@ message follows it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from twisted.logger import Logger
+
 from mailserver.delivery.sieve_stage import compile_error_text, compile_for_account
 from mailserver.sieve import SieveCompileError
 from mailserver.threads import run_in
@@ -17,6 +21,8 @@ from storage.errors import StoreError
 from webmail import filters as F
 from webmail import web
 from webmail.views.common import folder_tree, mailboxes
+
+log = Logger()
 
 SCRIPT_NAME = "webmail"
 #: Rule blocks, conditions and actions read from one form (a form has at most a few hundred fields).
@@ -97,7 +103,7 @@ def rules_from_form(form: web.Form) -> tuple[F.Rule, ...]:
 
 async def _contacts(ctx) -> tuple[str, ...]:
     people = await ctx.astore.suggest_contacts(ctx.account_id, "", MAX_CONTACTS)
-    return tuple(sorted({address.lower() for address, _ in people}))
+    return tuple(sorted({address.lower() for _name, address in people if address}))  # (name, address) pairs
 
 
 async def filters_from_form(ctx) -> F.Filters:
@@ -130,6 +136,25 @@ async def _save(ctx, text: str) -> None:
     flt = services.pipeline.filter
     if flt is not None:
         flt.invalidate(ctx.account_id)
+
+
+async def refresh_vacation_contacts(ctx) -> bool:
+    """"Only reply to my contacts" compares the sender with the contacts written into the script; after the webmail
+    recorded new contacts (a message sent), a script the editor wrote is written again with them (a hand-written
+    script is never touched).  True when it was rewritten."""
+    active = await _active(ctx)
+    parsed = F.parse(active.content) if active is not None else None
+    if parsed is None or not parsed.vacation.contacts_only:
+        return False
+    contacts = await _contacts(ctx)
+    if contacts == parsed.vacation.contacts:
+        return False
+    try:
+        await _save(ctx, F.render(replace(parsed, vacation=replace(parsed.vacation, contacts=contacts))))
+    except (SieveCompileError, StoreError) as e:  # e.g. the script quota: the message went out all the same
+        log.warn("vacation contacts of account {a} not refreshed: {e}", a=ctx.account_id, e=str(e))
+        return False
+    return True
 
 
 async def filters_submit(ctx) -> web.Response:
