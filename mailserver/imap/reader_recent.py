@@ -10,7 +10,12 @@ session the UIDs it took; ``refresh`` + ``unclaimed_count`` answer EXAMINE and S
 from __future__ import annotations
 
 import bisect
-from typing import Sequence
+from typing import Callable, Sequence
+
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class ReaderRecent:
@@ -45,6 +50,20 @@ class ReaderRecent:
         if up_to_uid > prev:
             self._taken.setdefault(key, []).append((prev, up_to_uid))
         self._last[key] = max(self._last.get(key, 0), prev, up_to_uid)
+
+    def after_reserve(self, mailbox_id: int, uid_validity: int, up_to_uid: int, then: Callable[[], None]) -> None:
+        """Call ``then()`` once UIDs up to ``up_to_uid`` are reserved for this reader (at once when they are): the
+        IDLE path of :class:`mailserver.clusterstate.RecentClaims`, one session's own here."""
+        if up_to_uid <= self._last.get((mailbox_id, uid_validity), 0):
+            then()
+            return
+
+        def failed(f):
+            log.failure("reserving \\Recent messages for a reader failed", f)  # then not \Recent here
+
+        d = ensureDeferred(self.reserve(mailbox_id, uid_validity, up_to_uid))
+        d.addErrback(failed)
+        d.addCallback(lambda _: then())
 
     async def refresh(self, mailbox_id: int, uid_validity: int) -> None:
         key = (mailbox_id, uid_validity)

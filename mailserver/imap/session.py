@@ -566,7 +566,7 @@ class ImapSession:
         if not (sel.readonly or self.rev2):
             up_to = max((e.uid for e in sel.pending if e.kind == ch.EXISTS), default=0)
         if up_to:
-            self.recent.after_reserve(sel.mailbox_id, sel.uid_validity, up_to, self._flush_if_idle)
+            self.recent_for(sel).after_reserve(sel.mailbox_id, sel.uid_validity, up_to, self._flush_if_idle)
         else:
             self._flush_if_idle()
 
