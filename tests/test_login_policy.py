@@ -8,7 +8,7 @@ addresses that guess, never the account's owner elsewhere.
 * an address the account logged in from within the window still gets in after a typo;
 * the per-address limit holds whatever the account: past it, the guessing address is throttled for every account.
 
-Clients come from different loopback addresses (127.0.0.0/8); see docs/architecture.md, "Authentication".
+Clients come from different loopback addresses (127.0.0.0/8); see docs/internals.md, "Authentication".
 """
 
 from __future__ import annotations
