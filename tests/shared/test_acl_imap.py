@@ -8,15 +8,23 @@ import itertools
 
 import pytest
 
-from tests.imap.imap_client import Raw, imap_server, message, new_user
+from tests.imap.imap_client import Raw, message, new_user
+from tests.shared.nodes import NODES, nodes
 
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with imap_server(tmp_path_factory.mktemp("imap-acl")) as s:
+@pytest.fixture(scope="module", params=NODES)
+def cluster(request, tmp_path_factory):
+    """One server, or two nodes on one PostgreSQL database with the sessions handed out to them in turn."""
+    with nodes(request.param, tmp_path_factory.mktemp("imap-acl"), ("imap", "imaps")) as s:
         yield s
+
+
+@pytest.fixture
+def srv(cluster):
+    cluster.reset()
+    return cluster
 
 
 def _shared(srv) -> tuple[str, str]:

@@ -11,15 +11,24 @@ import smtplib
 
 import pytest
 
-from tests.imap.imap_client import PASSWORD, Raw, imap_server, message, new_user
+from tests.imap.imap_client import PASSWORD, Raw, message, new_user
+from tests.shared.nodes import NODES, nodes
 
 _n = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with imap_server(tmp_path_factory.mktemp("shared-flow"), listeners=("imap", "smtp", "pop3")) as s:
+@pytest.fixture(scope="module", params=NODES)
+def cluster(request, tmp_path_factory):
+    """One server, or two nodes on one PostgreSQL database: members' sessions and SMTP deliveries alternate
+    between the nodes (see tests/shared/nodes.py)."""
+    with nodes(request.param, tmp_path_factory.mktemp("shared-flow"), ("imap", "smtp", "pop3")) as s:
         yield s
+
+
+@pytest.fixture
+def srv(cluster):
+    cluster.reset()
+    return cluster
 
 
 def department(srv, members: int = 2):
