@@ -12,7 +12,9 @@ Model (decisions a caller must know):
   ``Other Users/``.
 * **ACL rows** give an identifier rights on one mailbox: an account's address, ``anyone`` (every signed-in
   account) or ``$group`` (members of ``account_groups``).  The owner of a personal mailbox has every right without a
-  row (``mailserver.access``: the owner rule); a shared mailbox has no owner, only rows.
+  row (``mailserver.access``: the owner rule); a shared mailbox has no owner, only rows.  A **negative row**
+  (RFC 4314 2) is stored with its identifier as written, ``-bob@x``: a reader's rights are the union of the positive
+  rows that name them minus the union of the negative ones (the owner rule still gives the owner everything).
 * **Per-reader \\Seen**: the messages' own ``flags`` never hold \\Seen in a ``seen_per_reader`` mailbox (every
   write strips it, so ``unseen_count`` equals ``message_count`` there); each reader's \\Seen is a ``reader_seen``
   row, laid over the shared flags when that reader reads.
@@ -107,14 +109,17 @@ def check_identifier(conn: Connection, identifier: str, *, existing: bool = True
     account.  IMAP's SETACL passes ``existing=False``: an entry for any well-formed address is kept, so SETACL does
     not tell a user which addresses have accounts (the entry applies once such an account exists)."""
     ident = identifier.strip()
+    if ident.startswith("-"):
+        # RFC 4314 2: "-identifier" holds rights taken away from what identifier's other entries give.
+        if ident[1:2] in ("-", ""):
+            raise Invalid("an identifier is an address, anyone or $group, optionally after one -")
+        return "-" + check_identifier(conn, ident[1:], existing=existing)
     if ident.lower() == ANYONE:
         return ANYONE
     if ident.startswith("$"):
         if conn.execute(select(G.c.id).where(G.c.name == ident[1:])).first() is None:
             raise Invalid(f"no group {ident[1:]}")
         return ident
-    if ident.startswith("-"):
-        raise Invalid("negative rights are not supported")
     address = ident.lower()
     if not existing:
         if not _ADDRESS_RE.fullmatch(address) or len(address) > 320:
@@ -214,13 +219,27 @@ def _as_seen_by_reader(info: MailboxInfo, shown: str) -> MailboxInfo:
     return replace(info, name=shown, stored_name=info.name, subscribed=False)
 
 
+def _effective(rows) -> str:
+    """RFC 4314 2: the union of the positive rows' rights minus the union of the negative (``-ident``) rows'."""
+    plus, minus = [], []
+    for ident, rights in rows:
+        (minus if ident.startswith("-") else plus).append(rights)
+    taken = set(_union(minus))
+    return "".join(ch for ch in _union(plus) if ch not in taken)
+
+
+def _with_negatives(idents: list[str]) -> list[str]:
+    return idents + ["-" + i for i in idents]
+
+
 def acl_rights(conn: Connection, mailbox_id: int, account_id: int) -> str:
-    """The rights the ACL rows of ``mailbox_id`` give ``account_id`` (the owner rule is not applied here)."""
+    """The rights the ACL rows of ``mailbox_id`` give ``account_id``, negative rows applied (the owner rule is not
+    applied here: the owner of a personal mailbox keeps every right)."""
     idents = identifiers_of(conn, account_id)
     if not idents:
         return ""
-    return _union(r.rights for r in conn.execute(select(ACL.c.rights).where(
-        ACL.c.mailbox_id == mailbox_id, ACL.c.identifier.in_(idents))))
+    return _effective((r.identifier, r.rights) for r in conn.execute(select(ACL.c.identifier, ACL.c.rights).where(
+        ACL.c.mailbox_id == mailbox_id, ACL.c.identifier.in_(_with_negatives(idents)))))
 
 
 def shared_with(conn: Connection, account_id: int) -> list[tuple[MailboxInfo, str]]:
@@ -228,15 +247,18 @@ def shared_with(conn: Connection, account_id: int) -> list[tuple[MailboxInfo, st
     idents = identifiers_of(conn, account_id)
     if not idents:
         return []
-    rights: dict[int, list[str]] = {}
-    for r in conn.execute(select(ACL.c.mailbox_id, ACL.c.rights).join(MB, MB.c.id == ACL.c.mailbox_id).where(
-            ACL.c.identifier.in_(idents), MB.c.account_id != account_id)):
-        rights.setdefault(r.mailbox_id, []).append(r.rights)
+    rows: dict[int, list[tuple[str, str]]] = {}
+    for r in conn.execute(select(ACL.c.mailbox_id, ACL.c.identifier, ACL.c.rights).join(
+            MB, MB.c.id == ACL.c.mailbox_id).where(ACL.c.identifier.in_(_with_negatives(idents)),
+                                                  MB.c.account_id != account_id)):
+        rows.setdefault(r.mailbox_id, []).append((r.identifier, r.rights))
+    rights = {mid: _effective(entries) for mid, entries in rows.items()}
+    rights = {mid: letters for mid, letters in rights.items() if letters}
     out = []
     for chunk in chunks(sorted(rights)):
         for r in conn.execute(select(MB, A.c.address.label("owner_address"), A.c.shared_name).join(
                 A, A.c.id == MB.c.account_id).where(MB.c.id.in_(chunk))):
-            letters = _union(rights[r.id])
+            letters = rights[r.id]
             info = _for_reader(conn, mailbox_info(r), account_id, letters)
             shown = display_name(r.owner_address, r.shared_name, info.name)
             out.append((_as_seen_by_reader(info, shown), letters))
@@ -300,7 +322,10 @@ def inherit_acl(conn: Connection, account_id: int, created: list[tuple[int, str]
 
 def delete_acl(conn: Connection, mailbox_id: int, identifier: str) -> bool:
     ident = identifier.strip()
+    neg = "-" if ident.startswith("-") else ""
+    ident = ident[1:] if neg else ident
     ident = ANYONE if ident.lower() == ANYONE else (ident if ident.startswith("$") else ident.lower())
+    ident = neg + ident
     return conn.execute(delete(ACL).where(ACL.c.mailbox_id == mailbox_id,
                                           ACL.c.identifier == ident)).rowcount > 0
 

@@ -8,6 +8,8 @@ These work on the database directly, so they also work while the server runs.
 
 from __future__ import annotations
 
+import argparse
+
 from mailserver.cli.main import CliError
 from storage.errors import StoreError
 
@@ -70,8 +72,16 @@ def shared_remove(args) -> int:
     return 0
 
 
+def _entry(args, count: int) -> list[str]:
+    """IDENTIFIER [RIGHTS], taken as written: "-bob@x" (a negative entry) and "-w" are not options."""
+    if len(args.entry) != count:
+        raise CliError("expected " + ("IDENTIFIER RIGHTS" if count == 2 else "IDENTIFIER"))
+    return args.entry
+
+
 @_run
 def acl_set(args) -> int:
+    args.identifier, args.rights = _entry(args, 2)
     store = _store(args)
     box = _mailbox(store, args.mailbox)
     now = store.set_acl(box.id, args.identifier, args.rights)
@@ -90,6 +100,7 @@ def acl_get(args) -> int:
 
 @_run
 def acl_remove(args) -> int:
+    (args.identifier,) = _entry(args, 1)
     store = _store(args)
     box = _mailbox(store, args.mailbox)
     if not store.delete_acl(box.id, args.identifier):
@@ -158,17 +169,17 @@ def register(sub) -> None:
 
     a = sub.add_parser("acl", help="RFC 4314 access control lists").add_subparsers(dest="action", metavar="ACTION")
     a.required = True
-    p = a.add_parser("set", help="give IDENTIFIER (address, anyone, $group) RIGHTS on MAILBOX (+/- to add/remove)")
+    p = a.add_parser("set", help="give IDENTIFIER (address, anyone, $group; -IDENTIFIER takes rights away) RIGHTS on"
+                     " MAILBOX (+/- to add/remove)")
     p.add_argument("mailbox")
-    p.add_argument("identifier")
-    p.add_argument("rights")
+    p.add_argument("entry", nargs=argparse.REMAINDER, metavar="IDENTIFIER RIGHTS")
     p.set_defaults(func=acl_set)
     p = a.add_parser("get", help="show MAILBOX's ACL")
     p.add_argument("mailbox")
     p.set_defaults(func=acl_get)
     p = a.add_parser("remove", help="remove IDENTIFIER's entry from MAILBOX's ACL")
     p.add_argument("mailbox")
-    p.add_argument("identifier")
+    p.add_argument("entry", nargs=argparse.REMAINDER, metavar="IDENTIFIER")
     p.set_defaults(func=acl_remove)
 
     g = sub.add_parser("group", help="groups of accounts ($name in ACLs)").add_subparsers(dest="action",

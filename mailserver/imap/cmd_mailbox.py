@@ -37,6 +37,7 @@ CREATE_SPECIAL_USE = frozenset({"\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\
 def leave_selected(s: ImapSession, *, closed_code: bool) -> None:
     s.unwatch()
     s.selected_rights = Rights.NONE
+    s.selected_foreign = False
     if s.selected is not None:
         s.selected = None
         if closed_code:
@@ -149,6 +150,7 @@ async def select(s: ImapSession, cmd: c.Select):
     s.send(b"".join(out))
     s.selected = sel
     s.selected_rights = s.access.rights(s.principal, mailbox)
+    s.selected_foreign = mailbox.account_id != s.account_id
     s.state = SELECTED
     sel.pending = collected
     q = cmd.qresync

@@ -20,7 +20,8 @@ Contract:
   is paused (``set_reading(False)``) so pipelined input stays in the kernel.
 - One command table, :data:`COMMANDS` (command class -> :class:`Spec`: handler, allowed states, and the RFC 4314
   rights the command needs); the state check and the check of the rights on the selected mailbox are in
-  :meth:`ImapSession._execute` only. A mailbox the command names is opened with :meth:`ImapSession.open_mailbox`,
+  :meth:`ImapSession._execute` only (in another account's selected mailbox the rights are read again there for each
+  command that uses them, so an ACL change holds from the next command). A mailbox the command names is opened with :meth:`ImapSession.open_mailbox`,
   which goes through :class:`mailserver.access.MailboxAccess` with the rights the table names: a missing mailbox and
   one the principal may not use get the same answer. Handlers raise :class:`No` / :class:`Bad` (with an optional
   response code); store errors and anything unexpected are mapped to tagged replies in :func:`_reply_for` only.
@@ -196,7 +197,9 @@ class ImapSession:
         self.access = MailboxAccess(services.astore)
         self.spec: Spec | None = None  # the table row of the command running
         self.selected: SelectedMailbox | None = None
-        self.selected_rights = Rights.NONE  # the principal's rights on the selected mailbox, as of SELECT
+        self.selected_rights = Rights.NONE  # the principal's rights on the selected mailbox (see _execute)
+        #: The selected mailbox is another account's (an ACL gives the rights): they are read again per command.
+        self.selected_foreign = False
         self.contexts = SearchContexts()  # RFC 5267 UPDATE contexts of the selected mailbox
         self.enabled: set[str] = set()
         self.condstore = False
@@ -470,6 +473,11 @@ class ImapSession:
             if not self.state & entry.states:
                 raise Bad(f"{name} not allowed in this state")
             need = entry.selected(command) if callable(entry.selected) else entry.selected
+            if self.state & SELECTED and self.selected_foreign and (need or entry.states == SELECTED):
+                # Another account's mailbox: its ACL may have changed since SELECT, here or on another node (or
+                # by the CLI), so the rights are read again (one query) for each command that uses them.
+                letters = await self.services.astore.mailbox_rights(self.selected.mailbox_id, self.account_id)
+                self.selected_rights = Rights.parse(letters)
             if need and self.state & SELECTED and need not in self.selected_rights:
                 # RFC 4314 4 / RFC 5530: the mailbox is known to the client (it selected it), so this may say why.
                 raise No(f"{name} not permitted in this mailbox", "NOPERM")

@@ -42,6 +42,15 @@ def test_shared_acl_group_lifecycle(conf):
     assert r.returncode == 1 and "unknown right" in r.stderr
     r = run(conf, "acl", "get", "Shared/nothing")
     assert r.returncode == 1 and "no mailbox" in r.stderr
+    # RFC 4314 2: a negative entry, written as IMAP writes it (not an option), and "-w" to take a right off it.
+    r = run(conf, "acl", "set", "alice@example.test/INBOX", "-bob@example.test", "wt")
+    assert r.returncode == 0, r.stderr
+    assert run(conf, "acl", "set", "alice@example.test/INBOX", "-bob@example.test", "-t").returncode == 0
+    r = run(conf, "acl", "get", "alice@example.test/INBOX")
+    assert r.stdout == "-bob@example.test\tw\nbob@example.test\tlrkxte\n", r.stdout
+    r = run(conf, "acl", "set", "alice@example.test/INBOX", "-bob@example.test")
+    assert r.returncode != 0 and "IDENTIFIER RIGHTS" in r.stderr
+    assert run(conf, "acl", "remove", "alice@example.test/INBOX", "-bob@example.test").returncode == 0
     assert run(conf, "acl", "remove", "alice@example.test/INBOX", "bob@example.test").returncode == 0
     assert run(conf, "acl", "get", "alice@example.test/INBOX").stdout == ""
     assert run(conf, "group", "remove", "sales-team").returncode == 0

@@ -41,8 +41,9 @@ def test_setacl_modes_identifiers_and_limit(store):
         store.set_acl(inbox.id, "nobody@example.test", "lr")
     with pytest.raises(Invalid):
         store.set_acl(inbox.id, "$nogroup", "lr")
-    with pytest.raises(Invalid):
-        store.set_acl(inbox.id, "-bob@example.test", "lr")  # negative rights: not supported
+    for bad in ("--bob@example.test", "-", "-nobody@example.test", "-$nogroup"):
+        with pytest.raises(Invalid):
+            store.set_acl(inbox.id, bad, "lr")
     for i in range(MAX_ACL_ENTRIES):
         store.add_group(f"g{i}")
         store.set_acl(inbox.id, f"$g{i}", "l")
@@ -51,6 +52,34 @@ def test_setacl_modes_identifiers_and_limit(store):
         store.set_acl(inbox.id, "$one-more", "l")
     assert len(store.get_acl(inbox.id)) == MAX_ACL_ENTRIES
     assert store.set_acl(inbox.id, "$g0", "lr") == "lr"  # replacing an entry is not one more
+
+
+def test_negative_rights_are_taken_from_the_union(store):
+    """RFC 4314 2: "-identifier" rows remove rights; the effective rights are the union of the positive rows
+    minus the union of the negative ones, whichever identifiers they name."""
+    alice, bob = _people(store)
+    carol = store.add_account("carol@example.test", "x")
+    box = store.create_mailbox(alice.id, "Projects").value
+    store.add_group("team")
+    store.set_group_member("team", "bob@example.test")
+    store.set_acl(box.id, "anyone", "lr")
+    store.set_acl(box.id, "$team", "lrsw")
+    assert store.set_acl(box.id, "-Bob@Example.test", "w") == "w"
+    assert store.set_acl(box.id, "-anyone", "+t") == "t"
+    assert ("-bob@example.test", "w") in store.get_acl(box.id) and ("$team", "lrsw") in store.get_acl(box.id)
+    _found, letters = store.resolve_mailbox(bob.id, "Other Users/alice@example.test/Projects")
+    assert letters == "lrs"
+    assert [(m.id, r) for m, r in store.shared_with(bob.id)] == [(box.id, "lrs")]
+    assert store.resolve_mailbox(carol.id, "Other Users/alice@example.test/Projects")[1] == "lr"
+    store.set_acl(box.id, "-$team", "l")  # taken from every identifier, so bob no longer sees the mailbox
+    assert store.resolve_mailbox(bob.id, "Other Users/alice@example.test/Projects")[1] == "rs"
+    store.set_acl(box.id, "-$team", "lrsw")
+    assert store.shared_with(bob.id) == []
+    assert store.delete_acl(box.id, "-$team") and store.delete_acl(box.id, "-BOB@example.test")
+    assert store.resolve_mailbox(bob.id, "Other Users/alice@example.test/Projects")[1] == "lrsw"
+    inbox = store.get_mailbox(alice.id, "INBOX")
+    store.set_acl(inbox.id, "-alice@example.test", "lr")  # the owner rule still gives the owner every right
+    assert authorize(Principal(alice.id), inbox, Rights.READ) is inbox
 
 
 def test_rights_come_from_address_anyone_and_groups(store):
