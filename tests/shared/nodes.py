@@ -56,7 +56,7 @@ def nodes(kind: str, tmp_path, listeners):
             handles = [stack.enter_context(running_server(tmp_path / n, listeners=listeners, database_url=url))
                        for n in ("a", "b")]
             for h in handles:
-                assert h.server.pg_bridge.ready.wait(10)
+                assert h.server.pg_bridge.ready.wait(60)  # returns when LISTEN is up; slow only on a loaded machine
             cluster = Nodes(handles)
             yield cluster
             assert all(cluster.served), cluster.served  # both nodes had clients: the variant went across nodes
