@@ -152,6 +152,10 @@ class DnsLists:
 
     def client(self, ip: str) -> defer.Deferred:
         """A Deferred of the :class:`ListResult` of the client address ``ip`` (never fails)."""
+        if self.address_zones:
+            hit = self._cache.get(("ip", ip))  # a connection's messages: no query names made again
+            if hit is not None:
+                return defer.succeed(hit)
         try:
             names = [query_name(ip, e.zone) for _k, e in self.address_zones]
         except ValueError:
@@ -163,6 +167,9 @@ class DnsLists:
         domain = domain.rstrip(".").lower()
         if not self.domain_zones or not domain:
             return defer.succeed(ListResult())
+        hit = self._cache.get(("domain", domain))
+        if hit is not None:
+            return defer.succeed(hit)
         names = [f"{domain}.{e.zone.rstrip('.')}" for _k, e in self.domain_zones]
         return self._lists(("domain", domain), self.domain_zones, names)
 

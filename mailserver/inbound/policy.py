@@ -234,6 +234,8 @@ def spam_exempt(message: MessageInfo, networks) -> bool:
     client = message.client
     if client is None or client.submission or client.account_id is not None:
         return True
+    if not networks:
+        return False  # (any address, or none, is in no network: nothing to parse)
     try:
         ip = ipaddress.ip_address(client.ip)
     except ValueError:
