@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from storage.models import BayesJob, BayesSender, BayesToken, BayesTotal, BayesTrained, Mailbox, Message
@@ -250,21 +250,28 @@ def counts(conn: Connection, account_ids: Sequence[int], token_ids: Sequence[int
     totals = dict(known_totals or {})
     unknown = [a for a in account_ids if a not in totals]
     if unknown:
-        totals.update({r.account_id: (r.spam, r.ham) for r in conn.execute(
-            select(TOT.c.account_id, TOT.c.spam, TOT.c.ham).where(TOT.c.account_id.in_(unknown)))})
+        totals.update({r.account_id: (r.spam, r.ham) for r in conn.execute(_TOTALS_OF, {"accounts": unknown})})
     senders = [s.lower() for s in senders if s]
     for a in account_ids:
         spam, ham = totals.get(a, (0, 0))
         tokens: dict[int, tuple[int, int]] = {}
         if (spam or ham) and spam >= min_spam and ham >= min_ham and token_ids:
             for chunk in chunks(sorted(set(token_ids))):
-                for r in conn.execute(select(T.c.token, T.c.spam, T.c.ham).where(T.c.account_id == a,
-                                                                                 T.c.token.in_(chunk))):
+                for r in conn.execute(_TOKENS_OF, {"account": a, "tokens": chunk}):
                     tokens[r.token] = (r.spam, r.ham)
-        known = frozenset(r[0] for r in conn.execute(select(S.c.address).where(
-            S.c.account_id == a, S.c.address.in_(senders)))) if senders else frozenset()
+        known = frozenset(r[0] for r in conn.execute(_KNOWN_OF, {"account": a, "senders": senders})) \
+            if senders else frozenset()
         out[a] = AccountCounts(spam, ham, tokens, known)
     return out
+
+
+# The statements of counts(), built once (it runs for every message the classifier looks at).
+_TOTALS_OF = select(TOT.c.account_id, TOT.c.spam, TOT.c.ham).where(
+    TOT.c.account_id.in_(bindparam("accounts", expanding=True)))
+_TOKENS_OF = select(T.c.token, T.c.spam, T.c.ham).where(T.c.account_id == bindparam("account"),
+                                                       T.c.token.in_(bindparam("tokens", expanding=True)))
+_KNOWN_OF = select(S.c.address).where(S.c.account_id == bindparam("account"),
+                                      S.c.address.in_(bindparam("senders", expanding=True)))
 
 
 def note_senders(conn: Connection, account_id: int, addresses: Sequence[str], now: float) -> None:
