@@ -96,6 +96,25 @@ def parse_record(text: bytes | str) -> Record | None:
                   pct=pct, testing=tags.get("t", "n").lower() == "y", psd=psd if psd in ("y", "n") else "u")
 
 
+#: Records already parsed (their text -> Record or None), cleared when full: the same few records come with
+#: message after message.
+_RECORD_CACHE_SIZE = 4096
+_records: dict[bytes, Record | None] = {}
+
+
+def _parsed_record(text: bytes) -> Record | None:
+    """:func:`parse_record` of a TXT record, remembered (a Record is immutable)."""
+    if len(text) > MAX_RECORD:
+        return None  # not a record (and not kept: the cache holds at most 4096 short texts)
+    found = _records.get(text, False)
+    if found is False:
+        found = parse_record(text)
+        if len(_records) >= _RECORD_CACHE_SIZE:
+            _records.clear()
+        _records[text] = found
+    return found
+
+
 def walk_names(domain: str) -> list[str]:
     """The names of the DMARCbis tree walk for ``domain``, the domain first."""
     labels = domain.rstrip(".").lower().split(".")
@@ -116,7 +135,7 @@ class Walker:
         """The one valid record at ``_dmarc.name`` (None: none, or several); raises a temporary DnsError."""
         if name not in self._seen:
             try:
-                found = [r for r in (parse_record(t) for t in self.lookups.txt("_dmarc." + name)) if r is not None]
+                found = [r for r in (_parsed_record(t) for t in self.lookups.txt("_dmarc." + name)) if r is not None]
                 self._seen[name] = found[0] if len(found) == 1 else None
             except DnsPermanentError:
                 self._seen[name] = None
