@@ -123,3 +123,30 @@ def test_trusted_networks_and_submission_are_not_checked(tmp_path, keys):
         mb = srv.store.get_mailbox(acct.id, "INBOX")
         (m,) = srv.store.get_messages(mb.id, [x.uid for x in srv.store.list_messages(mb.id)])
         assert auth_results(srv.store.read_blob(m.blob_id)) == []
+
+
+def _run_with(shortcut: bool, data: bytes, splits: list[int]) -> tuple[bytes, int]:
+    s = AuthResultsStripper(OURS, shortcut=shortcut)
+    out, last = b"", 0
+    for cut in (*splits, len(data)):
+        out += s.feed(data[last:cut])
+        last = cut
+    return out + s.finish(), s.removed
+
+
+def test_whole_header_shortcut_same_as_line_by_line():
+    """A piece holding a whole header without such a field passes at once: the same bytes and count as the
+    line-by-line pass, over (seeded) random messages cut at random places."""
+    import random
+
+    rnd = random.Random(6)
+    pieces = [b"Subject: hi", b"Authentication-Results: mail.example.test; spf=pass", b"AUTHENTICATION-RESULTS :",
+              b"authentication-results: other.example; x", b"X-A: authentication-results", b"\r\n", b"\n", b"\r",
+              b"\r\n\r\n", b" folded", b"\t", b"body text", b"x" * 100, b"mail.example.test"]
+    for _ in range(5000):
+        data = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 16)))
+        splits = sorted(rnd.sample(range(len(data) + 1), min(len(data) + 1, rnd.randint(0, 3))))
+        assert _run_with(True, data, splits) == _run_with(False, data, splits), (data, splits)
+    assert _run_with(True, HEADER, []) == (KEPT, 4)
+    assert _run_with(True, KEPT.replace(b"Authentication-Results", b"X-Other"), []) == \
+        (KEPT.replace(b"Authentication-Results", b"X-Other"), 0)
