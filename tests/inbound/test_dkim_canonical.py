@@ -100,8 +100,17 @@ def dns(keys):
         yield srv
 
 
+_resolvers: dict[str, DnsResolver] = {}
+
+
 def _lookups(dns) -> Lookups:
-    return Lookups(DnsResolver(DnsConfig((parse_address(dns.address, 53),), 2.0)), timeout=10.0, max_queries=50)
+    """Lookups through one resolver with an answer cache (both sides of a comparison get the same key record;
+    generous time limits: a loaded machine must not turn one side into a temperror)."""
+    resolver = _resolvers.get(dns.address)
+    if resolver is None:
+        resolver = _resolvers[dns.address] = DnsResolver(DnsConfig((parse_address(dns.address, 53),), 20.0),
+                                                         cache_size=100)
+    return Lookups(resolver, timeout=60.0, max_queries=50)
 
 
 FIELD_NAMES = [b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Cc", b"X-Extra", b"Reply-To"]
@@ -167,7 +176,7 @@ def _signed_by_dkimpy(rnd: random.Random, keys: Keys, message: bytes) -> bytes:
 def test_verify_same_as_dkimpy_for_signed_and_changed_messages(keys, dns):
     rnd = random.Random(5)
     results: dict[str, int] = {}
-    for n in range(600):
+    for n in range(300):
         message = _random_message(rnd)
         signed = keys.signer.signature_headers(message) + message if n % 3 == 0 else \
             _signed_by_dkimpy(rnd, keys, message)
@@ -179,7 +188,7 @@ def test_verify_same_as_dkimpy_for_signed_and_changed_messages(keys, dns):
             for r in fast:
                 results[r.result] = results.get(r.result, 0) + 1
     # Not a vacuous comparison: most untouched signatures pass, many changed ones fail.
-    assert results.get("pass", 0) > 600 and results.get("fail", 0) > 200, results
+    assert results.get("pass", 0) > 300 and results.get("fail", 0) > 100, results
 
 
 def test_verify_same_as_dkimpy_hand_picked(keys, dns):
