@@ -15,7 +15,8 @@ stopped at the end, as is everything else started here.
 ``--workers N[,M...]`` runs the real ``mailserver serve`` instead of the in-process server: a generated configuration
 (SQLite and file blobs in a fresh data directory, ``[server] workers = N``, sender authentication off as in the
 in-process run, the queue runner off), one run per listed count in each round, after the reference (reference, N, M,
-reference, N, M, ...).  The server CPU is the supervisor's and every worker's (``/proc/PID/stat`` of each, read while
+reference, N, M, ...); a count may end in ``r`` (``[server] reuseport = true``) and/or ``f`` (per-file fsync, as
+``--no-syncfs``), so ``--workers 2,2r,2f`` compares them in one run.  The server CPU is the supervisor's and every worker's (``/proc/PID/stat`` of each, read while
 they run), and everything is stopped by its PID at the end of each run.  ``--before DIR`` also runs the server
 from another checkout (a worktree of main) before each run of this one: a before/after in the same run.  ``--no-syncfs``: the blob store fsyncs each
 file and directory instead of one syncfs(2) per batch (as ``scripts/bench/smtp.py --no-syncfs``).
@@ -145,21 +146,22 @@ def _cpu(pids: list[int]) -> dict[int, float]:
     return out
 
 
-def serve_config(tmp: Path, workers: int, port: int) -> Path:
+def serve_config(tmp: Path, workers: int, port: int, reuseport: bool = False) -> Path:
     """The configuration of one ``mailserver serve`` run (what the in-process run configures, plus workers)."""
     conf = tmp / "mailserver.toml"
     conf.write_text(
         f'hostname = "bench.example.test"\ndata_dir = "{tmp / "data"}"\n'
-        f"[server]\nworkers = {workers}\n"
+        f"[server]\nworkers = {workers}\n" + ("reuseport = true\n" if reuseport else "") +
         f'[listen]\nsmtp = ["127.0.0.1:{port}"]\n'
         + '[queue]\nrun = false\n[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 1.0\n'
         '[senderauth]\nenabled = false\n[[domain]]\nname = "example.test"\n')
     return conf
 
 
-def serve_run(args, workers: int, tree: Path = HERE.parents[1]) -> tuple[float, float]:
-    """``mailserver serve`` with ``workers`` processes (the code of checkout ``tree``): durably delivered messages/s
-    and CPU ms/msg of all of them."""
+def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "") -> tuple[float, float]:
+    """``mailserver serve`` with ``workers`` processes (the code of checkout ``tree``; ``flags``: ``r`` reuseport,
+    ``f`` per-file fsync): durably delivered messages/s and CPU ms/msg of all of them."""
+    no_syncfs = args.no_syncfs or "f" in flags
     from mailserver.auth import PasswordHasher
     from mailserver.config import load
     from mailserver.service import open_store
@@ -167,7 +169,7 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1]) -> tuple[float, 
     with tempfile.TemporaryDirectory(prefix="smtp-reference-serve-") as tmpname:
         tmp = Path(tmpname)
         port = int(_free_ports(1)[0])
-        conf = serve_config(tmp, workers, port)
+        conf = serve_config(tmp, workers, port, "r" in flags)
         store = open_store(load(conf))
         h = PasswordHasher("argon2", low_cost=True).hash("x")
         for i in range(10):
@@ -175,7 +177,7 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1]) -> tuple[float, 
         store.engine.dispose()
         log_path = tmp / "serve.log"
         env = dict(os.environ, PYTHONPATH=str(tree))  # before the editable install's path
-        if args.no_syncfs:  # every process of the server: storage/blobs.py without syncfs(2) (fsync per file)
+        if no_syncfs:  # every process of the server: storage/blobs.py without syncfs(2) (fsync per file)
             site = tmp / "site"
             site.mkdir()
             (site / "sitecustomize.py").write_text("import storage.blobs\nstorage.blobs._syncfs = None\n")
@@ -208,7 +210,7 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1]) -> tuple[float, 
     cpu = sum(per.values())
     rate = _rate(out, r"= ([\d.]+) msgs/s \(accepted")
     split = " + ".join(f"{per[pid]:.2f}" for pid in pids)
-    label = f"serve w={workers}" + ("" if tree == HERE.parents[1] else f" ({tree})")
+    label = f"serve w={workers}{flags}" + ("" if tree == HERE.parents[1] else f" ({tree})")
     print(f"  {label}: {out.strip()} | server CPU {cpu:.2f} ms/msg ({split}: "
           f"{'supervisor + workers' if workers > 1 else 'one process'})", flush=True)
     return rate, cpu
@@ -244,13 +246,16 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--workers", default="", metavar="N[,M...]",
-                    help="run `mailserver serve` with [server] workers = N (then M, ...) instead of the in-process server")
+                    help="run `mailserver serve` with [server] workers = N (then M, ...) instead of the in-process "
+                         "server; a count may end in r ([server] reuseport = true) and/or f (per-file fsync): 2,2r,2f")
     ap.add_argument("--before", default="", metavar="DIR",
                     help="with --workers: also run the server from checkout DIR (e.g. a worktree of main) before each "
                          "run of this one, for a before/after in the same run")
     ap.add_argument("--no-syncfs", action="store_true", help="with --workers: fsync each blob file and directory instead of syncfs(2)")
     args = ap.parse_args()
-    counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    counts = [re.fullmatch(r"(\d+)([rf]*)", x.strip()) for x in args.workers.split(",") if x.strip()]
+    if not all(counts):
+        ap.error(f"--workers: expected counts like 1,2,2r,2f, not {args.workers!r}")
     BASE.mkdir(parents=True, exist_ok=True)
     started = []
     try:
@@ -260,16 +265,16 @@ def main() -> int:
         started.append("baseline-postfix.sh")
         here = HERE.parents[1]
         trees = [Path(args.before).resolve(), here] if args.before else [here]
-        runs = [(n, t) for n in counts for t in trees]
-        kinds = [f"serve w={n}" + (" before" if t != here else "") for n, t in runs] or ["ours"]
+        runs = [(int(m[1]), m[2], t) for m in counts for t in trees]
+        kinds = [f"serve w={n}{f}" + (" before" if t != here else "") for n, f, t in runs] or ["ours"]
         ref: list[float] = []
         ours: dict[str, list[float]] = {k: [] for k in kinds}
         cpu: dict[str, list[float]] = {k: [] for k in kinds}
         for i in range(args.rounds):
             print(f"round {i + 1} (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
             ref.append(reference_run(args))
-            for kind, (n, t) in zip(kinds, runs or [(0, here)], strict=True):
-                r, c = serve_run(args, n, t) if counts else ours_run(args)
+            for kind, (n, f, t) in zip(kinds, runs or [(0, "", here)], strict=True):
+                r, c = serve_run(args, n, t, f) if counts else ours_run(args)
                 ours[kind].append(r)
                 cpu[kind].append(c)
                 print(f"  ratio {kind} / reference: {r / ref[-1]:.2f}", flush=True)
