@@ -265,7 +265,8 @@ def main() -> int:
         started.append("baseline-postfix.sh")
         here = HERE.parents[1]
         trees = [Path(args.before).resolve(), here] if args.before else [here]
-        runs = [(int(m[1]), m[2], t) for m in counts for t in trees]
+        # (the before tree may not know [server] reuseport: r variants run from this checkout only)
+        runs = [(int(m[1]), m[2], t) for m in counts for t in trees if t == here or "r" not in m[2]]
         kinds = [f"serve w={n}{f}" + (" before" if t != here else "") for n, f, t in runs] or ["ours"]
         ref: list[float] = []
         ours: dict[str, list[float]] = {k: [] for k in kinds}
