@@ -203,7 +203,7 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
                       str(args.messages), str(args.sessions), str(args.size), env=env)
             cpu1 = _cpu(pids)
         finally:
-            _stop(proc, pids)
+            _stop(proc, pids, conf)
     if set(cpu1) != set(cpu0):
         raise RuntimeError(f"a process ended during the run: {sorted(cpu0)} -> {sorted(cpu1)}")
     per = {pid: 1000 * (cpu1[pid] - cpu0[pid]) / args.messages for pid in pids}
@@ -216,8 +216,9 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
     return rate, cpu
 
 
-def _stop(proc: subprocess.Popen, pids: list[int]) -> None:
-    """SIGTERM the server (the supervisor stops its workers), SIGKILL by PID what is left after 60 s."""
+def _stop(proc: subprocess.Popen, pids: list[int], conf: Path) -> None:
+    """SIGTERM the server (the supervisor stops its workers), SIGKILL it after 60 s, then SIGKILL by PID any worker
+    left (one whose command line still names this run's configuration file: its PID was not reused)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -227,16 +228,12 @@ def _stop(proc: subprocess.Popen, pids: list[int]) -> None:
             proc.wait()
     for pid in pids[1:]:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[1] != str(proc.pid):  # ppid: still our orphan?
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(conf).encode() not in f.read():
                     continue
-        except FileNotFoundError:
+            os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
             continue
-        os.kill(pid, signal.SIGKILL)
 
 
 def main() -> int:
