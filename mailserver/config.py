@@ -582,6 +582,11 @@ class ServerConfig:
     #: (and ``group``, by default the user's own); "" = stay who we are.
     user: str = ""
     group: str = ""
+    #: true: every worker gets listening sockets of its own, bound with ``SO_REUSEPORT`` (the kernel spreads new
+    #: connections over them by a hash of the addresses); false: all workers wait on one shared socket of each
+    #: listener.  (With ``SO_REUSEPORT``, connections the kernel queued on the socket of a worker that died wait for
+    #: its restart.)
+    reuseport: bool = False
     #: Seconds the cluster-wide jobs' lease (queue runner, blob collector: one process of the cluster runs them)
     #: lasts unless renewed (every lease/3): how soon another worker takes over from one that died.
     lease: float = 15.0

@@ -157,6 +157,8 @@ class FlowControl:
         self.downstream: IPushProducer | None = None
         self.transport = None
         self._reasons: set[str] = set()
+        #: Reasons that pause reading only once input arrives (:meth:`pause_on_input`).
+        self._on_input: set[str] = set()
         self._blocked = False
         self._waiters: list[Deferred] = []
         self._stall: IDelayedCall | None = None
@@ -182,7 +184,16 @@ class FlowControl:
         if was_reading:
             self.transport.pauseProducing()
 
+    def pause_on_input(self, reason: str) -> None:
+        """Pause reading for ``reason`` when input next arrives (:meth:`received`), not now: a session that waits
+        for its own work (the end of DATA being committed) while its client waits for the reply costs no
+        stop/start of reading (two ``epoll_ctl`` calls) per command; a client that does send meanwhile has at most
+        the one read that arrived taken in before reading pauses."""
+        if not self.stopped and reason not in self._reasons:
+            self._on_input.add(reason)
+
     def resume_reading(self, reason: str) -> None:
+        self._on_input.discard(reason)
         if self.stopped or reason not in self._reasons:
             return
         self._reasons.discard(reason)
@@ -191,16 +202,24 @@ class FlowControl:
             if self.on_reading is not None:
                 self.on_reading()
 
-    def set_reading(self, reason: str, on: bool) -> None:
+    def set_reading(self, reason: str, on: bool, *, on_input: bool = False) -> None:
+        """Resume, or pause reading for ``reason`` (``on_input``: only once input arrives, :meth:`pause_on_input`)."""
         if on:
             self.resume_reading(reason)
+        elif on_input:
+            self.pause_on_input(reason)
         else:
             self.pause_reading(reason)
 
     def received(self) -> None:
-        """Input arrived (call it first in ``dataReceived``): while output is blocked, read nothing more."""
+        """Input arrived (call it first in ``dataReceived``): while output is blocked, or a reason of
+        :meth:`pause_on_input` holds, read nothing more."""
         if self._blocked:
             self.pause_reading(OUTPUT)
+        if self._on_input:
+            pending, self._on_input = self._on_input, set()
+            for reason in pending:
+                self.pause_reading(reason)
 
     # -- output ----------------------------------------------------------------------------------------------------
     @property
@@ -280,6 +299,7 @@ class FlowControl:
         self.stopped = True
         self._blocked = False
         self._reasons.clear()
+        self._on_input.clear()
         self._cancel_stall()
         if self._turn is not None and self._turn.active():
             self._turn.cancel()

@@ -241,6 +241,23 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def accept_one_per_wake(port) -> None:
+    """A worker's listener takes one connection each time the reactor finds the shared socket readable.
+
+    Twisted's port accepts up to ``numberAccepts`` (100, growing) pending connections per wake-up, so with several
+    workers waiting on one inherited socket a burst of connections (a client opening 10 sessions at once) all went to
+    the worker that woke first: one worker served the 10 sessions of the SMTP benchmark while the other idled.  One
+    accept per wake-up hands the next connection to whichever worker returns to its reactor loop first, so a busy
+    worker takes fewer of them.  (Listeners of a single process keep Twisted's batching.)
+    """
+    read = port.doRead
+
+    def doRead():
+        port.numberAccepts = 1
+        read()
+
+    port.doRead = doRead
+
 class MailServer(MultiService):
     """One server process: every listener, the store, the pools.  ``worker`` (from the supervisor) makes it one of
     several worker processes: it listens on the inherited sockets, keeps the per-cluster state where every worker
@@ -572,6 +589,7 @@ class MailServer(MultiService):
                 # The supervisor bound and listens on it; the reactor takes a duplicate, ours is closed.
                 port = self.reactor.adoptStreamPort(inherited.fd, inherited.family, outer)
                 os.close(inherited.fd)
+                accept_one_per_wake(port)
             elif proxied:
                 port = self.reactor.listenTCP(address.port, proxy, interface=address.host, backlog=1024)
             elif name in IMPLICIT_TLS:

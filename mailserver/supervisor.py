@@ -70,30 +70,52 @@ class BoundSocket:
         return True if self.section == "listen_proxied" else None
 
 
-def bind_all(cfg: Config) -> list[BoundSocket]:
-    """Bind and listen on every configured address (closing all of them if one fails)."""
+def bind_all(cfg: Config, reuseport: bool = False) -> list[BoundSocket]:
+    """Bind and listen on every configured address (closing all of them if one fails); with ``reuseport`` every
+    socket is bound with ``SO_REUSEPORT`` (:func:`bind_more` then adds more sockets on the same addresses)."""
     out: list[BoundSocket] = []
     try:
         for section, items in (("listen", cfg.listen.items()), ("listen_proxied", cfg.listen_proxied.items())):
             for name, address in items:
-                family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-                s = socket.socket(family, socket.SOCK_STREAM)
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    if family == socket.AF_INET6:
-                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    s.bind((address.host, address.port))
-                    s.listen(BACKLOG)
-                    s.setblocking(False)
-                except OSError as e:
-                    s.close()
-                    raise ListenError(f"{section}.{name}: cannot listen on {address}: {e.strerror or e}") from None
-                out.append(BoundSocket(section, name, address, s))
+                out.append(BoundSocket(section, name, address, _bind(section, name, address, address.port,
+                                                                     reuseport)))
     except BaseException:
         for b in out:
             b.sock.close()
         raise
     return out
+
+
+def bind_more(first: list[BoundSocket]) -> list[BoundSocket]:
+    """One more ``SO_REUSEPORT`` socket beside each of ``first`` (on the port each got, so port 0 works too)."""
+    out: list[BoundSocket] = []
+    try:
+        for b in first:
+            out.append(BoundSocket(b.section, b.name, b.address, _bind(b.section, b.name, b.address, b.bound_port,
+                                                                       True)))
+    except BaseException:
+        for b in out:
+            b.sock.close()
+        raise
+    return out
+
+
+def _bind(section: str, name: str, address: ListenAddress, port: int, reuseport: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((address.host, port))
+        s.listen(BACKLOG)
+        s.setblocking(False)
+    except OSError as e:
+        s.close()
+        raise ListenError(f"{section}.{name}: cannot listen on {address}: {e.strerror or e}") from None
+    return s
 
 
 def drop_privileges(user: str, group: str) -> None:
@@ -144,6 +166,8 @@ class Supervisor:
         self.reactor = reactor
         self.count = count
         self.sockets: list[BoundSocket] = []
+        #: The sockets of worker i (``[server] reuseport``: each its own; else all share ``sockets``).
+        self.worker_sockets: list[list[BoundSocket]] = []
         self.store = None
         self.bus = BusServerFactory(on_ready=self._worker_ready)
         self.on_all_ready = None  # called once, when every worker has said it serves
@@ -165,7 +189,15 @@ class Supervisor:
         from mailserver.service import check_shared_storage, open_store
 
         cfg = self.cfg
-        self.sockets = bind_all(cfg)
+        self.sockets = bind_all(cfg, cfg.server.reuseport)
+        self.worker_sockets = [self.sockets]
+        try:
+            for _ in range(1, self.count if cfg.server.reuseport else 1):
+                self.worker_sockets.append(bind_more(self.sockets))
+        except BaseException:
+            for b in (b for group in self.worker_sockets for b in group):
+                b.sock.close()
+            raise
         drop_privileges(cfg.server.user, cfg.server.group)
         check_shared_storage(cfg)
         self.store = open_store(cfg, pool_size=2)  # migrations once, [[domain]] rows, data_dir
@@ -207,12 +239,13 @@ class Supervisor:
         if self.stopping:
             return
         holder = new_holder(f"worker{index}")
+        mine = self.worker_sockets[index % len(self.worker_sockets)] if self.worker_sockets else self.sockets
         spec = WorkerSpec(index=index, holder=holder, bus_path=self.bus_path, supervisor_pid=os.getpid(),
                           auth_secret=self.auth_secret,
                           sockets=tuple(InheritedSocket(b.section, b.name, b.sock.fileno(), b.sock.family)
-                                        for b in self.sockets))
+                                        for b in mine))
         child_fds: dict[int, object] = {0: 0, 1: 1, 2: 2}
-        for b in self.sockets:
+        for b in mine:
             os.set_inheritable(b.sock.fileno(), True)
             child_fds[b.sock.fileno()] = b.sock.fileno()
         env = dict(os.environ)
@@ -275,7 +308,7 @@ class Supervisor:
             killer.cancel()
         if self._bus_port is not None:
             yield self._bus_port.stopListening()
-        for b in self.sockets:
+        for b in {id(b): b for group in [self.sockets, *self.worker_sockets] for b in group}.values():
             b.sock.close()
         if self.store is not None:
             self.store.engine.dispose()

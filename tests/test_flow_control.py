@@ -147,3 +147,20 @@ def test_output_reason_is_named_output():
     flow.pauseProducing()
     flow.received()
     assert flow._reasons == {OUTPUT}
+
+
+def test_pause_on_input_pauses_only_when_input_arrives_and_resume_cancels_it():
+    """A session waiting for its own work while the client waits for the reply never stops reading; input that
+    arrives meanwhile pauses it (that read is the only one taken in) until the reason is lifted."""
+    flow, transport, _ = _flow()
+    flow.set_reading(SESSION, False, on_input=True)
+    assert flow.reading and transport.producerState == "producing"
+    flow.set_reading(SESSION, True)  # the check finished before the client sent anything: nothing to undo
+    assert flow.reading and transport.producerState == "producing"
+    flow.received()
+    assert flow.reading  # the earlier reason was lifted: input arriving now pauses nothing
+    flow.set_reading(SESSION, False, on_input=True)
+    flow.received()
+    assert not flow.reading and transport.producerState == "paused"
+    flow.set_reading(SESSION, True)
+    assert flow.reading and transport.producerState == "producing"

@@ -95,7 +95,7 @@ class Server:
     """One `mailserver serve` with two workers: smtp, imap, pop3 and metrics on 127.0.0.1 (port 0, read from
     the log)."""
 
-    def __init__(self, tmp_path: Path, workers: int = 2, extra: str = ""):
+    def __init__(self, tmp_path: Path, workers: int = 2, extra: str = "", server_extra: str = ""):
         from mailserver.auth import PasswordHasher
         from mailserver.config import load
         from mailserver.service import open_store
@@ -104,7 +104,7 @@ class Server:
         conf = tmp_path / "mailserver.toml"
         conf.write_text(
             f'hostname = "mail.example.test"\ndata_dir = "{data}"\n'
-            f"[server]\nworkers = {workers}\nlease = 3.0\n"
+            f"[server]\nworkers = {workers}\nlease = 3.0\n{server_extra}"
             '[listen]\nsmtp = ["127.0.0.1:0"]\nimap = ["127.0.0.1:0"]\npop3 = ["127.0.0.1:0"]\n'
             f"[limits]\nauth_max_failures_per_ip = {LIMIT}\nauth_max_failures_per_account = {LIMIT}\n"
             "auth_max_delay = 0.0\n"
@@ -356,6 +356,51 @@ def test_a_worker_killed_under_load_is_restarted_and_no_acknowledged_message_is_
         store.engine.dispose()
     missing = [s for s in acked if s not in subjects]
     assert not missing, f"{len(missing)} acknowledged messages lost: {missing[:5]}"
+
+
+def _listening_inodes(pid: int, port: int) -> set[str]:
+    """Socket inodes of the listening sockets on 127.0.0.1:``port`` that process ``pid`` holds open."""
+    listening = {f[9] for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+                 if f[1] == f"0100007F:{port:04X}" and f[3] == "0A"}
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in listening:
+            held.add(link[8:-1])
+    return held
+
+
+def test_reuseport_gives_each_worker_its_own_socket_and_a_restarted_worker_gets_it_back(tmp_path):
+    """``[server] reuseport = true``: each worker listens on a socket of its own on the same port (SO_REUSEPORT),
+    both take connections, and a worker SIGKILLed and restarted serves on the socket its predecessor had."""
+    server = Server(tmp_path, server_extra="reuseport = true\n")
+    try:
+        port = server.ports["smtp"]
+        pids = server.worker_pids()
+        assert len(pids) == 2
+        socks = {pid: _listening_inodes(pid, port) for pid in pids}
+        assert all(len(v) == 1 for v in socks.values()) and socks[pids[0]] != socks[pids[1]], socks
+        for want in pids:  # the kernel hands connections to both workers' sockets
+            smtp, got = on_worker(server, lambda: smtplib.SMTP("127.0.0.1", port, timeout=30), lambda c: c.sock,
+                                  "smtp", want=want)
+            smtp.sendmail("bob@example.org", [ALICE], f"From: bob@example.org\r\nSubject: to {got}\r\n\r\nx\r\n")
+            smtp.quit()
+        victim, other = pids
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids(), timeout=60,
+                 what="a new worker")
+        wait_for(lambda: server.err.count("listening pop3 on") >= 3, timeout=60, what="the new worker listening")
+        new = next(p for p in server.worker_pids() if p != other)
+        assert _listening_inodes(new, port) == socks[victim]
+        smtp, _ = on_worker(server, lambda: smtplib.SMTP("127.0.0.1", port, timeout=30), lambda c: c.sock, "smtp",
+                            want=new)
+        smtp.sendmail("bob@example.org", [ALICE], "From: bob@example.org\r\nSubject: after\r\n\r\nx\r\n")
+        smtp.quit()
+    finally:
+        server.stop()
 
 
 def test_one_maintenance_lease_holder_and_another_takes_over_when_it_dies(tmp_path):

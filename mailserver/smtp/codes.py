@@ -7,6 +7,7 @@ Handlers raise :class:`SmtpError` with one of these; the session maps it to the 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,12 @@ class Reply:
         return replace(self, text=text)
 
     def encode(self) -> bytes:
-        """Wire form: ``code-text`` continuation lines, ``code text`` on the last (RFC 5321 4.2.1)."""
+        """Wire form: ``code-text`` continuation lines, ``code text`` on the last (RFC 5321 4.2.1); computed once
+        per reply (the constants below are sent over and over)."""
+        return self._wire
+
+    @cached_property
+    def _wire(self) -> bytes:
         lines = self.lines or ("",)
         out = []
         for i, line in enumerate(lines):

@@ -3,7 +3,9 @@
 The session (``session.py``) decides everything about the protocol; this module only carries out its actions:
 replies are written, STARTTLS starts TLS on the transport, checks run in thread pools (router, authenticator,
 delivery) and their answers go back through ``session.resolve``.  While a check is pending, reading from the socket
-is paused, so a client cannot make us buffer without bound; the same holds while replies do not drain, and the session
+is paused once input arrives (the one read that arrived is kept; :meth:`FlowControl.pause_on_input`: a client that
+waits for the reply, as almost all do, costs no stop and restart of reading), so a client cannot make us buffer
+without bound; the same holds while replies do not drain, and the session
 handles at most :data:`~mailserver.connections.COMMANDS_PER_TURN` commands per reactor turn (the connection's
 :class:`~mailserver.connections.FlowControl`).
 
@@ -201,7 +203,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             self._close()
             return
         self.setTimeout(self.session.current_timeout())
-        self.flow.set_reading(SESSION, not self.session.waiting)
+        self.flow.set_reading(SESSION, not self.session.waiting, on_input=True)
         if self.session.yielded:
             self.flow.next_turn(self._next_turn)  # the rest of the burst in a later turn, once replies drained
 

@@ -225,6 +225,10 @@ SaslStart = Callable[[str, "bytes | None"], sasl.SaslExchange]
 _COMMAND, _DATA, _BDAT, _SASL, _CLOSED = "command", "data", "bdat", "sasl", "closed"
 
 
+#: (esmtp, auth) -> the Extensions those advertise (SmtpSession._extensions).
+_EXTENSIONS: dict[tuple[bool, bool], Extensions] = {}
+
+
 class SmtpSession:
     """One SMTP connection.  Call :meth:`start` once, then :meth:`receive` / :meth:`resolve`."""
 
@@ -385,7 +389,11 @@ class SmtpSession:
                     self._send(codes.LOCAL_ERROR)
 
     def _extensions(self) -> Extensions:
-        return Extensions(esmtp=self.esmtp, auth=self.config.offer_auth)
+        key = (self.esmtp, self.config.offer_auth)
+        ext = _EXTENSIONS.get(key)
+        if ext is None:  # one frozen value per combination, not a new one for every command line
+            ext = _EXTENSIONS[key] = Extensions(esmtp=key[0], auth=key[1])
+        return ext
 
     def _auth_allowed(self) -> bool:
         # RFC 4954 4 / RFC 8314: plaintext mechanisms only inside TLS (or from loopback, as Dovecot allows).

@@ -10,6 +10,16 @@ a private instance (its own directories and ports, so other benchmark runs on th
 stopped at the end, as is everything else started here.
 
     .venv/bin/python scripts/bench/smtp_reference.py [--rounds 3] [--messages 2000] [--sessions 10] [--size 5120]
+                                                     [--workers 1,2] [--before DIR] [--no-syncfs]
+
+``--workers N[,M...]`` runs the real ``mailserver serve`` instead of the in-process server: a generated configuration
+(SQLite and file blobs in a fresh data directory, ``[server] workers = N``, sender authentication off as in the
+in-process run, the queue runner off), one run per listed count in each round, after the reference (reference, N, M,
+reference, N, M, ...); a count may end in ``r`` (``[server] reuseport = true``) and/or ``f`` (per-file fsync, as
+``--no-syncfs``), so ``--workers 2,2r,2f`` compares them in one run.  The server CPU is the supervisor's and every worker's (``/proc/PID/stat`` of each, read while
+they run), and everything is stopped by its PID at the end of each run.  ``--before DIR`` also runs the server
+from another checkout (a worktree of main) before each run of this one: a before/after in the same run.  ``--no-syncfs``: the blob store fsyncs each
+file and directory instead of one syncfs(2) per batch (as ``scripts/bench/smtp.py --no-syncfs``).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -117,13 +128,131 @@ def ours_run(args) -> tuple[float, float]:
     return rate, 1000 * cpu / args.messages
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _cpu(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = bench_smtp.cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
+def serve_config(tmp: Path, workers: int, port: int, reuseport: bool = False) -> Path:
+    """The configuration of one ``mailserver serve`` run (what the in-process run configures, plus workers)."""
+    conf = tmp / "mailserver.toml"
+    conf.write_text(
+        f'hostname = "bench.example.test"\ndata_dir = "{tmp / "data"}"\n'
+        f"[server]\nworkers = {workers}\n" + ("reuseport = true\n" if reuseport else "") +
+        f'[listen]\nsmtp = ["127.0.0.1:{port}"]\n'
+        + '[queue]\nrun = false\n[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 1.0\n'
+        '[senderauth]\nenabled = false\n[[domain]]\nname = "example.test"\n')
+    return conf
+
+
+def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "") -> tuple[float, float]:
+    """``mailserver serve`` with ``workers`` processes (the code of checkout ``tree``; ``flags``: ``r`` reuseport,
+    ``f`` per-file fsync): durably delivered messages/s and CPU ms/msg of all of them."""
+    no_syncfs = args.no_syncfs or "f" in flags
+    from mailserver.auth import PasswordHasher
+    from mailserver.config import load
+    from mailserver.service import open_store
+
+    with tempfile.TemporaryDirectory(prefix="smtp-reference-serve-") as tmpname:
+        tmp = Path(tmpname)
+        port = int(_free_ports(1)[0])
+        conf = serve_config(tmp, workers, port, "r" in flags)
+        store = open_store(load(conf))
+        h = PasswordHasher("argon2", low_cost=True).hash("x")
+        for i in range(10):
+            store.add_account(f"user{i}@example.test", h)
+        store.engine.dispose()
+        log_path = tmp / "serve.log"
+        env = dict(os.environ, PYTHONPATH=str(tree))  # before the editable install's path
+        if no_syncfs:  # every process of the server: storage/blobs.py without syncfs(2) (fsync per file)
+            site = tmp / "site"
+            site.mkdir()
+            (site / "sitecustomize.py").write_text("import storage.blobs\nstorage.blobs._syncfs = None\n")
+            env["PYTHONPATH"] = os.pathsep.join([str(site), str(tree)])
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=tree, start_new_session=True, env=env)
+        pids: list[int] = [proc.pid]
+        try:
+            deadline = time.monotonic() + 120
+            while log_path.read_text(errors="replace").count("listening smtp on") < workers:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mailserver serve did not start:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.1)
+            time.sleep(0.5)
+            pids = [proc.pid] + (_children(proc.pid) if workers > 1 else [])
+            if len(pids) != (workers + 1 if workers > 1 else 1):
+                raise RuntimeError(f"expected {workers} workers, found processes {pids}")
+            cpu0 = _cpu(pids)
+            env = dict(_env(), REUSE="1", FROM="bench@example.net")
+            out = _sh(str(SHARED / "smtp-load.sh"), "127.0.0.1", str(port), "user1@example.test",
+                      str(args.messages), str(args.sessions), str(args.size), env=env)
+            cpu1 = _cpu(pids)
+        finally:
+            _stop(proc, pids, conf)
+    if set(cpu1) != set(cpu0):
+        raise RuntimeError(f"a process ended during the run: {sorted(cpu0)} -> {sorted(cpu1)}")
+    per = {pid: 1000 * (cpu1[pid] - cpu0[pid]) / args.messages for pid in pids}
+    cpu = sum(per.values())
+    rate = _rate(out, r"= ([\d.]+) msgs/s \(accepted")
+    split = " + ".join(f"{per[pid]:.2f}" for pid in pids)
+    label = f"serve w={workers}{flags}" + ("" if tree == HERE.parents[1] else f" ({tree})")
+    print(f"  {label}: {out.strip()} | server CPU {cpu:.2f} ms/msg ({split}: "
+          f"{'supervisor + workers' if workers > 1 else 'one process'})", flush=True)
+    return rate, cpu
+
+
+def _stop(proc: subprocess.Popen, pids: list[int], conf: Path) -> None:
+    """SIGTERM the server (the supervisor stops its workers), SIGKILL it after 60 s, then SIGKILL by PID any worker
+    left (one whose command line still names this run's configuration file: its PID was not reused)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in pids[1:]:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(conf).encode() not in f.read():
+                    continue
+            os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--size", type=int, default=5120)
+    ap.add_argument("--workers", default="", metavar="N[,M...]",
+                    help="run `mailserver serve` with [server] workers = N (then M, ...) instead of the in-process "
+                         "server; a count may end in r ([server] reuseport = true) and/or f (per-file fsync): 2,2r,2f")
+    ap.add_argument("--before", default="", metavar="DIR",
+                    help="with --workers: also run the server from checkout DIR (e.g. a worktree of main) before each "
+                         "run of this one, for a before/after in the same run")
+    ap.add_argument("--no-syncfs", action="store_true", help="with --workers: fsync each blob file and directory instead of syncfs(2)")
     args = ap.parse_args()
+    counts = [re.fullmatch(r"(\d+)([rf]*)", x.strip()) for x in args.workers.split(",") if x.strip()]
+    if not all(counts):
+        ap.error(f"--workers: expected counts like 1,2,2r,2f, not {args.workers!r}")
     BASE.mkdir(parents=True, exist_ok=True)
     started = []
     try:
@@ -131,20 +260,32 @@ def main() -> int:
         started.append("baseline-dovecot.sh")
         _sh(str(SHARED / "baseline-postfix.sh"), "start")
         started.append("baseline-postfix.sh")
-        ref, ours, cpu = [], [], []
+        here = HERE.parents[1]
+        trees = [Path(args.before).resolve(), here] if args.before else [here]
+        # (the before tree may not know [server] reuseport: r variants run from this checkout only)
+        runs = [(int(m[1]), m[2], t) for m in counts for t in trees if t == here or "r" not in m[2]]
+        kinds = [f"serve w={n}{f}" + (" before" if t != here else "") for n, f, t in runs] or ["ours"]
+        ref: list[float] = []
+        ours: dict[str, list[float]] = {k: [] for k in kinds}
+        cpu: dict[str, list[float]] = {k: [] for k in kinds}
         for i in range(args.rounds):
-            print(f"round {i + 1} (load average {os.getloadavg()[0]:.1f})", flush=True)
+            print(f"round {i + 1} (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
             ref.append(reference_run(args))
-            r, c = ours_run(args)
-            ours.append(r)
-            cpu.append(c)
-            print(f"  ratio ours / reference: {ours[-1] / ref[-1]:.2f}", flush=True)
-        ratios = [o / r for o, r in zip(ours, ref, strict=True)]
-        print(f"SMTP {args.messages} x {args.size} B over {args.sessions} sessions, {args.rounds} rounds: "
-              f"ours {statistics.median(ours):.0f} msg/s durably delivered ({min(ours):.0f}-{max(ours):.0f}), "
-              f"server CPU {statistics.median(cpu):.2f} ms/msg; Postfix->Dovecot LMTP "
-              f"{statistics.median(ref):.0f} msg/s end to end ({min(ref):.0f}-{max(ref):.0f}); ratio per round "
-              f"{', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f}; aim 2.0)")
+            for kind, (n, f, t) in zip(kinds, runs or [(0, "", here)], strict=True):
+                r, c = serve_run(args, n, t, f) if counts else ours_run(args)
+                ours[kind].append(r)
+                cpu[kind].append(c)
+                print(f"  ratio {kind} / reference: {r / ref[-1]:.2f}", flush=True)
+        print(f"SMTP {args.messages} x {args.size} B over {args.sessions} sessions, {args.rounds} rounds"
+              f"{' (per-file fsync, no syncfs)' if args.no_syncfs else ''}; Postfix->Dovecot LMTP "
+              f"{statistics.median(ref):.0f} msg/s end to end ({min(ref):.0f}-{max(ref):.0f}); load average now "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        for kind in kinds:
+            ratios = [o / r for o, r in zip(ours[kind], ref, strict=True)]
+            print(f"  {kind}: {statistics.median(ours[kind]):.0f} msg/s durably delivered "
+                  f"({min(ours[kind]):.0f}-{max(ours[kind]):.0f}), server CPU {statistics.median(cpu[kind]):.2f} "
+                  f"ms/msg ({min(cpu[kind]):.2f}-{max(cpu[kind]):.2f}); ratio per round "
+                  f"{', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f}; aim 2.0)")
         return 0
     finally:
         for script in reversed(started):
