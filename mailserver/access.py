@@ -125,7 +125,9 @@ def grants_for(principal: Principal, mailbox: MailboxInfo) -> Sequence[Grant]:
 
 def rights_of(principal: Principal, mailbox: MailboxInfo, grants: Sequence[Grant] = ()) -> Rights:
     """What ``principal`` may do with ``mailbox``: every right for its owner (the owner rule), plus its grants."""
-    rights = ALL if mailbox.account_id == principal.account_id else Rights.NONE
+    if mailbox.account_id == principal.account_id:
+        return ALL  # nothing a grant gives adds to every right
+    rights = Rights.NONE
     for grant in grants:
         if grant.mailbox_id == mailbox.id and grant.grantee == principal.account_id:
             rights |= grant.rights
@@ -159,6 +161,8 @@ def authorize(principal: Principal, mailbox: MailboxInfo | None, need: Rights, r
     """The one check: ``mailbox`` if it exists and ``principal`` has every right of ``need`` on it; else
     :class:`MailboxNotFound` (the same for both).  ``grants`` default to :func:`grants_for`."""
     if mailbox is not None:
+        if mailbox.account_id == principal.account_id:
+            return mailbox  # the owner rule: every right, so every need is met (rights_of)
         if grants is None:
             grants = grants_for(principal, mailbox)
         have = rights_of(principal, mailbox, grants)

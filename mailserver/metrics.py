@@ -44,6 +44,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: A command name label is a protocol keyword; anything else is counted as "OTHER" (bounded label values).
 _COMMAND_NAME = re.compile(r"[A-Z][A-Z0-9 -]{0,23}")
+#: Command names whose metric children :meth:`Metrics.command` keeps looked up.
+MAX_COMMAND_NAMES = 256
 
 
 class ConnectionCounts:
@@ -104,6 +106,7 @@ class Metrics:
         #: Labelled children of the per-message metrics, looked up once (``labels()`` takes a lock and checks the
         #: values on every call; these run for every message and every trip to a pool).
         self._children: dict[tuple, object] = {}
+        self._commands: dict[tuple[str, str], tuple] = {}  # (protocol, name as given) -> (counter, histogram)
 
     # -- hooks
 
@@ -114,11 +117,18 @@ class Metrics:
         return counts
 
     def command(self, protocol: str, name: str, seconds: float) -> None:
-        name = name.upper()
-        if not _COMMAND_NAME.fullmatch(name):
-            name = "OTHER"
-        self.commands.labels(protocol, name).inc()
-        self.command_seconds.labels(protocol, name).observe(max(0.0, seconds))
+        # Runs for every command of every session: the name's check and the labelled children are looked up once
+        # per (protocol, name) as given (bounded: a name the client chose may be anything).
+        pair = self._commands.get((protocol, name))
+        if pair is None:
+            label = name.upper()
+            if not _COMMAND_NAME.fullmatch(label):
+                label = "OTHER"
+            pair = (self.commands.labels(protocol, label), self.command_seconds.labels(protocol, label))
+            if len(self._commands) < MAX_COMMAND_NAMES:
+                self._commands[(protocol, name)] = pair
+        pair[0].inc()
+        pair[1].observe(max(0.0, seconds))
 
     def login(self, protocol: str, outcome: str, reason: str = "") -> None:
         self.logins.labels(protocol, outcome).inc()

@@ -52,6 +52,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         self._counted = False
         self._closing = None  # the pending abort of a close in progress
         self._gone = False  # connectionLost has run
+        self._session_reading = True  # what the session last asked for (set_reading)
 
     # -- Connection (what the session calls) ------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -75,7 +76,11 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
             self._closing = close_transport(self.transport, self.factory.services.reactor)
 
     def set_reading(self, on: bool) -> None:
-        self.flow.set_reading(SESSION, on)
+        # The session says this after every command and every pump (mostly the same again): only a change is
+        # passed on to the flow control.
+        if on != self._session_reading:
+            self._session_reading = on
+            self.flow.set_reading(SESSION, on)
 
     def call_soon(self, f) -> None:
         """Run ``f`` in a later reactor turn (the session yields between batches of commands)."""

@@ -152,7 +152,7 @@ class SelectedMailbox:
     def from_snapshot(cls, mailbox, snap, *, readonly: bool) -> "SelectedMailbox":
         """From a ``MailboxInfo`` and a :class:`~mailserver.imap.snapshot.Snapshot` (arrays are copied)."""
         sel = cls(mailbox.id, mailbox.name, readonly, mailbox.uid_validity, mailbox.uid_next,
-                  max(mailbox.highest_modseq, max(snap.modseqs, default=0)))
+                  max(mailbox.highest_modseq, snap.max_modseq()))
         sel.uids = array("I", snap.uids)
         sel.flags = array("B", snap.flags)
         sel.modseqs = array("Q", snap.modseqs)

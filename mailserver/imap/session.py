@@ -486,7 +486,8 @@ class ImapSession:
             if result is REPLIED:
                 self.errors = 0
                 return
-            await self._prepare_flush()
+            if self.selected is not None and self.selected.pending:
+                await self._prepare_flush()
             self.flush_updates(command)
             if self.contexts:
                 await cmd_search.update_contexts(self)  # RFC 5267 4.3: ADDTO/REMOVEFROM before the tagged reply
@@ -536,8 +537,8 @@ class ImapSession:
         takes \\Recent, reserve the new UIDs with the cluster state (another process's session may want them too).
         In one process, without a RESYNC, this returns without waiting."""
         sel = self.selected
-        if sel is None:
-            return
+        if sel is None or not sel.pending:
+            return  # nothing queued: no RESYNC to act on, no new UIDs to reserve
         if any(e.kind == ch.RESYNC for e in sel.pending):
             sel.pending = [e for e in sel.pending if e.kind != ch.RESYNC]
             try:

@@ -33,6 +33,15 @@ class Snapshot:
     sizes: array = field(default_factory=lambda: array("Q"))
     dates: array = field(default_factory=lambda: array("d"))
     keywords: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: The highest of ``modseqs`` (None: not known, scanned on the next :meth:`max_modseq`), kept so that a SELECT
+    #: does not scan every message's modseq.
+    _max_modseq: int | None = field(default=None, repr=False, compare=False)
+
+    def max_modseq(self) -> int:
+        """The highest modseq of a message in the snapshot (0 when empty)."""
+        if self._max_modseq is None:
+            self._max_modseq = max(self.modseqs, default=0)
+        return self._max_modseq
 
     @classmethod
     def from_messages(cls, uid_validity: int, modseq: int, messages) -> "Snapshot":
@@ -40,7 +49,9 @@ class Snapshot:
         snap = cls(uid_validity, modseq)
         snap.uids = array("I", [m.uid for m in messages])
         snap.flags = array("B", [m.flags & 0xFF for m in messages])
-        snap.modseqs = array("Q", [m.modseq for m in messages])
+        modseqs = [m.modseq for m in messages]
+        snap.modseqs = array("Q", modseqs)
+        snap._max_modseq = max(modseqs, default=0)
         snap.sizes = array("Q", [m.size for m in messages])
         snap.dates = array("d", [m.internal_date for m in messages])
         snap.keywords = {m.uid: tuple(m.keywords) for m in messages if m.keywords}
@@ -51,6 +62,8 @@ class Snapshot:
         for uid in sorted(set(vanished), reverse=True):
             i = bisect.bisect_left(self.uids, uid)
             if i < len(self.uids) and self.uids[i] == uid:
+                if self.modseqs[i] == self._max_modseq:
+                    self._max_modseq = None  # the highest may be gone: scan again when asked
                 for a in (self.uids, self.flags, self.modseqs, self.sizes, self.dates):
                     del a[i]
                 self.keywords.pop(uid, None)
@@ -71,12 +84,14 @@ class Snapshot:
                 self.keywords[m.uid] = tuple(m.keywords)
             else:
                 self.keywords.pop(m.uid, None)
+            if self._max_modseq is not None and m.modseq > self._max_modseq:
+                self._max_modseq = m.modseq
         self.modseq = max(self.modseq, modseq)
 
     def copy(self) -> "Snapshot":
         return Snapshot(self.uid_validity, self.modseq, array("I", self.uids), array("B", self.flags),
                         array("Q", self.modseqs), array("Q", self.sizes), array("d", self.dates),
-                        dict(self.keywords))
+                        dict(self.keywords), self._max_modseq)
 
 
 class SnapshotCache:

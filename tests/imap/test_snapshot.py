@@ -170,3 +170,19 @@ def test_large_mailboxes_are_preloaded_at_start(tmp_path):
         assert int(data[0]) == MIN_CACHED_MESSAGES
         assert cache.misses == misses and cache.hits >= 1  # answered from the preloaded snapshot
         c.logout()
+
+
+def test_highest_modseq_kept_through_changes_and_expunges():
+    """The snapshot's highest message modseq (what SELECT reports from it) is the highest of its messages after
+    every apply: raised by a change, rescanned when the message holding it is expunged, kept by a copy."""
+    snap = Snapshot.from_messages(7, 20, _metas([1, 2, 3]) + [MessageMeta(4, 20, 0, (), 104, 1004.0)])
+    assert snap.max_modseq() == 20
+    snap.apply([MessageMeta(2, 25, 1, (), 102, 1002.0)], [], 25)
+    assert snap.max_modseq() == 25 == max(snap.modseqs)
+    snap.apply([MessageMeta(5, 26, 0, (), 105, 1005.0)], [2], 27)  # the holder of 25 goes, a new message comes
+    assert snap.max_modseq() == 26 == max(snap.modseqs)
+    snap.apply([], [5], 28)
+    assert snap.max_modseq() == 20 == max(snap.modseqs)
+    assert snap.copy().max_modseq() == 20
+    snap.apply([], [1, 3, 4], 29)
+    assert snap.max_modseq() == 0 and not snap.modseqs
