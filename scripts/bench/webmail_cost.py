@@ -13,8 +13,8 @@ route (the list page, opening a message, the folders page) it prints, over ``--r
 - server CPU per request: the process's CPU time minus the main thread's (the client), in ms;
 - with ``--sql``: the statements of one request, in order.
 
-``--profile``: yappi with its CPU clock over every thread but the client's, written as pstats (read it with
-``python -m pstats``); CPU figures taken while profiling are not comparable to those without.
+``--profile``: yappi (``pip install yappi``) with its CPU clock over every thread but the client's, written as
+pstats (read it with ``python -m pstats``); CPU figures taken while profiling are not comparable to those without.
 
 The script only uses what the pre-redesign revision also has (``compare.py``'s ``--before``), so the same file can be
 copied into that tree and run there for a before/after of these counts.
