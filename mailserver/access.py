@@ -12,6 +12,8 @@ Every protocol reaches a mailbox or a message through :class:`MailboxAccess` (re
   ``visible_mailboxes``, or the selected one).
 - ``rights(principal, mailbox) -> Rights``: what the principal may do there (IMAP keeps it for the selected mailbox).
 - ``visible_mailboxes(principal)``: the mailboxes LIST and the folder tree show (those with ``l``).
+- ``open_mailbox_listed(principal, id, need)`` / ``open_message_listed(principal, id, uid, need)``: the same check
+  and ``visible_mailboxes`` from one store call, for a page that shows both (the webmail's list and message pages).
 - ``create_target(principal, name, need) -> account id``: where CREATE puts ``name`` (RFC 4314 4: ``k`` on the parent).
 
 Contract: a mailbox that does not exist and one the principal may not use raise the *same* :class:`MailboxNotFound`
@@ -228,12 +230,16 @@ class MailboxAccess:
                             ) -> tuple[MailboxInfo, list[MessageInfo]]:
         """The mailbox and those of ``uids`` that are in it (in UID order)."""
         mailbox = await self.open_mailbox(principal, ref, need)
+        return mailbox, await self._messages(principal, mailbox, uids)
+
+    async def _messages(self, principal: Principal, mailbox: MailboxInfo, uids: Sequence[int]) -> list[MessageInfo]:
+        """Those of ``uids`` in ``mailbox`` (already checked), in UID order."""
         wanted = _uids(uids)
         if not wanted:
-            return mailbox, []
+            return []
         if mailbox.seen_per_reader:  # the reader's own \Seen (storage/shared.py)
-            return mailbox, await self.astore.get_messages(mailbox.id, wanted, reader=principal.account_id)
-        return mailbox, await self.astore.get_messages(mailbox.id, wanted)
+            return await self.astore.get_messages(mailbox.id, wanted, reader=principal.account_id)
+        return await self.astore.get_messages(mailbox.id, wanted)
 
     async def open_message(self, principal: Principal, ref: int | str, uid: int, need: Rights
                            ) -> tuple[MailboxInfo, MessageInfo]:
@@ -251,9 +257,33 @@ class MailboxAccess:
     async def visible_mailboxes(self, principal: Principal, *, others: bool = True) -> list[MailboxInfo]:
         """RFC 4314 4: LIST shows the mailboxes with ``l``, by name: the principal's own, then (``others``) those of
         other accounts and shared mailboxes, named as the principal sees them (RFC 2342)."""
-        mailboxes = await self.astore.list_mailboxes(principal.account_id)
-        if others:
-            mailboxes = list(mailboxes) + [m for m, _letters in await self.astore.shared_with(principal.account_id)]
+        if not others:
+            return self._visible(principal, await self.astore.list_mailboxes(principal.account_id))
+        return self._visible(principal, await self.astore.reader_mailboxes(principal.account_id))
+
+    async def open_mailbox_listed(self, principal: Principal, ref: int, need: Rights
+                                  ) -> tuple[MailboxInfo, list[MailboxInfo]]:
+        """:meth:`open_mailbox` of a mailbox id and :meth:`visible_mailboxes`, from one store call (a page that
+        shows the folder tree): the mailbox is looked for among every mailbox the principal has rights on, as
+        ``mailbox_for_reader`` would give it, and goes through the same check (a mailbox that is not among them is
+        missing, as it is for ``open_mailbox``: with no rights there, it has no ``l``)."""
+        mailbox_id = _id_ref(ref)
+        if mailbox_id is None:
+            raise TypeError("open_mailbox_listed takes a mailbox id")
+        everything = await self.astore.reader_mailboxes(principal.account_id)
+        mailbox = next((m for m in everything if m.id == mailbox_id), None)
+        return authorize(principal, mailbox, need, ref), self._visible(principal, everything)
+
+    async def open_message_listed(self, principal: Principal, ref: int, uid: int, need: Rights
+                                  ) -> tuple[MailboxInfo, MessageInfo, list[MailboxInfo]]:
+        """:meth:`open_message` with :meth:`visible_mailboxes` (see :meth:`open_mailbox_listed`)."""
+        mailbox, visible = await self.open_mailbox_listed(principal, ref, need)
+        messages = await self._messages(principal, mailbox, [uid])
+        if not messages:
+            raise MessageNotFound(f"no message {uid} in mailbox {ref}")
+        return mailbox, messages[0], visible
+
+    def _visible(self, principal: Principal, mailboxes) -> list[MailboxInfo]:
         return [m for m in mailboxes if Rights.LOOKUP in self.rights(principal, m)]
 
     async def create_target(self, principal: Principal, name: str, need: Rights) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from storage import blobrefs
@@ -139,9 +139,12 @@ def _children(conn: Connection, account_id: int, name: str):
 # --------------------------------------------------------------------------------------------- reads
 
 
+#: Built once: every webmail page and IMAP LIST runs it.
+_LIST_MAILBOXES = select(MB).where(MB.c.account_id == bindparam("account_id")).order_by(MB.c.name)
+
+
 def list_mailboxes(conn: Connection, account_id: int) -> list[MailboxInfo]:
-    return [mailbox_info(r) for r in conn.execute(select(MB).where(MB.c.account_id == account_id)
-                                                  .order_by(MB.c.name))]
+    return [mailbox_info(r) for r in conn.execute(_LIST_MAILBOXES, {"account_id": account_id})]
 
 
 def large_mailboxes(conn: Connection, min_messages: int, limit: int) -> list[MailboxInfo]:

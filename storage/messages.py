@@ -97,27 +97,43 @@ def list_messages(conn: Connection, mailbox_id: int) -> list[MessageMeta]:
     return [MessageMeta(u, ms, f, tuple(k.split()) if k else empty, sz, d) for u, ms, f, k, sz, d in rows]
 
 
+#: Built once (the webmail's message pages and lists run them on every request; building a select costs more than
+#: SQLite running it).
+_GET_MESSAGES = select(M).where(M.c.mailbox_id == bindparam("mailbox_id"),
+                                M.c.uid.in_(bindparam("uids", expanding=True)))
+_MESSAGE_COUNT = select(MB.c.message_count).where(MB.c.id == bindparam("mailbox_id"))
+_PAGE_ORDER = {"date": M.c.internal_date, "uid": M.c.uid, "size": M.c.size, "subject": M.c.subject,
+               "from": M.c.from_addr}
+_PAGES: dict[tuple[str, bool], object] = {}
+
+
 def get_messages(conn: Connection, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
     """Full metadata of the given UIDs (missing ones are left out), in UID order."""
     out: list[MessageInfo] = []
     for chunk in chunks(sorted(set(uids))):
-        out.extend(message_info(r) for r in conn.execute(
-            select(M).where(M.c.mailbox_id == mailbox_id, M.c.uid.in_(chunk))))
+        out.extend(message_info(r) for r in conn.execute(_GET_MESSAGES, {"mailbox_id": mailbox_id, "uids": chunk}))
     out.sort(key=lambda m: m.uid)
     return out
+
+
+def _page_query(order: str, descending: bool):
+    """The page select of one sort order (one of ``_PAGE_ORDER``, else date), built once per order."""
+    key = (order if order in _PAGE_ORDER else "date", descending)
+    q = _PAGES.get(key)
+    if q is None:
+        col = _PAGE_ORDER[key[0]]
+        q = _PAGES[key] = select(M).where(M.c.mailbox_id == bindparam("mailbox_id")).order_by(
+            col.desc() if descending else col.asc(), M.c.uid.desc() if descending else M.c.uid.asc()
+        ).offset(bindparam("offset")).limit(bindparam("limit"))
+    return q
 
 
 def page_messages(conn: Connection, mailbox_id: int, *, offset: int = 0, limit: int = 50, order: str = "date",
                   descending: bool = True) -> tuple[int, list[MessageInfo]]:
     """One page of a mailbox for lists (webmail): (total count, messages) using the (mailbox, date) index."""
-    cols = {"date": M.c.internal_date, "uid": M.c.uid, "size": M.c.size, "subject": M.c.subject,
-            "from": M.c.from_addr}
-    col = cols.get(order, M.c.internal_date)
-    total = conn.execute(select(MB.c.message_count).where(MB.c.id == mailbox_id)).scalar() or 0
-    q = select(M).where(M.c.mailbox_id == mailbox_id).order_by(
-        col.desc() if descending else col.asc(), M.c.uid.desc() if descending else M.c.uid.asc()
-    ).offset(offset).limit(limit)
-    return total, [message_info(r) for r in conn.execute(q)]
+    total = conn.execute(_MESSAGE_COUNT, {"mailbox_id": mailbox_id}).scalar() or 0
+    rows = conn.execute(_page_query(order, descending), {"mailbox_id": mailbox_id, "offset": offset, "limit": limit})
+    return total, [message_info(r) for r in rows]
 
 
 def changes_since(conn: Connection, mailbox_id: int, modseq: int) -> tuple[list[MessageMeta], list[int]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from storage import mailboxes
@@ -94,14 +94,22 @@ def _union(rows) -> str:
 # --------------------------------------------------------------------------------------------- identifiers
 
 
+# The statements every page and LIST runs, built once (building a select costs more than SQLite running it).
+#: The account's address, with one row per group it is in (one row with a NULL name when in none).
+_IDENTIFIERS = select(A.c.address, G.c.name).select_from(
+    A.outerjoin(GM, GM.c.account_id == A.c.id).outerjoin(G, G.c.id == GM.c.group_id)).where(
+    A.c.id == bindparam("account_id"))
+#: The ACL rows naming any of ``identifiers`` on mailboxes of other accounts than ``account_id``.
+_ACL_NAMING = select(ACL.c.mailbox_id, ACL.c.identifier, ACL.c.rights).join(MB, MB.c.id == ACL.c.mailbox_id).where(
+    ACL.c.identifier.in_(bindparam("identifiers", expanding=True)), MB.c.account_id != bindparam("account_id"))
+
+
 def identifiers_of(conn: Connection, account_id: int) -> list[str]:
     """The ACL identifiers that name ``account_id``: its address, ``anyone`` and ``$group`` of each group."""
-    row = conn.execute(select(A.c.address).where(A.c.id == account_id)).first()
-    if row is None:
+    rows = conn.execute(_IDENTIFIERS, {"account_id": account_id}).all()
+    if not rows:
         return []
-    groups = [r.name for r in conn.execute(select(G.c.name).join(GM, GM.c.group_id == G.c.id)
-                                           .where(GM.c.account_id == account_id))]
-    return [row.address, ANYONE] + ["$" + g for g in groups]
+    return [rows[0].address, ANYONE] + ["$" + r.name for r in rows if r.name is not None]
 
 
 def check_identifier(conn: Connection, identifier: str, *, existing: bool = True) -> str:
@@ -204,7 +212,8 @@ def mailbox_for_reader(conn: Connection, mailbox_id: int, account_id: int) -> Ma
 def _for_reader(conn: Connection, info: MailboxInfo, account_id: int, rights: str) -> MailboxInfo:
     from dataclasses import replace
 
-    unseen = reader_unseen(conn, info.id, account_id) if info.seen_per_reader else info.unseen_count
+    unseen = (reader_unseen(conn, info.id, account_id, info.message_count) if info.seen_per_reader
+              else info.unseen_count)
     return replace(info, reader=account_id, reader_rights=rights, unseen_count=unseen)
 
 
@@ -248,9 +257,7 @@ def shared_with(conn: Connection, account_id: int) -> list[tuple[MailboxInfo, st
     if not idents:
         return []
     rows: dict[int, list[tuple[str, str]]] = {}
-    for r in conn.execute(select(ACL.c.mailbox_id, ACL.c.identifier, ACL.c.rights).join(
-            MB, MB.c.id == ACL.c.mailbox_id).where(ACL.c.identifier.in_(_with_negatives(idents)),
-                                                  MB.c.account_id != account_id)):
+    for r in conn.execute(_ACL_NAMING, {"identifiers": _with_negatives(idents), "account_id": account_id}):
         rows.setdefault(r.mailbox_id, []).append((r.identifier, r.rights))
     rights = {mid: _effective(entries) for mid, entries in rows.items()}
     rights = {mid: letters for mid, letters in rights.items() if letters}
@@ -264,6 +271,13 @@ def shared_with(conn: Connection, account_id: int) -> list[tuple[MailboxInfo, st
             out.append((_as_seen_by_reader(info, shown), letters))
     out.sort(key=lambda p: p[0].name)
     return out
+
+
+def reader_mailboxes(conn: Connection, account_id: int) -> list[MailboxInfo]:
+    """Every mailbox ``account_id`` has rights on, as it sees them: its own by name (each as
+    :func:`mailbox_for_reader` gives it), then those of :func:`shared_with` (by the name the reader sees)."""
+    own = [_for_reader(conn, m, account_id, "") for m in mailboxes.list_mailboxes(conn, account_id)]
+    return own + [m for m, _letters in shared_with(conn, account_id)]
 
 
 # --------------------------------------------------------------------------------------------- ACL rows
@@ -430,9 +444,11 @@ def overlay_seen(metas: list, seen: set[int]) -> list:
     return [m._replace(flags=m.flags | FLAG_SEEN) if m.uid in seen else m for m in metas]
 
 
-def reader_unseen(conn: Connection, mailbox_id: int, reader: int) -> int:
-    """STATUS UNSEEN of a ``seen_per_reader`` mailbox for ``reader``."""
-    total = conn.execute(select(MB.c.message_count).where(MB.c.id == mailbox_id)).scalar() or 0
+def reader_unseen(conn: Connection, mailbox_id: int, reader: int, total: int | None = None) -> int:
+    """STATUS UNSEEN of a ``seen_per_reader`` mailbox for ``reader``; ``total``: its ``message_count`` when the
+    caller read the row in this transaction."""
+    if total is None:
+        total = conn.execute(select(MB.c.message_count).where(MB.c.id == mailbox_id)).scalar() or 0
     seen = conn.execute(select(func.count()).select_from(RS).join(
         M, (M.c.mailbox_id == RS.c.mailbox_id) & (M.c.uid == RS.c.uid)).where(
         RS.c.mailbox_id == mailbox_id, RS.c.account_id == reader)).scalar() or 0

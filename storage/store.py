@@ -404,6 +404,13 @@ class Store:
             return shared.shared_with(conn, account_id)
 
     @reads
+    def reader_mailboxes(self, account_id: int) -> list[MailboxInfo]:
+        """Every mailbox ``account_id`` has rights on, as it sees them, in one transaction: its own (as
+        ``mailbox_for_reader`` gives each), then those of ``shared_with``; the access check filters them."""
+        with self.transaction(write=False) as conn:
+            return shared.reader_mailboxes(conn, account_id)
+
+    @reads
     def get_acl(self, mailbox_id: int) -> list[tuple[str, str]]:
         with self.transaction(write=False) as conn:
             return shared.get_acl(conn, mailbox_id)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from storage import accounts, sendgrants
@@ -86,10 +86,13 @@ def session_account(conn: Connection, account_id: int) -> tuple[str, str]:
     return (row.address, row.display_name) if row else ("", "")
 
 
+#: Built once: every request runs it.
+_LOAD_SESSION = select(S.c.id, S.c.account_id, A.c.address, A.c.display_name, A.c.enabled, S.c.csrf, S.c.created,
+                       S.c.last_seen).join(A, A.c.id == S.c.account_id).where(S.c.id == bindparam("key"))
+
+
 def load_session(conn: Connection, key: str) -> SessionRow | None:
-    row = conn.execute(select(S.c.id, S.c.account_id, A.c.address, A.c.display_name, A.c.enabled, S.c.csrf,
-                              S.c.created, S.c.last_seen)
-                       .join(A, A.c.id == S.c.account_id).where(S.c.id == key)).first()
+    row = conn.execute(_LOAD_SESSION, {"key": key}).first()
     return SessionRow(row.id, row.account_id, row.address, row.display_name, bool(row.enabled), row.csrf,
                       row.created, row.last_seen) if row else None
 
@@ -233,10 +236,21 @@ def conversation(conn: Connection, account_id: int, msg: MessageInfo) -> list[tu
         return []
     # Indexed lookups only: the conversation id computed at delivery (storage.messages.thread_key), plus the
     # messages this one names (which may predate thread ids or have been threaded under another root).
-    conds = [M.c.message_id.in_(sorted(ids)[:100])]
+    params = {"account_id": account_id, "message_ids": sorted(ids)[:100]}
     if msg.thread_id:
-        conds.append(M.c.thread_id == msg.thread_id)
-    q = (select(M, MB.c.name.label("mailbox_name")).join(MB, MB.c.id == M.c.mailbox_id)
-         .where(MB.c.account_id == account_id, or_(*conds))
-         .order_by(M.c.date_sent, M.c.internal_date).limit(MAX_THREAD))
-    return [(r.mailbox_name, message_info(r)) for r in conn.execute(q)]
+        params["thread_id"] = msg.thread_id
+    q = _CONVERSATION_BY_THREAD if msg.thread_id else _CONVERSATION
+    return [(r.mailbox_name, message_info(r)) for r in conn.execute(q, params)]
+
+
+def _conversation(by_thread: bool):
+    named = M.c.message_id.in_(bindparam("message_ids", expanding=True))
+    return (select(M, MB.c.name.label("mailbox_name")).join(MB, MB.c.id == M.c.mailbox_id)
+            .where(MB.c.account_id == bindparam("account_id"),
+                   or_(named, M.c.thread_id == bindparam("thread_id")) if by_thread else named)
+            .order_by(M.c.date_sent, M.c.internal_date).limit(MAX_THREAD))
+
+
+#: Built once (every message page runs one): by the messages named, and by those and the conversation id.
+_CONVERSATION = _conversation(False)
+_CONVERSATION_BY_THREAD = _conversation(True)

@@ -221,6 +221,57 @@ def test_async_check_messages_and_create_target(tmp_path):
         assert run(acc.create_target, pa, "INBOX/x/y", Rights.CREATE) == a.id
 
 
+def test_listed_open_is_the_same_check_as_open_mailbox(tmp_path):
+    """``open_mailbox_listed`` (the webmail pages' one store call for the mailbox and the folder tree) answers every
+    id as ``open_mailbox`` does: the same mailbox, or the same error with the same text, for one's own mailbox,
+    another's shared by address, by ``$group``, by ``anyone``, without ``l``, taken away by a negative row, a
+    shared mailbox, not shared at all, and a missing id; its tree is ``visible_mailboxes``."""
+    with running_server(tmp_path, listeners=()) as srv:
+        a = srv.add_user("a@example.test", "pw")
+        b = srv.add_user("b@example.test", "pw")
+        st = srv.store
+        for name in ("ByAddress", "ByGroup", "ByAnyone", "NoLookup", "Negated", "Private"):
+            st.create_mailbox(b.id, name)
+        ids = {m.name: m.id for m in st.list_mailboxes(b.id)}
+        st.add_group("team")
+        st.set_group_member("team", a.address)
+        st.set_acl(ids["ByAddress"], a.address, "lrs")
+        st.set_acl(ids["ByGroup"], "$team", "lri")
+        st.set_acl(ids["ByAnyone"], "anyone", "lr")
+        st.set_acl(ids["NoLookup"], a.address, "r")
+        st.set_acl(ids["Negated"], "$team", "lr")
+        st.set_acl(ids["Negated"], "-" + a.address, "l")
+        sales = st.create_shared_mailbox("sales@example.test", "sales")
+        sales_inbox = st.list_mailboxes(sales.id)[0]
+        st.set_acl(sales_inbox.id, a.address, "lrsw")
+        srv.deliver("sales@example.test", b"Subject: to sales\r\n\r\nbody\r\n")
+        pa = Principal(a.id, a.address)
+        acc = MailboxAccess(srv.server.astore)
+
+        def outcome(coro_fn, *args):
+            try:
+                return srv.call(lambda: ensureDeferred(coro_fn(*args)))
+            except MailboxNotFound as e:
+                return type(e), str(e)
+
+        own = [m.id for m in st.list_mailboxes(a.id)]
+        refs = own + sorted(ids.values()) + [sales_inbox.id, max(ids.values()) + 1000]
+        visible = outcome(acc.visible_mailboxes, pa)
+        assert {m.name for m in visible} >= {"Other Users/b@example.test/ByAddress", "Shared/sales"}
+        for need in (Rights.READ, Rights.INSERT, Rights.LOOKUP):
+            for ref in refs:
+                listed = outcome(acc.open_mailbox_listed, pa, ref, need)
+                plain = outcome(acc.open_mailbox, pa, ref, need)
+                if isinstance(plain, tuple):
+                    assert listed == plain, (ref, need)
+                else:
+                    assert listed == (plain, visible), (ref, need)
+        box, msg, tree = outcome(acc.open_message_listed, pa, sales_inbox.id, 1, Rights.READ)
+        assert (box, msg) == outcome(acc.open_message, pa, sales_inbox.id, 1, Rights.READ) and tree == visible
+        assert outcome(acc.open_message_listed, pa, ids["Private"], 1, Rights.READ) == \
+            outcome(acc.open_message, pa, ids["Private"], 1, Rights.READ)
+
+
 def test_create_target_checks_the_nearest_existing_parent():
     """RFC 4314 4: CREATE needs "k" on the parent; a missing level is skipped to the nearest existing ancestor,
     and a parent the principal has no "k" on refuses it (as a missing one)."""

@@ -74,6 +74,23 @@ async def open_mailbox(ctx, mailbox_id: int | str, need: Rights) -> MailboxInfo:
         raise NotFoundError() from None
 
 
+async def open_mailbox_listed(ctx, mailbox_id: int | str, need: Rights) -> tuple[MailboxInfo, list[MailboxInfo]]:
+    """:func:`open_mailbox` and :func:`mailboxes` (the folder tree) from one store call; the same 404."""
+    try:
+        return await access(ctx).open_mailbox_listed(principal(ctx), _number(mailbox_id), need)
+    except MailboxNotFound:
+        raise NotFoundError() from None
+
+
+async def open_message_listed(ctx, mailbox_id, uid, need: Rights
+                              ) -> tuple[MailboxInfo, MessageInfo, list[MailboxInfo]]:
+    """:func:`open_message` and :func:`mailboxes` (the folder tree), the mailbox and the tree from one store call."""
+    try:
+        return await access(ctx).open_message_listed(principal(ctx), _number(mailbox_id), _number(uid), need)
+    except MailboxNotFound:
+        raise NotFoundError() from None
+
+
 async def open_message(ctx, mailbox_id, uid, need: Rights) -> tuple[MailboxInfo, MessageInfo]:
     """The mailbox and its message ``uid``, through the same check; 404 for a missing or forbidden either."""
     try:

@@ -16,6 +16,7 @@ from webmail.views.common import (
     inbox,
     mailboxes,
     open_mailbox,
+    open_mailbox_listed,
     special,
 )
 
@@ -39,17 +40,19 @@ def _sidebar(mbs, current_id: int | None):
 
 
 async def message_list(ctx, mb: str) -> web.Response:
-    box = await open_mailbox(ctx, mb, Rights.READ)
+    box, mbs = await open_mailbox_listed(ctx, mb, Rights.READ)
     sort = ctx.arg("sort", "date")
     if sort not in SORTS:
         sort = "date"
     descending = ctx.arg("dir", "desc") != "asc"
     size = ctx.config.webmail.page_size or 50
     page = ctx.int_arg("page", 1, 1, 1_000_000)
+    # reader: in a shared mailbox \Seen is the reader's own (storage/shared.py); the mailbox says whether it is one
     total, msgs = await ctx.astore.page_messages(box.id, offset=(page - 1) * size, limit=size, order=sort,
-                                                 descending=descending, reader=ctx.account_id)
-    mbs = await mailboxes(ctx)
+                                                 descending=descending,
+                                                 reader=ctx.account_id if box.seen_per_reader else 0)
     pages = max(1, (total + size - 1) // size)
+    tree = folder_tree(mbs)
 
     def url(**kw):
         q = {"sort": sort, "dir": "desc" if descending else "asc", "page": page}
@@ -59,10 +62,10 @@ async def message_list(ctx, mb: str) -> web.Response:
     return ctx.render("list.html", mailbox=box, messages=msgs, total=total, page=page, pages=pages, sort=sort,
                       descending=descending, url=url, title=box.name, is_search=False,
                       is_trash=box.special_use in ("\\Trash", "\\Junk"), is_drafts=box.special_use == "\\Drafts",
-                      move_targets=[r for r in folder_tree(mbs) if r.mailbox.id != box.id],
+                      move_targets=[r for r in tree if r.mailbox.id != box.id],
                       flags={"seen": FLAG_SEEN, "flagged": FLAG_FLAGGED, "deleted": FLAG_DELETED},
                       request_notice={"sent": "Message sent."}.get(ctx.arg("notice"), ""),
-                      **_sidebar(mbs, box.id))
+                      folders=tree, current_id=box.id)
 
 
 async def search(ctx) -> web.Response:
@@ -71,10 +74,11 @@ async def search(ctx) -> web.Response:
     if field not in queries.SEARCH_FIELDS:
         field = "all"
     scope = ctx.arg("mb", "")
-    mbs = await mailboxes(ctx)
     box = None
     if scope and scope != "all":
-        box = await open_mailbox(ctx, scope, Rights.READ)
+        box, mbs = await open_mailbox_listed(ctx, scope, Rights.READ)
+    else:
+        mbs = await mailboxes(ctx)
     size = ctx.config.webmail.page_size or 50
     page = ctx.int_arg("page", 1, 1, 10_000)
     result = queries.SearchResult([], False)
@@ -82,6 +86,7 @@ async def search(ctx) -> web.Response:
         result = await ctx.astore.search_messages(ctx.account_id, [box.id] if box else None, text, field,
                                                   (page - 1) * size, size, body_text=queries.body_text)
     names = {m.id: m.name for m in mbs}
+    tree = folder_tree(mbs)
 
     def url(**kw):
         q = {"q": text, "in": field, "mb": box.id if box else "all", "page": page}
@@ -92,15 +97,14 @@ async def search(ctx) -> web.Response:
                       pages=page + (1 if result.more else 0), sort="date", descending=True, url=url,
                       title=f"Search: {text}", is_search=True, query=text, search_field=field,
                       mailbox_names=names, scanned_all=result.scanned_all, is_trash=False, is_drafts=False,
-                      move_targets=folder_tree(mbs), flags={"seen": FLAG_SEEN, "flagged": FLAG_FLAGGED,
-                                                            "deleted": FLAG_DELETED},
-                      **_sidebar(mbs, box.id if box else None))
+                      move_targets=tree, flags={"seen": FLAG_SEEN, "flagged": FLAG_FLAGGED, "deleted": FLAG_DELETED},
+                      folders=tree, current_id=box.id if box else None)
 
 
 async def bulk_action(ctx, mb: str) -> web.Response:
     """Move, delete, mark read/unread, flag, junk/not junk many messages of one mailbox."""
     action = ctx.form.get("action")
-    box = await open_mailbox(ctx, mb, ACTION_RIGHTS.get(action, Rights.READ))
+    box, mbs = await open_mailbox_listed(ctx, mb, ACTION_RIGHTS.get(action, Rights.READ))
     if action not in ACTIONS:
         raise web.BadRequest("unknown action")
     uids = []
@@ -112,7 +116,6 @@ async def bulk_action(ctx, mb: str) -> web.Response:
     back = web.local_path(ctx.form.get("back") or "", f"/m/{box.id}")
     if not uids:
         return web.redirect(back)
-    mbs = await mailboxes(ctx)
     a = ctx.astore
 
     def target(mailbox):  # a special folder the messages go to: "i" (RFC 4314 4)

@@ -14,7 +14,7 @@ from webmail import web
 from webmail.sanitize import document, frame_csp, sanitize_html
 from webmail.verdict import MAX_HEADER as MAX_VERDICT_HEADER
 from webmail.verdict import explain
-from webmail.views.common import folder_tree, mailboxes, open_message, rights
+from webmail.views.common import folder_tree, mailboxes, open_message, open_message_listed, rights
 
 #: Types sent with their own Content-Type on download (always as an attachment, never rendered by us).
 SAFE_DOWNLOAD_TYPES = {"application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp", "text/plain",
@@ -41,7 +41,7 @@ def _node(bs: dict, part: str) -> dict:
 
 
 async def read(ctx, mb: str, uid: str) -> web.Response:
-    box, msg = await open_message(ctx, mb, uid, Rights.READ)
+    box, msg, mbs = await open_message_listed(ctx, mb, uid, Rights.READ)
     raw = await ctx.astore.read_blob(msg.blob_id)
     bs = _structure(msg, raw)
     prefer_text = ctx.arg("view") == "text"
@@ -63,13 +63,14 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
     if not msg.flags & FLAG_SEEN and Rights.SEEN in rights(ctx, box):
         if site in ("same-origin", "none"):
             await ctx.astore.set_flags(box.id, [msg.uid], "add", FLAG_SEEN, reader=ctx.account_id)
+            mbs = await mailboxes(ctx)  # the folder tree's unread counts after this one was read
         elif not site:
             mark_by_script = True
     # "Why is this junk?": the verdict our delivery stored on the copy (webmail/verdict.py), for mail in Junk.
     junk = explain(raw[:MAX_VERDICT_HEADER], ctx.config.hostname) if box.special_use == "\\Junk" else None
-    mbs = await mailboxes(ctx)
     thread = await ctx.astore.conversation(ctx.account_id, msg)
     names = {m.id: m.name for m in mbs}
+    tree = folder_tree(mbs)
     has_html_body = any(b.kind == "html" for b in view.bodies)
     attachments = [a for a in view.attachments
                    if not (has_html_body and a.inline_cid and a.content_type in mv.INLINE_IMAGE_TYPES)]
@@ -78,8 +79,8 @@ async def read(ctx, mb: str, uid: str) -> web.Response:
     return ctx.render("read.html", mailbox=box, msg=msg, view=view, attachments=attachments,
                       allow_remote=allow_remote, remote_blocked=remote_blocked, prefer_text=prefer_text,
                       thread=thread if len(thread) > 1 else [], mailbox_names=names, reply_to=reply_to,
-                      folders=folder_tree(mbs), current_id=box.id, mark_by_script=mark_by_script,
-                      junk=junk, move_targets=[r for r in folder_tree(mbs) if r.mailbox.id != box.id],
+                      folders=tree, current_id=box.id, mark_by_script=mark_by_script,
+                      junk=junk, move_targets=[r for r in tree if r.mailbox.id != box.id],
                       title=msg.subject or "(no subject)")
 
 
