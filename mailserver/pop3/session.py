@@ -254,6 +254,11 @@ class Pop3Session:
                                       allow_without_tls=self.plaintext_without_tls)
 
     @property
+    def buffered(self) -> int:
+        """Octets of input received and not yet taken as commands (pipelined commands waiting their turn)."""
+        return self._reader.buffered()
+
+    @property
     def busy(self) -> bool:
         """A request is outstanding (the idle timer should not end the session while a RETR streams)."""
         return self._waiting is not None

@@ -93,9 +93,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and every live process under it, plus what they reaped of their children."""
-    total = 0.0
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU of ``pid`` and every live process under it, plus what they reaped of their children."""
+    user = system = 0.0
     stack, seen = [pid], set()
     while stack:
         p = stack.pop()
@@ -108,9 +108,10 @@ def tree_cpu_seconds(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
         # fields[11..14] = utime stime cutime cstime (stat fields 14-17)
-        total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+        user += (int(fields[11]) + int(fields[13])) / CLK_TCK
+        system += (int(fields[12]) + int(fields[14])) / CLK_TCK
         stack.extend(_children(p))
-    return total
+    return user, system
 
 
 # --------------------------------------------------------------------------------------------- client side
@@ -150,7 +151,7 @@ class Round:
     octets: int
     wall: float
     slowest: float
-    cpu: float | None  # server CPU seconds over the round
+    cpu: tuple[float, float] | None  # server (user, system) CPU seconds over the round
 
     @property
     def rate(self) -> float:
@@ -158,7 +159,11 @@ class Round:
 
     @property
     def cpu_us(self) -> float | None:
-        return None if self.cpu is None or not self.messages else self.cpu / self.messages * 1e6
+        return None if self.cpu is None or not self.messages else sum(self.cpu) / self.messages * 1e6
+
+    @property
+    def user_us(self) -> float | None:
+        return None if self.cpu is None or not self.messages else self.cpu[0] / self.messages * 1e6
 
 
 class Clients:
@@ -182,12 +187,12 @@ class Clients:
         cpu0 = cpu_of() if cpu_of else None
         results = pending.get()
         wall = time.time() - start_at
-        cpu = cpu_of() - cpu0 if cpu_of else None
+        cpu = tuple(b - a for a, b in zip(cpu0, cpu_of(), strict=True)) if cpu_of else None
         return Round(sum(r[0] for r in results), sum(r[1] for r in results), wall, max(r[2] for r in results), cpu)
 
 
 def describe(label: str, n_sessions: int, r: Round) -> str:
-    cpu = f", server CPU {r.cpu_us:.0f} us/message" if r.cpu_us is not None else ""
+    cpu = (f", server CPU {r.cpu_us:.0f} us/message ({r.user_us:.0f} user)" if r.cpu_us is not None else "")
     return (f"{label}: {n_sessions} sessions, {r.messages} messages, {r.octets / 1e6:.1f} MB in {r.wall:.2f} s: "
             f"{r.rate:.0f} messages/s, {r.octets / 1e6 / r.wall:.1f} MB/s (slowest session {r.slowest:.2f} s)"
             f"{cpu}")
@@ -206,7 +211,7 @@ def run_clients(host: str, port: int, users: list[str], password: str, rounds: i
 # --------------------------------------------------------------------------------------------- our server
 
 
-def bench_ours(sessions: int, messages: int, size: int, rounds: int) -> None:
+def bench_ours(sessions: int, messages: int, size: int, rounds: int, profile: str = "") -> None:
     from twisted.internet import reactor
 
     from mailserver.config import load_dict
@@ -221,8 +226,19 @@ def bench_ours(sessions: int, messages: int, size: int, rounds: int) -> None:
     harness.call(server.startService)
     try:
         users = fill_ours(server, sessions, messages, size)
+        prof = None
+        if profile:
+            import cProfile
+
+            # The reactor thread's CPU time (not wall time) per function, over the download rounds only.
+            prof = cProfile.Profile(time.thread_time)
+            harness.call(prof.enable)
         # The server is this process (the clients are others): its CPU is this process's.
-        run_clients("127.0.0.1", server.port("pop3"), users, PASSWORD, rounds, cpu_of=lambda: sum(os.times()[:2]))
+        run_clients("127.0.0.1", server.port("pop3"), users, PASSWORD, rounds, cpu_of=lambda: tuple(os.times()[:2]))
+        if prof is not None:
+            harness.call(prof.disable)
+            prof.dump_stats(profile)
+            print(f"reactor thread CPU profile of the rounds in {profile} (pstats)", flush=True)
     finally:
         harness.call(server.stopService)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -439,14 +455,16 @@ def bench_deployed(workers: list[int], dovecot: bool, before: Path | None, sessi
 
 def summary(targets: list[Target]) -> None:
     ref = next((t for t in targets if t.label == "dovecot"), None)
-    print("medians over the rounds (messages/s, server CPU us/message; ratio = ours / Dovecot per round):")
+    print("medians over the rounds (messages/s; server CPU us/message, of which user; ratio = ours / Dovecot per round):")
     for t in targets:
         rate = statistics.median(r.rate for r in t.rounds)
         cpus = [r.cpu_us for r in t.rounds if r.cpu_us is not None]
         line = (f"  {t.label:24s} {rate:8.0f} msg/s ({min(r.rate for r in t.rounds):.0f}-"
                 f"{max(r.rate for r in t.rounds):.0f})")
         if cpus:
-            line += f"  {statistics.median(cpus):6.0f} us/msg ({min(cpus):.0f}-{max(cpus):.0f})"
+            users = [r.user_us for r in t.rounds if r.user_us is not None]
+            line += (f"  {statistics.median(cpus):6.0f} us/msg ({min(cpus):.0f}-{max(cpus):.0f}), user "
+                     f"{statistics.median(users):.0f}")
         if ref is not None and t is not ref:
             ratios = [a.rate / b.rate for a, b in zip(t.rounds, ref.rounds, strict=True)]
             line += "  ratio " + " ".join(f"{x:.2f}" for x in ratios)
@@ -481,6 +499,8 @@ def main() -> None:
     p.add_argument("--workers", default="", help="comma-separated worker counts: run `mailserver serve` for each")
     p.add_argument("--dovecot", action="store_true", help="with --workers: also a private Dovecot, alternately")
     p.add_argument("--before", default="", help="with --workers: also `serve` from this checkout, alternately")
+    p.add_argument("--profile", default="", metavar="FILE",
+                   help="default mode: cProfile the reactor thread (CPU clock) over the rounds into FILE (pstats)")
     p.add_argument("--external", default="", help="HOST:PORT of another POP3 server to measure instead")
     p.add_argument("--user-format", default="user{}", help="with --external: user names, {} = 1..sessions")
     p.add_argument("--password", default="pass", help="with --external")
@@ -500,7 +520,7 @@ def main() -> None:
             p.error(f"--before: {before} is not a checkout of this project")
         bench_deployed(workers, a.dovecot, before, a.sessions, a.messages, a.size, a.rounds)
     else:
-        bench_ours(a.sessions, a.messages, a.size, a.rounds)
+        bench_ours(a.sessions, a.messages, a.size, a.rounds, a.profile)
 
 
 if __name__ == "__main__":
