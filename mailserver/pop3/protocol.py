@@ -365,7 +365,6 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
 
     def _carry_out(self, outputs: list) -> None:
         self._inline_octets = 0
-        outputs = list(outputs)
         i = 0
         while i < len(outputs):  # a RETR answered from the read-ahead adds the session's next outputs
             o = outputs[i]

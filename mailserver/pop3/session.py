@@ -429,7 +429,9 @@ class Pop3Session:
                 self._sasl_line(line, out)
             else:
                 self._command(line, out)
-            produced += sum(len(o.data) for o in out[mark:] if isinstance(o, Send))
+            for o in out[mark:]:
+                if type(o) is Send:
+                    produced += len(o.data)
         if not self.closed and not self.yielded:  # what a yield leaves is not read further until it is taken
             try:
                 self._reader.check_backlog()

@@ -209,7 +209,7 @@ def _number(text: str, what: str, minimum: int) -> int:
 def _args(rest: str, names: tuple[str, ...], optional: int = 0) -> list[str]:
     """Split ``rest`` into single-space separated arguments (RFC 1939 section 3)."""
     parts = rest.split(" ") if rest else []
-    if any(p == "" for p in parts):
+    if "" in parts:
         raise SyntaxError_("arguments are separated by a single space")
     if not len(names) - optional <= len(parts) <= len(names):
         raise SyntaxError_("wrong number of arguments")
