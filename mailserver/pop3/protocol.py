@@ -10,6 +10,13 @@ and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related i
 * RETR/TOP stream through the connection's :class:`~mailserver.connections.FlowControl`: the next chunk of at most
   :data:`CHUNK` octets is read only once the transport's buffer has drained, so a 25 MB message is never held whole
   in memory (the database blob backend is the exception: its ``open()`` returns the body already read);
+* read-ahead: clients download in order, so the blob-pool trip that opens a message also reads the whole bodies of
+  the next small messages of the maildrop (:class:`ReadAhead`: at most :data:`READ_AHEAD_OCTETS` held per session,
+  the window growing from 4 to :data:`READ_AHEAD_MESSAGES` messages while the client keeps hitting it).  A RETR/TOP of
+  a message read ahead is answered at once, in one write, without a thread hop or a Deferred; the next one waits for
+  a later reactor turn once :data:`~mailserver.connections.OUTPUT_PER_TURN` octets of bodies went out in this one, and
+  for the transport to drain while its buffer is over its bound, so a client that pipelines RETRs and never reads
+  holds a bounded amount of memory (the stall timer then drops it);
 * flow control: reading is paused while a request is outstanding and while output does not drain (a peer that
   stops reading is dropped after ``limits.output_stall_timeout``); the session handles at most
   :data:`~mailserver.connections.COMMANDS_PER_TURN` commands (or about
@@ -54,6 +61,11 @@ log = Logger()
 CHUNK = 256 * 1024
 #: Blob ids looked up per query when RETR/TOP reach a message whose blob id is not known yet.
 BLOB_ID_WINDOW = 200
+#: Most octets of message bodies a session holds read ahead (the same bound as one chunk of a streamed body).
+READ_AHEAD_OCTETS = 128 * 1024
+#: Most messages read ahead in one blob-pool trip (the window starts at :data:`READ_AHEAD_FIRST` and doubles).
+READ_AHEAD_MESSAGES = 32
+READ_AHEAD_FIRST = 4
 
 def maildrop_locks(services: Services) -> S.MaildropLockTable:
     """The server's lock table (shared by its pop3 and pop3s listeners): its cluster state's."""
@@ -84,6 +96,72 @@ def open_and_read(store, blob_id: str, n: int):
         return None
     data, eof = read_chunk(f, n)
     return f, data, eof
+
+
+def open_and_read_ahead(store, blob_id: str, n: int, ahead: list[tuple[int, str, int]]):
+    """Blocking (blob pool): :func:`open_and_read` of ``blob_id``, then the whole bodies of ``ahead`` ((uid, blob id,
+    size) in maildrop order): (open_and_read's result, {uid: body}).  A body that cannot be read, or that is not the
+    size listed, ends the read-ahead (its RETR will open it itself)."""
+    first = open_and_read(store, blob_id, n)
+    bodies: dict[int, bytes] = {}
+    for uid, other, size in ahead:
+        try:
+            body = store.blobs.read(other, 0, size + 1)
+        except OSError:
+            break
+        if len(body) != size:
+            break
+        bodies[uid] = body
+    return first, bodies
+
+
+class ReadAhead:
+    """The bodies of the next messages of one session's maildrop, read in the blob pool before they are asked for.
+
+    Holds at most :data:`READ_AHEAD_OCTETS`; :meth:`take` hands a body over (and forgets it).  :meth:`plan` says which
+    messages to read with the next miss: those after it in maildrop order, not marked deleted, with a known blob id,
+    each fitting the budget left, at most ``window`` of them; the window doubles on each miss up to
+    :data:`READ_AHEAD_MESSAGES` (a client that RETRs one message and leaves costs a few small reads)."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[int, bytes] = {}
+        self.octets = 0
+        self.window = READ_AHEAD_FIRST
+
+    def take(self, uid: int) -> bytes | None:
+        body = self.bodies.pop(uid, None)
+        if body is not None:
+            self.octets -= len(body)
+        return body
+
+    def plan(self, entries, start: int, deleted, blob_ids: dict[int, str]) -> list[tuple[int, str, int]]:
+        """After a miss at index ``start`` of ``entries``: what to read with it.  Drops what was held (the client
+        went elsewhere)."""
+        self.bodies.clear()
+        self.octets = 0
+        out: list[tuple[int, str, int]] = []
+        budget = READ_AHEAD_OCTETS
+        for n in range(start + 1, len(entries)):
+            if len(out) >= self.window:
+                break
+            if n + 1 in deleted:  # message numbers count from 1
+                continue
+            e = entries[n]
+            blob_id = blob_ids.get(e.uid)
+            if not blob_id or e.size > budget:
+                break
+            budget -= e.size
+            out.append((e.uid, blob_id, e.size))
+        self.window = min(self.window * 2, READ_AHEAD_MESSAGES)
+        return out
+
+    def keep(self, bodies: dict[int, bytes]) -> None:
+        self.bodies.update(bodies)
+        self.octets += sum(len(b) for b in bodies.values())
+
+    def clear(self) -> None:
+        self.bodies.clear()
+        self.octets = 0
 
 
 def read_chunk(f, n: int) -> tuple[bytes, bool]:
@@ -188,6 +266,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         self.flow: FlowControl | None = None
         self._stls_started = False
         self._blob_ids: dict[int, str] = {}
+        self._ahead = ReadAhead()
+        self._inline_octets = 0  # bodies written from the read-ahead in this call of _carry_out
         self._counted = False
         self._closing = None  # the pending abort of a close in progress
         self._gone = False  # connectionLost has run
@@ -253,6 +333,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         if self.sender is not None:
             self.sender.stop()
             self.sender = None
+        self._ahead.clear()
         if self.session is not None:
             s = self.session
             if s.state is S.TRANSACTION:
@@ -283,9 +364,17 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
     # ----------------------------------------------------------------------------------------- outputs
 
     def _carry_out(self, outputs: list) -> None:
-        for o in outputs:
+        self._inline_octets = 0
+        i = 0
+        while i < len(outputs):  # a RETR answered from the read-ahead adds the session's next outputs
+            o = outputs[i]
+            i += 1
             if isinstance(o, S.Send):
                 self.transport.write(o.data)
+            elif isinstance(o, S.Retrieve):
+                more = self._retrieve(o)
+                if more:
+                    outputs.extend(more)
             elif isinstance(o, S.Close):
                 self._close()
             elif isinstance(o, S.StartTls):
@@ -296,8 +385,6 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
                 self._authenticate(o)
             elif isinstance(o, S.OpenMaildrop):
                 self._open_maildrop(o)
-            elif isinstance(o, S.Retrieve):
-                self._retrieve(o)
             elif isinstance(o, S.Expunge):
                 self._expunge(o)
             else:  # pragma: no cover - every output type is handled above
@@ -359,15 +446,24 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
 
         d.addCallbacks(done, failed)
 
-    def _retrieve(self, req: S.Retrieve) -> None:
+    def _retrieve(self, req: S.Retrieve) -> list | None:
+        """Carry out RETR/TOP; returns the session's next outputs when it was answered at once (read ahead)."""
+        flow = self.flow
+        if flow.output_blocked or self._inline_octets >= OUTPUT_PER_TURN:
+            # Output does not drain, or this turn wrote its share: go on in a later turn (after a drain).
+            flow.next_turn(lambda: self._alive() and self._carry_out([req]))
+            return None
+        uid = req.entry.uid
+        body = self._ahead.take(uid)
+        if body is not None:
+            return self._send_whole(req, body)
         services = self.factory.services
         maildrop = self.session.maildrop
-        uid = req.entry.uid
         if req.entry.blob_id:
             self._blob_ids.setdefault(uid, req.entry.blob_id)
         if uid in self._blob_ids:
             self._open_blob(req, self._blob_ids[uid])
-            return
+            return None
         # Look the blob ids up for this message and the next ones (clients RETR in order): one query per window.
         uids = [e.uid for e in maildrop.entries if e.uid >= uid][:BLOB_ID_WINDOW]
         d = services.astore.read(blob_ids, services.store, maildrop.mailbox_id, uids)
@@ -380,28 +476,47 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
                 self._open_blob(req, self._blob_ids[uid])
 
         d.addCallbacks(found, self._retrieve_error)
+        return None
 
     def _open_blob(self, req: S.Retrieve, blob_id: str) -> None:
         if not blob_id:
             self._carry_out(self.session.retrieve_failed())
             return
         services = self.factory.services
-        d = run_in(services.reactor, services.pools.blob, open_and_read, services.store, blob_id, CHUNK)
+        maildrop = self.session.maildrop
+        index = req.msg - 1
+        ahead = self._ahead.plan(maildrop.entries, index, self.session.deleted, self._blob_ids) \
+            if req.entry.size <= CHUNK else []
+        d = run_in(services.reactor, services.pools.blob, open_and_read_ahead, services.store, blob_id, CHUNK, ahead)
 
         def opened(result):
+            first, bodies = result
             if not self._alive():
-                if result is not None and not result[2]:
-                    result[0].close()
+                if first is not None and not first[2]:
+                    first[0].close()
                 return
-            if result is None:
+            self._ahead.keep(bodies)
+            if first is None:
                 self._carry_out(self.session.retrieve_failed())
                 return
-            f, data, eof = result
+            f, data, eof = first
+            if eof:
+                self._carry_out(self._send_whole(req, data))
+                return
             prefix = b"".join(o.data for o in self.session.retrieve_begin())
-            self.sender = BodySender(self, None if eof else f, BodyEncoder(req.top_lines))
+            self.sender = BodySender(self, f, BodyEncoder(req.top_lines))
             self.sender.start(prefix, data, eof)
 
         d.addCallbacks(opened, self._retrieve_error)
+
+    def _send_whole(self, req: S.Retrieve, body: bytes) -> list:
+        """A body read whole: the +OK line, the dot-stuffed body and the terminator in one write; the session's next
+        outputs."""
+        enc = BodyEncoder(req.top_lines)
+        out = b"".join(o.data for o in self.session.retrieve_begin()) + enc.encode(body) + enc.finish()
+        self._inline_octets += len(out)
+        self.transport.write(out)  # (the idle timer was reset by the command's arrival, a moment ago)
+        return self.session.retrieve_done()
 
     def _retrieve_error(self, failure) -> None:
         log.failure("pop3 cannot open message", failure)

@@ -254,6 +254,11 @@ class Pop3Session:
                                       allow_without_tls=self.plaintext_without_tls)
 
     @property
+    def buffered(self) -> int:
+        """Octets of input received and not yet taken as commands (pipelined commands waiting their turn)."""
+        return self._reader.buffered()
+
+    @property
     def busy(self) -> bool:
         """A request is outstanding (the idle timer should not end the session while a RETR streams)."""
         return self._waiting is not None
@@ -424,7 +429,9 @@ class Pop3Session:
                 self._sasl_line(line, out)
             else:
                 self._command(line, out)
-            produced += sum(len(o.data) for o in out[mark:] if isinstance(o, Send))
+            for o in out[mark:]:
+                if type(o) is Send:
+                    produced += len(o.data)
         if not self.closed and not self.yielded:  # what a yield leaves is not read further until it is taken
             try:
                 self._reader.check_backlog()

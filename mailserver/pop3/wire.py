@@ -11,6 +11,7 @@ Nothing here does I/O or imports Twisted.  Three pieces:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 CRLF = b"\r\n"
@@ -208,7 +209,7 @@ def _number(text: str, what: str, minimum: int) -> int:
 def _args(rest: str, names: tuple[str, ...], optional: int = 0) -> list[str]:
     """Split ``rest`` into single-space separated arguments (RFC 1939 section 3)."""
     parts = rest.split(" ") if rest else []
-    if any(p == "" for p in parts):
+    if "" in parts:
         raise SyntaxError_("arguments are separated by a single space")
     if not len(names) - optional <= len(parts) <= len(names):
         raise SyntaxError_("wrong number of arguments")
@@ -290,6 +291,10 @@ PARSERS = {
 }
 
 
+#: C0 controls and DEL.  Searched in the octets: no octet of a multi-octet UTF-8 sequence is below 0x80.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
 def parse_command(line: bytes) -> Command:
     """Parse one command line (without its line end) into a typed command.
 
@@ -299,13 +304,14 @@ def parse_command(line: bytes) -> Command:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise SyntaxError_("command is not valid UTF-8") from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(line) is not None:
         raise SyntaxError_("control characters in command")
     keyword, sep, rest = text.partition(" ")
-    parser = PARSERS.get(keyword.upper())
+    keyword = keyword.upper()
+    parser = PARSERS.get(keyword)
     if parser is None:
         raise UnknownCommand("unknown command")
-    if keyword.upper() not in ("PASS",):
+    if keyword != "PASS":
         rest = rest.rstrip(" ")  # tolerate trailing spaces some clients send
     return parser(rest)
 

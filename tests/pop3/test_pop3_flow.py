@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 from twisted.internet import task
 
@@ -16,7 +17,9 @@ from tests.hostile import (
     Timed,
     dropped_after_stall,
     flood,
+    output_blocked,
     read_replies_in_background,
+    small_send_buffers,
     unsent_output,
 )
 from tests.logins import assert_logs_in_promptly
@@ -95,5 +98,43 @@ def test_client_that_never_reads_is_not_read_and_is_dropped_after_the_stall_time
         assert len(unsent) == 1 and unsent[0] < MAX_UNSENT, unsent
         _normal_login(port, "normal@example.test")
         srv.wait_for(lambda: srv.server_sessions("pop3") == 1)  # the normal client's session has ended
+        dropped_after_stall(srv, "pop3", "pop3", clock, STALL)
+        raw.close()
+
+
+def test_pipelined_retr_never_read_holds_a_bounded_amount_and_is_dropped(tmp_path):
+    """400 pipelined RETRs of 5 KB messages (answered from the read-ahead, without a thread hop) from a client that
+    never reads: once its output backs up the server writes nothing more, holds a bounded amount unsent, and aborts
+    the connection after the stall timeout; a normal client logs in meanwhile."""
+    with running_server(tmp_path, listeners=("pop3",), limits={"output_stall_timeout": STALL}) as srv:
+        for u in ("flood@example.test", "normal@example.test"):
+            srv.add_user(u, PASSWORD)
+        body = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n.A dot line.\r\n" * 70
+        for n in range(400):
+            srv.deliver("flood@example.test", b"Subject: m%d\r\n\r\n" % n + body)
+        clock = task.Clock()
+        _factory(srv).clock = clock
+        port = srv.port("pop3")
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel does not take megabytes for us
+        raw.settimeout(10)
+        raw.connect(("127.0.0.1", port))
+        f = raw.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        raw.sendall(f"USER flood@example.test\r\nPASS {PASSWORD}\r\n".encode())
+        assert f.readline().startswith(b"+OK")
+        assert f.readline().startswith(b"+OK maildrop has 400 messages")
+        small_send_buffers(srv, "pop3")
+        raw.sendall(b"".join(b"RETR %d\r\n" % n for n in range(1, 401)))
+        srv.wait_for(lambda: output_blocked(srv, "pop3"), timeout=30)
+        for _ in range(20):  # while the server could go on answering RETRs, it must not
+            unsent = unsent_output(srv, "pop3")
+            assert len(unsent) == 1 and unsent[0] < MAX_UNSENT, unsent
+            time.sleep(0.1)
+        listener = next(lst.factory for lst in srv.server.listening if lst.name == "pop3")
+        waiting = srv.call(lambda: [t.wrappedProtocol.session.buffered for t in list(listener.protocols)])
+        assert waiting[0] > 0, "every RETR was answered into a connection that does not read"
+        _normal_login(port, "normal@example.test")
+        srv.wait_for(lambda: srv.server_sessions("pop3") == 1)
         dropped_after_stall(srv, "pop3", "pop3", clock, STALL)
         raw.close()

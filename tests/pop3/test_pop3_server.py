@@ -306,6 +306,57 @@ def test_25_mb_message(fresh):
     r.close()
 
 
+def test_pipelined_downloads_byte_exact_through_the_read_ahead(fresh):
+    """60 messages (dot lines, one larger than the read-ahead budget, one without a final line end) downloaded by
+    pipelined RETR and TOP in one packet, with DELE and a message expunged elsewhere meanwhile: every reply is
+    byte-exact, in order, whether its body was read ahead or opened on its own."""
+    raws = []
+    for n in range(1, 61):
+        body = b"line %d\r\n.dot line\r\n..two dots\r\n" % n * (n % 7 + 1)
+        if n == 20:
+            body = (b"x" * 998 + b"\r\n") * (pop3_protocol.READ_AHEAD_OCTETS // 1000 + 10)  # over the budget
+        if n == 33:
+            body = b"no final line end"
+        raws.append(message(n, body))
+        fresh.deliver(ALICE, raws[-1])
+    r = Raw(fresh.port("pop3"))
+    r.line()
+    r.send(f"USER {ALICE}\r\nPASS {PW}\r\n".encode())
+    r.line()
+    assert r.line().startswith(b"+OK maildrop has 60 messages")
+    mb = fresh.store.get_mailbox(fresh.store.get_account(ALICE).id, "INBOX")
+    fresh.call(fresh.server.astore.delete_messages, mb.id, [50])  # before any RETR: never read ahead
+    commands = [b"RETR 1", b"DELE 3"] + [b"RETR %d" % n for n in range(2, 61) if n != 3] + [b"TOP 5 1", b"RETR 3"]
+    r.send(b"".join(c + b"\r\n" for c in commands))
+
+    def expect_body(n: int, top: int | None = None) -> None:
+        raw = raws[n - 1]
+        if top is None:
+            assert r.line() == f"+OK {len(raw)} octets".encode()
+            want = raw if raw.endswith(b"\r\n") else raw + b"\r\n"
+        else:
+            assert r.line() == b"+OK top of message follows"
+            head, body = raw.split(b"\r\n\r\n", 1)
+            want = head + b"\r\n\r\n" + b"".join(body.splitlines(keepends=True)[:top])
+        assert r.until_terminator() == stuffed(want)
+
+    expect_body(1)
+    assert r.line() == b"+OK message 3 deleted"
+    for n in range(2, 61):
+        if n == 3:
+            continue
+        if n == 50:
+            assert r.line() == b"-ERR message no longer available"
+            continue
+        expect_body(n)
+    expect_body(5, top=1)
+    assert r.line() == b"-ERR message 3 already deleted"
+    r.send(b"QUIT\r\n")
+    assert r.line().startswith(b"+OK")
+    r.close()
+    assert 3 not in inbox_uids(fresh) and 50 not in inbox_uids(fresh) and len(inbox_uids(fresh)) == 58
+
+
 def test_top_over_socket(srv):
     body = b"l1\r\n.l2\r\nl3\r\n"
     srv.deliver(BOB, message(9, body))
