@@ -261,7 +261,7 @@ class Ingest:
                 result.callback(self._failed(f))
 
         # No client, so no Return-Path/Delivered-To prefix: the form is parsed as stored.
-        runner.blob_grouped(self.body.finish, b"").addCallback(stored).addErrback(failed)
+        runner.blob_grouped(self.body.finish, b"", size=self.size).addCallback(stored).addErrback(failed)
         return result
 
     async def _finish(self) -> IngestResult:
