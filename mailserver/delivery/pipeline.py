@@ -222,18 +222,22 @@ class Ingest:
     def finish(self) -> defer.Deferred:
         """Fires with the IngestResult once everything it reports is durable; never errbacks."""
         if self.request.placement is not None and not self.pipeline.check_stages(self.request):
-            return self._finish_placed().addErrback(self._failed)
+            return self._finish_placed()  # never errbacks: each step's failure becomes the result
         return defer.ensureDeferred(self._finish()).addErrback(self._failed)
 
     def _finish_placed(self) -> defer.Deferred:
         """The steps of :meth:`_finish` for a placement that no check stage applies to (APPEND, drafts, Sent copies,
-        imports, ``deliver_raw``), as one Deferred chain: routing is the placement, store and parse, no filter stages,
+        imports, ``deliver_raw``), as callbacks: routing is the placement, store and parse, no filter stages,
         quota and mailbox, commit, the result.  Same outcomes and recorded stages as the general way, without its
-        coroutine steps, which cost more on the reactor thread than the rest of such a message."""
+        coroutine steps, which cost more on the reactor thread than the rest of such a message: the store-and-parse
+        trip is shared with the placements of the same reactor turn (``runner.blob_grouped``) and the result fires
+        one Deferred, not a chain of them."""
         t = self._targets[0]
         if self._writer is not None:
             self.size = self._writer.size
         t.stages.append(ROUTING)
+        result = defer.Deferred()
+        runner = self.pipeline.runner
 
         def stored(_):
             self.body.drop_contents()
@@ -243,11 +247,22 @@ class Ingest:
                 t.mailbox = t.mailbox or "INBOX"
             form = self.body.forms[0]  # a placement has one form, unprefixed, parsed by finish()
             self.pipeline.blobs.forget([form.ref.id])
-            return self.pipeline.runner.deliver(self._delivery(t, form)).addCallbacks(
-                lambda res: self._delivered(t, True, res), lambda f: self._delivered(t, False, f))
+            runner.deliver(self._delivery(t, form)).addCallbacks(concluded, concluded, (True,), None, (False,))
 
-        d = self.pipeline.runner.blob(self.body.finish, b"")  # no client, so no Return-Path/Delivered-To prefix
-        return d.addCallback(stored).addCallback(lambda outcome: self._result([outcome]))
+        def concluded(res, ok: bool):
+            try:
+                out = self._result([self._delivered(t, ok, res)])
+            except Exception:
+                out = self._failed(Failure())
+            result.callback(out)
+
+        def failed(f):
+            if not result.called:
+                result.callback(self._failed(f))
+
+        # No client, so no Return-Path/Delivered-To prefix: the form is parsed as stored.
+        runner.blob_grouped(self.body.finish, b"", size=self.size).addCallback(stored).addErrback(failed)
+        return result
 
     async def _finish(self) -> IngestResult:
         if await self._prepare():

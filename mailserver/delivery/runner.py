@@ -8,10 +8,32 @@ has already fired, so the pipeline's coroutine completes before ``finish()`` ret
 
 from __future__ import annotations
 
+import time
+
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from mailserver.threads import run_in
+
+#: At most this many calls of one reactor turn share a trip to the blob pool (``ReactorRunner.blob_grouped``), and
+#: at most about this many message bytes: small messages (a 5 KB one takes ~0.2 ms to store and parse) share a trip,
+#: a large one goes alone, so the hashing and file writes of large ones (which release the GIL) still run in parallel
+#: threads (grouping 100 KB messages by 8 cut the CPU per delivery but also the rate on a loaded 2-core machine).
+BLOB_GROUP = 8
+BLOB_GROUP_BYTES = 48 * 1024
+
+
+def _run_group(calls: list) -> list:
+    """In a pool thread: each call's (True, value) or (False, Failure), in order; one failing fails only itself."""
+    out = []
+    for n, (f, args) in enumerate(calls):
+        if n:
+            time.sleep(0)  # let the reactor thread take the GIL between two messages
+        try:
+            out.append((True, f(*args)))
+        except BaseException:
+            out.append((False, Failure()))
+    return out
 
 
 class ReactorRunner:
@@ -20,9 +42,54 @@ class ReactorRunner:
         self.pools = pools
         self.astore = astore
         self._kick_queue = kick_queue
+        self._grouped: list[tuple] = []  # (f, args, Deferred) waiting for the end of this reactor turn
+        self._group_scheduled = False
 
     def blob(self, f, *args, **kwargs) -> defer.Deferred:
         return run_in(self.reactor, self.pools.blob, f, *args, **kwargs)
+
+    def blob_grouped(self, f, *args, size: int = 0) -> defer.Deferred:
+        """Like :meth:`blob`, for short independent work on a message of ``size`` bytes: the calls made in one
+        reactor turn go to the blob pool in groups (``BLOB_GROUP`` calls, ``BLOB_GROUP_BYTES``), one thread trip
+        per group instead of one per call (a hop costs the reactor thread about as much as storing a small
+        message).  Each call's Deferred fires with its own result or failure."""
+        d = defer.Deferred()
+        self._grouped.append((f, args, d, size))
+        if not self._group_scheduled:
+            self._group_scheduled = True
+            self.reactor.callLater(0, self._send_groups)
+        return d
+
+    def _send_groups(self) -> None:
+        self._group_scheduled = False
+        pending, self._grouped = self._grouped, []
+        group: list = []
+        total = 0
+        for call in pending:
+            group.append(call)
+            total += call[3]
+            if len(group) >= BLOB_GROUP or total >= BLOB_GROUP_BYTES:
+                self._send(group)
+                group, total = [], 0
+        if group:
+            self._send(group)
+
+    def _send(self, group: list) -> None:
+        run_in(self.reactor, self.pools.blob, _run_group, [(c[0], c[1]) for c in group]).addCallbacks(
+            self._group_done, self._group_failed, callbackArgs=(group,), errbackArgs=(group,))
+
+    @staticmethod
+    def _group_done(results: list, group: list) -> None:
+        for (ok, value), (_, _, d, _) in zip(results, group, strict=True):
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
+
+    @staticmethod
+    def _group_failed(f: Failure, group: list) -> None:
+        for c in group:
+            c[2].errback(f)
 
     def read(self, f, *args, **kwargs) -> defer.Deferred:
         return run_in(self.reactor, self.pools.db_read, f, *args, **kwargs)
@@ -68,6 +135,9 @@ class InlineRunner:
     read = blob
     dns = blob
     cpu = blob
+
+    def blob_grouped(self, f, *args, size: int = 0) -> defer.Deferred:
+        return defer.execute(f, *args)
 
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
         return defer.execute(self.store.blobs.read, blob_id, start, end)

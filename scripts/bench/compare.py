@@ -33,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,8 @@ def prepare_before(rev: str, path: Path) -> Path:
 
 def remove_before(path: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
+    if path.name == "tree" and path.parent.name.startswith("bench-before-"):
+        shutil.rmtree(path.parent, ignore_errors=True)  # the run's own directory (the default)
 
 
 def check_tree(tree: Path) -> None:
@@ -259,7 +262,7 @@ def markdown(data: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", default=BEFORE, help=f"revision to compare with (default {BEFORE})")
-    ap.add_argument("--worktree", default="", help="where to check it out (default /tmp/bench-before-REV)")
+    ap.add_argument("--worktree", default="", help="where to check it out (default a new /tmp/bench-before-REV-*/tree)")
     ap.add_argument("--keep", action="store_true", help="keep the worktree afterwards")
     ap.add_argument("--rounds", type=int, default=3, help="runs per side and benchmark (default 3)")
     ap.add_argument("--only", default="", help="comma-separated benchmarks (default: all; imaptest only when its "
@@ -283,7 +286,9 @@ def main() -> int:
                           capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
-    before = Path(args.worktree or f"/tmp/bench-before-{rev}")
+    # A fresh directory per run by default: helpers sharing a machine each run their own comparison, and a shared
+    # /tmp/bench-before-REV got the other run's scripts copied in (and was removed when that run ended).
+    before = Path(args.worktree) if args.worktree else Path(tempfile.mkdtemp(prefix=f"bench-before-{rev}-")) / "tree"
     log_path = Path(args.log or f"/tmp/bench-compare-{time.strftime('%Y%m%d-%H%M%S')}.log")
     prepare_before(rev, before)
     sides = {"before": before, "after": ROOT}

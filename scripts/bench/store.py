@@ -9,7 +9,8 @@ one transaction per batch).  A delivery counts when its Deferred fired, i.e. aft
 
 Runs: {1 mailbox, 100 mailboxes} x {5 KB, 100 KB} on SQLite (``--mailboxes`` and ``--sizes`` pick some), and on
 PostgreSQL when --postgres or MAILSERVER_TEST_DATABASE_URL is given.  Prints one line per run: deliveries/s, and the
-process's CPU time per delivery (all threads), which other work on a shared machine disturbs less than the rate.
+process's CPU time per delivery (all threads), which other work on a shared machine disturbs less than the rate, then
+that CPU by thread (the reactor thread, each pool's threads together; from /proc, so in clock ticks of 10 ms).
 
 It also runs against a tree from before the typed Services (``scripts/bench/compare.py`` copies it there), so
 before/after figures come from the same script.
@@ -43,6 +44,25 @@ def make_message(i: int, size: int) -> bytes:
     return head + body
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads by role: "reactor" (the main thread) or the pool's name."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        role = "reactor" if int(tid) == os.getpid() else names.get(int(tid), "other").removeprefix("PoolThread-")
+        role = role.rsplit("-", 1)[0] if role[-1:].isdigit() else role
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 @defer.inlineCallbacks
 def run_one(url: str, mailboxes: int, size: int, count: int, concurrency: int, label: str):
     tmp = tempfile.mkdtemp(prefix="bench-store-")
@@ -56,17 +76,21 @@ def run_one(url: str, mailboxes: int, size: int, count: int, concurrency: int, l
     accounts = [server.store.add_account(f"u{i}@example.test", h).id for i in range(mailboxes)]
     msgs = [make_message(i, size) for i in range(min(count, 200))]
     sem = defer.DeferredSemaphore(concurrency)
+    th0 = thread_cpu()
     t0, cpu0 = time.perf_counter(), time.process_time()
     services = getattr(server, "provided", server)  # before the typed Services, deliver_raw took the server
     ds = [sem.run(deliver_raw, services, accounts[i % mailboxes], msgs[i % len(msgs)]) for i in range(count)]
     results = yield defer.gatherResults(ds)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    th1 = thread_cpu()
+    by_thread = sorted(((v - th0.get(k, 0.0)) / count * 1000, k) for k, v in th1.items())
+    by_thread = ", ".join(f"{k} {v:.3f}" for v, k in reversed(by_thread) if v > 0)
     assert all(r.ok for r in results)
     batches = server.astore.committer.batches
     yield server.stopService()
     print(f"{label:<10} {mailboxes:>3} mailbox(es) {size // 1024:>4} KB: {count / elapsed:8.0f} deliveries/s "
           f"({count} in {elapsed:.2f} s, {count / max(1, batches):.1f} per transaction, "
-          f"CPU {cpu / count * 1000:.3f} ms per delivery)", flush=True)
+          f"CPU {cpu / count * 1000:.3f} ms per delivery; {by_thread})", flush=True)
 
 
 @defer.inlineCallbacks
