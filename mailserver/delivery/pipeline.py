@@ -164,6 +164,7 @@ class Ingest:
         self._early: list[Outcome] = []  # recipients that failed routing
         self._writer = writer
         self._used: set[str] = set()  # the blobs handed to a commit (delivery, queue, quarantine)
+        self._multi = False  # one of a MULTIAPPEND (finish_together): every form is made before the commit
         if request.placement is not None:
             p = request.placement
             self._targets.append(Target(Route(LOCAL, "", p.account_id), mailbox=p.mailbox, mailbox_id=p.mailbox_id,
@@ -453,24 +454,31 @@ class Ingest:
         base = self._local_base() if t.route.kind == LOCAL else b""
         return base + header_fields(t.add_headers) if t.add_headers else base
 
+    def _by_committer(self, t: Target) -> bool:
+        """Whether ``t``'s copy is made (and stored) by the group committer's flush (:meth:`_deliver`) rather than
+        before the commit: a local copy that is delivered, not held, outside a MULTIAPPEND."""
+        return t.route.kind == LOCAL and t.quarantine is None and not self._multi
+
     def _forms_missing(self) -> list[tuple[bytes, bool]]:
-        """The (prefix, parsed) forms that open recipients need and the body lacks (or has unparsed)."""
+        """The (prefix, parsed) forms that open recipients need before the commit and the body lacks (or has
+        unparsed); the committer makes the delivered local copies'."""
         need: dict[bytes, bool] = {}
         for t in self._targets:
-            if t.open and t.form is None:
+            if t.open and t.form is None and not self._by_committer(t):
                 prefix = self._prefix(t)
                 need[prefix] = need.get(prefix, False) or t.route.kind == LOCAL
         return [(prefix, parsed) for prefix, parsed in need.items()
                 if (f := self.body.find(prefix)) is None or (parsed and f.parsed is None)]
 
     async def _make_forms(self) -> None:
-        """Make sure every open recipient's form exists (and local ones are parsed), a copy only when one differs,
-        and is stored: a form held in memory while the checks ran is written now, once (one trip to the blob pool
-        for both)."""
+        """Make sure the form of every open recipient the committer does not serve exists (and local ones are
+        parsed), a copy only when one differs, and is stored: a form held in memory while the checks ran is
+        written now, once (one trip to the blob pool for both)."""
         missing = self._forms_missing()
         body = self.body
-        own = [t.form for t in self._targets if t.open and t.form is not None]  # the filter's (stored already)
-        used = {self._prefix(t) for t in self._targets if t.open and t.form is None}
+        before = [t for t in self._targets if t.open and not self._by_committer(t)]
+        own = [t.form for t in before if t.form is not None]  # the filter's (stored already)
+        used = {self._prefix(t) for t in before if t.form is None}
         if not missing and all(f.stored for f in own) and all(f.stored for f in body.forms if f.prefix in used):
             return
 
@@ -638,9 +646,18 @@ class Ingest:
         return self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR)
 
     async def _deliver(self, local: list[Target]) -> list[Outcome]:
-        deliveries = [self._delivery(t, t.form or self.body.find(self._prefix(t))) for t in local]
-        self._used.update(d.blob.id for d in deliveries)
-        ds = [self.pipeline.runner.deliver(d) for d in deliveries]
+        """Commit the local copies.  A copy whose form is stored and parsed is handed over as it is; otherwise the
+        group committer makes it in its flush (:meth:`_made`: the copy with the checks' fields, or the form held
+        in memory, written there), so a checked message takes no extra trip to the blob pool."""
+        runner = self.pipeline.runner
+        ds = []
+        for t in local:
+            form = t.form or self.body.find(self._prefix(t))
+            if form is not None and form.stored and form.parsed is not None:
+                self._used.add(form.ref.id)
+                ds.append(runner.deliver(self._delivery(t, form)))
+            else:
+                ds.append(runner.deliver(None, make=lambda t=t: self._made(t)))
         if len(ds) == 1:  # the common case (one account): no DeferredList
             try:
                 results = [(True, await ds[0])]
@@ -649,6 +666,13 @@ class Ingest:
         else:
             results = await defer.DeferredList(ds, consumeErrors=True)
         return [self._delivered(t, ok, res) for t, (ok, res) in zip(local, results, strict=True)]
+
+    def _made(self, t: Target) -> Delivery:
+        """Blocking (the committer's flush, blob pool): ``t``'s form made, parsed and stored; its Delivery."""
+        form = t.form or self.body.form(self._prefix(t), True)
+        self.body.store([form])
+        self._used.add(form.ref.id)
+        return self._delivery(t, form)
 
     def _result(self, outcomes: list[Outcome]) -> IngestResult:
         """The IngestResult (told to the pipeline's observer), and the mail log's lines when the request asks."""
@@ -689,6 +713,7 @@ async def _together(ingests: list[Ingest]) -> list[IngestResult]:
 
     try:
         for i in ingests:
+            i._multi = True
             if not await i._prepare():
                 raise _Refused(i)
         targets = [i._targets[0] for i in ingests]
