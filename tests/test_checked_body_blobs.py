@@ -10,6 +10,8 @@ blob store wrote (``FileBlobStore.created``) is what "one blob" is measured by.
 
 from __future__ import annotations
 
+import time
+
 from twisted.internet import threads
 
 from mailserver.delivery.stages import Verdict
@@ -150,4 +152,25 @@ def test_failure_report_reads_the_held_body(tmp_path):
         reports = _fetch_all(srv, ALICE)
         assert len(reports) == 1
         assert CAROL.encode() in reports[0] and b"Subject: checked 3" in reports[0]
+        assert blobs._held == {}
+
+
+def test_copy_refused_at_commit_leaves_no_file(tmp_path):
+    """A checked copy the commit refuses (over quota: 452/552 after DATA) leaves no file; beside an accepted
+    recipient, only that one's copy and the sender's failure report are stored (no orphan for a sweep)."""
+    with running_server(tmp_path, listeners=("smtp", "imap")) as srv:
+        srv.add_user(ALICE, PW)
+        srv.add_user(BOB, PW, quota_bytes=100)
+        blobs = srv.store.blobs
+        files = _blob_files(srv)
+        with plugged(srv.server, Reader(blobs)):
+            code, _ = _send(srv, [BOB], _message(4))
+            assert code in (452, 552)
+            assert _blob_files(srv) == files
+            assert _send(srv, [ALICE, BOB], _message(5))[0] == 250
+        # Alice's copy and the failure report queued for the remote sender; none for Bob's refused copy.
+        assert len(_blob_files(srv) - files) == 2
+        assert srv.store.collect_orphan_blobs(3600.0, time.time() + 7200.0) == 0
+        (msg,) = _fetch_all(srv, ALICE)
+        assert msg.endswith(_message(5))
         assert blobs._held == {}

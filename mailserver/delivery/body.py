@@ -8,7 +8,8 @@ prefix no form has, :meth:`Body.form` copies an existing one with the new prefix
 When check stages will read the message (``finish(..., keep=True)``), a form small enough to have stayed in memory
 (storage.blobs.SPOOL_IN_MEMORY) is *not stored* yet: its bytes are held (``BlobStore.hold``: reads by its id are
 answered from memory) while the checks and the filter run, then :meth:`Body.store` writes the forms the recipients
-use, once each, with whatever fields the checks added.  A form no recipient uses (the streamed form when every copy
+use, once each, with whatever fields the checks added (for a delivered local copy in the group committer's flush:
+``Ingest._made``).  A form no recipient uses (the streamed form when every copy
 got a check's fields, or a message refused at the end of DATA) is never written.  :meth:`Body.release` ends the
 hold once the message is concluded.
 

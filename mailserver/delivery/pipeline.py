@@ -410,7 +410,7 @@ class Ingest:
     def _will_check(self, stages) -> bool:
         """Whether any of ``stages`` may run for this message (then the body is held, not stored, until they
         have).  Only a cost matters here: a stage that ``applies`` after all still reads the held or stored body,
-        and a body held for none is stored after the filter.  A stage whose ``applies`` depends on what earlier
+        and a body held for none is stored with its commit all the same.  A stage whose ``applies`` depends on what earlier
         ones found (the spam policy's score card) counts as not applying: the scorers that feed it have their own."""
         if not stages:
             return False
@@ -665,6 +665,14 @@ class Ingest:
                 results = [(False, Failure())]
         else:
             results = await defer.DeferredList(ds, consumeErrors=True)
+        # A copy the commit did not take (over quota, no such mailbox) names no row: its blob goes with the
+        # unused ones (Store.discard_blobs keeps whatever a row names after all).
+        taken, left = set(), set()
+        for t, (ok, res) in zip(local, results, strict=True):
+            form = t.form or self.body.find(self._prefix(t))
+            if form is not None and form.stored:
+                (taken if ok and res.ok else left).add(form.ref.id)
+        self._used -= left - taken
         return [self._delivered(t, ok, res) for t, (ok, res) in zip(local, results, strict=True)]
 
     def _made(self, t: Target) -> Delivery:
