@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailserver.threads import Pools, run_in
 from storage.access import access_of
@@ -50,9 +51,11 @@ class GroupCommitter:
     def _running(self) -> bool:
         return bool(self._flushing or self._committing or self._pending or self._flushed)
 
-    def submit(self, delivery: Delivery) -> Deferred:
+    def submit(self, delivery: Delivery | None, make: Callable[[], Delivery] | None = None) -> Deferred:
+        """Commit ``delivery``; or, with ``make`` (blocking, run in stage 1 before the flush), the Delivery it
+        returns: a body that is still only in memory is stored there, in the trip that flushes it."""
         d: Deferred = Deferred()
-        self._pending.append((delivery, d))
+        self._pending.append((delivery, d, make))
         if not self._scheduled:
             self._scheduled = True
             # Let deliveries that arrive in this reactor turn join the batch.
@@ -71,15 +74,34 @@ class GroupCommitter:
             return
         self._flushing = True
         batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-        d = run_in(self.reactor, self.astore.pools.blob, self.astore.store.blobs.ensure_synced,
-                   [b[0].blob for b in batch])
+        blobs = self.astore.store.blobs
 
-        def flushed(_):
-            self._flushed.extend(batch)
+        def flush() -> list:
+            made = []
+            for delivery, _, make in batch:
+                if make is None:
+                    made.append(delivery)
+                    continue
+                try:
+                    made.append(make())
+                except Exception:
+                    made.append(Failure())  # this delivery fails alone
+            blobs.ensure_synced([m.blob for m in made if not isinstance(m, Failure)])
+            return made
+
+        d = run_in(self.reactor, self.astore.pools.blob, flush)
+
+        def flushed(made):
+            for (_, dd, _make), m in zip(batch, made, strict=True):
+                if isinstance(m, Failure):
+                    log.failure("storing a message body failed", m)
+                    dd.errback(m)
+                else:
+                    self._flushed.append((m, dd))
 
         def failed(f):
             log.failure("flushing message bodies failed", f)
-            for _, dd in batch:
+            for _, dd, _make in batch:
                 dd.errback(f)
 
         def next_(_):
@@ -145,9 +167,10 @@ class AsyncStore:
     def publish(self, changes) -> None:
         self.hub.publish(changes)
 
-    def deliver(self, delivery: Delivery) -> Deferred:
-        """Deliver one message (group-committed with concurrent ones); fires with a DeliveryResult."""
-        return self.committer.submit(delivery)
+    def deliver(self, delivery: Delivery | None, make: Callable[[], Delivery] | None = None) -> Deferred:
+        """Deliver one message (group-committed with concurrent ones); fires with a DeliveryResult.  ``make``:
+        see :meth:`GroupCommitter.submit`."""
+        return self.committer.submit(delivery, make)
 
     def append(self, account_id: int, mailbox_id: int, blob, parsed: dict, flags: int = 0,
                keywords: tuple[str, ...] = (), internal_date: float | None = None) -> Deferred:

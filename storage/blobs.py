@@ -92,6 +92,19 @@ class BlobWriter:
         getvalue = getattr(buf, "getvalue", None)
         return getvalue() if getvalue is not None else None
 
+    def take(self) -> tuple[BlobRef, bytes] | None:
+        """End the writer *without storing*: its ref (no finish sequence) and content, when it was still in memory;
+        None (and the writer still open) when it spilled to a file.  The caller stores the content later with
+        :meth:`BlobStore.put_ref`, or never (a message refused, or every copy made from it with added fields)."""
+        if self._done:
+            raise ValueError("blob writer already finished")
+        data = self._in_memory()
+        if data is None:
+            return None
+        self._done = True
+        self._spool.close()
+        return BlobRef(self._hash.hexdigest(), self._size), data
+
     def abort(self) -> None:
         if not self._done:
             self._done = True
@@ -102,6 +115,36 @@ class BlobStore:
     """Interface shared by both backends."""
 
     tmp_dir: str | None = None
+
+    def __init__(self):
+        #: Content not stored (yet) that reads by id are answered from: id -> [bytes, holders] (:meth:`hold`).
+        self._held: dict[str, list] = {}
+        self._held_lock = threading.Lock()
+
+    def hold(self, blob_id: str, data: bytes) -> None:
+        """Answer :meth:`read`/:meth:`open` of ``blob_id`` from ``data`` until :meth:`unhold` (a message whose
+        checks read it before any copy of it is stored); holders are counted."""
+        with self._held_lock:
+            entry = self._held.get(blob_id)
+            if entry is None:
+                self._held[blob_id] = [data, 1]
+            else:
+                entry[1] += 1
+
+    def unhold(self, blob_id: str) -> None:
+        with self._held_lock:
+            entry = self._held.get(blob_id)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._held[blob_id]
+
+    def _held_read(self, blob_id: str, start: int, end: int | None) -> bytes | None:
+        entry = self._held.get(blob_id) if self._held else None
+        if entry is None:
+            return None
+        data = entry[0]
+        return data[start:] if end is None else data[start:max(start, end)]
 
     def sync_pending(self) -> None:
         """Make every blob finished so far durable (blocking)."""
@@ -118,6 +161,10 @@ class BlobStore:
         ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
         seq = self._persist_bytes(ref, data)
         return replace(ref, seq=seq or 0)
+
+    def put_ref(self, ref: BlobRef, data: bytes) -> BlobRef:
+        """:meth:`put` of content whose ref is known (:meth:`BlobWriter.take`): no second hash."""
+        return replace(ref, seq=self._persist_bytes(ref, data) or 0)
 
     def _persist_bytes(self, ref: BlobRef, data: bytes) -> int | None:
         import io
@@ -183,6 +230,7 @@ _syncfs = _load_syncfs()
 
 class FileBlobStore(BlobStore):
     def __init__(self, root: str | os.PathLike, *, use_syncfs: bool = True):
+        super().__init__()
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = str(self.root / "tmp")
@@ -195,6 +243,7 @@ class FileBlobStore(BlobStore):
         self._finished = 0  # sequence number of the last finish()
         self._synced = 0  # every blob with seq <= this is durable
         self.syncs = 0
+        self.created = 0  # files written (content not already stored)
         #: Files this store created and nobody stored again since: id -> st_mtime_ns after the rename (discard()).
         #: Bounded: the oldest entries are forgotten (their files then wait for the collector's orphan sweep).
         self._fresh: dict[str, int] = {}
@@ -203,6 +252,7 @@ class FileBlobStore(BlobStore):
         mtime_ns = os.stat(path).st_mtime_ns if created else 0
         with self._lock:
             if created:
+                self.created += 1
                 self._fresh[blob_id] = mtime_ns
                 if len(self._fresh) > FRESH_KEPT:
                     del self._fresh[next(iter(self._fresh))]
@@ -344,12 +394,20 @@ class FileBlobStore(BlobStore):
             os.rename(tmp, final)
 
     def read(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
+        held = self._held_read(blob_id, start, end)
+        if held is not None:
+            return held
         with open(self.path(blob_id), "rb") as f:
             if start:
                 f.seek(start)
             return f.read() if end is None else f.read(max(0, end - start))
 
     def open(self, blob_id: str) -> BinaryIO:
+        held = self._held_read(blob_id, 0, None)
+        if held is not None:
+            import io
+
+            return io.BytesIO(held)
         return open(self.path(blob_id), "rb")
 
     def exists(self, blob_id: str) -> bool:
@@ -435,6 +493,7 @@ class FileBlobStore(BlobStore):
 
 class DatabaseBlobStore(BlobStore):
     def __init__(self, engine: Engine, tmp_dir: str | None = None):
+        super().__init__()
         self.engine = engine
         self.tmp_dir = tmp_dir
 
@@ -455,6 +514,9 @@ class DatabaseBlobStore(BlobStore):
             conn.info.pop("sqlite_begin", None)
 
     def read(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
+        held = self._held_read(blob_id, start, end)
+        if held is not None:
+            return held
         # A range is cut by the database (substr counts from 1 on SQLite BLOBs and PostgreSQL bytea alike), so
         # reading a large message piece by piece moves each piece once, not the whole message per piece.
         start = max(start, 0)

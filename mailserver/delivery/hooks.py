@@ -1,7 +1,7 @@
 """Message-level check hooks, run as one check stage of the pipeline (:mod:`mailserver.delivery.stages`).
 
-A hook gets a :class:`MessageContext` (envelope, client facts, the durable blob of the message) once the body is
-complete and written, and returns a :class:`HookResult` (or a Deferred / coroutine of one).  Verdicts:
+A hook gets a :class:`MessageContext` (envelope, client facts, the blob id of the message) once the body is
+complete, and returns a :class:`HookResult` (or a Deferred / coroutine of one).  Verdicts:
 
 * ``accept``  - nothing to do;
 * ``reject``  - refuse the message with ``reply`` (5xx): every recipient is refused;
@@ -37,9 +37,11 @@ class MessageContext:
     authenticated: str  # the account address, "" if none
     submission: bool
     tls: str  # "TLSv1.3 TLS_AES_256_GCM_SHA384" or ""
+    #: A body of at most storage.blobs.SPOOL_IN_MEMORY is not stored yet while the checks run: the blob store's
+    #: ``read``/``open`` by this id answer from memory (``BlobStore.hold``), but no file exists for it.
     blob_id: str
     size: int
-    read: Any = None  # callable(start=0, end=None) -> Deferred[bytes] reading the stored message
+    read: Any = None  # callable(start=0, end=None) -> Deferred[bytes] reading the message
 
 
 @dataclass(frozen=True)

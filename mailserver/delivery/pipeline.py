@@ -164,6 +164,7 @@ class Ingest:
         self._early: list[Outcome] = []  # recipients that failed routing
         self._writer = writer
         self._used: set[str] = set()  # the blobs handed to a commit (delivery, queue, quarantine)
+        self._multi = False  # one of a MULTIAPPEND (finish_together): every form is made before the commit
         if request.placement is not None:
             p = request.placement
             self._targets.append(Target(Route(LOCAL, "", p.account_id), mailbox=p.mailbox, mailbox_id=p.mailbox_id,
@@ -270,11 +271,12 @@ class Ingest:
         else:
             outcomes = self._closed_outcomes()
         result = await self._conclude(outcomes)
+        self.body.release()
         await self._drop_unused()
         return result
 
     def _unused(self) -> list[str]:
-        return [f.ref.id for f in self.body.forms if f.ref is not None and f.ref.id not in self._used]
+        return [f.ref.id for f in self.body.forms if f.ref is not None and f.stored and f.ref.id not in self._used]
 
     async def _drop_unused(self) -> None:
         """After the commit: delete the forms no committed row names (e.g. the streamed form when every copy got a
@@ -363,12 +365,13 @@ class Ingest:
         self._unrouted = []
         for t in self._targets:
             t.stages.append(ROUTING)
-        # The body: stored once, parsed once when there is a local copy.
+        # The body: parsed once when there is a local copy; stored now, or, when checks will read it and it is
+        # small, held in memory and stored after them (once per form a recipient uses, with the checks' fields).
         has_local = any(t.route.kind == LOCAL for t in self._targets)
-        await p.runner.blob(self.body.finish, self._local_base() if has_local else None)
+        stages = p.check_stages(req)
+        await p.runner.blob(self.body.finish, self._local_base() if has_local else None, self._will_check(stages))
         if not self._targets:
             return False
-        stages = p.check_stages(req)
         filtering = not req.exact_mailbox
         message = self._message_info() if stages or filtering else None
         # 2. message checks, each with a verdict per recipient.
@@ -415,18 +418,33 @@ class Ingest:
                     t.stages.append(MAILBOX)
                     if t.mailbox_id is None:
                         t.mailbox = t.mailbox or "INBOX"
-        if self._forms_missing():
-            await self._make_forms()
+        await self._make_forms()
         self.body.drop_contents()
         return any(t.open for t in self._targets)
 
+    def _will_check(self, stages) -> bool:
+        """Whether any of ``stages`` may run for this message (then the body is held, not stored, until they
+        have).  Only a cost matters here: a stage that ``applies`` after all still reads the held or stored body,
+        and a body held for none is stored with its commit all the same.  A stage whose ``applies`` depends on what earlier
+        ones found (the spam policy's score card) counts as not applying: the scorers that feed it have their own."""
+        if not stages:
+            return False
+        req = self.request
+        probe = MessageInfo(req.producer, self.queue_id, req.envelope, req.client, self.size, "", None, _no_read)
+        return any(getattr(s, "applies", None) is None or s.applies(probe) for s in stages)
+
     def _message_info(self) -> MessageInfo:
         form = self.body.find(self._local_base()) or self.body.forms[0]
-        read = self.pipeline.runner.read_blob
+        read_blob = self.pipeline.runner.read_blob
+
+        def read(start=0, end=None):
+            content = form.content  # in memory (at most SPOOL_IN_MEMORY): no trip to the blob pool
+            if content is not None:
+                return defer.succeed(content[start:] if end is None else content[start:max(start, end)])
+            return read_blob(form.ref.id, start, end)
+
         return MessageInfo(self.request.producer, self.queue_id, self.request.envelope, self.request.client,
-                           self.size, form.ref.id, form.parsed,
-                           lambda start=0, end=None: read(form.ref.id, start, end),
-                           offset=len(form.prefix) + self._trace_len)
+                           self.size, form.ref.id, form.parsed, read, offset=len(form.prefix) + self._trace_len)
 
     async def _redirect(self) -> None:
         """Replace redirected recipients by their targets, routed again (a check's decision: they may be remote)."""
@@ -451,21 +469,40 @@ class Ingest:
         base = self._local_base() if t.route.kind == LOCAL else b""
         return base + header_fields(t.add_headers) if t.add_headers else base
 
+    def _by_committer(self, t: Target) -> bool:
+        """Whether ``t``'s copy is made (and stored) by the group committer's flush (:meth:`_deliver`) rather than
+        before the commit: a local copy that is delivered, not held, outside a MULTIAPPEND."""
+        return t.route.kind == LOCAL and t.quarantine is None and not self._multi
+
     def _forms_missing(self) -> list[tuple[bytes, bool]]:
-        """The (prefix, parsed) forms that open recipients need and the body lacks (or has unparsed)."""
+        """The (prefix, parsed) forms that open recipients need before the commit and the body lacks (or has
+        unparsed); the committer makes the delivered local copies'."""
         need: dict[bytes, bool] = {}
         for t in self._targets:
-            if t.open and t.form is None:
+            if t.open and t.form is None and not self._by_committer(t):
                 prefix = self._prefix(t)
                 need[prefix] = need.get(prefix, False) or t.route.kind == LOCAL
         return [(prefix, parsed) for prefix, parsed in need.items()
                 if (f := self.body.find(prefix)) is None or (parsed and f.parsed is None)]
 
     async def _make_forms(self) -> None:
-        """Make sure every open recipient's form exists (and local ones are parsed): a copy only when one differs."""
+        """Make sure the form of every open recipient the committer does not serve exists (and local ones are
+        parsed), a copy only when one differs, and is stored: a form held in memory while the checks ran is
+        written now, once (one trip to the blob pool for both)."""
         missing = self._forms_missing()
-        if missing:
-            await self.pipeline.runner.blob(lambda: [self.body.form(prefix, parsed) for prefix, parsed in missing])
+        body = self.body
+        before = [t for t in self._targets if t.open and not self._by_committer(t)]
+        own = [t.form for t in before if t.form is not None]  # the filter's (stored already)
+        used = {self._prefix(t) for t in before if t.form is None}
+        if not missing and all(f.stored for f in own) and all(f.stored for f in body.forms if f.prefix in used):
+            return
+
+        def make():
+            for prefix, parsed in missing:
+                body.form(prefix, parsed)
+            body.store([f for f in body.forms if f.prefix in used] + own)
+
+        await self.pipeline.runner.blob(make)
 
     # ------------------------------------------------------------------ commit
 
@@ -624,9 +661,18 @@ class Ingest:
         return self._outcome(t, ev.DEFERRED, "4.3.0", LOCAL_ERROR_TEXT, ev.ERROR)
 
     async def _deliver(self, local: list[Target]) -> list[Outcome]:
-        deliveries = [self._delivery(t, t.form or self.body.find(self._prefix(t))) for t in local]
-        self._used.update(d.blob.id for d in deliveries)
-        ds = [self.pipeline.runner.deliver(d) for d in deliveries]
+        """Commit the local copies.  A copy whose form is stored and parsed is handed over as it is; otherwise the
+        group committer makes it in its flush (:meth:`_made`: the copy with the checks' fields, or the form held
+        in memory, written there), so a checked message takes no extra trip to the blob pool."""
+        runner = self.pipeline.runner
+        ds = []
+        for t in local:
+            form = t.form or self.body.find(self._prefix(t))
+            if form is not None and form.stored and form.parsed is not None:
+                self._used.add(form.ref.id)
+                ds.append(runner.deliver(self._delivery(t, form)))
+            else:
+                ds.append(runner.deliver(None, make=lambda t=t: self._made(t)))
         if len(ds) == 1:  # the common case (one account): no DeferredList
             try:
                 results = [(True, await ds[0])]
@@ -634,7 +680,22 @@ class Ingest:
                 results = [(False, Failure())]
         else:
             results = await defer.DeferredList(ds, consumeErrors=True)
+        # A copy the commit did not take (over quota, no such mailbox) names no row: its blob goes with the
+        # unused ones (Store.discard_blobs keeps whatever a row names after all).
+        taken, left = set(), set()
+        for t, (ok, res) in zip(local, results, strict=True):
+            form = t.form or self.body.find(self._prefix(t))
+            if form is not None and form.stored:
+                (taken if ok and res.ok else left).add(form.ref.id)
+        self._used -= left - taken
         return [self._delivered(t, ok, res) for t, (ok, res) in zip(local, results, strict=True)]
+
+    def _made(self, t: Target) -> Delivery:
+        """Blocking (the committer's flush, blob pool): ``t``'s form made, parsed and stored; its Delivery."""
+        form = t.form or self.body.form(self._prefix(t), True)
+        self.body.store([form])
+        self._used.add(form.ref.id)
+        return self._delivery(t, form)
 
     def _result(self, outcomes: list[Outcome]) -> IngestResult:
         """The IngestResult (told to the pipeline's observer), and the mail log's lines when the request asks."""
@@ -665,12 +726,17 @@ class Ingest:
         return result
 
 
+def _no_read(start=0, end=None):
+    raise RuntimeError("the body is not stored yet")
+
+
 async def _together(ingests: list[Ingest]) -> list[IngestResult]:
     """MULTIAPPEND: prepare each message (its steps run as for one), then commit them in one transaction."""
     from storage.store import NotFound, QuotaExceeded
 
     try:
         for i in ingests:
+            i._multi = True
             if not await i._prepare():
                 raise _Refused(i)
         targets = [i._targets[0] for i in ingests]
@@ -692,9 +758,12 @@ async def _together(ingests: list[Ingest]) -> list[IngestResult]:
             return _all_as(ingests, lambda i: i._outcome(i._targets[0], ev.REFUSED, "5.1.1",
                                                          "Mailbox does not exist", ev.NONEXISTENT))
         uid_validity, uids = changed.value
-        return [await i._conclude([i._outcome(t, ev.DELIVERED, "2.0.0", "delivered", mailbox_id=t.mailbox_id, uid=uid,
-                                              uid_validity=uid_validity)])
-                for i, t, uid in zip(ingests, targets, uids, strict=True)]
+        results = [await i._conclude([i._outcome(t, ev.DELIVERED, "2.0.0", "delivered", mailbox_id=t.mailbox_id,
+                                                 uid=uid, uid_validity=uid_validity)])
+                   for i, t, uid in zip(ingests, targets, uids, strict=True)]
+        for i in ingests:
+            i.body.release()
+        return results
     except _Refused as e:
         first = e.ingest._closed_outcomes()[0]
         return _all_as(ingests, lambda i: first)  # RFC 3502: one refused message refuses them all

@@ -105,8 +105,9 @@ class ReactorRunner:
     def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> defer.Deferred:
         return self.astore.read_blob(blob_id, start, end)
 
-    def deliver(self, delivery) -> defer.Deferred:
-        return self.astore.deliver(delivery)
+    def deliver(self, delivery, make=None) -> defer.Deferred:
+        """Group-commit ``delivery``, or the one ``make`` returns (blocking: run in the committer's flush)."""
+        return self.astore.deliver(delivery, make)
 
     def append_many(self, account_id: int, mailbox_id: int, items) -> defer.Deferred:
         return self.astore.append_many(account_id, mailbox_id, items)
@@ -147,8 +148,8 @@ class InlineRunner:
             self.hub.publish(changed.changes)
         return changed
 
-    def deliver(self, delivery) -> defer.Deferred:
-        return defer.execute(lambda: self._published(self.store.deliver_batch([delivery])).value[0])
+    def deliver(self, delivery, make=None) -> defer.Deferred:
+        return defer.execute(lambda: self._published(self.store.deliver_batch([make() if make else delivery])).value[0])
 
     def append_many(self, account_id: int, mailbox_id: int, items) -> defer.Deferred:
         return defer.execute(lambda: self._published(self.store.append_many(account_id, mailbox_id, items)))

@@ -132,8 +132,10 @@ class Verdict:
 
 @dataclass(frozen=True)
 class MessageInfo:
-    """The message as the stages see it: stored once (``blob_id``) and parsed once (``parsed``, when it has a local
-    recipient); ``read(start=0, end=None)`` returns a Deferred of the stored bytes.  ``memo`` is the message's
+    """The message as the stages see it: named by its content (``blob_id``) and parsed once (``parsed``, when it
+    has a local recipient); ``read(start=0, end=None)`` returns a Deferred of its bytes.  A body of at most
+    storage.blobs.SPOOL_IN_MEMORY is not stored yet while the stages run (the blob store answers reads by
+    ``blob_id`` from memory: ``BlobStore.hold``); the copies are written once they have.  ``memo`` is the message's
     own scratch space, shared by every stage and recipient of this one message: work done once per message (a
     scan, a score card, the sender authentication results under ``senderauth``) is kept there under the stage's
     name, while the verdict may still differ per recipient; later stages (scoring) read it there.  ``offset`` is
