@@ -15,6 +15,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -578,6 +579,10 @@ class ServerConfig:
     #: Worker processes, each a reactor on the listening sockets a supervisor opened once; 0 = one per CPU core,
     #: 1 = everything in one process (no supervisor).
     workers: int = 0
+    #: true: the supervisor binds one ``SO_REUSEPORT`` socket per listener for each worker (the kernel spreads new
+    #: connections over them by a hash of the addresses) instead of one socket that every worker accepts on.
+    #: Linux only; see docs/internals.md "Worker processes".
+    reuse_port: bool = False
     #: After binding the listeners (ports below 1024 need root), the supervisor and its workers run as this user
     #: (and ``group``, by default the user's own); "" = stay who we are.
     user: str = ""
@@ -785,6 +790,8 @@ def _validate(cfg: Config, source: str) -> None:
         err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
     if cfg.server.workers < 0 or cfg.server.workers > MAX_WORKERS:
         err("server.workers", f"expected 0 (one per CPU core) to {MAX_WORKERS}")
+    if cfg.server.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        err("server.reuse_port", "this system has no SO_REUSEPORT")
     if cfg.server.lease < 3:
         err("server.lease", "must be at least 3 seconds (renewed every lease/3)")
     if cfg.server.heartbeat < 1:
