@@ -545,6 +545,10 @@ class StoreConfig:
     #: data_dir is the same directory on every node sharing a PostgreSQL database (a shared file system).  Without
     #: it, ``blobs = "files"`` with PostgreSQL is refused at start: another node could not read the bodies.
     shared_data_dir: bool = False
+    #: "optimized": flag changes and expunges commit without waiting for the disk flush (atomic; safe against a
+    #: kill -9; an OS crash may lose the last ones), as Dovecot's default ``mail_fsync = optimized``; "always":
+    #: those are flushed too.  Deliveries, APPEND and COPY/MOVE are flushed either way.
+    fsync: str = "optimized"
 
 
 @dataclass(frozen=True)
@@ -790,6 +794,8 @@ def _validate(cfg: Config, source: str) -> None:
         err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
     if cfg.server.workers < 0 or cfg.server.workers > MAX_WORKERS:
         err("server.workers", f"expected 0 (one per CPU core) to {MAX_WORKERS}")
+    if cfg.store.fsync not in ("optimized", "always"):
+        err("store.fsync", 'expected "optimized" or "always"')
     if cfg.server.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         err("server.reuse_port", "this system has no SO_REUSEPORT")
     if cfg.server.lease < 3:
