@@ -10,6 +10,13 @@ a private instance (its own directories and ports, so other benchmark runs on th
 stopped at the end, as is everything else started here.
 
     .venv/bin/python scripts/bench/smtp_reference.py [--rounds 3] [--messages 2000] [--sessions 10] [--size 5120]
+        [--ours SPEC ...] [--database-url postgresql+psycopg://…]
+
+By default "ours" is one server process in a child (scripts/bench/smtp.py's).  Each ``--ours SPEC`` adds a
+configuration run as `mailserver serve` (scripts/bench/cluster.py), every round, right after the reference: SPEC is
+``workers=N[,db=pg][,nodes=2][,reuse_port=1][,fsync=always]`` (``db=pg`` and ``nodes`` take a fresh schema of
+``--database-url``; with 2 nodes HAProxy is in front).  Server CPU is that of every process of ours (supervisors
+and workers), per message.
 """
 
 from __future__ import annotations
@@ -117,13 +124,73 @@ def ours_run(args) -> tuple[float, float]:
     return rate, 1000 * cpu / args.messages
 
 
+def parse_spec(text: str) -> dict:
+    spec = {"workers": 1, "db": "sqlite", "nodes": 1, "reuse_port": False, "fsync": "optimized"}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key not in spec:
+            raise SystemExit(f"--ours {text}: unknown key {key!r}")
+        spec[key] = (value in ("1", "true", "yes")) if key == "reuse_port" else (
+            int(value) if key in ("workers", "nodes") else value)
+    if spec["nodes"] > 1 and spec["db"] != "pg":
+        raise SystemExit(f"--ours {text}: nodes need db=pg")
+    return spec
+
+
+def cluster_run(args, spec: dict) -> tuple[float, float]:
+    """`mailserver serve` as ``spec`` says: durably delivered messages/s, CPU ms/msg of all its processes."""
+    from cluster import Balance, Cluster
+
+    sys.path.insert(0, str(HERE.parents[1]))
+    from tests.harness import hasher
+
+    url = args.database_url if spec["db"] == "pg" else ""
+    if spec["db"] == "pg" and not url:
+        raise SystemExit("db=pg needs --database-url")
+    with tempfile.TemporaryDirectory(prefix="smtp-reference-cluster-") as tmp:
+        with Cluster(Path(tmp), workers=spec["workers"], nodes=spec["nodes"], database_url=url,
+                     reuse_port=spec["reuse_port"], fsync=spec["fsync"], protocols=("smtp",),
+                     extra_toml="[senderauth]\nenabled = false\n") as cluster:
+            store = cluster.open_store()
+            h = hasher().hash("x")
+            for i in range(10):
+                store.add_account(f"user{i}@example.test", h)
+            cluster.start()
+            pids = cluster.all_pids()
+            cpu0 = sum(bench_smtp.cpu_seconds(p) for p in pids)
+            balance = Balance(cluster.worker_pids(), {n.ports["smtp"] for n in cluster.nodes}).start()
+            env = dict(_env(), REUSE="1", FROM="bench@example.net")
+            out = _sh(str(SHARED / "smtp-load.sh"), "127.0.0.1", str(cluster.port("smtp")), "user1@example.test",
+                      str(args.messages), str(args.sessions), str(args.size), env=env)
+            balance.stop()
+            cpu = sum(bench_smtp.cpu_seconds(p) for p in pids) - cpu0
+    rate = _rate(out, r"= ([\d.]+) msgs/s \(accepted")
+    print(f"  ours {spec_label(spec)}: {out.strip()} | server CPU {1000 * cpu / args.messages:.2f} ms/msg",
+          flush=True)
+    if spec["workers"] > 1 or spec["nodes"] > 1:
+        print(f"    per worker: {balance.summary()}", flush=True)
+    return rate, 1000 * cpu / args.messages
+
+
+def spec_label(spec: dict) -> str:
+    from cluster import describe
+
+    return describe(spec["workers"], spec["nodes"], "pg" if spec["db"] == "pg" else "", spec["reuse_port"],
+                    spec["fsync"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--size", type=int, default=5120)
+    ap.add_argument("--ours", action="append", default=[], metavar="SPEC",
+                    help="a `mailserver serve` configuration to run each round (see above); repeatable")
+    ap.add_argument("--database-url", default=os.environ.get("MAILSERVER_TEST_DATABASE_URL", ""),
+                    help="PostgreSQL for db=pg (a fresh schema per run; default $MAILSERVER_TEST_DATABASE_URL)")
     args = ap.parse_args()
+    specs = [parse_spec(t) for t in args.ours]
     BASE.mkdir(parents=True, exist_ok=True)
     started = []
     try:
@@ -132,6 +199,23 @@ def main() -> int:
         _sh(str(SHARED / "baseline-postfix.sh"), "start")
         started.append("baseline-postfix.sh")
         ref, ours, cpu = [], [], []
+        if specs:
+            by_spec: dict[str, list[tuple[float, float, float]]] = {spec_label(sp): [] for sp in specs}
+            for i in range(args.rounds):
+                print(f"round {i + 1} (load average {os.getloadavg()[0]:.1f})", flush=True)
+                ref.append(reference_run(args))
+                for sp in specs:
+                    r, c = cluster_run(args, sp)
+                    by_spec[spec_label(sp)].append((r, c, r / ref[-1]))
+                    print(f"  ratio ours / reference: {r / ref[-1]:.2f} (load average {os.getloadavg()[0]:.1f})",
+                          flush=True)
+            print(f"SMTP {args.messages} x {args.size} B over {args.sessions} sessions, {args.rounds} rounds; "
+                  f"Postfix->Dovecot LMTP {', '.join(f'{x:.0f}' for x in ref)} msg/s end to end")
+            for label, runs in by_spec.items():
+                print(f"  {label}: {', '.join(f'{r:.0f}' for r, _, _ in runs)} msg/s durably delivered, CPU "
+                      f"{', '.join(f'{c:.2f}' for _, c, _ in runs)} ms/msg, ratio "
+                      f"{', '.join(f'{x:.2f}' for _, _, x in runs)}")
+            return 0
         for i in range(args.rounds):
             print(f"round {i + 1} (load average {os.getloadavg()[0]:.1f})", flush=True)
             ref.append(reference_run(args))
