@@ -98,7 +98,8 @@ class Cluster:
             section = "[listen_proxied]\n" if proxied else "[listen]\n"
             section += "".join(f'{p} = ["127.0.0.1:{ports[p]}"]\n' for p in protocols)
             if proxied:
-                section += '[proxy]\ntrusted = ["127.0.0.1/32"]\n'
+                # Behind HAProxy the client is not on loopback for the plaintext rule: imaptest logs in without TLS.
+                section += '[proxy]\ntrusted = ["127.0.0.1/32"]\n[auth]\nallow_plaintext_without_tls = true\n'
             db = f'database_url = "{self.url}"\n' if self.url else ""
             blobs = '[store]\nblobs = "database"\n' if self.url else "[store]\n"
             conf = data / "mailserver.toml"

@@ -520,7 +520,9 @@ def main() -> int:
                             print(_fmt_stress(name, r))
                             _print_errors(r)
                             if name in balances:
-                                print(f"             per worker: {balances[name].summary()}")
+                                cpu = sum(balances[name].cpu.values())
+                                print(f"             per worker: {balances[name].summary()}; server CPU "
+                                      f"{1000 * cpu / max(1, r.ops):.2f} ms/op")
                             found_errors |= bool(r.errors)
                         if "dovecot" in results and results["dovecot"].ops_per_s:
                             ratio = results["ours"].ops_per_s / results["dovecot"].ops_per_s
