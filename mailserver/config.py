@@ -15,6 +15,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -544,6 +545,10 @@ class StoreConfig:
     #: data_dir is the same directory on every node sharing a PostgreSQL database (a shared file system).  Without
     #: it, ``blobs = "files"`` with PostgreSQL is refused at start: another node could not read the bodies.
     shared_data_dir: bool = False
+    #: "optimized": flag changes and expunges commit without waiting for the disk flush (atomic; safe against a
+    #: kill -9; an OS crash may lose the last ones), as Dovecot's default ``mail_fsync = optimized``; "always":
+    #: those are flushed too.  Deliveries, APPEND and COPY/MOVE are flushed either way.
+    fsync: str = "optimized"
 
 
 @dataclass(frozen=True)
@@ -578,15 +583,14 @@ class ServerConfig:
     #: Worker processes, each a reactor on the listening sockets a supervisor opened once; 0 = one per CPU core,
     #: 1 = everything in one process (no supervisor).
     workers: int = 0
+    #: true: the supervisor binds one ``SO_REUSEPORT`` socket per listener for each worker (the kernel spreads new
+    #: connections over them by a hash of the addresses) instead of one socket that every worker accepts on.
+    #: Linux only; see docs/internals.md "Worker processes".
+    reuse_port: bool = False
     #: After binding the listeners (ports below 1024 need root), the supervisor and its workers run as this user
     #: (and ``group``, by default the user's own); "" = stay who we are.
     user: str = ""
     group: str = ""
-    #: true: every worker gets listening sockets of its own, bound with ``SO_REUSEPORT`` (the kernel spreads new
-    #: connections over them by a hash of the addresses); false: all workers wait on one shared socket of each
-    #: listener.  (With ``SO_REUSEPORT``, connections the kernel queued on the socket of a worker that died wait for
-    #: its restart.)
-    reuseport: bool = False
     #: Seconds the cluster-wide jobs' lease (queue runner, blob collector: one process of the cluster runs them)
     #: lasts unless renewed (every lease/3): how soon another worker takes over from one that died.
     lease: float = 15.0
@@ -790,6 +794,10 @@ def _validate(cfg: Config, source: str) -> None:
         err("proxy.trusted", "listen_proxied needs the load balancers' addresses (nothing else may connect there)")
     if cfg.server.workers < 0 or cfg.server.workers > MAX_WORKERS:
         err("server.workers", f"expected 0 (one per CPU core) to {MAX_WORKERS}")
+    if cfg.store.fsync not in ("optimized", "always"):
+        err("store.fsync", 'expected "optimized" or "always"')
+    if cfg.server.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        err("server.reuse_port", "this system has no SO_REUSEPORT")
     if cfg.server.lease < 3:
         err("server.lease", "must be at least 3 seconds (renewed every lease/3)")
     if cfg.server.heartbeat < 1:

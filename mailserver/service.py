@@ -216,6 +216,7 @@ def open_store(config: Config, *, run_migrations: bool = True, pool_size: int | 
     else:
         blobs = FileBlobStore(Path(config.data_dir) / "blobs")
     store = Store(engine, blobs)
+    store.durable_flags = config.store.fsync == "always"
     for d in config.domain:
         store.ensure_domain(d.name, d.mode, d.relay_to)
     if run_migrations:

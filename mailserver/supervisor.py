@@ -5,7 +5,11 @@ privileges (``[server] user``/``group``), prepare what the workers must not race
 ``[[domain]]`` rows, the self-signed certificate, the demo account), open the worker bus (:mod:`mailserver.bus`),
 then spawn the workers: fresh interpreters (``python -m mailserver worker``), each inheriting the listening sockets
 and running one reactor on them (the kernel hands each new connection to one of the workers waiting in
-``accept``).
+``accept``).  With ``[server] reuse_port = true`` every listener is bound once per worker with ``SO_REUSEPORT``
+(all before privileges drop, so ports below 1024 work too) and worker ``i`` inherits only the ``i``-th socket of
+each listener: the kernel then picks the socket, hence the worker, by a hash of the connection's addresses, whether
+that worker is busy or not.  A restarted worker takes over the same sockets, so connections that queued on them
+while it was down are served, not reset (they wait for the restart: up to the backoff delay).
 
 A worker that ends while the server runs is restarted, after a delay that doubles with each quick death
 (:data:`BACKOFF_FIRST` up to :data:`BACKOFF_MAX`); before, its leases and maildrop locks are freed
@@ -59,7 +63,20 @@ class BoundSocket:
     section: str
     name: str
     address: ListenAddress
-    sock: socket.socket
+    #: One socket every worker shares, or (``reuse_port``) one ``SO_REUSEPORT`` socket per worker.
+    socks: tuple[socket.socket, ...]
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.socks[0]
+
+    def sock_for(self, index: int) -> socket.socket:
+        """The socket worker ``index`` listens on."""
+        return self.socks[index] if len(self.socks) > 1 else self.socks[0]
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
 
     @property
     def bound_port(self) -> int:
@@ -70,42 +87,12 @@ class BoundSocket:
         return True if self.section == "listen_proxied" else None
 
 
-def bind_all(cfg: Config, reuseport: bool = False) -> list[BoundSocket]:
-    """Bind and listen on every configured address (closing all of them if one fails); with ``reuseport`` every
-    socket is bound with ``SO_REUSEPORT`` (:func:`bind_more` then adds more sockets on the same addresses)."""
-    out: list[BoundSocket] = []
-    try:
-        for section, items in (("listen", cfg.listen.items()), ("listen_proxied", cfg.listen_proxied.items())):
-            for name, address in items:
-                out.append(BoundSocket(section, name, address, _bind(section, name, address, address.port,
-                                                                     reuseport)))
-    except BaseException:
-        for b in out:
-            b.sock.close()
-        raise
-    return out
-
-
-def bind_more(first: list[BoundSocket]) -> list[BoundSocket]:
-    """One more ``SO_REUSEPORT`` socket beside each of ``first`` (on the port each got, so port 0 works too)."""
-    out: list[BoundSocket] = []
-    try:
-        for b in first:
-            out.append(BoundSocket(b.section, b.name, b.address, _bind(b.section, b.name, b.address, b.bound_port,
-                                                                       True)))
-    except BaseException:
-        for b in out:
-            b.sock.close()
-        raise
-    return out
-
-
-def _bind(section: str, name: str, address: ListenAddress, port: int, reuseport: bool) -> socket.socket:
+def _bind_one(section: str, name: str, address: ListenAddress, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
+        if reuse_port:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -116,6 +103,32 @@ def _bind(section: str, name: str, address: ListenAddress, port: int, reuseport:
         s.close()
         raise ListenError(f"{section}.{name}: cannot listen on {address}: {e.strerror or e}") from None
     return s
+
+
+def bind_all(cfg: Config, copies: int = 1) -> list[BoundSocket]:
+    """Bind and listen on every configured address (closing all of them if one fails): one socket each, or with
+    ``copies`` above 1 that many ``SO_REUSEPORT`` sockets on the same address (the first one's port: port 0 binds
+    one free port for all)."""
+    out: list[BoundSocket] = []
+    try:
+        for section, items in (("listen", cfg.listen.items()), ("listen_proxied", cfg.listen_proxied.items())):
+            for name, address in items:
+                reuse = copies > 1
+                socks = [_bind_one(section, name, address, address.port, reuse)]
+                try:
+                    port = socks[0].getsockname()[1]
+                    for _ in range(copies - 1):
+                        socks.append(_bind_one(section, name, address, port, reuse))
+                except BaseException:
+                    for s in socks:
+                        s.close()
+                    raise
+                out.append(BoundSocket(section, name, address, tuple(socks)))
+    except BaseException:
+        for b in out:
+            b.close()
+        raise
+    return out
 
 
 def drop_privileges(user: str, group: str) -> None:
@@ -166,8 +179,6 @@ class Supervisor:
         self.reactor = reactor
         self.count = count
         self.sockets: list[BoundSocket] = []
-        #: The sockets of worker i (``[server] reuseport``: each its own; else all share ``sockets``).
-        self.worker_sockets: list[list[BoundSocket]] = []
         self.store = None
         self.bus = BusServerFactory(on_ready=self._worker_ready)
         self.on_all_ready = None  # called once, when every worker has said it serves
@@ -189,15 +200,7 @@ class Supervisor:
         from mailserver.service import check_shared_storage, open_store
 
         cfg = self.cfg
-        self.sockets = bind_all(cfg, cfg.server.reuseport)
-        self.worker_sockets = [self.sockets]
-        try:
-            for _ in range(1, self.count if cfg.server.reuseport else 1):
-                self.worker_sockets.append(bind_more(self.sockets))
-        except BaseException:
-            for b in (b for group in self.worker_sockets for b in group):
-                b.sock.close()
-            raise
+        self.sockets = bind_all(cfg, self.count if cfg.server.reuse_port else 1)
         drop_privileges(cfg.server.user, cfg.server.group)
         check_shared_storage(cfg)
         self.store = open_store(cfg, pool_size=2)  # migrations once, [[domain]] rows, data_dir
@@ -239,15 +242,15 @@ class Supervisor:
         if self.stopping:
             return
         holder = new_holder(f"worker{index}")
-        mine = self.worker_sockets[index % len(self.worker_sockets)] if self.worker_sockets else self.sockets
         spec = WorkerSpec(index=index, holder=holder, bus_path=self.bus_path, supervisor_pid=os.getpid(),
                           auth_secret=self.auth_secret,
-                          sockets=tuple(InheritedSocket(b.section, b.name, b.sock.fileno(), b.sock.family)
-                                        for b in mine))
+                          sockets=tuple(InheritedSocket(b.section, b.name, b.sock_for(index).fileno(),
+                                                        b.sock_for(index).family) for b in self.sockets))
         child_fds: dict[int, object] = {0: 0, 1: 1, 2: 2}
-        for b in mine:
-            os.set_inheritable(b.sock.fileno(), True)
-            child_fds[b.sock.fileno()] = b.sock.fileno()
+        for b in self.sockets:
+            fd = b.sock_for(index).fileno()
+            os.set_inheritable(fd, True)
+            child_fds[fd] = fd
         env = dict(os.environ)
         env[ENV] = spec.to_env()
         proc = WorkerProcess(self, index, holder)
@@ -308,8 +311,8 @@ class Supervisor:
             killer.cancel()
         if self._bus_port is not None:
             yield self._bus_port.stopListening()
-        for b in {id(b): b for group in [self.sockets, *self.worker_sockets] for b in group}.values():
-            b.sock.close()
+        for b in self.sockets:
+            b.close()
         if self.store is not None:
             self.store.engine.dispose()
         log.info("stopped")

@@ -126,6 +126,12 @@ class Store:
             self._notify = lambda conn, changes: pgnotify.notify(conn, changes, origin)
         #: Called (on the database thread, after the commit) when an operation recorded classifier training.
         self.on_training: Callable[[], None] | None = None
+        #: Flag changes (:meth:`set_flags`) and expunges (:meth:`expunge`) commit flushed to disk (``[store] fsync =
+        #: "always"``); False (``"optimized"``, the default, as Dovecot's ``mail_fsync``) commits them atomically
+        #: but without waiting for the flush: a kill -9 loses none, an OS crash or power loss may lose the last ones
+        #: (the message reappears, or its flag is as before).  Deliveries, APPEND, COPY/MOVE, mailbox changes
+        #: are always flushed.
+        self.durable_flags = False
 
     def _trained(self, recorded: int) -> None:
         if recorded and self.on_training is not None:
@@ -144,7 +150,7 @@ class Store:
         call ``blobs.ensure_synced`` before opening it.
 
         ``durable=False`` is for state no reply promises to keep across a power loss (the cluster's \\Recent claims,
-        login failure counts, leases, heartbeats): its commit is atomic but not flushed to disk at once (SQLite
+        login failure counts, leases, heartbeats; flag changes and expunges unless :attr:`durable_flags`): its commit is atomic but not flushed to disk at once (SQLite
         ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit = off``), which keeps the one write lock that every
         worker process on a SQLite file shares free for the commits that must be flushed.
         """
@@ -565,7 +571,7 @@ class Store:
         """STORE ("add", "remove" or "replace"); ``value`` is a StoreFlagsResult (see messages.set_flags; ``reader``
         owns the \\Seen of a per-reader mailbox)."""
         recorded = 0
-        with self.transaction() as conn:
+        with self.transaction(durable=self.durable_flags) as conn:
             training = mode != "remove" and bool({k.lower() for k in keywords} & bayes.TRAINING_KEYWORDS)
             before = bayes.keywords_of(conn, mailbox_id, uids) if training else {}
             changed = messages.set_flags(conn, mailbox_id, uids, mode, flags, keywords, unchanged_since, reader)
@@ -602,8 +608,10 @@ class Store:
 
     @writes_changes
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
-        """Remove messages flagged \\Deleted (only among ``uids`` when given: UID EXPUNGE).  ``value``: expunged UIDs."""
-        with self.transaction() as conn:
+        """Remove messages flagged \\Deleted (only among ``uids`` when given: UID EXPUNGE).  ``value``: expunged UIDs.
+        Flushed to disk only with :attr:`durable_flags`; the bodies it frees are deleted by :meth:`collect_blobs`,
+        whose flushed commit also flushes this one first (SQLite's WAL and PostgreSQL's WAL are written in order)."""
+        with self.transaction(durable=self.durable_flags) as conn:
             return self.announce(conn, messages.expunge(conn, mailbox_id, uids))
 
     @writes_changes

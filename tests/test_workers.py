@@ -373,36 +373,6 @@ def _listening_inodes(pid: int, port: int) -> set[str]:
     return held
 
 
-def test_reuseport_gives_each_worker_its_own_socket_and_a_restarted_worker_gets_it_back(tmp_path):
-    """``[server] reuseport = true``: each worker listens on a socket of its own on the same port (SO_REUSEPORT),
-    both take connections, and a worker SIGKILLed and restarted serves on the socket its predecessor had."""
-    server = Server(tmp_path, server_extra="reuseport = true\n")
-    try:
-        port = server.ports["smtp"]
-        pids = server.worker_pids()
-        assert len(pids) == 2
-        socks = {pid: _listening_inodes(pid, port) for pid in pids}
-        assert all(len(v) == 1 for v in socks.values()) and socks[pids[0]] != socks[pids[1]], socks
-        for want in pids:  # the kernel hands connections to both workers' sockets
-            smtp, got = on_worker(server, lambda: smtplib.SMTP("127.0.0.1", port, timeout=30), lambda c: c.sock,
-                                  "smtp", want=want)
-            smtp.sendmail("bob@example.org", [ALICE], f"From: bob@example.org\r\nSubject: to {got}\r\n\r\nx\r\n")
-            smtp.quit()
-        victim, other = pids
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids(), timeout=60,
-                 what="a new worker")
-        wait_for(lambda: server.err.count("listening pop3 on") >= 3, timeout=60, what="the new worker listening")
-        new = next(p for p in server.worker_pids() if p != other)
-        assert _listening_inodes(new, port) == socks[victim]
-        smtp, _ = on_worker(server, lambda: smtplib.SMTP("127.0.0.1", port, timeout=30), lambda c: c.sock, "smtp",
-                            want=new)
-        smtp.sendmail("bob@example.org", [ALICE], "From: bob@example.org\r\nSubject: after\r\n\r\nx\r\n")
-        smtp.quit()
-    finally:
-        server.stop()
-
-
 def test_one_maintenance_lease_holder_and_another_takes_over_when_it_dies(tmp_path):
     """One worker of the cluster runs the queue and the blob collector (the maintenance lease); when it is
     SIGKILLed, the supervisor frees its lease and another worker takes it."""
@@ -451,3 +421,86 @@ def test_a_start_up_that_fails_leaves_no_supervisor_or_worker_running(tmp_path, 
             return True
 
     wait_for(lambda: all(gone(pid) for pid in workers), timeout=30, what="the workers gone")
+
+
+# --------------------------------------------------------------------------------------------- SO_REUSEPORT
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on 127.0.0.1:``port`` (state 0A in /proc/net/tcp)."""
+    want = f"0100007F:{port:04X}"
+    return {f[9] for f in (ln.split() for ln in Path("/proc/net/tcp").read_text().splitlines()[1:])
+            if f[1] == want and f[3] == "0A"}
+
+
+def _inodes_of(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(link[len("socket:["):-1])
+    return out
+
+
+def test_reuse_port_gives_each_worker_its_own_listening_socket_and_both_take_connections(tmp_path):
+    """``[server] reuse_port = true``: each listener is bound once per worker (SO_REUSEPORT, one port), every
+    worker holds only its own socket, and new connections reach both workers; a delivery over SMTP on one is seen
+    by an IMAP session on the other."""
+    s = Server(tmp_path, server_extra="reuse_port = true\n")
+    try:
+        a, b = s.worker_pids()
+        for name in ("smtp", "imap", "pop3"):
+            listening = _listening_inodes(s.ports[name])
+            assert len(listening) == 2, (name, listening)
+            mine_a, mine_b = _inodes_of(a) & listening, _inodes_of(b) & listening
+            assert len(mine_a) == 1 and len(mine_b) == 1 and mine_a != mine_b, (name, mine_a, mine_b)
+        imap, on = on_worker(s, lambda: Raw(s.ports["imap"], timeout=30), lambda c: c.sock, "imap", want=a)
+        smtp, _ = on_worker(s, lambda: smtplib.SMTP("127.0.0.1", s.ports["smtp"], timeout=30), lambda c: c.sock,
+                            "smtp", want=b)
+        assert imap.cmd("L", f'LOGIN {ALICE} "{PW}"')[-1].startswith(b"L OK")
+        assert imap.cmd("S", "SELECT INBOX")[-1].startswith(b"S OK")
+        imap.send(b"I IDLE\r\n")
+        assert imap.line() == b"+ idling\r\n"
+        smtp.sendmail("bob@example.org", [ALICE], f"From: bob@example.org\r\nTo: {ALICE}\r\nSubject: r\r\n\r\nr\r\n")
+        smtp.quit()
+        assert b"* 1 EXISTS\r\n" in _lines_until(imap, b"* 1 EXISTS\r\n")
+        imap.close()
+    finally:
+        s.stop()
+
+
+def test_reuse_port_restarted_worker_takes_over_the_sockets_of_the_one_that_died(tmp_path):
+    """With reuse_port a worker killed with SIGKILL is restarted on the same SO_REUSEPORT sockets (the supervisor
+    keeps them: no rebinding, which ports below 1024 would need root for), and takes connections again."""
+    s = Server(tmp_path, server_extra="reuse_port = true\n")
+    try:
+        listening = _listening_inodes(s.ports["pop3"])
+        victim = s.worker_pids()[0]
+        its_socket = _inodes_of(victim) & listening
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(s.worker_pids()) == 2 and victim not in s.worker_pids(), timeout=60,
+                 what="a new worker")
+        wait_for(lambda: s.err.count("listening pop3 on") >= 3, timeout=60, what="the new worker listening")
+        restarted = int(re.findall(r"worker \d+ started \(pid (\d+)\)", s.err.text())[-1])
+        assert _listening_inodes(s.ports["pop3"]) == listening  # nothing rebound
+        assert _inodes_of(restarted) & listening == its_socket
+        c, _ = on_worker(s, lambda: _pop3(s.ports["pop3"]), lambda c: c.sock, "pop3", want=restarted)
+        assert _pop3_login(c) == ""
+        c.quit()
+    finally:
+        s.stop()
+
+
+def test_reuse_port_is_refused_where_the_system_lacks_it(tmp_path, monkeypatch):
+    """check-config names the key when SO_REUSEPORT does not exist."""
+    from mailserver.config import ConfigError, load
+
+    conf = tmp_path / "m.toml"
+    conf.write_text(f'hostname = "h.example.test"\ndata_dir = "{tmp_path}"\n[server]\nreuse_port = true\n')
+    assert load(conf).server.reuse_port is True
+    monkeypatch.delattr(socket, "SO_REUSEPORT")
+    with pytest.raises(ConfigError, match="server.reuse_port"):
+        load(conf)

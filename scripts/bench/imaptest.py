@@ -18,7 +18,9 @@ upgrades an argon2 hash, while Dovecot's baseline users have PLAIN passwords.
 
 Our server runs in this process (tests/harness.py: a reactor thread, SQLite under a temporary directory), or, with
 ``--workers N``, as a `mailserver serve` child process with ``[server] workers = N`` (a supervisor and N worker
-processes on one SQLite file; ``--database-url`` for PostgreSQL); Dovecot is
+processes on one SQLite file; ``--database-url`` for a fresh schema of a PostgreSQL database; ``--nodes 2`` for two
+such processes on it with HAProxy in front; ``--reuse-port``, ``--fsync always``: scripts/bench/cluster.py), and
+then prints how the connections and the CPU were spread over the worker processes; Dovecot is
 started by ``../shared/bench/baseline-dovecot.sh`` on free loopback ports with its own BASEDIR/MAILDIR, and stopped
 by the PID in its master.pid. imaptest runs are child processes with a hard timeout. Everything started is stopped.
 
@@ -51,6 +53,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cluster import Balance  # noqa: E402  (scripts/bench/cluster.py)
 
 PASSWORD = "pass"  # Dovecot's baseline users have this one; ours get it too
 OUR_DOMAIN = "example.test"
@@ -94,47 +99,6 @@ class Target:
 
     def user_template(self) -> str:
         return f"user%d{self.suffix}"
-
-
-class ServeProcess:
-    """`mailserver serve` with ``workers`` worker processes as a child process, IMAP on a free loopback port."""
-
-    def __init__(self, workdir: Path, workers: int, limits: dict, database_url: str = ""):
-        self.workdir = workdir
-        self.workers = workers
-        self.imap_port = free_ports(1)[0]
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mailserver.toml"
-        lim = "".join(f"{k} = {v}\n" for k, v in limits.items())
-        db = f'database_url = "{database_url}"\n' if database_url else ""
-        blobs = '[store]\nblobs = "database"\n' if database_url else ""
-        self.conf.write_text(f'hostname = "mail.example.test"\ndata_dir = "{workdir / "data"}"\n{db}'
-                             f"[server]\nworkers = {workers}\n[listen]\nimap = [\"127.0.0.1:{self.imap_port}\"]\n"
-                             f'[limits]\n{lim}[queue]\nrun = false\n{blobs}[[domain]]\nname = "{OUR_DOMAIN}"\n')
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.log = open(self.workdir / "serve.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(self.conf), "serve"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 60
-        while self.log_text().count("listening imap on") < self.workers:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("mailserver serve did not start:\n" + self.log_text()[-2000:])
-            time.sleep(0.1)
-
-    def log_text(self) -> str:
-        return (self.workdir / "serve.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def free_ports(n: int) -> list[int]:
@@ -255,6 +219,7 @@ class StressResult:
     counts: dict[str, int]
     errors: list[str]
     log: Path
+    load: tuple[float, float] | None = None  # load average (1 min) at the start and the end
 
     @property
     def ops_per_s(self) -> float:
@@ -416,7 +381,8 @@ def compliance(imaptest: Path, tests: Path, target: Target, user: str, logdir: P
 # ----------------------------------------------------------------------------------------------- main
 
 def _fmt_stress(label: str, r: StressResult) -> str:
-    return f"    {label:<8} {r.ops_per_s:8.1f} ops/s  {len(r.errors):4d} errors  (log {r.log})"
+    load = f"load {r.load[0]:.1f}-{r.load[1]:.1f}  " if r.load else ""
+    return f"    {label:<8} {r.ops_per_s:8.1f} ops/s  {len(r.errors):4d} errors  {load}(log {r.log})"
 
 
 def _print_errors(r: StressResult) -> None:
@@ -425,28 +391,27 @@ def _print_errors(r: StressResult) -> None:
 
 
 @contextlib.contextmanager
-def our_server(workdir: Path, limits: dict, workers: int, database_url: str):
-    """Yields (add_user(address), imap port): in this process, or as `serve` with ``workers`` workers."""
-    if not workers:
+def our_server(workdir: Path, limits: dict, args):
+    """Yields (add_user(address), imap port, cluster or None): in this process, or as `serve` (scripts/bench/
+    cluster.py) with ``--workers``/``--nodes``."""
+    if not args.workers and args.nodes <= 1:
         from tests.harness import running_server
 
         with running_server(workdir, listeners=("imap",), limits=limits) as srv:
-            yield (lambda a: srv.add_user(a, PASSWORD)), srv.port("imap")
+            yield (lambda a: srv.add_user(a, PASSWORD)), srv.port("imap"), None
         return
-    from mailserver.config import load
-    from mailserver.service import open_store
+    from cluster import Cluster, describe
+
     from tests.harness import hasher
 
-    proc = ServeProcess(workdir, workers, limits, database_url)
-    store = open_store(load(proc.conf))  # migrations and the domain, before the workers start
-    try:
-        proc.start()
-        print(f"ours: mailserver serve with {workers} workers (pid {proc.proc.pid})")
+    with Cluster(workdir, workers=args.workers or 1, nodes=args.nodes, database_url=args.database_url,
+                 reuse_port=args.reuse_port, fsync=args.fsync, limits=limits, protocols=("imap",)) as cluster:
+        store = cluster.open_store()  # migrations and the domain, before the nodes start
+        cluster.start()
+        print(f"ours: {describe(args.workers or 1, args.nodes, args.database_url, args.reuse_port, args.fsync)} "
+              f"(pids {', '.join(str(n.proc.pid) for n in cluster.nodes)})")
         h = hasher().hash(PASSWORD)
-        yield (lambda a: store.add_account(a, h)), proc.imap_port
-    finally:
-        store.engine.dispose()
-        proc.stop()
+        yield (lambda a: store.add_account(a, h)), cluster.port("imap"), cluster
 
 
 def main() -> int:
@@ -472,7 +437,12 @@ def main() -> int:
                     help='more imaptest arguments for stress, e.g. "checkpoint=5 search=30 copybox=Other"')
     ap.add_argument("--workers", type=int, default=0,
                     help="run ours as `mailserver serve` with this many worker processes (default: in this process)")
-    ap.add_argument("--database-url", default="", help="with --workers: this database instead of SQLite")
+    ap.add_argument("--database-url", default="",
+                    help="with --workers/--nodes: a fresh schema of this PostgreSQL database instead of SQLite")
+    ap.add_argument("--nodes", type=int, default=1,
+                    help="this many `mailserver serve` processes on --database-url, HAProxy in front (send-proxy-v2)")
+    ap.add_argument("--reuse-port", action="store_true", help="[server] reuse_port = true (one socket per worker)")
+    ap.add_argument("--fsync", choices=("optimized", "always"), default="optimized", help="[store] fsync")
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--mbox", default="", help="messages imaptest APPENDs (default: make-mbox.py 300 messages)")
     ap.add_argument("--logs", default="", help="keep imaptest's logs in this directory (default: a temp dir, kept "
@@ -509,7 +479,7 @@ def main() -> int:
     dovecot = Dovecot(shared / "baseline-dovecot.sh", work, plan.total) if args.dovecot else None
     try:
         limits = {"imap_max_sessions_per_ip": max(50, args.clients * 3)}
-        with our_server(work / "ours", limits, args.workers, args.database_url) as (add_user, port):
+        with our_server(work / "ours", limits, args) as (add_user, port, cluster):
             for n in range(1, plan.total + 1):
                 add_user(f"user{n}@{OUR_DOMAIN}")
             targets = [Target("ours", port, f"@{OUR_DOMAIN}")]
@@ -520,7 +490,7 @@ def main() -> int:
             for phase in phases:
                 if phase in ("stress", "shared"):
                     for run in range(1, args.runs + 1):
-                        results = {}
+                        results, balances = {}, {}
                         for t in targets:
                             if phase == "stress":
                                 user, users = t.user_template(), plan.stress_range(run)
@@ -533,13 +503,26 @@ def main() -> int:
                             if args.warm_up:
                                 warm_up(t, logins)
                             log = logdir / f"{phase}-{t.name}-run{run}.log"
+                            balance = None
+                            if t.name == "ours" and cluster is not None:
+                                balance = Balance(cluster.worker_pids(),
+                                                  {n.ports["imap"] for n in cluster.nodes}).start()
+                            load = os.getloadavg()[0]
                             results[t.name] = stress(imaptest, t, user=user, users=users, clients=args.clients,
                                                      secs=args.secs, seed=args.seed + run, mbox=mbox, log=log,
                                                      cwd=logdir, extra=args.stress_args.split())
+                            results[t.name].load = (load, os.getloadavg()[0])
+                            if balance is not None:
+                                balance.stop()
+                                balances[t.name] = balance
                         print(f"({'a' if phase == 'stress' else 'b'}) stress, {what}, {args.secs} s, run {run}:")
                         for name, r in results.items():
                             print(_fmt_stress(name, r))
                             _print_errors(r)
+                            if name in balances:
+                                cpu = sum(balances[name].cpu.values())
+                                print(f"             per worker: {balances[name].summary()}; server CPU "
+                                      f"{1000 * cpu / max(1, r.ops):.2f} ms/op")
                             found_errors |= bool(r.errors)
                         if "dovecot" in results and results["dovecot"].ops_per_s:
                             ratio = results["ours"].ops_per_s / results["dovecot"].ops_per_s

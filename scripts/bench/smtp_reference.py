@@ -15,11 +15,18 @@ stopped at the end, as is everything else started here.
 ``--workers N[,M...]`` runs the real ``mailserver serve`` instead of the in-process server: a generated configuration
 (SQLite and file blobs in a fresh data directory, ``[server] workers = N``, sender authentication off as in the
 in-process run, the queue runner off), one run per listed count in each round, after the reference (reference, N, M,
-reference, N, M, ...); a count may end in ``r`` (``[server] reuseport = true``) and/or ``f`` (per-file fsync, as
+reference, N, M, ...); a count may end in ``r`` (``[server] reuse_port = true``) and/or ``f`` (per-file fsync, as
 ``--no-syncfs``), so ``--workers 2,2r,2f`` compares them in one run.  The server CPU is the supervisor's and every worker's (``/proc/PID/stat`` of each, read while
 they run), and everything is stopped by its PID at the end of each run.  ``--before DIR`` also runs the server
 from another checkout (a worktree of main) before each run of this one: a before/after in the same run.  ``--no-syncfs``: the blob store fsyncs each
 file and directory instead of one syncfs(2) per batch (as ``scripts/bench/smtp.py --no-syncfs``).
+        [--ours SPEC ...] [--database-url postgresql+psycopg://…]
+
+By default "ours" is one server process in a child (scripts/bench/smtp.py's).  Each ``--ours SPEC`` adds a
+configuration run as `mailserver serve` (scripts/bench/cluster.py), every round, right after the reference: SPEC is
+``workers=N[,db=pg][,nodes=2][,reuse_port=1][,fsync=always]`` (``db=pg`` and ``nodes`` take a fresh schema of
+``--database-url``; with 2 nodes HAProxy is in front).  Server CPU is that of every process of ours (supervisors
+and workers), per message.
 """
 
 from __future__ import annotations
@@ -151,7 +158,7 @@ def serve_config(tmp: Path, workers: int, port: int, reuseport: bool = False) ->
     conf = tmp / "mailserver.toml"
     conf.write_text(
         f'hostname = "bench.example.test"\ndata_dir = "{tmp / "data"}"\n'
-        f"[server]\nworkers = {workers}\n" + ("reuseport = true\n" if reuseport else "") +
+        f"[server]\nworkers = {workers}\n" + ("reuse_port = true\n" if reuseport else "") +
         f'[listen]\nsmtp = ["127.0.0.1:{port}"]\n'
         + '[queue]\nrun = false\n[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 1.0\n'
         '[senderauth]\nenabled = false\n[[domain]]\nname = "example.test"\n')
@@ -234,6 +241,59 @@ def _stop(proc: subprocess.Popen, pids: list[int], conf: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError):
             continue
+def parse_spec(text: str) -> dict:
+    spec = {"workers": 1, "db": "sqlite", "nodes": 1, "reuse_port": False, "fsync": "optimized"}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key not in spec:
+            raise SystemExit(f"--ours {text}: unknown key {key!r}")
+        spec[key] = (value in ("1", "true", "yes")) if key == "reuse_port" else (
+            int(value) if key in ("workers", "nodes") else value)
+    if spec["nodes"] > 1 and spec["db"] != "pg":
+        raise SystemExit(f"--ours {text}: nodes need db=pg")
+    return spec
+
+
+def cluster_run(args, spec: dict) -> tuple[float, float]:
+    """`mailserver serve` as ``spec`` says: durably delivered messages/s, CPU ms/msg of all its processes."""
+    from cluster import Balance, Cluster
+
+    sys.path.insert(0, str(HERE.parents[1]))
+    from tests.harness import hasher
+
+    url = args.database_url if spec["db"] == "pg" else ""
+    if spec["db"] == "pg" and not url:
+        raise SystemExit("db=pg needs --database-url")
+    with tempfile.TemporaryDirectory(prefix="smtp-reference-cluster-") as tmp:
+        with Cluster(Path(tmp), workers=spec["workers"], nodes=spec["nodes"], database_url=url,
+                     reuse_port=spec["reuse_port"], fsync=spec["fsync"], protocols=("smtp",),
+                     extra_toml="[senderauth]\nenabled = false\n") as cluster:
+            store = cluster.open_store()
+            h = hasher().hash("x")
+            for i in range(10):
+                store.add_account(f"user{i}@example.test", h)
+            cluster.start()
+            pids = cluster.all_pids()
+            cpu0 = sum(bench_smtp.cpu_seconds(p) for p in pids)
+            balance = Balance(cluster.worker_pids(), {n.ports["smtp"] for n in cluster.nodes}).start()
+            env = dict(_env(), REUSE="1", FROM="bench@example.net")
+            out = _sh(str(SHARED / "smtp-load.sh"), "127.0.0.1", str(cluster.port("smtp")), "user1@example.test",
+                      str(args.messages), str(args.sessions), str(args.size), env=env)
+            balance.stop()
+            cpu = sum(bench_smtp.cpu_seconds(p) for p in pids) - cpu0
+    rate = _rate(out, r"= ([\d.]+) msgs/s \(accepted")
+    print(f"  ours {spec_label(spec)}: {out.strip()} | server CPU {1000 * cpu / args.messages:.2f} ms/msg",
+          flush=True)
+    if spec["workers"] > 1 or spec["nodes"] > 1:
+        print(f"    per worker: {balance.summary()}", flush=True)
+    return rate, 1000 * cpu / args.messages
+
+
+def spec_label(spec: dict) -> str:
+    from cluster import describe
+
+    return describe(spec["workers"], spec["nodes"], "pg" if spec["db"] == "pg" else "", spec["reuse_port"],
+                    spec["fsync"])
 
 
 def main() -> int:
@@ -244,7 +304,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--workers", default="", metavar="N[,M...]",
                     help="run `mailserver serve` with [server] workers = N (then M, ...) instead of the in-process "
-                         "server; a count may end in r ([server] reuseport = true) and/or f (per-file fsync): 2,2r,2f")
+                         "server; a count may end in r ([server] reuse_port = true) and/or f (per-file fsync): 2,2r,2f")
     ap.add_argument("--before", default="", metavar="DIR",
                     help="with --workers: also run the server from checkout DIR (e.g. a worktree of main) before each "
                          "run of this one, for a before/after in the same run")
@@ -253,6 +313,12 @@ def main() -> int:
     counts = [re.fullmatch(r"(\d+)([rf]*)", x.strip()) for x in args.workers.split(",") if x.strip()]
     if not all(counts):
         ap.error(f"--workers: expected counts like 1,2,2r,2f, not {args.workers!r}")
+    ap.add_argument("--ours", action="append", default=[], metavar="SPEC",
+                    help="a `mailserver serve` configuration to run each round (see above); repeatable")
+    ap.add_argument("--database-url", default=os.environ.get("MAILSERVER_TEST_DATABASE_URL", ""),
+                    help="PostgreSQL for db=pg (a fresh schema per run; default $MAILSERVER_TEST_DATABASE_URL)")
+    args = ap.parse_args()
+    specs = [parse_spec(t) for t in args.ours]
     BASE.mkdir(parents=True, exist_ok=True)
     started = []
     try:
@@ -262,12 +328,29 @@ def main() -> int:
         started.append("baseline-postfix.sh")
         here = HERE.parents[1]
         trees = [Path(args.before).resolve(), here] if args.before else [here]
-        # (the before tree may not know [server] reuseport: r variants run from this checkout only)
+        # (the before tree may not know [server] reuse_port: r variants run from this checkout only)
         runs = [(int(m[1]), m[2], t) for m in counts for t in trees if t == here or "r" not in m[2]]
         kinds = [f"serve w={n}{f}" + (" before" if t != here else "") for n, f, t in runs] or ["ours"]
         ref: list[float] = []
         ours: dict[str, list[float]] = {k: [] for k in kinds}
         cpu: dict[str, list[float]] = {k: [] for k in kinds}
+        if specs:
+            by_spec: dict[str, list[tuple[float, float, float]]] = {spec_label(sp): [] for sp in specs}
+            for i in range(args.rounds):
+                print(f"round {i + 1} (load average {os.getloadavg()[0]:.1f})", flush=True)
+                ref.append(reference_run(args))
+                for sp in specs:
+                    r, c = cluster_run(args, sp)
+                    by_spec[spec_label(sp)].append((r, c, r / ref[-1]))
+                    print(f"  ratio ours / reference: {r / ref[-1]:.2f} (load average {os.getloadavg()[0]:.1f})",
+                          flush=True)
+            print(f"SMTP {args.messages} x {args.size} B over {args.sessions} sessions, {args.rounds} rounds; "
+                  f"Postfix->Dovecot LMTP {', '.join(f'{x:.0f}' for x in ref)} msg/s end to end")
+            for label, runs in by_spec.items():
+                print(f"  {label}: {', '.join(f'{r:.0f}' for r, _, _ in runs)} msg/s durably delivered, CPU "
+                      f"{', '.join(f'{c:.2f}' for _, c, _ in runs)} ms/msg, ratio "
+                      f"{', '.join(f'{x:.2f}' for _, _, x in runs)}")
+            return 0
         for i in range(args.rounds):
             print(f"round {i + 1} (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
             ref.append(reference_run(args))
