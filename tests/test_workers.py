@@ -358,21 +358,6 @@ def test_a_worker_killed_under_load_is_restarted_and_no_acknowledged_message_is_
     assert not missing, f"{len(missing)} acknowledged messages lost: {missing[:5]}"
 
 
-def _listening_inodes(pid: int, port: int) -> set[str]:
-    """Socket inodes of the listening sockets on 127.0.0.1:``port`` that process ``pid`` holds open."""
-    listening = {f[9] for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
-                 if f[1] == f"0100007F:{port:04X}" and f[3] == "0A"}
-    held = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:[") and link[8:-1] in listening:
-            held.add(link[8:-1])
-    return held
-
-
 def test_one_maintenance_lease_holder_and_another_takes_over_when_it_dies(tmp_path):
     """One worker of the cluster runs the queue and the blob collector (the maintenance lease); when it is
     SIGKILLed, the supervisor frees its lease and another worker takes it."""
