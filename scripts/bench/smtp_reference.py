@@ -309,15 +309,14 @@ def main() -> int:
                     help="with --workers: also run the server from checkout DIR (e.g. a worktree of main) before each "
                          "run of this one, for a before/after in the same run")
     ap.add_argument("--no-syncfs", action="store_true", help="with --workers: fsync each blob file and directory instead of syncfs(2)")
-    args = ap.parse_args()
-    counts = [re.fullmatch(r"(\d+)([rf]*)", x.strip()) for x in args.workers.split(",") if x.strip()]
-    if not all(counts):
-        ap.error(f"--workers: expected counts like 1,2,2r,2f, not {args.workers!r}")
     ap.add_argument("--ours", action="append", default=[], metavar="SPEC",
                     help="a `mailserver serve` configuration to run each round (see above); repeatable")
     ap.add_argument("--database-url", default=os.environ.get("MAILSERVER_TEST_DATABASE_URL", ""),
                     help="PostgreSQL for db=pg (a fresh schema per run; default $MAILSERVER_TEST_DATABASE_URL)")
     args = ap.parse_args()
+    counts = [re.fullmatch(r"(\d+)([rf]*)", x.strip()) for x in args.workers.split(",") if x.strip()]
+    if not all(counts):
+        ap.error(f"--workers: expected counts like 1,2,2r,2f, not {args.workers!r}")
     specs = [parse_spec(t) for t in args.ours]
     BASE.mkdir(parents=True, exist_ok=True)
     started = []
