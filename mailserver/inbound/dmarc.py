@@ -22,6 +22,7 @@ has a ``rua`` and no record otherwise (RFC 7489 6.6.3 step 6).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from mailserver.dns import DnsError, DnsPermanentError
@@ -96,23 +97,17 @@ def parse_record(text: bytes | str) -> Record | None:
                   pct=pct, testing=tags.get("t", "n").lower() == "y", psd=psd if psd in ("y", "n") else "u")
 
 
-#: Records already parsed (their text -> Record or None), cleared when full: the same few records come with
-#: message after message.
-_RECORD_CACHE_SIZE = 4096
-_records: dict[bytes, Record | None] = {}
-
-
 def _parsed_record(text: bytes) -> Record | None:
-    """:func:`parse_record` of a TXT record, remembered (a Record is immutable)."""
+    """:func:`parse_record` of a TXT record, remembered (a Record is immutable; the same few records come with
+    message after message)."""
     if len(text) > MAX_RECORD:
         return None  # not a record (and not kept: the cache holds at most 4096 short texts)
-    found = _records.get(text, False)
-    if found is False:
-        found = parse_record(text)
-        if len(_records) >= _RECORD_CACHE_SIZE:
-            _records.clear()
-        _records[text] = found
-    return found
+    return _parse_record_cached(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_record_cached(text: bytes) -> Record | None:
+    return parse_record(text)
 
 
 def walk_names(domain: str) -> list[str]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import email.utils
+import functools
 import re
 import time
 from dataclasses import dataclass, field
@@ -130,9 +131,6 @@ def _facts(result: SenderAuthResult) -> list[Fact]:
 #: continuation, no "From " envelope line.
 _PLAIN_HEADER = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r\n(?:[\x21-\x39\x3b-\x7e]+:|[ \t])[^\r\n]*)*(?:\r\n)?")
 _FROM_FIELD = re.compile(rb"(?im)^from:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*")
-#: From fields already read (their bytes -> domains), cleared when full: most mail comes from few senders.
-_FROM_CACHE_SIZE = 4096
-_from_cache: dict[bytes, list[str] | None] = {}
 
 
 def from_domains(head: bytes) -> list[str] | None:
@@ -145,14 +143,16 @@ def from_domains(head: bytes) -> list[str] | None:
     head = head if end < 0 else head[:end + 4]
     if end < 0 and _PLAIN_HEADER.fullmatch(head):
         fields = b"".join(f + b"\r\n" for f in _FROM_FIELD.findall(head))
-        found = _from_cache.get(fields, False)
-        if found is False:
-            found = _parse_from_domains(fields)
-            if len(_from_cache) >= _FROM_CACHE_SIZE:
-                _from_cache.clear()
-            _from_cache[fields] = found
+        found = _from_fields_domains(fields)
         return list(found) if found is not None else None
     return _parse_from_domains(head)
+
+
+@functools.lru_cache(maxsize=4096)
+def _from_fields_domains(fields: bytes) -> tuple[str, ...] | None:
+    """:func:`_parse_from_domains` of From fields alone, remembered: most mail comes from few senders."""
+    found = _parse_from_domains(fields)
+    return tuple(found) if found is not None else None
 
 
 def _parse_from_domains(head: bytes) -> list[str] | None:
