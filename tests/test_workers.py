@@ -296,6 +296,27 @@ def test_sigterm_stops_every_worker_cleanly(server):
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
+def test_sigterm_twice_stops_each_process_once_without_errors(server):
+    """SIGTERM sent twice to the supervisor and twice more to each worker (an impatient operator, a service manager
+    and the parent-death signal together): every process stops once, cleanly, and nothing logs "Can't stop reactor
+    that isn't running" or a traceback."""
+    pids = server.worker_pids()
+    assert len(pids) == 2
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.send_signal(signal.SIGTERM)
+    for pid in pids:
+        for _ in range(2):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    assert server.proc.wait(timeout=60) == 0
+    assert server.err.wait_for("mailserver.supervisor: stopped")
+    text = server.err.text()
+    assert "stop reactor" not in text and "ReactorNotRunning" not in text and "Traceback" not in text, text
+    assert server.err.count("mailserver.service: stopped") == 2, text
+
+
 def test_sighup_reaches_every_worker_and_is_ignored(server):
     """SIGHUP to the supervisor is passed to each worker, which logs it and keeps serving."""
     server.proc.send_signal(signal.SIGHUP)
