@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.imap.imap_client import Raw
-from tests.processes import stop_group
+from tests.processes import popen, stop_group
 from tests.test_cluster_nodes import _Lines, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,9 +119,9 @@ class Server:
         self.data = data
         self.workers = workers
         # Its own process group (the workers inherit it): stop() ends whatever is left of it by that id.
-        self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                     start_new_session=True)
+        self.proc = popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          start_new_session=True)
         try:
             self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
             assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
