@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.processes import stop_group
+from tests.processes import popen, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cret-pass"
@@ -89,8 +89,8 @@ def served(tmp_path: Path, listeners=("smtp",), limits: dict | None = None, extr
     for i in range(users):
         subprocess.run(cli + ["user", "add", user(i), "--password-stdin"], input=PASSWORD + "\n", text=True,
                        cwd=ROOT, check=True, capture_output=True, timeout=120)
-    proc = subprocess.Popen(cli + ["serve"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, start_new_session=True)  # its own group: stop_group ends all of it
+    proc = popen(cli + ["serve"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                 cwd=ROOT, start_new_session=True)  # its own group: stop_group ends all of it
     try:
         srv = Served(proc, ports)
         deadline = time.monotonic() + 60

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import popen
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -140,8 +142,8 @@ def test_serve_first_run_output_and_clean_sigterm(tmp_path):
     conf = tmp_path / "m.toml"
     conf.write_text(f'hostname = "mail.example.test"\ndata_dir = "data"\ndemo = true\n'
                     f'[listen]\nsmtp = ["127.0.0.1:{port}"]\n[[domain]]\nname = "example.test"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         out = ""
         deadline = time.time() + 60

@@ -22,6 +22,7 @@ import pytest
 
 from tests import harness
 from tests.imap.imap_client import Raw
+from tests.processes import popen
 
 pytestmark = pytest.mark.postgres
 
@@ -94,8 +95,8 @@ class Node:
             f"[limits]\nauth_max_failures_per_ip = {LIMIT}\nauth_max_failures_per_account = {LIMIT}\n"
             "auth_max_delay = 0.0\n"
             '[queue]\nrun = false\n[[domain]]\nname = "example.test"\n')
-        self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.proc = popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self._terminated = False
         try:
             self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from storage.blobs import FileBlobStore
 from storage.db import make_engine
 from storage.store import Store
+from tests.processes import popen
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,8 @@ def test_sigkill_during_delivery_loses_nothing_acknowledged(tmp_path, database_u
 
     out_path = tmp_path / "acks.txt"
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, url, str(blob_dir)], stdout=out, cwd=ROOT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = popen([sys.executable, "-c", WRITER, url, str(blob_dir)], stdout=out, cwd=ROOT,
+                     env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             deadline = time.time() + 30
             while time.time() < deadline:
@@ -190,8 +190,8 @@ def test_sigkill_after_flag_changes_and_expunges_loses_none_acknowledged(tmp_pat
 
     out_path = tmp_path / "acks.txt"
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", FLAGGER, url, str(blob_dir), str(inbox), str(count)],
-                                stdout=out, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = popen([sys.executable, "-c", FLAGGER, url, str(blob_dir), str(inbox), str(count)],
+                     stdout=out, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             deadline = time.time() + 60
             while out_path.read_text().count("OK ") < 100 and time.time() < deadline:

@@ -32,6 +32,7 @@ from mailserver.proxywire import v2_header
 from tests import harness
 from tests import proxyclients as pc
 from tests.outbound.receiver import receiver
+from tests.processes import popen
 from tests.test_cluster_nodes import _Lines, wait_for
 
 pytestmark = [pytest.mark.postgres,
@@ -69,8 +70,8 @@ class Node:
             '[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 2.0\n'
             '[[domain]]\nname = "example.test"\n'
             f'[[domain]]\nname = "relay.test"\nmode = "relay"\nrelay_to = "127.0.0.1:{relay_port}"\n')
-        self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.proc = popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         try:
             self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
             assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
@@ -117,8 +118,8 @@ class Balancer:
         cfg.write_text("\n".join(lines) + "\n")
         check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
         self.log = _Lines(self.proc.stdout)
         for port in self.ports.values():
             wait_for(lambda port=port: _accepts(port), what=f"haproxy listening on {port}")

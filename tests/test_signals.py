@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.processes import popen
+
 ROOT = Path(__file__).resolve().parents[1]
 HUP_LINE = "SIGHUP received; reload is not supported yet, ignoring"
 
@@ -72,8 +74,8 @@ def test_sighup_is_logged_and_ignored(tmp_path):
     conf.write_text(f'hostname = "mail.example.test"\ndata_dir = "data"\n[server]\nworkers = 1\n'
                     f'[listen]\nsmtp = ["127.0.0.1:{smtp_port}"]\nimap = ["127.0.0.1:{imap_port}"]\n'
                     f'[[domain]]\nname = "example.test"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         out, err = _Lines(proc.stdout), _Lines(proc.stderr)
         assert out.wait_for("Stop with Ctrl-C"), out.text() + err.text()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.imap.imap_client import Raw
-from tests.processes import stop_group
+from tests.processes import popen, stop_group
 from tests.test_cluster_nodes import _Lines, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,9 +119,9 @@ class Server:
         self.data = data
         self.workers = workers
         # Its own process group (the workers inherit it): stop() ends whatever is left of it by that id.
-        self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                     start_new_session=True)
+        self.proc = popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          start_new_session=True)
         try:
             self.out, self.err = _Lines(self.proc.stdout), _Lines(self.proc.stderr)
             assert self.out.wait_for("Stop with Ctrl-C"), self.out.text() + self.err.text()
@@ -294,6 +294,27 @@ def test_sigterm_stops_every_worker_cleanly(server):
     assert server.err.count("stopped (exit code 0)") == 2, server.err.text()
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_sigterm_twice_stops_each_process_once_without_errors(server):
+    """SIGTERM sent twice to the supervisor and twice more to each worker (an impatient operator, a service manager
+    and the parent-death signal together): every process stops once, cleanly, and nothing logs "Can't stop reactor
+    that isn't running" or a traceback."""
+    pids = server.worker_pids()
+    assert len(pids) == 2
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.send_signal(signal.SIGTERM)
+    for pid in pids:
+        for _ in range(2):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    assert server.proc.wait(timeout=60) == 0
+    assert server.err.wait_for("mailserver.supervisor: stopped")
+    text = server.err.text()
+    assert "stop reactor" not in text and "ReactorNotRunning" not in text and "Traceback" not in text, text
+    assert server.err.count("mailserver.service: stopped") == 2, text
 
 
 def test_sighup_reaches_every_worker_and_is_ignored(server):

@@ -137,6 +137,36 @@ def ignore_sighup(reactor) -> None:
     signal.signal(signal.SIGHUP, on_sighup)
 
 
+def stop_once(reactor) -> None:
+    """Stop the reactor unless it is already stopping.
+
+    A process can be told to stop more than once: a second SIGTERM or Ctrl-C while the sessions drain, the
+    supervisor's SIGTERM and the parent-death signal together, the orphan check firing again during the shutdown.
+    Twisted's own handlers call ``reactor.stop`` each time, and every call after the first raises
+    ``ReactorNotRunning`` and is logged as a critical error.  Here the later requests are no-ops.
+    """
+    from twisted.internet.error import ReactorNotRunning
+
+    if getattr(reactor, "_stopped", False) or not reactor.running:
+        return
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
+
+def stop_on_signals(reactor) -> None:
+    """SIGTERM and SIGINT stop the reactor once, however often they arrive (called once the reactor runs, after
+    Twisted installed its own handlers, which this replaces).  Like Twisted's, the handler only queues the stop."""
+    import signal
+
+    def on_signal(signum, frame) -> None:
+        reactor.callFromThread(stop_once, reactor)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def worker_count(cfg, override: int | None) -> int:
     """``--workers`` if given, else ``[server] workers`` (0 = one per CPU core)."""
     import dataclasses
@@ -181,6 +211,7 @@ def serve_workers(cfg, count: int) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", sup.stop)
     reactor.callWhenRunning(sup.start)
     reactor.callWhenRunning(forward_sighup, reactor, sup)
+    reactor.callWhenRunning(stop_on_signals, reactor)
     reactor.run()
     sys.stdout.flush()
     return 0
@@ -226,12 +257,14 @@ def cmd_worker(args) -> int:
             from twisted.logger import Logger
 
             Logger(namespace="mailserver.cli.serve").warn("supervisor is gone; worker stopping")
-            reactor.stop()
+            watch.stop()
+            stop_once(reactor)
 
     watch = task.LoopingCall(orphaned)
     watch.start(1.0, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.callWhenRunning(ignore_sighup, reactor)
+    reactor.callWhenRunning(stop_on_signals, reactor)
     if server.bus is not None:
         reactor.callWhenRunning(server.bus.announce_ready)  # the reactor runs: the listeners accept
     reactor.run()

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import popen
+
 #: The EICAR anti-virus test file (68 bytes), built from two halves so that no scanner flags this source file.
 EICAR = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-" + b"ANTIVIRUS-TEST-FILE!$H+H*")
 EICAR_MD5 = "44d88612fea8a8f36de82e1278abb02f"
@@ -139,7 +141,7 @@ worker "normal" {{
 lua = "{d}/test.lua";
 """)
     out = open(d / "stdout.log", "wb")
-    proc = subprocess.Popen(
+    proc = popen(
         ["rspamd", "-f", "-i", "-u", "root", "-g", "root", "-c", str(d / "rspamd.conf"), "--var=CONFDIR=/etc/rspamd",
          f"--var=LOCAL_CONFDIR={d}", f"--var=DBDIR={d}/db", f"--var=RUNDIR={d}/run", f"--var=LOGDIR={d}"],
         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -174,8 +176,8 @@ LogFile {d}/clamd.log
 PidFile {d}/clamd.pid
 """)
     out = open(d / "stdout.log", "wb")
-    proc = subprocess.Popen(["clamd", "-c", str(d / "clamd.conf")], stdin=subprocess.DEVNULL, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = popen(["clamd", "-c", str(d / "clamd.conf")], stdin=subprocess.DEVNULL, stdout=out,
+                 stderr=subprocess.STDOUT, start_new_session=True)
     return Daemon("clamd", proc, f"127.0.0.1:{port}", d, unix_socket=str(sock), pid=proc.pid)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import running_server
+from tests.processes import popen
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 COUNT = 50
@@ -98,8 +99,8 @@ smtp_skip_quit_response = yes
 """)
         (self.conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
         subprocess.run([POSTFIX, "-c", str(self.conf), "check"], check=True, capture_output=True)
-        self.proc = subprocess.Popen([POSTFIX, "-c", str(self.conf), "start-fg"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = popen([POSTFIX, "-c", str(self.conf), "start-fg"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
         while True:
             try:
