@@ -148,7 +148,7 @@ def benches(scale: str, imaptest: str = IMAPTEST) -> dict[str, Bench]:
         "pop3": Bench("pop3", ["pop3.py", "--messages", "200" if small else "500"],
                       [Figure("pop3 10 sessions RETR", "msg/s"), Figure("pop3 fill (deliver_raw)", "msg/s")], _pop3),
         "imap": Bench("imap", ["imap.py", "--messages", imap_large, "--small", "1000", "--idle", imap_idle,
-                                 "--repeat", "5"],
+                                 "--repeat", "15"],
                       [ms(f"imap {k}, {s}") for k in ("SELECT cold", "SELECT", "UID FETCH 1:* FLAGS",
                                                        "headers newest 50", "SEARCH UNSEEN")
                        for s in ("large", "small")]

@@ -105,10 +105,10 @@ def part_a(srv, large: int, small: int, repeat: int = 1) -> None:
     big = _medians([bench_mailbox(port, "bench@example.test", "Large", large) for _ in range(repeat)])
     little = _medians([bench_mailbox(port, "bench@example.test", "Small", small) for _ in range(repeat)])
     print(f"    {'operation':<20} {large:>10} msgs {small:>8} msgs   ratio (size ratio {large / small:.0f})")
-    print(f"    {'select (cold)':<20} {big_cold['select'] * 1000:>10.1f} ms {little_cold['select'] * 1000:>8.1f} ms"
+    print(f"    {'select (cold)':<20} {big_cold['select'] * 1000:>10.2f} ms {little_cold['select'] * 1000:>8.2f} ms"
           f"   {big_cold['select'] / little_cold['select']:8.1f}")
     for k in big:
-        print(f"    {k:<20} {big[k] * 1000:>10.1f} ms {little[k] * 1000:>8.1f} ms   {big[k] / little[k]:8.1f}")
+        print(f"    {k:<20} {big[k] * 1000:>10.2f} ms {little[k] * 1000:>8.2f} ms   {big[k] / little[k]:8.1f}")
 
 
 # ------------------------------------------------------------------------------------------------ (b) IDLE
