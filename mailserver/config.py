@@ -540,7 +540,9 @@ class StoreConfig:
     max_batch: int = 256
     #: Seconds between removals of message bodies nothing references any more (expunged, delivered from the queue).
     gc_interval: float = 3600.0
-    #: A body unreferenced for less than this is kept (protects a concurrent delivery of the same content).
+    #: A body unreferenced for less than this is kept (protects a concurrent delivery of the same content).  The
+    #: orphan sweep (bodies no row names) keeps them at least 10 minutes whatever this says
+    #: (``storage.store.ORPHAN_MIN_AGE``): a delivery's body is named by no row until its commit.
     gc_grace: float = 3600.0
     #: data_dir is the same directory on every node sharing a PostgreSQL database (a shared file system).  Without
     #: it, ``blobs = "files"`` with PostgreSQL is refused at start: another node could not read the bodies.

@@ -113,6 +113,11 @@ _append_many = messages.append_many  # Store.append_many's parameter is called `
 _PENDING = "mailserver_changes"
 
 
+#: The youngest body the orphan sweep removes (seconds): far longer than any delivery takes from storing its body
+#: to committing the row that names it, on any worker or node.
+ORPHAN_MIN_AGE = 600.0
+
+
 class Store:
     def __init__(self, engine: Engine, blobs: BlobStore):
         self.engine = engine
@@ -701,7 +706,11 @@ class Store:
                              limit: int = 10000) -> int:
         """The safety net under :meth:`discard_blobs`: delete stored bodies older than ``grace`` seconds that no
         row names (a crash between storing and committing, a refused or abandoned message).  At most ``limit``
-        files are looked at per call, ``batch`` per database read; returns how many were removed."""
+        files are looked at per call, ``batch`` per database read; returns how many were removed.
+
+        ``grace`` is at least :data:`ORPHAN_MIN_AGE`: a body a delivery has stored and not yet committed is named
+        by no row, and only its age keeps it (whatever ``[store] gc_grace`` says, which a test may set to 0)."""
+        grace = max(grace, ORPHAN_MIN_AGE)
         now = time.time() if now is None else now
         removed = seen = 0
         pending: list[str] = []

@@ -181,6 +181,22 @@ def test_orphan_sweep_keeps_fresh_and_referenced_files(tmp_path):
         assert _fetch_all(srv, "alice@example.test") == [delivered]
 
 
+def test_orphan_sweep_never_takes_a_body_younger_than_its_floor(tmp_path):
+    """However short the grace asked for (``[store] gc_grace = 0``), the sweep leaves a body no row names yet alone
+    until it is ORPHAN_MIN_AGE old: it may be a delivery's, stored and not yet committed (on any worker)."""
+    from storage.store import ORPHAN_MIN_AGE
+
+    with running_server(tmp_path, listeners=()) as srv:
+        blobs = srv.store.blobs
+        in_flight = blobs.put(b"Subject: in flight\r\n\r\nstored, its row not committed yet\r\n")
+        blobs.sync_pending()
+        now = time.time()
+        assert srv.store.collect_orphan_blobs(0.0, now + ORPHAN_MIN_AGE - 60) == 0
+        assert in_flight.id in _blob_files(srv)
+        assert srv.store.collect_orphan_blobs(0.0, now + ORPHAN_MIN_AGE + 60) == 1
+        assert in_flight.id not in _blob_files(srv)
+
+
 def test_orphan_sweep_is_bounded(tmp_path):
     """One run looks at no more than its limit of files; the next run goes on."""
     with running_server(tmp_path, listeners=()) as srv:
