@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -57,6 +57,7 @@ from storage import (
     bayes,
     blobrefs,
     callouts,
+    checkstate,
     greylist,
     mailboxes,
     messages,
@@ -661,6 +662,17 @@ class Store:
         """The classifier's view of a message for its recipients (storage/bayes.py ``counts``)."""
         with self.transaction(write=False) as conn:
             return bayes.counts(conn, account_ids, token_ids, senders, min_spam, min_ham, known_totals)
+
+    @reads
+    def check_state(self, account_ids: Sequence[int], held: Mapping[int, checkstate.AccountState],
+                    senders: Sequence[str] = (), rule_addresses: Sequence[str] = (),
+                    token_ids: Sequence[int] | None = None, min_spam: int = 1, min_ham: int = 1
+                    ) -> tuple[dict[int, checkstate.AccountState], dict[int, dict]]:
+        """What the inbound checks need of a message's recipient accounts, in one read: sender rules, trained
+        totals, correspondents, token counts; ``held`` copies are reused where their versions hold
+        (``storage/checkstate.py``)."""
+        with self.transaction(write=False) as conn:
+            return checkstate.read(conn, account_ids, held, senders, rule_addresses, token_ids, min_spam, min_ham)
 
     @writes
     def bayes_note_senders(self, account_id: int, addresses: Sequence[str]) -> None:
