@@ -866,6 +866,20 @@ class Store:
         with self.transaction() as conn:
             return greylist.record(conn, network, sender, recipient, now, policy)
 
+    @reads
+    def greylist_known_until(self, network: str, sender: str, recipient: str, now: float, auto_whitelist: int = 0,
+                             lifetime: float = 0.0) -> tuple[str, float] | None:
+        """:meth:`greylist_known` and until when its answer holds (``storage/greylist.py``)."""
+        with self.transaction(write=False) as conn:
+            return greylist.known_until(conn, network, sender, recipient, now, auto_whitelist, lifetime)
+
+    @writes
+    def greylist_record_until(self, network: str, sender: str, recipient: str, now: float,
+                              policy: greylist.GreylistPolicy) -> tuple[str, float]:
+        """:meth:`greylist_record` and until when an accepting answer holds."""
+        with self.transaction() as conn:
+            return greylist.record_until(conn, network, sender, recipient, now, policy)
+
     @writes
     def prune_greylist(self, now: float) -> int:
         """Remove expired greylisting rows (the periodic collector)."""
