@@ -9,8 +9,10 @@ since this process last read it (``storage/checkstate.py``); the copies are kept
 
 A change committed before a message's read (a rule edited in the webmail of any node, a message trained) is in
 that message's verdict: nothing here is trusted without the versions read with the message.  What is saved is
-the data, not the read; a process that needs no read at all for a message is one whose checks need no account
-data for it (no local recipient, an exempt client).
+the data (one statement per message while nothing changed), not the read.  The one exception is the classifier's
+own, as before: mail to accounts whose classifier has no say (too little training), with no verified sender to
+look up, is not read for at all within :data:`QUIET_TTL` of the last read (:meth:`AccountStates.quiet`); the
+spam policy, when the message scored anything, still reads the rules.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from storage.checkstate import AccountState
 
 #: The most accounts whose state a process keeps (past it the cache starts again).
 MAX_ACCOUNTS = 20_000
+#: Seconds the classifier takes an account's "too little training to vote" as known without a read, when it has
+#: no sender to look up either (mail to untrained accounts, from senders no check verified).
+QUIET_TTL = 30.0
 _MEMO = "account-state"
 
 
@@ -59,10 +64,12 @@ def final_accounts(message: MessageInfo) -> set[int]:
 class AccountStates:
     """The process's copies of account states and the one read per message (``runner.call_store``)."""
 
-    def __init__(self, runner, *, min_spam: int = 1, min_ham: int = 1):
+    def __init__(self, runner, *, min_spam: int = 1, min_ham: int = 1, clock=None):
         self.runner = runner
         self.min_spam, self.min_ham = max(min_spam, 1), max(min_ham, 1)
+        self.clock = clock
         self._held: dict[int, AccountState] = {}
+        self._read_at: dict[int, float] = {}  # account -> when its copy was last confirmed by a read
         self.reads = 0  # store reads made (tests)
 
     def held(self, account_id: int) -> AccountState | None:
@@ -70,11 +77,27 @@ class AccountStates:
         return self._held.get(account_id)
 
     def forget(self, account_id: int | None = None) -> None:
-        """Drop a copy (all of them): memory only, the versions keep every copy right anyway."""
+        """Drop a copy (all of them): the next message reads it (the versions keep every copy right anyway)."""
         if account_id is None:
             self._held.clear()
+            self._read_at.clear()
         else:
             self._held.pop(account_id, None)
+            self._read_at.pop(account_id, None)
+
+    def _now(self) -> float:
+        return self.clock.seconds() if self.clock is not None else float("-inf")
+
+    def quiet(self, accounts) -> bool:
+        """Whether every one of these accounts was read within :data:`QUIET_TTL` and its classifier had no say:
+        then the classifier, with no sender to look up, may skip the read (training elsewhere shows within the
+        TTL; this process's trainer calls :meth:`forget`).  Sender rules are never taken from here."""
+        now = self._now()
+        for a in accounts:
+            st, at = self._held.get(a), self._read_at.get(a)
+            if st is None or at is None or now - at > QUIET_TTL or self._votes(st):
+                return False
+        return True
 
     def of(self, message: MessageInfo) -> MessageState | None:
         """What this message's read found, if it was made."""
@@ -104,7 +127,10 @@ class AccountStates:
             self.min_spam, self.min_ham)
         if len(self._held) > MAX_ACCOUNTS:
             self._held.clear()
+            self._read_at.clear()
         self._held.update(states)
+        now = self._now()
+        self._read_at.update((a, now) for a in states)
         ms.states.update(states)
         ms.tokens.update(tokens)
         if token_ids is not None:

@@ -90,7 +90,7 @@ class BayesCheck:
         self.networks = policy.trusted_networks(config)
         self.clock = clock
         self.states = states if states is not None else AccountStates(
-            runner, min_spam=self.cfg.bayes_min_spam, min_ham=self.cfg.bayes_min_ham)
+            runner, min_spam=self.cfg.bayes_min_spam, min_ham=self.cfg.bayes_min_ham, clock=clock)
 
     def applies(self, message: MessageInfo) -> bool:
         return not policy.spam_exempt(message, self.networks)
@@ -112,8 +112,11 @@ class BayesCheck:
         senders = message.memo.get(self.name)
         if senders is None:
             senders = message.memo[self.name] = verified_senders(message, self.cfg.known_sender_needs_auth)
+        accounts = final_accounts(message) | {account_id}
+        if ms is None and not senders and states.quiet(accounts):
+            return None  # nobody has a say and there is nobody to look up: no read (AccountStates.quiet)
         ids = ms.ids if ms is not None else None
-        if ids is None and states.may_vote(final_accounts(message) | {account_id}):
+        if ids is None and states.may_vote(accounts):
             ids = await self._token_ids(message)
         ms = await states.load(message, account_id, senders=senders, token_ids=ids)
         st = ms.states[account_id]

@@ -31,7 +31,7 @@ def inbound_stages(reactor, config, *, sender_rules=None, dns_lists=None, runner
     states = None
     if runner is not None:
         states = AccountStates(runner, min_spam=config.antispam.bayes_min_spam,
-                               min_ham=config.antispam.bayes_min_ham)
+                               min_ham=config.antispam.bayes_min_ham, clock=reactor)
     if config.antispam.bayes and runner is not None:
         stages.append(BayesCheck(runner, config, clock=reactor, states=states))
     stages.append(SpamPolicy(config, rules=sender_rules, states=states))
