@@ -45,10 +45,10 @@ class MessageState:
 
 def rule_addresses(message: MessageInfo) -> list[str]:
     """The addresses a recipient's sender rules are looked up for: the envelope sender and the From address."""
-    from mailserver.inbound.policy import _from_address
+    from mailserver.inbound.policy import from_address
 
     sender = (message.envelope.sender if message.envelope is not None else "") or ""
-    return [a for a in dict.fromkeys(a.lower() for a in (sender, _from_address(message.parsed)) if a)]
+    return [a for a in dict.fromkeys(a.lower() for a in (sender, from_address(message)) if a)]
 
 
 def final_accounts(message: MessageInfo) -> set[int]:

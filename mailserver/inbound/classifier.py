@@ -56,7 +56,7 @@ def weight_of(p: float, spam_weight: float, ham_weight: float) -> tuple[str, flo
 def verified_senders(message: MessageInfo, needs_auth: bool) -> list[str]:
     """The envelope sender and From address, each only where its domain authenticated (unless not required)."""
     sender = (message.envelope.sender if message.envelope is not None else "") or ""
-    from_address = policy._from_address(message.parsed)
+    from_address = policy.from_address(message)
     candidates = [a.lower() for a in (sender, from_address) if a and "@" in a]
     if not needs_auth:
         return list(dict.fromkeys(candidates))

@@ -370,7 +370,7 @@ class SpamPolicy:
     async def _with_rules(self, message: MessageInfo, card: ScoreCard, decision: Decision, account_id: int,
                           address: str):
         senders = [a for a in (message.envelope.sender if message.envelope else "",
-                               _from_address(message.parsed)) if a]
+                               from_address(message)) if a]
         if not senders:
             found = {}
         elif self.states is not None:
@@ -384,6 +384,18 @@ class SpamPolicy:
         elif "block" in rules and SEVERITY.index(decision.action) < SEVERITY.index(JUNK):
             decision = Decision(JUNK, decision.total, "sender blocked by the recipient")
         return verdict_for(card, decision, symbols_header=self.antispam.symbols_header, address=address)
+
+
+def from_address(message: MessageInfo) -> str:
+    """The message's first From address (:func:`_from_address`), worked out once per message (the classifier,
+    the account-data read and the policy all ask)."""
+    found = message.memo.get(_FROM)
+    if found is None:
+        found = message.memo[_FROM] = _from_address(message.parsed)
+    return found
+
+
+_FROM = "from-address"
 
 
 def _from_address(parsed: dict | None) -> str:
