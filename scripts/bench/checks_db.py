@@ -115,12 +115,15 @@ def _patch_setup(setup: dict) -> None:
             self.set_sender_rule(acct.id, f"sender{i}@rules{i % 7}.example" if i % 3 else f"@rules{i}.example",
                                  "allow" if i % 2 else "block")
         if setup.get("greylist"):
+            import time
+
             from storage import greylist
 
-            with self.transaction() as conn:
+            now = time.time()
+            with self.transaction() as conn:  # a first attempt and a retry that passed, a moment ago
                 p = greylist.GreylistPolicy(0.0, 1e9, 1e9)
-                greylist.record(conn, "127.0.0.0/24", "bench@example.net", address, 0.0, p)
-                greylist.record(conn, "127.0.0.0/24", "bench@example.net", address, 1.0, p)
+                greylist.record(conn, "127.0.0.0/24", "bench@example.net", address, now - 10, p)
+                greylist.record(conn, "127.0.0.0/24", "bench@example.net", address, now - 5, p)
         return acct
 
     Store.add_account = add
