@@ -23,6 +23,7 @@ from typing import Sequence
 from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from storage import checkstate
 from storage.models import BayesJob, BayesSender, BayesToken, BayesTotal, BayesTrained, Mailbox, Message
 from storage.sql import chunks, on_sqlite
 
@@ -151,6 +152,7 @@ def _add_totals(conn: Connection, account_id: int, dspam: int, dham: int) -> Non
         "spam": case((TOT.c.spam + dspam < 0, 0), else_=TOT.c.spam + dspam),
         "ham": case((TOT.c.ham + dham < 0, 0), else_=TOT.c.ham + dham)})
     conn.execute(stmt)
+    checkstate.bump(conn, account_id, checkstate.TRAINING)
 
 
 def _count_up(conn: Connection, account_id: int, token_ids: Sequence[int], klass: str, now: float) -> None:
@@ -285,6 +287,7 @@ def note_senders(conn: Connection, account_id: int, addresses: Sequence[str], no
                                       set_={"count": S.c.count + 1, "last": stmt.excluded.last})
     conn.execute(stmt, [dict(account_id=account_id, address=a, count=1, last=now) for a in addresses])
     _forget_oldest(conn, S, S.c.last, account_id, MAX_SENDERS)
+    checkstate.bump(conn, account_id, checkstate.SENDERS)
 
 
 def from_addresses(conn: Connection, mailbox_id: int, uids: Sequence[int]) -> list[str]:

@@ -410,6 +410,19 @@ class BayesSender(Base):
     last: Mapped[float] = mapped_column(Float)
 
 
+class CheckVersion(Base):
+    """Versions of an account's data that the inbound checks cache (``storage/checkstate.py``): its sender rules,
+    its correspondents and its classifier training.  Each is moved on in the transaction that changes that data,
+    so a process that read a version before the data knows its copy is current while the version is unchanged.
+    No row: that data never changed (none exists)."""
+
+    __tablename__ = "check_versions"
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    rules: Mapped[int] = mapped_column(BigInteger, default=0)
+    senders: Mapped[int] = mapped_column(BigInteger, default=0)
+    training: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 # --------------------------------------------------------------------------------------------- send grants
 # (migration: storage/migrations/versions/sendgrants_9a4d27c1e5b3.py; functions: storage/sendgrants.py)
 

@@ -22,7 +22,7 @@ from typing import Sequence
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 
-from storage import blobrefs, messages
+from storage import blobrefs, checkstate, messages
 from storage.blobs import BlobRef
 from storage.errors import Invalid, NotFound, QuotaExceeded
 from storage.models import (
@@ -344,6 +344,7 @@ def set_sender_rule(conn: Connection, account_id: int, address: str, rule: str |
     conn.execute(delete(S).where(S.c.account_id == account_id, S.c.address == address))
     if rule is not None:
         conn.execute(insert(S).values(account_id=account_id, address=address, rule=rule, created=time.time()))
+    checkstate.bump(conn, account_id, checkstate.RULES)  # every process's copy of the rules is old now
 
 
 def sender_rules(conn: Connection, account_id: int, addresses: Sequence[str] | None = None) -> dict[str, str]:

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -57,6 +57,7 @@ from storage import (
     bayes,
     blobrefs,
     callouts,
+    checkstate,
     greylist,
     mailboxes,
     messages,
@@ -667,6 +668,17 @@ class Store:
         with self.transaction(write=False) as conn:
             return bayes.counts(conn, account_ids, token_ids, senders, min_spam, min_ham, known_totals)
 
+    @reads
+    def check_state(self, account_ids: Sequence[int], held: Mapping[int, checkstate.AccountState],
+                    senders: Sequence[str] = (), rule_addresses: Sequence[str] = (),
+                    token_ids: Sequence[int] | None = None, min_spam: int = 1, min_ham: int = 1
+                    ) -> tuple[dict[int, checkstate.AccountState], dict[int, dict]]:
+        """What the inbound checks need of a message's recipient accounts, in one read: sender rules, trained
+        totals, correspondents, token counts; ``held`` copies are reused where their versions hold
+        (``storage/checkstate.py``)."""
+        with self.transaction(write=False) as conn:
+            return checkstate.read(conn, account_ids, held, senders, rule_addresses, token_ids, min_spam, min_ham)
+
     @writes
     def bayes_note_senders(self, account_id: int, addresses: Sequence[str]) -> None:
         """The account wrote to these addresses (its correspondents)."""
@@ -862,6 +874,20 @@ class Store:
         """Record one attempt of a triplet and decide it (``storage/greylist.py``)."""
         with self.transaction() as conn:
             return greylist.record(conn, network, sender, recipient, now, policy)
+
+    @reads
+    def greylist_known_until(self, network: str, sender: str, recipient: str, now: float, auto_whitelist: int = 0,
+                             lifetime: float = 0.0) -> tuple[str, float] | None:
+        """:meth:`greylist_known` and until when its answer holds (``storage/greylist.py``)."""
+        with self.transaction(write=False) as conn:
+            return greylist.known_until(conn, network, sender, recipient, now, auto_whitelist, lifetime)
+
+    @writes
+    def greylist_record_until(self, network: str, sender: str, recipient: str, now: float,
+                              policy: greylist.GreylistPolicy) -> tuple[str, float]:
+        """:meth:`greylist_record` and until when an accepting answer holds."""
+        with self.transaction() as conn:
+            return greylist.record_until(conn, network, sender, recipient, now, policy)
 
     @writes
     def prune_greylist(self, now: float) -> int:

@@ -1,9 +1,12 @@
 """The built-in classifier in the pipeline: the per-recipient Bayes verdict, correspondents, and the trainer.
 
-* :class:`BayesCheck` (a check stage, before the spam policy): once per message it reads, in one store call,
-  every local recipient account's trained totals and whether the sender is one of its correspondents; when one of
-  them has trained enough to vote, it reads the first :data:`~mailserver.inbound.bayes.MAX_INPUT` bytes of the
-  stored message, tokenizes them in the ``cpu`` pool and reads those accounts' counts of the tokens (one more call).  Then, per recipient, the account's own probability becomes a symbol of that recipient only
+* :class:`BayesCheck` (a check stage, before the spam policy): once per message, in the one read of the recipients'
+  account data it shares with the spam policy (``inbound/accountstate.py``: one store call for every local
+  recipient, reusing this process's copies where the store's versions say they hold), it learns each account's
+  trained totals and whether the sender is one of its correspondents; when one of them has trained enough to vote
+  (or this process does not know yet), it first reads the first :data:`~mailserver.inbound.bayes.MAX_INPUT` bytes
+  of the stored message and tokenizes them in the ``cpu`` pool, so that read brings the voting accounts' counts of
+  the tokens too.  Then, per recipient, the account's own probability becomes a symbol of that recipient only
   (``BAYES_SPAM`` / ``BAYES_HAM`` / ``BAYES_UNSURE`` with the probability as detail, weighted by ``[antispam]
   bayes_spam_weight`` / minus ``bayes_ham_weight`` scaled by its distance from 0.5), once the account has trained at
   least ``bayes_min_spam`` spam and ``bayes_min_ham`` ham messages; ``BAYES_KNOWN_SENDER`` (minus ``known_sender_weight``)
@@ -25,16 +28,13 @@ from twisted.logger import Logger
 from mailserver.delivery.router import LOCAL
 from mailserver.delivery.stages import MessageInfo, Target
 from mailserver.inbound import bayes, policy
+from mailserver.inbound.accountstate import AccountStates, final_accounts
 from mailserver.threads import run_in
-from storage import bayes as bayes_store
 
 log = Logger()
 
 #: Below this distance from 0.5 the classifier is unsure (a symbol of weight 0, kept for the "why").
 UNSURE = 0.1
-#: Seconds an account's trained totals are taken as known, and the most accounts remembered.
-TOTALS_TTL = 30.0
-MAX_CACHED = 100_000
 
 
 def token_ids(raw: bytes | None) -> list[int] | None:
@@ -56,7 +56,7 @@ def weight_of(p: float, spam_weight: float, ham_weight: float) -> tuple[str, flo
 def verified_senders(message: MessageInfo, needs_auth: bool) -> list[str]:
     """The envelope sender and From address, each only where its domain authenticated (unless not required)."""
     sender = (message.envelope.sender if message.envelope is not None else "") or ""
-    from_address = policy._from_address(message.parsed)
+    from_address = policy.from_address(message)
     candidates = [a.lower() for a in (sender, from_address) if a and "@" in a]
     if not needs_auth:
         return list(dict.fromkeys(candidates))
@@ -72,104 +72,79 @@ def verified_senders(message: MessageInfo, needs_auth: bool) -> list[str]:
     return list(dict.fromkeys(a for a in candidates if a.rpartition("@")[2] in passed))
 
 
-class _Scan:
-    """One message's classifier work: its token ids (read and tokenized only when a recipient's classifier votes),
-    the verified senders, and each recipient account's counts."""
-
-    def __init__(self, senders: list[str]):
-        self.ids: list[int] | None = None
-        self.senders = senders
-        self.counts: dict = {}
-
-
 class BayesCheck:
     """The check stage; it gives no verdict itself, only symbols (the policy decides).
 
-    Each account's trained totals are kept for :data:`TOTALS_TTL` seconds (on ``clock``), so mail to accounts that
-    have not trained enough costs no read at all unless there is a verified sender to look up; the trainer of this
-    process forgets an account's entry when it trains it (another process's training shows within the TTL)."""
+    What it needs of the recipients' accounts (trained totals, correspondents, token counts) comes from the
+    message's one read (:class:`~mailserver.inbound.accountstate.AccountStates`, shared with the spam policy),
+    which reuses this process's copies where the store's versions say they hold.  The message is read (its first
+    bytes, once) and tokenized in the cpu pool only when a recipient's classifier votes or may (its totals are
+    not known here yet), before that read, so the counts come with it."""
 
     name = "bayes"
     exact_mailbox = False
 
-    def __init__(self, runner, config, *, clock=None):
+    def __init__(self, runner, config, *, clock=None, states: AccountStates | None = None):
         self.runner = runner
         self.cfg = config.antispam
         self.networks = policy.trusted_networks(config)
         self.clock = clock
-        self._totals: dict[int, tuple[int, int, float]] = {}  # account -> (spam, ham, read at)
+        self.states = states if states is not None else AccountStates(
+            runner, min_spam=self.cfg.bayes_min_spam, min_ham=self.cfg.bayes_min_ham, clock=clock)
 
     def applies(self, message: MessageInfo) -> bool:
         return not policy.spam_exempt(message, self.networks)
 
-    def votes(self, counts) -> bool:
-        return counts.spam >= max(self.cfg.bayes_min_spam, 1) and counts.ham >= max(self.cfg.bayes_min_ham, 1)
+    def votes(self, spam: int, ham: int) -> bool:
+        """Whether an account that trained ``spam`` and ``ham`` messages has a say."""
+        return spam >= max(self.cfg.bayes_min_spam, 1) and ham >= max(self.cfg.bayes_min_ham, 1)
 
     def forget(self, account_id: int) -> None:
-        self._totals.pop(account_id, None)
-
-    def _now(self) -> float:
-        return self.clock.seconds() if self.clock is not None else float("-inf")
+        """The trainer trained the account (the versions would show it anyway; this only frees the copy)."""
+        self.states.forget(account_id)
 
     async def check(self, message: MessageInfo, target: Target):
         account_id = getattr(target.route, "account_id", None)
         if target.route.kind != LOCAL or account_id is None:
             return None
-        scan = message.memo.get(self.name)
-        if scan is None:
-            scan = message.memo[self.name] = _Scan(verified_senders(message, self.cfg.known_sender_needs_auth))
-            await self._load(message, scan, _final_accounts(message) | {account_id})
-        elif account_id not in scan.counts:  # a recipient routing did not name at RCPT (a redirect)
-            await self._load(message, scan, {account_id})
-        counts = scan.counts[account_id]
+        states = self.states
+        ms = states.of(message)
+        senders = message.memo.get(self.name)
+        if senders is None:
+            senders = message.memo[self.name] = verified_senders(message, self.cfg.known_sender_needs_auth)
+        accounts = final_accounts(message) | {account_id}
+        if ms is None and not senders and states.quiet(accounts):
+            return None  # nobody has a say and there is nobody to look up: no read (AccountStates.quiet)
+        ids = ms.ids if ms is not None else None
+        if ids is None and states.may_vote(accounts):
+            ids = await self._token_ids(message)
+        ms = await states.load(message, account_id, senders=senders, token_ids=ids)
+        st = ms.states[account_id]
+        spam, ham = st.totals
+        if self.votes(spam, ham) and ms.ids is None:
+            # Its totals moved past the threshold since this process last read them: the counts once more.
+            ms = await states.load(message, account_id, senders=senders, token_ids=await self._token_ids(message))
         card = policy.scorecard(message)
         cfg = self.cfg
-        if counts.known_senders:
-            card.add_for(target.address, "BAYES_KNOWN_SENDER", -cfg.known_sender_weight,
-                         ", ".join(sorted(counts.known_senders)), "bayes")
-        if self.votes(counts) and counts.tokens is not None and scan.ids is not None:
-            p = bayes.probability(scan.ids, bayes.Counts(counts.spam, counts.ham, counts.tokens))
+        known = st.known_senders(senders)
+        if known:
+            card.add_for(target.address, "BAYES_KNOWN_SENDER", -cfg.known_sender_weight, ", ".join(sorted(known)),
+                         "bayes")
+        counts = ms.tokens.get(account_id)
+        if self.votes(spam, ham) and counts is not None and ms.ids is not None:
+            p = bayes.probability(ms.ids, bayes.Counts(spam, ham, counts))
             name, weight = weight_of(p, cfg.bayes_spam_weight, cfg.bayes_ham_weight)
             card.add_for(target.address, name, weight, f"{p:.4f}", "bayes")
         return None
 
-    async def _load(self, message: MessageInfo, scan: _Scan, accounts: set[int]) -> None:
-        """At most one read for the message's recipients: their totals, correspondents and (for those that vote)
-        token counts.  The message is read (its first bytes, once) and tokenized in the cpu pool only when a
-        recipient votes or may (its totals are not known)."""
-        now, cfg = self._now(), self.cfg
-        known, maybe = {}, False
-        for a in accounts:
-            entry = self._totals.get(a)
-            if entry is None or now - entry[2] > TOTALS_TTL:
-                maybe = True
-            else:
-                known[a] = bayes_store.AccountCounts(entry[0], entry[1], {}, frozenset())
-                maybe = maybe or self.votes(known[a])
-        if not maybe and not scan.senders:
-            scan.counts.update(known)  # nobody votes, no sender to look up: no read at all
-            return
-        if maybe and scan.ids is None:
+    async def _token_ids(self, message: MessageInfo) -> list[int]:
+        """The message's token ids (its first MAX_INPUT bytes, tokenized in the cpu pool), once per message."""
+        key = self.name + "-ids"
+        ids = message.memo.get(key)
+        if ids is None:
             raw = await message.read(0, bayes.MAX_INPUT)
-            scan.ids = await self.runner.cpu(token_ids, raw)
-        got = await self.runner.call_store("bayes_counts", sorted(accounts), scan.ids if maybe else None,
-                                           scan.senders, max(cfg.bayes_min_spam, 1), max(cfg.bayes_min_ham, 1),
-                                           {a: (c.spam, c.ham) for a, c in known.items()})
-        if len(self._totals) > MAX_CACHED:
-            self._totals.clear()
-        for a, c in got.items():
-            if a not in known:  # read now (a known entry keeps the time it was read)
-                self._totals[a] = (c.spam, c.ham, now)
-        scan.counts.update(got)
-
-
-def _final_accounts(message: MessageInfo) -> set[int]:
-    out = set()
-    for r in message.envelope.recipients if message.envelope is not None else ():
-        for route in getattr(r.route, "routes", None) or ():
-            if route.kind == LOCAL and route.account_id is not None:
-                out.add(route.account_id)
-    return out
+            ids = message.memo[key] = await self.runner.cpu(token_ids, raw)
+        return ids
 
 
 class CorrespondentRecorder:

@@ -15,6 +15,11 @@ Never greylisted: authenticated clients, submission listeners, ``smtp.trusted_ne
 ``[[antispam.dnswl]]`` zone (``inbound/dnsbl.py``; the same cached answer the message's score uses).  A database
 or DNS failure lets the mail through (logged): greylisting is a delay, never a reason to lose mail.
 
+A passed triplet stays passed until it expires (only its expiry moves, and only later), so each process
+remembers the passed triplets and whitelisted networks it saw, until the store's answer would change
+(``storage/greylist.py`` ``holds_until``: its refresh is due or it expires): mail of a known triplet costs no
+read.  A first attempt or an early retry is always decided by the store (any node may be the one it retries to).
+
 Time is the injected ``clock`` (``seconds()``; the reactor, a ``task.Clock`` in tests), in UNIX seconds so that
 nodes compare the same stored times.
 """
@@ -29,13 +34,15 @@ from twisted.logger import Logger
 from mailserver.delivery import envelope as ev
 from mailserver.delivery.stages import MessageInfo, Target, Verdict
 from mailserver.inbound import policy
-from storage.greylist import ACCEPTED, EARLY, NEW, GreylistPolicy
+from storage.greylist import ACCEPTED, CLIENT, EARLY, KNOWN, NEW, GreylistPolicy
 
 log = Logger()
 
 #: Results that are no triplet decision: the client is exempt.
 EXEMPT, DNSWL, FAILED = "exempt", "dnswl", "failed"
 STATUS = "4.7.1"
+#: The most passed triplets (and, apart, whitelisted networks) a process remembers (past it, it starts again).
+MAX_HELD = 100_000
 
 
 class Greylister:
@@ -52,6 +59,9 @@ class Greylister:
         self.clock = clock
         self.dns_lists = dns_lists if dns_lists is not None and dns_lists.allow_zones else None
         self.networks = policy.trusted_networks(config)
+        #: Passed triplets and whitelisted networks, until when the store's answer holds (no read meanwhile).
+        self._triplets: dict[tuple[str, str, str], float] = {}
+        self._networks: dict[str, float] = {}
 
     def network(self, ip: str) -> str | None:
         """The client's network ("192.0.2.0/24"), or None for something that is no IP address."""
@@ -77,17 +87,49 @@ class Greylister:
         sender, recipient = sender.lower(), recipient.lower()
         now = self.clock.seconds()
         p = self.policy
+        key = (network, sender, recipient)
+        held = self._held_answer(key, network, now)
+        if held is not None:
+            return held
         try:
-            found = await self.astore.greylist_known(network, sender, recipient, now, p.auto_whitelist, p.lifetime)
-            result = found or await self.astore.greylist_record(network, sender, recipient, now, p)
+            found = await self.astore.greylist_known_until(network, sender, recipient, now, p.auto_whitelist,
+                                                           p.lifetime)
+            result, until = found or await self.astore.greylist_record_until(network, sender, recipient, now, p)
         except Exception:  # noqa: BLE001 - the database: let the mail through, say why
             log.failure("greylisting of {net} <{sender}> -> <{rcpt}> failed; accepted", net=network, sender=sender,
                         rcpt=recipient)
             return FAILED
+        if until > now:
+            self._hold(key, network, result, until)
         if result not in ACCEPTED:
             log.info("greylist {result} {net} <{sender}> -> <{rcpt}>", result=result, net=network, sender=sender,
                      rcpt=recipient)
         return result
+
+    def _held_answer(self, key: tuple[str, str, str], network: str, now: float) -> str | None:
+        """KNOWN / CLIENT from memory while the store's answer holds (``storage/greylist.py`` ``holds_until``)."""
+        until = self._networks.get(network)
+        if until is not None:
+            if until > now:
+                return CLIENT
+            del self._networks[network]
+        until = self._triplets.get(key)
+        if until is not None:
+            if until > now:
+                return KNOWN
+            del self._triplets[key]
+        return None
+
+    def _hold(self, key: tuple[str, str, str], network: str, result: str, until: float) -> None:
+        if result == CLIENT:
+            held, k = self._networks, network
+        elif result in ACCEPTED:
+            held, k = self._triplets, key
+        else:
+            return
+        if len(held) >= MAX_HELD:
+            held.clear()
+        held[k] = until
 
     def deferred(self, result: str) -> bool:
         return result in (NEW, EARLY)

@@ -335,13 +335,16 @@ class SpamPolicy:
     name = "spam-policy"
     exact_mailbox = False
 
-    def __init__(self, config, rules=None):
+    def __init__(self, config, rules=None, *, states=None):
         self.config = config
         self.antispam = config.antispam
         self.networks = trusted_networks(config)
         #: ``rules(account_id, addresses)`` -> Deferred of {address: "allow" | "block"}: the recipient's own sender
         #: rules (``Store.sender_rules``); None = none.
         self.rules = rules
+        #: Or the server's :class:`~mailserver.inbound.accountstate.AccountStates`: the rules come with the
+        #: message's one read of its recipients' account data (shared with the classifier), not a read each.
+        self.states = states
 
     def applies(self, message: MessageInfo) -> bool:
         if spam_exempt(message, self.networks):
@@ -360,15 +363,20 @@ class SpamPolicy:
             if any(self.decision(card, a).action != REFUSE for a in final_addresses(message)):
                 decision = Decision(QUARANTINE, decision.total)
         account_id = getattr(target.route, "account_id", None)
-        if self.rules is None or account_id is None:
+        if (self.rules is None and self.states is None) or account_id is None:
             return verdict_for(card, decision, symbols_header=self.antispam.symbols_header, address=target.address)
         return self._with_rules(message, card, decision, account_id, target.address)
 
     async def _with_rules(self, message: MessageInfo, card: ScoreCard, decision: Decision, account_id: int,
                           address: str):
         senders = [a for a in (message.envelope.sender if message.envelope else "",
-                               _from_address(message.parsed)) if a]
-        found = await self.rules(account_id, senders) if senders else {}
+                               from_address(message)) if a]
+        if not senders:
+            found = {}
+        elif self.states is not None:
+            found = (await self.states.load(message, account_id)).states[account_id].rules
+        else:
+            found = await self.rules(account_id, senders)
         # A sender's own rule beats its domain's (``@example.com``); rules of both senders count.
         rules = {rule_for(found, a) for a in senders} - {None}
         if "allow" in rules and not (decision.forced and decision.action in (DEFER, REFUSE)):
@@ -376,6 +384,18 @@ class SpamPolicy:
         elif "block" in rules and SEVERITY.index(decision.action) < SEVERITY.index(JUNK):
             decision = Decision(JUNK, decision.total, "sender blocked by the recipient")
         return verdict_for(card, decision, symbols_header=self.antispam.symbols_header, address=address)
+
+
+def from_address(message: MessageInfo) -> str:
+    """The message's first From address (:func:`_from_address`), worked out once per message (the classifier,
+    the account-data read and the policy all ask)."""
+    found = message.memo.get(_FROM)
+    if found is None:
+        found = message.memo[_FROM] = _from_address(message.parsed)
+    return found
+
+
+_FROM = "from-address"
 
 
 def _from_address(parsed: dict | None) -> str:

@@ -176,7 +176,9 @@ def test_a_per_recipient_symbol_counts_for_that_recipient_only():
 
 
 def test_the_check_caches_totals_for_a_while_and_forgets_them_when_told(store):
-    """Mail to an account that has not trained enough costs no read within TOTALS_TTL (on the injected clock)."""
+    """Mail to an account that has not trained enough, with no sender to look up, costs no read within
+    QUIET_TTL (on the injected clock); a read (a sender to look up) reuses the totals while their version holds
+    and shows training at once."""
     from twisted.internet import defer, task
 
     from mailserver import config as cfgmod
@@ -186,7 +188,8 @@ def test_the_check_caches_totals_for_a_while_and_forgets_them_when_told(store):
     from mailserver.delivery.runner import InlineRunner
     from mailserver.delivery.stages import MessageInfo, Target
     from mailserver.inbound import policy
-    from mailserver.inbound.classifier import TOTALS_TTL, BayesCheck
+    from mailserver.inbound.accountstate import QUIET_TTL
+    from mailserver.inbound.classifier import BayesCheck
 
     acct = _account(store)
     cfg = cfgmod.load_dict({"hostname": "x.test", "data_dir": "/tmp/x",
@@ -196,22 +199,26 @@ def test_the_check_caches_totals_for_a_while_and_forgets_them_when_told(store):
     route = Route(LOCAL, acct.address, acct.id)
     raw = Corpus().message("spam", 9)
 
-    def verdict_symbols():
+    def verdict_symbols(needs_auth=True):
         env = Envelope(parse_mailbox("x@remote.test"), (Recipient(parse_mailbox(acct.address),
                                                                   route=RouteResult((route,))),))
         info = MessageInfo("smtp", "Q", env, ClientInfo("192.0.2.1", "h", True), len(raw), "b", None,
                            lambda start=0, end=None: defer.succeed(raw[start:end]))
+        if not needs_auth:  # the envelope sender counts as verified: a correspondent lookup, so a read
+            info.memo[check.name] = ["x@remote.test"]
         d = defer.ensureDeferred(check.check(info, Target(route)))
         assert d.called
         return [s.name for s in policy.scorecard(info).symbols_for(acct.address)]
 
-    assert verdict_symbols() == []  # untrained, and now known to be
+    assert verdict_symbols() == [] and check.states.reads == 1  # untrained, and now known to be
     store.bayes_learn(acct.id, "s", "spam", token_ids(raw))
     store.bayes_learn(acct.id, "h", "ham", token_ids(Corpus().message("ham", 9)))
-    assert verdict_symbols() == []  # within the TTL the totals are not read again
-    clock.advance(TOTALS_TTL + 1)
+    assert verdict_symbols() == [] and check.states.reads == 1  # within the TTL the totals are not read again
+    assert verdict_symbols(needs_auth=False) == ["BAYES_SPAM"]  # a read: the training's version moved on
+    assert check.states.held(acct.id).totals == (1, 1)
+    clock.advance(QUIET_TTL + 1)
     assert verdict_symbols() == ["BAYES_SPAM"]
     store.bayes_learn(acct.id, "s2", "ham", token_ids(raw))  # (the trainer calls forget after training)
     check.forget(acct.id)
     verdict_symbols()
-    assert check._totals[acct.id][:2] == (1, 2)  # read again at once
+    assert check.states.held(acct.id).totals == (1, 2)  # read again at once
