@@ -431,10 +431,14 @@ def mark_seen(conn: Connection, mailbox_id: int, reader: int, add=(), remove=())
                                       RS.c.uid.in_(chunk)))
 
 
+_FORGET_SEEN = delete(RS).where(RS.c.mailbox_id == bindparam("mailbox_id"),
+                               RS.c.uid.in_(bindparam("uids", expanding=True)))
+
+
 def forget_seen(conn: Connection, mailbox_id: int, uids) -> None:
     """Expunged messages take every reader's \\Seen with them."""
     for chunk in chunks(sorted(set(uids))):
-        conn.execute(delete(RS).where(RS.c.mailbox_id == mailbox_id, RS.c.uid.in_(chunk)))
+        conn.execute(_FORGET_SEEN, {"mailbox_id": mailbox_id, "uids": list(chunk)})
 
 
 def overlay_seen(metas: list, seen: set[int]) -> list:
