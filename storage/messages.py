@@ -195,7 +195,7 @@ _DELETED_UIDS = _DELETED.where(M.c.uid.in_(_UIDS))
 _REMOVED = update(MB).where(MB.c.id == bindparam("mailbox_id")).values(
     highest_modseq=MB.c.highest_modseq + 1, message_count=MB.c.message_count - bindparam("n"),
     unseen_count=MB.c.unseen_count - bindparam("unseen"), total_size=MB.c.total_size - bindparam("size"),
-).returning(MB.c.highest_modseq, MB.c.seen_per_reader)
+).returning(MB.c.highest_modseq, MB.c.seen_per_reader, MB.c.account_id)
 _DELETE_ROWS = delete(M).where(M.c.id.in_(bindparam("ids", expanding=True)))
 _INSERT_TOMBSTONES = insert(X)
 
@@ -420,7 +420,7 @@ def copy(conn: Connection, src_mailbox_id: int, uids: Sequence[int], dst_mailbox
     blobrefs.ref_existing(conn, blobrefs.count(r.blob_id for r in rows))
     _after_add(conn, dst_mailbox_id, account_id, len(rows), total, unseen, list(dict.fromkeys(keywords)))
     if move:
-        changes = _remove(conn, src_mailbox_id, src, rows) + changes
+        changes = _remove(conn, src_mailbox_id, rows) + changes
     return Changed(CopyResult(uv, pairs), changes)
 
 
@@ -506,8 +506,9 @@ def set_flags(conn: Connection, mailbox_id: int, uids: Sequence[int], mode: str,
 # --------------------------------------------------------------------------------------------- removing
 
 
-def _remove(conn: Connection, mailbox_id: int, account_id: int, rows) -> list[Change]:
-    """Delete the given message rows, leave tombstones, fix counters; returns EXPUNGE changes."""
+def _remove(conn: Connection, mailbox_id: int, rows) -> list[Change]:
+    """Delete the given message rows, leave tombstones, fix counters (the mailbox's and its owner's); returns
+    EXPUNGE changes."""
     if not rows:
         return []
     size = sum(r.size for r in rows)
@@ -515,7 +516,7 @@ def _remove(conn: Connection, mailbox_id: int, account_id: int, rows) -> list[Ch
     mb = conn.execute(_REMOVED, {"mailbox_id": mailbox_id, "n": len(rows), "unseen": unseen, "size": size}).first()
     if mb is None:
         raise NotFound(f"no mailbox {mailbox_id}")
-    modseq = mb.highest_modseq
+    modseq, account_id = mb.highest_modseq, mb.account_id
     for chunk in chunks([r.id for r in rows]):
         conn.execute(_DELETE_ROWS, {"ids": list(chunk)})
     _execute_rows(conn, _INSERT_TOMBSTONES, [{"mailbox_id": mailbox_id, "uid": r.uid, "modseq": modseq}
@@ -530,23 +531,26 @@ def _remove(conn: Connection, mailbox_id: int, account_id: int, rows) -> list[Ch
 
 def expunge(conn: Connection, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
     """Remove messages flagged \\Deleted (only among ``uids`` when given: UID EXPUNGE).  ``value``: expunged UIDs."""
-    account_id = mailboxes.owner_of(conn, mailbox_id)
-    if account_id is None:
-        raise NotFound("no such mailbox")
     params = {"mailbox_id": mailbox_id}
     if uids is None:
         rows = conn.execute(_DELETED, params).all()
     else:
         rows = _select_uids(conn, _DELETED_UIDS, uids, params)
-    changes = _remove(conn, mailbox_id, account_id, rows)
+    return _removed(conn, mailbox_id, rows)
+
+
+def _removed(conn: Connection, mailbox_id: int, rows) -> Changed:
+    """:func:`_remove` of ``rows``, as the result of an expunge (a mailbox that is not there is NotFound; with rows
+    to remove, the mailbox row's update tells, else one lookup)."""
+    if not rows and mailboxes.owner_of(conn, mailbox_id) is None:
+        raise NotFound("no such mailbox")
+    try:
+        changes = _remove(conn, mailbox_id, rows)
+    except NotFound:
+        raise NotFound("no such mailbox") from None
     return Changed([c.uid for c in changes], changes)
 
 
 def delete_messages(conn: Connection, mailbox_id: int, uids: Sequence[int]) -> Changed:
     """Remove the given messages whatever their flags (POP3 UPDATE state, webmail delete)."""
-    account_id = mailboxes.owner_of(conn, mailbox_id)
-    if account_id is None:
-        raise NotFound("no such mailbox")
-    changes = _remove(conn, mailbox_id, account_id, _select_uids(conn, _REMOVABLE_UIDS, uids,
-                                                                 {"mailbox_id": mailbox_id}))
-    return Changed([c.uid for c in changes], changes)
+    return _removed(conn, mailbox_id, _select_uids(conn, _REMOVABLE_UIDS, uids, {"mailbox_id": mailbox_id}))

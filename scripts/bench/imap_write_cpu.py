@@ -89,8 +89,12 @@ def child(port: int, repeat: int, watchers: int) -> None:
 
     ops = {  # operation: (run once before, run ``repeat`` times)
         "login_logout": (None, login_logout),
-        "store_flags": (None, lambda: c.store(str(n() % 50 + 1), "+FLAGS", "(\\Flagged $Bench)")),
-        "store_silent": (None, lambda: c.store(str(n() % 50 + 1), "-FLAGS.SILENT", "(\\Flagged $Bench)")),
+        # Every STORE changes something: 50 messages get the flags, the next 50 STOREs take them off again.
+        "store_flags": (None, lambda: c.store(str(n() % 50 + 1), "+FLAGS" if counter[0] // 50 % 2 else "-FLAGS",
+                                              "(\\Flagged $Bench)")),
+        "store_silent": (None, lambda: c.store(str(n() % 50 + 1),
+                                               "+FLAGS.SILENT" if counter[0] // 50 % 2 else "-FLAGS.SILENT",
+                                               "(\\Flagged $Bench)")),
         "append": (None, lambda: c.append("INBOX", "(\\Seen)", None, _message(n()))),
         "store_deleted_expunge": (None, expunge_one),
         "uid_expunge": (None, uid_expunge_one),
