@@ -11,6 +11,7 @@ change hub's fan-out is part of the cost, as in imaptest, where about 20 session
 the server process's CPU (every thread: ``/proc/self/stat`` utime+stime) and the SQL statements it executed (a
 SQLAlchemy ``before_cursor_execute`` listener on the store's engine), divided by the repeat count.
 
+``move`` moves the messages ``copy`` put into Other back: run it after ``copy`` (``--ops copy,move``).
 ``--profile OUT`` runs yappi (CPU clock, every thread: the reactor and the database and hash pools) during the
 operations named by ``--profile-ops`` and writes its pstats to OUT. Like ``imap_cpu.py`` it uses only
 ``tests.harness.running_server``, so the same script measures another revision (run it from that worktree).
