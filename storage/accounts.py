@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from storage import blobrefs, mailboxes, quarantine, shared, sieve
@@ -119,8 +119,13 @@ def add_account(conn: Connection, address: str, password_hash: str, display_name
     return account_info(conn.execute(select(A).where(A.c.id == aid)).first())
 
 
+# Built once: every login looks its account up (also on a success-cache hit: the stored hash may have changed).
+_ACCOUNT_BY_ADDRESS = select(A).where(A.c.address == bindparam("address"))
+_QUOTA_OF = select(A.c.used_bytes, A.c.quota_bytes).where(A.c.id == bindparam("account_id"))  # every APPEND
+
+
 def get_account(conn: Connection, address: str) -> AccountInfo | None:
-    row = conn.execute(select(A).where(A.c.address == normalize_address(address))).first()
+    row = conn.execute(_ACCOUNT_BY_ADDRESS, {"address": normalize_address(address)}).first()
     return account_info(row) if row else None
 
 
@@ -179,7 +184,7 @@ def set_quota(conn: Connection, address: str, quota_bytes: int) -> AccountInfo:
 
 def quota(conn: Connection, account_id: int) -> tuple[int, int]:
     """(used bytes, limit bytes; 0 = unlimited)."""
-    row = conn.execute(select(A.c.used_bytes, A.c.quota_bytes).where(A.c.id == account_id)).first()
+    row = conn.execute(_QUOTA_OF, {"account_id": account_id}).first()
     if row is None:
         raise NotFound(f"no account {account_id}")
     return row.used_bytes, row.quota_bytes

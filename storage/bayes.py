@@ -61,9 +61,12 @@ class AccountCounts:
     known_senders: frozenset[str] = frozenset()
 
 
+_ROLE_OF = select(MB.c.name, MB.c.special_use).where(MB.c.id == bindparam("mailbox_id"))  # every COPY/MOVE, twice
+
+
 def mailbox_role(conn: Connection, mailbox_id: int) -> str:
     """Whether a mailbox is the account's Junk (special use ``\\Junk`` or the name "Junk"), its Trash, or other."""
-    row = conn.execute(select(MB.c.name, MB.c.special_use).where(MB.c.id == mailbox_id)).first()
+    row = conn.execute(_ROLE_OF, {"mailbox_id": mailbox_id}).first()
     if row is None:
         return OTHER
     use, name = (row.special_use or "").lower(), (row.name or "").lower()

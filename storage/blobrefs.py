@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from storage.blobs import BlobRef, BlobStore
@@ -32,16 +32,27 @@ def ref(conn: Connection, blob: BlobRef, n: int = 1) -> None:
         conn.execute(insert(B).values(id=blob.id, size=blob.size, refcount=n, data=None, created=time.time()))
 
 
+# Built once (every COPY, MOVE and EXPUNGE runs them), each run as one executemany over the blobs.
+_ADD_REFS = update(B).where(B.c.id == bindparam("blob_id")).values(refcount=B.c.refcount + bindparam("n"))
+_DROP_REFS = update(B).where(B.c.id == bindparam("blob_id")).values(refcount=B.c.refcount - bindparam("n"))
+
+
+def _per_blob(conn: Connection, statement, counts: dict[str, int]) -> None:
+    params = [{"blob_id": blob_id, "n": n} for blob_id, n in counts.items()]
+    if len(params) == 1:
+        conn.execute(statement, params[0])
+    elif params:
+        conn.execute(statement, params)
+
+
 def ref_existing(conn: Connection, counts: dict[str, int]) -> None:
     """Count more references to blobs that already have rows (a copy of messages): ``counts`` is id -> n."""
-    for blob_id, n in counts.items():
-        conn.execute(update(B).where(B.c.id == blob_id).values(refcount=B.c.refcount + n))
+    _per_blob(conn, _ADD_REFS, counts)
 
 
 def unref(conn: Connection, counts: dict[str, int]) -> None:
     """Drop references: ``counts`` is blob id -> how many."""
-    for blob_id, n in counts.items():
-        conn.execute(update(B).where(B.c.id == blob_id).values(refcount=B.c.refcount - n))
+    _per_blob(conn, _DROP_REFS, counts)
 
 
 def unref_selected(conn: Connection, query) -> None:

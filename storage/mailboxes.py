@@ -100,11 +100,17 @@ def create_mailbox_row(conn: Connection, account_id: int, name: str, special_use
                                           total_size=0, seen_per_reader=per_reader)).inserted_primary_key[0]
 
 
+# The write commands' statements (STORE, EXPUNGE, COPY/MOVE run them once or more each), built once: building a
+# SQLAlchemy construct and its cache key costs several times what SQLite takes to run the statement.
+_BUMP = update(MB).where(MB.c.id == bindparam("mailbox_id")).values(
+    uid_next=MB.c.uid_next + bindparam("n_uids"), highest_modseq=MB.c.highest_modseq + 1
+).returning(MB.c.uid_next, MB.c.highest_modseq, MB.c.uid_validity)
+_OWNER_OF = select(MB.c.account_id).where(MB.c.id == bindparam("mailbox_id"))
+
+
 def bump(conn: Connection, mailbox_id: int, n_uids: int) -> tuple[int, int, int]:
     """Reserve ``n_uids`` UIDs and one new modseq: returns (first uid, modseq, uid_validity)."""
-    row = conn.execute(update(MB).where(MB.c.id == mailbox_id).values(
-        uid_next=MB.c.uid_next + n_uids, highest_modseq=MB.c.highest_modseq + 1
-    ).returning(MB.c.uid_next, MB.c.highest_modseq, MB.c.uid_validity)).first()
+    row = conn.execute(_BUMP, {"mailbox_id": mailbox_id, "n_uids": n_uids}).first()
     if row is None:
         raise NotFound(f"no mailbox {mailbox_id}")
     return row[0] - n_uids, row[1], row[2]
@@ -112,7 +118,7 @@ def bump(conn: Connection, mailbox_id: int, n_uids: int) -> tuple[int, int, int]
 
 def owner_of(conn: Connection, mailbox_id: int) -> int | None:
     """The account that owns the mailbox, or None when there is no such mailbox."""
-    return conn.execute(select(MB.c.account_id).where(MB.c.id == mailbox_id)).scalar()
+    return conn.execute(_OWNER_OF, {"mailbox_id": mailbox_id}).scalar()
 
 
 def _id_of(conn: Connection, account_id: int, name: str) -> int | None:

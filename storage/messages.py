@@ -157,8 +157,51 @@ def changes_since(conn: Connection, mailbox_id: int, modseq: int) -> tuple[list[
 # --------------------------------------------------------------------------------------------- helpers
 
 
+# The write commands' statements (STORE, EXPUNGE, COPY/MOVE, APPEND), built once like the delivery's above: building a
+# construct and its cache key cost more than SQLite running the statement (about 50-140 us against 13-30 us here).
+_QUOTA_OF = select(A.c.used_bytes, A.c.quota_bytes).where(A.c.id == bindparam("account_id"))
+_KEYWORDS_OF = select(MB.c.keywords).where(MB.c.id == bindparam("mailbox_id"))
+_PER_READER = select(MB.c.seen_per_reader).where(MB.c.id == bindparam("mailbox_id"))
+_ADDED = {  # by "the mailbox's keywords grow"
+    with_keywords: update(MB).where(MB.c.id == bindparam("mailbox_id")).values(
+        message_count=MB.c.message_count + bindparam("n"), unseen_count=MB.c.unseen_count + bindparam("unseen"),
+        total_size=MB.c.total_size + bindparam("size"),
+        **({"keywords": bindparam("new_keywords")} if with_keywords else {}))
+    for with_keywords in (False, True)}
+_ACCOUNT_GREW = update(A).where(A.c.id == bindparam("account_id")).values(
+    used_bytes=A.c.used_bytes + bindparam("size"))
+_ACCOUNT_SHRANK = update(A).where(A.c.id == bindparam("account_id")).values(
+    used_bytes=A.c.used_bytes - bindparam("size"))
+_INSERT_MESSAGES = insert(M)
+_UIDS = bindparam("uids", expanding=True)
+_STORE_MAILBOX = select(MB.c.account_id, MB.c.highest_modseq, MB.c.keywords, MB.c.seen_per_reader).where(
+    MB.c.id == bindparam("mailbox_id"))
+_STORE_ROWS = select(M.c.id, M.c.uid, M.c.modseq, M.c.flags, M.c.keywords).where(
+    M.c.mailbox_id == bindparam("mailbox_id"), M.c.uid.in_(_UIDS))
+_STORE_ROW = update(M).where(M.c.id == bindparam("row_id")).values(
+    flags=bindparam("new_flags"), keywords=bindparam("new_keywords"), modseq=bindparam("new_modseq"))
+_STORED = {  # by "the mailbox's keywords grow"
+    with_keywords: update(MB).where(MB.c.id == bindparam("mailbox_id")).values(
+        highest_modseq=bindparam("new_modseq"), unseen_count=MB.c.unseen_count + bindparam("unseen_delta"),
+        **({"keywords": bindparam("new_keywords")} if with_keywords else {}))
+    for with_keywords in (False, True)}
+_REMOVABLE = select(M.c.id, M.c.uid, M.c.blob_id, M.c.size, M.c.flags).where(
+    M.c.mailbox_id == bindparam("mailbox_id"))
+_REMOVABLE_UIDS = _REMOVABLE.where(M.c.uid.in_(_UIDS))
+_DELETED = _REMOVABLE.where(M.c.flags.op("&")(FLAG_DELETED) != 0)
+_DELETED_UIDS = _DELETED.where(M.c.uid.in_(_UIDS))
+#: One statement for the new modseq of an expunge and the mailbox's counters (``mailboxes.bump`` without UIDs, and
+#: the counters' update, in one): its RETURNING also says whether readers keep their own \Seen there.
+_REMOVED = update(MB).where(MB.c.id == bindparam("mailbox_id")).values(
+    highest_modseq=MB.c.highest_modseq + 1, message_count=MB.c.message_count - bindparam("n"),
+    unseen_count=MB.c.unseen_count - bindparam("unseen"), total_size=MB.c.total_size - bindparam("size"),
+).returning(MB.c.highest_modseq, MB.c.seen_per_reader, MB.c.account_id)
+_DELETE_ROWS = delete(M).where(M.c.id.in_(bindparam("ids", expanding=True)))
+_INSERT_TOMBSTONES = insert(X)
+
+
 def _check_quota(conn: Connection, account_id: int, extra: int) -> None:
-    row = conn.execute(select(A.c.used_bytes, A.c.quota_bytes).where(A.c.id == account_id)).first()
+    row = conn.execute(_QUOTA_OF, {"account_id": account_id}).first()
     if row is None:
         raise NotFound(f"no account {account_id}")
     if row.quota_bytes and row.used_bytes + extra > row.quota_bytes:
@@ -177,24 +220,36 @@ def _merge_keywords(conn: Connection, mailbox_id: int, keywords: list[str]) -> d
     """The mailbox's new ``keywords`` value when ``keywords`` adds any to it (else nothing to update)."""
     if not keywords:
         return {}
-    cur = conn.execute(select(MB.c.keywords).where(MB.c.id == mailbox_id)).scalar() or ""
+    cur = conn.execute(_KEYWORDS_OF, {"mailbox_id": mailbox_id}).scalar() or ""
     merged = join_keywords(split_keywords(cur) + tuple(keywords))
     return {"keywords": merged} if merged != cur else {}
 
 
 def _after_add(conn: Connection, mailbox_id: int, account_id: int, n: int, size: int, unseen: int,
                keywords: list[str]) -> None:
-    vals = {"message_count": MB.c.message_count + n, "unseen_count": MB.c.unseen_count + unseen,
-            "total_size": MB.c.total_size + size, **_merge_keywords(conn, mailbox_id, keywords)}
-    conn.execute(update(MB).where(MB.c.id == mailbox_id).values(**vals))
-    conn.execute(update(A).where(A.c.id == account_id).values(used_bytes=A.c.used_bytes + size))
+    merged = _merge_keywords(conn, mailbox_id, keywords)
+    params = {"mailbox_id": mailbox_id, "n": n, "unseen": unseen, "size": size}
+    if merged:
+        params["new_keywords"] = merged["keywords"]
+    conn.execute(_ADDED[bool(merged)], params)
+    conn.execute(_ACCOUNT_GREW, {"account_id": account_id, "size": size})
 
 
-def _select_uids(conn: Connection, query, uids: Sequence[int]) -> list:
+def _select_uids(conn: Connection, query, uids: Sequence[int], params: dict) -> list:
+    """The rows of the prepared ``query`` (an expanding ``uids`` parameter, ``params`` for its others) for ``uids``,
+    a chunk at a time."""
     rows = []
     for chunk in chunks(sorted(set(uids))):
-        rows.extend(conn.execute(query.where(M.c.uid.in_(chunk))).all())
+        rows.extend(conn.execute(query, {**params, "uids": list(chunk)}).all())
     return rows
+
+
+def _execute_rows(conn: Connection, statement, rows: list[dict]) -> None:
+    """``statement`` once per parameter set (one executemany for several)."""
+    if len(rows) == 1:
+        conn.execute(statement, rows[0])
+    elif rows:
+        conn.execute(statement, rows)
 
 
 # --------------------------------------------------------------------------------------------- adding
@@ -329,7 +384,7 @@ def copy(conn: Connection, src_mailbox_id: int, uids: Sequence[int], dst_mailbox
     src_seen = shared.seen_uids(conn, src_mailbox_id, reader, uids) if reader and _per_reader(
         conn, src_mailbox_id) else set()
     dst_strip = _per_reader(conn, dst_mailbox_id)
-    rows = _select_uids(conn, select(M).where(M.c.mailbox_id == src_mailbox_id), uids)
+    rows = _select_uids(conn, _GET_MESSAGES, uids, {"mailbox_id": src_mailbox_id})
     rows.sort(key=lambda r: r.uid)
     if not rows:
         uv = conn.execute(select(MB.c.uid_validity).where(MB.c.id == dst_mailbox_id)).scalar()
@@ -359,18 +414,18 @@ def copy(conn: Connection, src_mailbox_id: int, uids: Sequence[int], dst_mailbox
         unseen += 0 if flags & FLAG_SEEN else 1
         changes.append(Change(ch.EXISTS, account_id, dst_mailbox_id, uid=first_uid + i, modseq=modseq,
                               flags=flags, keywords=split_keywords(r.keywords), size=r.size))
-    conn.execute(insert(M), new_rows)
+    conn.execute(_INSERT_MESSAGES, new_rows)
     if dst_seen:
         shared.mark_seen(conn, dst_mailbox_id, reader, dst_seen)
     blobrefs.ref_existing(conn, blobrefs.count(r.blob_id for r in rows))
     _after_add(conn, dst_mailbox_id, account_id, len(rows), total, unseen, list(dict.fromkeys(keywords)))
     if move:
-        changes = _remove(conn, src_mailbox_id, src, rows) + changes
+        changes = _remove(conn, src_mailbox_id, rows) + changes
     return Changed(CopyResult(uv, pairs), changes)
 
 
 def _per_reader(conn: Connection, mailbox_id: int) -> bool:
-    return bool(conn.execute(select(MB.c.seen_per_reader).where(MB.c.id == mailbox_id)).scalar())
+    return bool(conn.execute(_PER_READER, {"mailbox_id": mailbox_id}).scalar())
 
 
 # --------------------------------------------------------------------------------------------- flags
@@ -392,12 +447,10 @@ def set_flags(conn: Connection, mailbox_id: int, uids: Sequence[int], mode: str,
     updated: list[FlagUpdate] = []
     modified: list[int] = []
     changes: list[Change] = []
-    mb = conn.execute(select(MB.c.account_id, MB.c.highest_modseq, MB.c.keywords, MB.c.seen_per_reader).where(
-        MB.c.id == mailbox_id)).first()
+    mb = conn.execute(_STORE_MAILBOX, {"mailbox_id": mailbox_id}).first()
     if mb is None:
         raise NotFound("no such mailbox")
-    rows = _select_uids(conn, select(M.c.id, M.c.uid, M.c.modseq, M.c.flags, M.c.keywords).where(
-        M.c.mailbox_id == mailbox_id), uids)
+    rows = _select_uids(conn, _STORE_ROWS, uids, {"mailbox_id": mailbox_id})
     rows.sort(key=lambda r: r.uid)
     new_modseq = mb.highest_modseq + 1
     unseen_delta = 0
@@ -405,6 +458,7 @@ def set_flags(conn: Connection, mailbox_id: int, uids: Sequence[int], mode: str,
     seen = shared.seen_uids(conn, mailbox_id, reader, [r.uid for r in rows]) if per_reader and reader else set()
     seen_add: list[int] = []
     seen_remove: list[int] = []
+    row_updates: list[dict] = []
     for r in rows:
         if unchanged_since is not None and r.modseq > unchanged_since:
             modified.append(r.uid)
@@ -430,66 +484,73 @@ def set_flags(conn: Connection, mailbox_id: int, uids: Sequence[int], mode: str,
         stored = nf & ~FLAG_SEEN if per_reader else nf
         if per_reader and (nf ^ cur) & FLAG_SEEN:
             (seen_add if nf & FLAG_SEEN else seen_remove).append(r.uid)
-        conn.execute(update(M).where(M.c.id == r.id).values(flags=stored, keywords=nk, modseq=new_modseq))
+        row_updates.append({"row_id": r.id, "new_flags": stored, "new_keywords": nk, "new_modseq": new_modseq})
         unseen_delta += (0 if stored & FLAG_SEEN else 1) - (0 if r.flags & FLAG_SEEN else 1)
         fu = FlagUpdate(r.uid, new_modseq, nf, split_keywords(nk))
         updated.append(fu)
         changes.append(Change(ch.FLAGS, mb.account_id, mailbox_id, uid=r.uid, modseq=new_modseq, flags=nf,
                               keywords=fu.keywords, reader=reader if per_reader else 0))
+    _execute_rows(conn, _STORE_ROW, row_updates)
     if seen_add or seen_remove:
         shared.mark_seen(conn, mailbox_id, reader, seen_add, seen_remove)
     if changes:
-        vals = {"highest_modseq": new_modseq, "unseen_count": MB.c.unseen_count + unseen_delta}
+        params = {"mailbox_id": mailbox_id, "new_modseq": new_modseq, "unseen_delta": unseen_delta}
         if keywords and mode != "remove":
             merged = join_keywords(split_keywords(mb.keywords) + tuple(keywords))
             if merged != mb.keywords:
-                vals["keywords"] = merged
-        conn.execute(update(MB).where(MB.c.id == mailbox_id).values(**vals))
+                params["new_keywords"] = merged
+        conn.execute(_STORED["new_keywords" in params], params)
     return Changed(StoreFlagsResult(updated, modified), changes)
 
 
 # --------------------------------------------------------------------------------------------- removing
 
 
-def _remove(conn: Connection, mailbox_id: int, account_id: int, rows) -> list[Change]:
-    """Delete the given message rows, leave tombstones, fix counters; returns EXPUNGE changes."""
+def _remove(conn: Connection, mailbox_id: int, rows) -> list[Change]:
+    """Delete the given message rows, leave tombstones, fix counters (the mailbox's and its owner's); returns
+    EXPUNGE changes."""
     if not rows:
         return []
-    _, modseq, _ = mailboxes.bump(conn, mailbox_id, 0)
     size = sum(r.size for r in rows)
     unseen = sum(0 if r.flags & FLAG_SEEN else 1 for r in rows)
+    mb = conn.execute(_REMOVED, {"mailbox_id": mailbox_id, "n": len(rows), "unseen": unseen, "size": size}).first()
+    if mb is None:
+        raise NotFound(f"no mailbox {mailbox_id}")
+    modseq, account_id = mb.highest_modseq, mb.account_id
     for chunk in chunks([r.id for r in rows]):
-        conn.execute(delete(M).where(M.c.id.in_(chunk)))
-    conn.execute(insert(X), [{"mailbox_id": mailbox_id, "uid": r.uid, "modseq": modseq} for r in rows])
-    shared.forget_seen(conn, mailbox_id, [r.uid for r in rows])
+        conn.execute(_DELETE_ROWS, {"ids": list(chunk)})
+    _execute_rows(conn, _INSERT_TOMBSTONES, [{"mailbox_id": mailbox_id, "uid": r.uid, "modseq": modseq}
+                                             for r in rows])
+    if mb.seen_per_reader:  # only such mailboxes have reader_seen rows (storage/shared.py)
+        shared.forget_seen(conn, mailbox_id, [r.uid for r in rows])
     blobrefs.unref(conn, blobrefs.count(r.blob_id for r in rows))
-    conn.execute(update(MB).where(MB.c.id == mailbox_id).values(
-        message_count=MB.c.message_count - len(rows), unseen_count=MB.c.unseen_count - unseen,
-        total_size=MB.c.total_size - size))
-    conn.execute(update(A).where(A.c.id == account_id).values(used_bytes=A.c.used_bytes - size))
+    conn.execute(_ACCOUNT_SHRANK, {"account_id": account_id, "size": size})
     return [Change(ch.EXPUNGE, account_id, mailbox_id, uid=r.uid, modseq=modseq) for r in
             sorted(rows, key=lambda r: r.uid)]
 
 
-def _removable(mailbox_id: int):
-    return select(M.c.id, M.c.uid, M.c.blob_id, M.c.size, M.c.flags).where(M.c.mailbox_id == mailbox_id)
-
-
 def expunge(conn: Connection, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
     """Remove messages flagged \\Deleted (only among ``uids`` when given: UID EXPUNGE).  ``value``: expunged UIDs."""
-    account_id = mailboxes.owner_of(conn, mailbox_id)
-    if account_id is None:
+    params = {"mailbox_id": mailbox_id}
+    if uids is None:
+        rows = conn.execute(_DELETED, params).all()
+    else:
+        rows = _select_uids(conn, _DELETED_UIDS, uids, params)
+    return _removed(conn, mailbox_id, rows)
+
+
+def _removed(conn: Connection, mailbox_id: int, rows) -> Changed:
+    """:func:`_remove` of ``rows``, as the result of an expunge (a mailbox that is not there is NotFound; with rows
+    to remove, the mailbox row's update tells, else one lookup)."""
+    if not rows and mailboxes.owner_of(conn, mailbox_id) is None:
         raise NotFound("no such mailbox")
-    q = _removable(mailbox_id).where(M.c.flags.op("&")(FLAG_DELETED) != 0)
-    rows = conn.execute(q).all() if uids is None else _select_uids(conn, q, uids)
-    changes = _remove(conn, mailbox_id, account_id, rows)
+    try:
+        changes = _remove(conn, mailbox_id, rows)
+    except NotFound:
+        raise NotFound("no such mailbox") from None
     return Changed([c.uid for c in changes], changes)
 
 
 def delete_messages(conn: Connection, mailbox_id: int, uids: Sequence[int]) -> Changed:
     """Remove the given messages whatever their flags (POP3 UPDATE state, webmail delete)."""
-    account_id = mailboxes.owner_of(conn, mailbox_id)
-    if account_id is None:
-        raise NotFound("no such mailbox")
-    changes = _remove(conn, mailbox_id, account_id, _select_uids(conn, _removable(mailbox_id), uids))
-    return Changed([c.uid for c in changes], changes)
+    return _removed(conn, mailbox_id, _select_uids(conn, _REMOVABLE_UIDS, uids, {"mailbox_id": mailbox_id}))

@@ -180,6 +180,10 @@ def resolve_owner(conn: Connection, account_id: int, name: str) -> tuple[int, st
     return row.id, stored, row.address
 
 
+#: Every SELECT, EXAMINE, STATUS and APPEND resolves its mailbox with it: built once.
+_MAILBOX_NAMED = select(MB).where(MB.c.account_id == bindparam("owner"), MB.c.name == bindparam("name"))
+
+
 def resolve(conn: Connection, account_id: int, name: str) -> tuple[MailboxInfo, str] | None:
     """The mailbox ``name`` names for ``account_id`` (as that reader sees it: ``name`` is the reader's spelling,
     ``stored_name`` the owner's) and the rights the ACL gives the reader there, or None when there is none."""
@@ -187,8 +191,7 @@ def resolve(conn: Connection, account_id: int, name: str) -> tuple[MailboxInfo, 
     if target is None:
         return None
     owner, stored, _address = target
-    row = conn.execute(select(MB).where(MB.c.account_id == owner,
-                                        MB.c.name == mailboxes.normalize_mailbox_name(stored))).first()
+    row = conn.execute(_MAILBOX_NAMED, {"owner": owner, "name": mailboxes.normalize_mailbox_name(stored)}).first()
     if row is None:
         return None
     if owner == account_id:  # the owner rule gives every right: no ACL to read (one query, as before sharing)
@@ -431,10 +434,14 @@ def mark_seen(conn: Connection, mailbox_id: int, reader: int, add=(), remove=())
                                       RS.c.uid.in_(chunk)))
 
 
+_FORGET_SEEN = delete(RS).where(RS.c.mailbox_id == bindparam("mailbox_id"),
+                               RS.c.uid.in_(bindparam("uids", expanding=True)))
+
+
 def forget_seen(conn: Connection, mailbox_id: int, uids) -> None:
     """Expunged messages take every reader's \\Seen with them."""
     for chunk in chunks(sorted(set(uids))):
-        conn.execute(delete(RS).where(RS.c.mailbox_id == mailbox_id, RS.c.uid.in_(chunk)))
+        conn.execute(_FORGET_SEEN, {"mailbox_id": mailbox_id, "uids": list(chunk)})
 
 
 def overlay_seen(metas: list, seen: set[int]) -> list:
