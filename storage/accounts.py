@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from storage import blobrefs, mailboxes, quarantine, shared, sieve
@@ -119,13 +119,18 @@ def add_account(conn: Connection, address: str, password_hash: str, display_name
     return account_info(conn.execute(select(A).where(A.c.id == aid)).first())
 
 
+#: Built once (every login looks its account up).
+_ACCOUNT_BY_ADDRESS = select(A).where(A.c.address == bindparam("address"))
+_ACCOUNT_BY_ID = select(A).where(A.c.id == bindparam("account_id"))
+
+
 def get_account(conn: Connection, address: str) -> AccountInfo | None:
-    row = conn.execute(select(A).where(A.c.address == normalize_address(address))).first()
+    row = conn.execute(_ACCOUNT_BY_ADDRESS, {"address": normalize_address(address)}).first()
     return account_info(row) if row else None
 
 
 def get_account_by_id(conn: Connection, account_id: int) -> AccountInfo | None:
-    row = conn.execute(select(A).where(A.c.id == account_id)).first()
+    row = conn.execute(_ACCOUNT_BY_ID, {"account_id": account_id}).first()
     return account_info(row) if row else None
 
 
