@@ -122,6 +122,7 @@ def add_account(conn: Connection, address: str, password_hash: str, display_name
 # Built once: every login looks its account up (also on a success-cache hit: the stored hash may have changed).
 _ACCOUNT_BY_ADDRESS = select(A).where(A.c.address == bindparam("address"))
 _QUOTA_OF = select(A.c.used_bytes, A.c.quota_bytes).where(A.c.id == bindparam("account_id"))  # every APPEND
+_ACCOUNT_BY_ID = select(A).where(A.c.id == bindparam("account_id"))
 
 
 def get_account(conn: Connection, address: str) -> AccountInfo | None:
@@ -130,7 +131,7 @@ def get_account(conn: Connection, address: str) -> AccountInfo | None:
 
 
 def get_account_by_id(conn: Connection, account_id: int) -> AccountInfo | None:
-    row = conn.execute(select(A).where(A.c.id == account_id)).first()
+    row = conn.execute(_ACCOUNT_BY_ID, {"account_id": account_id}).first()
     return account_info(row) if row else None
 
 

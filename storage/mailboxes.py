@@ -147,6 +147,7 @@ def _children(conn: Connection, account_id: int, name: str):
 
 #: Built once: every webmail page and IMAP LIST runs it.
 _LIST_MAILBOXES = select(MB).where(MB.c.account_id == bindparam("account_id")).order_by(MB.c.name)
+_LIST_SUBSCRIPTIONS = select(SUB.c.name).where(SUB.c.account_id == bindparam("account_id")).order_by(SUB.c.name)
 
 
 def list_mailboxes(conn: Connection, account_id: int) -> list[MailboxInfo]:
@@ -159,14 +160,17 @@ def large_mailboxes(conn: Connection, min_messages: int, limit: int) -> list[Mai
                                                   .order_by(MB.c.message_count.desc()).limit(limit))]
 
 
+_GET_MAILBOX = select(MB).where(MB.c.account_id == bindparam("account_id"), MB.c.name == bindparam("name"))
+MAILBOX_BY_ID = select(MB).where(MB.c.id == bindparam("mailbox_id"))
+
+
 def get_mailbox(conn: Connection, account_id: int, name: str) -> MailboxInfo | None:
-    row = conn.execute(select(MB).where(MB.c.account_id == account_id,
-                                        MB.c.name == normalize_mailbox_name(name))).first()
+    row = conn.execute(_GET_MAILBOX, {"account_id": account_id, "name": normalize_mailbox_name(name)}).first()
     return mailbox_info(row) if row else None
 
 
 def get_mailbox_by_id(conn: Connection, mailbox_id: int) -> MailboxInfo | None:
-    row = conn.execute(select(MB).where(MB.c.id == mailbox_id)).first()
+    row = conn.execute(MAILBOX_BY_ID, {"mailbox_id": mailbox_id}).first()
     return mailbox_info(row) if row else None
 
 
@@ -301,5 +305,4 @@ def set_subscribed(conn: Connection, account_id: int, name: str, subscribed: boo
 
 def list_subscriptions(conn: Connection, account_id: int) -> list[str]:
     """Every subscribed name, whether or not its mailbox exists."""
-    return [r.name for r in conn.execute(select(SUB.c.name).where(SUB.c.account_id == account_id)
-                                         .order_by(SUB.c.name))]
+    return [r.name for r in conn.execute(_LIST_SUBSCRIPTIONS, {"account_id": account_id})]

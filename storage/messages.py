@@ -144,13 +144,18 @@ def page_messages(conn: Connection, mailbox_id: int, *, offset: int = 0, limit: 
     return total, [message_info(r) for r in rows]
 
 
+#: Built once (a SELECT from a cached listing runs them whenever the mailbox changed since).
+_CHANGED_SINCE = select(M.c.uid, M.c.modseq, M.c.flags, M.c.keywords, M.c.size, M.c.internal_date).where(
+    M.c.mailbox_id == bindparam("mailbox_id"), M.c.modseq > bindparam("modseq")).order_by(M.c.uid)
+_VANISHED_SINCE = select(X.c.uid).where(X.c.mailbox_id == bindparam("mailbox_id"), X.c.modseq > bindparam("modseq"))
+
+
 def changes_since(conn: Connection, mailbox_id: int, modseq: int) -> tuple[list[MessageMeta], list[int]]:
     """Messages changed after ``modseq`` and UIDs expunged after it (RFC 7162 CHANGEDSINCE / VANISHED)."""
-    changed = [MessageMeta(r[0], r[1], r[2], split_keywords(r[3]), r[4], r[5]) for r in conn.execute(
-        select(M.c.uid, M.c.modseq, M.c.flags, M.c.keywords, M.c.size, M.c.internal_date).where(
-            M.c.mailbox_id == mailbox_id, M.c.modseq > modseq).order_by(M.c.uid))]
-    vanished = sorted({r[0] for r in conn.execute(select(X.c.uid).where(
-        X.c.mailbox_id == mailbox_id, X.c.modseq > modseq))})
+    params = {"mailbox_id": mailbox_id, "modseq": modseq}
+    changed = [MessageMeta(r[0], r[1], r[2], split_keywords(r[3]), r[4], r[5])
+               for r in conn.execute(_CHANGED_SINCE, params)]
+    vanished = sorted({r[0] for r in conn.execute(_VANISHED_SINCE, params)})
     return changed, vanished
 
 

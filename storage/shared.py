@@ -104,6 +104,11 @@ _ACL_NAMING = select(ACL.c.mailbox_id, ACL.c.identifier, ACL.c.rights).join(MB, 
     ACL.c.identifier.in_(bindparam("identifiers", expanding=True)), MB.c.account_id != bindparam("account_id"))
 
 
+#: Built once: SELECT, EXAMINE, STATUS and APPEND resolve a mailbox on every command, and building a select (its
+#: expressions and cache key) costs more than SQLite running it.
+_MAILBOX_BY_NAME = select(MB).where(MB.c.account_id == bindparam("account_id"), MB.c.name == bindparam("name"))
+
+
 def identifiers_of(conn: Connection, account_id: int) -> list[str]:
     """The ACL identifiers that name ``account_id``: its address, ``anyone`` and ``$group`` of each group."""
     rows = conn.execute(_IDENTIFIERS, {"account_id": account_id}).all()
@@ -180,10 +185,6 @@ def resolve_owner(conn: Connection, account_id: int, name: str) -> tuple[int, st
     return row.id, stored, row.address
 
 
-#: Every SELECT, EXAMINE, STATUS and APPEND resolves its mailbox with it: built once.
-_MAILBOX_NAMED = select(MB).where(MB.c.account_id == bindparam("owner"), MB.c.name == bindparam("name"))
-
-
 def resolve(conn: Connection, account_id: int, name: str) -> tuple[MailboxInfo, str] | None:
     """The mailbox ``name`` names for ``account_id`` (as that reader sees it: ``name`` is the reader's spelling,
     ``stored_name`` the owner's) and the rights the ACL gives the reader there, or None when there is none."""
@@ -191,7 +192,8 @@ def resolve(conn: Connection, account_id: int, name: str) -> tuple[MailboxInfo, 
     if target is None:
         return None
     owner, stored, _address = target
-    row = conn.execute(_MAILBOX_NAMED, {"owner": owner, "name": mailboxes.normalize_mailbox_name(stored)}).first()
+    row = conn.execute(_MAILBOX_BY_NAME,
+                       {"account_id": owner, "name": mailboxes.normalize_mailbox_name(stored)}).first()
     if row is None:
         return None
     if owner == account_id:  # the owner rule gives every right: no ACL to read (one query, as before sharing)
@@ -203,7 +205,7 @@ def resolve(conn: Connection, account_id: int, name: str) -> tuple[MailboxInfo, 
 
 def mailbox_for_reader(conn: Connection, mailbox_id: int, account_id: int) -> MailboxInfo | None:
     """The mailbox by id as ``account_id`` sees it (its name in their namespaces, their ACL rights, their unseen)."""
-    row = conn.execute(select(MB).where(MB.c.id == mailbox_id)).first()
+    row = conn.execute(mailboxes.MAILBOX_BY_ID, {"mailbox_id": mailbox_id}).first()
     if row is None:
         return None
     if row.account_id == account_id:  # the owner rule gives every right: no ACL to read (as resolve)

@@ -23,7 +23,7 @@ from .cmd_common import AUTHENTICATED, SELECTED, Bad, No, Ok
 from .mailboxes import list_entries, lsub_entries
 from .selected import SelectedMailbox, UpdateOptions, split_flags
 from .seqset import SeqSet
-from .snapshot import Snapshot, SnapshotCache
+from .snapshot import Snapshot, SnapshotCache, server_cache
 
 log = Logger()
 
@@ -54,7 +54,7 @@ async def snapshot_for(services, mailbox) -> Snapshot:
     """
     state = services.state
     if state.imap_snapshots is None:
-        state.imap_snapshots = SnapshotCache()
+        state.imap_snapshots = server_cache()
     cache: SnapshotCache = state.imap_snapshots
     locks = state.imap_snapshot_locks
     lock = locks.setdefault(mailbox.id, defer.DeferredLock())

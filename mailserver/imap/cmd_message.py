@@ -164,6 +164,21 @@ def _read_ranges(store, wanted: list[tuple[str, list[tuple[int, int]]]]) -> list
     return out
 
 
+#: A FETCH batch whose body octets to read stay under this reads them in the same database-pool call that loads the
+#: messages (one thread hand-over instead of two: the headers or small bodies most FETCHes ask for); a larger one
+#: reads them in the blob pool, so file reads of megabytes do not hold a database thread.
+FETCH_INLINE_OCTETS = 256 * 1024
+
+
+def _messages_and_ranges(store, mailbox_id: int, batch: list[int], plan) -> tuple[list, dict[int, dict]]:
+    """Blocking (database pool): the messages of ``batch`` and the byte ranges ``plan`` reads of each."""
+    infos = store.get_messages(mailbox_id, batch)
+    wanted = [(m.uid, m.blob_id, plan.ranges(m)) for m in infos]
+    wanted = [w for w in wanted if w[2]]
+    chunks = _read_ranges(store, [(b, rs) for _u, b, rs in wanted]) if wanted else []
+    return infos, {u: ch_ for (u, _b, _r), ch_ in zip(wanted, chunks, strict=True)}
+
+
 def _fetch_batches(uids: list[int], sel: SelectedMailbox, plan) -> list[list[int]]:
     if not plan.needs_body:
         return [uids[i:i + FETCH_BATCH] for i in range(0, len(uids), FETCH_BATCH)]
@@ -212,8 +227,17 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
         return None
     for batch in _fetch_batches(uids, sel, plan):
         infos: dict[int, object] = {}
+        bodies: dict[int, dict] = {}
         need_info = plan.needs_info or (want_date and any(_unknown_date(sel, u) for u in batch))
-        if need_info:
+        inline = plan.needs_body and need_info and _body_octets(sel, batch, plan) <= FETCH_INLINE_OCTETS
+        if inline:
+            services = s.services
+            found, bodies = await run_in(services.reactor, services.pools.db_read, _messages_and_ranges,
+                                         services.store, sel.mailbox_id, batch, plan)
+            for info in found:
+                infos[info.uid] = info
+                sel.set_date(info.uid, info.internal_date)
+        elif need_info:
             for info in await astore.get_messages(sel.mailbox_id, batch):
                 infos[info.uid] = info
                 sel.set_date(info.uid, info.internal_date)
@@ -235,8 +259,7 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
                     infos[fu.uid] = _with_modseq(infos[fu.uid], fu.modseq)
                 if grew:
                     s.send(sel.flags_response())  # RFC 9051 7.3.5: before the FETCH that shows the keyword
-        bodies: dict[int, dict] = {}
-        if plan.needs_body:
+        if plan.needs_body and not inline:
             wanted = [(u, infos[u].blob_id, plan.ranges(infos[u])) for u in batch if u in infos]
             wanted = [w for w in wanted if w[2]]
             if wanted:
@@ -264,6 +287,16 @@ async def fetch(s: ImapSession, cmd: c.Fetch):
             s.send(b"".join(out))
         await s.drain()
     return None
+
+
+def _body_octets(sel: SelectedMailbox, batch: list[int], plan) -> int:
+    """At most the body octets a batch reads (a header-only plan reads a part of each message)."""
+    total = 0
+    for u in batch:
+        i = sel.index_of(u)
+        if i is not None:
+            total += sel.sizes[i]
+    return total // 8 if plan.header_only else total
 
 
 _CACHED_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})

@@ -42,6 +42,7 @@ items, size-preserving. BINARY data is a literal8 (``~{n}``) when it contains NU
 from __future__ import annotations
 
 import binascii
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -198,6 +199,17 @@ class RangeReader:
 # ---------------------------------------------------------------------------------------------------------------
 # per-message context
 # ---------------------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2048)
+def _rendered(stored: str, what: str) -> bytes:
+    """ENVELOPE, BODYSTRUCTURE or BODY (``what``) rendered from the JSON text stored at delivery; kept by that text
+    (a message's never changes), so a client that fetches the same messages again (every mailbox open) renders
+    nothing again."""
+    value = json.loads(stored)
+    if what == "ENVELOPE":
+        return render_envelope(value or [])
+    return render_bodystructure(value, what == "BODYSTRUCTURE")
+
 
 class _Context:
     __slots__ = ("msg", "body", "reader", "_bs", "_env")
@@ -471,11 +483,12 @@ def fetch_response(seq: int, msg, items: Iterable[FetchAtt], *, body: bytes | No
         elif name == "RFC822.SIZE":
             value = b"%d" % msg.size
         elif name == "ENVELOPE":
-            value = render_envelope(ctx.envelope)
-        elif name == "BODYSTRUCTURE":
-            value = render_bodystructure(ctx.bodystructure, True)
-        elif name == "BODY" and att.section is None:
-            value = render_bodystructure(ctx.bodystructure, False)
+            stored = getattr(msg, "envelope", None)
+            value = _rendered(stored, name) if isinstance(stored, str) else render_envelope(ctx.envelope)
+        elif name == "BODYSTRUCTURE" or (name == "BODY" and att.section is None):
+            stored = getattr(msg, "bodystructure", None)
+            value = (_rendered(stored, name) if isinstance(stored, str)
+                     else render_bodystructure(ctx.bodystructure, name == "BODYSTRUCTURE"))
         elif name == "BODY":
             value = _body_value(_section_data(att, ctx))
         elif name == "RFC822":

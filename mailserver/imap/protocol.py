@@ -77,10 +77,14 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def set_reading(self, on: bool) -> None:
         # The session says this after every command and every pump (mostly the same again): only a change is
-        # passed on to the flow control.
+        # passed on to the flow control.  A pause takes effect once input arrives (as SMTP's, FlowControl.
+        # pause_on_input): a command that runs while its client waits for the reply (most of them: SELECT,
+        # FETCH, STATUS... wait for the store) then costs no stop and start of reading (two epoll_ctl calls and
+        # the reactor's bookkeeping); a client that pipelines has at most the one read that arrived taken in
+        # (held in the reader, or as compressed input) before reading pauses.
         if on != self._session_reading:
             self._session_reading = on
-            self.flow.set_reading(SESSION, on)
+            self.flow.set_reading(SESSION, on, on_input=True)
 
     def call_soon(self, f) -> None:
         """Run ``f`` in a later reactor turn (the session yields between batches of commands)."""

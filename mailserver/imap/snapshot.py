@@ -17,10 +17,20 @@ from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-#: Mailboxes smaller than this are simply listed again (cheap); larger ones are cached.
+#: The default of :class:`SnapshotCache`: mailboxes smaller than this are simply listed again; larger ones are
+#: cached.  Also the size from which a mailbox's listing is preloaded at start (``preload_snapshots``).
 MIN_CACHED_MESSAGES = 2000
-#: Most mailboxes kept per process.
+#: The default of :class:`SnapshotCache`: most mailboxes kept.
 MAX_SNAPSHOTS = 64
+
+#: The server's cache (:func:`server_cache`) keeps every mailbox of at least this many messages: listing 100
+#: messages again costs more than ``changes_since`` (two indexed queries that return what changed), and an
+#: unchanged mailbox then costs no listing at all.  Below it the listing is as cheap as asking what changed.
+SERVER_MIN_CACHED_MESSAGES = 100
+#: The server's cache holds at most this many mailboxes and this many messages in all (29 bytes each in the
+#: arrays, plus keywords): about 60 MB at worst, least recently selected mailboxes going first.
+SERVER_MAX_SNAPSHOTS = 1024
+SERVER_MAX_MESSAGES = 2_000_000
 
 
 @dataclass
@@ -95,9 +105,17 @@ class Snapshot:
 
 
 class SnapshotCache:
-    def __init__(self, max_snapshots: int = MAX_SNAPSHOTS):
+    """Snapshots by (mailbox id, UIDVALIDITY), least recently used first out.  ``min_messages``: smaller mailboxes
+    are not kept; ``max_snapshots`` and ``max_messages`` (0: no bound) bound what is kept."""
+
+    def __init__(self, max_snapshots: int = MAX_SNAPSHOTS, *, min_messages: int = MIN_CACHED_MESSAGES,
+                 max_messages: int = 0):
         self.max = max_snapshots
+        self.min_messages = min_messages
+        self.max_messages = max_messages
         self._items: OrderedDict[tuple[int, int], Snapshot] = OrderedDict()
+        self._messages = 0  # len(uids) of every snapshot kept, as it was when put
+        self._counted: dict[tuple[int, int], int] = {}
         self.hits = 0
         self.misses = 0
 
@@ -108,10 +126,30 @@ class SnapshotCache:
         return snap
 
     def put(self, mailbox_id: int, snap: Snapshot) -> None:
-        if len(snap.uids) < MIN_CACHED_MESSAGES:
-            self._items.pop((mailbox_id, snap.uid_validity), None)
+        key = (mailbox_id, snap.uid_validity)
+        self._messages -= self._counted.pop(key, 0)
+        if len(snap.uids) < self.min_messages:
+            self._items.pop(key, None)
             return
-        self._items[(mailbox_id, snap.uid_validity)] = snap
-        self._items.move_to_end((mailbox_id, snap.uid_validity))
-        while len(self._items) > self.max:
-            self._items.popitem(last=False)
+        self._items[key] = snap
+        self._items.move_to_end(key)
+        self._counted[key] = len(snap.uids)
+        self._messages += len(snap.uids)
+        while len(self._items) > 1 and (len(self._items) > self.max
+                                        or (self.max_messages and self._messages > self.max_messages)):
+            old, _ = self._items.popitem(last=False)
+            self._messages -= self._counted.pop(old, 0)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def messages(self) -> int:
+        """The messages of the snapshots kept (as counted when each was last put)."""
+        return self._messages
+
+
+def server_cache() -> SnapshotCache:
+    """The cache a server process keeps (see :data:`SERVER_MIN_CACHED_MESSAGES`)."""
+    return SnapshotCache(SERVER_MAX_SNAPSHOTS, min_messages=SERVER_MIN_CACHED_MESSAGES,
+                         max_messages=SERVER_MAX_MESSAGES)

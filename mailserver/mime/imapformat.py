@@ -27,6 +27,12 @@ _QUOTABLE = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x7f]*")
 
 def render_string(value: str) -> bytes:
     """A string as quoted when possible, else as a literal."""
+    if value.isascii() and "\r" not in value and "\n" not in value and "\x00" not in value:
+        # The common case, the same bytes as below: every character is a QUOTED-CHAR.
+        data = value.encode("ascii")
+        if b"\\" in data or b'"' in data:
+            data = data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + data + b'"'
     data = value.encode("utf-8", "replace")
     if b"\x00" in data:
         data = data.replace(b"\x00", b"")

@@ -37,6 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 PASSWORD = "bench-password"
 USER = "bench@example.test"
 OPERATIONS = ("select_small", "select_large", "headers_newest_50_small", "search_unseen_large", "noop")
+# The rest of the read path (``--ops all``): each runs on the same connection, except login_logout (a fresh one).
+MORE_OPERATIONS = ("examine_small", "status_small", "list", "uid_fetch_flags_small", "envelope_newest_50_small",
+                   "bodystructure_newest_50_small", "body_newest_10_small", "search_unseen_small",
+                   "select_close_small", "login_logout")
 
 
 def cpu_seconds(tid: int = 0) -> float:
@@ -73,12 +77,29 @@ def child(port: int, repeat: int) -> None:
     n_small = int(c.select("Small")[1][0])
     c.select("Large")
     fetch = (f"{n_small - 49}:{n_small}", "(UID BODY.PEEK[HEADER])")
+
+    def login_logout():
+        other = imaplib.IMAP4("127.0.0.1", port)
+        other.login(USER, PASSWORD)
+        other.logout()
     ops = {  # operation: (run once before, run ``repeat`` times)
         "select_small": (None, lambda: c.select("Small")),
         "select_large": (None, lambda: c.select("Large")),
         "headers_newest_50_small": (lambda: c.select("Small"), lambda: c.fetch(*fetch)),
         "search_unseen_large": (lambda: c.select("Large"), lambda: c.search(None, "UNSEEN")),
         "noop": (None, lambda: c.noop()),
+        "examine_small": (None, lambda: c.select("Small", readonly=True)),
+        "status_small": (None, lambda: c.status("Small", "(MESSAGES UIDNEXT UNSEEN)")),
+        "list": (None, lambda: c.list()),
+        "uid_fetch_flags_small": (lambda: c.select("Small"), lambda: c.uid("FETCH", "1:*", "(UID FLAGS)")),
+        "envelope_newest_50_small": (lambda: c.select("Small"), lambda: c.fetch(fetch[0], "(UID ENVELOPE)")),
+        "bodystructure_newest_50_small": (lambda: c.select("Small"),
+                                          lambda: c.fetch(fetch[0], "(UID BODYSTRUCTURE)")),
+        "body_newest_10_small": (lambda: c.select("Small"),
+                                 lambda: c.fetch(f"{n_small - 9}:{n_small}", "(UID BODY.PEEK[])")),
+        "search_unseen_small": (lambda: c.select("Small"), lambda: c.search(None, "UNSEEN")),
+        "select_close_small": (None, lambda: (c.select("Small"), c.close())),
+        "login_logout": (None, login_logout),
     }
     for line in sys.stdin:
         op = line.strip()
@@ -100,6 +121,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--small", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=200)
+    ap.add_argument("--ops", default="", help="comma-separated operations, or 'all' (default: the first five)")
     ap.add_argument("--profile", default="", help="write a cProfile (CPU clock, reactor thread) of the SELECTs here")
     ap.add_argument("--profile-ops", default="select_small,select_large", help="the operations --profile covers")
     ap.add_argument("--callgrind", default="", help="running under callgrind: its output directory (see above)")
@@ -145,7 +167,9 @@ def main() -> None:
         try:
             print(f"{args.messages} + {args.small} messages, {args.repeat} repeats per operation; load average "
                   f"{os.getloadavg()[0]:.1f}")
-            for op in OPERATIONS:
+            ops = (OPERATIONS + MORE_OPERATIONS if args.ops == "all"
+                   else tuple(args.ops.split(",")) if args.ops else OPERATIONS)
+            for op in ops:
                 # One warm-up round (snapshots loaded, caches filled), then the measured one.
                 for measured in (False, True):
                     if measured and profiler is not None and op in args.profile_ops.split(","):
