@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlalchemy import bindparam, select
 from twisted.internet import defer, protocol, tcp
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -51,6 +52,8 @@ from mailserver.connections import (
 from mailserver.pop3 import session as S
 from mailserver.pop3.wire import BodyEncoder, stuff_whole
 from mailserver.threads import run_in
+from storage.models import Message
+from storage.sql import chunks
 
 if TYPE_CHECKING:
     from mailserver.services import Services
@@ -66,6 +69,9 @@ READ_AHEAD_OCTETS = 128 * 1024
 #: Most messages read ahead in one blob-pool trip (the window starts at :data:`READ_AHEAD_FIRST` and doubles).
 READ_AHEAD_MESSAGES = 32
 READ_AHEAD_FIRST = 4
+
+_M = Message.__table__
+
 
 def maildrop_locks(services: Services) -> S.MaildropLockTable:
     """The server's lock table (shared by its pop3 and pop3s listeners): its cluster state's."""
@@ -83,9 +89,20 @@ def load_maildrop(store, account_id: int) -> S.Maildrop:
     return S.Maildrop(mailbox.id, mailbox.uid_validity, entries)
 
 
+#: uid and blob id only (``store.get_messages`` reads every column, the envelope and body structure included, and
+#: builds a record of 23 fields per message: most of what a RETR cost the database pool).
+_BLOB_IDS = select(_M.c.uid, _M.c.blob_id).where(_M.c.mailbox_id == bindparam("mailbox_id"),
+                                                 _M.c.uid.in_(bindparam("uids", expanding=True)))
+
+
 def blob_ids(store, mailbox_id: int, uids: list[int]) -> dict[int, str]:
     """Blocking (db_read pool): uid -> blob id for those of ``uids`` still in the mailbox."""
-    return {m.uid: m.blob_id for m in store.get_messages(mailbox_id, uids)}
+    out: dict[int, str] = {}
+    with store.transaction(write=False) as conn:
+        for chunk in chunks(sorted(set(uids))):
+            for uid, blob_id in conn.execute(_BLOB_IDS, {"mailbox_id": mailbox_id, "uids": list(chunk)}):
+                out[uid] = blob_id
+    return out
 
 
 def open_and_read(store, blob_id: str, n: int):
@@ -195,7 +212,8 @@ class DirectWriter:
         inner = getattr(transport, "transport", None)
         if not isinstance(inner, tcp.Connection):
             return
-        from mailserver.service import TrackedConnection  # the listener's wrapper (service imports this module)
+        # The listener's connection wrapper (imported here: mailserver.service loads the listeners' modules).
+        from mailserver.service import TrackedConnection
 
         if type(transport) is TrackedConnection:
             self.raw = inner

@@ -313,6 +313,11 @@ def parse_command(line: bytes) -> Command:
             n = int(m[2])
             if n >= 1:  # else the general path gives the error
                 return cls(n)
+    return parse_general(line)
+
+
+def parse_general(line: bytes) -> Command:
+    """:func:`parse_command` without its shortcut for the commands that take one message number."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
