@@ -17,6 +17,10 @@ and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related i
   a later reactor turn once :data:`~mailserver.connections.OUTPUT_PER_TURN` octets of bodies went out in this one, and
   for the transport to drain while its buffer is over its bound, so a client that pipelines RETRs and never reads
   holds a bounded amount of memory (the stall timer then drops it);
+* writes: the replies of one call of ``_carry_out`` (bodies read ahead included) go out in one write at its end,
+  and on a plain TCP connection whose transport holds nothing unsent that write is a ``send()`` at once
+  (:class:`DirectWriter`), not a buffered ``transport.write`` that costs two ``epoll_ctl`` calls and another reactor
+  turn; what the kernel does not take, and everything over TLS, goes through the transport as before;
 * flow control: reading is paused while a request is outstanding and while output does not drain (a peer that
   stops reading is dropped after ``limits.output_stall_timeout``); the session handles at most
   :data:`~mailserver.connections.COMMANDS_PER_TURN` commands (or about
