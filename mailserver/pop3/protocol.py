@@ -17,6 +17,10 @@ and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related i
   a later reactor turn once :data:`~mailserver.connections.OUTPUT_PER_TURN` octets of bodies went out in this one, and
   for the transport to drain while its buffer is over its bound, so a client that pipelines RETRs and never reads
   holds a bounded amount of memory (the stall timer then drops it);
+* writes: the replies of one call of ``_carry_out`` (bodies read ahead included) go out in one write at its end,
+  and on a plain TCP connection whose transport holds nothing unsent that write is a ``send()`` at once
+  (:class:`DirectWriter`), not a buffered ``transport.write`` that costs two ``epoll_ctl`` calls and another reactor
+  turn; what the kernel does not take, and everything over TLS, goes through the transport as before;
 * flow control: reading is paused while a request is outstanding and while output does not drain (a peer that
   stops reading is dropped after ``limits.output_stall_timeout``); the session handles at most
   :data:`~mailserver.connections.COMMANDS_PER_TURN` commands (or about
@@ -34,7 +38,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer, protocol
+from sqlalchemy import bindparam, select
+from twisted.internet import defer, protocol, tcp
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
@@ -49,8 +54,10 @@ from mailserver.connections import (
     refuse,
 )
 from mailserver.pop3 import session as S
-from mailserver.pop3.wire import BodyEncoder
+from mailserver.pop3.wire import BodyEncoder, stuff_whole
 from mailserver.threads import run_in
+from storage.models import Message
+from storage.sql import chunks
 
 if TYPE_CHECKING:
     from mailserver.services import Services
@@ -66,6 +73,9 @@ READ_AHEAD_OCTETS = 128 * 1024
 #: Most messages read ahead in one blob-pool trip (the window starts at :data:`READ_AHEAD_FIRST` and doubles).
 READ_AHEAD_MESSAGES = 32
 READ_AHEAD_FIRST = 4
+
+_M = Message.__table__
+
 
 def maildrop_locks(services: Services) -> S.MaildropLockTable:
     """The server's lock table (shared by its pop3 and pop3s listeners): its cluster state's."""
@@ -83,9 +93,20 @@ def load_maildrop(store, account_id: int) -> S.Maildrop:
     return S.Maildrop(mailbox.id, mailbox.uid_validity, entries)
 
 
+#: uid and blob id only (``store.get_messages`` reads every column, the envelope and body structure included, and
+#: builds a record of 23 fields per message: most of what a RETR cost the database pool).
+_BLOB_IDS = select(_M.c.uid, _M.c.blob_id).where(_M.c.mailbox_id == bindparam("mailbox_id"),
+                                                 _M.c.uid.in_(bindparam("uids", expanding=True)))
+
+
 def blob_ids(store, mailbox_id: int, uids: list[int]) -> dict[int, str]:
     """Blocking (db_read pool): uid -> blob id for those of ``uids`` still in the mailbox."""
-    return {m.uid: m.blob_id for m in store.get_messages(mailbox_id, uids)}
+    out: dict[int, str] = {}
+    with store.transaction(write=False) as conn:
+        for chunk in chunks(sorted(set(uids))):
+            for uid, blob_id in conn.execute(_BLOB_IDS, {"mailbox_id": mailbox_id, "uids": list(chunk)}):
+                out[uid] = blob_id
+    return out
 
 
 def open_and_read(store, blob_id: str, n: int):
@@ -173,6 +194,54 @@ def read_chunk(f, n: int) -> tuple[bytes, bool]:
     return data, eof
 
 
+class DirectWriter:
+    """Writes one connection's replies: on a plain TCP connection with nothing waiting in the transport's buffer,
+    straight into the socket (``writeSomeData``, one ``send()`` now); otherwise, and for what the kernel did not
+    take, through ``transport.write``.
+
+    A ``transport.write`` only buffers: it asks epoll to watch for writability (an ``epoll_ctl``), a later reactor
+    turn sends and stops watching (another ``epoll_ctl``).  For a client that waits for each reply (RETR after RETR)
+    that was one more turn of the reactor per command.  The bytes on the wire and their order are the same: the
+    direct send happens only when the transport holds nothing unsent, and what is left of a partial send goes
+    through the transport (its buffer bound and back-pressure apply as before).  TLS (STLS, implicit TLS) and
+    any wrapper other than the listener's own connection wrapper take the transport's path.
+    """
+
+    __slots__ = ("transport", "raw", "answered")
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.raw = None
+        self.answered = None
+        inner = getattr(transport, "transport", None)
+        if not isinstance(inner, tcp.Connection):
+            return
+        # The listener's connection wrapper (imported here: mailserver.service loads the listeners' modules).
+        from mailserver.service import TrackedConnection
+
+        if type(transport) is TrackedConnection:
+            self.raw = inner
+            # The wrapper's response-latency metric, which its write() would have recorded.
+            self.answered = transport._answered
+
+    def write(self, data: bytes) -> None:
+        raw = self.raw
+        if raw is None or raw.TLS or not raw.connected or raw.disconnecting or raw._writeDisconnected \
+                or raw.dataBuffer or raw._tempDataBuffer or not data:
+            self.transport.write(data)
+            return
+        self.answered()
+        sent = raw.writeSomeData(data)
+        if type(sent) is int:
+            if sent >= len(data):
+                return
+            if sent > 0:
+                data = data[sent:]
+        # The rest, or all of it if the connection failed: the transport's write path (which finds a lost
+        # connection the way it always did).
+        self.transport.write(data)
+
+
 class BodySender:
     """Streams one message body to the transport: encode a chunk, write it, read the next in the blob pool.
 
@@ -213,7 +282,7 @@ class BodySender:
             self._close_file()
             out += self.encoder.finish()
         self.sent += len(out)
-        self.proto.transport.write(out)
+        self.proto.write(out)
         self.proto.resetTimeout()
         if finished:
             self.done = True
@@ -271,6 +340,8 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         self._counted = False
         self._closing = None  # the pending abort of a close in progress
         self._gone = False  # connectionLost has run
+        self._out: list[bytes] = []  # replies of this call of _carry_out, written together at its end
+        self._writer: DirectWriter | None = None
 
     # ----------------------------------------------------------------------------------------- connection
 
@@ -285,6 +356,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
                                    tls_handshake_pending=self.factory.implicit_tls)
             return
         self._counted = True
+        self._writer = DirectWriter(self.transport)
         self.flow = FlowControl(services.reactor, self.factory.clock, self.factory.stall_timeout, peer=self.client_ip)
         self.flow.attach(self.transport)
         implicit = self.factory.implicit_tls
@@ -354,6 +426,21 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             self.transport.write(b"-ERR [SYS/TEMP] server shutting down\r\n")
             self._close()
 
+    def write(self, data: bytes) -> None:
+        """Write now: what this call of :meth:`_carry_out` gathered first, then ``data``."""
+        if self._out:
+            self._out.append(data)
+            data = b"".join(self._out)
+            self._out.clear()
+        self._writer.write(data)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._writer.write(data)
+
     def _close(self) -> None:
         """End the connection: cleanly if the peer lets us, aborted after a grace period otherwise."""
         if self.flow is not None:
@@ -364,21 +451,26 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
     # ----------------------------------------------------------------------------------------- outputs
 
     def _carry_out(self, outputs: list) -> None:
+        """Carry the session's outputs out.  The replies (and bodies read ahead) of one call go out in one write at
+        its end, or before whatever must follow them on the wire (a close, STLS, a streamed body)."""
         self._inline_octets = 0
+        out = self._out
         i = 0
         while i < len(outputs):  # a RETR answered from the read-ahead adds the session's next outputs
             o = outputs[i]
             i += 1
             if isinstance(o, S.Send):
-                self.transport.write(o.data)
+                out.append(o.data)
             elif isinstance(o, S.Retrieve):
                 more = self._retrieve(o)
                 if more:
                     outputs.extend(more)
             elif isinstance(o, S.Close):
+                self._flush()
                 self._close()
             elif isinstance(o, S.StartTls):
                 # RFC 2595 section 4: the session already dropped input buffered after STLS.
+                self._flush()  # the +OK goes out in plaintext, before the handshake
                 self._stls_started = True
                 self.transport.startTLS(self.factory.services.tls)
             elif isinstance(o, S.Authenticate):
@@ -389,6 +481,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
                 self._expunge(o)
             else:  # pragma: no cover - every output type is handled above
                 raise TypeError(f"unknown output {o!r}")
+        self._flush()
         s = self.session
         if s is None or s.closed or self.flow is None:
             return
@@ -503,19 +596,24 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             if eof:
                 self._carry_out(self._send_whole(req, data))
                 return
-            prefix = b"".join(o.data for o in self.session.retrieve_begin())
+            prefix = self.session.retrieve_line()
             self.sender = BodySender(self, f, BodyEncoder(req.top_lines))
             self.sender.start(prefix, data, eof)
 
         d.addCallbacks(opened, self._retrieve_error)
 
     def _send_whole(self, req: S.Retrieve, body: bytes) -> list:
-        """A body read whole: the +OK line, the dot-stuffed body and the terminator in one write; the session's next
-        outputs."""
-        enc = BodyEncoder(req.top_lines)
-        out = b"".join(o.data for o in self.session.retrieve_begin()) + enc.encode(body) + enc.finish()
-        self._inline_octets += len(out)
-        self.transport.write(out)  # (the idle timer was reset by the command's arrival, a moment ago)
+        """A body read whole: the +OK line, the dot-stuffed body and the terminator, written with the other replies
+        of this call of :meth:`_carry_out` (the idle timer was reset by the command's arrival, a moment ago); the
+        session's next outputs."""
+        line = self.session.retrieve_line()
+        if req.top_lines is None:
+            data = stuff_whole(body)
+        else:
+            enc = BodyEncoder(req.top_lines)
+            data = enc.encode(body) + enc.finish()
+        self._inline_octets += len(line) + len(data)
+        self._out += (line, data)
         return self.session.retrieve_done()
 
     def _retrieve_error(self, failure) -> None:

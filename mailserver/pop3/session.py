@@ -161,6 +161,9 @@ class Close:
 Output = Send | StartTls | Authenticate | OpenMaildrop | Retrieve | Expunge | Close
 
 
+_TOP_LINE = ok("top of message follows")
+
+
 class Pop3Error(Exception):
     """A command fails: answered ``-ERR [code] text`` by the dispatcher."""
 
@@ -330,6 +333,15 @@ class Pop3Session:
         if r.top_lines is None:
             return [Send(ok(f"{r.entry.size} octets"))]
         return [Send(ok("top of message follows"))]
+
+    def retrieve_line(self) -> bytes:
+        """:meth:`retrieve_begin` as the bytes of its line (b"" when it has none)."""
+        r = self._retrieve
+        if self.closed or self._waiting != "retrieve" or r is None:
+            return b""
+        if r.top_lines is None:
+            return b"+OK %d octets\r\n" % r.entry.size
+        return _TOP_LINE
 
     def retrieve_failed(self, text: str = "message no longer available") -> list[Output]:
         """The blob could not be opened (before anything was sent)."""

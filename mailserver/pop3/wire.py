@@ -295,11 +295,29 @@ PARSERS = {
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
+#: The commands of a transaction that take one message number, and their common well-formed shape (trailing spaces
+#: tolerated, as below): parsed without the general path.
+_NUMBERED = {b"RETR": Retr, b"DELE": Dele, b"LIST": ListCmd, b"UIDL": Uidl}
+_NUMBERED_LINE = re.compile(rb"([A-Za-z]{4}) ([0-9]{1,%d}) *" % MAX_NUMBER_DIGITS)
+
+
 def parse_command(line: bytes) -> Command:
     """Parse one command line (without its line end) into a typed command.
 
     Raises :class:`UnknownCommand` for an unknown keyword and :class:`SyntaxError_` for bad arguments.
     """
+    m = _NUMBERED_LINE.fullmatch(line)
+    if m is not None:
+        cls = _NUMBERED.get(m[1].upper())
+        if cls is not None:
+            n = int(m[2])
+            if n >= 1:  # else the general path gives the error
+                return cls(n)
+    return parse_general(line)
+
+
+def parse_general(line: bytes) -> Command:
+    """:func:`parse_command` without its shortcut for the commands that take one message number."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
@@ -370,6 +388,17 @@ class DotStuffer:
         """The end of the response: CRLF (if the body did not end a line) and "." CRLF."""
         self.finished = True
         return (b"" if self._at_line_start else CRLF) + b"." + CRLF
+
+
+def stuff_whole(body: bytes) -> bytes:
+    """A whole body as the data of a multi-line response, terminator included: what :class:`DotStuffer`'s
+    ``encode(body) + finish()`` returns, in one pass over the body."""
+    if not body:
+        return b"." + CRLF
+    out = body.replace(b"\n.", b"\n..")
+    if body[0] == 0x2E:  # "."
+        out = b"." + out
+    return out + (b".\r\n" if body[-1] == 0x0A else b"\r\n.\r\n")
 
 
 class TopFilter:
