@@ -7,7 +7,9 @@ data_dir (``run/bus.sock``, in a directory only the server's user may enter): ea
 hub: an IMAP IDLE on worker A sees a delivery committed on worker B within one local round trip.
 
 Frames are 32-bit length-prefixed JSON objects (at most :data:`MAX_FRAME` bytes), ``{"t": "changes", "o": origin,
-"c": [change, ...]}``, ``{"t": "kick"}`` (outbound mail waits: the queue runner's holder polls at once),
+"c": [change, ...]}`` (each change the list of its fields, in ``Change``'s order; a worker collects its commits'
+changes for :data:`COALESCE` seconds into one such frame, and drops the frames of others unread while nothing in it
+listens for changes), ``{"t": "kick"}`` (outbound mail waits: the queue runner's holder polls at once),
 ``{"t": "resync"}``, ``{"t": "login", …}`` / ``{"t": "login-forget", …}`` (an entry of the login success cache,
 :meth:`mailserver.auth.Authenticator.apply_shared`: an HMAC under the supervisor's key, the address, digests of the
 stored hashes, never a password or a hash) and, to the supervisor only, ``{"t": "ready", "o": origin}`` (the
