@@ -24,8 +24,32 @@ from twisted.logger import (
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
 
 
+_last_second: tuple = (None, "")  # the last whole second _timestamp formatted, and its text (one tuple: threads)
+
+
 def _timestamp(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+    global _last_second
+    whole = int(t // 1)
+    last = _last_second
+    if last[0] != whole:  # strftime once a second, not once a line
+        last = _last_second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{last[1]}.{int((t % 1) * 1000):03d}Z"
+
+
+def format_event(event: dict) -> str:
+    """The event's text, as ``twisted.logger.formatEvent`` gives it.
+
+    Most formats name plain fields (``"delivered uid={uid}"``): those are ``str.format_map`` of the event, the same
+    PEP 3101 formatting Twisted does through ``string.Formatter`` in Python, at a fraction of the cost (one line per
+    message logged).  Anything else (Twisted's ``{callable()}`` syntax, a flattened event, a format that does not
+    apply) goes to ``formatEvent``, which also words the failures."""
+    fmt = event.get("log_format")
+    if type(fmt) is str and "()" not in fmt and "log_flattened" not in event:
+        try:
+            return fmt.format_map(event)
+        except Exception:
+            pass
+    return formatEvent(event)
 
 
 class LineObserver:
@@ -36,7 +60,7 @@ class LineObserver:
     def __call__(self, event: dict) -> None:
         level = event.get("log_level", LogLevel.info).name
         system = event.get("log_namespace", "-")
-        msg = formatEvent(event) or ""
+        msg = format_event(event) or ""
         failure = event.get("log_failure")
         if failure is not None:
             msg = f"{msg} | {failure.getErrorMessage()}\n{failure.getTraceback()}"

@@ -77,6 +77,11 @@ class ChangeHub:
         #: transactions send their own).
         self.forward: Callable[[list[Change]], None] | None = None
 
+    @property
+    def listening(self) -> bool:
+        """Whether anyone here listens for changes (of any account or mailbox)."""
+        return bool(self._listeners or self._mailbox_listeners)
+
     def subscribe(self, account_id: int, listener: Listener) -> Callable[[], None]:
         """Call ``listener(changes)`` with each batch of this account's changes; returns an unsubscribe function."""
         self._listeners[account_id].append(listener)

@@ -38,3 +38,43 @@ def test_json_lines_have_named_fields():
     assert ev["msg"] == "delivered uid=7 to a@example.test" and ev["uid"] == 7 and ev["address"] == "a@example.test"
     err = json.loads(lines[1])
     assert err["level"] == "critical" and "ValueError" in err["msg"]
+
+
+class _Obj:
+    name = "attr"
+
+    def __repr__(self):
+        return "<obj>"
+
+
+def test_event_text_is_what_twisted_formats():
+    """format_event's quick path (str.format_map) gives formatEvent's text, and the rest goes to formatEvent."""
+    from twisted.logger import formatEvent
+
+    from mailserver.log import format_event
+
+    obj = _Obj()
+    events = [
+        {"log_format": "delivered uid={uid} to {address}", "uid": 7, "address": "a@example.test"},
+        {"log_format": "{n:5d}|{f:.2f}|{s!r}|{o.name}|{d[k]}|{{literal}}", "n": 3, "f": 1.5, "s": "x", "o": obj,
+         "d": {"k": "v"}},
+        {"log_format": "call {f()} here", "f": lambda: "called"},
+        {"log_format": "missing {nothing}"},
+        {"log_format": "positional {} {0}"},
+        {"log_format": "bad {x:zz}", "x": 1},
+        {"log_format": b"bytes {x}", "x": 1},
+        {"log_format": None},
+        {},
+        {"log_format": "{o!r} {o!s}", "o": obj},
+    ]
+    for ev in events:
+        assert format_event(ev) == formatEvent(ev), ev
+
+
+def test_timestamps_across_seconds():
+    import time
+
+    from mailserver.log import _timestamp
+
+    for t in (0.0, 1.9996, 2.0, 1764633600.123, 1764633600.999, 1764633601.0, 1764633599.5):
+        assert _timestamp(t) == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
