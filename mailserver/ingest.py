@@ -25,4 +25,8 @@ def deliver_raw(services, account_id: int, raw: bytes, *, mailbox: str = "INBOX"
     recipient's :class:`~mailserver.delivery.envelope.Outcome` (``ok``, ``mailbox_id``, ``uid``, ``reason``)."""
     request = Request(producer, placement=Placement(account_id, mailbox, None, flags, tuple(keywords), internal_date),
                       check_quota=check_quota)
-    return services.pipeline.ingest(request, raw).addCallback(lambda result: result.outcomes[0])
+    return services.pipeline.ingest(request, raw).addCallback(_first_outcome)
+
+
+def _first_outcome(result):
+    return result.outcomes[0]

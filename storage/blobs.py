@@ -247,9 +247,13 @@ class FileBlobStore(BlobStore):
         #: Files this store created and nobody stored again since: id -> st_mtime_ns after the rename (discard()).
         #: Bounded: the oldest entries are forgotten (their files then wait for the collector's orphan sweep).
         self._fresh: dict[str, int] = {}
+        #: The two-level directories ("ab/cd") known to exist: a new blob in one is renamed into it at once, and
+        #: one missing is made before the rename instead of after a failed one (at most 65,536 entries).
+        self._dirs: set[str] = set()
 
-    def _mark_pending(self, path: Path, blob_id: str = "", created: bool = False) -> int:
-        mtime_ns = os.stat(path).st_mtime_ns if created else 0
+    def _mark_pending(self, path: Path, blob_id: str = "", created: bool = False, mtime_ns: int | None = None) -> int:
+        if created and mtime_ns is None:
+            mtime_ns = os.stat(path).st_mtime_ns
         with self._lock:
             if created:
                 self.created += 1
@@ -343,17 +347,19 @@ class FileBlobStore(BlobStore):
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
+            # The file's mtime, for discard(): a rename keeps it, so no stat of the final path after it.
+            mtime_ns = os.fstat(fd).st_mtime_ns
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
         os.close(fd)
         try:
-            self._rename_into_place(tmp, final)
+            self._rename_into_place(tmp, final, ref.id)
         except BaseException:
             os.unlink(tmp)
             raise
-        return self._mark_pending(final, ref.id, created=True)
+        return self._mark_pending(final, ref.id, created=True, mtime_ns=mtime_ns)
 
     def _persist(self, ref: BlobRef, spool: BinaryIO) -> int:
         final = self._fast_path(ref.id)
@@ -372,7 +378,7 @@ class FileBlobStore(BlobStore):
             with os.fdopen(fd, "wb", closefd=True) as out:
                 while chunk := spool.read(1 << 20):
                     out.write(chunk)
-            self._rename_into_place(tmp, final)  # durable at the next flush, before any metadata naming it commits
+            self._rename_into_place(tmp, final, ref.id)  # durable at the next flush, before any metadata naming it commits
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -381,17 +387,40 @@ class FileBlobStore(BlobStore):
             raise
         return self._mark_pending(final, ref.id, created=True)
 
-    @staticmethod
-    def _rename_into_place(tmp: str, final: str) -> None:
-        """``rename(tmp, final)``, making the two directory levels first when they are missing (one try on the
-        hot path instead of a mkdir per blob)."""
+    def _rename_into_place(self, tmp: str, final: str, blob_id: str) -> None:
+        """``rename(tmp, final)``, making the two directory levels first when they are not known to exist (a
+        fresh store has a new directory for nearly every blob: a failed rename, a check and a retry each cost as
+        much as the mkdir).  A directory removed behind the store's back is made again on the failed rename."""
+        sub = blob_id[:2] + "/" + blob_id[2:4]
+        if sub not in self._dirs:
+            self._make_dirs(os.path.dirname(final))
+            self._dirs.add(sub)
+            os.rename(tmp, final)
+            return
         try:
             os.rename(tmp, final)
         except FileNotFoundError:
             if not os.path.exists(tmp):
                 raise
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            self._make_dirs(os.path.dirname(final))
             os.rename(tmp, final)
+
+    @staticmethod
+    def _make_dirs(leaf: str) -> None:
+        """``root/ab/cd`` (``leaf``) and its parent, whichever is missing."""
+        try:
+            os.mkdir(leaf)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            try:
+                os.mkdir(os.path.dirname(leaf))
+            except FileExistsError:
+                pass
+            try:
+                os.mkdir(leaf)
+            except FileExistsError:
+                pass
 
     def read(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
         held = self._held_read(blob_id, start, end)

@@ -59,6 +59,8 @@ LOCAL_ERROR_TEXT = "Local error in processing, try again later"
 #: The stage name a held recipient records instead of the filter, quota and mailbox steps.
 HOLD = "quarantine"
 JUNK_MAILBOX, JUNK_KEYWORD = "Junk", "$Junk"
+#: The stages a placement no check applies to records (Ingest._finish_placed): after the store, and in the end.
+_ROUTED, _PLACED = (ROUTING,), (ROUTING, QUOTA, MAILBOX)
 
 
 class Pipeline:
@@ -156,20 +158,26 @@ class Ingest:
         self.queue_id = new_queue_id()  # one id from the log line and Received field to the queue's lines
         self.size = len(raw) if raw is not None else 0
         self.scanner: HeaderScanner | None = None
-        self._filters: list = []  # the transforms' stream filters for this message, in order
+        # A placement's per-message state is made only when a step needs it: a placement no check applies to
+        # (deliver_raw, drafts, APPEND) goes through _finish_placed, which needs none of it, and every container
+        # a message keeps while it waits for the blob pool and the commit is one more object for each garbage
+        # collection of the reactor's young generation to walk (hundreds of messages are in flight in a fill).
+        self._filters: list | tuple = ()  # the transforms' stream filters for this message, in order
         self._trace_len = 0  # the Received field in front of the message as received (every form has it)
         self._targets: list[Target] = []
-        self._seen: set[tuple[str, str]] = set()
-        self._unrouted: list[Recipient] = []
-        self._early: list[Outcome] = []  # recipients that failed routing
         self._writer = writer
-        self._used: set[str] = set()  # the blobs handed to a commit (delivery, queue, quarantine)
+        self._used: set[str] | None = None  # the blobs handed to a commit (delivery, queue, quarantine); _prepare
         self._multi = False  # one of a MULTIAPPEND (finish_together): every form is made before the commit
-        if request.placement is not None:
-            p = request.placement
-            self._targets.append(Target(Route(LOCAL, "", p.account_id), mailbox=p.mailbox, mailbox_id=p.mailbox_id,
-                                        flags=p.flags, keywords=list(p.keywords), internal_date=p.internal_date))
+        #: The placement's target is not in _targets yet (made by _place_target when a step needs it).
+        self._unplaced = request.placement is not None
+        if self._unplaced:
+            self._seen: set[tuple[str, str]] | None = None
+            self._unrouted: list[Recipient] | tuple = ()
+            self._early: list[Outcome] | tuple = ()  # recipients that failed routing (none: it is the route)
         else:
+            self._seen = set()
+            self._unrouted = []
+            self._early = []
             for rcpt in request.envelope.recipients:
                 if rcpt.route is None:
                     self._unrouted.append(rcpt)
@@ -233,37 +241,61 @@ class Ingest:
         coroutine steps, which cost more on the reactor thread than the rest of such a message: the store-and-parse
         trip is shared with the placements of the same reactor turn (``runner.blob_grouped``) and the result fires
         one Deferred, not a chain of them."""
-        t = self._targets[0]
         if self._writer is not None:
             self.size = self._writer.size
-        t.stages.append(ROUTING)
-        result = defer.Deferred()
-        runner = self.pipeline.runner
+        self._done = result = defer.Deferred()
+        self._placed_stages = _ROUTED
+        # No client, so no Return-Path/Delivered-To prefix: the form is parsed as stored.  Bound methods, not
+        # closures: fewer objects per message in flight (see __init__).
+        self.pipeline.runner.blob_grouped(self.body.finish, b"", size=self.size).addCallbacks(
+            self._placed_stored, self._placed_failed)
+        return result
 
-        def stored(_):
-            self.body.drop_contents()
-            t.stages += (QUOTA, MAILBOX)
+    def _placed_stored(self, _) -> None:
+        try:
+            body, p = self.body, self.request.placement
+            body.drop_contents()
+            self._placed_stages = _PLACED
+            form = body.forms[0]  # a placement has one form, unprefixed, parsed by finish()
+            self.pipeline.blobs.forget((form.ref.id,))
+            mailbox = p.mailbox if p.mailbox_id is not None else (p.mailbox or "INBOX")
+            d = self.pipeline.runner.deliver(Delivery(p.account_id, form.ref, form.parsed, mailbox, p.flags,
+                                                      tuple(p.keywords), p.internal_date, self.request.check_quota,
+                                                      p.mailbox_id))
+        except Exception:
+            self._placed_failed(Failure())
+            return
+        d.addCallbacks(self._placed_concluded, self._placed_concluded, (True,), None, (False,))
+
+    def _placed_concluded(self, res, ok: bool) -> None:
+        try:
+            if ok and res.ok:
+                outcome = Outcome("", ev.DELIVERED, "2.0.0", "delivered", "", None, stages=_PLACED,
+                                  mailbox_id=res.mailbox_id, uid=res.uid, uid_validity=res.uid_validity)
+            else:
+                outcome = self._delivered(self._placed_target(), ok, res)
+            out = self._result([outcome])
+        except Exception:
+            self._placed_target()
+            out = self._failed(Failure())
+        self._done.callback(out)
+
+    def _placed_failed(self, f) -> None:
+        if not self._done.called:
+            self._placed_target()
+            self._done.callback(self._failed(f))
+
+    def _placed_target(self) -> Target:
+        """The placement's Target as :meth:`_finish_placed` has taken it so far (for the outcomes other than
+        delivered, which the general methods make)."""
+        self._place_target()
+        t = self._targets[0]
+        t.stages = list(self._placed_stages)
+        if self._placed_stages is _PLACED:
             t.check_quota = self.request.check_quota
             if t.mailbox_id is None:
                 t.mailbox = t.mailbox or "INBOX"
-            form = self.body.forms[0]  # a placement has one form, unprefixed, parsed by finish()
-            self.pipeline.blobs.forget([form.ref.id])
-            runner.deliver(self._delivery(t, form)).addCallbacks(concluded, concluded, (True,), None, (False,))
-
-        def concluded(res, ok: bool):
-            try:
-                out = self._result([self._delivered(t, ok, res)])
-            except Exception:
-                out = self._failed(Failure())
-            result.callback(out)
-
-        def failed(f):
-            if not result.called:
-                result.callback(self._failed(f))
-
-        # No client, so no Return-Path/Delivered-To prefix: the form is parsed as stored.
-        runner.blob_grouped(self.body.finish, b"", size=self.size).addCallback(stored).addErrback(failed)
-        return result
+        return t
 
     async def _finish(self) -> IngestResult:
         if await self._prepare():
@@ -276,7 +308,8 @@ class Ingest:
         return result
 
     def _unused(self) -> list[str]:
-        return [f.ref.id for f in self.body.forms if f.ref is not None and f.stored and f.ref.id not in self._used]
+        used = self._used or ()
+        return [f.ref.id for f in self.body.forms if f.ref is not None and f.stored and f.ref.id not in used]
 
     async def _drop_unused(self) -> None:
         """After the commit: delete the forms no committed row names (e.g. the streamed form when every copy got a
@@ -327,20 +360,37 @@ class Ingest:
         only = local[0].address if len(local) == 1 and not self._unrouted else None
         return final_delivery_fields(self.request.envelope.sender, only)
 
+    def _place_target(self) -> None:
+        """Put the placement's target into ``_targets`` (once; routing is the placement itself)."""
+        if self._unplaced:
+            self._unplaced = False
+            p = self.request.placement
+            self._targets.append(Target(Route(LOCAL, "", p.account_id), mailbox=p.mailbox, mailbox_id=p.mailbox_id,
+                                        flags=p.flags, keywords=list(p.keywords), internal_date=p.internal_date))
+
     def _all_failed(self, kind, status, text, reason) -> list[Outcome]:
+        self._place_target()
         out = [Outcome(t.address, kind, status, text, reason, t.recipient, stages=tuple(t.stages))
                for t in self._targets]
         out += [Outcome(r.address, kind, status, text, reason, r) for r in self._unrouted]
-        return out + self._early
+        out.extend(self._early)
+        return out
 
     def _closed_outcomes(self) -> list[Outcome]:
-        return [t.outcome for t in self._targets if t.outcome is not None] + self._early
+        out = [t.outcome for t in self._targets if t.outcome is not None]
+        out.extend(self._early)
+        return out
 
     # ------------------------------------------------------------------ the steps
 
     async def _prepare(self) -> bool:
         """Store, parse and run every recipient's steps; False when no recipient is left open."""
         p, req = self.pipeline, self.request
+        self._place_target()
+        if self._seen is None:
+            self._seen = set()
+        if self._used is None:
+            self._used = set()
         if self._writer is not None:
             self.size = self._writer.size
         for i, f in enumerate(self._filters):

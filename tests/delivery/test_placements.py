@@ -72,3 +72,27 @@ def test_short_and_general_ways_give_the_same_outcomes(tmp_path):
         metas = srv.store.get_messages(drafts.id, uids)
         assert [m.keywords for m in metas][0] == ("$Draft",)
         assert srv.store.read_blob(metas[0].blob_id) == MSG  # a placement is stored as handed in
+
+
+def test_the_short_way_defers_with_the_stages_taken_when_a_step_fails(tmp_path, monkeypatch):
+    """Storing the body fails: deferred 4.3.0 after routing only; the commit fails: after quota and mailbox too.
+    The bodies stored meanwhile stay for the collector (nothing names them)."""
+    from twisted.internet import defer
+
+    with running_server(tmp_path, listeners=()) as srv:
+        srv.add_user("alice@example.test", PW)
+        alice = srv.store.get_account("alice@example.test")
+        pipeline = srv.services.pipeline
+
+        def broken_put(data):
+            raise OSError("disk gone")
+
+        with monkeypatch.context() as m:
+            m.setattr(pipeline.blobs, "put", broken_put)
+            o = _place(srv, ev.Placement(alice.id))
+        assert (o.kind, o.status, o.reason, o.stages) == (ev.DEFERRED, "4.3.0", ev.ERROR, (ROUTING,))
+        with monkeypatch.context() as m:
+            m.setattr(pipeline.runner, "deliver", lambda d, make=None: defer.fail(RuntimeError("db gone")))
+            o = _place(srv, ev.Placement(alice.id))
+        assert (o.kind, o.status, o.reason, o.stages) == (ev.DEFERRED, "4.3.0", ev.ERROR, (ROUTING, QUOTA, MAILBOX))
+        assert _place(srv, ev.Placement(alice.id)).kind == ev.DELIVERED
