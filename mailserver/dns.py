@@ -154,12 +154,10 @@ class DnsResolver:
         Answered from the cache when there is one."""
         if self.cache is None:
             return self._query(name, rdtype, lifetime)
-        key = (name.rstrip(".").lower(), rdtype)
-        hit = self.cache.get(key)
+        hit = self.cached(name, rdtype)
         if hit is not None:
-            if isinstance(hit, DnsPermanentError):
-                raise hit
-            return list(hit)
+            return hit
+        key = (name.rstrip(".").lower(), rdtype)
         try:
             found, ttl = self._query_ttl(name, rdtype, lifetime)
         except DnsPermanentError as e:
@@ -167,6 +165,19 @@ class DnsResolver:
             raise
         self.cache.put(key, tuple(found), ttl)
         return found
+
+    def cached(self, name: str, rdtype: str) -> list | None:
+        """What :meth:`records` would answer from the cache alone: the rdata (raising the remembered
+        DnsPermanentError of a name without records), or None when the answer is not in the cache (or there is no
+        cache).  Never blocks: the inbound checks use it to run on the reactor thread when they can."""
+        if self.cache is None:
+            return None
+        hit = self.cache.get((name.rstrip(".").lower(), rdtype))
+        if hit is None:
+            return None
+        if isinstance(hit, DnsPermanentError):
+            raise hit
+        return list(hit)
 
     def mx(self, domain: str) -> list[MxRecord]:
         return [MxRecord(int(r.preference), r.exchange.to_text(omit_final_dot=True).lower()

@@ -66,11 +66,14 @@ class Lookups:
             raise LookupLimitError(name, f"more than {self.max_queries} DNS queries in one check")
         lifetime = min(left, self.resolver.config.timeout or left)
         try:
-            rdata = self.resolver.records(name, rdtype, lifetime=lifetime)
+            rdata = self._answer(name, rdtype, lifetime)
         except DnsTemporaryError as e:
             # A short reason of our own: it ends up in Authentication-Results comments (no server addresses).
             raise DnsTemporaryError(name, "DNS timeout" if e.reason == "timeout" else "DNS server failure") from None
         return rdata[:MAX_ANSWER_RECORDS] if rdtype != "TXT" else rdata
+
+    def _answer(self, name: str, rdtype: str, lifetime: float) -> list:
+        return self.resolver.records(name, rdtype, lifetime=lifetime)
 
     def txt(self, name: str) -> list[bytes]:
         """TXT records at ``name``, each the concatenation of its strings (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
@@ -101,3 +104,19 @@ class Lookups:
             except DnsPermanentError:
                 return False
         return True  # NODATA for all three: the name exists (it has other records)
+
+
+class CachedLookups(Lookups):
+    """Lookups answered from the resolver's answer cache alone, for a check run where nothing may wait (the
+    reactor thread): the same name checks, time limit and query count as :class:`Lookups`, but a name whose answer
+    is not in the cache is not asked: it sets :attr:`missed` and raises DnsTemporaryError.  A check run that
+    missed gave a result that does not count: its caller runs the check again with :class:`Lookups`."""
+
+    missed = False
+
+    def _answer(self, name: str, rdtype: str, lifetime: float) -> list:
+        found = self.resolver.cached(name, rdtype)
+        if found is None:
+            self.missed = True
+            raise DnsTemporaryError(name, "not in the answer cache")
+        return found

@@ -51,7 +51,7 @@ from mailserver.inbound import dmarc as dmarc_mod
 from mailserver.inbound import iprev as iprev_mod
 from mailserver.inbound import spf as spf_mod
 from mailserver.inbound.authresults import Clause
-from mailserver.inbound.lookups import Lookups
+from mailserver.inbound.lookups import CachedLookups, Lookups
 
 log = Logger()
 
@@ -64,6 +64,11 @@ REACTOR_MARGIN = 2.0
 #: How long, and for how many clients, the connection's facts are kept (DNS answers have their own cache).
 CONNECTION_TTL = 60.0
 CONNECTION_CACHE_SIZE = 4096
+#: The checks of a message run on the reactor thread, without a ``dns`` pool job, when every DNS answer they need
+#: is in the resolver's cache and the message is in memory, at most this large, with at most
+#: INLINE_MAX_SIGNATURES DKIM signatures and no ARC set (bounded CPU: hashing it and a few public-key steps).
+INLINE_MAX_SIZE = 128 * 1024
+INLINE_MAX_SIGNATURES = 2
 
 
 @dataclass
@@ -271,26 +276,38 @@ class SenderAuthCheck:
 
     # ------------------------------------------------------------------ the checks
 
-    def _group(self, *checks):
-        """Run ``checks`` ((f, args, fallback) each) one after the other in one ``dns`` pool job: ``f(lookups,
-        *args)`` with Lookups of its own made when it starts (its own time limit).  The Deferred fires with their
-        results; a check that raises, or a group that the reactor stopped waiting for, gives ``fallback(reason)``."""
+    def _run(self, checks, lookups_type=Lookups):
+        """``checks`` ((f, args, fallback) each) one after the other: ``f(lookups, *args)`` with Lookups of its own
+        made when it starts (its own time limit); a check that raises gives ``fallback("internal error")``.
+        With :class:`CachedLookups`: None as soon as one check needed an answer that is not in the cache."""
         s = self.settings
+        out = []
+        for f, args, fallback in checks:
+            lookups = lookups_type(self.resolver, timeout=s.timeout, max_queries=s.max_queries, clock=self.clock)
+            try:
+                out.append(f(lookups, *args))
+            except Exception:  # noqa: BLE001 - our bug, not the sender's: logged, the others still count
+                if getattr(lookups, "missed", False):
+                    return None
+                log.failure("sender authentication check {check} failed", check=getattr(f, "__name__", f))
+                out.append(fallback("internal error"))
+            if getattr(lookups, "missed", False):
+                return None
+        return out
 
-        def run():
-            out = []
-            for f, args, fallback in checks:
-                lookups = Lookups(self.resolver, timeout=s.timeout, max_queries=s.max_queries, clock=self.clock)
-                try:
-                    out.append(f(lookups, *args))
-                except Exception:  # noqa: BLE001 - our bug, not the sender's: logged, the others still count
-                    log.failure("sender authentication check {check} failed", check=getattr(f, "__name__", f))
-                    out.append(fallback("internal error"))
-            return out
-
-        d = self.runner.dns(run)
+    def _group(self, *checks, now: bool = False):
+        """Run ``checks`` (see :meth:`_run`) in one ``dns`` pool job; the Deferred fires with their results; a group
+        that the reactor stopped waiting for gives each ``fallback(reason)``.  ``now``: first on this thread with
+        answers from the resolver's cache alone (:class:`CachedLookups`, no waiting): when one is missing, that run
+        is dropped and the checks run in the pool as they would have (a hand-over to a thread and its time limit
+        cost more than the checks themselves when every answer is cached)."""
+        if now and self.resolver.cache is not None:
+            found = self._run(checks, CachedLookups)
+            if found is not None:
+                return defer.succeed(found)
+        d = self.runner.dns(self._run, checks)
         if self.reactor is not None:
-            d.addTimeout(s.timeout * len(checks) + REACTOR_MARGIN, self.reactor)
+            d.addTimeout(self.settings.timeout * len(checks) + REACTOR_MARGIN, self.reactor)
 
         def failed(failure):
             if failure.check(defer.TimeoutError, defer.CancelledError):
@@ -300,23 +317,44 @@ class SenderAuthCheck:
 
         return d.addErrback(failed)
 
+    @staticmethod
+    def _in_memory(message: MessageInfo) -> bytes | None:
+        """The message as received when it can be had without waiting (a body held in memory, at most
+        INLINE_MAX_SIZE bytes), else None."""
+        if message.size > INLINE_MAX_SIZE:
+            return None
+        d = message.read(message.offset)
+        if not d.called:
+            d.addErrback(lambda _f: None)  # read in a pool: not waited for (the check's own thread reads it)
+            return None
+        got = []
+        d.addBoth(got.append)
+        return got[0] if isinstance(got[0], bytes) else None
+
     async def _authenticate(self, message: MessageInfo) -> SenderAuthResult:
         s = self.settings
         client, env = message.client, message.envelope
         ip, helo, sender = client.ip, client.helo, env.sender if env is not None else ""
         spf_scope = spf_mod.MAILFROM if sender else spf_mod.HELO  # the identity DMARC uses (RFC 7489 3.1.2)
         got: dict = {}  # what the message job's steps pass on to each other (one thread, one after the other)
+        data = self._in_memory(message)
 
         def read_message(lookups):
-            """The message as received (blocking read in this thread): its header, and all of it when signed."""
-            start = self.blobs.read(message.blob_id, message.offset, message.offset + MAX_HEADER)
+            """The message as received (from memory, or a blocking read in this thread): its header, and all of
+            it when signed."""
+            got.clear()  # (a run on the reactor that missed an answer may have left some)
+            if data is not None:
+                start = data if len(data) <= MAX_HEADER else data[:MAX_HEADER]
+            else:
+                start = self.blobs.read(message.blob_id, message.offset, message.offset + MAX_HEADER)
             head_end = start.find(b"\r\n\r\n")
             got["head"] = head = start[:head_end + 2] if head_end >= 0 else start
             lowered = head.lower()
             got["signed"], got["sealed"] = b"dkim-signature" in lowered, b"arc-seal" in lowered
             got["raw"] = b""
             if (got["signed"] or got["sealed"]) and message.size <= s.dkim_max_size:
-                got["raw"] = start if len(start) < MAX_HEADER else self.blobs.read(message.blob_id, message.offset)
+                got["raw"] = (start if len(start) < MAX_HEADER else data if data is not None
+                              else self.blobs.read(message.blob_id, message.offset))
             got["domains"] = from_domains(head)
 
         def spf_used(lookups):
@@ -324,7 +362,7 @@ class SenderAuthCheck:
             r = self._spf.get(key)
             if r is None:
                 r = spf_mod.check(lookups, ip, sender, helo, s.hostname, spf_scope)
-                if r.result != spf_mod.TEMPERROR:
+                if r.result != spf_mod.TEMPERROR and not getattr(lookups, "missed", False):
                     self._spf.put(key, r, CONNECTION_TTL)
             got["spf"] = r
             return r
@@ -377,7 +415,7 @@ class SenderAuthCheck:
             connection = self._group(
                 (iprev_and_helo, (), lambda r: (iprev_mod.IprevResult(iprev_mod.TEMPERROR, reason=r),
                                                 iprev_mod.HeloFacts(helo))),
-                (spf_helo, (), temp_spf(spf_mod.HELO) if sender else (lambda r: None)))
+                (spf_helo, (), temp_spf(spf_mod.HELO) if sender else (lambda r: None)), now=True)
             connection.addCallback(self._remember_connection, key)
         else:
             connection = defer.succeed(connection)
@@ -386,9 +424,14 @@ class SenderAuthCheck:
             (spf_used, (), temp_spf(spf_scope)),
             (dkim_all, (), lambda r: [dkimcheck.DkimResult(dkimcheck.TEMPERROR, reason=r)]),
             (arc_chain, (), lambda r: arc_mod.ArcResult(arc_mod.FAIL, reason=r)),
-            (dmarc_all, (), lambda r: [dmarc_mod.DmarcResult(dmarc_mod.TEMPERROR, reason=r)]))
+            (dmarc_all, (), lambda r: [dmarc_mod.DmarcResult(dmarc_mod.TEMPERROR, reason=r)]),
+            now=data is not None and self._inline_head(data))
+        if connection.called and chain.called:  # both on this thread: no Deferred list to wait on
+            connection_results, chain_results = connection.result, chain.result
+        else:
+            connection_results, chain_results = await defer.gatherResults([connection, chain])
         ((ipr, helo_facts), helo_result), (_, spf_result, dkim_results, arc_result, dmarc_results) = \
-            await defer.gatherResults([connection, chain])
+            connection_results, chain_results
         if sender:
             spf_helo_r, spf_mailfrom_r = helo_result, spf_result
         else:
@@ -397,6 +440,14 @@ class SenderAuthCheck:
                                   dmarc_results)
         self._decide(result)
         return result
+
+    @staticmethod
+    def _inline_head(data: bytes) -> bool:
+        """Whether the message's header allows its checks on the reactor thread: no ARC set, at most
+        INLINE_MAX_SIGNATURES DKIM signatures (each mention of the name counted)."""
+        end = data.find(b"\r\n\r\n")
+        lowered = (data if end < 0 else data[:end]).lower()
+        return b"arc-seal" not in lowered and lowered.count(b"dkim-signature") <= INLINE_MAX_SIGNATURES
 
     def _remember_connection(self, found, key):
         """Keep the connection's facts for the next messages of the same client (not when a lookup failed for now)."""
