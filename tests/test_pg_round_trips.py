@@ -117,3 +117,30 @@ def test_plain_read():
                 "SET LOCAL synchronous_commit = off", "SAVEPOINT sa_1", "SELECT 1; DELETE FROM t",
                 "SELECT * INTO t2 FROM t"):
         assert not plain_read(sql), sql
+
+
+def test_pg_login_failures_clear_keeps_the_ip():
+    """mailserver/clusterstate_pg.py's one-statement clear: the account's failures go, the address's stay."""
+    from types import SimpleNamespace
+
+    from mailserver.clusterstate_pg import PgLoginFailures
+    from storage import migrate
+
+    base = harness.test_database_url()
+    url = harness.fresh_pg_url(base)
+    eng = make_engine(url, pool_size=2)
+    try:
+        migrate.upgrade(eng)
+        limits = SimpleNamespace(auth_failure_window=600, auth_max_failures_per_ip=10,
+                                 auth_max_failures_per_account=10)
+        f = PgLoginFailures(None, eng, None, None, limits)
+        for t in range(3):
+            f._add_blocking(f._params("198.51.100.7", "a@x", float(t)))
+        f._add_blocking(f._params("198.51.100.8", "a@x", 3.0))
+        assert f._counts_blocking(f._params("198.51.100.7", "a@x", 4.0)) == (3, 4)
+        assert f._clear_blocking(f._params("198.51.100.7", "a@x", 4.0)) == (3, 0)
+        assert f._counts_blocking(f._params("198.51.100.7", "a@x", 5.0)) == (3, 0)
+        assert f._counts_blocking(f._params("198.51.100.8", "a@x", 5.0)) == (1, 0)
+    finally:
+        eng.dispose()
+        harness.drop_pg_schema(base, url)
