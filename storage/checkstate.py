@@ -33,7 +33,7 @@ from sqlalchemy import bindparam, select, text
 from sqlalchemy.engine import Connection
 
 from storage.models import BayesSender, BayesToken, BayesTotal, CheckVersion, QuarantineSender
-from storage.sql import chunks
+from storage.sql import CHUNK, chunks
 
 V = CheckVersion.__table__
 R = QuarantineSender.__table__
@@ -93,6 +93,24 @@ def versions(conn: Connection, account_ids: Sequence[int]) -> dict[int, Versions
     return out
 
 
+def versions_sqlite(dbapi_conn, account_ids: Sequence[int]) -> dict[int, Versions] | None:
+    """:func:`versions` as one plain SELECT on a SQLite DB-API connection in autocommit mode (its own snapshot:
+    no BEGIN, no COMMIT, none of SQLAlchemy's statement machinery, which cost ~20 times the statement); None for
+    more accounts than one statement takes."""
+    if len(account_ids) > CHUNK:
+        return None
+    out = {a: Versions() for a in account_ids}
+    if not out:
+        return out
+    sql = _VERSIONS_SQLITE.get(len(account_ids))
+    if sql is None:
+        sql = _VERSIONS_SQLITE.setdefault(len(account_ids), "SELECT account_id, rules, senders, training FROM "
+                                          f"{V.name} WHERE account_id IN ({', '.join('?' * len(account_ids))})")
+    for account_id, rules, senders, training in dbapi_conn.execute(sql, tuple(account_ids)).fetchall():
+        out[account_id] = Versions(rules, senders, training)
+    return out
+
+
 def read(conn: Connection, account_ids: Sequence[int], held: Mapping[int, AccountState],
          senders: Sequence[str] = (), rule_addresses: Sequence[str] = (), token_ids: Sequence[int] | None = None,
          min_spam: int = 1, min_ham: int = 1) -> tuple[dict[int, AccountState], dict[int, dict]]:
@@ -103,10 +121,31 @@ def read(conn: Connection, account_ids: Sequence[int], held: Mapping[int, Accoun
     envelope sender and the From address); ``token_ids`` the message's tokens (None: no counts wanted).  A
     classifier votes once its account trained at least ``min_spam`` spam and ``min_ham`` ham messages."""
     account_ids = list(dict.fromkeys(account_ids))
+    now = versions(conn, account_ids)  # first: the data read below is at least this new
+    found = _state(conn, now, account_ids, held, senders, rule_addresses, token_ids, min_spam, min_ham)
+    assert found is not None  # (with a connection every statement it needs is made)
+    return found
+
+
+def from_held(now: Mapping[int, Versions], account_ids: Sequence[int], held: Mapping[int, AccountState],
+              senders: Sequence[str] = (), rule_addresses: Sequence[str] = (),
+              token_ids: Sequence[int] | None = None, min_spam: int = 1, min_ham: int = 1
+              ) -> tuple[dict[int, AccountState], dict[int, dict]] | None:
+    """:func:`read`'s answer from versions ``now`` just read (every one of ``account_ids``) when it needs no
+    further statement (every kind of data either never changed or held in a current copy, no token counts
+    wanted of a voting account); None when it would need one (then :func:`read` it whole)."""
+    return _state(None, now, list(dict.fromkeys(account_ids)), held, senders, rule_addresses, token_ids,
+                  min_spam, min_ham)
+
+
+def _state(conn: Connection | None, now: Mapping[int, Versions], account_ids: list[int],
+           held: Mapping[int, AccountState], senders: Sequence[str], rule_addresses: Sequence[str],
+           token_ids: Sequence[int] | None, min_spam: int, min_ham: int
+           ) -> tuple[dict[int, AccountState], dict[int, dict]] | None:
+    """:func:`read` after its versions; without a connection (``conn`` None), None as soon as a statement is needed."""
     senders = list(dict.fromkeys(s.lower() for s in senders if s))
     wanted = {a.lower() for a in rule_addresses if a}
     wanted |= {"@" + a.rpartition("@")[2] for a in wanted if "@" in a}
-    now = versions(conn, account_ids)  # first: the data read below is at least this new
     out: dict[int, AccountState] = {}
     stale_totals: list[int] = []
     ask: dict[int, list[str]] = {}
@@ -116,6 +155,8 @@ def read(conn: Connection, account_ids: Sequence[int], held: Mapping[int, Accoun
         if v.rules:
             if h is not None and h.versions.rules == v.rules and h.rules_complete:
                 rules = h.rules
+            elif conn is None:
+                return None
             else:
                 rules, complete = _rules(conn, a, wanted)
         totals = (0, 0)
@@ -134,6 +175,10 @@ def read(conn: Connection, account_ids: Sequence[int], held: Mapping[int, Accoun
         else:
             known = {s: False for s in senders}
         out[a] = AccountState(v, rules, complete, totals, known)
+    if conn is None:
+        voting = token_ids and any((spam or ham) and spam >= min_spam and ham >= min_ham
+                                   for spam, ham in (st.totals for st in out.values()))
+        return None if stale_totals or ask or voting else (out, {})
     if stale_totals:
         fresh = {r.account_id: (r.spam, r.ham) for r in conn.execute(_TOTALS_OF, {"accounts": stale_totals})}
         for a in stale_totals:
@@ -171,6 +216,7 @@ def _rules(conn: Connection, account_id: int, wanted: set[str]) -> tuple[dict[st
 
 
 # The statements, built once (read runs for every message the checks look at).
+_VERSIONS_SQLITE: dict[int, str] = {}  # versions_sqlite's text by number of accounts
 _VERSIONS_OF = select(V.c.account_id, V.c.rules, V.c.senders, V.c.training).where(
     V.c.account_id.in_(bindparam("accounts", expanding=True)))
 _ALL_RULES_OF = select(R.c.address, R.c.rule).where(R.c.account_id == bindparam("account")).order_by(
