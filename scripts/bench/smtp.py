@@ -131,9 +131,39 @@ def profile_threads(out: str):
     return dump
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each kind of thread of this process so far: the reactor ("main"), each pool
+    (its threads together), "other"."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(tid), "other")
+        role = "main" if int(tid) == os.getpid() else name.removeprefix("PoolThread-")
+        role = role.rsplit("-", 1)[0] if role[-1:].isdigit() else role
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def answer_snapshots(requests, answers) -> None:
+    """Put thread_cpu() into ``answers`` for each request read from ``requests`` (--threads)."""
+    def loop():
+        while requests.get() is not None:
+            answers.put(thread_cpu())
+
+    threading.Thread(target=loop, daemon=True, name="snapshots").start()
+
+
 def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0, dns_cache: int = 10000,
-          profile: str = "") -> None:
+          profile: str = "", snapshots=None) -> None:
     dump = profile_threads(profile) if profile else None
+    if snapshots is not None:
+        answer_snapshots(*snapshots)
     if os.environ.get("BENCH_NO_SYNCFS"):  # --no-syncfs: fsync each blob file and directory instead of syncfs(2)
         import storage.blobs
 
@@ -286,6 +316,9 @@ def main() -> int:
     ap.add_argument("--profile", default="", metavar="FILE",
                     help="cProfile (CPU time of each thread) every thread of the server (start-up and stop included) into FILE (pstats; "
                          "with several runs FILE gets the run's kind and number); figures then include its overhead")
+    ap.add_argument("--threads", action="store_true",
+                    help="also print the server's CPU per message of each kind of thread (the reactor, each pool) "
+                         "during the load (from /proc, unprofiled)")
     args = ap.parse_args()
     if args.no_syncfs:
         os.environ["BENCH_NO_SYNCFS"] = "1"  # the spawned server reads it
@@ -386,7 +419,8 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
         if args.profile:
             run.count = getattr(run, "count", 0) + 1
             profile = args.profile if run.count == 1 else f"{args.profile}.{run.count}"
-        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache, profile))
+        snapshots = (ctx.Queue(), ctx.Queue()) if args.threads else None
+        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache, profile, snapshots))
         if args.callgrind:
             ctx.set_executable(callgrind_wrapper(tmp, args.callgrind))
         try:
@@ -400,6 +434,9 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
             done, errors = [0] * args.sessions, []
             threads = [threading.Thread(target=client, args=(port, per, body, i, done, errors))
                        for i in range(args.sessions)]
+            if snapshots is not None:
+                snapshots[0].put(1)
+                th0 = snapshots[1].get(timeout=60)
             cpu0 = cpu_seconds(proc.pid) + (cpu_seconds(dns_proc.pid) if dns_proc else 0.0)
             t0 = time.perf_counter()
             for t in threads:
@@ -409,6 +446,14 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(proc.pid) + (cpu_seconds(dns_proc.pid) if dns_proc else 0.0) - cpu0
             rss = peak_rss_kib(proc.pid)
+            if snapshots is not None:
+                snapshots[0].put(1)
+                th1 = snapshots[1].get(timeout=60)
+                snapshots[0].put(None)
+                n = max(sum(done), 1)
+                print("  server CPU per message by thread: " + ", ".join(
+                    f"{k} {1000 * (th1[k] - th0.get(k, 0.0)) / n:.2f}" for k in sorted(th1)
+                    if th1[k] - th0.get(k, 0.0) > 0) + " ms")
         finally:
             stop.set()
             for p in (proc, dns_proc):
