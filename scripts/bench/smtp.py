@@ -419,8 +419,9 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
         if args.profile:
             run.count = getattr(run, "count", 0) + 1
             profile = args.profile if run.count == 1 else f"{args.profile}.{run.count}"
-        snapshots = (ctx.Queue(), ctx.Queue()) if args.threads else None
-        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache, profile, snapshots))
+        snapshots = (ctx.Queue(), ctx.Queue()) if getattr(args, "threads", False) else None
+        proc = ctx.Process(target=serve, args=(tmp, q, stop, extra, dns_port, args.dns_cache, profile)
+                           + ((snapshots,) if snapshots is not None else ()))
         if args.callgrind:
             ctx.set_executable(callgrind_wrapper(tmp, args.callgrind))
         try:
