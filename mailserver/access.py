@@ -226,6 +226,12 @@ class MailboxAccess:
             mailbox = await self.astore.mailbox_for_reader(mailbox_id, principal.account_id)
         return authorize(principal, mailbox, need, ref)
 
+    async def open_mailbox_quota(self, principal: Principal, name: str, need: Rights
+                                 ) -> tuple[MailboxInfo, tuple[int, int]]:
+        """:meth:`open_mailbox` of a name, with the owner's quota (used, limit) read in the same store call."""
+        found, quota = await self.astore.resolve_mailbox_quota(principal.account_id, name)
+        return authorize(principal, found[0] if found else None, need, name), quota
+
     async def open_messages(self, principal: Principal, ref: int | str, uids: Sequence[int], need: Rights
                             ) -> tuple[MailboxInfo, list[MessageInfo]]:
         """The mailbox and those of ``uids`` that are in it (in UID order)."""

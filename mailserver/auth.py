@@ -603,7 +603,11 @@ class Authenticator:
                 ip_n, account_n = await self.failures.add(ip_key, address, now)
             elif result.ok:
                 self._remember_good(address, ip_key, now)
-                ip_n, account_n = await self.failures.clear_account(ip_key, address, now)
+                if account_n:
+                    ip_n, account_n = await self.failures.clear_account(ip_key, address, now)
+                # Else the account had no failure when this attempt was admitted: nothing to clear, and no turn in
+                # the database's writer thread (with worker processes, every good login took one). A failure
+                # recorded meanwhile by a concurrent attempt stays, as if it had come just after this login.
             else:
                 ip_n, account_n = await self.failures.counts(ip_key, address, now)
         finally:

@@ -391,6 +391,15 @@ class Store:
             return shared.resolve(conn, account_id, name)
 
     @reads
+    def resolve_mailbox_quota(self, account_id: int, name: str
+                              ) -> tuple[tuple[MailboxInfo, str] | None, tuple[int, int] | None]:
+        """:meth:`resolve_mailbox` and the :meth:`quota` of the mailbox's owner (None when there is no mailbox), in
+        one transaction: what an APPEND checks before its message streams."""
+        with self.transaction(write=False) as conn:
+            found = shared.resolve(conn, account_id, name)
+            return found, (accounts.quota(conn, found[0].account_id) if found is not None else None)
+
+    @reads
     def resolve_owner(self, account_id: int, name: str) -> tuple[int, str, str] | None:
         """(owner account, stored name, owner address) a new mailbox ``name`` would go to (CREATE)."""
         with self.transaction(write=False) as conn:

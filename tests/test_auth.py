@@ -838,3 +838,36 @@ def test_a_counter_read_overlapping_the_end_of_an_attempt_is_read_again():
     clock.advance(limits.auth_max_delay)
     assert len(held) == 1, "B was checked on a stale read"
     assert second.result.reason == "throttled"
+
+
+class CountedClears(LocalLoginFailures):
+    """Failure counters that count the clears asked of them (each a turn in the database's writer thread when the
+    counters live in the database)."""
+
+    def __init__(self, limits):
+        super().__init__(limits.auth_failure_window, limits.auth_max_failures_per_ip,
+                         limits.auth_max_failures_per_account)
+        self.clears = 0
+
+    async def clear_account(self, ip_key, address, now):
+        self.clears += 1
+        return await super().clear_account(ip_key, address, now)
+
+
+def test_a_good_login_of_an_account_without_failures_clears_nothing():
+    """A good login clears the account's failures only when it had some when the attempt began: the usual login
+    asks the counters once (the admission read), not a second time to clear nothing."""
+    clock, runner, accounts = task.Clock(), Runner(), Accounts()
+    accounts.add(1, "alice@example.org", HASHER.hash("alice-pw"))
+    failures = CountedClears(LIMITS)
+    a = Authenticator(HASHER, accounts.lookup, accounts.update_hash, hash_pool=runner, clock=clock, limits=LIMITS,
+                      auth_config=CACHE_60, failures=failures)
+    env = Env(clock, runner, accounts, a)
+    assert env.login("alice@example.org", "alice-pw")[0].ok
+    assert env.login("alice@example.org", "alice-pw")[0].ok  # a success-cache hit
+    assert failures.clears == 0
+    assert env.login("alice@example.org", "wrong", ip="192.0.2.9")[0].reason == "invalid"
+    result, delay = env.login("alice@example.org", "alice-pw")
+    assert result.ok and delay == 0
+    assert failures.clears == 1
+    assert failures.account.count("alice@example.org", clock.seconds()) == 0

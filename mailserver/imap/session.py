@@ -651,12 +651,15 @@ class ImapSession:
         self.principal = Principal(account_id, username)
 
     # -- authorization ----------------------------------------------------------------------------------------
-    async def open_mailbox(self, name: str, spec: Spec | None = None):
+    async def open_mailbox(self, name: str, spec: Spec | None = None, *, with_quota: bool = False):
         """The principal's mailbox ``name`` with the rights the command table names for the running command (or
         ``spec``): the one way a handler reaches a mailbox. A missing mailbox and a forbidden one both answer
-        ``NO [<spec.missing>] no mailbox <name>``."""
+        ``NO [<spec.missing>] no mailbox <name>``. ``with_quota``: (mailbox, the owner's (used, limit)), read in
+        the same store call."""
         spec = spec or self.spec
         try:
+            if with_quota:
+                return await self.access.open_mailbox_quota(self.principal, name, spec.mailbox)
             return await self.access.open_mailbox(self.principal, name, spec.mailbox)
         except Forbidden as e:
             raise No(str(e), "NOPERM") from None  # RFC 4314 6: it has "l", so it may know why
@@ -689,15 +692,19 @@ class ImapSession:
             if not self.state & AUTH:
                 raise Bad("APPEND not allowed in this state")
             prefix = parse_append_prefix(event.prefix, limits=self.limits, utf8=self.utf8)
+            quota = None
             if prefix.index == 0 or self._append is None:
                 self.abort_append()
-                # RFC 9051 6.3.12: a missing target is NO [TRYCREATE]; RFC 4314 4: APPEND needs "i".
-                mailbox = await self.open_mailbox(prefix.mailbox, COMMANDS[c.Append])
+                # RFC 9051 6.3.12: a missing target is NO [TRYCREATE]; RFC 4314 4: APPEND needs "i".  The owner's
+                # quota comes in the same store call.
+                mailbox, quota = await self.open_mailbox(prefix.mailbox, COMMANDS[c.Append], with_quota=True)
                 self._append = AppendState(tag, mailbox, [])
             state = self._append
             if event.size > self.append_limit:
                 raise No(f"message larger than APPENDLIMIT {self.append_limit}", "TOOBIG")
-            used, limit = await self.services.astore.quota(state.mailbox.account_id)  # the owner's quota
+            if quota is None:  # a later message of a MULTIAPPEND: the owner's quota now
+                quota = await self.services.astore.quota(state.mailbox.account_id)
+            used, limit = quota
             if limit and used + state.total + event.size > limit:
                 raise No("quota exceeded", "OVERQUOTA")  # RFC 9208 4.3
             if self.closed:
