@@ -192,7 +192,7 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
             site.mkdir()
             (site / "sitecustomize.py").write_text("import storage.blobs\nstorage.blobs._syncfs = None\n")
             env["PYTHONPATH"] = os.pathsep.join([str(site), str(tree)])
-        if args.commit_stats:  # scripts/bench/commitstats: group commits and write-lock waits per process
+        if getattr(args, "commit_stats", False):  # scripts/bench/commitstats: group commits and write-lock waits per process
             env["COMMITSTATS_DIR"] = str(tmp / "commitstats")
             env["PYTHONPATH"] = os.pathsep.join([str(HERE / "commitstats"), env["PYTHONPATH"]])
         with open(log_path, "w") as log:
@@ -217,7 +217,7 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
             cpu1 = _cpu(pids)
         finally:
             _stop(proc, pids, conf)
-        if args.commit_stats:
+        if getattr(args, "commit_stats", False):
             _print_commit_stats(tmp / "commitstats")
     if set(cpu1) != set(cpu0):
         raise RuntimeError(f"a process ended during the run: {sorted(cpu0)} -> {sorted(cpu1)}")
