@@ -8,6 +8,7 @@ fields (loop detection, RFC 5321 6.3) and adds a missing ``Message-ID`` / ``Date
 from __future__ import annotations
 
 import email.utils
+import time
 
 from mailserver.delivery.envelope import ClientInfo
 
@@ -87,6 +88,21 @@ def with_protocol(info: ClientInfo, smtputf8: bool) -> str:
     return base + suffix
 
 
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def received_date(now: float) -> str:
+    """The RFC 5322 date-time of ``now`` in local time, as ``email.utils.formatdate(now, localtime=True)`` (which
+    drops the fraction of a second): made once per whole second (every message of that second shares it; the
+    datetime and time-zone work cost about as much as the rest of the Received field)."""
+    global _date_cache
+    second = int(now)
+    cached = _date_cache
+    if cached[0] != second:
+        cached = _date_cache = (second, email.utils.formatdate(second, localtime=True))
+    return cached[1]
+
+
 def received_header(hostname: str, info: ClientInfo, *, smtputf8: bool, queue_id: str, recipient: str | None,
                     show_auth_user: bool, now: float | None = None) -> str:
     """A Received field (RFC 5321 4.4 Stamp), folded, ending in CRLF."""
@@ -97,7 +113,7 @@ def received_header(hostname: str, info: ClientInfo, *, smtputf8: bool, queue_id
         lines.append(f"\t(using {info.tls_version} with cipher {info.tls_cipher})")
     if info.authenticated and show_auth_user:
         lines.append(f"\t(authenticated as {info.authenticated})")
-    date = email.utils.formatdate(now, localtime=True)
+    date = received_date(time.time() if now is None else now)
     lines.append(f"\tfor <{recipient}>; {date}" if recipient else f"\t; {date}")
     return "\r\n".join(lines) + "\r\n"
 

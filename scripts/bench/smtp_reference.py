@@ -11,6 +11,7 @@ stopped at the end, as is everything else started here.
 
     .venv/bin/python scripts/bench/smtp_reference.py [--rounds 3] [--messages 2000] [--sessions 10] [--size 5120]
                                                      [--workers 1,2] [--before DIR] [--no-syncfs]
+                                                     [--commit-stats]
 
 ``--workers N[,M...]`` runs the real ``mailserver serve`` instead of the in-process server: a generated configuration
 (SQLite and file blobs in a fresh data directory, ``[server] workers = N``, sender authentication off as in the
@@ -19,7 +20,9 @@ reference, N, M, ...); a count may end in ``r`` (``[server] reuse_port = true``)
 ``--no-syncfs``), so ``--workers 2,2r,2f`` compares them in one run.  The server CPU is the supervisor's and every worker's (``/proc/PID/stat`` of each, read while
 they run), and everything is stopped by its PID at the end of each run.  ``--before DIR`` also runs the server
 from another checkout (a worktree of main) before each run of this one: a before/after in the same run.  ``--no-syncfs``: the blob store fsyncs each
-file and directory instead of one syncfs(2) per batch (as ``scripts/bench/smtp.py --no-syncfs``).
+file and directory instead of one syncfs(2) per batch (as ``scripts/bench/smtp.py --no-syncfs``).  ``--commit-stats``
+prints, after each ``--workers`` run, every process's group commits (deliveries per commit, the writer's CPU per
+commit), its waits for the SQLite write lock and its blob flushes (``scripts/bench/commitstats/``).
         [--ours SPEC ...] [--database-url postgresql+psycopg://…]
 
 By default "ours" is one server process in a child (scripts/bench/smtp.py's).  Each ``--ours SPEC`` adds a
@@ -189,6 +192,9 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
             site.mkdir()
             (site / "sitecustomize.py").write_text("import storage.blobs\nstorage.blobs._syncfs = None\n")
             env["PYTHONPATH"] = os.pathsep.join([str(site), str(tree)])
+        if getattr(args, "commit_stats", False):  # scripts/bench/commitstats: group commits and write-lock waits per process
+            env["COMMITSTATS_DIR"] = str(tmp / "commitstats")
+            env["PYTHONPATH"] = os.pathsep.join([str(HERE / "commitstats"), env["PYTHONPATH"]])
         with open(log_path, "w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -211,6 +217,8 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
             cpu1 = _cpu(pids)
         finally:
             _stop(proc, pids, conf)
+        if getattr(args, "commit_stats", False):
+            _print_commit_stats(tmp / "commitstats")
     if set(cpu1) != set(cpu0):
         raise RuntimeError(f"a process ended during the run: {sorted(cpu0)} -> {sorted(cpu1)}")
     per = {pid: 1000 * (cpu1[pid] - cpu0[pid]) / args.messages for pid in pids}
@@ -221,6 +229,21 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
     print(f"  {label}: {out.strip()} | server CPU {cpu:.2f} ms/msg ({split}: "
           f"{'supervisor + workers' if workers > 1 else 'one process'})", flush=True)
     return rate, cpu
+
+
+def _print_commit_stats(where: Path) -> None:
+    """One line per process that delivered (scripts/bench/commitstats/sitecustomize.py, written at its exit)."""
+    import json
+
+    for path in sorted(where.glob("*.json")):
+        st = json.loads(path.read_text())
+        b, fl = st["batches"] or 1, st["flushes"] or 1
+        print(f"    pid {path.stem}: {st['deliveries']} deliveries in {st['batches']} group commits "
+              f"({st['deliveries'] / b:.2f} per commit; writer CPU {1000 * st['batch_cpu'] / b:.2f} ms, wall "
+              f"{1000 * st['batch_wall'] / b:.2f} ms per commit); write lock: {st['locks']} taken, "
+              f"{st['lock_waits_1ms']} waited over 1 ms, {st['lock_wait']:.2f} s waiting; {st['flushes']} blob "
+              f"flushes ({1000 * st['flush_cpu'] / fl:.2f} ms CPU, {1000 * st['flush_wall'] / fl:.2f} ms wall each)",
+              flush=True)
 
 
 def _stop(proc: subprocess.Popen, pids: list[int], conf: Path) -> None:
@@ -309,6 +332,9 @@ def main() -> int:
                     help="with --workers: also run the server from checkout DIR (e.g. a worktree of main) before each "
                          "run of this one, for a before/after in the same run")
     ap.add_argument("--no-syncfs", action="store_true", help="with --workers: fsync each blob file and directory instead of syncfs(2)")
+    ap.add_argument("--commit-stats", action="store_true",
+                    help="with --workers: count each process's group commits, write-lock waits and blob flushes "
+                         "(scripts/bench/commitstats) and print them after each run")
     ap.add_argument("--ours", action="append", default=[], metavar="SPEC",
                     help="a `mailserver serve` configuration to run each round (see above); repeatable")
     ap.add_argument("--database-url", default=os.environ.get("MAILSERVER_TEST_DATABASE_URL", ""),
