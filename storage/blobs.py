@@ -450,7 +450,7 @@ class FileBlobStore(BlobStore):
         if _RWF_NOWAIT is None:
             return None
         try:
-            fd = os.open(self._fast_path(blob_id), _O_READ)
+            fd = os.open(f"{self._root_str}/{blob_id[:2]}/{blob_id[2:4]}/{blob_id}", _O_READ)  # _fast_path, no join
         except OSError:
             return None
         try:
