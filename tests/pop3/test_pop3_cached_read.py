@@ -3,7 +3,10 @@ one that is not goes through the pool as before (FileBlobStore.read_cached decid
 
 from __future__ import annotations
 
+import os
 import threading
+
+import pytest
 
 from storage.blobs import FileBlobStore
 from tests.harness import running_server
@@ -22,6 +25,25 @@ def test_read_cached_gives_the_whole_body_only_when_it_is_the_size_listed(tmp_pa
     assert store.read_cached("0" * 64, 10) is None  # no such file
     empty = store.put(b"")
     assert store.read_cached(empty.id, 0) == b""
+
+
+def test_read_cached_does_not_wait_for_a_body_that_is_not_in_memory(tmp_path):
+    """A body whose pages were dropped from the page cache is not read (EAGAIN from preadv2 RWF_NOWAIT): None, so
+    RETR reads it in the blob pool; once read there it is in memory again."""
+    store = FileBlobStore(tmp_path / "blobs")
+    ref = store.put(b"y" * 20000)
+    store.sync_pending()
+    fd = os.open(store.path(ref.id), os.O_RDONLY)
+    try:
+        os.fsync(fd)  # clean pages can be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    got = store.read_cached(ref.id, ref.size)
+    if got is not None:
+        pytest.skip("this file system keeps the pages (tmpfs) or cannot drop them")
+    assert store.read(ref.id) == b"y" * 20000
+    assert store.read_cached(ref.id, ref.size) == b"y" * 20000
 
 
 def test_read_cached_answers_held_content(tmp_path):
