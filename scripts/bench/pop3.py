@@ -302,7 +302,7 @@ class Serve:
         self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(self.conf), "serve",
                                       "--workers", str(self.workers)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=self.tree, env=env)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded machine (other suites beside) can take minutes
         while self.log_path.read_text(errors="replace").count("listening pop3 on") < self.workers:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"mailserver serve ({self.label}) did not start:\n"
