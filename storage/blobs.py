@@ -12,7 +12,7 @@ Two backends behind one small interface:
   disk.  The row is committed by :meth:`BlobWriter.finish`; metadata that references it commits afterwards.
 
 Writers are fed from the reactor thread (``write`` only appends to a temporary file); ``finish`` (fsync) and every read of
-any size run in a thread pool.  Reference counts live in the ``blobs`` table and are maintained by the store; unreferenced
+any size run in a thread pool (but :meth:`BlobStore.read_cached`, which never waits for a disk).  Reference counts live in the ``blobs`` table and are maintained by the store; unreferenced
 blobs are removed by :meth:`storage.store.Store.collect_blobs` (which calls :meth:`BlobStore.remove`).
 """
 

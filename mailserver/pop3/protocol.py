@@ -6,7 +6,8 @@ and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related i
 
 * authentication through ``services.auth`` (hashing runs in its pool), the maildrop snapshot and the UPDATE-state
   deletion through ``services.astore`` (database pools; the deletion publishes EXPUNGE change events that IMAP sessions
-  apply), message bodies read from the blob store in the blob pool, one chunk at a time;
+  apply), message bodies read from the blob store in the blob pool, one chunk at a time (or on the reactor
+  thread when all of a small body is in the page cache, below);
 * RETR/TOP stream through the connection's :class:`~mailserver.connections.FlowControl`: the next chunk of at most
   :data:`CHUNK` octets is read only once the transport's buffer has drained, so a 25 MB message is never held whole
   in memory (the database blob backend is the exception: its ``open()`` returns the body already read);
