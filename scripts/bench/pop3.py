@@ -305,6 +305,7 @@ class Serve:
         deadline = time.monotonic() + 300  # a loaded machine (other suites beside) can take minutes
         while self.log_path.read_text(errors="replace").count("listening pop3 on") < self.workers:
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()  # a server that did not come up is not left running
                 raise RuntimeError(f"mailserver serve ({self.label}) did not start:\n"
                                    + self.log_path.read_text(errors="replace")[-3000:])
             time.sleep(0.05)
