@@ -6,11 +6,15 @@ and ``pop3s`` (implicit TLS, RFC 8314) listeners.  Everything protocol-related i
 
 * authentication through ``services.auth`` (hashing runs in its pool), the maildrop snapshot and the UPDATE-state
   deletion through ``services.astore`` (database pools; the deletion publishes EXPUNGE change events that IMAP sessions
-  apply), message bodies read from the blob store in the blob pool, one chunk at a time;
+  apply), message bodies read from the blob store in the blob pool, one chunk at a time (or on the reactor
+  thread when all of a small body is in the page cache, below);
 * RETR/TOP stream through the connection's :class:`~mailserver.connections.FlowControl`: the next chunk of at most
   :data:`CHUNK` octets is read only once the transport's buffer has drained, so a 25 MB message is never held whole
   in memory (the database blob backend is the exception: its ``open()`` returns the body already read);
-* read-ahead: clients download in order, so the blob-pool trip that opens a message also reads the whole bodies of
+* a body of up to :data:`CHUNK` octets that is all in memory (the page cache: ``blobs.read_cached``, which never
+  waits for a disk) is read on the reactor thread and answered at once: a 5 KB read is a few microseconds, a
+  thread hop and the GIL hand-overs of a pool thread's reads cost several times that;
+* read-ahead (bodies not in memory): clients download in order, so the blob-pool trip that opens a message also reads the whole bodies of
   the next small messages of the maildrop (:class:`ReadAhead`: at most :data:`READ_AHEAD_OCTETS` held per session,
   the window growing from 4 to :data:`READ_AHEAD_MESSAGES` messages while the client keeps hitting it).  A RETR/TOP of
   a message read ahead is answered at once, in one write, without a thread hop or a Deferred; the next one waits for
@@ -554,8 +558,14 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
         maildrop = self.session.maildrop
         if req.entry.blob_id:
             self._blob_ids.setdefault(uid, req.entry.blob_id)
-        if uid in self._blob_ids:
-            self._open_blob(req, self._blob_ids[uid])
+        blob_id = self._blob_ids.get(uid)
+        if blob_id is not None:
+            if blob_id and req.entry.size <= CHUNK:
+                # In memory already (the page cache): answered here, no thread hop (see read_cached).
+                body = services.store.blobs.read_cached(blob_id, req.entry.size)
+                if body is not None:
+                    return self._send_whole(req, body)
+            self._open_blob(req, blob_id)
             return None
         # Look the blob ids up for this message and the next ones (clients RETR in order): one query per window.
         uids = [e.uid for e in maildrop.entries if e.uid >= uid][:BLOB_ID_WINDOW]
@@ -566,7 +576,7 @@ class Pop3Protocol(protocol.Protocol, TimeoutMixin):
             for u in uids:
                 self._blob_ids.setdefault(u, "")  # gone (expunged elsewhere)
             if self._alive():
-                self._open_blob(req, self._blob_ids[uid])
+                self._carry_out([req])  # again, with its blob id known
 
         d.addCallbacks(found, self._retrieve_error)
         return None

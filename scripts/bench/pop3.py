@@ -29,7 +29,8 @@ Modes:
   its master and every process under it (the per-connection pop3 processes, reaped by the master, included).
 * ``--external HOST:PORT``: another server started by hand (``--lmtp`` fills it first).
 
-Each round measures every target once, in the same order (ours with each worker count, the ``--before`` tree's,
+Each round line of ``mailserver serve`` also says how many sessions each process held 0.3 s into the round
+(``ss -tnp``: with 2 workers on the shared socket, e.g. 6/4).  Each round measures every target once, in the same order (ours with each worker count, the ``--before`` tree's,
 Dovecot); the last lines are the medians per target and the ratios against Dovecot.
 """
 
@@ -112,6 +113,16 @@ def tree_cpu_seconds(pid: int) -> tuple[float, float]:
         system += (int(fields[12]) + int(fields[14])) / CLK_TCK
         stack.extend(_children(p))
     return user, system
+
+
+def sessions_per_process(port: int) -> list[int]:
+    """How many established connections to ``port`` each process holds (``ss -tnp``), largest first."""
+    import re
+    from collections import Counter
+
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                         text=True).stdout
+    return sorted(Counter(re.findall(r"pid=(\d+)", out)).values(), reverse=True)
 
 
 # --------------------------------------------------------------------------------------------- client side
@@ -291,9 +302,10 @@ class Serve:
         self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(self.conf), "serve",
                                       "--workers", str(self.workers)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=self.tree, env=env)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded machine (other suites beside) can take minutes
         while self.log_path.read_text(errors="replace").count("listening pop3 on") < self.workers:
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()  # a server that did not come up is not left running
                 raise RuntimeError(f"mailserver serve ({self.label}) did not start:\n"
                                    + self.log_path.read_text(errors="replace")[-3000:])
             time.sleep(0.05)
@@ -435,15 +447,24 @@ def bench_deployed(workers: list[int], dovecot: bool, before: Path | None, sessi
             for t in targets:
                 if t.start:
                     t.start()
+                balance: list[int] = []
                 try:
                     clients.warm_up("127.0.0.1", t.port, t.users, t.password)
+                    # Sessions per worker, 0.3 s into the round (the clients start 1 s after run() is called).
+                    probe = threading.Timer(1.3, lambda b=balance, port=t.port: b.extend(sessions_per_process(port)))
+                    if t.start:
+                        probe.start()
                     r = clients.run("127.0.0.1", t.port, t.users, t.password, t.cpu_of)
+                    probe.cancel()
+                    if probe.is_alive():
+                        probe.join()
                 finally:
                     if t.stop:
                         t.stop()
                 t.rounds.append(r)
-                print(describe(f"round {n + 1} {t.label}", sessions, r) + f" [load {os.getloadavg()[0]:.1f}]",
-                      flush=True)
+                split = f" [sessions per worker {'/'.join(map(str, balance))}]" if balance else ""
+                print(describe(f"round {n + 1} {t.label}", sessions, r) + split
+                      + f" [load {os.getloadavg()[0]:.1f}]", flush=True)
         summary(targets)
     finally:
         if clients is not None:
