@@ -38,6 +38,44 @@ SPOOL_IN_MEMORY = 1024 * 1024
 #: preadv2's "fail rather than wait for the disk" flag (Linux 4.14+), None where the platform has none.
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _load_open_cached():
+    """``open_cached(path) -> fd | None``: openat2(2) with RESOLVE_CACHED, which fails with EAGAIN where the path's
+    lookup would have to read a directory from the disk (Linux 5.12+; the syscall number is the same on every
+    architecture).  None when the kernel or libc has no such call: then nothing is opened on the reactor thread."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+        syscall.restype = ctypes.c_long
+        syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    how = OpenHow(_O_READ, 0, 0x20)  # RESOLVE_CACHED
+    how_ref, how_size = ctypes.addressof(how), ctypes.sizeof(how)
+
+    def open_cached(path: str) -> int | None:
+        fd = syscall(437, -100, path.encode(), how_ref, how_size)  # openat2(AT_FDCWD, path, &how, sizeof how)
+        return fd if fd >= 0 else None
+
+    open_cached.how = how  # kept alive with the function
+    try:
+        fd = open_cached("/")
+    except Exception:  # noqa: BLE001 - any failure of the probe: no reactor-thread opens
+        return None
+    if fd is None:
+        return None  # ENOSYS (old kernel), EINVAL (no RESOLVE_CACHED), or a sandbox refusing the call
+    os.close(fd)
+    return open_cached
+
+
+_open_cached = _load_open_cached() if _RWF_NOWAIT is not None else None
 #: How many files a FileBlobStore remembers having created, for :meth:`BlobStore.discard`.
 FRESH_KEPT = 4096
 
@@ -443,15 +481,14 @@ class FileBlobStore(BlobStore):
     def read_cached(self, blob_id: str, size: int) -> bytes | None:
         # preadv2(RWF_NOWAIT) copies what the page cache holds and fails with EAGAIN where it would have to wait
         # for the disk (EOPNOTSUPP where the file system cannot tell): the body is read only if all of it is there.
-        # The open is a lookup of a name in a directory that was just listed by the same account's reads.
+        # The open goes through openat2(RESOLVE_CACHED), which fails rather than read a directory from the disk.
         held = self._held_read(blob_id, 0, None)
         if held is not None:
             return held if len(held) == size else None
-        if _RWF_NOWAIT is None:
+        if _open_cached is None:
             return None
-        try:
-            fd = os.open(f"{self._root_str}/{blob_id[:2]}/{blob_id[2:4]}/{blob_id}", _O_READ)  # _fast_path, no join
-        except OSError:
+        fd = _open_cached(f"{self._root_str}/{blob_id[:2]}/{blob_id[2:4]}/{blob_id}")  # (no os.path.join)
+        if fd is None:
             return None
         try:
             buf = bytearray(size + 1)  # one octet more: a file longer than listed is not taken

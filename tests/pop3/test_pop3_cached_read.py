@@ -89,3 +89,17 @@ def test_retr_and_top_of_cached_bodies_need_no_blob_pool(tmp_path):
             r.close()
         finally:
             release.set()
+
+
+def test_the_open_on_the_reactor_thread_never_reads_a_directory_from_the_disk(tmp_path):
+    """read_cached opens with openat2(RESOLVE_CACHED) (Linux 5.12+), which fails instead of waiting for a lookup
+    that is not in the dentry cache: a missing name is None, a cached one an fd; without it nothing is opened."""
+    from storage import blobs
+
+    assert blobs._open_cached is not None  # this kernel has it (CI's too)
+    (tmp_path / "f").write_bytes(b"x")
+    fd = blobs._open_cached(str(tmp_path / "f"))
+    assert fd is not None
+    assert os.read(fd, 10) == b"x"
+    os.close(fd)
+    assert blobs._open_cached(str(tmp_path / "missing")) is None
