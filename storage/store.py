@@ -700,6 +700,20 @@ class Store:
         with self.transaction(write=False) as conn:
             return checkstate.read(conn, account_ids, held, senders, rule_addresses, token_ids, min_spam, min_ham)
 
+    @reads
+    def check_state_many(self, requests: Sequence[tuple]) -> list[tuple[bool, object]]:
+        """:meth:`check_state` for several messages in one pool job, each with its own arguments and its own read
+        (versions first), in order: ``(True, answer)`` or ``(False, exception)`` per request.  The inbound checks
+        gather here the reads of messages that arrive while one is in flight (``inbound/accountstate.py``): one
+        thread hand-over for the lot instead of one per message."""
+        out: list[tuple[bool, object]] = []
+        for args in requests:
+            try:
+                out.append((True, self.check_state(*args)))
+            except Exception as e:  # noqa: BLE001 - that request's failure, handed back to its message only
+                out.append((False, e))
+        return out
+
     @writes
     def bayes_note_senders(self, account_id: int, addresses: Sequence[str]) -> None:
         """The account wrote to these addresses (its correspondents)."""

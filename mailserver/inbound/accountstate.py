@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
 from mailserver.delivery.router import LOCAL
 from mailserver.delivery.stages import MessageInfo
 from storage.checkstate import AccountState
@@ -71,6 +74,9 @@ class AccountStates:
         self._held: dict[int, AccountState] = {}
         self._read_at: dict[int, float] = {}  # account -> when its copy was last confirmed by a read
         self.reads = 0  # store reads made (tests)
+        self.jobs = 0  # pool jobs they took (several reads gathered in one: see _read)
+        self._waiting: list[tuple[tuple, defer.Deferred]] = []
+        self._in_flight = False
 
     def held(self, account_id: int) -> AccountState | None:
         """This process's copy (maybe out of date: only a read says whether it holds)."""
@@ -122,9 +128,8 @@ class AccountStates:
         wanted_senders = list(dict.fromkeys(list(ms.senders) + [s.lower() for s in senders]))
         held = {a: st for a in accounts if (st := self._held.get(a)) is not None}
         self.reads += 1
-        states, tokens = await self.runner.call_store(
-            "check_state", sorted(accounts), held, wanted_senders, rule_addresses(message), token_ids,
-            self.min_spam, self.min_ham)
+        states, tokens = await self._read((sorted(accounts), held, wanted_senders, rule_addresses(message),
+                                           token_ids, self.min_spam, self.min_ham))
         if len(self._held) > MAX_ACCOUNTS:
             self._held.clear()
             self._read_at.clear()
@@ -136,6 +141,44 @@ class AccountStates:
         if token_ids is not None:
             ms.ids = token_ids
         return ms
+
+    def _read(self, args: tuple) -> defer.Deferred:
+        """``Store.check_state(*args)``: at once when no read is in flight; else gathered with the others that wait
+        and made, each read on its own, in one pool job when the one in flight is done (``check_state_many``).
+        Each message's read still starts after the message asked for it, so every change committed before is in
+        its verdict; what is saved is a thread hand-over per message while many arrive together."""
+        d = defer.Deferred()
+        self._waiting.append((args, d))
+        if not self._in_flight:
+            self._start()
+        return d
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._in_flight = True
+        self.jobs += 1
+        if len(batch) == 1:
+            job = self.runner.call_store("check_state", *batch[0][0])
+            job.addCallback(lambda answer: [(True, answer)])
+        else:
+            job = self.runner.call_store("check_state_many", [args for args, _ in batch])
+
+        def done(results):
+            self._in_flight = False
+            if self._waiting:
+                self._start()
+            if isinstance(results, Failure):
+                for _, d in batch:
+                    d.errback(results)
+                return None
+            for (_, d), (ok, value) in zip(batch, results, strict=True):
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(Failure(value))
+            return None
+
+        job.addBoth(done)
 
     def _votes(self, st: AccountState) -> bool:
         spam, ham = st.totals

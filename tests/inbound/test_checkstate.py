@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from mailserver import config as cfgmod
 from mailserver.inbound.greylist import Greylister
@@ -259,3 +260,53 @@ def test_a_whitelisted_network_is_remembered_until_it_expires(store):
     assert _check(g, sender="new@remote.test") == gl.CLIENT and counting.calls  # read once
     counting.calls.clear()
     assert _check(g, sender="other@remote.test", rcpt="x@example.test") == gl.CLIENT and counting.calls == []
+
+
+class HeldRunner:
+    """A runner whose store calls (a real Store) run only when the test releases them, one job at a time: the
+    db-read pool busy with one read while more messages ask."""
+
+    def __init__(self, store):
+        self.store = store
+        self.jobs = []
+
+    def call_store(self, name, *args):
+        d = defer.Deferred()
+        self.jobs.append((name, args, d))
+        return d
+
+    def release(self):
+        name, args, d = self.jobs.pop(0)
+        d.callback(getattr(self.store, name)(*args))
+
+
+def test_reads_that_arrive_while_one_is_in_flight_share_one_pool_job_each_with_its_own_answer(store):
+    from mailserver.inbound.accountstate import AccountStates
+
+    a = store.add_account(ALICE, "x")
+    b = store.add_account(BOB, "x")
+    store.set_sender_rule(b.id, "@remote.test", "block")
+    runner = HeldRunner(store)
+    states = AccountStates(runner)
+    req = [([a.id], {}, ["x@remote.test"], ["x@remote.test"], None, 1, 1),
+           ([b.id], {}, ["x@remote.test"], ["x@remote.test"], None, 1, 1),
+           ([a.id, b.id], 5, [], [], None, 1, 1)]  # held=5: this read fails, and only its own message sees it
+    got = [states._read(r) for r in req]
+    assert [j[0] for j in runner.jobs] == ["check_state"]  # the first at once, the others wait for it
+    runner.release()
+    assert [j[0] for j in runner.jobs] == ["check_state_many"]  # the two that waited: one job
+    assert len(runner.jobs[0][1][0]) == 2
+    runner.release()
+    assert states.jobs == 2 and not runner.jobs
+    results = []
+    for d in got:
+        d.addBoth(results.append)
+    assert results[0] == store.check_state(*req[0])
+    assert results[1] == store.check_state(*req[1])
+    assert results[1][0][b.id].rules  # bob's block rule is in his answer
+    assert isinstance(results[2], Failure)
+    # a read asked for when nothing is in flight starts at once again
+    d = states._read(req[0])
+    assert [j[0] for j in runner.jobs] == ["check_state"]
+    runner.release()
+    assert d.called
