@@ -140,8 +140,8 @@ def seq_numbers(sel: SelectedMailbox, uids: list[int]) -> list[int]:
     """Sequence numbers of ascending ``uids`` (one merge pass over the mailbox, not a lookup per UID)."""
     if len(uids) < 64:
         return [sel.seq_of(u) for u in uids]
-    wanted = set(uids)
-    return [i for i, u in enumerate(sel.uids, 1) if u in wanted]
+    # At C speed: the positions (1-based) of the mailbox's UIDs that are wanted, in mailbox order.
+    return list(compress(range(1, len(sel.uids) + 1), map(set(uids).__contains__, sel.uids)))
 
 
 def _uses_internal_date(key) -> bool:
