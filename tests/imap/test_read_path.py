@@ -134,3 +134,30 @@ def test_cached_fetch_renders_each_message_as_the_item_walk_would():
                         s = Session(rev2)
                         asyncio.run(_fetch_cached(s, sel, list(uids), names))
                         assert b"".join(s.out) == expected(sel, uids, names, rev2)
+
+
+def test_flag_search_answers_sequence_numbers_after_expunges(tmp_path):
+    """SEARCH on system flags alone (UNSEEN, DELETED, SEEN UNANSWERED...) answers the sequence numbers of the
+    messages UID SEARCH names, also when expunges have moved them away from the UIDs."""
+    from storage.models import FLAG_ANSWERED, FLAG_DELETED, FLAG_SEEN
+    from tests.harness import running_server
+
+    with running_server(tmp_path, listeners=("imap",)) as srv:
+        user = new_user(srv)
+        for i in range(120):
+            srv.deliver(user, message(f"m{i}", to=user))
+        acct = srv.store.get_account(user)
+        inbox = srv.store.get_mailbox(acct.id, "INBOX")
+        srv.store.set_flags(inbox.id, list(range(1, 121, 3)), "add", FLAG_SEEN)
+        srv.store.set_flags(inbox.id, list(range(1, 121, 7)), "add", FLAG_ANSWERED)
+        srv.store.set_flags(inbox.id, [2, 5, 50], "add", FLAG_DELETED)
+        srv.store.expunge(inbox.id, [2, 5])
+        c = login(srv, user, select="INBOX")
+        seq_of = {int(line.split(b"UID ")[1].split(b")")[0]): int(line.split()[0])
+                  for line in c.fetch("1:*", "(UID)")[1]}
+        for keys in (["UNSEEN"], ["SEEN"], ["DELETED"], ["SEEN", "UNANSWERED"], ["UNSEEN", "ANSWERED", "UNDELETED"],
+                     ["ALL"]):
+            by_uid = [seq_of[int(u)] for u in c.uid("SEARCH", None, *keys)[1][0].split()]
+            assert [int(n) for n in c.search(None, *keys)[1][0].split()] == by_uid, keys
+            assert by_uid, keys
+        c.logout()
