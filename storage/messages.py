@@ -77,6 +77,11 @@ _SQL_LIST_MESSAGES = {
     True: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = ? ORDER BY uid",
     False: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = %s ORDER BY uid",
 }
+#: The same listing as columns, with the system-flag byte only (what a listing snapshot keeps).
+_SQL_LIST_COLUMNS = {
+    sqlite: "SELECT uid, modseq, flags & 255, keywords, size, internal_date FROM messages WHERE mailbox_id = {p} "
+            "ORDER BY uid".format(p="?" if sqlite else "%s")
+    for sqlite in (True, False)}
 
 
 def thread_key(parsed: dict) -> int:
@@ -103,6 +108,14 @@ def list_messages(conn: Connection, mailbox_id: int) -> list[MessageMeta]:
     rows = conn.exec_driver_sql(_SQL_LIST_MESSAGES[on_sqlite(conn)], (mailbox_id,)).fetchall()
     empty: tuple[str, ...] = ()
     return [MessageMeta(u, ms, f, tuple(k.split()) if k else empty, sz, d) for u, ms, f, k, sz, d in rows]
+
+
+def list_message_columns(conn: Connection, mailbox_id: int) -> tuple[tuple, ...]:
+    """Every message of the mailbox in UID order as six columns: uids, modseqs, system-flag bytes (flags & 0xFF),
+    keywords (the stored space-separated text, or None), sizes, internal dates.  No object per message: the IMAP
+    listing snapshot turns the columns into its arrays at C speed."""
+    rows = conn.exec_driver_sql(_SQL_LIST_COLUMNS[on_sqlite(conn)], (mailbox_id,)).fetchall()
+    return tuple(zip(*rows, strict=True)) if rows else ((),) * 6
 
 
 #: Built once (the webmail's message pages and lists run them on every request; building a select costs more than

@@ -499,6 +499,12 @@ class Store:
             return messages.list_messages(conn, mailbox_id)
 
     @reads
+    def list_message_columns(self, mailbox_id: int) -> tuple[tuple, ...]:
+        """Every message of the mailbox in UID order, as columns (``messages.list_message_columns``)."""
+        with self.transaction(write=False) as conn:
+            return messages.list_message_columns(conn, mailbox_id)
+
+    @reads
     def get_messages(self, mailbox_id: int, uids: Sequence[int], *, reader: int = 0) -> list[MessageInfo]:
         """Full metadata of the given UIDs (missing ones are left out), in UID order; with ``reader``, that
         reader's \\Seen laid over a per-reader mailbox's flags."""

@@ -63,8 +63,8 @@ async def snapshot_for(services, mailbox) -> Snapshot:
         snap = cache.get(mailbox.id, mailbox.uid_validity)
         if snap is None:
             cache.misses += 1
-            messages = await services.astore.list_messages(mailbox.id)
-            snap = Snapshot.from_messages(mailbox.uid_validity, mailbox.highest_modseq, messages)
+            columns = await services.astore.list_message_columns(mailbox.id)
+            snap = Snapshot.from_columns(mailbox.uid_validity, mailbox.highest_modseq, columns)
         else:
             cache.hits += 1
             if snap.modseq < mailbox.highest_modseq:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from array import array
 from typing import TYPE_CHECKING
 
 from mailserver.access import Rights
@@ -302,38 +303,63 @@ def _body_octets(sel: SelectedMailbox, batch: list[int], plan) -> int:
 _CACHED_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
 
 
+#: How each cached item is written in a FETCH response (RFC 9051 7.5.2; MODSEQ: RFC 7162 3.1.4).
+_CACHED_FORMATS = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "MODSEQ": b"MODSEQ (%d)"}
+#: Messages rendered (and written) per step of a cached FETCH.
+_CACHED_STEP = 2000
+
+
 async def _fetch_cached(s: ImapSession, sel: SelectedMailbox, uids: list[int], names: list[str]) -> None:
     """FETCH of UID/FLAGS/MODSEQ only, rendered straight from the selected-mailbox arrays (same bytes as
-    :func:`mailserver.imap.fetch.fetch_response`, without a per-message item walk)."""
+    :func:`mailserver.imap.fetch.fetch_response`, without a per-message item walk): column by column, each line
+    one ``%`` of a template made once for the command's items."""
     from .fetch import _flags_value
 
     rev2 = s.rev2
-    flag_text: dict[tuple, bytes] = {}
-    out: list[bytes] = []
-    for u in uids:
-        i = sel.index_of(u)
-        if i is None:
-            continue
-        parts = []
+    template = b"* %d FETCH (" + b" ".join(_CACHED_FORMATS[name] for name in names) + b")\r\n"
+    first = sel.index_of(uids[0]) if uids else None
+    if first is not None and sel.uids[first:first + len(uids)] == array("I", uids):
+        positions = range(first, first + len(uids))  # a run of the mailbox (1:*, n:m): no lookup per message
+    else:
+        positions = []
+        present = []
+        for u in uids:
+            i = sel.index_of(u)
+            if i is not None:
+                positions.append(i)
+                present.append(u)
+        uids = present
+    keywords, recent = sel.keywords, sel.recent
+    flag_text: dict = {}
+    for k in range(0, len(positions), _CACHED_STEP):
+        step = positions[k:k + _CACHED_STEP]
+        step_uids = uids[k:k + _CACHED_STEP]
+        columns: list = [[i + 1 for i in step] if isinstance(step, list) else range(step.start + 1, step.stop + 1)]
         for name in names:
             if name == "UID":
-                parts.append(b"UID %d" % u)
+                columns.append(step_uids)
             elif name == "FLAGS":
-                key = (sel.flags[i], sel.keywords.get(u, ()), u in sel.recent)
-                text = flag_text.get(key)
-                if text is None:
-                    text = flag_text[key] = _flags_value(key[0], key[1], key[2], rev2)
-                parts.append(b"FLAGS " + text)
-            else:  # MODSEQ, RFC 7162 3.1.4
-                parts.append(b"MODSEQ (%d)" % sel.modseqs[i])
-        out.append(b"* %d FETCH (%s)\r\n" % (i + 1, b" ".join(parts)))
-        if len(out) >= 2000:
-            s.send(b"".join(out))
-            out = []
-            await s.drain()
-    if out:
-        s.send(b"".join(out))
-    await s.drain()
+                flags = sel.flags[step.start:step.stop] if isinstance(step, range) else [sel.flags[i] for i in step]
+                if not keywords and not recent:
+                    for f in set(flags).difference(flag_text):
+                        flag_text[f] = _flags_value(f, (), False, rev2)
+                    columns.append(list(map(flag_text.__getitem__, flags)))
+                else:
+                    texts = []
+                    for u, f in zip(step_uids, flags, strict=True):
+                        key = (f, keywords.get(u, ()), u in recent)
+                        text = flag_text.get(key)
+                        if text is None:
+                            text = flag_text[key] = _flags_value(key[0], key[1], key[2], rev2)
+                        texts.append(text)
+                    columns.append(texts)
+            else:  # MODSEQ
+                columns.append(sel.modseqs[step.start:step.stop] if isinstance(step, range)
+                               else [sel.modseqs[i] for i in step])
+        s.send(b"".join(map(template.__mod__, zip(*columns, strict=True))))
+        await s.drain()
+    if not positions:
+        await s.drain()
 
 
 def _unknown_date(sel: SelectedMailbox, uid: int) -> bool:

@@ -130,18 +130,30 @@ def _flag_only_masks(keys) -> tuple[int, int] | None:
     return must, must_not
 
 
+#: (must, must_not) -> the 256-byte table of which flag bytes match (at most 1,024: five system flags each way).
+_FLAG_TABLES: dict[tuple[int, int], bytes] = {}
+
+
+def _flag_mask(sel: SelectedMailbox, must: int, must_not: int) -> bytes:
+    """One byte per selected message, 1 where its flags match, at C speed over the cached flags array."""
+    table = _FLAG_TABLES.get((must, must_not))
+    if table is None:
+        table = _FLAG_TABLES[(must, must_not)] = bytes(
+            1 if (f & must) == must and not (f & must_not) else 0 for f in range(256))
+    return sel.flags.tobytes().translate(table)
+
+
 def _flag_search(sel: SelectedMailbox, must: int, must_not: int) -> list[int]:
-    """UIDs whose flags match, at C speed over the cached flags array (the common UNSEEN / DELETED searches)."""
-    table = bytes(1 if (f & must) == must and not (f & must_not) else 0 for f in range(256))
-    return list(compress(sel.uids, sel.flags.tobytes().translate(table)))
+    """UIDs whose flags match (the common UNSEEN / DELETED searches)."""
+    return list(compress(sel.uids, _flag_mask(sel, must, must_not)))
 
 
 def seq_numbers(sel: SelectedMailbox, uids: list[int]) -> list[int]:
     """Sequence numbers of ascending ``uids`` (one merge pass over the mailbox, not a lookup per UID)."""
     if len(uids) < 64:
         return [sel.seq_of(u) for u in uids]
-    wanted = set(uids)
-    return [i for i, u in enumerate(sel.uids, 1) if u in wanted]
+    # At C speed: the positions (1-based) of the mailbox's UIDs that are wanted, in mailbox order.
+    return list(compress(range(1, len(sel.uids) + 1), map(set(uids).__contains__, sel.uids)))
 
 
 def _uses_internal_date(key) -> bool:
@@ -228,6 +240,11 @@ async def search(s: ImapSession, cmd: c.Search):
     with_modseq = S.uses_modseq(cmd.keys)
     if with_modseq:
         s.enable_condstore()  # RFC 7162 3.1.5: SEARCH MODSEQ enables CONDSTORE
+    if cmd.return_options is None and not cmd.uid and not with_modseq:
+        masks = _flag_only_masks(cmd.keys)
+        if masks is not None:  # SEARCH UNSEEN: the sequence numbers straight from the flags, no UIDs between
+            s.send(S.search_response(list(compress(range(1, sel.exists + 1), _flag_mask(sel, *masks)))))
+            return None
     uids = await _matching_uids(s, cmd.keys)
     if cmd.return_options is None:
         numbers = uids if cmd.uid else seq_numbers(sel, uids)

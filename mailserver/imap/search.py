@@ -503,7 +503,7 @@ def search_response(matches: Iterable[int], highest_modseq: int | None = None) -
     numbers = list(matches)
     out = b"* SEARCH"
     if numbers:
-        out += b" " + b" ".join(b"%d" % n for n in numbers)
+        out += b" " + " ".join(map(str, numbers)).encode("ascii")
         if highest_modseq is not None:
             out += b" (MODSEQ %d)" % highest_modseq  # RFC 7162 3.1.5: search-sort-mod-seq
     return out + b"\r\n"

@@ -84,3 +84,80 @@ def test_fetch_bodies_small_and_large_batches_give_the_stored_bytes(tmp_path):
             assert bodies == want
             assert headers == [w.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" for w in want]
         c.logout()
+
+
+def test_cached_fetch_renders_each_message_as_the_item_walk_would():
+    """FETCH of UID/FLAGS/MODSEQ from the cache: runs of the mailbox, scattered and repeated UIDs, keywords and
+    \\Recent give, line for line, what rendering each message on its own gives."""
+    import asyncio
+    import random
+
+    from mailserver.imap.cmd_message import _fetch_cached
+    from mailserver.imap.fetch import _flags_value
+    from mailserver.imap.selected import SelectedMailbox
+
+    class Session:
+        def __init__(self, rev2):
+            self.rev2, self.out = rev2, []
+
+        def send(self, data):
+            self.out.append(data)
+
+        async def drain(self):
+            return None
+
+    def expected(sel, uids, names, rev2):
+        parts = {"UID": lambda u, i: b"UID %d" % u, "MODSEQ": lambda u, i: b"MODSEQ (%d)" % sel.modseqs[i],
+                 "FLAGS": lambda u, i: b"FLAGS " + _flags_value(sel.flags[i], sel.keywords.get(u, ()),
+                                                              u in sel.recent, rev2)}
+        return b"".join(b"* %d FETCH (%s)\r\n" % (i + 1, b" ".join(parts[n](u, i) for n in names))
+                        for u in uids if (i := sel.index_of(u)) is not None)
+
+    rng = random.Random(11)
+    for n in (0, 1, 7, 4500):
+        sel = SelectedMailbox(1, "INBOX", False, 1, 1, 1)
+        uid = 0
+        for _ in range(n):
+            uid += rng.choice((1, 1, 3))
+            sel.uids.append(uid)
+            sel.flags.append(rng.choice((0, 8, 8, 1 | 8, 31)))
+            sel.modseqs.append(rng.randrange(1, 10 ** 9))
+        everything = list(sel.uids)
+        for with_extras in (False, True):
+            if with_extras and everything:
+                sel.keywords = {u: ("$Junk", "Work")[: rng.randrange(1, 3)] for u in everything[::5]}
+                sel.recent = set(everything[-3:])
+            targets = [everything, everything[n // 3: n // 2], everything[::2], everything[:2] * 2 + [uid + 9]]
+            for uids in targets:
+                for names in (["UID", "FLAGS"], ["FLAGS"], ["FLAGS", "UID", "MODSEQ"], ["MODSEQ"]):
+                    for rev2 in (False, True):
+                        s = Session(rev2)
+                        asyncio.run(_fetch_cached(s, sel, list(uids), names))
+                        assert b"".join(s.out) == expected(sel, uids, names, rev2)
+
+
+def test_flag_search_answers_sequence_numbers_after_expunges(tmp_path):
+    """SEARCH on system flags alone (UNSEEN, DELETED, SEEN UNANSWERED...) answers the sequence numbers of the
+    messages UID SEARCH names, also when expunges have moved them away from the UIDs."""
+    from storage.models import FLAG_ANSWERED, FLAG_DELETED, FLAG_SEEN
+    from tests.harness import running_server
+
+    with running_server(tmp_path, listeners=("imap",)) as srv:
+        user = new_user(srv)
+        for i in range(120):
+            srv.deliver(user, message(f"m{i}", to=user))
+        acct = srv.store.get_account(user)
+        inbox = srv.store.get_mailbox(acct.id, "INBOX")
+        srv.store.set_flags(inbox.id, list(range(1, 121, 3)), "add", FLAG_SEEN)
+        srv.store.set_flags(inbox.id, list(range(1, 121, 7)), "add", FLAG_ANSWERED)
+        srv.store.set_flags(inbox.id, [2, 5, 50], "add", FLAG_DELETED)
+        srv.store.expunge(inbox.id, [2, 5])
+        c = login(srv, user, select="INBOX")
+        seq_of = {int(line.split(b"UID ")[1].split(b")")[0]): int(line.split()[0])
+                  for line in c.fetch("1:*", "(UID)")[1]}
+        for keys in (["UNSEEN"], ["SEEN"], ["DELETED"], ["SEEN", "UNANSWERED"], ["UNSEEN", "ANSWERED", "UNDELETED"],
+                     ["ALL"]):
+            by_uid = [seq_of[int(u)] for u in c.uid("SEARCH", None, *keys)[1][0].split()]
+            assert [int(n) for n in c.search(None, *keys)[1][0].split()] == by_uid, keys
+            assert by_uid, keys
+        c.logout()

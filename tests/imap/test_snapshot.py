@@ -186,3 +186,28 @@ def test_highest_modseq_kept_through_changes_and_expunges():
     assert snap.copy().max_modseq() == 20
     snap.apply([], [1, 3, 4], 29)
     assert snap.max_modseq() == 0 and not snap.modseqs
+
+
+def test_listing_as_columns_is_the_listing(tmp_path):
+    """A snapshot from the store's columns equals one from its MessageMeta rows: flags beyond the system byte,
+    keywords (a blank stored text is none), dates and the highest modseq."""
+    from storage.models import FLAG_SEEN
+    from tests.harness import running_server
+
+    with running_server(tmp_path, listeners=("imap",)) as srv:
+        user = new_user(srv)
+        acct = srv.store.get_account(user)
+        inbox = srv.store.get_mailbox(acct.id, "INBOX")
+        assert srv.store.list_message_columns(inbox.id) == ((),) * 6
+        for i in range(5):
+            srv.deliver(user, message(f"m{i}", to=user))
+        srv.store.set_flags(inbox.id, [2, 4], "add", FLAG_SEEN, ("$Label1", "Work"))
+        srv.store.set_flags(inbox.id, [3], "add", 0x100)  # a bit past the system-flag byte
+        with srv.store.transaction() as conn:
+            conn.exec_driver_sql("UPDATE messages SET keywords = '  ' WHERE uid = 5")
+        box = srv.store.get_mailbox(acct.id, "INBOX")
+        by_rows = Snapshot.from_messages(box.uid_validity, box.highest_modseq, srv.store.list_messages(box.id))
+        by_columns = Snapshot.from_columns(box.uid_validity, box.highest_modseq,
+                                           srv.store.list_message_columns(box.id))
+        assert by_columns == by_rows and by_columns.max_modseq() == by_rows.max_modseq()
+        assert by_columns.keywords == {2: ("$Label1", "Work"), 4: ("$Label1", "Work")}
