@@ -11,12 +11,15 @@ Freed memory stays in the process unless the allocator returns it, and glibc's k
   calls it in a worker thread (it releases the GIL, but holds each heap's lock while it walks it: the first call
   after a burst can take 100 ms) at most every :data:`TRIM_INTERVAL` seconds, once :data:`TRIM_AFTER_CLOSES`
   connections have closed since the last call.
+
+And Python's cyclic garbage collector: :func:`settle_heap`, once the first server of a process has started.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 from collections.abc import Callable
 
 from twisted.internet import task
@@ -47,6 +50,29 @@ _LIBC = _libc()
 def return_large_blocks_to_the_system() -> bool:
     """Fix glibc's mmap threshold (see the module docstring); False where there is no glibc."""
     return _LIBC is not None and bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+_settled = False
+
+
+def settle_heap() -> bool:
+    """Once per process (True the time it acts): one full collection, then every object still alive moves to the
+    collector's permanent generation (``gc.freeze``).
+
+    When a server has started, ~140,000 objects (modules, the config, the engine and its built statements, the
+    listeners) sit in the oldest generation and stay there for good. Every full collection would walk them again
+    (~100 ms), and which burst of traffic pays the first one depends on where the start-up left the generation
+    counters: a ``deliver_raw`` fill of 2,000 messages paid one, ~50 us a message. Frozen, they are never walked;
+    a full collection then walks only what the traffic left, and none is left due by the start. Objects freed by
+    reference counting are freed as before; only cyclic garbage among the frozen (a server of the process started
+    and stopped again, as tests do) stays, once, since the second start does nothing here."""
+    global _settled
+    if _settled:
+        return False
+    _settled = True
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 def trim() -> bool:

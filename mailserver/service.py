@@ -54,7 +54,7 @@ from mailserver.inbound.greylist import Greylister, GreylistStage
 from mailserver.inbound.scanners import inbound_stages
 from mailserver.inbound.senderauth import AuthResultsStripper, SenderAuthCheck
 from mailserver.inbound.senderauth import Settings as SenderAuthSettings
-from mailserver.memory import MemoryTrim
+from mailserver.memory import MemoryTrim, settle_heap
 from mailserver.proxied import ProxiedFactory
 from mailserver.proxywire import Networks
 from mailserver.services import BoundListener, ProcessState, Services
@@ -413,6 +413,7 @@ class MailServer(MultiService):
                                       on_gain=self._start_maintenance, on_lose=self._stop_maintenance)
             self.lease.start()
         self.started_at = time.time()
+        settle_heap()  # the start-up's objects out of the collector's way, once per process (mailserver/memory.py)
         log.info("open files limit {soft} (hard {hard})", soft=soft, hard=hard)
         for lst in self.listening:
             log.info("listening {name} on {address}{how}", name=lst.name,

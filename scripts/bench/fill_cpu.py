@@ -40,6 +40,14 @@ ap.add_argument("--profile", default="", help="write a yappi profile (all thread
 ap.add_argument("--collect", action="store_true", help="gc.collect() after the server started (experiment)")
 ap.add_argument("--no-yield", action="store_true",
                 help="experiment: no time.sleep(0) between the messages of a blob group (delivery/runner.py)")
+ap.add_argument("--no-settle", action="store_true",
+                help="experiment: no gc.collect() + gc.freeze() at the first start (mailserver/memory.py settle_heap)")
+ap.add_argument("--threshold", default="",
+                help="experiment: gc.set_threshold(T0[,T1[,T2]]) once the server has started")
+ap.add_argument("--callgrind", action="store_true",
+                help="under valgrind --tool=callgrind: zero its counters before each fill, dump them after it "
+                     "(callgrind_control), so the dump counts the fill's instructions alone")
+ap.add_argument("--blob-threads", type=int, default=0, help="experiment: at most N blob pool threads")
 ap.add_argument("--no-gc", action="store_true", help="garbage collector off during the fills (its share apart)")
 ap.add_argument("--reactor-profile", default="",
                 help="write a cProfile profile (pstats) of the reactor thread's CPU time over the last fill")
@@ -53,6 +61,14 @@ from twisted.python import threadpool  # noqa: E402
 from mailserver.config import load_dict  # noqa: E402
 from mailserver.ingest import deliver_raw  # noqa: E402
 from mailserver.service import MailServer  # noqa: E402
+
+if args.no_settle:
+    try:
+        import mailserver.memory as _memory
+
+        _memory._settled = True
+    except ImportError:
+        pass
 
 if args.no_yield:
     import types
@@ -151,6 +167,10 @@ def one_fill(profile: str) -> None:
     call(server.startService)
     if args.collect:
         gc.collect()
+    if args.blob_threads:
+        call(server.pools.blob.adjustPoolsize, 1, args.blob_threads)
+    if args.threshold:
+        gc.set_threshold(*(int(t) for t in args.threshold.split(",")))
     h = PasswordHasher("argon2", low_cost=True).hash("bench password")
     services = getattr(server, "provided", server)  # before the typed Services, deliver_raw took the server
     try:
@@ -184,6 +204,11 @@ def one_fill(profile: str) -> None:
         if args.no_gc:
             gc.collect()
             gc.disable()
+        cg = args.callgrind
+        if cg:
+            import subprocess
+
+            subprocess.run(["callgrind_control", "-z", str(os.getpid())], check=True, capture_output=True)
         c0 = dict(COUNTS)
         th0 = thread_cpu()
         t0, cpu0 = time.perf_counter(), os.times()
@@ -201,6 +226,8 @@ def one_fill(profile: str) -> None:
         cpu1, t1 = os.times(), time.perf_counter()
         th1 = thread_cpu()
         c1 = dict(COUNTS)
+        if cg:
+            subprocess.run(["callgrind_control", "-d", str(os.getpid())], check=True, capture_output=True)
         if args.no_gc:
             gc.enable()
         if rprof is not None:
