@@ -113,7 +113,8 @@ def part_a(srv, large: int, small: int, repeat: int = 1) -> None:
 
 # ------------------------------------------------------------------------------------------------ (b) IDLE
 
-async def _client(port: int, user: str, ready: asyncio.Event, counter: list, seen: list, sem) -> None:
+async def _client(port: int, user: str, ready: asyncio.Event, counter: list, seen: list, sem,
+                  all_seen: asyncio.Event) -> None:
     # Logins are paced by ``sem``: the authenticator counts concurrent attempts for one account against its
     # throttling limit (a burst of thousands would be refused, as it should be).
     async with sem:
@@ -145,6 +146,10 @@ async def _client(port: int, user: str, ready: asyncio.Event, counter: list, see
             return
         if line.endswith(b"EXISTS\r\n"):
             seen.append(time.time())
+            if len(seen) == counter[1]:
+                all_seen.set()
+            # Leave IDLE only once every session saw it: the sessions' DONE and logout are not part of the fan-out.
+            await all_seen.wait()
             writer.write(b"DONE\r\n")
             await writer.drain()
             writer.close()
@@ -154,12 +159,12 @@ async def _client(port: int, user: str, ready: asyncio.Event, counter: list, see
 async def _clients_main(port: int, user: str, n: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    ready = asyncio.Event()
+    ready, all_seen = asyncio.Event(), asyncio.Event()
     counter = [0, n]
     seen: list[float] = []
     sem = asyncio.Semaphore(8)
     t = time.time()
-    tasks = [asyncio.create_task(_client(port, user, ready, counter, seen, sem)) for _ in range(n)]
+    tasks = [asyncio.create_task(_client(port, user, ready, counter, seen, sem, all_seen)) for _ in range(n)]
     await ready.wait()
     print(json.dumps({"ready": n, "connect_s": time.time() - t}), flush=True)
     await asyncio.gather(*tasks)
