@@ -16,8 +16,6 @@ import logging
 import re
 from dataclasses import dataclass
 
-import dkim
-
 from mailserver.dns import DnsError, DnsPermanentError
 from mailserver.inbound import authresults
 from mailserver.inbound.lookups import Lookups
@@ -26,6 +24,13 @@ NONE, PASS, FAIL = "none", "pass", "fail"
 MAX_INSTANCES = 50
 
 _log = logging.getLogger("mailserver.inbound.arc")
+
+
+def _dkim():
+    """dkimpy, imported at the first check (see ``dkimcheck._dkim``)."""
+    import dkim
+
+    return dkim
 _log.addHandler(logging.NullHandler())
 _log.propagate = False
 _INSTANCE = re.compile(rb"(?im)^arc-(?:seal|message-signature|authentication-results)[ \t]*:[ \t\r\n]*i[ \t]*=[ \t]*(\d+)")
@@ -71,17 +76,17 @@ def verify(lookups: Lookups, message: bytes, header: bytes) -> ArcResult:
         except DnsPermanentError:
             return None
         except (DnsError, UnicodeDecodeError) as e:
-            raise dkim.DnsTimeoutError(str(e)) from None
+            raise _dkim().DnsTimeoutError(str(e)) from None
         return records[0] if records else None
 
     try:
-        cv, results, reason = dkim.ARC(message, logger=_log, minkey=1024).verify(dnsfunc=dnsfunc)
+        cv, results, reason = _dkim().ARC(message, logger=_log, minkey=1024).verify(dnsfunc=dnsfunc)
     except Exception as e:  # noqa: BLE001 - dkimpy on a hostile chain: a verdict, never a crash
         return ArcResult(FAIL, reason=f"{type(e).__name__}: {_text(str(e))[:80]}")
     sets = tuple(ArcSet(int(r.get("instance", 0)), _text(r.get("as-domain", b"")).lower(),
                         _text(r.get("aar-value", b"")))
                  for r in results if "as-domain" in r)
-    status = {dkim.CV_Pass: PASS, dkim.CV_None: NONE}.get(cv, FAIL)
+    status = {_dkim().CV_Pass: PASS, _dkim().CV_None: NONE}.get(cv, FAIL)
     return ArcResult(status, sets, "" if status == PASS else _text(reason)[:120])
 
 

@@ -28,15 +28,17 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dkim
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
-from dkim.canonicalization import CanonicalizationPolicy, Relaxed, correct_empty_body, strip_trailing_lines
 
 from mailserver.dns import DnsError, DnsPermanentError
 from mailserver.inbound.lookups import Lookups
+
+if TYPE_CHECKING:
+    import dkim
 
 NONE, PASS, FAIL, NEUTRAL, TEMPERROR, PERMERROR = "none", "pass", "fail", "neutral", "temperror", "permerror"
 
@@ -53,6 +55,15 @@ MAX_RSA_EXPONENT_BITS = 64
 KEY_CACHE_SIZE = 1024
 
 _log = logging.getLogger("mailserver.inbound.dkim")
+
+
+def _dkim():
+    """dkimpy, imported at the first check rather than with this module: a server without sender authentication
+    does not load it (about 3 MiB)."""
+    import dkim
+    import dkim.canonicalization
+
+    return dkim
 _log.addHandler(logging.NullHandler())
 _log.propagate = False
 
@@ -138,7 +149,7 @@ def _parse_key(name: str, record: bytes):
         _keys.put(key, found)
         return found
     try:
-        pk, _keysize, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record)
+        pk, _keysize, ktag, _tlsrpt = _dkim().evaluate_pk(name.encode(), record)
     except Exception as e:  # noqa: BLE001 - any malformed key record
         found = (f"bad key record: {_reason(str(e))}", None, None, None)
     else:
@@ -173,7 +184,7 @@ def _check_key(pk, ktag) -> str:
 def _verify_one(d: "dkim.DKIM", idx: int, lookups: Lookups, fast: bool = True) -> DkimResult:
     try:
         sig, include_headers, sigheaders = _prep(d, idx) if fast else d.verify_headerprep(idx)
-    except dkim.DKIMException as e:
+    except _dkim().DKIMException as e:
         return DkimResult(PERMERROR, reason=f"bad signature: {_reason(str(e))}")
     fields = sig
     base = dict(domain=_text(fields.get(b"d", b"")), selector=_text(fields.get(b"s", b"")),
@@ -208,7 +219,7 @@ def _check_signature(d: "dkim.DKIM", sig: dict, include_headers: list, sig_heade
     as dkimpy's functions, ``tests/inbound/test_dkim_canonical.py``; ``fast=False``: dkimpy's own); the public-key
     step is OpenSSL's (``cryptography``) for RSA and libsodium's for Ed25519.
     ``pk``: the RSA public key object, or dkimpy's parsed Ed25519 key."""
-    policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+    policy = _dkim().canonicalization.CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
     sha256 = hashlib.sha256
     body = _canonical_body(policy, d.body) if fast else policy.canonicalize_body(d.body)
     if b"l" in sig:
@@ -221,7 +232,7 @@ def _check_signature(d: "dkim.DKIM", sig: dict, include_headers: list, sig_heade
     if fast:
         _hash_headers(h, policy, d.headers, include_headers, sig_header)
     else:
-        dkim.hash_headers(h, policy, policy.canonicalize_headers(d.headers), include_headers, sig_header, sig)
+        _dkim().hash_headers(h, policy, policy.canonicalize_headers(d.headers), include_headers, sig_header, sig)
     signature = base64.b64decode(_WSP_RUN.sub(b"", sig[b"b"]))
     if ktag == b"ed25519":
         try:
@@ -252,12 +263,12 @@ def _compress(value: bytes) -> bytes:
 def _canonical_body(policy, body: bytes) -> bytes:
     """``policy.canonicalize_body(body)``: relaxed: whitespace at line ends removed, runs compressed, empty
     lines at the end removed (an empty body stays empty); simple: empty lines at the end removed, one CRLF kept."""
-    if policy.body_algorithm is not Relaxed:
+    if policy.body_algorithm is not _dkim().canonicalization.Relaxed:
         return policy.canonicalize_body(body)
     body = _compress(body)  # then " \r\n" is all that is left of the whitespace before a line end
     if b" \r\n" in body:
         body = body.replace(b" \r\n", b"\r\n")
-    return correct_empty_body(strip_trailing_lines(body))
+    return _dkim().canonicalization.correct_empty_body(_dkim().canonicalization.strip_trailing_lines(body))
 
 
 def _relaxed_field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
@@ -268,7 +279,7 @@ def _relaxed_field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
 def _hash_headers(h, policy, headers: list, include_headers: list, sig_header) -> None:
     """``dkim.hash_headers`` over the canonicalized ``headers``: the fields ``include_headers`` names, each
     taken from the bottom up (RFC 6376 5.4.2), then the signature field without its b= value and final CRLF."""
-    relaxed = policy.header_algorithm is Relaxed
+    relaxed = policy.header_algorithm is _dkim().canonicalization.Relaxed
     keys = [n.lower().rstrip() for n, _v in headers] if relaxed else [n.lower() for n, _v in headers]
     last: dict[bytes, int] = {}
     for name in include_headers:
@@ -336,9 +347,9 @@ def _split(message: bytes):
                 and body.count(b"\n") == body.count(b"\r\n")):
             headers = _header_fields(message[:end])
             if headers is None:
-                headers = dkim.rfc822_parse(message[:end + 4])[0]
+                headers = _dkim().rfc822_parse(message[:end + 4])[0]
             return headers, body
-    return dkim.rfc822_parse(message)
+    return _dkim().rfc822_parse(message)
 
 
 # The signature's tag list (RFC 6376 3.2, 3.5) as dkimpy's ``verify_headerprep`` reads and checks it, without its
@@ -377,13 +388,13 @@ def _acceptable(sig: dict, now: int) -> bool:
     for name in _MANDATORY:
         if name not in sig:
             return False
-    if sig[b"a"] not in dkim.HASH_ALGORITHMS or sig[b"v"] != b"1":
+    if sig[b"a"] not in _dkim().HASH_ALGORITHMS or sig[b"v"] != b"1":
         return False
     b, d = sig[b"b"], sig[b"d"]
     # (dkimpy's bh= check matches the b= value against the pattern again: done here once.)
     if _BASE64.match(b) is None or len(_WSP_RUN.sub(b"", b)) % 4 or len(_WSP_RUN.sub(b"", sig[b"bh"])) % 4:
         return False
-    if b"cv" in sig and sig[b"cv"] not in (dkim.CV_Pass, dkim.CV_Fail, dkim.CV_None):
+    if b"cv" in sig and sig[b"cv"] not in (_dkim().CV_Pass, _dkim().CV_Fail, _dkim().CV_None):
         return False
     if d.isascii() and _DOMAIN_SPECIALS.search(d):
         return False
@@ -418,7 +429,7 @@ def _prep(d: "dkim.DKIM", idx: int):
 
 def _parsed(message: bytes) -> "dkim.DKIM":
     """A dkimpy verifier of ``message`` (raises what dkimpy's parse raises)."""
-    d = dkim.DKIM(None, logger=_log, minkey=MIN_RSA_BITS)
+    d = _dkim().DKIM(None, logger=_log, minkey=MIN_RSA_BITS)
     d.headers, d.body = _split(message)
     return d
 

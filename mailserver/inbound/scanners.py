@@ -10,7 +10,6 @@ from mailserver.inbound.clamd import VirusCheck
 from mailserver.inbound.classifier import BayesCheck
 from mailserver.inbound.dnsbl import DnsListCheck
 from mailserver.inbound.policy import SpamPolicy
-from mailserver.inbound.rspamd import RspamdCheck
 
 
 def inbound_stages(reactor, config, *, sender_rules=None, dns_lists=None, runner=None) -> list:
@@ -25,6 +24,10 @@ def inbound_stages(reactor, config, *, sender_rules=None, dns_lists=None, runner
     if dns_lists is not None and dns_lists.configured:
         stages.append(DnsListCheck(dns_lists, config))
     if config.antispam.rspamd:
+        from mailserver.inbound.rspamd import (
+            RspamdCheck,  # twisted.web's HTTP client, only where rspamd is used
+        )
+
         stages.append(RspamdCheck(reactor, config))
     # One read per message of the recipients' account data (the classifier's and the policy's), over this
     # process's copies (inbound/accountstate.py); without a runner the policy asks ``sender_rules``.

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-import regex as _regex
-
 OCTET, CASEMAP, NUMERIC = "i;octet", "i;ascii-casemap", "i;ascii-numeric"
 #: Match variables kept: ${0} .. ${9} (RFC 5229 3.2 requires at least those).
 MAX_MATCH_VARIABLES = 10
@@ -103,6 +101,8 @@ def matches(comparator: str, value: str, key: str) -> list[str] | None:
 
 @lru_cache(maxsize=256)
 def _compile_regex(pattern: str, fold: bool):
+    import regex as _regex  # here, not at import: a server whose scripts use no :regex never loads it (~1 MiB)
+
     try:
         return _regex.compile(pattern, _regex.S | _regex.V0 | (_regex.I | _regex.A if fold else 0))
     except _regex.error as e:

@@ -35,6 +35,31 @@ def test_stuff_whole_is_the_streaming_encoder_for_every_short_body():
             assert stuff_whole(body) == _streamed(body), body
 
 
+def _by_lines(body: bytes) -> bytes:
+    """RFC 1939 section 3 spelled out: every line that starts with "." gets another one; CRLF "." CRLF ends it."""
+    if not body:
+        return b".\r\n"
+    lines = body.split(b"\n")
+    out = b"\n".join(b"." + line if line[:1] == b"." else line for line in lines)
+    return out + (b".\r\n" if body.endswith(b"\n") else b"\r\n.\r\n")
+
+
+def test_stuffing_is_rfc_1939_line_by_line():
+    """The stuffing regex gives what doubling the dot of each line gives (and what bytes.replace gave), streamed in
+    chunks cut anywhere too."""
+    for n in range(7):
+        for chars in itertools.product(b".\r\nx", repeat=n):
+            body = bytes(chars)
+            assert stuff_whole(body) == _by_lines(body), body
+    body = b"Subject: s\r\n\r\n" + b"line\r\n.dot\r\n..two\n.bare lf\r\n" * 300
+    assert stuff_whole(body) == _by_lines(body)
+    assert stuff_whole(body)[:-3] == body.replace(b"\n.", b"\n..")
+    for cut in (1, 2, 7, 4096):
+        enc = DotStuffer()
+        streamed = b"".join(enc.encode(body[i:i + cut]) for i in range(0, len(body), cut)) + enc.finish()
+        assert streamed == _by_lines(body), cut
+
+
 @pytest.mark.parametrize("body", [b"", b".", b".\r\n", b"a\r\n.\r\n", b"no end", b"x\n.y", b"..\r\n" * 1000,
                                   b"Subject: s\r\n\r\n" + b"line\r\n.dot\r\n" * 5000])
 def test_stuff_whole_examples(body):
