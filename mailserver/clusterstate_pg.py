@@ -390,8 +390,12 @@ class PgRecentClaims:
         except IntegrityError:
             return up_to, up_to  # the mailbox is gone
 
+    def _read(self):
+        """A connection for one read (SQLite's subclass: a read-only store transaction)."""
+        return self.engine.connect()
+
     def _claimed_blocking(self, mailbox_id: int, uid_validity: int) -> int:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(text("SELECT uid_validity, last_uid FROM imap_recent WHERE mailbox_id = :m"),
                                {"m": mailbox_id}).first()
         if row is None or row.uid_validity < uid_validity:

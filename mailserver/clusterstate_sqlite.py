@@ -102,6 +102,10 @@ class SqliteLoginFailures(PgLoginFailures):
         super().__init__(reactor, store.engine, read_pool, write_pool, limits)
         self.store = store
 
+    def _counts_blocking(self, p: dict) -> tuple[int, int]:
+        with self.store.transaction(write=False) as conn:  # a read: no PRAGMA synchronous switch (storage/db.py)
+            return self._count(conn, p)
+
     def _add_blocking(self, p: dict) -> tuple[int, int]:
         with self.store.transaction(durable=False) as conn:
             conn.execute(text("DELETE FROM auth_failures WHERE key IN (:ip, :account) AND failed_at <= :since"), p)
@@ -130,6 +134,9 @@ class SqliteRecentClaims(PgRecentClaims):
     def __init__(self, reactor, store, read_pool, write_pool):
         super().__init__(reactor, store.engine, read_pool, write_pool)
         self.store = store
+
+    def _read(self):
+        return self.store.transaction(write=False)  # no PRAGMA synchronous switch (storage/db.py)
 
     def _reserve_blocking(self, mailbox_id: int, uid_validity: int, up_to: int) -> tuple[int, int]:
         p = {"m": mailbox_id, "v": uid_validity, "u": up_to}

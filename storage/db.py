@@ -76,8 +76,10 @@ class SqliteWriteLock:
 
 
 _write_locks: dict[str, SqliteWriteLock] = {}
-#: The BEGIN of a SQLite transaction by mode (storage/db.py _on_begin).
+#: The BEGIN of a SQLite transaction by mode (storage/db.py _sqlite_begin).
 _BEGIN = {"DEFERRED": "BEGIN DEFERRED", "IMMEDIATE": "BEGIN IMMEDIATE"}
+#: The synchronous levels a connection switches between (storage/db.py _sqlite_begin).
+_SYNC = {"FULL": "PRAGMA synchronous=FULL", "NORMAL": "PRAGMA synchronous=NORMAL"}
 _write_locks_guard = threading.Lock()
 
 
@@ -95,6 +97,27 @@ def write_lock(engine: Engine):
         with _write_locks_guard:
             lock = _write_locks.setdefault(path, SqliteWriteLock(path))
     return lock
+
+
+def _sqlite_begin(pooled) -> None:
+    """BEGIN of a SQLite transaction, straight on the driver connection (``pooled`` is the pool's connection
+    proxy; its ``info`` is the SQLAlchemy Connection's).
+
+    Reads and writes run with the same BEGIN; IMMEDIATE only when the caller asked for a write transaction
+    (``info["sqlite_begin"]``, set by Store.transaction).  A write that no reply promises to keep
+    (``Store.transaction(durable=False)``: ``info["sqlite_sync"] = "NORMAL"``) commits without the WAL fsync
+    (synchronous=NORMAL: still atomic, and ordered before every later FULL commit, which syncs the frames before
+    it too); the level is the connection's, so it is set whenever it changes, except for a read-only transaction
+    (``info["sqlite_read"]``), which commits nothing and leaves the level for the next write to set.
+    """
+    info = pooled.info
+    dbapi = pooled.dbapi_connection
+    if not info.get("sqlite_read"):
+        sync = info.get("sqlite_sync", "FULL")
+        if info.get("sqlite_sync_now", "FULL") != sync:
+            dbapi.execute(_SYNC[sync])
+            info["sqlite_sync_now"] = sync
+    dbapi.execute(_BEGIN[info.get("sqlite_begin", "DEFERRED")])
 
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
@@ -122,21 +145,12 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.close()
 
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):
-            # Reads run with the same BEGIN; IMMEDIATE only when the caller asked for a write transaction.
-            mode = conn.info.get("sqlite_begin", "DEFERRED")
-            # A write that no reply promises to keep (Store.transaction(durable=False)) commits without the WAL
-            # fsync (synchronous=NORMAL: still atomic, and ordered before every later FULL commit, which syncs
-            # the frames before it too); the level is the connection's, so set it whenever it changes.
-            sync = conn.info.get("sqlite_sync", "FULL")
-            if conn.info.get("sqlite_sync_now", "FULL") != sync:
-                conn.exec_driver_sql(f"PRAGMA synchronous={sync}")
-                conn.info["sqlite_sync_now"] = sync
-            # Straight to the driver: SQLAlchemy's execution path (events, execution context, result object) cost
-            # more than SQLite's BEGIN, once per transaction; the statement and its effect are the same.
-            conn.connection.dbapi_connection.execute(_BEGIN[mode])
-
+        # The BEGIN is the dialect's (``do_begin``, called with the pooled connection, whose ``info`` is the
+        # Connection's), not a "begin" event listener: a connection event would be the engine's only one, and any
+        # makes SQLAlchemy run its event dispatch for every statement and transaction of the engine (about 20 us
+        # per one-statement transaction, measured in docs/benchmarks.md).  Pool events ("connect") do not.
+        engine.dialect.do_begin = _sqlite_begin
+        return engine
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]

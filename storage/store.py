@@ -161,10 +161,13 @@ class Store:
         worker process on a SQLite file shares free for the commits that must be flushed.
         """
         with write_lock(self.engine) if write else nullcontext(), self.engine.connect() as conn:
-            if self.sqlite and write:
-                conn.info["sqlite_begin"] = "IMMEDIATE"
-                if not durable:
-                    conn.info["sqlite_sync"] = "NORMAL"
+            if self.sqlite:
+                if not write:
+                    conn.info["sqlite_read"] = True  # commits nothing: no PRAGMA synchronous switch (storage/db.py)
+                else:
+                    conn.info["sqlite_begin"] = "IMMEDIATE"
+                    if not durable:
+                        conn.info["sqlite_sync"] = "NORMAL"
             try:
                 with conn.begin():
                     if not durable and not self.sqlite:
@@ -176,6 +179,7 @@ class Store:
             finally:
                 conn.info.pop("sqlite_begin", None)
                 conn.info.pop("sqlite_sync", None)
+                conn.info.pop("sqlite_read", None)
                 conn.info.pop(_PENDING, None)
 
     @staticmethod

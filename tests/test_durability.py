@@ -121,15 +121,20 @@ FLAGGER = textwrap.dedent("""
 
 
 def _sync_levels(engine) -> list[str]:
-    """Every ``PRAGMA synchronous=…`` the engine runs from now on (the level of the commits that follow)."""
+    """Every ``PRAGMA synchronous=…`` the engine's connections run from now on (the level of the commits that
+    follow), seen by SQLite itself (the driver's trace callback, set at each checkout): storage/db.py sends the
+    switch straight to the driver, not through SQLAlchemy."""
     from sqlalchemy import event
 
     seen: list[str] = []
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _record(conn, cursor, statement, params, context, executemany):
+    def _record(statement: str) -> None:
         if statement.startswith("PRAGMA synchronous="):
             seen.append(statement.split("=", 1)[1])
+
+    @event.listens_for(engine, "checkout")
+    def _trace(dbapi_conn, _record_, _proxy):
+        dbapi_conn.set_trace_callback(_record)
 
     return seen
 
@@ -158,12 +163,28 @@ def test_flag_changes_and_expunges_commit_without_the_flush_and_deliveries_with_
         assert seen == ["NORMAL"]
         store.expunge(inbox)
         assert seen == ["NORMAL"]  # still the connection's level: no PRAGMA needed
+        store.get_mailbox(acct.id, "INBOX")
+        assert seen == ["NORMAL"]  # a read commits nothing: it leaves the level to the next write
         deliver(2)
         assert seen == ["NORMAL", "FULL"]
         store.durable_flags = True
         store.set_flags(inbox, [2], "add", FLAG_DELETED)
         store.expunge(inbox)
         assert seen == ["NORMAL", "FULL"]
+    finally:
+        engine.dispose()
+
+
+def test_the_sqlite_engine_has_no_connection_event_listener(tmp_path):
+    """BEGIN and the synchronous switch are the dialect's (storage/db.py), not a "begin" listener: any connection
+    event makes SQLAlchemy dispatch events around every statement and transaction of the engine."""
+    engine = make_engine(f"sqlite:///{tmp_path}/db.sqlite3")
+    try:
+        assert not engine._has_events
+        with engine.connect() as conn:
+            conn.info["sqlite_begin"] = "IMMEDIATE"
+            with conn.begin():
+                assert conn.connection.dbapi_connection.in_transaction
     finally:
         engine.dispose()
 

@@ -4,7 +4,9 @@ Put this directory first on ``PYTHONPATH`` and set ``SQLCOUNT_DIR``: every Pytho
 environment (a `mailserver serve` supervisor, its workers) then writes ``<SQLCOUNT_DIR>/<pid>.json`` every half
 second and at exit:
 
-* ``sa``: statements SQLAlchemy executed (``before_cursor_execute``, executemany counted once), by first word;
+* ``sa``: statements SQLAlchemy executed (``before_cursor_execute``, executemany counted once), by first word, and
+  its transactions' ends (``_commit``, ``_rollback``: SQLAlchemy's events, on SQLite too, where BEGIN goes straight
+  to the driver); ``sa_detail``: the statements by first word and table;
 * ``wire``: with ``PSYCOPG_IMPL=python`` (psycopg's ctypes libpq wrapper, which can be wrapped), every command sent
   to PostgreSQL, by kind: BEGIN/COMMIT/ROLLBACK sent by psycopg itself, the pool's ping, SET, pg_notify,
   PREPARE/DEALLOCATE of server-side prepared statements, SELECT/INSERT/UPDATE/DELETE.  Without pipeline mode each
@@ -21,10 +23,14 @@ import os
 import threading
 
 _DIR = os.environ.get("SQLCOUNT_DIR")
+#: ``SQLCOUNT_CALLERS=1``: also count each statement by the two innermost server functions it came from
+#: (``sa_callers``; costs a frame walk per statement).
+_CALLERS = bool(os.environ.get("SQLCOUNT_CALLERS"))
 
 
 def _install() -> None:
-    counts = {"sa": collections.Counter(), "wire": collections.Counter(), "shapes": collections.Counter()}
+    counts = {"sa": collections.Counter(), "wire": collections.Counter(), "shapes": collections.Counter(),
+              "sa_detail": collections.Counter(), "sa_callers": collections.Counter()}
     current: dict[int, list[str]] = {}  # per libpq connection: the commands of its open transaction
     lock = threading.Lock()
     names: dict[tuple[int, bytes], str] = {}  # per connection: prepared statement names are
@@ -70,6 +76,19 @@ def _install() -> None:
         with lock:
             counts[section][k] += n
 
+    import sys
+
+    def caller() -> str:
+        """The innermost frames of the server's own code (storage/, mailserver/) that led to a statement."""
+        f = sys._getframe(2)
+        names = []
+        while f is not None and len(names) < 2:
+            fn = f.f_code.co_filename
+            if ("/storage/" in fn or "/mailserver/" in fn) and not fn.endswith(("/storage/db.py", "/storage/sql.py")):
+                names.append(f"{fn.rsplit('/', 1)[-1]}:{f.f_code.co_name}")
+            f = f.f_back
+        return " < ".join(names) or "?"
+
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -77,6 +96,17 @@ def _install() -> None:
     def _before(conn, cursor, statement, parameters, context, executemany):
         add("sa", kind(statement))
         add("sa", "_total")
+        add("sa_detail", detail(statement))
+        if _CALLERS:
+            add("sa_callers", f"{detail(statement)} @ {caller()}")
+
+    @event.listens_for(Engine, "commit")
+    def _commit(conn):
+        add("sa", "_commit")
+
+    @event.listens_for(Engine, "rollback")
+    def _rollback(conn):
+        add("sa", "_rollback")
 
     try:
         from psycopg.pq import pq_ctypes
