@@ -525,6 +525,9 @@ class ImapSession:
             self.send(r.status_line("BYE", "the selected mailbox was deleted"))
             self.close()
             return
+        contexts = self.contexts
+        if self._idle_tag is None and sel.up_to_date() and not contexts and contexts.sel is sel:
+            return  # no change arrived since the last reply: nothing to tell, nothing to apply
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
         tracker = self.recent_for(sel) if (not sel.readonly and not self.rev2) else None
         before = self.contexts.before_flush(sel)
