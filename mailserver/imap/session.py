@@ -572,14 +572,18 @@ class ImapSession:
         sel = self.selected
         if sel is None:
             return
-        if any(e.kind == ch.RESYNC for e in sel.pending):
-            d = ensureDeferred(self._prepare_flush())
-            d.addCallback(lambda _: self._flush_if_idle())
-            d.addErrback(lambda f: log.failure("flushing updates in IDLE failed", f))
-            return
-        up_to = 0
-        if not (sel.readonly or self.rev2):
-            up_to = max((e.uid for e in sel.pending if e.kind == ch.EXISTS), default=0)
+        up_to = 0  # the highest new UID, in one pass over the queue (this runs once per session and change)
+        for e in sel.pending:
+            kind = e.kind
+            if kind == ch.RESYNC:
+                d = ensureDeferred(self._prepare_flush())
+                d.addCallback(lambda _: self._flush_if_idle())
+                d.addErrback(lambda f: log.failure("flushing updates in IDLE failed", f))
+                return
+            if kind == ch.EXISTS and e.uid > up_to:
+                up_to = e.uid
+        if up_to and (sel.readonly or self.rev2):
+            up_to = 0  # no \Recent taken here
         if up_to:
             self.recent_for(sel).after_reserve(sel.mailbox_id, sel.uid_validity, up_to, self._flush_if_idle)
         else:
