@@ -135,6 +135,7 @@ class Metrics:
         #: Labelled children of the per-message metrics, looked up once (``labels()`` takes a lock and checks the
         #: values on every call; these run for every message and every trip to a pool).
         self._children: dict[tuple, object] = {}
+        self._pool_observers: dict[str, Callable[[float], None]] = {}
         #: (protocol, name as given) -> (add to the counter, observe the duration)
         self._commands: dict[tuple[str, str], tuple[Callable[[float], None], Callable[[float], None]]] = {}
 
@@ -174,7 +175,11 @@ class Metrics:
         return child
 
     def pool_waited(self, pool: str, seconds: float) -> None:
-        self._child(self.pool_wait, pool).observe(max(0.0, seconds))
+        # From the pool's thread, for every trip to a pool: the child's observe as one call (``observer``).
+        observe = self._pool_observers.get(pool)
+        if observe is None:
+            observe = self._pool_observers.setdefault(pool, observer(self._child(self.pool_wait, pool)))
+        observe(seconds if seconds > 0.0 else 0.0)
 
     # -- the pipeline's observer (mailserver/delivery/pipeline.py)
 

@@ -145,7 +145,7 @@ def test_reactor_lag_is_how_late_the_timer_fires():
 def test_the_one_call_observer_adds_what_the_librarys_observe_adds():
     """metrics.observer (the per-command and per-answer path) puts each amount in the same bucket as
     prometheus_client's own Histogram.observe: on a bound, between bounds, 0, over the last bound; and
-    Metrics.command counts and times as the Counter and Histogram would."""
+    Metrics.command and Metrics.pool_waited count and time as the Counter and Histograms would."""
     from prometheus_client import CollectorRegistry, Histogram
 
     def samples(registry):
@@ -175,6 +175,13 @@ def test_the_one_call_observer_adds_what_the_librarys_observe_adds():
     assert got[("mailserver_command_seconds_bucket", "NOOP", "0.001")] == 2
     assert got[("mailserver_command_seconds_bucket", "NOOP", "0.005")] == 3
     assert got[("mailserver_commands_total", "OTHER", None)] == 1
+    metrics.pool_waited("db-read", 0.002)
+    metrics.pool_waited("db-read", -0.5)
+    waits = {(s.name, s.labels.get("le")): s.value for f in metrics.registry.collect() for s in f.samples
+             if s.name.startswith("mailserver_pool_wait") and s.labels.get("pool") == "db-read"}
+    assert waits[("mailserver_pool_wait_seconds_count", None)] == 2
+    assert waits[("mailserver_pool_wait_seconds_bucket", "0.001")] == 1
+    assert waits[("mailserver_pool_wait_seconds_sum", None)] == pytest.approx(0.002)
 
 
 def test_refused_connections_are_counted_by_the_limiter():
