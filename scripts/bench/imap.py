@@ -167,8 +167,12 @@ async def _clients_main(port: int, user: str, n: int) -> None:
     tasks = [asyncio.create_task(_client(port, user, ready, counter, seen, sem, all_seen)) for _ in range(n)]
     await ready.wait()
     print(json.dumps({"ready": n, "connect_s": time.time() - t}), flush=True)
-    await asyncio.gather(*tasks)
+    # Said as soon as the last session has its EXISTS (before any DONE), so a caller measuring the server over
+    # this window (imap_idle_cost.py) counts the fan-out alone, not the sessions' DONE and logout.
+    waiting = asyncio.ensure_future(asyncio.gather(*tasks))
+    await asyncio.wait([waiting, asyncio.ensure_future(all_seen.wait())], return_when=asyncio.FIRST_COMPLETED)
     print(json.dumps({"seen": len(seen), "last": max(seen)}), flush=True)
+    await waiting
 
 
 def part_b(srv, n: int) -> None:
