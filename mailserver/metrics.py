@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import re
 import time
+from bisect import bisect_left
 from dataclasses import dataclass
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -43,6 +45,33 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _COMMAND_NAME = re.compile(r"[A-Z][A-Z0-9 -]{0,23}")
 #: Command names whose metric children :meth:`Metrics.command` keeps looked up.
 MAX_COMMAND_NAMES = 256
+
+
+def observer(histogram) -> Callable[[float], None]:
+    """``histogram.observe`` of a labelled ``prometheus_client`` Histogram child as one plain call: the bucket found
+    by bisection, without the library's per-call checks (label values given, no exemplar). It adds to the same
+    values, so the exposition is the library's (``tests/test_metrics.py`` compares the two). Where the library keeps
+    its values otherwise (another version, multiprocess mode), it is the library's own ``observe``."""
+    try:
+        total, buckets, bounds = histogram._sum, list(histogram._buckets), tuple(histogram._upper_bounds)
+        add_total, adds = total.inc, [b.inc for b in buckets]
+    except AttributeError:
+        return histogram.observe
+    if len(adds) != len(bounds) or bounds[-1] != float("inf"):
+        return histogram.observe
+
+    def observe(amount: float) -> None:
+        # prometheus_client: the first bucket whose upper bound is >= amount (bounds sorted, the last +Inf).
+        add_total(amount)
+        adds[bisect_left(bounds, amount)](1)
+
+    return observe
+
+
+def _counter_add(counter) -> Callable[[float], None]:
+    """``counter.inc`` of a labelled Counter child without its per-call checks (see :func:`observer`)."""
+    value = getattr(counter, "_value", None)
+    return value.inc if value is not None and hasattr(value, "inc") else counter.inc
 
 
 class ConnectionCounts:
@@ -103,7 +132,9 @@ class Metrics:
         #: Labelled children of the per-message metrics, looked up once (``labels()`` takes a lock and checks the
         #: values on every call; these run for every message and every trip to a pool).
         self._children: dict[tuple, object] = {}
-        self._commands: dict[tuple[str, str], tuple] = {}  # (protocol, name as given) -> (counter, histogram)
+        self._pool_observers: dict[str, Callable[[float], None]] = {}
+        #: (protocol, name as given) -> (add to the counter, observe the duration)
+        self._commands: dict[tuple[str, str], tuple[Callable[[float], None], Callable[[float], None]]] = {}
 
     # -- hooks
 
@@ -121,11 +152,12 @@ class Metrics:
             label = name.upper()
             if not _COMMAND_NAME.fullmatch(label):
                 label = "OTHER"
-            pair = (self.commands.labels(protocol, label), self.command_seconds.labels(protocol, label))
+            pair = (_counter_add(self.commands.labels(protocol, label)),
+                    observer(self.command_seconds.labels(protocol, label)))
             if len(self._commands) < MAX_COMMAND_NAMES:
                 self._commands[(protocol, name)] = pair
-        pair[0].inc()
-        pair[1].observe(max(0.0, seconds))
+        pair[0](1)
+        pair[1](seconds if seconds > 0.0 else 0.0)
 
     def login(self, protocol: str, outcome: str, reason: str = "") -> None:
         self.logins.labels(protocol, outcome).inc()
@@ -140,7 +172,11 @@ class Metrics:
         return child
 
     def pool_waited(self, pool: str, seconds: float) -> None:
-        self._child(self.pool_wait, pool).observe(max(0.0, seconds))
+        # From the pool's thread, for every trip to a pool: the child's observe as one call (``observer``).
+        observe = self._pool_observers.get(pool)
+        if observe is None:
+            observe = self._pool_observers.setdefault(pool, observer(self._child(self.pool_wait, pool)))
+        observe(seconds if seconds > 0.0 else 0.0)
 
     # -- the pipeline's observer (mailserver/delivery/pipeline.py)
 

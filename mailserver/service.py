@@ -112,7 +112,8 @@ class TrackedConnection(ProtocolWrapper):
     def _answered(self) -> None:
         # Response latency (metrics): from the last bytes received to the first bytes of the answer.
         if self._request_at is not None:
-            self.factory.responses.observe(max(0.0, self.factory.clock.seconds() - self._request_at))
+            waited = self.factory.clock.seconds() - self._request_at
+            self.factory.observe_response(waited if waited > 0.0 else 0.0)
             self._request_at = None
 
     def makeConnection(self, transport):
@@ -166,6 +167,12 @@ class TrackingFactory(WrappingFactory):
         self.handshake_timeout = handshake_timeout
         #: The listener's response-latency histogram (a labelled prometheus Histogram), or None.
         self.responses = responses
+        #: Its ``observe`` as one call (every answer of every connection goes through it).
+        self.observe_response = None
+        if responses is not None:
+            from mailserver.metrics import observer
+
+            self.observe_response = observer(responses)
 
     def acceptableProtocols(self):
         inner = IProtocolNegotiationFactory(self.wrappedFactory, None)

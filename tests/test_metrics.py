@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
 
 from mailserver.connections import ConnectionLimiter
-from mailserver.metrics import Metrics, ReactorLag
+from mailserver.metrics import LATENCY_BUCKETS, Metrics, ReactorLag, observer
 from tests import harness
 from tests.harness import running_server
 
@@ -140,6 +140,48 @@ def test_reactor_lag_is_how_late_the_timer_fires():
     clock.advance(0.75)  # due at 3.0: on time again
     lag.stop()
     assert seen == [0.0, 0.25, 0.0]
+
+
+def test_the_one_call_observer_adds_what_the_librarys_observe_adds():
+    """metrics.observer (the per-command and per-answer path) puts each amount in the same bucket as
+    prometheus_client's own Histogram.observe: on a bound, between bounds, 0, over the last bound; and
+    Metrics.command and Metrics.pool_waited count and time as the Counter and Histograms would."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    def samples(registry):
+        return sorted((s.name, tuple(sorted(s.labels.items())), s.value)
+                      for f in registry.collect() for s in f.samples if not s.name.endswith("_created"))
+
+    amounts = [0.0, 1e-9, 0.0005, *LATENCY_BUCKETS, *(b * 1.0001 for b in LATENCY_BUCKETS), 31.0, 1e9]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("h", "h", ["l"], buckets=LATENCY_BUCKETS, registry=ours).labels("x")
+    h2 = Histogram("h", "h", ["l"], buckets=LATENCY_BUCKETS, registry=theirs).labels("x")
+    observe = observer(h1)
+    assert observe != h1.observe  # the one-call path is taken with this prometheus_client
+    for a in amounts:
+        observe(a)
+        h2.observe(a)
+    assert samples(ours) == samples(theirs)
+
+    metrics = Metrics()
+    for a in (0.0002, 0.003, -1.0):  # a negative duration (a clock step) counts as 0
+        metrics.command("imap", "noop", a)
+    metrics.command("imap", "x\x00y", 0.2)  # not a keyword: OTHER
+    got = {(s.name, s.labels.get("command"), s.labels.get("le")): s.value for f in metrics.registry.collect()
+           for s in f.samples if s.name.startswith("mailserver_command")}
+    assert got[("mailserver_commands_total", "NOOP", None)] == 3
+    assert got[("mailserver_command_seconds_count", "NOOP", None)] == 3
+    assert got[("mailserver_command_seconds_sum", "NOOP", None)] == pytest.approx(0.0032)
+    assert got[("mailserver_command_seconds_bucket", "NOOP", "0.001")] == 2
+    assert got[("mailserver_command_seconds_bucket", "NOOP", "0.005")] == 3
+    assert got[("mailserver_commands_total", "OTHER", None)] == 1
+    metrics.pool_waited("db-read", 0.002)
+    metrics.pool_waited("db-read", -0.5)
+    waits = {(s.name, s.labels.get("le")): s.value for f in metrics.registry.collect() for s in f.samples
+             if s.name.startswith("mailserver_pool_wait") and s.labels.get("pool") == "db-read"}
+    assert waits[("mailserver_pool_wait_seconds_count", None)] == 2
+    assert waits[("mailserver_pool_wait_seconds_bucket", "0.001")] == 1
+    assert waits[("mailserver_pool_wait_seconds_sum", None)] == pytest.approx(0.002)
 
 
 def test_refused_connections_are_counted_by_the_limiter():

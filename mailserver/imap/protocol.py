@@ -115,6 +115,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         self.flow = FlowControl(services.reactor, factory.clock, factory.stall_timeout, peer=self.client_ip)
         self.flow.on_reading = self._feed_held_input
         self.flow.attach(self.transport)
+        self.writable = self.flow.writable  # asked before every command: the flow control's own, one call
         self.session = ImapSession(services, self, client_ip=self.client_ip, tls_active=factory.implicit_tls,
                                    tls_available=(not factory.implicit_tls) and services.tls is not None,
                                    recent=factory.recent)

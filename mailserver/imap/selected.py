@@ -303,6 +303,12 @@ class SelectedMailbox:
     def has_updates(self) -> bool:
         return bool(self.pending) or bool(self.deferred_expunges) or self.told_exists != self.exists
 
+    def up_to_date(self) -> bool:
+        """Nothing queued, nothing left to tell and the modseqs settled: :meth:`flush` would send nothing and change
+        nothing (the common case between two commands of a session that no change reached)."""
+        return (not self.pending and not self.deferred_expunges and self.told_exists == len(self.uids)
+                and self.seen_modseq == self.highest_modseq)
+
     def expunge_issued(self) -> bool:
         """True while expunges of messages the client still sees wait to be told (after a FETCH, STORE or SEARCH):
         what that command answered from the store may lack them, and its tagged OK says so with

@@ -218,6 +218,9 @@ class ImapSession:
         self._collect: tuple[int, list] | None = None
         self._idle_tag: str | None = None
         self.commands_run = 0
+        #: Command counts and durations (``mailserver.metrics``), or None; the clock they are timed with.
+        self._metrics = getattr(services, "metrics", None)
+        self._seconds = services.reactor.seconds if self._metrics is not None else None
 
     # -- derived state ----------------------------------------------------------------------------------------
     @property
@@ -436,16 +439,9 @@ class ImapSession:
             self._error()
             return
         d = ensureDeferred(self._execute(command))
-        if getattr(self.services, "metrics", None) is not None:
-            d.addBoth(self._timed, command, self.services.reactor.seconds())
         if not d.called:
             self._running = d
             d.addBoth(self._command_done)
-
-    def _timed(self, result, command, started: float):
-        name = command.name or getattr(command, "command", "") or "OTHER"
-        self.services.metrics.command("imap", str(name), self.services.reactor.seconds() - started)
-        return result
 
     def _command_done(self, _result) -> None:
         self._running = None
@@ -465,54 +461,61 @@ class ImapSession:
     async def _execute(self, command: c.Command) -> None:
         tag = command.tag
         name = command.name or getattr(command, "command", "?")
+        metrics = self._metrics
+        started = self._seconds() if metrics is not None else 0.0
         self.conn.activity()
         try:
-            entry = COMMANDS.get(type(command))
-            if entry is None:
-                raise Bad(f"unknown command {name}")
-            if not self.state & entry.states:
-                raise Bad(f"{name} not allowed in this state")
-            need = entry.selected(command) if callable(entry.selected) else entry.selected
-            if self.state & SELECTED and self.selected_foreign and (need or entry.states == SELECTED):
-                # Another account's mailbox: its ACL may have changed since SELECT, here or on another node (or
-                # by the CLI), so the rights are read again (one query) for each command that uses them.
-                letters = await self.services.astore.mailbox_rights(self.selected.mailbox_id, self.account_id)
-                self.selected_rights = Rights.parse(letters)
-            if need and self.state & SELECTED and need not in self.selected_rights:
-                # RFC 4314 4 / RFC 5530: the mailbox is known to the client (it selected it), so this may say why.
-                raise No(f"{name} not permitted in this mailbox", "NOPERM")
-            self.spec = entry
-            result = await entry.handler(self, command)
-            if result is REPLIED:
-                self.errors = 0
-                return
-            if self.selected is not None and self.selected.pending:
-                await self._prepare_flush()
-            self.flush_updates(command)
-            if self.contexts:
-                await cmd_search.update_contexts(self)  # RFC 5267 4.3: ADDTO/REMOVEFROM before the tagged reply
-            if self.closed:
-                return
-            ok = result if isinstance(result, Ok) else Ok()
-            code = ok.code
-            if code is None and self.selected is not None and self.selected.expunge_issued():
-                code = "EXPUNGEISSUED"  # RFC 9051 7.1: the answer may lack messages expunged meanwhile
-            self.send(r.tagged(tag, "OK", ok.text or f"{_display_name(command)} completed", code))
-            self.errors = 0
-        except Exception as e:  # every failure of the command becomes a tagged reply (not a KeyboardInterrupt)
-            if self.closed:
-                return
-            if not isinstance(e, (No, ParseError, StoreError, sasl.SaslError)):
-                log.failure("IMAP {name} failed", name=name)
             try:
-                await self._prepare_flush()
+                entry = COMMANDS.get(type(command))
+                if entry is None:
+                    raise Bad(f"unknown command {name}")
+                if not self.state & entry.states:
+                    raise Bad(f"{name} not allowed in this state")
+                need = entry.selected(command) if callable(entry.selected) else entry.selected
+                if self.state & SELECTED and self.selected_foreign and (need or entry.states == SELECTED):
+                    # Another account's mailbox: its ACL may have changed since SELECT, here or on another node (or
+                    # by the CLI), so the rights are read again (one query) for each command that uses them.
+                    letters = await self.services.astore.mailbox_rights(self.selected.mailbox_id, self.account_id)
+                    self.selected_rights = Rights.parse(letters)
+                if need and self.state & SELECTED and need not in self.selected_rights:
+                    # RFC 4314 4 / RFC 5530: the mailbox is known to the client (it selected it), so this may say why.
+                    raise No(f"{name} not permitted in this mailbox", "NOPERM")
+                self.spec = entry
+                result = await entry.handler(self, command)
+                if result is REPLIED:
+                    self.errors = 0
+                    return
+                if self.selected is not None and self.selected.pending:
+                    await self._prepare_flush()
                 self.flush_updates(command)
-            except Exception:
-                log.failure("flushing updates failed")
-            if not self.closed:
-                self.send(_reply_for(tag, e, name))
-            if isinstance(e, Bad):
-                self._error()
+                if self.contexts:
+                    await cmd_search.update_contexts(self)  # RFC 5267 4.3: ADDTO/REMOVEFROM before the tagged reply
+                if self.closed:
+                    return
+                ok = result if isinstance(result, Ok) else Ok()
+                code = ok.code
+                if code is None and self.selected is not None and self.selected.expunge_issued():
+                    code = "EXPUNGEISSUED"  # RFC 9051 7.1: the answer may lack messages expunged meanwhile
+                self.send(r.tagged(tag, "OK", ok.text or f"{_display_name(command)} completed", code))
+                self.errors = 0
+            except Exception as e:  # every failure of the command becomes a tagged reply (not a KeyboardInterrupt)
+                if self.closed:
+                    return
+                if not isinstance(e, (No, ParseError, StoreError, sasl.SaslError)):
+                    log.failure("IMAP {name} failed", name=name)
+                try:
+                    await self._prepare_flush()
+                    self.flush_updates(command)
+                except Exception:
+                    log.failure("flushing updates failed")
+                if not self.closed:
+                    self.send(_reply_for(tag, e, name))
+                if isinstance(e, Bad):
+                    self._error()
+        finally:
+            if metrics is not None:  # the command's duration, to its tagged reply
+                metrics.command("imap", str(command.name or getattr(command, "command", "") or "OTHER"),
+                                self._seconds() - started)
 
     def flush_updates(self, command: c.Command | None = None) -> None:
         sel = self.selected
@@ -522,6 +525,9 @@ class ImapSession:
             self.send(r.status_line("BYE", "the selected mailbox was deleted"))
             self.close()
             return
+        contexts = self.contexts
+        if self._idle_tag is None and sel.up_to_date() and not contexts and contexts.sel is sel:
+            return  # no change arrived since the last reply: nothing to tell, nothing to apply
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
         tracker = self.recent_for(sel) if (not sel.readonly and not self.rev2) else None
         before = self.contexts.before_flush(sel)
@@ -566,14 +572,18 @@ class ImapSession:
         sel = self.selected
         if sel is None:
             return
-        if any(e.kind == ch.RESYNC for e in sel.pending):
-            d = ensureDeferred(self._prepare_flush())
-            d.addCallback(lambda _: self._flush_if_idle())
-            d.addErrback(lambda f: log.failure("flushing updates in IDLE failed", f))
-            return
-        up_to = 0
-        if not (sel.readonly or self.rev2):
-            up_to = max((e.uid for e in sel.pending if e.kind == ch.EXISTS), default=0)
+        up_to = 0  # the highest new UID, in one pass over the queue (this runs once per session and change)
+        for e in sel.pending:
+            kind = e.kind
+            if kind == ch.RESYNC:
+                d = ensureDeferred(self._prepare_flush())
+                d.addCallback(lambda _: self._flush_if_idle())
+                d.addErrback(lambda f: log.failure("flushing updates in IDLE failed", f))
+                return
+            if kind == ch.EXISTS and e.uid > up_to:
+                up_to = e.uid
+        if up_to and (sel.readonly or self.rev2):
+            up_to = 0  # no \Recent taken here
         if up_to:
             self.recent_for(sel).after_reserve(sel.mailbox_id, sel.uid_validity, up_to, self._flush_if_idle)
         else:

@@ -114,7 +114,7 @@ def part_a(srv, large: int, small: int, repeat: int = 1) -> None:
 # ------------------------------------------------------------------------------------------------ (b) IDLE
 
 async def _client(port: int, user: str, ready: asyncio.Event, counter: list, seen: list, sem,
-                  all_seen: asyncio.Event) -> None:
+                  all_seen: asyncio.Event, hold: bool = False) -> None:
     # Logins are paced by ``sem``: the authenticator counts concurrent attempts for one account against its
     # throttling limit (a burst of thousands would be refused, as it should be).
     async with sem:
@@ -147,6 +147,11 @@ async def _client(port: int, user: str, ready: asyncio.Event, counter: list, see
         if line.endswith(b"EXISTS\r\n"):
             seen.append(time.time())
             if len(seen) == counter[1]:
+                # Said at once, before any session sends DONE; with --hold, DONE waits for a line on stdin (so a
+                # caller measuring the server, imap_idle_cost.py, counts the fan-out alone).
+                print(json.dumps({"seen": len(seen), "last": max(seen)}), flush=True)
+                if hold:
+                    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
                 all_seen.set()
             # Leave IDLE only once every session saw it: the sessions' DONE and logout are not part of the fan-out.
             await all_seen.wait()
@@ -156,7 +161,7 @@ async def _client(port: int, user: str, ready: asyncio.Event, counter: list, see
             return
 
 
-async def _clients_main(port: int, user: str, n: int) -> None:
+async def _clients_main(port: int, user: str, n: int, hold: bool = False) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ready, all_seen = asyncio.Event(), asyncio.Event()
@@ -164,11 +169,10 @@ async def _clients_main(port: int, user: str, n: int) -> None:
     seen: list[float] = []
     sem = asyncio.Semaphore(8)
     t = time.time()
-    tasks = [asyncio.create_task(_client(port, user, ready, counter, seen, sem, all_seen)) for _ in range(n)]
+    tasks = [asyncio.create_task(_client(port, user, ready, counter, seen, sem, all_seen, hold)) for _ in range(n)]
     await ready.wait()
     print(json.dumps({"ready": n, "connect_s": time.time() - t}), flush=True)
     await asyncio.gather(*tasks)
-    print(json.dumps({"seen": len(seen), "last": max(seen)}), flush=True)
 
 
 def part_b(srv, n: int) -> None:
@@ -196,11 +200,12 @@ def main() -> None:
     ap.add_argument("--idle", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=1, help="(a): sessions per mailbox after the first, medians shown")
     ap.add_argument("--clients", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--user", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.clients:
-        asyncio.run(_clients_main(args.port, args.user, args.clients))
+        asyncio.run(_clients_main(args.port, args.user, args.clients, args.hold))
         return
     from mailserver.service import raise_open_files_limit
     from tests.harness import running_server

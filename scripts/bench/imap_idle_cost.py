@@ -53,8 +53,8 @@ def main() -> None:
             raw = message("wake up", to="idle@example.test")
             srv.deliver("idle@example.test", raw)  # warm the delivery path once
             proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("imap.py")), "--clients",
-                                     str(args.idle), "--port", str(srv.port("imap")), "--user", "idle@example.test"],
-                                    stdout=subprocess.PIPE, text=True)
+                                     str(args.idle), "--port", str(srv.port("imap")), "--user", "idle@example.test", "--hold"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             json.loads(proc.stdout.readline())
             time.sleep(1.0)
             profiler = None
@@ -72,6 +72,8 @@ def main() -> None:
             if profiler is not None:
                 call(profiler.disable)
                 profiler.dump_stats(args.profile)
+            proc.stdin.write("\n")  # the window is closed: the sessions may leave IDLE now
+            proc.stdin.close()
             proc.wait(timeout=120)
             print(f"{args.idle} IDLE sessions, seen by {done['seen']}: pool calls {h1 - h0}  statements {s1 - s0}  "
                   f"wall {(t1 - t0) * 1000:.1f} ms" + (f"  Ir {ir:,}" if ir else ""), flush=True)
