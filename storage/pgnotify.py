@@ -165,6 +165,7 @@ class PgNotifyBridge:
         self.engine = engine
         self.hub = hub
         self.origin = origin_for(engine)
+        self._own_prefix = '{"o":' + json.dumps(self.origin) + ","
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.received = 0
@@ -222,6 +223,10 @@ class PgNotifyBridge:
         self.hub.publish_resync()
 
     def _received(self, payload: str) -> None:
+        # Every process hears every notification, its own included: its own are dropped before the JSON is parsed
+        # (the payload starts with the origin, _payload), so N processes each parse only the others' events.
+        if payload.startswith(self._own_prefix):
+            return
         try:
             origin, changes = decode(payload)
         except (ValueError, TypeError):
