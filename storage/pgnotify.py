@@ -88,11 +88,17 @@ def engine_channel(engine, conn=None) -> str:
     return channel
 
 
-def notify(conn, changes: list[Change], origin: str) -> None:
-    """Send ``changes`` with ``pg_notify`` in ``conn``'s open transaction: delivered only if it commits."""
+def notify(conn, changes: list[Change], origin: str, async_commit: bool = False) -> None:
+    """Send ``changes`` with ``pg_notify`` in ``conn``'s open transaction: delivered only if it commits.
+    ``async_commit``: the same statement also sets ``synchronous_commit = off`` for the transaction (``SET LOCAL``;
+    read at COMMIT), which saves that setting its own round trip."""
     channel = engine_channel(conn.engine, conn)
-    for p in encode_batches(changes, origin):
-        conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": channel, "p": p})
+    for i, p in enumerate(encode_batches(changes, origin)):
+        if async_commit and i == 0:
+            conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s), set_config('synchronous_commit', 'off', true)",
+                                 {"ch": channel, "p": p})
+        else:
+            conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": channel, "p": p})
 
 
 def _psycopg_dsn(url: str) -> str:
