@@ -601,6 +601,19 @@ class DatabaseBlobStore(BlobStore):
         """Committed here, before any metadata naming the blob: already durable."""
         spool.seek(0)
         data = spool.read()
+        if self.engine.dialect.name == "postgresql":
+            # One statement committed on its own (AUTOCOMMIT): one round trip instead of SELECT, BEGIN, INSERT or
+            # UPDATE, COMMIT.  A row already there (the same content, or a row the file backend's ref() made) gets
+            # its data if it had none and is touched, as below.
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(Blob).values(id=ref.id, size=ref.size, refcount=0, data=data, created=time.time())
+            stmt = stmt.on_conflict_do_update(index_elements=[Blob.id], set_={
+                "data": func.coalesce(Blob.__table__.c.data, stmt.excluded.data),
+                "created": stmt.excluded.created})
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(stmt)
+            return
         with write_lock(self.engine), self.engine.connect() as conn:
             conn.info["sqlite_begin"] = "IMMEDIATE"
             with conn.begin():

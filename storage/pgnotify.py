@@ -88,11 +88,17 @@ def engine_channel(engine, conn=None) -> str:
     return channel
 
 
-def notify(conn, changes: list[Change], origin: str) -> None:
-    """Send ``changes`` with ``pg_notify`` in ``conn``'s open transaction: delivered only if it commits."""
+def notify(conn, changes: list[Change], origin: str, async_commit: bool = False) -> None:
+    """Send ``changes`` with ``pg_notify`` in ``conn``'s open transaction: delivered only if it commits.
+    ``async_commit``: the same statement also sets ``synchronous_commit = off`` for the transaction (``SET LOCAL``;
+    read at COMMIT), which saves that setting its own round trip."""
     channel = engine_channel(conn.engine, conn)
-    for p in encode_batches(changes, origin):
-        conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": channel, "p": p})
+    for i, p in enumerate(encode_batches(changes, origin)):
+        if async_commit and i == 0:
+            conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s), set_config('synchronous_commit', 'off', true)",
+                                 {"ch": channel, "p": p})
+        else:
+            conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": channel, "p": p})
 
 
 def _psycopg_dsn(url: str) -> str:
@@ -165,6 +171,7 @@ class PgNotifyBridge:
         self.engine = engine
         self.hub = hub
         self.origin = origin_for(engine)
+        self._own_prefix = '{"o":' + json.dumps(self.origin) + ","
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.received = 0
@@ -222,6 +229,10 @@ class PgNotifyBridge:
         self.hub.publish_resync()
 
     def _received(self, payload: str) -> None:
+        # Every process hears every notification, its own included: its own are dropped before the JSON is parsed
+        # (the payload starts with the origin, _payload), so N processes each parse only the others' events.
+        if payload.startswith(self._own_prefix):
+            return
         try:
             origin, changes = decode(payload)
         except (ValueError, TypeError):

@@ -119,6 +119,13 @@ _PENDING = "mailserver_changes"
 ORPHAN_MIN_AGE = 600.0
 
 
+def _pg_in_transaction(conn: Connection) -> bool:
+    """Whether the psycopg connection under ``conn`` has sent BEGIN (a statement other than a plain read ran)."""
+    from psycopg.pq import TransactionStatus
+
+    return conn.connection.driver_connection.info.transaction_status != TransactionStatus.IDLE
+
+
 class Store:
     def __init__(self, engine: Engine, blobs: BlobStore):
         self.engine = engine
@@ -129,7 +136,8 @@ class Store:
             from storage import pgnotify
 
             origin = pgnotify.origin_for(engine)
-            self._notify = lambda conn, changes: pgnotify.notify(conn, changes, origin)
+            self._notify = lambda conn, changes, async_commit=False: pgnotify.notify(conn, changes, origin,
+                                                                                      async_commit)
         #: Called (on the database thread, after the commit) when an operation recorded classifier training.
         self.on_training: Callable[[], None] | None = None
         #: Flag changes (:meth:`set_flags`) and expunges (:meth:`expunge`) commit flushed to disk (``[store] fsync =
@@ -170,11 +178,17 @@ class Store:
                         conn.info["sqlite_sync"] = "NORMAL"
             try:
                 with conn.begin():
-                    if not durable and not self.sqlite:
-                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                     yield conn
                     pending = conn.info.pop(_PENDING, None)
-                    if pending and self._notify is not None:
+                    if not durable and not self.sqlite:
+                        # synchronous_commit is read at COMMIT, so it is set last: in the pg_notify statement when
+                        # there is one (no round trip of its own), else only if a write opened the transaction (a
+                        # transaction of plain reads has no BEGIN to commit: storage/db.py).
+                        if pending:
+                            self._notify(conn, pending, True)
+                        elif _pg_in_transaction(conn):
+                            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    elif pending and self._notify is not None:
                         self._notify(conn, pending)
             finally:
                 conn.info.pop("sqlite_begin", None)

@@ -144,3 +144,44 @@ def test_pg_login_failures_clear_keeps_the_ip():
     finally:
         eng.dispose()
         harness.drop_pg_schema(base, url)
+
+
+def test_a_transaction_not_flushed_sets_synchronous_commit_off_for_its_commit_only(tmp_path):
+    """``Store.transaction(durable=False)`` commits with synchronous_commit off (set in its pg_notify statement when
+    it notifies, by SET LOCAL when it wrote without notifying, not at all when it only read: no BEGIN then);
+    durable transactions keep the server's setting."""
+    from sqlalchemy import event
+
+    from storage import migrate
+    from storage.blobs import FileBlobStore
+    from storage.changes import EXISTS, Change
+    from storage.store import Changed, Store
+
+    base = harness.test_database_url()
+    url = harness.fresh_pg_url(base)
+    eng = make_engine(url, pool_size=2)
+    try:
+        migrate.upgrade(eng)
+        store = Store(eng, FileBlobStore(tmp_path / "blobs"))
+        seen = []
+
+        @event.listens_for(eng, "commit")
+        def _at_commit(conn):
+            seen.append((_status(conn), conn.exec_driver_sql("SELECT current_setting('synchronous_commit')").scalar()))
+
+        def write(conn):
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE w (i integer) ON COMMIT DROP")
+
+        with store.transaction(durable=False) as conn:  # writes and notifies
+            write(conn)
+            store.announce(conn, Changed(None, [Change(EXISTS, 1, 1, uid=1)]))
+        with store.transaction(durable=False) as conn:  # writes, nothing to notify
+            write(conn)
+        with store.transaction(durable=False) as conn:  # only reads
+            conn.exec_driver_sql("SELECT 1").scalar()
+        with store.transaction() as conn:  # durable
+            write(conn)
+        assert seen == [(INTRANS, "off"), (INTRANS, "off"), (IDLE, "on"), (INTRANS, "on")]
+    finally:
+        eng.dispose()
+        harness.drop_pg_schema(base, url)

@@ -163,3 +163,34 @@ def test_an_oversized_change_is_sent_without_keywords_instead_of_failing_the_wri
     got = listen.received()
     assert [(c.kind, c.uid, c.keywords) for c in got] == [(FLAGS, res.uid, ())]
     assert store.get_messages(res.mailbox_id, [res.uid])[0].keywords == changed.changes[0].keywords == many
+
+
+def test_the_bridge_drops_its_own_notifications_unparsed_and_publishes_the_others():
+    """A process hears its own NOTIFYs too: those are dropped (before any JSON parsing), the others' are published
+    to the local hub; no database needed."""
+
+    class Engine:  # only an origin key here
+        pass
+
+    class Reactor:
+        def callFromThread(self, f, *args):
+            f(*args)
+
+    class Hub:
+        def __init__(self):
+            self.got = []
+
+        def publish_remote(self, changes):
+            self.got.extend(changes)
+
+    hub = Hub()
+    bridge = pgnotify.PgNotifyBridge(Reactor(), Engine(), hub)
+    change = Change(EXISTS, 7, 3, uid=1, modseq=2, keywords=("$Junk",))
+    for payload in pgnotify.encode_batches([change], bridge.origin):
+        bridge._received(payload)
+    assert hub.got == [] and bridge.received == 0
+    for payload in pgnotify.encode_batches([change], "another process"):
+        bridge._received(payload)
+    assert hub.got == [change] and bridge.received == 1
+    bridge._received("not json")  # logged and ignored
+    assert bridge.received == 1

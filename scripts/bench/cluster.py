@@ -57,6 +57,9 @@ class Node:
     ports: dict[str, int]
     proc: subprocess.Popen | None = None
     log: object = None
+    #: The config file's text, written again at each start (configurations sharing one work directory, hence one
+    #: data directory, take turns: pop3.py's ``--ours``).
+    text: str = ""
 
     def log_text(self) -> str:
         return (self.conf.parent / "serve.log").read_text(errors="replace")
@@ -74,13 +77,18 @@ class Cluster:
 
     def __init__(self, workdir: Path, *, workers: int = 1, nodes: int = 1, database_url: str = "",
                  reuse_port: bool = False, fsync: str = "optimized", limits: dict | None = None,
-                 protocols: tuple[str, ...] = ("imap",), extra_toml: str = ""):
+                 protocols: tuple[str, ...] = ("imap",), extra_toml: str = "", schema_url: str = ""):
         self.workdir = workdir
         self.workers = max(1, workers)
         self.protocols = protocols
         self.base_url = database_url
         self.url = ""
-        if database_url:
+        #: Whether stop() drops the schema: not one passed in as ``schema_url`` (another Cluster's :attr:`url`,
+        #: so that several configurations run on one filled database; SQLite: the same ``workdir``).
+        self.owns_schema = not schema_url
+        if schema_url:
+            self.url = schema_url
+        elif database_url:
             sys.path.insert(0, str(ROOT))
             from tests.harness import fresh_pg_url
 
@@ -103,11 +111,16 @@ class Cluster:
             db = f'database_url = "{self.url}"\n' if self.url else ""
             blobs = '[store]\nblobs = "database"\n' if self.url else "[store]\n"
             conf = data / "mailserver.toml"
-            conf.write_text(f'hostname = "node{i}.example.test"\ndata_dir = "{data / "data"}"\n{db}'
-                            f"[server]\nworkers = {self.workers}\nreuse_port = {str(reuse_port).lower()}\n"
-                            f"{section}[limits]\n{lim}[queue]\nrun = false\n{blobs}fsync = \"{fsync}\"\n"
-                            f'{extra_toml}[[domain]]\nname = "{DOMAIN}"\n')
-            self.nodes.append(Node(f"node{i}", conf, ports))
+            head = (f'hostname = "node{i}.example.test"\ndata_dir = "{data / "data"}"\n{db}'
+                    f"[server]\nworkers = {self.workers}\nreuse_port = {str(reuse_port).lower()}\n")
+            tail = (f"[limits]\n{lim}[queue]\nrun = false\n{blobs}fsync = \"{fsync}\"\n"
+                    f'{extra_toml}[[domain]]\nname = "{DOMAIN}"\n')
+            conf.write_text(head + section + tail)
+            if i == 1:
+                # The same installation without listeners: for a MailServer in the benchmark's own process that
+                # fills mailboxes through the delivery pipeline before the nodes start (pop3.py).
+                (data / "fill.toml").write_text(head + tail)
+            self.nodes.append(Node(f"node{i}", conf, ports, text=head + section + tail))
         self.haproxy: subprocess.Popen | None = None
         self.front: dict[str, int] = dict(self.nodes[0].ports)
         self.store = None
@@ -122,6 +135,7 @@ class Cluster:
 
     def start(self) -> None:
         for n in self.nodes:
+            n.conf.write_text(n.text)
             n.log = open(n.conf.parent / "serve.log", "w")
             n.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(n.conf), "serve"],
                                       stdout=n.log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -197,7 +211,7 @@ class Cluster:
         if self.store is not None:
             self.store.engine.dispose()
             self.store = None
-        if self.url:
+        if self.url and self.owns_schema:
             from tests.harness import drop_pg_schema
 
             drop_pg_schema(self.base_url, self.url)
@@ -275,6 +289,19 @@ class Balance:
         return "; ".join(parts)
 
 
+def parse_spec(text: str) -> dict:
+    spec = {"workers": 1, "db": "sqlite", "nodes": 1, "reuse_port": False, "fsync": "optimized"}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key not in spec:
+            raise SystemExit(f"--ours {text}: unknown key {key!r}")
+        spec[key] = (value in ("1", "true", "yes")) if key == "reuse_port" else (
+            int(value) if key in ("workers", "nodes") else value)
+    if spec["nodes"] > 1 and spec["db"] != "pg":
+        raise SystemExit(f"--ours {text}: nodes need db=pg")
+    return spec
+
+
 def describe(workers: int, nodes: int, database_url: str, reuse_port: bool, fsync: str) -> str:
     db = "PostgreSQL" if database_url else "SQLite"
     how = f"{nodes} nodes x {workers} workers" if nodes > 1 else f"{workers} workers"
@@ -285,3 +312,167 @@ def describe(workers: int, nodes: int, database_url: str, reuse_port: bool, fsyn
 def haproxy_available() -> bool:
     return shutil.which("haproxy") is not None
 
+
+
+# --------------------------------------------------------------------------------------------- the whole curve
+
+#: The scaling curve of issue 17: 1, 2, 4 workers on SQLite and on PostgreSQL, 2 nodes on PostgreSQL (HAProxy).
+CURVE = ("workers=1", "workers=2", "workers=4", "workers=1,db=pg", "workers=2,db=pg", "workers=4,db=pg",
+         "workers=1,db=pg,nodes=2")
+
+
+def _run_logged(cmd: list[str], log, timeout: float) -> str:
+    """Run a benchmark script (a child, stopped by its PID if it overruns); its output goes to ``log`` and back."""
+    print(f"$ {' '.join(cmd)}", file=log, flush=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        out += f"\n(cluster.py: killed after {timeout:.0f} s)\n"
+    log.write(out)
+    log.flush()
+    return out
+
+
+def _num(pattern: str, text: str) -> float | None:
+    import re
+
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def curve_imaptest(a, spec: dict, log) -> dict:
+    cmd = [sys.executable, str(ROOT / "scripts/bench/imaptest.py"), "--imaptest", a.imaptest, "--dovecot",
+           "--phases", "stress", "--secs", str(a.secs), "--workers", str(spec["workers"])]
+    if spec["db"] == "pg":
+        cmd += ["--database-url", a.database_url]
+    if spec["nodes"] > 1:
+        cmd += ["--nodes", str(spec["nodes"])]
+    if spec["reuse_port"]:
+        cmd += ["--reuse-port"]
+    if spec["fsync"] != "optimized":
+        cmd += ["--fsync", spec["fsync"]]
+    load = os.getloadavg()[0]
+    out = _run_logged(cmd, log, a.secs * 2 + 600)
+    return {"ours": _num(r"^\s+ours\s+([\d.]+) ops/s", out), "errors": _num(r"^\s+ours\s+[\d.]+ ops/s\s+(\d+) errors", out),
+            "ref": _num(r"^\s+dovecot\s+([\d.]+) ops/s", out),
+            "ref_errors": _num(r"^\s+dovecot\s+[\d.]+ ops/s\s+(\d+) errors", out),
+            "cpu": _num(r"server CPU ([\d.]+) ms/op", out), "load": (load, os.getloadavg()[0])}
+
+
+def curve_smtp(a, specs: list[dict], log) -> tuple[dict, float | None, tuple]:
+    cmd = [sys.executable, str(ROOT / "scripts/bench/smtp_reference.py"), "--rounds", "1", "--messages",
+           str(a.smtp_messages)]
+    if a.database_url:
+        cmd += ["--database-url", a.database_url]
+    for sp in specs:
+        cmd += ["--ours", sp["text"]]
+    load = os.getloadavg()[0]
+    out = _run_logged(cmd, log, 3600)
+    rows = {}
+    for sp in specs:
+        label = describe(sp["workers"], sp["nodes"], "pg" if sp["db"] == "pg" else "", sp["reuse_port"], sp["fsync"])
+        esc = label.replace("(", r"\(").replace(")", r"\)")
+        rows[sp["text"]] = {"ours": _num(rf"^  {esc}: ([\d.]+) msg/s durably", out),
+                            "cpu": _num(rf"^  {esc}: .*CPU ([\d.]+) ms/msg", out),
+                            "ratio": _num(rf"^  {esc}: .*ratio ([\d.]+)", out)}
+    return rows, _num(r"LMTP ([\d.]+) msg/s end to end", out), (load, os.getloadavg()[0])
+
+
+def curve_pop3(a, specs: list[dict], log) -> tuple[dict, float | None, tuple]:
+    cmd = [sys.executable, str(ROOT / "scripts/bench/pop3.py"), "--dovecot", "--rounds", "1", "--messages",
+           str(a.pop3_messages)]
+    if a.database_url:
+        cmd += ["--database-url", a.database_url]
+    for sp in specs:
+        cmd += ["--ours", sp["text"]]
+    load = os.getloadavg()[0]
+    out = _run_logged(cmd, log, 3600)
+    rows = {}
+    for sp in specs:
+        label = "ours " + describe(sp["workers"], sp["nodes"], "pg" if sp["db"] == "pg" else "", sp["reuse_port"],
+                                   sp["fsync"])
+        esc = label.replace("(", r"\(").replace(")", r"\)")
+        rows[sp["text"]] = {"ours": _num(rf"^  {esc}\s+([\d.]+) msg/s", out),
+                            "cpu": _num(rf"^  {esc}\s+.* ([\d.]+) us/msg", out),
+                            "ratio": _num(rf"^  {esc}\s+.*ratio ([\d.]+)", out)}
+    return rows, _num(r"^  dovecot\s+([\d.]+) msg/s", out), (load, os.getloadavg()[0])
+
+
+def _f(x, fmt="{:.0f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def curve_main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="cluster.py", description="The scaling curve of issue 17 in one command: imaptest stress, SMTP and POP3 "
+        "against each configuration of ours, each beside its reference (Dovecot; Postfix->Dovecot LMTP) in the same "
+        "run, then one table.  Every configuration runs as `mailserver serve` (this module's Cluster).")
+    ap.add_argument("--imaptest", default=os.environ.get("IMAPTEST", "/work/tools/imaptest.sh"))
+    ap.add_argument("--database-url", default=os.environ.get("MAILSERVER_TEST_DATABASE_URL", ""),
+                    help="PostgreSQL for the db=pg configurations (fresh schemas, dropped); without it they are left out")
+    ap.add_argument("--configs", default=" ".join(CURVE), help="space-separated specs (default: the whole curve)")
+    ap.add_argument("--only", default="imap,smtp,pop3", help="which benchmarks (default imap,smtp,pop3)")
+    ap.add_argument("--secs", type=int, default=20, help="imaptest stress seconds per side (default 20)")
+    ap.add_argument("--smtp-messages", type=int, default=2000)
+    ap.add_argument("--pop3-messages", type=int, default=1000, help="per maildrop, 10 maildrops (default 1000)")
+    ap.add_argument("--log", default="", help="every benchmark's own output (default: a file under /tmp)")
+    a = ap.parse_args(argv)
+    specs = []
+    for text in a.configs.split():
+        sp = parse_spec(text)
+        if sp["db"] == "pg" and not a.database_url:
+            print(f"skipping {text}: no --database-url")
+            continue
+        sp["text"] = text
+        specs.append(sp)
+    only = set(a.only.split(","))
+    log_path = Path(a.log or f"/tmp/cluster-curve-{os.getpid()}.log")
+    t0 = time.monotonic()
+    imap: dict[str, dict] = {}
+    with open(log_path, "w") as log:
+        print(f"curve: {len(specs)} configurations, {sorted(only)}; every benchmark's output in {log_path}", flush=True)
+        if "imap" in only:
+            for sp in specs:
+                imap[sp["text"]] = r = curve_imaptest(a, sp, log)
+                print(f"  imaptest {sp['text']}: ours {_f(r['ours'])} ops/s ({_f(r['errors'])} errors), Dovecot "
+                      f"{_f(r['ref'])} ops/s ({_f(r['ref_errors'])} errors), {_f(r['cpu'], '{:.2f}')} ms/op, "
+                      f"load {r['load'][0]:.1f}-{r['load'][1]:.1f}", flush=True)
+        smtp, smtp_ref, smtp_load = curve_smtp(a, specs, log) if "smtp" in only else ({}, None, None)
+        if "smtp" in only:
+            print(f"  smtp done, reference {_f(smtp_ref)} msg/s, load {smtp_load[0]:.1f}-{smtp_load[1]:.1f}", flush=True)
+        pop3, pop3_ref, pop3_load = curve_pop3(a, specs, log) if "pop3" in only else ({}, None, None)
+        if "pop3" in only:
+            print(f"  pop3 done, Dovecot {_f(pop3_ref)} msg/s, load {pop3_load[0]:.1f}-{pop3_load[1]:.1f}", flush=True)
+    print(f"\nscaling curve ({time.monotonic() - t0:.0f} s; load average now "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}); ours / reference (ratio), our CPU per operation:\n")
+    print("| configuration | imaptest stress ops/s (errors ours, Dovecot) | ms/op | load | SMTP msg/s | ms/msg "
+          "| POP3 msg/s | µs/msg |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for sp in specs:
+        k = sp["text"]
+        label = describe(sp["workers"], sp["nodes"], "pg" if sp["db"] == "pg" else "", sp["reuse_port"], sp["fsync"])
+        i, s, p = imap.get(k, {}), smtp.get(k, {}), pop3.get(k, {})
+        ir = (i["ours"] / i["ref"]) if i.get("ours") and i.get("ref") else None
+        print(f"| {label} | {_f(i.get('ours'))} / {_f(i.get('ref'))} ({_f(ir, '{:.2f}')}; {_f(i.get('errors'))}, "
+              f"{_f(i.get('ref_errors'))}) | {_f(i.get('cpu'), '{:.2f}')} | "
+              f"{i['load'][0]:.0f}–{i['load'][1]:.0f} | " if i else f"| {label} | — | — | — | ", end="")
+        print(f"{_f(s.get('ours'))} / {_f(smtp_ref)} ({_f(s.get('ratio'), '{:.2f}')}) | {_f(s.get('cpu'), '{:.2f}')} | "
+              f"{_f(p.get('ours'))} / {_f(pop3_ref)} ({_f(p.get('ratio'), '{:.2f}')}) | {_f(p.get('cpu'))} |")
+    if smtp_load:
+        print(f"\nSMTP load {smtp_load[0]:.0f}–{smtp_load[1]:.0f}", end="")
+    if pop3_load:
+        print(f"; POP3 load {pop3_load[0]:.0f}–{pop3_load[1]:.0f}", end="")
+    print()
+    errors = [k for k, r in imap.items() if r.get("errors") or r.get("ours") is None]
+    if errors:
+        print(f"imaptest errors or no figure: {', '.join(errors)} (see {log_path})")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(curve_main())

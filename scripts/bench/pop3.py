@@ -352,7 +352,7 @@ def fill_deployed(fill_cfg: dict, sessions: int, messages: int, size: int) -> li
     from tests import harness
 
     harness.ensure_reactor()
-    server = MailServer(load_dict(fill_cfg, "bench"), reactor)
+    server = MailServer(fill_cfg if not isinstance(fill_cfg, dict) else load_dict(fill_cfg, "bench"), reactor)
     harness.call(server.startService)
     try:
         return fill_ours(server, sessions, messages, size)
@@ -474,6 +474,98 @@ def bench_deployed(workers: list[int], dovecot: bool, before: Path | None, sessi
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def bench_cluster(specs: list[dict], dovecot: bool, database_url: str, sessions: int, messages: int, size: int,
+                  rounds: int) -> None:
+    """``--ours SPEC``: each configuration as `mailserver serve` (scripts/bench/cluster.py: SQLite, or PostgreSQL with
+    the bodies in the database, 2 nodes behind HAProxy), every round, beside Dovecot.  Each database is filled once
+    (SQLite: one data directory; PostgreSQL: one schema, dropped at the end) and every configuration on it reads
+    the same maildrops; each is started before and stopped after its measurement."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cluster import Cluster
+    from cluster import describe as describe_spec
+
+    from tests.harness import drop_pg_schema, fresh_pg_url
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-pop3-cluster-"))
+    workdir.chmod(0o755)
+    dc = None
+    clients = None
+    schema = ""
+    targets: list[Target] = []
+    clusters: list[Cluster] = []
+    try:
+        if any(sp["db"] == "pg" for sp in specs):
+            if not database_url:
+                raise SystemExit("db=pg needs --database-url")
+            schema = fresh_pg_url(database_url)
+        filled: dict[str, list[str]] = {}
+        limits = {"pop3_max_sessions_per_ip": sessions + 20}
+        for sp in specs:
+            kind = sp["db"]
+            c = Cluster(workdir / kind, workers=sp["workers"], nodes=sp["nodes"],
+                        database_url=database_url if kind == "pg" else "", schema_url=schema if kind == "pg" else "",
+                        reuse_port=sp["reuse_port"], fsync=sp["fsync"], limits=limits, protocols=("pop3",))
+            clusters.append(c)
+            if kind not in filled:
+                from mailserver.config import load
+
+                filled[kind] = fill_deployed(load(c.nodes[0].conf.parent / "fill.toml"), sessions, messages, size)
+            label = "ours " + describe_spec(sp["workers"], sp["nodes"], schema if kind == "pg" else "", sp["reuse_port"],
+                                       sp["fsync"])
+
+            def start(c=c) -> None:
+                c.start()
+                time.sleep(0.5)
+
+            def cpu(c=c) -> tuple[float, float]:
+                parts = [tree_cpu_seconds(n.proc.pid) for n in c.nodes]
+                return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+            t = Target(label, 0, filled[kind], PASSWORD, start, c.stop, cpu)
+            t.cluster = c
+            targets.append(t)
+        if dovecot:
+            dc = Dovecot(workdir, sessions)
+            dc.start()
+            dc.fill(messages, size)
+            targets.append(Target("dovecot", dc.pop3_port, dc.users, "pass", None, None, dc.cpu))
+        clients = Clients(sessions)
+        for n in range(rounds):
+            for t in targets:
+                c = getattr(t, "cluster", None)
+                if t.start:
+                    t.start()
+                port = c.port("pop3") if c is not None else t.port
+                balance: list[int] = []
+                try:
+                    clients.warm_up("127.0.0.1", port, t.users, t.password)
+                    probe = threading.Timer(1.3, lambda b=balance, p=port: b.extend(sessions_per_process(p)))
+                    if c is not None and len(c.nodes) == 1:
+                        probe.start()
+                    r = clients.run("127.0.0.1", port, t.users, t.password, t.cpu_of)
+                    probe.cancel()
+                    if probe.is_alive():
+                        probe.join()
+                finally:
+                    if t.stop:
+                        t.stop()
+                t.rounds.append(r)
+                split = f" [sessions per worker {'/'.join(map(str, balance))}]" if balance else ""
+                print(describe(f"round {n + 1} {t.label}", sessions, r) + split
+                      + f" [load {os.getloadavg()[0]:.1f}]", flush=True)
+        summary(targets)
+    finally:
+        if clients is not None:
+            clients.close()
+        if dc is not None:
+            dc.stop()
+        for c in clusters:
+            c.stop()
+        if schema:
+            drop_pg_schema(database_url, schema)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def summary(targets: list[Target]) -> None:
     ref = next((t for t in targets if t.label == "dovecot"), None)
     print("medians over the rounds (messages/s; server CPU us/message, of which user; ratio = ours / Dovecot per round):")
@@ -526,8 +618,21 @@ def main() -> None:
     p.add_argument("--user-format", default="user{}", help="with --external: user names, {} = 1..sessions")
     p.add_argument("--password", default="pass", help="with --external")
     p.add_argument("--lmtp", default="", help="with --external: HOST:PORT to fill the maildrops through first")
+    p.add_argument("--ours", action="append", default=[], metavar="SPEC",
+                   help="a `mailserver serve` configuration (scripts/bench/cluster.py), repeatable: "
+                        "workers=N[,db=pg][,nodes=2][,reuse_port=1][,fsync=always]; with --dovecot beside Dovecot")
+    p.add_argument("--database-url", default=os.environ.get("MAILSERVER_TEST_DATABASE_URL", ""),
+                   help="PostgreSQL for db=pg (one fresh schema, dropped at the end)")
     a = p.parse_args()
-    if a.external:
+    if a.ours:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from cluster import parse_spec
+
+        if a.dovecot and not DOVECOT_SCRIPT.exists():
+            p.error(f"--dovecot needs {DOVECOT_SCRIPT}")
+        bench_cluster([parse_spec(x) for x in a.ours], a.dovecot, a.database_url, a.sessions, a.messages, a.size,
+                      a.rounds)
+    elif a.external:
         bench_external(a.external, a.user_format, a.password, a.lmtp, a.sessions, a.messages, a.size, a.rounds)
     elif a.workers or a.dovecot:
         try:

@@ -53,6 +53,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
 import smtp as bench_smtp  # noqa: E402  (scripts/bench/smtp.py: the server process)
+from cluster import parse_spec  # noqa: E402  (scripts/bench/cluster.py)
 
 SHARED = Path(os.environ.get("SHARED_BENCH", "/work/shared/bench"))
 BASE = Path(os.environ.get("REFERENCE_BASEDIR", f"/tmp/smtp-reference-{os.getpid()}"))
@@ -264,19 +265,6 @@ def _stop(proc: subprocess.Popen, pids: list[int], conf: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError):
             continue
-def parse_spec(text: str) -> dict:
-    spec = {"workers": 1, "db": "sqlite", "nodes": 1, "reuse_port": False, "fsync": "optimized"}
-    for part in filter(None, text.split(",")):
-        key, _, value = part.partition("=")
-        if key not in spec:
-            raise SystemExit(f"--ours {text}: unknown key {key!r}")
-        spec[key] = (value in ("1", "true", "yes")) if key == "reuse_port" else (
-            int(value) if key in ("workers", "nodes") else value)
-    if spec["nodes"] > 1 and spec["db"] != "pg":
-        raise SystemExit(f"--ours {text}: nodes need db=pg")
-    return spec
-
-
 def cluster_run(args, spec: dict) -> tuple[float, float]:
     """`mailserver serve` as ``spec`` says: durably delivered messages/s, CPU ms/msg of all its processes."""
     from cluster import Balance, Cluster
