@@ -22,7 +22,7 @@ import hashlib
 import time
 from typing import Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from storage import blobrefs, mailboxes, shared
