@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from mailserver.threads import Pools, run_in
 from storage.access import access_of
 from storage.changes import ChangeHub
+from storage.db import write_lock
 from storage.store import Changed, Delivery, DeliveryResult, Store
 
 log = Logger()
@@ -129,10 +130,13 @@ class GroupCommitter:
         if self._committing or not self._flushed:
             return
         self._committing = True
-        batch, self._flushed = self._flushed[:self.max_batch], self._flushed[self.max_batch:]
-        d = run_in(self.reactor, self.astore.pools.db_write, self.astore.store.deliver_batch, [b[0] for b in batch])
+        d = run_in(self.reactor, self.astore.pools.db_write, self._commit_flushed)
 
-        def committed(changed: Changed):
+        def committed(out):
+            batch, changed = out
+            if isinstance(changed, Failure):
+                log.failure("batch delivery failed; retrying one by one", changed)
+                return self._one_by_one(batch)
             self.batches += 1
             self.delivered += len(batch)
             self._together = COLLECT_KEEP if len(batch) > 1 else max(0, self._together - 1)
@@ -140,16 +144,27 @@ class GroupCommitter:
             for (_, dd), result in zip(batch, changed.value, strict=True):
                 dd.callback(result)
 
-        def failed(f):
-            log.failure("batch delivery failed; retrying one by one", f)
-            return self._one_by_one(batch)
-
         def next_(_):
             self._committing = False
             self._commit_next()
             self._flush_next()
 
-        d.addCallbacks(committed, failed).addBoth(next_)
+        d.addCallback(committed).addErrback(lambda f: log.failure("group commit failed", f)).addBoth(next_)
+
+    def _commit_flushed(self) -> tuple[list, Changed | Failure]:
+        """In the writer thread: (the batch, its Changed or Failure).  The batch is what stage 1 has flushed by the
+        time this process holds the write lock: while another worker process commits on the same SQLite file, the
+        deliveries flushed meanwhile join this commit instead of waiting for one of their own (the reactor only
+        appends to ``_flushed``; only this thread takes from it)."""
+        store = self.astore.store
+        with write_lock(store.engine):
+            n = min(len(self._flushed), self.max_batch)
+            batch = self._flushed[:n]
+            del self._flushed[:n]
+            try:
+                return batch, store.deliver_batch([b[0] for b in batch])
+            except Exception:
+                return batch, Failure()
 
     @inlineCallbacks
     def _one_by_one(self, batch):

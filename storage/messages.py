@@ -22,7 +22,7 @@ import hashlib
 import time
 from typing import Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from storage import blobrefs, mailboxes, shared
@@ -53,26 +53,43 @@ MB = Mailbox.__table__
 X = Expunged.__table__
 
 # Hot-path statements (delivery), prepared once: building SQLAlchemy constructs per message costs more than the SQL.
-_SQL_ACCOUNTS = text("SELECT id, used_bytes, quota_bytes FROM accounts WHERE id IN :ids").bindparams(
-    bindparam("ids", expanding=True))
+#: The statements of a delivery batch, for the driver's own cursor (by "is SQLite": qmark or format parameters).
+#: SQLAlchemy's work per statement (the compiled cache's lookup, bind processing of every row's 22 values, the result
+#: object, the events) cost the writer more than the statements themselves: about half of ``deliver_batch``'s CPU
+#: (docs/benchmarks.md, branch smtp17).  Same statements, same rows: every column of a ``messages`` row is given (no
+#: Python-side default is left to SQLAlchemy) and none of them has a bind processor (integers, floats, text, a bool).
+#: The IN lists take one placeholder per value (:func:`_in`).
+_SQL_ACCOUNTS = "SELECT id, used_bytes, quota_bytes FROM accounts WHERE id IN ({ids})"
 # Only the mailboxes a batch can land in: the names asked for, INBOX (the fall-back) and the ids of exact placements
 # (an account has several mailboxes more; reading them all cost the writer as much as a delivery's row).
-_SQL_MAILBOXES = text(
-    "SELECT id, account_id, name, seen_per_reader FROM mailboxes "
-    "WHERE account_id IN :ids AND (name IN :names OR id IN :mids)").bindparams(
-    bindparam("ids", expanding=True), bindparam("names", expanding=True), bindparam("mids", expanding=True))
-#: A batch's UIDs of one mailbox, for the driver's own cursor (by "is SQLite"): it runs once per mailbox of a batch,
-#: where SQLAlchemy's work per statement costs several times the statement (100 mailboxes a batch: a third of the
-#: writer's time).
+_SQL_MAILBOXES = ("SELECT id, account_id, name, seen_per_reader FROM mailboxes "
+                  "WHERE account_id IN ({ids}) AND (name IN ({names}) OR id IN ({mids}))")
+#: A batch's UIDs of one mailbox: it runs once per mailbox of a batch.
 _SQL_BUMP_ADD = {
     sqlite: "UPDATE mailboxes SET uid_next = uid_next + {p}, highest_modseq = highest_modseq + 1, "
             "message_count = message_count + {p}, unseen_count = unseen_count + {p}, total_size = total_size + {p} "
             "WHERE id = {p} RETURNING uid_next, highest_modseq, uid_validity".format(p="?" if sqlite else "%s")
     for sqlite in (True, False)}
-_SQL_BLOB_UPSERT = text(
-    "INSERT INTO blobs (id, size, refcount, data, created) VALUES (:id, :size, :n, NULL, :now) "
-    "ON CONFLICT (id) DO UPDATE SET refcount = blobs.refcount + excluded.refcount, created = excluded.created")
-_SQL_ACCOUNT_USED = text("UPDATE accounts SET used_bytes = used_bytes + :size WHERE id = :id")
+_SQL_BLOB_UPSERT = {
+    sqlite: "INSERT INTO blobs (id, size, refcount, data, created) VALUES ({p}, {p}, {p}, NULL, {p}) "
+            "ON CONFLICT (id) DO UPDATE SET refcount = blobs.refcount + excluded.refcount, "
+            "created = excluded.created".format(p="?" if sqlite else "%s")
+    for sqlite in (True, False)}
+_SQL_ACCOUNT_USED = {sqlite: "UPDATE accounts SET used_bytes = used_bytes + {p} WHERE id = {p}".format(
+    p="?" if sqlite else "%s") for sqlite in (True, False)}
+#: Every column of a ``messages`` row but its id, in table order (:func:`_row_values` gives each of them).
+_MESSAGE_COLUMNS: tuple[str, ...] = tuple(c.name for c in M.c if c.name != "id")
+_SQL_INSERT_MESSAGE = {
+    sqlite: "INSERT INTO messages ({cols}) VALUES ({ps})".format(
+        cols=", ".join(f'"{c}"' for c in _MESSAGE_COLUMNS), ps=", ".join(["?" if sqlite else "%s"] * len(_MESSAGE_COLUMNS)))
+    for sqlite in (True, False)}
+
+
+def _in(n: int, sqlite: bool) -> str:
+    """``n`` placeholders for an IN list."""
+    return ", ".join(["?" if sqlite else "%s"] * n)
+
+
 _SQL_LIST_MESSAGES = {
     True: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = ? ORDER BY uid",
     False: "SELECT uid, modseq, flags, keywords, size, internal_date FROM messages WHERE mailbox_id = %s ORDER BY uid",
@@ -285,19 +302,24 @@ def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
     now = time.time()
     results: list[DeliveryResult | None] = [None] * len(deliveries)
     changes: list[Change] = []
+    sqlite = on_sqlite(conn)
+    cursor = conn.connection.cursor()  # the transaction's own connection
     account_ids = sorted({d.account_id for d in deliveries})
-    accounts = {r.id: [r.used_bytes, r.quota_bytes] for r in conn.execute(_SQL_ACCOUNTS, {"ids": account_ids})}
+    cursor.execute(_SQL_ACCOUNTS.format(ids=_in(len(account_ids), sqlite)), account_ids)
+    accounts = {r[0]: [r[1], r[2]] for r in cursor.fetchall()}
     boxes: dict[tuple[int, str], int] = {}
     owner: dict[int, int] = {}
     per_reader: set[int] = set()  # storage/shared.py: no \Seen in the stored flags there
     wanted = [mailboxes.normalize_mailbox_name(d.mailbox) if d.mailbox_id is None else "" for d in deliveries]
     names = sorted(set(wanted) - {""} | {"INBOX"})
     mids = sorted({d.mailbox_id for d in deliveries if d.mailbox_id is not None}) or [0]  # ids start at 1
-    for r in conn.execute(_SQL_MAILBOXES, {"ids": account_ids, "names": names, "mids": mids}):
-        boxes[(r.account_id, r.name)] = r.id
-        owner[r.id] = r.account_id
-        if r.seen_per_reader:
-            per_reader.add(r.id)
+    cursor.execute(_SQL_MAILBOXES.format(ids=_in(len(account_ids), sqlite), names=_in(len(names), sqlite),
+                                         mids=_in(len(mids), sqlite)), [*account_ids, *names, *mids])
+    for mid, account_id, name, seen_per_reader in cursor.fetchall():
+        boxes[(account_id, name)] = mid
+        owner[mid] = account_id
+        if seen_per_reader:
+            per_reader.add(mid)
     # Admission (quota counted across the batch) and target mailbox per delivery.
     per_box: dict[int, list[int]] = {}
     for i, d in enumerate(deliveries):
@@ -323,11 +345,10 @@ def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
             boxes[(d.account_id, "INBOX")] = mid
             changes.append(Change(ch.MAILBOX_CREATE, d.account_id, mid, name="INBOX"))
         per_box.setdefault(mid, []).append(i)
-    rows: list[dict] = []
+    rows: list[tuple] = []
     blob_counts: dict[str, list] = {}
     used: dict[int, int] = {}
-    cursor = conn.connection.cursor() if per_box else None  # the transaction's own connection
-    bump = _SQL_BUMP_ADD[on_sqlite(conn)]
+    bump = _SQL_BUMP_ADD[sqlite]
     for mid, idxs in per_box.items():
         size = sum(deliveries[i].blob.size for i in idxs)
         strip = ~FLAG_SEEN if mid in per_reader else ~0
@@ -341,21 +362,20 @@ def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
         for k, i in enumerate(idxs):
             d = deliveries[i]
             uid = first_uid + k
-            rows.append(_row_values(mid, uid, modseq, d.blob, d.parsed, d.flags & strip, d.keywords,
-                                    d.internal_date or now))
+            values = _row_values(mid, uid, modseq, d.blob, d.parsed, d.flags & strip, d.keywords,
+                                 d.internal_date or now)
+            rows.append(tuple([values[c] for c in _MESSAGE_COLUMNS]))
             entry = blob_counts.setdefault(d.blob.id, [d.blob.size, 0])
             entry[1] += 1
             used[d.account_id] = used.get(d.account_id, 0) + d.blob.size
             results[i] = DeliveryResult(True, mid, uid, uid_validity=uid_validity)
             changes.append(Change(ch.EXISTS, d.account_id, mid, uid=uid, modseq=modseq, flags=d.flags & strip,
                                   keywords=tuple(d.keywords), size=d.blob.size))
-    if cursor is not None:
-        cursor.close()
     if rows:
-        conn.execute(_SQL_BLOB_UPSERT, [{"id": b, "size": v[0], "n": v[1], "now": now}
-                                        for b, v in blob_counts.items()])
-        conn.execute(insert(M), rows)
-        conn.execute(_SQL_ACCOUNT_USED, [{"id": a, "size": n} for a, n in used.items()])
+        cursor.executemany(_SQL_BLOB_UPSERT[sqlite], [(b, v[0], v[1], now) for b, v in blob_counts.items()])
+        cursor.executemany(_SQL_INSERT_MESSAGE[sqlite], rows)
+        cursor.executemany(_SQL_ACCOUNT_USED[sqlite], [(n, a) for a, n in used.items()])
+    cursor.close()
     return Changed(results, changes)
 
 

@@ -419,7 +419,9 @@ class Ingest:
         # small, held in memory and stored after them (once per form a recipient uses, with the checks' fields).
         has_local = any(t.route.kind == LOCAL for t in self._targets)
         stages = p.check_stages(req)
-        await p.runner.blob(self.body.finish, self._local_base() if has_local else None, self._will_check(stages))
+        # Grouped: the messages whose data ended in this reactor turn share one trip to the blob pool.
+        await p.runner.blob_grouped(self.body.finish, self._local_base() if has_local else None,
+                                    self._will_check(stages), size=self.size)
         if not self._targets:
             return False
         filtering = not req.exact_mailbox
