@@ -362,13 +362,18 @@ def curve_imaptest(a, spec: dict, log) -> dict:
             "cpu": _num(r"server CPU ([\d.]+) ms/op", out), "load": (load, os.getloadavg()[0])}
 
 
-def curve_smtp(a, specs: list[dict], log) -> tuple[dict, float | None, tuple]:
-    cmd = [sys.executable, str(ROOT / "scripts/bench/smtp_reference.py"), "--rounds", "1", "--messages",
-           str(a.smtp_messages)]
+def _spec_cmd(a, script: str, messages: int, specs: list[dict]) -> list[str]:
+    """The command running one bench script once with every spec of the curve as an --ours target."""
+    cmd = [sys.executable, str(ROOT / "scripts/bench" / script), "--rounds", "1", "--messages", str(messages)]
     if a.database_url:
         cmd += ["--database-url", a.database_url]
     for sp in specs:
         cmd += ["--ours", sp["text"]]
+    return cmd
+
+
+def curve_smtp(a, specs: list[dict], log) -> tuple[dict, float | None, tuple]:
+    cmd = _spec_cmd(a, "smtp_reference.py", a.smtp_messages, specs)
     load = os.getloadavg()[0]
     out = _run_logged(cmd, log, 3600)
     rows = {}
@@ -382,12 +387,7 @@ def curve_smtp(a, specs: list[dict], log) -> tuple[dict, float | None, tuple]:
 
 
 def curve_pop3(a, specs: list[dict], log) -> tuple[dict, float | None, tuple]:
-    cmd = [sys.executable, str(ROOT / "scripts/bench/pop3.py"), "--dovecot", "--rounds", "1", "--messages",
-           str(a.pop3_messages)]
-    if a.database_url:
-        cmd += ["--database-url", a.database_url]
-    for sp in specs:
-        cmd += ["--ours", sp["text"]]
+    cmd = _spec_cmd(a, "pop3.py", a.pop3_messages, specs) + ["--dovecot"]
     load = os.getloadavg()[0]
     out = _run_logged(cmd, log, 3600)
     rows = {}

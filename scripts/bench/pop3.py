@@ -421,6 +421,27 @@ class Dovecot:
 # --------------------------------------------------------------------------------------------- rounds
 
 
+def one_round(clients, t, port: int, sessions: int, n: int, probe: bool) -> None:
+    """One timed round against a started target (stopped after it), printed; with ``probe``, the sessions per worker
+    0.3 s into the round (the clients start 1 s after run() is called)."""
+    balance: list[int] = []
+    try:
+        clients.warm_up("127.0.0.1", port, t.users, t.password)
+        timer = threading.Timer(1.3, lambda: balance.extend(sessions_per_process(port)))
+        if probe:
+            timer.start()
+        r = clients.run("127.0.0.1", port, t.users, t.password, t.cpu_of)
+        timer.cancel()
+        if timer.is_alive():
+            timer.join()
+    finally:
+        if t.stop:
+            t.stop()
+    t.rounds.append(r)
+    split = f" [sessions per worker {'/'.join(map(str, balance))}]" if balance else ""
+    print(describe(f"round {n + 1} {t.label}", sessions, r) + split + f" [load {os.getloadavg()[0]:.1f}]", flush=True)
+
+
 def bench_deployed(workers: list[int], dovecot: bool, before: Path | None, sessions: int, messages: int, size: int,
                    rounds: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-pop3-serve-"))
@@ -447,24 +468,7 @@ def bench_deployed(workers: list[int], dovecot: bool, before: Path | None, sessi
             for t in targets:
                 if t.start:
                     t.start()
-                balance: list[int] = []
-                try:
-                    clients.warm_up("127.0.0.1", t.port, t.users, t.password)
-                    # Sessions per worker, 0.3 s into the round (the clients start 1 s after run() is called).
-                    probe = threading.Timer(1.3, lambda b=balance, port=t.port: b.extend(sessions_per_process(port)))
-                    if t.start:
-                        probe.start()
-                    r = clients.run("127.0.0.1", t.port, t.users, t.password, t.cpu_of)
-                    probe.cancel()
-                    if probe.is_alive():
-                        probe.join()
-                finally:
-                    if t.stop:
-                        t.stop()
-                t.rounds.append(r)
-                split = f" [sessions per worker {'/'.join(map(str, balance))}]" if balance else ""
-                print(describe(f"round {n + 1} {t.label}", sessions, r) + split
-                      + f" [load {os.getloadavg()[0]:.1f}]", flush=True)
+                one_round(clients, t, t.port, sessions, n, probe=t.start is not None)
         summary(targets)
     finally:
         if clients is not None:
@@ -536,23 +540,7 @@ def bench_cluster(specs: list[dict], dovecot: bool, database_url: str, sessions:
                 if t.start:
                     t.start()
                 port = c.port("pop3") if c is not None else t.port
-                balance: list[int] = []
-                try:
-                    clients.warm_up("127.0.0.1", port, t.users, t.password)
-                    probe = threading.Timer(1.3, lambda b=balance, p=port: b.extend(sessions_per_process(p)))
-                    if c is not None and len(c.nodes) == 1:
-                        probe.start()
-                    r = clients.run("127.0.0.1", port, t.users, t.password, t.cpu_of)
-                    probe.cancel()
-                    if probe.is_alive():
-                        probe.join()
-                finally:
-                    if t.stop:
-                        t.stop()
-                t.rounds.append(r)
-                split = f" [sessions per worker {'/'.join(map(str, balance))}]" if balance else ""
-                print(describe(f"round {n + 1} {t.label}", sessions, r) + split
-                      + f" [load {os.getloadavg()[0]:.1f}]", flush=True)
+                one_round(clients, t, port, sessions, n, probe=c is not None and len(c.nodes) == 1)
         summary(targets)
     finally:
         if clients is not None:
