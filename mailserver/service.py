@@ -371,6 +371,7 @@ class MailServer(MultiService):
                                  on_kick=self._kicked, forward_changes=is_sqlite(cfg.db_url),
                                  on_login=self._login_shared)
             self.bus.start()
+            self.hub.board = self._open_board()
         if not is_sqlite(cfg.db_url):
             # Several processes may share this database: pass change events between them.
             from storage.pgnotify import PgNotifyBridge
@@ -477,6 +478,19 @@ class MailServer(MultiService):
         """Another worker verified a password (or forgot an account's): the same in this one's cache."""
         if self.auth is not None:
             self.auth.apply_shared(frame)
+
+    def _open_board(self):
+        """This worker's view of the supervisor's commit board (mailserver.commitboard), or None without one (a
+        supervisor of an older version, a worker index past its rows): sessions then hear of the other workers'
+        changes only by the bus."""
+        from mailserver import commitboard
+
+        try:
+            return commitboard.CommitBoard(commitboard.board_path(Path(self.worker.bus_path).parent),
+                                           self.worker.index)
+        except (OSError, ValueError) as e:
+            log.warn("no commit board ({e}): other workers' changes show by the bus only", e=e)
+            return None
 
     def _kicked(self) -> None:
         """Another worker queued outbound mail (the bus)."""

@@ -218,6 +218,9 @@ class Supervisor:
             os.unlink(self.bus_path)  # left by a supervisor that was killed
         except FileNotFoundError:
             pass
+        from mailserver import commitboard
+
+        commitboard.create(run_dir, self.count)  # each worker's committed modseqs, read by the others
 
     @property
     def listening(self) -> list[BoundSocket]:

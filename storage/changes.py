@@ -76,6 +76,9 @@ class ChangeHub:
         #: the other workers on one SQLite file); None: nobody else needs them (one process, or PostgreSQL, whose
         #: transactions send their own).
         self.forward: Callable[[list[Change]], None] | None = None
+        #: Records this process's committed changes where the other workers of its supervisor read them at once
+        #: (mailserver.commitboard: their IMAP sessions' next command sees them); None in one process.
+        self.board = None
 
     @property
     def listening(self) -> bool:
@@ -119,7 +122,9 @@ class ChangeHub:
 
     def publish(self, changes: list[Change]) -> None:
         """Deliver this process's ``changes`` to the listeners of their accounts and of their mailboxes (and to
-        :attr:`forward`)."""
+        :attr:`board` and :attr:`forward`)."""
+        if self.board is not None:
+            self.board.mark(changes)
         self.publish_remote(changes)
         if changes and self.forward is not None:
             self.forward(changes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from storage import blobrefs
@@ -94,10 +94,27 @@ def create_mailbox_row(conn: Connection, account_id: int, name: str, special_use
         _subscribe(conn, account_id, name)
     else:  # a name subscribed before (and deleted since) is still subscribed
         subscribed = _is_subscribed(conn, account_id, name)
-    return conn.execute(insert(MB).values(account_id=account_id, name=name, special_use=special_use,
-                                          subscribed=subscribed, uid_validity=uv, uid_next=1, highest_modseq=1,
-                                          keywords="", message_count=0, unseen_count=0,
-                                          total_size=0, seen_per_reader=per_reader)).inserted_primary_key[0]
+    values = dict(account_id=account_id, name=name, special_use=special_use, subscribed=subscribed, uid_validity=uv,
+                  uid_next=1, highest_modseq=1, keywords="", message_count=0, unseen_count=0, total_size=0,
+                  seen_per_reader=per_reader)
+    if on_sqlite(conn):
+        values["id"] = _next_sqlite_mailbox_id(conn)
+    return conn.execute(insert(MB).values(**values)).inserted_primary_key[0]
+
+
+_NEXT_ID = text("UPDATE id_high_water SET value = MAX(value, (SELECT COALESCE(MAX(id), 0) FROM mailboxes)) + 1 "
+                "WHERE name = 'mailboxes' RETURNING value")
+_FIRST_ID = text("INSERT INTO id_high_water (name, value) SELECT 'mailboxes', COALESCE(MAX(id), 0) + 1 FROM mailboxes "
+                 "RETURNING value")
+
+
+def _next_sqlite_mailbox_id(conn: Connection) -> int:
+    """A mailbox id never given before (SQLite would hand out a deleted highest one again: migration
+    mailbox_ids_4c9e2b7d1a36); PostgreSQL's sequence already never does."""
+    value = conn.execute(_NEXT_ID).scalar()
+    if value is None:
+        value = conn.execute(_FIRST_ID).scalar()
+    return int(value)
 
 
 # The write commands' statements (STORE, EXPUNGE, COPY/MOVE run them once or more each), built once: building a

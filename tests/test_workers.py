@@ -235,6 +235,36 @@ def test_idle_sessions_on_both_workers_all_see_exists_and_one_sees_recent(server
         c.close()
 
 
+def test_a_command_on_one_worker_shows_what_a_session_on_the_other_committed_before_it(server):
+    """A client with two connections (imaptest's scripted tests, clients with one connection per mailbox) expects
+    what one committed to show in the next command of the other, as in one process (RFC 9051 7.4.1 allows the
+    updates at the end of any command; Dovecot reads its index at each).  The event between the workers travels
+    asynchronously; the commit board makes the other worker's next command catch up from the database.  Each round
+    asks right after the other connection's tagged OK: APPEND then NOOP shows EXISTS, STORE then NOOP shows the
+    FETCH FLAGS, EXPUNGE then NOOP shows the EXPUNGE, and a CHECK (another command) as well as NOOP."""
+    one, a = on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap")
+    two, _ = on_worker(server, lambda: Raw(server.ports["imap"], timeout=30), lambda c: c.sock, "imap", avoid=a)
+    for c in (one, two):
+        assert c.cmd("L", f'LOGIN {ALICE} "{PW}"')[-1].startswith(b"L OK")
+        assert b"* 0 EXISTS\r\n" in c.cmd("S", "SELECT INBOX")
+    for n in range(1, 11):
+        msg = f"Subject: round {n}\r\n\r\nbody {n}\r\n".encode()
+        assert one.cmd("A", b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)[-1].startswith(b"A OK")
+        assert b"* %d EXISTS\r\n" % n in two.cmd("N", "CHECK" if n % 2 else "NOOP"), n
+        assert one.cmd("F", f"STORE {n} +FLAGS (\\Flagged)")[-1].startswith(b"F OK")
+        assert any(ln.startswith(b"* %d FETCH (FLAGS (" % n) and b"\\Flagged" in ln
+                   for ln in two.cmd("N", "NOOP")), n
+    assert one.cmd("D", "STORE 1:3 +FLAGS.SILENT (\\Deleted)")[-1].startswith(b"D OK")
+    assert one.cmd("E", "EXPUNGE")[-1].startswith(b"E OK")
+    got = two.cmd("N", "NOOP")
+    assert len([ln for ln in got if ln.endswith(b" EXPUNGE\r\n")]) == 3, got  # in either order (RFC 9051 7.5.1)
+    assert b"* 7 EXISTS\r\n" not in got  # nothing told twice when the bus's events arrive too
+    later = two.cmd("N", "NOOP")
+    assert later == [later[-1]] and later[-1].startswith(b"N OK"), later
+    for c in (one, two):
+        c.close()
+
+
 def test_pop3_maildrop_lock_spans_workers_and_ends_with_quit_or_sigkill(server):
     """RFC 1939 section 4 / RFC 2449 8.1.1: a POP3 session on worker A makes a login on worker B answer
     -ERR [IN-USE]; after QUIT on A, B gets in; after the holding worker is SIGKILLed, the maildrop is free again."""

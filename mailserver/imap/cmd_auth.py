@@ -131,6 +131,7 @@ async def idle(s: ImapSession, cmd: c.Idle):
     s.enter_idle(cmd.tag)
     s.conn.activity(idle=True)  # RFC 9051 6.3.13: IDLE re-arms the autologout timer
     try:
+        s.heard_all()  # what another worker committed before IDLE began is told at once
         s.flush_in_idle()
         while True:
             frame = await s.next_line()

@@ -108,6 +108,7 @@ async def select(s: ImapSession, cmd: c.Select):
         raise Bad("QRESYNC parameter needs ENABLE QRESYNC")  # RFC 7162 3.2.5
     leave_selected(s, closed_code=True)
     mailbox = await s.open_mailbox(cmd.mailbox)
+    board_seen = s.board_mark(mailbox)
     # Events for the mailbox published while its messages load are kept and applied (idempotently) afterwards.
     s.watch(mailbox.id)
     s.collect_changes(mailbox.id)
@@ -148,6 +149,7 @@ async def select(s: ImapSession, cmd: c.Select):
         # RFC 9051 6.3.2: the server sends the mailbox's LIST response.
         out.append(r.untagged(b'LIST () "/" ' + r.mailbox(sel.name, utf8=s.utf8)))
     s.send(b"".join(out))
+    sel.board_seen, sel.complete_modseq = board_seen, mailbox.highest_modseq
     s.selected = sel
     s.selected_rights = s.access.rights(s.principal, mailbox)
     s.selected_foreign = mailbox.account_id != s.account_id

@@ -32,13 +32,17 @@ def catch_up_events(sel: SelectedMailbox, account_id: int, changed, vanished) ->
     return events
 
 
-async def catch_up(s: ImapSession) -> None:
-    """Queue what changed in the selected mailbox since the session's ``highest_modseq`` (the caller flushes)."""
+async def catch_up(s: ImapSession, since: int | None = None) -> int:
+    """Queue what changed in the selected mailbox since the session's ``highest_modseq`` (or since ``since`` when
+    that is lower: the commit board's catch-up, mailserver.commitboard); the caller flushes.  Returns the highest
+    modseq among the changed messages read (``since`` if none)."""
     sel = s.selected
     if sel is None or s.account_id is None:
-        return
-    changed, vanished = await s.services.astore.changes_since(sel.mailbox_id, sel.highest_modseq, sel.reader)
+        return since or 0
+    base = sel.highest_modseq if since is None else min(since, sel.highest_modseq)
+    changed, vanished = await s.services.astore.changes_since(sel.mailbox_id, base, sel.reader)
     if s.selected is not sel or s.closed:
-        return  # the session moved on meanwhile; its next SELECT reads the mailbox afresh
+        return since or 0  # the session moved on meanwhile; its next SELECT reads the mailbox afresh
     for event in catch_up_events(sel, s.account_id, changed, vanished):
         sel.on_change(event)
+    return max((m.modseq for m in changed), default=since or 0)

@@ -116,6 +116,12 @@ class SelectedMailbox:
     #: In a mailbox that keeps \\Seen per reader (storage/shared.py): this session's account, whose \\Seen the
     #: flags show; a FLAGS event of another reader leaves it alone.  0: \\Seen is the message's.
     reader: int = 0
+    #: With worker processes (mailserver.commitboard): the other workers' change count last seen on the board (-1:
+    #: unknown), whether a catch-up it asked for is queued, and the modseq up to which every change is known
+    #: (what that catch-up reads from).
+    board_seen: int = 0
+    board_catch_up: bool = False
+    complete_modseq: int = 0
 
     def apply_seen(self, seen_uids) -> None:
         """Lay the reader's \\Seen over the shared flags."""

@@ -485,8 +485,10 @@ class ImapSession:
                 if result is REPLIED:
                     self.errors = 0
                     return
-                if self.selected is not None and self.selected.pending:
-                    await self._prepare_flush()
+                if self.selected is not None:
+                    self.heard_all()
+                    if self.selected.pending:
+                        await self._prepare_flush()
                 self.flush_updates(command)
                 if self.contexts:
                     await cmd_search.update_contexts(self)  # RFC 5267 4.3: ADDTO/REMOVEFROM before the tagged reply
@@ -504,6 +506,7 @@ class ImapSession:
                 if not isinstance(e, (No, ParseError, StoreError, sasl.SaslError)):
                     log.failure("IMAP {name} failed", name=name)
                 try:
+                    self.heard_all()
                     await self._prepare_flush()
                     self.flush_updates(command)
                 except Exception:
@@ -538,6 +541,33 @@ class ImapSession:
         if self._idle_tag is not None:
             cmd_search.schedule_context_update(self)
 
+    def heard_all(self) -> None:
+        """With worker processes: when another worker committed a change in the selected mailbox since this session
+        last looked (its commit board, mailserver.commitboard), queue a catch-up from the database, so the updates
+        this command ends with include it even if its event is still on the way.  Plain reads when nothing did."""
+        sel = self.selected
+        board = self.services.hub.board
+        if sel is None or board is None:
+            return
+        state = board.state(sel.mailbox_id)
+        count = -1 if state is None else state[0]
+        if count < 0 or count != sel.board_seen:
+            sel.board_seen = count
+            if not sel.board_catch_up:
+                sel.board_catch_up = True
+                sel.pending.append(ch.Change(ch.RESYNC, 0, mailbox_id=sel.mailbox_id))
+
+    def board_mark(self, mailbox) -> int:
+        """The commit board's count a session selecting ``mailbox`` (a MailboxInfo just read) starts from: -1 (catch
+        up at the end of the SELECT) when another worker's latest commit there may be newer than what was read."""
+        board = self.services.hub.board
+        if board is None:
+            return 0
+        state = board.state(mailbox.id)
+        if state is None or state[1] > mailbox.highest_modseq:
+            return -1
+        return state[0]
+
     async def _prepare_flush(self) -> None:
         """Before queued updates are told: catch up after lost events (a RESYNC is queued), and when this session
         takes \\Recent, reserve the new UIDs with the cluster state (another process's session may want them too).
@@ -547,10 +577,17 @@ class ImapSession:
             return  # nothing queued: no RESYNC to act on, no new UIDs to reserve
         if any(e.kind == ch.RESYNC for e in sel.pending):
             sel.pending = [e for e in sel.pending if e.kind != ch.RESYNC]
+            board, sel.board_catch_up = sel.board_catch_up, False
             try:
-                await catch_up(self)
+                # The board's catch-up reads from what was known complete: this session's own commits may have
+                # raised its highest_modseq past a change of another worker it has not heard of.
+                newest = await catch_up(self, sel.complete_modseq if board else None)
+                if board and newest > sel.complete_modseq:
+                    sel.complete_modseq = newest
             except Exception:
                 log.failure("catching up after lost change events failed")
+                if board:
+                    sel.board_seen = -1  # the next command tries again
             if self.selected is not sel:
                 return
         if sel.readonly or self.rev2:
