@@ -724,6 +724,18 @@ class Store:
         with self.transaction(write=False) as conn:
             return checkstate.read(conn, account_ids, held, senders, rule_addresses, token_ids, min_spam, min_ham)
 
+    @blocking_only
+    def check_versions(self, account_ids: Sequence[int]) -> dict[int, checkstate.Versions] | None:
+        """The versions of these accounts' check data, read as :meth:`check_state` reads them first on SQLite
+        (one plain statement, its own snapshot), for a worker thread already busy with the message: the pipeline's
+        store-and-parse trip (``Stage.prefetch``), so the checks can answer from their held copies
+        (``checkstate.from_held``) without a ``db_read`` trip of their own.  None on PostgreSQL (there
+        :meth:`check_state` reads in a transaction) or for more accounts than one statement takes."""
+        if not self.sqlite:
+            return None
+        with self.engine.connect() as conn:
+            return checkstate.versions_sqlite(conn.connection.dbapi_connection, list(dict.fromkeys(account_ids)))
+
     @reads
     def check_state_many(self, requests: Sequence[tuple]) -> list[tuple[bool, object]]:
         """:meth:`check_state` for several messages in one pool job, each with its own arguments and its own read

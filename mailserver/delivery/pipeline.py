@@ -419,13 +419,23 @@ class Ingest:
         # small, held in memory and stored after them (once per form a recipient uses, with the checks' fields).
         has_local = any(t.route.kind == LOCAL for t in self._targets)
         stages = p.check_stages(req)
-        # Grouped: the messages whose data ended in this reactor turn share one trip to the blob pool.
-        await p.runner.blob_grouped(self.body.finish, self._local_base() if has_local else None,
-                                    self._will_check(stages), size=self.size)
+        # Grouped: the messages whose data ended in this reactor turn share one trip to the blob pool; the reads
+        # the checks will want (``Stage.prefetch``) are made in that trip too.
+        will_check = self._will_check(stages)
+        reads = self._prefetches(stages) if will_check and has_local else None
+        base = self._local_base() if has_local else None
+        if reads:
+            fetched = await p.runner.blob_grouped(_finish_reading, self.body.finish, base, will_check, reads,
+                                                  size=self.size)
+        else:
+            fetched = None
+            await p.runner.blob_grouped(self.body.finish, base, will_check, size=self.size)
         if not self._targets:
             return False
         filtering = not req.exact_mailbox
         message = self._message_info() if stages or filtering else None
+        if fetched and message is not None:
+            message.memo.update(fetched)
         # 2. message checks, each with a verdict per recipient.
         for stage in stages:
             applies = getattr(stage, "applies", None)
@@ -481,9 +491,31 @@ class Ingest:
         ones found (the spam policy's score card) counts as not applying: the scorers that feed it have their own."""
         if not stages:
             return False
-        req = self.request
-        probe = MessageInfo(req.producer, self.queue_id, req.envelope, req.client, self.size, "", None, _no_read)
+        probe = self._probe()
         return any(getattr(s, "applies", None) is None or s.applies(probe) for s in stages)
+
+    def _probe(self) -> MessageInfo:
+        """The message as far as it is known before its body is stored (no body to read)."""
+        req = self.request
+        return MessageInfo(req.producer, self.queue_id, req.envelope, req.client, self.size, "", None, _no_read)
+
+    def _prefetches(self, stages) -> list:
+        """The reads that ``stages`` which apply will want (``Stage.prefetch``), one per key."""
+        out: list = []
+        probe = None
+        for s in stages:
+            prefetch = getattr(s, "prefetch", None)
+            if prefetch is None:
+                continue
+            if probe is None:
+                probe = self._probe()
+            applies = getattr(s, "applies", None)
+            if applies is not None and not applies(probe):
+                continue
+            read = prefetch(probe)
+            if read is not None and all(read[0] != r[0] for r in out):
+                out.append(read)
+        return out
 
     def _message_info(self) -> MessageInfo:
         form = self.body.find(self._local_base()) or self.body.forms[0]
@@ -780,6 +812,19 @@ class Ingest:
 
 def _no_read(start=0, end=None):
     raise RuntimeError("the body is not stored yet")
+
+
+def _finish_reading(finish, parse_prefix, keep, reads) -> dict:
+    """In the blob pool: ``finish`` the body, then make the checks' prefetched reads (``Stage.prefetch``).  A read
+    that raises is left out: its stage reads on its own, as without the prefetch, and meets the error there."""
+    finish(parse_prefix, keep)
+    out = {}
+    for key, f, args in reads:
+        try:
+            out[key] = f(*args)
+        except Exception:  # noqa: BLE001 - only a shortcut lost; the stage's own read reports it
+            continue
+    return out
 
 
 async def _together(ingests: list[Ingest]) -> list[IngestResult]:

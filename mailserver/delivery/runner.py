@@ -44,6 +44,11 @@ class ReactorRunner:
         self._grouped: list[tuple] = []  # (f, args, Deferred) waiting for the end of this reactor turn
         self._group_scheduled = False
 
+    @property
+    def store(self):
+        """The synchronous store, for work that is already on a worker thread (``Stage.prefetch``)."""
+        return self.astore.store
+
     def blob(self, f, *args, **kwargs) -> defer.Deferred:
         return run_in(self.reactor, self.pools.blob, f, *args, **kwargs)
 

@@ -233,6 +233,11 @@ class Stage(Protocol):
     ``check`` returns a :class:`Verdict`, None (accept), or a Deferred/awaitable of one.  It runs on the reactor
     thread: anything blocking goes to a thread pool.  A stage may also have ``applies(message) -> bool``: where it
     is false the stage does not run for that message (and is not recorded among the recipient's stages).
+
+    And ``prefetch(message) -> (key, f, args) | None``: a short blocking read the stage will want, made in the
+    worker thread that stores and parses the message (the trip the message makes anyway, after its data ended);
+    ``f(*args)`` lands in ``message.memo[key]`` (nothing when it raised: the stage then reads on its own).  One
+    per key for the message, however many stages name it.
     """
 
     name: str

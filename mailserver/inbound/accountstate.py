@@ -9,7 +9,11 @@ since this process last read it (``storage/checkstate.py``); the copies are kept
 
 A change committed before a message's read (a rule edited in the webmail of any node, a message trained) is in
 that message's verdict: nothing here is trusted without the versions read with the message.  What is saved is
-the data (one statement per message while nothing changed), not the read.  The one exception is the classifier's
+the data (one statement per message while nothing changed), not the read.  On SQLite that statement is made in
+the trip the message makes anyway to be stored and parsed (:meth:`AccountStates.prefetch`, after its data ended,
+before its checks), for accounts whose last message wanted a read; when the copies held here are at those
+versions the read is answered from them without a ``db_read`` trip (``checkstate.from_held``), else it is made
+as before.  A change committed before the message's data ended is so in its verdict.  The one exception is the classifier's
 own, as before: mail to accounts whose classifier has no say (too little training), with no verified sender to
 look up, is not read for at all within :data:`QUIET_TTL` of the last read (:meth:`AccountStates.quiet`); the
 spam policy, when the message scored anything, still reads the rules.
@@ -25,6 +29,7 @@ from twisted.python.failure import Failure
 
 from mailserver.delivery.router import LOCAL
 from mailserver.delivery.stages import MessageInfo
+from storage import checkstate
 from storage.checkstate import AccountState
 
 #: The most accounts whose state a process keeps (past it the cache starts again).
@@ -33,6 +38,7 @@ MAX_ACCOUNTS = 20_000
 #: no sender to look up either (mail to untrained accounts, from senders no check verified).
 QUIET_TTL = 30.0
 _MEMO = "account-state"
+_VERSIONS = "account-versions"  # the versions prefetched in the message's store-and-parse trip
 
 
 @dataclass
@@ -75,6 +81,8 @@ class AccountStates:
         self._read_at: dict[int, float] = {}  # account -> when its copy was last confirmed by a read
         self.reads = 0  # store reads made (tests)
         self.jobs = 0  # pool jobs they took (several reads gathered in one: see _read)
+        self.from_prefetch = 0  # reads answered from the prefetched versions, without a job (tests)
+        self._wanted: dict[int, bool] = {}  # account -> whether its last message wanted a read (prefetch)
         self._waiting: list[tuple[tuple, defer.Deferred]] = []
         self._in_flight = False
 
@@ -87,6 +95,7 @@ class AccountStates:
         if account_id is None:
             self._held.clear()
             self._read_at.clear()
+            self._wanted.clear()
         else:
             self._held.pop(account_id, None)
             self._read_at.pop(account_id, None)
@@ -104,6 +113,23 @@ class AccountStates:
             if st is None or at is None or now - at > QUIET_TTL or self._votes(st):
                 return False
         return True
+
+    def skipped(self, accounts) -> None:
+        """A message to these accounts needed no read (:meth:`quiet`): the next one is not prefetched for."""
+        for a in accounts:
+            self._wanted.pop(a, None)
+
+    def prefetch(self, message: MessageInfo):
+        """``Stage.prefetch``: the versions of the message's final accounts (``Store.check_versions``), read in
+        its store-and-parse trip, when the last message to one of them wanted a read and the store can
+        (SQLite); None otherwise."""
+        store = getattr(self.runner, "store", None)
+        if store is None or not getattr(store, "sqlite", False):
+            return None
+        accounts = final_accounts(message)
+        if not accounts or not any(a in self._wanted for a in accounts):
+            return None
+        return _VERSIONS, store.check_versions, (sorted(accounts),)
 
     def of(self, message: MessageInfo) -> MessageState | None:
         """What this message's read found, if it was made."""
@@ -128,11 +154,22 @@ class AccountStates:
         wanted_senders = list(dict.fromkeys(list(ms.senders) + [s.lower() for s in senders]))
         held = {a: st for a in accounts if (st := self._held.get(a)) is not None}
         self.reads += 1
-        states, tokens = await self._read((sorted(accounts), held, wanted_senders, rule_addresses(message),
-                                           token_ids, self.min_spam, self.min_ham))
+        args = (sorted(accounts), held, wanted_senders, rule_addresses(message), token_ids, self.min_spam,
+                self.min_ham)
+        now = message.memo.pop(_VERSIONS, None)  # only for the message's first read
+        found = None
+        if now is not None and all(a in now for a in accounts):
+            found = checkstate.from_held(now, *args)
+        if found is not None:
+            self.from_prefetch += 1
+            states, tokens = found
+        else:
+            states, tokens = await self._read(args)
         if len(self._held) > MAX_ACCOUNTS:
             self._held.clear()
             self._read_at.clear()
+            self._wanted.clear()
+        self._wanted.update((a, True) for a in states)
         self._held.update(states)
         now = self._now()
         self._read_at.update((a, now) for a in states)

@@ -99,6 +99,10 @@ class BayesCheck:
         """Whether an account that trained ``spam`` and ``ham`` messages has a say."""
         return spam >= max(self.cfg.bayes_min_spam, 1) and ham >= max(self.cfg.bayes_min_ham, 1)
 
+    def prefetch(self, message: MessageInfo):
+        """``Stage.prefetch``: the message's account versions (:meth:`AccountStates.prefetch`)."""
+        return self.states.prefetch(message)
+
     def forget(self, account_id: int) -> None:
         """The trainer trained the account (the versions would show it anyway; this only frees the copy)."""
         self.states.forget(account_id)
@@ -114,6 +118,7 @@ class BayesCheck:
             senders = message.memo[self.name] = verified_senders(message, self.cfg.known_sender_needs_auth)
         accounts = final_accounts(message) | {account_id}
         if ms is None and not senders and states.quiet(accounts):
+            states.skipped(accounts)
             return None  # nobody has a say and there is nobody to look up: no read (AccountStates.quiet)
         ids = ms.ids if ms is not None else None
         if ids is None and states.may_vote(accounts):
