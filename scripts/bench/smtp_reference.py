@@ -25,7 +25,8 @@ prints, after each ``--workers`` run, every process's group commits (deliveries 
 commit), its waits for the SQLite write lock and its blob flushes (``scripts/bench/commitstats/``).  ``--perf-stat``
 prints, after each ``--workers`` run, syscalls (all, and futex, epoll_wait, fdatasync, syncfs, flock, ...) and
 context switches per message of the server's processes (``perf stat -p``; a thread started after the attach, half
-a second before the load, is not counted).
+a second before the load, is not counted) and each process's CPU split into its main thread (the reactor) and the
+others (the pools).
         [--ours SPEC ...] [--database-url postgresql+psycopg://…]
 
 By default "ours" is one server process in a child (scripts/bench/smtp.py's).  Each ``--ours SPEC`` adds a
@@ -215,13 +216,19 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
             if len(pids) != (workers + 1 if workers > 1 else 1):
                 raise RuntimeError(f"expected {workers} workers, found processes {pids}")
             perf = _perf_start(pids, tmp / "perf.csv") if getattr(args, "perf_stat", False) else None
+            threads0 = _thread_cpu(pids) if perf is not None else {}
             cpu0 = _cpu(pids)
             env = dict(_env(), REUSE="1", FROM="bench@example.net")
             out = _sh(str(SHARED / "smtp-load.sh"), "127.0.0.1", str(port), "user1@example.test",
                       str(args.messages), str(args.sessions), str(args.size), env=env)
             cpu1 = _cpu(pids)
             if perf is not None:
+                threads1 = _thread_cpu(pids)
                 _perf_stop(perf, tmp / "perf.csv", args.messages)
+                print("    CPU ms/msg by thread, per process (main thread = reactor + other threads = pools): " + "; ".join(
+                    f"{1000 * (t1[0] - threads0.get(pid, (0, 0))[0]) / args.messages:.2f} + "
+                    f"{1000 * (t1[1] - threads0.get(pid, (0, 0))[1]) / args.messages:.2f}"
+                    for pid, t1 in threads1.items()), flush=True)
         finally:
             _stop(proc, pids, conf)
         if getattr(args, "commit_stats", False):
@@ -243,6 +250,27 @@ PERF_EVENTS = ("raw_syscalls:sys_enter", "context-switches", "syscalls:sys_enter
                "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_fdatasync", "syscalls:sys_enter_fsync",
                "syscalls:sys_enter_syncfs", "syscalls:sys_enter_flock", "syscalls:sys_enter_write",
                "syscalls:sys_enter_sendto", "syscalls:sys_enter_recvfrom")
+
+
+def _thread_cpu(pids: list[int]) -> dict[int, tuple[float, float]]:
+    """Per process: (CPU seconds of its main thread, the reactor's; of all its other threads) so far (a thread
+    that ended is not counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        main = rest = 0.0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            t = (int(fields[11]) + int(fields[12])) / tick
+            if task.name == str(pid):
+                main += t
+            else:
+                rest += t
+        out[pid] = (main, rest)
+    return out
 
 
 def _perf_start(pids: list[int], out: Path) -> subprocess.Popen:
