@@ -28,11 +28,14 @@ from storage.store import Changed, Delivery, DeliveryResult, Store
 log = Logger()
 
 
-#: While deliveries arrive together (a commit carried more than one), a batch that would start at once with the flush
-#: stage idle waits this long for more: with worker processes each committer sees only its own sessions, and without
-#: the window two busy workers made 1.6-2x the commits of one process for the same messages (measured: a third fewer
-#: commits and ~20 % less CPU per message with 3 ms; docs/benchmarks.md, branch smtpw).  A lone client never waits:
-#: the window opens after a commit of several deliveries and closes after COLLECT_KEEP commits of one each.
+#: While deliveries arrive together (a commit carried more than one, or one was submitted while another was still
+#: being flushed or committed), a batch that would start at once with the flush stage idle waits this long for more:
+#: with worker processes each committer sees only its own sessions, and without the window two busy workers made
+#: 1.6-2x the commits of one process for the same messages (measured: a third fewer commits and ~20 % less CPU per
+#: message with 3 ms; docs/benchmarks.md, branch smtpw).  The overlap rule is for a worker with two or three
+#: sessions: their deliveries take turns through the two stages and each commits alone, so no commit ever carries
+#: more than one (docs/benchmarks.md, second smtp17 section).  A lone client never waits: each of its deliveries is
+#: submitted after the previous one was committed, and the window closes after COLLECT_KEEP commits of one each.
 COLLECT_WINDOW = 0.003
 COLLECT_KEEP = 8
 
@@ -67,6 +70,9 @@ class GroupCommitter:
         """Commit ``delivery``; or, with ``make`` (blocking, run in stage 1 before the flush), the Delivery it
         returns: a body that is still only in memory is stored there, in the trip that flushes it."""
         d: Deferred = Deferred()
+        if self._flushing or self._committing or self._flushed:
+            # another delivery is still on its way to a commit: sessions are delivering at the same time
+            self._together = COLLECT_KEEP
         self._pending.append((delivery, d, make))
         if not self._scheduled:
             self._scheduled = True

@@ -95,3 +95,72 @@ def test_deliveries_together_open_the_window_and_share_a_commit(committer):
     d = deliver()
     clock.advance(0)
     assert d.called  # closed: no wait
+
+
+class QueuedPool:
+    """A thread pool whose calls wait until the test runs them (``run_one``), so a stage can be kept busy."""
+
+    def __init__(self):
+        self.calls = []
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.calls.append((on_result, f, args, kwargs))
+
+    def run_one(self):
+        on_result, f, args, kwargs = self.calls.pop(0)
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+def test_a_delivery_submitted_while_another_commits_waits_for_company(tmp_path):
+    """Two sessions taking turns (each delivery submitted while the other's is being committed) never make a commit
+    of more than one by themselves; the second opens the window, so the first session's next delivery, arriving
+    within it, shares its commit.  A lone client (nothing in flight when it submits) still never waits."""
+    engine = make_engine(f"sqlite:///{tmp_path}/db.sqlite3")
+    migrate.upgrade(engine)
+    try:
+        store = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
+        store.add_domain("example.test")
+        account = store.add_account("a@example.test", "x")
+        clock = Clock()
+
+        class Queued:
+            blob = db_read = InlinePool()
+            db_write = QueuedPool()
+
+        pools = Queued()
+        astore = AsyncStore(clock, store, pools, ChangeHub())
+        gc = astore.committer
+
+        def deliver(n):
+            return astore.deliver(Delivery(account.id, store.blobs.put(b"Subject: m%d\r\n\r\nbody\r\n" % n), PARSED))
+
+        a1 = deliver(1)
+        clock.advance(0)  # flushed, its commit waits in the writer pool
+        assert len(pools.db_write.calls) == 1 and not a1.called
+        b1 = deliver(2)  # session B, while A's delivery commits
+        clock.advance(0)
+        assert gc._pending, "the window is open: B's delivery waits for company"
+        pools.db_write.run_one()  # A's commit
+        assert a1.called and a1.result.ok
+        a2 = deliver(3)  # A's next message, within the window
+        clock.advance(COLLECT_WINDOW)
+        pools.db_write.run_one()
+        assert b1.called and a2.called and b1.result.ok and a2.result.ok
+        assert gc.batches == 2 and gc.delivered == 3
+        for i in range(COLLECT_KEEP):  # one at a time, nothing in flight: the window closes after COLLECT_KEEP
+            d = deliver(10 + i)
+            clock.advance(COLLECT_WINDOW)
+            pools.db_write.run_one()
+            assert d.called
+        d = deliver(99)
+        clock.advance(0)
+        assert len(pools.db_write.calls) == 1  # no wait: straight to the commit
+        pools.db_write.run_one()
+        assert d.called and d.result.ok
+    finally:
+        engine.dispose()

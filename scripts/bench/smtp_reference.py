@@ -11,7 +11,7 @@ stopped at the end, as is everything else started here.
 
     .venv/bin/python scripts/bench/smtp_reference.py [--rounds 3] [--messages 2000] [--sessions 10] [--size 5120]
                                                      [--workers 1,2] [--before DIR] [--no-syncfs]
-                                                     [--commit-stats]
+                                                     [--commit-stats] [--perf-stat]
 
 ``--workers N[,M...]`` runs the real ``mailserver serve`` instead of the in-process server: a generated configuration
 (SQLite and file blobs in a fresh data directory, ``[server] workers = N``, sender authentication off as in the
@@ -22,7 +22,11 @@ they run), and everything is stopped by its PID at the end of each run.  ``--bef
 from another checkout (a worktree of main) before each run of this one: a before/after in the same run.  ``--no-syncfs``: the blob store fsyncs each
 file and directory instead of one syncfs(2) per batch (as ``scripts/bench/smtp.py --no-syncfs``).  ``--commit-stats``
 prints, after each ``--workers`` run, every process's group commits (deliveries per commit, the writer's CPU per
-commit), its waits for the SQLite write lock and its blob flushes (``scripts/bench/commitstats/``).
+commit), its waits for the SQLite write lock and its blob flushes (``scripts/bench/commitstats/``).  ``--perf-stat``
+prints, after each ``--workers`` run, syscalls (all, and futex, epoll_wait, fdatasync, syncfs, flock, ...) and
+context switches per message of the server's processes (``perf stat -p``; a thread started after the attach, half
+a second before the load, is not counted) and each process's CPU split into its main thread (the reactor) and the
+others (the pools).
         [--ours SPEC ...] [--database-url postgresql+psycopg://…]
 
 By default "ours" is one server process in a child (scripts/bench/smtp.py's).  Each ``--ours SPEC`` adds a
@@ -211,11 +215,20 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
             pids = [proc.pid] + (_children(proc.pid) if workers > 1 else [])
             if len(pids) != (workers + 1 if workers > 1 else 1):
                 raise RuntimeError(f"expected {workers} workers, found processes {pids}")
+            perf = _perf_start(pids, tmp / "perf.csv") if getattr(args, "perf_stat", False) else None
+            threads0 = _thread_cpu(pids) if perf is not None else {}
             cpu0 = _cpu(pids)
             env = dict(_env(), REUSE="1", FROM="bench@example.net")
             out = _sh(str(SHARED / "smtp-load.sh"), "127.0.0.1", str(port), "user1@example.test",
                       str(args.messages), str(args.sessions), str(args.size), env=env)
             cpu1 = _cpu(pids)
+            if perf is not None:
+                threads1 = _thread_cpu(pids)
+                _perf_stop(perf, tmp / "perf.csv", args.messages)
+                print("    CPU ms/msg by thread, per process (main thread = reactor + other threads = pools): " + "; ".join(
+                    f"{1000 * (t1[0] - threads0.get(pid, (0, 0))[0]) / args.messages:.2f} + "
+                    f"{1000 * (t1[1] - threads0.get(pid, (0, 0))[1]) / args.messages:.2f}"
+                    for pid, t1 in threads1.items()), flush=True)
         finally:
             _stop(proc, pids, conf)
         if getattr(args, "commit_stats", False):
@@ -230,6 +243,55 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
     print(f"  {label}: {out.strip()} | server CPU {cpu:.2f} ms/msg ({split}: "
           f"{'supervisor + workers' if workers > 1 else 'one process'})", flush=True)
     return rate, cpu
+
+
+#: What ``--perf-stat`` counts in the server's processes (all threads) over the load, per message.
+PERF_EVENTS = ("raw_syscalls:sys_enter", "context-switches", "syscalls:sys_enter_futex",
+               "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_fdatasync", "syscalls:sys_enter_fsync",
+               "syscalls:sys_enter_syncfs", "syscalls:sys_enter_flock", "syscalls:sys_enter_write",
+               "syscalls:sys_enter_sendto", "syscalls:sys_enter_recvfrom")
+
+
+def _thread_cpu(pids: list[int]) -> dict[int, tuple[float, float]]:
+    """Per process: (CPU seconds of its main thread, the reactor's; of all its other threads) so far (a thread
+    that ended is not counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        main = rest = 0.0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            t = (int(fields[11]) + int(fields[12])) / tick
+            if task.name == str(pid):
+                main += t
+            else:
+                rest += t
+        out[pid] = (main, rest)
+    return out
+
+
+def _perf_start(pids: list[int], out: Path) -> subprocess.Popen:
+    """``perf stat`` of every event in PERF_EVENTS over ``pids`` (and their threads) until :func:`_perf_stop`."""
+    p = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(out), "-e", ",".join(PERF_EVENTS),
+                          "-p", ",".join(map(str, pids))], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # perf attaches to every thread before the load starts
+    return p
+
+
+def _perf_stop(p: subprocess.Popen, out: Path, messages: int) -> None:
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=30)
+    counts = {}
+    for line in out.read_text().splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].strip().isdigit():
+            counts[f[2].split(":")[-1].removeprefix("sys_enter_")] = int(f[0])
+    print("    per message (perf stat, all processes): " + ", ".join(
+        f"{k} {v / messages:.2f}" for k, v in counts.items()), flush=True)
 
 
 def _print_commit_stats(where: Path) -> None:
@@ -320,6 +382,9 @@ def main() -> int:
                     help="with --workers: also run the server from checkout DIR (e.g. a worktree of main) before each "
                          "run of this one, for a before/after in the same run")
     ap.add_argument("--no-syncfs", action="store_true", help="with --workers: fsync each blob file and directory instead of syncfs(2)")
+    ap.add_argument("--perf-stat", action="store_true",
+                    help="with --workers: count syscalls (all, futex, epoll_wait, fdatasync, syncfs, flock, ...) and "
+                         "context switches per message in the server's processes (perf stat -p)")
     ap.add_argument("--commit-stats", action="store_true",
                     help="with --workers: count each process's group commits, write-lock waits and blob flushes "
                          "(scripts/bench/commitstats) and print them after each run")
