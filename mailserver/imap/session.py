@@ -546,8 +546,11 @@ class ImapSession:
         last looked (its commit board, mailserver.commitboard), queue a catch-up from the database, so the updates
         this command ends with include it even if its event is still on the way.  Plain reads when nothing did."""
         sel = self.selected
-        board = self.services.hub.board
-        if sel is None or board is None:
+        if sel is None:
+            return
+        hub = self.services.hub
+        board = hub.board if hub is not None else None
+        if board is None:
             return
         state = board.state(sel.mailbox_id)
         count = -1 if state is None else state[0]
@@ -560,7 +563,8 @@ class ImapSession:
     def board_mark(self, mailbox) -> int:
         """The commit board's count a session selecting ``mailbox`` (a MailboxInfo just read) starts from: -1 (catch
         up at the end of the SELECT) when another worker's latest commit there may be newer than what was read."""
-        board = self.services.hub.board
+        hub = self.services.hub
+        board = hub.board if hub is not None else None
         if board is None:
             return 0
         state = board.state(mailbox.id)
