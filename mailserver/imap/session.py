@@ -544,12 +544,16 @@ class ImapSession:
             return  # no change arrived since the last reply: nothing to tell, nothing to apply
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
         tracker = self.recent_for(sel) if (not sel.readonly and not self.rev2) else None
-        before = self.contexts.before_flush(sel)
-        lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
-        lines = self.contexts.after_flush(sel, before, lines)  # RFC 5267 4.3.4: REMOVEFROM before EXPUNGE
+        if contexts or contexts.sel is not sel:
+            before = contexts.before_flush(sel)
+            lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
+            lines = contexts.after_flush(sel, before, lines)  # RFC 5267 4.3.4: REMOVEFROM before EXPUNGE
+        else:  # no UPDATE context of this mailbox (every IDLE session of the fan-out): after_flush's one step
+            lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
+            contexts.dirty.clear()
         if lines:
             self.send(b"".join(lines))
-        if self._idle_tag is not None:
+        if self._idle_tag is not None and contexts:
             cmd_search.schedule_context_update(self)
 
     async def _prepare_flush(self) -> None:
