@@ -99,6 +99,13 @@ def observer(histogram, reactor_only: bool = False) -> Callable[[float], None]:
     if len(adds) != len(bounds) or bounds[-1] != float("inf"):
         return histogram.observe
 
+    if type(total) is ReactorValue and all(type(b) is ReactorValue for b in buckets):
+        def observe_here(amount: float) -> None:  # lock-free values: added to in place, no call per value
+            total._value += amount
+            buckets[bisect_left(bounds, amount)]._value += 1
+
+        return observe_here
+
     def observe(amount: float) -> None:
         # prometheus_client: the first bucket whose upper bound is >= amount (bounds sorted, the last +Inf).
         add_total(amount)
@@ -194,12 +201,18 @@ class Metrics:
             if not _COMMAND_NAME.fullmatch(label):
                 label = "OTHER"
             # Commands are dispatched on the reactor thread alone: their children need no lock.
-            pair = (_counter_add(self.commands.labels(protocol, label), reactor_only=True),
+            counter = self.commands.labels(protocol, label)
+            add = _counter_add(counter, reactor_only=True)
+            pair = (counter._value if type(getattr(counter, "_value", None)) is ReactorValue else add,
                     observer(self.command_seconds.labels(protocol, label), reactor_only=True))
             if len(self._commands) < MAX_COMMAND_NAMES:
                 self._commands[(protocol, name)] = pair
-        pair[0](1)
-        pair[1](seconds if seconds > 0.0 else 0.0)
+        count, observe = pair
+        if type(count) is ReactorValue:
+            count._value += 1
+        else:
+            count(1)
+        observe(seconds if seconds > 0.0 else 0.0)
 
     def login(self, protocol: str, outcome: str, reason: str = "") -> None:
         self.logins.labels(protocol, outcome).inc()
