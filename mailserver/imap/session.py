@@ -544,7 +544,8 @@ class ImapSession:
             return  # no change arrived since the last reply: nothing to tell, nothing to apply
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
         tracker = self.recent_for(sel) if (not sel.readonly and not self.rev2) else None
-        if contexts or contexts.sel is not sel:
+        live = bool(contexts.contexts)  # SearchContexts.__bool__, without the call (this runs per IDLE session)
+        if live or contexts.sel is not sel:
             before = contexts.before_flush(sel)
             lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
             lines = contexts.after_flush(sel, before, lines)  # RFC 5267 4.3.4: REMOVEFROM before EXPUNGE
@@ -553,7 +554,7 @@ class ImapSession:
             contexts.dirty.clear()
         if lines:
             self.send(b"".join(lines))
-        if self._idle_tag is not None and contexts:
+        if self._idle_tag is not None and live:
             cmd_search.schedule_context_update(self)
 
     async def _prepare_flush(self) -> None:
