@@ -47,18 +47,64 @@ _COMMAND_NAME = re.compile(r"[A-Z][A-Z0-9 -]{0,23}")
 MAX_COMMAND_NAMES = 256
 
 
-def observer(histogram) -> Callable[[float], None]:
+class ReactorValue:
+    """A ``prometheus_client`` value (a float) written by the reactor thread alone, so without the library's lock
+    per change (one Python-level lock acquire and release each): a read from another thread (a scrape) sees a whole
+    float, as with the lock.  Same methods as the library's ``MutexValue``."""
+
+    __slots__ = ("_value", "_exemplar")
+
+    def __init__(self, value: float = 0.0, exemplar=None):
+        self._value = value
+        self._exemplar = exemplar
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp=None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self):
+        return self._exemplar
+
+
+def _reactor_value(value):
+    """``value`` (a library ``MutexValue``) as a :class:`ReactorValue` holding the same figures; anything else (the
+    multiprocess mode's values, another version's) as it is."""
+    if type(value).__name__ != "MutexValue" or not hasattr(value, "_value"):
+        return value
+    return ReactorValue(value.get(), value.get_exemplar())
+
+
+def observer(histogram, reactor_only: bool = False) -> Callable[[float], None]:
     """``histogram.observe`` of a labelled ``prometheus_client`` Histogram child as one plain call: the bucket found
     by bisection, without the library's per-call checks (label values given, no exemplar). It adds to the same
     values, so the exposition is the library's (``tests/test_metrics.py`` compares the two). Where the library keeps
-    its values otherwise (another version, multiprocess mode), it is the library's own ``observe``."""
+    its values otherwise (another version, multiprocess mode), it is the library's own ``observe``.  With
+    ``reactor_only`` (a child only the reactor thread observes) its values become :class:`ReactorValue`\\ s."""
     try:
+        if reactor_only:
+            histogram._sum = _reactor_value(histogram._sum)
+            histogram._buckets = [_reactor_value(b) for b in histogram._buckets]
         total, buckets, bounds = histogram._sum, list(histogram._buckets), tuple(histogram._upper_bounds)
         add_total, adds = total.inc, [b.inc for b in buckets]
     except AttributeError:
         return histogram.observe
     if len(adds) != len(bounds) or bounds[-1] != float("inf"):
         return histogram.observe
+
+    if type(total) is ReactorValue and all(type(b) is ReactorValue for b in buckets):
+        def observe_here(amount: float) -> None:  # lock-free values: added to in place, no call per value
+            total._value += amount
+            buckets[bisect_left(bounds, amount)]._value += 1
+
+        return observe_here
 
     def observe(amount: float) -> None:
         # prometheus_client: the first bucket whose upper bound is >= amount (bounds sorted, the last +Inf).
@@ -68,9 +114,11 @@ def observer(histogram) -> Callable[[float], None]:
     return observe
 
 
-def _counter_add(counter) -> Callable[[float], None]:
+def _counter_add(counter, reactor_only: bool = False) -> Callable[[float], None]:
     """``counter.inc`` of a labelled Counter child without its per-call checks (see :func:`observer`)."""
     value = getattr(counter, "_value", None)
+    if reactor_only and value is not None:
+        value = counter._value = _reactor_value(value)
     return value.inc if value is not None and hasattr(value, "inc") else counter.inc
 
 
@@ -152,12 +200,19 @@ class Metrics:
             label = name.upper()
             if not _COMMAND_NAME.fullmatch(label):
                 label = "OTHER"
-            pair = (_counter_add(self.commands.labels(protocol, label)),
-                    observer(self.command_seconds.labels(protocol, label)))
+            # Commands are dispatched on the reactor thread alone: their children need no lock.
+            counter = self.commands.labels(protocol, label)
+            add = _counter_add(counter, reactor_only=True)
+            pair = (counter._value if type(getattr(counter, "_value", None)) is ReactorValue else add,
+                    observer(self.command_seconds.labels(protocol, label), reactor_only=True))
             if len(self._commands) < MAX_COMMAND_NAMES:
                 self._commands[(protocol, name)] = pair
-        pair[0](1)
-        pair[1](seconds if seconds > 0.0 else 0.0)
+        count, observe = pair
+        if type(count) is ReactorValue:
+            count._value += 1
+        else:
+            count(1)
+        observe(seconds if seconds > 0.0 else 0.0)
 
     def login(self, protocol: str, outcome: str, reason: str = "") -> None:
         self.logins.labels(protocol, outcome).inc()

@@ -172,7 +172,7 @@ class TrackingFactory(WrappingFactory):
         if responses is not None:
             from mailserver.metrics import observer
 
-            self.observe_response = observer(responses)
+            self.observe_response = observer(responses, reactor_only=True)  # protocols write on the reactor thread
 
     def acceptableProtocols(self):
         inner = IProtocolNegotiationFactory(self.wrappedFactory, None)

@@ -251,3 +251,37 @@ def test_metrics_listener_pipelining_that_is_never_read_stops_being_read(tmp_pat
         unsent = unsent_output(srv, "metrics")
         assert len(unsent) == 1 and unsent[0] < MAX_UNSENT, unsent
         raw.close()
+
+
+def test_reactor_only_values_keep_the_figures_and_the_exposition():
+    """observer/_counter_add with reactor_only swap the library's locked values for lock-free ones holding the same
+    figures (what was counted before stays), and the registry exposes what the library's own would."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from mailserver.metrics import ReactorValue, _counter_add
+
+    def make(registry):
+        return (Histogram("h", "h", ["l"], buckets=LATENCY_BUCKETS, registry=registry).labels("x"),
+                Counter("c", "c", ["l"], registry=registry).labels("x"))
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    (h1, c1), (h2, c2) = make(ours), make(theirs)
+    for h, c in ((h1, c1), (h2, c2)):  # counted before the swap
+        h.observe(0.003)
+        c.inc(2)
+    observe, add = observer(h1, reactor_only=True), _counter_add(c1, reactor_only=True)
+    assert isinstance(h1._sum, ReactorValue) and all(isinstance(b, ReactorValue) for b in h1._buckets)
+    assert isinstance(c1._value, ReactorValue)
+    assert observer(h1, reactor_only=True) is not None and isinstance(h1._sum, ReactorValue)  # again: kept
+    for a in (0.0, 0.0005, 0.02, 7.0, 1e9):
+        observe(a)
+        h2.observe(a)
+        add(1)
+        c2.inc(1)
+    h1.observe(0.3)  # the library's own observe still adds to the swapped values
+    h2.observe(0.3)
+
+    def text(registry):
+        return b"\n".join(sorted(line for line in generate_latest(registry).splitlines()
+                                 if b"_created" not in line))
+    assert text(ours) == text(theirs)

@@ -41,8 +41,9 @@ def leave_selected(s: ImapSession, *, closed_code: bool) -> None:
     if s.selected is not None:
         s.selected = None
         if closed_code:
-            # RFC 7162 3.2.11 / RFC 9051 7.1: the previous mailbox is closed.
-            s.send(r.status_line("OK", "previous mailbox closed", "CLOSED"))
+            # RFC 7162 3.2.11 / RFC 9051 7.1: the previous mailbox is closed.  Held, to leave with the answer
+            # (which always follows: the new mailbox's data or the tagged NO).
+            s.hold(r.status_line("OK", "previous mailbox closed", "CLOSED"))
     s.state = AUTHENTICATED
 
 

@@ -217,6 +217,8 @@ class ImapSession:
         self._unsubscribe: Callable[[], None] | None = None
         self._collect: tuple[int, list] | None = None
         self._idle_tag: str | None = None
+        #: Untagged output held back to go out with the next write (``hold``).
+        self._held = b""
         self.commands_run = 0
         #: Command counts and durations (``mailserver.metrics``), or None; the clock they are timed with.
         self._metrics = getattr(services, "metrics", None)
@@ -291,7 +293,17 @@ class ImapSession:
 
     def send(self, data: bytes) -> None:
         if not self.closed:
+            if self._held:
+                data = self._held + data
+                self._held = b""
             self.conn.write(data)
+
+    def hold(self, data: bytes) -> None:
+        """Send ``data`` together with the next output, not on its own: the bytes and their order are the same,
+        but a reply that waits for the store (SELECT's ``[CLOSED]`` before the new mailbox is read) leaves in one
+        write, not in a first one the reactor would send while the store is still working."""
+        if not self.closed:
+            self._held += data
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -317,6 +329,8 @@ class ImapSession:
 
     def close(self) -> None:
         if not self.closed:
+            if self._held:
+                self.send(b"")
             self.state = LOGOUT
             self.conn.close()
             self.closed = True
@@ -533,12 +547,17 @@ class ImapSession:
             return  # no change arrived since the last reply: nothing to tell, nothing to apply
         allow = not (isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False))
         tracker = self.recent_for(sel) if (not sel.readonly and not self.rev2) else None
-        before = self.contexts.before_flush(sel)
-        lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
-        lines = self.contexts.after_flush(sel, before, lines)  # RFC 5267 4.3.4: REMOVEFROM before EXPUNGE
+        live = bool(contexts.contexts)  # SearchContexts.__bool__, without the call (this runs per IDLE session)
+        if live or contexts.sel is not sel:
+            before = contexts.before_flush(sel)
+            lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
+            lines = contexts.after_flush(sel, before, lines)  # RFC 5267 4.3.4: REMOVEFROM before EXPUNGE
+        else:  # no UPDATE context of this mailbox (every IDLE session of the fan-out): after_flush's one step
+            lines = sel.flush(allow_expunge=allow, options=self.options(), recent=tracker)
+            contexts.dirty.clear()
         if lines:
             self.send(b"".join(lines))
-        if self._idle_tag is not None:
+        if self._idle_tag is not None and live:
             cmd_search.schedule_context_update(self)
 
     def heard_all(self) -> None:

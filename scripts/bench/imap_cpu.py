@@ -176,6 +176,8 @@ def main() -> None:
             hops[0] += 1
             return call_in_thread(self, *a, **kw)
         ThreadPool.callInThreadWithCallback = counted
+        import reactor_counts
+        counts = reactor_counts.install()
         # Statements as SQLite runs them (the driver's trace callback, set at every checkout: a pool event), not a
         # SQLAlchemy statement listener: any connection event makes SQLAlchemy dispatch events around every
         # statement and transaction, which would be measured too (storage/db.py).  An executemany counts once per
@@ -210,6 +212,7 @@ def main() -> None:
                     assert proc.stdout.readline().strip() == "ready"
                     if measured and args.callgrind:
                         _callgrind("--zero", "--instr=on")
+                    k0 = reactor_counts.snapshot(counts)
                     s0, c0, t0, h0 = statements[0], cpu_seconds(), time.perf_counter(), hops[0]
                     r0 = cpu_seconds(reactor_tid[0])
                     proc.stdin.write("go\n")
@@ -217,6 +220,7 @@ def main() -> None:
                     assert proc.stdout.readline().strip() == "done"
                     c1, s1, t1, h1 = cpu_seconds(), statements[0], time.perf_counter(), hops[0]
                     r1 = cpu_seconds(reactor_tid[0])
+                    k1 = reactor_counts.snapshot(counts)
                     if measured and args.callgrind:
                         ir = _callgrind_window(args.callgrind, op)
                     if measured and profiler is not None and op in args.profile_ops.split(","):
@@ -227,6 +231,7 @@ def main() -> None:
                       f"(reactor thread {(r1 - r0) * 1000 / per:7.3f})   statements "
                       f"{(s1 - s0) / per:6.2f}   pool calls {(h1 - h0) / per:5.2f}   wall {(t1 - t0) * 1000 / per:7.3f} ms"
                       + (f"   Ir {ir / per:,.0f}" if args.callgrind else ""), flush=True)
+                print(f"    {'':<26} {reactor_counts.per(k1, k0, per)}", flush=True)
                 if os.environ.get("IMAP_CPU_STATEMENTS") and op == "select_small":
                     kinds: dict[str, int] = {}
                     for s in seen:

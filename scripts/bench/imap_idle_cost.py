@@ -64,10 +64,14 @@ def main() -> None:
                 call(profiler.enable)
             if args.callgrind:
                 _callgrind("--zero", "--instr=on")
+            import reactor_counts
+            counts = call(reactor_counts.install)
+            k0 = reactor_counts.snapshot(counts)
             h0, s0, t0 = hops[0], statements[0], time.perf_counter()
             srv.deliver("idle@example.test", raw)
             done = json.loads(proc.stdout.readline())
             h1, s1, t1 = hops[0], statements[0], time.perf_counter()
+            k1 = reactor_counts.snapshot(counts)
             ir = _callgrind_window(args.callgrind, "idle") if args.callgrind else 0
             if profiler is not None:
                 call(profiler.disable)
@@ -77,6 +81,7 @@ def main() -> None:
             proc.wait(timeout=120)
             print(f"{args.idle} IDLE sessions, seen by {done['seen']}: pool calls {h1 - h0}  statements {s1 - s0}  "
                   f"wall {(t1 - t0) * 1000:.1f} ms" + (f"  Ir {ir:,}" if ir else ""), flush=True)
+            print(f"    {reactor_counts.per(k1, k0, 1)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,23 @@ def test_select_missing_and_reselect_closed(srv):
     raw.close()
 
 
+def test_reselect_closed_leaves_with_the_answer(srv):
+    # The [CLOSED] line is held until the new mailbox's answer is ready and leaves in the same write (one
+    # segment on loopback): the bytes and their order are what they were.
+    user = _mailbox(srv, 2)
+    raw = _raw(srv, user)
+    for readonly in (False, True):
+        assert raw.buf == b""
+        raw.send(b"a EXAMINE INBOX\r\n" if readonly else b"a SELECT INBOX\r\n")
+        first = raw.sock.recv(65536)
+        assert first.startswith(b"* OK [CLOSED] previous mailbox closed\r\n"), first
+        assert re.search(rb"\r\na OK \[READ-(WRITE|ONLY)\] (SELECT|EXAMINE) completed\r\n$", first), first
+    raw.send(b"b SELECT Nope\r\n")
+    first = raw.sock.recv(65536)
+    assert first.startswith(b"* OK [CLOSED]") and b"\r\nb NO [NONEXISTENT]" in first, first
+    raw.close()
+
+
 def test_rev2_select_has_no_recent(srv):
     user = _mailbox(srv, 1)
     raw = _raw(srv, user, select=None)
