@@ -100,6 +100,26 @@ def drop_pg_schema(base_url: str, url: str) -> None:
         eng.dispose()
 
 
+@contextmanager
+def migrated_store(tmp_path: Path, database_url: str | None = None, *, domains=(TEST_DOMAIN,)):
+    """A migrated Store on SQLite in ``tmp_path`` (or on ``database_url``) with ``domains`` added; its engine is
+    disposed at the end.  The body of the store tests' ``store`` fixtures."""
+    from storage import migrate
+    from storage.blobs import FileBlobStore
+    from storage.db import make_engine
+    from storage.store import Store
+
+    engine = make_engine(database_url or f"sqlite:///{tmp_path}/db.sqlite3")
+    try:
+        migrate.upgrade(engine)
+        store = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
+        for name in domains:
+            store.add_domain(name)
+        yield store
+    finally:
+        engine.dispose()
+
+
 def make_config(tmp_path: Path, listeners=("smtp",), domains=(TEST_DOMAIN,), database_url: str = "",
                 **overrides) -> config_mod.Config:
     table = {

@@ -12,16 +12,13 @@ from storage import migrate
 from storage.blobs import FileBlobStore
 from storage.db import make_engine
 from storage.store import Store
+from tests import harness
 
 
 @pytest.fixture
 def store(tmp_path, database_url):
-    engine = make_engine(database_url or f"sqlite:///{tmp_path}/db.sqlite3")
-    migrate.upgrade(engine)
-    s = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
-    s.add_domain("example.test")
-    yield s
-    engine.dispose()
+    with harness.migrated_store(tmp_path, database_url) as s:
+        yield s
 
 
 def test_a_mailbox_made_anew_after_the_highest_was_deleted_gets_a_new_id(store):

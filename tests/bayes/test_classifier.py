@@ -4,27 +4,19 @@ hostile input (a 10 MB single token, a flood of distinct tokens) kept within bou
 from __future__ import annotations
 
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
 from mailserver.inbound import bayes
 from mailserver.inbound.classifier import token_ids, weight_of
-from storage import migrate
-from storage.blobs import FileBlobStore
-from storage.db import make_engine
-from storage.store import Store
+from tests import harness
 from tests.bayes.corpus import Corpus
 
 
 @pytest.fixture
 def store(tmp_path, database_url):
-    engine = make_engine(database_url or f"sqlite:///{tmp_path}/db.sqlite3")
-    migrate.upgrade(engine)
-    s = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
-    s.add_domain("example.test")
-    yield s
-    engine.dispose()
+    with harness.migrated_store(tmp_path, database_url) as s:
+        yield s
 
 
 def _account(store, address="bob@example.test"):

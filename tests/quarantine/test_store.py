@@ -16,6 +16,7 @@ from storage.db import make_engine
 from storage.models import Blob
 from storage.quarantine import HoldSpec
 from storage.store import NotFound, QuotaExceeded, Store
+from tests import harness
 
 PARSED = {"subject": "Cheap pills", "from_addr": "Spammer <s@spam.test>", "header_size": 30}
 RAW = b"Subject: Cheap pills\r\nFrom: s@spam.test\r\n\r\nbuy now\r\n"
@@ -23,12 +24,8 @@ RAW = b"Subject: Cheap pills\r\nFrom: s@spam.test\r\n\r\nbuy now\r\n"
 
 @pytest.fixture
 def store(tmp_path, database_url):
-    engine = make_engine(database_url or f"sqlite:///{tmp_path}/db.sqlite3")
-    migrate.upgrade(engine)
-    s = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
-    s.add_domain("example.test")
-    yield s
-    engine.dispose()
+    with harness.migrated_store(tmp_path, database_url) as s:
+        yield s
 
 
 def spec(store, account, *, raw=RAW, arrived=None, expires=None, sender="s@spam.test", subject=None):

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from storage import migrate
-from storage.blobs import FileBlobStore
-from storage.db import make_engine
-from storage.store import ActiveScript, AlreadyExists, Invalid, NotFound, SieveQuota, Store
+from storage.store import ActiveScript, AlreadyExists, Invalid, NotFound, SieveQuota
+from tests import harness
 
 
 @pytest.fixture
 def store(tmp_path, database_url):
-    engine = make_engine(database_url or f"sqlite:///{tmp_path}/db.sqlite3")
-    migrate.upgrade(engine)
-    s = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
-    s.add_domain("example.test")
-    yield s
-    engine.dispose()
+    with harness.migrated_store(tmp_path, database_url) as s:
+        yield s
 
 
 def test_put_list_get_rename_activate_delete(store):
