@@ -209,8 +209,12 @@ _ACCOUNT_SHRANK = update(A).where(A.c.id == bindparam("account_id")).values(
     used_bytes=A.c.used_bytes - bindparam("size"))
 _INSERT_MESSAGES = insert(M)
 _UIDS = bindparam("uids", expanding=True)
+#: FOR UPDATE (PostgreSQL; SQLite's writer holds the whole database): the new modseq and the keyword list are
+#: computed from this row, so two STOREs at once must not both read it, and the mailbox row is locked before the
+#: message rows, in the order every other writer of a mailbox takes them (else the two deadlock).
 _STORE_MAILBOX = select(MB.c.account_id, MB.c.highest_modseq, MB.c.keywords, MB.c.seen_per_reader).where(
-    MB.c.id == bindparam("mailbox_id"))
+    MB.c.id == bindparam("mailbox_id")).with_for_update()
+_LOCK_MAILBOX = select(MB.c.id).where(MB.c.id == bindparam("mailbox_id")).with_for_update()
 _STORE_ROWS = select(M.c.id, M.c.uid, M.c.modseq, M.c.flags, M.c.keywords).where(
     M.c.mailbox_id == bindparam("mailbox_id"), M.c.uid.in_(_UIDS))
 _STORE_ROW = update(M).where(M.c.id == bindparam("row_id")).values(
@@ -422,6 +426,8 @@ def copy(conn: Connection, src_mailbox_id: int, uids: Sequence[int], dst_mailbox
     src_seen = shared.seen_uids(conn, src_mailbox_id, reader, uids) if reader and _per_reader(
         conn, src_mailbox_id) else set()
     dst_strip = _per_reader(conn, dst_mailbox_id)
+    if move:
+        lock_mailboxes(conn, src_mailbox_id, dst_mailbox_id)
     rows = _select_uids(conn, _GET_MESSAGES, uids, {"mailbox_id": src_mailbox_id})
     rows.sort(key=lambda r: r.uid)
     if not rows:
@@ -567,9 +573,19 @@ def _remove(conn: Connection, mailbox_id: int, rows) -> list[Change]:
             sorted(rows, key=lambda r: r.uid)]
 
 
+def lock_mailboxes(conn: Connection, *mailbox_ids: int) -> None:
+    """PostgreSQL: lock these mailbox rows (in id order) before reading the message rows a removal counts, so two
+    removals at once never both count the same rows; SQLite's writer already holds the whole database."""
+    if on_sqlite(conn):
+        return
+    for mailbox_id in sorted(set(mailbox_ids)):
+        conn.execute(_LOCK_MAILBOX, {"mailbox_id": mailbox_id})
+
+
 def expunge(conn: Connection, mailbox_id: int, uids: Sequence[int] | None = None) -> Changed:
     """Remove messages flagged \\Deleted (only among ``uids`` when given: UID EXPUNGE).  ``value``: expunged UIDs."""
     params = {"mailbox_id": mailbox_id}
+    lock_mailboxes(conn, mailbox_id)
     if uids is None:
         rows = conn.execute(_DELETED, params).all()
     else:
@@ -591,4 +607,5 @@ def _removed(conn: Connection, mailbox_id: int, rows) -> Changed:
 
 def delete_messages(conn: Connection, mailbox_id: int, uids: Sequence[int]) -> Changed:
     """Remove the given messages whatever their flags (POP3 UPDATE state, webmail delete)."""
+    lock_mailboxes(conn, mailbox_id)
     return _removed(conn, mailbox_id, _select_uids(conn, _REMOVABLE_UIDS, uids, {"mailbox_id": mailbox_id}))
