@@ -76,3 +76,40 @@ def test_a_delivery_naming_the_body_still_commits_flushed(pg, tmp_path):
     changed = store.deliver_batch([Delivery(account.id, ref, {"subject": "hi"}, mailbox="INBOX")])
     assert changed.value[0].ok and at_commit == ["on"]
     assert store.read_blob(ref.id) == data
+
+
+def test_a_delivery_batch_holds_the_mailbox_row_lock_for_three_round_trips(pg, tmp_path):
+    """From the UID reservation (the mailbox row's lock, which every other delivery to the mailbox waits for) to the
+    COMMIT: the reservation, one pipeline (blob references, message rows, account usage, pg_notify), the COMMIT.
+    Counted in libpq's own protocol trace: each Sync the client sends ends one round trip."""
+    from storage.blobs import DatabaseBlobStore
+    from storage.records import Delivery
+    from storage.store import Store
+    from tests.harness import hasher
+
+    store = Store(pg, DatabaseBlobStore(pg))
+    store.add_domain("example.test")
+    account = store.add_account("a@example.test", hasher().hash("x"))
+    store.create_mailbox(account.id, "Other")
+    refs = [store.blobs.put(b"Subject: m%d\r\n\r\nbody\r\n" % i) for i in range(3)]
+    trace = tmp_path / "libpq.trace"
+    with pg.connect() as conn:  # the pool's one connection: the delivery below runs on it
+        driver = conn.connection.driver_connection
+    with open(trace, "w") as f:
+        driver.pgconn.trace(f.fileno())
+        try:
+            changed = store.deliver_batch([Delivery(account.id, refs[0], {"subject": "a"}),
+                                           Delivery(account.id, refs[1], {"subject": "b"}, mailbox="Other"),
+                                           Delivery(account.id, refs[2], {"subject": "c"})])
+        finally:
+            driver.pgconn.untrace()
+    assert [r.ok for r in changed.value] == [True] * 3
+    # (time, F|B, length, message, fields...): a run of frontend messages is one round trip
+    sent = [w[1:5] + [""] * (5 - len(w)) for w in (line.split("\t") for line in trace.read_text().splitlines())]
+    first = next(i for i, w in enumerate(sent) if w[0] == "F" and "UPDATE mailboxes" in w[3])
+    commit = next(i for i, w in enumerate(sent) if w[0] == "F" and w[2] == "Query" and w[3].strip() == "\"COMMIT\"")
+    window = sent[first:commit]
+    trips = sum(1 for i, w in enumerate(window) if w[0] == "F" and (i == 0 or window[i - 1][0] == "B"))
+    # two mailboxes: two reservations, then the one pipeline, then the COMMIT
+    assert trips == 3, window
+    assert any("pg_notify" in w[3] for w in window)
