@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
@@ -294,7 +294,8 @@ def _execute_rows(conn: Connection, statement, rows: list[dict]) -> None:
 # --------------------------------------------------------------------------------------------- adding
 
 
-def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
+def deliver_batch(conn: Connection, deliveries: Sequence[Delivery],
+                  notify: Callable[[list[Change]], list[tuple[str, dict]]] | None = None) -> Changed:
     """Deliver many messages in one transaction (group commit).  ``value`` is a list of DeliveryResult.
 
     A delivery that cannot be made (no such account, over quota) gets ``ok=False`` without affecting the others.
@@ -302,6 +303,11 @@ def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
 
     Set-based on purpose: the statements per batch grow with the number of distinct mailboxes, accounts and
     blobs, not with the number of messages; messages of one batch in one mailbox share one new modseq.
+
+    On PostgreSQL the UID reservation locks the mailbox row until the commit, and every delivery to that mailbox
+    from any process waits for it: what follows it is sent as one pipeline (one round trip: the blob references,
+    the message rows, the account's usage and, with ``notify`` (changes -> statements), the change events), so the
+    lock is held for the reservation's round trip, that one and the COMMIT.
     """
     now = time.time()
     results: list[DeliveryResult | None] = [None] * len(deliveries)
@@ -375,12 +381,25 @@ def deliver_batch(conn: Connection, deliveries: Sequence[Delivery]) -> Changed:
             results[i] = DeliveryResult(True, mid, uid, uid_validity=uid_validity)
             changes.append(Change(ch.EXISTS, d.account_id, mid, uid=uid, modseq=modseq, flags=d.flags & strip,
                                   keywords=tuple(d.keywords), size=d.blob.size))
+    notes = notify(changes) if notify is not None and changes else []
+    if sqlite:
+        _write_batch(cursor, sqlite, rows, blob_counts, used, now, notes)
+    else:
+        with cursor.connection.pipeline():  # sent together; an error raises here, for the whole batch
+            _write_batch(cursor, sqlite, rows, blob_counts, used, now, notes)
+    cursor.close()
+    return Changed(results, changes)
+
+
+def _write_batch(cursor, sqlite: bool, rows: list[tuple], blob_counts: dict[str, list], used: dict[int, int],
+                 now: float, notes: list[tuple[str, dict]]) -> None:
+    """The writes of a delivery batch after its UID reservations (:func:`deliver_batch`)."""
     if rows:
         cursor.executemany(_SQL_BLOB_UPSERT[sqlite], [(b, v[0], v[1], now) for b, v in blob_counts.items()])
         cursor.executemany(_SQL_INSERT_MESSAGE[sqlite], rows)
         cursor.executemany(_SQL_ACCOUNT_USED[sqlite], [(n, a) for a, n in used.items()])
-    cursor.close()
-    return Changed(results, changes)
+    for sql, params in notes:
+        cursor.execute(sql, params)
 
 
 def append_many(conn: Connection, account_id: int, mailbox_id: int, messages: Sequence[tuple]) -> Changed:

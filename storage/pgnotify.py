@@ -101,6 +101,13 @@ def notify(conn, changes: list[Change], origin: str, async_commit: bool = False)
             conn.exec_driver_sql("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": channel, "p": p})
 
 
+def notify_statements(conn, changes: list[Change], origin: str) -> list[tuple[str, dict]]:
+    """:func:`notify`'s statements, for a caller that sends them itself on the transaction's own DB-API cursor (the
+    delivery batch sends them in the pipeline of its last writes: storage/messages.py)."""
+    channel = engine_channel(conn.engine, conn)
+    return [("SELECT pg_notify(%(ch)s, %(p)s)", {"ch": channel, "p": p}) for p in encode_batches(changes, origin)]
+
+
 def _psycopg_dsn(url: str) -> str:
     """SQLAlchemy URL -> libpq connection string (keeps options such as search_path)."""
     from sqlalchemy.engine import make_url

@@ -138,6 +138,7 @@ class Store:
             origin = pgnotify.origin_for(engine)
             self._notify = lambda conn, changes, async_commit=False: pgnotify.notify(conn, changes, origin,
                                                                                       async_commit)
+            self._notify_statements = lambda conn, changes: pgnotify.notify_statements(conn, changes, origin)
         #: Called (on the database thread, after the commit) when an operation recorded classifier training.
         self.on_training: Callable[[], None] | None = None
         #: Flag changes (:meth:`set_flags`) and expunges (:meth:`expunge`) commit flushed to disk (``[store] fsync =
@@ -584,7 +585,12 @@ class Store:
         """Deliver many messages in one transaction (group commit); ``value`` is a list of DeliveryResult."""
         self.blobs.ensure_synced([d.blob for d in deliveries])  # durable before the metadata commits
         with self.transaction() as conn:
-            return self.announce(conn, messages.deliver_batch(conn, deliveries))
+            if self._notify is None:
+                return self.announce(conn, messages.deliver_batch(conn, deliveries))
+            # PostgreSQL: the batch sends its own pg_notify, in one pipeline with its last writes (not announced,
+            # so not sent twice; still inside this transaction, so still delivered only if it commits).
+            return messages.deliver_batch(conn, deliveries,
+                                          notify=lambda changes: self._notify_statements(conn, changes))
 
     @writes_changes
     def append(self, account_id: int, mailbox_id: int, blob: BlobRef, parsed: dict, flags: int = 0,
