@@ -26,12 +26,17 @@ class InlinePool:
     """A thread pool that runs each call at once in the caller (what deferToThreadPool needs of one)."""
 
     def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
+        _run_call(on_result, f, args, kwargs)
+
+
+def _run_call(on_result, f, args, kwargs) -> None:
+    """Run a pool call and hand its outcome to ``on_result`` as a thread pool does."""
+    try:
+        result = f(*args, **kwargs)
+    except BaseException:
+        on_result(False, Failure())
+    else:
+        on_result(True, result)
 
 
 class Pools:
@@ -107,13 +112,7 @@ class QueuedPool:
         self.calls.append((on_result, f, args, kwargs))
 
     def run_one(self):
-        on_result, f, args, kwargs = self.calls.pop(0)
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
+        _run_call(*self.calls.pop(0))
 
 
 def test_a_delivery_submitted_while_another_commits_waits_for_company(tmp_path):
