@@ -301,6 +301,21 @@ def test_blob_ranges_read_the_same_from_files_and_from_the_database(store):
         store.blobs.read("0" * 64, 0, 10)
 
 
+def test_read_whole_gives_bodies_in_order_up_to_the_first_missing_or_of_another_size(store):
+    """POP3's read-ahead (``BlobStore.read_whole``): the same answers from files and from the database (there in
+    one statement): every body that is there at its listed size, in the order asked, ending before the first that
+    is missing or is not that size; a body asked twice comes twice."""
+    bodies = [b"Subject: %d\r\n\r\n" % i + bytes(range(256)) * (i + 1) + b"\x00" for i in range(4)]
+    refs = [store.blobs.put(b) for b in bodies]
+    pairs = [(r.id, len(b)) for r, b in zip(refs, bodies, strict=True)]
+    assert store.blobs.read_whole(pairs) == bodies
+    assert store.blobs.read_whole([pairs[2], pairs[0], pairs[2]]) == [bodies[2], bodies[0], bodies[2]]
+    assert store.blobs.read_whole([pairs[0], ("0" * 64, 10), pairs[1]]) == [bodies[0]]
+    assert store.blobs.read_whole([pairs[0], (refs[1].id, len(bodies[1]) - 1), pairs[2]]) == [bodies[0]]
+    assert store.blobs.read_whole([pairs[0], (refs[1].id, len(bodies[1]) + 1)]) == [bodies[0]]
+    assert store.blobs.read_whole([]) == []
+
+
 def test_database_blob_stored_twice_and_over_a_row_without_data(store):
     """The database backend stores a body once however often it is put, and fills in a row that a reference made
     before its data (refcount kept); the same on SQLite and PostgreSQL (one upsert there)."""

@@ -128,16 +128,8 @@ def open_and_read_ahead(store, blob_id: str, n: int, ahead: list[tuple[int, str,
     size) in maildrop order): (open_and_read's result, {uid: body}).  A body that cannot be read, or that is not the
     size listed, ends the read-ahead (its RETR will open it itself)."""
     first = open_and_read(store, blob_id, n)
-    bodies: dict[int, bytes] = {}
-    for uid, other, size in ahead:
-        try:
-            body = store.blobs.read(other, 0, size + 1)
-        except OSError:
-            break
-        if len(body) != size:
-            break
-        bodies[uid] = body
-    return first, bodies
+    read = store.blobs.read_whole([(other, size) for _, other, size in ahead])
+    return first, {uid: body for (uid, _, _), body in zip(ahead, read, strict=False)}  # read may stop early
 
 
 class ReadAhead:
