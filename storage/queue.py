@@ -192,8 +192,20 @@ def claim(conn: Connection, now: float, lease: float, limit: int, per_item: int 
 
 
 def renew(conn: Connection, ids: Sequence[int], until: float) -> None:
+    """Extend the claim on ``ids``; a claim already given back (its attempt recorded, or released) stays given back.
+
+    The runner renews what it holds in memory, and the attempt's result may be committed between that list being
+    taken and this statement: re-claiming such a row would hide its next attempt until the new lease ran out.
+    """
     for chunk in chunks(list(ids)):
-        conn.execute(update(R).where(R.c.id.in_(chunk), R.c.status.in_(OPEN_STATES)).values(claimed_until=until))
+        conn.execute(update(R).where(R.c.id.in_(chunk), R.c.status.in_(OPEN_STATES), R.c.claimed_until > 0)
+                     .values(claimed_until=until))
+
+
+def release(conn: Connection, ids: Sequence[int]) -> None:
+    """Give back the claim on ``ids`` (unstarted or failed work): they are due again at their next attempt."""
+    for chunk in chunks(list(ids)):
+        conn.execute(update(R).where(R.c.id.in_(chunk), R.c.status.in_(OPEN_STATES)).values(claimed_until=0.0))
 
 
 def release_all(conn: Connection) -> int:
@@ -337,7 +349,8 @@ class QueueStore:
             renew(conn, ids, until)
 
     def release(self, ids: Sequence[int]) -> None:
-        self.renew(ids, 0.0)
+        with self.store.transaction() as conn:
+            release(conn, ids)
 
     def release_all(self) -> int:
         with self.store.transaction() as conn:

@@ -10,6 +10,7 @@ import re
 import smtplib
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,25 @@ def test_one_id_from_smtp_reply_to_delivery_log(tmp_path, database_url, capsys):
     queue_lines = [e for e in events if e.get("log_format", "").startswith("queue {qid} to=")]
     assert [e["qid"] for e in smtp_lines] == [qid]
     assert [(e["qid"], e["rcpt"], e["status"]) for e in queue_lines] == [(qid, "bob@remote.test", "delivered")]
+
+
+def test_a_late_lease_renewal_does_not_reclaim_a_recorded_attempt(store):
+    """The runner renews the claims it holds in memory; when an attempt's result was committed between that list
+    being taken and the renewal, the row stays given back: due at its next attempt, not at the end of a new lease."""
+    from storage.queue import Outcome
+
+    queue = QueueStore(store)
+    t = float(int(time.time()) + 10)
+    public_id = _enqueue(store)
+    [item] = queue.claim(t, 300.0, 10)
+    [rid] = [r.id for r in item.recipients]
+    assert queue.next_due() == t + 300  # claimed: due when the lease ends
+    queue.record([Outcome(rid, "deferred", "451 4.7.1 try later", next_attempt=t + 300)])
+    queue.renew([rid], t + 100 + 300)  # the renewal timer, with the runner's list taken before the record
+    assert queue.next_due() == t + 300
+    assert [r.id for it in queue.claim(t + 300, 300.0, 10) for r in it.recipients] == [rid]
+    queue.renew([rid], t + 400 + 300)  # a claim still held is extended
+    assert queue.next_due() == t + 700
+    queue.release([rid])
+    assert queue.next_due() == t + 300
+    assert QueueStore(store).get(public_id).recipients[0].attempts == 1
