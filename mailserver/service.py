@@ -696,7 +696,7 @@ class MailServer(MultiService):
         self.cluster.stop()
         self.pools.stop()
         if self.store is not None:
-            self.store.engine.dispose()
+            self.store.dispose()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -755,7 +755,7 @@ class MailServer(MultiService):
         self.cluster.stop()
         self.pools.stop()
         if self.store is not None:
-            self.store.engine.dispose()
+            self.store.dispose()
         log.info("stopped")
 
 

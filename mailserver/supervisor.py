@@ -317,5 +317,5 @@ class Supervisor:
         for b in self.sockets:
             b.close()
         if self.store is not None:
-            self.store.engine.dispose()
+            self.store.dispose()
         log.info("stopped")

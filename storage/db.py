@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import select
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -161,6 +162,59 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     if engine.dialect.driver == "psycopg":
         _tune_psycopg(engine)
     return engine
+
+
+class PlainReaders:
+    """One plain SQLite connection per thread for the one-statement reads made outside any transaction (the checks'
+    account versions, ``storage/checkstate.versions_sqlite``).
+
+    Such a read from the engine's pool pays for a checkout and a check-in with its reset (a ROLLBACK), about four
+    times the statement itself; these connections are opened once per thread, in autocommit mode (each statement
+    reads its own snapshot of the latest commit, as a pooled connection in autocommit does) and with
+    ``query_only`` on, so nothing can write through them.  :meth:`close` (with the engine's disposal) closes them
+    all; a thread's connection is also closed when the thread ends or this object goes away.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @staticmethod
+    def for_url(url: str) -> "PlainReaders | None":
+        """For a SQLite file database; None otherwise (PostgreSQL, an in-memory database)."""
+        if not is_sqlite(url) or "///" not in url:
+            return None
+        path = url.split("///", 1)[1].split("?", 1)[0]
+        return PlainReaders(path) if path and path != ":memory:" else None
+
+    def connection(self) -> sqlite3.Connection | None:
+        """This thread's connection (opened at its first use); None once closed."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        with self._lock:
+            if self._closed:
+                return None
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA query_only=ON")
+                conn.execute("PRAGMA busy_timeout=30000")
+            except BaseException:
+                conn.close()
+                raise
+            self._all.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
 
 
 # ------------------------------------------------------------------------------------------ PostgreSQL (psycopg 3)

@@ -73,7 +73,7 @@ from storage.accounts import ADDR_RE as _ADDR_RE  # mailserver/cli/admin.py
 from storage.accounts import normalize_address
 from storage.blobs import BlobRef, BlobStore
 from storage.changes import Change
-from storage.db import is_sqlite, write_lock
+from storage.db import PlainReaders, is_sqlite, write_lock
 from storage.errors import AlreadyExists, HasChildren, Invalid, NotFound, QuotaExceeded, StoreError
 from storage.mailboxes import (
     DEFAULT_MAILBOXES,
@@ -131,6 +131,8 @@ class Store:
         self.engine = engine
         self.blobs = blobs
         self.sqlite = is_sqlite(str(engine.url))
+        #: Per-thread plain connections for the one-statement reads outside a transaction (SQLite files only).
+        self.plain_readers = PlainReaders.for_url(engine.url.render_as_string(hide_password=False))
         self._notify = None
         if not self.sqlite:
             from storage import pgnotify
@@ -721,8 +723,7 @@ class Store:
         a transaction); only when that is not enough is the read made in a transaction, the versions again first."""
         if self.sqlite:
             ids = list(dict.fromkeys(account_ids))
-            with self.engine.connect() as conn:  # a pooled connection, used without SQLAlchemy's transaction
-                now = checkstate.versions_sqlite(conn.connection.dbapi_connection, ids)
+            now = self._versions_sqlite(ids)
             if now is not None:
                 found = checkstate.from_held(now, ids, held, senders, rule_addresses, token_ids, min_spam, min_ham)
                 if found is not None:
@@ -739,8 +740,22 @@ class Store:
         :meth:`check_state` reads in a transaction) or for more accounts than one statement takes."""
         if not self.sqlite:
             return None
-        with self.engine.connect() as conn:
-            return checkstate.versions_sqlite(conn.connection.dbapi_connection, list(dict.fromkeys(account_ids)))
+        return self._versions_sqlite(list(dict.fromkeys(account_ids)))
+
+    def _versions_sqlite(self, ids: list[int]) -> dict[int, checkstate.Versions] | None:
+        """``checkstate.versions_sqlite`` on this thread's plain connection (a pooled one for an in-memory
+        database, or once the plain connections are closed)."""
+        plain = self.plain_readers.connection() if self.plain_readers is not None else None
+        if plain is not None:
+            return checkstate.versions_sqlite(plain, ids)
+        with self.engine.connect() as conn:  # a pooled connection, used without SQLAlchemy's transaction
+            return checkstate.versions_sqlite(conn.connection.dbapi_connection, ids)
+
+    def dispose(self) -> None:
+        """Close every database connection of this store (the engine's pool and the plain readers)."""
+        if self.plain_readers is not None:
+            self.plain_readers.close()
+        self.engine.dispose()
 
     @reads
     def check_state_many(self, requests: Sequence[tuple]) -> list[tuple[bool, object]]:
