@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -357,6 +358,10 @@ def main() -> int:
     ap.add_argument("--profile", default="", metavar="FILE",
                     help="cProfile (CPU time of each thread) every thread of the server (start-up and stop included) into FILE (pstats; "
                          "with several runs FILE gets the run's kind and number); figures then include its overhead")
+    ap.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="run the real `mailserver serve` with [server] workers = N (the supervisor and N worker "
+                         "processes; the product's default is one per core) instead of the in-process server; the "
+                         "same configuration, accounts, DNS server and load; server CPU is that of every process")
     ap.add_argument("--threads", action="store_true",
                     help="also print the server's CPU per message of each kind of thread (the reactor, each pool) "
                          "during the load (from /proc, unprofiled)")
@@ -454,6 +459,8 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
     scanned = "+".join(k for k in ("antivirus", "antispam") if k in extra)
     if dkim_p and args.lists == "on":
         extra["antispam"] = {**extra.get("antispam", {}), **DNS_LISTS}
+    if getattr(args, "workers", 0):
+        return run_workers(args, body, dkim_p, extra)
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
         q, stop = ctx.Queue(), ctx.Event()
@@ -540,6 +547,179 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
     if errors:
         print(f"errors: {errors[:3]}", file=sys.stderr)
         return None
+    return total / elapsed, cpu / max(total, 1)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def serve_toml(table: dict) -> str:
+    """``table`` (top-level scalars, then one [section] per dict of scalars, lists and inline tables) as TOML."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for k, v in table.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines.extend(f"{name} = {_toml_value(x)}" for name, x in v.items())
+    return "\n".join(lines) + "\n"
+
+
+def _process_tree(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid] + [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return [pid]
+
+
+def _check_delivered(conf: Path, checked: bool) -> None:
+    """The last message delivered by ``mailserver serve`` carries our Authentication-Results with dkim=pass
+    exactly when the checks were on (the workers ran them, not just the in-process server)."""
+    import sqlalchemy as sa
+
+    from mailserver.config import load
+    from mailserver.service import open_store
+
+    store = open_store(load(conf))
+    try:
+        with store.transaction(write=False) as conn:
+            blob_id = conn.execute(sa.text("SELECT blob_id FROM messages ORDER BY id DESC LIMIT 1")).scalar()
+        head = store.blobs.read(blob_id)[:4096]
+    finally:
+        store.dispose()
+    stamped = b"Authentication-Results: bench.example.test;" in head and b"dkim=pass" in head
+    if stamped != checked:
+        raise RuntimeError(f"checks {'on' if checked else 'off'} but the delivered message's header is:\n"
+                           + head.split(b"\r\n\r\n")[0].decode(errors="replace"))
+
+
+def run_workers(args, body: bytes, dkim_p: str, extra: dict) -> tuple[float, float] | None:
+    """:func:`run` against ``mailserver serve`` with ``[server] workers = args.workers``: the configuration
+    :func:`serve` makes (with the checks: the DNS server, ``[dns]``, ``[senderauth]``, the DNS lists), the same
+    ten accounts, client and warm-up; server CPU of the supervisor and every worker (``/proc``), everything stopped
+    by its PID at the end."""
+    import subprocess
+
+    from mailserver.auth import PasswordHasher
+    from mailserver.config import load
+    from mailserver.service import open_store
+
+    if extra.get("_train_bayes"):
+        raise SystemExit("--workers: --bayes is not supported")
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="smtp-bench-serve-") as tmpname:
+        tmp = Path(tmpname)
+        stop = ctx.Event()
+        dns_proc = None
+        table: dict = {"hostname": "bench.example.test", "data_dir": str(tmp)}
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        table["server"] = {"workers": args.workers}
+        table["listen"] = {"smtp": [f"127.0.0.1:{port}"]}
+        if dkim_p:
+            dns_q = ctx.Queue()
+            dns_proc = ctx.Process(target=serve_dns, args=(dns_zones(dkim_p), dns_q, stop))
+            dns_proc.start()
+            table["dns"] = {"nameservers": [f"127.0.0.1:{dns_q.get(timeout=60)}"], "timeout": 5.0}
+            table["senderauth"] = {"dns_cache": args.dns_cache}
+        else:
+            table["senderauth"] = {"enabled": False}
+        table.update(extra)
+        conf = tmp / "mailserver.toml"
+        conf.write_text(serve_toml(table) + '[[domain]]\nname = "example.test"\n')
+        if getattr(args, "blob_tree", None):
+            os.symlink(args.blob_tree, tmp / "blobs")
+        store = open_store(load(conf))
+        h = PasswordHasher("argon2", low_cost=True).hash("x")
+        for i in range(10):
+            store.add_account(f"user{i}@example.test", h)
+        store.engine.dispose()
+        log_path = tmp / "serve.log"
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        if os.environ.get("BENCH_NO_SYNCFS"):
+            site = tmp / "site"
+            site.mkdir()
+            (site / "sitecustomize.py").write_text("import storage.blobs\nstorage.blobs._syncfs = None\n")
+            env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "mailserver", "--config", str(conf), "serve"],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=env)
+        pids = [proc.pid]
+        errors: list = []
+        done = [0] * args.sessions
+        try:
+            deadline = time.monotonic() + 120
+            while log_path.read_text(errors="replace").count("listening smtp on") < args.workers:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mailserver serve did not start:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.1)
+            time.sleep(0.5)
+            pids = _process_tree(proc.pid) if args.workers > 1 else [proc.pid]
+            if len(pids) != (args.workers + 1 if args.workers > 1 else 1):
+                raise RuntimeError(f"expected {args.workers} workers, found processes {pids}")
+            counted = pids + ([dns_proc.pid] if dns_proc else [])
+            per = args.messages // args.sessions
+            warm = -(-getattr(args, "warmup", 0) // args.sessions)
+            marks: dict = {}
+
+            def measure_from_here():
+                marks["cpu0"] = sum(cpu_seconds(p) for p in counted)
+                marks["client0"] = time.process_time()
+                marks["t0"] = time.perf_counter()
+
+            barrier = threading.Barrier(args.sessions, action=measure_from_here)
+            threads = [threading.Thread(target=client, args=(port, per, body, i, done, errors, warm, barrier))
+                       for i in range(args.sessions)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise RuntimeError(f"client failed: {errors[:3]}")
+            elapsed = time.perf_counter() - marks["t0"]
+            cpu = sum(cpu_seconds(p) for p in counted) - marks["cpu0"]
+            client_cpu = time.process_time() - marks["client0"]
+        finally:
+            stop.set()
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for pid in pids[1:]:  # a worker left behind (its command line names this run's configuration)
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if str(conf).encode() in f.read():
+                            os.kill(pid, signal.SIGKILL)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+            if dns_proc is not None:
+                dns_proc.join(30)
+                if dns_proc.is_alive():
+                    dns_proc.kill()
+                    dns_proc.join()
+        _check_delivered(conf, bool(dkim_p))
+    total = sum(done)
+    cache = f" dns_cache={args.dns_cache} lists={args.lists}" if dkim_p else ""
+    print(f"checks={'on' if dkim_p else 'off'}{cache} workers={args.workers} sessions={args.sessions} "
+          f"messages={total} size={len(body)}B elapsed={elapsed:.2f}s rate={total / elapsed:.0f} msg/s "
+          f"(durably delivered) server_cpu={1000 * cpu / max(total, 1):.2f} ms/msg (supervisor + workers) "
+          f"client_cpu={1000 * client_cpu / max(total, 1):.2f} ms/msg")
     return total / elapsed, cpu / max(total, 1)
 
 
