@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from pathlib import Path
 
 import pytest
 
-from storage import checkstate, migrate
-from storage.blobs import FileBlobStore
-from storage.db import PlainReaders, make_engine
-from storage.store import Store
+from storage import checkstate
+from storage.db import PlainReaders
+from tests import harness
 
 
 @pytest.fixture
 def store(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path}/db.sqlite3")
-    migrate.upgrade(engine)
-    s = Store(engine, FileBlobStore(Path(tmp_path) / "blobs"))
-    s.add_domain("example.test")
-    yield s
-    s.dispose()
+    with harness.migrated_store(tmp_path, domains=("example.test",)) as s:
+        yield s
+        s.dispose()
 
 
 def test_only_sqlite_files_get_plain_readers(tmp_path):

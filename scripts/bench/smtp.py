@@ -306,6 +306,29 @@ def client(port: int, n: int, body: bytes, idx: int, done: list, errors: list, w
             barrier.abort()
 
 
+def load(port: int, per: int, body: bytes, done: list, errors: list, warm: int, start) -> None:
+    """``len(done)`` sessions of ``warm`` + ``per`` messages each; ``start()`` runs once every session is warm
+    (the timed part begins); raises if a session failed."""
+    barrier = threading.Barrier(len(done), action=start)
+    threads = [threading.Thread(target=client, args=(port, per, body, i, done, errors, warm, barrier))
+               for i in range(len(done))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"client failed: {errors[:3]}")
+
+
+def add_accounts(store) -> None:
+    """The ten accounts the load delivers to (user0 ... user9)."""
+    from mailserver.auth import PasswordHasher
+
+    h = PasswordHasher("argon2", low_cost=True).hash("x")
+    for i in range(10):
+        store.add_account(f"user{i}@example.test", h)
+
+
 def signed_body(size: int) -> tuple[bytes, str]:
     """A message of about ``size`` bytes with a valid DKIM signature of example.net, and the key's p= value."""
     import base64
@@ -507,15 +530,7 @@ def run(args, body: bytes, dkim_p: str, extra: dict | None = None) -> tuple[floa
                 marks["cpu0"] = cpu_seconds(proc.pid) + (cpu_seconds(dns_proc.pid) if dns_proc else 0.0)
                 marks["t0"] = time.perf_counter()
 
-            barrier = threading.Barrier(args.sessions, action=measure_from_here)
-            threads = [threading.Thread(target=client, args=(port, per, body, i, done, errors, warm, barrier))
-                       for i in range(args.sessions)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if errors:
-                raise RuntimeError(f"client failed: {errors[:3]}")
+            load(port, per, body, done, errors, warm, measure_from_here)
             th0, cpu0, t0 = marks.get("th0"), marks["cpu0"], marks["t0"]
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(proc.pid) + (cpu_seconds(dns_proc.pid) if dns_proc else 0.0) - cpu0
@@ -587,10 +602,10 @@ def _check_delivered(conf: Path, checked: bool) -> None:
     exactly when the checks were on (the workers ran them, not just the in-process server)."""
     import sqlalchemy as sa
 
-    from mailserver.config import load
+    from mailserver.config import load as load_config
     from mailserver.service import open_store
 
-    store = open_store(load(conf))
+    store = open_store(load_config(conf))
     try:
         with store.transaction(write=False) as conn:
             blob_id = conn.execute(sa.text("SELECT blob_id FROM messages ORDER BY id DESC LIMIT 1")).scalar()
@@ -610,8 +625,7 @@ def run_workers(args, body: bytes, dkim_p: str, extra: dict) -> tuple[float, flo
     by its PID at the end."""
     import subprocess
 
-    from mailserver.auth import PasswordHasher
-    from mailserver.config import load
+    from mailserver.config import load as load_config
     from mailserver.service import open_store
 
     if extra.get("_train_bayes"):
@@ -641,11 +655,9 @@ def run_workers(args, body: bytes, dkim_p: str, extra: dict) -> tuple[float, flo
         conf.write_text(serve_toml(table) + '[[domain]]\nname = "example.test"\n')
         if getattr(args, "blob_tree", None):
             os.symlink(args.blob_tree, tmp / "blobs")
-        store = open_store(load(conf))
-        h = PasswordHasher("argon2", low_cost=True).hash("x")
-        for i in range(10):
-            store.add_account(f"user{i}@example.test", h)
-        store.engine.dispose()
+        store = open_store(load_config(conf))
+        add_accounts(store)
+        store.dispose()
         log_path = tmp / "serve.log"
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
         if os.environ.get("BENCH_NO_SYNCFS"):
@@ -680,15 +692,7 @@ def run_workers(args, body: bytes, dkim_p: str, extra: dict) -> tuple[float, flo
                 marks["client0"] = time.process_time()
                 marks["t0"] = time.perf_counter()
 
-            barrier = threading.Barrier(args.sessions, action=measure_from_here)
-            threads = [threading.Thread(target=client, args=(port, per, body, i, done, errors, warm, barrier))
-                       for i in range(args.sessions)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if errors:
-                raise RuntimeError(f"client failed: {errors[:3]}")
+            load(port, per, body, done, errors, warm, measure_from_here)
             elapsed = time.perf_counter() - marks["t0"]
             cpu = sum(cpu_seconds(p) for p in counted) - marks["cpu0"]
             client_cpu = time.process_time() - marks["client0"]

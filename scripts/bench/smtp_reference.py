@@ -177,7 +177,6 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
     """``mailserver serve`` with ``workers`` processes (the code of checkout ``tree``; ``flags``: ``r`` reuseport,
     ``f`` per-file fsync): durably delivered messages/s and CPU ms/msg of all of them."""
     no_syncfs = args.no_syncfs or "f" in flags
-    from mailserver.auth import PasswordHasher
     from mailserver.config import load
     from mailserver.service import open_store
 
@@ -186,10 +185,8 @@ def serve_run(args, workers: int, tree: Path = HERE.parents[1], flags: str = "")
         port = int(_free_ports(1)[0])
         conf = serve_config(tmp, workers, port, "r" in flags)
         store = open_store(load(conf))
-        h = PasswordHasher("argon2", low_cost=True).hash("x")
-        for i in range(10):
-            store.add_account(f"user{i}@example.test", h)
-        store.engine.dispose()
+        bench_smtp.add_accounts(store)
+        store.dispose()
         log_path = tmp / "serve.log"
         env = dict(os.environ, PYTHONPATH=str(tree))  # before the editable install's path
         if no_syncfs:  # every process of the server: storage/blobs.py without syncfs(2) (fsync per file)
