@@ -38,6 +38,11 @@ log = Logger()
 #: submitted after the previous one was committed, and the window closes after COLLECT_KEEP commits of one each.
 COLLECT_WINDOW = 0.003
 COLLECT_KEEP = 8
+#: The window closes as soon as no message that could still join it is on its way: producers announce a message
+#: when it begins (:meth:`GroupCommitter.expect`: SMTP at DATA/BDAT, every other producer when it hands its message
+#: over) and again when its copies are submitted or it ended without any (:meth:`GroupCommitter.arrived`).  With
+#: every session of a worker's batch already in it, waiting the rest of the window only delays every reply; a
+#: message still arriving (a slow client in DATA) keeps the window open, at most COLLECT_WINDOW, as before.
 
 
 class GroupCommitter:
@@ -61,6 +66,8 @@ class GroupCommitter:
         self.delivered = 0
         self.window = COLLECT_WINDOW
         self._together = 0  # commits of one delivery each before the collection window closes again
+        self.expecting = 0  # messages begun whose copies are not submitted yet (expect / arrived)
+        self._timer = None  # the scheduled _kick (its window may be cut short by arrived)
 
     @property
     def _running(self) -> bool:
@@ -77,12 +84,29 @@ class GroupCommitter:
         if not self._scheduled:
             self._scheduled = True
             # Let deliveries that arrive in this reactor turn join the batch, and, while deliveries have been
-            # arriving together and the flush would start now, those of the next few milliseconds.
-            self.reactor.callLater(self.window if self._together and not self._flushing else 0, self._kick)
+            # arriving together, the flush would start now and another message is on its way, those of the next
+            # few milliseconds.
+            wait = self.window if self._together and not self._flushing and self.expecting > 0 else 0
+            self._timer = self.reactor.callLater(wait, self._kick)
         return d
+
+    def expect(self) -> None:
+        """A message has begun that may submit copies (see COLLECT_WINDOW's note); :meth:`arrived` follows once."""
+        self.expecting += 1
+
+    def arrived(self) -> None:
+        """A message announced by :meth:`expect` has submitted its copies, or ended without any: when no other is
+        on its way, a batch waiting in its collection window goes now."""
+        self.expecting -= 1
+        if self.expecting <= 0:
+            self.expecting = 0
+            timer = self._timer
+            if timer is not None and timer.active() and timer.getTime() > self.reactor.seconds():
+                timer.reset(0)
 
     def _kick(self) -> None:
         self._scheduled = False
+        self._timer = None
         self._flush_next()
         self._commit_next()
 

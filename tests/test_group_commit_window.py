@@ -85,13 +85,17 @@ def test_deliveries_together_open_the_window_and_share_a_commit(committer):
     first = [deliver(), deliver()]
     clock.advance(0)
     assert all(d.called for d in first) and gc.batches == 1
+    gc.expect()  # B's message has begun (an SMTP session in DATA)
     a = deliver()
     clock.advance(0)
     assert not a.called  # the window is open
-    clock.advance(COLLECT_WINDOW / 2)
+    clock.advance(COLLECT_WINDOW / 4)
     b = deliver()
-    clock.advance(COLLECT_WINDOW / 2)
-    assert a.called and b.called and a.result.ok and b.result.ok
+    clock.advance(0)
+    assert not a.called  # B is in, but still counted as on its way: the window stays open
+    gc.arrived()
+    clock.advance(0)
+    assert a.called and b.called and a.result.ok and b.result.ok  # nothing else on its way: no more waiting
     assert gc.batches == 2 and gc.delivered == 4
     for _ in range(COLLECT_KEEP):
         d = deliver()
@@ -141,11 +145,13 @@ def test_a_delivery_submitted_while_another_commits_waits_for_company(tmp_path):
         a1 = deliver(1)
         clock.advance(0)  # flushed, its commit waits in the writer pool
         assert len(pools.db_write.calls) == 1 and not a1.called
+        gc.expect()  # A's next message will have begun by the time B's is submitted
         b1 = deliver(2)  # session B, while A's delivery commits
         clock.advance(0)
         assert gc._pending, "the window is open: B's delivery waits for company"
         pools.db_write.run_one()  # A's commit
         assert a1.called and a1.result.ok
+        gc.arrived()
         a2 = deliver(3)  # A's next message, within the window
         clock.advance(COLLECT_WINDOW)
         pools.db_write.run_one()
@@ -163,3 +169,35 @@ def test_a_delivery_submitted_while_another_commits_waits_for_company(tmp_path):
         assert d.called and d.result.ok
     finally:
         engine.dispose()
+
+
+def test_the_window_waits_only_for_a_message_on_its_way(committer):
+    """With deliveries arriving together, a batch waits while a begun message may still join it: it goes as soon
+    as that message ended without a copy (refused, say), and after COLLECT_WINDOW at most when it never comes (a
+    slow client in DATA); with nothing on its way it goes in the next reactor turn."""
+    clock, gc, deliver = committer
+    together = [deliver(), deliver()]
+    clock.advance(0)
+    assert all(d.called for d in together)
+    gc.expect()
+    a = deliver()
+    clock.advance(COLLECT_WINDOW / 3)
+    assert not a.called
+    gc.arrived()  # it was refused: no copy will come
+    clock.advance(0)
+    assert a.called and a.result.ok and gc.expecting == 0
+    gc.expect()  # a slow client
+    b = deliver()
+    clock.advance(COLLECT_WINDOW * 0.9)
+    assert not b.called
+    clock.advance(COLLECT_WINDOW * 0.1)
+    assert b.called and b.result.ok  # the window's end, as before
+    c = deliver()  # the slow client is still expected: c waits the window too
+    clock.advance(0)
+    assert not c.called
+    gc.arrived()
+    clock.advance(0)
+    assert c.called
+    d = deliver()  # nobody on its way
+    clock.advance(0)
+    assert d.called

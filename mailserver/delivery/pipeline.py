@@ -117,6 +117,8 @@ class Pipeline:
 
     def finish_together(self, ingests: Sequence["Ingest"]) -> defer.Deferred:
         """Several placements into one mailbox, all or none (RFC 3502 MULTIAPPEND); fires with their results."""
+        for i in ingests:
+            i._arrive()  # committed by append_many, not the group committer
         return defer.ensureDeferred(_together(list(ingests)))
 
     def release(self, item, *, by: str, mailbox: str = "INBOX") -> defer.Deferred:
@@ -155,6 +157,8 @@ class Ingest:
     def __init__(self, pipeline: Pipeline, request: Request, *, writer=None, raw: bytes | None = None):
         self.pipeline = pipeline
         self.request = request
+        self._expected = True  # announced to the group committer (runner.expect) until _arrive
+        pipeline.runner.expect()
         self.queue_id = new_queue_id()  # one id from the log line and Received field to the queue's lines
         self.size = len(raw) if raw is not None else 0
         self.scanner: HeaderScanner | None = None
@@ -225,14 +229,25 @@ class Ingest:
         if out:
             self.body.write(out)
 
+    def _arrive(self) -> None:
+        """This message will submit no more copies to the group committer (once; see runner.expect)."""
+        if self._expected:
+            self._expected = False
+            self.pipeline.runner.arrived()
+
+    def _arrived(self, result):
+        self._arrive()
+        return result
+
     def abort(self) -> None:
+        self._arrive()
         self.body.abort()
 
     def finish(self) -> defer.Deferred:
         """Fires with the IngestResult once everything it reports is durable; never errbacks."""
         if self.request.placement is not None and not self.pipeline.check_stages(self.request):
             return self._finish_placed()  # never errbacks: each step's failure becomes the result
-        return defer.ensureDeferred(self._finish()).addErrback(self._failed)
+        return defer.ensureDeferred(self._finish()).addErrback(self._failed).addBoth(self._arrived)
 
     def _finish_placed(self) -> defer.Deferred:
         """The steps of :meth:`_finish` for a placement that no check stage applies to (APPEND, drafts, Sent copies,
@@ -259,6 +274,7 @@ class Ingest:
             form = body.forms[0]  # a placement has one form, unprefixed, parsed by finish()
             self.pipeline.blobs.forget((form.ref.id,))
             mailbox = p.mailbox if p.mailbox_id is not None else (p.mailbox or "INBOX")
+            self._arrive()
             d = self.pipeline.runner.deliver(Delivery(p.account_id, form.ref, form.parsed, mailbox, p.flags,
                                                       tuple(p.keywords), p.internal_date, self.request.check_quota,
                                                       p.mailbox_id))
@@ -281,6 +297,7 @@ class Ingest:
         self._done.callback(out)
 
     def _placed_failed(self, f) -> None:
+        self._arrive()
         if not self._done.called:
             self._placed_target()
             self._done.callback(self._failed(f))
@@ -750,6 +767,7 @@ class Ingest:
         in memory, written there), so a checked message takes no extra trip to the blob pool."""
         runner = self.pipeline.runner
         ds = []
+        self._arrive()  # its copies are submitted in this turn: a batch it would join need not wait for it
         for t in local:
             form = t.form or self.body.find(self._prefix(t))
             if form is not None and form.stored and form.parsed is not None:

@@ -113,6 +113,14 @@ class ReactorRunner:
         """Group-commit ``delivery``, or the one ``make`` returns (blocking: run in the committer's flush)."""
         return self.astore.deliver(delivery, make)
 
+    def expect(self) -> None:
+        """A message has begun (its copies may follow): the group committer's window waits for it."""
+        self.astore.committer.expect()
+
+    def arrived(self) -> None:
+        """That message's copies are submitted, or it ended without any."""
+        self.astore.committer.arrived()
+
     def append_many(self, account_id: int, mailbox_id: int, items) -> defer.Deferred:
         return self.astore.append_many(account_id, mailbox_id, items)
 
@@ -154,6 +162,11 @@ class InlineRunner:
 
     def deliver(self, delivery, make=None) -> defer.Deferred:
         return defer.execute(lambda: self._published(self.store.deliver_batch([make() if make else delivery])).value[0])
+
+    def expect(self) -> None:
+        pass  # every delivery is committed at once
+
+    arrived = expect
 
     def append_many(self, account_id: int, mailbox_id: int, items) -> defer.Deferred:
         return defer.execute(lambda: self._published(self.store.append_many(account_id, mailbox_id, items)))
