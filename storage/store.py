@@ -751,6 +751,7 @@ class Store:
         with self.engine.connect() as conn:  # a pooled connection, used without SQLAlchemy's transaction
             return checkstate.versions_sqlite(conn.connection.dbapi_connection, ids)
 
+    @blocking_only
     def dispose(self) -> None:
         """Close every database connection of this store (the engine's pool and the plain readers)."""
         if self.plain_readers is not None:
