@@ -168,11 +168,11 @@ class PlainReaders:
     """One plain SQLite connection per thread for the one-statement reads made outside any transaction (the checks'
     account versions, ``storage/checkstate.versions_sqlite``).
 
-    Such a read from the engine's pool pays for a checkout and a check-in with its reset (a ROLLBACK), about four
-    times the statement itself; these connections are opened once per thread, in autocommit mode (each statement
-    reads its own snapshot of the latest commit, as a pooled connection in autocommit does) and with
-    ``query_only`` on, so nothing can write through them.  :meth:`close` (with the engine's disposal) closes them
-    all; a thread's connection is also closed when the thread ends or this object goes away.
+    Such a read from the engine's pool pays for a checkout and a check-in with its reset (a ROLLBACK), about twice
+    the statement itself (15 against 5 us in all, docs/benchmarks.md); these connections are opened once per thread
+    (the pools' threads live as long as the server), in autocommit mode (each statement reads its own snapshot of
+    the latest commit, as a pooled connection in autocommit does) and with ``query_only`` on, so nothing can write
+    through them.  :meth:`close` (``Store.dispose``, with the engine's) closes them all.
     """
 
     def __init__(self, path: str):
