@@ -6,7 +6,11 @@ import os
 
 import pytest
 
-from tests import harness
+from mailserver import reactor as server_reactor
+
+server_reactor.install()  # the server's own reactor (mailserver/reactor.py), before the harness imports one
+
+from tests import harness  # noqa: E402
 
 # Private rspamd and clamd instances (session fixtures rspamd_daemon, clamd_daemon).
 pytest_plugins = ("tests.inbound.daemons",)

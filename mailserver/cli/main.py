@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mailserver import reactor as server_reactor
+
+    server_reactor.install()  # before anything imports twisted.internet.reactor (mailserver/reactor.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "needs_config", True):

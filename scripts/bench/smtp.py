@@ -189,6 +189,12 @@ def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0,
         import storage.blobs
 
         storage.blobs._syncfs = None
+    try:  # the server's reactor, as `mailserver serve` runs (a tree from before mailserver/reactor.py: Twisted's)
+        from mailserver import reactor as server_reactor
+
+        server_reactor.install()
+    except ImportError:
+        pass
     from twisted.internet import reactor
 
     from mailserver import config as config_mod
