@@ -223,12 +223,9 @@ def run_clients(host: str, port: int, users: list[str], password: str, rounds: i
 
 
 def bench_ours(sessions: int, messages: int, size: int, rounds: int, profile: str = "") -> None:
-    try:  # the server's reactor, as `mailserver serve` runs (a tree from before mailserver/reactor.py: Twisted's)
-        from mailserver import reactor as server_reactor
+    import server_reactor
 
-        server_reactor.install()
-    except ImportError:
-        pass
+    server_reactor.install()  # before the reactor import below
     from twisted.internet import reactor
 
     from mailserver.config import load_dict

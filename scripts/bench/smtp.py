@@ -189,12 +189,9 @@ def serve(data_dir: str, port_queue, stop_event, extra: dict, dns_port: int = 0,
         import storage.blobs
 
         storage.blobs._syncfs = None
-    try:  # the server's reactor, as `mailserver serve` runs (a tree from before mailserver/reactor.py: Twisted's)
-        from mailserver import reactor as server_reactor
+    import server_reactor
 
-        server_reactor.install()
-    except ImportError:
-        pass
+    server_reactor.install()  # before the reactor import below
     from twisted.internet import reactor
 
     from mailserver import config as config_mod
